@@ -1,0 +1,88 @@
+"""Wiring: make_app() builds the Tornado application from its parts; serve() runs it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import jinja2
+import tornado.httpserver
+import tornado.web
+
+from hostd.config import Config, ensure_cookie_secret
+from hostd.db import Database
+from hostd.formdata import FORM_OVERHEAD_BYTES
+from hostd.handlers import all_routes
+from hostd.handlers.pages import NotFoundHandler
+from hostd.storage import LocalBlobStore
+
+log = logging.getLogger("hostd")
+
+
+def make_app(config: Config, db: Database, store: LocalBlobStore) -> tornado.web.Application:
+    templates = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(config.templates_dir),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,  # a typo in a template is an error, not blank output
+    )
+    return tornado.web.Application(
+        all_routes(),
+        default_handler_class=NotFoundHandler,
+        hostd_config=config,
+        hostd_db=db,
+        hostd_store=store,
+        jinja_env=templates,
+        static_path=str(config.static_dir),
+        cookie_secret=config.cookie_secret,
+        xsrf_cookies=True,
+        xsrf_cookie_kwargs={"httponly": True, "samesite": "Lax"},
+        login_url="/login",
+        debug=config.debug,
+    )
+
+
+def make_server(config: Config, app: tornado.web.Application) -> tornado.httpserver.HTTPServer:
+    return tornado.httpserver.HTTPServer(
+        app,
+        xheaders=config.trust_proxy,
+        # Uploads raise their own limit in prepare(); everything else stays small.
+        max_body_size=1024 * 1024 + FORM_OVERHEAD_BYTES,
+        max_buffer_size=1024 * 1024,
+        chunk_size=256 * 1024,
+        idle_connection_timeout=120,
+    )
+
+
+async def open_parts(config: Config) -> tuple[Config, Database, LocalBlobStore]:
+    """Create the data dir, the cookie secret, the database and the blob store."""
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    config = ensure_cookie_secret(config)
+    store = LocalBlobStore(config.blobs_dir)
+    removed = store.remove_stale_temp_files()
+    if removed:
+        log.info("removed %d half-written upload(s) left by an earlier run", removed)
+    db = await Database.open(config.db_path)
+    return config, db, store
+
+
+async def serve(config: Config) -> None:
+    """Run until SIGINT or SIGTERM."""
+    config, db, store = await open_parts(config)
+    server = make_server(config, make_app(config, db, store))
+    server.listen(config.port, address=config.host)
+    shown_host = f"[{config.host}]" if ":" in config.host else config.host
+    log.info(
+        "hostd listening on http://%s:%d/ (data in %s)", shown_host, config.port, config.data_dir
+    )
+    if config.public_url:
+        log.info("public URL: %s/", config.public_url)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    server.stop()
+    await server.close_all_connections()
+    await db.close()

@@ -1,0 +1,155 @@
+"""Settings: the Config dataclass and loading it from hostd.toml."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+MiB = 1024 * 1024
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the offending key."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting, flat; field names match the keys of hostd.toml."""
+
+    data_dir: Path = Path("data")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    public_url: str | None = None
+    trust_proxy: bool = False
+    max_upload_bytes: int = 512 * MiB
+    allow_anonymous: bool = True
+    registration: str = "open"
+    max_keys: int | None = None
+    cookie_secret: str | None = field(default=None, repr=False)
+    templates_dir: Path = PACKAGE_ROOT / "templates"
+    static_dir: Path = PACKAGE_ROOT / "static"
+    debug: bool = False
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "hostd.sqlite3"
+
+    @property
+    def blobs_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+
+# hostd.toml's sections and the Config fields each may set.
+SECTIONS: dict[str, tuple[str, ...]] = {
+    "server": ("host", "port", "public_url", "trust_proxy", "cookie_secret"),
+    "storage": ("data_dir",),
+    "limits": ("max_upload_bytes", "allow_anonymous"),
+    "accounts": ("registration", "max_keys"),
+}
+CHOICES: dict[str, tuple[str, ...]] = {"registration": ("open", "closed")}
+
+
+def load_config(path: Path | None, overrides: Mapping[str, Any] | None = None) -> Config:
+    """Read hostd.toml (if given), apply command-line overrides, and validate.
+
+    Raises ConfigError for an unknown section or key, a wrong type or a bad value,
+    naming the key as `section.key`.
+    """
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+        values = _flatten(raw, str(path))
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            values[key] = value
+    return _build(values, str(path) if path else "settings")
+
+
+def _flatten(raw: dict[str, Any], origin: str) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for section, table in raw.items():
+        if section not in SECTIONS:
+            known = ", ".join(f"[{name}]" for name in SECTIONS)
+            raise ConfigError(f"{origin}: unknown section [{section}] (known: {known})")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{origin}: {section} must be a table, like [{section}]")
+        for key, value in table.items():
+            if key not in SECTIONS[section]:
+                known = ", ".join(SECTIONS[section])
+                raise ConfigError(f"{origin}: unknown key {section}.{key} (known: {known})")
+            values[key] = value
+    return values
+
+
+def _qualified(name: str) -> str:
+    section = next(s for s, keys in SECTIONS.items() if name in keys)
+    return f"{section}.{name}"
+
+
+def _build(values: dict[str, Any], origin: str) -> Config:
+    hints = typing.get_type_hints(Config)
+    converted: dict[str, Any] = {}
+    for name, value in values.items():
+        converted[name] = _convert(name, value, hints[name], origin)
+        if name in CHOICES and value not in CHOICES[name]:
+            options = " or ".join(repr(c) for c in CHOICES[name])
+            raise ConfigError(f"{origin}: {_qualified(name)} must be {options}, not {value!r}")
+    config = Config(**converted)
+    if not 0 < config.port < 65536:
+        raise ConfigError(f"{origin}: server.port must be between 1 and 65535")
+    if config.max_upload_bytes < 1:
+        raise ConfigError(f"{origin}: limits.max_upload_bytes must be a positive number of bytes")
+    if config.max_keys is not None and config.max_keys < 1:
+        raise ConfigError(f"{origin}: accounts.max_keys must be at least 1 when set")
+    if config.public_url is not None:
+        if not config.public_url.startswith(("http://", "https://")):
+            raise ConfigError(f"{origin}: server.public_url must start with http:// or https://")
+        config = dataclasses.replace(config, public_url=config.public_url.rstrip("/"))
+    return config
+
+
+def _convert(name: str, value: Any, hint: Any, origin: str) -> Any:
+    """Check one value against the field's type; Path fields take strings."""
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    for kind in allowed:
+        if kind is type(None) and value is None:
+            return None
+        if kind is Path and isinstance(value, str | Path):
+            return Path(value)
+        # bool is a subclass of int; a port of `true` is a mistake, not 1.
+        if kind is int and isinstance(value, bool):
+            continue
+        if kind in (str, int, bool) and isinstance(value, kind):
+            return value
+    expected = " or ".join("a path" if k is Path else k.__name__ for k in allowed if k is not None)
+    raise ConfigError(
+        f"{origin}: {_qualified(name)} must be {expected}, not {type(value).__name__} {value!r}"
+    )
+
+
+def ensure_cookie_secret(config: Config) -> Config:
+    """Return the config with a cookie secret: from hostd.toml, HOSTD_COOKIE_SECRET, or a
+    0600 file in the data dir that the first start creates and later starts reuse."""
+    secret = config.cookie_secret or os.environ.get("HOSTD_COOKIE_SECRET")
+    if not secret:
+        path = config.data_dir / "cookie_secret"
+        try:
+            secret = path.read_text(encoding="ascii").strip()
+        except FileNotFoundError:
+            secret = secrets.token_urlsafe(48)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w", encoding="ascii") as out:
+                out.write(secret + "\n")
+    return dataclasses.replace(config, cookie_secret=secret)

@@ -1,0 +1,166 @@
+"""Streaming multipart/form-data for uploads: parse as the body arrives, never buffer it.
+
+The parser is `multipart`'s PushMultipartParser (chosen by measurement; see
+bench/multipart_parsers.py). This module turns its events into one BlobWriter for the
+`file` field and a few small text fields, and its failures into UploadError.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Callable
+from email.message import Message
+
+import multipart
+
+from hostd.storage import BlobWriter, WrittenBlob
+
+FILE_FIELD = "file"
+MAX_FILENAME_BYTES = 255
+MAX_TEXT_FIELD_BYTES = 1024
+MAX_PARTS = 16
+# Room for the multipart framing around the file (boundaries, part headers, small fields).
+FORM_OVERHEAD_BYTES = 64 * 1024
+
+
+class UploadError(Exception):
+    """An upload that cannot be accepted: an HTTP status and a message for the user."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def boundary_of(content_type: str | None) -> str:
+    """The multipart boundary from a Content-Type header, or UploadError 400."""
+    if not content_type:
+        raise UploadError(400, "the request has no Content-Type; send multipart/form-data")
+    message = Message()
+    message["Content-Type"] = content_type
+    if message.get_content_type() != "multipart/form-data":
+        raise UploadError(
+            400,
+            f"expected multipart/form-data with a 'file' field, got {message.get_content_type()}",
+        )
+    boundary = message.get_param("boundary")
+    if not isinstance(boundary, str) or not 0 < len(boundary) <= 200:
+        raise UploadError(400, "the multipart/form-data Content-Type has no valid boundary")
+    return boundary
+
+
+def clean_filename(raw: str | None) -> str:
+    """The client's filename, checked: it is shown to people and put in URLs, never used
+    as a path. Refuses (400) path parts, control characters, invalid UTF-8 and overlong
+    names, rather than guessing what a hostile name meant."""
+    if raw is None or raw == "":
+        return "file"
+    try:
+        name = raw.encode("latin-1").decode("utf-8")
+    except UnicodeEncodeError:
+        name = raw  # already decoded text (e.g. from filename*=UTF-8'')
+    except UnicodeDecodeError:
+        raise UploadError(400, "the filename is not valid UTF-8") from None
+    name = unicodedata.normalize("NFC", name)
+    if any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in name):
+        raise UploadError(400, "the filename contains control characters")
+    if "/" in name or "\\" in name or name in (".", ".."):
+        raise UploadError(400, "the filename must not contain path parts ('/', '\\', '..')")
+    if len(name.encode("utf-8")) > MAX_FILENAME_BYTES:
+        raise UploadError(400, f"the filename is longer than {MAX_FILENAME_BYTES} bytes")
+    if not name.strip():
+        return "file"
+    return name
+
+
+class UploadForm:
+    """Feeds body chunks to the multipart parser and routes the parts.
+
+    Exactly one `file` part is stored through the writer that `open_writer` returns;
+    other fields are kept as short text. The file may not grow past `max_file_bytes`.
+    """
+
+    def __init__(
+        self, boundary: str, *, max_file_bytes: int, open_writer: Callable[[], BlobWriter]
+    ) -> None:
+        # Header lines are read as latin-1 so that clean_filename() can tell
+        # invalid UTF-8 apart from other header trouble.
+        self._parser = multipart.PushMultipartParser(
+            boundary,
+            max_header_size=4096,
+            max_header_count=8,
+            max_segment_count=MAX_PARTS,
+            header_charset="latin-1",
+        )
+        self._max_file_bytes = max_file_bytes
+        self._open_writer = open_writer
+        self._writer: BlobWriter | None = None
+        self._done_file = False
+        self._text: bytearray | None = None
+        self._field: str | None = None
+        self.fields: dict[str, str] = {}
+        self.filename = "file"
+
+    def feed(self, chunk: bytes) -> None:
+        try:
+            for event in self._parser.parse(chunk):
+                if isinstance(event, multipart.MultipartSegment):
+                    self._start_part(event)
+                elif event is None:
+                    self._end_part()
+                elif self._field == FILE_FIELD:
+                    self._write_file(event)
+                elif self._text is not None:
+                    self._text += event
+                    if len(self._text) > MAX_TEXT_FIELD_BYTES:
+                        raise UploadError(
+                            400, f"form field '{self._field}' is over {MAX_TEXT_FIELD_BYTES} bytes"
+                        )
+        except multipart.ParserLimitReached as exc:
+            raise UploadError(400, f"malformed multipart body: {exc}") from None
+        except multipart.ParserError as exc:
+            raise UploadError(400, f"malformed multipart body: {exc}") from None
+
+    async def finish(self) -> WrittenBlob:
+        """Call when the body has ended: checks the form is complete and commits the file."""
+        self.feed(b"")
+        if not self._parser.closed:
+            raise UploadError(400, "malformed multipart body: it ended before its last boundary")
+        if self._writer is None:
+            raise UploadError(400, "no file: send the file in a multipart field named 'file'")
+        if self._writer.size_bytes == 0:
+            raise UploadError(400, "the file is empty")
+        writer, self._writer = self._writer, None
+        return await writer.commit()
+
+    def abort(self) -> None:
+        """Drop whatever was written; safe to call more than once."""
+        if self._writer is not None:
+            self._writer.abort()
+            self._writer = None
+
+    def _start_part(self, segment: multipart.MultipartSegment) -> None:
+        self._field = segment.name
+        self._text = None
+        if segment.name == FILE_FIELD:
+            if self._done_file or self._writer is not None:
+                raise UploadError(400, "send one file per request in the 'file' field")
+            self.filename = clean_filename(segment.filename)
+            self._writer = self._open_writer()
+        elif segment.filename is None:
+            self._text = bytearray()
+
+    def _end_part(self) -> None:
+        if self._field == FILE_FIELD:
+            self._done_file = True
+        elif self._text is not None and self._field:
+            self.fields[self._field] = self._text.decode("utf-8", "replace")
+        self._field, self._text = None, None
+
+    def _write_file(self, data: bytes) -> None:
+        assert self._writer is not None
+        if self._writer.size_bytes + len(data) > self._max_file_bytes:
+            raise UploadError(
+                413, f"the file is larger than the limit of {self._max_file_bytes} bytes"
+            )
+        self._writer.write(data)

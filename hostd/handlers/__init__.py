@@ -1,0 +1,12 @@
+"""The URL map: every handler module's `routes`, in one readable place."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hostd.handlers import download, pages, upload
+
+
+def all_routes() -> list[tuple[str, Any]]:
+    # Named routes first; the hash routes match what is left.
+    return [*pages.routes, *upload.routes, *download.routes]

@@ -1,0 +1,171 @@
+"""Handler bases: BaseHandler for HTML pages, ApiHandler for JSON; early refusals."""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import json
+import socket
+from typing import Any
+
+import jinja2
+import tornado.iostream
+import tornado.web
+
+from hostd.config import Config
+from hostd.db import Database
+from hostd.storage import LocalBlobStore
+
+# How long a refused upload's connection keeps reading (and dropping) what the client still
+# sends, so that closing with unread bytes does not reset the connection before the client
+# has read our answer.
+LINGER_SECONDS = 10.0
+LINGER_IDLE_SECONDS = 2.0
+
+# Every HTML page: only our own static files, no inline script, no framing.
+PAGE_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "media-src 'self' blob:; connect-src 'self'; form-action 'self'; base-uri 'none'; "
+    "frame-ancestors 'none'"
+)
+
+
+class Refusal(tornado.web.HTTPError):
+    """An HTTP error with a message for the user (HTTPError's log_message would also be
+    logged as a second line for the request)."""
+
+    def __init__(self, status_code: int, message: str) -> None:
+        super().__init__(status_code)
+        self.message = message
+
+
+def error_message(status_code: int, reason: str, kwargs: dict[str, Any]) -> str:
+    exc = kwargs.get("exc_info", (None, None, None))[1]
+    return exc.message if isinstance(exc, Refusal) else reason
+
+
+class BaseHandler(tornado.web.RequestHandler):
+    """HTML pages: Jinja2 rendering, htmx fragments, error pages."""
+
+    @property
+    def config(self) -> Config:
+        return self.settings["hostd_config"]
+
+    @property
+    def db(self) -> Database:
+        return self.settings["hostd_db"]
+
+    @property
+    def store(self) -> LocalBlobStore:
+        return self.settings["hostd_store"]
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Security-Policy", PAGE_CSP)
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Referrer-Policy", "same-origin")
+
+    @property
+    def is_htmx(self) -> bool:
+        # History restores carry HX-Request too, but need the full page.
+        headers = self.request.headers
+        return (
+            headers.get("HX-Request") == "true"
+            and headers.get("HX-History-Restore-Request") != "true"
+        )
+
+    def public_url(self) -> str:
+        """The external base URL, without a trailing slash: server.public_url, else the
+        request's scheme and Host (X-Forwarded-* only with server.trust_proxy)."""
+        if self.config.public_url:
+            return self.config.public_url
+        host = self.request.host
+        if self.config.trust_proxy:
+            forwarded = self.request.headers.get("X-Forwarded-Host")
+            if forwarded:
+                host = forwarded.split(",")[0].strip()
+        return f"{self.request.protocol}://{host}"
+
+    def render_string_page(self, template: str, **context: Any) -> str:
+        env: jinja2.Environment = self.settings["jinja_env"]
+        context.setdefault("current_user", self.current_user)
+        context.setdefault("public_url", self.public_url())
+        context.setdefault("config", self.config)
+        context.setdefault("xsrf_form_html", self.xsrf_form_html)
+        context.setdefault("static_url", self.static_url)
+        context.setdefault("request_path", self.request.path)
+        return env.get_template(template).render(context)
+
+    def render_page(self, template: str, *, fragment: str | None = None, **context: Any) -> None:
+        """Render a page, or only its `fragment` block for an htmx request."""
+        self.set_header("Vary", "HX-Request")
+        if fragment is not None and self.is_htmx:
+            env: jinja2.Environment = self.settings["jinja_env"]
+            tmpl = env.get_template(template)
+            context.setdefault("current_user", self.current_user)
+            context.setdefault("xsrf_form_html", self.xsrf_form_html)
+            context.setdefault("static_url", self.static_url)
+            self.finish("".join(tmpl.blocks[fragment](tmpl.new_context(context))))
+        else:
+            self.finish(self.render_string_page(template, **context))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        message = error_message(status_code, self._reason, kwargs)
+        try:
+            body = self.render_string_page(
+                "errors/error.html", status_code=status_code, reason=self._reason, message=message
+            )
+        except Exception:
+            body = f"{status_code} {self._reason}"
+            self.set_header("Content-Type", "text/plain; charset=utf-8")
+        self.finish(body)
+
+
+class ApiHandler(BaseHandler):
+    """JSON endpoints for scripts: errors are {"status": false, "error": ...}."""
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        message = error_message(status_code, self._reason, kwargs)
+        self.write_json({"status": False, "error": message})
+
+    def write_json(self, payload: dict[str, Any]) -> None:
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(json.dumps(payload) + "\n")
+
+
+def refuse_early(
+    handler: tornado.web.RequestHandler, status: int, body: str, content_type: str
+) -> None:
+    """Answer before the request body has been read, and still let the client read it.
+
+    Tornado would close the connection as soon as the answer is written, with body bytes
+    unread; the kernel then sends a reset, which can destroy the answer before the client
+    reads it. So: send the answer, take the stream over, half-close it and drop what the
+    client still sends for a bounded time (as nginx's lingering_close does).
+    """
+    data = body.encode("utf-8")
+    handler.set_status(status, http.HTTPStatus(status).phrase)
+    handler.set_header("Content-Type", content_type)
+    handler.set_header("Content-Length", str(len(data)))
+    handler.set_header("Connection", "close")
+    handler.write(data)
+    # flush(), not finish(): finish() would close the connection as soon as the write is done.
+    handler.flush()
+    stream = handler.detach()
+    handler.application.log_request(handler)
+    asyncio.get_running_loop().create_task(_linger(stream))
+
+
+async def _linger(stream: tornado.iostream.IOStream) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + LINGER_SECONDS
+    try:
+        await stream.write(b"")  # resolves once the answer has been handed to the kernel
+        stream.socket.shutdown(socket.SHUT_WR)
+        while (left := deadline - loop.time()) > 0:
+            await asyncio.wait_for(
+                stream.read_bytes(256 * 1024, partial=True), min(left, LINGER_IDLE_SECONDS)
+            )
+    except (tornado.iostream.StreamClosedError, TimeoutError, OSError):
+        pass
+    finally:
+        stream.close()

@@ -1,0 +1,155 @@
+"""Serving blobs at /<hash>, /<hash>.<ext> and /<hash>/<filename>."""
+
+from __future__ import annotations
+
+import email.utils
+import posixpath
+import re
+import urllib.parse
+
+from hostd import db, sniff
+from hostd.db import Blob
+from hostd.handlers.base import BaseHandler, Refusal
+
+CHUNK_BYTES = 256 * 1024
+# Uploaded content must never run script in our origin: `sandbox` gives the document an
+# opaque origin and no scripts; the rest stops it loading anything but itself.
+FILE_CSP = (
+    "default-src 'none'; img-src 'self' data:; media-src 'self'; style-src 'unsafe-inline'; sandbox"
+)
+CACHE_FOREVER = "public, max-age=31536000, immutable"
+HASH_PATTERN = r"[A-Za-z0-9_-]{12,16}"
+RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+def content_disposition(filename: str) -> str:
+    """`inline` with the filename, RFC 6266 / RFC 5987 encoded when it is not plain ASCII."""
+    ascii_name = filename.encode("ascii", "replace").decode("ascii").replace("?", "_")
+    ascii_name = re.sub(r'["\\\x00-\x1f\x7f]', "_", ascii_name)
+    if ascii_name == filename:
+        return f'inline; filename="{filename}"'
+    encoded = urllib.parse.quote(filename, safe="")
+    return f"inline; filename=\"{ascii_name}\"; filename*=UTF-8''{encoded}"
+
+
+def parse_range(header: str, size: int) -> tuple[int, int] | None:
+    """A single `bytes=` range as (start, end inclusive); None when it is unsatisfiable.
+
+    Raises ValueError for a header we do not serve ranges for (several ranges, other
+    units); the caller then sends the whole file, as RFC 9110 allows.
+    """
+    match = RANGE.match(header.strip())
+    if not match or match.group(1) == match.group(2) == "":
+        raise ValueError(header)
+    first, last = match.groups()
+    if first == "":
+        length = int(last)
+        if length == 0:
+            return None
+        return max(size - length, 0), size - 1
+    start = int(first)
+    end = min(int(last), size - 1) if last else size - 1
+    if start >= size or start > end:
+        return None
+    return start, end
+
+
+class DownloadHandler(BaseHandler):
+    """GET/HEAD a stored file in chunks, with caching validators and byte ranges."""
+
+    async def get(self, hash: str, suffix: str | None = None, filename: str | None = None) -> None:
+        await self.serve(hash, suffix, filename, include_body=True)
+
+    async def head(self, hash: str, suffix: str | None = None, filename: str | None = None) -> None:
+        await self.serve(hash, suffix, filename, include_body=False)
+
+    async def serve(
+        self, hash: str, suffix: str | None, filename: str | None, *, include_body: bool
+    ) -> None:
+        blob = await db.get_blob(self.db, hash)
+        if blob is None or not self.store.exists(blob.sha256):
+            raise Refusal(404, "There is no file with this hash.")
+        self.set_file_headers(blob, suffix, filename)
+        if self.not_modified(blob):
+            self.set_status(304)
+            self.finish()
+            return
+        start, end = 0, blob.size_bytes - 1
+        if "Range" in self.request.headers and self.range_applies(blob):
+            try:
+                wanted = parse_range(self.request.headers["Range"], blob.size_bytes)
+            except ValueError:
+                wanted = (start, end)
+            if wanted is None:
+                self.set_status(416)
+                self.set_header("Content-Range", f"bytes */{blob.size_bytes}")
+                self.clear_header("Content-Type")
+                self.finish()
+                return
+            if wanted != (start, end):
+                self.set_status(206)
+                self.set_header("Content-Range", f"bytes {wanted[0]}-{wanted[1]}/{blob.size_bytes}")
+            start, end = wanted
+        self.set_header("Content-Length", str(end - start + 1))
+        if include_body:
+            await self.send_bytes(blob, start, end)
+        self.finish()
+
+    def set_file_headers(self, blob: Blob, suffix: str | None, filename: str | None) -> None:
+        named = posixpath.basename(filename) if filename else suffix
+        content_type = (sniff.from_name(named) if named else None) or blob.content_type
+        self.set_header("Content-Type", content_type)
+        self.set_header("Content-Security-Policy", FILE_CSP)
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Cache-Control", CACHE_FOREVER)
+        self.set_header("ETag", f'"{blob.sha256}"')
+        self.set_header("Last-Modified", email.utils.formatdate(blob.created_at, usegmt=True))
+        self.set_header("Accept-Ranges", "bytes")
+        if filename:
+            self.set_header(
+                "Content-Disposition", content_disposition(posixpath.basename(filename))
+            )
+
+    def not_modified(self, blob: Blob) -> bool:
+        if_none_match = self.request.headers.get("If-None-Match")
+        if if_none_match is not None:
+            tags = [tag.strip().removeprefix("W/") for tag in if_none_match.split(",")]
+            return "*" in tags or f'"{blob.sha256}"' in tags
+        since = self.request.headers.get("If-Modified-Since")
+        if not since:
+            return False
+        try:
+            return email.utils.parsedate_to_datetime(since).timestamp() >= blob.created_at
+        except (TypeError, ValueError):
+            return False
+
+    def range_applies(self, blob: Blob) -> bool:
+        """If-Range: serve the range only while the validator still matches."""
+        if_range = self.request.headers.get("If-Range")
+        return if_range is None or if_range.strip() == f'"{blob.sha256}"'
+
+    async def send_bytes(self, blob: Blob, start: int, end: int) -> None:
+        remaining = end - start + 1
+        with self.store.open(blob.sha256) as source:
+            source.seek(start)
+            while remaining > 0:
+                chunk = source.read(min(CHUNK_BYTES, remaining))
+                if not chunk:
+                    break
+                remaining -= len(chunk)
+                self.write(chunk)
+                await self.flush()
+
+    def write_error(self, status_code: int, **kwargs: object) -> None:
+        # An error here is our own page, not the file: restore the page headers.
+        for name in ("Content-Disposition", "ETag", "Last-Modified", "Accept-Ranges"):
+            self.clear_header(name)
+        self.set_header("Cache-Control", "no-cache")
+        self.set_default_headers()
+        super().write_error(status_code, **kwargs)
+
+
+routes = [
+    (rf"/(?P<hash>{HASH_PATTERN})(?P<suffix>\.[^/]+)?", DownloadHandler),
+    (rf"/(?P<hash>{HASH_PATTERN})/(?P<filename>.+)", DownloadHandler),
+]

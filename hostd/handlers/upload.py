@@ -1,0 +1,184 @@
+"""Streaming upload endpoints: POST /upload (browser, or `api=1` text) and POST /api/upload."""
+
+from __future__ import annotations
+
+import http
+import json
+import urllib.parse
+from typing import Any
+
+import tornado.web
+from tornado.http1connection import HTTP1Connection
+
+from hostd import db, sniff
+from hostd.db import Blob
+from hostd.formdata import FORM_OVERHEAD_BYTES, UploadError, UploadForm, boundary_of
+from hostd.handlers.base import ApiHandler, BaseHandler, refuse_early
+from hostd.storage import WrittenBlob
+
+# Past the limit, Tornado itself stops reading a chunked body at this much more; by then
+# the client has had our 413 for a while.
+DRAIN_ALLOWANCE_BYTES = 16 * 1024 * 1024
+
+
+def file_urls(base: str, blob: Blob, filename: str) -> dict[str, str]:
+    """The four URLs of an upload, as the API page documents them."""
+    ext = sniff.extension_for(filename, blob.content_type)
+    return {
+        "base": f"{base}/",
+        "full": f"{base}/{blob.hash}/{urllib.parse.quote(filename)}",
+        "ext": f"{base}/{blob.hash}{ext}",
+        "hash": f"{base}/{blob.hash}",
+    }
+
+
+class UploadFlow(BaseHandler):
+    """Receives one multipart upload as it streams in; subclasses say how to answer.
+
+    prepare() refuses what it can before the body is read (size, type); data_received()
+    feeds the parser, which writes the file to a temp file as it is hashed; post() runs
+    once the body has ended and records the upload.
+    """
+
+    form: UploadForm | None = None
+    failed = False
+
+    def check_xsrf_cookie(self) -> None:
+        # Checked in prepare(), where a refusal can be answered without a reset.
+        pass
+
+    async def prepare(self) -> None:
+        if self.request.method != "POST":
+            return
+        limit = self.config.max_upload_bytes
+        connection = self.request.connection
+        assert isinstance(connection, HTTP1Connection)
+        connection.set_max_body_size(limit + FORM_OVERHEAD_BYTES + DRAIN_ALLOWANCE_BYTES)
+        try:
+            await self.authorize()
+            length = self.request.headers.get("Content-Length")
+            if (
+                length is not None
+                and length.isdigit()
+                and int(length) > limit + FORM_OVERHEAD_BYTES
+            ):
+                raise UploadError(413, f"the file is larger than the limit of {limit} bytes")
+            boundary = boundary_of(self.request.headers.get("Content-Type"))
+        except UploadError as exc:
+            self.form = None
+            status, body, content_type = self.error_answer(exc.status, exc.message)
+            refuse_early(self, status, body, content_type)
+            return
+        self.form = UploadForm(boundary, max_file_bytes=limit, open_writer=self.store.writer)
+
+    async def authorize(self) -> None:
+        """Raise UploadError when this request may not upload; the accounts layer fills this."""
+
+    def data_received(self, chunk: bytes) -> Any:
+        if self.failed or self.form is None:
+            return None
+        try:
+            self.form.feed(chunk)
+        except UploadError as exc:
+            # Answer now, so the client can stop sending; keep reading to the end of the
+            # body (bounded by the body limit) so the answer is not lost to a reset.
+            self.form.abort()
+            self.failed = True
+            status, body, content_type = self.error_answer(exc.status, exc.message)
+            self.set_status(status)
+            self.set_header("Content-Type", content_type)
+            self.set_header("Content-Length", str(len(body.encode())))
+            self.write(body)
+            return self.flush()
+        return None
+
+    async def post(self) -> None:
+        if self.failed:
+            self.finish()
+            return
+        assert self.form is not None
+        try:
+            written = await self.form.finish()
+        except UploadError as exc:
+            self.form.abort()
+            self.answer_error(exc.status, exc.message)
+            return
+        blob = await self.record(written, self.form.filename)
+        self.answer_ok(blob, self.form.filename)
+
+    async def record(self, written: WrittenBlob, filename: str) -> Blob:
+        blob, _ = await db.register_upload(
+            self.db,
+            sha256=written.sha256,
+            size_bytes=written.size_bytes,
+            content_type=sniff.detect(written.head),
+            original_name=filename,
+        )
+        return blob
+
+    def on_connection_close(self) -> None:
+        # May run without prepare() having made a form (a refused request).
+        if self.form is not None:
+            self.form.abort()
+
+    def answer_error(self, status: int, message: str) -> None:
+        status, body, content_type = self.error_answer(status, message)
+        self.set_status(status)
+        self.set_header("Content-Type", content_type)
+        self.finish(body)
+
+    def error_answer(self, status: int, message: str) -> tuple[int, str, str]:
+        """(status, body, content type) of a refusal; the plain-text protocol by default."""
+        return status, f"ERROR {message}\n", "text/plain; charset=utf-8"
+
+    def answer_ok(self, blob: Blob, filename: str) -> None:
+        self.set_header("Content-Type", "text/plain; charset=utf-8")
+        self.finish(f"OK {blob.hash}\n")
+
+
+@tornado.web.stream_request_body
+class UploadHandler(UploadFlow):
+    """The browser's upload URL; with `api=1` it answers `OK <hash>` / `ERROR <message>`."""
+
+    @property
+    def plain_text(self) -> bool:
+        if self.get_query_argument("api", "") == "1":
+            return True
+        return self.form is not None and self.form.fields.get("api") == "1"
+
+    def error_answer(self, status: int, message: str) -> tuple[int, str, str]:
+        if self.plain_text:
+            return super().error_answer(status, message)
+        page = self.render_string_page(
+            "errors/error.html",
+            status_code=status,
+            reason=http.HTTPStatus(status).phrase,
+            message=message,
+        )
+        return status, page, "text/html; charset=utf-8"
+
+    def answer_ok(self, blob: Blob, filename: str) -> None:
+        if self.plain_text:
+            super().answer_ok(blob, filename)
+            return
+        urls = file_urls(self.public_url(), blob, filename)
+        self.render_page("upload/result.html", blob=blob, filename=filename, urls=urls)
+
+
+@tornado.web.stream_request_body
+class ApiUploadHandler(UploadFlow, ApiHandler):
+    """POST /api/upload: JSON in the shape the API page documents."""
+
+    def error_answer(self, status: int, message: str) -> tuple[int, str, str]:
+        body = json.dumps({"status": False, "error": message}) + "\n"
+        return status, body, "application/json; charset=utf-8"
+
+    def answer_ok(self, blob: Blob, filename: str) -> None:
+        urls = file_urls(self.public_url(), blob, filename)
+        self.write_json({"hash": blob.hash, "status": True, "urls": urls})
+
+
+routes = [
+    (r"/upload", UploadHandler),
+    (r"/api/upload", ApiUploadHandler),
+]

@@ -1,0 +1,77 @@
+"""Fixtures: a real app on loopback with its own SQLite file and blob store per test."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tornado.httpclient
+import tornado.testing
+
+from hostd.app import make_app, make_server
+from hostd.config import Config
+from hostd.db import Database
+from hostd.storage import LocalBlobStore
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Config:
+    return Config(
+        data_dir=tmp_path / "data", max_upload_bytes=8 * 1024 * 1024, cookie_secret="test-secret"
+    )
+
+
+@pytest.fixture
+def parts(config: Config, io_loop: Any) -> Iterator[tuple[Database, LocalBlobStore]]:
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    store = LocalBlobStore(config.blobs_dir)
+    db = io_loop.run_sync(lambda: Database.open(config.db_path))
+    yield db, store
+    io_loop.run_sync(db.close)
+
+
+@pytest.fixture
+def db(parts: tuple[Database, LocalBlobStore]) -> Database:
+    return parts[0]
+
+
+@pytest.fixture
+def store(parts: tuple[Database, LocalBlobStore]) -> LocalBlobStore:
+    return parts[1]
+
+
+@pytest.fixture
+def app(config: Config, db: Database, store: LocalBlobStore) -> Any:
+    return make_app(config, db, store)
+
+
+@pytest.fixture
+def http_server(request: Any, io_loop: Any, _unused_port: Any, app: Any, config: Config) -> Any:
+    """The server as `hostd serve` builds it (pytest-tornado's has other limits)."""
+    server = make_server(config, app)
+    server.add_socket(_unused_port[0])
+    yield server
+    server.stop()
+    io_loop.run_sync(server.close_all_connections, timeout=5)
+
+
+@pytest.fixture
+def base_url(http_port: int) -> str:
+    return f"http://127.0.0.1:{http_port}"
+
+
+@pytest.fixture
+def http_client(http_server: Any) -> Iterator[tornado.httpclient.AsyncHTTPClient]:
+    # A private client with room for the concurrency tests' 200 requests at once.
+    client = tornado.httpclient.AsyncHTTPClient(force_instance=True, max_clients=256)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def free_port() -> int:
+    sock, port = tornado.testing.bind_unused_port()
+    sock.close()
+    return port
