@@ -102,33 +102,38 @@ class UploadForm:
         self.filename = "file"
 
     def feed(self, chunk: bytes) -> None:
+        """Parse one piece of the body. On UploadError the partial file is already gone."""
         try:
-            for event in self._parser.parse(chunk):
-                if isinstance(event, multipart.MultipartSegment):
-                    self._start_part(event)
-                elif event is None:
-                    self._end_part()
-                elif self._field == FILE_FIELD:
-                    self._write_file(event)
-                elif self._text is not None:
-                    self._text += event
-                    if len(self._text) > MAX_TEXT_FIELD_BYTES:
-                        raise UploadError(
-                            400, f"form field '{self._field}' is over {MAX_TEXT_FIELD_BYTES} bytes"
-                        )
-        except multipart.ParserLimitReached as exc:
+            self._feed(chunk)
+        except UploadError:
+            self.abort()
+            raise
+        except (multipart.ParserLimitReached, multipart.ParserError) as exc:
+            self.abort()
             raise UploadError(400, f"malformed multipart body: {exc}") from None
-        except multipart.ParserError as exc:
-            raise UploadError(400, f"malformed multipart body: {exc}") from None
+
+    def _feed(self, chunk: bytes) -> None:
+        for event in self._parser.parse(chunk):
+            if isinstance(event, multipart.MultipartSegment):
+                self._start_part(event)
+            elif event is None:
+                self._end_part()
+            elif self._field == FILE_FIELD:
+                self._write_file(event)
+            elif self._text is not None:
+                self._text += event
+                if len(self._text) > MAX_TEXT_FIELD_BYTES:
+                    raise UploadError(
+                        400, f"form field '{self._field}' is over {MAX_TEXT_FIELD_BYTES} bytes"
+                    )
 
     async def finish(self) -> WrittenBlob:
         """Call when the body has ended: checks the form is complete and commits the file."""
-        self.feed(b"")
-        if not self._parser.closed:
-            raise UploadError(400, "malformed multipart body: it ended before its last boundary")
+        self.feed(b"")  # end of input: raises if the last boundary never came
         if self._writer is None:
             raise UploadError(400, "no file: send the file in a multipart field named 'file'")
         if self._writer.size_bytes == 0:
+            self.abort()
             raise UploadError(400, "the file is empty")
         writer, self._writer = self._writer, None
         return await writer.commit()

@@ -76,7 +76,9 @@ def blob_files(config: Config) -> list[Path]:
     return [p for p in config.blobs_dir.rglob("*") if p.is_file()]
 
 
-async def raw_exchange(port: int, head: bytes, body_bytes: int, chunk: bytes = b"x" * 65536) -> bytes:
+async def raw_exchange(
+    port: int, head: bytes, body_bytes: int, chunk: bytes = b"x" * 65536
+) -> bytes:
     """Send a request head, then keep sending `body_bytes` of body whatever the server says,
     reading the answer meanwhile, as a client that does not wait for 100-continue would.
     Returns everything the server sent before it closed."""

@@ -20,7 +20,11 @@ LIMIT = 8 * 1024 * 1024  # the config fixture's max_upload_bytes
 async def post(client, url, *, fields=None, files=None, headers=None):
     body, base_headers = multipart_body(fields, files)
     return await client.fetch(
-        url, method="POST", body=body, headers={**base_headers, **(headers or {})}, raise_error=False
+        url,
+        method="POST",
+        body=body,
+        headers={**base_headers, **(headers or {})},
+        raise_error=False,
     )
 
 
@@ -33,7 +37,9 @@ def expected_hash(data: bytes) -> str:
 
 @pytest.mark.gen_test
 async def test_api_upload_answers_json_with_the_four_urls(http_client, base_url):
-    response = await post(http_client, f"{base_url}/api/upload", files=[("file", "image.png", b"png!")])
+    response = await post(
+        http_client, f"{base_url}/api/upload", files=[("file", "image.png", b"png!")]
+    )
 
     assert response.code == 200
     assert response.headers["Content-Type"].startswith("application/json")
@@ -206,7 +212,7 @@ async def test_empty_file_is_a_400(http_client, base_url, config):
     "body",
     [
         b"no boundary here at all",
-        b"--hostd-test-boundary\r\nContent-Disposition: form-data; name=\"file\"; "
+        b'--hostd-test-boundary\r\nContent-Disposition: form-data; name="file"; '
         b'filename="a"\r\n\r\ntruncated before the closing boundary',
         b"--hostd-test-boundary\r\nthis header has no colon\r\n\r\ndata\r\n--hostd-test-boundary--",
         b"--hostd-test-boundary\r\nContent-Type: text/plain\r\n\r\nno disposition\r\n"
@@ -401,7 +407,7 @@ async def test_streamed_upload_lands_in_the_fanned_out_blob_path(
     sha = digest.hex()
     assert json.loads(response.body)["hash"] == short_hash_candidates(sha)[0]
     assert blob_files(config) == [config.blobs_dir / sha[:2] / sha[2:4] / sha]
-    assert os.path.getsize(store.path(sha)) == 5 * 1024 * 1024 + 7
+    assert store.path(sha).stat().st_size == 5 * 1024 * 1024 + 7
     assert temp_files(config) == []
 
 
@@ -410,7 +416,8 @@ async def test_client_vanishing_mid_upload_leaves_no_temp_file_and_no_row(
     http_server, http_port, config, db
 ):
     body_start = (
-        b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.bin"\r\n\r\n' + b"x" * 300_000
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.bin"\r\n\r\n'
+        + b"x" * 300_000
     )
     head = (
         "POST /api/upload HTTP/1.1\r\nHost: 127.0.0.1\r\n"
@@ -483,4 +490,3 @@ async def test_get_on_an_upload_url_is_not_allowed(http_client, base_url):
     response = await http_client.fetch(f"{base_url}/api/upload", raise_error=False)
 
     assert response.code == 405
-

@@ -82,7 +82,6 @@ class UploadFlow(BaseHandler):
         except UploadError as exc:
             # Answer now, so the client can stop sending; keep reading to the end of the
             # body (bounded by the body limit) so the answer is not lost to a reset.
-            self.form.abort()
             self.failed = True
             status, body, content_type = self.error_answer(exc.status, exc.message)
             self.set_status(status)
@@ -100,7 +99,6 @@ class UploadFlow(BaseHandler):
         try:
             written = await self.form.finish()
         except UploadError as exc:
-            self.form.abort()
             self.answer_error(exc.status, exc.message)
             return
         blob = await self.record(written, self.form.filename)

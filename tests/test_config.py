@@ -1,0 +1,126 @@
+"""Loading hostd.toml: defaults, every key, and errors that name the key."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from hostd.config import Config, ConfigError, ensure_cookie_secret, load_config
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "hostd.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_without_a_file():
+    config = load_config(None)
+
+    assert config.host == "127.0.0.1"
+    assert config.port == 8000
+    assert config.public_url is None
+    assert config.trust_proxy is False
+    assert config.data_dir == Path("data")
+    assert config.max_upload_bytes == 512 * 1024 * 1024
+
+
+def test_the_shipped_hostd_toml_states_the_defaults():
+    assert load_config(REPO / "hostd.toml") == load_config(None)
+
+
+def test_every_key_is_read(tmp_path):
+    path = write(
+        tmp_path,
+        """
+        [server]
+        host = "0.0.0.0"
+        port = 9000
+        public_url = "https://files.example.org/"
+        trust_proxy = true
+        [storage]
+        data_dir = "/srv/hostd"
+        [limits]
+        max_upload_bytes = 1024
+        allow_anonymous = false
+        [accounts]
+        registration = "closed"
+        max_keys = 3
+        """,
+    )
+
+    config = load_config(path)
+
+    assert config == Config(
+        host="0.0.0.0",
+        port=9000,
+        public_url="https://files.example.org",
+        trust_proxy=True,
+        data_dir=Path("/srv/hostd"),
+        max_upload_bytes=1024,
+        allow_anonymous=False,
+        registration="closed",
+        max_keys=3,
+    )
+
+
+def test_command_line_overrides_win(tmp_path):
+    path = write(tmp_path, "[server]\nport = 9000\n")
+
+    config = load_config(path, {"port": 9100, "host": None})
+
+    assert config.port == 9100
+    assert config.host == "127.0.0.1"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[server]\nhots = 'x'\n", "unknown key server.hots"),
+        ("[srever]\nhost = 'x'\n", "unknown section [srever]"),
+        ("[server]\nport = '8000'\n", "server.port must be int, not str '8000'"),
+        ("[server]\nport = true\n", "server.port must be int"),
+        ("[server]\nport = 70000\n", "server.port must be between 1 and 65535"),
+        ("[limits]\nmax_upload_bytes = 0\n", "limits.max_upload_bytes must be a positive"),
+        ("[limits]\nallow_anonymous = 'no'\n", "limits.allow_anonymous must be bool"),
+        (
+            "[accounts]\nregistration = 'invite'\n",
+            "accounts.registration must be 'open' or 'closed'",
+        ),
+        ("[server]\npublic_url = 'files.example.org'\n", "server.public_url must start with"),
+        ("port = 1\n", "unknown section [port]"),
+        ("[server\n", "hostd.toml"),
+    ],
+)
+def test_mistakes_stop_the_start_and_name_the_key(tmp_path, text, message):
+    path = write(tmp_path, text)
+
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+
+    assert message in str(caught.value)
+
+
+def test_cookie_secret_is_generated_once_into_a_private_file(tmp_path):
+    config = Config(data_dir=tmp_path)
+
+    first = ensure_cookie_secret(config)
+    second = ensure_cookie_secret(config)
+
+    assert first.cookie_secret and len(first.cookie_secret) >= 32
+    assert second.cookie_secret == first.cookie_secret
+    assert stat.S_IMODE(os.stat(tmp_path / "cookie_secret").st_mode) == 0o600
+
+
+def test_cookie_secret_from_the_environment_wins(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOSTD_COOKIE_SECRET", "from-env")
+
+    config = ensure_cookie_secret(Config(data_dir=tmp_path))
+
+    assert config.cookie_secret == "from-env"
+    assert not (tmp_path / "cookie_secret").exists()

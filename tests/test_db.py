@@ -1,0 +1,131 @@
+"""The database: migrations, pragmas, and recording uploads."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+
+import pytest
+
+from hostd import db as queries
+from hostd.db import Database, latest_version
+from hostd.storage import short_hash_candidates
+
+
+@pytest.mark.gen_test
+async def test_a_fresh_database_reaches_the_latest_version(db):
+    async with db.conn.execute("PRAGMA user_version") as cur:
+        assert (await cur.fetchone())[0] == latest_version()
+
+
+@pytest.mark.gen_test
+async def test_migrating_twice_is_a_no_op(db):
+    async with db.conn.execute("SELECT sql FROM sqlite_master ORDER BY name") as cur:
+        before = await cur.fetchall()
+
+    version = await db.migrate()
+
+    async with db.conn.execute("SELECT sql FROM sqlite_master ORDER BY name") as cur:
+        assert await cur.fetchall() == before
+    assert version == latest_version()
+
+
+@pytest.mark.gen_test
+async def test_reopening_keeps_the_data(db, config):
+    await queries.register_upload(
+        db, sha256="a" * 64, size_bytes=1, content_type="text/plain", original_name="a"
+    )
+
+    again = await Database.open(config.db_path)
+    try:
+        assert await queries.get_blob_by_sha256(again, "a" * 64) is not None
+    finally:
+        await again.close()
+
+
+@pytest.mark.gen_test
+async def test_pragmas_are_set(db):
+    async def pragma(name):
+        async with db.conn.execute(f"PRAGMA {name}") as cur:
+            return (await cur.fetchone())[0]
+
+    assert await pragma("journal_mode") == "wal"
+    assert await pragma("foreign_keys") == 1
+    assert await pragma("busy_timeout") == 5000
+
+
+@pytest.mark.gen_test
+async def test_a_failed_transaction_rolls_back(db):
+    with pytest.raises(RuntimeError):
+        async with db.transaction() as conn:
+            await conn.execute(
+                "INSERT INTO blobs VALUES (?, 'abcdefghijkl', 1, 'text/plain', 0)", ("b" * 64,)
+            )
+            raise RuntimeError("boom")
+
+    assert await queries.get_blob(db, "abcdefghijkl") is None
+
+
+@pytest.mark.gen_test
+async def test_same_bytes_one_blob_two_registrations(db):
+    sha = hashlib.sha256(b"x").hexdigest()
+
+    first, _ = await queries.register_upload(
+        db, sha256=sha, size_bytes=1, content_type="text/plain", original_name="a.txt"
+    )
+    second, _ = await queries.register_upload(
+        db, sha256=sha, size_bytes=1, content_type="text/plain", original_name="b.txt"
+    )
+
+    assert first == second
+    assert first.hash == short_hash_candidates(sha)[0]
+    assert await queries.count_uploads(db, sha256=sha) == 2
+
+
+@pytest.mark.gen_test
+async def test_concurrent_registrations_are_serialised(db):
+    shas = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(30)]
+
+    results = await asyncio.gather(
+        *(
+            queries.register_upload(
+                db, sha256=sha, size_bytes=1, content_type="text/plain", original_name="n"
+            )
+            for sha in shas * 2
+        )
+    )
+
+    assert len({blob.hash for blob, _ in results}) == 30
+
+
+@pytest.mark.gen_test
+async def test_a_taken_prefix_moves_the_new_blob_to_a_longer_hash(db):
+    sha = hashlib.sha256(b"newcomer").hexdigest()
+    candidates = short_hash_candidates(sha)
+    for i, taken in enumerate(candidates[:3]):
+        async with db.transaction() as conn:
+            await conn.execute(
+                "INSERT INTO blobs VALUES (?, ?, 1, 'text/plain', 0)", (f"{i}" * 64, taken)
+            )
+
+    blob, _ = await queries.register_upload(
+        db, sha256=sha, size_bytes=1, content_type="text/plain", original_name="n"
+    )
+
+    assert blob.hash == candidates[3]
+    assert len(blob.hash) == 15
+
+
+@pytest.mark.gen_test
+async def test_all_lengths_taken_is_an_error_not_a_wrong_file(db):
+    sha = hashlib.sha256(b"unlucky").hexdigest()
+    for i, taken in enumerate(short_hash_candidates(sha)):
+        async with db.transaction() as conn:
+            await conn.execute(
+                "INSERT INTO blobs VALUES (?, ?, 1, 'text/plain', 0)", (f"{i}" * 64, taken)
+            )
+
+    with pytest.raises(queries.HashSpaceExhausted):
+        await queries.register_upload(
+            db, sha256=sha, size_bytes=1, content_type="text/plain", original_name="n"
+        )

@@ -1,0 +1,272 @@
+"""Serving over real HTTP: the three URL forms, validators, ranges, types and safety headers."""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import json
+
+import pytest
+from helpers import multipart_body, streamed_upload
+
+from hostd.handlers.download import content_disposition, parse_range
+
+
+async def upload(client, base_url, data: bytes, filename: str = "file.bin") -> str:
+    body, headers = multipart_body(files=[("file", filename, data)])
+    response = await client.fetch(
+        f"{base_url}/api/upload", method="POST", body=body, headers=headers
+    )
+    return json.loads(response.body)["hash"]
+
+
+@pytest.mark.parametrize("suffix", ["", ".png", ".tar.gz", "/holiday.jpg", "/any/name.txt"])
+@pytest.mark.gen_test
+async def test_all_three_url_forms_serve_the_same_bytes(http_client, base_url, suffix):
+    data = bytes(range(256)) * 40
+    h = await upload(http_client, base_url, data)
+
+    response = await http_client.fetch(f"{base_url}/{h}{suffix}")
+
+    assert response.code == 200
+    assert response.body == data
+
+
+@pytest.mark.gen_test
+async def test_head_sends_the_headers_without_the_body(http_client, base_url):
+    h = await upload(http_client, base_url, b"abc" * 100)
+
+    response = await http_client.fetch(f"{base_url}/{h}", method="HEAD")
+
+    assert response.code == 200
+    assert response.headers["Content-Length"] == "300"
+    assert response.body == b""
+
+
+@pytest.mark.gen_test
+async def test_unknown_hash_is_a_404_page(http_client, base_url):
+    response = await http_client.fetch(f"{base_url}/AAAAAAAAAAAA.png", raise_error=False)
+
+    assert response.code == 404
+    assert response.headers["Content-Type"].startswith("text/html")
+    assert b"There is no file with this hash." in response.body
+    assert "immutable" not in response.headers.get("Cache-Control", "")
+
+
+@pytest.mark.gen_test
+async def test_any_other_unknown_path_is_a_404_page(http_client, base_url):
+    response = await http_client.fetch(f"{base_url}/no/such/page", raise_error=False)
+
+    assert response.code == 404
+    assert b"<html" in response.body
+
+
+@pytest.mark.gen_test
+async def test_file_responses_carry_caching_and_safety_headers(http_client, base_url):
+    data = b"cache me"
+    h = await upload(http_client, base_url, data)
+
+    response = await http_client.fetch(f"{base_url}/{h}")
+
+    assert response.headers["ETag"] == f'"{hashlib.sha256(data).hexdigest()}"'
+    assert response.headers["Cache-Control"] == "public, max-age=31536000, immutable"
+    assert email.utils.parsedate_to_datetime(response.headers["Last-Modified"])
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    csp = response.headers["Content-Security-Policy"]
+    assert "sandbox" in csp.split(";")[-1]
+    assert "default-src 'none'" in csp
+
+
+@pytest.mark.gen_test
+async def test_if_none_match_gives_304(http_client, base_url):
+    h = await upload(http_client, base_url, b"etag")
+    first = await http_client.fetch(f"{base_url}/{h}")
+
+    second = await http_client.fetch(
+        f"{base_url}/{h}.txt", headers={"If-None-Match": first.headers["ETag"]}, raise_error=False
+    )
+
+    assert second.code == 304
+    assert second.body == b""
+
+
+@pytest.mark.gen_test
+async def test_if_modified_since_gives_304(http_client, base_url):
+    h = await upload(http_client, base_url, b"ims")
+    first = await http_client.fetch(f"{base_url}/{h}")
+
+    second = await http_client.fetch(
+        f"{base_url}/{h}",
+        headers={"If-Modified-Since": first.headers["Last-Modified"]},
+        raise_error=False,
+    )
+
+    assert second.code == 304
+
+
+@pytest.mark.gen_test
+async def test_stale_if_none_match_gives_the_file(http_client, base_url):
+    h = await upload(http_client, base_url, b"fresh")
+
+    response = await http_client.fetch(f"{base_url}/{h}", headers={"If-None-Match": '"other"'})
+
+    assert response.code == 200
+    assert response.body == b"fresh"
+
+
+@pytest.mark.parametrize(
+    ("header", "content_range", "expected"),
+    [
+        ("bytes=0-3", "bytes 0-3/10", b"0123"),
+        ("bytes=4-", "bytes 4-9/10", b"456789"),
+        ("bytes=-3", "bytes 7-9/10", b"789"),
+        ("bytes=8-100", "bytes 8-9/10", b"89"),
+    ],
+)
+@pytest.mark.gen_test
+async def test_a_byte_range_gives_206(http_client, base_url, header, content_range, expected):
+    h = await upload(http_client, base_url, b"0123456789")
+
+    response = await http_client.fetch(f"{base_url}/{h}", headers={"Range": header})
+
+    assert response.code == 206
+    assert response.headers["Content-Range"] == content_range
+    assert response.body == expected
+
+
+@pytest.mark.parametrize("header", ["bytes=10-", "bytes=20-30", "bytes=-0"])
+@pytest.mark.gen_test
+async def test_an_unsatisfiable_range_gives_416(http_client, base_url, header):
+    h = await upload(http_client, base_url, b"0123456789")
+
+    response = await http_client.fetch(
+        f"{base_url}/{h}", headers={"Range": header}, raise_error=False
+    )
+
+    assert response.code == 416
+    assert response.headers["Content-Range"] == "bytes */10"
+
+
+@pytest.mark.gen_test
+async def test_several_ranges_get_the_whole_file(http_client, base_url):
+    h = await upload(http_client, base_url, b"0123456789")
+
+    response = await http_client.fetch(f"{base_url}/{h}", headers={"Range": "bytes=0-1,4-5"})
+
+    assert response.code == 200
+    assert response.body == b"0123456789"
+
+
+@pytest.mark.gen_test
+async def test_if_range_with_another_validator_gets_the_whole_file(http_client, base_url):
+    h = await upload(http_client, base_url, b"0123456789")
+
+    response = await http_client.fetch(
+        f"{base_url}/{h}", headers={"Range": "bytes=0-1", "If-Range": '"old"'}
+    )
+
+    assert response.code == 200
+
+
+@pytest.mark.parametrize(
+    ("suffix", "content_type"),
+    [
+        ("", "image/png"),
+        (".png", "image/png"),
+        (".txt", "text/plain; charset=utf-8"),
+        ("/picture.jpg", "image/jpeg"),
+        (".unknownext", "image/png"),
+    ],
+)
+@pytest.mark.gen_test
+async def test_content_type_comes_from_the_url_name_else_from_the_bytes(
+    http_client, base_url, suffix, content_type
+):
+    h = await upload(http_client, base_url, b"\x89PNG\r\n\x1a\n" + b"\0" * 16, "upload")
+
+    response = await http_client.fetch(f"{base_url}/{h}{suffix}")
+
+    assert response.headers["Content-Type"] == content_type
+
+
+@pytest.mark.parametrize("suffix", ["", ".html", ".svg", ".xml", "/page.html"])
+@pytest.mark.gen_test
+async def test_uploaded_markup_is_sandboxed_whatever_the_url(http_client, base_url, suffix):
+    h = await upload(
+        http_client, base_url, b"<html><script>alert(document.cookie)</script>", "x.html"
+    )
+
+    response = await http_client.fetch(f"{base_url}/{h}{suffix}")
+
+    assert "sandbox" in response.headers["Content-Security-Policy"]
+    assert "script-src" not in response.headers["Content-Security-Policy"]
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+@pytest.mark.gen_test
+async def test_filename_url_sends_content_disposition_inline(http_client, base_url):
+    h = await upload(http_client, base_url, b"report")
+
+    plain = await http_client.fetch(f"{base_url}/{h}/report.txt")
+    fancy = await http_client.fetch(f"{base_url}/{h}/r%C3%A9sum%C3%A9.txt")
+    bare = await http_client.fetch(f"{base_url}/{h}")
+
+    assert plain.headers["Content-Disposition"] == 'inline; filename="report.txt"'
+    assert fancy.headers["Content-Disposition"] == (
+        "inline; filename=\"r_sum_.txt\"; filename*=UTF-8''r%C3%A9sum%C3%A9.txt"
+    )
+    assert "Content-Disposition" not in bare.headers
+
+
+def test_content_disposition_cannot_be_broken_out_of():
+    header = content_disposition('evil".txt\r\nSet-Cookie: x=1')
+
+    assert "\r" not in header and "\n" not in header
+    assert header.startswith('inline; filename="evil_.txt__Set-Cookie: x=1";')
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [("bytes=0-0", (0, 0)), ("bytes=5-", (5, 9)), ("bytes=-20", (0, 9)), ("bytes=10-", None)],
+)
+def test_parse_range(header, expected):
+    assert parse_range(header, 10) == expected
+
+
+@pytest.mark.parametrize("header", ["bytes=1-2,3-4", "items=0-1", "bytes=-", "bytes=a-b"])
+def test_parse_range_refuses_what_it_does_not_serve(header):
+    with pytest.raises(ValueError):
+        parse_range(header, 10)
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_large_file_streams_back_whole(http_client, base_url):
+    producer, headers, digest = streamed_upload(6 * 1024 * 1024 + 3)
+    answer = await http_client.fetch(
+        f"{base_url}/api/upload", method="POST", body_producer=producer, headers=headers
+    )
+    h = json.loads(answer.body)["hash"]
+    received = hashlib.sha256()
+
+    await http_client.fetch(f"{base_url}/{h}", streaming_callback=received.update)
+
+    assert received.digest() == digest
+
+
+@pytest.mark.gen_test
+async def test_a_short_hash_collision_never_serves_the_wrong_bytes(http_client, base_url, db):
+    # Plant a blob that holds the 12-character hash the next upload would get.
+    from hostd.storage import short_hash_candidates
+
+    data = b"the real content"
+    sha = hashlib.sha256(data).hexdigest()
+    taken = short_hash_candidates(sha)[0]
+    async with db.transaction() as conn:
+        await conn.execute("INSERT INTO blobs VALUES (?, ?, 1, 'text/plain', 0)", ("f" * 64, taken))
+
+    h = await upload(http_client, base_url, data)
+    response = await http_client.fetch(f"{base_url}/{h}")
+
+    assert h == short_hash_candidates(sha)[1]
+    assert len(h) == 13
+    assert response.body == data

@@ -1,0 +1,80 @@
+"""Pages: the API page says all the original said, with this instance's real URLs."""
+
+from __future__ import annotations
+
+import html
+import re
+
+import pytest
+
+
+def text_of(page: bytes) -> str:
+    """The page's text as a reader sees it: tags dropped, entities decoded, spaces folded."""
+    without_tags = re.sub(r"<[^>]+>", " ", page.decode())
+    return re.sub(r"\s+", " ", html.unescape(without_tags))
+
+
+@pytest.mark.gen_test
+async def test_api_page_says_everything_the_original_says(http_client, base_url):
+    response = await http_client.fetch(f"{base_url}/api")
+
+    text = text_of(response.body)
+    for sentence in [
+        "To start using the API you need an API key.",
+        "API keys don't expire, however previously issued API keys can be made unusable by "
+        "invalidating them.",
+        f"HTTP POST to {base_url}/api/upload with the file to be uploaded in the file field.",
+        f"The regular URL {base_url}/upload can also be used, but files uploaded via this URL "
+        "can't be registered to your account as this requires a valid browser session.",
+        "cURL example",
+        f"$ curl -F file=@image.png {base_url}/api/upload",
+        "Returns the following JSON, which should be self-explanatory:",
+        f'"base": "{base_url}/"',
+        f'"full": "{base_url}/hash/image.png"',
+        f'"ext": "{base_url}/hash.png"',
+        f'"hash": "{base_url}/hash"',
+        "To register files to your account, the API key must be specified as the bearer token:",
+        f"$ curl -H 'Authorization: Bearer api_key' -F file=@image.png {base_url}/api/upload",
+        "(Replace api_key with a generated API key)",
+        "By using the regular URL and adding api=1 you will get machine-readable responses in "
+        "the form: response result where response is either ERROR or OK , and result is the "
+        "file hash in the case of OK , or an error message in the case of ERROR .",
+        "The hash can be used to construct URLs in which the paths begin with /hash where hash "
+        "is the hash received.",
+        "Any file extension can be appended to the hash, and for convenience the original "
+        "filename (or whatever filename you prefer) can be appended after an additional slash "
+        "after the hash. See JSON response above for examples on how to construct URLs.",
+    ]:
+        assert sentence in text
+
+
+@pytest.mark.gen_test
+async def test_api_page_uses_the_configured_public_url(http_client, base_url, app):
+    import dataclasses
+
+    app.settings["hostd_config"] = dataclasses.replace(
+        app.settings["hostd_config"], public_url="https://files.example.org"
+    )
+
+    response = await http_client.fetch(f"{base_url}/api")
+
+    assert "curl -F file=@image.png https://files.example.org/api/upload" in text_of(response.body)
+    assert base_url not in response.body.decode()
+
+
+@pytest.mark.parametrize("path", ["/", "/api"])
+@pytest.mark.gen_test
+async def test_pages_carry_a_strict_content_security_policy(http_client, base_url, path):
+    response = await http_client.fetch(f"{base_url}{path}")
+
+    csp = response.headers["Content-Security-Policy"]
+    assert "default-src 'none'" in csp
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+    assert re.search(r'<script src="/static/htmx-2\.0\.11\.min\.js\?v=\w+"', response.body.decode())
+
+
+@pytest.mark.gen_test
+async def test_upload_page_states_the_size_limit(http_client, base_url):
+    response = await http_client.fetch(f"{base_url}/")
+
+    assert "8.0 MiB" in text_of(response.body)

@@ -1,0 +1,103 @@
+"""The blob store: temp file, hash, fsync, rename; dedup; cleaning up."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+import pytest
+
+from hostd.storage import LocalBlobStore, short_hash_candidates
+
+
+@pytest.fixture
+def local(tmp_path):
+    return LocalBlobStore(tmp_path / "blobs")
+
+
+@pytest.mark.gen_test
+async def test_commit_moves_the_file_to_its_fanned_out_path(local):
+    writer = local.writer()
+    writer.write(b"hello ")
+    writer.write(b"world")
+
+    written = await writer.commit()
+
+    sha = hashlib.sha256(b"hello world").hexdigest()
+    assert written.sha256 == sha
+    assert written.size_bytes == 11
+    assert written.created is True
+    assert local.path(sha) == local.root / sha[:2] / sha[2:4] / sha
+    assert local.path(sha).read_bytes() == b"hello world"
+    assert list(local.tmp_dir.iterdir()) == []
+
+
+@pytest.mark.gen_test
+async def test_identical_bytes_are_stored_once(local):
+    for _ in range(2):
+        writer = local.writer()
+        writer.write(b"same")
+        written = await writer.commit()
+
+    assert written.created is False
+    assert len([p for p in local.root.rglob("*") if p.is_file()]) == 1
+    assert list(local.tmp_dir.iterdir()) == []
+
+
+@pytest.mark.gen_test
+async def test_head_keeps_only_the_first_bytes(local):
+    writer = local.writer()
+    writer.write(b"a" * 5000)
+    writer.write(b"b" * 5000)
+
+    written = await writer.commit()
+
+    assert written.head == b"a" * 5000 + b"b" * 3192
+
+
+def test_abort_removes_the_temp_file(local):
+    writer = local.writer()
+    writer.write(b"partial")
+
+    writer.abort()
+
+    assert list(local.tmp_dir.iterdir()) == []
+
+
+def test_stale_temp_files_are_removed_at_start(local):
+    (local.tmp_dir / "upload-left-by-a-crash").write_bytes(b"crash")
+    (local.tmp_dir / "unrelated.txt").write_text("kept")
+
+    removed = LocalBlobStore(local.root).remove_stale_temp_files()
+
+    assert removed == 1
+    assert [p.name for p in local.tmp_dir.iterdir()] == ["unrelated.txt"]
+
+
+@pytest.mark.gen_test
+async def test_delete_and_exists(local):
+    writer = local.writer()
+    writer.write(b"gone soon")
+    sha = (await writer.commit()).sha256
+
+    assert local.exists(sha)
+    assert local.delete(sha) is True
+    assert not local.exists(sha)
+    assert local.delete(sha) is False
+
+
+@pytest.mark.parametrize("bad", ["../etc/passwd", "a" * 63, "A" * 64, "g" * 64])
+def test_paths_come_only_from_hex_digests(local, bad):
+    with pytest.raises(ValueError):
+        local.path(bad)
+
+
+def test_short_hash_candidates_are_url_safe_prefixes_of_12_to_16():
+    sha = hashlib.sha256(b"x").hexdigest()
+
+    candidates = short_hash_candidates(sha)
+
+    assert [len(c) for c in candidates] == [12, 13, 14, 15, 16]
+    assert all(candidates[-1].startswith(c) for c in candidates)
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]+", c) for c in candidates)
+    assert short_hash_candidates(sha) == candidates
