@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 
 import jinja2
 import tornado.httpserver
 import tornado.web
 
+from hostd.auth import Auth, SignInLimiter
 from hostd.config import Config, ensure_cookie_secret
 from hostd.db import Database
 from hostd.formdata import FORM_OVERHEAD_BYTES
@@ -20,18 +22,23 @@ from hostd.storage import LocalBlobStore
 log = logging.getLogger("hostd")
 
 
-def make_app(config: Config, db: Database, store: LocalBlobStore) -> tornado.web.Application:
+def make_app(
+    config: Config, db: Database, store: LocalBlobStore, auth: Auth | None = None
+) -> tornado.web.Application:
     templates = jinja2.Environment(
         loader=jinja2.FileSystemLoader(config.templates_dir),
         autoescape=True,
         undefined=jinja2.StrictUndefined,  # a typo in a template is an error, not blank output
     )
+    templates.filters["datetime"] = format_time
     return tornado.web.Application(
         all_routes(),
         default_handler_class=NotFoundHandler,
         hostd_config=config,
         hostd_db=db,
         hostd_store=store,
+        hostd_auth=auth or Auth(),
+        hostd_limiter=SignInLimiter(),
         jinja_env=templates,
         static_path=str(config.static_dir),
         cookie_secret=config.cookie_secret,
@@ -40,6 +47,10 @@ def make_app(config: Config, db: Database, store: LocalBlobStore) -> tornado.web
         login_url="/login",
         debug=config.debug,
     )
+
+
+def format_time(epoch: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(epoch))
 
 
 def make_server(config: Config, app: tornado.web.Application) -> tornado.httpserver.HTTPServer:

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import logging
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from hostd import __version__
-from hostd.app import serve
+from hostd import __version__, db
+from hostd.app import format_time, serve
+from hostd.auth import Auth
 from hostd.config import Config, ConfigError, load_config
+from hostd.db import Database
+from hostd.handlers.accounts import NAME_PATTERN, check_password
 
 DEFAULT_CONFIG = Path("hostd.toml")
 
@@ -29,7 +34,151 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve_cmd.add_argument("--port", type=int, help="port to listen on (default 8000)")
     serve_cmd.set_defaults(handler=cmd_serve)
+
+    user_cmd = commands.add_parser("user", help="manage accounts")
+    user_sub = user_cmd.add_subparsers(dest="action", required=True, metavar="ACTION")
+    add = user_sub.add_parser("add", parents=[common], help="create an account")
+    add.add_argument("name")
+    add.add_argument(
+        "--password-stdin", action="store_true", help="read the password from standard input"
+    )
+    add.set_defaults(handler=admin(user_add))
+    user_sub.add_parser("list", parents=[common], help="list accounts").set_defaults(
+        handler=admin(user_list)
+    )
+    passwd = user_sub.add_parser("passwd", parents=[common], help="set an account's password")
+    passwd.add_argument("name")
+    passwd.add_argument("--password-stdin", action="store_true")
+    passwd.set_defaults(handler=admin(user_passwd))
+
+    key_cmd = commands.add_parser("key", help="manage API keys")
+    key_sub = key_cmd.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = key_sub.add_parser("create", parents=[common], help="make a key; prints it once")
+    create.add_argument("name", help="the account")
+    create.add_argument("--label", default="")
+    create.set_defaults(handler=admin(key_create))
+    key_list = key_sub.add_parser("list", parents=[common], help="list an account's keys")
+    key_list.add_argument("name")
+    key_list.set_defaults(handler=admin(key_list_cmd))
+    invalidate = key_sub.add_parser("invalidate", parents=[common], help="make a key unusable")
+    invalidate.add_argument("key_id", help="the 16 hex characters after hk_")
+    invalidate.set_defaults(handler=admin(key_invalidate))
     return parser
+
+
+class CommandError(Exception):
+    """A failed admin command; the message is printed, the exit status is 1."""
+
+
+AdminCommand = Callable[[argparse.Namespace, Database, Auth], Awaitable[None]]
+
+
+def admin(command: AdminCommand) -> Callable[[argparse.Namespace], int]:
+    """Run an admin command against the configured database."""
+
+    def run_it(args: argparse.Namespace) -> int:
+        config = config_from(args)
+
+        async def main() -> None:
+            config.data_dir.mkdir(parents=True, exist_ok=True)
+            database = await Database.open(config.db_path)
+            auth = Auth()
+            try:
+                await command(args, database, auth)
+            finally:
+                auth.close()
+                await database.close()
+
+        try:
+            asyncio.run(main())
+        except CommandError as exc:
+            print(f"hostd: {exc}", file=sys.stderr)
+            return 1
+        return 0
+
+    return run_it
+
+
+def read_password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+        confirm = password
+    else:
+        password = getpass.getpass("Password: ")
+        confirm = getpass.getpass("Password again: ")
+    problem = check_password(password, confirm)
+    if problem:
+        raise CommandError(problem)
+    return password
+
+
+async def user_add(args: argparse.Namespace, database: Database, auth: Auth) -> None:
+    if not NAME_PATTERN.fullmatch(args.name):
+        raise CommandError("a name is 1 to 64 letters, digits, '.', '_' or '-'")
+    password = read_password(args)
+    try:
+        user = await db.insert_user(
+            database, name=args.name, password_hash=await auth.hash_password(password)
+        )
+    except db.NameTaken:
+        raise CommandError(f"the name {args.name!r} is taken") from None
+    print(f"created user {user.name}", file=sys.stderr)
+
+
+async def user_list(args: argparse.Namespace, database: Database, auth: Auth) -> None:
+    print(f"{'name':<24} {'created':<20} {'uploads':>8} {'keys':>5}")
+    for user, uploads, keys in await db.list_users(database):
+        print(f"{user.name:<24} {format_time(user.created_at):<20} {uploads:>8} {keys:>5}")
+
+
+async def user_passwd(args: argparse.Namespace, database: Database, auth: Auth) -> None:
+    user = await existing_user(database, args.name)
+    password = read_password(args)
+    await db.update_password(
+        database,
+        user_id=user.id,
+        password_hash=await auth.hash_password(password),
+        end_sessions=True,
+    )
+    print(f"password changed for {user.name}; their sessions have ended", file=sys.stderr)
+
+
+async def existing_user(database: Database, name: str) -> db.User:
+    user = await db.get_user(database, name=name)
+    if user is None:
+        raise CommandError(f"there is no user {name!r}")
+    return user
+
+
+async def key_create(args: argparse.Namespace, database: Database, auth: Auth) -> None:
+    user = await existing_user(database, args.name)
+    minted = await auth.mint_key()
+    await db.insert_api_key(
+        database,
+        user_id=user.id,
+        key_id=minted.key_id,
+        secret_hash=minted.secret_hash,
+        label=args.label,
+    )
+    print(minted.token)
+
+
+async def key_list_cmd(args: argparse.Namespace, database: Database, auth: Auth) -> None:
+    user = await existing_user(database, args.name)
+    print(f"{'id':<16}  {'label':<24} {'created':<20} {'last used':<20} state")
+    for key in await db.list_api_keys(database, user_id=user.id):
+        used = format_time(key.last_used_at) if key.last_used_at else "never"
+        state = "usable" if key.usable else "invalidated"
+        created = format_time(key.created_at)
+        print(f"{key.key_id:<16}  {key.label:<24} {created:<20} {used:<20} {state}")
+
+
+async def key_invalidate(args: argparse.Namespace, database: Database, auth: Auth) -> None:
+    key_id = args.key_id.removeprefix("hk_").split("_")[0]
+    key = await db.invalidate_api_key(database, key_id=key_id)
+    if key is None:
+        raise CommandError(f"there is no key {key_id!r}")
+    print(f"key {key.key_id} is invalidated", file=sys.stderr)
 
 
 def config_from(args: argparse.Namespace, **overrides: object) -> Config:

@@ -9,10 +9,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import TypeVar
 
 import aiosqlite
 
 from hostd.storage import short_hash_candidates
+
+T = TypeVar("T")
 
 
 class HashSpaceExhausted(Exception):
@@ -118,10 +121,16 @@ class Upload:
     sha256: str
     original_name: str
     created_at: int
+    user_id: int | None
+    api_key_id: int | None
+
+
+def _row(cls: type[T], row: aiosqlite.Row) -> T:
+    return cls(**dict(zip(row.keys(), row, strict=True)))
 
 
 def _blob(row: aiosqlite.Row) -> Blob:
-    return Blob(**dict(zip(row.keys(), row, strict=True)))
+    return _row(Blob, row)
 
 
 async def get_blob(db: Database, hash: str) -> Blob | None:
@@ -138,7 +147,14 @@ async def get_blob_by_sha256(db: Database, sha256: str) -> Blob | None:
 
 
 async def register_upload(
-    db: Database, *, sha256: str, size_bytes: int, content_type: str, original_name: str
+    db: Database,
+    *,
+    sha256: str,
+    size_bytes: int,
+    content_type: str,
+    original_name: str,
+    user_id: int | None = None,
+    api_key_id: int | None = None,
 ) -> tuple[Blob, Upload]:
     """Record an upload of durable bytes, creating the blob row on first sight.
 
@@ -163,15 +179,15 @@ async def register_upload(
                 row = await cur.fetchone()
         async with conn.execute(
             """
-            INSERT INTO uploads (sha256, original_name, created_at)
-            VALUES (?, ?, ?)
+            INSERT INTO uploads (sha256, original_name, created_at, user_id, api_key_id)
+            VALUES (?, ?, ?, ?, ?)
             RETURNING *
             """,
-            (sha256, original_name, created_at),
+            (sha256, original_name, created_at, user_id, api_key_id),
         ) as cur:
             upload_row = await cur.fetchone()
     assert row is not None and upload_row is not None
-    return _blob(row), Upload(**dict(zip(upload_row.keys(), upload_row, strict=True)))
+    return _blob(row), _row(Upload, upload_row)
 
 
 async def _free_hash(conn: aiosqlite.Connection, sha256: str) -> str:
@@ -186,3 +202,189 @@ async def count_uploads(db: Database, *, sha256: str) -> int:
     async with db.conn.execute("SELECT count(*) FROM uploads WHERE sha256 = ?", (sha256,)) as cur:
         row = await cur.fetchone()
     return int(row[0]) if row else 0
+
+
+# -- users and sessions -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class User:
+    id: int
+    name: str
+    password_hash: str
+    created_at: int
+
+
+class NameTaken(Exception):
+    """An account with this name (in any letter case) exists already."""
+
+
+async def insert_user(db: Database, *, name: str, password_hash: str) -> User:
+    try:
+        async with (
+            db.transaction() as conn,
+            conn.execute(
+                "INSERT INTO users (name, password_hash, created_at) VALUES (?, ?, ?) RETURNING *",
+                (name, password_hash, now()),
+            ) as cur,
+        ):
+            row = await cur.fetchone()
+    except aiosqlite.IntegrityError as exc:
+        raise NameTaken(name) from exc
+    assert row is not None
+    return _row(User, row)
+
+
+async def get_user(db: Database, *, name: str | None = None, id: int | None = None) -> User | None:
+    """By name (any letter case) or by id."""
+    column, value = ("name", name) if name is not None else ("id", id)
+    async with db.conn.execute(f"SELECT * FROM users WHERE {column} = ?", (value,)) as cur:
+        row = await cur.fetchone()
+    return _row(User, row) if row else None
+
+
+async def list_users(db: Database) -> list[tuple[User, int, int]]:
+    """Every user with their count of uploads and of usable keys."""
+    async with db.conn.execute(
+        """
+        SELECT users.*,
+               (SELECT count(*) FROM uploads WHERE uploads.user_id = users.id) AS uploads,
+               (SELECT count(*) FROM api_keys
+                 WHERE api_keys.user_id = users.id AND invalidated_at IS NULL) AS keys
+        FROM users ORDER BY users.name
+        """
+    ) as cur:
+        rows = await cur.fetchall()
+    return [
+        (User(row["id"], row["name"], row["password_hash"], row["created_at"]), row[4], row[5])
+        for row in rows
+    ]
+
+
+async def update_password(
+    db: Database, *, user_id: int, password_hash: str, end_sessions: bool
+) -> None:
+    async with db.transaction() as conn:
+        await conn.execute(
+            "UPDATE users SET password_hash = ? WHERE id = ?", (password_hash, user_id)
+        )
+        if end_sessions:
+            await conn.execute("DELETE FROM sessions WHERE user_id = ?", (user_id,))
+
+
+async def insert_session(db: Database, *, token_hash: str, user_id: int) -> None:
+    async with db.transaction() as conn:
+        await conn.execute(
+            "INSERT INTO sessions (token_hash, user_id, created_at) VALUES (?, ?, ?)",
+            (token_hash, user_id, now()),
+        )
+
+
+async def get_session_user(db: Database, *, token_hash: str) -> User | None:
+    async with db.conn.execute(
+        """
+        SELECT users.* FROM sessions JOIN users ON users.id = sessions.user_id
+        WHERE sessions.token_hash = ?
+        """,
+        (token_hash,),
+    ) as cur:
+        row = await cur.fetchone()
+    return _row(User, row) if row else None
+
+
+async def delete_session(db: Database, *, token_hash: str) -> None:
+    async with db.transaction() as conn:
+        await conn.execute("DELETE FROM sessions WHERE token_hash = ?", (token_hash,))
+
+
+# -- API keys --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    id: int
+    key_id: str
+    user_id: int
+    secret_hash: str
+    label: str
+    created_at: int
+    last_used_at: int | None
+    invalidated_at: int | None
+
+    @property
+    def usable(self) -> bool:
+        return self.invalidated_at is None
+
+
+class TooManyKeys(Exception):
+    """The account holds accounts.max_keys usable keys already."""
+
+
+async def insert_api_key(
+    db: Database,
+    *,
+    user_id: int,
+    key_id: str,
+    secret_hash: str,
+    label: str,
+    max_keys: int | None = None,
+) -> ApiKey:
+    async with db.transaction() as conn:
+        if max_keys is not None:
+            async with conn.execute(
+                "SELECT count(*) FROM api_keys WHERE user_id = ? AND invalidated_at IS NULL",
+                (user_id,),
+            ) as cur:
+                row = await cur.fetchone()
+            if row is not None and row[0] >= max_keys:
+                raise TooManyKeys(max_keys)
+        async with conn.execute(
+            """
+            INSERT INTO api_keys (key_id, user_id, secret_hash, label, created_at)
+            VALUES (?, ?, ?, ?, ?)
+            RETURNING *
+            """,
+            (key_id, user_id, secret_hash, label, now()),
+        ) as cur:
+            row = await cur.fetchone()
+    assert row is not None
+    return _row(ApiKey, row)
+
+
+async def get_api_key(db: Database, *, key_id: str) -> ApiKey | None:
+    async with db.conn.execute("SELECT * FROM api_keys WHERE key_id = ?", (key_id,)) as cur:
+        row = await cur.fetchone()
+    return _row(ApiKey, row) if row else None
+
+
+async def list_api_keys(db: Database, *, user_id: int) -> list[ApiKey]:
+    """Newest first."""
+    async with db.conn.execute(
+        "SELECT * FROM api_keys WHERE user_id = ? ORDER BY created_at DESC, id DESC", (user_id,)
+    ) as cur:
+        return [_row(ApiKey, row) for row in await cur.fetchall()]
+
+
+async def invalidate_api_key(
+    db: Database, *, key_id: str, user_id: int | None = None
+) -> ApiKey | None:
+    """Make a key unusable for good. With user_id, only that user's key. Returns the key as
+    it is now, or None when there is no such key (for that user)."""
+    async with (
+        db.transaction() as conn,
+        conn.execute(
+            """
+            UPDATE api_keys SET invalidated_at = coalesce(invalidated_at, ?)
+            WHERE key_id = ? AND (? IS NULL OR user_id = ?)
+            RETURNING *
+            """,
+            (now(), key_id, user_id, user_id),
+        ) as cur,
+    ):
+        row = await cur.fetchone()
+    return _row(ApiKey, row) if row else None
+
+
+async def touch_api_key(db: Database, *, id: int, at: int) -> None:
+    async with db.transaction() as conn:
+        await conn.execute("UPDATE api_keys SET last_used_at = ? WHERE id = ?", (at, id))

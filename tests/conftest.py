@@ -6,11 +6,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import argon2
 import pytest
 import tornado.httpclient
 import tornado.testing
 
 from hostd.app import make_app, make_server
+from hostd.auth import Auth
 from hostd.config import Config
 from hostd.db import Database
 from hostd.storage import LocalBlobStore
@@ -43,8 +45,18 @@ def store(parts: tuple[Database, LocalBlobStore]) -> LocalBlobStore:
 
 
 @pytest.fixture
-def app(config: Config, db: Database, store: LocalBlobStore) -> Any:
-    return make_app(config, db, store)
+def auth() -> Iterator[Auth]:
+    """Argon2 at its cheapest, so tests do not spend seconds hashing (test_auth checks the
+    production parameters once)."""
+    cheap = argon2.PasswordHasher.from_parameters(argon2.profiles.CHEAPEST)
+    auth = Auth(password_hasher=cheap, key_hasher=cheap)
+    yield auth
+    auth.close()
+
+
+@pytest.fixture
+def app(config: Config, db: Database, store: LocalBlobStore, auth: Auth) -> Any:
+    return make_app(config, db, store, auth)
 
 
 @pytest.fixture

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from hostd.handlers import download, pages, upload
+from hostd.handlers import accounts, api, download, pages, upload
 
 
 def all_routes() -> list[tuple[str, Any]]:
     # Named routes first; the hash routes match what is left.
-    return [*pages.routes, *upload.routes, *download.routes]
+    return [
+        *pages.routes,
+        *accounts.routes,
+        *api.routes,
+        *upload.routes,
+        *download.routes,
+    ]

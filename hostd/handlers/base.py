@@ -12,8 +12,10 @@ import jinja2
 import tornado.iostream
 import tornado.web
 
+from hostd import db
+from hostd.auth import Auth, SignInLimiter, session_token_hash
 from hostd.config import Config
-from hostd.db import Database
+from hostd.db import Database, User
 from hostd.storage import LocalBlobStore
 
 # How long a refused upload's connection keeps reading (and dropping) what the client still
@@ -44,8 +46,41 @@ def error_message(status_code: int, reason: str, kwargs: dict[str, Any]) -> str:
     return exc.message if isinstance(exc, Refusal) else reason
 
 
+SESSION_COOKIE = "hostd_session"
+SESSION_DAYS = 30
+
+
 class BaseHandler(tornado.web.RequestHandler):
-    """HTML pages: Jinja2 rendering, htmx fragments, error pages."""
+    """HTML pages: Jinja2 rendering, htmx fragments, error pages, the session user."""
+
+    current_user: User | None
+
+    async def prepare(self) -> None:
+        # get_current_user() cannot be async, so the user is loaded here
+        # (see the RequestHandler.current_user docstring).
+        self.current_user = await self.session_user()
+
+    async def session_user(self) -> User | None:
+        token = self.get_signed_cookie(SESSION_COOKIE, max_age_days=SESSION_DAYS)
+        if not token:
+            return None
+        return await db.get_session_user(self.db, token_hash=session_token_hash(token.decode()))
+
+    @property
+    def auth(self) -> Auth:
+        return self.settings["hostd_auth"]
+
+    @property
+    def limiter(self) -> SignInLimiter:
+        return self.settings["hostd_limiter"]
+
+    def redirect_after_post(self, url: str) -> None:
+        """303 for a plain form post; for htmx, which would swap the page in, HX-Redirect."""
+        if self.is_htmx:
+            self.set_header("HX-Redirect", url)
+            self.finish()
+        else:
+            self.redirect(url, status=303)
 
     @property
     def config(self) -> Config:
@@ -85,26 +120,33 @@ class BaseHandler(tornado.web.RequestHandler):
                 host = forwarded.split(",")[0].strip()
         return f"{self.request.protocol}://{host}"
 
+    def template_context(self, context: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "current_user": self.current_user,
+            "public_url": self.public_url(),
+            "config": self.config,
+            "xsrf_form_html": self.xsrf_form_html,
+            "xsrf_token": self.xsrf_token.decode(),
+            "static_url": self.static_url,
+            "request_path": self.request.path,
+            **context,
+        }
+
     def render_string_page(self, template: str, **context: Any) -> str:
         env: jinja2.Environment = self.settings["jinja_env"]
-        context.setdefault("current_user", self.current_user)
-        context.setdefault("public_url", self.public_url())
-        context.setdefault("config", self.config)
-        context.setdefault("xsrf_form_html", self.xsrf_form_html)
-        context.setdefault("static_url", self.static_url)
-        context.setdefault("request_path", self.request.path)
-        return env.get_template(template).render(context)
+        return env.get_template(template).render(self.template_context(context))
+
+    def render_fragment(self, template: str, block: str, **context: Any) -> str:
+        """One named block of a page template: the htmx partial that can't drift from it."""
+        env: jinja2.Environment = self.settings["jinja_env"]
+        tmpl = env.get_template(template)
+        return "".join(tmpl.blocks[block](tmpl.new_context(self.template_context(context))))
 
     def render_page(self, template: str, *, fragment: str | None = None, **context: Any) -> None:
         """Render a page, or only its `fragment` block for an htmx request."""
         self.set_header("Vary", "HX-Request")
         if fragment is not None and self.is_htmx:
-            env: jinja2.Environment = self.settings["jinja_env"]
-            tmpl = env.get_template(template)
-            context.setdefault("current_user", self.current_user)
-            context.setdefault("xsrf_form_html", self.xsrf_form_html)
-            context.setdefault("static_url", self.static_url)
-            self.finish("".join(tmpl.blocks[fragment](tmpl.new_context(context))))
+            self.finish(self.render_fragment(template, fragment, **context))
         else:
             self.finish(self.render_string_page(template, **context))
 
@@ -121,7 +163,14 @@ class BaseHandler(tornado.web.RequestHandler):
 
 
 class ApiHandler(BaseHandler):
-    """JSON endpoints for scripts: errors are {"status": false, "error": ...}."""
+    """JSON endpoints for scripts: errors are {"status": false, "error": ...}.
+
+    Cookies are ignored: an API request is who its Bearer key says, so no other site can
+    make a signed-in browser act through the API.
+    """
+
+    async def session_user(self) -> User | None:
+        return None
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         message = error_message(status_code, self._reason, kwargs)

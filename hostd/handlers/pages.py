@@ -1,4 +1,4 @@
-"""Pages: the upload page and the API documentation."""
+"""Pages: the upload page, and the 404 page for every unknown URL."""
 
 from __future__ import annotations
 
@@ -10,19 +10,14 @@ class IndexHandler(BaseHandler):
         self.render_page("pages/index.html")
 
 
-class ApiPageHandler(BaseHandler):
-    def get(self) -> None:
-        self.render_page("pages/api.html")
-
-
 class NotFoundHandler(BaseHandler):
     """Every unknown URL: the 404 page."""
 
-    def prepare(self) -> None:
+    async def prepare(self) -> None:
+        await super().prepare()
         raise Refusal(404, "There is nothing at this address.")
 
 
 routes = [
     (r"/", IndexHandler),
-    (r"/api", ApiPageHandler),
 ]

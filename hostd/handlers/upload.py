@@ -11,7 +11,7 @@ import tornado.web
 from tornado.http1connection import HTTP1Connection
 
 from hostd import db, sniff
-from hostd.db import Blob
+from hostd.db import ApiKey, Blob
 from hostd.formdata import FORM_OVERHEAD_BYTES, UploadError, UploadForm, boundary_of
 from hostd.handlers.base import ApiHandler, BaseHandler, refuse_early
 from hostd.storage import WrittenBlob
@@ -19,6 +19,20 @@ from hostd.storage import WrittenBlob
 # Past the limit, Tornado itself stops reading a chunked body at this much more; by then
 # the client has had our 413 for a while.
 DRAIN_ALLOWANCE_BYTES = 16 * 1024 * 1024
+
+
+NEEDS_ACCOUNT = (
+    "uploads need an account here: sign in, or generate an API key on the /api page and send "
+    "it as 'Authorization: Bearer <key>' to /api/upload"
+)
+# last_used_at is written at most this often per key, to keep keyed uploads cheap.
+TOUCH_EVERY_SECONDS = 60
+
+
+async def touch_key(handler: BaseHandler, key: ApiKey) -> None:
+    at = db.now()
+    if key.last_used_at is None or at - key.last_used_at >= TOUCH_EVERY_SECONDS:
+        await db.touch_api_key(handler.db, id=key.id, at=at)
 
 
 def file_urls(base: str, blob: Blob, filename: str) -> dict[str, str]:
@@ -42,6 +56,7 @@ class UploadFlow(BaseHandler):
 
     form: UploadForm | None = None
     failed = False
+    api_key: ApiKey | None = None
 
     def check_xsrf_cookie(self) -> None:
         # Checked in prepare(), where a refusal can be answered without a reset.
@@ -55,6 +70,7 @@ class UploadFlow(BaseHandler):
         assert isinstance(connection, HTTP1Connection)
         connection.set_max_body_size(limit + FORM_OVERHEAD_BYTES + DRAIN_ALLOWANCE_BYTES)
         try:
+            await super().prepare()
             await self.authorize()
             length = self.request.headers.get("Content-Length")
             if (
@@ -67,12 +83,16 @@ class UploadFlow(BaseHandler):
         except UploadError as exc:
             self.form = None
             status, body, content_type = self.error_answer(exc.status, exc.message)
+            if status == 401:
+                self.set_header("WWW-Authenticate", 'Bearer realm="hostd"')
             refuse_early(self, status, body, content_type)
             return
         self.form = UploadForm(boundary, max_file_bytes=limit, open_writer=self.store.writer)
 
     async def authorize(self) -> None:
-        """Raise UploadError when this request may not upload; the accounts layer fills this."""
+        """Raise UploadError when this request may not upload."""
+        if self.current_user is None and not self.config.allow_anonymous:
+            raise UploadError(401, NEEDS_ACCOUNT)
 
     def data_received(self, chunk: bytes) -> Any:
         if self.failed or self.form is None:
@@ -111,7 +131,13 @@ class UploadFlow(BaseHandler):
             size_bytes=written.size_bytes,
             content_type=sniff.detect(written.head),
             original_name=filename,
+            user_id=self.api_key.user_id
+            if self.api_key
+            else getattr(self.current_user, "id", None),
+            api_key_id=self.api_key.id if self.api_key else None,
         )
+        if self.api_key is not None:
+            await touch_key(self, self.api_key)
         return blob
 
     def on_connection_close(self) -> None:
@@ -136,7 +162,21 @@ class UploadFlow(BaseHandler):
 
 @tornado.web.stream_request_body
 class UploadHandler(UploadFlow):
-    """The browser's upload URL; with `api=1` it answers `OK <hash>` / `ERROR <message>`."""
+    """The browser's upload URL; with `api=1` it answers `OK <hash>` / `ERROR <message>`.
+
+    A signed-in browser's upload is registered to its account, and must carry the xsrf
+    token; without a session (curl) it is anonymous and needs none.
+    """
+
+    async def authorize(self) -> None:
+        if self.current_user is not None:
+            try:
+                tornado.web.RequestHandler.check_xsrf_cookie(self)
+            except tornado.web.HTTPError:
+                raise UploadError(
+                    403, "the form's xsrf token is missing or wrong; reload the page"
+                ) from None
+        await super().authorize()
 
     @property
     def plain_text(self) -> bool:
@@ -165,7 +205,23 @@ class UploadHandler(UploadFlow):
 
 @tornado.web.stream_request_body
 class ApiUploadHandler(UploadFlow, ApiHandler):
-    """POST /api/upload: JSON in the shape the API page documents."""
+    """POST /api/upload: JSON in the shape the API page documents.
+
+    `Authorization: Bearer <key>` registers the upload to the key's account. A key that is
+    malformed, unknown or invalidated is a 401, never a silent anonymous upload.
+    """
+
+    async def authorize(self) -> None:
+        header = self.request.headers.get("Authorization")
+        if header is None:
+            await super().authorize()
+            return
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise UploadError(401, "the Authorization header must be 'Bearer <API key>'")
+        self.api_key = await self.auth.verify_key(self.db, token.strip())
+        if self.api_key is None:
+            raise UploadError(401, "the API key is not valid (unknown or invalidated)")
 
     def error_answer(self, status: int, message: str) -> tuple[int, str, str]:
         body = json.dumps({"status": False, "error": message}) + "\n"

@@ -1,0 +1,219 @@
+"""Passwords, API keys and sign-in throttling: Argon2 off the IOLoop, in a bounded pool."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import argon2
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+from hostd import db
+from hostd.db import ApiKey, Database, User
+
+KEY_PREFIX = "hk_"
+KEY_ID_BYTES = 8  # shown as 16 hex characters: the lookup part of a key
+KEY_SECRET_BYTES = 32
+# Passwords are low-entropy: argon2-cffi's default RFC 9106 "low memory" profile
+# (Argon2id, t=3, m=64 MiB, p=4), above OWASP's minimum (t=2, m=19 MiB, p=1).
+PASSWORD_PROFILE = argon2.profiles.RFC_9106_LOW_MEMORY
+# Key secrets are 256 random bits, so a slow hash adds little; OWASP's minimum keeps each
+# verification to ~30 ms and 19 MiB, and verified keys are cached (see KeyVerifier).
+KEY_PROFILE = argon2.Parameters(
+    type=argon2.Type.ID,
+    version=19,
+    salt_len=16,
+    hash_len=32,
+    time_cost=2,
+    memory_cost=19 * 1024,
+    parallelism=1,
+)
+R = TypeVar("R")
+MIN_PASSWORD_LENGTH = 8
+MAX_PASSWORD_LENGTH = 1024
+
+
+@dataclass(frozen=True)
+class MintedKey:
+    """A new key: `token` is shown to the user once; only `secret_hash` is stored."""
+
+    token: str
+    key_id: str
+    secret_hash: str
+
+
+def parse_key(token: str) -> tuple[str, str] | None:
+    """(key_id, secret) of a well-formed `hk_<16 hex>_<secret>` token, else None."""
+    if not token.startswith(KEY_PREFIX):
+        return None
+    key_id, sep, secret = token[len(KEY_PREFIX) :].partition("_")
+    if not sep or len(key_id) != KEY_ID_BYTES * 2 or not secret or len(secret) > 100:
+        return None
+    if any(c not in "0123456789abcdef" for c in key_id):
+        return None
+    return key_id, secret
+
+
+def session_token_hash(token: str) -> str:
+    """Sessions are stored by the SHA-256 of their token, never the token itself."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class Auth:
+    """Argon2 hashing and verification, run in a small thread pool.
+
+    At most `workers` verifications run at once, so a burst of sign-ins or keyed requests
+    neither blocks the IOLoop nor multiplies Argon2's memory.
+    """
+
+    def __init__(
+        self,
+        password_hasher: argon2.PasswordHasher | None = None,
+        key_hasher: argon2.PasswordHasher | None = None,
+        *,
+        workers: int = 2,
+        cache_size: int = 4096,
+    ) -> None:
+        self.passwords = password_hasher or argon2.PasswordHasher.from_parameters(PASSWORD_PROFILE)
+        self.keys = key_hasher or argon2.PasswordHasher.from_parameters(KEY_PROFILE)
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="argon2")
+        # Unknown ids and invalidated keys are checked against this, so that every rejection
+        # costs one Argon2 verification, like a wrong secret.
+        self._dummy_key_hash = self.keys.hash(secrets.token_urlsafe(KEY_SECRET_BYTES))
+        self._dummy_password_hash = self.passwords.hash(secrets.token_urlsafe(16))
+        self._verified: OrderedDict[bytes, int] = OrderedDict()  # digest of key -> api_keys.id
+        self._cache_size = cache_size
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _run(self, fn: Callable[..., R], *args: Any) -> R:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    # -- passwords --
+
+    async def hash_password(self, password: str) -> str:
+        return await self._run(self.passwords.hash, password)
+
+    async def check_password(self, user: User | None, password: str) -> tuple[bool, str | None]:
+        """(valid, new hash when the stored one uses old parameters). An unknown user is
+        checked against a dummy hash, so the answer takes as long as for a wrong password."""
+        stored = user.password_hash if user else self._dummy_password_hash
+        ok = await self._run(_verify, self.passwords, stored, password)
+        if not ok or user is None:
+            return False, None
+        if self.passwords.check_needs_rehash(stored):
+            return True, await self.hash_password(password)
+        return True, None
+
+    # -- API keys --
+
+    async def mint_key(self) -> MintedKey:
+        key_id = secrets.token_hex(KEY_ID_BYTES)
+        secret = secrets.token_urlsafe(KEY_SECRET_BYTES)
+        secret_hash = await self._run(self.keys.hash, secret)
+        return MintedKey(f"{KEY_PREFIX}{key_id}_{secret}", key_id, secret_hash)
+
+    async def verify_key(self, database: Database, token: str) -> ApiKey | None:
+        """The usable key this token is, or None.
+
+        The row is read on every call, so an invalidation (from the page or the CLI, in any
+        process) takes effect on the very next request. Argon2 runs only the first time a
+        token is seen: after that a digest of the whole token in a bounded in-memory cache
+        stands for it.
+        """
+        parsed = parse_key(token)
+        digest = hashlib.sha256(token.encode()).digest()
+        key = await db.get_api_key(database, key_id=parsed[0]) if parsed else None
+        if key is not None and key.usable and self._verified.get(digest) == key.id:
+            self._verified.move_to_end(digest)
+            return key
+        self._verified.pop(digest, None)
+        stored = key.secret_hash if key is not None and key.usable else self._dummy_key_hash
+        secret = parsed[1] if parsed else token
+        ok = await self._run(_verify, self.keys, stored, secret)
+        if not ok or key is None or not key.usable:
+            return None
+        self._verified[digest] = key.id
+        while len(self._verified) > self._cache_size:
+            self._verified.popitem(last=False)
+        return key
+
+    def forget_key(self, key_row_id: int) -> None:
+        """Drop cached verifications of an invalidated key."""
+        for digest in [d for d, kid in self._verified.items() if kid == key_row_id]:
+            del self._verified[digest]
+
+
+def _verify(hasher: argon2.PasswordHasher, stored: str, secret: str) -> bool:
+    try:
+        return bool(hasher.verify(stored, secret))
+    except (VerifyMismatchError, VerificationError, InvalidHashError):
+        return False
+
+
+class SignInLimiter:
+    """Slows down repeated failed sign-ins per account and per address.
+
+    After `free_failures` failures within `window` seconds, each further attempt must wait
+    a delay that doubles per failure (capped at `max_delay`). Memory is bounded: the
+    least recently touched entries are dropped past `max_entries`.
+    """
+
+    def __init__(
+        self,
+        *,
+        free_failures: int = 5,
+        window: float = 900.0,
+        max_delay: float = 300.0,
+        max_entries: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.free_failures = free_failures
+        self.window = window
+        self.max_delay = max_delay
+        self.max_entries = max_entries
+        self._clock = clock
+        self._entries: OrderedDict[str, tuple[int, float, float]] = OrderedDict()
+
+    def wait_time(self, *keys: str) -> float:
+        """Seconds until these keys may try again; 0 when they may try now."""
+        now = self._clock()
+        waits = [0.0]
+        for key in keys:
+            entry = self._entries.get(key)
+            if entry is None:
+                continue
+            failures, first, blocked_until = entry
+            if now - first > self.window:
+                del self._entries[key]
+                continue
+            waits.append(max(0.0, blocked_until - now))
+        return max(waits)
+
+    def failed(self, *keys: str) -> None:
+        now = self._clock()
+        for key in keys:
+            failures, first, _ = self._entries.pop(key, (0, now, now))
+            if now - first > self.window:
+                failures, first = 0, now
+            failures += 1
+            over = failures - self.free_failures
+            delay = min(self.max_delay, 2.0 ** (over - 1)) if over > 0 else 0.0
+            self._entries[key] = (failures, first, now + delay)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    def succeeded(self, *keys: str) -> None:
+        for key in keys:
+            self._entries.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -1,0 +1,94 @@
+"""The /api page: the API's documentation and, for a signed-in user, their keys."""
+
+from __future__ import annotations
+
+import tornado.web
+
+from hostd import db
+from hostd.db import ApiKey
+from hostd.handlers.base import BaseHandler, Refusal
+
+MAX_LABEL_LENGTH = 100
+
+
+class ApiPageHandler(BaseHandler):
+    async def get(self) -> None:
+        await self.render_keys()
+
+    async def render_keys(self, *, new_key: str | None = None, error: str | None = None) -> None:
+        keys = (
+            await db.list_api_keys(self.db, user_id=self.current_user.id)
+            if self.current_user
+            else []
+        )
+        self.render_page(
+            "api/page.html", fragment="api_keys", keys=keys, new_key=new_key, error=error
+        )
+
+
+class ApiKeyListHandler(ApiPageHandler):
+    """POST makes a key. The answer shows it once and is never cached; it is not stored."""
+
+    @tornado.web.authenticated
+    async def post(self) -> None:
+        assert self.current_user is not None
+        label = self.get_body_argument("label", "").strip()
+        if len(label) > MAX_LABEL_LENGTH:
+            self.set_status(400)
+            await self.render_keys(error=f"A label has at most {MAX_LABEL_LENGTH} characters.")
+            return
+        minted = await self.auth.mint_key()
+        try:
+            await db.insert_api_key(
+                self.db,
+                user_id=self.current_user.id,
+                key_id=minted.key_id,
+                secret_hash=minted.secret_hash,
+                label=label,
+                max_keys=self.config.max_keys,
+            )
+        except db.TooManyKeys as exc:
+            self.set_status(409)
+            await self.render_keys(
+                error=f"You hold {exc.args[0]} keys, the most allowed here. Invalidate one first."
+            )
+            return
+        self.set_header("Cache-Control", "no-store")
+        await self.render_keys(new_key=minted.token)
+
+
+class ApiKeyInvalidateHandler(BaseHandler):
+    """GET asks for confirmation (the page without JavaScript); POST with confirm=yes acts."""
+
+    async def key_of_user(self, key_id: str) -> ApiKey:
+        assert self.current_user is not None
+        key = await db.get_api_key(self.db, key_id=key_id)
+        if key is None or key.user_id != self.current_user.id:
+            raise Refusal(404, "You have no key with this id.")
+        return key
+
+    @tornado.web.authenticated
+    async def get(self, key_id: str) -> None:
+        self.render_page("api/confirm_invalidate.html", key=await self.key_of_user(key_id))
+
+    @tornado.web.authenticated
+    async def post(self, key_id: str) -> None:
+        key = await self.key_of_user(key_id)
+        if self.get_body_argument("confirm", "") != "yes":
+            self.render_page("api/confirm_invalidate.html", key=key)
+            return
+        invalidated = await db.invalidate_api_key(self.db, key_id=key.key_id, user_id=key.user_id)
+        assert invalidated is not None
+        self.auth.forget_key(invalidated.id)
+        if self.is_htmx:
+            self.set_header("Vary", "HX-Request")
+            self.finish(self.render_string_page("api/_key_row.html", key=invalidated))
+        else:
+            self.redirect("/api", status=303)
+
+
+routes = [
+    (r"/api", ApiPageHandler),
+    (r"/api/keys", ApiKeyListHandler),
+    (r"/api/keys/([0-9a-f]{16})/invalidate", ApiKeyInvalidateHandler),
+]
