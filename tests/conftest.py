@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import secrets
+import urllib.parse
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -10,11 +13,14 @@ import argon2
 import pytest
 import tornado.httpclient
 import tornado.testing
+import tornado.web
 
+from hostd import db as queries
 from hostd.app import make_app, make_server
-from hostd.auth import Auth
+from hostd.auth import Auth, session_token_hash
 from hostd.config import Config
-from hostd.db import Database
+from hostd.db import Database, User
+from hostd.handlers.base import SESSION_COOKIE
 from hostd.storage import LocalBlobStore
 
 
@@ -87,3 +93,41 @@ def free_port() -> int:
     sock, port = tornado.testing.bind_unused_port()
     sock.close()
     return port
+
+
+XSRF = "0123456789abcdef0123456789abcdef"
+
+
+@dataclass
+class SignedIn:
+    """A user with a live session, as a browser holds it."""
+
+    user: User
+    token: str
+    cookie: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Cookie and xsrf header, as htmx sends them."""
+        return {"Cookie": self.cookie, "X-XSRFToken": XSRF}
+
+
+@pytest.fixture
+def login(db: Database, auth: Auth, config: Config) -> Callable[..., Awaitable[SignedIn]]:
+    """Create a user and a session without going through the sign-in form or Argon2."""
+    counter = iter(range(1, 1000))
+
+    async def make(name: str | None = None, password: str = "correct horse") -> SignedIn:
+        password_hash = await auth.hash_password(password)
+        name = name or f"user{next(counter)}"
+        user = await queries.insert_user(db, name=name, password_hash=password_hash)
+        token = secrets.token_urlsafe(16)
+        await queries.insert_session(db, token_hash=session_token_hash(token), user_id=user.id)
+        signed = tornado.web.create_signed_value(config.cookie_secret, SESSION_COOKIE, token)
+        return SignedIn(user, token, f"{SESSION_COOKIE}={signed.decode()}; _xsrf={XSRF}")
+
+    return make
+
+
+def form_body(**fields: str) -> str:
+    return urllib.parse.urlencode({"_xsrf": XSRF, **fields})

@@ -1,0 +1,367 @@
+"""API keys: the /api page with htmx partials, Bearer uploads, invalidation."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+
+import pytest
+from conftest import XSRF, form_body
+from helpers import multipart_body
+
+from hostd import db as queries
+
+KEY = re.compile(r"hk_[0-9a-f]{16}_[A-Za-z0-9_-]{43}")
+
+
+async def make_key(client, base_url, signed_in, label="laptop", htmx=True) -> tuple[str, str]:
+    headers = {**signed_in.headers, **({"HX-Request": "true"} if htmx else {})}
+    response = await client.fetch(
+        f"{base_url}/api/keys", method="POST", body=form_body(label=label), headers=headers
+    )
+    body = response.body.decode()
+    (token,) = KEY.findall(body)
+    return token, body
+
+
+async def upload(client, base_url, data=b"keyed bytes", token=None, cookie=None):
+    body, headers = multipart_body(files=[("file", "a.txt", data)])
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    if cookie:
+        headers["Cookie"] = cookie
+    return await client.fetch(
+        f"{base_url}/api/upload", method="POST", body=body, headers=headers, raise_error=False
+    )
+
+
+@pytest.mark.gen_test
+async def test_visitors_see_the_docs_and_a_sign_in_link(http_client, base_url):
+    response = await http_client.fetch(f"{base_url}/api")
+
+    body = response.body.decode()
+    assert 'href="/login?next=%2Fapi"' in body
+    assert 'id="api-keys"' not in body
+
+
+@pytest.mark.gen_test
+async def test_signed_in_users_get_the_key_form(http_client, base_url, login):
+    alice = await login()
+
+    response = await http_client.fetch(f"{base_url}/api", headers=alice.headers)
+
+    body = response.body.decode()
+    assert 'id="api-keys"' in body
+    assert 'hx-post="/api/keys"' in body and 'action="/api/keys"' in body
+    assert "There is currently no limit to the number of API keys that can be issued." in body
+    assert response.headers["Vary"] == "HX-Request"
+
+
+@pytest.mark.gen_test
+async def test_generating_a_key_with_htmx_answers_only_the_key_section(
+    http_client, base_url, login
+):
+    alice = await login()
+
+    token, body = await make_key(http_client, base_url, alice)
+
+    assert body.lstrip().startswith('<section id="api-keys"')
+    assert "<html" not in body
+    assert "it will not be shown again" in body
+    assert "laptop" in body
+
+
+@pytest.mark.gen_test
+async def test_generating_a_key_without_javascript_answers_the_whole_page(
+    http_client, base_url, login
+):
+    alice = await login()
+
+    _, body = await make_key(http_client, base_url, alice, htmx=False)
+
+    assert "<html" in body and "it will not be shown again" in body
+
+
+@pytest.mark.gen_test
+async def test_a_key_is_shown_once_and_stored_only_as_argon2(
+    http_client, base_url, login, db, config
+):
+    alice = await login()
+    token, _ = await make_key(http_client, base_url, alice)
+
+    later = await http_client.fetch(f"{base_url}/api", headers=alice.headers)
+    (key,) = await queries.list_api_keys(db, user_id=alice.user.id)
+    secret = token.split("_", 2)[2]
+    raw = config.db_path.read_bytes() + (config.data_dir / "hostd.sqlite3-wal").read_bytes()
+
+    assert token not in later.body.decode()
+    assert f"hk_{key.key_id}_…" in later.body.decode()
+    assert key.secret_hash.startswith("$argon2id$")
+    assert secret.encode() not in raw
+
+
+@pytest.mark.gen_test
+async def test_a_bearer_upload_is_registered_to_the_keys_account(http_client, base_url, login, db):
+    alice = await login()
+    token, _ = await make_key(http_client, base_url, alice)
+
+    response = await upload(http_client, base_url, token=token)
+
+    assert response.code == 200
+    (key,) = await queries.list_api_keys(db, user_id=alice.user.id)
+    async with db.conn.execute("SELECT user_id, api_key_id FROM uploads") as cur:
+        assert tuple(await cur.fetchone()) == (alice.user.id, key.id)
+    assert key.last_used_at is not None
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "Bearer nonsense",
+        "Bearer hk_0123456789abcdef_" + "A" * 43,
+        "Basic dXNlcjpwYXNz",
+        "Bearer ",
+    ],
+    ids=["malformed", "unknown", "other-scheme", "empty"],
+)
+@pytest.mark.gen_test
+async def test_a_bad_key_is_a_401_and_nothing_is_stored(http_client, base_url, db, config, header):
+    body, headers = multipart_body(files=[("file", "a.txt", b"should not land")])
+
+    response = await http_client.fetch(
+        f"{base_url}/api/upload",
+        method="POST",
+        body=body,
+        headers={**headers, "Authorization": header},
+        raise_error=False,
+    )
+
+    assert response.code == 401
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    assert json.loads(response.body)["status"] is False
+    async with db.conn.execute("SELECT count(*) FROM uploads") as cur:
+        assert (await cur.fetchone())[0] == 0
+    assert [p for p in config.blobs_dir.rglob("*") if p.is_file()] == []
+
+
+@pytest.mark.gen_test
+async def test_a_wrong_secret_for_a_real_key_id_is_a_401(http_client, base_url, login):
+    alice = await login()
+    token, _ = await make_key(http_client, base_url, alice)
+    wrong = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+
+    response = await upload(http_client, base_url, token=wrong)
+
+    assert response.code == 401
+
+
+@pytest.mark.gen_test
+async def test_invalidation_takes_effect_on_the_very_next_request(
+    http_client, base_url, login, auth
+):
+    alice = await login()
+    token, _ = await make_key(http_client, base_url, alice)
+    assert (await upload(http_client, base_url, b"1", token=token)).code == 200
+    assert (await upload(http_client, base_url, b"2", token=token)).code == 200  # cached now
+    key_id = token.split("_")[1]
+
+    row = await http_client.fetch(
+        f"{base_url}/api/keys/{key_id}/invalidate",
+        method="POST",
+        body=form_body(confirm="yes"),
+        headers={**alice.headers, "HX-Request": "true"},
+    )
+    after = await upload(http_client, base_url, b"3", token=token)
+
+    assert row.body.decode().lstrip().startswith(f'<tr id="key-{key_id}"')
+    assert "invalidated" in row.body.decode()
+    assert after.code == 401
+
+
+@pytest.mark.gen_test
+async def test_invalidation_elsewhere_beats_the_cache(http_client, base_url, login, db):
+    # As when `hostd key invalidate` runs in another process: this process's cache is not told.
+    alice = await login()
+    token, _ = await make_key(http_client, base_url, alice)
+    assert (await upload(http_client, base_url, b"1", token=token)).code == 200
+
+    await queries.invalidate_api_key(db, key_id=token.split("_")[1])
+
+    assert (await upload(http_client, base_url, b"2", token=token)).code == 401
+
+
+@pytest.mark.gen_test
+async def test_invalidating_without_javascript_asks_first(http_client, base_url, login, db):
+    alice = await login()
+    token, _ = await make_key(http_client, base_url, alice)
+    key_id = token.split("_")[1]
+
+    asked = await http_client.fetch(
+        f"{base_url}/api/keys/{key_id}/invalidate",
+        method="POST",
+        body=form_body(),
+        headers={"Cookie": alice.cookie},
+    )
+    still = await queries.get_api_key(db, key_id=key_id)
+    done = await http_client.fetch(
+        f"{base_url}/api/keys/{key_id}/invalidate",
+        method="POST",
+        body=form_body(confirm="yes"),
+        headers={"Cookie": alice.cookie},
+        follow_redirects=False,
+        raise_error=False,
+    )
+
+    assert "Invalidate the key laptop?" in asked.body.decode()
+    assert still is not None and still.usable
+    assert done.code == 303 and done.headers["Location"] == "/api"
+    assert not (await queries.get_api_key(db, key_id=key_id)).usable
+
+
+@pytest.mark.gen_test
+async def test_nobody_can_invalidate_someone_elses_key(http_client, base_url, login, db):
+    alice, mallory = await login(), await login()
+    token, _ = await make_key(http_client, base_url, alice)
+    key_id = token.split("_")[1]
+
+    response = await http_client.fetch(
+        f"{base_url}/api/keys/{key_id}/invalidate",
+        method="POST",
+        body=form_body(confirm="yes"),
+        headers=mallory.headers,
+        raise_error=False,
+    )
+
+    assert response.code == 404
+    assert (await queries.get_api_key(db, key_id=key_id)).usable
+
+
+@pytest.mark.gen_test
+async def test_making_a_key_needs_the_xsrf_token(http_client, base_url, login):
+    alice = await login()
+
+    response = await http_client.fetch(
+        f"{base_url}/api/keys",
+        method="POST",
+        body="label=x",
+        headers={"Cookie": alice.cookie},
+        raise_error=False,
+    )
+
+    assert response.code == 403
+
+
+@pytest.mark.gen_test
+async def test_max_keys_caps_usable_keys(http_client, base_url, login, app):
+    app.settings["hostd_config"] = dataclasses.replace(app.settings["hostd_config"], max_keys=1)
+    alice = await login()
+    await make_key(http_client, base_url, alice)
+
+    response = await http_client.fetch(
+        f"{base_url}/api/keys",
+        method="POST",
+        body=form_body(label="second"),
+        headers=alice.headers,
+        raise_error=False,
+    )
+
+    assert response.code == 409
+    assert "the most allowed here" in response.body.decode()
+
+
+@pytest.mark.gen_test
+async def test_the_api_ignores_the_browser_session(http_client, base_url, login, db):
+    alice = await login()
+
+    response = await upload(http_client, base_url, cookie=alice.cookie)
+
+    assert response.code == 200
+    async with db.conn.execute("SELECT user_id FROM uploads") as cur:
+        assert (await cur.fetchone())[0] is None
+
+
+@pytest.mark.gen_test
+async def test_a_signed_in_browser_upload_is_registered_to_the_account(
+    http_client, base_url, login, db
+):
+    alice = await login()
+    body, headers = multipart_body({"_xsrf": XSRF}, [("file", "mine.txt", b"from the browser")])
+
+    response = await http_client.fetch(
+        f"{base_url}/upload?api=1",
+        method="POST",
+        body=body,
+        headers={**headers, "Cookie": alice.cookie, "X-XSRFToken": XSRF},
+    )
+
+    assert response.body.startswith(b"OK ")
+    async with db.conn.execute("SELECT user_id FROM uploads") as cur:
+        assert (await cur.fetchone())[0] == alice.user.id
+
+
+@pytest.mark.gen_test
+async def test_a_signed_in_browser_upload_without_the_token_is_refused(
+    http_client, base_url, login, db
+):
+    alice = await login()
+    body, headers = multipart_body(files=[("file", "mine.txt", b"cross-site")])
+
+    response = await http_client.fetch(
+        f"{base_url}/upload?api=1",
+        method="POST",
+        body=body,
+        headers={**headers, "Cookie": alice.cookie},
+        raise_error=False,
+    )
+
+    assert response.code == 403
+    assert b"xsrf" in response.body
+
+
+@pytest.mark.gen_test
+async def test_same_bytes_from_two_accounts_one_blob_two_registrations(
+    http_client, base_url, login, db, config
+):
+    alice, bob = await login(), await login()
+    alice_key, _ = await make_key(http_client, base_url, alice)
+    bob_key, _ = await make_key(http_client, base_url, bob)
+
+    a = await upload(http_client, base_url, b"shared", token=alice_key)
+    b = await upload(http_client, base_url, b"shared", token=bob_key)
+
+    assert json.loads(a.body)["hash"] == json.loads(b.body)["hash"]
+    assert len([p for p in config.blobs_dir.rglob("*") if p.is_file()]) == 1
+    async with db.conn.execute("SELECT user_id FROM uploads ORDER BY id") as cur:
+        assert [row[0] for row in await cur.fetchall()] == [alice.user.id, bob.user.id]
+
+
+@pytest.mark.gen_test
+async def test_without_anonymous_uploads_a_keyless_upload_is_told_how_to_get_a_key(
+    http_client, base_url, app
+):
+    app.settings["hostd_config"] = dataclasses.replace(
+        app.settings["hostd_config"], allow_anonymous=False
+    )
+
+    api = await upload(http_client, base_url)
+    body, headers = multipart_body(files=[("file", "a.txt", b"x")])
+    plain = await http_client.fetch(
+        f"{base_url}/upload?api=1", method="POST", body=body, headers=headers, raise_error=False
+    )
+
+    assert api.code == 401 and plain.code == 401
+    assert "generate an API key on the /api page" in json.loads(api.body)["error"]
+    assert plain.body.startswith(b"ERROR uploads need an account")
+
+
+@pytest.mark.gen_test
+async def test_keys_never_reach_the_log(http_client, base_url, login, caplog):
+    alice = await login()
+    token, _ = await make_key(http_client, base_url, alice)
+
+    await upload(http_client, base_url, token=token)
+    await upload(http_client, base_url, token=token[:-2] + "xx")
+
+    assert token not in caplog.text
+    assert token.split("_", 2)[2] not in caplog.text

@@ -1,0 +1,166 @@
+"""Argon2 parameters, key format and verification, and the sign-in limiter."""
+
+from __future__ import annotations
+
+import argon2
+import pytest
+
+from hostd import db as queries
+from hostd.auth import PASSWORD_PROFILE, Auth, SignInLimiter, parse_key
+
+
+class CountingHasher(argon2.PasswordHasher):
+    """The real Argon2, counting verifications."""
+
+    verifications = 0
+
+    def verify(self, hash, password):
+        type(self).verifications += 1
+        return super().verify(hash, password)
+
+
+@pytest.fixture
+def counting():
+    CountingHasher.verifications = 0
+    hasher = CountingHasher.from_parameters(argon2.profiles.CHEAPEST)
+    auth = Auth(password_hasher=hasher, key_hasher=hasher)
+    yield auth
+    auth.close()
+
+
+async def new_key(db, auth, user_id):
+    minted = await auth.mint_key()
+    await queries.insert_api_key(
+        db, user_id=user_id, key_id=minted.key_id, secret_hash=minted.secret_hash, label=""
+    )
+    return minted
+
+
+def test_production_password_parameters_meet_owasp_and_verify():
+    hasher = argon2.PasswordHasher.from_parameters(PASSWORD_PROFILE)
+
+    stored = hasher.hash("correct horse battery staple")
+
+    params = argon2.extract_parameters(stored)
+    assert params.type is argon2.Type.ID
+    assert params.memory_cost >= 19 * 1024 and params.time_cost >= 2
+    assert hasher.verify(stored, "correct horse battery staple")
+
+
+@pytest.mark.gen_test
+async def test_an_old_password_hash_is_replaced_on_sign_in(db, auth):
+    old = argon2.PasswordHasher.from_parameters(argon2.profiles.CHEAPEST).hash("pw")
+    stronger = Auth(password_hasher=argon2.PasswordHasher(time_cost=2, memory_cost=8 * 1024))
+    user = await queries.insert_user(db, name="old", password_hash=old)
+    try:
+        ok, new_hash = await stronger.check_password(user, "pw")
+    finally:
+        stronger.close()
+
+    assert ok is True
+    assert new_hash is not None and argon2.extract_parameters(new_hash).time_cost == 2
+
+
+@pytest.mark.parametrize(
+    ("token", "expected"),
+    [
+        (
+            "hk_0123456789abcdef_secret_with_underscores",
+            ("0123456789abcdef", "secret_with_underscores"),
+        ),
+        ("hk_0123456789ABCDEF_secret", None),
+        ("hk_0123456789abcde_secret", None),
+        ("hk_0123456789abcdef_", None),
+        ("xx_0123456789abcdef_secret", None),
+        ("hk_0123456789abcdef_" + "a" * 101, None),
+    ],
+)
+def test_parse_key(token, expected):
+    assert parse_key(token) == expected
+
+
+@pytest.mark.gen_test
+async def test_every_rejection_costs_one_argon2_verification(db, counting, login):
+    alice = await login()
+    real = await new_key(db, counting, alice.user.id)
+    wrong_secret = real.token[:-3] + "zzz"
+    unknown_id = "hk_ffffffffffffffff_" + real.token.split("_", 2)[2]
+
+    for token in [wrong_secret, unknown_id, "garbage"]:
+        before = CountingHasher.verifications
+        assert await counting.verify_key(db, token) is None
+        assert CountingHasher.verifications == before + 1, token
+
+
+@pytest.mark.gen_test
+async def test_a_verified_key_skips_argon2_until_it_is_invalidated(db, counting, login):
+    alice = await login()
+    minted = await new_key(db, counting, alice.user.id)
+
+    first = await counting.verify_key(db, minted.token)
+    after_first = CountingHasher.verifications
+    second = await counting.verify_key(db, minted.token)
+    after_second = CountingHasher.verifications
+    await queries.invalidate_api_key(db, key_id=minted.key_id)
+    third = await counting.verify_key(db, minted.token)
+
+    assert first is not None and second is not None
+    assert after_second == after_first  # the second came from the cache...
+    assert third is None  # ...and the cache did not outlive the invalidation
+
+
+@pytest.mark.gen_test
+async def test_the_verification_cache_is_bounded(db, login):
+    cheap = argon2.PasswordHasher.from_parameters(argon2.profiles.CHEAPEST)
+    auth = Auth(password_hasher=cheap, key_hasher=cheap, cache_size=3)
+    alice = await login()
+    try:
+        for _ in range(5):
+            assert await auth.verify_key(db, (await new_key(db, auth, alice.user.id)).token)
+        assert len(auth._verified) == 3
+    finally:
+        auth.close()
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_limiter_lets_the_first_failures_through_then_doubles_the_wait():
+    clock = Clock()
+    limiter = SignInLimiter(free_failures=3, clock=clock)
+
+    waits = []
+    for _ in range(6):
+        waits.append(limiter.wait_time("name:a"))
+        limiter.failed("name:a")
+
+    assert waits[:4] == [0, 0, 0, 0]
+    assert limiter.wait_time("name:a") == 4.0  # the 6th failure: 2 ** (6 - 3 - 1)
+
+
+def test_limiter_forgets_after_the_window_and_after_a_success():
+    clock = Clock()
+    limiter = SignInLimiter(free_failures=1, window=60, clock=clock)
+    for _ in range(3):
+        limiter.failed("addr:1.2.3.4", "name:b")
+    assert limiter.wait_time("name:b") > 0
+
+    limiter.succeeded("name:b")
+    assert limiter.wait_time("name:b") == 0
+    assert limiter.wait_time("addr:1.2.3.4") > 0
+    clock.now += 61
+    assert limiter.wait_time("addr:1.2.3.4") == 0
+
+
+def test_limiter_memory_is_bounded():
+    limiter = SignInLimiter(max_entries=100)
+
+    for i in range(10_000):
+        limiter.failed(f"addr:{i}")
+
+    assert len(limiter) == 100
