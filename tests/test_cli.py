@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -112,3 +113,79 @@ def test_half_written_uploads_from_a_crash_are_removed_at_start(tmp_path, free_p
         proc.communicate(timeout=10)
 
     assert list((data / "tmp").iterdir()) == []
+
+
+def hostd(*args: str, cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "hostd", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+    )
+
+
+def test_admin_creates_a_user_and_a_key_that_uploads_until_invalidated(tmp_path, free_port):
+    data = ["--data-dir", str(tmp_path / "d")]
+    added = hostd(
+        "user", "add", "alice", "--password-stdin", *data, cwd=tmp_path, stdin="pw-long-enough\n"
+    )
+    created = hostd("key", "create", "alice", "--label", "cron job", *data, cwd=tmp_path)
+    token = created.stdout.strip()
+    proc = start(["serve", *data, "--port", str(free_port)], tmp_path)
+    try:
+        wait_for_line(proc, "listening on")
+        before = keyed_upload(free_port, token)
+        listed = hostd("key", "list", "alice", *data, cwd=tmp_path)
+        key_id = token.split("_")[1]
+        invalidated = hostd("key", "invalidate", key_id, *data, cwd=tmp_path)
+        after = keyed_upload(free_port, token)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=10)
+    users = hostd("user", "list", *data, cwd=tmp_path)
+
+    assert added.returncode == 0 and created.returncode == 0
+    assert created.stdout == token + "\n"  # the key alone on stdout, for scripts
+    assert token.startswith("hk_")
+    assert before == 200
+    assert key_id in listed.stdout and "cron job" in listed.stdout and "usable" in listed.stdout
+    assert invalidated.returncode == 0
+    assert after == 401
+    assert "alice" in users.stdout
+
+
+def keyed_upload(port: int, token: str) -> int:
+    body, headers = multipart_body(files=[("file", "a.txt", token.encode()[-8:])])
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/upload",
+        data=body,
+        headers={**headers, "Authorization": f"Bearer {token}"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_user_commands_explain_their_failures(tmp_path):
+    data = ["--data-dir", str(tmp_path / "d")]
+
+    short = hostd("user", "add", "bob", "--password-stdin", *data, cwd=tmp_path, stdin="short\n")
+    hostd("user", "add", "bob", "--password-stdin", *data, cwd=tmp_path, stdin="long enough\n")
+    again = hostd(
+        "user", "add", "BOB", "--password-stdin", *data, cwd=tmp_path, stdin="long enough\n"
+    )
+    missing = hostd("key", "create", "nobody", *data, cwd=tmp_path)
+    passwd = hostd(
+        "user", "passwd", "bob", "--password-stdin", *data, cwd=tmp_path, stdin="newer pass\n"
+    )
+    no_key = hostd("key", "invalidate", "0123456789abcdef", *data, cwd=tmp_path)
+
+    assert short.returncode == 1 and "at least 8 characters" in short.stderr
+    assert again.returncode == 1 and "is taken" in again.stderr
+    assert missing.returncode == 1 and "there is no user 'nobody'" in missing.stderr
+    assert passwd.returncode == 0 and "sessions have ended" in passwd.stderr
+    assert no_key.returncode == 1 and "there is no key" in no_key.stderr
