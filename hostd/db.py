@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -155,8 +155,13 @@ async def register_upload(
     original_name: str,
     user_id: int | None = None,
     api_key_id: int | None = None,
+    place: Callable[[], Awaitable[object]] | None = None,
 ) -> tuple[Blob, Upload]:
     """Record an upload of durable bytes, creating the blob row on first sight.
+
+    `place` (putting the bytes into the blob store) runs inside the transaction, so that it
+    cannot interleave with delete_upload() removing the same blob, and so that the rows
+    commit only after the blob is in place.
 
     Same bytes, same public hash: an existing blob keeps the hash it was given. A new blob
     takes the shortest free candidate from short_hash_candidates(), so a prefix that
@@ -164,6 +169,8 @@ async def register_upload(
     """
     created_at = now()
     async with db.transaction() as conn:
+        if place is not None:
+            await place()
         async with conn.execute("SELECT * FROM blobs WHERE sha256 = ?", (sha256,)) as cur:
             row = await cur.fetchone()
         if row is None:

@@ -32,16 +32,19 @@ def short_hash_candidates(sha256_hex: str) -> list[str]:
 
 @dataclass(frozen=True)
 class WrittenBlob:
-    """A blob that is durable on disk under its SHA-256."""
+    """An upload's bytes, durable in a temp file; BlobStore.place() puts them in the store."""
 
     sha256: str
     size_bytes: int
     head: bytes
-    created: bool  # False when identical bytes were stored already (dedup)
+    temp: Path
 
 
 class BlobWriter(Protocol):
-    """Receives an upload's bytes in order; either commit() or abort() ends it."""
+    """Receives an upload's bytes in order; either commit() or abort() ends it.
+
+    commit() makes the bytes durable but not yet visible; place() or discard() follows.
+    """
 
     size_bytes: int
 
@@ -57,6 +60,10 @@ class BlobStore(Protocol):
 
     def writer(self) -> BlobWriter: ...
 
+    async def place(self, written: WrittenBlob) -> bool: ...
+
+    def discard(self, written: WrittenBlob) -> None: ...
+
     def open(self, sha256: str) -> BinaryIO: ...
 
     def exists(self, sha256: str) -> bool: ...
@@ -67,8 +74,8 @@ class BlobStore(Protocol):
 class LocalBlobWriter:
     """Streams into a temp file beside the blobs, hashing as it goes.
 
-    commit() fsyncs the file and renames it to blobs/ab/cd/<sha256> (or drops it when that
-    blob exists), so a half-written upload is never visible under a real name.
+    commit() fsyncs the temp file; the store's place() later renames it to
+    blobs/ab/cd/<sha256>, so a half-written upload is never visible under a real name.
     """
 
     def __init__(self, store: LocalBlobStore) -> None:
@@ -88,9 +95,8 @@ class LocalBlobWriter:
         self.size_bytes += len(chunk)
 
     async def commit(self) -> WrittenBlob:
-        sha256 = self._hash.hexdigest()
-        created = await asyncio.to_thread(self._store._settle, self._file, self._path, sha256)
-        return WrittenBlob(sha256, self.size_bytes, bytes(self._head), created)
+        await asyncio.to_thread(_sync_and_close, self._file)
+        return WrittenBlob(self._hash.hexdigest(), self.size_bytes, bytes(self._head), self._path)
 
     def abort(self) -> None:
         self._file.close()
@@ -136,21 +142,32 @@ class LocalBlobStore:
                 removed += 1
         return removed
 
-    def _settle(self, file: BinaryIO, temp: Path, sha256: str) -> bool:
-        """Runs in a worker thread: make the temp file durable and move it into place."""
-        try:
-            file.flush()
-            os.fsync(file.fileno())
-        finally:
-            file.close()
-        target = self.path(sha256)
+    async def place(self, written: WrittenBlob) -> bool:
+        """Move a committed upload into the store; False when the blob was there already
+        (then the temp file is dropped). Callers serialise place() with delete() for the
+        same blob (db.register_upload and db.delete_upload do, under the write lock)."""
+        return await asyncio.to_thread(self._place, written)
+
+    def _place(self, written: WrittenBlob) -> bool:
+        target = self.path(written.sha256)
         if target.exists():
-            temp.unlink(missing_ok=True)
+            written.temp.unlink(missing_ok=True)
             return False
         target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(temp, target)
+        os.replace(written.temp, target)
         _fsync_dir(target.parent)
         return True
+
+    def discard(self, written: WrittenBlob) -> None:
+        written.temp.unlink(missing_ok=True)
+
+
+def _sync_and_close(file: BinaryIO) -> None:
+    try:
+        file.flush()
+        os.fsync(file.fileno())
+    finally:
+        file.close()
 
 
 def _fsync_dir(path: Path) -> None:

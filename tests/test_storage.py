@@ -16,17 +16,20 @@ def local(tmp_path):
 
 
 @pytest.mark.gen_test
-async def test_commit_moves_the_file_to_its_fanned_out_path(local):
+async def test_commit_keeps_the_bytes_out_of_sight_until_placed(local):
     writer = local.writer()
     writer.write(b"hello ")
     writer.write(b"world")
 
     written = await writer.commit()
+    visible_before = local.exists(written.sha256)
+    placed = await local.place(written)
 
     sha = hashlib.sha256(b"hello world").hexdigest()
     assert written.sha256 == sha
     assert written.size_bytes == 11
-    assert written.created is True
+    assert visible_before is False
+    assert placed is True
     assert local.path(sha) == local.root / sha[:2] / sha[2:4] / sha
     assert local.path(sha).read_bytes() == b"hello world"
     assert list(local.tmp_dir.iterdir()) == []
@@ -34,12 +37,13 @@ async def test_commit_moves_the_file_to_its_fanned_out_path(local):
 
 @pytest.mark.gen_test
 async def test_identical_bytes_are_stored_once(local):
+    placed = []
     for _ in range(2):
         writer = local.writer()
         writer.write(b"same")
-        written = await writer.commit()
+        placed.append(await local.place(await writer.commit()))
 
-    assert written.created is False
+    assert placed == [True, False]
     assert len([p for p in local.root.rglob("*") if p.is_file()]) == 1
     assert list(local.tmp_dir.iterdir()) == []
 
@@ -78,7 +82,9 @@ def test_stale_temp_files_are_removed_at_start(local):
 async def test_delete_and_exists(local):
     writer = local.writer()
     writer.write(b"gone soon")
-    sha = (await writer.commit()).sha256
+    written = await writer.commit()
+    await local.place(written)
+    sha = written.sha256
 
     assert local.exists(sha)
     assert local.delete(sha) is True

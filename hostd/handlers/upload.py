@@ -125,17 +125,24 @@ class UploadFlow(BaseHandler):
         self.answer_ok(blob, self.form.filename)
 
     async def record(self, written: WrittenBlob, filename: str) -> Blob:
-        blob, _ = await db.register_upload(
-            self.db,
-            sha256=written.sha256,
-            size_bytes=written.size_bytes,
-            content_type=sniff.detect(written.head),
-            original_name=filename,
-            user_id=self.api_key.user_id
-            if self.api_key
-            else getattr(self.current_user, "id", None),
-            api_key_id=self.api_key.id if self.api_key else None,
-        )
+        """Move the bytes into the store and register the upload to its owner, if any."""
+        if self.api_key is not None:
+            owner: int | None = self.api_key.user_id
+        else:
+            owner = self.current_user.id if self.current_user else None
+        try:
+            blob, _ = await db.register_upload(
+                self.db,
+                sha256=written.sha256,
+                size_bytes=written.size_bytes,
+                content_type=sniff.detect(written.head),
+                original_name=filename,
+                user_id=owner,
+                api_key_id=self.api_key.id if self.api_key else None,
+                place=lambda: self.store.place(written),
+            )
+        finally:
+            self.store.discard(written)  # a no-op once place() has moved it
         if self.api_key is not None:
             await touch_key(self, self.api_key)
         return blob
