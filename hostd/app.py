@@ -18,6 +18,7 @@ from hostd.formdata import FORM_OVERHEAD_BYTES
 from hostd.handlers import all_routes
 from hostd.handlers.pages import NotFoundHandler
 from hostd.storage import LocalBlobStore
+from hostd.thumbs import Thumbnails
 
 log = logging.getLogger("hostd")
 
@@ -31,6 +32,9 @@ def make_app(
         undefined=jinja2.StrictUndefined,  # a typo in a template is an error, not blank output
     )
     templates.filters["datetime"] = format_time
+    templates.filters["isotime"] = lambda epoch: time.strftime(
+        "%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch)
+    )
     return tornado.web.Application(
         all_routes(),
         default_handler_class=NotFoundHandler,
@@ -38,6 +42,7 @@ def make_app(
         hostd_db=db,
         hostd_store=store,
         hostd_auth=auth or Auth(),
+        hostd_thumbs=Thumbnails(config.data_dir / "thumbs"),
         hostd_limiter=SignInLimiter(),
         jinja_env=templates,
         static_path=str(config.static_dir),

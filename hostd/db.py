@@ -395,3 +395,73 @@ async def invalidate_api_key(
 async def touch_api_key(db: Database, *, id: int, at: int) -> None:
     async with db.transaction() as conn:
         await conn.execute("UPDATE api_keys SET last_used_at = ? WHERE id = ?", (at, id))
+
+
+# -- a user's files ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UserFile:
+    """One of a user's uploads, with the blob it points at."""
+
+    upload: Upload
+    blob: Blob
+
+
+async def list_user_files(
+    db: Database, *, user_id: int, limit: int, offset: int = 0
+) -> tuple[list[UserFile], int]:
+    """A page of the user's uploads, newest first, and how many there are in all."""
+    async with db.conn.execute(
+        """
+        SELECT uploads.id, uploads.sha256, uploads.original_name, uploads.created_at,
+               uploads.user_id, uploads.api_key_id,
+               blobs.hash, blobs.size_bytes, blobs.content_type, blobs.created_at AS blob_created_at
+        FROM uploads JOIN blobs ON blobs.sha256 = uploads.sha256
+        WHERE uploads.user_id = ?
+        ORDER BY uploads.created_at DESC, uploads.id DESC
+        LIMIT ? OFFSET ?
+        """,
+        (user_id, limit, offset),
+    ) as cur:
+        rows = await cur.fetchall()
+    async with db.conn.execute("SELECT count(*) FROM uploads WHERE user_id = ?", (user_id,)) as cur:
+        total = await cur.fetchone()
+    files = [
+        UserFile(
+            Upload(row[0], row[1], row[2], row[3], row[4], row[5]),
+            Blob(row[1], row[6], row[7], row[8], row[9]),
+        )
+        for row in rows
+    ]
+    return files, int(total[0]) if total else 0
+
+
+async def delete_upload(
+    db: Database,
+    *,
+    upload_id: int,
+    user_id: int,
+    remove_blob: Callable[[str], Awaitable[object]],
+) -> bool:
+    """Remove one of a user's registrations; False when they have no such upload.
+
+    When no registration (anyone's, anonymous ones included) still points at the blob, the
+    blob row goes too and `remove_blob(sha256)` deletes its bytes, inside the transaction,
+    so an upload of the same bytes cannot slip in between (see register_upload).
+    """
+    async with db.transaction() as conn:
+        async with conn.execute(
+            "DELETE FROM uploads WHERE id = ? AND user_id = ? RETURNING sha256",
+            (upload_id, user_id),
+        ) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            return False
+        sha256 = row[0]
+        async with conn.execute("SELECT 1 FROM uploads WHERE sha256 = ? LIMIT 1", (sha256,)) as cur:
+            still_used = await cur.fetchone() is not None
+        if not still_used:
+            await conn.execute("DELETE FROM blobs WHERE sha256 = ?", (sha256,))
+            await remove_blob(sha256)
+    return True

@@ -20,3 +20,108 @@ document.addEventListener("click", async (event) => {
   }
   setTimeout(() => { button.textContent = "Copy"; }, 2000);
 });
+
+// The upload page: pick, drop anywhere, or paste; one XHR per file, for its progress events.
+// (htmx 2 also reports XHR progress, but dropped and pasted files come from no form.)
+const uploadForm = document.getElementById("upload-form");
+if (uploadForm) {
+  const maxBytes = Number(uploadForm.dataset.maxBytes);
+  const input = document.getElementById("upload-file");
+  const list = document.getElementById("upload-list");
+  const template = document.getElementById("upload-item-template");
+  const headers = JSON.parse(document.body.getAttribute("hx-headers") || "{}");
+
+  const formatBytes = (n) => {
+    const units = ["bytes", "KiB", "MiB", "GiB", "TiB"];
+    let i = 0;
+    while (n >= 1024 && i < units.length - 1) { n /= 1024; i += 1; }
+    return i === 0 ? `${n} bytes` : `${n.toFixed(1)} ${units[i]}`;
+  };
+
+  const showError = (item, message) => {
+    const error = document.createElement("p");
+    error.className = "upload-error";
+    error.setAttribute("role", "alert");
+    error.textContent = message;
+    item.querySelector(".upload-outcome").replaceChildren(error);
+    item.classList.add("failed");
+  };
+
+  const upload = (file) => {
+    const item = template.content.firstElementChild.cloneNode(true);
+    item.querySelector(".upload-name").textContent = file.name;
+    item.querySelector(".upload-size").textContent = formatBytes(file.size);
+    list.prepend(item);
+    if (file.size > maxBytes) {
+      showError(item, `${file.name} is ${formatBytes(file.size)}, over the limit of ${formatBytes(maxBytes)}: not sent.`);
+      return;
+    }
+    if (file.size === 0) {
+      showError(item, `${file.name} is empty: not sent.`);
+      return;
+    }
+    const progress = item.querySelector(".upload-progress");
+    const percent = item.querySelector(".upload-percent");
+    const speed = item.querySelector(".upload-speed");
+    const started = performance.now();
+    const show = (loaded, total) => {
+      const share = total ? Math.round((loaded / total) * 100) : 0;
+      progress.value = share;
+      percent.textContent = `${share}%`;
+      const seconds = (performance.now() - started) / 1000;
+      if (seconds > 0) speed.textContent = `${formatBytes(Math.round(loaded / seconds))}/s`;
+    };
+    const xhr = new XMLHttpRequest();
+    xhr.open("POST", "/upload");
+    xhr.setRequestHeader("HX-Request", "true");
+    for (const [name, value] of Object.entries(headers)) xhr.setRequestHeader(name, value);
+    xhr.upload.addEventListener("progress", (e) => show(e.loaded, e.lengthComputable ? e.total : 0));
+    xhr.addEventListener("load", () => {
+      if (xhr.status === 200) {
+        show(1, 1);
+        item.classList.add("done");
+        // The server's own HTML fragment (upload/result.html, block upload_result).
+        item.querySelector(".upload-outcome").innerHTML = xhr.responseText;
+      } else if (xhr.getResponseHeader("Content-Type")?.startsWith("text/html")) {
+        item.querySelector(".upload-outcome").innerHTML = xhr.responseText;
+        item.classList.add("failed");
+      } else {
+        showError(item, `The upload failed (${xhr.status} ${xhr.statusText}).`);
+      }
+    });
+    xhr.addEventListener("error", () => showError(item, "The upload failed: the connection was lost."));
+    const data = new FormData();
+    data.append("file", file, file.name);
+    xhr.send(data);
+  };
+
+  const uploadAll = (files) => { for (const file of files) upload(file); };
+  const hasFiles = (e) => e.dataTransfer && [...e.dataTransfer.types].includes("Files");
+
+  input.addEventListener("change", () => { uploadAll([...input.files]); input.value = ""; });
+  uploadForm.addEventListener("submit", (e) => { e.preventDefault(); uploadAll([...input.files]); input.value = ""; });
+  document.addEventListener("dragover", (e) => {
+    if (!hasFiles(e)) return;
+    e.preventDefault();
+    document.body.classList.add("dragging");
+  });
+  document.addEventListener("dragleave", (e) => {
+    if (e.relatedTarget === null) document.body.classList.remove("dragging");
+  });
+  document.addEventListener("drop", (e) => {
+    if (!hasFiles(e)) return;
+    e.preventDefault();
+    document.body.classList.remove("dragging");
+    uploadAll([...e.dataTransfer.files]);
+  });
+  document.addEventListener("paste", (e) => {
+    const files = [...(e.clipboardData?.items ?? [])]
+      .filter((item) => item.kind === "file")
+      .map((item) => item.getAsFile())
+      .filter(Boolean);
+    if (files.length) {
+      e.preventDefault();
+      uploadAll(files);
+    }
+  });
+}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hostd.handlers import accounts, api, download, pages, upload
+from hostd.handlers import accounts, api, download, files, pages, upload
 
 
 def all_routes() -> list[tuple[str, Any]]:
@@ -13,6 +13,7 @@ def all_routes() -> list[tuple[str, Any]]:
         *pages.routes,
         *accounts.routes,
         *api.routes,
+        *files.routes,
         *upload.routes,
         *download.routes,
     ]

@@ -9,6 +9,7 @@ import socket
 from typing import Any
 
 import jinja2
+import markupsafe
 import tornado.iostream
 import tornado.web
 
@@ -125,7 +126,7 @@ class BaseHandler(tornado.web.RequestHandler):
             "current_user": self.current_user,
             "public_url": self.public_url(),
             "config": self.config,
-            "xsrf_form_html": self.xsrf_form_html,
+            "xsrf_form_html": lambda: markupsafe.Markup(self.xsrf_form_html()),
             "xsrf_token": self.xsrf_token.decode(),
             "static_url": self.static_url,
             "request_path": self.request.path,
@@ -150,6 +151,11 @@ class BaseHandler(tornado.web.RequestHandler):
         else:
             self.finish(self.render_string_page(template, **context))
 
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        # An HTTP error is already the access log's line for this request: one line each.
+        if not isinstance(value, tornado.web.HTTPError):
+            super().log_exception(typ, value, tb)
+
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         message = error_message(status_code, self._reason, kwargs)
         try:
@@ -171,6 +177,11 @@ class ApiHandler(BaseHandler):
 
     async def session_user(self) -> User | None:
         return None
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        # An HTTP error is already the access log's line for this request: one line each.
+        if not isinstance(value, tornado.web.HTTPError):
+            super().log_exception(typ, value, tb)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         message = error_message(status_code, self._reason, kwargs)

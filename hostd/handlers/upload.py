@@ -11,7 +11,7 @@ import tornado.web
 from tornado.http1connection import HTTP1Connection
 
 from hostd import db, sniff
-from hostd.db import ApiKey, Blob
+from hostd.db import ApiKey, Blob, Upload
 from hostd.formdata import FORM_OVERHEAD_BYTES, UploadError, UploadForm, boundary_of
 from hostd.handlers.base import ApiHandler, BaseHandler, refuse_early
 from hostd.storage import WrittenBlob
@@ -121,17 +121,17 @@ class UploadFlow(BaseHandler):
         except UploadError as exc:
             self.answer_error(exc.status, exc.message)
             return
-        blob = await self.record(written, self.form.filename)
-        self.answer_ok(blob, self.form.filename)
+        blob, upload = await self.record(written, self.form.filename)
+        self.answer_ok(blob, upload, self.form.filename)
 
-    async def record(self, written: WrittenBlob, filename: str) -> Blob:
+    async def record(self, written: WrittenBlob, filename: str) -> tuple[Blob, Upload]:
         """Move the bytes into the store and register the upload to its owner, if any."""
         if self.api_key is not None:
             owner: int | None = self.api_key.user_id
         else:
             owner = self.current_user.id if self.current_user else None
         try:
-            blob, _ = await db.register_upload(
+            blob, upload = await db.register_upload(
                 self.db,
                 sha256=written.sha256,
                 size_bytes=written.size_bytes,
@@ -145,7 +145,7 @@ class UploadFlow(BaseHandler):
             self.store.discard(written)  # a no-op once place() has moved it
         if self.api_key is not None:
             await touch_key(self, self.api_key)
-        return blob
+        return blob, upload
 
     def on_connection_close(self) -> None:
         # May run without prepare() having made a form (a refused request).
@@ -162,7 +162,7 @@ class UploadFlow(BaseHandler):
         """(status, body, content type) of a refusal; the plain-text protocol by default."""
         return status, f"ERROR {message}\n", "text/plain; charset=utf-8"
 
-    def answer_ok(self, blob: Blob, filename: str) -> None:
+    def answer_ok(self, blob: Blob, upload: Upload, filename: str) -> None:
         self.set_header("Content-Type", "text/plain; charset=utf-8")
         self.finish(f"OK {blob.hash}\n")
 
@@ -194,6 +194,9 @@ class UploadHandler(UploadFlow):
     def error_answer(self, status: int, message: str) -> tuple[int, str, str]:
         if self.plain_text:
             return super().error_answer(status, message)
+        if self.is_htmx:
+            fragment = self.render_string_page("upload/_error.html", message=message)
+            return status, fragment, "text/html; charset=utf-8"
         page = self.render_string_page(
             "errors/error.html",
             status_code=status,
@@ -202,12 +205,19 @@ class UploadHandler(UploadFlow):
         )
         return status, page, "text/html; charset=utf-8"
 
-    def answer_ok(self, blob: Blob, filename: str) -> None:
+    def answer_ok(self, blob: Blob, upload: Upload, filename: str) -> None:
         if self.plain_text:
-            super().answer_ok(blob, filename)
+            super().answer_ok(blob, upload, filename)
             return
         urls = file_urls(self.public_url(), blob, filename)
-        self.render_page("upload/result.html", blob=blob, filename=filename, urls=urls)
+        self.render_page(
+            "upload/result.html",
+            fragment="upload_result",
+            blob=blob,
+            upload=upload,
+            filename=filename,
+            urls=urls,
+        )
 
 
 @tornado.web.stream_request_body
@@ -234,7 +244,7 @@ class ApiUploadHandler(UploadFlow, ApiHandler):
         body = json.dumps({"status": False, "error": message}) + "\n"
         return status, body, "application/json; charset=utf-8"
 
-    def answer_ok(self, blob: Blob, filename: str) -> None:
+    def answer_ok(self, blob: Blob, upload: Upload, filename: str) -> None:
         urls = file_urls(self.public_url(), blob, filename)
         self.write_json({"hash": blob.hash, "status": True, "urls": urls})
 

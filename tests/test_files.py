@@ -1,0 +1,277 @@
+"""A signed-in user's files: the list, its htmx fragments, deleting, thumbnails."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from conftest import form_body
+from helpers import blob_files, multipart_body
+from PIL import Image
+
+
+def png(width: int, height: int) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 30, 30)).save(out, "PNG")
+    return out.getvalue()
+
+
+async def upload_as(client, base_url, signed_in, data: bytes, name: str = "a.bin"):
+    """Upload from the signed-in browser (session + xsrf), as the upload page does."""
+    body, headers = multipart_body(files=[("file", name, data)])
+    response = await client.fetch(
+        f"{base_url}/upload?api=1",
+        method="POST",
+        body=body,
+        headers={**headers, **signed_in.headers},
+    )
+    return response.body.decode().split()[1]
+
+
+async def anonymous_upload(client, base_url, data: bytes) -> str:
+    body, headers = multipart_body(files=[("file", "anon.bin", data)])
+    response = await client.fetch(
+        f"{base_url}/api/upload", method="POST", body=body, headers=headers
+    )
+    return json.loads(response.body)["hash"]
+
+
+async def upload_ids(db, user_id):
+    async with db.conn.execute(
+        "SELECT id FROM uploads WHERE user_id = ? ORDER BY id", (user_id,)
+    ) as cur:
+        return [row[0] for row in await cur.fetchall()]
+
+
+@pytest.mark.gen_test
+async def test_files_needs_a_sign_in(http_client, base_url):
+    response = await http_client.fetch(
+        f"{base_url}/files", follow_redirects=False, raise_error=False
+    )
+
+    assert response.code == 302
+    assert response.headers["Location"] == "/login?next=%2Ffiles"
+
+
+@pytest.mark.gen_test
+async def test_files_lists_only_my_uploads_newest_first(http_client, base_url, login):
+    alice, bob = await login(), await login()
+    await upload_as(http_client, base_url, alice, b"first", "first.txt")
+    await upload_as(http_client, base_url, alice, b"second", "second.txt")
+    await upload_as(http_client, base_url, bob, b"bobs", "bobs.txt")
+
+    response = await http_client.fetch(f"{base_url}/files", headers=alice.headers)
+
+    body = response.body.decode()
+    assert body.index("second.txt") < body.index("first.txt")
+    assert "bobs.txt" not in body
+    assert "2 files" in body
+    assert response.headers["Vary"] == "HX-Request"
+
+
+@pytest.mark.gen_test
+async def test_files_fragment_for_htmx(http_client, base_url, login):
+    alice = await login()
+    await upload_as(http_client, base_url, alice, b"x", "x.txt")
+
+    response = await http_client.fetch(
+        f"{base_url}/files", headers={**alice.headers, "HX-Request": "true"}
+    )
+    restore = await http_client.fetch(
+        f"{base_url}/files",
+        headers={**alice.headers, "HX-Request": "true", "HX-History-Restore-Request": "true"},
+    )
+
+    assert response.body.decode().lstrip().startswith('<section id="file-list"')
+    assert b"<html" in restore.body
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_files_are_paginated(http_client, base_url, login):
+    alice = await login()
+    for i in range(23):
+        await upload_as(http_client, base_url, alice, f"file {i}".encode(), f"f{i:02}.txt")
+
+    first = (await http_client.fetch(f"{base_url}/files", headers=alice.headers)).body.decode()
+    second = (
+        await http_client.fetch(f"{base_url}/files?page=2", headers=alice.headers)
+    ).body.decode()
+
+    assert "f22.txt" in first and "f03.txt" in first and "f02.txt" not in first
+    assert 'rel="next" href="/files?page=2"' in first
+    assert "f02.txt" in second and "f00.txt" in second and "f22.txt" not in second
+    assert 'rel="prev" href="/files?page=1"' in second
+
+
+@pytest.mark.gen_test
+async def test_file_names_are_escaped(http_client, base_url, login):
+    alice = await login()
+    await upload_as(http_client, base_url, alice, b"x", "<img src=x onerror=alert(1)>.txt")
+
+    body = (await http_client.fetch(f"{base_url}/files", headers=alice.headers)).body.decode()
+
+    assert "<img src=x onerror" not in body
+    assert "&lt;img src=x onerror=alert(1)&gt;.txt" in body
+
+
+@pytest.mark.gen_test
+async def test_deleting_the_only_registration_removes_the_blob(
+    http_client, base_url, login, db, config
+):
+    alice = await login()
+    h = await upload_as(http_client, base_url, alice, b"only mine")
+    (upload_id,) = await upload_ids(db, alice.user.id)
+
+    response = await http_client.fetch(
+        f"{base_url}/files/{upload_id}",
+        method="DELETE",
+        headers={**alice.headers, "HX-Request": "true"},
+    )
+    served = await http_client.fetch(f"{base_url}/{h}", raise_error=False)
+
+    assert response.code == 200 and response.body == b""
+    assert await upload_ids(db, alice.user.id) == []
+    assert blob_files(config) == []
+    assert served.code == 404
+
+
+@pytest.mark.gen_test
+async def test_a_blob_someone_else_uploaded_too_stays(http_client, base_url, login, db, config):
+    alice = await login()
+    h = await upload_as(http_client, base_url, alice, b"shared bytes")
+    await anonymous_upload(http_client, base_url, b"shared bytes")
+    (upload_id,) = await upload_ids(db, alice.user.id)
+
+    await http_client.fetch(f"{base_url}/files/{upload_id}", method="DELETE", headers=alice.headers)
+    served = await http_client.fetch(f"{base_url}/{h}")
+
+    assert served.body == b"shared bytes"
+    assert len(blob_files(config)) == 1
+
+
+@pytest.mark.gen_test
+async def test_nobody_deletes_someone_elses_upload(http_client, base_url, login, db):
+    alice, mallory = await login(), await login()
+    await upload_as(http_client, base_url, alice, b"alice's")
+    (upload_id,) = await upload_ids(db, alice.user.id)
+
+    response = await http_client.fetch(
+        f"{base_url}/files/{upload_id}", method="DELETE", headers=mallory.headers, raise_error=False
+    )
+
+    assert response.code == 404
+    assert await upload_ids(db, alice.user.id) == [upload_id]
+
+
+@pytest.mark.gen_test
+async def test_deleting_without_javascript_asks_first(http_client, base_url, login, db):
+    alice = await login()
+    await upload_as(http_client, base_url, alice, b"no js")
+    (upload_id,) = await upload_ids(db, alice.user.id)
+
+    asked = await http_client.fetch(
+        f"{base_url}/files/{upload_id}/delete",
+        method="POST",
+        body=form_body(),
+        headers={"Cookie": alice.cookie},
+    )
+    kept = await upload_ids(db, alice.user.id)
+    done = await http_client.fetch(
+        f"{base_url}/files/{upload_id}/delete",
+        method="POST",
+        body=form_body(confirm="yes"),
+        headers={"Cookie": alice.cookie},
+        follow_redirects=False,
+        raise_error=False,
+    )
+
+    assert "Delete this file?" in asked.body.decode()
+    assert kept == [upload_id]
+    assert done.code == 303 and done.headers["Location"] == "/files"
+    assert await upload_ids(db, alice.user.id) == []
+
+
+@pytest.mark.gen_test
+async def test_delete_needs_the_xsrf_token(http_client, base_url, login, db):
+    alice = await login()
+    await upload_as(http_client, base_url, alice, b"guarded")
+    (upload_id,) = await upload_ids(db, alice.user.id)
+
+    response = await http_client.fetch(
+        f"{base_url}/files/{upload_id}",
+        method="DELETE",
+        headers={"Cookie": alice.cookie},
+        raise_error=False,
+    )
+
+    assert response.code == 403
+    assert await upload_ids(db, alice.user.id) == [upload_id]
+
+
+@pytest.mark.parametrize(("size", "expected"), [((1200, 600), (320, 160)), ((40, 30), (40, 30))])
+@pytest.mark.gen_test
+async def test_thumbnails_shrink_but_never_enlarge(http_client, base_url, config, size, expected):
+    h = await anonymous_upload(http_client, base_url, png(*size))
+
+    response = await http_client.fetch(f"{base_url}/thumbs/{h}.webp")
+    again = await http_client.fetch(f"{base_url}/thumbs/{h}.webp")
+
+    assert response.headers["Content-Type"] == "image/webp"
+    assert Image.open(io.BytesIO(response.body)).size == expected
+    assert again.body == response.body
+    assert len(list((config.data_dir / "thumbs").rglob("*.webp"))) == 1  # made once, cached
+
+
+@pytest.mark.gen_test
+async def test_an_unreadable_image_gets_a_placeholder(http_client, base_url):
+    h = await anonymous_upload(http_client, base_url, b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+
+    response = await http_client.fetch(
+        f"{base_url}/thumbs/{h}.webp", follow_redirects=False, raise_error=False
+    )
+
+    assert response.code == 302
+    assert "/static/thumb-unavailable.svg" in response.headers["Location"]
+
+
+@pytest.mark.gen_test
+async def test_no_thumbnail_for_what_is_not_an_image(http_client, base_url):
+    h = await anonymous_upload(http_client, base_url, b"plain text")
+
+    response = await http_client.fetch(f"{base_url}/thumbs/{h}.webp", raise_error=False)
+
+    assert response.code == 404
+
+
+@pytest.mark.gen_test
+async def test_upload_page_fragment_answers_with_the_urls_and_a_preview(http_client, base_url):
+    body, headers = multipart_body(files=[("file", "red.png", png(8, 8))])
+
+    response = await http_client.fetch(
+        f"{base_url}/upload", method="POST", body=body, headers={**headers, "HX-Request": "true"}
+    )
+
+    html = response.body.decode()
+    assert html.lstrip().startswith('<div class="upload-result"')
+    assert html.count('class="url-field"') == 4
+    assert 'class="preview"' in html and "<img" in html
+
+
+@pytest.mark.gen_test
+async def test_upload_page_fragment_answers_errors_in_place(http_client, base_url):
+    body, headers = multipart_body(files=[("file", "empty.txt", b"")])
+
+    response = await http_client.fetch(
+        f"{base_url}/upload",
+        method="POST",
+        body=body,
+        headers={**headers, "HX-Request": "true"},
+        raise_error=False,
+    )
+
+    assert response.code == 400
+    assert (
+        response.body.decode().strip()
+        == '<p class="upload-error" role="alert">the file is empty</p>'
+    )
