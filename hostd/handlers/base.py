@@ -18,6 +18,7 @@ from hostd.auth import Auth, SignInLimiter, session_token_hash
 from hostd.config import Config
 from hostd.db import Database, User
 from hostd.storage import LocalBlobStore
+from hostd.thumbs import Thumbnails
 
 # How long a refused upload's connection keeps reading (and dropping) what the client still
 # sends, so that closing with unread bytes does not reset the connection before the client
@@ -70,6 +71,10 @@ class BaseHandler(tornado.web.RequestHandler):
     @property
     def auth(self) -> Auth:
         return self.settings["hostd_auth"]
+
+    @property
+    def thumbs(self) -> Thumbnails:
+        return self.settings["hostd_thumbs"]
 
     @property
     def limiter(self) -> SignInLimiter:

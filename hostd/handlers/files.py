@@ -10,7 +10,7 @@ from hostd import db
 from hostd.handlers.base import BaseHandler, Refusal
 from hostd.handlers.download import CACHE_FOREVER, HASH_PATTERN
 from hostd.handlers.upload import file_urls
-from hostd.thumbs import THUMBNAILABLE, Thumbnails
+from hostd.thumbs import THUMBNAILABLE
 
 PAGE_SIZE = 20
 
@@ -66,18 +66,13 @@ class FileHandler(BaseHandler):
         if not found:
             raise Refusal(404, "You have no upload with this id.")
 
-    @property
-    def thumbs(self) -> Thumbnails:
-        return self.settings["hostd_thumbs"]
-
 
 class ThumbnailHandler(BaseHandler):
     async def get(self, hash: str) -> None:
         blob = await db.get_blob(self.db, hash)
         if blob is None or blob.content_type not in THUMBNAILABLE:
             raise Refusal(404, "There is no thumbnail for this hash.")
-        thumbs: Thumbnails = self.settings["hostd_thumbs"]
-        path = await thumbs.get(blob.sha256, self.store.path(blob.sha256))
+        path = await self.thumbs.get(blob.sha256, self.store.path(blob.sha256))
         if path is None:
             # An image Pillow cannot read gets a neutral picture, not a broken one.
             self.redirect(self.static_url("thumb-unavailable.svg"))
