@@ -32,6 +32,7 @@ def make_app(
         undefined=jinja2.StrictUndefined,  # a typo in a template is an error, not blank output
     )
     templates.filters["datetime"] = format_time
+    templates.filters["filesize"] = format_size
     templates.filters["isotime"] = lambda epoch: time.strftime(
         "%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch)
     )
@@ -52,6 +53,18 @@ def make_app(
         login_url="/login",
         debug=config.debug,
     )
+
+
+def format_size(size: int) -> str:
+    """Sizes as the upload page's script shows them: "129 bytes", "1.5 MiB"."""
+    if size < 1024:
+        return f"{size} bytes"
+    value = float(size)
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        value /= 1024
+        if value < 1024 or unit == "TiB":
+            break
+    return f"{value:.1f} {unit}"
 
 
 def format_time(epoch: int) -> str:

@@ -53,7 +53,10 @@ if (uploadForm) {
     item.querySelector(".upload-size").textContent = formatBytes(file.size);
     list.prepend(item);
     if (file.size > maxBytes) {
-      showError(item, `${file.name} is ${formatBytes(file.size)}, over the limit of ${formatBytes(maxBytes)}: not sent.`);
+      const sizes = formatBytes(file.size) === formatBytes(maxBytes)
+        ? `${file.size} bytes, over the limit of ${maxBytes} bytes`
+        : `${formatBytes(file.size)}, over the limit of ${formatBytes(maxBytes)}`;
+      showError(item, `${file.name} is ${sizes}: not sent.`);
       return;
     }
     if (file.size === 0) {
@@ -78,7 +81,7 @@ if (uploadForm) {
     xhr.upload.addEventListener("progress", (e) => show(e.loaded, e.lengthComputable ? e.total : 0));
     xhr.addEventListener("load", () => {
       if (xhr.status === 200) {
-        show(1, 1);
+        show(file.size, file.size);
         item.classList.add("done");
         // The server's own HTML fragment (upload/result.html, block upload_result).
         item.querySelector(".upload-outcome").innerHTML = xhr.responseText;

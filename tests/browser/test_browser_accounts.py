@@ -1,0 +1,142 @@
+"""In chromium: registering, signing in and out, API keys, the 404 page, the skip link."""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.error
+import urllib.request
+import uuid
+
+import pytest
+from helpers import multipart_body
+from playwright.sync_api import Dialog, Page, expect
+
+pytestmark = pytest.mark.browser
+
+PASSWORD = "a long enough password"
+
+
+def bearer_upload(base_url: str, key: str, data: bytes) -> tuple[int, dict]:
+    """POST /api/upload with the key, as a script would; (status, JSON answer)."""
+    body, headers = multipart_body(files=[("file", "from-the-key.txt", data)])
+    request = urllib.request.Request(
+        f"{base_url}/api/upload", data=body, headers={**headers, "Authorization": f"Bearer {key}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, json.loads(exc.read())
+
+
+def test_register_sign_out_and_sign_in_again(page: Page, live_server, screenshot):
+    name = f"reg-{uuid.uuid4().hex[:8]}"
+    banner = page.get_by_role("banner")
+
+    page.goto(f"{live_server.base_url}/register")
+    screenshot(page, "register")
+    page.get_by_label("Name", exact=True).fill(name)
+    page.get_by_label("Password", exact=True).fill(PASSWORD)
+    page.get_by_label("Password again", exact=True).fill(PASSWORD)
+    page.get_by_role("button", name="Register").click()
+
+    expect(page).to_have_url(f"{live_server.base_url}/")
+    expect(banner).to_contain_text(f"Signed in as {name}")
+    screenshot(page, "index-signed-in")
+    page.goto(f"{live_server.base_url}/api")
+    expect(banner).to_contain_text(f"Signed in as {name}")
+    screenshot(page, "api-signed-in")
+
+    banner.get_by_role("button", name="Sign out").click()
+    expect(banner.get_by_role("link", name="Sign in")).to_be_visible()
+    expect(banner).not_to_contain_text("Signed in as")
+
+    page.goto(f"{live_server.base_url}/login")
+    screenshot(page, "login")
+    page.get_by_label("Name", exact=True).fill(name)
+    page.get_by_label("Password", exact=True).fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    expect(banner).to_contain_text(f"Signed in as {name}")
+
+
+def test_a_wrong_password_is_refused_on_the_page(page: Page, live_server, browser_errors):
+    browser_errors.allow(r"status of 401")  # the refusal is a 401 page
+    name = live_server.add_user()
+    page.goto(f"{live_server.base_url}/login")
+    page.get_by_label("Name", exact=True).fill(name)
+    page.get_by_label("Password", exact=True).fill("not the password")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("alert")).to_have_text("Wrong name or password.")
+    expect(page.get_by_role("banner")).not_to_contain_text("Signed in as")
+
+
+def test_api_key_is_shown_once_works_and_can_be_invalidated(page: Page, live_server, sign_in):
+    base = live_server.base_url
+    sign_in(page)
+    page.goto(f"{base}/api")
+    page.get_by_label("Label (optional)").fill("browser test")
+    page.get_by_role("button", name="Generate a new key").click()
+
+    new_key = page.locator("#new-key-value")
+    expect(new_key).to_have_text(re.compile(r"^hk_[0-9a-f]{16}_\S+$"))
+    expect(page.locator("#api-keys")).to_contain_text("it will not be shown again")
+    key = new_key.inner_text().strip()
+    key_id = key.split("_")[1]
+
+    status, answer = bearer_upload(base, key, uuid.uuid4().bytes)
+    assert status == 200, answer
+    assert answer["status"] is True and answer["urls"]["hash"].endswith(answer["hash"])
+
+    page.reload()
+    expect(page.locator("#new-key-value")).to_have_count(0)
+    assert key not in page.content()
+    row = page.locator(f"tr#key-{key_id}")
+    expect(row).to_contain_text("usable")
+    expect(row).to_contain_text("browser test")
+    expect(row.locator("td").nth(3)).not_to_have_text("never")  # last used: just now
+
+    # htmx swaps the row in place: no navigation, so this marker survives.
+    page.evaluate("window.__noReload = true")
+    dialogs: list[str] = []
+
+    def accept(dialog: Dialog) -> None:
+        dialogs.append(dialog.message)
+        dialog.accept()
+
+    page.once("dialog", accept)
+    row.get_by_role("button", name="Invalidate").click()
+    expect(row).to_contain_text("invalidated")
+    expect(row.get_by_role("button", name="Invalidate")).to_have_count(0)
+    assert page.url == f"{base}/api"
+    assert page.evaluate("window.__noReload") is True
+    assert dialogs and "browser test" in dialogs[0]
+
+    status, answer = bearer_upload(base, key, uuid.uuid4().bytes)
+    assert status == 401, answer
+    assert answer["status"] is False
+
+
+def test_an_unknown_address_shows_the_styled_404_page(
+    page: Page, live_server, browser_errors, screenshot
+):
+    browser_errors.allow(r"status of 404")  # chromium logs the page's own failed load
+    response = page.goto(f"{live_server.base_url}/no/such/page")
+    assert response is not None and response.status == 404
+    expect(page.get_by_role("heading", level=1)).to_contain_text("404")
+    expect(page.locator("main")).to_contain_text("There is nothing at this address.")
+    # Styled: the stylesheet loaded and applies (hostd.css sets body's margin to 0).
+    expect(page.locator("body")).to_have_css("margin", "0px")
+    expect(page.get_by_role("link", name="Back to the upload page")).to_be_visible()
+    screenshot(page, "not-found")
+
+
+def test_tab_from_the_top_of_the_upload_page_reaches_the_skip_link_first(page: Page, live_server):
+    page.goto(f"{live_server.base_url}/")
+    page.keyboard.press("Tab")
+    skip = page.get_by_role("link", name="Skip to content")
+    expect(skip).to_be_focused()
+    expect(skip).to_be_in_viewport()  # it is off-screen until focused
+    page.keyboard.press("Enter")
+    expect(page).to_have_url(f"{live_server.base_url}/#main")
