@@ -13,7 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def _shipped(name: str) -> Path:
+    """templates/ or static/: inside the package when installed, else beside it (a checkout)."""
+    inside = PACKAGE_DIR / name
+    return inside if inside.is_dir() else PACKAGE_DIR.parent / name
+
+
 MiB = 1024 * 1024
 
 
@@ -35,8 +43,8 @@ class Config:
     registration: str = "open"
     max_keys: int | None = None
     cookie_secret: str | None = field(default=None, repr=False)
-    templates_dir: Path = PACKAGE_ROOT / "templates"
-    static_dir: Path = PACKAGE_ROOT / "static"
+    templates_dir: Path = field(default_factory=lambda: _shipped("templates"))
+    static_dir: Path = field(default_factory=lambda: _shipped("static"))
     debug: bool = False
 
     @property

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import uuid
@@ -108,4 +109,6 @@ async def raw_exchange(
 
     await asyncio.wait_for(asyncio.gather(send(), receive()), timeout=30)
     writer.close()
+    with contextlib.suppress(ConnectionError, OSError):
+        await writer.wait_closed()
     return bytes(received)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import json
 import os
@@ -12,6 +13,7 @@ import pytest
 from helpers import blob_files, multipart_body, raw_exchange, streamed_upload, temp_files
 
 from hostd import db as queries
+from hostd.handlers.upload import ApiUploadHandler
 from hostd.storage import short_hash_candidates
 
 LIMIT = 8 * 1024 * 1024  # the config fixture's max_upload_bytes
@@ -26,6 +28,10 @@ async def post(client, url, *, fields=None, files=None, headers=None):
         headers={**base_headers, **(headers or {})},
         raise_error=False,
     )
+
+
+def live_handlers(app, kind):
+    return [h for h in gc.get_objects() if isinstance(h, kind) and h.application is app]
 
 
 def expected_hash(data: bytes) -> str:
@@ -413,7 +419,7 @@ async def test_streamed_upload_lands_in_the_fanned_out_blob_path(
 
 @pytest.mark.gen_test(timeout=30)
 async def test_client_vanishing_mid_upload_leaves_no_temp_file_and_no_row(
-    http_server, http_port, config, db
+    http_server, http_port, config, db, app
 ):
     body_start = (
         b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.bin"\r\n\r\n'
@@ -442,6 +448,9 @@ async def test_client_vanishing_mid_upload_leaves_no_temp_file_and_no_row(
     assert blob_files(config) == []
     async with db.conn.execute("SELECT count(*) FROM uploads") as cur:
         assert (await cur.fetchone())[0] == 0
+    await asyncio.sleep(0.05)
+    gc.collect()
+    assert live_handlers(app, ApiUploadHandler) == []  # not left waiting for the rest of the body
 
 
 @pytest.mark.gen_test(timeout=60)

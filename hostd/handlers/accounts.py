@@ -48,7 +48,7 @@ class SessionMixin(BaseHandler):
             expires_days=SESSION_DAYS,
             httponly=True,
             samesite="Lax",
-            secure=(self.config.public_url or "").startswith("https://"),
+            secure=self.public_url().startswith("https://"),
         )
 
 

@@ -123,7 +123,8 @@ class BaseHandler(tornado.web.RequestHandler):
         if self.config.trust_proxy:
             forwarded = self.request.headers.get("X-Forwarded-Host")
             if forwarded:
-                host = forwarded.split(",")[0].strip()
+                # The last value is the one our own proxy set (as Tornado does for the scheme).
+                host = forwarded.split(",")[-1].strip()
         return f"{self.request.protocol}://{host}"
 
     def template_context(self, context: dict[str, Any]) -> dict[str, Any]:

@@ -151,6 +151,9 @@ class UploadFlow(BaseHandler):
         # May run without prepare() having made a form (a refused request).
         if self.form is not None:
             self.form.abort()
+        # Tornado's own ends the wait for the rest of the body; without it the handler
+        # would wait forever for a client that is gone.
+        super().on_connection_close()
 
     def answer_error(self, status: int, message: str) -> None:
         status, body, content_type = self.error_answer(status, message)

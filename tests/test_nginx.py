@@ -1,0 +1,643 @@
+"""hostd behind a real nginx, run from contrib/nginx.conf: uploads, downloads, limits, headers.
+
+The module starts `hostd serve` (with trust_proxy = true) and nginx as processes, once for
+all its tests, with every file of theirs under a temp dir. nginx's site is contrib/nginx.conf
+as shipped, except for the upstream address, the `listen` lines and the ssl_* lines (the
+test speaks plain HTTP); a second copy of its HTTPS server sends X-Forwarded-Proto "https",
+as $scheme does behind TLS. See adapted_site() and nginx_conf().
+
+nginx must be installed: CI's .ci/run does `apt-get install nginx-light`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tornado.httpclient
+from helpers import multipart_body, streamed_upload
+
+from hostd.config import Config
+from hostd.formdata import FORM_OVERHEAD_BYTES
+from hostd.storage import short_hash_candidates
+
+CONTRIB = Path(__file__).resolve().parent.parent / "contrib" / "nginx.conf"
+MiB = 1024 * 1024
+LIMIT = 24 * MiB  # hostd's max_upload_bytes here: room for the 20 MB upload, quick to exceed
+INSTALL_HINT = "apt-get install nginx-light"
+
+
+# -- contrib/nginx.conf, parsed and adapted --------------------------------------------------
+
+TOKEN = re.compile(r"""#[^\n]*|"(?:\\.|[^"\\])*"|'(?:\\.|[^'\\])*'|[{};]|[^\s{};#"']+""")
+
+
+@dataclass
+class Directive:
+    name: str
+    args: list[str]
+    block: list[Directive] | None = None
+
+
+def parse_nginx(text: str) -> list[Directive]:
+    """nginx's configuration syntax, enough for our example: directives, blocks, quoting."""
+    tokens = [t for t in TOKEN.findall(text) if not t.startswith("#")]
+    position = 0
+
+    def block(nested: bool) -> list[Directive]:
+        nonlocal position
+        directives: list[Directive] = []
+        words: list[str] = []
+        while position < len(tokens):
+            token = tokens[position]
+            position += 1
+            if token == ";":
+                directives.append(Directive(words[0], words[1:]))
+                words = []
+            elif token == "{":
+                directives.append(Directive(words[0], words[1:], block(True)))
+                words = []
+            elif token == "}":
+                assert nested and not words, "unbalanced } in contrib/nginx.conf"
+                return directives
+            else:
+                words.append(token)
+        assert not nested and not words, "unterminated block or directive in contrib/nginx.conf"
+        return directives
+
+    return block(False)
+
+
+def render_nginx(directives: list[Directive], depth: int = 0) -> str:
+    pad = "    " * depth
+    lines = []
+    for d in directives:
+        head = " ".join([d.name, *d.args])
+        if d.block is None:
+            lines.append(f"{pad}{head};")
+        else:
+            lines += [f"{pad}{head} {{", render_nginx(d.block, depth + 1), f"{pad}}}"]
+    return "\n".join(lines)
+
+
+def walk(directives: list[Directive]) -> Iterator[Directive]:
+    for d in directives:
+        yield d
+        if d.block:
+            yield from walk(d.block)
+
+
+def only(items: list[Directive], what: str) -> Directive:
+    assert len(items) == 1, f"contrib/nginx.conf should have exactly one {what}"
+    return items[0]
+
+
+def listening_on(server: Directive, port: int) -> Directive:
+    """A copy of a server block on a loopback port, in plain HTTP."""
+    server = copy.deepcopy(server)
+    assert server.block is not None
+    kept = [d for d in server.block if d.name != "listen" and not d.name.startswith("ssl_")]
+    server.block = [Directive("listen", [f"127.0.0.1:{port}"]), *kept]
+    return server
+
+
+def adapted_site(hostd_port: int, http_port: int, https_port: int, redirect_port: int) -> str:
+    """contrib/nginx.conf for the test: the upstream on hostd's port, and its servers on
+    loopback ports. The HTTPS server runs twice in plain HTTP: as it is (so $scheme is
+    "http"), and with X-Forwarded-Proto "https", which is what $scheme says behind TLS."""
+    top = parse_nginx(CONTRIB.read_text(encoding="utf-8"))
+    upstream = only([d for d in top if d.name == "upstream"], "upstream block")
+    assert upstream.block is not None
+    only([d for d in upstream.block if d.name == "server"], "upstream server").args[0] = (
+        f"127.0.0.1:{hostd_port}"
+    )
+    servers = [d for d in top if d.name == "server"]
+    tls = only(
+        [s for s in servers if any(d.name == "ssl_certificate" for d in walk(s.block or []))],
+        "TLS server block",
+    )
+    redirect = only([s for s in servers if s is not tls], "port 80 server block")
+    as_https = listening_on(tls, https_port)
+    proto = only(
+        [
+            d
+            for d in walk(as_https.block or [])
+            if d.name == "proxy_set_header" and d.args[0] == "X-Forwarded-Proto"
+        ],
+        "proxy_set_header X-Forwarded-Proto",
+    )
+    assert proto.args[1:] == ["$scheme"]
+    proto.args[1:] = ["https"]
+    return render_nginx(
+        [
+            upstream,
+            listening_on(tls, http_port),
+            as_https,
+            listening_on(redirect, redirect_port),
+        ]
+    )
+
+
+def nginx_conf(prefix: Path, site: str) -> str:
+    """A whole nginx.conf whose every path is under `prefix`, so it runs as any user
+    without touching /etc or /var."""
+    build = subprocess.run([find_nginx(), "-V"], capture_output=True, text=True).stderr
+    temp_paths = "\n".join(
+        f"    {module}_temp_path {prefix}/{module}_temp;"
+        for module in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        if f"--without-http_{module}_module" not in build
+    )
+    # As root, nginx's workers would otherwise switch to `nobody`, who cannot enter tmp_path.
+    user = "user root;" if os.geteuid() == 0 else ""
+    return f"""
+{user}
+worker_processes 1;
+pid {prefix}/nginx.pid;
+lock_file {prefix}/nginx.lock;
+error_log {prefix}/error.log info;
+events {{
+    worker_connections 256;
+}}
+http {{
+    access_log {prefix}/access.log;
+{temp_paths}
+    default_type application/octet-stream;
+    # As in Debian's stock /etc/nginx/nginx.conf.
+    gzip on;
+
+{site}
+}}
+"""
+
+
+# -- the processes ------------------------------------------------------------------------
+
+
+def find_nginx() -> str:
+    found = shutil.which("nginx") or next(
+        (
+            path
+            for path in ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx")
+            if os.access(path, os.X_OK)
+        ),
+        None,
+    )
+    if found is None:
+        pytest.fail(
+            "nginx is not installed, and tests/test_nginx.py runs a real nginx in front of "
+            f"hostd. Install it: `{INSTALL_HINT}` (as root; .ci/run does this in CI).",
+            pytrace=False,
+        )
+    return found
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def wait_until(ready: Any, proc: subprocess.Popen[bytes], logs: list[Path], what: str) -> None:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if ready():
+            return
+        if proc.poll() is not None:
+            break
+        time.sleep(0.02)
+    output = "".join(log.read_text(errors="replace") for log in logs if log.exists())
+    raise AssertionError(f"{what} did not start (exit code {proc.poll()}):\n{output}")
+
+
+def accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@dataclass
+class Stack:
+    """hostd on hostd_port; nginx in front on three ports (see adapted_site())."""
+
+    hostd_port: int
+    http_port: int
+    https_port: int
+    redirect_port: int
+    data_dir: Path
+    prefix: Path
+    hostd_log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def tls_url(self) -> str:
+        """nginx as it is behind TLS (it sends X-Forwarded-Proto https), in plain HTTP."""
+        return f"http://127.0.0.1:{self.https_port}"
+
+    def temp_files(self) -> list[str]:
+        return os.listdir(self.data_dir / "tmp")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    nginx = find_nginx()
+    root = tmp_path_factory.mktemp("nginx-stack")
+    hostd_port, http_port, https_port, redirect_port = free_ports(4)
+    stack = Stack(
+        hostd_port,
+        http_port,
+        https_port,
+        redirect_port,
+        data_dir=root / "data",
+        prefix=root / "nginx",
+        hostd_log=root / "hostd.log",
+    )
+    settings = root / "hostd.toml"
+    settings.write_text(
+        f'[server]\nhost = "127.0.0.1"\ntrust_proxy = true\ncookie_secret = "nginx-test"\n'
+        f'[storage]\ndata_dir = "{stack.data_dir}"\n'
+        f"[limits]\nmax_upload_bytes = {LIMIT}\n"
+    )
+    with stack.hostd_log.open("wb") as out:
+        hostd = subprocess.Popen(
+            [sys.executable, "-m", "hostd", "serve", "--config", str(settings)]
+            + ["--port", str(hostd_port)],
+            cwd=root,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_until(
+            lambda: b"listening on" in stack.hostd_log.read_bytes(),
+            hostd,
+            [stack.hostd_log],
+            "hostd",
+        )
+        stack.prefix.mkdir()
+        conf = stack.prefix / "nginx.conf"
+        conf.write_text(
+            nginx_conf(stack.prefix, adapted_site(hostd_port, http_port, https_port, redirect_port))
+        )
+        nginx_log = stack.prefix / "stderr.log"
+        with nginx_log.open("wb") as out:
+            proxy = subprocess.Popen(
+                [nginx, "-c", str(conf), "-p", str(stack.prefix), "-g", "daemon off;"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            ports = (http_port, https_port, redirect_port)
+            logs = [nginx_log, stack.prefix / "error.log"]
+            wait_until(lambda: all(map(accepts, ports)), proxy, logs, "nginx")
+            yield stack
+        finally:
+            stop(proxy)
+    finally:
+        stop(hostd)
+
+
+@pytest.fixture
+def client(io_loop: Any) -> Iterator[tornado.httpclient.AsyncHTTPClient]:
+    client = tornado.httpclient.AsyncHTTPClient(force_instance=True)
+    yield client
+    client.close()
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+def public_hash(data: bytes) -> str:
+    return short_hash_candidates(hashlib.sha256(data).hexdigest())[0]
+
+
+async def upload(
+    client: tornado.httpclient.AsyncHTTPClient,
+    url: str,
+    data: bytes,
+    filename: str = "file.bin",
+    headers: dict[str, str] | None = None,
+) -> tornado.httpclient.HTTPResponse:
+    body, base_headers = multipart_body(files=[("file", filename, data)])
+    return await client.fetch(
+        url, method="POST", body=body, headers={**base_headers, **(headers or {})}
+    )
+
+
+async def exchange(port: int, head: bytes, body_bytes: int, chunk: bytes = b"x" * 65536) -> bytes:
+    """Send a request head, then keep sending `body_bytes` of body whatever the server says,
+    as a client that does not wait for 100-continue would; return all the server sent
+    before it closed. (helpers.raw_exchange() does the same, but closes its socket without
+    waiting for it to close, which can surface later as a ResourceWarning, an error here.)"""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+
+    async def send() -> None:
+        writer.write(head)
+        left = body_bytes
+        while left > 0:
+            writer.write(chunk[: min(len(chunk), left)])
+            left -= min(len(chunk), left)
+            await writer.drain()
+
+    sender = asyncio.ensure_future(send())
+    received = bytearray()
+    try:
+        while data := await asyncio.wait_for(reader.read(65536), timeout=10):
+            received += data
+    except ConnectionError:
+        received += b"<reset>"
+    finally:
+        writer.transport.abort()  # drop what is still queued: the answer is all there is
+        await asyncio.gather(sender, return_exceptions=True)
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+    return bytes(received)
+
+
+async def hostd_log_line(stack: Stack, needle: str) -> str:
+    """hostd's access-log line containing `needle` (it is written just after the answer)."""
+    for _ in range(250):
+        for line in stack.hostd_log.read_text(errors="replace").splitlines():
+            if needle in line:
+                return line
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"hostd logged no line with {needle!r}")
+
+
+async def no_temp_files_left(stack: Stack) -> list[str]:
+    """hostd's temp dir once it has settled (it drops a refused upload on its own time)."""
+    for _ in range(100):
+        if not stack.temp_files():
+            break
+        await asyncio.sleep(0.02)
+    return stack.temp_files()
+
+
+# -- uploads: the answers -----------------------------------------------------------------
+
+
+@pytest.mark.gen_test
+async def test_upload_answers_urls_on_the_address_the_client_used(stack, client):
+    data = b"through nginx"
+
+    response = await upload(client, f"{stack.url}/api/upload", data, "note.txt")
+
+    assert response.code == 200
+    h = public_hash(data)
+    assert json.loads(response.body) == {
+        "hash": h,
+        "status": True,
+        "urls": {
+            "base": f"{stack.url}/",
+            "full": f"{stack.url}/{h}/note.txt",
+            "ext": f"{stack.url}/{h}.txt",
+            "hash": f"{stack.url}/{h}",
+        },
+    }
+
+
+@pytest.mark.gen_test
+async def test_behind_tls_nginx_the_urls_are_https(stack, client):
+    response = await upload(client, f"{stack.tls_url}/api/upload", b"tls", "a.png")
+
+    urls = json.loads(response.body)["urls"]
+    host = f"127.0.0.1:{stack.https_port}"
+    assert urls["base"] == f"https://{host}/"
+    assert urls["ext"] == f"https://{host}/{public_hash(b'tls')}.png"
+
+
+@pytest.mark.gen_test
+async def test_forwarding_headers_a_client_sends_are_replaced_by_nginx(stack, client):
+    forged = {
+        "X-Forwarded-Host": "evil.example",
+        "X-Forwarded-Proto": "https",
+        "X-Scheme": "https",  # Tornado would prefer this one to X-Forwarded-Proto
+        "X-Real-IP": "203.0.113.9",
+        "X-Forwarded-For": "203.0.113.9",
+    }
+
+    response = await upload(client, f"{stack.url}/api/upload?forged=1", b"forged", headers=forged)
+
+    assert json.loads(response.body)["urls"]["base"] == f"{stack.url}/"
+    line = await hostd_log_line(stack, "/api/upload?forged=1")
+    assert "(127.0.0.1)" in line
+    assert "203.0.113.9" not in line
+
+
+@pytest.mark.gen_test
+async def test_plain_http_is_redirected_to_https(stack, client):
+    response = await client.fetch(
+        f"http://127.0.0.1:{stack.redirect_port}/abc?x=1", follow_redirects=False, raise_error=False
+    )
+
+    assert response.code == 301
+    assert response.headers["Location"] == "https://127.0.0.1/abc?x=1"
+
+
+# -- downloads ------------------------------------------------------------------------------
+
+
+@pytest.mark.gen_test
+async def test_download_is_byte_identical_with_the_file_headers(stack, client):
+    # Larger than nginx's proxy buffers (16 x 64 KiB), so it also passes through them.
+    data = hashlib.sha256(b"download").digest() * (3 * MiB // 32) + b"tail"
+    h = json.loads((await upload(client, f"{stack.url}/api/upload", data)).body)["hash"]
+    etag = f'"{hashlib.sha256(data).hexdigest()}"'
+
+    full = await client.fetch(f"{stack.url}/{h}")
+    part = await client.fetch(f"{stack.url}/{h}", headers={"Range": "bytes=1000-1999"})
+    cached = await client.fetch(
+        f"{stack.url}/{h}", headers={"If-None-Match": etag}, raise_error=False
+    )
+    head = await client.fetch(f"{stack.url}/{h}", method="HEAD")
+
+    assert full.code == 200
+    assert full.body == data
+    assert full.headers["Content-Length"] == str(len(data))
+    assert full.headers["ETag"] == etag
+    assert full.headers["Content-Security-Policy"].endswith("sandbox")
+    assert full.headers["X-Content-Type-Options"] == "nosniff"
+    assert full.headers["Accept-Ranges"] == "bytes"
+    assert "immutable" in full.headers["Cache-Control"]
+    assert part.code == 206
+    assert part.headers["Content-Range"] == f"bytes 1000-1999/{len(data)}"
+    assert part.body == data[1000:2000]
+    assert cached.code == 304
+    assert head.headers["Content-Length"] == str(len(data))
+    assert head.body == b""
+
+
+@pytest.mark.gen_test
+async def test_uploaded_html_is_served_as_stored_not_gzipped(stack, client):
+    page = b"<!doctype html><title>t</title>" + b"<p>compressible</p>" * 500
+    h = json.loads((await upload(client, f"{stack.url}/api/upload", page, "p.html")).body)["hash"]
+
+    response = await client.fetch(
+        f"{stack.url}/{h}/p.html", headers={"Accept-Encoding": "gzip"}, decompress_response=False
+    )
+
+    assert response.headers["Content-Type"].startswith("text/html")
+    assert "Content-Encoding" not in response.headers
+    assert response.headers["ETag"] == f'"{hashlib.sha256(page).hexdigest()}"'
+    assert response.body == page
+
+
+# -- limits ---------------------------------------------------------------------------------
+
+
+@pytest.mark.gen_test
+async def test_upload_over_the_limit_is_a_413_with_hostds_message(stack):
+    size = LIMIT + FORM_OVERHEAD_BYTES + MiB
+    head = (
+        f"POST /api/upload HTTP/1.1\r\nHost: 127.0.0.1:{stack.http_port}\r\n"
+        f"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: {size}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode()
+
+    answer = await exchange(stack.http_port, head, size)
+
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:300]
+    status, _, body = answer.partition(b"\r\n\r\n")
+    assert b"application/json" in status
+    assert json.loads(body) == {
+        "status": False,
+        "error": f"the file is larger than the limit of {LIMIT} bytes",
+    }
+    assert await no_temp_files_left(stack) == []
+
+
+@pytest.mark.gen_test
+async def test_chunked_upload_growing_past_the_limit_is_a_413_and_leaves_no_temp_file(stack):
+    # No Content-Length: hostd finds out while it writes the file, past LIMIT bytes.
+    piece = b"x" * 65536
+    chunk = b"%x\r\n%s\r\n" % (len(piece), piece)
+    head = (
+        f"POST /api/upload?chunked=1 HTTP/1.1\r\nHost: 127.0.0.1:{stack.http_port}\r\n"
+        "Content-Type: multipart/form-data; boundary=b\r\nTransfer-Encoding: chunked\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode()
+    form_head = b'--b\r\nContent-Disposition: form-data; name="file"; filename="big"\r\n\r\n'
+    head += b"%x\r\n%s\r\n" % (len(form_head), form_head)
+    chunks = LIMIT // len(piece) + 8
+
+    answer = await exchange(stack.http_port, head, chunks * len(chunk), chunk)
+
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:300]
+    assert f"the file is larger than the limit of {LIMIT} bytes".encode() in answer
+    assert await no_temp_files_left(stack) == []
+
+
+@pytest.mark.gen_test
+async def test_client_vanishing_mid_upload_leaves_no_temp_file(stack):
+    _reader, writer = await asyncio.open_connection("127.0.0.1", stack.http_port)
+    writer.write(
+        f"POST /api/upload HTTP/1.1\r\nHost: 127.0.0.1:{stack.http_port}\r\n"
+        "Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 10000000\r\n\r\n"
+        '--b\r\nContent-Disposition: form-data; name="file"; filename="gone"\r\n\r\n'.encode()
+        + b"x" * (2 * MiB)
+    )
+    await writer.drain()
+    for _ in range(250):  # until hostd is writing the file
+        if stack.temp_files():
+            break
+        await asyncio.sleep(0.02)
+    started = stack.temp_files()
+    writer.close()
+    await writer.wait_closed()
+
+    assert started, "the upload never reached hostd"
+    assert await no_temp_files_left(stack) == []
+
+
+def test_nginx_lets_through_hostds_default_limit_and_form_overhead():
+    sizes = [
+        d.args[0]
+        for d in walk(parse_nginx(CONTRIB.read_text(encoding="utf-8")))
+        if d.name == "client_max_body_size"
+    ]
+    assert len(sizes) == 1
+    match = re.fullmatch(r"(\d+)([kKmMgG]?)", sizes[0])
+    assert match is not None
+    number, unit = match.groups()
+    nginx_limit = int(number) * {"": 1, "k": 1024, "m": MiB, "g": 1024 * MiB}[unit.lower()]
+
+    assert nginx_limit >= Config().max_upload_bytes + FORM_OVERHEAD_BYTES
+
+
+# -- streaming --------------------------------------------------------------------------------
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_20_mb_upload_streams_through_to_hostd_and_arrives_intact(stack, client):
+    size = 20 * 1000 * 1000 + 7
+    producer, headers, digest = streamed_upload(size, seed=b"nginx stream")
+    sent = 0
+    seen_by_hostd_midway = 0
+
+    async def watched(write: Any) -> None:
+        # Halfway through, wait for hostd to be writing the file already: it would get
+        # nothing until the last byte if nginx buffered the request body.
+        async def write_and_check(piece: bytes) -> None:
+            nonlocal sent, seen_by_hostd_midway
+            await write(piece)
+            sent += len(piece)
+            if sent >= size // 2 and not seen_by_hostd_midway:
+                for _ in range(250):
+                    files = list((stack.data_dir / "tmp").glob("upload-*"))
+                    seen_by_hostd_midway = sum(f.stat().st_size for f in files)
+                    if seen_by_hostd_midway >= MiB:
+                        break
+                    await asyncio.sleep(0.02)
+                assert seen_by_hostd_midway >= MiB, "hostd got nothing while the body was sent"
+
+        await producer(write_and_check)
+
+    response = await client.fetch(
+        f"{stack.url}/api/upload",
+        method="POST",
+        body_producer=watched,
+        headers=headers,
+        request_timeout=25,
+    )
+    answer = json.loads(response.body)
+    downloaded = hashlib.sha256()
+    await client.fetch(answer["urls"]["hash"], streaming_callback=downloaded.update)
+
+    assert response.code == 200
+    assert seen_by_hostd_midway >= MiB
+    assert answer["hash"] == short_hash_candidates(digest.hex())[0]
+    assert downloaded.digest() == digest
