@@ -78,3 +78,18 @@ async def test_upload_page_states_the_size_limit(http_client, base_url):
     response = await http_client.fetch(f"{base_url}/")
 
     assert "8.0 MiB" in text_of(response.body)
+
+
+@pytest.mark.gen_test
+async def test_an_unexpected_error_shows_the_styled_500_page_without_details(
+    http_client, base_url, db
+):
+    await db.conn.close()  # the database is gone: every query now raises
+
+    response = await http_client.fetch(f"{base_url}/AAAAAAAAAAAA", raise_error=False)
+
+    body = response.body.decode()
+    assert response.code == 500
+    assert "<h1>500 Internal Server Error</h1>" in body
+    assert 'href="/static/hostd.css' in body
+    assert "Traceback" not in body and "aiosqlite" not in body
