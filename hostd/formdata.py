@@ -8,7 +8,7 @@ bench/multipart_parsers.py). This module turns its events into one BlobWriter fo
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from email.message import Message
 
 import multipart
@@ -95,6 +95,7 @@ class UploadForm:
         self._max_file_bytes = max_file_bytes
         self._open_writer = open_writer
         self._writer: BlobWriter | None = None
+        self._dropping: Awaitable[None] | None = None
         self._done_file = False
         self._text: bytearray | None = None
         self._field: str | None = None
@@ -127,6 +128,10 @@ class UploadForm:
                         400, f"form field '{self._field}' is over {MAX_TEXT_FIELD_BYTES} bytes"
                     )
 
+    def backpressure(self) -> Awaitable[None] | None:
+        """Something to wait for before feeding more, when the file's writer is behind."""
+        return self._writer.backpressure() if self._writer is not None else None
+
     async def finish(self) -> WrittenBlob:
         """Call when the body has ended: checks the form is complete and commits the file."""
         self.feed(b"")  # end of input: raises if the last boundary never came
@@ -141,8 +146,13 @@ class UploadForm:
     def abort(self) -> None:
         """Drop whatever was written; safe to call more than once."""
         if self._writer is not None:
-            self._writer.abort()
+            self._dropping = self._writer.abort()
             self._writer = None
+
+    async def dropped(self) -> None:
+        """Wait until an aborted file's temp file is gone (see BlobWriter.abort)."""
+        if self._dropping is not None:
+            await self._dropping
 
     def _start_part(self, segment: multipart.MultipartSegment) -> None:
         self._field = segment.name

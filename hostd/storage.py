@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import os
 import tempfile
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -17,6 +18,8 @@ HEAD_BYTES = 8192
 SHORT_HASH_MIN = 12
 SHORT_HASH_MAX = 16
 TEMP_PREFIX = "upload-"
+# An upload's bytes go to the worker thread in batches of about this size.
+WRITE_BATCH_BYTES = 256 * 1024
 
 
 def short_hash_candidates(sha256_hex: str) -> list[str]:
@@ -43,64 +46,131 @@ class WrittenBlob:
 class BlobWriter(Protocol):
     """Receives an upload's bytes in order; either commit() or abort() ends it.
 
-    commit() makes the bytes durable but not yet visible; place() or discard() follows.
+    write() only queues; whenever backpressure() returns an awaitable, the caller waits for
+    it before writing more, which bounds what a writer holds in memory. commit() makes the
+    bytes durable but not yet visible; place() or discard() follows.
     """
 
     size_bytes: int
 
     def write(self, chunk: bytes) -> None: ...
 
+    def backpressure(self) -> Awaitable[None] | None: ...
+
     async def commit(self) -> WrittenBlob: ...
 
-    def abort(self) -> None: ...
-
-
-class BlobStore(Protocol):
-    """What the handlers need of blob storage, so another backend can be added later."""
-
-    def writer(self) -> BlobWriter: ...
-
-    async def place(self, written: WrittenBlob) -> bool: ...
-
-    def discard(self, written: WrittenBlob) -> None: ...
-
-    def open(self, sha256: str) -> BinaryIO: ...
-
-    def exists(self, sha256: str) -> bool: ...
-
-    def delete(self, sha256: str) -> bool: ...
+    def abort(self) -> Awaitable[None] | None: ...
 
 
 class LocalBlobWriter:
-    """Streams into a temp file beside the blobs, hashing as it goes.
+    """Streams into a temp file beside the blobs, hashing as it goes, off the IOLoop.
 
-    commit() fsyncs the temp file; the store's place() later renames it to
-    blobs/ab/cd/<sha256>, so a half-written upload is never visible under a real name.
+    Disk writes (and the open of the temp file, which can wait for the filesystem's
+    journal while other uploads fsync) run in a worker thread, one batch at a time, while
+    the IOLoop reads the next piece of the body: a slow disk then slows this upload, not
+    the server. A small file is written, fsynced and closed in a single trip to the thread
+    by commit(). The store's place() later renames the temp file to blobs/ab/cd/<sha256>,
+    so a half-written upload is never visible under a real name.
     """
 
     def __init__(self, store: LocalBlobStore) -> None:
         self._store = store
-        fd, name = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=store.tmp_dir)
-        self._file: BinaryIO = os.fdopen(fd, "wb")
-        self._path = Path(name)
+        self._file: BinaryIO | None = None
+        self._path: Path | None = None
         self._hash = hashlib.sha256()
         self._head = bytearray()
+        self._queued: list[bytes] = []
+        self._queued_bytes = 0
+        self._busy: asyncio.Future[None] | None = None  # the batch in the worker thread
+        self._aborted = False
         self.size_bytes = 0
 
     def write(self, chunk: bytes) -> None:
-        self._hash.update(chunk)
-        self._file.write(chunk)
+        if not chunk:
+            return
+        self._queued.append(chunk)
+        self._queued_bytes += len(chunk)
         if len(self._head) < HEAD_BYTES:
             self._head += chunk[: HEAD_BYTES - len(self._head)]
         self.size_bytes += len(chunk)
 
+    def backpressure(self) -> Awaitable[None] | None:
+        if self._queued_bytes < WRITE_BATCH_BYTES:
+            return None
+        return self._hand_over()
+
+    async def _hand_over(self) -> None:
+        """Wait for the batch in the thread, then start the queued one and return, so
+        that at most one batch is being written and one is being queued."""
+        if self._busy is not None:
+            await self._busy
+        if self._aborted:
+            return
+        batch, self._queued, self._queued_bytes = self._queued, [], 0
+        self._busy = asyncio.ensure_future(asyncio.to_thread(self._write_batch, batch))
+
     async def commit(self) -> WrittenBlob:
-        await asyncio.to_thread(_sync_and_close, self._file)
+        try:
+            if self._busy is not None:
+                await self._busy
+                self._busy = None
+            batch, self._queued, self._queued_bytes = self._queued, [], 0
+            await asyncio.to_thread(self._write_last_batch, batch)
+        except BaseException:
+            self.abort()  # nothing is in the thread now: removes the file at once
+            raise
+        assert self._path is not None
         return WrittenBlob(self._hash.hexdigest(), self.size_bytes, bytes(self._head), self._path)
 
-    def abort(self) -> None:
+    def abort(self) -> Awaitable[None] | None:
+        """Drop the temp file: now, or as soon as the batch in the thread is done; then
+        the awaitable returned, if any, is done."""
+        self._aborted = True
+        self._queued, self._queued_bytes = [], 0
+        busy, self._busy = self._busy, None
+        if busy is None:
+            self._remove()
+            return None
+        if busy.done():
+            self._remove_after(busy)
+            return None
+        gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def remove(busy: asyncio.Future[None]) -> None:
+            self._remove_after(busy)
+            gone.set_result(None)
+
+        busy.add_done_callback(remove)
+        return gone
+
+    def _remove_after(self, busy: asyncio.Future[None]) -> None:
+        if not busy.cancelled():
+            busy.exception()  # retrieved: the upload is being dropped anyway
+        self._remove()
+
+    def _remove(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        if self._path is not None:
+            self._path.unlink(missing_ok=True)
+
+    # -- in the worker thread; never two at once for one writer
+
+    def _write_batch(self, batch: list[bytes]) -> None:
+        if self._file is None:
+            fd, name = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=self._store.tmp_dir)
+            self._path = Path(name)
+            self._file = os.fdopen(fd, "wb")
+        for chunk in batch:
+            self._hash.update(chunk)
+            self._file.write(chunk)
+
+    def _write_last_batch(self, batch: list[bytes]) -> None:
+        self._write_batch(batch)
+        assert self._file is not None
+        self._file.flush()
+        os.fsync(self._file.fileno())
         self._file.close()
-        self._path.unlink(missing_ok=True)
 
 
 class LocalBlobStore:
@@ -160,14 +230,6 @@ class LocalBlobStore:
 
     def discard(self, written: WrittenBlob) -> None:
         written.temp.unlink(missing_ok=True)
-
-
-def _sync_and_close(file: BinaryIO) -> None:
-    try:
-        file.flush()
-        os.fsync(file.fileno())
-    finally:
-        file.close()
 
 
 def _fsync_dir(path: Path) -> None:

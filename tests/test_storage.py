@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 
 import pytest
 
-from hostd.storage import LocalBlobStore, short_hash_candidates
+from hostd.storage import WRITE_BATCH_BYTES, LocalBlobStore, short_hash_candidates
 
 
 @pytest.fixture
@@ -64,6 +65,40 @@ def test_abort_removes_the_temp_file(local):
     writer.write(b"partial")
 
     writer.abort()
+
+    assert list(local.tmp_dir.iterdir()) == []
+
+
+@pytest.mark.gen_test
+async def test_a_large_file_goes_to_disk_in_batches_while_it_arrives(local):
+    pieces = [os.urandom(64 * 1024) for _ in range(48)]  # 3 MiB
+    writer = local.writer()
+    waits = 0
+
+    for piece in pieces:
+        writer.write(piece)
+        behind = writer.backpressure()
+        if behind is not None:
+            waits += 1
+            await behind
+    on_disk_before_commit = sum(p.stat().st_size for p in local.tmp_dir.iterdir())
+    written = await writer.commit()
+
+    assert waits >= 3 * 1024 * 1024 // WRITE_BATCH_BYTES - 1
+    assert 0 < on_disk_before_commit < 3 * 1024 * 1024  # streamed, with a bounded backlog
+    assert written.sha256 == hashlib.sha256(b"".join(pieces)).hexdigest()
+    assert written.temp.read_bytes() == b"".join(pieces)
+
+
+@pytest.mark.gen_test
+async def test_abort_while_a_batch_is_being_written_removes_the_temp_file(local):
+    writer = local.writer()
+    writer.write(os.urandom(2 * WRITE_BATCH_BYTES))
+    await writer.backpressure()  # one batch is now being written in the worker thread
+
+    gone = writer.abort()
+    if gone is not None:
+        await gone
 
     assert list(local.tmp_dir.iterdir()) == []
 

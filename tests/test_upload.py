@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import hashlib
 import json
 import os
+import resource
+import signal
 import socket
 
 import pytest
 from helpers import blob_files, multipart_body, raw_exchange, streamed_upload, temp_files
 
 from hostd import db as queries
-from hostd.handlers.upload import ApiUploadHandler
+from hostd.handlers.upload import ApiUploadHandler, storage_failure
 from hostd.storage import short_hash_candidates
 
 LIMIT = 8 * 1024 * 1024  # the config fixture's max_upload_bytes
@@ -451,6 +454,55 @@ async def test_client_vanishing_mid_upload_leaves_no_temp_file_and_no_row(
     await asyncio.sleep(0.05)
     gc.collect()
     assert live_handlers(app, ApiUploadHandler) == []  # not left waiting for the rest of the body
+
+
+@pytest.fixture
+def file_size_limit():
+    """Lower this process's RLIMIT_FSIZE, so that the disk refuses writes past it (EFBIG),
+    as it would when it is full; SIGXFSZ is ignored so the write fails instead."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+    def lower(limit: int) -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+
+    yield lower
+    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    signal.signal(signal.SIGXFSZ, old_handler)
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_file_the_disk_refuses_is_a_clear_error_and_leaves_nothing(
+    http_client, base_url, config, db, file_size_limit
+):
+    producer, headers, _ = streamed_upload(6 * 1024 * 1024)
+    file_size_limit(2 * 1024 * 1024)
+
+    response = await http_client.fetch(
+        f"{base_url}/api/upload",
+        method="POST",
+        body_producer=producer,
+        headers=headers,
+        raise_error=False,
+    )
+
+    assert response.code == 500
+    assert json.loads(response.body) == {
+        "status": False,
+        "error": "the server could not store the file; it was not stored",
+    }
+    assert temp_files(config) == [] and blob_files(config) == []
+    async with db.conn.execute("SELECT count(*) FROM uploads") as cur:
+        assert (await cur.fetchone())[0] == 0
+
+
+def test_a_full_disk_is_reported_as_such():
+    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    assert storage_failure(full) == (
+        507,
+        "the server is out of storage space; the file was not stored",
+    )
 
 
 @pytest.mark.gen_test(timeout=60)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import http
 import json
+import logging
 import urllib.parse
+from collections.abc import Awaitable
 from typing import Any
 
 import tornado.web
@@ -15,6 +18,8 @@ from hostd.db import ApiKey, Blob, Upload
 from hostd.formdata import FORM_OVERHEAD_BYTES, UploadError, UploadForm, boundary_of
 from hostd.handlers.base import ApiHandler, BaseHandler, refuse_early
 from hostd.storage import WrittenBlob
+
+log = logging.getLogger("hostd")
 
 # Past the limit, Tornado itself stops reading a chunked body at this much more; by then
 # the client has had our 413 for a while.
@@ -33,6 +38,14 @@ async def touch_key(handler: BaseHandler, key: ApiKey) -> None:
     at = db.now()
     if key.last_used_at is None or at - key.last_used_at >= TOUCH_EVERY_SECONDS:
         await db.touch_api_key(handler.db, id=key.id, at=at)
+
+
+def storage_failure(exc: OSError) -> tuple[int, str]:
+    """(status, message) for a file the server could not write; the details go to the log."""
+    log.error("could not store an upload: %s", exc)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return 507, "the server is out of storage space; the file was not stored"
+    return 500, "the server could not store the file; it was not stored"
 
 
 def file_urls(base: str, blob: Blob, filename: str) -> dict[str, str]:
@@ -100,16 +113,31 @@ class UploadFlow(BaseHandler):
         try:
             self.form.feed(chunk)
         except UploadError as exc:
-            # Answer now, so the client can stop sending; keep reading to the end of the
-            # body (bounded by the body limit) so the answer is not lost to a reset.
-            self.failed = True
-            status, body, content_type = self.error_answer(exc.status, exc.message)
-            self.set_status(status)
-            self.set_header("Content-Type", content_type)
-            self.set_header("Content-Length", str(len(body.encode())))
-            self.write(body)
-            return self.flush()
-        return None
+            return self.refuse_midway(exc.status, exc.message)
+        behind = self.form.backpressure()
+        return None if behind is None else self.wait_for_disk(behind)
+
+    async def wait_for_disk(self, behind: Awaitable[None]) -> None:
+        """Tornado reads no more of the body until the file's writer has caught up."""
+        try:
+            await behind
+        except OSError as exc:
+            assert self.form is not None
+            self.form.abort()
+            await self.refuse_midway(*storage_failure(exc))
+
+    async def refuse_midway(self, status: int, message: str) -> None:
+        """Answer now, so the client can stop sending; keep reading to the end of the
+        body (bounded by the body limit) so the answer is not lost to a reset."""
+        self.failed = True
+        assert self.form is not None
+        await self.form.dropped()
+        status, body, content_type = self.error_answer(status, message)
+        self.set_status(status)
+        self.set_header("Content-Type", content_type)
+        self.set_header("Content-Length", str(len(body.encode())))
+        self.write(body)
+        await self.flush()
 
     async def post(self) -> None:
         if self.failed:
@@ -119,7 +147,11 @@ class UploadFlow(BaseHandler):
         try:
             written = await self.form.finish()
         except UploadError as exc:
+            await self.form.dropped()
             self.answer_error(exc.status, exc.message)
+            return
+        except OSError as exc:
+            self.answer_error(*storage_failure(exc))
             return
         blob, upload = await self.record(written, self.form.filename)
         self.answer_ok(blob, upload, self.form.filename)
