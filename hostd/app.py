@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import signal
+import sys
 import time
 
 import jinja2
@@ -21,6 +23,10 @@ from hostd.storage import LocalBlobStore
 from hostd.thumbs import Thumbnails
 
 log = logging.getLogger("hostd")
+
+M_MMAP_THRESHOLD = -3  # from glibc's malloc.h
+# Blocks this big or bigger are mmapped: Argon2's buffers, not the 256 KiB body chunks.
+MMAP_THRESHOLD_BYTES = 4 * 1024 * 1024
 
 
 def make_app(
@@ -95,8 +101,26 @@ async def open_parts(config: Config) -> tuple[Config, Database, LocalBlobStore]:
     return config, db, store
 
 
+def return_big_buffers_to_the_os() -> None:
+    """Keep Argon2's buffers (19 MiB a key check, 64 MiB a password) out of the heap.
+
+    glibc's malloc raises its mmap threshold whenever a big mmapped block is freed, so after
+    the first key check the next 19 MiB buffers come from a heap that keeps them resident:
+    ~20 MiB more RSS for good. A fixed threshold keeps big blocks mmapped, so that each is
+    returned to the system at free(). Elsewhere (not glibc) this does nothing.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+
+
 async def serve(config: Config) -> None:
     """Run until SIGINT or SIGTERM."""
+    return_big_buffers_to_the_os()
     config, db, store = await open_parts(config)
     server = make_server(config, make_app(config, db, store))
     server.listen(config.port, address=config.host)

@@ -84,10 +84,12 @@ class Auth:
         self.passwords = password_hasher or argon2.PasswordHasher.from_parameters(PASSWORD_PROFILE)
         self.keys = key_hasher or argon2.PasswordHasher.from_parameters(KEY_PROFILE)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="argon2")
-        # Unknown ids and invalidated keys are checked against this, so that every rejection
-        # costs one Argon2 verification, like a wrong secret.
-        self._dummy_key_hash = self.keys.hash(secrets.token_urlsafe(KEY_SECRET_BYTES))
-        self._dummy_password_hash = self.passwords.hash(secrets.token_urlsafe(16))
+        # Unknown ids and invalidated keys (and unknown users) are checked against these, so
+        # that every rejection costs one Argon2 verification, like a wrong secret. They are
+        # made on first need, not here: a password hash takes 64 MiB for a moment, which
+        # would double the RSS of a server that has not yet done anything.
+        self._dummy_key_hash: str | None = None
+        self._dummy_password_hash: str | None = None
         self._verified: OrderedDict[bytes, int] = OrderedDict()  # digest of key -> api_keys.id
         self._cache_size = cache_size
 
@@ -105,6 +107,8 @@ class Auth:
     async def check_password(self, user: User | None, password: str) -> tuple[bool, str | None]:
         """(valid, new hash when the stored one uses old parameters). An unknown user is
         checked against a dummy hash, so the answer takes as long as for a wrong password."""
+        if self._dummy_password_hash is None:  # made before any check, known user or not
+            self._dummy_password_hash = await self.hash_password(secrets.token_urlsafe(16))
         stored = user.password_hash if user else self._dummy_password_hash
         ok = await self._run(_verify, self.passwords, stored, password)
         if not ok or user is None:
@@ -136,6 +140,10 @@ class Auth:
             self._verified.move_to_end(digest)
             return key
         self._verified.pop(digest, None)
+        if self._dummy_key_hash is None:  # made before any slow check, good key or not
+            self._dummy_key_hash = await self._run(
+                self.keys.hash, secrets.token_urlsafe(KEY_SECRET_BYTES)
+            )
         stored = key.secret_hash if key is not None and key.usable else self._dummy_key_hash
         secret = parsed[1] if parsed else token
         ok = await self._run(_verify, self.keys, stored, secret)

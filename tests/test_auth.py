@@ -13,15 +13,20 @@ class CountingHasher(argon2.PasswordHasher):
     """The real Argon2, counting verifications."""
 
     verifications = 0
+    hashes = 0
 
     def verify(self, hash, password):
         type(self).verifications += 1
         return super().verify(hash, password)
 
+    def hash(self, password, *, salt=None):
+        type(self).hashes += 1
+        return super().hash(password, salt=salt)
+
 
 @pytest.fixture
 def counting():
-    CountingHasher.verifications = 0
+    CountingHasher.verifications = CountingHasher.hashes = 0
     hasher = CountingHasher.from_parameters(argon2.profiles.CHEAPEST)
     auth = Auth(password_hasher=hasher, key_hasher=hasher)
     yield auth
@@ -90,6 +95,25 @@ async def test_every_rejection_costs_one_argon2_verification(db, counting, login
         before = CountingHasher.verifications
         assert await counting.verify_key(db, token) is None
         assert CountingHasher.verifications == before + 1, token
+
+
+def test_starting_costs_no_argon2_work(counting):
+    # A password hash takes 64 MiB for a moment: not something to do before it is needed.
+    assert CountingHasher.hashes == 0
+
+
+@pytest.mark.gen_test
+async def test_an_unknown_user_costs_one_verification_like_a_wrong_password(db, counting):
+    bob = await queries.insert_user(db, name="bob", password_hash=counting.passwords.hash("pw"))
+    verifications = []
+
+    for user, password in [(None, "pw"), (bob, "wrong"), (None, "pw")]:
+        before = CountingHasher.verifications
+        ok, _ = await counting.check_password(user, password)
+        verifications.append(CountingHasher.verifications - before)
+        assert ok is False
+
+    assert verifications == [1, 1, 1]
 
 
 @pytest.mark.gen_test

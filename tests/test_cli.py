@@ -156,6 +156,34 @@ def test_admin_creates_a_user_and_a_key_that_uploads_until_invalidated(tmp_path,
     assert "alice" in users.stdout
 
 
+def memory_mib(pid: int) -> dict[str, float]:
+    """VmRSS and VmHWM (peak) of a process, in MiB."""
+    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    fields = dict(line.split(":", 1) for line in status)
+    return {key: int(fields[key].split()[0]) / 1024 for key in ("VmRSS", "VmHWM")}
+
+
+def test_argon2_memory_is_taken_only_when_needed_and_given_back(tmp_path, free_port):
+    # Production parameters: a key check takes 19 MiB, a password hash 64 MiB.
+    data = ["--data-dir", str(tmp_path / "d")]
+    hostd("user", "add", "alice", "--password-stdin", *data, cwd=tmp_path, stdin="pw-long-enough\n")
+    token = hostd("key", "create", "alice", *data, cwd=tmp_path).stdout.strip()
+    proc = start(["serve", *data, "--port", str(free_port)], tmp_path)
+    try:
+        wait_for_line(proc, "listening on")
+        at_start = memory_mib(proc.pid)
+        statuses = [keyed_upload(free_port, t) for t in (token, token[:-2] + "xx", token)]
+        after = memory_mib(proc.pid)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=10)
+
+    assert statuses == [200, 401, 200]
+    assert at_start["VmHWM"] < 64, "no Argon2 hashing at start"
+    assert after["VmHWM"] - at_start["VmRSS"] > 15, "the key checks did use Argon2's memory"
+    assert after["VmRSS"] - at_start["VmRSS"] < 8, "and gave it back"
+
+
 def keyed_upload(port: int, token: str) -> int:
     body, headers = multipart_body(files=[("file", "a.txt", token.encode()[-8:])])
     request = urllib.request.Request(
