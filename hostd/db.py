@@ -82,9 +82,23 @@ class Database:
             return version
 
     async def _user_version(self) -> int:
-        async with self.conn.execute("PRAGMA user_version") as cur:
-            row = await cur.fetchone()
+        row = await _one(self.conn, "PRAGMA user_version")
         return int(row[0]) if row else 0
+
+
+async def _one(
+    conn: aiosqlite.Connection, sql: str, params: tuple[object, ...] = ()
+) -> aiosqlite.Row | None:
+    """The first row, in one trip to the connection's thread (a cursor takes three: execute,
+    fetch and close), which counts most inside the write lock."""
+    rows = await conn.execute_fetchall(sql, params)
+    return next(iter(rows), None)
+
+
+async def _all(
+    conn: aiosqlite.Connection, sql: str, params: tuple[object, ...] = ()
+) -> list[aiosqlite.Row]:
+    return list(await conn.execute_fetchall(sql, params))
 
 
 def _migrations() -> list[tuple[int, str]]:
@@ -135,14 +149,12 @@ def _blob(row: aiosqlite.Row) -> Blob:
 
 async def get_blob(db: Database, hash: str) -> Blob | None:
     """The blob with this public hash, or None."""
-    async with db.conn.execute("SELECT * FROM blobs WHERE hash = ?", (hash,)) as cur:
-        row = await cur.fetchone()
+    row = await _one(db.conn, "SELECT * FROM blobs WHERE hash = ?", (hash,))
     return _blob(row) if row else None
 
 
 async def get_blob_by_sha256(db: Database, sha256: str) -> Blob | None:
-    async with db.conn.execute("SELECT * FROM blobs WHERE sha256 = ?", (sha256,)) as cur:
-        row = await cur.fetchone()
+    row = await _one(db.conn, "SELECT * FROM blobs WHERE sha256 = ?", (sha256,))
     return _blob(row) if row else None
 
 
@@ -171,43 +183,40 @@ async def register_upload(
     async with db.transaction() as conn:
         if place is not None:
             await place()
-        async with conn.execute("SELECT * FROM blobs WHERE sha256 = ?", (sha256,)) as cur:
-            row = await cur.fetchone()
+        row = await _one(conn, "SELECT * FROM blobs WHERE sha256 = ?", (sha256,))
         if row is None:
             public_hash = await _free_hash(conn, sha256)
-            async with conn.execute(
+            row = await _one(
+                conn,
                 """
                 INSERT INTO blobs (sha256, hash, size_bytes, content_type, created_at)
                 VALUES (?, ?, ?, ?, ?)
                 RETURNING *
                 """,
                 (sha256, public_hash, size_bytes, content_type, created_at),
-            ) as cur:
-                row = await cur.fetchone()
-        async with conn.execute(
+            )
+        upload_row = await _one(
+            conn,
             """
             INSERT INTO uploads (sha256, original_name, created_at, user_id, api_key_id)
             VALUES (?, ?, ?, ?, ?)
             RETURNING *
             """,
             (sha256, original_name, created_at, user_id, api_key_id),
-        ) as cur:
-            upload_row = await cur.fetchone()
+        )
     assert row is not None and upload_row is not None
     return _blob(row), _row(Upload, upload_row)
 
 
 async def _free_hash(conn: aiosqlite.Connection, sha256: str) -> str:
     for candidate in short_hash_candidates(sha256):
-        async with conn.execute("SELECT 1 FROM blobs WHERE hash = ?", (candidate,)) as cur:
-            if await cur.fetchone() is None:
-                return candidate
+        if await _one(conn, "SELECT 1 FROM blobs WHERE hash = ?", (candidate,)) is None:
+            return candidate
     raise HashSpaceExhausted(sha256)
 
 
 async def count_uploads(db: Database, *, sha256: str) -> int:
-    async with db.conn.execute("SELECT count(*) FROM uploads WHERE sha256 = ?", (sha256,)) as cur:
-        row = await cur.fetchone()
+    row = await _one(db.conn, "SELECT count(*) FROM uploads WHERE sha256 = ?", (sha256,))
     return int(row[0]) if row else 0
 
 
@@ -245,8 +254,7 @@ async def insert_user(db: Database, *, name: str, password_hash: str) -> User:
 async def get_user(db: Database, *, name: str | None = None, id: int | None = None) -> User | None:
     """By name (any letter case) or by id."""
     column, value = ("name", name) if name is not None else ("id", id)
-    async with db.conn.execute(f"SELECT * FROM users WHERE {column} = ?", (value,)) as cur:
-        row = await cur.fetchone()
+    row = await _one(db.conn, f"SELECT * FROM users WHERE {column} = ?", (value,))
     return _row(User, row) if row else None
 
 
@@ -288,14 +296,14 @@ async def insert_session(db: Database, *, token_hash: str, user_id: int) -> None
 
 
 async def get_session_user(db: Database, *, token_hash: str) -> User | None:
-    async with db.conn.execute(
+    row = await _one(
+        db.conn,
         """
         SELECT users.* FROM sessions JOIN users ON users.id = sessions.user_id
         WHERE sessions.token_hash = ?
         """,
         (token_hash,),
-    ) as cur:
-        row = await cur.fetchone()
+    )
     return _row(User, row) if row else None
 
 
@@ -359,8 +367,7 @@ async def insert_api_key(
 
 
 async def get_api_key(db: Database, *, key_id: str) -> ApiKey | None:
-    async with db.conn.execute("SELECT * FROM api_keys WHERE key_id = ?", (key_id,)) as cur:
-        row = await cur.fetchone()
+    row = await _one(db.conn, "SELECT * FROM api_keys WHERE key_id = ?", (key_id,))
     return _row(ApiKey, row) if row else None
 
 
@@ -459,8 +466,9 @@ async def delete_upload(
         if row is None:
             return False
         sha256 = row[0]
-        async with conn.execute("SELECT 1 FROM uploads WHERE sha256 = ? LIMIT 1", (sha256,)) as cur:
-            still_used = await cur.fetchone() is not None
+        still_used = (
+            await _one(conn, "SELECT 1 FROM uploads WHERE sha256 = ? LIMIT 1", (sha256,))
+        ) is not None
         if not still_used:
             await conn.execute("DELETE FROM blobs WHERE sha256 = ?", (sha256,))
             await remove_blob(sha256)
