@@ -129,3 +129,52 @@ async def test_all_lengths_taken_is_an_error_not_a_wrong_file(db):
         await queries.register_upload(
             db, sha256=sha, size_bytes=1, content_type="text/plain", original_name="n"
         )
+
+
+async def store_upload(db, store, data: bytes, user_id: int | None = None):
+    """What the upload handler does: write, commit, then place and register together."""
+    writer = store.writer()
+    writer.write(data)
+    written = await writer.commit()
+    try:
+        return await queries.register_upload(
+            db,
+            sha256=written.sha256,
+            size_bytes=written.size_bytes,
+            content_type="application/octet-stream",
+            original_name="contested.bin",
+            user_id=user_id,
+            place=lambda: store.place(written),
+        )
+    finally:
+        store.discard(written)
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_deleting_a_blob_while_its_bytes_arrive_again_never_loses_them(db, store):
+    user = await queries.insert_user(db, name="alice", password_hash="unused")
+    data = b"the same bytes, deleted and uploaded at once"
+    sha = hashlib.sha256(data).hexdigest()
+
+    for delay in [0, 0, 0.0005, 0.001, 0.002, 0.003, 0.005] * 3:
+        _, mine = await store_upload(db, store, data, user.id)
+
+        async def upload_again(delay=delay):
+            await asyncio.sleep(delay)
+            return await store_upload(db, store, data)
+
+        async def remove_blob(sha256: str) -> None:
+            store.delete(sha256)
+
+        deleted, (_, again) = await asyncio.gather(
+            queries.delete_upload(db, upload_id=mine.id, user_id=user.id, remove_blob=remove_blob),
+            upload_again(),
+        )
+
+        assert deleted is True
+        assert await queries.get_blob_by_sha256(db, sha) is not None
+        assert store.exists(sha), "a registered blob lost its bytes"
+        async with db.transaction() as conn:  # start the next round from nothing
+            await conn.execute("DELETE FROM uploads WHERE id = ?", (again.id,))
+            await conn.execute("DELETE FROM blobs WHERE sha256 = ?", (sha,))
+        store.delete(sha)
