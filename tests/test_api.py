@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import html
 import json
 import re
+import urllib.parse
 
 import pytest
 from conftest import XSRF, form_body
@@ -21,7 +23,7 @@ async def make_key(client, base_url, signed_in, label="laptop", htmx=True) -> tu
         f"{base_url}/api/keys", method="POST", body=form_body(label=label), headers=headers
     )
     body = response.body.decode()
-    (token,) = KEY.findall(body)
+    (token,) = set(KEY.findall(body))  # the key, and the ShareX uploader made with it
     return token, body
 
 
@@ -365,3 +367,85 @@ async def test_keys_never_reach_the_log(http_client, base_url, login, caplog):
 
     assert token not in caplog.text
     assert token.split("_", 2)[2] not in caplog.text
+
+
+# -- ShareX ----------------------------------------------------------------------------
+
+
+def fill_sharex_template(template: str, answer: dict) -> str:
+    """What ShareX does with "{json:urls.ext}": look the dotted path up in the JSON answer."""
+    match = re.fullmatch(r"\{json:([\w.]+)\}", template)
+    assert match, template
+    value = answer
+    for part in match.group(1).split("."):
+        value = value[part]
+    return value
+
+
+async def upload_as_sharex(client, sxcu: dict, data: bytes):
+    """Send a file the way ShareX does with this custom uploader, and fetch its link."""
+    assert sxcu["RequestMethod"] == "POST" and sxcu["Body"] == "MultipartFormData"
+    body, headers = multipart_body(files=[(sxcu["FileFormName"], "Screenshot.png", data)])
+    response = await client.fetch(
+        sxcu["RequestURL"],
+        method="POST",
+        body=body,
+        headers={**headers, **sxcu.get("Headers", {})},
+        raise_error=False,
+    )
+    answer = json.loads(response.body)
+    if response.code != 200:
+        return response.code, fill_sharex_template(sxcu["ErrorMessage"], answer)
+    link = fill_sharex_template(sxcu["URL"], answer)
+    return response.code, (await client.fetch(link)).body
+
+
+@pytest.mark.gen_test
+async def test_the_sharex_uploader_uploads_anonymously_and_links_the_file(
+    http_client, base_url, db
+):
+    response = await http_client.fetch(f"{base_url}/api/sharex.sxcu")
+    sxcu = json.loads(response.body)
+
+    status, fetched = await upload_as_sharex(http_client, sxcu, b"\x89PNG\r\n\x1a\n shot")
+
+    port = base_url.rsplit(":", 1)[1]
+    assert response.headers["Content-Disposition"] == (
+        f'attachment; filename="127.0.0.1_{port}.sxcu"'
+    )
+    assert sxcu["RequestURL"] == f"{base_url}/api/upload"
+    assert "Headers" not in sxcu
+    assert "ImageUploader" in sxcu["DestinationType"]
+    assert status == 200 and fetched == b"\x89PNG\r\n\x1a\n shot"
+    async with db.conn.execute("SELECT user_id FROM uploads") as cur:
+        assert [row[0] for row in await cur.fetchall()] == [None]
+
+
+@pytest.mark.gen_test
+async def test_a_new_key_comes_with_a_sharex_uploader_that_uses_it(
+    http_client, base_url, login, db
+):
+    alice = await login()
+    token, body = await make_key(http_client, base_url, alice)
+    (href,) = re.findall(r'href="data:application/json;charset=utf-8,([^"]+)"', body)
+    sxcu = json.loads(urllib.parse.unquote(html.unescape(href)))
+
+    status, fetched = await upload_as_sharex(http_client, sxcu, b"alice's screenshot")
+    await queries.invalidate_api_key(db, key_id=token.split("_")[1])
+    refused = await upload_as_sharex(http_client, sxcu, b"after invalidation")
+
+    assert sxcu["Headers"] == {"Authorization": f"Bearer {token}"}
+    assert status == 200 and fetched == b"alice's screenshot"
+    async with db.conn.execute("SELECT user_id FROM uploads") as cur:
+        assert [row[0] for row in await cur.fetchall()] == [alice.user.id]
+    assert refused == (401, "the API key is not valid (unknown or invalidated)")
+
+
+@pytest.mark.gen_test
+async def test_the_api_page_shows_the_screenshot_tools_with_this_instances_url(
+    http_client, base_url
+):
+    body = (await http_client.fetch(f"{base_url}/api")).body.decode()
+
+    assert 'href="/api/sharex.sxcu"' in body
+    assert f"-F 'file=@-;filename=screenshot.png' {base_url}/api/upload" in body

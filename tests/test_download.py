@@ -75,6 +75,7 @@ async def test_file_responses_carry_caching_and_safety_headers(http_client, base
     csp = response.headers["Content-Security-Policy"]
     assert "sandbox" in csp.split(";")[-1]
     assert "default-src 'none'" in csp
+    assert "Server" not in response.headers  # no version for scanners
 
 
 @pytest.mark.gen_test

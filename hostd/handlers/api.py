@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tornado.web
 
-from hostd import db
+from hostd import clients, db
 from hostd.db import ApiKey
 from hostd.handlers.base import BaseHandler, Refusal
 
@@ -22,7 +22,13 @@ class ApiPageHandler(BaseHandler):
             else []
         )
         self.render_page(
-            "api/page.html", fragment="api_keys", keys=keys, new_key=new_key, error=error
+            "api/page.html",
+            fragment="api_keys",
+            keys=keys,
+            new_key=new_key,
+            error=error,
+            sharex_name=clients.sharex_file_stem(self.public_url()) + ".sxcu",
+            sharex_with_key=clients.sharex_config(self.public_url(), new_key) if new_key else None,
         )
 
 
@@ -87,8 +93,20 @@ class ApiKeyInvalidateHandler(BaseHandler):
             self.redirect("/api", status=303)
 
 
+class ShareXConfigHandler(BaseHandler):
+    """GET /api/sharex.sxcu: a ShareX uploader for anonymous uploads. (The one with a key is
+    offered once, as a data: link beside the new key, so the key is never stored.)"""
+
+    def get(self) -> None:
+        name = clients.sharex_file_stem(self.public_url()) + ".sxcu"
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.set_header("Content-Disposition", f'attachment; filename="{name}"')
+        self.finish(clients.sharex_config(self.public_url()))
+
+
 routes = [
     (r"/api", ApiPageHandler),
+    (r"/api/sharex\.sxcu", ShareXConfigHandler),
     (r"/api/keys", ApiKeyListHandler),
     (r"/api/keys/([0-9a-f]{16})/invalidate", ApiKeyInvalidateHandler),
 ]

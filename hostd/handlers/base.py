@@ -101,6 +101,7 @@ class BaseHandler(tornado.web.RequestHandler):
         return self.settings["hostd_store"]
 
     def set_default_headers(self) -> None:
+        self.clear_header("Server")  # no version for scanners to match against
         self.set_header("Content-Security-Policy", PAGE_CSP)
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("Referrer-Policy", "same-origin")

@@ -118,6 +118,28 @@ def test_api_key_is_shown_once_works_and_can_be_invalidated(page: Page, live_ser
     assert answer["status"] is False
 
 
+def test_the_sharex_uploader_offered_with_a_new_key_downloads_and_uploads(
+    page: Page, live_server, sign_in
+):
+    base = live_server.base_url
+    sign_in(page)
+    page.goto(f"{base}/api")
+    page.get_by_role("button", name="Generate a new key").click()
+    key = page.locator("#new-key-value").inner_text().strip()
+
+    with page.expect_download() as download_info:
+        page.get_by_role("link", name="Download a ShareX uploader with this key").click()
+    download = download_info.value
+    sxcu = json.loads(download.path().read_text(encoding="utf-8"))
+
+    port = base.rsplit(":", 1)[1]
+    assert download.suggested_filename == f"127.0.0.1_{port}.sxcu"
+    assert sxcu["RequestURL"] == f"{base}/api/upload"
+    assert sxcu["Headers"] == {"Authorization": f"Bearer {key}"}
+    status, answer = bearer_upload(base, sxcu["Headers"]["Authorization"][7:], b"shot")
+    assert status == 200 and answer["status"] is True
+
+
 def test_an_unknown_address_shows_the_styled_404_page(
     page: Page, live_server, browser_errors, screenshot
 ):

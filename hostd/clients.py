@@ -1,0 +1,35 @@
+"""Ready-made settings for the upload clients people point at a file host."""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+
+
+def sharex_config(public_url: str, key: str | None = None) -> str:
+    """A ShareX custom uploader (.sxcu; ShareX 13.7 or newer): double-clicked, ShareX imports
+    it and makes it the destination for images, text and files. With `key`, uploads are
+    registered to the key's account; without, they are anonymous."""
+    config: dict[str, object] = {
+        "Version": "15.0.0",
+        "Name": f"hostd ({_netloc(public_url)})",
+        "DestinationType": "ImageUploader, TextUploader, FileUploader",
+        "RequestMethod": "POST",
+        "RequestURL": f"{public_url}/api/upload",
+        "Body": "MultipartFormData",
+        "FileFormName": "file",
+        "URL": "{json:urls.ext}",
+        "ErrorMessage": "{json:error}",
+    }
+    if key is not None:
+        config["Headers"] = {"Authorization": f"Bearer {key}"}
+    return json.dumps(config, indent=2) + "\n"
+
+
+def sharex_file_stem(public_url: str) -> str:
+    """The instance's host (and port), for the .sxcu file's name: `files.example.org`."""
+    return _netloc(public_url).replace(":", "_")
+
+
+def _netloc(public_url: str) -> str:
+    return urllib.parse.urlsplit(public_url).netloc or "hostd"
