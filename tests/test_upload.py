@@ -33,6 +33,13 @@ async def post(client, url, *, fields=None, files=None, headers=None):
     )
 
 
+async def post_streamed(client, url, producer, headers):
+    """POST a body from a producer (see helpers.streamed_upload), never as one object."""
+    return await client.fetch(
+        url, method="POST", body_producer=producer, headers=headers, raise_error=False
+    )
+
+
 def live_handlers(app, kind):
     return [h for h in gc.get_objects() if isinstance(h, kind) and h.application is app]
 
@@ -374,13 +381,7 @@ async def test_chunked_body_growing_past_the_limit_is_a_413_and_leaves_no_temp_f
     producer, headers, _ = streamed_upload(LIMIT + 256 * 1024)
     del headers["Content-Length"]  # chunked: the server only learns the size as it reads
 
-    response = await http_client.fetch(
-        f"{base_url}/api/upload",
-        method="POST",
-        body_producer=producer,
-        headers=headers,
-        raise_error=False,
-    )
+    response = await post_streamed(http_client, f"{base_url}/api/upload", producer, headers)
 
     assert response.code == 413
     assert temp_files(config) == [] and blob_files(config) == []
@@ -390,9 +391,7 @@ async def test_chunked_body_growing_past_the_limit_is_a_413_and_leaves_no_temp_f
 async def test_a_file_of_exactly_the_limit_is_accepted(http_client, base_url, store):
     producer, headers, digest = streamed_upload(LIMIT)
 
-    response = await http_client.fetch(
-        f"{base_url}/api/upload", method="POST", body_producer=producer, headers=headers
-    )
+    response = await post_streamed(http_client, f"{base_url}/api/upload", producer, headers)
 
     answer = json.loads(response.body)
     assert answer["status"] is True
@@ -409,9 +408,7 @@ async def test_streamed_upload_lands_in_the_fanned_out_blob_path(
 ):
     producer, headers, digest = streamed_upload(5 * 1024 * 1024 + 7)
 
-    response = await http_client.fetch(
-        f"{base_url}/api/upload", method="POST", body_producer=producer, headers=headers
-    )
+    response = await post_streamed(http_client, f"{base_url}/api/upload", producer, headers)
 
     sha = digest.hex()
     assert json.loads(response.body)["hash"] == short_hash_candidates(sha)[0]
@@ -478,13 +475,7 @@ async def test_a_file_the_disk_refuses_is_a_clear_error_and_leaves_nothing(
     producer, headers, _ = streamed_upload(6 * 1024 * 1024)
     file_size_limit(2 * 1024 * 1024)
 
-    response = await http_client.fetch(
-        f"{base_url}/api/upload",
-        method="POST",
-        body_producer=producer,
-        headers=headers,
-        raise_error=False,
-    )
+    response = await post_streamed(http_client, f"{base_url}/api/upload", producer, headers)
 
     assert response.code == 500
     assert json.loads(response.body) == {
