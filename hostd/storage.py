@@ -63,12 +63,12 @@ class BlobWriter(Protocol):
 
 
 class LocalBlobWriter:
-    """Streams into a temp file beside the blobs, hashing as it goes, off the IOLoop.
+    """Streams into a temp file beside the blobs, hashing as the bytes arrive.
 
     Disk writes (and the open of the temp file, which can wait for the filesystem's
     journal while other uploads fsync) run in a worker thread, one batch at a time, while
-    the IOLoop reads the next piece of the body: a slow disk then slows this upload, not
-    the server. A small file is written, fsynced and closed in a single trip to the thread
+    the IOLoop reads and hashes the next piece of the body: a slow disk then slows this
+    upload, not the server, and hashing and writing use both cores. A small file is written, fsynced and closed in a single trip to the thread
     by commit(). The store's place() later renames the temp file to blobs/ab/cd/<sha256>,
     so a half-written upload is never visible under a real name.
     """
@@ -88,6 +88,7 @@ class LocalBlobWriter:
     def write(self, chunk: bytes) -> None:
         if not chunk:
             return
+        self._hash.update(chunk)
         self._queued.append(chunk)
         self._queued_bytes += len(chunk)
         if len(self._head) < HEAD_BYTES:
@@ -162,7 +163,6 @@ class LocalBlobWriter:
             self._path = Path(name)
             self._file = os.fdopen(fd, "wb")
         for chunk in batch:
-            self._hash.update(chunk)
             self._file.write(chunk)
 
     def _write_last_batch(self, batch: list[bytes]) -> None:
