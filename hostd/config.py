@@ -79,6 +79,7 @@ def load_config(path: Path | None, overrides: Mapping[str, Any] | None = None) -
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"{path}: {exc}") from exc
         values = _flatten(raw, str(path))
+        _build(values, str(path))  # a mistake in the file stops the start, flags or not
     for key, value in (overrides or {}).items():
         if value is not None:
             values[key] = value

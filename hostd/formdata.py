@@ -96,6 +96,7 @@ class UploadForm:
         self._open_writer = open_writer
         self._writer: BlobWriter | None = None
         self._dropping: Awaitable[None] | None = None
+        self._body_bytes = 0
         self._done_file = False
         self._text: bytearray | None = None
         self._field: str | None = None
@@ -114,6 +115,13 @@ class UploadForm:
             raise UploadError(400, f"malformed multipart body: {exc}") from None
 
     def _feed(self, chunk: bytes) -> None:
+        # The whole body counts, not only the file: other parts are dropped, but a client
+        # must not stream an endless one past the limit.
+        self._body_bytes += len(chunk)
+        if self._body_bytes > self._max_file_bytes + FORM_OVERHEAD_BYTES:
+            raise UploadError(
+                413, f"the file is larger than the limit of {self._max_file_bytes} bytes"
+            )
         for event in self._parser.parse(chunk):
             if isinstance(event, multipart.MultipartSegment):
                 self._start_part(event)

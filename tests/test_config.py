@@ -106,6 +106,15 @@ def test_mistakes_stop_the_start_and_name_the_key(tmp_path, text, message):
     assert message in str(caught.value)
 
 
+def test_a_flag_does_not_hide_a_mistake_in_the_file(tmp_path):
+    path = write(tmp_path, "[server]\nport = '80'\n")
+
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, {"port": 9100})
+
+    assert "server.port must be int, not str '80'" in str(caught.value)
+
+
 def test_cookie_secret_is_generated_once_into_a_private_file(tmp_path):
     config = Config(data_dir=tmp_path)
 

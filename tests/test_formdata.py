@@ -7,7 +7,13 @@ import hashlib
 import pytest
 from helpers import multipart_body
 
-from hostd.formdata import UploadError, UploadForm, boundary_of, clean_filename
+from hostd.formdata import (
+    FORM_OVERHEAD_BYTES,
+    UploadError,
+    UploadForm,
+    boundary_of,
+    clean_filename,
+)
 from hostd.storage import LocalBlobStore
 
 
@@ -42,6 +48,23 @@ def test_a_file_over_the_limit_is_a_413_as_soon_as_it_shows(local):
 
     with pytest.raises(UploadError) as caught:
         parsed.feed(body)
+
+    assert caught.value.status == 413
+
+
+def test_other_file_parts_count_against_the_limit_too(local):
+    parsed = form(local)
+    parsed.feed(
+        b"--hostd-test-boundary\r\n"
+        b'Content-Disposition: form-data; name="file"; filename="small"\r\n\r\nok\r\n'
+        b"--hostd-test-boundary\r\n"
+        b'Content-Disposition: form-data; name="junk"; filename="junk.bin"\r\n\r\n'
+    )
+    junk = b"x" * 8192
+
+    with pytest.raises(UploadError) as caught:
+        for _ in range((1000 + FORM_OVERHEAD_BYTES) // len(junk) + 1):
+            parsed.feed(junk)
 
     assert caught.value.status == 413
 
