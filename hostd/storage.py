@@ -68,9 +68,10 @@ class LocalBlobWriter:
     Disk writes (and the open of the temp file, which can wait for the filesystem's
     journal while other uploads fsync) run in a worker thread, one batch at a time, while
     the IOLoop reads and hashes the next piece of the body: a slow disk then slows this
-    upload, not the server, and hashing and writing use both cores. A small file is written, fsynced and closed in a single trip to the thread
-    by commit(). The store's place() later renames the temp file to blobs/ab/cd/<sha256>,
-    so a half-written upload is never visible under a real name.
+    upload, not the server, and hashing and writing use both cores. A small file is
+    written, fsynced and closed in a single trip to the thread by commit(). The store's
+    place() later renames the temp file to blobs/ab/cd/<sha256>, so a half-written upload
+    is never visible under a real name.
     """
 
     def __init__(self, store: LocalBlobStore) -> None:
