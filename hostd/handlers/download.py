@@ -48,9 +48,11 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
             return None
         return max(size - length, 0), size - 1
     start = int(first)
-    end = min(int(last), size - 1) if last else size - 1
-    if start >= size or start > end:
+    if last and int(last) < start:
+        raise ValueError(header)  # "bytes=5-3" is not a range (RFC 9110 14.1.1): ignored
+    if start >= size:
         return None
+    end = min(int(last), size - 1) if last else size - 1
     return start, end
 
 
@@ -76,20 +78,22 @@ class DownloadHandler(BaseHandler):
             return
         start, end = 0, blob.size_bytes - 1
         if "Range" in self.request.headers and self.range_applies(blob):
+            wanted: tuple[int, int] | tuple[()] | None
             try:
                 wanted = parse_range(self.request.headers["Range"], blob.size_bytes)
             except ValueError:
-                wanted = (start, end)
+                wanted = ()  # not a range we serve: the whole file, as RFC 9110 allows
             if wanted is None:
                 self.set_status(416)
                 self.set_header("Content-Range", f"bytes */{blob.size_bytes}")
                 self.clear_header("Content-Type")
                 self.finish()
                 return
-            if wanted != (start, end):
+            if wanted:
+                # 206 even for all of it ("bytes=0-"): media players seek only after a 206.
+                start, end = wanted
                 self.set_status(206)
-                self.set_header("Content-Range", f"bytes {wanted[0]}-{wanted[1]}/{blob.size_bytes}")
-            start, end = wanted
+                self.set_header("Content-Range", f"bytes {start}-{end}/{blob.size_bytes}")
         self.set_header("Content-Length", str(end - start + 1))
         if include_body:
             await self.send_bytes(blob, start, end)
