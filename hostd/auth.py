@@ -66,11 +66,37 @@ def session_token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-class Auth:
-    """Argon2 hashing and verification, run in a small thread pool.
+class Busy(Exception):
+    """Too many Argon2 jobs are waiting already; the caller should answer 503."""
 
-    At most `workers` verifications run at once, so a burst of sign-ins or keyed requests
-    neither blocks the IOLoop nor multiplies Argon2's memory.
+
+class _Lane:
+    """One thread for one kind of Argon2 job, with a bounded queue in front of it."""
+
+    def __init__(self, name: str, max_waiting: int) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"argon2-{name}")
+        self._max_waiting = max_waiting
+        self._waiting = 0
+
+    async def run(self, fn: Callable[..., R], *args: Any) -> R:
+        if self._waiting >= self._max_waiting:
+            raise Busy
+        self._waiting += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        finally:
+            self._waiting -= 1
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class Auth:
+    """Argon2 hashing and verification, off the IOLoop, one job of each kind at a time.
+
+    Passwords and API keys each have their own thread, so a flood of sign-ins can neither
+    hold up keyed uploads nor run more than one 64 MiB password hash at once; each has a
+    bounded queue, past which callers get Busy rather than a wait without end.
     """
 
     def __init__(
@@ -78,12 +104,14 @@ class Auth:
         password_hasher: argon2.PasswordHasher | None = None,
         key_hasher: argon2.PasswordHasher | None = None,
         *,
-        workers: int = 2,
         cache_size: int = 4096,
+        max_waiting_passwords: int = 8,
+        max_waiting_keys: int = 64,
     ) -> None:
         self.passwords = password_hasher or argon2.PasswordHasher.from_parameters(PASSWORD_PROFILE)
         self.keys = key_hasher or argon2.PasswordHasher.from_parameters(KEY_PROFILE)
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="argon2")
+        self._password_lane = _Lane("password", max_waiting_passwords)
+        self._key_lane = _Lane("key", max_waiting_keys)
         # Unknown ids and invalidated keys (and unknown users) are checked against these, so
         # that every rejection costs one Argon2 verification, like a wrong secret. They are
         # made on first need, not here: a password hash takes 64 MiB for a moment, which
@@ -94,15 +122,13 @@ class Auth:
         self._cache_size = cache_size
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
-    async def _run(self, fn: Callable[..., R], *args: Any) -> R:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        self._password_lane.close()
+        self._key_lane.close()
 
     # -- passwords --
 
     async def hash_password(self, password: str) -> str:
-        return await self._run(self.passwords.hash, password)
+        return await self._password_lane.run(self.passwords.hash, password)
 
     async def check_password(self, user: User | None, password: str) -> tuple[bool, str | None]:
         """(valid, new hash when the stored one uses old parameters). An unknown user is
@@ -110,7 +136,7 @@ class Auth:
         if self._dummy_password_hash is None:  # made before any check, known user or not
             self._dummy_password_hash = await self.hash_password(secrets.token_urlsafe(16))
         stored = user.password_hash if user else self._dummy_password_hash
-        ok = await self._run(_verify, self.passwords, stored, password)
+        ok = await self._password_lane.run(_verify, self.passwords, stored, password)
         if not ok or user is None:
             return False, None
         if self.passwords.check_needs_rehash(stored):
@@ -122,7 +148,7 @@ class Auth:
     async def mint_key(self) -> MintedKey:
         key_id = secrets.token_hex(KEY_ID_BYTES)
         secret = secrets.token_urlsafe(KEY_SECRET_BYTES)
-        secret_hash = await self._run(self.keys.hash, secret)
+        secret_hash = await self._key_lane.run(self.keys.hash, secret)
         return MintedKey(f"{KEY_PREFIX}{key_id}_{secret}", key_id, secret_hash)
 
     async def verify_key(self, database: Database, token: str) -> ApiKey | None:
@@ -141,12 +167,12 @@ class Auth:
             return key
         self._verified.pop(digest, None)
         if self._dummy_key_hash is None:  # made before any slow check, good key or not
-            self._dummy_key_hash = await self._run(
+            self._dummy_key_hash = await self._key_lane.run(
                 self.keys.hash, secrets.token_urlsafe(KEY_SECRET_BYTES)
             )
         stored = key.secret_hash if key is not None and key.usable else self._dummy_key_hash
         secret = parsed[1] if parsed else token
-        ok = await self._run(_verify, self.keys, stored, secret)
+        ok = await self._key_lane.run(_verify, self.keys, stored, secret)
         if not ok or key is None or not key.usable:
             return None
         self._verified[digest] = key.id

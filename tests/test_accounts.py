@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 
 import pytest
@@ -106,7 +107,10 @@ async def test_sign_in_with_the_right_password_starts_a_session(http_client, bas
     assert "Signed in as <strong>dave</strong>" in page.body.decode()
 
 
-@pytest.mark.parametrize("target", ["//evil.example", "https://evil.example/", "/\\evil.example"])
+@pytest.mark.parametrize(
+    "target",
+    ["//evil.example", "https://evil.example/", "/\\evil.example", "/\t/evil.example", "/\n/x"],
+)
 @pytest.mark.gen_test
 async def test_sign_in_never_redirects_off_site(http_client, base_url, login, target):
     await login("erin", password="right password")
@@ -145,6 +149,20 @@ async def test_repeated_failures_are_slowed_down_with_a_clear_message(http_clien
     assert response.code == 429
     assert "Too many failed sign-ins. Try again in" in response.body.decode()
     assert int(response.headers["Retry-After"]) >= 1
+
+
+@pytest.mark.gen_test
+async def test_failures_sent_in_parallel_are_counted_too(http_client, base_url, login):
+    await login("hana", password="right password")
+
+    url = f"{base_url}/login"
+    answers = await asyncio.gather(
+        *(submit(http_client, url, name="hana", password="guess") for _ in range(20))
+    )
+
+    codes = [response.code for response in answers]
+    assert codes.count(401) <= 6  # as one at a time: 5 free, the 6th starts the wait
+    assert codes.count(429) == 20 - codes.count(401)
 
 
 @pytest.mark.gen_test

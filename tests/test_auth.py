@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import argon2
 import pytest
 
@@ -188,3 +190,42 @@ def test_limiter_memory_is_bounded():
         limiter.failed(f"addr:{i}")
 
     assert len(limiter) == 100
+
+
+@pytest.mark.gen_test
+async def test_password_checks_past_the_queue_get_busy_not_an_endless_wait(db):
+    slow = argon2.PasswordHasher(time_cost=2, memory_cost=16 * 1024, parallelism=1)
+    auth = Auth(password_hasher=slow, max_waiting_passwords=2)
+    try:
+        results = await asyncio.gather(
+            *(auth.check_password(None, "guess") for _ in range(5)), return_exceptions=True
+        )
+    finally:
+        auth.close()
+
+    assert [type(r).__name__ for r in results] == ["tuple", "tuple", "Busy", "Busy", "Busy"]
+
+
+@pytest.mark.gen_test
+async def test_a_flood_of_password_checks_does_not_hold_up_api_keys(db, login):
+    slow = argon2.PasswordHasher(time_cost=2, memory_cost=16 * 1024, parallelism=1)
+    cheap = argon2.PasswordHasher.from_parameters(argon2.profiles.CHEAPEST)
+    auth = Auth(password_hasher=slow, key_hasher=cheap)
+    alice = await login()
+    minted = await new_key(db, auth, alice.user.id)
+    finished: list[str] = []
+
+    async def password() -> None:
+        await auth.check_password(None, "guess")
+        finished.append("password")
+
+    async def key() -> None:
+        assert await auth.verify_key(db, minted.token) is not None
+        finished.append("key")
+
+    try:
+        await asyncio.gather(*(password() for _ in range(6)), key())
+    finally:
+        auth.close()
+
+    assert finished.index("key") < 2  # not behind the queue of six password checks

@@ -7,16 +7,24 @@ import re
 import secrets
 
 from hostd import db
-from hostd.auth import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH, session_token_hash
+from hostd.auth import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH, Busy, session_token_hash
 from hostd.db import User
 from hostd.handlers.base import SESSION_COOKIE, SESSION_DAYS, BaseHandler, Refusal
 
+BUSY_MESSAGE = "The server is busy checking other passwords. Try again in a few seconds."
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 def safe_next(target: str | None) -> str:
-    """Only a local path: `//host` and `/\\host` would leave the site (CWE-601)."""
-    if target and target.startswith("/") and not target.startswith(("//", "/\\")):
+    """Only a local path: `//host` and `/\\host` would leave the site (CWE-601), and browsers
+    drop tabs and newlines from URLs, so `/<tab>/host` would too."""
+    if (
+        target
+        and target.startswith("/")
+        and not target.startswith("//")
+        and "\\" not in target
+        and target.isprintable()  # no tabs, newlines or other controls
+    ):
         return target
     return "/"
 
@@ -70,10 +78,19 @@ class LoginHandler(SessionMixin):
             error = f"Too many failed sign-ins. Try again in {math.ceil(wait)} seconds."
             self.render_page("accounts/login.html", error=error, name=name, next=self.next_url())
             return
+        # Counted as a failure before the slow check, so that attempts sent in parallel
+        # are counted too; a success clears it.
+        self.limiter.failed(*keys)
         user = await db.get_user(self.db, name=name)
-        ok, new_hash = await self.auth.check_password(user, password)
+        try:
+            ok, new_hash = await self.auth.check_password(user, password)
+        except Busy:
+            self.set_status(503)
+            self.set_header("Retry-After", "5")
+            error = BUSY_MESSAGE
+            self.render_page("accounts/login.html", error=error, name=name, next=self.next_url())
+            return
         if not ok or user is None:
-            self.limiter.failed(*keys)
             self.set_status(401)
             error = "Wrong name or password."
             self.render_page("accounts/login.html", error=error, name=name, next=self.next_url())
@@ -104,6 +121,7 @@ class RegisterHandler(SessionMixin):
         password = self.get_body_argument("password", "")
         error = check_new_account(name, password, self.get_body_argument("confirm", ""))
         user = None
+        status = 400
         if error is None:
             try:
                 user = await db.insert_user(
@@ -111,8 +129,11 @@ class RegisterHandler(SessionMixin):
                 )
             except db.NameTaken:
                 error = "That name is taken."
+            except Busy:
+                status, error = 503, BUSY_MESSAGE
+                self.set_header("Retry-After", "5")
         if user is None:
-            self.set_status(400)
+            self.set_status(status)
             self.render_page("accounts/register.html", error=error, name=name)
             return
         await self.start_session(user)

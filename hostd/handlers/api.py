@@ -5,6 +5,7 @@ from __future__ import annotations
 import tornado.web
 
 from hostd import clients, db
+from hostd.auth import Busy
 from hostd.db import ApiKey
 from hostd.handlers.base import BaseHandler, Refusal
 
@@ -43,7 +44,12 @@ class ApiKeyListHandler(ApiPageHandler):
             self.set_status(400)
             await self.render_keys(error=f"A label has at most {MAX_LABEL_LENGTH} characters.")
             return
-        minted = await self.auth.mint_key()
+        try:
+            minted = await self.auth.mint_key()
+        except Busy:
+            self.set_status(503)
+            await self.render_keys(error="The server is busy. Try again in a few seconds.")
+            return
         try:
             await db.insert_api_key(
                 self.db,

@@ -14,6 +14,7 @@ import tornado.web
 from tornado.http1connection import HTTP1Connection
 
 from hostd import db, sniff
+from hostd.auth import Busy
 from hostd.db import ApiKey, Blob, Upload
 from hostd.formdata import FORM_OVERHEAD_BYTES, UploadError, UploadForm, boundary_of
 from hostd.handlers.base import ApiHandler, BaseHandler, refuse_early
@@ -271,7 +272,12 @@ class ApiUploadHandler(UploadFlow, ApiHandler):
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise UploadError(401, "the Authorization header must be 'Bearer <API key>'")
-        self.api_key = await self.auth.verify_key(self.db, token.strip())
+        try:
+            self.api_key = await self.auth.verify_key(self.db, token.strip())
+        except Busy:
+            raise UploadError(
+                503, "the server is busy checking other API keys; retry soon"
+            ) from None
         if self.api_key is None:
             raise UploadError(401, "the API key is not valid (unknown or invalidated)")
 
