@@ -69,7 +69,8 @@ async def test_pages_carry_a_strict_content_security_policy(http_client, base_ur
 
     csp = response.headers["Content-Security-Policy"]
     assert "default-src 'none'" in csp
-    assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+    assert f"script-src {base_url}/static/;" in csp and "unsafe-inline" not in csp
+    assert f"style-src {base_url}/static/;" in csp
     assert re.search(r'<script src="/static/htmx-2\.0\.11\.min\.js\?v=\w+"', response.body.decode())
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import http
 import json
+import re
 import socket
 from typing import Any
 
@@ -28,10 +29,19 @@ LINGER_IDLE_SECONDS = 2.0
 
 # Every HTML page: only our own static files, no inline script, no framing.
 PAGE_CSP = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "default-src 'none'; script-src {static}; style-src {static}; img-src 'self' data: blob:; "
     "media-src 'self' blob:; connect-src 'self'; form-action 'self'; base-uri 'none'; "
     "frame-ancestors 'none'"
 )
+ORIGIN = re.compile(r"https?://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?")
+
+
+def page_csp(origin: str) -> str:
+    """Scripts and styles only from our own /static/, not from 'self': an uploaded .js at
+    /<hash>.js is same-origin too, and must not be loadable by a page of ours. (A source
+    with http: also matches https:, so this holds behind a TLS proxy.)"""
+    static = f"{origin}/static/" if ORIGIN.fullmatch(origin) else "'none'"
+    return PAGE_CSP.format(static=static)
 
 
 class Refusal(tornado.web.HTTPError):
@@ -102,7 +112,8 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def set_default_headers(self) -> None:
         self.clear_header("Server")  # no version for scanners to match against
-        self.set_header("Content-Security-Policy", PAGE_CSP)
+        origin = f"{self.request.protocol}://{self.request.host}"
+        self.set_header("Content-Security-Policy", page_csp(origin))
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("Referrer-Policy", "same-origin")
 

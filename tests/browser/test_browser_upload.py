@@ -11,6 +11,7 @@ The page's DOM contract: `#upload-form[data-max-bytes]`, `#upload-limit`, `#uplo
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import time
@@ -20,6 +21,7 @@ import urllib.request
 import uuid
 
 import pytest
+from helpers import multipart_body
 from PIL import Image, PngImagePlugin
 from playwright.sync_api import Dialog, Locator, Page, expect
 
@@ -239,3 +241,31 @@ def test_signed_in_uploads_are_listed_newest_first_and_can_be_deleted(
 
     status, _ = fetch(png_urls["hash"])
     assert status == 404  # it was the only upload of those bytes
+
+
+def test_an_uploaded_script_cannot_run_in_our_pages(page: Page, live_server, browser_errors):
+    browser_errors.allow(r"CSP violation: script-src")
+    browser_errors.allow(r"violates the following Content Security Policy directive")
+    body, headers = multipart_body(files=[("file", "evil.js", b"window.__uploadedRan = true;")])
+    request = urllib.request.Request(
+        f"{live_server.base_url}/api/upload", data=body, headers=headers
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        script_url = json.loads(response.read())["urls"]["ext"]
+    page.goto(f"{live_server.base_url}/")
+
+    # As if some HTML injection had put <script src="/<hash>.js"> into one of our pages.
+    outcome = page.evaluate(
+        """url => new Promise(done => {
+            const script = document.createElement("script");
+            script.src = url;
+            script.onload = () => done("loaded");
+            script.onerror = () => done("blocked");
+            document.head.append(script);
+        })""",
+        script_url,
+    )
+
+    assert outcome == "blocked"
+    assert page.evaluate("window.__uploadedRan") is None
+    assert any("script-src" in e and script_url in e for e in browser_errors.errors)
