@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -112,3 +115,29 @@ async def raw_exchange(
     with contextlib.suppress(ConnectionError, OSError):
         await writer.wait_closed()
     return bytes(received)
+
+
+# -- blocking clients, for the browser tests (Playwright's sync API runs no IOLoop) --
+
+
+def fetch(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, exc.read()
+
+
+def bearer_upload(base_url: str, key: str, data: bytes) -> tuple[int, dict]:
+    """POST /api/upload with the key, as a script would; (status, JSON answer)."""
+    body, headers = multipart_body(files=[("file", "from-the-key.txt", data)])
+    request = urllib.request.Request(
+        f"{base_url}/api/upload", data=body, headers={**headers, "Authorization": f"Bearer {key}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, json.loads(exc.read())

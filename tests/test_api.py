@@ -10,7 +10,7 @@ import urllib.parse
 
 import pytest
 from conftest import XSRF, form_body
-from helpers import multipart_body
+from helpers import blob_files, multipart_body, temp_files
 
 from hostd import db as queries
 
@@ -283,18 +283,22 @@ async def test_the_api_ignores_the_browser_session(http_client, base_url, login,
         assert (await cur.fetchone())[0] is None
 
 
+@pytest.mark.parametrize("token_in", ["header", "form"], ids=["page-script", "no-javascript"])
 @pytest.mark.gen_test
 async def test_a_signed_in_browser_upload_is_registered_to_the_account(
-    http_client, base_url, login, db
+    http_client, base_url, login, db, token_in
 ):
     alice = await login()
-    body, headers = multipart_body({"_xsrf": XSRF}, [("file", "mine.txt", b"from the browser")])
+    fields = {"_xsrf": XSRF} if token_in == "form" else {}
+    body, headers = multipart_body(fields, [("file", "mine.txt", b"from the browser")])
+    if token_in == "header":
+        headers["X-XSRFToken"] = XSRF
 
     response = await http_client.fetch(
         f"{base_url}/upload?api=1",
         method="POST",
         body=body,
-        headers={**headers, "Cookie": alice.cookie, "X-XSRFToken": XSRF},
+        headers={**headers, "Cookie": alice.cookie},
     )
 
     assert response.body.startswith(b"OK ")
@@ -302,23 +306,31 @@ async def test_a_signed_in_browser_upload_is_registered_to_the_account(
         assert (await cur.fetchone())[0] == alice.user.id
 
 
+@pytest.mark.parametrize(
+    ("fields", "extra_headers"),
+    [({}, {}), ({"_xsrf": "2|forged|token|1"}, {}), ({}, {"X-XSRFToken": "forged"})],
+    ids=["none", "wrong-field", "wrong-header"],
+)
 @pytest.mark.gen_test
 async def test_a_signed_in_browser_upload_without_the_token_is_refused(
-    http_client, base_url, login, db
+    http_client, base_url, login, db, config, fields, extra_headers
 ):
     alice = await login()
-    body, headers = multipart_body(files=[("file", "mine.txt", b"cross-site")])
+    body, headers = multipart_body(fields, [("file", "mine.txt", b"cross-site")])
 
     response = await http_client.fetch(
         f"{base_url}/upload?api=1",
         method="POST",
         body=body,
-        headers={**headers, "Cookie": alice.cookie},
+        headers={**headers, **extra_headers, "Cookie": alice.cookie},
         raise_error=False,
     )
 
     assert response.code == 403
     assert b"xsrf" in response.body
+    async with db.conn.execute("SELECT count(*) FROM uploads") as cur:
+        assert (await cur.fetchone())[0] == 0
+    assert temp_files(config) == [] and blob_files(config) == []
 
 
 @pytest.mark.gen_test

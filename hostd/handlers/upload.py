@@ -154,6 +154,12 @@ class UploadFlow(BaseHandler):
         except OSError as exc:
             self.answer_error(*storage_failure(exc))
             return
+        try:
+            self.authorize_with_form()
+        except UploadError as exc:
+            self.store.discard(written)
+            self.answer_error(exc.status, exc.message)
+            return
         blob, upload = await self.record(written, self.form.filename)
         self.answer_ok(blob, upload, self.form.filename)
 
@@ -179,6 +185,9 @@ class UploadFlow(BaseHandler):
         if self.api_key is not None:
             await touch_key(self, self.api_key)
         return blob, upload
+
+    def authorize_with_form(self) -> None:
+        """Raise UploadError when the form's own fields refuse it (read once the body ended)."""
 
     def on_connection_close(self) -> None:
         # May run without prepare() having made a form (a refused request).
@@ -211,15 +220,31 @@ class UploadHandler(UploadFlow):
     token; without a session (curl) it is anonymous and needs none.
     """
 
+    xsrf_in_form = False
+
     async def authorize(self) -> None:
+        # The page's script sends the token as a header, checked before the body is read;
+        # a plain form (no JavaScript) sends it as a field, checked once the body is parsed.
         if self.current_user is not None:
-            try:
-                tornado.web.RequestHandler.check_xsrf_cookie(self)
-            except tornado.web.HTTPError:
-                raise UploadError(
-                    403, "the form's xsrf token is missing or wrong; reload the page"
-                ) from None
+            if "X-XSRFToken" in self.request.headers:
+                self.check_upload_xsrf()
+            else:
+                self.xsrf_in_form = True
         await super().authorize()
+
+    def authorize_with_form(self) -> None:
+        if self.xsrf_in_form:
+            assert self.form is not None
+            self.request.arguments["_xsrf"] = [self.form.fields.get("_xsrf", "").encode()]
+            self.check_upload_xsrf()
+
+    def check_upload_xsrf(self) -> None:
+        try:
+            tornado.web.RequestHandler.check_xsrf_cookie(self)
+        except tornado.web.HTTPError:
+            raise UploadError(
+                403, "the form's xsrf token is missing or wrong; reload the page"
+            ) from None
 
     @property
     def plain_text(self) -> bool:

@@ -281,6 +281,15 @@ def page(browser: Browser, browser_errors: BrowserErrors) -> Iterator[Page]:
     assert not unexpected, "the browser reported errors:\n" + "\n".join(unexpected)
 
 
+@pytest.fixture
+def no_js_page(browser: Browser) -> Iterator[Page]:
+    """A fresh context with JavaScript switched off: what the plain forms must work in."""
+    context = browser.new_context(viewport=DESKTOP, java_script_enabled=False)
+    context.set_default_timeout(10_000)
+    yield context.new_page()
+    context.close()
+
+
 def take_screenshots(page: Page, name: str) -> None:
     """Full-page PNGs of the current page at desktop and phone width, in
     test-artifacts/screenshots/<name>-desktop.png and <name>-phone.png."""

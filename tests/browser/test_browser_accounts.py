@@ -4,31 +4,15 @@ from __future__ import annotations
 
 import json
 import re
-import urllib.error
-import urllib.request
 import uuid
 
 import pytest
-from helpers import multipart_body
+from helpers import bearer_upload
 from playwright.sync_api import Dialog, Page, expect
 
 pytestmark = pytest.mark.browser
 
 PASSWORD = "a long enough password"
-
-
-def bearer_upload(base_url: str, key: str, data: bytes) -> tuple[int, dict]:
-    """POST /api/upload with the key, as a script would; (status, JSON answer)."""
-    body, headers = multipart_body(files=[("file", "from-the-key.txt", data)])
-    request = urllib.request.Request(
-        f"{base_url}/api/upload", data=body, headers={**headers, "Authorization": f"Bearer {key}"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return exc.code, json.loads(exc.read())
 
 
 def test_register_sign_out_and_sign_in_again(page: Page, live_server, screenshot):

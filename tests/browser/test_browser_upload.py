@@ -21,7 +21,7 @@ import urllib.request
 import uuid
 
 import pytest
-from helpers import multipart_body
+from helpers import fetch, multipart_body
 from PIL import Image, PngImagePlugin
 from playwright.sync_api import Dialog, Locator, Page, expect
 
@@ -40,15 +40,6 @@ def make_png(width: int = 8, height: int = 6) -> bytes:
     out = io.BytesIO()
     Image.new("RGB", (width, height), (200, 40, 90)).save(out, "PNG", pnginfo=info)
     return out.getvalue()
-
-
-def fetch(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return exc.code, exc.read()
 
 
 def file_payload(name: str, mime: str, data: bytes) -> dict:
