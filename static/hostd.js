@@ -21,6 +21,22 @@ document.addEventListener("click", async (event) => {
   setTimeout(() => { button.textContent = "Copy"; }, 2000);
 });
 
+// An htmx request the server refused (a key or file that is gone, an expired form): show
+// the message of the error page it answered with, rather than nothing.
+document.addEventListener("htmx:responseError", (event) => {
+  const box = document.getElementById("request-error");
+  if (!box) return;
+  const xhr = event.detail.xhr;
+  const page = new DOMParser().parseFromString(xhr.responseText, "text/html");
+  const message = page.querySelector(".error-message")?.textContent?.trim();
+  box.textContent = message || `The request failed (${xhr.status} ${xhr.statusText}).`;
+  box.hidden = false;
+});
+document.addEventListener("htmx:beforeRequest", () => {
+  const box = document.getElementById("request-error");
+  if (box) box.hidden = true;
+});
+
 // The upload page: pick, drop anywhere, or paste; one XHR per file, for its progress events.
 // (htmx 2 also reports XHR progress, but dropped and pasted files come from no form.)
 const uploadForm = document.getElementById("upload-form");

@@ -146,3 +146,47 @@ def test_tab_from_the_top_of_the_upload_page_reaches_the_skip_link_first(page: P
     expect(skip).to_be_in_viewport()  # it is off-screen until focused
     page.keyboard.press("Enter")
     expect(page).to_have_url(f"{live_server.base_url}/#main")
+
+
+def test_a_refused_key_form_shows_its_message_in_place(
+    page: Page, live_server, sign_in, browser_errors
+):
+    browser_errors.allow(r"status of 400")
+    sign_in(page)
+    page.goto(f"{live_server.base_url}/api")
+    page.evaluate("window.__noReload = true")
+    label = page.get_by_label("Label (optional)")
+    label.evaluate("input => input.removeAttribute('maxlength')")  # as an old page might
+    label.fill("x" * 150)
+
+    page.get_by_role("button", name="Generate a new key").click()
+
+    expect(page.locator("#api-keys [role=alert]")).to_have_text(
+        "A label has at most 100 characters."
+    )
+    expect(page.locator("#new-key-value")).to_have_count(0)
+    assert page.evaluate("window.__noReload") is True  # swapped in by htmx, not a new page
+
+
+def test_a_delete_the_server_refuses_says_why(page: Page, live_server, sign_in, browser_errors):
+    browser_errors.allow(r"status of 404")
+    browser_errors.allow(r"Response Status Error Code 404")  # htmx logs it too
+    base = live_server.base_url
+    sign_in(page)
+    page.goto(f"{base}/")
+    page.set_input_files(
+        "#upload-file",
+        files=[{"name": "twice.txt", "mimeType": "text/plain", "buffer": uuid.uuid4().bytes}],
+    )
+    expect(page.locator("input.url-field")).to_have_count(4)
+    page.goto(f"{base}/files")
+    other_tab = page.context.new_page()
+    other_tab.goto(f"{base}/files")
+    other_tab.once("dialog", lambda dialog: dialog.accept())
+    other_tab.get_by_role("button", name="Delete twice.txt").click()
+    expect(other_tab.locator("#file-rows tr")).to_have_count(0)
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Delete twice.txt").click()
+
+    expect(page.locator("#request-error")).to_have_text("You have no upload with this id.")
