@@ -56,7 +56,9 @@ def test_a_wrong_password_is_refused_on_the_page(page: Page, live_server, browse
     expect(page.get_by_role("banner")).not_to_contain_text("Signed in as")
 
 
-def test_api_key_is_shown_once_works_and_can_be_invalidated(page: Page, live_server, sign_in):
+def test_api_key_is_shown_once_works_and_can_be_invalidated(
+    page: Page, live_server, sign_in, screenshot
+):
     base = live_server.base_url
     sign_in(page)
     page.goto(f"{base}/api")
@@ -80,6 +82,15 @@ def test_api_key_is_shown_once_works_and_can_be_invalidated(page: Page, live_ser
     expect(row).to_contain_text("usable")
     expect(row).to_contain_text("browser test")
     expect(row.locator("td").nth(3)).not_to_have_text("never")  # last used: just now
+    screenshot(page, "api-keys")
+    page.set_viewport_size({"width": 360, "height": 800})
+    button = row.get_by_role("button", name="Invalidate").bounding_box()
+    assert button and button["x"] >= 0 and button["x"] + button["width"] <= 360, button
+    labels = row.locator("td").evaluate_all(
+        "tds => tds.map(td => getComputedStyle(td, '::before').content)"
+    )
+    assert labels[:5] == ['"Key id"', '"Label"', '"Created"', '"Last used"', '"State"'], labels
+    page.set_viewport_size({"width": 1280, "height": 800})
 
     # htmx swaps the row in place: no navigation, so this marker survives.
     page.evaluate("window.__noReload = true")
