@@ -55,7 +55,11 @@ def make_app(
         static_path=str(config.static_dir),
         cookie_secret=config.cookie_secret,
         xsrf_cookies=True,
-        xsrf_cookie_kwargs={"httponly": True, "samesite": "Lax"},
+        xsrf_cookie_kwargs={
+            "httponly": True,
+            "samesite": "Lax",
+            "secure": bool(config.public_url and config.public_url.startswith("https://")),
+        },
         login_url="/login",
         debug=config.debug,
     )

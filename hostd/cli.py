@@ -70,7 +70,7 @@ class CommandError(Exception):
     """A failed admin command; the message is printed, the exit status is 1."""
 
 
-AdminCommand = Callable[[argparse.Namespace, Database, Auth], Awaitable[None]]
+AdminCommand = Callable[[argparse.Namespace, Config, Database, Auth], Awaitable[None]]
 
 
 def admin(command: AdminCommand) -> Callable[[argparse.Namespace], int]:
@@ -84,7 +84,7 @@ def admin(command: AdminCommand) -> Callable[[argparse.Namespace], int]:
             database = await Database.open(config.db_path)
             auth = Auth()
             try:
-                await command(args, database, auth)
+                await command(args, config, database, auth)
             finally:
                 auth.close()
                 await database.close()
@@ -112,7 +112,9 @@ def read_password(args: argparse.Namespace) -> str:
     return password
 
 
-async def user_add(args: argparse.Namespace, database: Database, auth: Auth) -> None:
+async def user_add(
+    args: argparse.Namespace, config: Config, database: Database, auth: Auth
+) -> None:
     if not NAME_PATTERN.fullmatch(args.name):
         raise CommandError("a name is 1 to 64 letters, digits, '.', '_' or '-'")
     password = read_password(args)
@@ -125,13 +127,17 @@ async def user_add(args: argparse.Namespace, database: Database, auth: Auth) -> 
     print(f"created user {user.name}", file=sys.stderr)
 
 
-async def user_list(args: argparse.Namespace, database: Database, auth: Auth) -> None:
+async def user_list(
+    args: argparse.Namespace, config: Config, database: Database, auth: Auth
+) -> None:
     print(f"{'name':<24} {'created':<20} {'uploads':>8} {'keys':>5}")
     for user, uploads, keys in await db.list_users(database):
         print(f"{user.name:<24} {format_time(user.created_at):<20} {uploads:>8} {keys:>5}")
 
 
-async def user_passwd(args: argparse.Namespace, database: Database, auth: Auth) -> None:
+async def user_passwd(
+    args: argparse.Namespace, config: Config, database: Database, auth: Auth
+) -> None:
     user = await existing_user(database, args.name)
     password = read_password(args)
     await db.update_password(
@@ -150,20 +156,31 @@ async def existing_user(database: Database, name: str) -> db.User:
     return user
 
 
-async def key_create(args: argparse.Namespace, database: Database, auth: Auth) -> None:
+async def key_create(
+    args: argparse.Namespace, config: Config, database: Database, auth: Auth
+) -> None:
     user = await existing_user(database, args.name)
     minted = await auth.mint_key()
-    await db.insert_api_key(
-        database,
-        user_id=user.id,
-        key_id=minted.key_id,
-        secret_hash=minted.secret_hash,
-        label=args.label,
-    )
+    try:
+        await db.insert_api_key(
+            database,
+            user_id=user.id,
+            key_id=minted.key_id,
+            secret_hash=minted.secret_hash,
+            label=args.label,
+            max_keys=config.max_keys,
+        )
+    except db.TooManyKeys as exc:
+        raise CommandError(
+            f"{user.name} holds {exc.args[0]} usable keys, the most accounts.max_keys allows;"
+            " invalidate one first"
+        ) from None
     print(minted.token)
 
 
-async def key_list_cmd(args: argparse.Namespace, database: Database, auth: Auth) -> None:
+async def key_list_cmd(
+    args: argparse.Namespace, config: Config, database: Database, auth: Auth
+) -> None:
     user = await existing_user(database, args.name)
     print(f"{'id':<16}  {'label':<24} {'created':<20} {'last used':<20} state")
     for key in await db.list_api_keys(database, user_id=user.id):
@@ -173,7 +190,9 @@ async def key_list_cmd(args: argparse.Namespace, database: Database, auth: Auth)
         print(f"{key.key_id:<16}  {key.label:<24} {created:<20} {used:<20} {state}")
 
 
-async def key_invalidate(args: argparse.Namespace, database: Database, auth: Auth) -> None:
+async def key_invalidate(
+    args: argparse.Namespace, config: Config, database: Database, auth: Auth
+) -> None:
     key_id = args.key_id.removeprefix("hk_").split("_")[0]
     key = await db.invalidate_api_key(database, key_id=key_id)
     if key is None:

@@ -208,3 +208,25 @@ async def test_sessions_are_stored_only_as_hashes(http_client, base_url, login, 
 
     assert alice.token.encode() not in raw
     assert session_token_hash(alice.token).encode() in raw
+
+
+class TestBehindHttps:
+    """With an https public URL, every cookie hostd sets is Secure."""
+
+    @pytest.fixture
+    def config(self, config):
+        return dataclasses.replace(config, public_url="https://files.example.org")
+
+    @pytest.mark.gen_test
+    async def test_session_and_xsrf_cookies_are_secure(self, http_client, base_url, login):
+        await login("ivan", password="right password")
+        page = await http_client.fetch(f"{base_url}/login")
+        signed_in = await submit(
+            http_client, f"{base_url}/login", name="ivan", password="right password"
+        )
+
+        (xsrf,) = [c for c in page.headers.get_list("Set-Cookie") if c.startswith("_xsrf=")]
+        session = session_cookie(signed_in)
+        for cookie in (xsrf, session):
+            flags = [part.strip().lower() for part in cookie.split(";")]
+            assert "secure" in flags and "httponly" in flags and "samesite=lax" in flags

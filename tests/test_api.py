@@ -367,6 +367,12 @@ async def test_without_anonymous_uploads_a_keyless_upload_is_told_how_to_get_a_k
     assert api.code == 401 and plain.code == 401
     assert "generate an API key on the /api page" in json.loads(api.body)["error"]
     assert plain.body.startswith(b"ERROR uploads need an account")
+    index = (await http_client.fetch(f"{base_url}/")).body.decode()
+    docs = (await http_client.fetch(f"{base_url}/api")).body.decode()
+    assert "uploads are anonymous" not in index
+    assert "takes uploads from accounts only" in index
+    assert f"curl -H 'Authorization: Bearer api_key' -F file=@image.png {base_url}" in index
+    assert "does not accept anonymous uploads" in docs
 
 
 @pytest.mark.gen_test

@@ -217,3 +217,14 @@ def test_user_commands_explain_their_failures(tmp_path):
     assert missing.returncode == 1 and "there is no user 'nobody'" in missing.stderr
     assert passwd.returncode == 0 and "sessions have ended" in passwd.stderr
     assert no_key.returncode == 1 and "there is no key" in no_key.stderr
+
+
+def test_key_create_keeps_to_accounts_max_keys(tmp_path):
+    (tmp_path / "hostd.toml").write_text("[accounts]\nmax_keys = 2\n")
+    hostd("user", "add", "kim", "--password-stdin", cwd=tmp_path, stdin="long enough\n")
+
+    made = [hostd("key", "create", "kim", cwd=tmp_path) for _ in range(3)]
+
+    assert [m.returncode for m in made] == [0, 0, 1]
+    assert "holds 2 usable keys, the most accounts.max_keys allows" in made[2].stderr
+    assert made[2].stdout == ""

@@ -102,6 +102,11 @@ async def test_files_are_paginated(http_client, base_url, login):
     assert 'rel="next" href="/files?page=2"' in first
     assert "f02.txt" in second and "f00.txt" in second and "f22.txt" not in second
     assert 'rel="prev" href="/files?page=1"' in second
+    beyond = (
+        await http_client.fetch(f"{base_url}/files?page=9", headers=alice.headers)
+    ).body.decode()
+    assert "There is no page 9: you have 2 pages of files." in beyond
+    assert "You have no files yet" not in beyond
 
 
 @pytest.mark.gen_test
