@@ -193,6 +193,11 @@ class UploadFlow(BaseHandler):
         # May run without prepare() having made a form (a refused request).
         if self.form is not None:
             self.form.abort()
+        if not self._finished:
+            # The access log's line, which finish() would have written: 499, as nginx says
+            # of a client that closed the connection before the answer.
+            self.set_status(499, "Client Closed Request")
+            self.application.log_request(self)
         # Tornado's own ends the wait for the rest of the body; without it the handler
         # would wait forever for a client that is gone.
         super().on_connection_close()
