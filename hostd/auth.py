@@ -119,6 +119,7 @@ class Auth:
         self._dummy_key_hash: str | None = None
         self._dummy_password_hash: str | None = None
         self._verified: OrderedDict[bytes, int] = OrderedDict()  # digest of key -> api_keys.id
+        self._checking: dict[tuple[bytes, str], asyncio.Future[bool]] = {}
         self._cache_size = cache_size
 
     def close(self) -> None:
@@ -172,7 +173,14 @@ class Auth:
             )
         stored = key.secret_hash if key is not None and key.usable else self._dummy_key_hash
         secret = parsed[1] if parsed else token
-        ok = await self._key_lane.run(_verify, self.keys, stored, secret)
+        # Requests that bring the same token while it is being checked share that check:
+        # a burst from a client's first use of its key costs one verification, not one each.
+        check = self._checking.get((digest, stored))
+        if check is None:
+            check = asyncio.ensure_future(self._key_lane.run(_verify, self.keys, stored, secret))
+            self._checking[(digest, stored)] = check
+            check.add_done_callback(lambda _: self._checking.pop((digest, stored), None))
+        ok = await asyncio.shield(check)
         if not ok or key is None or not key.usable:
             return None
         self._verified[digest] = key.id

@@ -119,6 +119,21 @@ async def test_an_unknown_user_costs_one_verification_like_a_wrong_password(db, 
 
 
 @pytest.mark.gen_test
+async def test_a_burst_with_a_new_key_costs_one_verification(db, counting, login):
+    alice = await login()
+    minted = await new_key(db, counting, alice.user.id)
+    wrong = minted.token[:-3] + "zzz"
+
+    good = await asyncio.gather(*(counting.verify_key(db, minted.token) for _ in range(10)))
+    after_good = CountingHasher.verifications
+    bad = await asyncio.gather(*(counting.verify_key(db, wrong) for _ in range(10)))
+
+    assert all(key is not None and key.key_id == minted.key_id for key in good)
+    assert after_good == 1
+    assert bad == [None] * 10  # sharing a check never shares a success with a wrong key
+
+
+@pytest.mark.gen_test
 async def test_a_verified_key_skips_argon2_until_it_is_invalidated(db, counting, login):
     alice = await login()
     minted = await new_key(db, counting, alice.user.id)
