@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -16,6 +17,7 @@ import aiosqlite
 from hostd.storage import short_hash_candidates
 
 T = TypeVar("T")
+BLOB_CACHE_SIZE = 4096
 
 
 class HashSpaceExhausted(Exception):
@@ -32,6 +34,9 @@ class Database:
     def __init__(self, conn: aiosqlite.Connection) -> None:
         self.conn = conn
         self._write_lock = asyncio.Lock()
+        # Public hash -> Blob, for serving without a trip to SQLite's thread. A blob row
+        # never changes, it only goes (delete_upload drops it here too); a miss is not kept.
+        self._blobs: OrderedDict[str, Blob] = OrderedDict()
 
     @classmethod
     async def open(cls, path: Path) -> Database:
@@ -149,8 +154,17 @@ def _blob(row: aiosqlite.Row) -> Blob:
 
 async def get_blob(db: Database, hash: str) -> Blob | None:
     """The blob with this public hash, or None."""
+    blob = db._blobs.get(hash)
+    if blob is not None:
+        db._blobs.move_to_end(hash)
+        return blob
     row = await _one(db.conn, "SELECT * FROM blobs WHERE hash = ?", (hash,))
-    return _blob(row) if row else None
+    if row is None:
+        return None
+    blob = db._blobs[hash] = _blob(row)
+    if len(db._blobs) > BLOB_CACHE_SIZE:
+        db._blobs.popitem(last=False)
+    return blob
 
 
 async def get_blob_by_sha256(db: Database, sha256: str) -> Blob | None:
@@ -470,6 +484,8 @@ async def delete_upload(
             await _one(conn, "SELECT 1 FROM uploads WHERE sha256 = ? LIMIT 1", (sha256,))
         ) is not None
         if not still_used:
-            await conn.execute("DELETE FROM blobs WHERE sha256 = ?", (sha256,))
+            gone = await _one(conn, "DELETE FROM blobs WHERE sha256 = ? RETURNING hash", (sha256,))
+            if gone is not None:
+                db._blobs.pop(gone[0], None)
             await remove_blob(sha256)
     return True

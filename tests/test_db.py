@@ -178,3 +178,17 @@ async def test_deleting_a_blob_while_its_bytes_arrive_again_never_loses_them(db,
             await conn.execute("DELETE FROM uploads WHERE id = ?", (again.id,))
             await conn.execute("DELETE FROM blobs WHERE sha256 = ?", (sha,))
         store.delete(sha)
+
+
+@pytest.mark.gen_test
+async def test_a_deleted_blob_is_not_found_again_though_it_was_looked_up(db, store):
+    user = await queries.insert_user(db, name="alice", password_hash="unused")
+    blob, upload = await store_upload(db, store, b"looked up, then deleted", user.id)
+    assert await queries.get_blob(db, blob.hash) == blob  # now remembered
+
+    async def remove_blob(sha256: str) -> None:
+        store.delete(sha256)
+
+    await queries.delete_upload(db, upload_id=upload.id, user_id=user.id, remove_blob=remove_blob)
+
+    assert await queries.get_blob(db, blob.hash) is None
