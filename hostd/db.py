@@ -100,12 +100,6 @@ async def _one(
     return next(iter(rows), None)
 
 
-async def _all(
-    conn: aiosqlite.Connection, sql: str, params: tuple[object, ...] = ()
-) -> list[aiosqlite.Row]:
-    return list(await conn.execute_fetchall(sql, params))
-
-
 def _migrations() -> list[tuple[int, str]]:
     found = []
     for entry in resources.files("hostd.migrations").iterdir():

@@ -62,6 +62,22 @@ class BlobWriter(Protocol):
     def abort(self) -> Awaitable[None] | None: ...
 
 
+class BlobStore(Protocol):
+    """What the handlers need of blob storage, so another backend can be added later."""
+
+    def writer(self) -> BlobWriter: ...
+
+    async def place(self, written: WrittenBlob) -> bool: ...
+
+    def discard(self, written: WrittenBlob) -> None: ...
+
+    def open(self, sha256: str) -> BinaryIO: ...
+
+    def exists(self, sha256: str) -> bool: ...
+
+    def delete(self, sha256: str) -> bool: ...
+
+
 class LocalBlobWriter:
     """Streams into a temp file beside the blobs, hashing as the bytes arrive.
 
@@ -240,3 +256,7 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _conforms(store: LocalBlobStore) -> BlobStore:
+    return store  # mypy checks here that LocalBlobStore keeps to the BlobStore interface
