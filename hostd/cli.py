@@ -7,15 +7,18 @@ import asyncio
 import getpass
 import logging
 import sys
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from hostd import __version__, db
-from hostd.app import format_time, serve
+from hostd.app import format_size, format_time, serve
 from hostd.auth import Auth
 from hostd.config import Config, ConfigError, load_config
 from hostd.db import Database
 from hostd.handlers.accounts import NAME_PATTERN, check_password
+from hostd.storage import LocalBlobStore
+from hostd.thumbs import Thumbnails
 
 DEFAULT_CONFIG = Path("hostd.toml")
 
@@ -63,6 +66,17 @@ def build_parser() -> argparse.ArgumentParser:
     invalidate = key_sub.add_parser("invalidate", parents=[common], help="make a key unusable")
     invalidate.add_argument("key_id", help="the 16 hex characters after hk_")
     invalidate.set_defaults(handler=admin(key_invalidate))
+
+    file_cmd = commands.add_parser("file", help="look at or take down stored files")
+    file_sub = file_cmd.add_subparsers(dest="action", required=True, metavar="ACTION")
+    info = file_sub.add_parser("info", parents=[common], help="a file and who uploaded it")
+    info.add_argument("hash", help="the hash, or any of the file's URLs")
+    info.set_defaults(handler=admin(file_info))
+    remove = file_sub.add_parser(
+        "rm", parents=[common], help="take a file down: every upload of it, and its bytes"
+    )
+    remove.add_argument("hashes", nargs="+", metavar="hash", help="hashes or URLs")
+    remove.set_defaults(handler=admin(file_rm))
     return parser
 
 
@@ -198,6 +212,50 @@ async def key_invalidate(
     if key is None:
         raise CommandError(f"there is no key {key_id!r}")
     print(f"key {key.key_id} is invalidated", file=sys.stderr)
+
+
+def hash_in(text: str) -> str:
+    """The public hash in a hash or in any of a file's URLs (/<hash>, /<hash>.png, /<hash>/a)."""
+    path = urllib.parse.urlsplit(text).path if "://" in text else text
+    return path.lstrip("/").split("/")[0].split(".")[0]
+
+
+async def stored_blob(database: Database, text: str) -> db.Blob:
+    blob = await db.get_blob(database, hash_in(text))
+    if blob is None:
+        raise CommandError(f"there is no file {hash_in(text)!r}")
+    return blob
+
+
+async def file_info(
+    args: argparse.Namespace, config: Config, database: Database, auth: Auth
+) -> None:
+    blob = await stored_blob(database, args.hash)
+    print(f"hash      {blob.hash}")
+    print(f"sha256    {blob.sha256}")
+    print(f"size      {blob.size_bytes} bytes ({format_size(blob.size_bytes)})")
+    print(f"type      {blob.content_type}")
+    print(f"stored    {format_time(blob.created_at)}")
+    print("uploads:")
+    for registration in await db.list_registrations(database, sha256=blob.sha256):
+        upload = registration.upload
+        owner = registration.user_name or "anonymous"
+        print(f"  {format_time(upload.created_at)}  {owner:<24} {upload.original_name}")
+
+
+async def file_rm(args: argparse.Namespace, config: Config, database: Database, auth: Auth) -> None:
+    blobs = [await stored_blob(database, text) for text in args.hashes]  # all known, or none
+    store = LocalBlobStore(config.blobs_dir)
+    thumbs = Thumbnails(config.data_dir / "thumbs")
+
+    async def remove_bytes(sha256: str) -> None:
+        store.delete(sha256)
+        thumbs.delete(sha256)
+
+    for blob in blobs:
+        count = await db.take_down(database, sha256=blob.sha256, remove_bytes=remove_bytes)
+        uploads = f"{count} upload{'' if count == 1 else 's'}"
+        print(f"removed {blob.hash}: {uploads}, {format_size(blob.size_bytes)}", file=sys.stderr)
 
 
 def config_from(args: argparse.Namespace, **overrides: object) -> Config:

@@ -483,3 +483,47 @@ async def delete_upload(
                 db._blobs.pop(gone[0], None)
             await remove_blob(sha256)
     return True
+
+
+# -- an admin's view of one file ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Registration:
+    """One upload of a blob, with the name of the account it belongs to (None: anonymous)."""
+
+    upload: Upload
+    user_name: str | None
+
+
+async def list_registrations(db: Database, *, sha256: str) -> list[Registration]:
+    """Every upload of these bytes, oldest first."""
+    rows = await db.conn.execute_fetchall(
+        """
+        SELECT uploads.id, uploads.sha256, uploads.original_name, uploads.created_at,
+               uploads.user_id, uploads.api_key_id, users.name
+        FROM uploads LEFT JOIN users ON users.id = uploads.user_id
+        WHERE uploads.sha256 = ?
+        ORDER BY uploads.created_at, uploads.id
+        """,
+        (sha256,),
+    )
+    return [Registration(Upload(*row[:6]), row[6]) for row in rows]
+
+
+async def take_down(
+    db: Database, *, sha256: str, remove_bytes: Callable[[str], Awaitable[object]]
+) -> int:
+    """Remove a blob for good: every registration (anyone's), its row and its bytes, all in
+    one transaction, so no upload of the same bytes can slip in between, not even from a
+    server running in another process (BEGIN IMMEDIATE waits for it). Returns how many
+    registrations there were."""
+    async with db.transaction() as conn:
+        gone = await conn.execute_fetchall(
+            "DELETE FROM uploads WHERE sha256 = ? RETURNING id", (sha256,)
+        )
+        blob = await _one(conn, "DELETE FROM blobs WHERE sha256 = ? RETURNING hash", (sha256,))
+        if blob is not None:
+            db._blobs.pop(blob[0], None)
+        await remove_bytes(sha256)
+    return len(list(gone))

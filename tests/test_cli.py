@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import signal
 import subprocess
 import sys
@@ -11,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 from helpers import multipart_body
+from PIL import Image
 
 
 def start(args: list[str], cwd: Path) -> subprocess.Popen[str]:
@@ -228,3 +232,65 @@ def test_key_create_keeps_to_accounts_max_keys(tmp_path):
     assert [m.returncode for m in made] == [0, 0, 1]
     assert "holds 2 usable keys, the most accounts.max_keys allows" in made[2].stderr
     assert made[2].stdout == ""
+
+
+def upload_png(port: int, data: bytes, token: str | None = None) -> dict:
+    body, headers = multipart_body(files=[("file", "shot.png", data)])
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/upload", data=body, headers=headers
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def status_of(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_admin_takes_a_file_down_for_everyone_who_uploaded_it(tmp_path, free_port):
+    data = ["--data-dir", str(tmp_path / "d")]
+    hostd("user", "add", "alice", "--password-stdin", *data, cwd=tmp_path, stdin="long enough\n")
+    token = hostd("key", "create", "alice", *data, cwd=tmp_path).stdout.strip()
+    out = io.BytesIO()
+    Image.new("RGB", (40, 30), (10, 200, 30)).save(out, "PNG")
+    png = out.getvalue()
+    sha = hashlib.sha256(png).hexdigest()
+    proc = start(["serve", *data, "--port", str(free_port)], tmp_path)
+    try:
+        wait_for_line(proc, "listening on")
+        anonymous = upload_png(free_port, png)
+        upload_png(free_port, png, token)
+        url = anonymous["urls"]["full"]
+        h = anonymous["hash"]
+        before = status_of(url), status_of(f"http://127.0.0.1:{free_port}/thumbs/{h}.webp")
+        info = hostd("file", "info", url, *data, cwd=tmp_path)
+        unknown = hostd("file", "rm", h, "AAAAAAAAAAAA", *data, cwd=tmp_path)
+        still = status_of(url)
+        removed = hostd("file", "rm", h, *data, cwd=tmp_path)
+        after = status_of(url), status_of(anonymous["urls"]["ext"])
+        on_disk = [p.name for p in (tmp_path / "d").rglob("*") if p.is_file() and h in p.name]
+        on_disk += [p.name for p in (tmp_path / "d" / "blobs").rglob(sha)]
+        on_disk += [p.name for p in (tmp_path / "d" / "thumbs").rglob("*.webp")]
+        again = upload_png(free_port, png)
+        back = status_of(url)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=10)
+
+    assert before == (200, 200)
+    assert f"hash      {h}" in info.stdout and f"sha256    {sha}" in info.stdout
+    lines = info.stdout.splitlines()
+    assert any("anonymous" in line and "shot.png" in line for line in lines)
+    assert any("alice" in line and "shot.png" in line for line in lines)
+    assert unknown.returncode == 1 and "there is no file 'AAAAAAAAAAAA'" in unknown.stderr
+    assert still == 200  # one unknown hash, nothing taken down
+    assert removed.returncode == 0 and f"removed {h}: 2 uploads" in removed.stderr
+    assert after == (404, 404)
+    assert on_disk == []  # neither the bytes nor the thumbnail
+    assert again["hash"] == h and back == 200  # the same bytes may come back later
