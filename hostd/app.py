@@ -18,6 +18,7 @@ from hostd.config import Config, ensure_cookie_secret
 from hostd.db import Database
 from hostd.formdata import FORM_OVERHEAD_BYTES
 from hostd.handlers import all_routes
+from hostd.handlers.api import KeyReveals
 from hostd.handlers.pages import NotFoundHandler
 from hostd.storage import LocalBlobStore
 from hostd.thumbs import Thumbnails
@@ -51,6 +52,7 @@ def make_app(
         hostd_auth=auth or Auth(),
         hostd_thumbs=Thumbnails(config.data_dir / "thumbs"),
         hostd_limiter=SignInLimiter(),
+        hostd_reveals=KeyReveals(),
         jinja_env=templates,
         static_path=str(config.static_dir),
         cookie_secret=config.cookie_secret,

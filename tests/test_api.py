@@ -75,14 +75,62 @@ async def test_generating_a_key_with_htmx_answers_only_the_key_section(
 
 
 @pytest.mark.gen_test
-async def test_generating_a_key_without_javascript_answers_the_whole_page(
-    http_client, base_url, login
+async def test_without_javascript_the_key_is_shown_once_on_the_page_redirected_to(
+    http_client, base_url, login, db
 ):
     alice = await login()
 
-    _, body = await make_key(http_client, base_url, alice, htmx=False)
+    posted = await http_client.fetch(
+        f"{base_url}/api/keys",
+        method="POST",
+        body=form_body(label="plain form"),
+        headers=alice.headers,
+        follow_redirects=False,
+        raise_error=False,
+    )
+    (reveal,) = [
+        c.split(";")[0]
+        for c in posted.headers.get_list("Set-Cookie")
+        if c.startswith("hostd_new_key=")
+    ]
+    headers = {**alice.headers, "Cookie": f"{alice.headers['Cookie']}; {reveal}"}
+    shown = await http_client.fetch(f"{base_url}/api", headers=headers)
+    reloaded = await http_client.fetch(f"{base_url}/api", headers=headers)  # same cookie again
 
+    assert posted.code == 303 and posted.headers["Location"] == "/api"
+    assert not KEY.search(posted.body.decode())
+    body = shown.body.decode()
     assert "<html" in body and "it will not be shown again" in body
+    (token,) = set(KEY.findall(body))
+    assert shown.headers["Cache-Control"] == "no-store"
+    assert token not in reloaded.body.decode() and "it will not be shown again" not in (
+        reloaded.body.decode()
+    )
+    assert len(await queries.list_api_keys(db, user_id=alice.user.id)) == 1
+
+
+@pytest.mark.gen_test
+async def test_a_new_key_is_shown_only_to_its_owner(http_client, base_url, login):
+    alice, bob = await login(), await login()
+    posted = await http_client.fetch(
+        f"{base_url}/api/keys",
+        method="POST",
+        body=form_body(label="alice's"),
+        headers=alice.headers,
+        follow_redirects=False,
+        raise_error=False,
+    )
+    (reveal,) = [
+        c.split(";")[0]
+        for c in posted.headers.get_list("Set-Cookie")
+        if c.startswith("hostd_new_key=")
+    ]
+
+    as_bob = await http_client.fetch(
+        f"{base_url}/api", headers={"Cookie": f"{bob.headers['Cookie']}; {reveal}"}
+    )
+
+    assert not KEY.search(as_bob.body.decode())
 
 
 @pytest.mark.gen_test

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
 import tornado.web
 
 from hostd import clients, db
@@ -12,9 +17,56 @@ from hostd.handlers.base import BaseHandler, Refusal
 MAX_LABEL_LENGTH = 100
 
 
+NEW_KEY_COOKIE = "hostd_new_key"
+REVEAL_SECONDS = 120.0
+
+
+class KeyReveals:
+    """New keys waiting to be shown once, on the page a plain form post redirects to.
+
+    Without JavaScript, answering the POST with the key would let a reload post again and
+    mint another; so the POST stores the key here for a moment under a random nonce (sent
+    back in a cookie) and redirects, and the next GET takes it out. Bounded, short-lived,
+    in memory only: the database never sees the key.
+    """
+
+    def __init__(self, max_entries: int = 256, clock: Callable[[], float] = time.monotonic):
+        self._entries: OrderedDict[str, tuple[int, str, float]] = OrderedDict()
+        self._max_entries = max_entries
+        self._clock = clock
+
+    def put(self, user_id: int, token: str) -> str:
+        now = self._clock()
+        while self._entries and (
+            len(self._entries) >= self._max_entries or next(iter(self._entries.values()))[2] < now
+        ):
+            self._entries.popitem(last=False)
+        nonce = secrets.token_urlsafe(18)
+        self._entries[nonce] = (user_id, token, now + REVEAL_SECONDS)
+        return nonce
+
+    def take(self, nonce: str, user_id: int) -> str | None:
+        entry = self._entries.pop(nonce, None)
+        if entry is None or entry[0] != user_id or entry[2] < self._clock():
+            return None
+        return entry[1]
+
+
 class ApiPageHandler(BaseHandler):
     async def get(self) -> None:
-        await self.render_keys()
+        new_key = None
+        nonce = self.get_signed_cookie(NEW_KEY_COOKIE, max_age_days=1)
+        if nonce is not None:
+            self.clear_cookie(NEW_KEY_COOKIE, path="/api")
+            if self.current_user is not None:
+                new_key = self.reveals.take(nonce.decode(), self.current_user.id)
+        if new_key is not None:
+            self.set_header("Cache-Control", "no-store")
+        await self.render_keys(new_key=new_key)
+
+    @property
+    def reveals(self) -> KeyReveals:
+        return self.settings["hostd_reveals"]
 
     async def render_keys(self, *, new_key: str | None = None, error: str | None = None) -> None:
         keys = (
@@ -34,7 +86,8 @@ class ApiPageHandler(BaseHandler):
 
 
 class ApiKeyListHandler(ApiPageHandler):
-    """POST makes a key. The answer shows it once and is never cached; it is not stored."""
+    """POST makes a key, shown once: in the htmx answer, or on the page a plain form is
+    redirected to (see KeyReveals). Never cached, never stored in clear."""
 
     @tornado.web.authenticated
     async def post(self) -> None:
@@ -65,8 +118,20 @@ class ApiKeyListHandler(ApiPageHandler):
                 error=f"You hold {exc.args[0]} keys, the most allowed here. Invalidate one first."
             )
             return
-        self.set_header("Cache-Control", "no-store")
-        await self.render_keys(new_key=minted.token)
+        if self.is_htmx:
+            self.set_header("Cache-Control", "no-store")
+            await self.render_keys(new_key=minted.token)
+            return
+        nonce = self.reveals.put(self.current_user.id, minted.token)
+        self.set_signed_cookie(
+            NEW_KEY_COOKIE,
+            nonce,
+            path="/api",
+            httponly=True,
+            samesite="Lax",
+            secure=self.public_url().startswith("https://"),
+        )
+        self.redirect("/api", status=303)
 
 
 class ApiKeyInvalidateHandler(BaseHandler):

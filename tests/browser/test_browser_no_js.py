@@ -62,7 +62,10 @@ def test_invalidate_without_javascript_asks_first(no_js_page: Page, live_server,
     page.get_by_role("button", name="Generate a new key").click()
     key = page.locator("#new-key-value").inner_text().strip()
     key_id = key.split("_")[1]
-    page.goto(f"{base}/api")
+    expect(page).to_have_url(f"{base}/api")  # redirected: a reload cannot post again
+    page.reload()
+    expect(page.locator("#new-key-value")).to_have_count(0)
+    expect(page.locator("#key-rows tr")).to_have_count(1)
 
     page.locator(f"tr#key-{key_id}").get_by_role("button", name=re.compile("Invalidate")).click()
     expect(page.get_by_role("heading", level=1)).to_contain_text("Invalidate")
