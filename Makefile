@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench format clean
+.PHONY: run test lint bench bench-parsers format clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ test: lint
 
 bench: .venv
 	$(BIN)/python bench/run.py
+
+# The measurement behind the choice of multipart parser (needs the two it was compared with).
+bench-parsers: .venv
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	$(BIN)/python bench/multipart_parsers.py
 
 format: .venv
 	$(BIN)/ruff format .

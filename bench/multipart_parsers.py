@@ -23,8 +23,8 @@ buffered whole. This script compares the push parsers that fit that shape:
 Every parser sits behind a small adapter with the same ``feed(chunk)`` / ``close()`` shape;
 the adapters are the exact API usage measured. MB = 10**6 bytes. Run from the repository:
 
-    python bench/multipart_parsers.py            # full run, about a minute on 2 cores
-    python bench/multipart_parsers.py --quick    # 64 MiB / 16 MiB smoke run
+    make bench-parsers                           # installs the two others, full run
+    .venv/bin/python bench/multipart_parsers.py --quick    # 64 MiB / 16 MiB smoke run
 """
 
 from __future__ import annotations
