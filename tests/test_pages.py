@@ -67,11 +67,17 @@ async def test_api_page_uses_the_configured_public_url(http_client, base_url, ap
 async def test_pages_carry_a_strict_content_security_policy(http_client, base_url, path):
     response = await http_client.fetch(f"{base_url}{path}")
 
+    again = await http_client.fetch(f"{base_url}{path}")
+
     csp = response.headers["Content-Security-Policy"]
-    assert "default-src 'none'" in csp
-    assert f"script-src {base_url}/static/;" in csp and "unsafe-inline" not in csp
-    assert f"style-src {base_url}/static/;" in csp
-    assert re.search(r'<script src="/static/htmx-2\.0\.11\.min\.js\?v=\w+"', response.body.decode())
+    (nonce,) = re.findall(r"script-src 'nonce-([\w-]+)';", csp)
+    assert "default-src 'none'" in csp and "unsafe-inline" not in csp
+    assert f"style-src 'nonce-{nonce}';" in csp
+    body = response.body.decode()
+    assert re.search(rf'<script src="/static/htmx-2\.0\.11\.min\.js\?v=\w+" nonce="{nonce}"', body)
+    assert '<link rel="stylesheet" href="/static/hostd.css?v=' in body
+    assert body.count(f'nonce="{nonce}"') == 3  # the stylesheet and the two scripts
+    assert nonce not in again.headers["Content-Security-Policy"]  # fresh for every answer
 
 
 @pytest.mark.gen_test
@@ -94,3 +100,5 @@ async def test_an_unexpected_error_shows_the_styled_500_page_without_details(
     assert "<h1>500 Internal Server Error</h1>" in body
     assert 'href="/static/hostd.css' in body
     assert "Traceback" not in body and "aiosqlite" not in body
+    (nonce,) = re.findall(r"'nonce-([\w-]+)'", response.headers["Content-Security-Policy"])[:1]
+    assert f'nonce="{nonce}"' in body  # the error page's own tags match its own policy

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import http
 import json
-import re
+import secrets
 import socket
 from typing import Any
 
@@ -27,21 +27,15 @@ from hostd.thumbs import Thumbnails
 LINGER_SECONDS = 10.0
 LINGER_IDLE_SECONDS = 2.0
 
-# Every HTML page: only our own static files, no inline script, no framing.
+# Every HTML page: only the scripts and stylesheets its own tags name, no inline script, no
+# framing. Not 'self': an uploaded .js at /<hash>.js is same-origin too, and must not be
+# loadable by a page of ours; a fresh nonce per answer, carried by our own <script> and
+# <link> tags, allows exactly those, whatever host, port or proxy the page is reached by.
 PAGE_CSP = (
-    "default-src 'none'; script-src {static}; style-src {static}; img-src 'self' data: blob:; "
-    "media-src 'self' blob:; connect-src 'self'; form-action 'self'; base-uri 'none'; "
-    "frame-ancestors 'none'"
+    "default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
+    "img-src 'self' data: blob:; media-src 'self' blob:; connect-src 'self'; "
+    "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
 )
-ORIGIN = re.compile(r"https?://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?")
-
-
-def page_csp(origin: str) -> str:
-    """Scripts and styles only from our own /static/, not from 'self': an uploaded .js at
-    /<hash>.js is same-origin too, and must not be loadable by a page of ours. (A source
-    with http: also matches https:, so this holds behind a TLS proxy.)"""
-    static = f"{origin}/static/" if ORIGIN.fullmatch(origin) else "'none'"
-    return PAGE_CSP.format(static=static)
 
 
 class Refusal(tornado.web.HTTPError):
@@ -112,8 +106,9 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def set_default_headers(self) -> None:
         self.clear_header("Server")  # no version for scanners to match against
-        origin = f"{self.request.protocol}://{self.request.host}"
-        self.set_header("Content-Security-Policy", page_csp(origin))
+        # Also runs again when an error clears the headers: the page then gets a new nonce.
+        self.csp_nonce = secrets.token_urlsafe(16)
+        self.set_header("Content-Security-Policy", PAGE_CSP.format(nonce=self.csp_nonce))
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("Referrer-Policy", "same-origin")
 
@@ -148,6 +143,7 @@ class BaseHandler(tornado.web.RequestHandler):
             "xsrf_token": self.xsrf_token.decode(),
             "static_url": self.static_url,
             "request_path": self.request.path,
+            "csp_nonce": self.csp_nonce,
             **context,
         }
 
