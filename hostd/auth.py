@@ -247,8 +247,8 @@ class SignInLimiter:
             if now - first > self.window:
                 failures, first = 0, now
             failures += 1
-            over = failures - self.free_failures
-            delay = min(self.max_delay, 2.0 ** (over - 1)) if over > 0 else 0.0
+            over = failures - self.free_failures  # 0 once the free ones are used up
+            delay = min(self.max_delay, 2.0**over) if over >= 0 else 0.0
             self._entries[key] = (failures, first, now + delay)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)

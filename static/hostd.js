@@ -43,6 +43,9 @@ const uploadForm = document.getElementById("upload-form");
 if (uploadForm) {
   const maxBytes = Number(uploadForm.dataset.maxBytes);
   const input = document.getElementById("upload-file");
+  // One request per file: several at once only where this script sends them one by one
+  // (the plain form, without JavaScript, posts what is picked in a single request).
+  input.multiple = true;
   const list = document.getElementById("upload-list");
   const template = document.getElementById("upload-item-template");
   const headers = JSON.parse(document.body.getAttribute("hx-headers") || "{}");

@@ -180,8 +180,9 @@ def test_limiter_lets_the_first_failures_through_then_doubles_the_wait():
         waits.append(limiter.wait_time("name:a"))
         limiter.failed("name:a")
 
-    assert waits[:4] == [0, 0, 0, 0]
-    assert limiter.wait_time("name:a") == 4.0  # the 6th failure: 2 ** (6 - 3 - 1)
+    assert waits[:4] == [0, 0, 0, 1.0]  # three free failures, then the wait begins
+    assert waits[4:] == [2.0, 4.0]
+    assert limiter.wait_time("name:a") == 8.0  # after the 6th failure: 2 ** (6 - 3)
 
 
 def test_limiter_forgets_after_the_window_and_after_a_success():

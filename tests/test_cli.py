@@ -273,7 +273,11 @@ def test_admin_takes_a_file_down_for_everyone_who_uploaded_it(tmp_path, free_por
         unknown = hostd("file", "rm", h, "AAAAAAAAAAAA", *data, cwd=tmp_path)
         still = status_of(url)
         removed = hostd("file", "rm", h, *data, cwd=tmp_path)
-        after = status_of(url), status_of(anonymous["urls"]["ext"])
+        after = (
+            status_of(url),
+            status_of(anonymous["urls"]["ext"]),
+            status_of(f"http://127.0.0.1:{free_port}/thumbs/{h}.webp"),
+        )
         on_disk = [p.name for p in (tmp_path / "d").rglob("*") if p.is_file() and h in p.name]
         on_disk += [p.name for p in (tmp_path / "d" / "blobs").rglob(sha)]
         on_disk += [p.name for p in (tmp_path / "d" / "thumbs").rglob("*.webp")]
@@ -291,6 +295,6 @@ def test_admin_takes_a_file_down_for_everyone_who_uploaded_it(tmp_path, free_por
     assert unknown.returncode == 1 and "there is no file 'AAAAAAAAAAAA'" in unknown.stderr
     assert still == 200  # one unknown hash, nothing taken down
     assert removed.returncode == 0 and f"removed {h}: 2 uploads" in removed.stderr
-    assert after == (404, 404)
+    assert after == (404, 404, 404)
     assert on_disk == []  # neither the bytes nor the thumbnail
     assert again["hash"] == h and back == 200  # the same bytes may come back later

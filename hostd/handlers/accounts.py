@@ -75,7 +75,11 @@ class LoginHandler(SessionMixin):
         if wait > 0:
             self.set_status(429)
             self.set_header("Retry-After", str(math.ceil(wait)))
-            error = f"Too many failed sign-ins. Try again in {math.ceil(wait)} seconds."
+            seconds = math.ceil(wait)
+            error = (
+                f"Too many failed sign-ins. Try again in {seconds} second"
+                f"{'' if seconds == 1 else 's'}."
+            )
             self.render_page("accounts/login.html", error=error, name=name, next=self.next_url())
             return
         # Counted as a failure before the slow check, so that attempts sent in parallel

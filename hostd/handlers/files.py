@@ -70,7 +70,11 @@ class FileHandler(BaseHandler):
 class ThumbnailHandler(BaseHandler):
     async def get(self, hash: str) -> None:
         blob = await db.get_blob(self.db, hash)
-        if blob is None or blob.content_type not in THUMBNAILABLE:
+        if (
+            blob is None
+            or blob.content_type not in THUMBNAILABLE
+            or not self.store.exists(blob.sha256)  # taken down by `hostd file rm`
+        ):
             raise Refusal(404, "There is no thumbnail for this hash.")
         path = await self.thumbs.get(blob.sha256, self.store.path(blob.sha256))
         if path is None:

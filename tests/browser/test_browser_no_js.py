@@ -21,6 +21,7 @@ def test_a_signed_in_upload_without_javascript_is_registered(
     name = f"plain-{uuid.uuid4().hex[:8]}.txt"
 
     page.goto(f"{base}/")
+    assert page.locator("#upload-file").get_attribute("multiple") is None  # one per post
     page.locator("#upload-file").set_input_files(
         {"name": name, "mimeType": "text/plain", "buffer": data}
     )
