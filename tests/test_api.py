@@ -74,25 +74,28 @@ async def test_generating_a_key_with_htmx_answers_only_the_key_section(
     assert "laptop" in body
 
 
+async def post_key_form(client, base_url, signed_in, label):
+    """The key form posted without JavaScript: (the answer, the reveal cookie it set)."""
+    posted = await client.fetch(
+        f"{base_url}/api/keys",
+        method="POST",
+        body=form_body(label=label),
+        headers=signed_in.headers,
+        follow_redirects=False,
+        raise_error=False,
+    )
+    cookies = posted.headers.get_list("Set-Cookie")
+    (reveal,) = [c.split(";")[0] for c in cookies if c.startswith("hostd_new_key=")]
+    return posted, reveal
+
+
 @pytest.mark.gen_test
 async def test_without_javascript_the_key_is_shown_once_on_the_page_redirected_to(
     http_client, base_url, login, db
 ):
     alice = await login()
 
-    posted = await http_client.fetch(
-        f"{base_url}/api/keys",
-        method="POST",
-        body=form_body(label="plain form"),
-        headers=alice.headers,
-        follow_redirects=False,
-        raise_error=False,
-    )
-    (reveal,) = [
-        c.split(";")[0]
-        for c in posted.headers.get_list("Set-Cookie")
-        if c.startswith("hostd_new_key=")
-    ]
+    posted, reveal = await post_key_form(http_client, base_url, alice, "plain form")
     headers = {**alice.headers, "Cookie": f"{alice.headers['Cookie']}; {reveal}"}
     shown = await http_client.fetch(f"{base_url}/api", headers=headers)
     reloaded = await http_client.fetch(f"{base_url}/api", headers=headers)  # same cookie again
@@ -112,19 +115,7 @@ async def test_without_javascript_the_key_is_shown_once_on_the_page_redirected_t
 @pytest.mark.gen_test
 async def test_a_new_key_is_shown_only_to_its_owner(http_client, base_url, login):
     alice, bob = await login(), await login()
-    posted = await http_client.fetch(
-        f"{base_url}/api/keys",
-        method="POST",
-        body=form_body(label="alice's"),
-        headers=alice.headers,
-        follow_redirects=False,
-        raise_error=False,
-    )
-    (reveal,) = [
-        c.split(";")[0]
-        for c in posted.headers.get_list("Set-Cookie")
-        if c.startswith("hostd_new_key=")
-    ]
+    _, reveal = await post_key_form(http_client, base_url, alice, "alice's")
 
     as_bob = await http_client.fetch(
         f"{base_url}/api", headers={"Cookie": f"{bob.headers['Cookie']}; {reveal}"}
