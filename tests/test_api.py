@@ -120,8 +120,12 @@ async def test_a_new_key_is_shown_only_to_its_owner(http_client, base_url, login
     as_bob = await http_client.fetch(
         f"{base_url}/api", headers={"Cookie": f"{bob.headers['Cookie']}; {reveal}"}
     )
+    as_alice = await http_client.fetch(
+        f"{base_url}/api", headers={"Cookie": f"{alice.headers['Cookie']}; {reveal}"}
+    )
 
     assert not KEY.search(as_bob.body.decode())
+    assert KEY.search(as_alice.body.decode())  # bob's try did not use up alice's view
 
 
 @pytest.mark.gen_test

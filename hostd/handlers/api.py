@@ -46,10 +46,12 @@ class KeyReveals:
         return nonce
 
     def take(self, nonce: str, user_id: int) -> str | None:
-        entry = self._entries.pop(nonce, None)
-        if entry is None or entry[0] != user_id or entry[2] < self._clock():
+        """The key, once, to the user who made it, within its time."""
+        entry = self._entries.get(nonce)
+        if entry is None or entry[0] != user_id:
             return None
-        return entry[1]
+        del self._entries[nonce]
+        return entry[1] if entry[2] >= self._clock() else None
 
 
 class ApiPageHandler(BaseHandler):
