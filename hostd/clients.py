@@ -26,9 +26,9 @@ def sharex_config(public_url: str, key: str | None = None) -> str:
     return json.dumps(config, indent=2) + "\n"
 
 
-def sharex_file_stem(public_url: str) -> str:
-    """The instance's host (and port), for the .sxcu file's name: `files.example.org`."""
-    return _netloc(public_url).replace(":", "_")
+def sharex_file_name(public_url: str) -> str:
+    """The .sxcu file's name: the instance's host (and port), `files.example.org.sxcu`."""
+    return _netloc(public_url).replace(":", "_") + ".sxcu"
 
 
 def _netloc(public_url: str) -> str:

@@ -50,14 +50,7 @@ class SessionMixin(BaseHandler):
     async def start_session(self, user: User) -> None:
         token = secrets.token_urlsafe(32)
         await db.insert_session(self.db, token_hash=session_token_hash(token), user_id=user.id)
-        self.set_signed_cookie(
-            SESSION_COOKIE,
-            token,
-            expires_days=SESSION_DAYS,
-            httponly=True,
-            samesite="Lax",
-            secure=self.public_url().startswith("https://"),
-        )
+        self.set_private_cookie(SESSION_COOKIE, token, expires_days=SESSION_DAYS)
 
 
 class LoginHandler(SessionMixin):

@@ -82,7 +82,7 @@ class ApiPageHandler(BaseHandler):
             keys=keys,
             new_key=new_key,
             error=error,
-            sharex_name=clients.sharex_file_stem(self.public_url()) + ".sxcu",
+            sharex_name=clients.sharex_file_name(self.public_url()),
             sharex_with_key=clients.sharex_config(self.public_url(), new_key) if new_key else None,
         )
 
@@ -125,14 +125,7 @@ class ApiKeyListHandler(ApiPageHandler):
             await self.render_keys(new_key=minted.token)
             return
         nonce = self.reveals.put(self.current_user.id, minted.token)
-        self.set_signed_cookie(
-            NEW_KEY_COOKIE,
-            nonce,
-            path="/api",
-            httponly=True,
-            samesite="Lax",
-            secure=self.public_url().startswith("https://"),
-        )
+        self.set_private_cookie(NEW_KEY_COOKIE, nonce, path="/api")
         self.redirect("/api", status=303)
 
 
@@ -171,7 +164,7 @@ class ShareXConfigHandler(BaseHandler):
     offered once, as a data: link beside the new key, so the key is never stored.)"""
 
     def get(self) -> None:
-        name = clients.sharex_file_stem(self.public_url()) + ".sxcu"
+        name = clients.sharex_file_name(self.public_url())
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.set_header("Content-Disposition", f'attachment; filename="{name}"')
         self.finish(clients.sharex_config(self.public_url()))

@@ -121,6 +121,18 @@ class BaseHandler(tornado.web.RequestHandler):
             and headers.get("HX-History-Restore-Request") != "true"
         )
 
+    def set_private_cookie(self, name: str, value: str, **options: Any) -> None:
+        """A signed cookie scripts cannot read, not sent cross-site, and Secure when the
+        public URL is https."""
+        self.set_signed_cookie(
+            name,
+            value,
+            httponly=True,
+            samesite="Lax",
+            secure=self.public_url().startswith("https://"),
+            **options,
+        )
+
     def public_url(self) -> str:
         """The external base URL, without a trailing slash: server.public_url, else the
         request's scheme and Host (X-Forwarded-* only with server.trust_proxy)."""
