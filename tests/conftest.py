@@ -38,6 +38,7 @@ def parts(config: Config, io_loop: Any) -> Iterator[tuple[Database, LocalBlobSto
     db = io_loop.run_sync(lambda: Database.open(config.db_path))
     yield db, store
     io_loop.run_sync(db.close)
+    store.close()
 
 
 @pytest.fixture

@@ -107,16 +107,22 @@ def test_a_missing_config_file_is_an_error(tmp_path):
 
 def test_half_written_uploads_from_a_crash_are_removed_at_start(tmp_path, free_port):
     data = tmp_path / "d"
-    (data / "tmp").mkdir(parents=True)
-    (data / "tmp" / "upload-abc123").write_bytes(b"half")
+    crashed = data / "tmp" / "4242-deadbeef"  # a process's temp folder, its lock long free
+    crashed.mkdir(parents=True)
+    (crashed / ".lock").touch()
+    (crashed / "upload-abc123").write_bytes(b"half")
+    (data / "tmp" / "upload-older-layout").write_bytes(b"half")
     proc = start(["serve", "--data-dir", str(data), "--port", str(free_port)], tmp_path)
     try:
+        wait_for_line(proc, "removed 2 half-written upload(s)")
         wait_for_line(proc, "listening on")
+        assert not crashed.exists()
+        assert not (data / "tmp" / "upload-older-layout").exists()
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=10)
 
-    assert list((data / "tmp").iterdir()) == []
+    assert list((data / "tmp").iterdir()) == []  # its own folder goes at exit
 
 
 def hostd(*args: str, cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:

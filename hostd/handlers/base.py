@@ -18,7 +18,7 @@ from hostd import db
 from hostd.auth import Auth, SignInLimiter, session_token_hash
 from hostd.config import Config
 from hostd.db import Database, User
-from hostd.storage import LocalBlobStore
+from hostd.storage import BlobStore
 from hostd.thumbs import Thumbnails
 
 # How long a refused upload's connection keeps reading (and dropping) what the client still
@@ -101,7 +101,7 @@ class BaseHandler(tornado.web.RequestHandler):
         return self.settings["hostd_db"]
 
     @property
-    def store(self) -> LocalBlobStore:
+    def store(self) -> BlobStore:
         return self.settings["hostd_store"]
 
     def set_default_headers(self) -> None:

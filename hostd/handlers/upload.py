@@ -13,7 +13,7 @@ from typing import Any
 import tornado.web
 from tornado.http1connection import HTTP1Connection
 
-from hostd import db, sniff
+from hostd import db, sniff, uploads
 from hostd.auth import Busy
 from hostd.db import ApiKey, Blob, Upload
 from hostd.formdata import FORM_OVERHEAD_BYTES, UploadError, UploadForm, boundary_of
@@ -157,31 +157,27 @@ class UploadFlow(BaseHandler):
         try:
             self.authorize_with_form()
         except UploadError as exc:
-            self.store.discard(written)
+            await self.store.discard(written)
             self.answer_error(exc.status, exc.message)
             return
         blob, upload = await self.record(written, self.form.filename)
         self.answer_ok(blob, upload, self.form.filename)
 
     async def record(self, written: WrittenBlob, filename: str) -> tuple[Blob, Upload]:
-        """Move the bytes into the store and register the upload to its owner, if any."""
+        """Put the bytes in the store and register the upload to its owner, if any."""
         if self.api_key is not None:
             owner: int | None = self.api_key.user_id
         else:
             owner = self.current_user.id if self.current_user else None
-        try:
-            blob, upload = await db.register_upload(
-                self.db,
-                sha256=written.sha256,
-                size_bytes=written.size_bytes,
-                content_type=sniff.detect(written.head),
-                original_name=filename,
-                user_id=owner,
-                api_key_id=self.api_key.id if self.api_key else None,
-                place=lambda: self.store.place(written),
-            )
-        finally:
-            self.store.discard(written)  # a no-op once place() has moved it
+        blob, upload = await uploads.register(
+            self.db,
+            self.store,
+            written,
+            content_type=sniff.detect(written.head),
+            original_name=filename,
+            user_id=owner,
+            api_key_id=self.api_key.id if self.api_key else None,
+        )
         if self.api_key is not None:
             await touch_key(self, self.api_key)
         return blob, upload
