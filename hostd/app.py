@@ -8,13 +8,14 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Callable
 
 import jinja2
 import tornado.httpserver
 import tornado.web
 
 from hostd import uploads
-from hostd.auth import Auth, SignInLimiter
+from hostd.auth import Auth, RegistrationLimiter, SignInLimiter
 from hostd.config import Config, ensure_cookie_secret
 from hostd.db import Database
 from hostd.formdata import FORM_OVERHEAD_BYTES
@@ -35,7 +36,12 @@ MMAP_THRESHOLD_BYTES = 4 * 1024 * 1024
 
 
 def make_app(
-    config: Config, db: Database, store: BlobStore, auth: Auth | None = None
+    config: Config,
+    db: Database,
+    store: BlobStore,
+    auth: Auth | None = None,
+    *,
+    clock: Callable[[], float] = time.monotonic,  # for the throttles; tests bring their own
 ) -> tornado.web.Application:
     templates = jinja2.Environment(
         loader=jinja2.FileSystemLoader(config.templates_dir),
@@ -55,7 +61,8 @@ def make_app(
         hostd_store=store,
         hostd_auth=auth or Auth(),
         hostd_thumbs=thumbnails_of(config),
-        hostd_limiter=SignInLimiter(),
+        hostd_limiter=SignInLimiter(clock=clock),
+        hostd_registrations=RegistrationLimiter(config.registrations_per_hour, clock=clock),
         hostd_reveals=KeyReveals(),
         jinja_env=templates,
         static_path=str(config.static_dir),

@@ -50,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     passwd = user_sub.add_parser("passwd", parents=[common], help="set an account's password")
     passwd.add_argument("name")
-    passwd.add_argument("--password-stdin", action="store_true")
+    passwd.add_argument(
+        "--password-stdin", action="store_true", help="read the password from standard input"
+    )
     passwd.set_defaults(handler=admin(user_passwd))
 
     key_cmd = commands.add_parser("key", help="manage API keys")
@@ -127,8 +129,14 @@ def admin(command: AdminCommand) -> Callable[[argparse.Namespace], int]:
 
 
 def read_password(args: argparse.Namespace) -> str:
+    """The new password, exactly as typed: with --password-stdin, the first line of standard
+    input without its final newline, and nothing else taken off (the web forms do the same)."""
     if args.password_stdin:
-        password = sys.stdin.readline().rstrip("\n")
+        line = sys.stdin.buffer.readline().removesuffix(b"\n")
+        try:
+            password = line.decode("utf-8")
+        except UnicodeDecodeError:
+            raise CommandError("the password on standard input is not UTF-8") from None
         confirm = password
     else:
         password = getpass.getpass("Password: ")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import threading
 import urllib.parse
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -61,9 +62,58 @@ def auth() -> Iterator[Auth]:
     auth.close()
 
 
+class GatedHasher(argon2.PasswordHasher):
+    """The cheapest real Argon2, except that each job waits at a gate while the test holds it
+    shut: the password lane then stays as full as the test has made it. `jobs` lists what
+    reached the lane's thread, in order ("hash <password>", "verify <password>")."""
+
+    def __init__(self) -> None:
+        cheapest = argon2.profiles.CHEAPEST
+        super().__init__(
+            time_cost=cheapest.time_cost,
+            memory_cost=cheapest.memory_cost,
+            parallelism=cheapest.parallelism,
+            hash_len=cheapest.hash_len,
+            salt_len=cheapest.salt_len,
+            type=cheapest.type,
+        )
+        self.gate = threading.Event()
+        self.gate.set()
+        self.jobs: list[str] = []
+
+    def hash(self, password: str | bytes, *, salt: bytes | None = None) -> str:
+        self.jobs.append(f"hash {password!s}")
+        self.gate.wait(10)
+        return super().hash(password, salt=salt)
+
+    def verify(self, hash: str | bytes, password: str | bytes) -> bool:
+        self.jobs.append(f"verify {password!s}")
+        self.gate.wait(10)
+        return super().verify(hash, password)
+
+
+class Clock:
+    """A monotonic clock that moves only when a test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 @pytest.fixture
-def app(config: Config, db: Database, store: LocalBlobStore, auth: Auth) -> Any:
-    return make_app(config, db, store, auth)
+def clock() -> Clock:
+    """The app's throttles run on this clock: tests move time on instead of sleeping."""
+    return Clock()
+
+
+@pytest.fixture
+def app(config: Config, db: Database, store: LocalBlobStore, auth: Auth, clock: Clock) -> Any:
+    return make_app(config, db, store, auth, clock=clock)
 
 
 @pytest.fixture

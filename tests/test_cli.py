@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -13,6 +15,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import argon2
 from helpers import multipart_body
 from PIL import Image
 
@@ -227,6 +230,44 @@ def test_user_commands_explain_their_failures(tmp_path):
     assert missing.returncode == 1 and "there is no user 'nobody'" in missing.stderr
     assert passwd.returncode == 0 and "sessions have ended" in passwd.stderr
     assert no_key.returncode == 1 and "there is no key" in no_key.stderr
+
+
+def stored_password_hash(data_dir: Path, name: str) -> str:
+    with contextlib.closing(sqlite3.connect(data_dir / "hostd.sqlite3")) as conn:
+        (password_hash,) = conn.execute(
+            "SELECT password_hash FROM users WHERE name = ?", (name,)
+        ).fetchone()
+    return password_hash
+
+
+def test_password_stdin_keeps_the_password_as_typed_but_its_final_newline(tmp_path):
+    data = ["--data-dir", str(tmp_path / "d")]
+
+    added = hostd(
+        "user", "add", "bob", "--password-stdin", *data, cwd=tmp_path, stdin="  correct horse  \n"
+    )
+    first = stored_password_hash(tmp_path / "d", "bob")
+    changed = hostd(
+        "user", "passwd", "bob", "--password-stdin", *data, cwd=tmp_path, stdin="\x1fnew one \t\n"
+    )
+    second = stored_password_hash(tmp_path / "d", "bob")
+
+    assert added.returncode == 0 and changed.returncode == 0
+    assert argon2.PasswordHasher().verify(first, "  correct horse  ")
+    assert argon2.PasswordHasher().verify(second, "\x1fnew one \t")
+
+
+def test_password_stdin_that_is_not_utf8_is_refused_for_what_it_is(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "hostd", "user", "add", "bob", "--password-stdin"],
+        input=b"\xff\xfe not utf-8\n",
+        capture_output=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+
+    assert result.returncode == 1
+    assert b"the password on standard input is not UTF-8" in result.stderr
 
 
 def test_key_create_keeps_to_accounts_max_keys(tmp_path):
