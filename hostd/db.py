@@ -61,11 +61,13 @@ class Database:
             await self.conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self.conn
-            except BaseException:
-                await self.conn.execute("ROLLBACK")
-                raise
-            else:
                 await self.conn.execute("COMMIT")
+            except BaseException:
+                # A failed COMMIT (a full disk) leaves the transaction open, and SQLite may
+                # have rolled back by itself already.
+                if self.conn.in_transaction:
+                    await self.conn.execute("ROLLBACK")
+                raise
 
     async def migrate(self) -> int:
         """Apply migrations newer than `PRAGMA user_version`, each in its own transaction
@@ -175,43 +177,54 @@ async def register_upload(
     original_name: str,
     user_id: int | None = None,
     api_key_id: int | None = None,
-    place: Callable[[], Awaitable[object]] | None = None,
+    place: Callable[[], Awaitable[bool]] | None = None,
+    unplace: Callable[[], Awaitable[object]] | None = None,
 ) -> tuple[Blob, Upload]:
     """Record an upload of durable bytes, creating the blob row on first sight.
 
-    `place` (putting the bytes into the blob store) runs inside the transaction, so that it
-    cannot interleave with delete_upload() removing the same blob, and so that the rows
-    commit only after the blob is in place.
+    `place` (putting the bytes into the blob store; True when they were not there yet) runs
+    inside the transaction, so that it cannot interleave with delete_upload() removing the
+    same blob, and so that the rows commit only after the blob is in place. When the rows
+    cannot be written (a full disk), `unplace` takes the bytes it put there out again,
+    unless a row names them by then: no blob is left without a row.
 
     Same bytes, same public hash: an existing blob keeps the hash it was given. A new blob
     takes the shortest free candidate from short_hash_candidates(), so a prefix that
     another blob holds is never reused for different content.
     """
     created_at = now()
-    async with db.transaction() as conn:
-        if place is not None:
-            await place()
-        row = await _one(conn, "SELECT * FROM blobs WHERE sha256 = ?", (sha256,))
-        if row is None:
-            public_hash = await _free_hash(conn, sha256)
-            row = await _one(
+    placed = False
+    try:
+        async with db.transaction() as conn:
+            if place is not None:
+                placed = await place()
+            row = await _one(conn, "SELECT * FROM blobs WHERE sha256 = ?", (sha256,))
+            if row is None:
+                public_hash = await _free_hash(conn, sha256)
+                row = await _one(
+                    conn,
+                    """
+                    INSERT INTO blobs (sha256, hash, size_bytes, content_type, created_at)
+                    VALUES (?, ?, ?, ?, ?)
+                    RETURNING *
+                    """,
+                    (sha256, public_hash, size_bytes, content_type, created_at),
+                )
+            upload_row = await _one(
                 conn,
                 """
-                INSERT INTO blobs (sha256, hash, size_bytes, content_type, created_at)
+                INSERT INTO uploads (sha256, original_name, created_at, user_id, api_key_id)
                 VALUES (?, ?, ?, ?, ?)
                 RETURNING *
                 """,
-                (sha256, public_hash, size_bytes, content_type, created_at),
+                (sha256, original_name, created_at, user_id, api_key_id),
             )
-        upload_row = await _one(
-            conn,
-            """
-            INSERT INTO uploads (sha256, original_name, created_at, user_id, api_key_id)
-            VALUES (?, ?, ?, ?, ?)
-            RETURNING *
-            """,
-            (sha256, original_name, created_at, user_id, api_key_id),
-        )
+    except Exception:
+        if placed and unplace is not None:
+            async with db.transaction() as conn:
+                if await _one(conn, "SELECT 1 FROM blobs WHERE sha256 = ?", (sha256,)) is None:
+                    await unplace()
+        raise
     assert row is not None and upload_row is not None
     return _blob(row), _row(Upload, upload_row)
 

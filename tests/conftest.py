@@ -178,7 +178,8 @@ def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
     """A 20 MiB tmpfs under tmp_path; the `config` fixture then puts the data dir on it.
 
     Mounting needs root, as in CI; elsewhere the tests that need it are skipped, loudly,
-    unless CI=true or HOSTD_REQUIRE_BROWSER=1 makes that a failure."""
+    unless CI=true or HOSTD_REQUIRE_BROWSER=1 makes that a failure. Name it first in a
+    test's arguments, so that a skip comes before the server has taken a port."""
     path = tmp_path / "small-disk"
     path.mkdir()
     size = f"size={SMALL_DISK_BYTES // 1024}k"
