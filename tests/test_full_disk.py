@@ -12,7 +12,7 @@ from conftest import XSRF, form_body
 from helpers import blob_files, multipart_body, temp_files
 
 OUT_OF_SPACE = "the server is out of storage space; the file was not stored"
-PAGE_MESSAGE = "The server is out of storage space. Nothing was saved; try again later."
+PAGE_MESSAGE = "The server is out of storage space. Try again later."
 ENDPOINTS = ["/api/upload", "/upload?api=1", "/upload"]
 
 

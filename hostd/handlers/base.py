@@ -52,7 +52,7 @@ class Refusal(tornado.web.HTTPError):
         self.message = message
 
 
-OUT_OF_SPACE = "The server is out of storage space. Nothing was saved; try again later."
+OUT_OF_SPACE = "The server is out of storage space. Try again later."
 
 
 def out_of_space(exc: BaseException | None) -> bool:

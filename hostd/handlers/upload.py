@@ -37,7 +37,13 @@ TOUCH_EVERY_SECONDS = 60
 async def touch_key(handler: BaseHandler, key: ApiKey) -> None:
     at = db.now()
     if key.last_used_at is None or at - key.last_used_at >= TOUCH_EVERY_SECONDS:
-        await db.touch_api_key(handler.db, id=key.id, at=at)
+        try:
+            await db.touch_api_key(handler.db, id=key.id, at=at)
+        except Exception as exc:
+            if not out_of_space(exc):
+                raise
+            # The upload is stored already; a stale last use is no reason to say otherwise.
+            log.warning("could not note the use of API key %s: %s", key.key_id, exc)
 
 
 def storage_failure(exc: Exception) -> tuple[int, str]:
