@@ -239,7 +239,11 @@ class LocalBlobWriter:
 
     def _remove(self) -> None:
         if self._file is not None:
-            self._file.close()
+            # Closing writes out what the file still buffers, which fails on a full disk;
+            # the file is closed all the same, and must not outlive the upload.
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None
         if self._path is not None:
             self._path.unlink(missing_ok=True)
 
@@ -247,9 +251,7 @@ class LocalBlobWriter:
 
     def _write_batch(self, batch: list[bytes]) -> None:
         if self._file is None:
-            fd, name = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=self._store.tmp_dir)
-            self._path = Path(name)
-            self._file = os.fdopen(fd, "wb")
+            self._path, self._file = self._store.open_temp()
         for chunk in batch:
             self._file.write(chunk)
 
@@ -327,6 +329,11 @@ class LocalBlobStore:
 
     def guard(self, sha256: str) -> contextlib.AbstractAsyncContextManager[None]:
         return self._guards.hold(sha256)
+
+    def open_temp(self) -> tuple[Path, BinaryIO]:
+        """A new temp file for an upload, open for writing (in a worker thread)."""
+        fd, name = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=self.tmp_dir)
+        return Path(name), os.fdopen(fd, "wb")
 
     async def open(self, sha256: str) -> LocalFileReader:
         # No stat first: the open itself fails cleanly for bytes that are gone.

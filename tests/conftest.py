@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import errno
+import io
+import os
 import secrets
+import subprocess
+import tempfile
 import threading
 import urllib.parse
 from collections.abc import Awaitable, Callable, Iterator
@@ -22,13 +27,19 @@ from hostd.auth import Auth, session_token_hash
 from hostd.config import Config
 from hostd.db import Database, User
 from hostd.handlers.base import SESSION_COOKIE
-from hostd.storage import LocalBlobStore
+from hostd.storage import TEMP_PREFIX, LocalBlobStore
 
 
 @pytest.fixture
-def config(tmp_path: Path) -> Config:
+def config(request: pytest.FixtureRequest, tmp_path: Path) -> Config:
+    # A test that asks for small_disk gets its data dir on that tmpfs.
+    root = (
+        request.getfixturevalue("small_disk").path
+        if "small_disk" in request.fixturenames
+        else tmp_path
+    )
     return Config(
-        data_dir=tmp_path / "data", max_upload_bytes=8 * 1024 * 1024, cookie_secret="test-secret"
+        data_dir=root / "data", max_upload_bytes=8 * 1024 * 1024, cookie_secret="test-secret"
     )
 
 
@@ -182,3 +193,97 @@ def login(db: Database, auth: Auth, config: Config) -> Callable[..., Awaitable[S
 
 def form_body(**fields: str) -> str:
     return urllib.parse.urlencode({"_xsrf": XSRF, **fields})
+
+
+# -- full disks ---------------------------------------------------------------------------
+
+SMALL_DISK_BYTES = 20 * 1024 * 1024
+
+
+@dataclass
+class SmallDisk:
+    """A real tmpfs: fill() takes its free space away, empty() gives it back."""
+
+    path: Path
+
+    def free_bytes(self) -> int:
+        stat = os.statvfs(self.path)
+        return stat.f_bavail * stat.f_frsize
+
+    def fill(self, leave: int = 0) -> None:
+        """Leave `leave` bytes free (whole pages), in a filler file beside the data dir."""
+        fd, _ = tempfile.mkstemp(prefix="filler-", dir=self.path)
+        try:
+            os.posix_fallocate(fd, 0, self.free_bytes() - leave)
+        finally:
+            os.close(fd)
+        assert self.free_bytes() == leave
+
+    def empty(self) -> None:
+        for filler in self.path.glob("filler-*"):
+            filler.unlink()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
+    """A 20 MiB tmpfs under tmp_path; the `config` fixture then puts the data dir on it.
+
+    Mounting needs root, as in CI; elsewhere the tests that need it are skipped, loudly,
+    unless CI=true or HOSTD_REQUIRE_BROWSER=1 makes that a failure. Name it first in a
+    test's arguments, so that a skip comes before the server has taken a port."""
+    path = tmp_path / "small-disk"
+    path.mkdir()
+    size = f"size={SMALL_DISK_BYTES // 1024}k"
+    try:
+        mounted = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", size, "tmpfs", str(path)], capture_output=True, text=True
+        )
+        error = mounted.stderr.strip() if mounted.returncode else ""
+    except OSError as exc:
+        error = str(exc)
+    if error:
+        reason = f"FULL-DISK TESTS NOT RUN: cannot mount a tmpfs (run as root): {error}"
+        if os.environ.get("CI") == "true" or os.environ.get("HOSTD_REQUIRE_BROWSER") == "1":
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    try:
+        yield SmallDisk(path)
+    finally:
+        # Lazy: a file the test left open must not keep the mount alive after it.
+        subprocess.run(["umount", "--lazy", str(path)], check=True)
+
+
+class CrampedBlobStore(LocalBlobStore):
+    """A blob store whose disk has `room` bytes left: a write past it fails with ENOSPC,
+    as the kernel's does, and what was buffered stays unwritten (so close() fails too)."""
+
+    def __init__(self, root: Path, room: int) -> None:
+        super().__init__(root)
+        self.room = room
+
+    def open_temp(self) -> tuple[Path, io.BufferedWriter]:
+        fd, name = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=self.tmp_dir)
+        return Path(name), io.BufferedWriter(_CrampedFile(fd, self))
+
+
+class _CrampedFile(io.FileIO):
+    def __init__(self, fd: int, store: CrampedBlobStore) -> None:
+        super().__init__(fd, "wb")
+        self.store = store
+
+    def write(self, data: Any) -> int:
+        room = min(len(data), self.store.room)
+        if room == 0 and len(data) > 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        written = super().write(memoryview(data)[:room]) or 0
+        self.store.room -= written
+        return written
+
+
+@pytest.fixture
+def cramped_store(app: tornado.web.Application, config: Config) -> Iterator[CrampedBlobStore]:
+    """Put the app's uploads on a disk with no room left (set `room` to give it some)."""
+    store = CrampedBlobStore(config.blobs_dir, room=0)
+    app.settings["hostd_store"] = store
+    yield store
+    store.close()

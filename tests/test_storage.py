@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import os
 import re
@@ -10,6 +11,7 @@ import sys
 import time
 
 import pytest
+from conftest import CrampedBlobStore
 
 from hostd.hashes import public_hash_candidates
 from hostd.storage import WRITE_BATCH_BYTES, BlobMissing, LocalBlobStore
@@ -193,3 +195,42 @@ def test_public_hash_candidates_are_url_safe_prefixes_of_12_to_16():
     assert all(candidates[-1].startswith(c) for c in candidates)
     assert all(re.fullmatch(r"[A-Za-z0-9_-]+", c) for c in candidates)
     assert public_hash_candidates(sha) == candidates
+
+
+# -- a full disk (see CrampedBlobStore): the temp file goes, whatever closing it raises ----
+
+
+@pytest.mark.gen_test
+async def test_a_commit_the_disk_refuses_leaves_no_temp_file(tmp_path):
+    cramped = CrampedBlobStore(tmp_path / "blobs", room=0)
+    writer = cramped.writer()
+    writer.write(b"small enough to wait in the file's buffer")
+
+    with pytest.raises(OSError) as refused:
+        await writer.commit()
+
+    assert refused.value.errno == errno.ENOSPC
+    assert temp_files(cramped) == []
+
+
+@pytest.mark.gen_test
+async def test_aborting_after_the_disk_filled_midway_removes_the_temp_file(tmp_path):
+    # The second batch's write fits but for its last 1,000 bytes, which the file buffers;
+    # the next write fails, and so does closing the file.
+    cramped = CrampedBlobStore(tmp_path / "blobs", room=2 * WRITE_BATCH_BYTES - 1000)
+    writer = cramped.writer()
+    refused = None
+
+    for _ in range(4):
+        writer.write(os.urandom(WRITE_BATCH_BYTES))
+        try:
+            await (writer.backpressure() or asyncio.sleep(0))
+        except OSError as exc:
+            refused = exc
+            break
+    gone = writer.abort()  # raises nothing: the upload is being dropped anyway
+    if gone is not None:
+        await gone
+
+    assert refused is not None and refused.errno == errno.ENOSPC
+    assert temp_files(cramped) == []

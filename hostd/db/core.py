@@ -32,13 +32,9 @@ K = TypeVar("K")
 V = TypeVar("V")
 Work = Callable[[sqlite3.Connection], T]
 
-# SQLite's own words for a full disk or a database at its size limit (SQLITE_FULL).
-FULL_MESSAGE = "database or disk is full"
-
-
 def is_full(exc: BaseException) -> bool:
     """Whether a database error means the disk (or the database's size limit) is full."""
-    return isinstance(exc, sqlite3.Error) and FULL_MESSAGE in str(exc)
+    return isinstance(exc, sqlite3.Error) and exc.sqlite_errorcode == sqlite3.SQLITE_FULL
 
 
 def now() -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import http
 import json
 import logging
@@ -17,7 +16,7 @@ from hostd import db, sniff, uploads
 from hostd.auth import Busy
 from hostd.db import ApiKey, Blob, Upload
 from hostd.formdata import FORM_OVERHEAD_BYTES, UploadError, UploadForm, boundary_of
-from hostd.handlers.base import ApiHandler, BaseHandler, refuse_early
+from hostd.handlers.base import ApiHandler, BaseHandler, out_of_space, refuse_early
 from hostd.storage import WrittenBlob
 
 log = logging.getLogger("hostd")
@@ -38,13 +37,20 @@ TOUCH_EVERY_SECONDS = 60
 async def touch_key(handler: BaseHandler, key: ApiKey) -> None:
     at = db.now()
     if key.last_used_at is None or at - key.last_used_at >= TOUCH_EVERY_SECONDS:
-        await db.touch_api_key(handler.db, id=key.id, at=at)
+        try:
+            await db.touch_api_key(handler.db, id=key.id, at=at)
+        except Exception as exc:
+            if not out_of_space(exc):
+                raise
+            # The upload is stored already; a stale last use is no reason to say otherwise.
+            log.warning("could not note the use of API key %s: %s", key.key_id, exc)
 
 
-def storage_failure(exc: OSError) -> tuple[int, str]:
-    """(status, message) for a file the server could not write; the details go to the log."""
+def storage_failure(exc: Exception) -> tuple[int, str]:
+    """(status, message) for a file the server could not write or record; the details go to
+    the log."""
     log.error("could not store an upload: %s", exc)
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+    if out_of_space(exc):
         return 507, "the server is out of storage space; the file was not stored"
     return 500, "the server could not store the file; it was not stored"
 
@@ -160,7 +166,13 @@ class UploadFlow(BaseHandler):
             await self.store.discard(written)
             self.answer_error(exc.status, exc.message)
             return
-        blob, upload = await self.record(written, self.form.filename)
+        try:
+            blob, upload = await self.record(written, self.form.filename)
+        except Exception as exc:
+            if not (isinstance(exc, OSError) or out_of_space(exc)):
+                raise
+            self.answer_error(*storage_failure(exc))
+            return
         self.answer_ok(blob, upload, self.form.filename)
 
     async def record(self, written: WrittenBlob, filename: str) -> tuple[Blob, Upload]:
