@@ -15,7 +15,7 @@ import tornado.httpserver
 import tornado.web
 
 from hostd import uploads
-from hostd.auth import Auth, RegistrationLimiter, SignInLimiter
+from hostd.auth import Auth
 from hostd.config import Config, ensure_cookie_secret
 from hostd.db import Database
 from hostd.formdata import FORM_OVERHEAD_BYTES
@@ -23,6 +23,7 @@ from hostd.handlers import all_routes
 from hostd.handlers.api import KeyReveals
 from hostd.handlers.pages import NotFoundHandler
 from hostd.storage import BlobStore, store_from
+from hostd.throttle import RegistrationLimiter, SignInLimiter
 from hostd.thumbs import Thumbnails
 
 log = logging.getLogger("hostd")
