@@ -26,6 +26,7 @@ from pathlib import Path
 
 import tornado.httpserver
 import tornado.web
+from tornado.http1connection import HTTP1Connection
 
 MAX_BODY_BYTES = 4 * 1024**3
 NAME_PATTERN = r"[A-Za-z0-9._-]+"
@@ -38,8 +39,9 @@ class PutHandler(tornado.web.RequestHandler):
     fd: int | None = None
 
     def prepare(self) -> None:
-        assert self.request.connection is not None
-        self.request.connection.set_max_body_size(MAX_BODY_BYTES)
+        connection = self.request.connection
+        assert isinstance(connection, HTTP1Connection)
+        connection.set_max_body_size(MAX_BODY_BYTES)
         self.temp = self.settings["tmp_dir"] / uuid.uuid4().hex
         self.fd = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
 
