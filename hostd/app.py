@@ -187,3 +187,10 @@ async def serve(config: Config) -> None:
     await server.close_all_connections()
     await db.close()
     store.close()
+    stats = db.stats
+    log.info(
+        "database: %d writes in %d commits (%.1f a commit)",
+        stats.units,
+        stats.commits,
+        stats.mean_batch,
+    )
