@@ -143,6 +143,11 @@ class Database:
         await self._writer.close()
         await self._reader.close()
 
+    @property
+    def waiting(self) -> int:
+        """Writes submitted that the writer has not yet taken."""
+        return sum(1 for unit in self._queue if not unit.dropped)
+
     # -- reads
 
     async def read(self, work: Work[T]) -> T:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import http
 import json
 import logging
@@ -75,6 +76,7 @@ class UploadFlow(BaseHandler):
     """
 
     form: UploadForm | None = None
+    recording: asyncio.Future[tuple[Blob, Upload]] | None = None
     failed = False
     api_key: ApiKey | None = None
 
@@ -166,8 +168,11 @@ class UploadFlow(BaseHandler):
             await self.store.discard(written)
             self.answer_error(exc.status, exc.message)
             return
+        self.recording = asyncio.ensure_future(self.record(written, self.form.filename))
         try:
-            blob, upload = await self.record(written, self.form.filename)
+            blob, upload = await self.recording
+        except asyncio.CancelledError:
+            return  # the client went away while its upload waited to be recorded
         except Exception as exc:
             if not (isinstance(exc, OSError) or out_of_space(exc)):
                 raise
@@ -201,6 +206,10 @@ class UploadFlow(BaseHandler):
         # May run without prepare() having made a form (a refused request).
         if self.form is not None:
             self.form.abort()
+        if self.recording is not None:
+            # Not yet recorded: drop it (uploads.register then removes its bytes); if the
+            # writer has it already, it is kept, as the whole file did arrive.
+            self.recording.cancel()
         if not self._finished:
             # The access log's line, which finish() would have written: 499, as nginx says
             # of a client that closed the connection before the answer.
