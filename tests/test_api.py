@@ -10,7 +10,7 @@ import urllib.parse
 
 import pytest
 from conftest import XSRF, form_body
-from helpers import blob_files, multipart_body, temp_files
+from helpers import blob_files, multipart_body, raw_exchange, temp_files
 
 from hostd import db as queries
 
@@ -503,3 +503,28 @@ async def test_the_api_page_shows_the_screenshot_tools_with_this_instances_url(
 
     assert 'href="/api/sharex.sxcu"' in body
     assert f"-F 'file=@-;filename=screenshot.png' {base_url}/api/upload" in body
+
+
+@pytest.mark.parametrize(
+    ("length", "status", "error"),
+    [
+        (b"9" * 5000, 413, "the file is larger than the limit of 8388608 bytes"),
+        (b"99999999999999999999", 413, "the file is larger than the limit of 8388608 bytes"),
+        (b"\xb2", 400, "the Content-Length header is not a number of bytes"),  # "²" in latin-1
+        (b"+5", 400, "the Content-Length header is not a number of bytes"),
+    ],
+)
+@pytest.mark.gen_test
+async def test_an_odd_content_length_is_refused_before_the_body(
+    http_server, http_port, length, status, error
+):
+    head = (
+        b"POST /api/upload HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: " + length + b"\r\n\r\n"
+    )
+
+    answer = await raw_exchange(http_port, head, 0)
+
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert status_line.split(b" ")[1] == str(status).encode()
+    assert json.loads(rest.partition(b"\r\n\r\n")[2]) == {"status": False, "error": error}
