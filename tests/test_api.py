@@ -528,3 +528,19 @@ async def test_an_odd_content_length_is_refused_before_the_body(
     status_line, _, rest = answer.partition(b"\r\n")
     assert status_line.split(b" ")[1] == str(status).encode()
     assert json.loads(rest.partition(b"\r\n\r\n")[2]) == {"status": False, "error": error}
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD", "PUT", "PATCH", "DELETE"])
+@pytest.mark.gen_test
+async def test_the_upload_url_answers_only_post_and_says_so(http_client, base_url, method):
+    response = await http_client.fetch(
+        f"{base_url}/api/upload",
+        method=method,
+        body=b"x" if method in ("PUT", "PATCH") else None,
+        raise_error=False,
+    )
+
+    assert response.code == 405
+    assert response.headers["Allow"] == "POST, OPTIONS"
+    if method != "HEAD":
+        assert json.loads(response.body) == {"status": False, "error": "Method Not Allowed"}

@@ -336,3 +336,40 @@ async def test_a_short_hash_collision_never_serves_the_wrong_bytes(http_client, 
     assert h == public_hash_candidates(sha)[1]
     assert len(h) == 13
     assert response.body == data
+
+
+@pytest.mark.parametrize("method", ["PUT", "POST", "PATCH", "DELETE"])
+@pytest.mark.parametrize("suffix", ["", ".txt", "/name.txt"])
+@pytest.mark.gen_test
+async def test_a_file_url_refuses_other_methods_with_405_and_allow(
+    http_client, base_url, method, suffix
+):
+    h = await upload(http_client, base_url, b"read-only")
+
+    response = await http_client.fetch(
+        f"{base_url}/{h}{suffix}",
+        method=method,
+        body=None if method == "DELETE" else b"x",
+        raise_error=False,
+    )
+
+    assert response.code == 405
+    assert response.headers["Allow"] == "GET, HEAD, OPTIONS"
+    assert "text/html" in response.headers["Content-Type"]
+    assert (await http_client.fetch(f"{base_url}/{h}{suffix}")).body == b"read-only"
+
+
+@pytest.mark.parametrize("content_type", ["multipart/form-data", "multipart/form-data; boundary=x"])
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+@pytest.mark.gen_test
+async def test_a_stray_content_type_without_a_body_does_not_matter(
+    http_client, base_url, method, content_type
+):
+    h = await upload(http_client, base_url, b"no body")
+
+    response = await http_client.fetch(
+        f"{base_url}/{h}", method=method, headers={"Content-Type": content_type}
+    )
+
+    assert response.code == 200
+    assert response.headers["Content-Length"] == "7"
