@@ -7,6 +7,7 @@ import html
 import json
 import re
 import urllib.parse
+from pathlib import Path
 
 import pytest
 from conftest import XSRF, form_body
@@ -544,3 +545,96 @@ async def test_the_upload_url_answers_only_post_and_says_so(http_client, base_ur
     assert response.headers["Allow"] == "POST, OPTIONS"
     if method != "HEAD":
         assert json.loads(response.body) == {"status": False, "error": "Method Not Allowed"}
+
+
+def raw_form(parts: list[tuple[list[str], bytes]], boundary: str = "b") -> tuple[bytes, dict]:
+    """A multipart body from (header lines, content) parts, exactly as given."""
+    out = bytearray()
+    for header_lines, content in parts:
+        out += f"--{boundary}\r\n".encode()
+        out += "".join(f"{line}\r\n" for line in header_lines).encode() + b"\r\n"
+        out += content + b"\r\n"
+    out += f"--{boundary}--\r\n".encode()
+    return bytes(out), {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+FILE_PART = 'Content-Disposition: form-data; name="file"; filename="a.txt"'
+
+
+def text_part(name: str, value: bytes) -> tuple[list[str], bytes]:
+    return [f'Content-Disposition: form-data; name="{name}"'], value
+
+
+# Each limit the README states: a form just within it, one just past it, and the refusal.
+FORM_LIMITS = {
+    "a text field of 1,024 bytes": (
+        lambda n: raw_form([text_part("note", b"x" * n), ([FILE_PART], b"ok")]),
+        1024,
+        "form field 'note' is over 1024 bytes",
+    ),
+    "16 parts in all": (
+        lambda n: raw_form(
+            [text_part(f"f{i}", b"x") for i in range(n - 1)] + [([FILE_PART], b"ok")]
+        ),
+        16,
+        "malformed multipart body: Maximum segment count exceeded",
+    ),
+    "8 header lines in a part": (
+        lambda n: raw_form([([FILE_PART] + [f"X-Extra-{i}: x" for i in range(n - 1)], b"ok")]),
+        8,
+        "malformed multipart body: Maximum segment header count exceeded",
+    ),
+    "a header line of 4,096 bytes": (
+        lambda n: raw_form([([FILE_PART, "X-Long: " + "x" * (n - 8)], b"ok")]),
+        4096,
+        "malformed multipart body: Maximum segment header length exceeded",
+    ),
+    "a boundary of 200 characters": (
+        lambda n: raw_form([([FILE_PART], b"ok")], boundary="b" * n),
+        200,
+        "the multipart/form-data Content-Type has no valid boundary",
+    ),
+}
+
+
+@pytest.mark.parametrize("limit", FORM_LIMITS)
+@pytest.mark.gen_test
+async def test_the_form_limits_hold_as_the_readme_states_them(http_client, base_url, limit):
+    make_form, most, refusal = FORM_LIMITS[limit]
+
+    answers = []
+    for size in (most, most + 1):
+        body, headers = make_form(size)
+        answers.append(
+            await http_client.fetch(
+                f"{base_url}/api/upload",
+                method="POST",
+                body=body,
+                headers=headers,
+                raise_error=False,
+            )
+        )
+
+    within, past = answers
+    assert within.code == 200
+    assert past.code == 400
+    assert json.loads(past.body) == {"status": False, "error": refusal}
+    readme = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())
+    assert limit in readme
+
+
+@pytest.mark.gen_test
+async def test_a_body_64_kib_past_the_file_limit_is_a_413_whichever_parts_carry_it(
+    http_client, base_url, config
+):
+    junk_header = 'Content-Disposition: form-data; name="junk"; filename="junk.bin"'
+    junk = b"x" * (config.max_upload_bytes + 64 * 1024)
+    body, headers = raw_form([([FILE_PART], b"ok"), ([junk_header], junk)])
+
+    response = await http_client.fetch(
+        f"{base_url}/api/upload", method="POST", body=body, headers=headers, raise_error=False
+    )
+
+    assert response.code == 413
+    readme = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())
+    assert "a body more than 64 KiB larger than the file limit is a 413" in readme
