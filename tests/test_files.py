@@ -279,3 +279,48 @@ async def test_upload_page_fragment_answers_errors_in_place(http_client, base_ur
         response.body.decode().strip()
         == '<p class="upload-error" role="alert">the file is empty</p>'
     )
+
+
+@pytest.mark.parametrize(
+    "page",
+    [
+        "99999999999999999999",  # past SQLite's integers
+        "9" * 5000,  # past int()'s digit limit
+        "%C2%B2",  # "²": str.isdigit() says yes, int() says no
+        "0",
+        "-1",
+        "two",
+        "1000001",
+    ],
+)
+@pytest.mark.gen_test
+async def test_a_page_number_that_is_not_one_is_a_400(http_client, base_url, login, page):
+    alice = await login()
+
+    response = await http_client.fetch(
+        f"{base_url}/files?page={page}", headers=alice.headers, raise_error=False
+    )
+
+    assert response.code == 400
+    assert "A page number is a whole number from 1 to 1,000,000." in response.body.decode()
+
+
+@pytest.mark.parametrize("upload_id", ["99999999999999999999", "9" * 5000])
+@pytest.mark.gen_test
+async def test_deleting_an_id_no_row_can_have_is_a_404(http_client, base_url, login, upload_id):
+    alice = await login()
+
+    with_htmx = await http_client.fetch(
+        f"{base_url}/files/{upload_id}", method="DELETE", headers=alice.headers, raise_error=False
+    )
+    without = await http_client.fetch(
+        f"{base_url}/files/{upload_id}/delete",
+        method="POST",
+        body=form_body(confirm="yes"),
+        headers={"Cookie": alice.cookie},
+        raise_error=False,
+    )
+
+    for response in (with_htmx, without):
+        assert response.code == 404
+        assert "You have no upload with this id." in response.body.decode()

@@ -11,18 +11,22 @@ from hostd.handlers.base import BaseHandler, Refusal
 from hostd.handlers.download import CACHE_FOREVER
 from hostd.handlers.upload import file_urls
 from hostd.hashes import PUBLIC_HASH_PATTERN
+from hostd.parsing import parse_count
 from hostd.storage import BlobMissing
 from hostd.thumbs import THUMBNAILABLE
 
 PAGE_SIZE = 20
+MAX_PAGE = 1_000_000  # 20 million uploads; keeps OFFSET far inside SQLite's integers
+MAX_ID = 2**63 - 1  # SQLite's largest integer: no row has an id past it
 
 
 class FileListHandler(BaseHandler):
     @tornado.web.authenticated
     async def get(self) -> None:
         assert self.current_user is not None
-        requested = self.get_query_argument("page", "1")
-        page = int(requested) if requested.isdigit() and int(requested) > 0 else 1
+        page = parse_count(self.get_query_argument("page", "1"), at_most=MAX_PAGE)
+        if not page or page > MAX_PAGE:
+            raise Refusal(400, f"A page number is a whole number from 1 to {MAX_PAGE:,}.")
         files, total = await db.list_user_files(
             self.db, user_id=self.current_user.id, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE
         )
@@ -44,7 +48,7 @@ class FileHandler(BaseHandler):
 
     @tornado.web.authenticated
     async def delete(self, upload_id: str) -> None:
-        await self.remove(int(upload_id))
+        await self.remove(upload_id)
         self.finish("")  # htmx swaps the row out (hx-target="closest tr", hx-swap="outerHTML")
 
     @tornado.web.authenticated
@@ -52,13 +56,16 @@ class FileHandler(BaseHandler):
         if self.get_body_argument("confirm", "") != "yes":
             self.render_page("files/confirm_delete.html", upload_id=upload_id)
             return
-        await self.remove(int(upload_id))
+        await self.remove(upload_id)
         self.redirect("/files", status=303)
 
-    async def remove(self, upload_id: int) -> None:
+    async def remove(self, upload_id: str) -> None:
         assert self.current_user is not None
+        number = parse_count(upload_id, at_most=MAX_ID)
+        if number is None or number > MAX_ID:
+            raise Refusal(404, "You have no upload with this id.")
         found = await uploads.delete(
-            self.db, self.store, self.thumbs, upload_id=upload_id, user_id=self.current_user.id
+            self.db, self.store, self.thumbs, upload_id=number, user_id=self.current_user.id
         )
         if not found:
             raise Refusal(404, "You have no upload with this id.")

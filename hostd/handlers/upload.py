@@ -18,6 +18,7 @@ from hostd.auth import Busy
 from hostd.db import ApiKey, Blob, Upload
 from hostd.formdata import FORM_OVERHEAD_BYTES, UploadError, UploadForm, boundary_of
 from hostd.handlers.base import ApiHandler, BaseHandler, out_of_space, refuse_early
+from hostd.parsing import parse_count
 from hostd.storage import WrittenBlob
 
 log = logging.getLogger("hostd")
@@ -94,12 +95,12 @@ class UploadFlow(BaseHandler):
         try:
             await super().prepare()
             await self.authorize()
-            length = self.request.headers.get("Content-Length")
-            if (
-                length is not None
-                and length.isdigit()
-                and int(length) > limit + FORM_OVERHEAD_BYTES
-            ):
+            length = parse_count(
+                self.request.headers.get("Content-Length", "0"), at_most=limit + FORM_OVERHEAD_BYTES
+            )
+            if length is None:
+                raise UploadError(400, "the Content-Length header is not a number of bytes")
+            if length > limit + FORM_OVERHEAD_BYTES:
                 raise UploadError(413, f"the file is larger than the limit of {limit} bytes")
             boundary = boundary_of(self.request.headers.get("Content-Type"))
         except UploadError as exc:
