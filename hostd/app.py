@@ -50,7 +50,9 @@ def make_app(
         hostd_db=db,
         hostd_store=store,
         hostd_auth=auth or Auth(),
-        hostd_thumbs=Thumbnails(config.data_dir / "thumbs"),
+        hostd_thumbs=Thumbnails(
+            config.data_dir / "thumbs", max_decode_bytes=config.max_thumbnail_decode_bytes
+        ),
         hostd_limiter=SignInLimiter(),
         hostd_reveals=KeyReveals(),
         jinja_env=templates,
@@ -128,7 +130,8 @@ async def serve(config: Config) -> None:
     """Run until SIGINT or SIGTERM."""
     return_big_buffers_to_the_os()
     config, db, store = await open_parts(config)
-    server = make_server(config, make_app(config, db, store))
+    app = make_app(config, db, store)
+    server = make_server(config, app)
     server.listen(config.port, address=config.host)
     shown_host = f"[{config.host}]" if ":" in config.host else config.host
     log.info(
@@ -144,4 +147,5 @@ async def serve(config: Config) -> None:
     log.info("shutting down")
     server.stop()
     await server.close_all_connections()
+    app.settings["hostd_thumbs"].close()
     await db.close()

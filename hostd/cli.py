@@ -246,7 +246,9 @@ async def file_info(
 async def file_rm(args: argparse.Namespace, config: Config, database: Database, auth: Auth) -> None:
     blobs = [await stored_blob(database, text) for text in args.hashes]  # all known, or none
     store = LocalBlobStore(config.blobs_dir)
-    thumbs = Thumbnails(config.data_dir / "thumbs")
+    thumbs = Thumbnails(
+        config.data_dir / "thumbs", max_decode_bytes=config.max_thumbnail_decode_bytes
+    )
 
     async def remove_bytes(sha256: str) -> None:
         store.delete(sha256)

@@ -10,7 +10,7 @@ from hostd import db
 from hostd.handlers.base import BaseHandler, Refusal
 from hostd.handlers.download import CACHE_FOREVER, HASH_PATTERN
 from hostd.handlers.upload import file_urls
-from hostd.thumbs import THUMBNAILABLE
+from hostd.thumbs import THUMBNAILABLE, ThumbnailsBusy
 
 PAGE_SIZE = 20
 
@@ -67,7 +67,13 @@ class FileHandler(BaseHandler):
             raise Refusal(404, "You have no upload with this id.")
 
 
+PLACEHOLDER = "thumb-unavailable.svg"
+BUSY_RETRY_SECONDS = 5
+
+
 class ThumbnailHandler(BaseHandler):
+    """A WebP of an image, 320x320 at most: no sign-in, made once, then served from disk."""
+
     async def get(self, hash: str) -> None:
         blob = await db.get_blob(self.db, hash)
         if (
@@ -76,14 +82,28 @@ class ThumbnailHandler(BaseHandler):
             or not self.store.exists(blob.sha256)  # taken down by `hostd file rm`
         ):
             raise Refusal(404, "There is no thumbnail for this hash.")
-        path = await self.thumbs.get(blob.sha256, self.store.path(blob.sha256))
+        try:
+            path = await self.thumbs.get(blob.sha256, self.store.path(blob.sha256))
+        except ThumbnailsBusy:
+            self.answer_busy()
+            return
         if path is None:
-            # An image Pillow cannot read gets a neutral picture, not a broken one.
-            self.redirect(self.static_url("thumb-unavailable.svg"))
+            # An image Pillow cannot read, or too big to decode, gets a neutral picture.
+            self.redirect(self.static_url(PLACEHOLDER))
             return
         self.set_header("Content-Type", "image/webp")
         self.set_header("Cache-Control", CACHE_FOREVER)
         self.finish(path.read_bytes())
+
+    def answer_busy(self) -> None:
+        """Not the placeholder's redirect, which means "never": a 503 means "later", to a
+        script by its status and Retry-After, and to an <img> by its body, the placeholder
+        (browsers show an image answered with an error status)."""
+        self.set_status(503)
+        self.set_header("Retry-After", str(BUSY_RETRY_SECONDS))
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("Content-Type", "image/svg+xml")
+        self.finish((self.config.static_dir / PLACEHOLDER).read_bytes())
 
 
 routes = [
