@@ -70,6 +70,7 @@ async def test_requests_for_one_image_share_its_job_and_others_wait_in_a_bounded
         return_exceptions=True,
     )
     later = await thumbs.get("b" * 64, second)
+    thumbs.close()
 
     assert answers[:2] == [thumbs.path("a" * 64)] * 2
     assert isinstance(answers[2], ThumbnailsBusy)
