@@ -80,7 +80,9 @@ def make_app(
 
 
 def thumbnails_of(config: Config) -> Thumbnails:
-    return Thumbnails(config.data_dir / "thumbs")
+    return Thumbnails(
+        config.data_dir / "thumbs", max_decode_bytes=config.max_thumbnail_decode_bytes
+    )
 
 
 def format_size(size: int) -> str:
@@ -185,6 +187,7 @@ async def serve(config: Config) -> None:
     server.stop()
     gc_task.cancel()
     await server.close_all_connections()
+    app.settings["hostd_thumbs"].close()
     await db.close()
     store.close()
     stats = db.stats

@@ -13,7 +13,7 @@ from hostd.handlers.upload import file_urls
 from hostd.hashes import PUBLIC_HASH_PATTERN
 from hostd.parsing import parse_count
 from hostd.storage import BlobMissing
-from hostd.thumbs import THUMBNAILABLE
+from hostd.thumbs import THUMBNAILABLE, ThumbnailsBusy
 
 PAGE_SIZE = 20
 MAX_PAGE = 1_000_000  # 20 million uploads; keeps OFFSET far inside SQLite's integers
@@ -71,7 +71,13 @@ class FileHandler(BaseHandler):
             raise Refusal(404, "You have no upload with this id.")
 
 
+PLACEHOLDER = "thumb-unavailable.svg"
+BUSY_RETRY_SECONDS = 5
+
+
 class ThumbnailHandler(BaseHandler):
+    """A WebP of an image, 320x320 at most: no sign-in, made once, then served from disk."""
+
     async def get(self, hash: str) -> None:
         blob = await db.get_blob(self.db, hash)
         if blob is None or blob.content_type not in THUMBNAILABLE:
@@ -82,13 +88,26 @@ class ThumbnailHandler(BaseHandler):
         except BlobMissing:  # taken down by `hostd file rm`
             db.forget_blob(self.db, blob.hash)
             raise Refusal(404, "There is no thumbnail for this hash.") from None
+        except ThumbnailsBusy:
+            self.answer_busy()
+            return
         if path is None:
-            # An image Pillow cannot read gets a neutral picture, not a broken one.
-            self.redirect(self.static_url("thumb-unavailable.svg"))
+            # An image Pillow cannot read, or too big to decode, gets a neutral picture.
+            self.redirect(self.static_url(PLACEHOLDER))
             return
         self.set_header("Content-Type", "image/webp")
         self.set_header("Cache-Control", CACHE_FOREVER)
         self.finish(path.read_bytes())
+
+    def answer_busy(self) -> None:
+        """Not the placeholder's redirect, which means "never": a 503 means "later", to a
+        script by its status and Retry-After, and to an <img> by its body, the placeholder
+        (browsers show an image answered with an error status)."""
+        self.set_status(503)
+        self.set_header("Retry-After", str(BUSY_RETRY_SECONDS))
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("Content-Type", "image/svg+xml")
+        self.finish((self.config.static_dir / PLACEHOLDER).read_bytes())
 
 
 routes = [
