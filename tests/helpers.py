@@ -9,6 +9,9 @@ import io
 import json
 import os
 import struct
+import subprocess
+import sys
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -286,3 +289,29 @@ class Fifos:
     def __exit__(self, *exc_info: object) -> None:
         if self.held:
             self.release()
+
+
+# -- a real `hostd serve` (or other command) in its own process --
+
+
+def start(args: list[str], cwd: Path) -> subprocess.Popen[str]:
+    """`python -m hostd ARGS` in its own process, its output (stdout and stderr) readable."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "hostd", *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def wait_for_line(proc: subprocess.Popen[str], needle: str, timeout: float = 15) -> str:
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if needle in line:
+            return line
+        if not line and proc.poll() is not None:
+            break
+    raise AssertionError(f"never saw {needle!r}")

@@ -13,9 +13,15 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from helpers import grey_jpeg, multipart_body, png_of_one_colour, webp_of_one_colour
+from helpers import (
+    grey_jpeg,
+    multipart_body,
+    png_of_one_colour,
+    start,
+    wait_for_line,
+    webp_of_one_colour,
+)
 from PIL import Image
-from test_cli import start, wait_for_line
 
 from hostd.thumbs import Thumbnails, ThumbnailsBusy, thumbnail_of
 
