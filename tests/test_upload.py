@@ -549,9 +549,10 @@ async def test_fifty_concurrent_uploads_of_the_same_bytes_give_one_hash_and_one_
 
 @pytest.mark.gen_test(timeout=120)
 async def test_two_hundred_concurrent_different_uploads_all_come_back_byte_for_byte(
-    http_client, base_url, config
+    http_client, base_url, config, db
 ):
     payloads = [os.urandom(1000 + i * 97) for i in range(200)]
+    commits_before = db.stats.commits
 
     responses = await asyncio.gather(
         *(
@@ -565,6 +566,8 @@ async def test_two_hundred_concurrent_different_uploads_all_come_back_byte_for_b
     assert [d.body for d in downloads] == payloads
     assert len(set(hashes)) == 200
     assert len(blob_files(config)) == 200
+    commits = db.stats.commits - commits_before
+    assert commits < 200, f"{commits} commits for 200 uploads: concurrent uploads share commits"
 
 
 @pytest.mark.gen_test
