@@ -101,7 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     remove.add_argument("hashes", nargs="+", metavar="hash", help="hashes or URLs")
     remove.add_argument("--ban", action="store_true", help="and refuse these bytes for good (451)")
-    remove.add_argument("--reason", help="with --ban: why, shown to whoever asks for them")
+    remove.add_argument(
+        "--reason", type=reason_argument, help="with --ban: why, shown to whoever asks for them"
+    )
     remove.set_defaults(handler=admin(file_rm))
 
     ban_cmd = commands.add_parser("ban", help="bytes that may never be stored again")
@@ -113,7 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
         "add", parents=[common], help="ban bytes by SHA-256 (and take them down if stored)"
     )
     ban_add.add_argument("sha256", type=sha256_argument)
-    ban_add.add_argument("--reason", default="", help="why, shown to whoever asks for them")
+    ban_add.add_argument(
+        "--reason", type=reason_argument, default="", help="why, shown to whoever asks for them"
+    )
     ban_add.set_defaults(handler=admin(ban_add_cmd))
     ban_rm = ban_sub.add_parser("rm", parents=[common], help="lift a ban")
     ban_rm.add_argument("sha256", type=sha256_argument)
@@ -152,6 +156,18 @@ def sha256_argument(text: str) -> str:
     if not is_sha256(text.lower()):
         raise argparse.ArgumentTypeError(f"{text!r} is not a SHA-256 (64 hex digits)")
     return text.lower()
+
+
+MAX_REASON_CHARS = 500
+
+
+def reason_argument(text: str) -> str:
+    """A ban's reason: one line of at most 500 characters, as it is shown on a page."""
+    if not text.isprintable() or len(text) > MAX_REASON_CHARS:
+        raise argparse.ArgumentTypeError(
+            f"a reason is one line of at most {MAX_REASON_CHARS} printable characters"
+        )
+    return text.strip()
 
 
 def print_table(header: Sequence[str] | None, rows: Sequence[Sequence[object]]) -> None:

@@ -611,6 +611,8 @@ def moderated(tmp_path_factory) -> Path:
         (["ban", "add", "xyz"], 2, "'xyz' is not a SHA-256 (64 hex digits)"),
         (["ban", "add", "f" * 63 + "g"], 2, "is not a SHA-256"),
         (["ban", "add", "a" * 64], 1, f"{'a' * 64} is banned already, since"),
+        (["ban", "add", "b" * 64, "--reason", "two\nlines"], 2, "a reason is one line of at"),
+        (["ban", "add", "b" * 64, "--reason", "x" * 501], 2, "at most 500 printable"),
         (["ban", "rm", "b" * 64], 1, f"{'b' * 64} is not banned"),
         (["ban", "rm", "nope"], 2, "'nope' is not a SHA-256"),
         (["user", "disable", "nobody"], 1, "there is no user 'nobody'"),
