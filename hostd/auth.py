@@ -202,13 +202,15 @@ class Auth:
         """The usable key this token is, or None.
 
         The row is read on every call, so an invalidation (from the page or the CLI, in any
-        process) takes effect on the very next request. Argon2 runs only the first time a
-        token is seen: after that a digest of the whole token in a bounded in-memory cache
-        stands for it.
+        process) takes effect on the very next request, as does disabling its account.
+        Argon2 runs only the first time a token is seen: after that a digest of the whole
+        token in a bounded in-memory cache stands for it.
         """
         parsed = parse_key(token)
         digest = hashlib.sha256(token.encode()).digest()
         key = await db.get_api_key(database, key_id=parsed[0]) if parsed else None
+        if key is not None and key.account_disabled:
+            key = None  # `hostd user disable`: checked like an unknown key, and refused
         if key is not None and key.usable and self._verified.get(digest) == key.id:
             self._verified.move_to_end(digest)
             return key

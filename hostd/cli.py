@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import json
 import logging
 import sys
+import time
 import urllib.parse
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from hostd import __version__, backup, db, uploads
 from hostd.accounts import NAME_PATTERN, password_problem
@@ -17,6 +20,7 @@ from hostd.app import format_size, format_time, serve, thumbnails_of
 from hostd.auth import Auth
 from hostd.config import Config, ConfigError, load_config
 from hostd.db import Database
+from hostd.hashes import is_sha256
 from hostd.storage import store_from
 
 DEFAULT_CONFIG = Path("hostd.toml")
@@ -54,6 +58,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--password-stdin", action="store_true", help="read the password from standard input"
     )
     passwd.set_defaults(handler=admin(user_passwd))
+    disable = user_sub.add_parser(
+        "disable", parents=[common], help="stop an account: no sign-in, its sessions and keys fail"
+    )
+    disable.add_argument("name")
+    disable.set_defaults(handler=admin(user_disable), disabled=True)
+    enable = user_sub.add_parser("enable", parents=[common], help="undo `user disable`")
+    enable.add_argument("name")
+    enable.set_defaults(handler=admin(user_disable), disabled=False)
+    user_rm = user_sub.add_parser(
+        "rm", parents=[common], help="remove an account, its sessions and keys"
+    )
+    user_rm.add_argument("name")
+    user_rm.add_argument(
+        "--files",
+        choices=("keep", "delete"),
+        default="keep",
+        help="keep: its uploads stay, anonymous (the default); delete: they go too",
+    )
+    user_rm.set_defaults(handler=admin(user_rm_cmd))
 
     key_cmd = commands.add_parser("key", help="manage API keys")
     key_sub = key_cmd.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -77,7 +100,34 @@ def build_parser() -> argparse.ArgumentParser:
         "rm", parents=[common], help="take a file down: every upload of it, and its bytes"
     )
     remove.add_argument("hashes", nargs="+", metavar="hash", help="hashes or URLs")
+    remove.add_argument("--ban", action="store_true", help="and refuse these bytes for good (451)")
+    remove.add_argument(
+        "--reason", type=reason_argument, help="with --ban: why, shown to whoever asks for them"
+    )
     remove.set_defaults(handler=admin(file_rm))
+
+    ban_cmd = commands.add_parser("ban", help="bytes that may never be stored again")
+    ban_sub = ban_cmd.add_subparsers(dest="action", required=True, metavar="ACTION")
+    ban_list = ban_sub.add_parser("list", parents=[common], help="list the bans")
+    ban_list.add_argument("--json", action="store_true", help="as JSON")
+    ban_list.set_defaults(handler=admin(ban_list_cmd))
+    ban_add = ban_sub.add_parser(
+        "add", parents=[common], help="ban bytes by SHA-256 (and take them down if stored)"
+    )
+    ban_add.add_argument("sha256", type=sha256_argument)
+    ban_add.add_argument(
+        "--reason", type=reason_argument, default="", help="why, shown to whoever asks for them"
+    )
+    ban_add.set_defaults(handler=admin(ban_add_cmd))
+    ban_rm = ban_sub.add_parser("rm", parents=[common], help="lift a ban")
+    ban_rm.add_argument("sha256", type=sha256_argument)
+    ban_rm.set_defaults(handler=admin(ban_rm_cmd))
+
+    stats_cmd = commands.add_parser(
+        "stats", parents=[common], help="uploads, storage, dedup savings, top uploaders"
+    )
+    stats_cmd.add_argument("--json", action="store_true", help="as JSON")
+    stats_cmd.set_defaults(handler=admin(stats))
 
     gc_cmd = commands.add_parser(
         "gc",
@@ -91,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="leave bytes younger than this alone (default: an hour)",
     )
+    gc_cmd.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+    gc_cmd.add_argument("--json", action="store_true", help="as JSON")
     gc_cmd.set_defaults(handler=admin(gc))
 
     backup_cmd = commands.add_parser(
@@ -110,6 +162,50 @@ def build_parser() -> argparse.ArgumentParser:
 
 class CommandError(Exception):
     """A failed admin command; the message is printed, the exit status is 1."""
+
+
+def sha256_argument(text: str) -> str:
+    """A SHA-256 as 64 hex digits (either case); anything else stops before any work."""
+    if not is_sha256(text.lower()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a SHA-256 (64 hex digits)")
+    return text.lower()
+
+
+MAX_REASON_CHARS = 500
+
+
+def reason_argument(text: str) -> str:
+    """A ban's reason: one line of at most 500 characters, as it is shown on a page."""
+    if not text.isprintable() or len(text) > MAX_REASON_CHARS:
+        raise argparse.ArgumentTypeError(
+            f"a reason is one line of at most {MAX_REASON_CHARS} printable characters"
+        )
+    return text.strip()
+
+
+def print_table(header: Sequence[str] | None, rows: Sequence[Sequence[object]]) -> None:
+    """Aligned columns, under a header when there is one; numbers to the right."""
+    lines = [list(header)] if header else []
+    lines += [[str(cell) for cell in row] for row in rows]
+    if not lines:
+        return
+    columns = range(len(lines[0]))
+    numeric = [bool(rows) and all(isinstance(row[i], int) for row in rows) for i in columns]
+    widths = [max(len(line[i]) for line in lines) for i in columns]
+    for line in lines:
+        cells = [
+            cell.rjust(width) if numeric[i] else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(line, widths, strict=True))
+        ]
+        print("  ".join(cells).rstrip())
+
+
+def print_json(payload: Any) -> None:
+    print(json.dumps(payload, indent=2))
+
+
+def iso_time(epoch: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
 AdminCommand = Callable[[argparse.Namespace, Config, Database, Auth], Awaitable[None]]
@@ -178,9 +274,10 @@ async def user_add(
 async def user_list(
     args: argparse.Namespace, config: Config, database: Database, auth: Auth
 ) -> None:
-    print(f"{'name':<24} {'created':<20} {'uploads':>8} {'keys':>5}")
+    print(f"{'name':<24} {'created':<20} {'uploads':>8} {'keys':>5}  state")
     for user, count, keys in await db.list_users(database):
-        print(f"{user.name:<24} {format_time(user.created_at):<20} {count:>8} {keys:>5}")
+        state = "disabled" if user.disabled_at is not None else "active"
+        print(f"{user.name:<24} {format_time(user.created_at):<20} {count:>8} {keys:>5}  {state}")
 
 
 async def user_passwd(
@@ -195,6 +292,51 @@ async def user_passwd(
         end_sessions=True,
     )
     print(f"password changed for {user.name}; their sessions have ended", file=sys.stderr)
+
+
+async def user_disable(
+    args: argparse.Namespace, config: Config, database: Database, auth: Auth
+) -> None:
+    user = await existing_user(database, args.name)
+    if args.disabled and user.disabled_at is not None:
+        print(
+            f"{user.name} was disabled already, on {format_time(user.disabled_at)}", file=sys.stderr
+        )
+        return
+    if not args.disabled and user.disabled_at is None:
+        print(f"{user.name} is not disabled", file=sys.stderr)
+        return
+    await db.set_user_disabled(database, user_id=user.id, disabled=args.disabled)
+    if args.disabled:
+        print(
+            f"disabled {user.name}: no sign-in; their sessions and keys stop working now",
+            file=sys.stderr,
+        )
+    else:
+        print(f"enabled {user.name}: their sessions and keys work again", file=sys.stderr)
+
+
+async def user_rm_cmd(
+    args: argparse.Namespace, config: Config, database: Database, auth: Auth
+) -> None:
+    user = await existing_user(database, args.name)
+    if args.files == "keep":
+        _, count = await db.list_user_files(database, user_id=user.id, limit=0)
+        await db.delete_user(database, user_id=user.id, delete_files=False)
+        kept = f"{count} upload{'' if count == 1 else 's'}"
+        print(f"removed user {user.name}; their {kept} stay, as anonymous uploads", file=sys.stderr)
+        return
+    store = store_from(config)
+    try:
+        count = await uploads.remove_user(
+            database, store, thumbnails_of(config), user_id=user.id, delete_files=True
+        )
+    finally:
+        store.close()
+    print(
+        f"removed user {user.name} and their {count} upload{'' if count == 1 else 's'}",
+        file=sys.stderr,
+    )
 
 
 async def existing_user(database: Database, name: str) -> db.User:
@@ -278,33 +420,157 @@ async def file_info(
 
 
 async def file_rm(args: argparse.Namespace, config: Config, database: Database, auth: Auth) -> None:
+    if args.reason is not None and not args.ban:
+        raise CommandError("--reason goes with --ban")
     blobs = [await stored_blob(database, text) for text in args.hashes]  # all known, or none
     store = store_from(config)
+    thumbs = thumbnails_of(config)
     try:
         for blob in blobs:
-            count = await uploads.take_down(
-                database, store, thumbnails_of(config), sha256=blob.sha256
-            )
+            if args.ban:
+                _, removal = await uploads.ban(
+                    database, store, thumbs, sha256=blob.sha256, reason=args.reason or ""
+                )
+                count = removal.uploads
+            else:
+                count = await uploads.take_down(database, store, thumbs, sha256=blob.sha256)
             many = f"{count} upload{'' if count == 1 else 's'}"
-            print(f"removed {blob.hash}: {many}, {format_size(blob.size_bytes)}", file=sys.stderr)
+            banned = f"; banned {blob.sha256}" if args.ban else ""
+            print(
+                f"removed {blob.hash}: {many}, {format_size(blob.size_bytes)}{banned}",
+                file=sys.stderr,
+            )
     finally:
         store.close()
+
+
+async def ban_list_cmd(
+    args: argparse.Namespace, config: Config, database: Database, auth: Auth
+) -> None:
+    bans = await db.list_bans(database)
+    if args.json:
+        print_json(
+            [
+                {
+                    "sha256": ban.sha256,
+                    "hash": ban.hash,
+                    "banned_at": iso_time(ban.created_at),
+                    "reason": ban.reason,
+                }
+                for ban in bans
+            ]
+        )
+        return
+    rows = [(ban.sha256, ban.hash, format_time(ban.created_at), ban.reason) for ban in bans]
+    print_table(("sha256", "hash", "banned", "reason"), rows)
+
+
+async def ban_add_cmd(
+    args: argparse.Namespace, config: Config, database: Database, auth: Auth
+) -> None:
+    store = store_from(config)
+    try:
+        ban, removal = await uploads.ban(
+            database, store, thumbnails_of(config), sha256=args.sha256, reason=args.reason
+        )
+    except db.AlreadyBanned as exc:
+        (ban,) = exc.args
+        raise CommandError(
+            f"{ban.sha256} is banned already, since {format_time(ban.created_at)}"
+        ) from None
+    finally:
+        store.close()
+    if removal.uploads:
+        many = f"{removal.uploads} upload{'' if removal.uploads == 1 else 's'}"
+        print(f"banned {ban.sha256} ({ban.hash}); took down its {many}", file=sys.stderr)
+    else:
+        print(f"banned {ban.sha256} ({ban.hash}); no upload of it was stored", file=sys.stderr)
+
+
+async def ban_rm_cmd(
+    args: argparse.Namespace, config: Config, database: Database, auth: Auth
+) -> None:
+    ban = await db.delete_ban(database, sha256=args.sha256)
+    if ban is None:
+        raise CommandError(f"{args.sha256} is not banned")
+    print(f"lifted the ban on {ban.sha256}: these bytes may be uploaded again", file=sys.stderr)
+
+
+async def stats(args: argparse.Namespace, config: Config, database: Database, auth: Auth) -> None:
+    figures = await db.get_stats(database, now=db.now())
+    if args.json:
+        print_json(
+            {
+                "uploads": figures.uploads,
+                "blobs": figures.blobs,
+                "stored_bytes": figures.stored_bytes,
+                "uploaded_bytes": figures.uploaded_bytes,
+                "dedup_saved_bytes": figures.dedup_saved_bytes,
+                "users": figures.users,
+                "disabled_users": figures.disabled_users,
+                "bans": figures.bans,
+                "uploads_per_day": [
+                    {"day": iso_time(day)[:10], "uploads": count} for day, count in figures.per_day
+                ],
+                "top_uploaders": [
+                    {"name": up.name, "uploads": up.uploads, "bytes": up.bytes}
+                    for up in figures.top_uploaders
+                ],
+            }
+        )
+        return
+
+    def size(count: int) -> str:
+        return f"{count} bytes" if count < 1024 else f"{format_size(count)} ({count} bytes)"
+
+    print_table(
+        None,
+        [
+            ("uploads", figures.uploads),
+            ("blobs", figures.blobs),
+            ("stored", size(figures.stored_bytes)),
+            ("uploaded", size(figures.uploaded_bytes)),
+            ("dedup saved", size(figures.dedup_saved_bytes)),
+            ("accounts", f"{figures.users} ({figures.disabled_users} disabled)"),
+            ("bans", figures.bans),
+        ],
+    )
+    print()
+    print("uploads per day (UTC)")
+    print_table(("day", "uploads"), [(iso_time(day)[:10], n) for day, n in figures.per_day])
+    print()
+    print("top uploaders")
+    print_table(
+        ("name", "uploads", "bytes"),
+        [(up.name or "(anonymous)", up.uploads, up.bytes) for up in figures.top_uploaders],
+    )
 
 
 async def gc(args: argparse.Namespace, config: Config, database: Database, auth: Auth) -> None:
     store = store_from(config)
     try:
         found = await uploads.collect_garbage(
-            database, store, thumbnails_of(config), grace_seconds=args.grace
+            database, store, thumbnails_of(config), grace_seconds=args.grace, dry_run=args.dry_run
         )
     finally:
         store.close()
-    for sha256 in found.removed:
-        print(f"removed {sha256}: no upload pointed at it")
-    for sha256 in found.missing:
-        print(f"missing {sha256}: its uploads are listed but its bytes are gone")
+    removed = "would remove" if args.dry_run else "removed"
+    if args.json:
+        print_json(
+            {
+                "dry_run": args.dry_run,
+                "removed": found.removed,
+                "young": found.young,
+                "missing": found.missing,
+            }
+        )
+    else:
+        for sha256 in found.removed:
+            print(f"{removed} {sha256}: no upload pointed at it")
+        for sha256 in found.missing:
+            print(f"missing {sha256}: its uploads are listed but its bytes are gone")
     print(
-        f"gc: removed {len(found.removed)}, left {found.young} younger than"
+        f"gc: {removed} {len(found.removed)}, left {found.young} younger than"
         f" {args.grace:g} s, {len(found.missing)} missing",
         file=sys.stderr,
     )

@@ -23,6 +23,16 @@ from hostd.thumbs import Thumbnails
 
 log = logging.getLogger("hostd")
 
+
+class Banned(Exception):
+    """These bytes are banned (`hostd file rm --ban`): nothing was stored. args[0] is the
+    ban's reason ("" when none was given)."""
+
+    @property
+    def reason(self) -> str:
+        return str(self.args[0])
+
+
 # `hostd gc` leaves bytes younger than this alone: they may belong to an upload whose row
 # is being written right now (placing refreshes the time of bytes that were there already).
 GC_GRACE_SECONDS = 3600.0
@@ -39,8 +49,12 @@ async def register(
     api_key_id: int | None,
 ) -> tuple[Blob, Upload]:
     """Place the bytes, then record the upload. If the row cannot be written (a full
-    database, a client gone before its turn), bytes that no row points at are removed."""
+    database, a client gone before its turn), bytes that no row points at are removed.
+
+    Raises Banned, with nothing stored, for banned bytes: checked before they are placed,
+    and by the schema when the row is written (a ban from another process meanwhile)."""
     async with store.guard(written.sha256):
+        await _refuse_if_banned(database, store, written)
         placing = asyncio.ensure_future(store.place(written))
         try:
             await asyncio.shield(placing)  # a cancelled caller still waits for the rename
@@ -61,9 +75,25 @@ async def register(
                 user_id=user_id,
                 api_key_id=api_key_id,
             )
-        except BaseException:
+        except BaseException as exc:
             await asyncio.shield(_remove_if_unreferenced(database, store, written.sha256))
+            if db.refused_as_banned(exc):
+                ban = await db.get_ban(database, sha256=written.sha256)
+                raise Banned(ban.reason if ban else "") from None
             raise
+
+
+async def _refuse_if_banned(database: Database, store: BlobStore, written: WrittenBlob) -> None:
+    """Raise Banned for banned bytes, and then (or if the caller goes away meanwhile) leave
+    nothing of them: the temp file goes."""
+    try:
+        ban = await db.get_ban(database, sha256=written.sha256)
+    except BaseException:
+        await asyncio.shield(store.discard(written))
+        raise
+    if ban is not None:
+        await store.discard(written)
+        raise Banned(ban.reason)
 
 
 async def _remove_if_unreferenced(database: Database, store: BlobStore, sha256: str) -> None:
@@ -94,6 +124,28 @@ async def take_down(
     return removal.uploads
 
 
+async def ban(
+    database: Database, store: BlobStore, thumbs: Thumbnails, *, sha256: str, reason: str
+) -> tuple[db.Ban, Removal]:
+    """Ban these bytes for good and take them down: every upload, the row, the bytes, the
+    thumbnail. Raises db.AlreadyBanned (and changes nothing) when they are banned already."""
+    banned, removal = await db.insert_ban(database, sha256=sha256, reason=reason)
+    await remove_bytes(database, store, thumbs, removal)
+    return banned, removal
+
+
+async def remove_user(
+    database: Database, store: BlobStore, thumbs: Thumbnails, *, user_id: int, delete_files: bool
+) -> int:
+    """Remove an account; its uploads become anonymous, or with delete_files go too (their
+    bytes after the commit, unless another upload still points at them). Returns how many
+    uploads were deleted."""
+    removals = await db.delete_user(database, user_id=user_id, delete_files=delete_files)
+    for removal in removals:
+        await remove_bytes(database, store, thumbs, removal)
+    return sum(removal.uploads for removal in removals)
+
+
 async def remove_bytes(
     database: Database, store: BlobStore, thumbs: Thumbnails, removal: Removal
 ) -> None:
@@ -113,7 +165,7 @@ async def remove_bytes(
 class Collected:
     """What a garbage collection found."""
 
-    removed: list[str]  # bytes no row pointed at, now gone
+    removed: list[str]  # bytes no row pointed at, now gone (with dry_run: to go)
     young: int  # such bytes left alone, being inside the grace period
     missing: list[str]  # rows whose bytes are gone (reported, not changed)
 
@@ -125,9 +177,10 @@ async def collect_garbage(
     *,
     grace_seconds: float = GC_GRACE_SECONDS,
     clock: Callable[[], float] = time.time,
+    dry_run: bool = False,
 ) -> Collected:
     """Remove bytes that no blob row points at (older than the grace period), and report
-    rows whose bytes are missing."""
+    rows whose bytes are missing. With dry_run, only say what would be removed."""
     stored: dict[str, float] = {}
     async for blob in store.list_blobs():
         stored[blob.sha256] = blob.modified_at
@@ -138,6 +191,9 @@ async def collect_garbage(
             continue
         if clock() - modified_at < grace_seconds:
             result.young += 1
+            continue
+        if dry_run:
+            result.removed.append(sha256)
             continue
         async with store.guard(sha256):
             if not await db.is_referenced(database, sha256) and await store.delete(sha256):

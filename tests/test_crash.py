@@ -80,7 +80,13 @@ def rows_and_bytes(data_dir: Path) -> tuple[set[str], set[str]]:
         finally:
             await database.close()
 
-    return asyncio.run(rows()), stored_files(data_dir)
+    # A loop of its own, not asyncio.run(): that would unset the thread's current loop, which
+    # pytest-tornado set, and leave it for the garbage collector to find unclosed.
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(rows()), stored_files(data_dir)
+    finally:
+        loop.close()
 
 
 def gc(data_dir: Path, cwd: Path) -> subprocess.CompletedProcess[str]:

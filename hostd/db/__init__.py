@@ -1,7 +1,8 @@
 """The database: every SQL statement hostd runs, as plain async functions of a Database.
 
 core.py holds the Database (connections, the batching writer, migrations); blobs.py the
-files' rows; accounts.py users, sessions and API keys. Callers import this package only.
+files' rows; accounts.py users, sessions and API keys; moderation.py bans, disabled and
+removed accounts; stats.py the figures of `hostd stats`. Callers import this package only.
 """
 
 from hostd.db.accounts import (
@@ -44,31 +45,52 @@ from hostd.db.blobs import (
     take_down,
 )
 from hostd.db.core import Database, is_full, latest_version, now, schema_version
+from hostd.db.moderation import (
+    AlreadyBanned,
+    Ban,
+    delete_ban,
+    delete_user,
+    get_ban,
+    insert_ban,
+    list_bans,
+    refused_as_banned,
+    set_user_disabled,
+)
+from hostd.db.stats import Stats, Uploader, get_stats
 
 __all__ = [
+    "AlreadyBanned",
     "ApiKey",
+    "Ban",
     "Blob",
     "Database",
     "HashSpaceExhausted",
     "NameTaken",
     "Registration",
     "Removal",
+    "Stats",
     "TooManyKeys",
     "Upload",
+    "Uploader",
     "User",
     "UserFile",
     "all_blob_sha256s",
     "all_uploads",
     "count_uploads",
+    "delete_ban",
     "delete_session",
     "delete_upload",
+    "delete_user",
     "forget_blob",
     "get_api_key",
+    "get_ban",
     "get_blob",
     "get_blob_by_sha256",
     "get_session_user",
+    "get_stats",
     "get_user",
     "insert_api_key",
+    "insert_ban",
     "insert_session",
     "insert_user",
     "invalidate_api_key",
@@ -76,13 +98,16 @@ __all__ = [
     "is_referenced",
     "latest_version",
     "list_api_keys",
+    "list_bans",
     "list_registrations",
     "list_user_files",
     "list_users",
     "now",
     "referenced_among",
+    "refused_as_banned",
     "register_upload",
     "schema_version",
+    "set_user_disabled",
     "take_down",
     "touch_api_key",
     "update_password",

@@ -15,6 +15,7 @@ class User:
     name: str
     password_hash: str
     created_at: int
+    disabled_at: int | None = None  # `hostd user disable`: no sign-in, sessions or keys
 
 
 class NameTaken(Exception):
@@ -59,10 +60,12 @@ async def list_users(db: Database) -> list[tuple[User, int, int]]:
             """
         ).fetchall()
     )
-    return [
-        (User(row["id"], row["name"], row["password_hash"], row["created_at"]), row[4], row[5])
-        for row in rows
-    ]
+    users = []
+    for row in rows:
+        fields = dict(zip(row.keys(), row, strict=True))
+        uploads, keys = fields.pop("uploads"), fields.pop("keys")
+        users.append((User(**fields), uploads, keys))
+    return users
 
 
 async def update_password(
@@ -91,7 +94,7 @@ async def get_session_user(db: Database, *, token_hash: str) -> User | None:
             conn,
             """
             SELECT users.* FROM sessions JOIN users ON users.id = sessions.user_id
-            WHERE sessions.token_hash = ?
+            WHERE sessions.token_hash = ? AND users.disabled_at IS NULL
             """,
             (token_hash,),
         )
@@ -118,6 +121,7 @@ class ApiKey:
     created_at: int
     last_used_at: int | None
     invalidated_at: int | None
+    account_disabled: bool = False  # read by get_api_key only: the key then opens nothing
 
     @property
     def usable(self) -> bool:
@@ -181,9 +185,17 @@ async def insert_api_key(
 
 
 async def get_api_key(db: Database, *, key_id: str) -> ApiKey | None:
+    """The key, with whether its account is disabled, in the one read a request makes."""
     row = await db.read(
         lambda conn: _one(
-            conn, f"SELECT {API_KEY_COLUMNS} FROM api_keys WHERE key_id = ?", (key_id,)
+            conn,
+            f"""
+            SELECT {API_KEY_COLUMNS},
+                   (SELECT disabled_at IS NOT NULL FROM users WHERE users.id = api_keys.user_id)
+                   AS account_disabled
+            FROM api_keys WHERE key_id = ?
+            """,
+            (key_id,),
         )
     )
     return row_as(ApiKey, row) if row else None

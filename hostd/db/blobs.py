@@ -228,16 +228,19 @@ async def delete_upload(db: Database, *, upload_id: int, user_id: int) -> Remova
 async def take_down(db: Database, *, sha256: str) -> Removal:
     """Remove every upload of a blob (anyone's) and its row."""
 
-    def work(conn: sqlite3.Connection) -> tuple[Removal, str | None]:
-        gone = conn.execute("DELETE FROM uploads WHERE sha256 = ? RETURNING id", (sha256,))
-        count = len(gone.fetchall())
-        hash = _drop_unreferenced_blob(conn, sha256)
-        return Removal(count, sha256, hash is not None), hash
-
-    removal, hash = await db.write(work)
+    removal, hash = await db.write(lambda conn: take_down_rows(conn, sha256))
     if hash is not None:
         db.blobs.drop(hash)
     return removal
+
+
+def take_down_rows(conn: sqlite3.Connection, sha256: str) -> tuple[Removal, str | None]:
+    """In a unit of work: delete every upload of a blob and its row; (the removal, the
+    public hash the blob had, or None when there was no blob row)."""
+    gone = conn.execute("DELETE FROM uploads WHERE sha256 = ? RETURNING id", (sha256,))
+    count = len(gone.fetchall())
+    hash = _drop_unreferenced_blob(conn, sha256)
+    return Removal(count, sha256, hash is not None), hash
 
 
 async def is_referenced(db: Database, sha256: str) -> bool:

@@ -14,6 +14,7 @@ from hostd.handlers.base import SESSION_COOKIE, SESSION_DAYS, BaseHandler, Refus
 from hostd.throttle import RegistrationLimiter
 
 BUSY_MESSAGE = "The server is busy checking other passwords. Try again in a few seconds."
+DISABLED_MESSAGE = "This account is disabled. Ask the admin of this server why."
 
 
 def safe_next(target: str | None) -> str:
@@ -96,6 +97,10 @@ class LoginHandler(AccountFormHandler):
             if not ok or user is None:
                 attempt.failed()
                 self.refuse(401, "Wrong name or password.", **form)
+                return
+            if user.disabled_at is not None:
+                # Said only after the right password: to a guesser, the same as any account.
+                self.refuse(403, DISABLED_MESSAGE, **form)
                 return
             attempt.succeeded()
         if new_hash:

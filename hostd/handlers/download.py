@@ -22,6 +22,7 @@ FILE_CSP = (
 )
 CACHE_FOREVER = "public, max-age=31536000, immutable"
 RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)")
+NO_FILE = "There is no file with this hash."
 
 
 def content_disposition(filename: str) -> str:
@@ -59,6 +60,16 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
     return first, end
 
 
+async def not_served(database: db.Database, hash: str, missing: str) -> Refusal:
+    """Why there is nothing at this hash: 451 when its bytes are banned, else 404 with
+    `missing`. Asked only on a miss, so known files are served without this read."""
+    ban = await db.get_ban(database, hash=hash)
+    if ban is None:
+        return Refusal(404, missing)
+    message = "This file was taken down by the admin of this server and cannot be served."
+    return Refusal(451, f"{message} Reason: {ban.reason}" if ban.reason else message)
+
+
 class DownloadHandler(BaseHandler):
     """GET/HEAD a stored file in chunks, with caching validators and byte ranges."""
 
@@ -73,12 +84,12 @@ class DownloadHandler(BaseHandler):
     ) -> None:
         blob = await db.get_blob(self.db, hash)
         if blob is None:
-            raise Refusal(404, "There is no file with this hash.")
+            raise await not_served(self.db, hash, NO_FILE)
         try:
             reader = await self.store.open(blob.sha256)
         except BlobMissing:  # taken down meanwhile, perhaps by `hostd file rm` elsewhere
             db.forget_blob(self.db, blob.hash)
-            raise Refusal(404, "There is no file with this hash.") from None
+            raise await not_served(self.db, hash, NO_FILE) from None
         try:
             await self.answer(reader, blob, suffix, filename, include_body=include_body)
         finally:

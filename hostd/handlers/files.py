@@ -8,7 +8,7 @@ import tornado.web
 
 from hostd import db, uploads
 from hostd.handlers.base import BaseHandler, Refusal
-from hostd.handlers.download import CACHE_FOREVER
+from hostd.handlers.download import CACHE_FOREVER, not_served
 from hostd.handlers.upload import file_urls
 from hostd.hashes import PUBLIC_HASH_PATTERN
 from hostd.parsing import parse_count
@@ -72,6 +72,7 @@ class FileHandler(BaseHandler):
 
 
 PLACEHOLDER = "thumb-unavailable.svg"
+NO_THUMBNAIL = "There is no thumbnail for this hash."
 BUSY_RETRY_SECONDS = 5
 
 
@@ -80,14 +81,16 @@ class ThumbnailHandler(BaseHandler):
 
     async def get(self, hash: str) -> None:
         blob = await db.get_blob(self.db, hash)
-        if blob is None or blob.content_type not in THUMBNAILABLE:
-            raise Refusal(404, "There is no thumbnail for this hash.")
+        if blob is None:
+            raise await not_served(self.db, hash, NO_THUMBNAIL)
+        if blob.content_type not in THUMBNAILABLE:
+            raise Refusal(404, NO_THUMBNAIL)
         try:
             async with self.store.local_copy(blob.sha256) as source:
                 path = await self.thumbs.get(blob.sha256, source)
         except BlobMissing:  # taken down by `hostd file rm`
             db.forget_blob(self.db, blob.hash)
-            raise Refusal(404, "There is no thumbnail for this hash.") from None
+            raise await not_served(self.db, hash, NO_THUMBNAIL) from None
         except ThumbnailsBusy:
             self.answer_busy()
             return

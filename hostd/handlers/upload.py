@@ -57,6 +57,12 @@ def storage_failure(exc: Exception) -> tuple[int, str]:
     return 500, "the server could not store the file; it was not stored"
 
 
+def banned_message(reason: str) -> str:
+    """Why banned bytes were refused: the admin's reason, when they gave one."""
+    message = "this file is banned from this server and cannot be uploaded"
+    return f"{message}: {reason}" if reason else message
+
+
 def file_urls(base: str, blob: Blob, filename: str) -> dict[str, str]:
     """The four URLs of an upload, as the API page documents them."""
     ext = sniff.extension_for(filename, blob.content_type)
@@ -174,6 +180,9 @@ class UploadFlow(BaseHandler):
             blob, upload = await self.recording
         except asyncio.CancelledError:
             return  # the client went away while its upload waited to be recorded
+        except uploads.Banned as exc:
+            self.answer_error(451, banned_message(exc.reason))
+            return
         except Exception as exc:
             if not (isinstance(exc, OSError) or out_of_space(exc)):
                 raise
