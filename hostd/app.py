@@ -10,7 +10,6 @@ import sys
 import time
 
 import jinja2
-import tornado.httpserver
 import tornado.web
 
 from hostd.auth import Auth, SignInLimiter
@@ -20,6 +19,8 @@ from hostd.formdata import FORM_OVERHEAD_BYTES
 from hostd.handlers import all_routes
 from hostd.handlers.api import KeyReveals
 from hostd.handlers.pages import NotFoundHandler
+from hostd.handlers.upload import UploadsInFlight
+from hostd.server import LINGER_IDLE_SECONDS, HostdServer
 from hostd.storage import LocalBlobStore
 from hostd.thumbs import Thumbnails
 
@@ -53,6 +54,7 @@ def make_app(
         hostd_thumbs=Thumbnails(config.data_dir / "thumbs"),
         hostd_limiter=SignInLimiter(),
         hostd_reveals=KeyReveals(),
+        hostd_uploads=UploadsInFlight(),
         jinja_env=templates,
         static_path=str(config.static_dir),
         cookie_secret=config.cookie_secret,
@@ -83,8 +85,8 @@ def format_time(epoch: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(epoch))
 
 
-def make_server(config: Config, app: tornado.web.Application) -> tornado.httpserver.HTTPServer:
-    return tornado.httpserver.HTTPServer(
+def make_server(config: Config, app: tornado.web.Application) -> HostdServer:
+    return HostdServer(
         app,
         xheaders=config.trust_proxy,
         # Uploads raise their own limit in prepare(); everything else stays small.
@@ -92,6 +94,9 @@ def make_server(config: Config, app: tornado.web.Application) -> tornado.httpser
         max_buffer_size=1024 * 1024,
         chunk_size=256 * 1024,
         idle_connection_timeout=120,
+        # A body that is not streamed (a form) must arrive whole in this time; uploads
+        # watch their own pace (limits.body_idle_seconds between bytes).
+        body_seconds=config.body_idle_seconds,
     )
 
 
@@ -128,7 +133,8 @@ async def serve(config: Config) -> None:
     """Run until SIGINT or SIGTERM."""
     return_big_buffers_to_the_os()
     config, db, store = await open_parts(config)
-    server = make_server(config, make_app(config, db, store))
+    app = make_app(config, db, store)
+    server = make_server(config, app)
     server.listen(config.port, address=config.host)
     shown_host = f"[{config.host}]" if ":" in config.host else config.host
     log.info(
@@ -141,7 +147,29 @@ async def serve(config: Config) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
-    log.info("shutting down")
-    server.stop()
-    await server.close_all_connections()
+    await shutdown(server, app.settings["hostd_uploads"], config.shutdown_grace_seconds)
     await db.close()
+    log.info("stopped")
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+
+
+# After the grace, how long uploads whose body has all arrived get to be recorded.
+AFTER_GRACE_SECONDS = 5.0
+SHUTTING_DOWN = "the server is shutting down; the upload was not stored, send it again soon"
+
+
+async def shutdown(server: HostdServer, uploads: UploadsInFlight, grace: float) -> None:
+    """Stop accepting connections; give uploads in flight `grace` seconds to finish; answer
+    those still arriving 503 (their temp files removed); then close every connection."""
+    server.stop()
+    uploads.closing = True
+    if len(uploads):
+        log.info("shutting down: waiting up to %gs for %d upload(s)", grace, len(uploads))
+    else:
+        log.info("shutting down")
+    if not await uploads.finished(grace):
+        await asyncio.gather(*(upload.drop_upload(503, SHUTTING_DOWN) for upload in uploads))
+        await uploads.finished(AFTER_GRACE_SECONDS)
+    await server.let_answers_through(LINGER_IDLE_SECONDS)
+    await server.close_all_connections()

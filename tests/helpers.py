@@ -6,6 +6,9 @@ import contextlib
 import hashlib
 import json
 import os
+import subprocess
+import sys
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -115,6 +118,31 @@ async def raw_exchange(
     with contextlib.suppress(ConnectionError, OSError):
         await writer.wait_closed()
     return bytes(received)
+
+
+# -- `hostd serve` in a subprocess --
+
+
+def start(args: list[str], cwd: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "hostd", *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def wait_for_line(proc: subprocess.Popen[str], needle: str, timeout: float = 15) -> str:
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if needle in line:
+            return line
+        if not line and proc.poll() is not None:
+            break
+    raise AssertionError(f"never saw {needle!r}")
 
 
 # -- blocking clients, for the browser tests (Playwright's sync API runs no IOLoop) --
