@@ -8,11 +8,13 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Callable
 
 import jinja2
 import tornado.web
 
-from hostd.auth import Auth, SignInLimiter
+from hostd import uploads
+from hostd.auth import Auth, RegistrationLimiter, SignInLimiter
 from hostd.config import Config, ensure_cookie_secret
 from hostd.db import Database
 from hostd.formdata import FORM_OVERHEAD_BYTES
@@ -21,10 +23,13 @@ from hostd.handlers.api import KeyReveals
 from hostd.handlers.pages import NotFoundHandler
 from hostd.handlers.upload import UploadsInFlight
 from hostd.server import LINGER_IDLE_SECONDS, HostdServer
-from hostd.storage import LocalBlobStore
+from hostd.storage import BlobStore, store_from
 from hostd.thumbs import Thumbnails
 
 log = logging.getLogger("hostd")
+
+# How often the server looks for bytes that a crash left without a row.
+GC_EVERY_SECONDS = 6 * 3600.0
 
 M_MMAP_THRESHOLD = -3  # from glibc's malloc.h
 # Blocks this big or bigger are mmapped: Argon2's buffers, not the 256 KiB body chunks.
@@ -32,7 +37,12 @@ MMAP_THRESHOLD_BYTES = 4 * 1024 * 1024
 
 
 def make_app(
-    config: Config, db: Database, store: LocalBlobStore, auth: Auth | None = None
+    config: Config,
+    db: Database,
+    store: BlobStore,
+    auth: Auth | None = None,
+    *,
+    clock: Callable[[], float] = time.monotonic,  # for the throttles; tests bring their own
 ) -> tornado.web.Application:
     templates = jinja2.Environment(
         loader=jinja2.FileSystemLoader(config.templates_dir),
@@ -51,10 +61,11 @@ def make_app(
         hostd_db=db,
         hostd_store=store,
         hostd_auth=auth or Auth(),
-        hostd_thumbs=Thumbnails(config.data_dir / "thumbs"),
-        hostd_limiter=SignInLimiter(),
+        hostd_thumbs=thumbnails_of(config),
+        hostd_limiter=SignInLimiter(clock=clock),
+        hostd_registrations=RegistrationLimiter(config.registrations_per_hour, clock=clock),
         hostd_reveals=KeyReveals(),
-        hostd_uploads=UploadsInFlight(),
+        hostd_in_flight=UploadsInFlight(),
         jinja_env=templates,
         static_path=str(config.static_dir),
         cookie_secret=config.cookie_secret,
@@ -67,6 +78,10 @@ def make_app(
         login_url="/login",
         debug=config.debug,
     )
+
+
+def thumbnails_of(config: Config) -> Thumbnails:
+    return Thumbnails(config.data_dir / "thumbs")
 
 
 def format_size(size: int) -> str:
@@ -100,16 +115,36 @@ def make_server(config: Config, app: tornado.web.Application) -> HostdServer:
     )
 
 
-async def open_parts(config: Config) -> tuple[Config, Database, LocalBlobStore]:
+async def open_parts(config: Config) -> tuple[Config, Database, BlobStore]:
     """Create the data dir, the cookie secret, the database and the blob store."""
     config.data_dir.mkdir(parents=True, exist_ok=True)
     config = ensure_cookie_secret(config)
-    store = LocalBlobStore(config.blobs_dir)
-    removed = store.remove_stale_temp_files()
+    store = store_from(config)
+    removed = await store.remove_stale_temp_files()
     if removed:
         log.info("removed %d half-written upload(s) left by an earlier run", removed)
     db = await Database.open(config.db_path)
     return config, db, store
+
+
+async def collect_garbage_now_and_then(
+    db: Database, store: BlobStore, thumbs: Thumbnails, every_seconds: float = GC_EVERY_SECONDS
+) -> None:
+    """Remove bytes that a crash left without a row (see uploads.collect_garbage)."""
+    while True:
+        try:
+            found = await uploads.collect_garbage(db, store, thumbs)
+        except Exception:
+            log.exception("garbage collection failed; trying again later")
+        else:
+            if found.removed:
+                log.info("gc: removed %d file(s) no upload pointed at", len(found.removed))
+            if found.missing:
+                log.warning(
+                    "gc: %d file(s) are missing their bytes (run `hostd gc` for the list)",
+                    len(found.missing),
+                )
+        await asyncio.sleep(every_seconds)
 
 
 def return_big_buffers_to_the_os() -> None:
@@ -132,9 +167,16 @@ def return_big_buffers_to_the_os() -> None:
 async def serve(config: Config) -> None:
     """Run until SIGINT or SIGTERM."""
     return_big_buffers_to_the_os()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):  # before "listening": a signal may follow it
+        loop.add_signal_handler(signum, stop.set)
     config, db, store = await open_parts(config)
     app = make_app(config, db, store)
     server = make_server(config, app)
+    gc_task = loop.create_task(
+        collect_garbage_now_and_then(db, store, app.settings["hostd_thumbs"])
+    )
     server.listen(config.port, address=config.host)
     shown_host = f"[{config.host}]" if ":" in config.host else config.host
     log.info(
@@ -142,13 +184,11 @@ async def serve(config: Config) -> None:
     )
     if config.public_url:
         log.info("public URL: %s/", config.public_url)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
     await stop.wait()
-    await shutdown(server, app.settings["hostd_uploads"], config.shutdown_grace_seconds)
+    await shutdown(server, app.settings["hostd_in_flight"], config.shutdown_grace_seconds)
+    gc_task.cancel()
     await db.close()
+    store.close()
     log.info("stopped")
     for handler in logging.getLogger().handlers:
         handler.flush()
@@ -159,17 +199,17 @@ AFTER_GRACE_SECONDS = 5.0
 SHUTTING_DOWN = "the server is shutting down; the upload was not stored, send it again soon"
 
 
-async def shutdown(server: HostdServer, uploads: UploadsInFlight, grace: float) -> None:
+async def shutdown(server: HostdServer, in_flight: UploadsInFlight, grace: float) -> None:
     """Stop accepting connections; give uploads in flight `grace` seconds to finish; answer
     those still arriving 503 (their temp files removed); then close every connection."""
     server.stop()
-    uploads.closing = True
-    if len(uploads):
-        log.info("shutting down: waiting up to %gs for %d upload(s)", grace, len(uploads))
+    in_flight.closing = True
+    if len(in_flight):
+        log.info("shutting down: waiting up to %gs for %d upload(s)", grace, len(in_flight))
     else:
         log.info("shutting down")
-    if not await uploads.finished(grace):
-        await asyncio.gather(*(upload.drop_upload(503, SHUTTING_DOWN) for upload in uploads))
-        await uploads.finished(AFTER_GRACE_SECONDS)
+    if not await in_flight.finished(grace):
+        await asyncio.gather(*(upload.drop_upload(503, SHUTTING_DOWN) for upload in in_flight))
+        await in_flight.finished(AFTER_GRACE_SECONDS)
     await server.let_answers_through(LINGER_IDLE_SECONDS)
     await server.close_all_connections()

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ipaddress
 import secrets
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -37,7 +38,9 @@ KEY_PROFILE = argon2.Parameters(
 )
 R = TypeVar("R")
 MIN_PASSWORD_LENGTH = 8
-MAX_PASSWORD_LENGTH = 1024
+# Generous (NIST SP 800-63B asks for at least 64); Argon2 pre-hashes the password, so even
+# 16 KiB of UTF-8 costs a few microseconds more.
+MAX_PASSWORD_LENGTH = 4096
 
 
 @dataclass(frozen=True)
@@ -71,21 +74,64 @@ class Busy(Exception):
 
 
 class _Lane:
-    """One thread for one kind of Argon2 job, with a bounded queue in front of it."""
+    """One thread for one kind of Argon2 job, with a bounded queue in front of it.
 
-    def __init__(self, name: str, max_waiting: int) -> None:
+    Jobs wait here, not in the executor, so that the lane can choose who goes next: urgent
+    jobs (sign-ins) before patient ones (new accounts), which may also hold only `max_patient`
+    of the `max_waiting` places, so that a flood of them always leaves room for sign-ins.
+    """
+
+    def __init__(self, name: str, max_waiting: int, max_patient: int | None = None) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"argon2-{name}")
         self._max_waiting = max_waiting
-        self._waiting = 0
+        self._max_patient = max_waiting if max_patient is None else max_patient
+        self._waiting = 0  # jobs in the lane, the running one included
+        self._patient = 0
+        self._running = False
+        self._turns: tuple[deque[asyncio.Future[None]], deque[asyncio.Future[None]]] = (
+            deque(),
+            deque(),
+        )
 
-    async def run(self, fn: Callable[..., R], *args: Any) -> R:
-        if self._waiting >= self._max_waiting:
+    async def run(self, fn: Callable[..., R], *args: Any, urgent: bool = True) -> R:
+        if self._waiting >= self._max_waiting or (
+            not urgent and self._patient >= self._max_patient
+        ):
             raise Busy
         self._waiting += 1
+        self._patient += not urgent
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+            await self._take_turn(self._turns[0 if urgent else 1])
+            try:
+                return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+            finally:
+                self._hand_on()
         finally:
             self._waiting -= 1
+            self._patient -= not urgent
+
+    async def _take_turn(self, queue: deque[asyncio.Future[None]]) -> None:
+        if not self._running:
+            self._running = True
+            return
+        turn = asyncio.get_running_loop().create_future()
+        queue.append(turn)
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():  # handed the lane as we were cancelled
+                self._hand_on()
+            raise
+
+    def _hand_on(self) -> None:
+        """Pass the lane to the next waiting job, urgent ones first; `_running` stays True."""
+        for queue in self._turns:
+            while queue:
+                turn = queue.popleft()
+                if not turn.done():  # a cancelled waiter has given up its place
+                    turn.set_result(None)
+                    return
+        self._running = False
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -96,7 +142,9 @@ class Auth:
 
     Passwords and API keys each have their own thread, so a flood of sign-ins can neither
     hold up keyed uploads nor run more than one 64 MiB password hash at once; each has a
-    bounded queue, past which callers get Busy rather than a wait without end.
+    bounded queue, past which callers get Busy rather than a wait without end. New accounts'
+    hashes wait behind sign-ins and may hold only half of the password queue, so that a flood
+    of registrations cannot keep owners from signing in.
     """
 
     def __init__(
@@ -110,7 +158,9 @@ class Auth:
     ) -> None:
         self.passwords = password_hasher or argon2.PasswordHasher.from_parameters(PASSWORD_PROFILE)
         self.keys = key_hasher or argon2.PasswordHasher.from_parameters(KEY_PROFILE)
-        self._password_lane = _Lane("password", max_waiting_passwords)
+        self._password_lane = _Lane(
+            "password", max_waiting_passwords, max(1, max_waiting_passwords // 2)
+        )
         self._key_lane = _Lane("key", max_waiting_keys)
         # Unknown ids and invalidated keys (and unknown users) are checked against these, so
         # that every rejection costs one Argon2 verification, like a wrong secret. They are
@@ -128,8 +178,10 @@ class Auth:
 
     # -- passwords --
 
-    async def hash_password(self, password: str) -> str:
-        return await self._password_lane.run(self.passwords.hash, password)
+    async def hash_password(self, password: str, *, new_account: bool = False) -> str:
+        """The stored form of a password. `new_account`: a registration's, which waits
+        behind sign-ins (and other urgent work, such as the admin's commands)."""
+        return await self._password_lane.run(self.passwords.hash, password, urgent=not new_account)
 
     async def check_password(self, user: User | None, password: str) -> tuple[bool, str | None]:
         """(valid, new hash when the stored one uses old parameters). An unknown user is
@@ -201,61 +253,213 @@ def _verify(hasher: argon2.PasswordHasher, stored: str, secret: str) -> bool:
         return False
 
 
-class SignInLimiter:
-    """Slows down repeated failed sign-ins per account and per address.
+def address_key(ip: str) -> str:
+    """Who an address is, for throttling: an IPv4 address, or the /64 an IPv6 address is in
+    (one customer's network usually; its 2**64 addresses must not each get their own budget)."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
 
-    After `free_failures` failures within `window` seconds, each further attempt must wait
-    a delay that doubles per failure (capped at `max_delay`). Memory is bounded: the
-    least recently touched entries are dropped past `max_entries`.
+
+@dataclass
+class _Count:
+    free: int
+    failures: int = 0
+    in_flight: int = 0
+    last: float = 0.0  # time of the last failure
+    blocked_until: float = 0.0
+
+
+class SignInLimiter:
+    """Slows down password guessing without handing anyone a switch that locks an owner out.
+
+    Failed sign-ins are counted three ways: per account and address (`per_pair` free
+    failures), per address over all accounts (`per_address`), and per account over all
+    addresses (`per_account`, much higher; it does not hold up an address that has signed in
+    to that account before). Past a count's free failures, each further attempt waits a delay
+    that doubles from 1 s per failure, up to `max_delay`; a count is forgotten `window`
+    seconds after its last failure, so guessing at the pace of the waits never resets it. A
+    success clears its own (account, address) count only. "Address" is as address_key() says.
+
+    Attempts in flight count as failures until they end, so that guesses sent in parallel are
+    held too; one that ends with no answer about the password (the server was busy) counts
+    nothing. Memory is bounded: past `max_entries` counts, and as many remembered successes,
+    the least recently touched go first.
     """
 
     def __init__(
         self,
         *,
-        free_failures: int = 5,
+        per_pair: int = 5,
+        per_address: int = 20,
+        per_account: int = 100,
         window: float = 900.0,
         max_delay: float = 300.0,
+        remember: float = 30 * 86400.0,
         max_entries: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.free_failures = free_failures
+        self.per_pair = per_pair
+        self.per_address = per_address
+        self.per_account = per_account
         self.window = window
         self.max_delay = max_delay
+        self.remember = remember
         self.max_entries = max_entries
         self._clock = clock
-        self._entries: OrderedDict[str, tuple[int, float, float]] = OrderedDict()
+        self._counts: OrderedDict[str, _Count] = OrderedDict()
+        self._known: OrderedDict[str, float] = OrderedDict()  # pair -> time of last success
 
-    def wait_time(self, *keys: str) -> float:
-        """Seconds until these keys may try again; 0 when they may try now."""
+    def attempt(self, account: str, ip: str) -> SignInAttempt:
+        """Start a sign-in attempt; if its `wait` is above 0 it must not go on (429)."""
+        # No name is longer than 64 characters: a longer one still counts, in little memory.
+        account, address = account.lower()[:65], address_key(ip)
+        pair = f"pair:{account} {address}"
+        keys = {pair: self.per_pair, f"addr:{address}": self.per_address}
+        if not self._is_known(pair):
+            keys[f"acct:{account}"] = self.per_account
         now = self._clock()
-        waits = [0.0]
-        for key in keys:
-            entry = self._entries.get(key)
-            if entry is None:
-                continue
-            failures, first, blocked_until = entry
-            if now - first > self.window:
-                del self._entries[key]
-                continue
-            waits.append(max(0.0, blocked_until - now))
-        return max(waits)
+        wait = max(self._wait(key, now) for key in keys)
+        if wait > 0:
+            return SignInAttempt(self, pair, {}, wait)
+        for key, free in keys.items():
+            self._count(key, free).in_flight += 1
+        self._trim()
+        return SignInAttempt(self, pair, keys, 0.0)
 
-    def failed(self, *keys: str) -> None:
+    def _is_known(self, pair: str) -> bool:
+        since = self._known.get(pair)
+        if since is None:
+            return False
+        if self._clock() - since > self.remember:
+            del self._known[pair]
+            return False
+        return True
+
+    def _wait(self, key: str, now: float) -> float:
+        count = self._counts.get(key)
+        if count is None:
+            return 0.0
+        if count.in_flight == 0 and count.failures and now - count.last > self.window:
+            del self._counts[key]
+            return 0.0
+        used = count.failures + count.in_flight
+        wait = max(0.0, count.blocked_until - now)
+        if used >= count.free and count.in_flight:  # one attempt at a time past the free ones
+            wait = max(wait, self._delay(used - count.free))
+        return wait
+
+    def _delay(self, over: int) -> float:
+        return min(self.max_delay, 2.0 ** min(over, 64))
+
+    def _count(self, key: str, free: int) -> _Count:
+        count = self._counts.get(key)
+        if count is None:
+            count = self._counts[key] = _Count(free)
+        self._counts.move_to_end(key)
+        return count
+
+    def _trim(self) -> None:
+        while len(self._counts) > self.max_entries:
+            self._counts.popitem(last=False)
+        while len(self._known) > self.max_entries:
+            self._known.popitem(last=False)
+
+    def _end(self, keys: dict[str, int], *, failed: bool) -> None:
         now = self._clock()
-        for key in keys:
-            failures, first, _ = self._entries.pop(key, (0, now, now))
-            if now - first > self.window:
-                failures, first = 0, now
-            failures += 1
-            over = failures - self.free_failures  # 0 once the free ones are used up
-            delay = min(self.max_delay, 2.0**over) if over >= 0 else 0.0
-            self._entries[key] = (failures, first, now + delay)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
+        for key, free in keys.items():
+            count = self._count(key, free)  # evicted meanwhile: counted afresh
+            count.in_flight = max(0, count.in_flight - 1)
+            if failed:
+                count.failures += 1
+                count.last = now
+                if count.failures >= count.free:
+                    count.blocked_until = now + self._delay(count.failures - count.free)
+            if count.failures == 0 and count.in_flight == 0:
+                del self._counts[key]
+        self._trim()
 
-    def succeeded(self, *keys: str) -> None:
-        for key in keys:
-            self._entries.pop(key, None)
+    def _succeeded(self, pair: str, keys: dict[str, int]) -> None:
+        self._end(keys, failed=False)
+        self._counts.pop(pair, None)
+        self._known[pair] = self._clock()
+        self._known.move_to_end(pair)
+        self._trim()
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._counts) + len(self._known)
+
+
+class SignInAttempt:
+    """One sign-in between SignInLimiter.attempt() and its outcome. Used as a context
+    manager: leaving it without calling failed() or succeeded() counts nothing."""
+
+    def __init__(
+        self, limiter: SignInLimiter, pair: str, keys: dict[str, int], wait: float
+    ) -> None:
+        self._limiter = limiter
+        self._pair = pair
+        self._keys = keys
+        self.wait = wait
+
+    def failed(self) -> None:
+        keys, self._keys = self._keys, {}
+        self._limiter._end(keys, failed=True)
+
+    def succeeded(self) -> None:
+        keys, self._keys = self._keys, {}
+        self._limiter._succeeded(self._pair, keys)
+
+    def __enter__(self) -> SignInAttempt:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        keys, self._keys = self._keys, {}
+        self._limiter._end(keys, failed=False)
+
+
+class RegistrationLimiter:
+    """At most `per_hour` new accounts an hour from one address (see address_key).
+
+    A registration is counted when it is about to be hashed, so that parallel ones are
+    counted too; give_back() hands the place back when it was not made for a reason that is not
+    the client's (the server was busy). Memory is bounded to `max_entries` addresses.
+    """
+
+    def __init__(
+        self,
+        per_hour: int = 5,
+        *,
+        max_entries: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.per_hour = per_hour
+        self.max_entries = max_entries
+        self._clock = clock
+        self._times: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def take(self, ip: str) -> float:
+        """Count one registration from this address: 0 if it may go on, else the seconds
+        until it may (and nothing is counted)."""
+        address, now = address_key(ip), self._clock()
+        times = self._times.setdefault(address, deque())
+        self._times.move_to_end(address)
+        while times and now - times[0] >= 3600.0:
+            times.popleft()
+        if len(times) >= self.per_hour:
+            return times[0] + 3600.0 - now
+        times.append(now)
+        while len(self._times) > self.max_entries:
+            self._times.popitem(last=False)
+        return 0.0
+
+    def give_back(self, ip: str) -> None:
+        times = self._times.get(address_key(ip))
+        if times:
+            times.pop()

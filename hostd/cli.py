@@ -11,14 +11,13 @@ import urllib.parse
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from hostd import __version__, db
-from hostd.app import format_size, format_time, serve
+from hostd import __version__, db, uploads
+from hostd.app import format_size, format_time, serve, thumbnails_of
 from hostd.auth import Auth
 from hostd.config import Config, ConfigError, load_config
 from hostd.db import Database
 from hostd.handlers.accounts import NAME_PATTERN, check_password
-from hostd.storage import LocalBlobStore
-from hostd.thumbs import Thumbnails
+from hostd.storage import store_from
 
 DEFAULT_CONFIG = Path("hostd.toml")
 
@@ -51,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     passwd = user_sub.add_parser("passwd", parents=[common], help="set an account's password")
     passwd.add_argument("name")
-    passwd.add_argument("--password-stdin", action="store_true")
+    passwd.add_argument(
+        "--password-stdin", action="store_true", help="read the password from standard input"
+    )
     passwd.set_defaults(handler=admin(user_passwd))
 
     key_cmd = commands.add_parser("key", help="manage API keys")
@@ -77,6 +78,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     remove.add_argument("hashes", nargs="+", metavar="hash", help="hashes or URLs")
     remove.set_defaults(handler=admin(file_rm))
+
+    gc_cmd = commands.add_parser(
+        "gc",
+        parents=[common],
+        help="remove stored bytes that no upload points at; list uploads whose bytes are gone",
+    )
+    gc_cmd.add_argument(
+        "--grace",
+        type=float,
+        default=uploads.GC_GRACE_SECONDS,
+        metavar="SECONDS",
+        help="leave bytes younger than this alone (default: an hour)",
+    )
+    gc_cmd.set_defaults(handler=admin(gc))
     return parser
 
 
@@ -114,8 +129,14 @@ def admin(command: AdminCommand) -> Callable[[argparse.Namespace], int]:
 
 
 def read_password(args: argparse.Namespace) -> str:
+    """The new password, exactly as typed: with --password-stdin, the first line of standard
+    input without its final newline, and nothing else taken off (the web forms do the same)."""
     if args.password_stdin:
-        password = sys.stdin.readline().rstrip("\n")
+        line = sys.stdin.buffer.readline().removesuffix(b"\n")
+        try:
+            password = line.decode("utf-8")
+        except UnicodeDecodeError:
+            raise CommandError("the password on standard input is not UTF-8") from None
         confirm = password
     else:
         password = getpass.getpass("Password: ")
@@ -145,8 +166,8 @@ async def user_list(
     args: argparse.Namespace, config: Config, database: Database, auth: Auth
 ) -> None:
     print(f"{'name':<24} {'created':<20} {'uploads':>8} {'keys':>5}")
-    for user, uploads, keys in await db.list_users(database):
-        print(f"{user.name:<24} {format_time(user.created_at):<20} {uploads:>8} {keys:>5}")
+    for user, count, keys in await db.list_users(database):
+        print(f"{user.name:<24} {format_time(user.created_at):<20} {count:>8} {keys:>5}")
 
 
 async def user_passwd(
@@ -245,17 +266,37 @@ async def file_info(
 
 async def file_rm(args: argparse.Namespace, config: Config, database: Database, auth: Auth) -> None:
     blobs = [await stored_blob(database, text) for text in args.hashes]  # all known, or none
-    store = LocalBlobStore(config.blobs_dir)
-    thumbs = Thumbnails(config.data_dir / "thumbs")
+    store = store_from(config)
+    try:
+        for blob in blobs:
+            count = await uploads.take_down(
+                database, store, thumbnails_of(config), sha256=blob.sha256
+            )
+            many = f"{count} upload{'' if count == 1 else 's'}"
+            print(f"removed {blob.hash}: {many}, {format_size(blob.size_bytes)}", file=sys.stderr)
+    finally:
+        store.close()
 
-    async def remove_bytes(sha256: str) -> None:
-        store.delete(sha256)
-        thumbs.delete(sha256)
 
-    for blob in blobs:
-        count = await db.take_down(database, sha256=blob.sha256, remove_bytes=remove_bytes)
-        uploads = f"{count} upload{'' if count == 1 else 's'}"
-        print(f"removed {blob.hash}: {uploads}, {format_size(blob.size_bytes)}", file=sys.stderr)
+async def gc(args: argparse.Namespace, config: Config, database: Database, auth: Auth) -> None:
+    store = store_from(config)
+    try:
+        found = await uploads.collect_garbage(
+            database, store, thumbnails_of(config), grace_seconds=args.grace
+        )
+    finally:
+        store.close()
+    for sha256 in found.removed:
+        print(f"removed {sha256}: no upload pointed at it")
+    for sha256 in found.missing:
+        print(f"missing {sha256}: its uploads are listed but its bytes are gone")
+    print(
+        f"gc: removed {len(found.removed)}, left {found.young} younger than"
+        f" {args.grace:g} s, {len(found.missing)} missing",
+        file=sys.stderr,
+    )
+    if found.missing:
+        raise CommandError(f"{len(found.missing)} file(s) have rows but no bytes")
 
 
 def config_from(args: argparse.Namespace, **overrides: object) -> Config:

@@ -45,6 +45,7 @@ class Config:
     uploads_in_flight_per_address: int = 8
     registration: str = "open"
     max_keys: int | None = None
+    registrations_per_hour: int = 5
     cookie_secret: str | None = field(default=None, repr=False)
     templates_dir: Path = field(default_factory=lambda: _shipped("templates"))
     static_dir: Path = field(default_factory=lambda: _shipped("static"))
@@ -76,7 +77,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "body_idle_seconds",
         "uploads_in_flight_per_address",
     ),
-    "accounts": ("registration", "max_keys"),
+    "accounts": ("registration", "max_keys", "registrations_per_hour"),
 }
 CHOICES: dict[str, tuple[str, ...]] = {"registration": ("open", "closed")}
 
@@ -143,6 +144,8 @@ def _build(values: dict[str, Any], origin: str) -> Config:
         raise ConfigError(f"{origin}: server.shutdown_grace_seconds must be between 0 and 3600")
     if config.max_keys is not None and config.max_keys < 1:
         raise ConfigError(f"{origin}: accounts.max_keys must be at least 1 when set")
+    if config.registrations_per_hour < 1:
+        raise ConfigError(f"{origin}: accounts.registrations_per_hour must be at least 1")
     if config.public_url is not None:
         if not config.public_url.startswith(("http://", "https://")):
             raise ConfigError(f"{origin}: server.public_url must start with http:// or https://")

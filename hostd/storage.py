@@ -1,46 +1,55 @@
-"""Content-addressed blob storage on the local filesystem."""
+"""Blob storage: content-addressed bytes behind one interface, BlobStore.
+
+Everything above this module reaches bytes only through a BlobStore: writing an upload
+(a BlobWriter, then place()), reading a range, deleting, listing for `hostd gc`. The
+interface is shaped for a store whose reads and writes are network calls (S3): every
+operation that may touch the disk or the network is async, and a written blob is an
+opaque handle, not a path. LocalBlobStore keeps blobs in a directory tree.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
+import fcntl
 import hashlib
 import os
+import secrets
+import shutil
 import tempfile
-from collections.abc import Awaitable
+import time
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
+
+from hostd.config import Config
+from hostd.hashes import is_sha256
 
 # How many leading bytes of each blob are kept for content-type detection.
 HEAD_BYTES = 8192
-SHORT_HASH_MIN = 12
-SHORT_HASH_MAX = 16
 TEMP_PREFIX = "upload-"
 # An upload's bytes go to the worker thread in batches of about this size.
 WRITE_BATCH_BYTES = 256 * 1024
+# Reads for serving: pieces of this size; a blob up to SMALL_READ_BYTES is read in one go
+# on the IOLoop (from the page cache that is a few microseconds; a thread costs more).
+READ_CHUNK_BYTES = 256 * 1024
+SMALL_READ_BYTES = 64 * 1024
 
 
-def short_hash_candidates(sha256_hex: str) -> list[str]:
-    """The public hashes a blob may take, shortest first.
-
-    The public hash is the URL-safe base64 of the SHA-256 digest, cut to 12 characters
-    (72 bits). Only when another blob already holds that prefix does the next blob take
-    the 13-character form, and so on up to 16; see register_upload in db.py.
-    """
-    encoded = base64.urlsafe_b64encode(bytes.fromhex(sha256_hex)).decode("ascii")
-    return [encoded[:n] for n in range(SHORT_HASH_MIN, SHORT_HASH_MAX + 1)]
+class BlobMissing(Exception):
+    """The store has no bytes for this SHA-256 (never stored, or removed)."""
 
 
 @dataclass(frozen=True)
 class WrittenBlob:
-    """An upload's bytes, durable in a temp file; BlobStore.place() puts them in the store."""
+    """An upload's bytes, durable but not yet in the store; place() or discard() follows.
+    `handle` belongs to the store that wrote it (a temp file, an S3 upload id...)."""
 
     sha256: str
     size_bytes: int
     head: bytes
-    temp: Path
+    handle: Any
 
 
 class BlobWriter(Protocol):
@@ -62,20 +71,82 @@ class BlobWriter(Protocol):
     def abort(self) -> Awaitable[None] | None: ...
 
 
+class BlobReader(Protocol):
+    """An opened blob: its bytes from `start` to `end` (inclusive), in pieces."""
+
+    def chunks(self, start: int, end: int) -> AsyncIterator[bytes]: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class StoredBlob:
+    """A blob as the store lists it, for `hostd gc`."""
+
+    sha256: str
+    modified_at: float
+
+
 class BlobStore(Protocol):
-    """What the handlers need of blob storage, so another backend can be added later."""
+    """The only way to bytes: handlers, thumbnails and the CLI are typed against this."""
 
     def writer(self) -> BlobWriter: ...
 
-    async def place(self, written: WrittenBlob) -> bool: ...
+    async def place(self, written: WrittenBlob) -> None:
+        """Make committed bytes visible under their SHA-256; when they are there already,
+        drop the new copy and mark the old one as just used (so gc's grace covers it)."""
 
-    def discard(self, written: WrittenBlob) -> None: ...
+    async def discard(self, written: WrittenBlob) -> None: ...
 
-    def open(self, sha256: str) -> BinaryIO: ...
+    async def open(self, sha256: str) -> BlobReader:
+        """Raises BlobMissing when there are no such bytes."""
 
-    def exists(self, sha256: str) -> bool: ...
+    async def exists(self, sha256: str) -> bool: ...
 
-    def delete(self, sha256: str) -> bool: ...
+    async def delete(self, sha256: str) -> bool: ...
+
+    def list_blobs(self) -> AsyncIterator[StoredBlob]: ...
+
+    def local_copy(self, sha256: str) -> contextlib.AbstractAsyncContextManager[Path]:
+        """A path to the bytes for a library that needs a file (Pillow), while the
+        context lasts. Raises BlobMissing."""
+        ...
+
+    def guard(self, sha256: str) -> contextlib.AbstractAsyncContextManager[None]:
+        """Held while placing or deleting these bytes, so that within this process a
+        deletion and a new upload of the same bytes never interleave."""
+        ...
+
+    def accel_path(self, sha256: str) -> str | None:
+        """The blob's path below the store's root, for nginx's X-Accel-Redirect; None when
+        the bytes are not in a directory nginx can read."""
+        ...
+
+    async def remove_stale_temp_files(self) -> int:
+        """Remove what uploads that a crash interrupted left behind; how many."""
+
+    def close(self) -> None: ...
+
+
+class KeyedLocks:
+    """An asyncio.Lock per key, kept only while someone holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
 
 
 class LocalBlobWriter:
@@ -168,7 +239,11 @@ class LocalBlobWriter:
 
     def _remove(self) -> None:
         if self._file is not None:
-            self._file.close()
+            # Closing writes out what the file still buffers, which fails on a full disk;
+            # the file is closed all the same, and must not outlive the upload.
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None
         if self._path is not None:
             self._path.unlink(missing_ok=True)
 
@@ -176,9 +251,7 @@ class LocalBlobWriter:
 
     def _write_batch(self, batch: list[bytes]) -> None:
         if self._file is None:
-            fd, name = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=self._store.tmp_dir)
-            self._path = Path(name)
-            self._file = os.fdopen(fd, "wb")
+            self._path, self._file = self._store.open_temp()
         for chunk in batch:
             self._file.write(chunk)
 
@@ -190,63 +263,179 @@ class LocalBlobWriter:
         self._file.close()
 
 
+class LocalFileReader:
+    """A blob's open file. Reads of a small blob happen on the IOLoop (page cache: a few
+    microseconds); bigger ones go to a thread a piece at a time."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    async def chunks(self, start: int, end: int) -> AsyncIterator[bytes]:
+        position, left = start, end - start + 1
+        small = left <= SMALL_READ_BYTES
+        while left > 0:
+            size = min(READ_CHUNK_BYTES, left)
+            if small:
+                piece = os.pread(self._fd, size, position)
+            else:
+                piece = await asyncio.to_thread(os.pread, self._fd, size, position)
+            if not piece:
+                return
+            position += len(piece)
+            left -= len(piece)
+            yield piece
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
 class LocalBlobStore:
-    """Blobs under `root/ab/cd/<sha256>`; temp files under `root/../tmp`."""
+    """Blobs under `root/ab/cd/<sha256>`; uploads in progress under `root/../tmp/<process>/`.
+
+    Each process writes its temp files into a folder of its own, locked with flock while
+    the process lives, so that one start never clears another's uploads in flight: only
+    folders whose lock is free (their process is gone) are removed.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.tmp_dir = root.parent / "tmp"
+        self.tmp_root = root.parent / "tmp"
         self.root.mkdir(parents=True, exist_ok=True)
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.tmp_root.mkdir(parents=True, exist_ok=True)
+        self.tmp_dir = self.tmp_root / f"{os.getpid()}-{secrets.token_hex(4)}"
+        self.tmp_dir.mkdir()
+        self._lock_fd = os.open(self.tmp_dir / ".lock", os.O_WRONLY | os.O_CREAT, 0o600)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self._guards = KeyedLocks()
+
+    def close(self) -> None:
+        """Remove this process's temp folder (call once nothing is being uploaded)."""
+        if self._lock_fd >= 0:
+            shutil.rmtree(self.tmp_dir, ignore_errors=True)
+            os.close(self._lock_fd)
+            self._lock_fd = -1
 
     def path(self, sha256: str) -> Path:
-        if len(sha256) != 64 or not all(c in "0123456789abcdef" for c in sha256):
+        if not is_sha256(sha256):
             raise ValueError(f"not a SHA-256 hex digest: {sha256!r}")
         return self.root / sha256[:2] / sha256[2:4] / sha256
+
+    def accel_path(self, sha256: str) -> str:
+        self.path(sha256)  # checks the digest
+        return f"{sha256[:2]}/{sha256[2:4]}/{sha256}"
 
     def writer(self) -> LocalBlobWriter:
         return LocalBlobWriter(self)
 
-    def open(self, sha256: str) -> BinaryIO:
-        return self.path(sha256).open("rb")
+    def guard(self, sha256: str) -> contextlib.AbstractAsyncContextManager[None]:
+        return self._guards.hold(sha256)
 
-    def exists(self, sha256: str) -> bool:
-        return self.path(sha256).is_file()
+    def open_temp(self) -> tuple[Path, BinaryIO]:
+        """A new temp file for an upload, open for writing (in a worker thread)."""
+        fd, name = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=self.tmp_dir)
+        return Path(name), os.fdopen(fd, "wb")
 
-    def delete(self, sha256: str) -> bool:
+    async def open(self, sha256: str) -> LocalFileReader:
+        # No stat first: the open itself fails cleanly for bytes that are gone.
         try:
-            self.path(sha256).unlink()
+            fd = os.open(self.path(sha256), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise BlobMissing(sha256) from None
+        return LocalFileReader(fd)
+
+    async def exists(self, sha256: str) -> bool:
+        return _is_file(self.path(sha256))
+
+    async def delete(self, sha256: str) -> bool:
+        try:
+            os.unlink(self.path(sha256))
         except FileNotFoundError:
             return False
         return True
 
-    def remove_stale_temp_files(self) -> int:
-        """Remove uploads a crash left half-written; call before serving starts."""
+    async def list_blobs(self) -> AsyncIterator[StoredBlob]:
+        for blob in await asyncio.to_thread(self._scan):
+            yield blob
+
+    def _scan(self) -> list[StoredBlob]:
+        found: list[StoredBlob] = []
+        for first in sorted(os.scandir(self.root), key=lambda e: e.name):
+            if not first.is_dir():
+                continue
+            for second in os.scandir(first.path):
+                if not second.is_dir():
+                    continue
+                for entry in os.scandir(second.path):
+                    if is_sha256(entry.name) and entry.is_file():
+                        found.append(StoredBlob(entry.name, entry.stat().st_mtime))
+        return found
+
+    @contextlib.asynccontextmanager
+    async def local_copy(self, sha256: str) -> AsyncIterator[Path]:
+        path = self.path(sha256)
+        if not _is_file(path):
+            raise BlobMissing(sha256)
+        yield path  # already a file: no copy
+
+    async def remove_stale_temp_files(self) -> int:
+        return await asyncio.to_thread(self._remove_stale_temp_files)
+
+    def _remove_stale_temp_files(self) -> int:
+        """Remove the temp folders (and older loose temp files) of processes that are
+        gone: uploads a crash left half-written. Returns how many files went."""
         removed = 0
-        for entry in self.tmp_dir.glob(TEMP_PREFIX + "*"):
-            with contextlib.suppress(FileNotFoundError):
-                entry.unlink()
-                removed += 1
+        for entry in self.tmp_root.iterdir():
+            if entry == self.tmp_dir:
+                continue
+            if entry.is_file() and entry.name.startswith(TEMP_PREFIX):
+                with contextlib.suppress(FileNotFoundError):
+                    entry.unlink()
+                    removed += 1
+            elif entry.is_dir() and _owner_is_gone(entry):
+                removed += sum(1 for p in entry.iterdir() if p.name.startswith(TEMP_PREFIX))
+                shutil.rmtree(entry, ignore_errors=True)
         return removed
 
-    async def place(self, written: WrittenBlob) -> bool:
-        """Move a committed upload into the store; False when the blob was there already
-        (then the temp file is dropped). Callers serialise place() with delete() for the
-        same blob (db.register_upload and db.delete_upload do, under the write lock)."""
-        return await asyncio.to_thread(self._place, written)
+    async def place(self, written: WrittenBlob) -> None:
+        await asyncio.to_thread(self._place, written)
 
-    def _place(self, written: WrittenBlob) -> bool:
+    def _place(self, written: WrittenBlob) -> None:
         target = self.path(written.sha256)
+        temp: Path = written.handle
         if target.exists():
-            written.temp.unlink(missing_ok=True)
-            return False
+            temp.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.utime(target)  # just used: gc's grace period starts again
+            return
         target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(written.temp, target)
+        os.replace(temp, target)
         _fsync_dir(target.parent)
-        return True
 
-    def discard(self, written: WrittenBlob) -> None:
-        written.temp.unlink(missing_ok=True)
+    async def discard(self, written: WrittenBlob) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(written.handle)
+
+
+def _is_file(path: Path) -> bool:
+    """A stat on the IOLoop: microseconds on a local disk, like the open of a download."""
+    return path.is_file()
+
+
+def _owner_is_gone(folder: Path) -> bool:
+    """A process's temp folder whose flock nobody holds any more."""
+    try:
+        fd = os.open(folder / ".lock", os.O_WRONLY)
+    except FileNotFoundError:
+        # Made a moment ago and not yet locked, or left by a crash before the lock: only
+        # an old one is taken for gone.
+        return time.time() - folder.stat().st_mtime > 3600
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return True
 
 
 def _fsync_dir(path: Path) -> None:
@@ -256,6 +445,11 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def store_from(config: Config) -> BlobStore:
+    """The blob store the configuration names (today: the local directory)."""
+    return LocalBlobStore(config.blobs_dir)
 
 
 def _conforms(store: LocalBlobStore) -> BlobStore:

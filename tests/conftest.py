@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import errno
+import io
+import os
 import secrets
+import subprocess
+import tempfile
+import threading
 import urllib.parse
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -21,13 +27,19 @@ from hostd.auth import Auth, session_token_hash
 from hostd.config import Config
 from hostd.db import Database, User
 from hostd.handlers.base import SESSION_COOKIE
-from hostd.storage import LocalBlobStore
+from hostd.storage import TEMP_PREFIX, LocalBlobStore
 
 
 @pytest.fixture
-def config(tmp_path: Path) -> Config:
+def config(request: pytest.FixtureRequest, tmp_path: Path) -> Config:
+    # A test that asks for small_disk gets its data dir on that tmpfs.
+    root = (
+        request.getfixturevalue("small_disk").path
+        if "small_disk" in request.fixturenames
+        else tmp_path
+    )
     return Config(
-        data_dir=tmp_path / "data", max_upload_bytes=8 * 1024 * 1024, cookie_secret="test-secret"
+        data_dir=root / "data", max_upload_bytes=8 * 1024 * 1024, cookie_secret="test-secret"
     )
 
 
@@ -38,6 +50,7 @@ def parts(config: Config, io_loop: Any) -> Iterator[tuple[Database, LocalBlobSto
     db = io_loop.run_sync(lambda: Database.open(config.db_path))
     yield db, store
     io_loop.run_sync(db.close)
+    store.close()
 
 
 @pytest.fixture
@@ -60,9 +73,58 @@ def auth() -> Iterator[Auth]:
     auth.close()
 
 
+class GatedHasher(argon2.PasswordHasher):
+    """The cheapest real Argon2, except that each job waits at a gate while the test holds it
+    shut: the password lane then stays as full as the test has made it. `jobs` lists what
+    reached the lane's thread, in order ("hash <password>", "verify <password>")."""
+
+    def __init__(self) -> None:
+        cheapest = argon2.profiles.CHEAPEST
+        super().__init__(
+            time_cost=cheapest.time_cost,
+            memory_cost=cheapest.memory_cost,
+            parallelism=cheapest.parallelism,
+            hash_len=cheapest.hash_len,
+            salt_len=cheapest.salt_len,
+            type=cheapest.type,
+        )
+        self.gate = threading.Event()
+        self.gate.set()
+        self.jobs: list[str] = []
+
+    def hash(self, password: str | bytes, *, salt: bytes | None = None) -> str:
+        self.jobs.append(f"hash {password!s}")
+        self.gate.wait(10)
+        return super().hash(password, salt=salt)
+
+    def verify(self, hash: str | bytes, password: str | bytes) -> bool:
+        self.jobs.append(f"verify {password!s}")
+        self.gate.wait(10)
+        return super().verify(hash, password)
+
+
+class Clock:
+    """A monotonic clock that moves only when a test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 @pytest.fixture
-def app(config: Config, db: Database, store: LocalBlobStore, auth: Auth) -> Any:
-    return make_app(config, db, store, auth)
+def clock() -> Clock:
+    """The app's throttles run on this clock: tests move time on instead of sleeping."""
+    return Clock()
+
+
+@pytest.fixture
+def app(config: Config, db: Database, store: LocalBlobStore, auth: Auth, clock: Clock) -> Any:
+    return make_app(config, db, store, auth, clock=clock)
 
 
 @pytest.fixture
@@ -131,3 +193,97 @@ def login(db: Database, auth: Auth, config: Config) -> Callable[..., Awaitable[S
 
 def form_body(**fields: str) -> str:
     return urllib.parse.urlencode({"_xsrf": XSRF, **fields})
+
+
+# -- full disks ---------------------------------------------------------------------------
+
+SMALL_DISK_BYTES = 20 * 1024 * 1024
+
+
+@dataclass
+class SmallDisk:
+    """A real tmpfs: fill() takes its free space away, empty() gives it back."""
+
+    path: Path
+
+    def free_bytes(self) -> int:
+        stat = os.statvfs(self.path)
+        return stat.f_bavail * stat.f_frsize
+
+    def fill(self, leave: int = 0) -> None:
+        """Leave `leave` bytes free (whole pages), in a filler file beside the data dir."""
+        fd, _ = tempfile.mkstemp(prefix="filler-", dir=self.path)
+        try:
+            os.posix_fallocate(fd, 0, self.free_bytes() - leave)
+        finally:
+            os.close(fd)
+        assert self.free_bytes() == leave
+
+    def empty(self) -> None:
+        for filler in self.path.glob("filler-*"):
+            filler.unlink()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
+    """A 20 MiB tmpfs under tmp_path; the `config` fixture then puts the data dir on it.
+
+    Mounting needs root, as in CI; elsewhere the tests that need it are skipped, loudly,
+    unless CI=true or HOSTD_REQUIRE_BROWSER=1 makes that a failure. Name it first in a
+    test's arguments, so that a skip comes before the server has taken a port."""
+    path = tmp_path / "small-disk"
+    path.mkdir()
+    size = f"size={SMALL_DISK_BYTES // 1024}k"
+    try:
+        mounted = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", size, "tmpfs", str(path)], capture_output=True, text=True
+        )
+        error = mounted.stderr.strip() if mounted.returncode else ""
+    except OSError as exc:
+        error = str(exc)
+    if error:
+        reason = f"FULL-DISK TESTS NOT RUN: cannot mount a tmpfs (run as root): {error}"
+        if os.environ.get("CI") == "true" or os.environ.get("HOSTD_REQUIRE_BROWSER") == "1":
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    try:
+        yield SmallDisk(path)
+    finally:
+        # Lazy: a file the test left open must not keep the mount alive after it.
+        subprocess.run(["umount", "--lazy", str(path)], check=True)
+
+
+class CrampedBlobStore(LocalBlobStore):
+    """A blob store whose disk has `room` bytes left: a write past it fails with ENOSPC,
+    as the kernel's does, and what was buffered stays unwritten (so close() fails too)."""
+
+    def __init__(self, root: Path, room: int) -> None:
+        super().__init__(root)
+        self.room = room
+
+    def open_temp(self) -> tuple[Path, io.BufferedWriter]:
+        fd, name = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=self.tmp_dir)
+        return Path(name), io.BufferedWriter(_CrampedFile(fd, self))
+
+
+class _CrampedFile(io.FileIO):
+    def __init__(self, fd: int, store: CrampedBlobStore) -> None:
+        super().__init__(fd, "wb")
+        self.store = store
+
+    def write(self, data: Any) -> int:
+        room = min(len(data), self.store.room)
+        if room == 0 and len(data) > 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        written = super().write(memoryview(data)[:room]) or 0
+        self.store.room -= written
+        return written
+
+
+@pytest.fixture
+def cramped_store(app: tornado.web.Application, config: Config) -> Iterator[CrampedBlobStore]:
+    """Put the app's uploads on a disk with no room left (set `room` to give it some)."""
+    store = CrampedBlobStore(config.blobs_dir, room=0)
+    app.settings["hostd_store"] = store
+    yield store
+    store.close()

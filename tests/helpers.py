@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import subprocess
 import sys
 import time
@@ -76,7 +75,12 @@ def streamed_upload(
 
 
 def temp_files(config: Config) -> list[str]:
-    return os.listdir(config.data_dir / "tmp")
+    """Uploads in progress (or left behind), in every process's temp folder."""
+    return [
+        path.name
+        for path in (config.data_dir / "tmp").rglob("*")
+        if path.name != ".lock" and path.is_file()
+    ]
 
 
 def blob_files(config: Config) -> list[Path]:

@@ -6,13 +6,14 @@ import asyncio
 import dataclasses
 
 import pytest
-from conftest import XSRF, form_body
+from conftest import XSRF, GatedHasher, form_body
 
 from hostd import db as queries
-from hostd.auth import session_token_hash
+from hostd.auth import Auth, session_token_hash
 
 
-async def submit(client, url, cookie=f"_xsrf={XSRF}", **fields):
+async def submit(client, url, cookie=f"_xsrf={XSRF}", address="127.0.0.1", **fields):
+    """Post a form from `address`: any 127.x.y.z reaches the server over loopback as itself."""
     return await client.fetch(
         url,
         method="POST",
@@ -20,7 +21,33 @@ async def submit(client, url, cookie=f"_xsrf={XSRF}", **fields):
         headers={"Cookie": cookie},
         follow_redirects=False,
         raise_error=False,
+        network_interface=address,
     )
+
+
+async def register(client, base_url, name, password="long enough", address="127.0.0.1"):
+    return await submit(
+        client,
+        f"{base_url}/register",
+        address=address,
+        name=name,
+        password=password,
+        confirm=password,
+    )
+
+
+async def sign_in(client, base_url, name, password, address="127.0.0.1"):
+    return await submit(client, f"{base_url}/login", address=address, name=name, password=password)
+
+
+async def until(condition, within=5.0):
+    """Wait (polling) until condition() holds; False if it never did `within` seconds."""
+    deadline = asyncio.get_running_loop().time() + within
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
 
 
 def session_cookie(response) -> str:
@@ -230,3 +257,223 @@ class TestBehindHttps:
         for cookie in (xsrf, session):
             flags = [part.strip().lower() for part in cookie.split(";")]
             assert "secure" in flags and "httponly" in flags and "samesite=lax" in flags
+
+
+# -- registration floods (issue 8, item 2) --
+
+
+@pytest.mark.gen_test
+async def test_one_address_makes_at_most_five_accounts_an_hour(http_client, base_url, clock):
+    made = [(await register(http_client, base_url, f"flood{i}")).code for i in range(5)]
+
+    refused = await register(http_client, base_url, "flood5")
+    elsewhere = await register(http_client, base_url, "neighbour", address="127.0.0.2")
+    clock.advance(3600)
+    later = await register(http_client, base_url, "flood6")
+
+    assert made == [303] * 5
+    assert refused.code == 429
+    assert 3500 <= int(refused.headers["Retry-After"]) <= 3600
+    assert "Too many new accounts from your address. Try again in 60 minutes." in (
+        refused.body.decode()
+    )
+    assert elsewhere.code == 303
+    assert later.code == 303
+
+
+@pytest.mark.gen_test
+async def test_a_refused_registration_does_not_use_up_the_hour(http_client, base_url, login):
+    await login("taken")
+
+    refusals = [
+        (await register(http_client, base_url, "taken")).code,
+        (await register(http_client, base_url, "x", password="short")).code,
+    ] * 3
+    made = [(await register(http_client, base_url, f"fine{i}")).code for i in range(5)]
+
+    assert refusals == [400, 400] * 3
+    assert made == [303] * 5
+
+
+class TestWhenThePasswordLaneIsFull:
+    """An Argon2 lane held shut (GatedHasher) with room for `request.param` jobs."""
+
+    @pytest.fixture
+    def auth(self, request):
+        hasher = GatedHasher()
+        auth = Auth(password_hasher=hasher, key_hasher=hasher, max_waiting_passwords=request.param)
+        yield auth
+        hasher.gate.set()
+        auth.close()
+
+    @pytest.mark.parametrize("auth", [4], indirect=True)
+    @pytest.mark.gen_test
+    async def test_a_registration_flood_leaves_room_for_sign_ins(
+        self, http_client, base_url, login, auth
+    ):
+        await login("owner", password="right password")
+        await sign_in(http_client, base_url, "nobody", "x")  # makes the dummy hash now
+        auth.passwords.gate.clear()
+
+        first = asyncio.ensure_future(register(http_client, base_url, "flood0", "password 0"))
+        assert await until(lambda: auth.passwords.jobs[-1] == "hash password 0")
+        flood = [
+            asyncio.ensure_future(register(http_client, base_url, f"flood{i}", f"password {i}"))
+            for i in range(1, 4)
+        ]
+        # New accounts may hold half the lane (two places): the others are refused at once.
+        await until(lambda: sum(f.done() for f in flood) == 2, within=2)
+        owner = asyncio.ensure_future(
+            sign_in(http_client, base_url, "owner", "right password", address="127.0.0.2")
+        )
+        await until(lambda: owner.done(), within=0.3)  # a 503 would come back at once
+        auth.passwords.gate.set()
+        codes = [(await f).code for f in [first, *flood]]
+
+        assert (await owner).code == 303
+        assert sorted(codes) == [303, 303, 503, 503]
+
+    @pytest.mark.parametrize("auth", [1], indirect=True)
+    @pytest.mark.gen_test
+    async def test_busy_answers_do_not_count_as_failed_sign_ins(
+        self, http_client, base_url, login, auth
+    ):
+        await login("owner", password="right password")
+        auth.passwords.gate.clear()
+        other = asyncio.ensure_future(sign_in(http_client, base_url, "nobody", "x", "127.0.0.3"))
+        assert await until(lambda: len(auth.passwords.jobs) == 2)  # the owner's hash, then this
+
+        busy = [
+            await sign_in(http_client, base_url, "owner", "right password", "127.0.0.2")
+            for _ in range(7)
+        ]
+        auth.passwords.gate.set()
+        await other
+        after = await sign_in(http_client, base_url, "owner", "right password", "127.0.0.2")
+
+        assert [r.code for r in busy] == [503] * 7
+        assert busy[0].headers["Retry-After"] == "5"
+        assert "The server is busy" in busy[0].body.decode()
+        assert after.code == 303
+
+    @pytest.mark.parametrize("auth", [1], indirect=True)
+    @pytest.mark.gen_test
+    async def test_a_busy_answer_does_not_use_up_the_hour_of_registrations(
+        self, http_client, base_url, login, auth
+    ):
+        auth.passwords.gate.clear()
+        other = asyncio.ensure_future(sign_in(http_client, base_url, "nobody", "x", "127.0.0.3"))
+        assert await until(lambda: auth.passwords.jobs)
+
+        busy = [(await register(http_client, base_url, f"new{i}")).code for i in range(6)]
+        auth.passwords.gate.set()
+        await other
+        made = [(await register(http_client, base_url, f"new{i}")).code for i in range(5)]
+
+        assert busy == [503] * 6
+        assert made == [303] * 5
+
+
+# -- sign-in throttling that cannot lock an owner out (issue 8, item 8) --
+
+
+@pytest.mark.gen_test
+async def test_guessing_at_each_retry_after_does_not_lock_the_owner_out(
+    http_client, base_url, login, clock
+):
+    await login("olga", password="right password")
+    attacker, owner = [], []
+
+    for _ in range(16):  # what kept an account locked for 63 s before
+        response = await sign_in(http_client, base_url, "olga", "guess")
+        attacker.append(response.code)
+        if response.code == 429:  # the account looks locked: its owner signs in meanwhile
+            answer = await sign_in(http_client, base_url, "olga", "right password", "127.0.0.2")
+            owner.append(answer.code)
+            clock.advance(int(response.headers["Retry-After"]))
+
+    assert owner == [303] * attacker.count(429)
+    assert attacker[:6] == [401] * 5 + [429]  # the guesser is still held: 5 free, then waits
+    assert attacker.count(401) <= 5 + attacker.count(429)
+
+
+@pytest.mark.gen_test
+async def test_guesses_from_many_addresses_hold_the_account_except_where_its_owner_was(
+    http_client, base_url, login
+):
+    await login("pia", password="right password")
+    known = await sign_in(http_client, base_url, "pia", "right password", "127.0.0.2")
+
+    guesses = [
+        (await sign_in(http_client, base_url, "pia", "guess", f"127.0.1.{i}")).code
+        for i in range(1, 21)
+        for _ in range(5)
+    ]
+    stranger = await sign_in(http_client, base_url, "pia", "right password", "127.0.0.3")
+    owner = await sign_in(http_client, base_url, "pia", "right password", "127.0.0.2")
+
+    assert known.code == 303
+    assert guesses == [401] * 100  # five from each of twenty addresses
+    assert stranger.code == 429
+    assert owner.code == 303
+
+
+# -- passwords exactly as typed (issue 8, item 12) --
+
+
+@pytest.mark.parametrize(
+    ("password", "near_miss"),
+    [
+        ("  correct horse  ", "correct horse"),
+        ("\x1fabcdefg", " abcdefg"),
+        ("tab\there, newline\nthere", "tab here, newline there"),
+        ("x" * 1025, "x" * 1024),
+        ("é" * 4096, "é" * 4095),
+    ],
+    ids=["spaces", "control", "tab-newline", "1025", "4096-non-ascii"],
+)
+@pytest.mark.gen_test
+async def test_a_password_is_compared_exactly_as_typed(http_client, base_url, password, near_miss):
+    made = await register(http_client, base_url, "quinn", password)
+
+    exact = await sign_in(http_client, base_url, "quinn", password)
+    altered = await sign_in(http_client, base_url, "quinn", near_miss)
+
+    assert made.code == 303
+    assert exact.code == 303
+    assert altered.code == 401
+
+
+@pytest.mark.gen_test
+async def test_an_account_made_on_the_command_line_signs_in_with_its_padded_password(
+    http_client, base_url, login
+):
+    await login("rosa", password="  correct horse  ")  # as `hostd user add` stores it
+
+    exact = await sign_in(http_client, base_url, "rosa", "  correct horse  ")
+    stripped = await sign_in(http_client, base_url, "rosa", "correct horse")
+
+    assert exact.code == 303
+    assert stripped.code == 401
+
+
+@pytest.mark.gen_test
+async def test_a_too_long_password_is_refused_for_what_it_is(http_client, base_url):
+    response = await register(http_client, base_url, "sam", "x" * 4097)
+
+    assert response.code == 400
+    assert "A password has at most 4,096 characters." in response.body.decode()
+
+
+@pytest.mark.gen_test
+async def test_a_password_that_is_not_utf8_is_refused_for_what_it_is(http_client, base_url):
+    response = await http_client.fetch(
+        f"{base_url}/register",
+        method="POST",
+        body=form_body(name="tom", confirm="x") + "&password=%FF%FEpassword",
+        headers={"Cookie": f"_xsrf={XSRF}"},
+        raise_error=False,
+    )
+
+    assert response.code == 400
+    assert "not sent as UTF-8" in response.body.decode()

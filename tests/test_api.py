@@ -155,8 +155,8 @@ async def test_a_bearer_upload_is_registered_to_the_keys_account(http_client, ba
 
     assert response.code == 200
     (key,) = await queries.list_api_keys(db, user_id=alice.user.id)
-    async with db.conn.execute("SELECT user_id, api_key_id FROM uploads") as cur:
-        assert tuple(await cur.fetchone()) == (alice.user.id, key.id)
+    (stored,) = await queries.all_uploads(db)
+    assert (stored.user_id, stored.api_key_id) == (alice.user.id, key.id)
     assert key.last_used_at is not None
 
 
@@ -185,8 +185,7 @@ async def test_a_bad_key_is_a_401_and_nothing_is_stored(http_client, base_url, d
     assert response.code == 401
     assert response.headers["WWW-Authenticate"].startswith("Bearer")
     assert json.loads(response.body)["status"] is False
-    async with db.conn.execute("SELECT count(*) FROM uploads") as cur:
-        assert (await cur.fetchone())[0] == 0
+    assert await queries.all_uploads(db) == []
     assert [p for p in config.blobs_dir.rglob("*") if p.is_file()] == []
 
 
@@ -322,8 +321,7 @@ async def test_the_api_ignores_the_browser_session(http_client, base_url, login,
     response = await upload(http_client, base_url, cookie=alice.cookie)
 
     assert response.code == 200
-    async with db.conn.execute("SELECT user_id FROM uploads") as cur:
-        assert (await cur.fetchone())[0] is None
+    assert [u.user_id for u in await queries.all_uploads(db)] == [None]
 
 
 @pytest.mark.parametrize("token_in", ["header", "form"], ids=["page-script", "no-javascript"])
@@ -345,8 +343,7 @@ async def test_a_signed_in_browser_upload_is_registered_to_the_account(
     )
 
     assert response.body.startswith(b"OK ")
-    async with db.conn.execute("SELECT user_id FROM uploads") as cur:
-        assert (await cur.fetchone())[0] == alice.user.id
+    assert [u.user_id for u in await queries.all_uploads(db)] == [alice.user.id]
 
 
 @pytest.mark.parametrize(
@@ -371,8 +368,7 @@ async def test_a_signed_in_browser_upload_without_the_token_is_refused(
 
     assert response.code == 403
     assert b"xsrf" in response.body
-    async with db.conn.execute("SELECT count(*) FROM uploads") as cur:
-        assert (await cur.fetchone())[0] == 0
+    assert await queries.all_uploads(db) == []
     assert temp_files(config) == [] and blob_files(config) == []
 
 
@@ -389,8 +385,7 @@ async def test_same_bytes_from_two_accounts_one_blob_two_registrations(
 
     assert json.loads(a.body)["hash"] == json.loads(b.body)["hash"]
     assert len([p for p in config.blobs_dir.rglob("*") if p.is_file()]) == 1
-    async with db.conn.execute("SELECT user_id FROM uploads ORDER BY id") as cur:
-        assert [row[0] for row in await cur.fetchall()] == [alice.user.id, bob.user.id]
+    assert [u.user_id for u in await queries.all_uploads(db)] == [alice.user.id, bob.user.id]
 
 
 @pytest.mark.gen_test
@@ -478,8 +473,7 @@ async def test_the_sharex_uploader_uploads_anonymously_and_links_the_file(
     assert "Headers" not in sxcu
     assert "ImageUploader" in sxcu["DestinationType"]
     assert status == 200 and fetched == b"\x89PNG\r\n\x1a\n shot"
-    async with db.conn.execute("SELECT user_id FROM uploads") as cur:
-        assert [row[0] for row in await cur.fetchall()] == [None]
+    assert [u.user_id for u in await queries.all_uploads(db)] == [None]
 
 
 @pytest.mark.gen_test
@@ -497,8 +491,7 @@ async def test_a_new_key_comes_with_a_sharex_uploader_that_uses_it(
 
     assert sxcu["Headers"] == {"Authorization": f"Bearer {token}"}
     assert status == 200 and fetched == b"alice's screenshot"
-    async with db.conn.execute("SELECT user_id FROM uploads") as cur:
-        assert [row[0] for row in await cur.fetchall()] == [alice.user.id]
+    assert [u.user_id for u in await queries.all_uploads(db)] == [alice.user.id]
     assert refused == (401, "the API key is not valid (unknown or invalidated)")
 
 

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import signal
+import sqlite3
 import subprocess
 import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+import argon2
 from helpers import multipart_body, start, wait_for_line
 from PIL import Image
 
@@ -84,16 +87,22 @@ def test_a_missing_config_file_is_an_error(tmp_path):
 
 def test_half_written_uploads_from_a_crash_are_removed_at_start(tmp_path, free_port):
     data = tmp_path / "d"
-    (data / "tmp").mkdir(parents=True)
-    (data / "tmp" / "upload-abc123").write_bytes(b"half")
+    crashed = data / "tmp" / "4242-deadbeef"  # a process's temp folder, its lock long free
+    crashed.mkdir(parents=True)
+    (crashed / ".lock").touch()
+    (crashed / "upload-abc123").write_bytes(b"half")
+    (data / "tmp" / "upload-older-layout").write_bytes(b"half")
     proc = start(["serve", "--data-dir", str(data), "--port", str(free_port)], tmp_path)
     try:
+        wait_for_line(proc, "removed 2 half-written upload(s)")
         wait_for_line(proc, "listening on")
+        assert not crashed.exists()
+        assert not (data / "tmp" / "upload-older-layout").exists()
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=10)
 
-    assert list((data / "tmp").iterdir()) == []
+    assert list((data / "tmp").iterdir()) == []  # its own folder goes at exit
 
 
 def hostd(*args: str, cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -198,6 +207,44 @@ def test_user_commands_explain_their_failures(tmp_path):
     assert missing.returncode == 1 and "there is no user 'nobody'" in missing.stderr
     assert passwd.returncode == 0 and "sessions have ended" in passwd.stderr
     assert no_key.returncode == 1 and "there is no key" in no_key.stderr
+
+
+def stored_password_hash(data_dir: Path, name: str) -> str:
+    with contextlib.closing(sqlite3.connect(data_dir / "hostd.sqlite3")) as conn:
+        (password_hash,) = conn.execute(
+            "SELECT password_hash FROM users WHERE name = ?", (name,)
+        ).fetchone()
+    return password_hash
+
+
+def test_password_stdin_keeps_the_password_as_typed_but_its_final_newline(tmp_path):
+    data = ["--data-dir", str(tmp_path / "d")]
+
+    added = hostd(
+        "user", "add", "bob", "--password-stdin", *data, cwd=tmp_path, stdin="  correct horse  \n"
+    )
+    first = stored_password_hash(tmp_path / "d", "bob")
+    changed = hostd(
+        "user", "passwd", "bob", "--password-stdin", *data, cwd=tmp_path, stdin="\x1fnew one \t\n"
+    )
+    second = stored_password_hash(tmp_path / "d", "bob")
+
+    assert added.returncode == 0 and changed.returncode == 0
+    assert argon2.PasswordHasher().verify(first, "  correct horse  ")
+    assert argon2.PasswordHasher().verify(second, "\x1fnew one \t")
+
+
+def test_password_stdin_that_is_not_utf8_is_refused_for_what_it_is(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "hostd", "user", "add", "bob", "--password-stdin"],
+        input=b"\xff\xfe not utf-8\n",
+        capture_output=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+
+    assert result.returncode == 1
+    assert b"the password on standard input is not UTF-8" in result.stderr
 
 
 def test_key_create_keeps_to_accounts_max_keys(tmp_path):

@@ -103,6 +103,7 @@ def test_command_line_overrides_win(tmp_path):
             "[accounts]\nregistration = 'invite'\n",
             "accounts.registration must be 'open' or 'closed'",
         ),
+        ("[accounts]\nregistrations_per_hour = 0\n", "accounts.registrations_per_hour must be"),
         ("[server]\npublic_url = 'files.example.org'\n", "server.public_url must start with"),
         ("port = 1\n", "unknown section [port]"),
         ("[server\n", "hostd.toml"),

@@ -4,29 +4,33 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import sqlite3
+import threading
 
 import pytest
 
 from hostd import db as queries
+from hostd import uploads
 from hostd.db import Database, latest_version
-from hostd.storage import short_hash_candidates
+from hostd.hashes import public_hash_candidates
+
+
+def schema(conn):
+    return conn.execute("SELECT sql FROM sqlite_master ORDER BY name").fetchall()
 
 
 @pytest.mark.gen_test
 async def test_a_fresh_database_reaches_the_latest_version(db):
-    async with db.conn.execute("PRAGMA user_version") as cur:
-        assert (await cur.fetchone())[0] == latest_version()
+    assert await db.read(queries.schema_version) == latest_version()
 
 
 @pytest.mark.gen_test
 async def test_migrating_twice_is_a_no_op(db):
-    async with db.conn.execute("SELECT sql FROM sqlite_master ORDER BY name") as cur:
-        before = await cur.fetchall()
+    before = await db.read(schema)
 
     version = await db.migrate()
 
-    async with db.conn.execute("SELECT sql FROM sqlite_master ORDER BY name") as cur:
-        assert await cur.fetchall() == before
+    assert await db.read(schema) == before
     assert version == latest_version()
 
 
@@ -44,24 +48,133 @@ async def test_reopening_keeps_the_data(db, config):
 
 
 @pytest.mark.gen_test
-async def test_pragmas_are_set(db):
-    async def pragma(name):
-        async with db.conn.execute(f"PRAGMA {name}") as cur:
-            return (await cur.fetchone())[0]
+async def test_pragmas_are_set_on_both_connections(db):
+    def pragmas(conn):
+        return [
+            conn.execute(f"PRAGMA {name}").fetchone()[0]
+            for name in ("journal_mode", "foreign_keys", "busy_timeout", "synchronous")
+        ]
 
-    assert await pragma("journal_mode") == "wal"
-    assert await pragma("foreign_keys") == 1
-    assert await pragma("busy_timeout") == 5000
+    assert await db.read(pragmas) == ["wal", 1, 5000, 1]
+    assert await db.write(pragmas) == ["wal", 1, 5000, 1]
+
+
+# -- the writer: units of work, batched --------------------------------------------------
+
+
+def insert_blob(sha256: str, hash: str):
+    """A unit of work that adds a bare blob row (a raw row, as no upload can make one
+    with a chosen public hash)."""
+
+    def work(conn):
+        conn.execute("INSERT INTO blobs VALUES (?, ?, 1, 'text/plain', 0)", (sha256, hash))
+        return hash
+
+    return work
 
 
 @pytest.mark.gen_test
-async def test_a_failed_transaction_rolls_back(db):
+async def test_concurrent_writes_share_commits(db):
+    before = db.stats.commits
+
+    results = await asyncio.gather(
+        *(db.write(insert_blob(f"{i:064x}", f"hash{i:08d}")) for i in range(200))
+    )
+
+    assert results == [f"hash{i:08d}" for i in range(200)]
+    commits = db.stats.commits - before
+    assert 1 <= commits < 200 / 4, f"{commits} commits for 200 writes"
+    for i in (0, 199):
+        assert await queries.get_blob(db, f"hash{i:08d}") is not None
+
+
+@pytest.mark.gen_test
+async def test_a_lone_write_is_committed_at_once(db):
+    before = db.stats.commits
+
+    await db.write(insert_blob("e" * 64, "lonelonelone"))
+
+    assert db.stats.commits == before + 1
+    assert await queries.get_blob(db, "lonelonelone") is not None
+
+
+@pytest.mark.gen_test
+async def test_a_failing_unit_fails_only_its_own_caller(db):
+    def boom(conn):
+        conn.execute(
+            "INSERT INTO blobs VALUES (?, 'doomeddoomed', 1, 'text/plain', 0)", ("d" * 64,)
+        )
+        raise RuntimeError("boom")
+
+    results = await asyncio.gather(
+        db.write(insert_blob("1" * 64, "firstfirst12")),
+        db.write(boom),
+        db.write(insert_blob("2" * 64, "secondsecond")),
+        db.write(insert_blob("1" * 64, "duplicatesha")),  # violates the primary key
+        return_exceptions=True,
+    )
+
+    assert results[0] == "firstfirst12" and results[2] == "secondsecond"
+    assert isinstance(results[1], RuntimeError)
+    assert isinstance(results[3], sqlite3.IntegrityError)
+    assert await queries.get_blob(db, "doomeddoomed") is None  # its own changes rolled back
+    assert await queries.get_blob(db, "firstfirst12") is not None
+    assert await queries.get_blob(db, "secondsecond") is not None
+
+
+@pytest.mark.gen_test
+async def test_a_write_cancelled_before_its_turn_never_runs(db):
+    slow_started = threading.Event()
+    release = threading.Event()
+
+    def slow(conn):
+        slow_started.set()
+        release.wait(5)
+
+    first = asyncio.ensure_future(db.write(slow))
+    await asyncio.to_thread(slow_started.wait, 5)  # the writer's thread is busy with it
+    waiting = asyncio.ensure_future(db.write(insert_blob("c" * 64, "cancelledxxx")))
+    await asyncio.sleep(0)
+    waiting.cancel()
+    release.set()
+    await first
+
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    await db.write(lambda conn: None)  # the writer has gone round once more
+    assert await queries.get_blob(db, "cancelledxxx") is None
+
+
+@pytest.mark.gen_test
+async def test_closing_finishes_what_is_queued(config):
+    config.data_dir.mkdir(parents=True)
+    database = await Database.open(config.db_path)
+    writes = [
+        asyncio.ensure_future(database.write(insert_blob(f"{i:064x}", f"queued{i:06d}")))
+        for i in range(20)
+    ]
+    await asyncio.sleep(0)
+
+    await database.close()
+
+    assert all(w.done() and not w.exception() for w in writes)
+    again = await Database.open(config.db_path)
+    try:
+        assert await queries.get_blob(again, "queued000019") is not None
+    finally:
+        await again.close()
+
+
+@pytest.mark.gen_test
+async def test_a_failed_unit_rolls_back_its_own_changes(db):
+    def half_then_fail(conn):
+        conn.execute(
+            "INSERT INTO blobs VALUES (?, 'abcdefghijkl', 1, 'text/plain', 0)", ("b" * 64,)
+        )
+        raise RuntimeError("boom")
+
     with pytest.raises(RuntimeError):
-        async with db.transaction() as conn:
-            await conn.execute(
-                "INSERT INTO blobs VALUES (?, 'abcdefghijkl', 1, 'text/plain', 0)", ("b" * 64,)
-            )
-            raise RuntimeError("boom")
+        await db.write(half_then_fail)
 
     assert await queries.get_blob(db, "abcdefghijkl") is None
 
@@ -78,7 +191,7 @@ async def test_same_bytes_one_blob_two_registrations(db):
     )
 
     assert first == second
-    assert first.hash == short_hash_candidates(sha)[0]
+    assert first.hash == public_hash_candidates(sha)[0]
     assert await queries.count_uploads(db, sha256=sha) == 2
 
 
@@ -101,12 +214,9 @@ async def test_concurrent_registrations_are_serialised(db):
 @pytest.mark.gen_test
 async def test_a_taken_prefix_moves_the_new_blob_to_a_longer_hash(db):
     sha = hashlib.sha256(b"newcomer").hexdigest()
-    candidates = short_hash_candidates(sha)
+    candidates = public_hash_candidates(sha)
     for i, taken in enumerate(candidates[:3]):
-        async with db.transaction() as conn:
-            await conn.execute(
-                "INSERT INTO blobs VALUES (?, ?, 1, 'text/plain', 0)", (f"{i}" * 64, taken)
-            )
+        await db.write(insert_blob(f"{i}" * 64, taken))
 
     blob, _ = await queries.register_upload(
         db, sha256=sha, size_bytes=1, content_type="text/plain", original_name="n"
@@ -119,11 +229,8 @@ async def test_a_taken_prefix_moves_the_new_blob_to_a_longer_hash(db):
 @pytest.mark.gen_test
 async def test_all_lengths_taken_is_an_error_not_a_wrong_file(db):
     sha = hashlib.sha256(b"unlucky").hexdigest()
-    for i, taken in enumerate(short_hash_candidates(sha)):
-        async with db.transaction() as conn:
-            await conn.execute(
-                "INSERT INTO blobs VALUES (?, ?, 1, 'text/plain', 0)", (f"{i}" * 64, taken)
-            )
+    for i, taken in enumerate(public_hash_candidates(sha)):
+        await db.write(insert_blob(f"{i}" * 64, taken))
 
     with pytest.raises(queries.HashSpaceExhausted):
         await queries.register_upload(
@@ -132,26 +239,24 @@ async def test_all_lengths_taken_is_an_error_not_a_wrong_file(db):
 
 
 async def store_upload(db, store, data: bytes, user_id: int | None = None):
-    """What the upload handler does: write, commit, then place and register together."""
+    """What the upload handler does: write, commit, then place and register."""
     writer = store.writer()
     writer.write(data)
     written = await writer.commit()
-    try:
-        return await queries.register_upload(
-            db,
-            sha256=written.sha256,
-            size_bytes=written.size_bytes,
-            content_type="application/octet-stream",
-            original_name="contested.bin",
-            user_id=user_id,
-            place=lambda: store.place(written),
-        )
-    finally:
-        store.discard(written)
+    return await uploads.register(
+        db,
+        store,
+        written,
+        content_type="application/octet-stream",
+        original_name="contested.bin",
+        user_id=user_id,
+        api_key_id=None,
+    )
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_deleting_a_blob_while_its_bytes_arrive_again_never_loses_them(db, store):
+async def test_deleting_a_blob_while_its_bytes_arrive_again_never_loses_them(db, store, app):
+    thumbs = app.settings["hostd_thumbs"]
     user = await queries.insert_user(db, name="alice", password_hash="unused")
     data = b"the same bytes, deleted and uploaded at once"
     sha = hashlib.sha256(data).hexdigest()
@@ -163,32 +268,27 @@ async def test_deleting_a_blob_while_its_bytes_arrive_again_never_loses_them(db,
             await asyncio.sleep(delay)
             return await store_upload(db, store, data)
 
-        async def remove_blob(sha256: str) -> None:
-            store.delete(sha256)
-
         deleted, (_, again) = await asyncio.gather(
-            queries.delete_upload(db, upload_id=mine.id, user_id=user.id, remove_blob=remove_blob),
+            uploads.delete(db, store, thumbs, upload_id=mine.id, user_id=user.id),
             upload_again(),
         )
 
         assert deleted is True
         assert await queries.get_blob_by_sha256(db, sha) is not None
-        assert store.exists(sha), "a registered blob lost its bytes"
-        async with db.transaction() as conn:  # start the next round from nothing
-            await conn.execute("DELETE FROM uploads WHERE id = ?", (again.id,))
-            await conn.execute("DELETE FROM blobs WHERE sha256 = ?", (sha,))
-        store.delete(sha)
+        assert await store.exists(sha), "a registered blob lost its bytes"
+        await uploads.take_down(db, store, thumbs, sha256=sha)  # the next round from nothing
+        assert not await store.exists(sha)
 
 
 @pytest.mark.gen_test
-async def test_a_deleted_blob_is_not_found_again_though_it_was_looked_up(db, store):
+async def test_a_deleted_blob_is_not_found_again_though_it_was_looked_up(db, store, app):
     user = await queries.insert_user(db, name="alice", password_hash="unused")
     blob, upload = await store_upload(db, store, b"looked up, then deleted", user.id)
     assert await queries.get_blob(db, blob.hash) == blob  # now remembered
 
-    async def remove_blob(sha256: str) -> None:
-        store.delete(sha256)
-
-    await queries.delete_upload(db, upload_id=upload.id, user_id=user.id, remove_blob=remove_blob)
+    await uploads.delete(
+        db, store, app.settings["hostd_thumbs"], upload_id=upload.id, user_id=user.id
+    )
 
     assert await queries.get_blob(db, blob.hash) is None
+    assert not await store.exists(blob.sha256)

@@ -10,6 +10,8 @@ from conftest import form_body
 from helpers import blob_files, multipart_body
 from PIL import Image
 
+from hostd import db as queries
+
 
 def png(width: int, height: int) -> bytes:
     out = io.BytesIO()
@@ -38,10 +40,7 @@ async def anonymous_upload(client, base_url, data: bytes) -> str:
 
 
 async def upload_ids(db, user_id):
-    async with db.conn.execute(
-        "SELECT id FROM uploads WHERE user_id = ? ORDER BY id", (user_id,)
-    ) as cur:
-        return [row[0] for row in await cur.fetchall()]
+    return [u.id for u in await queries.all_uploads(db) if u.user_id == user_id]
 
 
 @pytest.mark.gen_test

@@ -19,7 +19,9 @@ from hostd.storage import LocalBlobStore
 
 @pytest.fixture
 def local(tmp_path):
-    return LocalBlobStore(tmp_path / "blobs")
+    store = LocalBlobStore(tmp_path / "blobs")
+    yield store
+    store.close()
 
 
 def form(local, limit=1000):

@@ -35,7 +35,7 @@ from helpers import multipart_body, streamed_upload
 
 from hostd.config import Config
 from hostd.formdata import FORM_OVERHEAD_BYTES
-from hostd.storage import short_hash_candidates
+from hostd.hashes import public_hash_candidates
 
 CONTRIB = Path(__file__).resolve().parent.parent / "contrib" / "nginx.conf"
 MiB = 1024 * 1024
@@ -270,7 +270,8 @@ class Stack:
         return f"http://127.0.0.1:{self.https_port}"
 
     def temp_files(self) -> list[str]:
-        return os.listdir(self.data_dir / "tmp")
+        tmp = self.data_dir / "tmp"
+        return [p.name for p in tmp.rglob("upload-*")]
 
 
 @pytest.fixture(scope="module")
@@ -342,7 +343,7 @@ def client(io_loop: Any) -> Iterator[tornado.httpclient.AsyncHTTPClient]:
 
 
 def public_hash(data: bytes) -> str:
-    return short_hash_candidates(hashlib.sha256(data).hexdigest())[0]
+    return public_hash_candidates(hashlib.sha256(data).hexdigest())[0]
 
 
 async def upload(
@@ -617,7 +618,7 @@ async def test_20_mb_upload_streams_through_to_hostd_and_arrives_intact(stack, c
             sent += len(piece)
             if sent >= size // 2 and not seen_by_hostd_midway:
                 for _ in range(250):
-                    files = list((stack.data_dir / "tmp").glob("upload-*"))
+                    files = list((stack.data_dir / "tmp").rglob("upload-*"))
                     seen_by_hostd_midway = sum(f.stat().st_size for f in files)
                     if seen_by_hostd_midway >= MiB:
                         break
@@ -639,5 +640,5 @@ async def test_20_mb_upload_streams_through_to_hostd_and_arrives_intact(stack, c
 
     assert response.code == 200
     assert seen_by_hostd_midway >= MiB
-    assert answer["hash"] == short_hash_candidates(digest.hex())[0]
+    assert answer["hash"] == public_hash_candidates(digest.hex())[0]
     assert downloaded.digest() == digest

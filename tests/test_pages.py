@@ -91,7 +91,7 @@ async def test_upload_page_states_the_size_limit(http_client, base_url):
 async def test_an_unexpected_error_shows_the_styled_500_page_without_details(
     http_client, base_url, db
 ):
-    await db.conn.close()  # the database is gone: every query now raises
+    await db.close()  # the database is gone: every query now raises
 
     response = await http_client.fetch(f"{base_url}/AAAAAAAAAAAA", raise_error=False)
 

@@ -373,7 +373,7 @@ def slow_upload(port: int, data_dir: Path) -> socket.socket:
     sock.sendall(upload_head(len(FILE_PART) + 300_000 + 5 + len(FORM_END)))
     sock.sendall(FILE_PART + b"x" * 300_000)
     deadline = time.monotonic() + 10
-    while not list((data_dir / "tmp").iterdir()):
+    while not temp_files(Config(data_dir=data_dir)):
         assert time.monotonic() < deadline, "the upload never started"
         time.sleep(0.02)
     return sock
@@ -425,6 +425,6 @@ def test_sigterm_answers_an_upload_still_arriving_after_the_grace_with_a_503(tmp
         "status": False,
         "error": "the server is shutting down; the upload was not stored, send it again soon",
     }
-    assert list((tmp_path / "d" / "tmp").iterdir()) == []
+    assert temp_files(Config(data_dir=tmp_path / "d")) == []
     assert proc.returncode == 0
     assert "503 POST /api/upload" in output and "499 POST" not in output

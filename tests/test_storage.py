@@ -2,18 +2,39 @@
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import hashlib
 import os
 import re
+import sys
+import time
 
 import pytest
+from conftest import CrampedBlobStore
 
-from hostd.storage import WRITE_BATCH_BYTES, LocalBlobStore, short_hash_candidates
+from hostd.hashes import public_hash_candidates
+from hostd.storage import WRITE_BATCH_BYTES, BlobMissing, LocalBlobStore
 
 
 @pytest.fixture
 def local(tmp_path):
-    return LocalBlobStore(tmp_path / "blobs")
+    store = LocalBlobStore(tmp_path / "blobs")
+    yield store
+    store.close()
+
+
+def temp_files(store):
+    return [p for p in store.tmp_dir.iterdir() if p.name != ".lock"]
+
+
+async def read_all(store, sha256, start=0, end=None):
+    reader = await store.open(sha256)
+    try:
+        size = store.path(sha256).stat().st_size
+        return b"".join([c async for c in reader.chunks(start, size - 1 if end is None else end)])
+    finally:
+        reader.close()
 
 
 @pytest.mark.gen_test
@@ -23,30 +44,32 @@ async def test_commit_keeps_the_bytes_out_of_sight_until_placed(local):
     writer.write(b"world")
 
     written = await writer.commit()
-    visible_before = local.exists(written.sha256)
-    placed = await local.place(written)
+    visible_before = await local.exists(written.sha256)
+    await local.place(written)
 
     sha = hashlib.sha256(b"hello world").hexdigest()
     assert written.sha256 == sha
     assert written.size_bytes == 11
     assert visible_before is False
-    assert placed is True
     assert local.path(sha) == local.root / sha[:2] / sha[2:4] / sha
-    assert local.path(sha).read_bytes() == b"hello world"
-    assert list(local.tmp_dir.iterdir()) == []
+    assert await read_all(local, sha) == b"hello world"
+    assert temp_files(local) == []
 
 
 @pytest.mark.gen_test
-async def test_identical_bytes_are_stored_once(local):
-    placed = []
-    for _ in range(2):
+async def test_identical_bytes_are_stored_once_and_marked_as_just_used(local):
+    for age in (0, 7200):
         writer = local.writer()
         writer.write(b"same")
-        placed.append(await local.place(await writer.commit()))
+        written = await writer.commit()
+        if age:
+            os.utime(local.path(written.sha256), (time.time() - age,) * 2)
+        await local.place(written)
 
-    assert placed == [True, False]
     assert len([p for p in local.root.rglob("*") if p.is_file()]) == 1
-    assert list(local.tmp_dir.iterdir()) == []
+    assert temp_files(local) == []
+    # placed again: gc's grace period starts again for the copy that was there
+    assert time.time() - local.path(written.sha256).stat().st_mtime < 60
 
 
 @pytest.mark.gen_test
@@ -66,7 +89,7 @@ def test_abort_removes_the_temp_file(local):
 
     writer.abort()
 
-    assert list(local.tmp_dir.iterdir()) == []
+    assert temp_files(local) == []
 
 
 @pytest.mark.gen_test
@@ -81,13 +104,15 @@ async def test_a_large_file_goes_to_disk_in_batches_while_it_arrives(local):
         if behind is not None:
             waits += 1
             await behind
-    on_disk_before_commit = sum(p.stat().st_size for p in local.tmp_dir.iterdir())
+    on_disk_before_commit = sum(p.stat().st_size for p in temp_files(local))
     written = await writer.commit()
 
     assert waits >= 3 * 1024 * 1024 // WRITE_BATCH_BYTES - 1
     assert 0 < on_disk_before_commit < 3 * 1024 * 1024  # streamed, with a bounded backlog
     assert written.sha256 == hashlib.sha256(b"".join(pieces)).hexdigest()
-    assert written.temp.read_bytes() == b"".join(pieces)
+    await local.place(written)
+    assert await read_all(local, written.sha256) == b"".join(pieces)
+    assert await read_all(local, written.sha256, 5, 300_000) == b"".join(pieces)[5:300_001]
 
 
 @pytest.mark.gen_test
@@ -100,17 +125,43 @@ async def test_abort_while_a_batch_is_being_written_removes_the_temp_file(local)
     if gone is not None:
         await gone
 
-    assert list(local.tmp_dir.iterdir()) == []
+    assert temp_files(local) == []
 
 
-def test_stale_temp_files_are_removed_at_start(local):
-    (local.tmp_dir / "upload-left-by-a-crash").write_bytes(b"crash")
-    (local.tmp_dir / "unrelated.txt").write_text("kept")
+@pytest.mark.gen_test
+async def test_a_start_removes_temp_files_of_gone_processes_only(local, tmp_path):
+    writer = local.writer()  # an upload in flight in a live process (this one)
+    writer.write(os.urandom(2 * WRITE_BATCH_BYTES))
+    await writer.backpressure()
+    crashed = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", CRASHING_UPLOAD, str(local.root)
+    )
+    assert await crashed.wait() == 0
+    left = [d for d in local.tmp_root.iterdir() if d != local.tmp_dir]
+    assert len(left) == 1 and any(p.name.startswith("upload-") for p in left[0].iterdir())
 
-    removed = LocalBlobStore(local.root).remove_stale_temp_files()
+    other = LocalBlobStore(local.root)  # a second start beside the running one
+    removed = await other.remove_stale_temp_files()
+    other.close()
 
     assert removed == 1
-    assert [p.name for p in local.tmp_dir.iterdir()] == ["unrelated.txt"]
+    assert not left[0].exists()
+    assert len(temp_files(local)) == 1, "the live process's upload must survive"
+    gone = writer.abort()
+    if gone is not None:
+        await gone
+
+
+# A process that starts an upload and dies without cleaning up (os._exit skips it all).
+CRASHING_UPLOAD = """
+import os, sys
+from pathlib import Path
+from hostd.storage import LocalBlobStore
+store = LocalBlobStore(Path(sys.argv[1]))
+writer = store.writer()
+writer._write_batch([b"half an upload"])
+os._exit(0)
+"""
 
 
 @pytest.mark.gen_test
@@ -121,10 +172,12 @@ async def test_delete_and_exists(local):
     await local.place(written)
     sha = written.sha256
 
-    assert local.exists(sha)
-    assert local.delete(sha) is True
-    assert not local.exists(sha)
-    assert local.delete(sha) is False
+    assert await local.exists(sha)
+    assert await local.delete(sha) is True
+    assert not await local.exists(sha)
+    assert await local.delete(sha) is False
+    with pytest.raises(BlobMissing):
+        await local.open(sha)
 
 
 @pytest.mark.parametrize("bad", ["../etc/passwd", "a" * 63, "A" * 64, "g" * 64])
@@ -133,12 +186,51 @@ def test_paths_come_only_from_hex_digests(local, bad):
         local.path(bad)
 
 
-def test_short_hash_candidates_are_url_safe_prefixes_of_12_to_16():
+def test_public_hash_candidates_are_url_safe_prefixes_of_12_to_16():
     sha = hashlib.sha256(b"x").hexdigest()
 
-    candidates = short_hash_candidates(sha)
+    candidates = public_hash_candidates(sha)
 
     assert [len(c) for c in candidates] == [12, 13, 14, 15, 16]
     assert all(candidates[-1].startswith(c) for c in candidates)
     assert all(re.fullmatch(r"[A-Za-z0-9_-]+", c) for c in candidates)
-    assert short_hash_candidates(sha) == candidates
+    assert public_hash_candidates(sha) == candidates
+
+
+# -- a full disk (see CrampedBlobStore): the temp file goes, whatever closing it raises ----
+
+
+@pytest.mark.gen_test
+async def test_a_commit_the_disk_refuses_leaves_no_temp_file(tmp_path):
+    cramped = CrampedBlobStore(tmp_path / "blobs", room=0)
+    writer = cramped.writer()
+    writer.write(b"small enough to wait in the file's buffer")
+
+    with pytest.raises(OSError) as refused:
+        await writer.commit()
+
+    assert refused.value.errno == errno.ENOSPC
+    assert temp_files(cramped) == []
+
+
+@pytest.mark.gen_test
+async def test_aborting_after_the_disk_filled_midway_removes_the_temp_file(tmp_path):
+    # The second batch's write fits but for its last 1,000 bytes, which the file buffers;
+    # the next write fails, and so does closing the file.
+    cramped = CrampedBlobStore(tmp_path / "blobs", room=2 * WRITE_BATCH_BYTES - 1000)
+    writer = cramped.writer()
+    refused = None
+
+    for _ in range(4):
+        writer.write(os.urandom(WRITE_BATCH_BYTES))
+        try:
+            await (writer.backpressure() or asyncio.sleep(0))
+        except OSError as exc:
+            refused = exc
+            break
+    gone = writer.abort()  # raises nothing: the upload is being dropped anyway
+    if gone is not None:
+        await gone
+
+    assert refused is not None and refused.errno == errno.ENOSPC
+    assert temp_files(cramped) == []

@@ -18,7 +18,7 @@ from helpers import blob_files, multipart_body, raw_exchange, streamed_upload, t
 
 from hostd import db as queries
 from hostd.handlers.upload import ApiUploadHandler, storage_failure
-from hostd.storage import short_hash_candidates
+from hostd.hashes import public_hash_candidates
 
 LIMIT = 8 * 1024 * 1024  # the config fixture's max_upload_bytes
 
@@ -53,7 +53,7 @@ def many_clients_one_address(app):
 
 
 def expected_hash(data: bytes) -> str:
-    return short_hash_candidates(hashlib.sha256(data).hexdigest())[0]
+    return public_hash_candidates(hashlib.sha256(data).hexdigest())[0]
 
 
 # -- the answers ----------------------------------------------------------------------
@@ -156,8 +156,7 @@ async def test_upload_is_recorded_with_detected_type_and_original_name(http_clie
     assert blob.content_type == "image/gif"  # from the bytes, not from the name
     assert blob.size_bytes == len(gif)
     assert blob.sha256 == hashlib.sha256(gif).hexdigest()
-    async with db.conn.execute("SELECT original_name FROM uploads") as cur:
-        assert [row[0] for row in await cur.fetchall()] == ["cat.jpg"]
+    assert [u.original_name for u in await queries.all_uploads(db)] == ["cat.jpg"]
 
 
 @pytest.mark.gen_test
@@ -301,8 +300,7 @@ async def test_hostile_filenames_are_refused_with_a_clear_message(
 async def test_utf8_filename_is_kept(http_client, base_url, db):
     await post(http_client, f"{base_url}/api/upload", files=[("file", "日本語.txt", b"jp")])
 
-    async with db.conn.execute("SELECT original_name FROM uploads") as cur:
-        assert (await cur.fetchone())[0] == "日本語.txt"
+    assert [u.original_name for u in await queries.all_uploads(db)] == ["日本語.txt"]
 
 
 @pytest.mark.gen_test
@@ -403,7 +401,7 @@ async def test_a_file_of_exactly_the_limit_is_accepted(http_client, base_url, st
 
     answer = json.loads(response.body)
     assert answer["status"] is True
-    with store.open(digest.hex()) as stored:
+    with store.path(digest.hex()).open("rb") as stored:
         assert hashlib.file_digest(stored, "sha256").digest() == digest
 
 
@@ -419,7 +417,7 @@ async def test_streamed_upload_lands_in_the_fanned_out_blob_path(
     response = await post_streamed(http_client, f"{base_url}/api/upload", producer, headers)
 
     sha = digest.hex()
-    assert json.loads(response.body)["hash"] == short_hash_candidates(sha)[0]
+    assert json.loads(response.body)["hash"] == public_hash_candidates(sha)[0]
     assert blob_files(config) == [config.blobs_dir / sha[:2] / sha[2:4] / sha]
     assert store.path(sha).stat().st_size == 5 * 1024 * 1024 + 7
     assert temp_files(config) == []
@@ -454,8 +452,7 @@ async def test_client_vanishing_mid_upload_leaves_no_temp_file_and_no_row(
 
     assert temp_files(config) == []
     assert blob_files(config) == []
-    async with db.conn.execute("SELECT count(*) FROM uploads") as cur:
-        assert (await cur.fetchone())[0] == 0
+    assert await queries.all_uploads(db) == []
     await asyncio.sleep(0.05)
     gc.collect()
     assert live_handlers(app, ApiUploadHandler) == []  # not left waiting for the rest of the body
@@ -492,8 +489,7 @@ async def test_a_file_the_disk_refuses_is_a_clear_error_and_leaves_nothing(
         "error": "the server could not store the file; it was not stored",
     }
     assert temp_files(config) == [] and blob_files(config) == []
-    async with db.conn.execute("SELECT count(*) FROM uploads") as cur:
-        assert (await cur.fetchone())[0] == 0
+    assert await queries.all_uploads(db) == []
 
 
 def test_a_full_disk_is_reported_as_such():
@@ -523,8 +519,7 @@ async def test_fifty_concurrent_uploads_of_the_same_bytes_give_one_hash_and_one_
     assert {json.loads(r.body)["hash"] for r in responses} == {expected_hash(data)}
     assert len(blob_files(config)) == 1
     assert temp_files(config) == []
-    async with db.conn.execute("SELECT count(*) FROM uploads") as cur:
-        assert (await cur.fetchone())[0] == 50
+    assert len(await queries.all_uploads(db)) == 50
 
 
 @pytest.mark.gen_test(timeout=120)

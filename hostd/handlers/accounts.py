@@ -5,9 +5,16 @@ from __future__ import annotations
 import math
 import re
 import secrets
+from typing import Any
 
 from hostd import db
-from hostd.auth import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH, Busy, session_token_hash
+from hostd.auth import (
+    MAX_PASSWORD_LENGTH,
+    MIN_PASSWORD_LENGTH,
+    Busy,
+    RegistrationLimiter,
+    session_token_hash,
+)
 from hostd.db import User
 from hostd.handlers.base import SESSION_COOKIE, SESSION_DAYS, BaseHandler, Refusal
 
@@ -39,60 +46,85 @@ def check_new_account(name: str, password: str, confirm: str) -> str | None:
 
 
 def check_password(password: str, confirm: str) -> str | None:
-    if not MIN_PASSWORD_LENGTH <= len(password) <= MAX_PASSWORD_LENGTH:
+    """What is wrong with a new password, or None. Every character counts as typed: spaces,
+    control characters and all (NIST SP 800-63B, 3.1.1.2)."""
+    if len(password) < MIN_PASSWORD_LENGTH:
         return f"A password has at least {MIN_PASSWORD_LENGTH} characters."
+    if len(password) > MAX_PASSWORD_LENGTH:
+        return f"A password has at most {MAX_PASSWORD_LENGTH:,} characters."
     if password != confirm:
         return "The two passwords differ."
     return None
 
 
-class SessionMixin(BaseHandler):
+def wait_message(what: str, seconds: float) -> str:
+    """'Too many failed sign-ins. Try again in 3 seconds.' (or minutes, past two minutes)."""
+    count, unit = math.ceil(seconds), "second"
+    if count > 120:
+        count, unit = math.ceil(seconds / 60), "minute"
+    return f"{what} Try again in {count} {unit}{'' if count == 1 else 's'}."
+
+
+class AccountFormHandler(BaseHandler):
+    """The sign-in and registration pages: their form, exact passwords, a new session."""
+
+    template: str
+
     async def start_session(self, user: User) -> None:
         token = secrets.token_urlsafe(32)
         await db.insert_session(self.db, token_hash=session_token_hash(token), user_id=user.id)
         self.set_private_cookie(SESSION_COOKIE, token, expires_days=SESSION_DAYS)
 
+    def exact_password(self, field: str) -> str:
+        """A password field as it was typed. get_body_argument() would strip it and turn
+        control characters into spaces, so an account made with `hostd user add` could never
+        sign in."""
+        values = self.request.body_arguments.get(field)
+        try:
+            return values[-1].decode("utf-8") if values else ""
+        except UnicodeDecodeError:
+            raise Refusal(400, "The form was not sent as UTF-8.") from None
 
-class LoginHandler(SessionMixin):
+    @property
+    def address(self) -> str:
+        return self.request.remote_ip or ""
+
+    def refuse(self, status: int, error: str, *, wait: float = 0, **context: Any) -> None:
+        """Show the form again with what went wrong; a wait becomes Retry-After."""
+        self.set_status(status)
+        if wait:
+            self.set_header("Retry-After", str(math.ceil(wait)))
+        self.render_page(self.template, error=error, **context)
+
+
+class LoginHandler(AccountFormHandler):
+    template = "accounts/login.html"
+
     def get(self) -> None:
-        self.render_page("accounts/login.html", error=None, name="", next=self.next_url())
+        self.render_page(self.template, error=None, name="", next=self.next_url())
 
     def next_url(self) -> str:
         return safe_next(self.get_argument("next", "/"))
 
     async def post(self) -> None:
         name = self.get_body_argument("name", "").strip()
-        password = self.get_body_argument("password", "")
-        keys = (f"name:{name.lower()}", f"addr:{self.request.remote_ip}")
-        wait = self.limiter.wait_time(*keys)
-        if wait > 0:
-            self.set_status(429)
-            self.set_header("Retry-After", str(math.ceil(wait)))
-            seconds = math.ceil(wait)
-            error = (
-                f"Too many failed sign-ins. Try again in {seconds} second"
-                f"{'' if seconds == 1 else 's'}."
-            )
-            self.render_page("accounts/login.html", error=error, name=name, next=self.next_url())
-            return
-        # Counted as a failure before the slow check, so that attempts sent in parallel
-        # are counted too; a success clears it.
-        self.limiter.failed(*keys)
-        user = await db.get_user(self.db, name=name)
-        try:
-            ok, new_hash = await self.auth.check_password(user, password)
-        except Busy:
-            self.set_status(503)
-            self.set_header("Retry-After", "5")
-            error = BUSY_MESSAGE
-            self.render_page("accounts/login.html", error=error, name=name, next=self.next_url())
-            return
-        if not ok or user is None:
-            self.set_status(401)
-            error = "Wrong name or password."
-            self.render_page("accounts/login.html", error=error, name=name, next=self.next_url())
-            return
-        self.limiter.succeeded(*keys)
+        form: dict[str, Any] = {"name": name, "next": self.next_url()}
+        with self.limiter.attempt(name, self.address) as attempt:
+            if attempt.wait:
+                error = wait_message("Too many failed sign-ins.", attempt.wait)
+                self.refuse(429, error, wait=attempt.wait, **form)
+                return
+            user = await db.get_user(self.db, name=name)
+            try:
+                ok, new_hash = await self.auth.check_password(user, self.exact_password("password"))
+            except Busy:  # no answer about the password, so the attempt counts nothing
+                self.refuse(503, BUSY_MESSAGE, wait=5, **form)
+                return
+            if not ok or user is None:
+                attempt.failed()
+                self.refuse(401, "Wrong name or password.", **form)
+                return
+            attempt.succeeded()
         if new_hash:
             await db.update_password(
                 self.db, user_id=user.id, password_hash=new_hash, end_sessions=False
@@ -101,7 +133,9 @@ class LoginHandler(SessionMixin):
         self.redirect(self.next_url(), status=303)
 
 
-class RegisterHandler(SessionMixin):
+class RegisterHandler(AccountFormHandler):
+    template = "accounts/register.html"
+
     async def prepare(self) -> None:
         await super().prepare()
         if self.config.registration != "open":
@@ -110,31 +144,43 @@ class RegisterHandler(SessionMixin):
                 "Registration is closed here. The admin can create accounts with `hostd user add`.",
             )
 
+    @property
+    def registrations(self) -> RegistrationLimiter:
+        return self.settings["hostd_registrations"]
+
     def get(self) -> None:
-        self.render_page("accounts/register.html", error=None, name="")
+        self.render_page(self.template, error=None, name="")
 
     async def post(self) -> None:
         name = self.get_body_argument("name", "").strip()
-        password = self.get_body_argument("password", "")
-        error = check_new_account(name, password, self.get_body_argument("confirm", ""))
-        user = None
-        status = 400
-        if error is None:
-            try:
-                user = await db.insert_user(
-                    self.db, name=name, password_hash=await self.auth.hash_password(password)
-                )
-            except db.NameTaken:
-                error = "That name is taken."
-            except Busy:
-                status, error = 503, BUSY_MESSAGE
-                self.set_header("Retry-After", "5")
-        if user is None:
-            self.set_status(status)
-            self.render_page("accounts/register.html", error=error, name=name)
+        password = self.exact_password("password")
+        error = check_new_account(name, password, self.exact_password("confirm"))
+        if error is None and await db.get_user(self.db, name=name) is not None:
+            error = "That name is taken."  # known before any Argon2 work is spent on it
+        if error is not None:
+            self.refuse(400, error, name=name)
             return
-        await self.start_session(user)
-        self.redirect("/", status=303)
+        user = await self.create_account(name, password)
+        if user is not None:
+            await self.start_session(user)
+            self.redirect("/", status=303)
+
+    async def create_account(self, name: str, password: str) -> User | None:
+        """The new account, or None when the page has been answered with why not."""
+        wait = self.registrations.take(self.address)
+        if wait:
+            error = wait_message("Too many new accounts from your address.", wait)
+            self.refuse(429, error, wait=wait, name=name)
+            return None
+        try:
+            password_hash = await self.auth.hash_password(password, new_account=True)
+            return await db.insert_user(self.db, name=name, password_hash=password_hash)
+        except Busy:
+            self.registrations.give_back(self.address)  # the server's shortfall, not theirs
+            self.refuse(503, BUSY_MESSAGE, wait=5, name=name)
+        except db.NameTaken:
+            self.refuse(400, "That name is taken.", name=name)
+        return None
 
 
 class LogoutHandler(BaseHandler):

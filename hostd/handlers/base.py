@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import http
 import json
+import logging
 import secrets
 import socket
 from typing import Any
@@ -18,8 +20,10 @@ from hostd import db
 from hostd.auth import Auth, SignInLimiter, session_token_hash
 from hostd.config import Config
 from hostd.db import Database, User
-from hostd.storage import LocalBlobStore
+from hostd.storage import BlobStore
 from hostd.thumbs import Thumbnails
+
+log = logging.getLogger("hostd")
 
 # How long a refused upload's connection keeps reading (and dropping) what the client still
 # sends, so that closing with unread bytes does not reset the connection before the client
@@ -47,9 +51,21 @@ class Refusal(tornado.web.HTTPError):
         self.message = message
 
 
+OUT_OF_SPACE = "The server is out of storage space. Try again later."
+
+
+def out_of_space(exc: BaseException | None) -> bool:
+    """A full disk (or quota), as the filesystem or SQLite ("database or disk is full") says it."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return exc is not None and db.is_full(exc)
+
+
 def error_message(status_code: int, reason: str, kwargs: dict[str, Any]) -> str:
     exc = kwargs.get("exc_info", (None, None, None))[1]
-    return exc.message if isinstance(exc, Refusal) else reason
+    if isinstance(exc, Refusal):
+        return exc.message
+    return OUT_OF_SPACE if out_of_space(exc) else reason
 
 
 SESSION_COOKIE = "hostd_session"
@@ -101,7 +117,7 @@ class BaseHandler(tornado.web.RequestHandler):
         return self.settings["hostd_db"]
 
     @property
-    def store(self) -> LocalBlobStore:
+    def store(self) -> BlobStore:
         return self.settings["hostd_store"]
 
     def set_default_headers(self) -> None:
@@ -177,9 +193,19 @@ class BaseHandler(tornado.web.RequestHandler):
         else:
             self.finish(self.render_string_page(template, **context))
 
+    def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
+        # A full disk is not a bug in the handler: 507, whatever it was saving.
+        if status_code == 500 and out_of_space(kwargs.get("exc_info", (None, None, None))[1]):
+            status_code = 507
+        super().send_error(status_code, **kwargs)
+
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         # An HTTP error is already the access log's line for this request: one line each.
-        if not isinstance(value, tornado.web.HTTPError):
+        if out_of_space(value):
+            log.error(
+                "%s %s: out of storage space: %s", self.request.method, self.request.uri, value
+            )
+        elif not isinstance(value, tornado.web.HTTPError):
             super().log_exception(typ, value, tb)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
@@ -203,11 +229,6 @@ class ApiHandler(BaseHandler):
 
     async def session_user(self) -> User | None:
         return None
-
-    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
-        # An HTTP error is already the access log's line for this request: one line each.
-        if not isinstance(value, tornado.web.HTTPError):
-            super().log_exception(typ, value, tb)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         message = error_message(status_code, self._reason, kwargs)

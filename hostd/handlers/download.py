@@ -10,15 +10,15 @@ import urllib.parse
 from hostd import db, sniff
 from hostd.db import Blob
 from hostd.handlers.base import BaseHandler, Refusal
+from hostd.hashes import PUBLIC_HASH_PATTERN
+from hostd.storage import BlobMissing, BlobReader
 
-CHUNK_BYTES = 256 * 1024
 # Uploaded content must never run script in our origin: `sandbox` gives the document an
 # opaque origin and no scripts; the rest stops it loading anything but itself.
 FILE_CSP = (
     "default-src 'none'; img-src 'self' data:; media-src 'self'; style-src 'unsafe-inline'; sandbox"
 )
 CACHE_FOREVER = "public, max-age=31536000, immutable"
-HASH_PATTERN = r"[A-Za-z0-9_-]{12,16}"
 RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
@@ -69,8 +69,27 @@ class DownloadHandler(BaseHandler):
         self, hash: str, suffix: str | None, filename: str | None, *, include_body: bool
     ) -> None:
         blob = await db.get_blob(self.db, hash)
-        if blob is None or not self.store.exists(blob.sha256):
+        if blob is None:
             raise Refusal(404, "There is no file with this hash.")
+        try:
+            reader = await self.store.open(blob.sha256)
+        except BlobMissing:  # taken down meanwhile, perhaps by `hostd file rm` elsewhere
+            db.forget_blob(self.db, blob.hash)
+            raise Refusal(404, "There is no file with this hash.") from None
+        try:
+            await self.answer(reader, blob, suffix, filename, include_body=include_body)
+        finally:
+            reader.close()
+
+    async def answer(
+        self,
+        reader: BlobReader,
+        blob: Blob,
+        suffix: str | None,
+        filename: str | None,
+        *,
+        include_body: bool,
+    ) -> None:
         self.set_file_headers(blob, suffix, filename)
         if self.not_modified(blob):
             self.set_status(304)
@@ -96,7 +115,9 @@ class DownloadHandler(BaseHandler):
                 self.set_header("Content-Range", f"bytes {start}-{end}/{blob.size_bytes}")
         self.set_header("Content-Length", str(end - start + 1))
         if include_body:
-            await self.send_bytes(blob, start, end)
+            async for chunk in reader.chunks(start, end):
+                self.write(chunk)
+                await self.flush()
         self.finish()
 
     def set_file_headers(self, blob: Blob, suffix: str | None, filename: str | None) -> None:
@@ -132,18 +153,6 @@ class DownloadHandler(BaseHandler):
         if_range = self.request.headers.get("If-Range")
         return if_range is None or if_range.strip() == f'"{blob.sha256}"'
 
-    async def send_bytes(self, blob: Blob, start: int, end: int) -> None:
-        remaining = end - start + 1
-        with self.store.open(blob.sha256) as source:
-            source.seek(start)
-            while remaining > 0:
-                chunk = source.read(min(CHUNK_BYTES, remaining))
-                if not chunk:
-                    break
-                remaining -= len(chunk)
-                self.write(chunk)
-                await self.flush()
-
     def write_error(self, status_code: int, **kwargs: object) -> None:
         # An error here is our own page, not the file: restore the page headers.
         for name in ("Content-Disposition", "ETag", "Last-Modified", "Accept-Ranges"):
@@ -154,6 +163,6 @@ class DownloadHandler(BaseHandler):
 
 
 routes = [
-    (rf"/(?P<hash>{HASH_PATTERN})(?P<suffix>\.[^/]+)?", DownloadHandler),
-    (rf"/(?P<hash>{HASH_PATTERN})/(?P<filename>.+)", DownloadHandler),
+    (rf"/(?P<hash>{PUBLIC_HASH_PATTERN})(?P<suffix>\.[^/]+)?", DownloadHandler),
+    (rf"/(?P<hash>{PUBLIC_HASH_PATTERN})/(?P<filename>.+)", DownloadHandler),
 ]

@@ -6,10 +6,12 @@ import math
 
 import tornado.web
 
-from hostd import db
+from hostd import db, uploads
 from hostd.handlers.base import BaseHandler, Refusal
-from hostd.handlers.download import CACHE_FOREVER, HASH_PATTERN
+from hostd.handlers.download import CACHE_FOREVER
 from hostd.handlers.upload import file_urls
+from hostd.hashes import PUBLIC_HASH_PATTERN
+from hostd.storage import BlobMissing
 from hostd.thumbs import THUMBNAILABLE
 
 PAGE_SIZE = 20
@@ -55,13 +57,8 @@ class FileHandler(BaseHandler):
 
     async def remove(self, upload_id: int) -> None:
         assert self.current_user is not None
-
-        async def remove_blob(sha256: str) -> None:
-            self.store.delete(sha256)
-            self.thumbs.delete(sha256)
-
-        found = await db.delete_upload(
-            self.db, upload_id=upload_id, user_id=self.current_user.id, remove_blob=remove_blob
+        found = await uploads.delete(
+            self.db, self.store, self.thumbs, upload_id=upload_id, user_id=self.current_user.id
         )
         if not found:
             raise Refusal(404, "You have no upload with this id.")
@@ -70,13 +67,14 @@ class FileHandler(BaseHandler):
 class ThumbnailHandler(BaseHandler):
     async def get(self, hash: str) -> None:
         blob = await db.get_blob(self.db, hash)
-        if (
-            blob is None
-            or blob.content_type not in THUMBNAILABLE
-            or not self.store.exists(blob.sha256)  # taken down by `hostd file rm`
-        ):
+        if blob is None or blob.content_type not in THUMBNAILABLE:
             raise Refusal(404, "There is no thumbnail for this hash.")
-        path = await self.thumbs.get(blob.sha256, self.store.path(blob.sha256))
+        try:
+            async with self.store.local_copy(blob.sha256) as source:
+                path = await self.thumbs.get(blob.sha256, source)
+        except BlobMissing:  # taken down by `hostd file rm`
+            db.forget_blob(self.db, blob.hash)
+            raise Refusal(404, "There is no thumbnail for this hash.") from None
         if path is None:
             # An image Pillow cannot read gets a neutral picture, not a broken one.
             self.redirect(self.static_url("thumb-unavailable.svg"))
@@ -90,5 +88,5 @@ routes = [
     (r"/files", FileListHandler),
     (r"/files/([0-9]+)", FileHandler),
     (r"/files/([0-9]+)/delete", FileHandler),
-    (rf"/thumbs/({HASH_PATTERN})\.webp", ThumbnailHandler),
+    (rf"/thumbs/({PUBLIC_HASH_PATTERN})\.webp", ThumbnailHandler),
 ]

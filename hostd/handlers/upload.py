@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import errno
 import http
 import json
 import logging
@@ -13,11 +12,11 @@ from typing import Any
 
 import tornado.web
 
-from hostd import db, sniff
+from hostd import db, sniff, uploads
 from hostd.auth import Busy
 from hostd.db import ApiKey, Blob, Upload
 from hostd.formdata import FORM_OVERHEAD_BYTES, UploadError, UploadForm, boundary_of
-from hostd.handlers.base import ApiHandler, BaseHandler, refuse_early
+from hostd.handlers.base import ApiHandler, BaseHandler, out_of_space, refuse_early
 from hostd.server import BodyPace, HostdConnection
 from hostd.storage import WrittenBlob
 
@@ -39,13 +38,20 @@ TOUCH_EVERY_SECONDS = 60
 async def touch_key(handler: BaseHandler, key: ApiKey) -> None:
     at = db.now()
     if key.last_used_at is None or at - key.last_used_at >= TOUCH_EVERY_SECONDS:
-        await db.touch_api_key(handler.db, id=key.id, at=at)
+        try:
+            await db.touch_api_key(handler.db, id=key.id, at=at)
+        except Exception as exc:
+            if not out_of_space(exc):
+                raise
+            # The upload is stored already; a stale last use is no reason to say otherwise.
+            log.warning("could not note the use of API key %s: %s", key.key_id, exc)
 
 
-def storage_failure(exc: OSError) -> tuple[int, str]:
-    """(status, message) for a file the server could not write; the details go to the log."""
+def storage_failure(exc: Exception) -> tuple[int, str]:
+    """(status, message) for a file the server could not write or record; the details go to
+    the log."""
     log.error("could not store an upload: %s", exc)
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+    if out_of_space(exc):
         return 507, "the server is out of storage space; the file was not stored"
     return 500, "the server could not store the file; it was not stored"
 
@@ -77,34 +83,34 @@ class UploadsInFlight:
         if self.closing:
             raise UploadError(503, "the server is shutting down; send the upload again soon")
         address = upload.request.remote_ip or ""
-        uploads = self._by_address.setdefault(address, set())
+        same = self._by_address.setdefault(address, set())
         most = upload.config.uploads_in_flight_per_address
-        if len(uploads) >= most:
+        if len(same) >= most:
             raise UploadError(
                 429,
                 f"{most} uploads from your address are already in progress; "
                 "send this one when one of them has finished",
             )
-        uploads.add(upload)
+        same.add(upload)
         self._none_left.clear()
 
     def leave(self, upload: UploadFlow) -> None:
         """Count it out (again is harmless)."""
         address = upload.request.remote_ip or ""
-        uploads = self._by_address.get(address)
-        if uploads is None or upload not in uploads:
+        same = self._by_address.get(address)
+        if same is None or upload not in same:
             return
-        uploads.discard(upload)
-        if not uploads:
+        same.discard(upload)
+        if not same:
             del self._by_address[address]
         if not self._by_address:
             self._none_left.set()
 
     def __len__(self) -> int:
-        return sum(len(uploads) for uploads in self._by_address.values())
+        return sum(len(same) for same in self._by_address.values())
 
     def __iter__(self) -> Iterator[UploadFlow]:
-        return iter([upload for uploads in self._by_address.values() for upload in uploads])
+        return iter([upload for same in self._by_address.values() for upload in same])
 
     async def finished(self, seconds: float) -> bool:
         """Wait up to `seconds` for every upload to be answered; True if they were."""
@@ -153,7 +159,7 @@ class UploadFlow(BaseHandler):
             ):
                 raise UploadError(413, f"the file is larger than the limit of {limit} bytes")
             boundary = boundary_of(self.request.headers.get("Content-Type"))
-            self.uploads.enter(self)  # last: only an accepted upload takes a place
+            self.in_flight.enter(self)  # last: only an accepted upload takes a place
         except UploadError as exc:
             self.form = None
             status, body, content_type = self.error_answer(exc.status, exc.message)
@@ -165,8 +171,8 @@ class UploadFlow(BaseHandler):
         self.pace = BodyPace(self.config.body_idle_seconds, self.stalled)
 
     @property
-    def uploads(self) -> UploadsInFlight:
-        return self.settings["hostd_uploads"]
+    def in_flight(self) -> UploadsInFlight:
+        return self.settings["hostd_in_flight"]
 
     async def authorize(self) -> None:
         """Raise UploadError when this request may not upload."""
@@ -255,31 +261,33 @@ class UploadFlow(BaseHandler):
         try:
             self.authorize_with_form()
         except UploadError as exc:
-            self.store.discard(written)
+            await self.store.discard(written)
             self.answer_error(exc.status, exc.message)
             return
-        blob, upload = await self.record(written, self.form.filename)
+        try:
+            blob, upload = await self.record(written, self.form.filename)
+        except Exception as exc:
+            if not (isinstance(exc, OSError) or out_of_space(exc)):
+                raise
+            self.answer_error(*storage_failure(exc))
+            return
         self.answer_ok(blob, upload, self.form.filename)
 
     async def record(self, written: WrittenBlob, filename: str) -> tuple[Blob, Upload]:
-        """Move the bytes into the store and register the upload to its owner, if any."""
+        """Put the bytes in the store and register the upload to its owner, if any."""
         if self.api_key is not None:
             owner: int | None = self.api_key.user_id
         else:
             owner = self.current_user.id if self.current_user else None
-        try:
-            blob, upload = await db.register_upload(
-                self.db,
-                sha256=written.sha256,
-                size_bytes=written.size_bytes,
-                content_type=sniff.detect(written.head),
-                original_name=filename,
-                user_id=owner,
-                api_key_id=self.api_key.id if self.api_key else None,
-                place=lambda: self.store.place(written),
-            )
-        finally:
-            self.store.discard(written)  # a no-op once place() has moved it
+        blob, upload = await uploads.register(
+            self.db,
+            self.store,
+            written,
+            content_type=sniff.detect(written.head),
+            original_name=filename,
+            user_id=owner,
+            api_key_id=self.api_key.id if self.api_key else None,
+        )
         if self.api_key is not None:
             await touch_key(self, self.api_key)
         return blob, upload
@@ -303,7 +311,7 @@ class UploadFlow(BaseHandler):
         super().on_connection_close()
 
     def stop_watching(self) -> None:
-        self.uploads.leave(self)
+        self.in_flight.leave(self)
         if self.pace is not None:
             self.pace.stop()
 

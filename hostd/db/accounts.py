@@ -1,0 +1,228 @@
+"""Users, their browser sessions and their API keys."""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+
+from hostd.db.blobs import _one, row_as
+from hostd.db.core import Database, now
+
+
+@dataclass(frozen=True)
+class User:
+    id: int
+    name: str
+    password_hash: str
+    created_at: int
+
+
+class NameTaken(Exception):
+    """An account with this name (in any letter case) exists already."""
+
+
+async def insert_user(db: Database, *, name: str, password_hash: str) -> User:
+    def work(conn: sqlite3.Connection) -> User:
+        try:
+            row = _one(
+                conn,
+                "INSERT INTO users (name, password_hash, created_at) VALUES (?, ?, ?) RETURNING *",
+                (name, password_hash, now()),
+            )
+        except sqlite3.IntegrityError as exc:
+            raise NameTaken(name) from exc
+        assert row is not None
+        return row_as(User, row)
+
+    return await db.write(work)
+
+
+async def get_user(db: Database, *, name: str | None = None, id: int | None = None) -> User | None:
+    """By name (any letter case) or by id."""
+    column, value = ("name", name) if name is not None else ("id", id)
+    row = await db.read(
+        lambda conn: _one(conn, f"SELECT * FROM users WHERE {column} = ?", (value,))
+    )
+    return row_as(User, row) if row else None
+
+
+async def list_users(db: Database) -> list[tuple[User, int, int]]:
+    """Every user with their count of uploads and of usable keys."""
+    rows = await db.read(
+        lambda conn: conn.execute(
+            """
+            SELECT users.*,
+                   (SELECT count(*) FROM uploads WHERE uploads.user_id = users.id) AS uploads,
+                   (SELECT count(*) FROM api_keys
+                     WHERE api_keys.user_id = users.id AND invalidated_at IS NULL) AS keys
+            FROM users ORDER BY users.name
+            """
+        ).fetchall()
+    )
+    return [
+        (User(row["id"], row["name"], row["password_hash"], row["created_at"]), row[4], row[5])
+        for row in rows
+    ]
+
+
+async def update_password(
+    db: Database, *, user_id: int, password_hash: str, end_sessions: bool
+) -> None:
+    def work(conn: sqlite3.Connection) -> None:
+        conn.execute("UPDATE users SET password_hash = ? WHERE id = ?", (password_hash, user_id))
+        if end_sessions:
+            conn.execute("DELETE FROM sessions WHERE user_id = ?", (user_id,))
+
+    await db.write(work)
+
+
+async def insert_session(db: Database, *, token_hash: str, user_id: int) -> None:
+    await db.write(
+        lambda conn: conn.execute(
+            "INSERT INTO sessions (token_hash, user_id, created_at) VALUES (?, ?, ?)",
+            (token_hash, user_id, now()),
+        )
+    )
+
+
+async def get_session_user(db: Database, *, token_hash: str) -> User | None:
+    row = await db.read(
+        lambda conn: _one(
+            conn,
+            """
+            SELECT users.* FROM sessions JOIN users ON users.id = sessions.user_id
+            WHERE sessions.token_hash = ?
+            """,
+            (token_hash,),
+        )
+    )
+    return row_as(User, row) if row else None
+
+
+async def delete_session(db: Database, *, token_hash: str) -> None:
+    await db.write(
+        lambda conn: conn.execute("DELETE FROM sessions WHERE token_hash = ?", (token_hash,))
+    )
+
+
+# -- API keys --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    id: int
+    key_id: str
+    user_id: int
+    secret_hash: str
+    label: str
+    created_at: int
+    last_used_at: int | None
+    invalidated_at: int | None
+
+    @property
+    def usable(self) -> bool:
+        return self.invalidated_at is None
+
+
+class TooManyKeys(Exception):
+    """The account holds accounts.max_keys usable keys already."""
+
+
+API_KEY_COLUMNS = (
+    "id, key_id, user_id, secret_hash, label, created_at, last_used_at, invalidated_at"
+)
+
+
+async def insert_api_key(
+    db: Database,
+    *,
+    user_id: int,
+    key_id: str,
+    secret_hash: str,
+    label: str,
+    max_keys: int | None = None,
+) -> ApiKey:
+    """Each usable key holds a numbered slot, unique per account (a partial unique index),
+    so the limit holds by constraint however many requests race for the last slot."""
+
+    def work(conn: sqlite3.Connection) -> ApiKey:
+        taken = {
+            row[0]
+            for row in conn.execute(
+                "SELECT slot FROM api_keys WHERE user_id = ? AND invalidated_at IS NULL",
+                (user_id,),
+            )
+        }
+        slot = 1
+        while True:
+            while slot in taken:
+                slot += 1
+            if max_keys is not None and slot > max_keys:
+                raise TooManyKeys(max_keys)
+            try:
+                row = _one(
+                    conn,
+                    f"""
+                    INSERT INTO api_keys (key_id, user_id, secret_hash, label, created_at, slot)
+                    VALUES (?, ?, ?, ?, ?, ?)
+                    RETURNING {API_KEY_COLUMNS}
+                    """,
+                    (key_id, user_id, secret_hash, label, now(), slot),
+                )
+            except sqlite3.IntegrityError as exc:
+                if "api_keys.slot" not in str(exc) and "api_keys.user_id" not in str(exc):
+                    raise
+                taken.add(slot)  # taken meanwhile (by another process): the next one
+                continue
+            assert row is not None
+            return row_as(ApiKey, row)
+
+    return await db.write(work)
+
+
+async def get_api_key(db: Database, *, key_id: str) -> ApiKey | None:
+    row = await db.read(
+        lambda conn: _one(
+            conn, f"SELECT {API_KEY_COLUMNS} FROM api_keys WHERE key_id = ?", (key_id,)
+        )
+    )
+    return row_as(ApiKey, row) if row else None
+
+
+async def list_api_keys(db: Database, *, user_id: int) -> list[ApiKey]:
+    """Newest first."""
+    rows = await db.read(
+        lambda conn: conn.execute(
+            f"""
+            SELECT {API_KEY_COLUMNS} FROM api_keys WHERE user_id = ?
+            ORDER BY created_at DESC, id DESC
+            """,
+            (user_id,),
+        ).fetchall()
+    )
+    return [row_as(ApiKey, row) for row in rows]
+
+
+async def invalidate_api_key(
+    db: Database, *, key_id: str, user_id: int | None = None
+) -> ApiKey | None:
+    """Make a key unusable for good (and free its slot). With user_id, only that user's
+    key. Returns the key as it is now, or None when there is no such key (for that user)."""
+    row = await db.write(
+        lambda conn: _one(
+            conn,
+            f"""
+            UPDATE api_keys SET invalidated_at = coalesce(invalidated_at, ?), slot = NULL
+            WHERE key_id = ? AND (? IS NULL OR user_id = ?)
+            RETURNING {API_KEY_COLUMNS}
+            """,
+            (now(), key_id, user_id, user_id),
+        )
+    )
+    return row_as(ApiKey, row) if row else None
+
+
+async def touch_api_key(db: Database, *, id: int, at: int) -> None:
+    await db.write(
+        lambda conn: conn.execute("UPDATE api_keys SET last_used_at = ? WHERE id = ?", (at, id))
+    )

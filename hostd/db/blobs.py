@@ -1,0 +1,292 @@
+"""Blobs (content, one row per SHA-256) and uploads (registrations pointing at a blob)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from hostd.db.core import Database, now
+from hostd.hashes import public_hash_candidates
+
+T = TypeVar("T")
+
+
+class HashSpaceExhausted(Exception):
+    """Every public-hash length up to the maximum is taken by other content."""
+
+
+@dataclass(frozen=True)
+class Blob:
+    sha256: str
+    hash: str
+    size_bytes: int
+    content_type: str
+    created_at: int
+
+
+@dataclass(frozen=True)
+class Upload:
+    id: int
+    sha256: str
+    original_name: str
+    created_at: int
+    user_id: int | None
+    api_key_id: int | None
+
+
+def row_as(cls: type[T], row: sqlite3.Row) -> T:
+    return cls(**dict(zip(row.keys(), row, strict=True)))
+
+
+def _one(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Row | None:
+    row: sqlite3.Row | None = conn.execute(sql, params).fetchone()
+    return row
+
+
+async def get_blob(db: Database, hash: str) -> Blob | None:
+    """The blob with this public hash, or None; known blobs come from memory."""
+    blob: Blob | None = db.blobs.get(hash)
+    if blob is not None:
+        return blob
+    generation = db.blobs.generation
+    row = await db.read(lambda conn: _one(conn, "SELECT * FROM blobs WHERE hash = ?", (hash,)))
+    if row is None:
+        return None
+    blob = row_as(Blob, row)
+    db.blobs.put(hash, blob, generation)
+    return blob
+
+
+def forget_blob(db: Database, hash: str) -> None:
+    """Drop a blob from memory: its bytes turned out to be gone (taken down elsewhere)."""
+    db.blobs.drop(hash)
+
+
+async def get_blob_by_sha256(db: Database, sha256: str) -> Blob | None:
+    row = await db.read(lambda conn: _one(conn, "SELECT * FROM blobs WHERE sha256 = ?", (sha256,)))
+    return row_as(Blob, row) if row else None
+
+
+async def register_upload(
+    db: Database,
+    *,
+    sha256: str,
+    size_bytes: int,
+    content_type: str,
+    original_name: str,
+    user_id: int | None = None,
+    api_key_id: int | None = None,
+) -> tuple[Blob, Upload]:
+    """Record an upload of bytes that are in the store already, creating the blob row on
+    first sight. Same bytes, same public hash: an existing blob keeps its hash; a new one
+    takes the shortest candidate that the unique index lets it have."""
+
+    def work(conn: sqlite3.Connection) -> tuple[Blob, Upload]:
+        created_at = now()
+        row = _one(conn, "SELECT * FROM blobs WHERE sha256 = ?", (sha256,))
+        if row is None:
+            row = _insert_blob(conn, sha256, size_bytes, content_type, created_at)
+        upload = _one(
+            conn,
+            """
+            INSERT INTO uploads (sha256, original_name, created_at, user_id, api_key_id)
+            VALUES (?, ?, ?, ?, ?)
+            RETURNING *
+            """,
+            (sha256, original_name, created_at, user_id, api_key_id),
+        )
+        assert upload is not None
+        return row_as(Blob, row), row_as(Upload, upload)
+
+    return await db.write(work)
+
+
+def _insert_blob(
+    conn: sqlite3.Connection, sha256: str, size_bytes: int, content_type: str, created_at: int
+) -> sqlite3.Row:
+    """Insert with the shortest free public hash: the unique index says which are taken."""
+    for candidate in public_hash_candidates(sha256):
+        try:
+            row = _one(
+                conn,
+                """
+                INSERT INTO blobs (sha256, hash, size_bytes, content_type, created_at)
+                VALUES (?, ?, ?, ?, ?)
+                RETURNING *
+                """,
+                (sha256, candidate, size_bytes, content_type, created_at),
+            )
+        except sqlite3.IntegrityError as exc:
+            if "blobs.hash" in str(exc):
+                continue  # another blob holds this prefix: try the next length
+            raise
+        assert row is not None
+        return row
+    raise HashSpaceExhausted(sha256)
+
+
+async def count_uploads(db: Database, *, sha256: str) -> int:
+    row = await db.read(
+        lambda conn: _one(conn, "SELECT count(*) FROM uploads WHERE sha256 = ?", (sha256,))
+    )
+    return int(row[0]) if row else 0
+
+
+async def all_uploads(db: Database) -> list[Upload]:
+    """Every upload, oldest first (for tests and small admin views)."""
+    rows = await db.read(lambda conn: conn.execute("SELECT * FROM uploads ORDER BY id").fetchall())
+    return [row_as(Upload, row) for row in rows]
+
+
+@dataclass(frozen=True)
+class UserFile:
+    """One of a user's uploads, with the blob it points at."""
+
+    upload: Upload
+    blob: Blob
+
+
+async def list_user_files(
+    db: Database, *, user_id: int, limit: int, offset: int = 0
+) -> tuple[list[UserFile], int]:
+    """A page of the user's uploads, newest first, and how many there are in all."""
+
+    def work(conn: sqlite3.Connection) -> tuple[list[sqlite3.Row], int]:
+        rows = conn.execute(
+            """
+            SELECT uploads.id, uploads.sha256, uploads.original_name, uploads.created_at,
+                   uploads.user_id, uploads.api_key_id, blobs.hash, blobs.size_bytes,
+                   blobs.content_type, blobs.created_at AS blob_created_at
+            FROM uploads JOIN blobs ON blobs.sha256 = uploads.sha256
+            WHERE uploads.user_id = ?
+            ORDER BY uploads.created_at DESC, uploads.id DESC
+            LIMIT ? OFFSET ?
+            """,
+            (user_id, limit, offset),
+        ).fetchall()
+        total = _one(conn, "SELECT count(*) FROM uploads WHERE user_id = ?", (user_id,))
+        return rows, int(total[0]) if total else 0
+
+    rows, total = await db.read(work)
+    files = [
+        UserFile(
+            Upload(row[0], row[1], row[2], row[3], row[4], row[5]),
+            Blob(row[1], row[6], row[7], row[8], row[9]),
+        )
+        for row in rows
+    ]
+    return files, total
+
+
+def _drop_unreferenced_blob(conn: sqlite3.Connection, sha256: str) -> str | None:
+    """Delete the blob row when no upload points at it; its public hash, or None."""
+    gone = _one(
+        conn,
+        """
+        DELETE FROM blobs WHERE sha256 = ?
+        AND NOT EXISTS (SELECT 1 FROM uploads WHERE uploads.sha256 = blobs.sha256)
+        RETURNING hash
+        """,
+        (sha256,),
+    )
+    return gone[0] if gone else None
+
+
+@dataclass(frozen=True)
+class Removal:
+    """What a deletion did: how many uploads went, and the blob when it went too (its
+    bytes are then the caller's to remove, after the commit)."""
+
+    uploads: int
+    sha256: str | None
+    blob_gone: bool
+
+
+async def delete_upload(db: Database, *, upload_id: int, user_id: int) -> Removal:
+    """Remove one of a user's uploads (none: Removal(0, None, False)); the blob row goes
+    too when no upload, anyone's, still points at it."""
+
+    def work(conn: sqlite3.Connection) -> tuple[Removal, str | None]:
+        row = _one(
+            conn,
+            "DELETE FROM uploads WHERE id = ? AND user_id = ? RETURNING sha256",
+            (upload_id, user_id),
+        )
+        if row is None:
+            return Removal(0, None, False), None
+        hash = _drop_unreferenced_blob(conn, row[0])
+        return Removal(1, row[0], hash is not None), hash
+
+    removal, hash = await db.write(work)
+    if hash is not None:
+        db.blobs.drop(hash)
+    return removal
+
+
+async def take_down(db: Database, *, sha256: str) -> Removal:
+    """Remove every upload of a blob (anyone's) and its row."""
+
+    def work(conn: sqlite3.Connection) -> tuple[Removal, str | None]:
+        gone = conn.execute("DELETE FROM uploads WHERE sha256 = ? RETURNING id", (sha256,))
+        count = len(gone.fetchall())
+        hash = _drop_unreferenced_blob(conn, sha256)
+        return Removal(count, sha256, hash is not None), hash
+
+    removal, hash = await db.write(work)
+    if hash is not None:
+        db.blobs.drop(hash)
+    return removal
+
+
+async def is_referenced(db: Database, sha256: str) -> bool:
+    """Whether a blob row exists for these bytes (a row exists while an upload does)."""
+    row = await db.read(lambda conn: _one(conn, "SELECT 1 FROM blobs WHERE sha256 = ?", (sha256,)))
+    return row is not None
+
+
+async def referenced_among(db: Database, sha256s: Iterable[str]) -> set[str]:
+    """Which of these SHA-256s have a blob row."""
+    wanted = list(sha256s)
+
+    def work(conn: sqlite3.Connection) -> set[str]:
+        found: set[str] = set()
+        for start in range(0, len(wanted), 500):
+            part = wanted[start : start + 500]
+            marks = ",".join("?" * len(part))
+            rows = conn.execute(f"SELECT sha256 FROM blobs WHERE sha256 IN ({marks})", part)
+            found.update(row[0] for row in rows)
+        return found
+
+    return await db.read(work)
+
+
+async def all_blob_sha256s(db: Database) -> list[str]:
+    rows = await db.read(lambda conn: conn.execute("SELECT sha256 FROM blobs").fetchall())
+    return [row[0] for row in rows]
+
+
+@dataclass(frozen=True)
+class Registration:
+    """One upload of a blob, with the name of the account it belongs to (None: anonymous)."""
+
+    upload: Upload
+    user_name: str | None
+
+
+async def list_registrations(db: Database, *, sha256: str) -> list[Registration]:
+    """Every upload of these bytes, oldest first."""
+    rows = await db.read(
+        lambda conn: conn.execute(
+            """
+            SELECT uploads.id, uploads.sha256, uploads.original_name, uploads.created_at,
+                   uploads.user_id, uploads.api_key_id, users.name
+            FROM uploads LEFT JOIN users ON users.id = uploads.user_id
+            WHERE uploads.sha256 = ?
+            ORDER BY uploads.created_at, uploads.id
+            """,
+            (sha256,),
+        ).fetchall()
+    )
+    return [Registration(Upload(*row[:6]), row[6]) for row in rows]

@@ -1,0 +1,144 @@
+"""An upload's life across the database and the blob store, in the one safe order.
+
+Bytes before rows: an upload's bytes are placed (rename, directory fsync) before its row is
+submitted, with no database lock held, so uploads' fsyncs run in parallel. Rows before
+bytes on the way out: a deletion commits first and removes the bytes after, so the worst
+crash leaves bytes that no row points at (which `hostd gc` removes), never a row without
+its bytes. Within a process, the store's guard for a SHA-256 keeps a deletion of some
+bytes and a new upload of the same bytes from interleaving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from hostd import db
+from hostd.db import Blob, Database, Removal, Upload
+from hostd.storage import BlobStore, WrittenBlob
+from hostd.thumbs import Thumbnails
+
+log = logging.getLogger("hostd")
+
+# `hostd gc` leaves bytes younger than this alone: they may belong to an upload whose row
+# is being written right now (placing refreshes the time of bytes that were there already).
+GC_GRACE_SECONDS = 3600.0
+
+
+async def register(
+    database: Database,
+    store: BlobStore,
+    written: WrittenBlob,
+    *,
+    content_type: str,
+    original_name: str,
+    user_id: int | None,
+    api_key_id: int | None,
+) -> tuple[Blob, Upload]:
+    """Place the bytes, then record the upload. If the row cannot be written (a full
+    database, a client gone before its turn), bytes that no row points at are removed."""
+    async with store.guard(written.sha256):
+        try:
+            await store.place(written)
+        except BaseException:
+            await store.discard(written)
+            raise
+        try:
+            return await db.register_upload(
+                database,
+                sha256=written.sha256,
+                size_bytes=written.size_bytes,
+                content_type=content_type,
+                original_name=original_name,
+                user_id=user_id,
+                api_key_id=api_key_id,
+            )
+        except BaseException:
+            await asyncio.shield(_remove_if_unreferenced(database, store, written.sha256))
+            raise
+
+
+async def _remove_if_unreferenced(database: Database, store: BlobStore, sha256: str) -> None:
+    """Under the guard: remove the bytes when no row points at them."""
+    try:
+        if not await db.is_referenced(database, sha256):
+            await store.delete(sha256)
+    except Exception:  # the caller is failing already; gc will find the bytes
+        log.exception("could not remove the unreferenced bytes of %s", sha256)
+
+
+async def delete(
+    database: Database, store: BlobStore, thumbs: Thumbnails, *, upload_id: int, user_id: int
+) -> bool:
+    """Remove one of a user's uploads; False when they have no such upload."""
+    removal = await db.delete_upload(database, upload_id=upload_id, user_id=user_id)
+    await remove_bytes(database, store, thumbs, removal)
+    return removal.uploads > 0
+
+
+async def take_down(
+    database: Database, store: BlobStore, thumbs: Thumbnails, *, sha256: str
+) -> int:
+    """Remove a blob for everyone: every upload of it, its row, its bytes, its thumbnail.
+    Returns how many uploads there were."""
+    removal = await db.take_down(database, sha256=sha256)
+    await remove_bytes(database, store, thumbs, removal)
+    return removal.uploads
+
+
+async def remove_bytes(
+    database: Database, store: BlobStore, thumbs: Thumbnails, removal: Removal
+) -> None:
+    """After a deletion's commit: the bytes go when their blob row went, unless the same
+    bytes were uploaded again meanwhile."""
+    if removal.sha256 is None or not removal.blob_gone:
+        return
+    sha256 = removal.sha256
+    async with store.guard(sha256):
+        if await db.is_referenced(database, sha256):
+            return  # uploaded again since the commit: the bytes are needed
+        await store.delete(sha256)
+        thumbs.delete(sha256)
+
+
+@dataclass
+class Collected:
+    """What a garbage collection found."""
+
+    removed: list[str]  # bytes no row pointed at, now gone
+    young: int  # such bytes left alone, being inside the grace period
+    missing: list[str]  # rows whose bytes are gone (reported, not changed)
+
+
+async def collect_garbage(
+    database: Database,
+    store: BlobStore,
+    thumbs: Thumbnails,
+    *,
+    grace_seconds: float = GC_GRACE_SECONDS,
+    clock: Callable[[], float] = time.time,
+) -> Collected:
+    """Remove bytes that no blob row points at (older than the grace period), and report
+    rows whose bytes are missing."""
+    stored: dict[str, float] = {}
+    async for blob in store.list_blobs():
+        stored[blob.sha256] = blob.modified_at
+    referenced = await db.referenced_among(database, stored)
+    result = Collected([], 0, [])
+    for sha256, modified_at in sorted(stored.items()):
+        if sha256 in referenced:
+            continue
+        if clock() - modified_at < grace_seconds:
+            result.young += 1
+            continue
+        async with store.guard(sha256):
+            if not await db.is_referenced(database, sha256) and await store.delete(sha256):
+                thumbs.delete(sha256)
+                result.removed.append(sha256)
+    for sha256 in await db.all_blob_sha256s(database):
+        if sha256 not in stored and not await store.exists(sha256):
+            result.missing.append(sha256)
+    return result
