@@ -14,7 +14,7 @@ import jinja2
 import tornado.web
 
 from hostd import uploads
-from hostd.auth import Auth, RegistrationLimiter, SignInLimiter
+from hostd.auth import Auth
 from hostd.config import Config, ensure_cookie_secret
 from hostd.db import Database
 from hostd.formdata import FORM_OVERHEAD_BYTES
@@ -24,6 +24,7 @@ from hostd.handlers.pages import NotFoundHandler
 from hostd.handlers.upload import UploadsInFlight
 from hostd.server import LINGER_IDLE_SECONDS, HostdServer
 from hostd.storage import BlobStore, store_from
+from hostd.throttle import RegistrationLimiter, SignInLimiter
 from hostd.thumbs import Thumbnails
 
 log = logging.getLogger("hostd")
@@ -189,6 +190,13 @@ async def serve(config: Config) -> None:
     gc_task.cancel()
     await db.close()
     store.close()
+    stats = db.stats
+    log.info(
+        "database: %d writes in %d commits (%.1f a commit)",
+        stats.units,
+        stats.commits,
+        stats.mean_batch,
+    )
     log.info("stopped")
     for handler in logging.getLogger().handlers:
         handler.flush()

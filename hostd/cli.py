@@ -12,11 +12,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from hostd import __version__, db, uploads
+from hostd.accounts import NAME_PATTERN, password_problem
 from hostd.app import format_size, format_time, serve, thumbnails_of
 from hostd.auth import Auth
 from hostd.config import Config, ConfigError, load_config
 from hostd.db import Database
-from hostd.handlers.accounts import NAME_PATTERN, check_password
 from hostd.storage import store_from
 
 DEFAULT_CONFIG = Path("hostd.toml")
@@ -141,7 +141,7 @@ def read_password(args: argparse.Namespace) -> str:
     else:
         password = getpass.getpass("Password: ")
         confirm = getpass.getpass("Password again: ")
-    problem = check_password(password, confirm)
+    problem = password_problem(password, confirm)
     if problem:
         raise CommandError(problem)
     return password

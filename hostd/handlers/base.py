@@ -17,10 +17,11 @@ import tornado.iostream
 import tornado.web
 
 from hostd import db
-from hostd.auth import Auth, SignInLimiter, session_token_hash
+from hostd.auth import Auth, session_token_hash
 from hostd.config import Config
 from hostd.db import Database, User
 from hostd.storage import BlobStore
+from hostd.throttle import SignInLimiter
 from hostd.thumbs import Thumbnails
 
 log = logging.getLogger("hostd")
