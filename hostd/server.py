@@ -1,8 +1,12 @@
 """The HTTP server: Tornado's HTTPServer with hostd's rules for what a connection may cost.
 
 This adapts the HTTP/1.x server of Tornado 6.6 (tornado/http1connection.py and
-httpserver.py, read at 6.6.1); it overrides a few of HTTP1Connection's private methods,
-so a Tornado upgrade must re-read them. What it changes, and why:
+httpserver.py, read at 6.6.1; pyproject.toml pins 6.6.x for this reason). It overrides
+private parts, which a Tornado upgrade must re-read: HTTP1Connection's _read_message,
+_parse_headers, _read_body and _read_chunked_body (a copy, plus a count) and its
+_read_finished, _response_start_line and _max_body_size; HTTP1ServerConnection's
+_server_request_loop (a copy, to make HostdConnections); HTTPServer's handle_stream.
+What it changes, and why:
 
 - A head (request line and header fields) over MAX_HEAD_BYTES is answered 431 before the
   connection closes. Tornado's IOStream closes the socket the moment its `max_bytes` is
@@ -11,10 +15,11 @@ so a Tornado upgrade must re-read them. What it changes, and why:
   limit is raised out of the way.
 - An HTTP/1.0 request with Transfer-Encoding is refused (RFC 9112 section 6.1: faulty
   framing, 400 and close); Tornado reads it as chunked.
-- A chunked body whose chunks average under MIN_AVERAGE_CHUNK_BYTES past its first
-  FREE_CHUNKS is refused with 400. Each chunk costs Tornado's parser ~13 us of Python
-  however small it is (1-byte chunks: a core for ~75 KB/s of body), and Tornado 6.6
-  joins small chunks before data_received, so only the chunk reader can count them.
+- A chunked body whose chunks average under MIN_AVERAGE_CHUNK_BYTES (the last aside)
+  past its first FREE_CHUNKS is refused with 400. Each chunk costs Tornado's parser
+  ~15 us of Python however small it is (1-byte chunks: a core for ~60 KB/s of body), and
+  Tornado 6.6 joins small chunks before data_received, so only the chunk reader can
+  count them. This holds for every handler, streaming or not.
 - A body that is not streamed to its handler (forms) must arrive whole within
   `body_seconds`, else 408; streaming handlers lift that (`streaming()`) and watch their
   own pace (BodyPace).
@@ -253,17 +258,9 @@ class HostdConnection(HTTP1Connection):
                 await asyncio.wait_for(reading, seconds)
         except iostream.StreamClosedError:
             raise  # the client went away, or a handler's answer closed the connection
-        except TimeoutError:
-            self.ended_by = Refused(
-                408, f"the request body did not arrive within {seconds:g} seconds"
-            )
-            raise self.ended_by from None
-        except httputil.HTTPInputError as exc:
-            self.ended_by = Refused(400, f"the request's body is malformed: {exc}")
-            raise self.ended_by from None
-        except Exception:
-            # A handler's data_received raised; Tornado has logged it.
-            self.ended_by = Refused(500, "the server failed while reading the request")
+        except Exception as exc:
+            # Set before Tornado tells the handler the connection is closing (the access log).
+            self.ended_by = body_refusal(exc, seconds)
             raise self.ended_by from None
 
     async def _read_chunked_body(self, delegate: httputil.HTTPMessageDelegate) -> None:
@@ -305,10 +302,12 @@ class HostdConnection(HTTP1Connection):
             if total_size > self._max_body_size:
                 raise httputil.HTTPInputError("chunked body too large")
             chunks += 1  # hostd
-            if chunks > FREE_CHUNKS and total_size < chunks * MIN_AVERAGE_CHUNK_BYTES:
-                raise httputil.HTTPInputError(
-                    f"its chunks average under {MIN_AVERAGE_CHUNK_BYTES} bytes; "
-                    "send bigger chunks, or a Content-Length"
+            # The last chunk may be short: it is not counted in the average.
+            if chunks > FREE_CHUNKS and total_size < (chunks - 1) * MIN_AVERAGE_CHUNK_BYTES:
+                raise Refused(
+                    400,
+                    f"the body's chunks average under {MIN_AVERAGE_CHUNK_BYTES} bytes; "
+                    "send bigger chunks, or a Content-Length",
                 )
             bytes_to_read = chunk_len
             while bytes_to_read:
@@ -361,6 +360,18 @@ class HostdConnection(HTTP1Connection):
         ):
             linger(stream, self.hostd_params.lingering)
         super().close()
+
+
+def body_refusal(exc: Exception, seconds: float | None) -> Refused:
+    """What the server answers when reading a request's body failed with `exc`."""
+    if isinstance(exc, Refused):
+        return exc
+    if isinstance(exc, TimeoutError):
+        return Refused(408, f"the request body did not arrive within {seconds:g} seconds")
+    if isinstance(exc, httputil.HTTPInputError):
+        return Refused(400, f"the request's body is malformed: {exc}")
+    # A handler's data_received raised; Tornado has logged it.
+    return Refused(500, "the server failed while reading the request")
 
 
 def linger(stream: iostream.IOStream, tasks: set[asyncio.Task[None]]) -> None:
