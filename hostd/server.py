@@ -11,8 +11,8 @@ What it changes, and why:
 - A head (request line and header fields) over MAX_HEAD_BYTES is answered 431 before the
   connection closes. Tornado's IOStream closes the socket the moment its `max_bytes` is
   exceeded, with no answer; so the head is first awaited with a zero-width look at the
-  read buffer (`read_until_regex` with a lookahead consumes nothing), and Tornado's own
-  limit is raised out of the way.
+  read buffer (`read_until_regex` with a lookahead consumes nothing), which lets through
+  only heads Tornado's own limit (4 bytes more) accepts.
 - An HTTP/1.0 request with Transfer-Encoding is refused (RFC 9112 section 6.1: faulty
   framing, 400 and close); Tornado reads it as chunked.
 - A chunked body whose chunks average under MIN_AVERAGE_CHUNK_BYTES (the last aside)
@@ -59,9 +59,13 @@ from tornado.log import gen_log
 
 # The largest head accepted (Tornado's default limit, now answered with 431).
 MAX_HEAD_BYTES = 64 * 1024
-# Zero-width when a complete head (up to the first empty line) is in the buffer; one byte
-# when more than MAX_HEAD_BYTES are there without one. Line by line, so it scans fast.
-HEAD_OR_OVERSIZE = re.compile(rb"\A(?=(?:[^\n]*\n)+?\r?\n)|\A[\s\S](?=[\s\S]{%d})" % MAX_HEAD_BYTES)
+# Zero-width when a whole head (through its first empty line) of at most MAX_HEAD_BYTES + 1
+# is in the buffer; one byte when more than MAX_HEAD_BYTES are there without one. (Bounded:
+# Tornado's own limit stays near MAX_HEAD_BYTES, as IOStream keeps using it as how much to
+# read ahead when no read is pending.)
+HEAD_OR_OVERSIZE = re.compile(
+    rb"\A(?=[\s\S]{0,%d}?\n\r?\n)|\A[\s\S](?=[\s\S]{%d})" % (MAX_HEAD_BYTES - 2, MAX_HEAD_BYTES)
+)
 # A chunked body may use this many chunks of any size; past them, its chunks must average
 # at least MIN_AVERAGE_CHUNK_BYTES. Clients send chunks of what they read: curl from a
 # pipe, nginx relaying a phone's body (a TCP segment or more each); not a few bytes.
@@ -114,9 +118,8 @@ class HostdServer(HTTPServer):
     def initialize(  # type: ignore[override]  # Tornado's Configurable passes __init__'s args
         self, request_callback: Any, *, body_seconds: float, **kwargs: Any
     ) -> None:
-        # Tornado's own head limit only as a backstop; HostdConnection answers MAX_HEAD_BYTES.
-        max_buffer_size = kwargs.get("max_buffer_size") or 100 * 1024 * 1024
-        super().initialize(request_callback, max_header_size=max_buffer_size, **kwargs)
+        # Past the heads HEAD_OR_OVERSIZE lets through; HostdConnection answers the rest 431.
+        super().initialize(request_callback, max_header_size=MAX_HEAD_BYTES + 4, **kwargs)
         self.conn_params = HostdParameters(self.conn_params, body_seconds=body_seconds)
 
     def handle_stream(self, stream: iostream.IOStream, address: tuple[Any, ...]) -> None:
