@@ -82,7 +82,9 @@ def make_app(
 
 
 def thumbnails_of(config: Config) -> Thumbnails:
-    return Thumbnails(config.data_dir / "thumbs")
+    return Thumbnails(
+        config.data_dir / "thumbs", max_decode_bytes=config.max_thumbnail_decode_bytes
+    )
 
 
 def format_size(size: int) -> str:
@@ -188,6 +190,7 @@ async def serve(config: Config) -> None:
     await stop.wait()
     await shutdown(server, app.settings["hostd_in_flight"], config.shutdown_grace_seconds)
     gc_task.cancel()
+    app.settings["hostd_thumbs"].close()
     await db.close()
     store.close()
     stats = db.stats

@@ -43,6 +43,7 @@ class Config:
     allow_anonymous: bool = True
     body_idle_seconds: float = 60.0
     uploads_in_flight_per_address: int = 8
+    max_thumbnail_decode_bytes: int = 96 * MiB
     registration: str = "open"
     max_keys: int | None = None
     registrations_per_hour: int = 5
@@ -76,6 +77,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "allow_anonymous",
         "body_idle_seconds",
         "uploads_in_flight_per_address",
+        "max_thumbnail_decode_bytes",
     ),
     "accounts": ("registration", "max_keys", "registrations_per_hour"),
 }
@@ -142,6 +144,8 @@ def _build(values: dict[str, Any], origin: str) -> Config:
         raise ConfigError(f"{origin}: limits.uploads_in_flight_per_address must be at least 1")
     if not 0 <= config.shutdown_grace_seconds <= 3600:
         raise ConfigError(f"{origin}: server.shutdown_grace_seconds must be between 0 and 3600")
+    if config.max_thumbnail_decode_bytes < 1:
+        raise ConfigError(f"{origin}: limits.max_thumbnail_decode_bytes must be a positive number")
     if config.max_keys is not None and config.max_keys < 1:
         raise ConfigError(f"{origin}: accounts.max_keys must be at least 1 when set")
     if config.registrations_per_hour < 1:

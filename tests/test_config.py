@@ -51,6 +51,7 @@ def test_every_key_is_read(tmp_path):
         allow_anonymous = false
         body_idle_seconds = 30
         uploads_in_flight_per_address = 2
+        max_thumbnail_decode_bytes = 2048
         [accounts]
         registration = "closed"
         max_keys = 3
@@ -70,6 +71,7 @@ def test_every_key_is_read(tmp_path):
         allow_anonymous=False,
         body_idle_seconds=30.0,
         uploads_in_flight_per_address=2,
+        max_thumbnail_decode_bytes=2048,
         registration="closed",
         max_keys=3,
     )
@@ -99,6 +101,10 @@ def test_command_line_overrides_win(tmp_path):
         ("[limits]\nbody_idle_seconds = nan\n", "limits.body_idle_seconds must be between"),
         ("[limits]\nuploads_in_flight_per_address = 0\n", "must be at least 1"),
         ("[server]\nshutdown_grace_seconds = -1\n", "server.shutdown_grace_seconds must be"),
+        (
+            "[limits]\nmax_thumbnail_decode_bytes = 0\n",
+            "limits.max_thumbnail_decode_bytes must be a positive",
+        ),
         (
             "[accounts]\nregistration = 'invite'\n",
             "accounts.registration must be 'open' or 'closed'",

@@ -17,6 +17,7 @@ from hostd.auth import Busy
 from hostd.db import ApiKey, Blob, Upload
 from hostd.formdata import FORM_OVERHEAD_BYTES, UploadError, UploadForm, boundary_of
 from hostd.handlers.base import ApiHandler, BaseHandler, out_of_space, refuse_early
+from hostd.parsing import parse_count
 from hostd.server import BodyPace, HostdConnection
 from hostd.storage import WrittenBlob
 
@@ -130,6 +131,7 @@ class UploadFlow(BaseHandler):
     """
 
     form: UploadForm | None = None
+    recording: asyncio.Future[tuple[Blob, Upload]] | None = None
     failed = False
     api_key: ApiKey | None = None
     pace: BodyPace | None = None
@@ -151,12 +153,12 @@ class UploadFlow(BaseHandler):
         try:
             await super().prepare()
             await self.authorize()
-            length = self.request.headers.get("Content-Length")
-            if (
-                length is not None
-                and length.isdigit()
-                and int(length) > limit + FORM_OVERHEAD_BYTES
-            ):
+            length = parse_count(
+                self.request.headers.get("Content-Length", "0"), at_most=limit + FORM_OVERHEAD_BYTES
+            )
+            if length is None:
+                raise UploadError(400, "the Content-Length header is not a number of bytes")
+            if length > limit + FORM_OVERHEAD_BYTES:
                 raise UploadError(413, f"the file is larger than the limit of {limit} bytes")
             boundary = boundary_of(self.request.headers.get("Content-Type"))
             self.in_flight.enter(self)  # last: only an accepted upload takes a place
@@ -264,8 +266,11 @@ class UploadFlow(BaseHandler):
             await self.store.discard(written)
             self.answer_error(exc.status, exc.message)
             return
+        self.recording = asyncio.ensure_future(self.record(written, self.form.filename))
         try:
-            blob, upload = await self.record(written, self.form.filename)
+            blob, upload = await self.recording
+        except asyncio.CancelledError:
+            return  # the client went away while its upload waited to be recorded
         except Exception as exc:
             if not (isinstance(exc, OSError) or out_of_space(exc)):
                 raise
@@ -304,6 +309,10 @@ class UploadFlow(BaseHandler):
         # May run without prepare() having made a form (a refused request).
         if self.form is not None:
             self.form.abort()
+        if self.recording is not None:
+            # Not yet recorded: drop it (uploads.register then removes its bytes); if the
+            # writer has it already, it is kept, as the whole file did arrive.
+            self.recording.cancel()
         if not self._finished:
             self.log_unfinished()
         # Tornado's own ends the wait for the rest of the body; without it the handler
