@@ -174,7 +174,7 @@ async def test_http_1_0_with_transfer_encoding_is_a_400_and_a_close(http_server,
 
 @pytest.mark.gen_test(timeout=30)
 async def test_one_byte_chunks_are_refused_with_a_400_and_leave_no_temp_file(
-    http_server, http_port, config, caplog
+    http_server, http_port, config, access_log
 ):
     body = FILE_PART + b"x" * 8000 + FORM_END
     client = await Raw.open(http_port)
@@ -190,7 +190,7 @@ async def test_one_byte_chunks_are_refused_with_a_400_and_leave_no_temp_file(
         "send bigger chunks, or a Content-Length",
     }
     await until(lambda: temp_files(config) == [])
-    assert "400 POST /api/upload (127.0.0.1)" in caplog.text
+    assert "400 POST /api/upload (127.0.0.1)" in access_log.text
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -225,7 +225,7 @@ async def test_chunks_of_ordinary_sizes_are_accepted(http_server, http_port):
 
 @pytest.mark.gen_test(timeout=30)
 async def test_a_broken_chunked_body_is_a_400_that_says_why_and_is_logged_as_400(
-    http_server, http_port, config, caplog
+    http_server, http_port, config, access_log
 ):
     client = await Raw.open(http_port)
     await client.send(upload_head(None) + chunked(FILE_PART + b"z" * 300_000, 65536)[:-5])
@@ -238,8 +238,8 @@ async def test_a_broken_chunked_body_is_a_400_that_says_why_and_is_logged_as_400
     assert headers["Connection"] == "close"
     assert json.loads(body)["error"] == "the request's body is malformed: invalid chunk size"
     await until(lambda: temp_files(config) == [])
-    assert "400 POST /api/upload (127.0.0.1)" in caplog.text
-    assert "499 POST" not in caplog.text
+    assert "400 POST /api/upload (127.0.0.1)" in access_log.text
+    assert "499 POST" not in access_log.text
 
 
 # -- slow and stalled bodies -------------------------------------------------------------
@@ -247,7 +247,7 @@ async def test_a_broken_chunked_body_is_a_400_that_says_why_and_is_logged_as_400
 
 @pytest.mark.gen_test(timeout=30)
 async def test_an_upload_that_stops_arriving_gets_a_408_and_leaves_no_temp_file(
-    http_server, http_port, config, caplog
+    http_server, http_port, config, access_log
 ):
     client = await Raw.open(http_port)
     await client.send(upload_head(5_000_000) + FILE_PART + b"x" * 300_000)
@@ -262,7 +262,7 @@ async def test_an_upload_that_stops_arriving_gets_a_408_and_leaves_no_temp_file(
         "error": f"no data arrived for {IDLE_SECONDS:g} seconds; the upload was dropped",
     }
     assert temp_files(config) == []
-    assert "408 POST /api/upload (127.0.0.1)" in caplog.text
+    assert "408 POST /api/upload (127.0.0.1)" in access_log.text
 
 
 @pytest.mark.gen_test(timeout=30)

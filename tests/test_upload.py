@@ -426,7 +426,7 @@ async def test_streamed_upload_lands_in_the_fanned_out_blob_path(
 
 @pytest.mark.gen_test(timeout=30)
 async def test_client_vanishing_mid_upload_leaves_no_temp_file_and_no_row(
-    http_server, http_port, config, db, app, caplog
+    http_server, http_port, config, db, app, access_log
 ):
     body_start = (
         b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.bin"\r\n\r\n'
@@ -457,7 +457,7 @@ async def test_client_vanishing_mid_upload_leaves_no_temp_file_and_no_row(
     await asyncio.sleep(0.05)
     gc.collect()
     assert live_handlers(app, ApiUploadHandler) == []  # not left waiting for the rest of the body
-    assert "499 POST /api/upload (127.0.0.1)" in caplog.text  # and the access log says so
+    assert "499 POST /api/upload (127.0.0.1)" in access_log.text  # and the access log says so
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -558,10 +558,11 @@ async def test_fifty_concurrent_uploads_of_the_same_bytes_give_one_hash_and_one_
 
 @pytest.mark.gen_test(timeout=120)
 async def test_two_hundred_concurrent_different_uploads_all_come_back_byte_for_byte(
-    http_client, base_url, config, app
+    http_client, base_url, config, db, app
 ):
     many_clients_one_address(app)
     payloads = [os.urandom(1000 + i * 97) for i in range(200)]
+    commits_before = db.stats.commits
 
     responses = await asyncio.gather(
         *(
@@ -575,6 +576,8 @@ async def test_two_hundred_concurrent_different_uploads_all_come_back_byte_for_b
     assert [d.body for d in downloads] == payloads
     assert len(set(hashes)) == 200
     assert len(blob_files(config)) == 200
+    commits = db.stats.commits - commits_before
+    assert commits < 200, f"{commits} commits for 200 uploads: concurrent uploads share commits"
 
 
 @pytest.mark.gen_test
