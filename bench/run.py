@@ -260,7 +260,9 @@ class Hostd(Service):
         self.config = tmp / f"{name}.toml"
         accel = f'accel_redirect = "{accel_redirect}"\n' if accel_redirect else ""
         self.config.write_text(
-            f"[server]\ntrust_proxy = true\n{accel}[limits]\nmax_upload_bytes = {2 * GiB}\n",
+            f"[server]\ntrust_proxy = true\n{accel}[limits]\nmax_upload_bytes = {2 * GiB}\n"
+            # The bench's clients stand for many users, though all come from 127.0.0.1.
+            "uploads_in_flight_per_address = 1000\n",
             encoding="utf-8",
         )
         port = free_port()

@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable
 
 import jinja2
-import tornado.httpserver
 import tornado.web
 
 from hostd import uploads
@@ -23,6 +22,8 @@ from hostd.formdata import FORM_OVERHEAD_BYTES
 from hostd.handlers import all_routes
 from hostd.handlers.api import KeyReveals
 from hostd.handlers.pages import NotFoundHandler
+from hostd.handlers.upload import UploadsInFlight
+from hostd.server import LINGER_IDLE_SECONDS, HostdServer
 from hostd.storage import BlobStore, store_from
 from hostd.throttle import RegistrationLimiter, SignInLimiter
 from hostd.thumbs import Thumbnails
@@ -67,6 +68,7 @@ def make_app(
         hostd_limiter=SignInLimiter(clock=clock),
         hostd_registrations=RegistrationLimiter(config.registrations_per_hour, clock=clock),
         hostd_reveals=KeyReveals(),
+        hostd_in_flight=UploadsInFlight(),
         log_function=access_log or AccessLog(),
         jinja_env=templates,
         static_path=str(config.static_dir),
@@ -104,8 +106,8 @@ def format_time(epoch: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(epoch))
 
 
-def make_server(config: Config, app: tornado.web.Application) -> tornado.httpserver.HTTPServer:
-    return tornado.httpserver.HTTPServer(
+def make_server(config: Config, app: tornado.web.Application) -> HostdServer:
+    return HostdServer(
         app,
         xheaders=config.trust_proxy,
         # Uploads raise their own limit in prepare(); everything else stays small.
@@ -113,6 +115,9 @@ def make_server(config: Config, app: tornado.web.Application) -> tornado.httpser
         max_buffer_size=1024 * 1024,
         chunk_size=256 * 1024,
         idle_connection_timeout=120,
+        # A body that is not streamed (a form) must arrive whole in this time; uploads
+        # watch their own pace (limits.body_idle_seconds between bytes).
+        body_seconds=config.body_idle_seconds,
     )
 
 
@@ -187,10 +192,8 @@ async def serve(config: Config) -> None:
         log.info("public URL: %s/", config.public_url)
     await stop.wait()
     app.settings["log_function"].flush()
-    log.info("shutting down")
-    server.stop()
+    await shutdown(server, app.settings["hostd_in_flight"], config.shutdown_grace_seconds)
     gc_task.cancel()
-    await server.close_all_connections()
     app.settings["hostd_thumbs"].close()
     await db.close()
     store.close()
@@ -202,3 +205,27 @@ async def serve(config: Config) -> None:
         stats.commits,
         stats.mean_batch,
     )
+    log.info("stopped")
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+
+
+# After the grace, how long uploads whose body has all arrived get to be recorded.
+AFTER_GRACE_SECONDS = 5.0
+SHUTTING_DOWN = "the server is shutting down; the upload was not stored, send it again soon"
+
+
+async def shutdown(server: HostdServer, in_flight: UploadsInFlight, grace: float) -> None:
+    """Stop accepting connections; give uploads in flight `grace` seconds to finish; answer
+    those still arriving 503 (their temp files removed); then close every connection."""
+    server.stop()
+    in_flight.closing = True
+    if len(in_flight):
+        log.info("shutting down: waiting up to %gs for %d upload(s)", grace, len(in_flight))
+    else:
+        log.info("shutting down")
+    if not await in_flight.finished(grace):
+        await asyncio.gather(*(upload.drop_upload(503, SHUTTING_DOWN) for upload in in_flight))
+        await in_flight.finished(AFTER_GRACE_SECONDS)
+    await server.let_answers_through(LINGER_IDLE_SECONDS)
+    await server.close_all_connections()

@@ -38,8 +38,11 @@ class Config:
     port: int = 8000
     public_url: str | None = None
     trust_proxy: bool = False
+    shutdown_grace_seconds: float = 20.0
     max_upload_bytes: int = 512 * MiB
     allow_anonymous: bool = True
+    body_idle_seconds: float = 60.0
+    uploads_in_flight_per_address: int = 8
     max_thumbnail_decode_bytes: int = 96 * MiB
     registration: str = "open"
     max_keys: int | None = None
@@ -60,9 +63,22 @@ class Config:
 
 # hostd.toml's sections and the Config fields each may set.
 SECTIONS: dict[str, tuple[str, ...]] = {
-    "server": ("host", "port", "public_url", "trust_proxy", "cookie_secret"),
+    "server": (
+        "host",
+        "port",
+        "public_url",
+        "trust_proxy",
+        "cookie_secret",
+        "shutdown_grace_seconds",
+    ),
     "storage": ("data_dir",),
-    "limits": ("max_upload_bytes", "allow_anonymous", "max_thumbnail_decode_bytes"),
+    "limits": (
+        "max_upload_bytes",
+        "allow_anonymous",
+        "body_idle_seconds",
+        "uploads_in_flight_per_address",
+        "max_thumbnail_decode_bytes",
+    ),
     "accounts": ("registration", "max_keys", "registrations_per_hour"),
 }
 CHOICES: dict[str, tuple[str, ...]] = {"registration": ("open", "closed")}
@@ -122,6 +138,12 @@ def _build(values: dict[str, Any], origin: str) -> Config:
         raise ConfigError(f"{origin}: server.port must be between 1 and 65535")
     if config.max_upload_bytes < 1:
         raise ConfigError(f"{origin}: limits.max_upload_bytes must be a positive number of bytes")
+    if not 0 < config.body_idle_seconds <= 24 * 3600:
+        raise ConfigError(f"{origin}: limits.body_idle_seconds must be between 0 and 86400")
+    if config.uploads_in_flight_per_address < 1:
+        raise ConfigError(f"{origin}: limits.uploads_in_flight_per_address must be at least 1")
+    if not 0 <= config.shutdown_grace_seconds <= 3600:
+        raise ConfigError(f"{origin}: server.shutdown_grace_seconds must be between 0 and 3600")
     if config.max_thumbnail_decode_bytes < 1:
         raise ConfigError(f"{origin}: limits.max_thumbnail_decode_bytes must be a positive number")
     if config.max_keys is not None and config.max_keys < 1:
@@ -144,11 +166,17 @@ def _convert(name: str, value: Any, hint: Any, origin: str) -> Any:
         if kind is Path and isinstance(value, str | Path):
             return Path(value)
         # bool is a subclass of int; a port of `true` is a mistake, not 1.
-        if kind is int and isinstance(value, bool):
+        if kind in (int, float) and isinstance(value, bool):
             continue
+        if kind is float and isinstance(value, int | float):
+            return float(value)
         if kind in (str, int, bool) and isinstance(value, kind):
             return value
-    expected = " or ".join("a path" if k is Path else k.__name__ for k in allowed if k is not None)
+    expected = " or ".join(
+        "a path" if k is Path else "a number" if k is float else k.__name__
+        for k in allowed
+        if k is not None
+    )
     raise ConfigError(
         f"{origin}: {_qualified(name)} must be {expected}, not {type(value).__name__} {value!r}"
     )

@@ -43,11 +43,14 @@ def test_every_key_is_read(tmp_path):
         port = 9000
         public_url = "https://files.example.org/"
         trust_proxy = true
+        shutdown_grace_seconds = 7.5
         [storage]
         data_dir = "/srv/hostd"
         [limits]
         max_upload_bytes = 1024
         allow_anonymous = false
+        body_idle_seconds = 30
+        uploads_in_flight_per_address = 2
         max_thumbnail_decode_bytes = 2048
         [accounts]
         registration = "closed"
@@ -62,9 +65,12 @@ def test_every_key_is_read(tmp_path):
         port=9000,
         public_url="https://files.example.org",
         trust_proxy=True,
+        shutdown_grace_seconds=7.5,
         data_dir=Path("/srv/hostd"),
         max_upload_bytes=1024,
         allow_anonymous=False,
+        body_idle_seconds=30.0,
+        uploads_in_flight_per_address=2,
         max_thumbnail_decode_bytes=2048,
         registration="closed",
         max_keys=3,
@@ -90,6 +96,11 @@ def test_command_line_overrides_win(tmp_path):
         ("[server]\nport = 70000\n", "server.port must be between 1 and 65535"),
         ("[limits]\nmax_upload_bytes = 0\n", "limits.max_upload_bytes must be a positive"),
         ("[limits]\nallow_anonymous = 'no'\n", "limits.allow_anonymous must be bool"),
+        ("[limits]\nbody_idle_seconds = 0\n", "limits.body_idle_seconds must be between"),
+        ("[limits]\nbody_idle_seconds = '60'\n", "limits.body_idle_seconds must be a number"),
+        ("[limits]\nbody_idle_seconds = nan\n", "limits.body_idle_seconds must be between"),
+        ("[limits]\nuploads_in_flight_per_address = 0\n", "must be at least 1"),
+        ("[server]\nshutdown_grace_seconds = -1\n", "server.shutdown_grace_seconds must be"),
         (
             "[limits]\nmax_thumbnail_decode_bytes = 0\n",
             "limits.max_thumbnail_decode_bytes must be a positive",

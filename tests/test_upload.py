@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import gc
 import hashlib
@@ -43,6 +44,13 @@ async def post_streamed(client, url, producer, headers):
 
 def live_handlers(app, kind):
     return [h for h in gc.get_objects() if isinstance(h, kind) and h.application is app]
+
+
+def many_clients_one_address(app):
+    """Clients that all come from 127.0.0.1 here, not past the per-address cap."""
+    app.settings["hostd_config"] = dataclasses.replace(
+        app.settings["hostd_config"], uploads_in_flight_per_address=1000
+    )
 
 
 def expected_hash(data: bytes) -> str:
@@ -529,8 +537,9 @@ def test_a_full_disk_is_reported_as_such():
 
 @pytest.mark.gen_test(timeout=60)
 async def test_fifty_concurrent_uploads_of_the_same_bytes_give_one_hash_and_one_blob(
-    http_client, base_url, config, db
+    http_client, base_url, config, db, app
 ):
+    many_clients_one_address(app)
     data = os.urandom(200_000)
 
     responses = await asyncio.gather(
@@ -549,8 +558,9 @@ async def test_fifty_concurrent_uploads_of_the_same_bytes_give_one_hash_and_one_
 
 @pytest.mark.gen_test(timeout=120)
 async def test_two_hundred_concurrent_different_uploads_all_come_back_byte_for_byte(
-    http_client, base_url, config, db
+    http_client, base_url, config, db, app
 ):
+    many_clients_one_address(app)
     payloads = [os.urandom(1000 + i * 97) for i in range(200)]
     commits_before = db.stats.commits
 

@@ -7,11 +7,10 @@ import http
 import json
 import logging
 import urllib.parse
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
 from typing import Any
 
 import tornado.web
-from tornado.http1connection import HTTP1Connection
 
 from hostd import db, sniff, uploads
 from hostd.auth import Busy
@@ -19,6 +18,7 @@ from hostd.db import ApiKey, Blob, Upload
 from hostd.formdata import FORM_OVERHEAD_BYTES, UploadError, UploadForm, boundary_of
 from hostd.handlers.base import ApiHandler, BaseHandler, out_of_space, refuse_early
 from hostd.parsing import parse_count
+from hostd.server import BodyPace, HostdConnection
 from hostd.storage import WrittenBlob
 
 log = logging.getLogger("hostd")
@@ -74,6 +74,60 @@ def file_urls(base: str, blob: Blob, filename: str) -> dict[str, str]:
     }
 
 
+class UploadsInFlight:
+    """Uploads not yet answered, by client address (X-Real-IP behind a trusted proxy): at
+    most limits.uploads_in_flight_per_address from one address, none once the server is
+    closing."""
+
+    def __init__(self) -> None:
+        self.closing = False
+        self._by_address: dict[str, set[UploadFlow]] = {}
+        self._none_left = asyncio.Event()
+        self._none_left.set()
+
+    def enter(self, upload: UploadFlow) -> None:
+        """Count this upload in, or raise UploadError (503 when closing, else 429)."""
+        if self.closing:
+            raise UploadError(503, "the server is shutting down; send the upload again soon")
+        address = upload.request.remote_ip or ""
+        same = self._by_address.setdefault(address, set())
+        most = upload.config.uploads_in_flight_per_address
+        if len(same) >= most:
+            raise UploadError(
+                429,
+                f"{most} uploads from your address are already in progress; "
+                "send this one when one of them has finished",
+            )
+        same.add(upload)
+        self._none_left.clear()
+
+    def leave(self, upload: UploadFlow) -> None:
+        """Count it out (again is harmless)."""
+        address = upload.request.remote_ip or ""
+        same = self._by_address.get(address)
+        if same is None or upload not in same:
+            return
+        same.discard(upload)
+        if not same:
+            del self._by_address[address]
+        if not self._by_address:
+            self._none_left.set()
+
+    def __len__(self) -> int:
+        return sum(len(same) for same in self._by_address.values())
+
+    def __iter__(self) -> Iterator[UploadFlow]:
+        return iter([upload for same in self._by_address.values() for upload in same])
+
+    async def finished(self, seconds: float) -> bool:
+        """Wait up to `seconds` for every upload to be answered; True if they were."""
+        try:
+            await asyncio.wait_for(self._none_left.wait(), seconds)
+        except TimeoutError:
+            return False
+        return True
+
+
 class UploadFlow(BaseHandler):
     """Receives one multipart upload as it streams in; subclasses say how to answer.
 
@@ -86,6 +140,9 @@ class UploadFlow(BaseHandler):
     recording: asyncio.Future[tuple[Blob, Upload]] | None = None
     failed = False
     api_key: ApiKey | None = None
+    pace: BodyPace | None = None
+    dropping: asyncio.Task[None] | None = None
+    gone = False  # the connection closed before the answer was finished
 
     def check_xsrf_cookie(self) -> None:
         # Checked in prepare(), where a refusal can be answered without a reset.
@@ -96,8 +153,9 @@ class UploadFlow(BaseHandler):
             return
         limit = self.config.max_upload_bytes
         connection = self.request.connection
-        assert isinstance(connection, HTTP1Connection)
+        assert isinstance(connection, HostdConnection)
         connection.set_max_body_size(limit + FORM_OVERHEAD_BYTES + DRAIN_ALLOWANCE_BYTES)
+        connection.streaming(self.error_answer)
         try:
             await super().prepare()
             await self.authorize()
@@ -109,6 +167,7 @@ class UploadFlow(BaseHandler):
             if length > limit + FORM_OVERHEAD_BYTES:
                 raise UploadError(413, f"the file is larger than the limit of {limit} bytes")
             boundary = boundary_of(self.request.headers.get("Content-Type"))
+            self.in_flight.enter(self)  # last: only an accepted upload takes a place
         except UploadError as exc:
             self.form = None
             status, body, content_type = self.error_answer(exc.status, exc.message)
@@ -117,6 +176,11 @@ class UploadFlow(BaseHandler):
             refuse_early(self, status, body, content_type)
             return
         self.form = UploadForm(boundary, max_file_bytes=limit, open_writer=self.store.writer)
+        self.pace = BodyPace(self.config.body_idle_seconds, self.stalled)
+
+    @property
+    def in_flight(self) -> UploadsInFlight:
+        return self.settings["hostd_in_flight"]
 
     async def authorize(self) -> None:
         """Raise UploadError when this request may not upload."""
@@ -124,6 +188,8 @@ class UploadFlow(BaseHandler):
             raise UploadError(401, NEEDS_ACCOUNT)
 
     def data_received(self, chunk: bytes) -> Any:
+        if self.pace is not None and (too_slow := self.pace.arrived(len(chunk))):
+            return self.drop_upload(408, too_slow)
         if self.failed or self.form is None:
             return None
         try:
@@ -131,7 +197,38 @@ class UploadFlow(BaseHandler):
         except UploadError as exc:
             return self.refuse_midway(exc.status, exc.message)
         behind = self.form.backpressure()
-        return None if behind is None else self.wait_for_disk(behind)
+        if behind is None:
+            return None
+        waiting = self.wait_for_disk(behind)
+        return waiting if self.pace is None else self.pace.paused(waiting)
+
+    def stalled(self, message: str) -> None:
+        """BodyPace's call: no data for limits.body_idle_seconds."""
+        self.dropping = asyncio.ensure_future(self.drop_upload(408, message))
+
+    async def drop_upload(self, status: int, message: str) -> None:
+        """End an upload whose body is still arriving: remove its temp file, answer (in the
+        endpoint's format, `Connection: close`) unless the client has gone, and close."""
+        if self._finished or self.gone or self.body_received:
+            return
+        self.failed = True
+        if self.pace is not None:
+            self.pace.stop()
+        if self.form is not None:
+            self.form.abort()
+            await self.form.dropped()
+        if self._finished or self.gone:
+            return
+        if self._headers_written:  # already refused (refuse_midway): stop draining
+            self.finish()
+            return
+        self.set_header("Connection", "close")
+        self.answer_error(status, message)
+
+    @property
+    def body_received(self) -> bool:
+        # Tornado resolves this future as the body ends, before post() runs.
+        return self.request._body_future.done()
 
     async def wait_for_disk(self, behind: Awaitable[None]) -> None:
         """Tornado reads no more of the body until the file's writer has caught up."""
@@ -212,7 +309,12 @@ class UploadFlow(BaseHandler):
     def authorize_with_form(self) -> None:
         """Raise UploadError when the form's own fields refuse it (read once the body ended)."""
 
+    def on_finish(self) -> None:
+        self.stop_watching()
+
     def on_connection_close(self) -> None:
+        self.gone = True
+        self.stop_watching()
         # May run without prepare() having made a form (a refused request).
         if self.form is not None:
             self.form.abort()
@@ -221,13 +323,28 @@ class UploadFlow(BaseHandler):
             # writer has it already, it is kept, as the whole file did arrive.
             self.recording.cancel()
         if not self._finished:
-            # The access log's line, which finish() would have written: 499, as nginx says
-            # of a client that closed the connection before the answer.
-            self.set_status(499, "Client Closed Request")
-            self.application.log_request(self)
+            self.log_unfinished()
         # Tornado's own ends the wait for the rest of the body; without it the handler
         # would wait forever for a client that is gone.
         super().on_connection_close()
+
+    def stop_watching(self) -> None:
+        self.in_flight.leave(self)
+        if self.pace is not None:
+            self.pace.stop()
+
+    def log_unfinished(self) -> None:
+        """The access log's line, which finish() would have written: what the server
+        answered when it ended the request itself (a broken body: 400), or what the
+        handler had answered already; else 499, as nginx says of a client that closed the
+        connection before the answer."""
+        connection = self.request.connection
+        ended_by = connection.ended_by if isinstance(connection, HostdConnection) else None
+        if ended_by is not None:
+            self.set_status(ended_by.status)
+        elif not self._headers_written:
+            self.set_status(499, "Client Closed Request")
+        self.application.log_request(self)
 
     def answer_error(self, status: int, message: str) -> None:
         status, body, content_type = self.error_answer(status, message)

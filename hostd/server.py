@@ -1,0 +1,472 @@
+"""The HTTP server: Tornado's HTTPServer with hostd's rules for what a connection may cost.
+
+This adapts the HTTP/1.x server of Tornado 6.6 (tornado/http1connection.py and
+httpserver.py, read at 6.6.1; pyproject.toml pins 6.6.x for this reason). It overrides
+private parts, which a Tornado upgrade must re-read: HTTP1Connection's _read_message,
+_parse_headers, _read_body and _read_chunked_body (a copy, plus a count) and its
+_read_finished, _response_start_line and _max_body_size; HTTP1ServerConnection's
+_server_request_loop (a copy, to make HostdConnections); HTTPServer's handle_stream.
+What it changes, and why:
+
+- A head (request line and header fields) over MAX_HEAD_BYTES is answered 431 before the
+  connection closes. Tornado's IOStream closes the socket the moment its `max_bytes` is
+  exceeded, with no answer; so the head is first awaited with a zero-width look at the
+  read buffer (`read_until_regex` with a lookahead consumes nothing), which lets through
+  only heads Tornado's own limit (4 bytes more) accepts.
+- An HTTP/1.0 request with Transfer-Encoding is refused (RFC 9112 section 6.1: faulty
+  framing, 400 and close); Tornado reads it as chunked.
+- A chunked body whose chunks average under MIN_AVERAGE_CHUNK_BYTES (the last aside)
+  past its first FREE_CHUNKS is refused with 400. Each chunk costs Tornado's parser
+  ~15 us of Python however small it is (1-byte chunks: a core for ~60 KB/s of body), and
+  Tornado 6.6 joins small chunks before data_received, so only the chunk reader can
+  count them. This holds for every handler, streaming or not.
+- A body that is not streamed to its handler (forms) must arrive whole within
+  `body_seconds`, else 408; streaming handlers lift that (`streaming()`) and watch their
+  own pace (BodyPace).
+- A broken body (bad framing, a handler that raised) gets a full answer with a message
+  (400, 500) in the handler's format when it gave one, instead of Tornado's bare
+  "400 Bad Request" or nothing; `ended_by` tells the handler what the server answered, for
+  its access-log line.
+- Closing with request bytes still unread "lingers" (as nginx's lingering_close): the
+  write side is shut after the answer and what the client still sends is read and
+  dropped for a few seconds on a duplicate of the socket, so the kernel does not answer
+  those bytes with a reset that can destroy the answer before the client reads it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http
+import re
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from tornado import gen, httputil, iostream
+from tornado.escape import native_str
+from tornado.http1connection import (
+    _CHUNK_YIELD_COST,
+    _YIELD_THRESHOLD,
+    HTTP1Connection,
+    HTTP1ConnectionParameters,
+    HTTP1ServerConnection,
+    _is_done,
+    parse_hex_int,
+)
+from tornado.httpserver import HTTPServer, _HTTPRequestContext
+from tornado.log import gen_log
+
+# The largest head accepted (Tornado's default limit, now answered with 431).
+MAX_HEAD_BYTES = 64 * 1024
+# Zero-width when a whole head (through its first empty line) of at most MAX_HEAD_BYTES + 1
+# is in the buffer; one byte when more than MAX_HEAD_BYTES are there without one. (Bounded:
+# Tornado's own limit stays near MAX_HEAD_BYTES, as IOStream keeps using it as how much to
+# read ahead when no read is pending.)
+HEAD_OR_OVERSIZE = re.compile(
+    rb"\A(?=[\s\S]{0,%d}?\n\r?\n)|\A[\s\S](?=[\s\S]{%d})" % (MAX_HEAD_BYTES - 2, MAX_HEAD_BYTES)
+)
+# A chunked body may use this many chunks of any size; past them, its chunks must average
+# at least MIN_AVERAGE_CHUNK_BYTES. Clients send chunks of what they read: curl from a
+# pipe, nginx relaying a phone's body (a TCP segment or more each); not a few bytes.
+FREE_CHUNKS = 1024
+MIN_AVERAGE_CHUNK_BYTES = 256
+# A streamed body, past its first idle-timeout's worth of seconds, must average at least
+# this (GPRS, the slowest mobile data still in use, uploads at 2-5 KB/s).
+MIN_BODY_BYTES_PER_SECOND = 512
+# How long a closed connection keeps reading and dropping what the client still sends.
+LINGER_SECONDS = 10.0
+LINGER_IDLE_SECONDS = 2.0
+
+ErrorFormat = Callable[[int, str], tuple[int, str, str]]
+
+
+def plain_error(status: int, message: str) -> tuple[int, str, str]:
+    """(status, body, content type) of a refusal in hostd's plain-text protocol."""
+    return status, f"ERROR {message}\n", "text/plain; charset=utf-8"
+
+
+class Refused(Exception):
+    """The server ends this request with an answer (status, message) and closes."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class HostdParameters(HTTP1ConnectionParameters):
+    """Tornado's connection parameters, plus hostd's (shared by every connection)."""
+
+    def __init__(self, base: HTTP1ConnectionParameters, *, body_seconds: float) -> None:
+        super().__init__(
+            no_keep_alive=base.no_keep_alive,
+            chunk_size=base.chunk_size,
+            max_header_size=base.max_header_size,
+            header_timeout=base.header_timeout,
+            max_body_size=base.max_body_size,
+            body_timeout=None,  # HostdConnection answers its own deadline with a 408
+            decompress=base.decompress,
+        )
+        self.body_seconds = body_seconds
+        self.lingering: set[asyncio.Task[None]] = set()
+
+
+class HostdServer(HTTPServer):
+    """HTTPServer whose connections are HostdServerConnections."""
+
+    def initialize(  # type: ignore[override]  # Tornado's Configurable passes __init__'s args
+        self, request_callback: Any, *, body_seconds: float, **kwargs: Any
+    ) -> None:
+        # Past the heads HEAD_OR_OVERSIZE lets through; HostdConnection answers the rest 431.
+        super().initialize(request_callback, max_header_size=MAX_HEAD_BYTES + 4, **kwargs)
+        self.conn_params = HostdParameters(self.conn_params, body_seconds=body_seconds)
+
+    def handle_stream(self, stream: iostream.IOStream, address: tuple[Any, ...]) -> None:
+        # As HTTPServer.handle_stream, with HostdServerConnection.
+        context = _HTTPRequestContext(stream, address, self.protocol, self.trusted_downstream)
+        conn = HostdServerConnection(stream, self.conn_params, context)
+        self._connections.add(conn)
+        conn.start_serving(self)
+
+    async def let_answers_through(self, seconds: float) -> None:
+        """Wait (at most `seconds`) for lingering closes to end."""
+        if self._lingering:
+            await asyncio.wait(self._lingering, timeout=seconds)
+
+    async def close_all_connections(self) -> None:
+        await super().close_all_connections()
+        for task in list(self._lingering):
+            task.cancel()
+        if self._lingering:
+            await asyncio.wait(self._lingering)
+
+    @property
+    def _lingering(self) -> set[asyncio.Task[None]]:
+        assert isinstance(self.conn_params, HostdParameters)
+        return self.conn_params.lingering
+
+
+class HostdServerConnection(HTTP1ServerConnection):
+    """HTTP1ServerConnection whose requests are read by HostdConnection."""
+
+    async def _server_request_loop(self, delegate: httputil.HTTPServerConnectionDelegate) -> None:
+        # Tornado 6.6.1's loop, with HostdConnection in place of HTTP1Connection.
+        try:
+            while True:
+                conn = HostdConnection(self.stream, False, self.params, self.context)
+                request_delegate = delegate.start_request(self, conn)
+                try:
+                    ret = await conn.read_response(request_delegate)
+                except (
+                    iostream.StreamClosedError,
+                    iostream.UnsatisfiableReadError,
+                    asyncio.CancelledError,
+                ):
+                    return
+                except Exception:
+                    gen_log.error("Uncaught exception", exc_info=True)
+                    conn.close()
+                    return
+                if not ret:
+                    return
+                await asyncio.sleep(0)
+        finally:
+            delegate.on_close(self)
+
+
+class HostdConnection(HTTP1Connection):
+    """One request on a server connection, read under hostd's rules (see the module)."""
+
+    def __init__(
+        self,
+        stream: iostream.IOStream,
+        is_client: bool,
+        params: HTTP1ConnectionParameters | None = None,
+        context: object | None = None,
+    ) -> None:
+        super().__init__(stream, is_client, params, context)
+        assert isinstance(self.params, HostdParameters)
+        self.hostd_params: HostdParameters = self.params
+        self.body_seconds: float | None = self.hostd_params.body_seconds
+        self.error_format: ErrorFormat = plain_error
+        # Set when the server ended the request itself: what it answered.
+        self.ended_by: Refused | None = None
+        self._input_started = False
+
+    def streaming(self, error_format: ErrorFormat) -> None:
+        """For a handler that streams its body: no deadline for the whole body (the handler
+        watches its pace), and refusals made here are answered in the handler's format."""
+        self.body_seconds = None
+        self.error_format = error_format
+
+    async def _read_message(self, delegate: httputil.HTTPMessageDelegate) -> bool:
+        try:
+            if not await self._head_arrived():
+                return False
+            return await super()._read_message(delegate)
+        except Refused as refusal:
+            self.ended_by = refusal
+            await self._answer(refusal)
+            self.close()
+            return False
+
+    async def _head_arrived(self) -> bool:
+        """Wait until a whole head is in the read buffer (False: the idle timeout passed);
+        raises Refused(431) when it is over MAX_HEAD_BYTES."""
+        peek = self.stream.read_until_regex(HEAD_OR_OVERSIZE.pattern)
+        timeout = self.params.header_timeout
+        if timeout is None:
+            seen = await peek
+        else:
+            try:
+                seen = await gen.with_timeout(
+                    self.stream.io_loop.time() + timeout,
+                    peek,
+                    quiet_exceptions=iostream.StreamClosedError,
+                )
+            except TimeoutError:
+                self.close()
+                return False
+        self._input_started = True
+        if seen:
+            raise Refused(431, f"the request's header fields are over {MAX_HEAD_BYTES} bytes")
+        return True
+
+    def _parse_headers(self, data: bytes) -> tuple[str, httputil.HTTPHeaders]:
+        if len(data) > MAX_HEAD_BYTES:
+            raise Refused(431, f"the request's header fields are over {MAX_HEAD_BYTES} bytes")
+        start_line, headers = super()._parse_headers(data)
+        if "Transfer-Encoding" in headers and start_line.endswith(" HTTP/1.0"):
+            raise Refused(
+                400, "an HTTP/1.0 request cannot use Transfer-Encoding (RFC 9112, section 6.1)"
+            )
+        return start_line, headers
+
+    def _read_body(
+        self, code: int, headers: httputil.HTTPHeaders, delegate: httputil.HTTPMessageDelegate
+    ) -> Awaitable[None] | None:
+        try:
+            reading = super()._read_body(code, headers, delegate)
+        except httputil.HTTPInputError as exc:
+            raise Refused(400, f"the request's body framing is invalid: {exc}") from None
+        return None if reading is None else self._watch_body(reading)
+
+    async def _watch_body(self, reading: Awaitable[None]) -> None:
+        seconds = self.body_seconds
+        try:
+            if seconds is None:
+                await reading
+            else:
+                await asyncio.wait_for(reading, seconds)
+        except iostream.StreamClosedError:
+            raise  # the client went away, or a handler's answer closed the connection
+        except Exception as exc:
+            # Set before Tornado tells the handler the connection is closing (the access log).
+            self.ended_by = body_refusal(exc, seconds)
+            raise self.ended_by from None
+
+    async def _read_chunked_body(self, delegate: httputil.HTTPMessageDelegate) -> None:
+        # Tornado 6.6.1's reader, with the chunk count (marked "hostd").
+        total_size = 0
+        chunks = 0  # hostd
+        pending = bytearray()
+        work = 0
+
+        def read(future: Awaitable[bytes]) -> Awaitable[bytes]:
+            if pending and not _is_done(future):
+                return flush_and_read(future)
+            return future
+
+        async def flush_and_read(future: Awaitable[bytes]) -> bytes:
+            data = bytes(pending)
+            pending.clear()
+            await self._deliver_body(delegate, data)
+            return await future
+
+        while True:
+            work += _CHUNK_YIELD_COST
+            if work >= _YIELD_THRESHOLD:
+                work = 0
+                await asyncio.sleep(0)
+            chunk_len_str = await read(self.stream.read_until(b"\r\n", max_bytes=64))
+            try:
+                chunk_len = parse_hex_int(native_str(chunk_len_str[:-2]))
+            except ValueError:
+                raise httputil.HTTPInputError("invalid chunk size") from None
+            if chunk_len == 0:
+                crlf = await read(self.stream.read_bytes(2))
+                if crlf != b"\r\n":
+                    raise httputil.HTTPInputError("improperly terminated chunked request")
+                if pending:
+                    await self._deliver_body(delegate, bytes(pending))
+                return
+            total_size += chunk_len
+            if total_size > self._max_body_size:
+                raise httputil.HTTPInputError("chunked body too large")
+            chunks += 1  # hostd
+            # The last chunk may be short: it is not counted in the average.
+            if chunks > FREE_CHUNKS and total_size < (chunks - 1) * MIN_AVERAGE_CHUNK_BYTES:
+                raise Refused(
+                    400,
+                    f"the body's chunks average under {MIN_AVERAGE_CHUNK_BYTES} bytes; "
+                    "send bigger chunks, or a Content-Length",
+                )
+            bytes_to_read = chunk_len
+            while bytes_to_read:
+                chunk = await read(
+                    self.stream.read_bytes(min(bytes_to_read, self.params.chunk_size), partial=True)
+                )
+                bytes_to_read -= len(chunk)
+                if not pending and len(chunk) == self.params.chunk_size:
+                    await self._deliver_body(delegate, chunk)
+                else:
+                    pending += chunk
+                    if len(pending) >= self.params.chunk_size:
+                        data = bytes(pending[: self.params.chunk_size])
+                        del pending[: self.params.chunk_size]
+                        await self._deliver_body(delegate, data)
+                work += len(chunk)
+                if work >= _YIELD_THRESHOLD:
+                    work = 0
+                    await asyncio.sleep(0)
+            crlf = await read(self.stream.read_bytes(2))
+            if crlf != b"\r\n":
+                raise httputil.HTTPInputError("improperly terminated chunk")
+
+    async def _answer(self, refusal: Refused) -> None:
+        """Write the refusal, unless an answer has already begun or the client is gone."""
+        if self._response_start_line is not None or self.stream is None or self.stream.closed():
+            return
+        try:
+            status, body, content_type = self.error_format(refusal.status, refusal.message)
+        except Exception:  # a template that fails must not cost the client its answer
+            status, body, content_type = plain_error(refusal.status, refusal.message)
+        data = body.encode("utf-8")
+        head = (
+            f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n"
+            f"Content-Type: {content_type}\r\n"
+            f"Content-Length: {len(data)}\r\n"
+            "X-Content-Type-Options: nosniff\r\n"
+            "Connection: close\r\n\r\n"
+        )
+        with contextlib.suppress(iostream.StreamClosedError):
+            await self.stream.write(head.encode("latin-1") + data)
+
+    def close(self) -> None:
+        stream = self.stream
+        if (
+            stream is not None
+            and not stream.closed()
+            and self._input_started
+            and not self._read_finished
+        ):
+            linger(stream, self.hostd_params.lingering)
+        super().close()
+
+
+def body_refusal(exc: Exception, seconds: float | None) -> Refused:
+    """What the server answers when reading a request's body failed with `exc`."""
+    if isinstance(exc, Refused):
+        return exc
+    if isinstance(exc, TimeoutError):
+        return Refused(408, f"the request body did not arrive within {seconds:g} seconds")
+    if isinstance(exc, httputil.HTTPInputError):
+        return Refused(400, f"the request's body is malformed: {exc}")
+    # A handler's data_received raised; Tornado has logged it.
+    return Refused(500, "the server failed while reading the request")
+
+
+def linger(stream: iostream.IOStream, tasks: set[asyncio.Task[None]]) -> None:
+    """Keep reading (and dropping) what the client sends after the stream closes, on a
+    duplicate of its socket, with the write side shut so the client sees the answer end."""
+    try:
+        sock = stream.socket.dup()
+        sock.setblocking(False)
+    except OSError:
+        return
+    try:
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        sock.close()
+        return
+    task = asyncio.get_running_loop().create_task(_drain(sock))
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
+    task.add_done_callback(lambda _: sock.close())  # also when cancelled before it ran
+
+
+async def _drain(sock: socket.socket) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + LINGER_SECONDS
+    try:
+        while (left := deadline - loop.time()) > 0:
+            data = await asyncio.wait_for(
+                loop.sock_recv(sock, 256 * 1024), min(left, LINGER_IDLE_SECONDS)
+            )
+            if not data:
+                break
+    except (TimeoutError, OSError):
+        pass
+
+
+class BodyPace:
+    """Watches a streamed body: `stalled(message)` is called when no byte has come for
+    `idle_seconds`, or (from `arrived`) when, past its first `idle_seconds`, the body
+    averages under MIN_BODY_BYTES_PER_SECOND. Time spent waiting for the server's own disk
+    does not count."""
+
+    def __init__(self, idle_seconds: float, stalled: Callable[[str], None]) -> None:
+        self._idle_seconds = idle_seconds
+        self._stalled = stalled
+        self._loop = asyncio.get_running_loop()
+        self._started = self._loop.time()
+        self._paused_seconds = 0.0
+        self._bytes = 0
+        self._running = True
+        self._timer: asyncio.TimerHandle | None = None
+        self._restart()
+
+    def arrived(self, size: int) -> str | None:
+        """Count `size` bytes; returns the refusal message when the body is too slow."""
+        if not self._running:
+            return None
+        self._restart()
+        self._bytes += size
+        elapsed = self._loop.time() - self._started - self._paused_seconds
+        if elapsed > self._idle_seconds and self._bytes < MIN_BODY_BYTES_PER_SECOND * elapsed:
+            self.stop()
+            return (
+                f"the upload arrived slower than {MIN_BODY_BYTES_PER_SECOND} bytes a second "
+                "on average; it was dropped"
+            )
+        return None
+
+    async def paused(self, waiting: Awaitable[None]) -> None:
+        """Await what the server itself is waiting for, with the clock stopped."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        began = self._loop.time()
+        try:
+            await waiting
+        finally:
+            self._paused_seconds += self._loop.time() - began
+            if self._running:
+                self._restart()
+
+    def stop(self) -> None:
+        self._running = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _restart(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_later(self._idle_seconds, self._idle)
+
+    def _idle(self) -> None:
+        self._timer = None
+        self._running = False
+        self._stalled(f"no data arrived for {self._idle_seconds:g} seconds; the upload was dropped")

@@ -1,0 +1,433 @@
+"""The HTTP server's rules for connections, over raw sockets: heads, framing, chunk sizes,
+slow and stalled bodies, uploads per address, and what SIGTERM does to uploads in flight."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import socket
+import time
+from pathlib import Path
+
+import pytest
+from helpers import start, temp_files, wait_for_line
+
+from hostd.config import Config
+from hostd.server import MAX_HEAD_BYTES, MIN_AVERAGE_CHUNK_BYTES
+
+IDLE_SECONDS = 1.0
+PER_ADDRESS = 2
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Config:
+    """Short body timeouts, two uploads per address, behind a trusted proxy."""
+    return Config(
+        data_dir=tmp_path / "data",
+        max_upload_bytes=8 * 1024 * 1024,
+        cookie_secret="test-secret",
+        body_idle_seconds=IDLE_SECONDS,
+        uploads_in_flight_per_address=PER_ADDRESS,
+        trust_proxy=True,
+    )
+
+
+FILE_PART = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.bin"\r\n\r\n'
+FORM_END = b"\r\n--b--\r\n"
+
+
+def upload_head(length: int | None, *, path: str = "/api/upload", extra: str = "") -> bytes:
+    framing = "Transfer-Encoding: chunked" if length is None else f"Content-Length: {length}"
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Content-Type: multipart/form-data; boundary=b\r\n{framing}\r\n{extra}\r\n"
+    ).encode()
+
+
+def chunked(data: bytes, size: int) -> bytes:
+    pieces = (data[i : i + size] for i in range(0, len(data), size))
+    return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
+
+
+class Raw:
+    """One client connection over loopback, written and read by hand."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    opened: list[Raw] = []
+
+    @classmethod
+    async def open(cls, port: int) -> Raw:
+        client = cls(*await asyncio.open_connection("127.0.0.1", port))
+        cls.opened.append(client)
+        return client
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def answer(self, within: float = 15) -> bytes:
+        """Everything the server sends until it closes; fails if it has not in `within` s."""
+        received = bytearray()
+        async with asyncio.timeout(within):
+            try:
+                while data := await self.reader.read(65536):
+                    received += data
+            except ConnectionResetError:
+                received += b"<reset>"
+        return bytes(received)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+@pytest.fixture(autouse=True)
+def close_raw_clients(io_loop):
+    yield
+
+    async def close_all() -> None:
+        while Raw.opened:
+            writer = Raw.opened.pop().writer
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    io_loop.run_sync(close_all)
+
+
+def split(answer: bytes) -> tuple[int, dict[str, str], bytes]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers, body
+
+
+async def until(condition, seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        await asyncio.sleep(0.02)
+
+
+# -- heads and framing -----------------------------------------------------------------
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_header_fields_over_the_limit_get_a_431_before_the_close(http_server, http_port):
+    client = await Raw.open(http_port)
+    await client.send(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * MAX_HEAD_BYTES)
+
+    status, headers, body = split(await client.answer())
+
+    assert status == 431
+    assert headers["Connection"] == "close"
+    assert body == f"ERROR the request's header fields are over {MAX_HEAD_BYTES} bytes\n".encode()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_whole_head_over_the_limit_gets_a_431_too(http_server, http_port):
+    client = await Raw.open(http_port)
+    big = b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 100) for i in range(700))
+    await client.send(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n" + big + b"\r\n")
+
+    status, _, _ = split(await client.answer())
+
+    assert status == 431
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_head_under_the_limit_is_served_and_the_connection_kept(http_server, http_port):
+    client = await Raw.open(http_port)
+    fields = b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 100) for i in range(500))
+    request = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n" + fields + b"\r\n"
+
+    await client.send(request + request.replace(b"GET /", b"GET /login") + b"GET / HTTP/1.1\r\n")
+    first = await client.reader.readuntil(b"</html>")
+    second = await client.reader.readuntil(b"</html>")
+    client.close()
+
+    assert first.startswith(b"HTTP/1.1 200 ") and second.startswith(b"HTTP/1.1 200 ")
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_http_1_0_with_transfer_encoding_is_a_400_and_a_close(http_server, http_port):
+    client = await Raw.open(http_port)
+    await client.send(
+        b"GET / HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: keep-alive\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET / HTTP/1.0\r\n\r\n"
+    )
+
+    answer = await client.answer()
+    status, headers, body = split(answer)
+
+    assert status == 400
+    assert headers["Connection"] == "close"
+    assert b"HTTP/1.0 request cannot use Transfer-Encoding" in body
+    assert answer.count(b"HTTP/1.1 ") == 1  # the request after it was not read
+
+
+# -- chunk sizes -------------------------------------------------------------------------
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_one_byte_chunks_are_refused_with_a_400_and_leave_no_temp_file(
+    http_server, http_port, config, access_log
+):
+    body = FILE_PART + b"x" * 8000 + FORM_END
+    client = await Raw.open(http_port)
+    await client.send(upload_head(None) + chunked(body, 1))
+
+    status, headers, answer = split(await client.answer())
+
+    assert status == 400
+    assert headers["Content-Type"] == "application/json; charset=utf-8"
+    assert json.loads(answer) == {
+        "status": False,
+        "error": "the body's chunks average under 256 bytes; "
+        "send bigger chunks, or a Content-Length",
+    }
+    await until(lambda: temp_files(config) == [])
+    assert "400 POST /api/upload (127.0.0.1)" in access_log.text
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_one_byte_chunks_to_a_form_are_refused_too(http_server, http_port):
+    form = b"_xsrf=x&name=alice&password=" + b"p" * 2000
+    client = await Raw.open(http_port)
+    await client.send(
+        b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\n\r\n" + chunked(form, 1)
+    )
+
+    status, _, body = split(await client.answer())
+
+    assert status == 400
+    assert b"chunks average under 256 bytes" in body
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_chunks_of_ordinary_sizes_are_accepted(http_server, http_port):
+    body = FILE_PART + b"y" * 600_000 + FORM_END
+    client = await Raw.open(http_port)
+    await client.send(
+        upload_head(None, extra="Connection: close\r\n")
+        + chunked(body, MIN_AVERAGE_CHUNK_BYTES)  # the last one shorter
+    )
+
+    status, _, answer = split(await client.answer())
+
+    assert status == 200
+    assert json.loads(answer)["status"] is True
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_broken_chunked_body_is_a_400_that_says_why_and_is_logged_as_400(
+    http_server, http_port, config, access_log
+):
+    client = await Raw.open(http_port)
+    await client.send(upload_head(None) + chunked(FILE_PART + b"z" * 300_000, 65536)[:-5])
+    await until(lambda: temp_files(config) != [])
+    await client.send(b"zz\r\n")
+
+    status, headers, body = split(await client.answer())
+
+    assert status == 400
+    assert headers["Connection"] == "close"
+    assert json.loads(body)["error"] == "the request's body is malformed: invalid chunk size"
+    await until(lambda: temp_files(config) == [])
+    assert "400 POST /api/upload (127.0.0.1)" in access_log.text
+    assert "499 POST" not in access_log.text
+
+
+# -- slow and stalled bodies -------------------------------------------------------------
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_an_upload_that_stops_arriving_gets_a_408_and_leaves_no_temp_file(
+    http_server, http_port, config, access_log
+):
+    client = await Raw.open(http_port)
+    await client.send(upload_head(5_000_000) + FILE_PART + b"x" * 300_000)
+    await until(lambda: temp_files(config) != [])
+
+    status, headers, body = split(await client.answer())
+
+    assert status == 408
+    assert headers["Connection"] == "close"
+    assert json.loads(body) == {
+        "status": False,
+        "error": f"no data arrived for {IDLE_SECONDS:g} seconds; the upload was dropped",
+    }
+    assert temp_files(config) == []
+    assert "408 POST /api/upload (127.0.0.1)" in access_log.text
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_chunked_upload_without_its_last_chunk_gets_a_408(http_server, http_port):
+    client = await Raw.open(http_port)
+    await client.send(upload_head(None, path="/upload?api=1") + chunked(FILE_PART, 4096)[:-5])
+
+    status, _, body = split(await client.answer())
+
+    assert status == 408
+    assert (
+        body
+        == f"ERROR no data arrived for {IDLE_SECONDS:g} seconds; the upload was dropped\n".encode()
+    )
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_an_upload_trickling_in_under_the_floor_gets_a_408(http_server, http_port, config):
+    client = await Raw.open(http_port)
+    await client.send(upload_head(10_000) + FILE_PART)
+    answer = asyncio.ensure_future(client.answer())
+
+    for _ in range(40):  # a byte every 0.1 s: never idle, but 10 bytes a second
+        if answer.done():
+            break
+        await client.send(b"x")
+        await asyncio.sleep(0.1)
+    status, _, body = split(await answer)
+
+    assert status == 408
+    assert "slower than 512 bytes a second on average" in json.loads(body)["error"]
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_form_body_that_stops_arriving_gets_a_408(http_server, http_port):
+    client = await Raw.open(http_port)
+    await client.send(
+        b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\n\r\nname=alice"
+    )
+
+    status, headers, body = split(await client.answer())
+
+    assert status == 408
+    assert headers["Connection"] == "close"
+    assert (
+        body == f"ERROR the request body did not arrive within {IDLE_SECONDS:g} seconds\n".encode()
+    )
+
+
+# -- uploads per address ---------------------------------------------------------------
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_uploads_past_the_cap_for_one_address_get_a_429_before_the_body(
+    http_server, http_port, config
+):
+    slow = [await Raw.open(http_port) for _ in range(PER_ADDRESS)]
+    for client in slow:  # in flight, sending nothing more for now
+        await client.send(upload_head(5_000_000) + FILE_PART + b"x" * 300_000)
+    await until(lambda: len(temp_files(config)) == PER_ADDRESS)
+
+    third = await Raw.open(http_port)
+    await third.send(upload_head(5_000_000))  # no body at all: refused from the head
+    refused = split(await third.answer())
+    other = await Raw.open(http_port)
+    await other.send(
+        upload_head(len(FILE_PART) + 5 + len(FORM_END), extra="X-Real-IP: 203.0.113.9\r\n")
+        + FILE_PART
+        + b"hello"
+        + FORM_END
+    )
+    accepted = await other.reader.readuntil(b"}\n")
+    for client in slow:
+        client.close()
+
+    assert refused[0] == 429
+    assert json.loads(refused[2]) == {
+        "status": False,
+        "error": f"{PER_ADDRESS} uploads from your address are already in progress; "
+        "send this one when one of them has finished",
+    }
+    assert accepted.startswith(b"HTTP/1.1 200 ")  # another address is not held up
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_place_is_free_again_once_an_upload_is_answered(http_server, http_port, config):
+    for _ in range(PER_ADDRESS + 2):
+        client = await Raw.open(http_port)
+        await client.send(
+            upload_head(len(FILE_PART) + 5 + len(FORM_END)) + FILE_PART + b"hello" + FORM_END
+        )
+        assert (await client.reader.readuntil(b"}\n")).startswith(b"HTTP/1.1 200 ")
+        client.close()
+
+
+# -- SIGTERM -----------------------------------------------------------------------------
+
+
+def serve(tmp_path: Path, port: int, grace: float):
+    (tmp_path / "hostd.toml").write_text(
+        f'[server]\nport = {port}\nshutdown_grace_seconds = {grace}\n[storage]\ndata_dir = "d"\n'
+    )
+    proc = start(["serve"], tmp_path)
+    wait_for_line(proc, "listening on")
+    return proc
+
+
+def slow_upload(port: int, data_dir: Path) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.sendall(upload_head(len(FILE_PART) + 300_000 + 5 + len(FORM_END)))
+    sock.sendall(FILE_PART + b"x" * 300_000)
+    deadline = time.monotonic() + 10
+    while not temp_files(Config(data_dir=data_dir)):
+        assert time.monotonic() < deadline, "the upload never started"
+        time.sleep(0.02)
+    return sock
+
+
+def read_all(sock: socket.socket) -> bytes:
+    sock.settimeout(30)
+    received = bytearray()
+    while data := sock.recv(65536):
+        received += data
+    return bytes(received)
+
+
+def test_sigterm_lets_an_upload_in_flight_finish_and_accepts_no_new_connection(tmp_path, free_port):
+    proc = serve(tmp_path, free_port, grace=20)
+    try:
+        sock = slow_upload(free_port, tmp_path / "d")
+        proc.send_signal(signal.SIGTERM)
+        wait_for_line(proc, "shutting down")
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", free_port), timeout=5)
+        sock.sendall(b"tail!" + FORM_END)
+        status, headers, body = split(read_all(sock))
+        sock.close()
+        output, _ = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+
+    assert status == 200
+    assert json.loads(body)["status"] is True
+    assert proc.returncode == 0
+    assert "200 POST /api/upload" in output
+
+
+def test_sigterm_answers_an_upload_still_arriving_after_the_grace_with_a_503(tmp_path, free_port):
+    proc = serve(tmp_path, free_port, grace=0.5)
+    try:
+        sock = slow_upload(free_port, tmp_path / "d")
+        proc.send_signal(signal.SIGTERM)
+        status, headers, body = split(read_all(sock))
+        sock.close()
+        output, _ = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+
+    assert status == 503
+    assert headers["Connection"] == "close"
+    assert json.loads(body) == {
+        "status": False,
+        "error": "the server is shutting down; the upload was not stored, send it again soon",
+    }
+    assert temp_files(Config(data_dir=tmp_path / "d")) == []
+    assert proc.returncode == 0
+    assert "503 POST /api/upload" in output and "499 POST" not in output
