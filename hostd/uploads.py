@@ -37,9 +37,11 @@ async def register(
     original_name: str,
     user_id: int | None,
     api_key_id: int | None,
+    default_quota_bytes: int | None = None,
 ) -> tuple[Blob, Upload]:
     """Place the bytes, then record the upload. If the row cannot be written (a full
-    database, a client gone before its turn), bytes that no row points at are removed."""
+    database, a client gone before its turn, an account over its quota), bytes that no row
+    points at are removed."""
     async with store.guard(written.sha256):
         placing = asyncio.ensure_future(store.place(written))
         try:
@@ -60,6 +62,7 @@ async def register(
                 original_name=original_name,
                 user_id=user_id,
                 api_key_id=api_key_id,
+                default_quota_bytes=default_quota_bytes,
             )
         except BaseException:
             await asyncio.shield(_remove_if_unreferenced(database, store, written.sha256))

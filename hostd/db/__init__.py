@@ -44,6 +44,7 @@ from hostd.db.blobs import (
     take_down,
 )
 from hostd.db.core import Database, is_full, latest_version, now, schema_version
+from hostd.db.quotas import OverQuota, set_quota
 
 __all__ = [
     "ApiKey",
@@ -51,6 +52,7 @@ __all__ = [
     "Database",
     "HashSpaceExhausted",
     "NameTaken",
+    "OverQuota",
     "Registration",
     "Removal",
     "TooManyKeys",
@@ -83,6 +85,7 @@ __all__ = [
     "referenced_among",
     "register_upload",
     "schema_version",
+    "set_quota",
     "take_down",
     "touch_api_key",
     "update_password",

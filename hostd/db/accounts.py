@@ -15,6 +15,10 @@ class User:
     name: str
     password_hash: str
     created_at: int
+    # Storage (0007_quotas.sql): see hostd.limits.quota_of for the quota that applies.
+    has_own_quota: int = 0
+    quota_bytes: int | None = None
+    used_bytes: int = 0
 
 
 class NameTaken(Exception):
@@ -60,7 +64,11 @@ async def list_users(db: Database) -> list[tuple[User, int, int]]:
         ).fetchall()
     )
     return [
-        (User(row["id"], row["name"], row["password_hash"], row["created_at"]), row[4], row[5])
+        (
+            User(row["id"], row["name"], row["password_hash"], row["created_at"]),
+            row["uploads"],
+            row["keys"],
+        )
         for row in rows
     ]
 
