@@ -22,6 +22,7 @@ from hostd.formdata import FORM_OVERHEAD_BYTES
 from hostd.handlers import all_routes
 from hostd.handlers.api import KeyReveals
 from hostd.handlers.pages import NotFoundHandler
+from hostd.limits import Limits
 from hostd.storage import BlobStore, store_from
 from hostd.throttle import RegistrationLimiter, SignInLimiter
 from hostd.thumbs import Thumbnails
@@ -65,6 +66,7 @@ def make_app(
         hostd_limiter=SignInLimiter(clock=clock),
         hostd_registrations=RegistrationLimiter(config.registrations_per_hour, clock=clock),
         hostd_reveals=KeyReveals(),
+        hostd_limits=Limits(config, clock=clock),
         jinja_env=templates,
         static_path=str(config.static_dir),
         cookie_secret=config.cookie_secret,
