@@ -15,6 +15,7 @@ import tornado.httpserver
 import tornado.web
 
 from hostd import uploads
+from hostd.accesslog import AccessLog
 from hostd.auth import Auth
 from hostd.config import Config, ensure_cookie_secret
 from hostd.db import Database
@@ -44,6 +45,7 @@ def make_app(
     auth: Auth | None = None,
     *,
     clock: Callable[[], float] = time.monotonic,  # for the throttles; tests bring their own
+    access_log: AccessLog | None = None,
 ) -> tornado.web.Application:
     templates = jinja2.Environment(
         loader=jinja2.FileSystemLoader(config.templates_dir),
@@ -67,6 +69,7 @@ def make_app(
         hostd_registrations=RegistrationLimiter(config.registrations_per_hour, clock=clock),
         hostd_reveals=KeyReveals(),
         hostd_limits=Limits(config, clock=clock),
+        log_function=access_log or AccessLog(),
         jinja_env=templates,
         static_path=str(config.static_dir),
         cookie_secret=config.cookie_secret,
@@ -185,6 +188,7 @@ async def serve(config: Config) -> None:
     if config.public_url:
         log.info("public URL: %s/", config.public_url)
     await stop.wait()
+    app.settings["log_function"].flush()
     log.info("shutting down")
     server.stop()
     gc_task.cancel()
@@ -192,6 +196,7 @@ async def serve(config: Config) -> None:
     app.settings["hostd_thumbs"].close()
     await db.close()
     store.close()
+    app.settings["log_function"].flush()
     stats = db.stats
     log.info(
         "database: %d writes in %d commits (%.1f a commit)",

@@ -415,15 +415,18 @@ async def test_without_anonymous_uploads_a_keyless_upload_is_told_how_to_get_a_k
 
 
 @pytest.mark.gen_test
-async def test_keys_never_reach_the_log(http_client, base_url, login, caplog):
+async def test_keys_never_reach_the_log(http_client, base_url, login, caplog, access_log):
     alice = await login()
     token, _ = await make_key(http_client, base_url, alice)
 
     await upload(http_client, base_url, token=token)
     await upload(http_client, base_url, token=token[:-2] + "xx")
 
-    assert token not in caplog.text
-    assert token.split("_", 2)[2] not in caplog.text
+    logged = caplog.text + access_log.text
+    assert "200 POST /api/upload (127.0.0.1)" in logged
+    assert "401 POST /api/upload (127.0.0.1)" in logged
+    assert token not in logged
+    assert token.split("_", 2)[2] not in logged
 
 
 # -- ShareX ----------------------------------------------------------------------------

@@ -418,7 +418,7 @@ async def test_streamed_upload_lands_in_the_fanned_out_blob_path(
 
 @pytest.mark.gen_test(timeout=30)
 async def test_client_vanishing_mid_upload_leaves_no_temp_file_and_no_row(
-    http_server, http_port, config, db, app, caplog
+    http_server, http_port, config, db, app, access_log
 ):
     body_start = (
         b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.bin"\r\n\r\n'
@@ -449,7 +449,7 @@ async def test_client_vanishing_mid_upload_leaves_no_temp_file_and_no_row(
     await asyncio.sleep(0.05)
     gc.collect()
     assert live_handlers(app, ApiUploadHandler) == []  # not left waiting for the rest of the body
-    assert "499 POST /api/upload (127.0.0.1)" in caplog.text  # and the access log says so
+    assert "499 POST /api/upload (127.0.0.1)" in access_log.text  # and the access log says so
 
 
 @pytest.mark.gen_test(timeout=30)

@@ -204,6 +204,11 @@ class Database:
             if self._closing and not self._queue:
                 return
 
+    async def backup(self, target: Path) -> None:
+        """A consistent copy of the whole database at `target`, while others keep writing
+        (SQLite's online backup API, on the read connection's thread)."""
+        await self.read(lambda conn: _backup(conn, target))
+
     # -- migrations
 
     async def migrate(self) -> int:
@@ -291,6 +296,14 @@ def _run_units(
             conn.execute("ROLLBACK TO unit")
         conn.execute("RELEASE unit")
     return None
+
+
+def _backup(conn: sqlite3.Connection, target: Path) -> None:
+    copy = sqlite3.connect(target)
+    try:
+        conn.backup(copy)
+    finally:
+        copy.close()
 
 
 def _migrations() -> list[tuple[int, str]]:
