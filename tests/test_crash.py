@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import signal
 import subprocess
 import sys
@@ -80,7 +81,11 @@ def rows_and_bytes(data_dir: Path) -> tuple[set[str], set[str]]:
         finally:
             await database.close()
 
-    return asyncio.run(rows()), stored_files(data_dir)
+    # On a thread of its own: asyncio.run() on the main thread, after a pytest-tornado test,
+    # leaves an event loop that nobody closes, and its ResourceWarning fails a later test.
+    with concurrent.futures.ThreadPoolExecutor(1) as thread:
+        found = thread.submit(asyncio.run, rows()).result()
+    return found, stored_files(data_dir)
 
 
 def gc(data_dir: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
