@@ -23,6 +23,7 @@ from hostd.handlers import all_routes
 from hostd.handlers.api import KeyReveals
 from hostd.handlers.pages import NotFoundHandler
 from hostd.handlers.upload import UploadsInFlight
+from hostd.limits import Limits
 from hostd.server import LINGER_IDLE_SECONDS, HostdServer
 from hostd.storage import BlobStore, store_from
 from hostd.throttle import RegistrationLimiter, SignInLimiter
@@ -69,6 +70,7 @@ def make_app(
         hostd_registrations=RegistrationLimiter(config.registrations_per_hour, clock=clock),
         hostd_reveals=KeyReveals(),
         hostd_in_flight=UploadsInFlight(),
+        hostd_limits=Limits(config, clock=clock),
         log_function=access_log or AccessLog(),
         jinja_env=templates,
         static_path=str(config.static_dir),

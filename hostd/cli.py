@@ -14,16 +14,18 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from hostd import __version__, backup, db, uploads
+from hostd import __version__, backup, db, limits, uploads
 from hostd.accounts import NAME_PATTERN, password_problem
 from hostd.app import format_size, format_time, serve, thumbnails_of
 from hostd.auth import Auth
 from hostd.config import Config, ConfigError, load_config
 from hostd.db import Database
 from hostd.hashes import is_sha256
+from hostd.parsing import parse_count
 from hostd.storage import store_from
 
 DEFAULT_CONFIG = Path("hostd.toml")
+MAX_QUOTA_BYTES = 2**63 - 1  # SQLite's largest integer
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,6 +79,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep: its uploads stay, anonymous (the default); delete: they go too",
     )
     user_rm.set_defaults(handler=admin(user_rm_cmd))
+    quota = user_sub.add_parser(
+        "quota", parents=[common], help="show or set an account's storage quota"
+    )
+    quota.add_argument("name")
+    quota.add_argument(
+        "quota",
+        nargs="?",
+        metavar="BYTES|none|default",
+        help="a number of bytes; none: no quota; default: accounts.quota_bytes (omit: show it)",
+    )
+    quota.set_defaults(handler=admin(user_quota))
 
     key_cmd = commands.add_parser("key", help="manage API keys")
     key_sub = key_cmd.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -337,6 +350,36 @@ async def user_rm_cmd(
         f"removed user {user.name} and their {count} upload{'' if count == 1 else 's'}",
         file=sys.stderr,
     )
+
+
+async def user_quota(
+    args: argparse.Namespace, config: Config, database: Database, auth: Auth
+) -> None:
+    user = await existing_user(database, args.name)
+    if args.quota is not None:
+        own, quota_bytes = parse_quota(args.quota)
+        await db.set_quota(database, user_id=user.id, own=own, quota_bytes=quota_bytes)
+        user = await existing_user(database, args.name)
+    quota = limits.quota_of(user, config.quota_bytes)
+    source = "its own" if user.has_own_quota else "accounts.quota_bytes"
+    shown = "none" if quota is None else f"{quota} bytes ({format_size(quota)})"
+    print(f"{user.name}: quota {shown}, {source}")
+    print(f"{user.name}: using {user.used_bytes} bytes ({format_size(user.used_bytes)})")
+
+
+def parse_quota(text: str) -> tuple[bool, int | None]:
+    """(own, quota_bytes) from BYTES, `none` or `default`; CommandError for anything else."""
+    if text == "none":
+        return True, None
+    if text == "default":
+        return False, None
+    number = parse_count(text, at_most=MAX_QUOTA_BYTES)
+    if number is None or number > MAX_QUOTA_BYTES:
+        raise CommandError(
+            f"a quota is a whole number of bytes (0 to {MAX_QUOTA_BYTES}), 'none' or"
+            f" 'default', not {text!r}"
+        )
+    return True, number
 
 
 async def existing_user(database: Database, name: str) -> db.User:

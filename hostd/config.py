@@ -47,6 +47,11 @@ class Config:
     registration: str = "open"
     max_keys: int | None = None
     registrations_per_hour: int = 5
+    quota_bytes: int | None = None
+    anonymous_max_upload_bytes: int | None = None
+    uploads_per_minute: int | None = None
+    upload_bytes_per_hour: int | None = None
+    min_free_bytes: int | None = None  # None: 1 GiB or 5% of the filesystem, the smaller
     cookie_secret: str | None = field(default=None, repr=False)
     templates_dir: Path = field(default_factory=lambda: _shipped("templates"))
     static_dir: Path = field(default_factory=lambda: _shipped("static"))
@@ -71,15 +76,18 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "cookie_secret",
         "shutdown_grace_seconds",
     ),
-    "storage": ("data_dir",),
+    "storage": ("data_dir", "min_free_bytes"),
     "limits": (
         "max_upload_bytes",
         "allow_anonymous",
         "body_idle_seconds",
         "uploads_in_flight_per_address",
         "max_thumbnail_decode_bytes",
+        "anonymous_max_upload_bytes",
+        "uploads_per_minute",
+        "upload_bytes_per_hour",
     ),
-    "accounts": ("registration", "max_keys", "registrations_per_hour"),
+    "accounts": ("registration", "max_keys", "registrations_per_hour", "quota_bytes"),
 }
 CHOICES: dict[str, tuple[str, ...]] = {"registration": ("open", "closed")}
 
@@ -150,11 +158,33 @@ def _build(values: dict[str, Any], origin: str) -> Config:
         raise ConfigError(f"{origin}: accounts.max_keys must be at least 1 when set")
     if config.registrations_per_hour < 1:
         raise ConfigError(f"{origin}: accounts.registrations_per_hour must be at least 1")
+    _check_limits(config, origin)
     if config.public_url is not None:
         if not config.public_url.startswith(("http://", "https://")):
             raise ConfigError(f"{origin}: server.public_url must start with http:// or https://")
         config = dataclasses.replace(config, public_url=config.public_url.rstrip("/"))
     return config
+
+
+def _check_limits(config: Config, origin: str) -> None:
+    """The limits of issue 10: each unset (None) or a sensible number."""
+    at_least = {
+        "quota_bytes": 0,
+        "min_free_bytes": 0,
+        "anonymous_max_upload_bytes": 1,
+        "uploads_per_minute": 1,
+        "upload_bytes_per_hour": 1,
+    }
+    for name, least in at_least.items():
+        value = getattr(config, name)
+        if value is not None and value < least:
+            raise ConfigError(f"{origin}: {_qualified(name)} must be at least {least} when set")
+    anonymous = config.anonymous_max_upload_bytes
+    if anonymous is not None and anonymous > config.max_upload_bytes:
+        raise ConfigError(
+            f"{origin}: limits.anonymous_max_upload_bytes ({anonymous}) must not be more than"
+            f" limits.max_upload_bytes ({config.max_upload_bytes})"
+        )
 
 
 def _convert(name: str, value: Any, hint: Any, origin: str) -> Any:

@@ -26,10 +26,11 @@ FORM_OVERHEAD_BYTES = 64 * 1024
 class UploadError(Exception):
     """An upload that cannot be accepted: an HTTP status and a message for the user."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers or {}  # e.g. Retry-After
 
 
 def boundary_of(content_type: str | None) -> str:
@@ -77,11 +78,17 @@ class UploadForm:
     """Feeds body chunks to the multipart parser and routes the parts.
 
     Exactly one `file` part is stored through the writer that `open_writer` returns;
-    other fields are kept as short text. The file may not grow past `max_file_bytes`.
+    other fields are kept as short text. The file may not grow past `max_file_bytes`
+    (413, with the message `too_large` when given).
     """
 
     def __init__(
-        self, boundary: str, *, max_file_bytes: int, open_writer: Callable[[], BlobWriter]
+        self,
+        boundary: str,
+        *,
+        max_file_bytes: int,
+        open_writer: Callable[[], BlobWriter],
+        too_large: str | None = None,
     ) -> None:
         # Header lines are read as latin-1 so that clean_filename() can tell
         # invalid UTF-8 apart from other header trouble.
@@ -93,6 +100,9 @@ class UploadForm:
             header_charset="latin-1",
         )
         self._max_file_bytes = max_file_bytes
+        self._too_large = (
+            too_large or f"the file is larger than the limit of {max_file_bytes} bytes"
+        )
         self._open_writer = open_writer
         self._writer: BlobWriter | None = None
         self._dropping: Awaitable[None] | None = None
@@ -119,9 +129,7 @@ class UploadForm:
         # must not stream an endless one past the limit.
         self._body_bytes += len(chunk)
         if self._body_bytes > self._max_file_bytes + FORM_OVERHEAD_BYTES:
-            raise UploadError(
-                413, f"the file is larger than the limit of {self._max_file_bytes} bytes"
-            )
+            raise UploadError(413, self._too_large)
         for event in self._parser.parse(chunk):
             if isinstance(event, multipart.MultipartSegment):
                 self._start_part(event)
@@ -183,7 +191,5 @@ class UploadForm:
     def _write_file(self, data: bytes) -> None:
         assert self._writer is not None
         if self._writer.size_bytes + len(data) > self._max_file_bytes:
-            raise UploadError(
-                413, f"the file is larger than the limit of {self._max_file_bytes} bytes"
-            )
+            raise UploadError(413, self._too_large)
         self._writer.write(data)

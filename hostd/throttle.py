@@ -219,3 +219,89 @@ class RegistrationLimiter:
         times = self._times.get(address_key(ip))
         if times:
             times.pop()
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    at: float
+
+
+class UploadLimiter:
+    """Upload budgets for each address and each API key: `per_minute` uploads and
+    `bytes_per_hour` bytes of request body (either None: no such budget).
+
+    Each budget is a token bucket: full at first, so a whole minute's uploads (or an
+    hour's bytes) may come at once, and refilled steadily at that rate. An upload counts
+    when it starts; its bytes count as they arrive, so that parallel uploads are held too.
+    Memory is bounded: past `max_entries` buckets the least recently used go (a bucket
+    forgotten is a full one), and a bucket that has refilled is dropped.
+    """
+
+    def __init__(
+        self,
+        *,
+        per_minute: int | None,
+        bytes_per_hour: int | None,
+        max_entries: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.per_minute = per_minute
+        self.bytes_per_hour = bytes_per_hour
+        self.max_entries = max_entries
+        self._clock = clock
+        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+
+    def start(self, subjects: list[str], length: int | None) -> tuple[float, float]:
+        """Count the start of one upload for each subject. Returns the seconds to wait for
+        the upload count and for the byte budget: both 0 when it may go on; otherwise
+        nothing is counted. With a `length` (the body's Content-Length) the byte budget
+        must have room for all of it; the bytes themselves count as they arrive."""
+        now = self._clock()
+        count_wait = bytes_wait = 0.0
+        for subject in subjects:
+            if self.per_minute is not None:
+                tokens = self._level(f"n:{subject}", self.per_minute, 60.0, now)
+                count_wait = max(count_wait, (1 - tokens) * 60.0 / self.per_minute)
+            if self.bytes_per_hour is not None:
+                need = min(length or 1, self.bytes_per_hour)
+                tokens = self._level(f"b:{subject}", self.bytes_per_hour, 3600.0, now)
+                bytes_wait = max(bytes_wait, (need - tokens) * 3600.0 / self.bytes_per_hour)
+        if count_wait > 0 or bytes_wait > 0:
+            return count_wait, bytes_wait
+        if self.per_minute is not None:
+            for subject in subjects:
+                self._take(f"n:{subject}", self.per_minute, 60.0, 1, now)
+        return 0.0, 0.0
+
+    def received(self, subjects: list[str], size: int) -> float:
+        """Count `size` bytes of body for each subject: 0 while within the byte budget,
+        else the seconds until the budget is out of debt (the upload must stop)."""
+        if self.bytes_per_hour is None:
+            return 0.0
+        now = self._clock()
+        wait = 0.0
+        for subject in subjects:
+            tokens = self._take(f"b:{subject}", self.bytes_per_hour, 3600.0, size, now)
+            wait = max(wait, -tokens * 3600.0 / self.bytes_per_hour)
+        return wait
+
+    def _level(self, key: str, capacity: int, period: float, now: float) -> float:
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            return float(capacity)
+        tokens = min(float(capacity), bucket.tokens + (now - bucket.at) * capacity / period)
+        if tokens >= capacity:
+            del self._buckets[key]  # full again: nothing to remember
+        return tokens
+
+    def _take(self, key: str, capacity: int, period: float, amount: int, now: float) -> float:
+        tokens = self._level(key, capacity, period, now) - amount
+        self._buckets[key] = _Bucket(tokens, now)
+        self._buckets.move_to_end(key)
+        while len(self._buckets) > self.max_entries:
+            self._buckets.popitem(last=False)
+        return tokens
+
+    def __len__(self) -> int:
+        return len(self._buckets)

@@ -47,9 +47,11 @@ async def register(
     original_name: str,
     user_id: int | None,
     api_key_id: int | None,
+    default_quota_bytes: int | None = None,
 ) -> tuple[Blob, Upload]:
     """Place the bytes, then record the upload. If the row cannot be written (a full
-    database, a client gone before its turn), bytes that no row points at are removed.
+    database, a client gone before its turn, an account over its quota), bytes that no row
+    points at are removed.
 
     Raises Banned, with nothing stored, for banned bytes: checked before they are placed,
     and by the schema when the row is written (a ban from another process meanwhile)."""
@@ -74,6 +76,7 @@ async def register(
                 original_name=original_name,
                 user_id=user_id,
                 api_key_id=api_key_id,
+                default_quota_bytes=default_quota_bytes,
             )
         except BaseException as exc:
             await asyncio.shield(_remove_if_unreferenced(database, store, written.sha256))

@@ -4,12 +4,21 @@ and once there is room again everything works without a restart."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
 import pytest
 from conftest import XSRF, form_body
 from helpers import blob_files, multipart_body, temp_files
+
+
+@pytest.fixture
+def config(config):
+    """The disk itself running out, with the guard that keeps storage.min_free_bytes free
+    turned off (tests/test_limits.py tests the guard)."""
+    return dataclasses.replace(config, min_free_bytes=0)
+
 
 OUT_OF_SPACE = "the server is out of storage space; the file was not stored"
 PAGE_MESSAGE = "The server is out of storage space. Try again later."

@@ -56,6 +56,7 @@ from hostd.db.moderation import (
     refused_as_banned,
     set_user_disabled,
 )
+from hostd.db.quotas import OverQuota, set_quota
 from hostd.db.stats import Stats, Uploader, get_stats
 
 __all__ = [
@@ -66,6 +67,7 @@ __all__ = [
     "Database",
     "HashSpaceExhausted",
     "NameTaken",
+    "OverQuota",
     "Registration",
     "Removal",
     "Stats",
@@ -107,6 +109,7 @@ __all__ = [
     "refused_as_banned",
     "register_upload",
     "schema_version",
+    "set_quota",
     "set_user_disabled",
     "take_down",
     "touch_api_key",

@@ -16,6 +16,10 @@ class User:
     password_hash: str
     created_at: int
     disabled_at: int | None = None  # `hostd user disable`: no sign-in, sessions or keys
+    # Storage (0007_quotas.sql): see hostd.limits.quota_of for the quota that applies.
+    has_own_quota: int = 0
+    quota_bytes: int | None = None
+    used_bytes: int = 0
 
 
 class NameTaken(Exception):

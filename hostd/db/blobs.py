@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from hostd.db.core import Database, now
+from hostd.db.quotas import check_quota
 from hostd.hashes import public_hash_candidates
 
 T = TypeVar("T")
@@ -78,13 +79,22 @@ async def register_upload(
     original_name: str,
     user_id: int | None = None,
     api_key_id: int | None = None,
+    default_quota_bytes: int | None = None,
 ) -> tuple[Blob, Upload]:
     """Record an upload of bytes that are in the store already, creating the blob row on
     first sight. Same bytes, same public hash: an existing blob keeps its hash; a new one
-    takes the shortest candidate that the unique index lets it have."""
+    takes the shortest candidate that the unique index lets it have. An account's upload
+    is recorded only if it fits in the account's quota (else OverQuota)."""
 
     def work(conn: sqlite3.Connection) -> tuple[Blob, Upload]:
         created_at = now()
+        if user_id is not None:
+            check_quota(
+                conn,
+                user_id=user_id,
+                size_bytes=size_bytes,
+                default_quota_bytes=default_quota_bytes,
+            )
         row = _one(conn, "SELECT * FROM blobs WHERE sha256 = ?", (sha256,))
         if row is None:
             row = _insert_blob(conn, sha256, size_bytes, content_type, created_at)

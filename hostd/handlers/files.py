@@ -6,7 +6,7 @@ import math
 
 import tornado.web
 
-from hostd import db, uploads
+from hostd import db, limits, uploads
 from hostd.handlers.base import BaseHandler, Refusal
 from hostd.handlers.download import CACHE_FOREVER, not_served
 from hostd.handlers.upload import file_urls
@@ -40,6 +40,8 @@ class FileListHandler(BaseHandler):
             pages=pages,
             total=total,
             thumbnailable=THUMBNAILABLE,
+            used_bytes=self.current_user.used_bytes,
+            quota_bytes=limits.quota_of(self.current_user, self.config.quota_bytes),
         )
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import tornado.web
 
-from hostd import db, sniff, uploads
+from hostd import db, limits, sniff, uploads
 from hostd.auth import Busy
 from hostd.db import ApiKey, Blob, Upload
 from hostd.formdata import FORM_OVERHEAD_BYTES, UploadError, UploadForm, boundary_of
@@ -143,6 +143,7 @@ class UploadFlow(BaseHandler):
     pace: BodyPace | None = None
     dropping: asyncio.Task[None] | None = None
     gone = False  # the connection closed before the answer was finished
+    admission: limits.Admission | None = None
 
     def check_xsrf_cookie(self) -> None:
         # Checked in prepare(), where a refusal can be answered without a reset.
@@ -167,20 +168,48 @@ class UploadFlow(BaseHandler):
             if length > limit + FORM_OVERHEAD_BYTES:
                 raise UploadError(413, f"the file is larger than the limit of {limit} bytes")
             boundary = boundary_of(self.request.headers.get("Content-Type"))
+            self.admission = await self.upload_limits.admit(
+                self.db,
+                length=length if "Content-Length" in self.request.headers else None,
+                user_id=self.owner_id,
+                key_id=self.api_key.key_id if self.api_key else None,
+                address=self.request.remote_ip or "",
+            )
             self.in_flight.enter(self)  # last: only an accepted upload takes a place
         except UploadError as exc:
             self.form = None
+            if self.admission is not None:  # admitted, then refused a place in flight
+                self.admission.release()
+                self.admission = None
             status, body, content_type = self.error_answer(exc.status, exc.message)
             if status == 401:
                 self.set_header("WWW-Authenticate", 'Bearer realm="hostd"')
+            for name, value in exc.headers.items():
+                self.set_header(name, value)
             refuse_early(self, status, body, content_type)
             return
-        self.form = UploadForm(boundary, max_file_bytes=limit, open_writer=self.store.writer)
+        self.form = UploadForm(
+            boundary,
+            max_file_bytes=self.admission.max_file_bytes,
+            too_large=self.admission.too_large,
+            open_writer=self.store.writer,
+        )
         self.pace = BodyPace(self.config.body_idle_seconds, self.stalled)
 
     @property
     def in_flight(self) -> UploadsInFlight:
         return self.settings["hostd_in_flight"]
+
+    @property
+    def upload_limits(self) -> limits.Limits:
+        return self.settings["hostd_limits"]
+
+    @property
+    def owner_id(self) -> int | None:
+        """The account the upload is registered to: the API key's, else the session's."""
+        if self.api_key is not None:
+            return self.api_key.user_id
+        return self.current_user.id if self.current_user else None
 
     async def authorize(self) -> None:
         """Raise UploadError when this request may not upload."""
@@ -193,8 +222,13 @@ class UploadFlow(BaseHandler):
         if self.failed or self.form is None:
             return None
         try:
+            if self.admission is not None:
+                self.admission.received(len(chunk))  # the disk guard and the byte budgets
             self.form.feed(chunk)
         except UploadError as exc:
+            self.form.abort()
+            for name, value in exc.headers.items():
+                self.set_header(name, value)
             return self.refuse_midway(exc.status, exc.message)
         behind = self.form.backpressure()
         if behind is None:
@@ -243,6 +277,8 @@ class UploadFlow(BaseHandler):
         """Answer now, so the client can stop sending; keep reading to the end of the
         body (bounded by the body limit) so the answer is not lost to a reset."""
         self.failed = True
+        if self.admission is not None:
+            self.admission.release()
         assert self.form is not None
         await self.form.dropped()
         status, body, content_type = self.error_answer(status, message)
@@ -279,6 +315,8 @@ class UploadFlow(BaseHandler):
             return  # the client went away while its upload waited to be recorded
         except uploads.Banned as exc:
             self.answer_error(451, banned_message(exc.reason))
+        except db.OverQuota as exc:
+            self.answer_error(413, limits.over_quota_message(exc))
             return
         except Exception as exc:
             if not (isinstance(exc, OSError) or out_of_space(exc)):
@@ -289,18 +327,15 @@ class UploadFlow(BaseHandler):
 
     async def record(self, written: WrittenBlob, filename: str) -> tuple[Blob, Upload]:
         """Put the bytes in the store and register the upload to its owner, if any."""
-        if self.api_key is not None:
-            owner: int | None = self.api_key.user_id
-        else:
-            owner = self.current_user.id if self.current_user else None
         blob, upload = await uploads.register(
             self.db,
             self.store,
             written,
             content_type=sniff.detect(written.head),
             original_name=filename,
-            user_id=owner,
+            user_id=self.owner_id,
             api_key_id=self.api_key.id if self.api_key else None,
+            default_quota_bytes=self.config.quota_bytes,
         )
         if self.api_key is not None:
             await touch_key(self, self.api_key)
@@ -311,11 +346,15 @@ class UploadFlow(BaseHandler):
 
     def on_finish(self) -> None:
         self.stop_watching()
+        if self.admission is not None:
+            self.admission.release()
 
     def on_connection_close(self) -> None:
         self.gone = True
         self.stop_watching()
         # May run without prepare() having made a form (a refused request).
+        if self.admission is not None:
+            self.admission.release()
         if self.form is not None:
             self.form.abort()
         if self.recording is not None:

@@ -1,0 +1,55 @@
+"""Storage quotas: an account's use (kept by the triggers of 0007_quotas.sql) against its quota.
+
+An account's use is the sum of the sizes of its uploads (the same bytes twice count twice);
+the quota that applies is its own when `hostd user quota` gave it one, else
+accounts.quota_bytes from the config.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from hostd.db.core import Database
+
+
+class OverQuota(Exception):
+    """The file does not fit in the account's quota; nothing was recorded."""
+
+    def __init__(self, *, used_bytes: int, quota_bytes: int, size_bytes: int) -> None:
+        super().__init__(f"{used_bytes} + {size_bytes} > {quota_bytes}")
+        self.used_bytes = used_bytes
+        self.quota_bytes = quota_bytes
+        self.size_bytes = size_bytes
+
+
+def check_quota(
+    conn: sqlite3.Connection, *, user_id: int, size_bytes: int, default_quota_bytes: int | None
+) -> None:
+    """Raise OverQuota unless the account's use plus this file fits in its quota. Runs
+    inside the unit of work that writes the upload's row, so that concurrent uploads of
+    one account are counted one after the other."""
+    row = conn.execute(
+        """
+        SELECT used_bytes, CASE WHEN has_own_quota THEN quota_bytes ELSE ? END
+        FROM users WHERE id = ?
+        """,
+        (default_quota_bytes, user_id),
+    ).fetchone()
+    if row is None or row[1] is None:
+        return
+    used, quota = int(row[0]), int(row[1])
+    if used + size_bytes > quota:
+        raise OverQuota(used_bytes=used, quota_bytes=quota, size_bytes=size_bytes)
+
+
+async def set_quota(db: Database, *, user_id: int, own: bool, quota_bytes: int | None) -> None:
+    """Give the account its own quota (`quota_bytes`, None for none), or with own=False
+    let accounts.quota_bytes apply again."""
+    if not own:
+        quota_bytes = None
+    await db.write(
+        lambda conn: conn.execute(
+            "UPDATE users SET has_own_quota = ?, quota_bytes = ? WHERE id = ?",
+            (int(own), quota_bytes, user_id),
+        )
+    )
