@@ -1,7 +1,8 @@
 """The database: every SQL statement hostd runs, as plain async functions of a Database.
 
 core.py holds the Database (connections, the batching writer, migrations); blobs.py the
-files' rows; accounts.py users, sessions and API keys. Callers import this package only.
+files' rows; accounts.py users, sessions and API keys; expiry.py expired uploads. Callers
+import this package only.
 """
 
 from hostd.db.accounts import (
@@ -44,11 +45,13 @@ from hostd.db.blobs import (
     take_down,
 )
 from hostd.db.core import Database, is_full, latest_version, now, schema_version
+from hostd.db.expiry import Expired, delete_expired, list_expired
 
 __all__ = [
     "ApiKey",
     "Blob",
     "Database",
+    "Expired",
     "HashSpaceExhausted",
     "NameTaken",
     "Registration",
@@ -60,6 +63,7 @@ __all__ = [
     "all_blob_sha256s",
     "all_uploads",
     "count_uploads",
+    "delete_expired",
     "delete_session",
     "delete_upload",
     "forget_blob",
@@ -76,6 +80,7 @@ __all__ = [
     "is_referenced",
     "latest_version",
     "list_api_keys",
+    "list_expired",
     "list_registrations",
     "list_user_files",
     "list_users",
