@@ -9,6 +9,7 @@ import secrets
 import subprocess
 import tempfile
 import threading
+import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -104,10 +105,10 @@ class GatedHasher(argon2.PasswordHasher):
 
 
 class Clock:
-    """A monotonic clock that moves only when a test says so."""
+    """A clock that moves only when a test says so."""
 
-    def __init__(self) -> None:
-        self.now = 1000.0
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
 
     def __call__(self) -> float:
         return self.now
@@ -123,8 +124,21 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def app(config: Config, db: Database, store: LocalBlobStore, auth: Auth, clock: Clock) -> Any:
-    return make_app(config, db, store, auth, clock=clock)
+def wall_clock() -> Clock:
+    """The app's wall clock (expiry: epoch seconds): now, then moved on by the test."""
+    return Clock(float(int(time.time())))
+
+
+@pytest.fixture
+def app(
+    config: Config,
+    db: Database,
+    store: LocalBlobStore,
+    auth: Auth,
+    clock: Clock,
+    wall_clock: Clock,
+) -> Any:
+    return make_app(config, db, store, auth, clock=clock, wall_clock=wall_clock)
 
 
 @pytest.fixture

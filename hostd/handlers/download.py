@@ -24,6 +24,13 @@ CACHE_FOREVER = "public, max-age=31536000, immutable"
 RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)")
 
 
+def cache_control(blob: Blob, now: int) -> str:
+    """Forever, or until the file expires: no cache may serve it past its time."""
+    if blob.expires_at is None:
+        return CACHE_FOREVER
+    return f"public, max-age={max(blob.expires_at - now, 0)}"
+
+
 def content_disposition(filename: str) -> str:
     """`inline` with the filename, RFC 6266 / RFC 5987 encoded when it is not plain ASCII."""
     ascii_name = filename.encode("ascii", "replace").decode("ascii").replace("?", "_")
@@ -72,7 +79,7 @@ class DownloadHandler(BaseHandler):
         self, hash: str, suffix: str | None, filename: str | None, *, include_body: bool
     ) -> None:
         blob = await db.get_blob(self.db, hash)
-        if blob is None:
+        if blob is None or not blob.alive_at(self.now()):
             raise Refusal(404, "There is no file with this hash.")
         try:
             reader = await self.store.open(blob.sha256)
@@ -129,7 +136,7 @@ class DownloadHandler(BaseHandler):
         self.set_header("Content-Type", content_type)
         self.set_header("Content-Security-Policy", FILE_CSP)
         self.set_header("X-Content-Type-Options", "nosniff")
-        self.set_header("Cache-Control", CACHE_FOREVER)
+        self.set_header("Cache-Control", cache_control(blob, self.now()))
         self.set_header("ETag", f'"{blob.sha256}"')
         self.set_header("Last-Modified", email.utils.formatdate(blob.created_at, usegmt=True))
         self.set_header("Accept-Ranges", "bytes")

@@ -8,7 +8,7 @@ import tornado.web
 
 from hostd import db, uploads
 from hostd.handlers.base import BaseHandler, Refusal
-from hostd.handlers.download import CACHE_FOREVER
+from hostd.handlers.download import cache_control
 from hostd.handlers.upload import file_urls
 from hostd.hashes import PUBLIC_HASH_PATTERN
 from hostd.parsing import parse_count
@@ -28,7 +28,11 @@ class FileListHandler(BaseHandler):
         if not page or page > MAX_PAGE:
             raise Refusal(400, f"A page number is a whole number from 1 to {MAX_PAGE:,}.")
         files, total = await db.list_user_files(
-            self.db, user_id=self.current_user.id, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE
+            self.db,
+            user_id=self.current_user.id,
+            limit=PAGE_SIZE,
+            offset=(page - 1) * PAGE_SIZE,
+            now=self.now(),
         )
         pages = max(1, math.ceil(total / PAGE_SIZE))
         base = self.public_url()
@@ -80,7 +84,7 @@ class ThumbnailHandler(BaseHandler):
 
     async def get(self, hash: str) -> None:
         blob = await db.get_blob(self.db, hash)
-        if blob is None or blob.content_type not in THUMBNAILABLE:
+        if blob is None or not blob.alive_at(self.now()) or blob.content_type not in THUMBNAILABLE:
             raise Refusal(404, "There is no thumbnail for this hash.")
         try:
             async with self.store.local_copy(blob.sha256) as source:
@@ -96,7 +100,7 @@ class ThumbnailHandler(BaseHandler):
             self.redirect(self.static_url(PLACEHOLDER))
             return
         self.set_header("Content-Type", "image/webp")
-        self.set_header("Cache-Control", CACHE_FOREVER)
+        self.set_header("Cache-Control", cache_control(blob, self.now()))
         self.finish(path.read_bytes())
 
     def answer_busy(self) -> None:
