@@ -80,7 +80,14 @@ def rows_and_bytes(data_dir: Path) -> tuple[set[str], set[str]]:
         finally:
             await database.close()
 
-    return asyncio.run(rows()), stored_files(data_dir)
+    # Not asyncio.run(): it unsets the thread's event loop, and the one pytest-tornado's
+    # io_loop made current earlier would then be collected, unclosed, in a later test
+    # (a ResourceWarning there, an error under filterwarnings).
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(rows()), stored_files(data_dir)
+    finally:
+        loop.close()
 
 
 def gc(data_dir: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
