@@ -33,6 +33,8 @@ log = logging.getLogger("hostd")
 
 # How often the server looks for bytes that a crash left without a row.
 GC_EVERY_SECONDS = 6 * 3600.0
+# How often it removes expired uploads (they stop being served at their time all the same).
+PRUNE_EVERY_SECONDS = 600.0
 
 M_MMAP_THRESHOLD = -3  # from glibc's malloc.h
 # Blocks this big or bigger are mmapped: Argon2's buffers, not the 256 KiB body chunks.
@@ -47,6 +49,7 @@ def make_app(
     *,
     clock: Callable[[], float] = time.monotonic,  # for the throttles; tests bring their own
     access_log: AccessLog | None = None,
+    wall_clock: Callable[[], float] = time.time,  # for expiry; tests move theirs on
 ) -> tornado.web.Application:
     templates = jinja2.Environment(
         loader=jinja2.FileSystemLoader(config.templates_dir),
@@ -72,6 +75,7 @@ def make_app(
         hostd_in_flight=UploadsInFlight(),
         hostd_limits=Limits(config, clock=clock),
         log_function=access_log or AccessLog(),
+        hostd_wall_clock=wall_clock,
         jinja_env=templates,
         static_path=str(config.static_dir),
         cookie_secret=config.cookie_secret,
@@ -155,6 +159,26 @@ async def collect_garbage_now_and_then(
         await asyncio.sleep(every_seconds)
 
 
+async def prune_now_and_then(
+    db: Database,
+    store: BlobStore,
+    thumbs: Thumbnails,
+    every_seconds: float = PRUNE_EVERY_SECONDS,
+    clock: Callable[[], float] = time.time,
+) -> None:
+    """Remove expired uploads, and the bytes no unexpired upload is left for (`hostd prune`)."""
+    while True:
+        try:
+            removed = await uploads.prune(db, store, thumbs, now=int(clock()))
+        except Exception:
+            log.exception("removing expired uploads failed; trying again later")
+        else:
+            if removed:
+                files = len({item.upload.sha256 for item in removed if item.blob_gone})
+                log.info("prune: removed %d expired upload(s), %d file(s)", len(removed), files)
+        await asyncio.sleep(every_seconds)
+
+
 def return_big_buffers_to_the_os() -> None:
     """Keep Argon2's buffers (19 MiB a key check, 64 MiB a password) out of the heap.
 
@@ -185,6 +209,7 @@ async def serve(config: Config) -> None:
     gc_task = loop.create_task(
         collect_garbage_now_and_then(db, store, app.settings["hostd_thumbs"])
     )
+    prune_task = loop.create_task(prune_now_and_then(db, store, app.settings["hostd_thumbs"]))
     server.listen(config.port, address=config.host)
     shown_host = f"[{config.host}]" if ":" in config.host else config.host
     log.info(
@@ -196,6 +221,7 @@ async def serve(config: Config) -> None:
     app.settings["log_function"].flush()
     await shutdown(server, app.settings["hostd_in_flight"], config.shutdown_grace_seconds)
     gc_task.cancel()
+    prune_task.cancel()
     app.settings["hostd_thumbs"].close()
     await db.close()
     store.close()

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from hostd import __version__, backup, db, limits, uploads
+from hostd import __version__, backup, db, limits, retention, uploads
 from hostd.accounts import NAME_PATTERN, password_problem
 from hostd.app import format_size, format_time, serve, thumbnails_of
 from hostd.auth import Auth
@@ -170,6 +170,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     restore_cmd.add_argument("source", type=Path, metavar="SRC")
     restore_cmd.set_defaults(handler=restore_from)
+    prune_cmd = commands.add_parser(
+        "prune",
+        parents=[common],
+        help="remove expired uploads, and the files no unexpired upload is left for",
+    )
+    prune_cmd.add_argument("--dry-run", action="store_true", help="only list what would be removed")
+    prune_cmd.add_argument("--json", action="store_true", help="print JSON for scripts")
+    prune_cmd.set_defaults(handler=admin(prune))
     return parser
 
 
@@ -459,7 +467,11 @@ async def file_info(
     for registration in await db.list_registrations(database, sha256=blob.sha256):
         upload = registration.upload
         owner = registration.user_name or "anonymous"
-        print(f"  {format_time(upload.created_at)}  {owner:<24} {upload.original_name}")
+        expires = format_time(upload.expires_at) if upload.expires_at else "never"
+        print(
+            f"  {format_time(upload.created_at)}  expires {expires:<20}  {owner:<24}"
+            f" {upload.original_name}"
+        )
 
 
 async def file_rm(args: argparse.Namespace, config: Config, database: Database, auth: Auth) -> None:
@@ -647,6 +659,53 @@ def restore_from(args: argparse.Namespace) -> int:
         return 1
     print(f"restored the database and {count} file(s) into {config.data_dir}", file=sys.stderr)
     return 0
+
+
+async def prune(args: argparse.Namespace, config: Config, database: Database, auth: Auth) -> None:
+    now = db.now()
+    if args.dry_run:
+        expired = await db.list_expired(database, now=now)
+    else:
+        store = store_from(config)
+        try:
+            expired = await uploads.prune(database, store, thumbnails_of(config), now=now)
+        finally:
+            store.close()
+    gone = {item.upload.sha256: item.size_bytes for item in expired if item.blob_gone}
+    if args.json:
+        print(json.dumps({"dry_run": args.dry_run, "uploads": [expired_json(e) for e in expired]}))
+    else:
+        print(f"{'hash':<16} {'upload':>8}  {'expired':<20}  {'bytes':<7}  {'owner':<24} name")
+        for item in expired:
+            upload = item.upload
+            assert upload.expires_at is not None
+            bytes_ = "removed" if item.blob_gone else "kept"
+            owner = item.user_name or "anonymous"
+            print(
+                f"{item.hash:<16} {upload.id:>8}  {format_time(upload.expires_at):<20}"
+                f"  {bytes_:<7}  {owner:<24} {upload.original_name}"
+            )
+    verb = "would remove" if args.dry_run else "removed"
+    print(
+        f"prune: {verb} {len(expired)} expired upload{'' if len(expired) == 1 else 's'}"
+        f" and {len(gone)} file{'' if len(gone) == 1 else 's'}"
+        f" ({format_size(sum(gone.values()))})",
+        file=sys.stderr,
+    )
+
+
+def expired_json(item: db.Expired) -> dict[str, object]:
+    upload = item.upload
+    return {
+        "hash": item.hash,
+        "sha256": upload.sha256,
+        "upload_id": upload.id,
+        "name": upload.original_name,
+        "owner": item.user_name,
+        "expired_at": retention.iso_time(upload.expires_at),
+        "bytes_removed": item.blob_gone,
+        "size_bytes": item.size_bytes,
+    }
 
 
 def config_from(args: argparse.Namespace, **overrides: object) -> Config:

@@ -23,6 +23,8 @@ def _shipped(name: str) -> Path:
 
 
 MiB = 1024 * 1024
+# The longest lifetime there is to ask for or configure: about 114 years.
+LONGEST_EXPIRY_HOURS = 1_000_000
 
 
 class ConfigError(Exception):
@@ -52,6 +54,10 @@ class Config:
     uploads_per_minute: int | None = None
     upload_bytes_per_hour: int | None = None
     min_free_bytes: int | None = None  # None: 1 GiB or 5% of the filesystem, the smaller
+    anonymous_hours: int | None = None
+    account_hours: int | None = None
+    max_hours: int | None = None
+    hours_by_size: tuple[tuple[int, int], ...] = ()
     cookie_secret: str | None = field(default=None, repr=False)
     templates_dir: Path = field(default_factory=lambda: _shipped("templates"))
     static_dir: Path = field(default_factory=lambda: _shipped("static"))
@@ -88,6 +94,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "upload_bytes_per_hour",
     ),
     "accounts": ("registration", "max_keys", "registrations_per_hour", "quota_bytes"),
+    "retention": ("anonymous_hours", "account_hours", "max_hours", "hours_by_size"),
 }
 CHOICES: dict[str, tuple[str, ...]] = {"registration": ("open", "closed")}
 
@@ -137,6 +144,9 @@ def _build(values: dict[str, Any], origin: str) -> Config:
     hints = typing.get_type_hints(Config)
     converted: dict[str, Any] = {}
     for name, value in values.items():
+        if name == "hours_by_size":
+            converted[name] = _size_steps(value, origin)
+            continue
         converted[name] = _convert(name, value, hints[name], origin)
         if name in CHOICES and value not in CHOICES[name]:
             options = " or ".join(repr(c) for c in CHOICES[name])
@@ -159,6 +169,7 @@ def _build(values: dict[str, Any], origin: str) -> Config:
     if config.registrations_per_hour < 1:
         raise ConfigError(f"{origin}: accounts.registrations_per_hour must be at least 1")
     _check_limits(config, origin)
+    _check_retention(config, origin)
     if config.public_url is not None:
         if not config.public_url.startswith(("http://", "https://")):
             raise ConfigError(f"{origin}: server.public_url must start with http:// or https://")
@@ -185,6 +196,44 @@ def _check_limits(config: Config, origin: str) -> None:
             f"{origin}: limits.anonymous_max_upload_bytes ({anonymous}) must not be more than"
             f" limits.max_upload_bytes ({config.max_upload_bytes})"
         )
+
+
+def _size_steps(value: Any, origin: str) -> tuple[tuple[int, int], ...]:
+    """retention.hours_by_size: a list of [bytes, hours] pairs."""
+    shape = "a list of [bytes, hours] pairs, like [[104857600, 168]]"
+    if not isinstance(value, list | tuple):
+        raise ConfigError(f"{origin}: retention.hours_by_size must be {shape}, not {value!r}")
+    steps = []
+    for step in value:
+        if (
+            not isinstance(step, list | tuple)
+            or len(step) != 2
+            or not all(isinstance(n, int) and not isinstance(n, bool) for n in step)
+        ):
+            raise ConfigError(f"{origin}: retention.hours_by_size must be {shape}, not {step!r}")
+        size, hours = step
+        if size < 0 or not 1 <= hours <= LONGEST_EXPIRY_HOURS:
+            raise ConfigError(
+                f"{origin}: retention.hours_by_size: {step!r} needs bytes of 0 or more and"
+                f" hours from 1 to {LONGEST_EXPIRY_HOURS}"
+            )
+        steps.append((size, hours))
+    return tuple(sorted(steps))
+
+
+def _check_retention(config: Config, origin: str) -> None:
+    for name in ("anonymous_hours", "account_hours", "max_hours"):
+        hours = getattr(config, name)
+        if hours is not None and not 1 <= hours <= LONGEST_EXPIRY_HOURS:
+            raise ConfigError(
+                f"{origin}: retention.{name} must be from 1 to {LONGEST_EXPIRY_HOURS} hours"
+            )
+        longest = config.max_hours
+        if name != "max_hours" and hours is not None and longest is not None and hours > longest:
+            raise ConfigError(
+                f"{origin}: retention.{name} ({hours}) is longer than"
+                f" retention.max_hours ({longest})"
+            )
 
 
 def _convert(name: str, value: Any, hint: Any, origin: str) -> Any:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from hostd import db
-from hostd.db import Blob, Database, Removal, Upload
+from hostd.db import Blob, Database, Expired, Removal, Upload
 from hostd.storage import BlobStore, WrittenBlob
 from hostd.thumbs import Thumbnails
 
@@ -48,10 +48,12 @@ async def register(
     user_id: int | None,
     api_key_id: int | None,
     default_quota_bytes: int | None = None,
+    at: int | None = None,
+    expires_at: int | None = None,
 ) -> tuple[Blob, Upload]:
-    """Place the bytes, then record the upload. If the row cannot be written (a full
-    database, a client gone before its turn, an account over its quota), bytes that no row
-    points at are removed.
+    """Place the bytes, then record the upload (made `at`, expiring at `expires_at`, None:
+    never). If the row cannot be written (a full database, a client gone before its turn,
+    an account over its quota), bytes that no row points at are removed.
 
     Raises Banned, with nothing stored, for banned bytes: checked before they are placed,
     and by the schema when the row is written (a ban from another process meanwhile)."""
@@ -77,6 +79,8 @@ async def register(
                 user_id=user_id,
                 api_key_id=api_key_id,
                 default_quota_bytes=default_quota_bytes,
+                at=at,
+                expires_at=expires_at,
             )
         except BaseException as exc:
             await asyncio.shield(_remove_if_unreferenced(database, store, written.sha256))
@@ -162,6 +166,27 @@ async def remove_bytes(
             return  # uploaded again since the commit: the bytes are needed
         await store.delete(sha256)
         thumbs.delete(sha256)
+
+
+# Expired uploads removed per unit of work, so that a long backlog never holds the writer.
+PRUNE_BATCH = 500
+
+
+async def prune(
+    database: Database, store: BlobStore, thumbs: Thumbnails, *, now: int, batch: int = PRUNE_BATCH
+) -> list[Expired]:
+    """Remove the uploads expired by `now`: their rows a batch at a time, each batch
+    committed before the bytes (and thumbnails) of the blobs it left without an upload
+    are removed. Returns what went; `blob_gone` says whose bytes went with it."""
+    removed: list[Expired] = []
+    while True:
+        expired = await db.delete_expired(database, now=now, limit=batch)
+        removed += expired
+        for sha256 in sorted({item.upload.sha256 for item in expired if item.blob_gone}):
+            count = sum(1 for item in expired if item.upload.sha256 == sha256)
+            await remove_bytes(database, store, thumbs, Removal(count, sha256, True))
+        if len(expired) < batch:
+            return removed
 
 
 @dataclass

@@ -9,6 +9,7 @@ import secrets
 import subprocess
 import tempfile
 import threading
+import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -105,10 +106,10 @@ class GatedHasher(argon2.PasswordHasher):
 
 
 class Clock:
-    """A monotonic clock that moves only when a test says so."""
+    """A clock that moves only when a test says so."""
 
-    def __init__(self) -> None:
-        self.now = 1000.0
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
 
     def __call__(self) -> float:
         return self.now
@@ -124,10 +125,24 @@ def clock() -> Clock:
 
 
 @pytest.fixture
+def wall_clock() -> Clock:
+    """The app's wall clock (expiry: epoch seconds): now, then moved on by the test."""
+    return Clock(float(int(time.time())))
+
+
+@pytest.fixture
 def app(
-    config: Config, db: Database, store: LocalBlobStore, auth: Auth, clock: Clock, access_log: Any
+    config: Config,
+    db: Database,
+    store: LocalBlobStore,
+    auth: Auth,
+    clock: Clock,
+    wall_clock: Clock,
+    access_log: Any,
 ) -> Any:
-    return make_app(config, db, store, auth, clock=clock, access_log=access_log.writer)
+    return make_app(
+        config, db, store, auth, clock=clock, wall_clock=wall_clock, access_log=access_log.writer
+    )
 
 
 class AccessLines:

@@ -27,9 +27,11 @@ def multipart_body(
     fields: dict[str, str] | None = None,
     files: list[tuple[str, str | bytes, bytes]] | None = None,
     boundary: str = "hostd-test-boundary",
+    fields_after: dict[str, str] | None = None,
 ) -> tuple[bytes, dict[str, str]]:
-    """A small multipart/form-data body and its headers; files are (field, filename, data).
-    A filename given as bytes is sent as it is, to test invalid UTF-8."""
+    """A small multipart/form-data body and its headers; files are (field, filename, data),
+    between `fields` and `fields_after`. A filename given as bytes is sent as it is, to test
+    invalid UTF-8."""
     out = bytearray()
     for name, value in (fields or {}).items():
         out += f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode()
@@ -39,6 +41,9 @@ def multipart_body(
         out += f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; '.encode()
         out += b'filename="' + raw_name + b'"\r\nContent-Type: application/octet-stream\r\n\r\n'
         out += data + b"\r\n"
+    for name, value in (fields_after or {}).items():
+        out += f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode()
+        out += value.encode() + b"\r\n"
     out += f"--{boundary}--\r\n".encode()
     headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
     return bytes(out), headers

@@ -66,7 +66,11 @@ def insert_blob(sha256: str, hash: str):
     with a chosen public hash)."""
 
     def work(conn):
-        conn.execute("INSERT INTO blobs VALUES (?, ?, 1, 'text/plain', 0)", (sha256, hash))
+        conn.execute(
+            "INSERT INTO blobs (sha256, hash, size_bytes, content_type, created_at)"
+            " VALUES (?, ?, 1, 'text/plain', 0)",
+            (sha256, hash),
+        )
         return hash
 
     return work
@@ -101,7 +105,9 @@ async def test_a_lone_write_is_committed_at_once(db):
 async def test_a_failing_unit_fails_only_its_own_caller(db):
     def boom(conn):
         conn.execute(
-            "INSERT INTO blobs VALUES (?, 'doomeddoomed', 1, 'text/plain', 0)", ("d" * 64,)
+            "INSERT INTO blobs (sha256, hash, size_bytes, content_type, created_at)"
+            " VALUES (?, 'doomeddoomed', 1, 'text/plain', 0)",
+            ("d" * 64,),
         )
         raise RuntimeError("boom")
 
@@ -168,7 +174,9 @@ async def test_closing_finishes_what_is_queued(config):
 async def test_a_failed_unit_rolls_back_its_own_changes(db):
     def half_then_fail(conn):
         conn.execute(
-            "INSERT INTO blobs VALUES (?, 'abcdefghijkl', 1, 'text/plain', 0)", ("b" * 64,)
+            "INSERT INTO blobs (sha256, hash, size_bytes, content_type, created_at)"
+            " VALUES (?, 'abcdefghijkl', 1, 'text/plain', 0)",
+            ("b" * 64,),
         )
         raise RuntimeError("boom")
 

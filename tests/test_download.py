@@ -326,7 +326,9 @@ async def test_a_short_hash_collision_never_serves_the_wrong_bytes(http_client, 
     taken = public_hash_candidates(sha)[0]
     await db.write(  # another blob holding the prefix: raw SQL, as no upload can make one
         lambda conn: conn.execute(
-            "INSERT INTO blobs VALUES (?, ?, 1, 'text/plain', 0)", ("f" * 64, taken)
+            "INSERT INTO blobs (sha256, hash, size_bytes, content_type, created_at)"
+            " VALUES (?, ?, 1, 'text/plain', 0)",
+            ("f" * 64, taken),
         )
     )
 

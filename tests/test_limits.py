@@ -214,7 +214,7 @@ async def test_an_account_whose_quota_is_used_up_is_refused_before_a_chunked_bod
 async def test_concurrent_uploads_of_one_account_stop_exactly_at_its_quota(
     http_client, base_url, config, db, login, make_key, limit
 ):
-    limit(quota_bytes=5 * 100 * KiB)
+    limit(quota_bytes=5 * 100 * KiB, uploads_in_flight_per_address=64)  # all from 127.0.0.1
     user = await login()
     key = await make_key(user.user)
     headers = {"Authorization": f"Bearer {key}"}
@@ -295,7 +295,9 @@ async def test_the_quota_migration_counts_what_accounts_uploaded_before_it(tmp_p
     old.execute("INSERT INTO users (id, name, password_hash, created_at) VALUES (1, 'old', '', 0)")
     for sha256, size in (("a" * 64, 100), ("b" * 64, 50)):
         old.execute(
-            "INSERT INTO blobs VALUES (?, ?, ?, 'text/plain', 0)", (sha256, sha256[:12], size)
+            "INSERT INTO blobs (sha256, hash, size_bytes, content_type, created_at)"
+            " VALUES (?, ?, ?, 'text/plain', 0)",
+            (sha256, sha256[:12], size),
         )
     for sha256, user_id in (("a" * 64, 1), ("a" * 64, 1), ("b" * 64, 1), ("b" * 64, None)):
         old.execute(

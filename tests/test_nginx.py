@@ -428,6 +428,7 @@ async def test_upload_answers_urls_on_the_address_the_client_used(stack, client)
             "ext": f"{stack.url}/{h}.txt",
             "hash": f"{stack.url}/{h}",
         },
+        "expires_at": None,
     }
 
 

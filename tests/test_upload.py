@@ -79,6 +79,7 @@ async def test_api_upload_answers_json_with_the_four_urls(http_client, base_url)
             "ext": f"{base_url}/{h}.png",
             "hash": f"{base_url}/{h}",
         },
+        "expires_at": None,  # kept forever: no [retention] here
     }
 
 

@@ -2,7 +2,8 @@
 
 core.py holds the Database (connections, the batching writer, migrations); blobs.py the
 files' rows; accounts.py users, sessions and API keys; moderation.py bans, disabled and
-removed accounts; stats.py the figures of `hostd stats`. Callers import this package only.
+removed accounts; stats.py the figures of `hostd stats`; quotas.py storage quotas; expiry.py
+expired uploads. Callers import this package only.
 """
 
 from hostd.db.accounts import (
@@ -45,6 +46,7 @@ from hostd.db.blobs import (
     take_down,
 )
 from hostd.db.core import Database, is_full, latest_version, now, schema_version
+from hostd.db.expiry import Expired, delete_expired, list_expired
 from hostd.db.moderation import (
     AlreadyBanned,
     Ban,
@@ -65,6 +67,7 @@ __all__ = [
     "Ban",
     "Blob",
     "Database",
+    "Expired",
     "HashSpaceExhausted",
     "NameTaken",
     "OverQuota",
@@ -80,6 +83,7 @@ __all__ = [
     "all_uploads",
     "count_uploads",
     "delete_ban",
+    "delete_expired",
     "delete_session",
     "delete_upload",
     "delete_user",
@@ -101,6 +105,7 @@ __all__ = [
     "latest_version",
     "list_api_keys",
     "list_bans",
+    "list_expired",
     "list_registrations",
     "list_user_files",
     "list_users",

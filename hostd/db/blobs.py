@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
 from hostd.db.core import Database, now
@@ -25,6 +25,12 @@ class Blob:
     size_bytes: int
     content_type: str
     created_at: int
+    # The latest expiry of its uploads: None while one of them never expires.
+    expires_at: int | None = None
+
+    def alive_at(self, now: int) -> bool:
+        """Whether the bytes are served at `now`: some upload of them has not expired."""
+        return self.expires_at is None or now < self.expires_at
 
 
 @dataclass(frozen=True)
@@ -35,6 +41,7 @@ class Upload:
     created_at: int
     user_id: int | None
     api_key_id: int | None
+    expires_at: int | None = None  # epoch seconds; None: never
 
 
 def row_as(cls: type[T], row: sqlite3.Row) -> T:
@@ -80,14 +87,19 @@ async def register_upload(
     user_id: int | None = None,
     api_key_id: int | None = None,
     default_quota_bytes: int | None = None,
+    at: int | None = None,
+    expires_at: int | None = None,
 ) -> tuple[Blob, Upload]:
     """Record an upload of bytes that are in the store already, creating the blob row on
     first sight. Same bytes, same public hash: an existing blob keeps its hash; a new one
     takes the shortest candidate that the unique index lets it have. An account's upload
-    is recorded only if it fits in the account's quota (else OverQuota)."""
+    is recorded only if it fits in the account's quota (else OverQuota).
 
-    def work(conn: sqlite3.Connection) -> tuple[Blob, Upload]:
-        created_at = now()
+    `at` is the upload's time (default: now), `expires_at` when it expires (None: never);
+    the blob's own expiry then moves to the latest of its uploads' (a trigger does it)."""
+
+    def work(conn: sqlite3.Connection) -> tuple[Blob, Upload, bool]:
+        created_at = now() if at is None else at
         if user_id is not None:
             check_quota(
                 conn,
@@ -95,22 +107,33 @@ async def register_upload(
                 size_bytes=size_bytes,
                 default_quota_bytes=default_quota_bytes,
             )
-        row = _one(conn, "SELECT * FROM blobs WHERE sha256 = ?", (sha256,))
-        if row is None:
-            row = _insert_blob(conn, sha256, size_bytes, content_type, created_at)
+        before = _one(conn, "SELECT * FROM blobs WHERE sha256 = ?", (sha256,))
+        if before is None:
+            _insert_blob(conn, sha256, size_bytes, content_type, created_at)
         upload = _one(
             conn,
             """
-            INSERT INTO uploads (sha256, original_name, created_at, user_id, api_key_id)
-            VALUES (?, ?, ?, ?, ?)
+            INSERT INTO uploads (sha256, original_name, created_at, user_id, api_key_id,
+                                 expires_at)
+            VALUES (?, ?, ?, ?, ?, ?)
             RETURNING *
             """,
-            (sha256, original_name, created_at, user_id, api_key_id),
+            (sha256, original_name, created_at, user_id, api_key_id, expires_at),
         )
         assert upload is not None
-        return row_as(Blob, row), row_as(Upload, upload)
+        row = _one(conn, "SELECT * FROM blobs WHERE sha256 = ?", (sha256,))
+        assert row is not None
+        changed = before is not None and before["expires_at"] != row["expires_at"]
+        return row_as(Blob, row), row_as(Upload, upload), changed
 
-    return await db.write(work)
+    blob, upload, changed = await db.write(work)
+    cached = db.blobs.get(blob.hash)
+    if changed or (cached is not None and cached != blob):
+        # Memory may hold the old expiry, or a row that another process (`hostd prune`)
+        # removed before these bytes came back; dropping also stops a reader that fetched
+        # the old row before this commit from putting it back.
+        db.blobs.drop(blob.hash)
+    return blob, upload
 
 
 def _insert_blob(
@@ -158,32 +181,51 @@ class UserFile:
     blob: Blob
 
 
+UPLOAD_FIELDS = tuple(field.name for field in fields(Upload))
+
+
+def upload_of(row: sqlite3.Row) -> Upload:
+    """The Upload in a row that selected `uploads.*` (and perhaps more columns)."""
+    return Upload(**{name: row[name] for name in UPLOAD_FIELDS})
+
+
 async def list_user_files(
-    db: Database, *, user_id: int, limit: int, offset: int = 0
+    db: Database, *, user_id: int, limit: int, offset: int = 0, now: int | None = None
 ) -> tuple[list[UserFile], int]:
-    """A page of the user's uploads, newest first, and how many there are in all."""
+    """A page of the user's uploads, newest first, and how many there are in all; with
+    `now`, only those that have not expired by then."""
+    unexpired = "" if now is None else "AND (uploads.expires_at IS NULL OR uploads.expires_at > ?)"
+    since = () if now is None else (now,)
 
     def work(conn: sqlite3.Connection) -> tuple[list[sqlite3.Row], int]:
         rows = conn.execute(
-            """
-            SELECT uploads.id, uploads.sha256, uploads.original_name, uploads.created_at,
-                   uploads.user_id, uploads.api_key_id, blobs.hash, blobs.size_bytes,
-                   blobs.content_type, blobs.created_at AS blob_created_at
+            f"""
+            SELECT uploads.*, blobs.hash, blobs.size_bytes, blobs.content_type,
+                   blobs.created_at AS blob_created_at, blobs.expires_at AS blob_expires_at
             FROM uploads JOIN blobs ON blobs.sha256 = uploads.sha256
-            WHERE uploads.user_id = ?
+            WHERE uploads.user_id = ? {unexpired}
             ORDER BY uploads.created_at DESC, uploads.id DESC
             LIMIT ? OFFSET ?
             """,
-            (user_id, limit, offset),
+            (user_id, *since, limit, offset),
         ).fetchall()
-        total = _one(conn, "SELECT count(*) FROM uploads WHERE user_id = ?", (user_id,))
+        total = _one(
+            conn, f"SELECT count(*) FROM uploads WHERE user_id = ? {unexpired}", (user_id, *since)
+        )
         return rows, int(total[0]) if total else 0
 
     rows, total = await db.read(work)
     files = [
         UserFile(
-            Upload(row[0], row[1], row[2], row[3], row[4], row[5]),
-            Blob(row[1], row[6], row[7], row[8], row[9]),
+            upload_of(row),
+            Blob(
+                row["sha256"],
+                row["hash"],
+                row["size_bytes"],
+                row["content_type"],
+                row["blob_created_at"],
+                row["blob_expires_at"],
+            ),
         )
         for row in rows
     ]
@@ -227,7 +269,11 @@ async def delete_upload(db: Database, *, upload_id: int, user_id: int) -> Remova
         if row is None:
             return Removal(0, None, False), None
         hash = _drop_unreferenced_blob(conn, row[0])
-        return Removal(1, row[0], hash is not None), hash
+        removal = Removal(1, row[0], hash is not None)
+        if hash is None:  # the blob stays, but it may now expire sooner
+            kept = _one(conn, "SELECT hash FROM blobs WHERE sha256 = ?", (row[0],))
+            hash = kept[0] if kept else None
+        return removal, hash
 
     removal, hash = await db.write(work)
     if hash is not None:
@@ -293,8 +339,7 @@ async def list_registrations(db: Database, *, sha256: str) -> list[Registration]
     rows = await db.read(
         lambda conn: conn.execute(
             """
-            SELECT uploads.id, uploads.sha256, uploads.original_name, uploads.created_at,
-                   uploads.user_id, uploads.api_key_id, users.name
+            SELECT uploads.*, users.name AS user_name
             FROM uploads LEFT JOIN users ON users.id = uploads.user_id
             WHERE uploads.sha256 = ?
             ORDER BY uploads.created_at, uploads.id
@@ -302,4 +347,4 @@ async def list_registrations(db: Database, *, sha256: str) -> list[Registration]
             (sha256,),
         ).fetchall()
     )
-    return [Registration(Upload(*row[:6]), row[6]) for row in rows]
+    return [Registration(upload_of(row), row["user_name"]) for row in rows]

@@ -112,7 +112,10 @@ class Database:
         self._task: asyncio.Task[None] | None = None
         self.stats = WriterStats()
         # Public hash -> Blob, so that serving a known file needs no trip to SQLite's
-        # thread. A blob row never changes, it only goes: deletions drop it here too.
+        # thread. A blob row changes only in its expiry (as uploads of it come and go) and
+        # goes with its last upload: every write that adds or removes uploads drops the
+        # entry here (after its commit) when the blob changed or went. Its expiry is
+        # checked against the clock on every request, cached or not.
         self.blobs: Cache[str, Any] = Cache(4096)
 
     @classmethod

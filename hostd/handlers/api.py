@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import tornado.web
 
-from hostd import clients, db
+from hostd import clients, db, retention
 from hostd.auth import Busy
 from hostd.db import ApiKey
 from hostd.handlers.base import BaseHandler, Refusal
@@ -84,6 +84,7 @@ class ApiPageHandler(BaseHandler):
             error=error,
             sharex_name=clients.sharex_file_name(self.public_url()),
             sharex_with_key=clients.sharex_config(self.public_url(), new_key) if new_key else None,
+            retention=retention.describe(self.config),
         )
 
 

@@ -174,6 +174,10 @@ class BaseHandler(tornado.web.RequestHandler):
     def store(self) -> BlobStore:
         return self.settings["hostd_store"]
 
+    def now(self) -> int:
+        """The wall clock in epoch seconds (make_app's, which tests move on)."""
+        return int(self.settings["hostd_wall_clock"]())
+
     def set_default_headers(self) -> None:
         self.clear_header("Server")  # no version for scanners to match against
         # Also runs again when an error clears the headers: the page then gets a new nonce.

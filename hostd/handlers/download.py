@@ -25,6 +25,13 @@ RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)")
 NO_FILE = "There is no file with this hash."
 
 
+def cache_control(blob: Blob, now: int) -> str:
+    """Forever, or until the file expires: no cache may serve it past its time."""
+    if blob.expires_at is None:
+        return CACHE_FOREVER
+    return f"public, max-age={max(blob.expires_at - now, 0)}"
+
+
 def content_disposition(filename: str) -> str:
     """`inline` with the filename, RFC 6266 / RFC 5987 encoded when it is not plain ASCII."""
     ascii_name = filename.encode("ascii", "replace").decode("ascii").replace("?", "_")
@@ -85,6 +92,8 @@ class DownloadHandler(BaseHandler):
         blob = await db.get_blob(self.db, hash)
         if blob is None:
             raise await not_served(self.db, hash, NO_FILE)
+        if not blob.alive_at(self.now()):
+            raise Refusal(404, NO_FILE)
         try:
             reader = await self.store.open(blob.sha256)
         except BlobMissing:  # taken down meanwhile, perhaps by `hostd file rm` elsewhere
@@ -140,7 +149,7 @@ class DownloadHandler(BaseHandler):
         self.set_header("Content-Type", content_type)
         self.set_header("Content-Security-Policy", FILE_CSP)
         self.set_header("X-Content-Type-Options", "nosniff")
-        self.set_header("Cache-Control", CACHE_FOREVER)
+        self.set_header("Cache-Control", cache_control(blob, self.now()))
         self.set_header("ETag", f'"{blob.sha256}"')
         self.set_header("Last-Modified", email.utils.formatdate(blob.created_at, usegmt=True))
         self.set_header("Accept-Ranges", "bytes")

@@ -8,7 +8,7 @@ import tornado.web
 
 from hostd import db, limits, uploads
 from hostd.handlers.base import BaseHandler, Refusal
-from hostd.handlers.download import CACHE_FOREVER, not_served
+from hostd.handlers.download import cache_control, not_served
 from hostd.handlers.upload import file_urls
 from hostd.hashes import PUBLIC_HASH_PATTERN
 from hostd.parsing import parse_count
@@ -28,7 +28,11 @@ class FileListHandler(BaseHandler):
         if not page or page > MAX_PAGE:
             raise Refusal(400, f"A page number is a whole number from 1 to {MAX_PAGE:,}.")
         files, total = await db.list_user_files(
-            self.db, user_id=self.current_user.id, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE
+            self.db,
+            user_id=self.current_user.id,
+            limit=PAGE_SIZE,
+            offset=(page - 1) * PAGE_SIZE,
+            now=self.now(),
         )
         pages = max(1, math.ceil(total / PAGE_SIZE))
         base = self.public_url()
@@ -87,6 +91,8 @@ class ThumbnailHandler(BaseHandler):
             raise await not_served(self.db, hash, NO_THUMBNAIL)
         if blob.content_type not in THUMBNAILABLE:
             raise Refusal(404, NO_THUMBNAIL)
+        if not blob.alive_at(self.now()):
+            raise Refusal(404, NO_THUMBNAIL)
         try:
             async with self.store.local_copy(blob.sha256) as source:
                 path = await self.thumbs.get(blob.sha256, source)
@@ -101,7 +107,7 @@ class ThumbnailHandler(BaseHandler):
             self.redirect(self.static_url(PLACEHOLDER))
             return
         self.set_header("Content-Type", "image/webp")
-        self.set_header("Cache-Control", CACHE_FOREVER)
+        self.set_header("Cache-Control", cache_control(blob, self.now()))
         self.finish(path.read_bytes())
 
     def answer_busy(self) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import tornado.web
 
-from hostd import db, limits, sniff, uploads
+from hostd import db, limits, retention, sniff, uploads
 from hostd.auth import Busy
 from hostd.db import ApiKey, Blob, Upload
 from hostd.formdata import FORM_OVERHEAD_BYTES, UploadError, UploadForm, boundary_of
@@ -144,6 +144,8 @@ class UploadFlow(BaseHandler):
     dropping: asyncio.Task[None] | None = None
     gone = False  # the connection closed before the answer was finished
     admission: limits.Admission | None = None
+    uploaded_at: int | None = None  # set_expiry() fixes both once the body has ended
+    expires: int | None = None
 
     def check_xsrf_cookie(self) -> None:
         # Checked in prepare(), where a refusal can be answered without a reset.
@@ -168,6 +170,7 @@ class UploadFlow(BaseHandler):
             if length > limit + FORM_OVERHEAD_BYTES:
                 raise UploadError(413, f"the file is larger than the limit of {limit} bytes")
             boundary = boundary_of(self.request.headers.get("Content-Type"))
+            self.asked_expiry(self.now())  # a bad Expires header is refused before the body
             self.admission = await self.upload_limits.admit(
                 self.db,
                 length=length if "Content-Length" in self.request.headers else None,
@@ -304,6 +307,7 @@ class UploadFlow(BaseHandler):
             return
         try:
             self.authorize_with_form()
+            self.set_expiry(written)
         except UploadError as exc:
             await self.store.discard(written)
             self.answer_error(exc.status, exc.message)
@@ -323,7 +327,37 @@ class UploadFlow(BaseHandler):
                 raise
             self.answer_error(*storage_failure(exc))
             return
+        self.set_header("X-Expires", retention.http_date(upload.expires_at))
         self.answer_ok(blob, upload, self.form.filename)
+
+    def asked_expiry(self, now: int) -> int | None:
+        """When the upload asks to expire (an `expires` field or an Expires header), or None;
+        UploadError 400 when it asks badly. The form's fields are known only once the body
+        has ended; before that, this checks the header alone."""
+        header = self.request.headers.get(retention.EXPIRES_HEADER, "")
+        field = self.form.fields.get(retention.EXPIRES_FIELD, "") if self.form else ""
+        if header and field:
+            raise UploadError(
+                400, "send the expiry once: an 'expires' field or an Expires header, not both"
+            )
+        try:
+            if field:
+                return retention.parse_expires(field, now=now, source="the expires field")
+            return retention.parse_expires(header, now=now, source="the Expires header")
+        except retention.ExpiryError as exc:
+            raise UploadError(400, str(exc)) from None
+
+    def set_expiry(self, written: WrittenBlob) -> None:
+        """Fix the upload's time and when it expires, by what it asks and the [retention]
+        policy (once the body has ended: the size and the form's fields count)."""
+        self.uploaded_at = self.now()
+        self.expires = retention.expires_at(
+            self.config,
+            now=self.uploaded_at,
+            size_bytes=written.size_bytes,
+            anonymous=self.api_key is None and self.current_user is None,
+            asked=self.asked_expiry(self.uploaded_at),
+        )
 
     async def record(self, written: WrittenBlob, filename: str) -> tuple[Blob, Upload]:
         """Put the bytes in the store and register the upload to its owner, if any."""
@@ -336,6 +370,8 @@ class UploadFlow(BaseHandler):
             user_id=self.owner_id,
             api_key_id=self.api_key.id if self.api_key else None,
             default_quota_bytes=self.config.quota_bytes,
+            at=self.uploaded_at,
+            expires_at=self.expires,
         )
         if self.api_key is not None:
             await touch_key(self, self.api_key)
@@ -500,7 +536,8 @@ class ApiUploadHandler(UploadFlow, ApiHandler):
 
     def answer_ok(self, blob: Blob, upload: Upload, filename: str) -> None:
         urls = file_urls(self.public_url(), blob, filename)
-        self.write_json({"hash": blob.hash, "status": True, "urls": urls})
+        expires_at = retention.iso_time(upload.expires_at)
+        self.write_json({"hash": blob.hash, "status": True, "urls": urls, "expires_at": expires_at})
 
 
 routes = [
