@@ -32,6 +32,7 @@ K = TypeVar("K")
 V = TypeVar("V")
 Work = Callable[[sqlite3.Connection], T]
 
+
 def is_full(exc: BaseException) -> bool:
     """Whether a database error means the disk (or the database's size limit) is full."""
     return isinstance(exc, sqlite3.Error) and exc.sqlite_errorcode == sqlite3.SQLITE_FULL
