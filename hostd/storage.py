@@ -299,6 +299,7 @@ class LocalBlobStore:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._root = os.fspath(root)
         self.tmp_root = root.parent / "tmp"
         self.root.mkdir(parents=True, exist_ok=True)
         self.tmp_root.mkdir(parents=True, exist_ok=True)
@@ -321,8 +322,7 @@ class LocalBlobStore:
         return self.root / sha256[:2] / sha256[2:4] / sha256
 
     def accel_path(self, sha256: str) -> str:
-        self.path(sha256)  # checks the digest
-        return f"{sha256[:2]}/{sha256[2:4]}/{sha256}"
+        return _below_root(sha256)
 
     def writer(self) -> LocalBlobWriter:
         return LocalBlobWriter(self)
@@ -336,9 +336,10 @@ class LocalBlobStore:
         return Path(name), os.fdopen(fd, "wb")
 
     async def open(self, sha256: str) -> LocalFileReader:
-        # No stat first: the open itself fails cleanly for bytes that are gone.
+        # No stat first: the open itself fails cleanly for bytes that are gone. The path is
+        # a plain string: pathlib's joins cost several times the open itself.
         try:
-            fd = os.open(self.path(sha256), os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(f"{self._root}/{_below_root(sha256)}", os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             raise BlobMissing(sha256) from None
         return LocalFileReader(fd)
@@ -414,6 +415,13 @@ class LocalBlobStore:
     async def discard(self, written: WrittenBlob) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(written.handle)
+
+
+def _below_root(sha256: str) -> str:
+    """A blob's path below the store's root: ab/cd/<sha256>."""
+    if not is_sha256(sha256):
+        raise ValueError(f"not a SHA-256 hex digest: {sha256!r}")
+    return f"{sha256[:2]}/{sha256[2:4]}/{sha256}"
 
 
 def _is_file(path: Path) -> bool:

@@ -10,6 +10,7 @@ import pytest
 from helpers import multipart_body, streamed_upload
 
 from hostd.handlers.download import content_disposition, parse_range
+from hostd.storage import READ_CHUNK_BYTES
 
 
 async def upload(client, base_url, data: bytes, filename: str = "file.bin") -> str:
@@ -283,3 +284,33 @@ async def test_a_short_hash_collision_never_serves_the_wrong_bytes(http_client, 
     assert h == public_hash_candidates(sha)[1]
     assert len(h) == 13
     assert response.body == data
+
+
+@pytest.mark.gen_test
+async def test_a_range_across_read_pieces_is_served_exactly(http_client, base_url):
+    data = hashlib.sha256(b"pieces").digest() * (3 * READ_CHUNK_BYTES // 32) + b"tail"
+    h = await upload(http_client, base_url, data)
+    first, last = READ_CHUNK_BYTES - 5, 2 * READ_CHUNK_BYTES + 5
+
+    response = await http_client.fetch(
+        f"{base_url}/{h}", headers={"Range": f"bytes={first}-{last}"}
+    )
+
+    assert response.code == 206
+    assert response.body == data[first : last + 1]
+
+
+@pytest.mark.gen_test
+async def test_the_404_at_a_file_url_is_a_page_with_the_page_policy(http_client, base_url, login):
+    user = await login()
+
+    response = await http_client.fetch(
+        f"{base_url}/AAAAAAAAAAAA", headers=user.headers, raise_error=False
+    )
+
+    assert response.code == 404
+    assert f"Signed in as <strong>{user.user.name}</strong>" in response.body.decode()
+    assert "script-src 'nonce-" in response.headers["Content-Security-Policy"]
+    assert "sandbox" not in response.headers["Content-Security-Policy"]
+    assert response.headers["Cache-Control"] == "no-cache"
+    assert "ETag" not in response.headers

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import email.utils
+import functools
 import posixpath
 import re
 import urllib.parse
+from collections.abc import Awaitable
 
 from hostd import db, sniff
 from hostd.db import Blob
@@ -20,6 +22,13 @@ FILE_CSP = (
 )
 CACHE_FOREVER = "public, max-age=31536000, immutable"
 RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+NOT_FOUND = "There is no file with this hash."
+
+
+@functools.lru_cache(maxsize=4096)
+def http_date(epoch: int) -> str:
+    """Last-Modified, formatted once per blob (a blob's row never changes), not per answer."""
+    return email.utils.formatdate(epoch, usegmt=True)
 
 
 def content_disposition(filename: str) -> str:
@@ -59,6 +68,20 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
 class DownloadHandler(BaseHandler):
     """GET/HEAD a stored file in chunks, with caching validators and byte ranges."""
 
+    async def prepare(self) -> None:
+        # A file answer has no use for the session user (a trip to SQLite's thread for each
+        # file a signed-in browser loads): only the 404 page loads it, in not_found().
+        if self.request.method not in ("GET", "HEAD"):
+            await super().prepare()
+
+    def set_default_headers(self) -> None:
+        # Every answer here starts as a file answer, which needs no page nonce: write_error()
+        # puts the page headers back for an error page.
+        self.clear_header("Server")
+        self.set_header("Content-Security-Policy", FILE_CSP)
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Referrer-Policy", "same-origin")
+
     async def get(self, hash: str, suffix: str | None = None, filename: str | None = None) -> None:
         await self.serve(hash, suffix, filename, include_body=True)
 
@@ -70,12 +93,12 @@ class DownloadHandler(BaseHandler):
     ) -> None:
         blob = await db.get_blob(self.db, hash)
         if blob is None:
-            raise Refusal(404, "There is no file with this hash.")
+            raise await self.not_found()
         try:
             reader = await self.store.open(blob.sha256)
         except BlobMissing:  # taken down meanwhile, perhaps by `hostd file rm` elsewhere
             db.forget_blob(self.db, blob.hash)
-            raise Refusal(404, "There is no file with this hash.") from None
+            raise await self.not_found() from None
         try:
             await self.answer(reader, blob, suffix, filename, include_body=include_body)
         finally:
@@ -115,20 +138,33 @@ class DownloadHandler(BaseHandler):
                 self.set_header("Content-Range", f"bytes {start}-{end}/{blob.size_bytes}")
         self.set_header("Content-Length", str(end - start + 1))
         if include_body:
-            async for chunk in reader.chunks(start, end):
-                self.write(chunk)
-                await self.flush()
+            await self.send(reader, start, end)
         self.finish()
+
+    async def send(self, reader: BlobReader, start: int, end: int) -> None:
+        """The bytes from start to end, a piece on its way to the client while the next is
+        read. The last piece is left for finish(): a small file goes out with the headers."""
+        left = end - start + 1
+        sent: Awaitable[None] | None = None
+        async for chunk in reader.chunks(start, end):
+            if sent is not None:
+                await sent
+            self.write(chunk)
+            left -= len(chunk)
+            sent = self.flush() if left > 0 else None
+
+    async def not_found(self) -> Refusal:
+        """The 404 for a hash without a file; the page shows who is signed in."""
+        self.current_user = await self.session_user()
+        return Refusal(404, NOT_FOUND)
 
     def set_file_headers(self, blob: Blob, suffix: str | None, filename: str | None) -> None:
         named = posixpath.basename(filename) if filename else suffix
         content_type = (sniff.from_name(named) if named else None) or blob.content_type
-        self.set_header("Content-Type", content_type)
-        self.set_header("Content-Security-Policy", FILE_CSP)
-        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Content-Type", content_type)  # the CSP and nosniff are defaults here
         self.set_header("Cache-Control", CACHE_FOREVER)
         self.set_header("ETag", f'"{blob.sha256}"')
-        self.set_header("Last-Modified", email.utils.formatdate(blob.created_at, usegmt=True))
+        self.set_header("Last-Modified", http_date(blob.created_at))
         self.set_header("Accept-Ranges", "bytes")
         if filename:
             self.set_header(
@@ -154,11 +190,10 @@ class DownloadHandler(BaseHandler):
         return if_range is None or if_range.strip() == f'"{blob.sha256}"'
 
     def write_error(self, status_code: int, **kwargs: object) -> None:
-        # An error here is our own page, not the file: restore the page headers.
-        for name in ("Content-Disposition", "ETag", "Last-Modified", "Accept-Ranges"):
-            self.clear_header(name)
+        # An error here is our own page, not the file (send_error() has cleared the file's
+        # headers): the page headers, with a nonce.
+        super().set_default_headers()
         self.set_header("Cache-Control", "no-cache")
-        self.set_default_headers()
         super().write_error(status_code, **kwargs)
 
 
