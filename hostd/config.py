@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import secrets
 import tomllib
 import types
@@ -38,6 +39,7 @@ class Config:
     port: int = 8000
     public_url: str | None = None
     trust_proxy: bool = False
+    accel_redirect: str | None = None
     max_upload_bytes: int = 512 * MiB
     allow_anonymous: bool = True
     registration: str = "open"
@@ -59,12 +61,14 @@ class Config:
 
 # hostd.toml's sections and the Config fields each may set.
 SECTIONS: dict[str, tuple[str, ...]] = {
-    "server": ("host", "port", "public_url", "trust_proxy", "cookie_secret"),
+    "server": ("host", "port", "public_url", "trust_proxy", "accel_redirect", "cookie_secret"),
     "storage": ("data_dir",),
     "limits": ("max_upload_bytes", "allow_anonymous"),
     "accounts": ("registration", "max_keys", "registrations_per_hour"),
 }
 CHOICES: dict[str, tuple[str, ...]] = {"registration": ("open", "closed")}
+# nginx's internal location for X-Accel-Redirect: a URI prefix that needs no escaping.
+ACCEL_PREFIX = re.compile(r"/(?:(?!\.\.?/)[A-Za-z0-9._~-]+/)+")
 
 
 def load_config(path: Path | None, overrides: Mapping[str, Any] | None = None) -> Config:
@@ -125,6 +129,11 @@ def _build(values: dict[str, Any], origin: str) -> Config:
         raise ConfigError(f"{origin}: accounts.max_keys must be at least 1 when set")
     if config.registrations_per_hour < 1:
         raise ConfigError(f"{origin}: accounts.registrations_per_hour must be at least 1")
+    if config.accel_redirect is not None and not ACCEL_PREFIX.fullmatch(config.accel_redirect):
+        raise ConfigError(
+            f"{origin}: server.accel_redirect must be a path that starts and ends with /, "
+            f'like "/_hostd_blobs/", not {config.accel_redirect!r}'
+        )
     if config.public_url is not None:
         if not config.public_url.startswith(("http://", "https://")):
             raise ConfigError(f"{origin}: server.public_url must start with http:// or https://")

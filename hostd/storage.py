@@ -35,6 +35,9 @@ WRITE_BATCH_BYTES = 256 * 1024
 # on the IOLoop (from the page cache that is a few microseconds; a thread costs more).
 READ_CHUNK_BYTES = 256 * 1024
 SMALL_READ_BYTES = 64 * 1024
+# Blobs are readable by the group too, so that nginx (its user in hostd's group) can send
+# them itself when server.accel_redirect is set; mkstemp would make them 0600.
+BLOB_MODE = 0o640
 
 
 class BlobMissing(Exception):
@@ -333,6 +336,7 @@ class LocalBlobStore:
     def open_temp(self) -> tuple[Path, BinaryIO]:
         """A new temp file for an upload, open for writing (in a worker thread)."""
         fd, name = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=self.tmp_dir)
+        os.fchmod(fd, BLOB_MODE)
         return Path(name), os.fdopen(fd, "wb")
 
     async def open(self, sha256: str) -> LocalFileReader:

@@ -22,6 +22,11 @@ FILE_CSP = (
 )
 CACHE_FOREVER = "public, max-age=31536000, immutable"
 RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+# With server.accel_redirect, nginx answers the Range header itself: only a single range it
+# reads exactly as parse_range() does goes to it (ASCII digits, few enough not to overflow).
+NGINX_RANGE = re.compile(r"bytes=[0-9]{0,18}-[0-9]{0,18}")
+# Preconditions hostd ignores (it sends the file) but nginx would evaluate (a 412).
+NGINX_PRECONDITIONS = ("If-Match", "If-Unmodified-Since")
 NOT_FOUND = "There is no file with this hash."
 
 
@@ -66,7 +71,8 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
 
 
 class DownloadHandler(BaseHandler):
-    """GET/HEAD a stored file in chunks, with caching validators and byte ranges."""
+    """GET/HEAD a stored file in chunks, with caching validators and byte ranges; or, behind
+    nginx with server.accel_redirect, the headers and X-Accel-Redirect, and nginx the bytes."""
 
     async def prepare(self) -> None:
         # A file answer has no use for the session user (a trip to SQLite's thread for each
@@ -136,6 +142,13 @@ class DownloadHandler(BaseHandler):
                 start, end = wanted
                 self.set_status(206)
                 self.set_header("Content-Range", f"bytes {start}-{end}/{blob.size_bytes}")
+        accel = self.accel_redirect(blob)
+        if accel is not None:
+            self.set_header("X-Accel-Redirect", accel)  # nginx sends the bytes, this range too
+            if self.get_status() == 200:
+                self.clear_header("Accept-Ranges")  # nginx adds its own to a whole file
+            self.finish()
+            return
         self.set_header("Content-Length", str(end - start + 1))
         if include_body:
             await self.send(reader, start, end)
@@ -152,6 +165,26 @@ class DownloadHandler(BaseHandler):
             self.write(chunk)
             left -= len(chunk)
             sent = self.flush() if left > 0 else None
+
+    def accel_redirect(self, blob: Blob) -> str | None:
+        """X-Accel-Redirect's URI when nginx is to send the bytes (server.accel_redirect).
+
+        None when hostd sends them: not configured, a store without local files, or a
+        request nginx would answer otherwise than hostd does (a Range hostd answers with the
+        whole file, which nginx might split or refuse; a precondition only nginx checks).
+        """
+        prefix = self.config.accel_redirect
+        if prefix is None:
+            return None
+        headers = self.request.headers
+        if any(name in headers for name in NGINX_PRECONDITIONS):
+            return None
+        if "Range" in headers and not (
+            self.get_status() == 206 and NGINX_RANGE.fullmatch(headers["Range"].strip())
+        ):
+            return None
+        path = self.store.accel_path(blob.sha256)
+        return None if path is None else prefix + path
 
     async def not_found(self) -> Refusal:
         """The 404 for a hash without a file; the page shows who is signed in."""
