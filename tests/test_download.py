@@ -76,6 +76,7 @@ async def test_file_responses_carry_caching_and_safety_headers(http_client, base
     assert response.headers["Cache-Control"] == "public, max-age=31536000, immutable"
     assert email.utils.parsedate_to_datetime(response.headers["Last-Modified"])
     assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["Referrer-Policy"] == "same-origin"
     csp = response.headers["Content-Security-Policy"]
     assert "sandbox" in csp.split(";")[-1]
     assert "default-src 'none'" in csp
