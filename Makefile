@@ -1,23 +1,33 @@
 # One entry point for every job; each target creates .venv when it is missing.
+# `make run` installs only what serving needs; `make test` (and lint, format) adds the test
+# extra. Two stamps, so that each installs only what the other has not.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
+TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: run test lint bench bench-parsers format clean
 
-$(STAMP): pyproject.toml
+$(RUN_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
-	touch $(STAMP)
+	$(BIN)/python -m pip install --quiet -e .
+	touch $(RUN_STAMP)
 
-.venv: $(STAMP)
+# hostd is installed (editable) by now, so pip takes it as it is and adds only the extra's
+# packages.
+$(TEST_STAMP): $(RUN_STAMP)
+	$(BIN)/python -m pip install --quiet 'hostd[test]'
+	touch $(TEST_STAMP)
 
-run: .venv
+# The whole development set-up (helpers and editors use `make .venv`).
+.venv: $(TEST_STAMP)
+
+run: $(RUN_STAMP)
 	$(BIN)/hostd serve
 
-lint: .venv
+lint: $(TEST_STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy
@@ -25,15 +35,15 @@ lint: .venv
 test: lint
 	$(BIN)/pytest
 
-bench: .venv
+bench: $(RUN_STAMP)
 	$(BIN)/python bench/run.py
 
 # The measurement behind the choice of multipart parser (needs the two it was compared with).
-bench-parsers: .venv
-	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+bench-parsers: $(RUN_STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/multipart_parsers.py
 
-format: .venv
+format: $(TEST_STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 

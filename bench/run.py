@@ -1,28 +1,41 @@
-"""End-to-end throughput of a real hostd server: `make bench`.
+"""hostd's throughput beside a bare-Tornado baseline and nginx, in one run: `make bench`.
 
-Starts `python -m hostd serve` on a free port with a throw-away data dir (and a config that
-allows a 1 GiB upload), then measures what a user of a small VPS cares about:
+Absolute figures on this shared 2-core machine swing by a third from run to run, so every
+hostd figure is printed beside the one it is compared with, taken in the same run, and as a
+ratio to it; the aims are on the ratios. For each place the data can live (`--data-on`:
+tmpfs, disk or both), the bench starts, each with its own throw-away dir there:
 
-* 4 KiB uploads/s at concurrency 16 (each a distinct random file, so each is a new blob:
-  multipart parsing, hashing, fsync, rename and an SQLite insert every time);
-* one 1 GiB upload streamed in 1 MiB pieces: MB/s, and the server's peak RSS, to show that
-  the body is streamed to disk rather than held in memory;
-* 4 KiB downloads/s at concurrency 64, of the files uploaded before;
-* one 1 GiB download: MB/s.
+* `python -m hostd serve`;
+* bench/baseline.py: one bare Tornado process that streams a PUT body into a file (write,
+  fsync, rename; no parsing, hashing or database) and serves files with StaticFileHandler;
+* nginx running contrib/nginx.conf in front of hostd (only the upstream's address, the
+  `listen` lines and the ssl_* lines changed, see nginx_site()), plus a location that serves
+  hostd's blob directory as plain static files; and, once hostd's config accepts
+  `server.accel_redirect` and contrib/nginx.conf has an internal location for it, a second
+  hostd on the same data dir with it set, behind a second copy of that server block.
 
-The client is deliberately lean, because on a 2-core box it competes with the server for
-CPU: asyncio on raw non-blocking sockets, HTTP/1.1 keep-alive, request bytes built before
-the clock starts, and a minimal response parser (status line, headers, Content-Length
-body). Each phase also records, over its timed part only, the CPU seconds of the server
-(utime + stime from /proc: all its threads, and its IOLoop thread alone), of the client,
-and of the rest of the machine, so the table shows which side was the bottleneck: a thread
-whose CPU seconds are close to the wall time kept one core busy, and "other" CPU means the
-box was not quiet.
+Then it measures, against each of them as it applies:
 
-`--quick` is a smoke run (64 MiB instead of 1 GiB, 1 s runs); `--json FILE` also writes the
-figures as JSON; `--check` exits 1 when a figure misses its aim; `--server-profile FILE`
-runs the server under cProfile. Another upload row (say "Bearer uploads/s") is one call:
-`bench.upload_rate({"Authorization": "Bearer ..."}, label="Bearer uploads/s")`.
+* 4 KiB uploads/s at 16 connections, each a distinct random file (so each is a new blob),
+  taken in turns (baseline PUT, hostd anonymous, hostd with a Bearer key, twice over),
+  because fsync times drift more between phases than the difference being measured;
+* the mean batch size of hostd's database writer (writes per commit), from its log;
+* one 1 GiB upload streamed in 1 MiB pieces: MB/s, and hostd's peak RSS while it is received;
+* 4 KiB downloads/s at 64 connections of the files uploaded before, in process and through
+  nginx;
+* one 1 GiB download: MB/s, in process and through nginx.
+
+The client is deliberately lean, because on a 2-core box it competes with the servers for
+CPU: asyncio on raw non-blocking sockets in this process (never the servers' processes),
+HTTP/1.1 keep-alive, request bytes built before the clock starts, and a minimal response
+parser (status line, headers, Content-Length body). Each phase also records, over its timed
+part only, the CPU the servers spent (all their threads and processes, and hostd's or the
+baseline's IOLoop thread alone), the client's, and the rest of the machine's, as a share of
+one core: a thread near 100% kept a core busy, and a high "other" means the box was busy.
+
+`--quick` is a smoke run (64 MiB instead of 1 GiB, 1 s phases); `--json FILE` also writes
+the figures as JSON; `--check` exits 1 when a ratio misses its aim, or a row with an aim was
+not measured; `--server-profile FILE` runs hostd under cProfile (one file per data place).
 """
 
 from __future__ import annotations
@@ -31,12 +44,14 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import copy
 import hashlib
 import importlib.metadata
 import itertools
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
@@ -44,12 +59,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hostd.config import ConfigError, load_config
+
 ROOT = Path(__file__).resolve().parent.parent
+CONTRIB_NGINX = ROOT / "contrib" / "nginx.conf"
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 MB = 1_000_000
@@ -57,16 +75,68 @@ BOUNDARY = "hostd-bench-boundary-7d1f0c"
 PIECE_BYTES = 1 * MiB
 RECV_BYTES = 1 * MiB
 SMALL_BYTES = 4 * 1024
+UPLOAD_CONCURRENCY = 16
+DOWNLOAD_CONCURRENCY = 64
+UPLOAD_TURNS = 2
 RSS_SAMPLE_SECONDS = 0.05
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 START_TIMEOUT_SECONDS = 20.0
+TMPFS_ROOT = Path("/dev/shm")
+MEMORY_FILESYSTEMS = {"tmpfs", "ramfs"}
+# The nginx location that serves hostd's blob directory as plain static files.
+STATIC_PREFIX = "/_bench_static/"
+# What `server.accel_redirect` is set to when contrib/nginx.conf has no internal location
+# yet, only to ask hostd's config whether it knows the key.
+ACCEL_PROBE = "/_hostd_blobs/"
+
+# The hook for the database writer's counters: hostd logs a line containing
+# "<writes> writes in <commits> commits", counted since it started, at least when it shuts
+# down (the bench stops it with SIGTERM and reads its log). The last such line gives the
+# "mean batch size" row; without one the row says n/a.
+WRITER_COUNTERS = re.compile(r"(\d+) writes in (\d+) commits")
 
 
 class BenchError(Exception):
-    """The server answered something other than what the measurement expects."""
+    """A server answered something other than what the measurement expects."""
 
 
-# --- the server under test -------------------------------------------------------------
+# --- where the data lives ---------------------------------------------------------------
+
+
+def filesystem_type(path: Path) -> str:
+    """The type of the filesystem holding `path` (the longest mount point above it)."""
+    where = str(path.resolve())
+    best, kind = "", "unknown"
+    for line in Path("/proc/mounts").read_text().splitlines():
+        _, mount, fstype, *_ = line.split()
+        mount = mount.replace("\\040", " ")
+        inside = where == mount or where.startswith(mount.rstrip("/") + "/")
+        if inside and len(mount) >= len(best):
+            best, kind = mount, fstype
+    return kind
+
+
+def data_places(choice: str, disk_dir: Path | None) -> list[tuple[str, Path]]:
+    """("tmpfs" | "disk", a directory to make the throw-away dirs in), as asked."""
+    places: list[tuple[str, Path]] = []
+    if choice in ("tmpfs", "both"):
+        if filesystem_type(TMPFS_ROOT) not in MEMORY_FILESYSTEMS:
+            raise BenchError(f"{TMPFS_ROOT} is not a tmpfs here")
+        places.append(("tmpfs", TMPFS_ROOT))
+    if choice in ("disk", "both"):
+        candidates = [disk_dir] if disk_dir else [Path("/var/tmp"), Path(tempfile.gettempdir())]
+        on_disk = [
+            d
+            for d in [*candidates, ROOT]
+            if d.is_dir() and filesystem_type(d) not in MEMORY_FILESYSTEMS
+        ]
+        if not on_disk or (disk_dir and on_disk[0] != disk_dir):
+            raise BenchError(f"no directory on a disk among {candidates}: give --disk-dir")
+        places.append(("disk", on_disk[0]))
+    return places
+
+
+# --- the processes ----------------------------------------------------------------------
 
 
 def free_port() -> int:
@@ -75,62 +145,70 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-class Server:
-    """`python -m hostd serve` in a temp dir; stop() kills it and removes the dir."""
+def accepts(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+        return True
+    return False
 
-    def __init__(self, max_upload_bytes: int, profile: Path | None = None) -> None:
-        self.tmp = Path(tempfile.mkdtemp(prefix="hostd-bench-"))
-        self.port = free_port()
-        config = self.config = self.tmp / "hostd.toml"
-        config.write_text(f"[limits]\nmax_upload_bytes = {max_upload_bytes}\n", encoding="utf-8")
-        self.log_path = self.tmp / "server.log"
-        self._log = self.log_path.open("wb")
-        # Under cProfile the figures are slower; the profile says where the time goes.
-        profiler = ["-m", "cProfile", "-o", str(profile.resolve())] if profile else []
+
+def proc_cpu_seconds(stat_path: str) -> float:
+    """utime + stime from a /proc/.../stat file."""
+    stat = Path(stat_path).read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    # fields[0] is the state (field 3 of proc(5)); utime and stime are fields 14 and 15.
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def children_of(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (nginx's workers)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                stat = (entry / "stat").read_text()
+                if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
+                    found.append(int(entry.name))
+    return found
+
+
+class Service:
+    """One server process of the bench, its output in a log file; stop() ends it.
+
+    `has_loop`: a Python server whose main thread runs the IOLoop (hostd, the baseline)."""
+
+    has_loop = True
+
+    def __init__(self, name: str, argv: list[str], log_path: Path, ports: list[int]) -> None:
+        self.name = name
+        self.ports = ports
+        self.log_path = log_path
+        self._log = log_path.open("wb")
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                *profiler,
-                "-m",
-                "hostd",
-                "serve",
-                "--config",
-                str(config),
-                "--data-dir",
-                str(self.tmp / "data"),
-                "--port",
-                str(self.port),
-                "--host",
-                "127.0.0.1",
-            ],
-            cwd=ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
+            argv, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT
         )
         self.pid = self.proc.pid
+        self.pids = [self.pid]
+
+    @property
+    def port(self) -> int:
+        return self.ports[0]
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise BenchError(f"the server exited with {self.proc.returncode}:\n{self.log()}")
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5),
-            ):
+                raise BenchError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()}")
+            if all(map(accepts, self.ports)):
                 return
             time.sleep(0.05)
-        raise BenchError(f"the server did not answer within {START_TIMEOUT_SECONDS} s")
+        raise BenchError(f"{self.name} did not answer within {START_TIMEOUT_SECONDS} s")
 
     def cpu_seconds(self, *, loop_only: bool = False) -> float:
-        """utime + stime so far: of the whole process (all threads), or with `loop_only` of
+        """utime + stime so far: of all its processes and threads, or with `loop_only` of
         its main thread, which runs the IOLoop (the others: SQLite, fsync, Argon2)."""
-        where = f"/proc/{self.pid}/task/{self.pid}/stat" if loop_only else f"/proc/{self.pid}/stat"
-        stat = Path(where).read_text()
-        fields = stat[stat.rindex(")") + 2 :].split()
-        # fields[0] is the state (field 3 of proc(5)); utime and stime are fields 14 and 15.
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        if loop_only:
+            return proc_cpu_seconds(f"/proc/{self.pid}/task/{self.pid}/stat")
+        return sum(proc_cpu_seconds(f"/proc/{pid}/stat") for pid in self.pids)
 
     def status_mib(self, key: str) -> float:
         """A `kB` line of /proc/<pid>/status (VmRSS, VmHWM), in MiB."""
@@ -148,22 +226,6 @@ class Server:
             return False
         return True
 
-    def cli(self, *args: str, stdin: str = "") -> str:
-        """Run `hostd <args>` against this server's config and data dir, as an admin would;
-        its stdout."""
-        done = subprocess.run(
-            [sys.executable, "-m", "hostd", *args, "--config", str(self.config)]
-            + ["--data-dir", str(self.tmp / "data")],
-            cwd=ROOT,
-            input=stdin,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if done.returncode != 0:
-            raise BenchError(f"hostd {' '.join(args)} failed: {done.stderr.strip()}")
-        return done.stdout
-
     def log(self, last_lines: int = 30) -> str:
         self._log.flush()
         lines = self.log_path.read_text(errors="replace").splitlines()
@@ -180,7 +242,269 @@ class Server:
                     self.proc.wait()
         finally:
             self._log.close()
-            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class Hostd(Service):
+    """`python -m hostd serve` on a free port, with a config and data dir under `tmp`."""
+
+    def __init__(
+        self,
+        name: str,
+        tmp: Path,
+        data_dir: Path,
+        *,
+        accel_redirect: str | None = None,
+        profile: Path | None = None,
+    ) -> None:
+        self.data_dir = data_dir
+        self.config = tmp / f"{name}.toml"
+        accel = f'accel_redirect = "{accel_redirect}"\n' if accel_redirect else ""
+        self.config.write_text(
+            f"[server]\ntrust_proxy = true\n{accel}[limits]\nmax_upload_bytes = {2 * GiB}\n",
+            encoding="utf-8",
+        )
+        port = free_port()
+        # Under cProfile the figures are slower; the profile says where the time goes.
+        profiler = ["-m", "cProfile", "-o", str(profile.resolve())] if profile else []
+        argv = [sys.executable, *profiler, "-m", "hostd", "serve", *self.where()]
+        argv += ["--port", str(port), "--host", "127.0.0.1"]
+        super().__init__(name, argv, tmp / f"{name}.log", [port])
+
+    def where(self) -> list[str]:
+        return ["--config", str(self.config), "--data-dir", str(self.data_dir)]
+
+    def cli(self, *args: str, stdin: str = "") -> str:
+        """Run `hostd <args>` against this server's config and data dir, as an admin would;
+        its stdout."""
+        done = subprocess.run(
+            [sys.executable, "-m", "hostd", *args, *self.where()],
+            cwd=ROOT,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise BenchError(f"hostd {' '.join(args)} failed: {done.stderr.strip()}")
+        return done.stdout
+
+    def writer_batches(self) -> tuple[int, int] | None:
+        """(writes, commits) from the last WRITER_COUNTERS line of the log, if there is one."""
+        found = WRITER_COUNTERS.findall(self.log_path.read_text(errors="replace"))
+        if not found:
+            return None
+        writes, commits = found[-1]
+        return int(writes), int(commits)
+
+
+class Baseline(Service):
+    """bench/baseline.py on a free port, its data dir under `tmp`."""
+
+    def __init__(self, tmp: Path) -> None:
+        port = free_port()
+        argv = [sys.executable, str(ROOT / "bench" / "baseline.py"), "--port", str(port)]
+        argv += ["--data-dir", str(tmp / "baseline-data")]
+        super().__init__("baseline", argv, tmp / "baseline.log", [port])
+
+
+# --- nginx ----------------------------------------------------------------------------------
+
+NGINX_TOKEN = re.compile(r"""#[^\n]*|"(?:\\.|[^"\\])*"|'(?:\\.|[^'\\])*'|[{};]|[^\s{};#"']+""")
+
+
+@dataclass
+class Directive:
+    name: str
+    args: list[str]
+    block: list[Directive] | None = None
+
+
+def parse_nginx(text: str) -> list[Directive]:
+    """nginx's configuration syntax, enough for contrib/nginx.conf (as in tests/test_nginx.py)."""
+    stack: list[list[Directive]] = [[]]
+    words: list[str] = []
+    for token in NGINX_TOKEN.findall(text):
+        if token.startswith("#"):
+            continue
+        if token == ";":
+            stack[-1].append(Directive(words[0], words[1:]))
+            words = []
+        elif token == "{":
+            inner: list[Directive] = []
+            stack[-1].append(Directive(words[0], words[1:], inner))
+            stack.append(inner)
+            words = []
+        elif token == "}":
+            stack.pop()
+        else:
+            words.append(token)
+    if len(stack) != 1 or words:
+        raise BenchError("contrib/nginx.conf: unbalanced braces or an unterminated directive")
+    return stack[0]
+
+
+def render_nginx(directives: list[Directive], depth: int = 0) -> str:
+    pad = "    " * depth
+    lines = []
+    for d in directives:
+        head = " ".join([d.name, *d.args])
+        if d.block is None:
+            lines.append(f"{pad}{head};")
+        else:
+            lines += [f"{pad}{head} {{", render_nginx(d.block, depth + 1), f"{pad}}}"]
+    return "\n".join(lines)
+
+
+def walk(directives: list[Directive]) -> Iterator[Directive]:
+    for d in directives:
+        yield d
+        if d.block:
+            yield from walk(d.block)
+
+
+def contrib_parts() -> tuple[Directive, Directive]:
+    """contrib/nginx.conf's upstream block and its TLS server block (the one hostd runs
+    behind; the other only redirects port 80)."""
+    top = parse_nginx(CONTRIB_NGINX.read_text(encoding="utf-8"))
+    upstreams = [d for d in top if d.name == "upstream"]
+    servers = [
+        d
+        for d in top
+        if d.name == "server" and any(x.name == "ssl_certificate" for x in walk(d.block or []))
+    ]
+    if len(upstreams) != 1 or len(servers) != 1:
+        raise BenchError("contrib/nginx.conf should have one upstream and one TLS server block")
+    return upstreams[0], servers[0]
+
+
+def internal_location() -> str | None:
+    """The prefix of the `internal` location contrib/nginx.conf has for X-Accel-Redirect
+    (what `server.accel_redirect` is set to), or None while it has none."""
+    _, server = contrib_parts()
+    for d in walk(server.block or []):
+        if d.name == "location" and any(x.name == "internal" for x in d.block or []):
+            return d.args[-1]
+    return None
+
+
+def accel_redirect_prefix() -> tuple[str, str]:
+    """(the prefix to set `server.accel_redirect` to, ""), or ("", why the accel_redirect
+    rows cannot be measured yet)."""
+    prefix = internal_location()
+    with tempfile.TemporaryDirectory() as tmp:
+        probe = Path(tmp) / "hostd.toml"
+        probe.write_text(f'[server]\naccel_redirect = "{prefix or ACCEL_PROBE}"\n')
+        try:
+            load_config(probe)
+        except ConfigError:
+            return "", "not built"
+    if prefix is None:
+        return "", "no internal location in contrib/nginx.conf"
+    return prefix, ""
+
+
+def nginx_site(hostd_port: int, port: int, blobs_dir: Path, accel: tuple[int, int] | None) -> str:
+    """contrib/nginx.conf for the bench: its TLS server block in plain HTTP on `port`, in
+    front of hostd on `hostd_port`, with STATIC_PREFIX serving `blobs_dir` as static files;
+    with `accel` = (accel hostd's port, its nginx port), a second copy of the block in front
+    of the hostd that sends X-Accel-Redirect. Internal locations are pointed at `blobs_dir`
+    (the bench assumes they map the accel_redirect prefix onto <data_dir>/blobs/)."""
+    upstream, tls = contrib_parts()
+    upstream = copy.deepcopy(upstream)
+    server_lines = [d for d in upstream.block or [] if d.name == "server"]
+    if len(server_lines) != 1:
+        raise BenchError("contrib/nginx.conf's upstream should have one server line")
+    server_lines[0].args[0] = f"127.0.0.1:{hostd_port}"
+
+    def listening(port: int) -> Directive:
+        block = [
+            d
+            for d in copy.deepcopy(tls.block or [])
+            if d.name != "listen" and not d.name.startswith("ssl_")
+        ]
+        for d in walk(block):
+            if d.name == "location" and any(x.name == "internal" for x in d.block or []):
+                d.block = [x for x in d.block or [] if x.name not in ("alias", "root")]
+                d.block.append(Directive("alias", [f"{blobs_dir}/"]))
+        return Directive("server", [], [Directive("listen", [f"127.0.0.1:{port}"]), *block])
+
+    plain = listening(port)
+    assert plain.block is not None
+    plain.block.append(
+        Directive("location", [STATIC_PREFIX], [Directive("alias", [f"{blobs_dir}/"])])
+    )
+    parts = [upstream, plain]
+    if accel:
+        accel_upstream = copy.deepcopy(upstream)
+        accel_upstream.args = [f"{upstream.args[0]}_accel"]
+        assert accel_upstream.block is not None
+        for d in accel_upstream.block:
+            if d.name == "server":
+                d.args[0] = f"127.0.0.1:{accel[0]}"
+        front = listening(accel[1])
+        for d in walk(front.block or []):
+            if d.name == "proxy_pass":
+                d.args[0] = d.args[0].replace(
+                    f"//{upstream.args[0]}", f"//{accel_upstream.args[0]}", 1
+                )
+        parts += [accel_upstream, front]
+    return render_nginx(parts, depth=1)
+
+
+def find_nginx() -> str | None:
+    return shutil.which("nginx") or next(
+        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None
+    )
+
+
+class Nginx(Service):
+    """nginx with a whole nginx.conf under `prefix`: Debian's stock http settings around
+    the site from nginx_site(). Its CPU is the master's and the workers'."""
+
+    has_loop = False
+
+    def __init__(self, binary: str, prefix: Path, site: str, ports: list[int]) -> None:
+        prefix.mkdir()
+        build = subprocess.run([binary, "-V"], capture_output=True, text=True).stderr
+        temp_paths = "\n".join(
+            f"    {module}_temp_path {prefix}/{module}_temp;"
+            for module in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+            if f"--without-http_{module}_module" not in build
+        )
+        # As root, nginx's workers would otherwise switch to `nobody`, who cannot read here.
+        user = "user root;" if os.geteuid() == 0 else ""
+        conf = prefix / "nginx.conf"
+        conf.write_text(
+            f"""{user}
+worker_processes auto;
+pid {prefix}/nginx.pid;
+lock_file {prefix}/nginx.lock;
+error_log {prefix}/error.log;
+events {{
+    worker_connections 1024;
+}}
+http {{
+    # As in Debian's stock /etc/nginx/nginx.conf.
+    sendfile on;
+    tcp_nopush on;
+    types_hash_max_size 2048;
+    default_type application/octet-stream;
+    access_log {prefix}/access.log;
+    # The bench's client keeps each connection for a whole phase and does not reconnect.
+    keepalive_requests 1000000;
+{temp_paths}
+
+{site}
+}}
+""",
+            encoding="utf-8",
+        )
+        argv = [binary, "-c", str(conf), "-p", str(prefix), "-g", "daemon off;"]
+        super().__init__("nginx", argv, prefix / "stderr.log", ports)
+
+    def wait_ready(self) -> None:
+        super().wait_ready()
+        self.pids = [self.pid, *children_of(self.pid)]
 
 
 # --- a minimal HTTP/1.1 client -----------------------------------------------------------
@@ -294,6 +618,11 @@ def upload_head(port: int, body_length: int, headers: dict[str, str]) -> bytes:
     )
 
 
+def put_head(port: int, name: str, body_length: int) -> bytes:
+    """The baseline's upload: the bare file as the body of PUT /upload/<name>."""
+    return request_head("PUT", f"/upload/{name}", port, {"Content-Length": str(body_length)})
+
+
 def upload_answer(status: int, body: bytes) -> str:
     """The hash of a /api/upload answer, or BenchError."""
     try:
@@ -303,6 +632,11 @@ def upload_answer(status: int, body: bytes) -> str:
     except (ValueError, KeyError, AttributeError):
         pass
     raise BenchError(f"upload answered {status}: {body[:300]!r}")
+
+
+def put_answer(status: int, body: bytes, name: str) -> None:
+    if status != 201 or body.strip() != name.encode():
+        raise BenchError(f"baseline PUT {name} answered {status}: {body[:300]!r}")
 
 
 # --- measurements ----------------------------------------------------------------------
@@ -321,59 +655,113 @@ def machine_busy_seconds() -> float:
     return sum(fields[:3] + fields[5:8]) / CLOCK_TICKS
 
 
-def aim_met(figure: float, aim: str) -> bool | None:
-    if aim.startswith(">="):
-        return figure >= float(aim[2:].split()[0])
-    if aim.startswith("<"):
-        return figure < float(aim[1:].split()[0])
-    return None
-
-
-@dataclass
-class Row:
-    """One line of the table, with the CPU each side spent during the measurement."""
-
-    name: str
-    figure: float
-    unit: str
-    aim: str = ""
-    ok: bool | None = None
-    wall_s: float | None = None
-    server_cpu_s: float | None = None
-    server_loop_cpu_s: float | None = None
-    client_cpu_s: float | None = None
-    other_cpu_s: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.ok is None:
-            self.ok = aim_met(self.figure, self.aim)
-
-
 class Window:
-    """The timed part of a phase: wall time and both sides' CPU seconds between start() and
-    stop(), so that building requests and opening connections are not counted."""
+    """The timed part of a phase: wall time and CPU seconds between start() and stop(), so
+    that building requests and opening connections are not counted. `servers` are the
+    processes the requests go through (nginx and hostd, say)."""
 
-    def __init__(self, server: Server) -> None:
-        self.server = server
-        self.wall = self.server_cpu = self.server_loop_cpu = self.client_cpu = 0.0
-        self.other_cpu = 0.0
+    def __init__(self, servers: list[Service]) -> None:
+        self.servers = servers
+        self.wall = self.server_cpu = self.loop_cpu = self.client_cpu = self.other_cpu = 0.0
+
+    def _server_seconds(self) -> tuple[float, float]:
+        return (
+            sum(s.cpu_seconds() for s in self.servers),
+            sum(s.cpu_seconds(loop_only=True) for s in self.servers if s.has_loop),
+        )
 
     def start(self) -> None:
-        self._server0, self._client0 = self.server.cpu_seconds(), client_cpu_seconds()
-        self._loop0 = self.server.cpu_seconds(loop_only=True)
-        self._busy0 = machine_busy_seconds()
+        self._server0, self._loop0 = self._server_seconds()
+        self._client0, self._busy0 = client_cpu_seconds(), machine_busy_seconds()
         self._t0 = time.perf_counter()
 
     def stop(self) -> float:
         """Stop the clock; returns the wall time."""
         self.wall = time.perf_counter() - self._t0
-        self.server_cpu = self.server.cpu_seconds() - self._server0
-        self.server_loop_cpu = self.server.cpu_seconds(loop_only=True) - self._loop0
+        server, loop = self._server_seconds()
+        self.server_cpu, self.loop_cpu = server - self._server0, loop - self._loop0
         self.client_cpu = client_cpu_seconds() - self._client0
         busy = machine_busy_seconds() - self._busy0
         self.other_cpu = max(0.0, busy - self.server_cpu - self.client_cpu)
         return self.wall
+
+
+@dataclass
+class Measured:
+    """A figure and the CPU spent on it; mean() combines turns of the same measurement."""
+
+    figure: float
+    wall_s: float
+    server_cpu_s: float
+    loop_cpu_s: float
+    client_cpu_s: float
+    other_cpu_s: float
+
+    @classmethod
+    def of(cls, figure: float, window: Window) -> Measured:
+        w = window
+        return cls(figure, w.wall, w.server_cpu, w.loop_cpu, w.client_cpu, w.other_cpu)
+
+    @classmethod
+    def mean(cls, turns: list[Measured]) -> Measured:
+        def total(name: str) -> float:
+            return float(sum(getattr(t, name) for t in turns))
+
+        return cls(
+            total("figure") / len(turns),
+            total("wall_s"),
+            total("server_cpu_s"),
+            total("loop_cpu_s"),
+            total("client_cpu_s"),
+            total("other_cpu_s"),
+        )
+
+
+def aim_met(value: float, aim: str) -> bool:
+    operator, number = aim.split()
+    threshold = float(number.rstrip("x"))
+    return {
+        ">=": value >= threshold,
+        ">": value > threshold,
+        "<": value < threshold,
+        "<=": value <= threshold,
+    }[operator]
+
+
+@dataclass
+class Row:
+    """One line of the table: a figure, what it is compared with, and the CPU spent on it.
+
+    `aim` is on the ratio when it ends in "x" (">= 0.5x"), else on the figure ("< 64").
+    A figure of None was not measured; `why_not` says why ("not built")."""
+
+    where: str
+    name: str
+    figure: float | None
+    unit: str
+    vs: str = ""
+    vs_figure: float | None = None
+    aim: str = ""
+    why_not: str = ""
+    measured: Measured | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float | None:
+        if self.figure is None or not self.vs_figure:
+            return None
+        return self.figure / self.vs_figure
+
+    @property
+    def ok(self) -> bool | None:
+        """Whether the aim is met; None without an aim or a figure."""
+        value = self.ratio if self.aim.endswith("x") else self.figure
+        if not self.aim or value is None:
+            return None
+        return aim_met(value, self.aim)
+
+    def as_json(self) -> dict[str, Any]:
+        return {**asdict(self), "ratio": self.ratio, "ok": self.ok}
 
 
 Phase = Callable[[Window], Coroutine[Any, Any, float]]
@@ -386,333 +774,588 @@ async def run_workers(count: int, worker: Callable[[int], Coroutine[Any, Any, No
             group.create_task(worker(index))
 
 
-class Bench:
-    """The measurements against one running server; each adds its Row(s) to `rows`."""
+async def sample_rss(service: Service, samples: list[float]) -> None:
+    """Append the service's VmRSS every RSS_SAMPLE_SECONDS until cancelled."""
+    while True:
+        samples.append(service.status_mib("VmRSS"))
+        await asyncio.sleep(RSS_SAMPLE_SECONDS)
 
-    def __init__(self, server: Server, *, quick: bool) -> None:
-        self.server = server
-        self.port = server.port
+
+async def upload_rate(
+    window: Window,
+    port: int,
+    requests: list[bytes],
+    check: Callable[[int, int, bytes], None],
+    seconds: float,
+) -> float:
+    """Uploads/s over UPLOAD_CONCURRENCY connections, sending `requests` in order until
+    `seconds` pass or they run out; check(index, status, body) raises on a wrong answer."""
+    conns = [await Conn.open(port) for _ in range(UPLOAD_CONCURRENCY)]
+    next_index = itertools.count()
+    done = 0
+
+    async def worker(slot: int) -> None:
+        nonlocal done
+        conn = conns[slot]
+        while time.perf_counter() < deadline:
+            index = next(next_index)
+            if index >= len(requests):
+                return
+            await conn.send(requests[index])
+            status, length = await conn.read_head()
+            check(index, status, await conn.read_body(length))
+            done += 1
+
+    try:
+        window.start()
+        deadline = time.perf_counter() + seconds
+        await run_workers(len(conns), worker)
+        elapsed = window.stop()
+    finally:
+        for conn in conns:
+            conn.close()
+    return done / elapsed
+
+
+async def download_rate(window: Window, port: int, paths: list[str], seconds: float) -> float:
+    """Downloads/s of the SMALL_BYTES files at `paths`, round and round, over
+    DOWNLOAD_CONCURRENCY connections for `seconds`."""
+    if not paths:
+        raise BenchError("no small files to download")
+    requests = [request_head("GET", path, port, {}) for path in paths]
+    conns = [await Conn.open(port) for _ in range(DOWNLOAD_CONCURRENCY)]
+    counter = itertools.count()
+    done = 0
+
+    async def worker(slot: int) -> None:
+        nonlocal done
+        conn = conns[slot]
+        while time.perf_counter() < deadline:
+            index = next(counter) % len(requests)
+            await conn.send(requests[index])
+            status, length = await conn.read_head()
+            body = await conn.read_body(length)
+            if status != 200 or len(body) != SMALL_BYTES:
+                raise BenchError(f"GET {paths[index]} on :{port}: {status}, {len(body)} B")
+            done += 1
+
+    try:
+        window.start()
+        deadline = time.perf_counter() + seconds
+        await run_workers(len(conns), worker)
+        elapsed = window.stop()
+    finally:
+        for conn in conns:
+            conn.close()
+    return done / elapsed
+
+
+@dataclass
+class BigFile:
+    """The big file: `size` bytes made of one random block, and its digest, computed once
+    before any clock starts (hashing while sending would take a core from the server)."""
+
+    size: int
+    label: str
+    block: bytes
+    sha256: str
+    hash: str
+
+    @classmethod
+    def make(cls, size: int, label: str) -> BigFile:
+        block = os.urandom(PIECE_BYTES)
+        digest = hashlib.sha256()
+        big = cls(size, label, block, "", "")
+        for piece in big.pieces():
+            digest.update(piece)
+        big.sha256, big.hash = digest.hexdigest(), public_hash(digest.digest())
+        return big
+
+    def pieces(self) -> Iterator[bytes]:
+        """The file as pieces of the block (the last may be shorter)."""
+        remaining = self.size
+        while remaining > 0:
+            piece = self.block if remaining >= len(self.block) else self.block[:remaining]
+            remaining -= len(piece)
+            yield piece
+
+
+async def big_upload(
+    window: Window,
+    port: int,
+    parts: tuple[bytes, Iterable[bytes], bytes],
+    sampled: tuple[Service, list[float]] | None,
+    timings: dict[str, Any],
+) -> float:
+    """MB/s of one request sent as head + pieces + tail; its answer goes in `timings`."""
+    head, pieces, tail = parts
+    conn = await Conn.open(port)
+    sampler = asyncio.create_task(sample_rss(*sampled)) if sampled else None
+    sent_bytes = 0
+    try:
+        window.start()
+        started = time.perf_counter()
+        try:
+            await conn.send(head)
+            for piece in pieces:
+                await conn.send(piece)
+                sent_bytes += len(piece)
+            await conn.send(tail)
+        except OSError as exc:
+            raise BenchError(f"upload cut off: {exc} ({await conn.salvage()})") from exc
+        sent = time.perf_counter()
+        status, body_length = await conn.read_head()
+        timings["answer"] = (status, await conn.read_body(body_length))
+        elapsed = window.stop()
+    finally:
+        if sampler:
+            sampler.cancel()
+        conn.close()
+    timings["seconds_to_last_byte"] = sent - started
+    return (sent_bytes / MB) / elapsed
+
+
+async def big_download(window: Window, port: int, path: str, size: int) -> float:
+    """MB/s of downloading the big file, received into one reused buffer."""
+    conn = await Conn.open(port)
+    scratch = memoryview(bytearray(RECV_BYTES))
+    try:
+        window.start()
+        await conn.send(request_head("GET", path, port, {}))
+        status, length = await conn.read_head()
+        if status != 200 or length != size:
+            raise BenchError(f"GET {path} on :{port}: {status}, Content-Length {length}")
+        received = await conn.drain_body(length, scratch)
+        elapsed = window.stop()
+    finally:
+        conn.close()
+    return (received / MB) / elapsed
+
+
+class Bench:
+    """Every measurement for one place of the data: the services, then the rows."""
+
+    def __init__(
+        self, where: str, root: Path, big: BigFile, *, quick: bool, profile: Path | None
+    ) -> None:
+        self.where = where
+        self.tmp = Path(tempfile.mkdtemp(prefix="hostd-bench-", dir=root))
+        self.big = big
+        self.profile = profile
         self.seconds = 1.0 if quick else 5.0
-        self.big_bytes = 64 * MiB if quick else 1 * GiB
-        self.big_label = "64 MiB" if quick else "1 GiB"
-        self.max_uploads = 3000
+        # Enough prebuilt requests for the baseline's 5 s at a few thousand per second; a
+        # phase that runs out ends early, which only makes it shorter.
+        self.max_uploads = 3000 if quick else 15000
         self.rows: list[Row] = []
         self.notes: list[str] = []
-        self.small_hashes: list[str] = []
-        self.big_hash: str | None = None
+        self.services: list[Service] = []
+        # What was uploaded, for the downloads: hostd's (public hash, sha256 hex) pairs and
+        # the baseline's file names.
+        self.small_files: list[tuple[str, str]] = []
+        self.baseline_names: list[str] = []
 
-    def run(self) -> None:
-        self.anonymous_and_bearer_upload_rates()
-        self.big_upload()
-        self.download_rate()
-        self.big_download()
+    def start(self, service: Service) -> Any:
+        self.services.append(service)
+        service.wait_ready()
+        return service
 
-    def measured(self, name: str, unit: str, aim: str, phase: Phase) -> Row:
-        """Run one phase in a fresh event loop and add its Row."""
-        window = Window(self.server)
-        figure = asyncio.run(phase(window))
-        row = Row(
-            name,
-            figure,
-            unit,
-            aim,
-            wall_s=window.wall,
-            server_cpu_s=window.server_cpu,
-            server_loop_cpu_s=window.server_loop_cpu,
-            client_cpu_s=window.client_cpu,
-            other_cpu_s=window.other_cpu,
-        )
+    def phase(self, servers: list[Service], run: Phase) -> Measured:
+        """Run one phase in a fresh event loop."""
+        window = Window(servers)
+        return Measured.of(asyncio.run(run(window)), window)
+
+    def add(
+        self,
+        name: str,
+        unit: str,
+        measured: Measured | None = None,
+        *,
+        figure: float | None = None,
+        **more: Any,
+    ) -> Row:
+        """Add a row: a measured one, or one with a figure of its own (or none: n/a)."""
+        figure = measured.figure if measured else figure
+        row = Row(self.where, name, figure, unit, measured=measured, **more)
         self.rows.append(row)
         return row
 
-    async def sample_rss(self, samples: list[float]) -> None:
-        """Append the server's VmRSS every RSS_SAMPLE_SECONDS until cancelled."""
-        while True:
-            samples.append(self.server.status_mib("VmRSS"))
-            await asyncio.sleep(RSS_SAMPLE_SECONDS)
+    def run(self) -> None:
+        data_dir = self.tmp / "data"
+        self.hostd = self.start(Hostd("hostd", self.tmp, data_dir, profile=self.profile))
+        self.baseline = self.start(Baseline(self.tmp))
+        self.notes.append(
+            f"hostd pid {self.hostd.pid} on :{self.hostd.port}, baseline pid "
+            f"{self.baseline.pid} on :{self.baseline.port}, data in {self.tmp} "
+            f"({filesystem_type(self.tmp)})"
+        )
+        self.small_uploads()
+        batch_row = self.add(
+            "hostd mean batch size (writes per commit)", "", aim="> 1", why_not="no counter"
+        )
+        self.big_uploads()
+        self.small_downloads()
+        self.big_downloads()
+        self.through_nginx(data_dir)
+        self.hostd.stop()
+        batches = self.hostd.writer_batches()
+        if batches:
+            writes, commits = batches
+            batch_row.figure = writes / commits if commits else None
+            batch_row.extra = {"writes": writes, "commits": commits}
+            self.notes.append(f"hostd's writer: {writes} writes in {commits} commits, whole run")
+
+    def stop(self) -> None:
+        for service in reversed(self.services):
+            with contextlib.suppress(OSError):
+                service.stop()
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
     # -- 4 KiB uploads
 
-    def upload_rate(
-        self, headers: dict[str, str], label: str = "4 KiB uploads/s", concurrency: int = 16
-    ) -> float:
-        """Uploads/s of distinct random 4 KiB files at concurrency 16 for `seconds` (or
-        `max_uploads`), sending `headers` with each, e.g. {"Authorization": "Bearer ..."}.
-        Every answer must be 200 with the hash of what was sent; the hashes are kept for
-        download_rate()."""
-        return self.measured(
-            label, "/s", "", lambda w: self._upload_rate(w, headers, concurrency)
-        ).figure
-
-    async def _upload_rate(
-        self, window: Window, headers: dict[str, str], concurrency: int
-    ) -> float:
+    def hostd_uploads(self, headers: dict[str, str], count: int | None = None) -> Phase:
+        """A phase of distinct random 4 KiB files (`count`, or as many as time allows) to
+        hostd's /api/upload; every answer must be 200 with the hash of what was sent, and
+        the files are kept for the downloads."""
+        port = self.hostd.port
         requests: list[bytes] = []
-        expected: list[str] = []
-        for number in range(self.max_uploads):
+        expected: list[tuple[str, str]] = []
+        for number in range(count or self.max_uploads):
             payload = os.urandom(SMALL_BYTES)
             body = part_head(f"small-{number}.bin") + payload + PART_TAIL
-            requests.append(upload_head(self.port, len(body), headers) + body)
-            expected.append(public_hash(hashlib.sha256(payload).digest()))
-        conns = [await Conn.open(self.port) for _ in range(concurrency)]
-        next_index = itertools.count()
-        done: list[str] = []
+            requests.append(upload_head(port, len(body), headers) + body)
+            digest = hashlib.sha256(payload)
+            expected.append((public_hash(digest.digest()), digest.hexdigest()))
 
-        async def worker(slot: int) -> None:
-            conn = conns[slot]
-            while time.perf_counter() < deadline:
-                index = next(next_index)
-                if index >= len(requests):
-                    return
-                await conn.send(requests[index])
-                status, length = await conn.read_head()
-                got = upload_answer(status, await conn.read_body(length))
-                if got != expected[index]:
-                    raise BenchError(f"upload {index}: hash {got}, expected {expected[index]}")
-                done.append(got)
+        def check(index: int, status: int, body: bytes) -> None:
+            got = upload_answer(status, body)
+            if got != expected[index][0]:
+                raise BenchError(f"upload {index}: hash {got}, expected {expected[index][0]}")
+            self.small_files.append(expected[index])
 
-        try:
-            window.start()
-            deadline = time.perf_counter() + self.seconds
-            await run_workers(len(conns), worker)
-            elapsed = window.stop()
-        finally:
-            for conn in conns:
-                conn.close()
-        self.small_hashes.extend(done)
-        return len(done) / elapsed
+        return lambda w: upload_rate(w, port, requests, check, self.seconds)
 
-    def anonymous_and_bearer_upload_rates(self, rounds: int = 2) -> None:
-        """4 KiB uploads/s without a key and with one made by `hostd key create`, taken in
-        turns, because fsync times drift more between runs than a cached key check costs.
-        The key's Argon2 verification runs once, on its first use."""
-        self.server.cli("user", "add", "bench", "--password-stdin", stdin="bench-password\n")
-        key = self.server.cli("key", "create", "bench", "--label", "bench").strip()
-        anonymous = bearer = 0.0
-        for number in range(rounds):
-            again = ", again" if number else ""
-            anonymous += self.upload_rate({}, label=f"4 KiB uploads/s{again}")
-            bearer += self.upload_rate(
-                {"Authorization": f"Bearer {key}"}, label=f"Bearer uploads/s{again}"
-            )
-        self.notes.append(
-            f"Bearer uploads/s is {100 * bearer / anonymous:.0f}% of anonymous uploads/s"
-            f" (the sums of {rounds} turns each: same sizes, same concurrency)."
+    def baseline_uploads(self, turn: int) -> Phase:
+        port = self.baseline.port
+        names = [f"small-{turn}-{number}.bin" for number in range(self.max_uploads)]
+        requests = [put_head(port, n, SMALL_BYTES) + os.urandom(SMALL_BYTES) for n in names]
+
+        def check(index: int, status: int, body: bytes) -> None:
+            put_answer(status, body, names[index])
+            self.baseline_names.append(names[index])
+
+        return lambda w: upload_rate(w, port, requests, check, self.seconds)
+
+    def small_uploads(self) -> None:
+        """4 KiB uploads/s: the baseline, hostd without a key and hostd with one made by
+        `hostd key create`, in turns. The key's Argon2 check runs once, on its first use,
+        which comes before the clock starts: the aim is on what every upload costs."""
+        self.hostd.cli("user", "add", "bench", "--password-stdin", stdin="bench-password\n")
+        key = self.hostd.cli("key", "create", "bench", "--label", "bench").strip()
+        bearer_headers = {"Authorization": f"Bearer {key}"}
+        self.phase([self.hostd], self.hostd_uploads(bearer_headers, count=1))
+        baseline: list[Measured] = []
+        anonymous: list[Measured] = []
+        bearer: list[Measured] = []
+        for turn in range(UPLOAD_TURNS):
+            baseline.append(self.phase([self.baseline], self.baseline_uploads(turn)))
+            anonymous.append(self.phase([self.hostd], self.hostd_uploads({})))
+            bearer.append(self.phase([self.hostd], self.hostd_uploads(bearer_headers)))
+        c = f"c{UPLOAD_CONCURRENCY}"
+        base = self.add(f"baseline PUT 4 KiB uploads/s, {c}", "/s", Measured.mean(baseline))
+        anon = self.add(
+            f"hostd 4 KiB uploads/s, {c}",
+            "/s",
+            Measured.mean(anonymous),
+            vs="baseline PUT",
+            vs_figure=base.figure,
+            aim=">= 0.5x",
+        )
+        self.add(
+            f"hostd Bearer 4 KiB uploads/s, {c}",
+            "/s",
+            Measured.mean(bearer),
+            vs="anonymous",
+            vs_figure=anon.figure,
+            aim=">= 0.9x",
         )
 
     # -- the big upload
 
-    def big_file_pieces(self, block: bytes) -> Iterator[bytes]:
-        """The big file as pieces of one random block (the last may be shorter)."""
-        remaining = self.big_bytes
-        while remaining > 0:
-            piece = block if remaining >= len(block) else block[:remaining]
-            remaining -= len(piece)
-            yield piece
-
-    def big_upload(self) -> None:
-        """MB/s of one big upload, and the server's peak RSS while it is received."""
-        block = os.urandom(PIECE_BYTES)
-        # The digest of what will be sent, from the same generator, before the clock starts:
-        # hashing while sending would take a core from the server.
-        digest = hashlib.sha256()
-        for piece in self.big_file_pieces(block):
-            digest.update(piece)
-        expected = public_hash(digest.digest())
-        # VmHWM so far covers start-up and the phases before; reset it (when the kernel lets
-        # us) so that the figure after the upload is the upload's own.
-        hwm_before = self.server.status_mib("VmHWM")
-        was_reset = self.server.reset_peak_rss()
-        timings: dict[str, float] = {}
-        samples: list[float] = []
-        name = f"{self.big_label} upload"
-        row = self.measured(
-            name, "MB/s", ">= 300", lambda w: self._big_upload(w, block, samples, timings)
+    def big_uploads(self) -> None:
+        """MB/s of one big upload to each, and hostd's peak RSS while it receives it."""
+        big = self.big
+        base_timings: dict[str, Any] = {}
+        put = put_head(self.baseline.port, "big.bin", big.size)
+        parts = (put, big.pieces(), b"")
+        base = self.phase(
+            [self.baseline],
+            lambda w: big_upload(w, self.baseline.port, parts, None, base_timings),
         )
-        row.extra = timings
-        if self.big_hash != expected:
-            raise BenchError(f"{name}: the server's hash is {self.big_hash}, sent {expected}")
-        hwm_after = self.server.status_mib("VmHWM")
-        during = f"in {name}" if was_reset else "in whole run"
-        self.rows += [
-            Row(f"server peak RSS up to {name} (VmHWM)", hwm_before, "MiB", "< 100"),
-            Row(f"server peak RSS {during} (VmHWM)", hwm_after, "MiB", "< 100"),
-            Row(
-                f"server max RSS sampled in {name}",
-                max(samples, default=0.0),
-                "MiB",
-                "< 100",
-                extra={"samples": len(samples), "interval_s": RSS_SAMPLE_SECONDS},
-            ),
-        ]
-        self.notes.append(
-            f"{name}: last byte sent after {row.extra['seconds_to_last_byte']:.2f} s, answer "
-            f"after {row.wall_s or 0:.2f} s (the gap: the server's fsync, rename and insert); "
-            f"hash {self.big_hash} verified."
-        )
-        if not was_reset:
-            self.notes.append("VmHWM could not be reset: the peak after the upload is the run's.")
+        status, body = base_timings["answer"]
+        put_answer(status, body, "big.bin")
+        base_row = self.add(f"baseline PUT {big.label} upload", "MB/s", base)
 
-    async def _big_upload(
-        self, window: Window, block: bytes, samples: list[float], timings: dict[str, float]
-    ) -> float:
         head = part_head("big.bin")
-        length = len(head) + self.big_bytes + len(PART_TAIL)
-        conn = await Conn.open(self.port)
-        sampler = asyncio.create_task(self.sample_rss(samples))
-        try:
-            window.start()
-            started = time.perf_counter()
-            try:
-                await conn.send(upload_head(self.port, length, {}) + head)
-                for piece in self.big_file_pieces(block):
-                    await conn.send(piece)
-                await conn.send(PART_TAIL)
-            except OSError as exc:
-                answer = await conn.salvage()
-                raise BenchError(f"{self.big_label} upload cut off: {exc} ({answer})") from exc
-            sent = time.perf_counter()
-            status, body_length = await conn.read_head()
-            self.big_hash = upload_answer(status, await conn.read_body(body_length))
-            elapsed = window.stop()
-        finally:
-            sampler.cancel()
-            conn.close()
-        timings["seconds_to_last_byte"] = sent - started
-        return (length / MB) / elapsed
-
-    # -- 4 KiB downloads
-
-    def download_rate(self, label: str = "4 KiB downloads/s", concurrency: int = 64) -> float:
-        """Downloads/s of the 4 KiB files at `concurrency`, for `seconds`."""
-        return self.measured(
-            label, "/s", ">= 2000", lambda w: self._download_rate(w, concurrency)
-        ).figure
-
-    async def _download_rate(self, window: Window, concurrency: int) -> float:
-        if not self.small_hashes:
-            raise BenchError("no small files to download")
-        requests = [request_head("GET", f"/{h}", self.port, {}) for h in self.small_hashes]
-        conns = [await Conn.open(self.port) for _ in range(concurrency)]
-        counter = itertools.count()
-        done = 0
-
-        async def worker(slot: int) -> None:
-            nonlocal done
-            conn = conns[slot]
-            while time.perf_counter() < deadline:
-                index = next(counter) % len(requests)
-                await conn.send(requests[index])
-                status, length = await conn.read_head()
-                body = await conn.read_body(length)
-                if status != 200 or len(body) != SMALL_BYTES:
-                    raise BenchError(f"GET {self.small_hashes[index]}: {status}, {len(body)} B")
-                done += 1
-
-        try:
-            window.start()
-            deadline = time.perf_counter() + self.seconds
-            await run_workers(len(conns), worker)
-            elapsed = window.stop()
-        finally:
-            for conn in conns:
-                conn.close()
-        return done / elapsed
-
-    # -- the big download
-
-    def big_download(self) -> float:
-        """MB/s of downloading the big file, received into one reused buffer."""
+        length = len(head) + big.size + len(PART_TAIL)
+        request = (upload_head(self.hostd.port, length, {}) + head, big.pieces(), PART_TAIL)
+        # VmHWM so far covers start-up and the phases before; reset it (when the kernel
+        # lets us) so that the figure after the upload is the upload's own.
+        before = self.hostd.status_mib("VmHWM")
+        was_reset = self.hostd.reset_peak_rss()
         samples: list[float] = []
-        name = f"{self.big_label} download"
-        row = self.measured(name, "MB/s", ">= 300", lambda w: self._big_download(w, samples))
-        self.rows.append(
-            Row(f"server max RSS sampled in {name}", max(samples, default=0.0), "MiB", "< 100")
+        timings: dict[str, Any] = {}
+        measured = self.phase(
+            [self.hostd],
+            lambda w: big_upload(w, self.hostd.port, request, (self.hostd, samples), timings),
         )
-        return row.figure
+        got = upload_answer(*timings["answer"])
+        if got != big.hash:
+            raise BenchError(f"{big.label} upload: the server's hash is {got}, sent {big.hash}")
+        self.add(
+            f"hostd {big.label} upload",
+            "MB/s",
+            measured,
+            vs="baseline PUT",
+            vs_figure=base_row.figure,
+            aim=">= 0.8x",
+        )
+        peak = self.hostd.status_mib("VmHWM") if was_reset else max(samples, default=0.0)
+        how = "VmHWM" if was_reset else f"VmRSS sampled every {RSS_SAMPLE_SECONDS} s"
+        self.add(f"hostd peak RSS in {big.label} upload ({how})", "MiB", figure=peak, aim="< 64")
+        self.notes.append(
+            f"{big.label} upload to hostd: last byte sent after "
+            f"{timings['seconds_to_last_byte']:.2f} s, answer after {measured.wall_s:.2f} s; "
+            f"hash verified. Peak RSS before it {before:.0f} MiB, max sampled during it "
+            f"{max(samples, default=0.0):.0f} MiB."
+        )
 
-    async def _big_download(self, window: Window, samples: list[float]) -> float:
-        if self.big_hash is None:
-            raise BenchError("no big file to download")
-        conn = await Conn.open(self.port)
-        scratch = memoryview(bytearray(RECV_BYTES))
-        sampler = asyncio.create_task(self.sample_rss(samples))
-        try:
-            window.start()
-            await conn.send(request_head("GET", f"/{self.big_hash}", self.port, {}))
-            status, length = await conn.read_head()
-            if status != 200 or length != self.big_bytes:
-                raise BenchError(f"GET {self.big_hash}: {status}, Content-Length {length}")
-            received = await conn.drain_body(length, scratch)
-            elapsed = window.stop()
-        finally:
-            sampler.cancel()
-            conn.close()
-        return (received / MB) / elapsed
+    # -- downloads in process
+
+    def small_downloads(self) -> None:
+        seconds = self.seconds
+        paths = [f"/files/{name}" for name in self.baseline_names]
+        c = f"c{DOWNLOAD_CONCURRENCY}"
+        base = self.add(
+            f"baseline StaticFileHandler 4 KiB downloads/s, {c}",
+            "/s",
+            self.phase(
+                [self.baseline], lambda w: download_rate(w, self.baseline.port, paths, seconds)
+            ),
+        )
+        hashes = [f"/{public}" for public, _ in self.small_files]
+        self.hostd_small = self.add(
+            f"hostd 4 KiB downloads/s, {c}",
+            "/s",
+            self.phase([self.hostd], lambda w: download_rate(w, self.hostd.port, hashes, seconds)),
+            vs="baseline static",
+            vs_figure=base.figure,
+            aim=">= 1.0x",
+        )
+
+    def big_downloads(self) -> None:
+        big = self.big
+        base = self.add(
+            f"baseline StaticFileHandler {big.label} download",
+            "MB/s",
+            self.phase(
+                [self.baseline],
+                lambda w: big_download(w, self.baseline.port, "/files/big.bin", big.size),
+            ),
+        )
+        self.add(
+            f"hostd {big.label} download",
+            "MB/s",
+            self.phase(
+                [self.hostd], lambda w: big_download(w, self.hostd.port, f"/{big.hash}", big.size)
+            ),
+            vs="baseline static",
+            vs_figure=base.figure,
+        )
+
+    # -- through nginx
+
+    def through_nginx(self, data_dir: Path) -> None:
+        """Downloads through nginx running contrib/nginx.conf: proxied to hostd, served by
+        nginx from hostd's blob directory as static files, and, once it is built, proxied to
+        a hostd that answers with X-Accel-Redirect."""
+        big, seconds = self.big, self.seconds
+        binary = find_nginx()
+        no_nginx = "" if binary else "no nginx"
+        accel_prefix, no_accel = accel_redirect_prefix()
+        no_accel = no_nginx or no_accel
+        port, accel_port = free_port(), free_port()
+        nginx: Nginx | None = None
+        accel_hostd: Hostd | None = None
+        statics: list[str] = []
+        big_static = ""
+        if binary:
+            blobs_dir = load_config(None, {"data_dir": data_dir}).blobs_dir
+            if not no_accel:
+                # A second hostd on the same data dir, with accel_redirect set, so that the
+                # first one's in-process figures stay what they are.
+                accel_hostd = self.start(
+                    Hostd("hostd-accel", self.tmp, data_dir, accel_redirect=accel_prefix)
+                )
+            accel = (accel_hostd.port, accel_port) if accel_hostd else None
+            site = nginx_site(self.hostd.port, port, blobs_dir, accel)
+            ports = [port, accel_port] if accel else [port]
+            nginx = self.start(Nginx(binary, self.tmp / "nginx", site, ports))
+            located = blob_paths(blobs_dir)
+            wanted = [sha for _, sha in self.small_files] + [big.sha256]
+            if any(sha not in located for sha in wanted):
+                raise BenchError(f"no file named after a blob's SHA-256 under {blobs_dir}")
+            statics = [f"{STATIC_PREFIX}{located[sha]}" for _, sha in self.small_files]
+            big_static = f"{STATIC_PREFIX}{located[big.sha256]}"
+        hashes = [f"/{public}" for public, _ in self.small_files]
+        via_hostd, via_accel = [nginx, self.hostd], [nginx, accel_hostd]
+
+        def row(name: str, servers: list[Any], run: Phase, why_not: str, **more: Any) -> Row:
+            """A row through nginx, or, with `why_not`, one that says why it is n/a."""
+            unit = "/s" if "/s" in name else "MB/s"
+            if why_not:
+                return self.add(name, unit, why_not=why_not, **more)
+            return self.add(name, unit, self.phase(servers, run), **more)
+
+        small = f"4 KiB downloads/s, c{DOWNLOAD_CONCURRENCY}"
+        in_process = {"vs": "hostd in-process", "vs_figure": self.hostd_small.figure}
+        row(
+            f"nginx static {small}",
+            [nginx],
+            lambda w: download_rate(w, port, statics, seconds),
+            no_nginx,
+        )
+        row(
+            f"nginx > hostd {small}",
+            via_hostd,
+            lambda w: download_rate(w, port, hashes, seconds),
+            no_nginx,
+            aim=">= 0.9x",
+            **in_process,
+        )
+        # The accel_redirect rows: measured once hostd's config accepts server.accel_redirect
+        # and contrib/nginx.conf has its internal location; "n/a (not built)" until then.
+        row(
+            f"nginx > hostd accel_redirect {small}",
+            via_accel,
+            lambda w: download_rate(w, accel_port, hashes, seconds),
+            no_accel,
+            aim=">= 0.9x",
+            **in_process,
+        )
+        static = row(
+            f"nginx static {big.label} download",
+            [nginx],
+            lambda w: big_download(w, port, big_static, big.size),
+            no_nginx,
+        )
+        vs_static = {"vs": "nginx static", "vs_figure": static.figure}
+        row(
+            f"nginx > hostd {big.label} download",
+            via_hostd,
+            lambda w: big_download(w, port, f"/{big.hash}", big.size),
+            no_nginx,
+            **vs_static,
+        )
+        row(
+            f"nginx > hostd accel_redirect {big.label} download",
+            via_accel,
+            lambda w: big_download(w, accel_port, f"/{big.hash}", big.size),
+            no_accel,
+            aim=">= 0.8x",
+            **vs_static,
+        )
+
+
+def blob_paths(blobs_dir: Path) -> dict[str, str]:
+    """Where each blob lies under `blobs_dir`, by its file name (its SHA-256 in hex)."""
+    return {
+        name: Path(top, name).relative_to(blobs_dir).as_posix()
+        for top, _, names in os.walk(blobs_dir)
+        for name in names
+    }
 
 
 # --- output ----------------------------------------------------------------------------
 
 
-def fmt(value: float | None) -> str:
-    return "" if value is None else f"{value:.2f}"
-
-
-def cpu(seconds: float | None, wall: float | None) -> str:
-    """CPU seconds, and as a share of one core over the wall time."""
-    if seconds is None or not wall:
+def number(value: float | None) -> str:
+    if value is None:
         return ""
-    return f"{seconds:.2f} ({100 * seconds / wall:.0f}%)"
+    return f"{value:,.0f}" if value >= 1000 else f"{value:,.1f}"
+
+
+def share(seconds: float, wall: float) -> str:
+    """CPU seconds as a share of one core over the wall time."""
+    return f"{100 * seconds / wall:.0f}%" if wall else ""
 
 
 def table(rows: list[Row]) -> str:
     header = [
+        "data",
         "measurement",
         "figure",
         "unit",
+        "vs",
+        "its figure",
+        "ratio",
         "aim",
         "met",
         "wall s",
-        "server CPU s",
-        "  IOLoop thread",
-        "client CPU s",
-        "other CPU s",
+        "servers CPU",
+        "IOLoop",
+        "client CPU",
+        "other CPU",
     ]
     lines = [header]
     for row in rows:
-        digits = 0 if row.figure >= 1000 else 1
+        m = row.measured
+        ratio = row.ratio
+        aim_pending = row.aim and row.figure is None
         lines.append(
             [
+                row.where,
                 row.name,
-                f"{row.figure:,.{digits}f}",
+                number(row.figure) if row.figure is not None else f"n/a ({row.why_not})",
                 row.unit,
+                row.vs,
+                number(row.vs_figure),
+                "" if ratio is None else f"{ratio:.2f}x",
                 row.aim,
-                {True: "yes", False: "NO", None: ""}[row.ok],
-                fmt(row.wall_s),
-                cpu(row.server_cpu_s, row.wall_s),
-                cpu(row.server_loop_cpu_s, row.wall_s),
-                cpu(row.client_cpu_s, row.wall_s),
-                cpu(row.other_cpu_s, row.wall_s),
+                "n/a" if aim_pending else {True: "yes", False: "NO", None: ""}[row.ok],
+                f"{m.wall_s:.1f}" if m else "",
+                share(m.server_cpu_s, m.wall_s) if m else "",
+                share(m.loop_cpu_s, m.wall_s) if m and m.loop_cpu_s else "",
+                share(m.client_cpu_s, m.wall_s) if m else "",
+                share(m.other_cpu_s, m.wall_s) if m else "",
             ]
         )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    left = {0, 2, 3, 4}
+    left = {0, 1, 3, 4, 7, 8}
     out = []
-    for number, line in enumerate(lines):
+    for index, line in enumerate(lines):
+        if index > 1 and line[0] != lines[index - 1][0]:
+            out.append("")
         cells = [
             c.ljust(w) if i in left else c.rjust(w)
             for i, (c, w) in enumerate(zip(line, widths, strict=True))
         ]
         out.append("  ".join(cells).rstrip())
-        if number == 0:
+        if index == 0:
             out.append("  ".join("-" * w for w in widths))
     return "\n".join(out)
 
 
 def environment() -> dict[str, Any]:
+    nginx = find_nginx()
+    nginx_version = (
+        subprocess.run([nginx, "-v"], capture_output=True, text=True).stderr.strip()
+        if nginx
+        else "none"
+    )
     return {
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "tornado": importlib.metadata.version("tornado"),
+        "nginx": nginx_version.removeprefix("nginx version: "),
         "nproc": len(os.sched_getaffinity(0)),
     }
 
@@ -720,62 +1363,97 @@ def environment() -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="smoke run: 64 MiB, 1 s phases")
+    parser.add_argument(
+        "--data-on",
+        choices=("tmpfs", "disk", "both"),
+        default="both",
+        help=f"where the data dirs live: tmpfs ({TMPFS_ROOT}), a disk, or each in turn",
+    )
+    parser.add_argument(
+        "--disk-dir", type=Path, help="a directory on a disk (default: /var/tmp or $TMPDIR)"
+    )
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the figures here")
     parser.add_argument(
-        "--check", action="store_true", help="exit with status 1 when a figure misses its aim"
+        "--check",
+        action="store_true",
+        help="exit with status 1 when a figure misses its aim or a row with an aim is n/a",
     )
     parser.add_argument(
         "--server-profile",
         type=Path,
         metavar="FILE",
-        help="run the server under cProfile, writing its stats here (figures will be lower)",
+        help="run hostd under cProfile, writing its stats to FILE-<data place> (slower figures)",
     )
     args = parser.parse_args(argv)
 
     env = environment()
-    print(f"Python {env['python']}, Tornado {env['tornado']}, nproc {env['nproc']}")
-    server = Server(max_upload_bytes=2 * GiB, profile=args.server_profile)
-    bench = Bench(server, quick=args.quick)
+    print(
+        f"Python {env['python']}, Tornado {env['tornado']}, nginx {env['nginx']},"
+        f" nproc {env['nproc']}"
+    )
+    rows: list[Row] = []
+    notes: list[str] = []
     try:
-        server.wait_ready()
-        print(f"hostd pid {server.pid} on 127.0.0.1:{server.port}, data in {server.tmp}")
-        bench.run()
-    except (BenchError, OSError) as exc:
-        print(f"bench failed: {exc!r}", file=sys.stderr)
-        print(f"server log (last lines):\n{server.log()}", file=sys.stderr)
-        if bench.rows:
-            print(table(bench.rows), file=sys.stderr)
+        places = data_places(args.data_on, args.disk_dir)
+        big = BigFile.make(64 * MiB, "64 MiB") if args.quick else BigFile.make(GiB, "1 GiB")
+    except BenchError as exc:
+        print(f"bench failed: {exc}", file=sys.stderr)
         return 1
-    finally:
-        server.stop()
+    profiles: list[Path] = []
+    for where, root in places:
+        profile = None
+        if args.server_profile:
+            profile = args.server_profile.with_name(f"{args.server_profile.name}-{where}")
+            profiles.append(profile)
+        print(f"measuring with the data on {where} ({root}) ...", flush=True)
+        bench = Bench(where, root, big, quick=args.quick, profile=profile)
+        try:
+            bench.run()
+        except (BenchError, OSError) as exc:
+            print(f"bench failed: {exc!r}", file=sys.stderr)
+            for service in bench.services:
+                print(f"{service.name} log (last lines):\n{service.log()}", file=sys.stderr)
+            if bench.rows or rows:
+                print(table(rows + bench.rows), file=sys.stderr)
+            return 1
+        finally:
+            bench.stop()
+        rows += bench.rows
+        notes += [f"[{where}] {note}" for note in bench.notes]
 
     print()
-    print(table(bench.rows))
+    print(table(rows))
     print()
-    for note in bench.notes:
+    for note in notes:
         print(note)
     print(
-        "CPU: utime+stime in the timed part of each phase, and as a share of one core. The"
-        " server's IOLoop\nthread is its main thread (the others run SQLite, fsync, Argon2)."
-        " Other: the rest of the machine\n(kernel threads, other processes); when it is high,"
-        " the figures were taken on a busy box."
+        "Ratios are to the figure in `vs`, from the same run: aims ending in x are on the"
+        " ratio.\nCPU: utime+stime of the servers the requests went through (all threads and"
+        " processes),\nof hostd's or the baseline's IOLoop thread alone, of the client and of"
+        " the rest of the machine,\nas a share of one core over the timed part of each phase;"
+        " when `other` is high, the box was busy."
     )
     if args.json:
-        report = {**env, "quick": args.quick, "rows": [asdict(row) for row in bench.rows]}
+        report = {**env, "quick": args.quick, "rows": [row.as_json() for row in rows]}
         args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    busy = [
-        row.name
-        for row in bench.rows
-        if row.other_cpu_s is not None and row.wall_s and row.other_cpu_s > 0.25 * row.wall_s
-    ]
+    busy = sorted(
+        {
+            row.where
+            for row in rows
+            if row.measured and row.measured.other_cpu_s > 0.25 * row.measured.wall_s
+        }
+    )
     if busy:
-        print(f"warning: something else used over 25% of a core during: {', '.join(busy)}")
-    missed = [row.name for row in bench.rows if row.ok is False]
+        print(f"warning: something else used over 25% of a core during phases on: {busy}")
+    missed = [f"{row.where}: {row.name}" for row in rows if row.ok is False]
+    pending = [f"{row.where}: {row.name}" for row in rows if row.aim and row.figure is None]
     if missed:
-        print(f"missed aims: {', '.join(missed)}")
-    if args.server_profile:
-        print(f"server profile: .venv/bin/python -m pstats {args.server_profile}")
-    return 1 if missed and args.check else 0
+        print("missed aims:\n  " + "\n  ".join(missed))
+    if pending:
+        print("aims not measured:\n  " + "\n  ".join(pending))
+    for profile in profiles:
+        print(f"hostd profile: .venv/bin/python -m pstats {profile}")
+    return 1 if (missed or pending) and args.check else 0
 
 
 if __name__ == "__main__":

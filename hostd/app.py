@@ -15,7 +15,8 @@ import tornado.httpserver
 import tornado.web
 
 from hostd import uploads
-from hostd.auth import Auth, RegistrationLimiter, SignInLimiter
+from hostd.accesslog import AccessLog
+from hostd.auth import Auth
 from hostd.config import Config, ensure_cookie_secret
 from hostd.db import Database
 from hostd.formdata import FORM_OVERHEAD_BYTES
@@ -23,6 +24,7 @@ from hostd.handlers import all_routes
 from hostd.handlers.api import KeyReveals
 from hostd.handlers.pages import NotFoundHandler
 from hostd.storage import BlobStore, store_from
+from hostd.throttle import RegistrationLimiter, SignInLimiter
 from hostd.thumbs import Thumbnails
 
 log = logging.getLogger("hostd")
@@ -42,6 +44,7 @@ def make_app(
     auth: Auth | None = None,
     *,
     clock: Callable[[], float] = time.monotonic,  # for the throttles; tests bring their own
+    access_log: AccessLog | None = None,
 ) -> tornado.web.Application:
     templates = jinja2.Environment(
         loader=jinja2.FileSystemLoader(config.templates_dir),
@@ -64,6 +67,7 @@ def make_app(
         hostd_limiter=SignInLimiter(clock=clock),
         hostd_registrations=RegistrationLimiter(config.registrations_per_hour, clock=clock),
         hostd_reveals=KeyReveals(),
+        log_function=access_log or AccessLog(),
         jinja_env=templates,
         static_path=str(config.static_dir),
         cookie_secret=config.cookie_secret,
@@ -79,7 +83,9 @@ def make_app(
 
 
 def thumbnails_of(config: Config) -> Thumbnails:
-    return Thumbnails(config.data_dir / "thumbs")
+    return Thumbnails(
+        config.data_dir / "thumbs", max_decode_bytes=config.max_thumbnail_decode_bytes
+    )
 
 
 def format_size(size: int) -> str:
@@ -180,9 +186,19 @@ async def serve(config: Config) -> None:
     if config.public_url:
         log.info("public URL: %s/", config.public_url)
     await stop.wait()
+    app.settings["log_function"].flush()
     log.info("shutting down")
     server.stop()
     gc_task.cancel()
     await server.close_all_connections()
+    app.settings["hostd_thumbs"].close()
     await db.close()
     store.close()
+    app.settings["log_function"].flush()
+    stats = db.stats
+    log.info(
+        "database: %d writes in %d commits (%.1f a commit)",
+        stats.units,
+        stats.commits,
+        stats.mean_batch,
+    )

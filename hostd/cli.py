@@ -11,12 +11,12 @@ import urllib.parse
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from hostd import __version__, db, uploads
+from hostd import __version__, backup, db, uploads
+from hostd.accounts import NAME_PATTERN, password_problem
 from hostd.app import format_size, format_time, serve, thumbnails_of
 from hostd.auth import Auth
 from hostd.config import Config, ConfigError, load_config
 from hostd.db import Database
-from hostd.handlers.accounts import NAME_PATTERN, check_password
 from hostd.storage import store_from
 
 DEFAULT_CONFIG = Path("hostd.toml")
@@ -92,6 +92,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="leave bytes younger than this alone (default: an hour)",
     )
     gc_cmd.set_defaults(handler=admin(gc))
+
+    backup_cmd = commands.add_parser(
+        "backup",
+        parents=[common],
+        help="copy the database and the files to DEST while the server runs (incremental)",
+    )
+    backup_cmd.add_argument("destination", type=Path, metavar="DEST")
+    backup_cmd.set_defaults(handler=admin(backup_to))
+    restore_cmd = commands.add_parser(
+        "restore", parents=[common], help="make an empty data dir from a backup (server stopped)"
+    )
+    restore_cmd.add_argument("source", type=Path, metavar="SRC")
+    restore_cmd.set_defaults(handler=restore_from)
     return parser
 
 
@@ -141,7 +154,7 @@ def read_password(args: argparse.Namespace) -> str:
     else:
         password = getpass.getpass("Password: ")
         confirm = getpass.getpass("Password again: ")
-    problem = check_password(password, confirm)
+    problem = password_problem(password, confirm)
     if problem:
         raise CommandError(problem)
     return password
@@ -297,6 +310,34 @@ async def gc(args: argparse.Namespace, config: Config, database: Database, auth:
     )
     if found.missing:
         raise CommandError(f"{len(found.missing)} file(s) have rows but no bytes")
+
+
+async def backup_to(
+    args: argparse.Namespace, config: Config, database: Database, auth: Auth
+) -> None:
+    store = store_from(config)
+    try:
+        copied = await backup.backup(database, store, args.destination)
+    finally:
+        store.close()
+    print(
+        f"backed up the database and {copied.blobs_copied} new file(s)"
+        f" ({format_size(copied.bytes_copied)}); {copied.blobs_present} were there already",
+        file=sys.stderr,
+    )
+    for sha256 in copied.missing:
+        print(f"missing {sha256}: deleted while the backup ran", file=sys.stderr)
+
+
+def restore_from(args: argparse.Namespace) -> int:
+    config = config_from(args)
+    try:
+        count = backup.restore(args.source, config.data_dir)
+    except (FileNotFoundError, FileExistsError) as exc:
+        print(f"hostd: {exc}", file=sys.stderr)
+        return 1
+    print(f"restored the database and {count} file(s) into {config.data_dir}", file=sys.stderr)
+    return 0
 
 
 def config_from(args: argparse.Namespace, **overrides: object) -> Config:

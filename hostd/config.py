@@ -42,6 +42,7 @@ class Config:
     accel_redirect: str | None = None
     max_upload_bytes: int = 512 * MiB
     allow_anonymous: bool = True
+    max_thumbnail_decode_bytes: int = 96 * MiB
     registration: str = "open"
     max_keys: int | None = None
     registrations_per_hour: int = 5
@@ -63,7 +64,7 @@ class Config:
 SECTIONS: dict[str, tuple[str, ...]] = {
     "server": ("host", "port", "public_url", "trust_proxy", "accel_redirect", "cookie_secret"),
     "storage": ("data_dir",),
-    "limits": ("max_upload_bytes", "allow_anonymous"),
+    "limits": ("max_upload_bytes", "allow_anonymous", "max_thumbnail_decode_bytes"),
     "accounts": ("registration", "max_keys", "registrations_per_hour"),
 }
 CHOICES: dict[str, tuple[str, ...]] = {"registration": ("open", "closed")}
@@ -125,6 +126,8 @@ def _build(values: dict[str, Any], origin: str) -> Config:
         raise ConfigError(f"{origin}: server.port must be between 1 and 65535")
     if config.max_upload_bytes < 1:
         raise ConfigError(f"{origin}: limits.max_upload_bytes must be a positive number of bytes")
+    if config.max_thumbnail_decode_bytes < 1:
+        raise ConfigError(f"{origin}: limits.max_thumbnail_decode_bytes must be a positive number")
     if config.max_keys is not None and config.max_keys < 1:
         raise ConfigError(f"{origin}: accounts.max_keys must be at least 1 when set")
     if config.registrations_per_hour < 1:

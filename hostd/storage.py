@@ -158,9 +158,10 @@ class LocalBlobWriter:
     Disk writes (and the open of the temp file, which can wait for the filesystem's
     journal while other uploads fsync) run in a worker thread, one batch at a time, while
     the IOLoop reads and hashes the next piece of the body: a slow disk then slows this
-    upload, not the server, and hashing and writing use both cores. A small file is
-    written, fsynced and closed in a single trip to the thread by commit(). The store's
-    place() later renames the temp file to blobs/ab/cd/<sha256>, so a half-written upload
+    upload, not the server, and hashing and writing use both cores. commit() only waits
+    for the batch in the thread: the store's place() then writes what is left, fsyncs,
+    closes and renames the temp file to blobs/ab/cd/<sha256> in a single trip to the
+    thread (for a small file, that is all its disk work), so a half-written upload
     is never visible under a real name.
     """
 
@@ -202,17 +203,16 @@ class LocalBlobWriter:
         self._busy = asyncio.ensure_future(asyncio.to_thread(self._write_batch, batch))
 
     async def commit(self) -> WrittenBlob:
+        """The last byte is in: the SHA-256 is known. What is still queued is written by
+        place() (or dropped by discard()), with the fsync, in the same trip as the rename."""
         try:
             if self._busy is not None:
                 await self._busy
                 self._busy = None
-            batch, self._queued, self._queued_bytes = self._queued, [], 0
-            await asyncio.to_thread(self._write_last_batch, batch)
         except BaseException:
             self.abort()  # nothing is in the thread now: removes the file at once
             raise
-        assert self._path is not None
-        return WrittenBlob(self._hash.hexdigest(), self.size_bytes, bytes(self._head), self._path)
+        return WrittenBlob(self._hash.hexdigest(), self.size_bytes, bytes(self._head), self)
 
     def abort(self) -> Awaitable[None] | None:
         """Drop the temp file: now, or as soon as the batch in the thread is done; then
@@ -258,12 +258,16 @@ class LocalBlobWriter:
         for chunk in batch:
             self._file.write(chunk)
 
-    def _write_last_batch(self, batch: list[bytes]) -> None:
+    def _finish(self) -> Path:
+        """Write what is queued, fsync and close; the temp file's path."""
+        batch, self._queued, self._queued_bytes = self._queued, [], 0
         self._write_batch(batch)
-        assert self._file is not None
+        assert self._file is not None and self._path is not None
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
+        self._file = None
+        return self._path
 
 
 class LocalFileReader:
@@ -402,23 +406,30 @@ class LocalBlobStore:
         return removed
 
     async def place(self, written: WrittenBlob) -> None:
+        """One trip to a thread: finish the temp file (write, fsync, close), rename it into
+        place and fsync the directory. Bytes stored already need no writing at all."""
         await asyncio.to_thread(self._place, written)
 
     def _place(self, written: WrittenBlob) -> None:
+        writer: LocalBlobWriter = written.handle
         target = self.path(written.sha256)
-        temp: Path = written.handle
         if target.exists():
-            temp.unlink(missing_ok=True)
+            writer._aborted = True
+            writer._remove()
             with contextlib.suppress(FileNotFoundError):
                 os.utime(target)  # just used: gc's grace period starts again
             return
+        temp = writer._finish()
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(temp, target)
+        writer._path = None  # placed: nothing of it to remove any more
         _fsync_dir(target.parent)
 
     async def discard(self, written: WrittenBlob) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(written.handle)
+        writer: LocalBlobWriter = written.handle
+        gone = writer.abort()
+        if gone is not None:
+            await gone
 
 
 def _below_root(sha256: str) -> str:

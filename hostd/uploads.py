@@ -41,10 +41,15 @@ async def register(
     """Place the bytes, then record the upload. If the row cannot be written (a full
     database, a client gone before its turn), bytes that no row points at are removed."""
     async with store.guard(written.sha256):
+        placing = asyncio.ensure_future(store.place(written))
         try:
-            await store.place(written)
+            await asyncio.shield(placing)  # a cancelled caller still waits for the rename
         except BaseException:
-            await store.discard(written)
+            await asyncio.wait([placing])
+            if placing.cancelled() or placing.exception() is not None:
+                await store.discard(written)
+            else:
+                await asyncio.shield(_remove_if_unreferenced(database, store, written.sha256))
             raise
         try:
             return await db.register_upload(

@@ -22,6 +22,7 @@ import tornado.testing
 import tornado.web
 
 from hostd import db as queries
+from hostd.accesslog import AccessLog
 from hostd.app import make_app, make_server
 from hostd.auth import Auth, session_token_hash
 from hostd.config import Config
@@ -123,8 +124,28 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def app(config: Config, db: Database, store: LocalBlobStore, auth: Auth, clock: Clock) -> Any:
-    return make_app(config, db, store, auth, clock=clock)
+def app(
+    config: Config, db: Database, store: LocalBlobStore, auth: Auth, clock: Clock, access_log: Any
+) -> Any:
+    return make_app(config, db, store, auth, clock=clock, access_log=access_log.writer)
+
+
+class AccessLines:
+    """The test app's access log, kept in memory."""
+
+    def __init__(self) -> None:
+        self.stream = io.StringIO()
+        self.writer = AccessLog(self.stream)
+
+    @property
+    def text(self) -> str:
+        self.writer.flush()
+        return self.stream.getvalue()
+
+
+@pytest.fixture
+def access_log() -> AccessLines:
+    return AccessLines()
 
 
 @pytest.fixture

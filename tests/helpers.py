@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
+import io
 import json
+import os
+import struct
+import subprocess
+import sys
+import time
 import urllib.error
 import urllib.request
 import uuid
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -145,3 +153,165 @@ def bearer_upload(base_url: str, key: str, data: bytes) -> tuple[int, dict]:
     except urllib.error.HTTPError as exc:
         with exc:
             return exc.code, json.loads(exc.read())
+
+
+# -- images that are small on disk and big in memory, made without holding their pixels --
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+@functools.cache
+def _zlib_of_repeats(piece: bytes, count: int) -> bytes:
+    """zlib data for `piece` repeated `count` times, deflating only one 64-piece block.
+
+    Each block is deflated without history and ends with a full flush, so its bytes are the
+    same wherever it stands in the stream: the block is repeated as bytes, not re-deflated,
+    and only the checksum sees all the data."""
+    whole, rest = divmod(count, 64)
+
+    def deflated(data: bytes) -> bytes:
+        raw = zlib.compressobj(9, zlib.DEFLATED, -15)
+        return raw.compress(data) + raw.flush(zlib.Z_FULL_FLUSH)
+
+    block = piece * 64
+    adler = 1
+    for _ in range(whole):
+        adler = zlib.adler32(block, adler)
+    adler = zlib.adler32(piece * rest, adler)
+    # zlib header, the blocks, an empty final block, the checksum.
+    return (
+        b"\x78\x01"
+        + deflated(block) * whole
+        + deflated(piece * rest)
+        + b"\x03\x00"
+        + struct.pack(">I", adler)
+    )
+
+
+def png_of_one_colour(width: int, height: int, *, alpha: bool = True, tag: str = "") -> bytes:
+    """An 8-bit RGBA (or RGB) PNG of one colour: an 8000x8000 RGBA one is ~250 KiB on disk and
+    256 MB decoded. `tag` (a tEXt chunk) makes otherwise equal images different files."""
+    pixel = b"\x10\x80\xf0\xff" if alpha else b"\x10\x80\xf0"
+    header = struct.pack(">IIBBBBB", width, height, 8, 6 if alpha else 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", header)
+        + _chunk(b"tEXt", b"Comment\0" + tag.encode())
+        + _chunk(b"IDAT", _zlib_of_repeats(b"\x00" + pixel * width, height))
+        + _chunk(b"IEND", b"")
+    )
+
+
+def grey_jpeg(width: int, height: int, *, scans: str = "one") -> bytes:
+    """A mid-grey JPEG; width and height multiples of 8. Its Huffman tables hold one 1-bit code
+    each (DC difference 0, end of block), so every 8x8 block is a bit or two: a 12000x12000
+    one is 550 KiB on disk and 144 MB decoded.
+
+    scans: "one", a baseline greyscale JPEG in one scan; "progressive", the same as a DC scan
+    and an AC scan; "per colour", a baseline colour JPEG with each of its three components in
+    a scan of its own. libjpeg keeps the coefficients of the whole image for the last two."""
+    assert width % 8 == 0 and height % 8 == 0
+    blocks = (width // 8) * (height // 8)
+    components = 3 if scans == "per colour" else 1
+    one_code = bytes([1] + [0] * 15) + b"\x00"  # 16 code-length counts, then the symbol
+
+    def scan(component: int, start: int, end: int, bits_per_block: int) -> bytes:
+        head = struct.pack(">HBBBBBB", 8, 1, component, 0x00, start, end, 0)
+        return b"\xff\xda" + head + b"\x00" * -(-blocks * bits_per_block // 8)
+
+    if scans == "progressive":
+        data = scan(1, 0, 0, 1) + scan(1, 1, 63, 1)
+    else:
+        data = b"".join(scan(c, 0, 63, 2) for c in range(1, components + 1))
+    frame = struct.pack(">HBHHB", 8 + 3 * components, 8, height, width, components)
+    frame += b"".join(bytes([c, 0x11, 0]) for c in range(1, components + 1))
+    return (
+        b"\xff\xd8"
+        + b"\xff\xdb"
+        + struct.pack(">HB", 67, 0)
+        + b"\x01" * 64
+        + (b"\xff\xc2" if scans == "progressive" else b"\xff\xc0")
+        + frame
+        + b"\xff\xc4"
+        + struct.pack(">H", 2 + 2 * 18)
+        + b"\x00"
+        + one_code
+        + b"\x10"
+        + one_code
+        + data
+        + b"\xff\xd9"
+    )
+
+
+def webp_of_one_colour(width: int, height: int) -> bytes:
+    """A lossless WebP of one colour: 38 bytes at any size, width*height*4 bytes decoded.
+
+    libwebp codes a one-colour image with 0 bits a pixel, so the size is only in the header:
+    an 8x8 one is made with Pillow and its VP8L header given the size wanted."""
+    from PIL import Image  # only the image tests need Pillow
+
+    out = io.BytesIO()
+    Image.new("RGB", (8, 8), (10, 20, 30)).save(out, "WEBP", lossless=True)
+    data = bytearray(out.getvalue())
+    assert data[12:16] == b"VP8L" and data[20] == 0x2F  # a simple-format lossless file
+    bits = int.from_bytes(data[21:25], "little") & ~((1 << 28) - 1)
+    data[21:25] = (bits | (width - 1) | (height - 1) << 14).to_bytes(4, "little")
+    return bytes(data)
+
+
+class Fifos:
+    """FIFOs in place of files: whoever reads one waits, until release() gives it `data` and
+    an end. Deterministic slow files, without sleeps."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = paths
+        self.held: list[int] = []
+        for path in paths:
+            os.mkfifo(path)
+            # Held open for writing, so that readers wait in read(), not in open().
+            self.held.append(os.open(path, os.O_RDWR | os.O_NONBLOCK))
+
+    def release(self, data: bytes = b"") -> None:
+        """Each reader gets `data` (at most 64 KiB, a pipe's buffer), then the end of the file;
+        whoever opens the path later finds nothing there."""
+        for path in self.paths:
+            path.unlink()
+        for fd in self.held:
+            os.write(fd, data)
+            os.close(fd)
+        self.held = []
+
+    def __enter__(self) -> Fifos:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.held:
+            self.release()
+
+
+# -- a real `hostd serve` (or other command) in its own process --
+
+
+def start(args: list[str], cwd: Path) -> subprocess.Popen[str]:
+    """`python -m hostd ARGS` in its own process, its output (stdout and stderr) readable."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "hostd", *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def wait_for_line(proc: subprocess.Popen[str], needle: str, timeout: float = 15) -> str:
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if needle in line:
+            return line
+        if not line and proc.poll() is not None:
+            break
+    raise AssertionError(f"never saw {needle!r}")

@@ -7,10 +7,11 @@ import html
 import json
 import re
 import urllib.parse
+from pathlib import Path
 
 import pytest
 from conftest import XSRF, form_body
-from helpers import blob_files, multipart_body, temp_files
+from helpers import blob_files, multipart_body, raw_exchange, temp_files
 
 from hostd import db as queries
 
@@ -414,15 +415,18 @@ async def test_without_anonymous_uploads_a_keyless_upload_is_told_how_to_get_a_k
 
 
 @pytest.mark.gen_test
-async def test_keys_never_reach_the_log(http_client, base_url, login, caplog):
+async def test_keys_never_reach_the_log(http_client, base_url, login, caplog, access_log):
     alice = await login()
     token, _ = await make_key(http_client, base_url, alice)
 
     await upload(http_client, base_url, token=token)
     await upload(http_client, base_url, token=token[:-2] + "xx")
 
-    assert token not in caplog.text
-    assert token.split("_", 2)[2] not in caplog.text
+    logged = caplog.text + access_log.text
+    assert "200 POST /api/upload (127.0.0.1)" in logged
+    assert "401 POST /api/upload (127.0.0.1)" in logged
+    assert token not in logged
+    assert token.split("_", 2)[2] not in logged
 
 
 # -- ShareX ----------------------------------------------------------------------------
@@ -503,3 +507,137 @@ async def test_the_api_page_shows_the_screenshot_tools_with_this_instances_url(
 
     assert 'href="/api/sharex.sxcu"' in body
     assert f"-F 'file=@-;filename=screenshot.png' {base_url}/api/upload" in body
+
+
+@pytest.mark.parametrize(
+    ("length", "status", "error"),
+    [
+        (b"9" * 5000, 413, "the file is larger than the limit of 8388608 bytes"),
+        (b"99999999999999999999", 413, "the file is larger than the limit of 8388608 bytes"),
+        (b"\xb2", 400, "the Content-Length header is not a number of bytes"),  # "²" in latin-1
+        (b"+5", 400, "the Content-Length header is not a number of bytes"),
+    ],
+)
+@pytest.mark.gen_test
+async def test_an_odd_content_length_is_refused_before_the_body(
+    http_server, http_port, length, status, error
+):
+    head = (
+        b"POST /api/upload HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: " + length + b"\r\n\r\n"
+    )
+
+    answer = await raw_exchange(http_port, head, 0)
+
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert status_line.split(b" ")[1] == str(status).encode()
+    assert json.loads(rest.partition(b"\r\n\r\n")[2]) == {"status": False, "error": error}
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD", "PUT", "PATCH", "DELETE"])
+@pytest.mark.gen_test
+async def test_the_upload_url_answers_only_post_and_says_so(http_client, base_url, method):
+    response = await http_client.fetch(
+        f"{base_url}/api/upload",
+        method=method,
+        body=b"x" if method in ("PUT", "PATCH") else None,
+        raise_error=False,
+    )
+
+    assert response.code == 405
+    assert response.headers["Allow"] == "POST, OPTIONS"
+    if method != "HEAD":
+        assert json.loads(response.body) == {"status": False, "error": "Method Not Allowed"}
+
+
+def raw_form(parts: list[tuple[list[str], bytes]], boundary: str = "b") -> tuple[bytes, dict]:
+    """A multipart body from (header lines, content) parts, exactly as given."""
+    out = bytearray()
+    for header_lines, content in parts:
+        out += f"--{boundary}\r\n".encode()
+        out += "".join(f"{line}\r\n" for line in header_lines).encode() + b"\r\n"
+        out += content + b"\r\n"
+    out += f"--{boundary}--\r\n".encode()
+    return bytes(out), {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+FILE_PART = 'Content-Disposition: form-data; name="file"; filename="a.txt"'
+
+
+def text_part(name: str, value: bytes) -> tuple[list[str], bytes]:
+    return [f'Content-Disposition: form-data; name="{name}"'], value
+
+
+# Each limit the README states: a form just within it, one just past it, and the refusal.
+FORM_LIMITS = {
+    "a text field of 1,024 bytes": (
+        lambda n: raw_form([text_part("note", b"x" * n), ([FILE_PART], b"ok")]),
+        1024,
+        "form field 'note' is over 1024 bytes",
+    ),
+    "16 parts in all": (
+        lambda n: raw_form(
+            [text_part(f"f{i}", b"x") for i in range(n - 1)] + [([FILE_PART], b"ok")]
+        ),
+        16,
+        "malformed multipart body: Maximum segment count exceeded",
+    ),
+    "8 header lines in a part": (
+        lambda n: raw_form([([FILE_PART] + [f"X-Extra-{i}: x" for i in range(n - 1)], b"ok")]),
+        8,
+        "malformed multipart body: Maximum segment header count exceeded",
+    ),
+    "a header line of 4,096 bytes": (
+        lambda n: raw_form([([FILE_PART, "X-Long: " + "x" * (n - 8)], b"ok")]),
+        4096,
+        "malformed multipart body: Maximum segment header length exceeded",
+    ),
+    "a boundary of 200 characters": (
+        lambda n: raw_form([([FILE_PART], b"ok")], boundary="b" * n),
+        200,
+        "the multipart/form-data Content-Type has no valid boundary",
+    ),
+}
+
+
+@pytest.mark.parametrize("limit", FORM_LIMITS)
+@pytest.mark.gen_test
+async def test_the_form_limits_hold_as_the_readme_states_them(http_client, base_url, limit):
+    make_form, most, refusal = FORM_LIMITS[limit]
+
+    answers = []
+    for size in (most, most + 1):
+        body, headers = make_form(size)
+        answers.append(
+            await http_client.fetch(
+                f"{base_url}/api/upload",
+                method="POST",
+                body=body,
+                headers=headers,
+                raise_error=False,
+            )
+        )
+
+    within, past = answers
+    assert within.code == 200
+    assert past.code == 400
+    assert json.loads(past.body) == {"status": False, "error": refusal}
+    readme = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())
+    assert limit in readme
+
+
+@pytest.mark.gen_test
+async def test_a_body_64_kib_past_the_file_limit_is_a_413_whichever_parts_carry_it(
+    http_client, base_url, config
+):
+    junk_header = 'Content-Disposition: form-data; name="junk"; filename="junk.bin"'
+    junk = b"x" * (config.max_upload_bytes + 64 * 1024)
+    body, headers = raw_form([([FILE_PART], b"ok"), ([junk_header], junk)])
+
+    response = await http_client.fetch(
+        f"{base_url}/api/upload", method="POST", body=body, headers=headers, raise_error=False
+    )
+
+    assert response.code == 413
+    readme = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())
+    assert "a body more than 64 KiB larger than the file limit is a 413" in readme

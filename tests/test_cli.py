@@ -10,36 +10,13 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import argon2
-from helpers import multipart_body
+from helpers import multipart_body, start, wait_for_line
 from PIL import Image
-
-
-def start(args: list[str], cwd: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "hostd", *args],
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-def wait_for_line(proc: subprocess.Popen[str], needle: str, timeout: float = 15) -> str:
-    deadline = time.monotonic() + timeout
-    assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if needle in line:
-            return line
-        if not line and proc.poll() is not None:
-            break
-    raise AssertionError(f"never saw {needle!r}")
 
 
 def test_serve_logs_its_url_then_one_line_per_request(tmp_path, free_port):

@@ -48,6 +48,7 @@ def test_every_key_is_read(tmp_path):
         [limits]
         max_upload_bytes = 1024
         allow_anonymous = false
+        max_thumbnail_decode_bytes = 2048
         [accounts]
         registration = "closed"
         max_keys = 3
@@ -64,6 +65,7 @@ def test_every_key_is_read(tmp_path):
         data_dir=Path("/srv/hostd"),
         max_upload_bytes=1024,
         allow_anonymous=False,
+        max_thumbnail_decode_bytes=2048,
         registration="closed",
         max_keys=3,
     )
@@ -88,6 +90,10 @@ def test_command_line_overrides_win(tmp_path):
         ("[server]\nport = 70000\n", "server.port must be between 1 and 65535"),
         ("[limits]\nmax_upload_bytes = 0\n", "limits.max_upload_bytes must be a positive"),
         ("[limits]\nallow_anonymous = 'no'\n", "limits.allow_anonymous must be bool"),
+        (
+            "[limits]\nmax_thumbnail_decode_bytes = 0\n",
+            "limits.max_thumbnail_decode_bytes must be a positive",
+        ),
         (
             "[accounts]\nregistration = 'invite'\n",
             "accounts.registration must be 'open' or 'closed'",

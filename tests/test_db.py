@@ -10,7 +10,6 @@ import threading
 import pytest
 
 from hostd import db as queries
-from hostd import uploads
 from hostd.db import Database, latest_version
 from hostd.hashes import public_hash_candidates
 
@@ -236,59 +235,3 @@ async def test_all_lengths_taken_is_an_error_not_a_wrong_file(db):
         await queries.register_upload(
             db, sha256=sha, size_bytes=1, content_type="text/plain", original_name="n"
         )
-
-
-async def store_upload(db, store, data: bytes, user_id: int | None = None):
-    """What the upload handler does: write, commit, then place and register."""
-    writer = store.writer()
-    writer.write(data)
-    written = await writer.commit()
-    return await uploads.register(
-        db,
-        store,
-        written,
-        content_type="application/octet-stream",
-        original_name="contested.bin",
-        user_id=user_id,
-        api_key_id=None,
-    )
-
-
-@pytest.mark.gen_test(timeout=60)
-async def test_deleting_a_blob_while_its_bytes_arrive_again_never_loses_them(db, store, app):
-    thumbs = app.settings["hostd_thumbs"]
-    user = await queries.insert_user(db, name="alice", password_hash="unused")
-    data = b"the same bytes, deleted and uploaded at once"
-    sha = hashlib.sha256(data).hexdigest()
-
-    for delay in [0, 0, 0.0005, 0.001, 0.002, 0.003, 0.005] * 3:
-        _, mine = await store_upload(db, store, data, user.id)
-
-        async def upload_again(delay=delay):
-            await asyncio.sleep(delay)
-            return await store_upload(db, store, data)
-
-        deleted, (_, again) = await asyncio.gather(
-            uploads.delete(db, store, thumbs, upload_id=mine.id, user_id=user.id),
-            upload_again(),
-        )
-
-        assert deleted is True
-        assert await queries.get_blob_by_sha256(db, sha) is not None
-        assert await store.exists(sha), "a registered blob lost its bytes"
-        await uploads.take_down(db, store, thumbs, sha256=sha)  # the next round from nothing
-        assert not await store.exists(sha)
-
-
-@pytest.mark.gen_test
-async def test_a_deleted_blob_is_not_found_again_though_it_was_looked_up(db, store, app):
-    user = await queries.insert_user(db, name="alice", password_hash="unused")
-    blob, upload = await store_upload(db, store, b"looked up, then deleted", user.id)
-    assert await queries.get_blob(db, blob.hash) == blob  # now remembered
-
-    await uploads.delete(
-        db, store, app.settings["hostd_thumbs"], upload_id=upload.id, user_id=user.id
-    )
-
-    assert await queries.get_blob(db, blob.hash) is None
-    assert not await store.exists(blob.sha256)

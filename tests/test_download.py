@@ -112,6 +112,52 @@ async def test_if_modified_since_gives_304(http_client, base_url):
     assert second.code == 304
 
 
+@pytest.mark.parametrize("form", ["rfc850", "asctime"])
+@pytest.mark.gen_test
+async def test_if_modified_since_in_an_obsolete_form_gives_304(http_client, base_url, form):
+    h = await upload(http_client, base_url, b"ims")
+    first = await http_client.fetch(f"{base_url}/{h}")
+    moment = email.utils.parsedate_to_datetime(first.headers["Last-Modified"])
+    since = {
+        "rfc850": moment.strftime("%A, %d-%b-%y %H:%M:%S GMT"),
+        "asctime": f"{moment:%a %b} {moment.day:2} {moment:%H:%M:%S %Y}",  # "Sun Nov  6"
+    }[form]
+
+    second = await http_client.fetch(
+        f"{base_url}/{h}", headers={"If-Modified-Since": since}, raise_error=False
+    )
+
+    assert second.code == 304
+
+
+@pytest.mark.parametrize(
+    "since",
+    [
+        "Thu, 01 Oct 0052 00:00:00 GMT",  # the year 52, not 2052
+        "01 Oct 0052 00:00:00 GMT",
+        "Thu, 01 Oct 2099 00:00:00 GMT",  # later than our clock: not a date we sent
+        "Thu, 01 Oct 2099 00:00:00 +0000",
+        "Thu, 01 Oct 2099 00:00:00",
+        "thu, 01 oct 2099 00:00:00 gmt",
+        "Thu Oct  1 00:00:00 2099",
+        "1 Oct 2099 00:00 GMT",
+        "Thu, 01 Oct 2099 00:00:00 GMT, Fri, 02 Oct 2099 00:00:00 GMT",
+    ],
+)
+@pytest.mark.gen_test
+async def test_if_modified_since_that_is_no_valid_http_date_is_ignored(
+    http_client, base_url, since
+):
+    h = await upload(http_client, base_url, b"ims")
+
+    response = await http_client.fetch(
+        f"{base_url}/{h}", headers={"If-Modified-Since": since}, raise_error=False
+    )
+
+    assert response.code == 200
+    assert response.body == b"ims"
+
+
 @pytest.mark.gen_test
 async def test_stale_if_none_match_gives_the_file(http_client, base_url):
     h = await upload(http_client, base_url, b"fresh")
@@ -131,6 +177,9 @@ async def test_stale_if_none_match_gives_the_file(http_client, base_url):
         ("bytes=8-100", "bytes 8-9/10", b"89"),
         ("bytes=0-", "bytes 0-9/10", b"0123456789"),  # how browsers open media
         ("bytes=-50", "bytes 0-9/10", b"0123456789"),
+        ("bytes=0-99999999999999999999", "bytes 0-9/10", b"0123456789"),
+        ("bytes=0-" + "9" * 5000, "bytes 0-9/10", b"0123456789"),
+        ("bytes=-" + "9" * 5000, "bytes 0-9/10", b"0123456789"),
     ],
 )
 @pytest.mark.gen_test
@@ -146,7 +195,9 @@ async def test_a_byte_range_gives_206(http_client, base_url, header, content_ran
     assert response.headers["X-Content-Type-Options"] == "nosniff"
 
 
-@pytest.mark.parametrize("header", ["bytes=10-", "bytes=20-30", "bytes=-0"])
+@pytest.mark.parametrize(
+    "header", ["bytes=10-", "bytes=20-30", "bytes=-0", "bytes=" + "9" * 5000 + "-"]
+)
 @pytest.mark.gen_test
 async def test_an_unsatisfiable_range_gives_416(http_client, base_url, header):
     h = await upload(http_client, base_url, b"0123456789")
@@ -161,7 +212,9 @@ async def test_an_unsatisfiable_range_gives_416(http_client, base_url, header):
     assert response.headers["X-Content-Type-Options"] == "nosniff"
 
 
-@pytest.mark.parametrize("header", ["bytes=0-1,4-5", "bytes=5-3", "items=0-1"])
+@pytest.mark.parametrize(
+    "header", ["bytes=0-1,4-5", "bytes=5-3", "items=0-1", "bytes=\u00b2-3", "bytes=0-\u00b3"]
+)
 @pytest.mark.gen_test
 async def test_ranges_we_do_not_serve_get_the_whole_file(http_client, base_url, header):
     h = await upload(http_client, base_url, b"0123456789")
@@ -447,3 +500,40 @@ class TestAccelRedirect:
 
         assert "X-Accel-Redirect" not in response.headers
         assert response.body == data
+
+
+@pytest.mark.parametrize("method", ["PUT", "POST", "PATCH", "DELETE"])
+@pytest.mark.parametrize("suffix", ["", ".txt", "/name.txt"])
+@pytest.mark.gen_test
+async def test_a_file_url_refuses_other_methods_with_405_and_allow(
+    http_client, base_url, method, suffix
+):
+    h = await upload(http_client, base_url, b"read-only")
+
+    response = await http_client.fetch(
+        f"{base_url}/{h}{suffix}",
+        method=method,
+        body=None if method == "DELETE" else b"x",
+        raise_error=False,
+    )
+
+    assert response.code == 405
+    assert response.headers["Allow"] == "GET, HEAD, OPTIONS"
+    assert "text/html" in response.headers["Content-Type"]
+    assert (await http_client.fetch(f"{base_url}/{h}{suffix}")).body == b"read-only"
+
+
+@pytest.mark.parametrize("content_type", ["multipart/form-data", "multipart/form-data; boundary=x"])
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+@pytest.mark.gen_test
+async def test_a_stray_content_type_without_a_body_does_not_matter(
+    http_client, base_url, method, content_type
+):
+    h = await upload(http_client, base_url, b"no body")
+
+    response = await http_client.fetch(
+        f"{base_url}/{h}", method=method, headers={"Content-Type": content_type}
+    )
+
+    assert response.code == 200
+    assert response.headers["Content-Length"] == "7"

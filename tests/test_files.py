@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import io
 import json
+import os
 
 import pytest
 from conftest import form_body
-from helpers import blob_files, multipart_body
+from helpers import (
+    Fifos,
+    blob_files,
+    grey_jpeg,
+    multipart_body,
+    png_of_one_colour,
+    raw_exchange,
+    webp_of_one_colour,
+)
 from PIL import Image
 
 from hostd import db as queries
+from hostd.thumbs import MAX_JOBS
+
+MiB = 1024 * 1024
 
 
 def png(width: int, height: int) -> bytes:
@@ -248,6 +262,118 @@ async def test_no_thumbnail_for_what_is_not_an_image(http_client, base_url):
     assert response.code == 404
 
 
+@pytest.mark.parametrize(
+    "image",
+    [
+        pytest.param(lambda: png_of_one_colour(8000, 8000), id="8000x8000 RGBA PNG, 256 MB"),
+        pytest.param(lambda: webp_of_one_colour(2600, 2600), id="2600x2600 WebP, 108 MB"),
+        pytest.param(
+            lambda: grey_jpeg(8000, 7000, scans="progressive"), id="progressive JPEG, 112 MB"
+        ),
+        pytest.param(
+            lambda: grey_jpeg(6000, 6000, scans="per colour"),
+            id="JPEG with a scan per colour, 216 MB",
+        ),
+    ],
+)
+@pytest.mark.gen_test
+async def test_an_image_too_big_to_decode_gets_the_placeholder(http_client, base_url, image):
+    h = await anonymous_upload(http_client, base_url, image())
+
+    response = await http_client.fetch(
+        f"{base_url}/thumbs/{h}.webp", follow_redirects=False, raise_error=False
+    )
+
+    assert response.code == 302
+    assert "/static/thumb-unavailable.svg" in response.headers["Location"]
+
+
+@pytest.mark.gen_test
+async def test_a_huge_jpeg_gets_its_thumbnail_decoded_at_an_eighth(http_client, base_url):
+    h = await anonymous_upload(http_client, base_url, grey_jpeg(12000, 12000))  # 144 MB decoded
+
+    response = await http_client.fetch(f"{base_url}/thumbs/{h}.webp")
+
+    assert response.headers["Content-Type"] == "image/webp"
+    assert Image.open(io.BytesIO(response.body)).size == (320, 320)
+
+
+@pytest.mark.gen_test
+async def test_thumbnails_follow_the_exif_orientation(http_client, base_url):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: the camera was turned; show it rotated 90 degrees
+    out = io.BytesIO()
+    Image.new("RGB", (1200, 600), (200, 30, 30)).save(out, "JPEG", exif=exif)
+    h = await anonymous_upload(http_client, base_url, out.getvalue())
+
+    response = await http_client.fetch(f"{base_url}/thumbs/{h}.webp")
+
+    assert Image.open(io.BytesIO(response.body)).size == (160, 320)
+
+
+def stuck_thumbnails(app, tmp_path, count: int) -> tuple[Fifos, list[asyncio.Future]]:
+    """`count` thumbnails the server's thumbnailer is making, of images that are FIFOs: their
+    decoding waits until the FIFOs are released (then each reads as an empty, unreadable
+    file)."""
+    fifos = Fifos([tmp_path / f"stuck-{i}" for i in range(count)])
+    thumbs = app.settings["hostd_thumbs"]
+    jobs = [
+        asyncio.ensure_future(thumbs.get(hashlib.sha256(path.name.encode()).hexdigest(), path))
+        for path in fifos.paths
+    ]
+    return fifos, jobs
+
+
+async def plain_request(port: int, method: str, path: str, body: bytes = b"", headers=None):
+    """(status, headers, body) over a plain socket: Tornado's client resolves names on
+    asyncio's default pool, which these tests fill on purpose."""
+    head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+    for name, value in {**(headers or {}), "Content-Length": str(len(body))}.items():
+        head += f"{name}: {value}\r\n"
+    answer = await asyncio.wait_for(
+        raw_exchange(port, head.encode() + b"\r\n", len(body), body or b"-"), timeout=10
+    )
+    top, _, content = answer.partition(b"\r\n\r\n")
+    status, *lines = top.decode().split("\r\n")
+    fields = dict(line.split(": ", 1) for line in lines)
+    return int(status.split()[1]), fields, content
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_uploads_do_not_wait_behind_thumbnails(app, http_server, http_port, tmp_path):
+    # As many thumbnails stuck in decoding as asyncio's default pool, which upload writes
+    # use, has threads.
+    fifos, jobs = stuck_thumbnails(app, tmp_path, min(32, (os.cpu_count() or 1) + 4))
+    body, headers = multipart_body(files=[("file", "during.bin", os.urandom(2 * MiB))])
+
+    with fifos:
+        status, _, _ = await plain_request(http_port, "POST", "/api/upload", body, headers)
+    outcomes = await asyncio.gather(*jobs)
+
+    assert status == 200
+    assert outcomes == [None] * len(jobs)  # the stuck ones read as empty: no thumbnail
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_past_the_thumbnail_queue_the_answer_is_a_503_with_retry_after(
+    http_client, base_url, app, http_port, tmp_path
+):
+    h = await anonymous_upload(http_client, base_url, png(30, 20))
+    fifos, jobs = stuck_thumbnails(app, tmp_path, MAX_JOBS)
+
+    with fifos:
+        status, headers, body = await plain_request(http_port, "GET", f"/thumbs/{h}.webp")
+    await asyncio.gather(*jobs)
+    after = await http_client.fetch(f"{base_url}/thumbs/{h}.webp")
+
+    assert status == 503
+    assert headers["Retry-After"] == "5"
+    assert headers["Cache-Control"] == "no-store"
+    assert headers["Content-Type"] == "image/svg+xml"  # an <img> shows the placeholder
+    assert body.startswith(b"<svg")
+    assert after.code == 200 and after.headers["Content-Type"] == "image/webp"
+
+
 @pytest.mark.gen_test
 async def test_upload_page_fragment_answers_with_the_urls_and_a_preview(http_client, base_url):
     body, headers = multipart_body(files=[("file", "red.png", png(8, 8))])
@@ -279,3 +405,48 @@ async def test_upload_page_fragment_answers_errors_in_place(http_client, base_ur
         response.body.decode().strip()
         == '<p class="upload-error" role="alert">the file is empty</p>'
     )
+
+
+@pytest.mark.parametrize(
+    "page",
+    [
+        "99999999999999999999",  # past SQLite's integers
+        "9" * 5000,  # past int()'s digit limit
+        "%C2%B2",  # "²": str.isdigit() says yes, int() says no
+        "0",
+        "-1",
+        "two",
+        "1000001",
+    ],
+)
+@pytest.mark.gen_test
+async def test_a_page_number_that_is_not_one_is_a_400(http_client, base_url, login, page):
+    alice = await login()
+
+    response = await http_client.fetch(
+        f"{base_url}/files?page={page}", headers=alice.headers, raise_error=False
+    )
+
+    assert response.code == 400
+    assert "A page number is a whole number from 1 to 1,000,000." in response.body.decode()
+
+
+@pytest.mark.parametrize("upload_id", ["99999999999999999999", "9" * 5000])
+@pytest.mark.gen_test
+async def test_deleting_an_id_no_row_can_have_is_a_404(http_client, base_url, login, upload_id):
+    alice = await login()
+
+    with_htmx = await http_client.fetch(
+        f"{base_url}/files/{upload_id}", method="DELETE", headers=alice.headers, raise_error=False
+    )
+    without = await http_client.fetch(
+        f"{base_url}/files/{upload_id}/delete",
+        method="POST",
+        body=form_body(confirm="yes"),
+        headers={"Cookie": alice.cookie},
+        raise_error=False,
+    )
+
+    for response in (with_htmx, without):
+        assert response.code == 404
+        assert "You have no upload with this id." in response.body.decode()

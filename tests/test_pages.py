@@ -102,3 +102,93 @@ async def test_an_unexpected_error_shows_the_styled_500_page_without_details(
     assert "Traceback" not in body and "aiosqlite" not in body
     (nonce,) = re.findall(r"'nonce-([\w-]+)'", response.headers["Content-Security-Policy"])[:1]
     assert f'nonce="{nonce}"' in body  # the error page's own tags match its own policy
+
+
+@pytest.mark.parametrize("path", ["/", "/login", "/register", "/api", "/api/sharex.sxcu"])
+@pytest.mark.gen_test
+async def test_head_answers_wherever_get_does(http_client, base_url, path):
+    got = await http_client.fetch(f"{base_url}{path}")
+
+    head = await http_client.fetch(f"{base_url}{path}", method="HEAD")
+
+    assert head.code == 200
+    assert head.body == b""
+    assert head.headers["Content-Type"] == got.headers["Content-Type"]
+    assert int(head.headers["Content-Length"]) > 0
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("DELETE", "/", "GET, HEAD, OPTIONS"),
+        ("PUT", "/", "GET, HEAD, OPTIONS"),
+        ("PATCH", "/login", "GET, HEAD, POST, OPTIONS"),
+        ("POST", "/api", "GET, HEAD, OPTIONS"),
+        ("POST", "/api/sharex.sxcu", "GET, HEAD, OPTIONS"),
+        ("GET", "/upload", "POST, OPTIONS"),
+        ("PUT", "/files/1", "POST, DELETE, OPTIONS"),
+    ],
+)
+@pytest.mark.gen_test
+async def test_a_method_a_page_does_not_answer_is_a_405_with_allow(
+    http_client, base_url, method, path, allow
+):
+    response = await http_client.fetch(
+        f"{base_url}{path}",
+        method=method,
+        body=b"x" if method in ("POST", "PUT", "PATCH") else None,
+        raise_error=False,
+    )
+
+    assert response.code == 405
+    assert response.headers["Allow"] == allow
+    assert "<h1>405 Method Not Allowed</h1>" in response.body.decode()
+
+
+@pytest.mark.parametrize(
+    ("path", "allow"),
+    [
+        ("/", "GET, HEAD, OPTIONS"),
+        ("/login", "GET, HEAD, POST, OPTIONS"),
+        ("/upload", "POST, OPTIONS"),
+    ],
+)
+@pytest.mark.gen_test
+async def test_options_says_what_a_url_answers(http_client, base_url, path, allow):
+    response = await http_client.fetch(f"{base_url}{path}", method="OPTIONS")
+
+    assert response.code == 204
+    assert response.headers["Allow"] == allow
+    assert not any(name.startswith("Access-Control-") for name in response.headers)
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
+@pytest.mark.gen_test
+async def test_an_unknown_url_is_a_404_whatever_the_method(http_client, base_url, method):
+    response = await http_client.fetch(
+        f"{base_url}/no/such/page",
+        method=method,
+        body=b"x" if method in ("POST", "PUT", "PATCH") else None,
+        raise_error=False,
+    )
+
+    assert response.code == 404
+
+
+@pytest.mark.parametrize("content_type", ["multipart/form-data", "multipart/form-data; boundary=x"])
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+@pytest.mark.parametrize("path", ["/", "/login", "/api", "/files", "/no/such/page"])
+@pytest.mark.gen_test
+async def test_a_stray_content_type_without_a_body_does_not_matter(
+    http_client, base_url, login, path, method, content_type
+):
+    alice = await login()
+
+    response = await http_client.fetch(
+        f"{base_url}{path}",
+        method=method,
+        headers={"Content-Type": content_type, "Cookie": alice.cookie},
+        raise_error=False,
+    )
+
+    assert response.code == (404 if path == "/no/such/page" else 200)

@@ -201,16 +201,20 @@ def test_public_hash_candidates_are_url_safe_prefixes_of_12_to_16():
 
 
 @pytest.mark.gen_test
-async def test_a_commit_the_disk_refuses_leaves_no_temp_file(tmp_path):
+async def test_placing_bytes_the_disk_refuses_leaves_no_temp_file(tmp_path):
     cramped = CrampedBlobStore(tmp_path / "blobs", room=0)
     writer = cramped.writer()
     writer.write(b"small enough to wait in the file's buffer")
+    written = await writer.commit()  # the hash is known; nothing has touched the disk yet
 
     with pytest.raises(OSError) as refused:
-        await writer.commit()
+        await cramped.place(written)
+    await cramped.discard(written)
 
     assert refused.value.errno == errno.ENOSPC
     assert temp_files(cramped) == []
+    assert not await cramped.exists(written.sha256)
+    cramped.close()
 
 
 @pytest.mark.gen_test

@@ -11,6 +11,7 @@ import os
 import resource
 import signal
 import socket
+import threading
 
 import pytest
 from helpers import blob_files, multipart_body, raw_exchange, streamed_upload, temp_files
@@ -417,7 +418,7 @@ async def test_streamed_upload_lands_in_the_fanned_out_blob_path(
 
 @pytest.mark.gen_test(timeout=30)
 async def test_client_vanishing_mid_upload_leaves_no_temp_file_and_no_row(
-    http_server, http_port, config, db, app, caplog
+    http_server, http_port, config, db, app, access_log
 ):
     body_start = (
         b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.bin"\r\n\r\n'
@@ -448,7 +449,40 @@ async def test_client_vanishing_mid_upload_leaves_no_temp_file_and_no_row(
     await asyncio.sleep(0.05)
     gc.collect()
     assert live_handlers(app, ApiUploadHandler) == []  # not left waiting for the rest of the body
-    assert "499 POST /api/upload (127.0.0.1)" in caplog.text  # and the access log says so
+    assert "499 POST /api/upload (127.0.0.1)" in access_log.text  # and the access log says so
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_client_gone_while_its_upload_waits_to_be_recorded_leaves_nothing(
+    http_server, http_port, config, db
+):
+    release = threading.Event()
+    busy = asyncio.ensure_future(db.write(lambda conn: release.wait(10)))  # holds the writer
+    body, headers = multipart_body(files=[("file", "w.bin", b"whole, but never recorded")])
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    sock = socket.create_connection(("127.0.0.1", http_port))
+    request = f"POST /api/upload HTTP/1.1\r\nHost: x\r\n{head}Content-Length: {len(body)}\r\n\r\n"
+    sock.sendall(request.encode() + body)
+    try:
+        for _ in range(250):  # the whole body is in and its registration waits in line
+            if db.waiting:
+                break
+            await asyncio.sleep(0.02)
+        assert db.waiting == 1 and len(blob_files(config)) == 1
+
+        sock.close()
+        for _ in range(250):
+            if not db.waiting:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        release.set()
+        await busy
+    await db.write(lambda conn: None)  # the writer has gone round again
+
+    assert db.waiting == 0
+    assert await queries.all_uploads(db) == []
+    assert blob_files(config) == [] and temp_files(config) == []
 
 
 @pytest.fixture
@@ -515,9 +549,10 @@ async def test_fifty_concurrent_uploads_of_the_same_bytes_give_one_hash_and_one_
 
 @pytest.mark.gen_test(timeout=120)
 async def test_two_hundred_concurrent_different_uploads_all_come_back_byte_for_byte(
-    http_client, base_url, config
+    http_client, base_url, config, db
 ):
     payloads = [os.urandom(1000 + i * 97) for i in range(200)]
+    commits_before = db.stats.commits
 
     responses = await asyncio.gather(
         *(
@@ -531,6 +566,8 @@ async def test_two_hundred_concurrent_different_uploads_all_come_back_byte_for_b
     assert [d.body for d in downloads] == payloads
     assert len(set(hashes)) == 200
     assert len(blob_files(config)) == 200
+    commits = db.stats.commits - commits_before
+    assert commits < 200, f"{commits} commits for 200 uploads: concurrent uploads share commits"
 
 
 @pytest.mark.gen_test

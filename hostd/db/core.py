@@ -143,6 +143,11 @@ class Database:
         await self._writer.close()
         await self._reader.close()
 
+    @property
+    def waiting(self) -> int:
+        """Writes submitted that the writer has not yet taken."""
+        return sum(1 for unit in self._queue if not unit.dropped)
+
     # -- reads
 
     async def read(self, work: Work[T]) -> T:
@@ -198,6 +203,11 @@ class Database:
                         unit.future.set_exception(value)
             if self._closing and not self._queue:
                 return
+
+    async def backup(self, target: Path) -> None:
+        """A consistent copy of the whole database at `target`, while others keep writing
+        (SQLite's online backup API, on the read connection's thread)."""
+        await self.read(lambda conn: _backup(conn, target))
 
     # -- migrations
 
@@ -286,6 +296,14 @@ def _run_units(
             conn.execute("ROLLBACK TO unit")
         conn.execute("RELEASE unit")
     return None
+
+
+def _backup(conn: sqlite3.Connection, target: Path) -> None:
+    copy = sqlite3.connect(target)
+    try:
+        conn.backup(copy)
+    finally:
+        copy.close()
 
 
 def _migrations() -> list[tuple[int, str]]:

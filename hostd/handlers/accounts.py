@@ -3,23 +3,17 @@
 from __future__ import annotations
 
 import math
-import re
 import secrets
 from typing import Any
 
 from hostd import db
-from hostd.auth import (
-    MAX_PASSWORD_LENGTH,
-    MIN_PASSWORD_LENGTH,
-    Busy,
-    RegistrationLimiter,
-    session_token_hash,
-)
+from hostd.accounts import new_account_problem
+from hostd.auth import Busy, session_token_hash
 from hostd.db import User
 from hostd.handlers.base import SESSION_COOKIE, SESSION_DAYS, BaseHandler, Refusal
+from hostd.throttle import RegistrationLimiter
 
 BUSY_MESSAGE = "The server is busy checking other passwords. Try again in a few seconds."
-NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 def safe_next(target: str | None) -> str:
@@ -34,27 +28,6 @@ def safe_next(target: str | None) -> str:
     ):
         return target
     return "/"
-
-
-def check_new_account(name: str, password: str, confirm: str) -> str | None:
-    """What is wrong with a registration form, or None."""
-    if not NAME_PATTERN.fullmatch(name):
-        return (
-            "A name is 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit."
-        )
-    return check_password(password, confirm)
-
-
-def check_password(password: str, confirm: str) -> str | None:
-    """What is wrong with a new password, or None. Every character counts as typed: spaces,
-    control characters and all (NIST SP 800-63B, 3.1.1.2)."""
-    if len(password) < MIN_PASSWORD_LENGTH:
-        return f"A password has at least {MIN_PASSWORD_LENGTH} characters."
-    if len(password) > MAX_PASSWORD_LENGTH:
-        return f"A password has at most {MAX_PASSWORD_LENGTH:,} characters."
-    if password != confirm:
-        return "The two passwords differ."
-    return None
 
 
 def wait_message(what: str, seconds: float) -> str:
@@ -154,7 +127,7 @@ class RegisterHandler(AccountFormHandler):
     async def post(self) -> None:
         name = self.get_body_argument("name", "").strip()
         password = self.exact_password("password")
-        error = check_new_account(name, password, self.exact_password("confirm"))
+        error = new_account_problem(name, password, self.exact_password("confirm"))
         if error is None and await db.get_user(self.db, name=name) is not None:
             error = "That name is taken."  # known before any Argon2 work is spent on it
         if error is not None:

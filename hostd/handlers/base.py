@@ -15,12 +15,15 @@ import jinja2
 import markupsafe
 import tornado.iostream
 import tornado.web
+from tornado import httputil
 
 from hostd import db
-from hostd.auth import Auth, SignInLimiter, session_token_hash
+from hostd.auth import Auth, session_token_hash
 from hostd.config import Config
 from hostd.db import Database, User
+from hostd.parsing import parse_count
 from hostd.storage import BlobStore
+from hostd.throttle import SignInLimiter
 from hostd.thumbs import Thumbnails
 
 log = logging.getLogger("hostd")
@@ -72,10 +75,61 @@ SESSION_COOKIE = "hostd_session"
 SESSION_DAYS = 30
 
 
+def implemented_methods(cls: type[tornado.web.RequestHandler]) -> tuple[str, ...]:
+    """The methods a handler class answers: those it defines, HEAD wherever GET is
+    (RFC 9110 9.1), and OPTIONS; in Tornado's order."""
+    unimplemented = tornado.web.RequestHandler
+    methods = {
+        method
+        for method in ("GET", "POST", "DELETE", "PATCH", "PUT")
+        if getattr(cls, method.lower()) is not getattr(unimplemented, method.lower())
+    }
+    if "GET" in methods:
+        methods.add("HEAD")
+    methods.add("OPTIONS")
+    return tuple(m for m in unimplemented.SUPPORTED_METHODS if m in methods)
+
+
+def has_body(request: httputil.HTTPServerRequest) -> bool:
+    """Whether the request has a body: one framed by Transfer-Encoding or a Content-Length
+    other than 0 (RFC 9112 6.3)."""
+    headers = request.headers
+    length = headers.get("Content-Length", "0")
+    # at_most=0: 0 is no body, 1 "more than 0", None a length that is not a number.
+    return "Transfer-Encoding" in headers or parse_count(length, at_most=0) != 0
+
+
 class BaseHandler(tornado.web.RequestHandler):
     """HTML pages: Jinja2 rendering, htmx fragments, error pages, the session user."""
 
     current_user: User | None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Tornado refuses a method outside SUPPORTED_METHODS before anything else: before it
+        # parses the body or checks the xsrf token (a 403 where 405 is right).
+        super().__init_subclass__(**kwargs)
+        if "SUPPORTED_METHODS" not in cls.__dict__:
+            cls.SUPPORTED_METHODS = implemented_methods(cls)
+
+    def initialize(self) -> None:
+        # Tornado parses the body of each request that does not stream by its Content-Type,
+        # and a multipart/form-data one with no body is a 400: with no body there is nothing
+        # for a Content-Type to describe, so a stray one (on a GET) must not matter.
+        if not has_body(self.request):
+            self.request.headers.pop("Content-Type", None)
+
+    async def head(self, *args: Any, **kwargs: Any) -> None:
+        # GET without the body (RFC 9110 9.3.2): Tornado drops the body of a HEAD answer.
+        answer = self.get(*args, **kwargs)
+        if answer is not None:
+            await answer
+
+    def options(self, *args: Any, **kwargs: Any) -> None:
+        # The methods this URL answers. No Access-Control-* headers: to a browser's CORS
+        # preflight this is still a refusal.
+        self.set_header("Allow", ", ".join(self.SUPPORTED_METHODS))
+        self.set_status(204)
+        self.finish()
 
     async def prepare(self) -> None:
         # get_current_user() cannot be async, so the user is loaded here
@@ -209,6 +263,8 @@ class BaseHandler(tornado.web.RequestHandler):
             super().log_exception(typ, value, tb)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
+        if status_code == 405:
+            self.set_header("Allow", ", ".join(self.SUPPORTED_METHODS))  # RFC 9110 15.5.6
         message = error_message(status_code, self._reason, kwargs)
         try:
             body = self.render_string_page(
@@ -231,6 +287,8 @@ class ApiHandler(BaseHandler):
         return None
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
+        if status_code == 405:
+            self.set_header("Allow", ", ".join(self.SUPPORTED_METHODS))  # RFC 9110 15.5.6
         message = error_message(status_code, self._reason, kwargs)
         self.write_json({"status": False, "error": message})
 

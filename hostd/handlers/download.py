@@ -6,6 +6,7 @@ import email.utils
 import functools
 import posixpath
 import re
+import time
 import urllib.parse
 from collections.abc import Awaitable
 
@@ -13,6 +14,7 @@ from hostd import db, sniff
 from hostd.db import Blob
 from hostd.handlers.base import BaseHandler, Refusal
 from hostd.hashes import PUBLIC_HASH_PATTERN
+from hostd.parsing import parse_count, parse_http_date
 from hostd.storage import BlobMissing, BlobReader
 
 # Uploaded content must never run script in our origin: `sandbox` gives the document an
@@ -21,7 +23,7 @@ FILE_CSP = (
     "default-src 'none'; img-src 'self' data:; media-src 'self'; style-src 'unsafe-inline'; sandbox"
 )
 CACHE_FOREVER = "public, max-age=31536000, immutable"
-RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)")
 # With server.accel_redirect, nginx answers the Range header itself: only a single range it
 # reads exactly as parse_range() does goes to it (ASCII digits, few enough not to overflow).
 NGINX_RANGE = re.compile(r"bytes=[0-9]{0,18}-[0-9]{0,18}")
@@ -52,22 +54,23 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
     Raises ValueError for a header we do not serve ranges for (several ranges, other
     units); the caller then sends the whole file, as RFC 9110 allows.
     """
-    match = RANGE.match(header.strip())
+    match = RANGE.fullmatch(header.strip())
     if not match or match.group(1) == match.group(2) == "":
         raise ValueError(header)
-    first, last = match.groups()
-    if first == "":
-        length = int(last)
-        if length == 0:
+    # Positions past the end all mean the same: read as size + 1 at most, never as a
+    # 5,000-digit int.
+    first, last = (parse_count(n, at_most=size) if n else None for n in match.groups())
+    if first is None:
+        assert last is not None
+        if last == 0:
             return None
-        return max(size - length, 0), size - 1
-    start = int(first)
-    if last and int(last) < start:
+        return max(size - last, 0), size - 1
+    if last is not None and last < first:
         raise ValueError(header)  # "bytes=5-3" is not a range (RFC 9110 14.1.1): ignored
-    if start >= size:
+    if first >= size:
         return None
-    end = min(int(last), size - 1) if last else size - 1
-    return start, end
+    end = min(last, size - 1) if last is not None else size - 1
+    return first, end
 
 
 class DownloadHandler(BaseHandler):
@@ -209,13 +212,11 @@ class DownloadHandler(BaseHandler):
         if if_none_match is not None:
             tags = [tag.strip().removeprefix("W/") for tag in if_none_match.split(",")]
             return "*" in tags or f'"{blob.sha256}"' in tags
-        since = self.request.headers.get("If-Modified-Since")
-        if not since:
-            return False
-        try:
-            return email.utils.parsedate_to_datetime(since).timestamp() >= blob.created_at
-        except (TypeError, ValueError):
-            return False
+        # Ignored unless it is a valid HTTP-date, and not later than our clock: a date from
+        # the future is not one we sent as Last-Modified (RFC 2616 14.25; Apache does so).
+        now = time.time()
+        since = parse_http_date(self.request.headers.get("If-Modified-Since", ""), now=now)
+        return since is not None and blob.created_at <= since <= now
 
     def range_applies(self, blob: Blob) -> bool:
         """If-Range: serve the range only while the validator still matches."""

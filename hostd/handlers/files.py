@@ -11,18 +11,22 @@ from hostd.handlers.base import BaseHandler, Refusal
 from hostd.handlers.download import CACHE_FOREVER
 from hostd.handlers.upload import file_urls
 from hostd.hashes import PUBLIC_HASH_PATTERN
+from hostd.parsing import parse_count
 from hostd.storage import BlobMissing
-from hostd.thumbs import THUMBNAILABLE
+from hostd.thumbs import THUMBNAILABLE, ThumbnailsBusy
 
 PAGE_SIZE = 20
+MAX_PAGE = 1_000_000  # 20 million uploads; keeps OFFSET far inside SQLite's integers
+MAX_ID = 2**63 - 1  # SQLite's largest integer: no row has an id past it
 
 
 class FileListHandler(BaseHandler):
     @tornado.web.authenticated
     async def get(self) -> None:
         assert self.current_user is not None
-        requested = self.get_query_argument("page", "1")
-        page = int(requested) if requested.isdigit() and int(requested) > 0 else 1
+        page = parse_count(self.get_query_argument("page", "1"), at_most=MAX_PAGE)
+        if not page or page > MAX_PAGE:
+            raise Refusal(400, f"A page number is a whole number from 1 to {MAX_PAGE:,}.")
         files, total = await db.list_user_files(
             self.db, user_id=self.current_user.id, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE
         )
@@ -44,7 +48,7 @@ class FileHandler(BaseHandler):
 
     @tornado.web.authenticated
     async def delete(self, upload_id: str) -> None:
-        await self.remove(int(upload_id))
+        await self.remove(upload_id)
         self.finish("")  # htmx swaps the row out (hx-target="closest tr", hx-swap="outerHTML")
 
     @tornado.web.authenticated
@@ -52,19 +56,28 @@ class FileHandler(BaseHandler):
         if self.get_body_argument("confirm", "") != "yes":
             self.render_page("files/confirm_delete.html", upload_id=upload_id)
             return
-        await self.remove(int(upload_id))
+        await self.remove(upload_id)
         self.redirect("/files", status=303)
 
-    async def remove(self, upload_id: int) -> None:
+    async def remove(self, upload_id: str) -> None:
         assert self.current_user is not None
+        number = parse_count(upload_id, at_most=MAX_ID)
+        if number is None or number > MAX_ID:
+            raise Refusal(404, "You have no upload with this id.")
         found = await uploads.delete(
-            self.db, self.store, self.thumbs, upload_id=upload_id, user_id=self.current_user.id
+            self.db, self.store, self.thumbs, upload_id=number, user_id=self.current_user.id
         )
         if not found:
             raise Refusal(404, "You have no upload with this id.")
 
 
+PLACEHOLDER = "thumb-unavailable.svg"
+BUSY_RETRY_SECONDS = 5
+
+
 class ThumbnailHandler(BaseHandler):
+    """A WebP of an image, 320x320 at most: no sign-in, made once, then served from disk."""
+
     async def get(self, hash: str) -> None:
         blob = await db.get_blob(self.db, hash)
         if blob is None or blob.content_type not in THUMBNAILABLE:
@@ -75,13 +88,26 @@ class ThumbnailHandler(BaseHandler):
         except BlobMissing:  # taken down by `hostd file rm`
             db.forget_blob(self.db, blob.hash)
             raise Refusal(404, "There is no thumbnail for this hash.") from None
+        except ThumbnailsBusy:
+            self.answer_busy()
+            return
         if path is None:
-            # An image Pillow cannot read gets a neutral picture, not a broken one.
-            self.redirect(self.static_url("thumb-unavailable.svg"))
+            # An image Pillow cannot read, or too big to decode, gets a neutral picture.
+            self.redirect(self.static_url(PLACEHOLDER))
             return
         self.set_header("Content-Type", "image/webp")
         self.set_header("Cache-Control", CACHE_FOREVER)
         self.finish(path.read_bytes())
+
+    def answer_busy(self) -> None:
+        """Not the placeholder's redirect, which means "never": a 503 means "later", to a
+        script by its status and Retry-After, and to an <img> by its body, the placeholder
+        (browsers show an image answered with an error status)."""
+        self.set_status(503)
+        self.set_header("Retry-After", str(BUSY_RETRY_SECONDS))
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("Content-Type", "image/svg+xml")
+        self.finish((self.config.static_dir / PLACEHOLDER).read_bytes())
 
 
 routes = [

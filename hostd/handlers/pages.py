@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tornado.web
+
 from hostd.handlers.base import BaseHandler, Refusal
 
 
@@ -11,7 +13,12 @@ class IndexHandler(BaseHandler):
 
 
 class NotFoundHandler(BaseHandler):
-    """Every unknown URL: the 404 page."""
+    """Every unknown URL: the 404 page, whatever the method."""
+
+    SUPPORTED_METHODS = tornado.web.RequestHandler.SUPPORTED_METHODS
+
+    def check_xsrf_cookie(self) -> None:
+        pass  # nothing here acts on a request: a POST gets the 404 too, not a 403
 
     async def prepare(self) -> None:
         await super().prepare()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import http
 import json
 import logging
@@ -17,6 +18,7 @@ from hostd.auth import Busy
 from hostd.db import ApiKey, Blob, Upload
 from hostd.formdata import FORM_OVERHEAD_BYTES, UploadError, UploadForm, boundary_of
 from hostd.handlers.base import ApiHandler, BaseHandler, out_of_space, refuse_early
+from hostd.parsing import parse_count
 from hostd.storage import WrittenBlob
 
 log = logging.getLogger("hostd")
@@ -75,6 +77,7 @@ class UploadFlow(BaseHandler):
     """
 
     form: UploadForm | None = None
+    recording: asyncio.Future[tuple[Blob, Upload]] | None = None
     failed = False
     api_key: ApiKey | None = None
 
@@ -92,12 +95,12 @@ class UploadFlow(BaseHandler):
         try:
             await super().prepare()
             await self.authorize()
-            length = self.request.headers.get("Content-Length")
-            if (
-                length is not None
-                and length.isdigit()
-                and int(length) > limit + FORM_OVERHEAD_BYTES
-            ):
+            length = parse_count(
+                self.request.headers.get("Content-Length", "0"), at_most=limit + FORM_OVERHEAD_BYTES
+            )
+            if length is None:
+                raise UploadError(400, "the Content-Length header is not a number of bytes")
+            if length > limit + FORM_OVERHEAD_BYTES:
                 raise UploadError(413, f"the file is larger than the limit of {limit} bytes")
             boundary = boundary_of(self.request.headers.get("Content-Type"))
         except UploadError as exc:
@@ -166,8 +169,11 @@ class UploadFlow(BaseHandler):
             await self.store.discard(written)
             self.answer_error(exc.status, exc.message)
             return
+        self.recording = asyncio.ensure_future(self.record(written, self.form.filename))
         try:
-            blob, upload = await self.record(written, self.form.filename)
+            blob, upload = await self.recording
+        except asyncio.CancelledError:
+            return  # the client went away while its upload waited to be recorded
         except Exception as exc:
             if not (isinstance(exc, OSError) or out_of_space(exc)):
                 raise
@@ -201,6 +207,10 @@ class UploadFlow(BaseHandler):
         # May run without prepare() having made a form (a refused request).
         if self.form is not None:
             self.form.abort()
+        if self.recording is not None:
+            # Not yet recorded: drop it (uploads.register then removes its bytes); if the
+            # writer has it already, it is kept, as the whole file did arrive.
+            self.recording.cancel()
         if not self._finished:
             # The access log's line, which finish() would have written: 499, as nginx says
             # of a client that closed the connection before the answer.

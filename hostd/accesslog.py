@@ -1,0 +1,58 @@
+"""The access log: one line per request, in the format `logging` gives the rest of the log,
+without `logging`'s machinery on every request (a record, handlers, locks, a formatter).
+
+Lines are buffered and written out by a timer (and at exit), so a busy server makes one write
+for many requests. Tornado calls it as the application's `log_function`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from typing import TextIO
+
+import tornado.web
+
+FLUSH_EVERY_SECONDS = 0.5
+# Written out at once past this many lines, whatever the timer says.
+MAX_BUFFERED_LINES = 1000
+
+
+class AccessLog:
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self._stream = stream
+        self._lines: list[str] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._second = -1
+        self._stamp = ""
+
+    def __call__(self, handler: tornado.web.RequestHandler) -> None:
+        status = handler.get_status()
+        level = "INFO" if status < 400 else "WARNING" if status < 500 else "ERROR"
+        request = handler.request
+        now = time.time()
+        second = int(now)
+        if second != self._second:  # the date changes once a second, not once a request
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+        self._lines.append(
+            f"{self._stamp},{int((now - second) * 1000):03d} {level} tornado.access: "
+            f"{status} {request.method} {request.uri} ({request.remote_ip}) "
+            f"{1000.0 * request.request_time():.2f}ms\n"
+        )
+        if len(self._lines) >= MAX_BUFFERED_LINES:
+            self.flush()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(FLUSH_EVERY_SECONDS, self.flush)
+
+    def flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._lines:
+            return
+        stream = self._stream or sys.stderr  # looked up late: tests and daemons swap stderr
+        lines, self._lines = self._lines, []
+        stream.write("".join(lines))
+        stream.flush()

@@ -1,0 +1,120 @@
+"""Backups while the server runs: a consistent copy of the database, then the bytes it names.
+
+Blobs never change once stored (their name is their SHA-256), so a backup copies only the
+ones the destination lacks: the first backup copies everything, later ones only what is new.
+The database is copied first; bytes deleted after that copy was taken may be gone by the time
+they would be copied, and are reported (the backup then holds rows without bytes for them,
+which `hostd gc` lists after a restore).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from hostd import db
+from hostd.db import Database
+from hostd.storage import BlobMissing, BlobStore
+
+DATABASE_NAME = "hostd.sqlite3"
+
+
+@dataclass
+class Copied:
+    blobs_copied: int
+    blobs_present: int
+    bytes_copied: int
+    missing: list[str]
+
+
+def blob_path(root: Path, sha256: str) -> Path:
+    return root / "blobs" / sha256[:2] / sha256[2:4] / sha256
+
+
+async def backup(database: Database, store: BlobStore, destination: Path) -> Copied:
+    """Copy the database to destination/hostd.sqlite3, then every blob it names that
+    destination/blobs/ lacks. Each file appears under its name only once complete."""
+    partial = await asyncio.to_thread(_prepare, destination)
+    await database.backup(partial)
+    os.replace(partial, destination / DATABASE_NAME)
+
+    snapshot = await Database.open(destination / DATABASE_NAME)
+    try:
+        wanted = await db.all_blob_sha256s(snapshot)
+    finally:
+        await snapshot.close()
+    result = Copied(0, 0, 0, [])
+    for sha256 in sorted(wanted):
+        target = blob_path(destination, sha256)
+        if await asyncio.to_thread(target.exists):
+            result.blobs_present += 1
+            continue
+        try:
+            result.bytes_copied += await _copy_blob(store, sha256, target)
+        except BlobMissing:
+            result.missing.append(sha256)
+            continue
+        result.blobs_copied += 1
+    return result
+
+
+def _prepare(destination: Path) -> Path:
+    """Make the destination; return where the database copy is written before its rename."""
+    destination.mkdir(parents=True, exist_ok=True)
+    partial = destination / f".{DATABASE_NAME}.partial"
+    partial.unlink(missing_ok=True)
+    return partial
+
+
+async def _copy_blob(store: BlobStore, sha256: str, target: Path) -> int:
+    """Copy one blob through the store (any backend) into target, fsynced, then renamed."""
+    reader = await store.open(sha256)
+    partial = target.with_name(f".{sha256}.partial")
+    copied = 0
+    try:
+        out = await asyncio.to_thread(_create, partial)
+        try:
+            async for chunk in reader.chunks(0, 2**62):
+                await asyncio.to_thread(out.write, chunk)
+                copied += len(chunk)
+            await asyncio.to_thread(_sync, out)
+        finally:
+            out.close()
+    finally:
+        reader.close()
+    os.replace(partial, target)
+    return copied
+
+
+def _create(path: Path) -> BinaryIO:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.open("wb")
+
+
+def _sync(out: BinaryIO) -> None:
+    out.flush()
+    os.fsync(out.fileno())
+
+
+def restore(source: Path, data_dir: Path) -> int:
+    """Put a backup in place as a new data dir (which must be empty or missing); returns the
+    number of blobs restored."""
+    if not (source / DATABASE_NAME).is_file():
+        raise FileNotFoundError(f"{source} holds no {DATABASE_NAME}: not a hostd backup")
+    if data_dir.exists() and any(data_dir.iterdir()):
+        raise FileExistsError(f"{data_dir} is not empty; restore into an empty data dir")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(source / DATABASE_NAME, data_dir / DATABASE_NAME)
+    count = 0
+    if (source / "blobs").is_dir():
+        shutil.copytree(source / "blobs", data_dir / "blobs", ignore=_partials)
+        count = sum(1 for path in (data_dir / "blobs").rglob("*") if path.is_file())
+    return count
+
+
+def _partials(folder: str, names: list[str]) -> list[str]:
+    return [name for name in names if name.endswith(".partial")]

@@ -1,0 +1,86 @@
+"""`hostd backup` while the server runs, `hostd restore` into a new data dir: every file is
+served again byte for byte."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+from helpers import fetch, multipart_body, start, wait_for_line
+
+
+def hostd(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "hostd", *args], capture_output=True, text=True, timeout=120, cwd=cwd
+    )
+
+
+def upload(base_url: str, data: bytes) -> str:
+    body, headers = multipart_body(files=[("file", "f.bin", data)])
+    request = urllib.request.Request(f"{base_url}/api/upload", data=body, headers=headers)
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())["hash"]
+
+
+def serving(data_dir: Path, port: int, cwd: Path) -> subprocess.Popen[str]:
+    server = start(["serve", "--data-dir", str(data_dir), "--port", str(port)], cwd)
+    wait_for_line(server, "listening on")
+    return server
+
+
+def stop(server: subprocess.Popen[str]) -> None:
+    server.send_signal(signal.SIGTERM)
+    server.communicate(timeout=30)
+
+
+def test_a_backup_taken_while_serving_restores_every_file_byte_for_byte(tmp_path, free_port):
+    data_dir, copy = tmp_path / "data", tmp_path / "backup"
+    base_url = f"http://127.0.0.1:{free_port}"
+    contents = [os.urandom(n) for n in (1, 4096, 3 * 1024 * 1024 + 5)] + [b"twice", b"twice"]
+    server = serving(data_dir, free_port, tmp_path)
+    try:
+        files = {upload(base_url, data): data for data in contents}
+        first = hostd("backup", str(copy), "--data-dir", str(data_dir), cwd=tmp_path)
+        later = upload(base_url, b"uploaded after the first backup")
+        second = hostd("backup", str(copy), "--data-dir", str(data_dir), cwd=tmp_path)
+    finally:
+        stop(server)
+    files[later] = b"uploaded after the first backup"
+
+    assert first.returncode == 0, first.stderr
+    assert "backed up the database and 4 new file(s)" in first.stderr
+    assert second.returncode == 0, second.stderr
+    assert "1 new file(s)" in second.stderr and "4 were there already" in second.stderr
+
+    shutil.rmtree(data_dir)
+    restored = hostd("restore", str(copy), "--data-dir", str(data_dir), cwd=tmp_path)
+    assert restored.returncode == 0, restored.stderr
+    server = serving(data_dir, free_port, tmp_path)
+    try:
+        for hash, data in files.items():
+            assert fetch(f"{base_url}/{hash}") == (200, data)
+    finally:
+        stop(server)
+
+
+def test_restore_refuses_a_data_dir_in_use_and_what_is_no_backup(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "hostd.sqlite3").write_bytes(b"someone's database")
+    (tmp_path / "backup").mkdir()
+    (tmp_path / "backup" / "hostd.sqlite3").write_bytes(b"")
+
+    into_used = hostd("restore", "backup", "--data-dir", "data", cwd=tmp_path)
+    from_nothing = hostd("restore", "elsewhere", "--data-dir", "new", cwd=tmp_path)
+
+    assert into_used.returncode == 1
+    assert "data is not empty; restore into an empty data dir" in into_used.stderr
+    assert (tmp_path / "data" / "hostd.sqlite3").read_bytes() == b"someone's database"
+    assert from_nothing.returncode == 1
+    assert "elsewhere holds no hostd.sqlite3: not a hostd backup" in from_nothing.stderr
+    assert not (tmp_path / "new").exists()

@@ -1,0 +1,142 @@
+"""An upload's life across the database and the store: bytes before rows, rows before
+bytes on the way out, and `hostd gc` for what a crash leaves."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import threading
+import time
+
+import pytest
+
+from hostd import db as queries
+from hostd import uploads
+
+
+@pytest.fixture
+def thumbs(app):
+    return app.settings["hostd_thumbs"]
+
+
+async def store_upload(db, store, data: bytes, user_id: int | None = None):
+    """What the upload handler does: write, commit, then place and register."""
+    writer = store.writer()
+    writer.write(data)
+    written = await writer.commit()
+    return await uploads.register(
+        db,
+        store,
+        written,
+        content_type="application/octet-stream",
+        original_name="contested.bin",
+        user_id=user_id,
+        api_key_id=None,
+    )
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_deleting_a_blob_while_its_bytes_arrive_again_never_loses_them(db, store, thumbs):
+    user = await queries.insert_user(db, name="alice", password_hash="unused")
+    data = b"the same bytes, deleted and uploaded at once"
+    sha = hashlib.sha256(data).hexdigest()
+
+    for delay in [0, 0, 0.0005, 0.001, 0.002, 0.003, 0.005] * 3:
+        _, mine = await store_upload(db, store, data, user.id)
+
+        async def upload_again(delay=delay):
+            await asyncio.sleep(delay)
+            return await store_upload(db, store, data)
+
+        deleted, (_, again) = await asyncio.gather(
+            uploads.delete(db, store, thumbs, upload_id=mine.id, user_id=user.id),
+            upload_again(),
+        )
+
+        assert deleted is True
+        assert await queries.get_blob_by_sha256(db, sha) is not None
+        assert await store.exists(sha), "a registered blob lost its bytes"
+        await uploads.take_down(db, store, thumbs, sha256=sha)  # the next round from nothing
+        assert not await store.exists(sha)
+
+
+@pytest.mark.gen_test
+async def test_a_deleted_blob_is_not_found_again_though_it_was_looked_up(db, store, thumbs):
+    user = await queries.insert_user(db, name="alice", password_hash="unused")
+    blob, upload = await store_upload(db, store, b"looked up, then deleted", user.id)
+    assert await queries.get_blob(db, blob.hash) == blob  # now remembered
+
+    await uploads.delete(db, store, thumbs, upload_id=upload.id, user_id=user.id)
+
+    assert await queries.get_blob(db, blob.hash) is None
+    assert not await store.exists(blob.sha256)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_bytes_are_not_removed_under_an_upload_of_the_same_bytes_waiting_for_its_row(
+    db, store, thumbs
+):
+    user = await queries.insert_user(db, name="alice", password_hash="unused")
+    data = b"deleted, and uploaded again before the deletion removed the bytes"
+    _, mine = await store_upload(db, store, data, user.id)
+    removal = await queries.delete_upload(db, upload_id=mine.id, user_id=user.id)
+    assert removal.blob_gone  # committed: the bytes are next to go
+
+    release = threading.Event()
+    busy = asyncio.ensure_future(db.write(lambda conn: release.wait(10)))
+    again = asyncio.ensure_future(store_upload(db, store, data))  # placed; its row waits
+    for _ in range(250):
+        if db.waiting:
+            break
+        await asyncio.sleep(0.02)
+    removing = asyncio.ensure_future(uploads.remove_bytes(db, store, thumbs, removal))
+    await asyncio.sleep(0.1)  # the removal has had every chance to act
+    release.set()
+    await asyncio.gather(busy, again, removing)
+
+    assert await queries.get_blob_by_sha256(db, removal.sha256) is not None
+    assert await store.exists(removal.sha256), "a registered blob lost its bytes"
+
+
+def age(store, sha256: str, seconds: float) -> None:
+    then = time.time() - seconds
+    os.utime(store.path(sha256), (then, then))
+
+
+async def stray_bytes(store, data: bytes) -> str:
+    """Bytes in the store that no row points at, as a crash between placing and recording
+    leaves them."""
+    writer = store.writer()
+    writer.write(data)
+    written = await writer.commit()
+    await store.place(written)
+    return written.sha256
+
+
+@pytest.mark.gen_test
+async def test_gc_removes_old_bytes_no_row_points_at_and_keeps_the_rest(db, store, thumbs):
+    kept, _ = await store_upload(db, store, b"recorded")
+    old = await stray_bytes(store, b"a crash left these an hour ago")
+    young = await stray_bytes(store, b"an upload may be recording these right now")
+    age(store, old, 2 * uploads.GC_GRACE_SECONDS)
+    age(store, kept.sha256, 2 * uploads.GC_GRACE_SECONDS)
+
+    found = await uploads.collect_garbage(db, store, thumbs)
+
+    assert found.removed == [old]
+    assert found.young == 1
+    assert found.missing == []
+    assert not await store.exists(old)
+    assert await store.exists(young) and await store.exists(kept.sha256)
+
+
+@pytest.mark.gen_test
+async def test_gc_reports_rows_whose_bytes_are_gone(db, store, thumbs):
+    blob, _ = await store_upload(db, store, b"its bytes vanish behind hostd's back")
+    os.unlink(store.path(blob.sha256))
+
+    found = await uploads.collect_garbage(db, store, thumbs)
+
+    assert found.missing == [blob.sha256]
+    assert found.removed == []
