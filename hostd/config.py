@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import secrets
 import tomllib
 import types
@@ -41,6 +42,7 @@ class Config:
     public_url: str | None = None
     trust_proxy: bool = False
     shutdown_grace_seconds: float = 20.0
+    accel_redirect: str | None = None
     max_upload_bytes: int = 512 * MiB
     allow_anonymous: bool = True
     body_idle_seconds: float = 60.0
@@ -80,6 +82,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "public_url",
         "trust_proxy",
         "cookie_secret",
+        "accel_redirect",
         "shutdown_grace_seconds",
     ),
     "storage": ("data_dir", "min_free_bytes"),
@@ -97,6 +100,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "retention": ("anonymous_hours", "account_hours", "max_hours", "hours_by_size"),
 }
 CHOICES: dict[str, tuple[str, ...]] = {"registration": ("open", "closed")}
+# nginx's internal location for X-Accel-Redirect: a URI prefix that needs no escaping.
+ACCEL_PREFIX = re.compile(r"/(?:(?!\.\.?/)[A-Za-z0-9._~-]+/)+")
 
 
 def load_config(path: Path | None, overrides: Mapping[str, Any] | None = None) -> Config:
@@ -170,6 +175,11 @@ def _build(values: dict[str, Any], origin: str) -> Config:
         raise ConfigError(f"{origin}: accounts.registrations_per_hour must be at least 1")
     _check_limits(config, origin)
     _check_retention(config, origin)
+    if config.accel_redirect is not None and not ACCEL_PREFIX.fullmatch(config.accel_redirect):
+        raise ConfigError(
+            f"{origin}: server.accel_redirect must be a path that starts and ends with /, "
+            f'like "/_hostd_blobs/", not {config.accel_redirect!r}'
+        )
     if config.public_url is not None:
         if not config.public_url.startswith(("http://", "https://")):
             raise ConfigError(f"{origin}: server.public_url must start with http:// or https://")

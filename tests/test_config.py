@@ -133,6 +133,23 @@ def test_a_flag_does_not_hide_a_mistake_in_the_file(tmp_path):
     assert "server.port must be int, not str '80'" in str(caught.value)
 
 
+@pytest.mark.parametrize("prefix", ["/_hostd_blobs/", "/internal/blobs/"])
+def test_accel_redirect_takes_a_location_prefix(tmp_path, prefix):
+    path = write(tmp_path, f'[server]\naccel_redirect = "{prefix}"\n')
+
+    assert load_config(path).accel_redirect == prefix
+
+
+@pytest.mark.parametrize("prefix", ["/_hostd_blobs", "_hostd_blobs/", "/", "/../", "/a b/", "@x"])
+def test_accel_redirect_must_be_a_path_that_starts_and_ends_with_a_slash(tmp_path, prefix):
+    path = write(tmp_path, f'[server]\naccel_redirect = "{prefix}"\n')
+
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+
+    assert "server.accel_redirect must be a path that starts and ends with /" in str(caught.value)
+
+
 def test_cookie_secret_is_generated_once_into_a_private_file(tmp_path):
     config = Config(data_dir=tmp_path)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import hashlib
 import json
@@ -10,6 +11,9 @@ import pytest
 from helpers import multipart_body, streamed_upload
 
 from hostd.handlers.download import content_disposition, parse_range
+from hostd.storage import READ_CHUNK_BYTES, LocalBlobStore
+
+ACCEL_PREFIX = "/_hostd_blobs/"
 
 
 async def upload(client, base_url, data: bytes, filename: str = "file.bin") -> str:
@@ -72,6 +76,7 @@ async def test_file_responses_carry_caching_and_safety_headers(http_client, base
     assert response.headers["Cache-Control"] == "public, max-age=31536000, immutable"
     assert email.utils.parsedate_to_datetime(response.headers["Last-Modified"])
     assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["Referrer-Policy"] == "same-origin"
     csp = response.headers["Content-Security-Policy"]
     assert "sandbox" in csp.split(";")[-1]
     assert "default-src 'none'" in csp
@@ -338,6 +343,165 @@ async def test_a_short_hash_collision_never_serves_the_wrong_bytes(http_client, 
     assert h == public_hash_candidates(sha)[1]
     assert len(h) == 13
     assert response.body == data
+
+
+@pytest.mark.gen_test
+async def test_a_range_across_read_pieces_is_served_exactly(http_client, base_url):
+    data = hashlib.sha256(b"pieces").digest() * (3 * READ_CHUNK_BYTES // 32) + b"tail"
+    h = await upload(http_client, base_url, data)
+    first, last = READ_CHUNK_BYTES - 5, 2 * READ_CHUNK_BYTES + 5
+
+    response = await http_client.fetch(
+        f"{base_url}/{h}", headers={"Range": f"bytes={first}-{last}"}
+    )
+
+    assert response.code == 206
+    assert response.body == data[first : last + 1]
+
+
+@pytest.mark.gen_test
+async def test_the_404_at_a_file_url_is_a_page_with_the_page_policy(http_client, base_url, login):
+    user = await login()
+
+    response = await http_client.fetch(
+        f"{base_url}/AAAAAAAAAAAA", headers=user.headers, raise_error=False
+    )
+
+    assert response.code == 404
+    assert f"Signed in as <strong>{user.user.name}</strong>" in response.body.decode()
+    assert "script-src 'nonce-" in response.headers["Content-Security-Policy"]
+    assert "sandbox" not in response.headers["Content-Security-Policy"]
+    assert response.headers["Cache-Control"] == "no-cache"
+    assert "ETag" not in response.headers
+
+
+# -- server.accel_redirect: hostd sends the headers, nginx the bytes (tests/test_nginx.py) ----
+
+
+class RemoteLikeStore(LocalBlobStore):
+    """A store whose bytes are nowhere nginx can read them (as an S3 store's would be)."""
+
+    def accel_path(self, sha256: str) -> None:
+        return None
+
+
+class TestAccelRedirect:
+    @pytest.fixture
+    def config(self, config):
+        return dataclasses.replace(config, accel_redirect=ACCEL_PREFIX)
+
+    @pytest.mark.parametrize(
+        ("method", "headers", "status"),
+        [
+            ("GET", {}, 200),
+            ("HEAD", {}, 200),
+            ("GET", {"Range": "bytes=2-5"}, 206),
+            ("HEAD", {"Range": "bytes=-3"}, 206),
+            ("GET", {"Range": "bytes=2-5", "If-Range": "ETAG"}, 206),
+        ],
+    )
+    @pytest.mark.gen_test
+    async def test_file_answers_carry_x_accel_redirect_with_the_headers_and_no_body(
+        self, http_client, base_url, method, headers, status
+    ):
+        data = b"0123456789"
+        sha = hashlib.sha256(data).hexdigest()
+        h = await upload(http_client, base_url, data)
+        headers = {k: v.replace("ETAG", f'"{sha}"') for k, v in headers.items()}
+
+        response = await http_client.fetch(
+            f"{base_url}/{h}/notes.txt", method=method, headers=headers
+        )
+
+        assert response.code == status
+        assert response.headers["X-Accel-Redirect"] == f"{ACCEL_PREFIX}{sha[:2]}/{sha[2:4]}/{sha}"
+        assert response.body == b""
+        assert response.headers["Content-Type"] == "text/plain; charset=utf-8"
+        assert response.headers["ETag"] == f'"{sha}"'
+        assert email.utils.parsedate_to_datetime(response.headers["Last-Modified"])
+        assert response.headers["Cache-Control"] == "public, max-age=31536000, immutable"
+        assert response.headers["Content-Security-Policy"].endswith("sandbox")
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert response.headers["Content-Disposition"] == 'inline; filename="notes.txt"'
+        # nginx's range filter announces ranges itself on a whole file, and would repeat it.
+        assert response.headers.get("Accept-Ranges") == ("bytes" if status == 206 else None)
+
+    @pytest.mark.parametrize(
+        "headers",
+        [
+            {"If-Match": '"something"'},
+            {"If-Unmodified-Since": "Mon, 01 Jan 2001 00:00:00 GMT"},
+            {"Range": "bytes=0-1,4-5"},
+            {"Range": "bytes=5-3"},
+            {"Range": "bytes= 0-3"},
+            {"Range": "bytes=0-99999999999999999999"},
+            {"Range": "bytes=0-3", "If-Range": '"old"'},
+            {"Range": "bytes=0-3", "If-Range": "LAST_MODIFIED"},
+        ],
+    )
+    @pytest.mark.gen_test
+    async def test_what_nginx_would_answer_otherwise_hostd_sends_itself(
+        self, http_client, base_url, headers
+    ):
+        # nginx would give a 412, a multipart 206 or a 416, or honour a date in If-Range,
+        # where hostd sends the file or the range (see test_nginx.py for the comparison).
+        data = b"0123456789"
+        h = await upload(http_client, base_url, data)
+        last_modified = (await http_client.fetch(f"{base_url}/{h}")).headers["Last-Modified"]
+        headers = {k: v.replace("LAST_MODIFIED", last_modified) for k, v in headers.items()}
+
+        response = await http_client.fetch(f"{base_url}/{h}", headers=headers)
+
+        assert "X-Accel-Redirect" not in response.headers
+        assert response.body in (data, data[:4])  # the file, or the range, from hostd
+
+    @pytest.mark.parametrize(
+        ("headers", "status"),
+        [({"If-None-Match": "ETAG"}, 304), ({"Range": "bytes=10-"}, 416)],
+    )
+    @pytest.mark.gen_test
+    async def test_hostd_answers_304_and_416_itself(self, http_client, base_url, headers, status):
+        data = b"0123456789"
+        h = await upload(http_client, base_url, data)
+        etag = f'"{hashlib.sha256(data).hexdigest()}"'
+
+        response = await http_client.fetch(
+            f"{base_url}/{h}",
+            headers={k: v.replace("ETAG", etag) for k, v in headers.items()},
+            raise_error=False,
+        )
+
+        assert response.code == status
+        assert "X-Accel-Redirect" not in response.headers
+
+    @pytest.mark.gen_test
+    async def test_a_file_whose_bytes_are_gone_is_hostds_404(self, http_client, base_url, store):
+        data = b"taken down elsewhere"
+        h = await upload(http_client, base_url, data)
+        await store.delete(hashlib.sha256(data).hexdigest())  # as `hostd file rm` would
+
+        response = await http_client.fetch(f"{base_url}/{h}", raise_error=False)
+
+        assert response.code == 404
+        assert "X-Accel-Redirect" not in response.headers
+        assert b"There is no file with this hash." in response.body
+
+    @pytest.mark.gen_test
+    async def test_a_store_nginx_cannot_read_streams_the_bytes(self, http_client, base_url, app):
+        store = app.settings["hostd_store"]
+        remote = RemoteLikeStore(store.root)
+        app.settings["hostd_store"] = remote
+        data = b"in a bucket"
+        try:
+            h = await upload(http_client, base_url, data)
+
+            response = await http_client.fetch(f"{base_url}/{h}")
+        finally:
+            app.settings["hostd_store"] = store
+            remote.close()
+
+        assert "X-Accel-Redirect" not in response.headers
+        assert response.body == data
 
 
 @pytest.mark.parametrize("method", ["PUT", "POST", "PATCH", "DELETE"])

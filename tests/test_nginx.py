@@ -1,10 +1,12 @@
 """hostd behind a real nginx, run from contrib/nginx.conf: uploads, downloads, limits, headers.
 
 The module starts `hostd serve` (with trust_proxy = true) and nginx as processes, once for
-all its tests, with every file of theirs under a temp dir. nginx's site is contrib/nginx.conf
-as shipped, except for the upstream address, the `listen` lines and the ssl_* lines (the
-test speaks plain HTTP); a second copy of its HTTPS server sends X-Forwarded-Proto "https",
-as $scheme does behind TLS. See adapted_site() and nginx_conf().
+all its tests, with every file of theirs under a temp dir; and a second pair, whose hostd
+has server.accel_redirect on (over the same data dir), so that nginx sends the files' bytes.
+nginx's site is contrib/nginx.conf as shipped, except for the upstream address, the `listen`
+lines, the ssl_* lines (the test speaks plain HTTP) and the blob location's `alias` (the
+test's data dir); a second copy of its HTTPS server sends X-Forwarded-Proto "https", as
+$scheme does behind TLS. See adapted_site() and nginx_conf().
 
 nginx must be installed: CI's .ci/run does `apt-get install nginx-light`.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import email.utils
 import hashlib
 import json
 import os
@@ -24,6 +27,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +45,7 @@ from hostd.hashes import public_hash_candidates
 CONTRIB = Path(__file__).resolve().parent.parent / "contrib" / "nginx.conf"
 MiB = 1024 * 1024
 LIMIT = 24 * MiB  # hostd's max_upload_bytes here: room for the 20 MB upload, quick to exceed
+ACCEL_PREFIX = "/_hostd_blobs/"  # server.accel_redirect, as contrib/nginx.conf expects it
 INSTALL_HINT = "apt-get install nginx-light"
 
 
@@ -117,10 +123,13 @@ def listening_on(server: Directive, port: int) -> Directive:
     return server
 
 
-def adapted_site(hostd_port: int, http_port: int, https_port: int, redirect_port: int) -> str:
-    """contrib/nginx.conf for the test: the upstream on hostd's port, and its servers on
-    loopback ports. The HTTPS server runs twice in plain HTTP: as it is (so $scheme is
-    "http"), and with X-Forwarded-Proto "https", which is what $scheme says behind TLS."""
+def adapted_site(
+    hostd_port: int, http_port: int, https_port: int, redirect_port: int, blobs_dir: Path
+) -> str:
+    """contrib/nginx.conf for the test: the upstream on hostd's port, its servers on loopback
+    ports, and the blobs' internal location over `blobs_dir`. The HTTPS server runs twice in
+    plain HTTP: as it is (so $scheme is "http"), and with X-Forwarded-Proto "https", which
+    is what $scheme says behind TLS."""
     top = parse_nginx(CONTRIB.read_text(encoding="utf-8"))
     upstream = only([d for d in top if d.name == "upstream"], "upstream block")
     assert upstream.block is not None
@@ -133,6 +142,13 @@ def adapted_site(hostd_port: int, http_port: int, https_port: int, redirect_port
         "TLS server block",
     )
     redirect = only([s for s in servers if s is not tls], "port 80 server block")
+    blobs = only(
+        [d for d in walk(tls.block or []) if d.name == "location" and d.args == [ACCEL_PREFIX]],
+        f"location {ACCEL_PREFIX}",
+    )
+    only([d for d in blobs.block or [] if d.name == "alias"], "blobs alias").args = [
+        f"{blobs_dir}/"
+    ]
     as_https = listening_on(tls, https_port)
     proto = only(
         [
@@ -259,6 +275,7 @@ class Stack:
     data_dir: Path
     prefix: Path
     hostd_log: Path
+    hostd_toml: Path
 
     @property
     def url(self) -> str:
@@ -274,29 +291,31 @@ class Stack:
         return [p.name for p in tmp.rglob("upload-*")]
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+@contextlib.contextmanager
+def running(root: Path, data_dir: Path, settings: str = "") -> Iterator[Stack]:
+    """hostd (hostd.toml's [server] section plus `settings`) and nginx in front of it."""
     nginx = find_nginx()
-    root = tmp_path_factory.mktemp("nginx-stack")
+    root.mkdir()
     hostd_port, http_port, https_port, redirect_port = free_ports(4)
     stack = Stack(
         hostd_port,
         http_port,
         https_port,
         redirect_port,
-        data_dir=root / "data",
+        data_dir=data_dir,
         prefix=root / "nginx",
         hostd_log=root / "hostd.log",
+        hostd_toml=root / "hostd.toml",
     )
-    settings = root / "hostd.toml"
-    settings.write_text(
+    stack.hostd_toml.write_text(
         f'[server]\nhost = "127.0.0.1"\ntrust_proxy = true\ncookie_secret = "nginx-test"\n'
+        f"{settings}"
         f'[storage]\ndata_dir = "{stack.data_dir}"\n'
         f"[limits]\nmax_upload_bytes = {LIMIT}\n"
     )
     with stack.hostd_log.open("wb") as out:
         hostd = subprocess.Popen(
-            [sys.executable, "-m", "hostd", "serve", "--config", str(settings)]
+            [sys.executable, "-m", "hostd", "serve", "--config", str(stack.hostd_toml)]
             + ["--port", str(hostd_port)],
             cwd=root,
             stdout=out,
@@ -311,9 +330,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         )
         stack.prefix.mkdir()
         conf = stack.prefix / "nginx.conf"
-        conf.write_text(
-            nginx_conf(stack.prefix, adapted_site(hostd_port, http_port, https_port, redirect_port))
+        site = adapted_site(
+            hostd_port, http_port, https_port, redirect_port, stack.data_dir / "blobs"
         )
+        conf.write_text(nginx_conf(stack.prefix, site))
         nginx_log = stack.prefix / "stderr.log"
         with nginx_log.open("wb") as out:
             proxy = subprocess.Popen(
@@ -330,6 +350,28 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             stop(proxy)
     finally:
         stop(hostd)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    root = tmp_path_factory.mktemp("nginx-stack")
+    with running(root / "proxied", root / "data") as stack:
+        yield stack
+
+
+@pytest.fixture(scope="module")
+def accel_stack(stack: Stack) -> Iterator[Stack]:
+    """A second hostd and nginx over the same data dir, with server.accel_redirect on: the
+    same files, so that its answers can be compared with `stack`'s byte for byte."""
+    settings = f'accel_redirect = "{ACCEL_PREFIX}"\n'
+    with running(stack.data_dir.parent / "accel", stack.data_dir, settings) as accel:
+        yield accel
+
+
+@pytest.fixture(params=["proxied", "accel_redirect"])
+def front(request: pytest.FixtureRequest, stack: Stack) -> Stack:
+    """Each download test runs twice: hostd sends the bytes, then nginx does."""
+    return stack if request.param == "proxied" else request.getfixturevalue("accel_stack")
 
 
 @pytest.fixture
@@ -474,18 +516,18 @@ async def test_plain_http_is_redirected_to_https(stack, client):
 
 
 @pytest.mark.gen_test
-async def test_download_is_byte_identical_with_the_file_headers(stack, client):
+async def test_download_is_byte_identical_with_the_file_headers(front, client):
     # Larger than nginx's proxy buffers (16 x 64 KiB), so it also passes through them.
     data = hashlib.sha256(b"download").digest() * (3 * MiB // 32) + b"tail"
-    h = json.loads((await upload(client, f"{stack.url}/api/upload", data)).body)["hash"]
+    h = json.loads((await upload(client, f"{front.url}/api/upload", data)).body)["hash"]
     etag = f'"{hashlib.sha256(data).hexdigest()}"'
 
-    full = await client.fetch(f"{stack.url}/{h}")
-    part = await client.fetch(f"{stack.url}/{h}", headers={"Range": "bytes=1000-1999"})
+    full = await client.fetch(f"{front.url}/{h}")
+    part = await client.fetch(f"{front.url}/{h}", headers={"Range": "bytes=1000-1999"})
     cached = await client.fetch(
-        f"{stack.url}/{h}", headers={"If-None-Match": etag}, raise_error=False
+        f"{front.url}/{h}", headers={"If-None-Match": etag}, raise_error=False
     )
-    head = await client.fetch(f"{stack.url}/{h}", method="HEAD")
+    head = await client.fetch(f"{front.url}/{h}", method="HEAD")
 
     assert full.code == 200
     assert full.body == data
@@ -504,18 +546,173 @@ async def test_download_is_byte_identical_with_the_file_headers(stack, client):
 
 
 @pytest.mark.gen_test
-async def test_uploaded_html_is_served_as_stored_not_gzipped(stack, client):
+async def test_uploaded_html_is_served_as_stored_not_gzipped(front, client):
     page = b"<!doctype html><title>t</title>" + b"<p>compressible</p>" * 500
-    h = json.loads((await upload(client, f"{stack.url}/api/upload", page, "p.html")).body)["hash"]
+    h = json.loads((await upload(client, f"{front.url}/api/upload", page, "p.html")).body)["hash"]
 
     response = await client.fetch(
-        f"{stack.url}/{h}/p.html", headers={"Accept-Encoding": "gzip"}, decompress_response=False
+        f"{front.url}/{h}/p.html", headers={"Accept-Encoding": "gzip"}, decompress_response=False
     )
 
     assert response.headers["Content-Type"].startswith("text/html")
     assert "Content-Encoding" not in response.headers
     assert response.headers["ETag"] == f'"{hashlib.sha256(page).hexdigest()}"'
     assert response.body == page
+
+
+# -- server.accel_redirect: nginx sends the bytes ---------------------------------------------
+
+# Requests whose answers must not change when nginx sends the bytes: (method, URL suffix,
+# headers), with ETAG and LAST_MODIFIED standing for the file's own validators.
+ANSWERS_TO_COMPARE = [
+    ("GET", "", {}),
+    ("GET", ".png", {}),
+    ("GET", "/réunion notes.txt", {}),
+    ("HEAD", "", {}),
+    ("GET", "", {"Range": "bytes=1000-1999"}),
+    ("GET", "", {"Range": "bytes=0-"}),
+    ("GET", "", {"Range": "bytes=-100"}),
+    ("GET", "", {"Range": "bytes=3000000-9999999"}),
+    ("HEAD", "", {"Range": "bytes=0-9"}),
+    ("GET", "", {"Range": "bytes=99999999-"}),
+    ("GET", "", {"If-None-Match": "ETAG"}),
+    ("GET", "", {"If-None-Match": "*"}),
+    ("GET", "", {"If-None-Match": '"another"'}),
+    ("GET", "", {"If-Modified-Since": "LAST_MODIFIED"}),
+    ("GET", "", {"If-Modified-Since": "Mon, 01 Jan 2001 00:00:00 GMT"}),
+    ("GET", "", {"Range": "bytes=0-9", "If-Range": "ETAG"}),
+    ("GET", "", {"Range": "bytes=0-9", "If-Range": '"another"'}),
+    ("GET", "", {"Range": "bytes=0-9", "If-Range": "LAST_MODIFIED"}),
+    ("GET", "", {"Range": "bytes=0-1,5-9"}),
+    ("GET", "", {"Range": "bytes=5-3"}),
+    ("GET", "", {"If-Match": '"another"'}),
+    ("GET", "", {"If-Unmodified-Since": "Mon, 01 Jan 2001 00:00:00 GMT"}),
+    ("GET", "", {"Accept-Encoding": "gzip"}),
+]
+
+
+def answer_of(response: tornado.httpclient.HTTPResponse) -> tuple[int, list[Any], bytes]:
+    """Status, every header line but Date (the clock moves on), and body."""
+    headers = sorted((name.lower(), value) for name, value in response.headers.get_all())
+    return response.code, [h for h in headers if h[0] != "date"], response.body
+
+
+@pytest.fixture(scope="module")
+def big_file(stack: Stack) -> tuple[str, bytes]:
+    """A file larger than nginx's proxy buffers, uploaded once for the comparisons."""
+    data = hashlib.sha256(b"compare").digest() * (3 * MiB // 32) + b"tail"
+    body, headers = multipart_body(files=[("file", "big.bin", data)])
+    request = urllib.request.Request(
+        f"{stack.url}/api/upload", data=body, headers=headers, method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return json.loads(answer.read())["hash"], data
+
+
+def described(method: str, suffix: str, headers: dict[str, str]) -> str:
+    return " ".join([method, f"/<hash>{suffix}", *(f"{k}: {v}" for k, v in headers.items())])
+
+
+@pytest.mark.parametrize(
+    ("method", "suffix", "headers"),
+    ANSWERS_TO_COMPARE,
+    ids=[described(*case) for case in ANSWERS_TO_COMPARE],
+)
+@pytest.mark.gen_test
+async def test_with_accel_redirect_every_answer_is_the_same(
+    stack, accel_stack, big_file, client, method, suffix, headers
+):
+    h, data = big_file
+    plain = await client.fetch(f"{stack.url}/{h}", method="HEAD")
+    validators = {"ETAG": plain.headers["ETag"], "LAST_MODIFIED": plain.headers["Last-Modified"]}
+    headers = {name: validators.get(value, value) for name, value in headers.items()}
+
+    proxied, accelerated = [
+        await client.fetch(
+            f"{s.url}/{h}{urllib.parse.quote(suffix)}",
+            method=method,
+            headers=headers,
+            raise_error=False,
+            decompress_response=False,
+        )
+        for s in (stack, accel_stack)
+    ]
+
+    assert answer_of(accelerated) == answer_of(proxied)
+    assert "X-Accel-Redirect" not in accelerated.headers
+    if proxied.code == 200 and method == "GET":
+        assert proxied.body == data
+
+
+@pytest.mark.gen_test
+async def test_with_accel_redirect_the_blob_files_own_date_answers_nothing(
+    stack, accel_stack, client
+):
+    # A blob file older than its row (restored from a backup, or written the second before
+    # the commit): nginx must not take the file's mtime for the Last-Modified hostd sent.
+    data = b"restored from a backup"
+    h = json.loads((await upload(client, f"{stack.url}/api/upload", data)).body)["hash"]
+    sha = hashlib.sha256(data).hexdigest()
+    older = time.time() - 3600
+    os.utime(stack.data_dir / "blobs" / sha[:2] / sha[2:4] / sha, (older, older))
+    since = {"If-Modified-Since": email.utils.formatdate(older, usegmt=True)}
+
+    proxied = await client.fetch(f"{stack.url}/{h}", headers=since, raise_error=False)
+    accelerated = await client.fetch(f"{accel_stack.url}/{h}", headers=since, raise_error=False)
+
+    assert proxied.code == 200
+    assert answer_of(accelerated) == answer_of(proxied)
+
+
+@pytest.mark.gen_test
+async def test_with_accel_redirect_hostd_sends_the_headers_and_nginx_the_bytes(
+    accel_stack, big_file, client
+):
+    h, data = big_file
+    sha = hashlib.sha256(data).hexdigest()
+
+    from_hostd = await client.fetch(f"http://127.0.0.1:{accel_stack.hostd_port}/{h}")
+    through_nginx = await client.fetch(f"{accel_stack.url}/{h}")
+
+    assert from_hostd.headers["X-Accel-Redirect"] == f"{ACCEL_PREFIX}{sha[:2]}/{sha[2:4]}/{sha}"
+    assert from_hostd.body == b""
+    assert through_nginx.body == data
+    assert "X-Accel-Redirect" not in through_nginx.headers
+
+
+@pytest.mark.parametrize("port", ["http_port", "https_port"])
+@pytest.mark.gen_test
+async def test_the_blob_location_cannot_be_reached_from_outside(
+    accel_stack, big_file, client, port
+):
+    sha = hashlib.sha256(big_file[1]).hexdigest()
+    base = f"http://127.0.0.1:{getattr(accel_stack, port)}"
+
+    for path in (f"{ACCEL_PREFIX}{sha[:2]}/{sha[2:4]}/{sha}", ACCEL_PREFIX):
+        response = await client.fetch(f"{base}{path}", raise_error=False)
+
+        assert response.code == 404, path
+        assert sha.encode() not in response.body
+        assert big_file[1][:64] not in response.body
+
+
+@pytest.mark.gen_test
+async def test_with_accel_redirect_a_file_taken_down_elsewhere_is_hostds_404(accel_stack, client):
+    data = b"soon taken down"
+    h = json.loads((await upload(client, f"{accel_stack.url}/api/upload", data)).body)["hash"]
+    before = await client.fetch(f"{accel_stack.url}/{h}")
+
+    removed = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "hostd", "file", "rm", h, "--config", str(accel_stack.hostd_toml)],
+        stderr=subprocess.PIPE,
+    )
+    _, stderr = await asyncio.wait_for(removed.communicate(), timeout=60)
+    after = await client.fetch(f"{accel_stack.url}/{h}", raise_error=False)
+
+    assert before.body == data
+    assert removed.returncode == 0, stderr
+    assert after.code == 404
+    assert b"There is no file with this hash." in after.body
 
 
 # -- limits ---------------------------------------------------------------------------------

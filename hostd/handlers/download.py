@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import email.utils
+import functools
 import posixpath
 import re
 import time
 import urllib.parse
+from collections.abc import Awaitable
 
 from hostd import db, sniff
 from hostd.db import Blob
@@ -30,6 +32,19 @@ def cache_control(blob: Blob, now: int) -> str:
     if blob.expires_at is None:
         return CACHE_FOREVER
     return f"public, max-age={max(blob.expires_at - now, 0)}"
+
+
+# With server.accel_redirect, nginx answers the Range header itself: only a single range it
+# reads exactly as parse_range() does goes to it (ASCII digits, few enough not to overflow).
+NGINX_RANGE = re.compile(r"bytes=[0-9]{0,18}-[0-9]{0,18}")
+# Preconditions hostd ignores (it sends the file) but nginx would evaluate (a 412).
+NGINX_PRECONDITIONS = ("If-Match", "If-Unmodified-Since")
+
+
+@functools.lru_cache(maxsize=4096)
+def http_date(epoch: int) -> str:
+    """Last-Modified, formatted once per blob (a blob's row never changes), not per answer."""
+    return email.utils.formatdate(epoch, usegmt=True)
 
 
 def content_disposition(filename: str) -> str:
@@ -78,7 +93,22 @@ async def not_served(database: db.Database, hash: str, missing: str) -> Refusal:
 
 
 class DownloadHandler(BaseHandler):
-    """GET/HEAD a stored file in chunks, with caching validators and byte ranges."""
+    """GET/HEAD a stored file in chunks, with caching validators and byte ranges; or, behind
+    nginx with server.accel_redirect, the headers and X-Accel-Redirect, and nginx the bytes."""
+
+    async def prepare(self) -> None:
+        # A file answer has no use for the session user (a trip to SQLite's thread for each
+        # file a signed-in browser loads): only the 404 page loads it, in not_found().
+        if self.request.method not in ("GET", "HEAD"):
+            await super().prepare()
+
+    def set_default_headers(self) -> None:
+        # Every answer here starts as a file answer, which needs no page nonce: write_error()
+        # puts the page headers back for an error page.
+        self.clear_header("Server")
+        self.set_header("Content-Security-Policy", FILE_CSP)
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Referrer-Policy", "same-origin")
 
     async def get(self, hash: str, suffix: str | None = None, filename: str | None = None) -> None:
         await self.serve(hash, suffix, filename, include_body=True)
@@ -91,14 +121,14 @@ class DownloadHandler(BaseHandler):
     ) -> None:
         blob = await db.get_blob(self.db, hash)
         if blob is None:
-            raise await not_served(self.db, hash, NO_FILE)
+            raise await self.not_found(hash)
         if not blob.alive_at(self.now()):
-            raise Refusal(404, NO_FILE)
+            raise await self.not_found(hash)
         try:
             reader = await self.store.open(blob.sha256)
         except BlobMissing:  # taken down meanwhile, perhaps by `hostd file rm` elsewhere
             db.forget_blob(self.db, blob.hash)
-            raise await not_served(self.db, hash, NO_FILE) from None
+            raise await self.not_found(hash) from None
         try:
             await self.answer(reader, blob, suffix, filename, include_body=include_body)
         finally:
@@ -136,22 +166,62 @@ class DownloadHandler(BaseHandler):
                 start, end = wanted
                 self.set_status(206)
                 self.set_header("Content-Range", f"bytes {start}-{end}/{blob.size_bytes}")
+        accel = self.accel_redirect(blob)
+        if accel is not None:
+            self.set_header("X-Accel-Redirect", accel)  # nginx sends the bytes, this range too
+            if self.get_status() == 200:
+                self.clear_header("Accept-Ranges")  # nginx adds its own to a whole file
+            self.finish()
+            return
         self.set_header("Content-Length", str(end - start + 1))
         if include_body:
-            async for chunk in reader.chunks(start, end):
-                self.write(chunk)
-                await self.flush()
+            await self.send(reader, start, end)
         self.finish()
+
+    async def send(self, reader: BlobReader, start: int, end: int) -> None:
+        """The bytes from start to end, a piece on its way to the client while the next is
+        read. The last piece is left for finish(): a small file goes out with the headers."""
+        left = end - start + 1
+        sent: Awaitable[None] | None = None
+        async for chunk in reader.chunks(start, end):
+            if sent is not None:
+                await sent
+            self.write(chunk)
+            left -= len(chunk)
+            sent = self.flush() if left > 0 else None
+
+    def accel_redirect(self, blob: Blob) -> str | None:
+        """X-Accel-Redirect's URI when nginx is to send the bytes (server.accel_redirect).
+
+        None when hostd sends them: not configured, a store without local files, or a
+        request nginx would answer otherwise than hostd does (a Range hostd answers with the
+        whole file, which nginx might split or refuse; a precondition only nginx checks).
+        """
+        prefix = self.config.accel_redirect
+        if prefix is None:
+            return None
+        headers = self.request.headers
+        if any(name in headers for name in NGINX_PRECONDITIONS):
+            return None
+        if "Range" in headers and not (
+            self.get_status() == 206 and NGINX_RANGE.fullmatch(headers["Range"].strip())
+        ):
+            return None
+        path = self.store.accel_path(blob.sha256)
+        return None if path is None else prefix + path
+
+    async def not_found(self, hash: str) -> Refusal:
+        """The 404 (or 451) for a hash without a file; the page shows who is signed in."""
+        self.current_user = await self.session_user()
+        return await not_served(self.db, hash, NO_FILE)
 
     def set_file_headers(self, blob: Blob, suffix: str | None, filename: str | None) -> None:
         named = posixpath.basename(filename) if filename else suffix
         content_type = (sniff.from_name(named) if named else None) or blob.content_type
-        self.set_header("Content-Type", content_type)
-        self.set_header("Content-Security-Policy", FILE_CSP)
-        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Content-Type", content_type)  # the CSP and nosniff are defaults here
         self.set_header("Cache-Control", cache_control(blob, self.now()))
         self.set_header("ETag", f'"{blob.sha256}"')
-        self.set_header("Last-Modified", email.utils.formatdate(blob.created_at, usegmt=True))
+        self.set_header("Last-Modified", http_date(blob.created_at))
         self.set_header("Accept-Ranges", "bytes")
         if filename:
             self.set_header(
@@ -175,11 +245,10 @@ class DownloadHandler(BaseHandler):
         return if_range is None or if_range.strip() == f'"{blob.sha256}"'
 
     def write_error(self, status_code: int, **kwargs: object) -> None:
-        # An error here is our own page, not the file: restore the page headers.
-        for name in ("Content-Disposition", "ETag", "Last-Modified", "Accept-Ranges"):
-            self.clear_header(name)
+        # An error here is our own page, not the file (send_error() has cleared the file's
+        # headers): the page headers, with a nonce.
+        super().set_default_headers()
         self.set_header("Cache-Control", "no-cache")
-        self.set_default_headers()
         super().write_error(status_code, **kwargs)
 
 
