@@ -37,9 +37,11 @@ async def register(
     original_name: str,
     user_id: int | None,
     api_key_id: int | None,
+    delete_token_hash: str | None = None,
 ) -> tuple[Blob, Upload]:
-    """Place the bytes, then record the upload. If the row cannot be written (a full
-    database, a client gone before its turn), bytes that no row points at are removed."""
+    """Place the bytes, then record the upload (and its deletion link, by its token's hash).
+    If the row cannot be written (a full database, a client gone before its turn), bytes
+    that no row points at are removed."""
     async with store.guard(written.sha256):
         placing = asyncio.ensure_future(store.place(written))
         try:
@@ -60,6 +62,7 @@ async def register(
                 original_name=original_name,
                 user_id=user_id,
                 api_key_id=api_key_id,
+                delete_token_hash=delete_token_hash,
             )
         except BaseException:
             await asyncio.shield(_remove_if_unreferenced(database, store, written.sha256))
@@ -82,6 +85,26 @@ async def delete(
     removal = await db.delete_upload(database, upload_id=upload_id, user_id=user_id)
     await remove_bytes(database, store, thumbs, removal)
     return removal.uploads > 0
+
+
+async def delete_by_link(
+    database: Database, store: BlobStore, thumbs: Thumbnails, *, token_hash: str
+) -> Removal | None:
+    """Remove the upload a deletion link names. None: no such link; Removal(0, ...): its
+    upload was gone already."""
+    removal = await db.delete_by_link(database, token_hash=token_hash)
+    if removal is not None:
+        await remove_bytes(database, store, thumbs, removal)
+    return removal
+
+
+async def delete_uploads_of_blob(
+    database: Database, store: BlobStore, thumbs: Thumbnails, *, user_id: int, hash: str
+) -> int:
+    """Remove a user's uploads of the blob with this public hash; how many there were."""
+    removal = await db.delete_uploads_of_blob(database, user_id=user_id, hash=hash)
+    await remove_bytes(database, store, thumbs, removal)
+    return removal.uploads
 
 
 async def take_down(

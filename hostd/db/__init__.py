@@ -1,7 +1,8 @@
 """The database: every SQL statement hostd runs, as plain async functions of a Database.
 
 core.py holds the Database (connections, the batching writer, migrations); blobs.py the
-files' rows; accounts.py users, sessions and API keys. Callers import this package only.
+files' rows; accounts.py users, sessions and API keys; deletion.py deletion links and
+deleting by them. Callers import this package only.
 """
 
 from hostd.db.accounts import (
@@ -44,11 +45,18 @@ from hostd.db.blobs import (
     take_down,
 )
 from hostd.db.core import Database, is_full, latest_version, now, schema_version
+from hostd.db.deletion import (
+    DeleteLink,
+    delete_by_link,
+    delete_uploads_of_blob,
+    get_delete_link,
+)
 
 __all__ = [
     "ApiKey",
     "Blob",
     "Database",
+    "DeleteLink",
     "HashSpaceExhausted",
     "NameTaken",
     "Registration",
@@ -60,12 +68,15 @@ __all__ = [
     "all_blob_sha256s",
     "all_uploads",
     "count_uploads",
+    "delete_by_link",
     "delete_session",
     "delete_upload",
+    "delete_uploads_of_blob",
     "forget_blob",
     "get_api_key",
     "get_blob",
     "get_blob_by_sha256",
+    "get_delete_link",
     "get_session_user",
     "get_user",
     "insert_api_key",

@@ -78,10 +78,12 @@ async def register_upload(
     original_name: str,
     user_id: int | None = None,
     api_key_id: int | None = None,
+    delete_token_hash: str | None = None,
 ) -> tuple[Blob, Upload]:
     """Record an upload of bytes that are in the store already, creating the blob row on
     first sight. Same bytes, same public hash: an existing blob keeps its hash; a new one
-    takes the shortest candidate that the unique index lets it have."""
+    takes the shortest candidate that the unique index lets it have. With
+    `delete_token_hash`, the upload's deletion link is recorded in the same unit."""
 
     def work(conn: sqlite3.Connection) -> tuple[Blob, Upload]:
         created_at = now()
@@ -98,6 +100,11 @@ async def register_upload(
             (sha256, original_name, created_at, user_id, api_key_id),
         )
         assert upload is not None
+        if delete_token_hash is not None:
+            conn.execute(
+                "INSERT INTO delete_tokens (token_hash, upload_id) VALUES (?, ?)",
+                (delete_token_hash, upload["id"]),
+            )
         return row_as(Blob, row), row_as(Upload, upload)
 
     return await db.write(work)
