@@ -14,7 +14,7 @@ import tornado.web
 from tornado.http1connection import HTTP1Connection
 
 from hostd import db, sniff, uploads
-from hostd.auth import Busy
+from hostd.auth import Busy, delete_token_hash, new_delete_token
 from hostd.db import ApiKey, Blob, Upload
 from hostd.formdata import FORM_OVERHEAD_BYTES, UploadError, UploadForm, boundary_of
 from hostd.handlers.base import ApiHandler, BaseHandler, out_of_space, refuse_early
@@ -68,6 +68,11 @@ def file_urls(base: str, blob: Blob, filename: str) -> dict[str, str]:
     }
 
 
+def delete_url(base: str, token: str) -> str:
+    """An upload's deletion link: a GET shows what it deletes, a POST deletes it."""
+    return f"{base}/delete/{token}"
+
+
 class UploadFlow(BaseHandler):
     """Receives one multipart upload as it streams in; subclasses say how to answer.
 
@@ -80,6 +85,7 @@ class UploadFlow(BaseHandler):
     recording: asyncio.Future[tuple[Blob, Upload]] | None = None
     failed = False
     api_key: ApiKey | None = None
+    delete_url = ""  # the recorded upload's deletion link
 
     def check_xsrf_cookie(self) -> None:
         # Checked in prepare(), where a refusal can be answered without a reset.
@@ -179,6 +185,7 @@ class UploadFlow(BaseHandler):
                 raise
             self.answer_error(*storage_failure(exc))
             return
+        self.set_header("X-Delete-Url", self.delete_url)
         self.answer_ok(blob, upload, self.form.filename)
 
     async def record(self, written: WrittenBlob, filename: str) -> tuple[Blob, Upload]:
@@ -187,6 +194,7 @@ class UploadFlow(BaseHandler):
             owner: int | None = self.api_key.user_id
         else:
             owner = self.current_user.id if self.current_user else None
+        token = new_delete_token()
         blob, upload = await uploads.register(
             self.db,
             self.store,
@@ -195,7 +203,9 @@ class UploadFlow(BaseHandler):
             original_name=filename,
             user_id=owner,
             api_key_id=self.api_key.id if self.api_key else None,
+            delete_token_hash=delete_token_hash(token),
         )
+        self.delete_url = delete_url(self.public_url(), token)
         if self.api_key is not None:
             await touch_key(self, self.api_key)
         return blob, upload
@@ -301,6 +311,7 @@ class UploadHandler(UploadFlow):
             upload=upload,
             filename=filename,
             urls=urls,
+            delete_url=self.delete_url,
         )
 
 
@@ -335,7 +346,9 @@ class ApiUploadHandler(UploadFlow, ApiHandler):
 
     def answer_ok(self, blob: Blob, upload: Upload, filename: str) -> None:
         urls = file_urls(self.public_url(), blob, filename)
-        self.write_json({"hash": blob.hash, "status": True, "urls": urls})
+        self.write_json(
+            {"hash": blob.hash, "status": True, "urls": urls, "delete_url": self.delete_url}
+        )
 
 
 routes = [
