@@ -3,6 +3,7 @@ DELETE /api/files/<hash> with the owner's key; shared bytes stay while an upload
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import re
@@ -13,6 +14,7 @@ from conftest import form_body
 from helpers import blob_files, multipart_body
 
 from hostd import db as queries
+from hostd import uploads
 
 TOKEN = re.compile(r"/delete/([A-Za-z0-9_-]+)$")
 
@@ -272,6 +274,31 @@ async def test_a_link_answers_410_after_its_owner_deleted_the_upload_on_files(
     )
 
     assert (await fetch(http_client, answer["delete_url"])).code == 410
+
+
+@pytest.mark.gen_test
+async def test_a_link_answers_410_after_an_admin_took_the_file_down(
+    http_client, base_url, db, store, app
+):
+    answer = await api_upload(http_client, base_url, b"reported")
+    blob = await queries.get_blob(db, answer["hash"])
+
+    await uploads.take_down(db, store, app.settings["hostd_thumbs"], sha256=blob.sha256)
+
+    assert (await fetch(http_client, answer["delete_url"], "POST")).code == 410
+
+
+@pytest.mark.gen_test
+async def test_two_posts_at_once_delete_once(http_client, base_url, db, config):
+    answer = await api_upload(http_client, base_url, b"clicked twice")
+
+    answers = await asyncio.gather(
+        *(fetch(http_client, answer["delete_url"], "POST") for _ in range(2))
+    )
+
+    assert sorted(a.code for a in answers) == [200, 410]
+    assert await queries.all_uploads(db) == []
+    assert blob_files(config) == []
 
 
 @pytest.mark.gen_test
