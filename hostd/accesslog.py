@@ -38,7 +38,9 @@ class AccessLog:
             self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
         self._lines.append(
             f"{self._stamp},{int((now - second) * 1000):03d} {level} tornado.access: "
-            f"{status} {request.method} {request.uri} ({request.remote_ip}) "
+            # Tornado's own summary ("GET /x (1.2.3.4)"), which a handler whose URL holds a
+            # secret overrides (the deletion link's).
+            f"{status} {handler._request_summary()} "
             f"{1000.0 * request.request_time():.2f}ms\n"
         )
         if len(self._lines) >= MAX_BUFFERED_LINES:

@@ -1,9 +1,11 @@
-"""Passwords and API keys: Argon2 off the IOLoop, in bounded lanes; sessions' token hashes."""
+"""Passwords and API keys: Argon2 off the IOLoop, in bounded lanes; sessions' and deletion
+links' token hashes."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import secrets
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -60,6 +62,22 @@ def parse_key(token: str) -> tuple[str, str] | None:
 
 def session_token_hash(token: str) -> str:
     """Sessions are stored by the SHA-256 of their token, never the token itself."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+DELETE_TOKEN_BYTES = 32
+# secrets.token_urlsafe(32): 43 characters of URL-safe base64, 256 bits.
+DELETE_TOKEN_PATTERN = re.compile(r"[A-Za-z0-9_-]{43}")
+
+
+def new_delete_token() -> str:
+    """The secret part of an upload's deletion link."""
+    return secrets.token_urlsafe(DELETE_TOKEN_BYTES)
+
+
+def delete_token_hash(token: str) -> str:
+    """Deletion links are stored by the SHA-256 of their token. A fast hash is enough: the
+    token is 256 random bits, so a stolen database gives nothing to guess from."""
     return hashlib.sha256(token.encode()).hexdigest()
 
 

@@ -8,8 +8,9 @@ import urllib.parse
 
 def sharex_config(public_url: str, key: str | None = None) -> str:
     """A ShareX custom uploader (.sxcu; ShareX 13.7 or newer): double-clicked, ShareX imports
-    it and makes it the destination for images, text and files. With `key`, uploads are
-    registered to the key's account; without, they are anonymous."""
+    it and makes it the destination for images, text and files, and keeps each upload's
+    deletion link in its history. With `key`, uploads are registered to the key's account;
+    without, they are anonymous."""
     config: dict[str, object] = {
         "Version": "15.0.0",
         "Name": f"hostd ({_netloc(public_url)})",
@@ -19,6 +20,7 @@ def sharex_config(public_url: str, key: str | None = None) -> str:
         "Body": "MultipartFormData",
         "FileFormName": "file",
         "URL": "{json:urls.ext}",
+        "DeletionURL": "{json:delete_url}",
         "ErrorMessage": "{json:error}",
     }
     if key is not None:

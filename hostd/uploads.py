@@ -50,10 +50,12 @@ async def register(
     default_quota_bytes: int | None = None,
     at: int | None = None,
     expires_at: int | None = None,
+    delete_token_hash: str | None = None,
 ) -> tuple[Blob, Upload]:
     """Place the bytes, then record the upload (made `at`, expiring at `expires_at`, None:
-    never). If the row cannot be written (a full database, a client gone before its turn,
-    an account over its quota), bytes that no row points at are removed.
+    never; with its deletion link, by its token's hash). If the row cannot be written (a
+    full database, a client gone before its turn, an account over its quota), bytes that no
+    row points at are removed.
 
     Raises Banned, with nothing stored, for banned bytes: checked before they are placed,
     and by the schema when the row is written (a ban from another process meanwhile)."""
@@ -81,6 +83,7 @@ async def register(
                 default_quota_bytes=default_quota_bytes,
                 at=at,
                 expires_at=expires_at,
+                delete_token_hash=delete_token_hash,
             )
         except BaseException as exc:
             await asyncio.shield(_remove_if_unreferenced(database, store, written.sha256))
@@ -119,6 +122,26 @@ async def delete(
     removal = await db.delete_upload(database, upload_id=upload_id, user_id=user_id)
     await remove_bytes(database, store, thumbs, removal)
     return removal.uploads > 0
+
+
+async def delete_by_link(
+    database: Database, store: BlobStore, thumbs: Thumbnails, *, token_hash: str
+) -> Removal | None:
+    """Remove the upload a deletion link names. None: no such link; Removal(0, ...): its
+    upload was gone already."""
+    removal = await db.delete_by_link(database, token_hash=token_hash)
+    if removal is not None:
+        await remove_bytes(database, store, thumbs, removal)
+    return removal
+
+
+async def delete_uploads_of_blob(
+    database: Database, store: BlobStore, thumbs: Thumbnails, *, user_id: int, hash: str
+) -> int:
+    """Remove a user's uploads of the blob with this public hash; how many there were."""
+    removal = await db.delete_uploads_of_blob(database, user_id=user_id, hash=hash)
+    await remove_bytes(database, store, thumbs, removal)
+    return removal.uploads
 
 
 async def take_down(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import io
 import os
@@ -30,6 +31,17 @@ from hostd.config import Config
 from hostd.db import Database, User
 from hostd.handlers.base import SESSION_COOKIE
 from hostd.storage import TEMP_PREFIX, LocalBlobStore
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_implicit_event_loop() -> None:
+    """Each pytest-tornado IOLoop asks asyncio.get_event_loop() for the loop to restore after
+    it; in the main thread, the first such call makes a new loop that nobody closes. Once an
+    asyncio.run() (test_cli, test_crash) has replaced it, the garbage collector finds it and
+    its ResourceWarning fails whatever test is running then (a flake, seen in test_download
+    and test_pages). With no loop set, get_event_loop() raises instead, which Tornado handles.
+    """
+    asyncio.set_event_loop(None)
 
 
 @pytest.fixture

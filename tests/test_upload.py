@@ -70,6 +70,7 @@ async def test_api_upload_answers_json_with_the_four_urls(http_client, base_url)
     assert response.headers["Content-Type"].startswith("application/json")
     answer = json.loads(response.body)
     h = expected_hash(b"png!")
+    assert answer.pop("delete_url").startswith(f"{base_url}/delete/")  # see test_deletion.py
     assert answer == {
         "hash": h,
         "status": True,

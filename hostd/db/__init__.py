@@ -3,7 +3,7 @@
 core.py holds the Database (connections, the batching writer, migrations); blobs.py the
 files' rows; accounts.py users, sessions and API keys; moderation.py bans, disabled and
 removed accounts; stats.py the figures of `hostd stats`; quotas.py storage quotas; expiry.py
-expired uploads. Callers import this package only.
+expired uploads; deletion.py deletion links. Callers import this package only.
 """
 
 from hostd.db.accounts import (
@@ -46,6 +46,12 @@ from hostd.db.blobs import (
     take_down,
 )
 from hostd.db.core import Database, is_full, latest_version, now, schema_version
+from hostd.db.deletion import (
+    DeleteLink,
+    delete_by_link,
+    delete_uploads_of_blob,
+    get_delete_link,
+)
 from hostd.db.expiry import Expired, delete_expired, list_expired
 from hostd.db.moderation import (
     AlreadyBanned,
@@ -67,6 +73,7 @@ __all__ = [
     "Ban",
     "Blob",
     "Database",
+    "DeleteLink",
     "Expired",
     "HashSpaceExhausted",
     "NameTaken",
@@ -83,15 +90,18 @@ __all__ = [
     "all_uploads",
     "count_uploads",
     "delete_ban",
+    "delete_by_link",
     "delete_expired",
     "delete_session",
     "delete_upload",
+    "delete_uploads_of_blob",
     "delete_user",
     "forget_blob",
     "get_api_key",
     "get_ban",
     "get_blob",
     "get_blob_by_sha256",
+    "get_delete_link",
     "get_session_user",
     "get_stats",
     "get_user",

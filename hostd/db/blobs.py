@@ -89,11 +89,13 @@ async def register_upload(
     default_quota_bytes: int | None = None,
     at: int | None = None,
     expires_at: int | None = None,
+    delete_token_hash: str | None = None,
 ) -> tuple[Blob, Upload]:
     """Record an upload of bytes that are in the store already, creating the blob row on
     first sight. Same bytes, same public hash: an existing blob keeps its hash; a new one
     takes the shortest candidate that the unique index lets it have. An account's upload
-    is recorded only if it fits in the account's quota (else OverQuota).
+    is recorded only if it fits in the account's quota (else OverQuota). With
+    `delete_token_hash`, the upload's deletion link is recorded in the same unit.
 
     `at` is the upload's time (default: now), `expires_at` when it expires (None: never);
     the blob's own expiry then moves to the latest of its uploads' (a trigger does it)."""
@@ -121,6 +123,11 @@ async def register_upload(
             (sha256, original_name, created_at, user_id, api_key_id, expires_at),
         )
         assert upload is not None
+        if delete_token_hash is not None:
+            conn.execute(
+                "INSERT INTO delete_tokens (token_hash, upload_id) VALUES (?, ?)",
+                (delete_token_hash, upload["id"]),
+            )
         row = _one(conn, "SELECT * FROM blobs WHERE sha256 = ?", (sha256,))
         assert row is not None
         changed = before is not None and before["expires_at"] != row["expires_at"]

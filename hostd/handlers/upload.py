@@ -13,7 +13,7 @@ from typing import Any
 import tornado.web
 
 from hostd import db, limits, retention, sniff, uploads
-from hostd.auth import Busy
+from hostd.auth import Busy, delete_token_hash, new_delete_token
 from hostd.db import ApiKey, Blob, Upload
 from hostd.formdata import FORM_OVERHEAD_BYTES, UploadError, UploadForm, boundary_of
 from hostd.handlers.base import ApiHandler, BaseHandler, out_of_space, refuse_early
@@ -128,6 +128,11 @@ class UploadsInFlight:
         return True
 
 
+def delete_url(base: str, token: str) -> str:
+    """An upload's deletion link: a GET shows what it deletes, a POST deletes it."""
+    return f"{base}/delete/{token}"
+
+
 class UploadFlow(BaseHandler):
     """Receives one multipart upload as it streams in; subclasses say how to answer.
 
@@ -146,6 +151,7 @@ class UploadFlow(BaseHandler):
     admission: limits.Admission | None = None
     uploaded_at: int | None = None  # set_expiry() fixes both once the body has ended
     expires: int | None = None
+    delete_url = ""  # the recorded upload's deletion link
 
     def check_xsrf_cookie(self) -> None:
         # Checked in prepare(), where a refusal can be answered without a reset.
@@ -328,6 +334,7 @@ class UploadFlow(BaseHandler):
             self.answer_error(*storage_failure(exc))
             return
         self.set_header("X-Expires", retention.http_date(upload.expires_at))
+        self.set_header("X-Delete-Url", self.delete_url)
         self.answer_ok(blob, upload, self.form.filename)
 
     def asked_expiry(self, now: int) -> int | None:
@@ -361,6 +368,7 @@ class UploadFlow(BaseHandler):
 
     async def record(self, written: WrittenBlob, filename: str) -> tuple[Blob, Upload]:
         """Put the bytes in the store and register the upload to its owner, if any."""
+        token = new_delete_token()
         blob, upload = await uploads.register(
             self.db,
             self.store,
@@ -372,7 +380,9 @@ class UploadFlow(BaseHandler):
             default_quota_bytes=self.config.quota_bytes,
             at=self.uploaded_at,
             expires_at=self.expires,
+            delete_token_hash=delete_token_hash(token),
         )
+        self.delete_url = delete_url(self.public_url(), token)
         if self.api_key is not None:
             await touch_key(self, self.api_key)
         return blob, upload
@@ -502,6 +512,7 @@ class UploadHandler(UploadFlow):
             upload=upload,
             filename=filename,
             urls=urls,
+            delete_url=self.delete_url,
         )
 
 
@@ -537,7 +548,15 @@ class ApiUploadHandler(UploadFlow, ApiHandler):
     def answer_ok(self, blob: Blob, upload: Upload, filename: str) -> None:
         urls = file_urls(self.public_url(), blob, filename)
         expires_at = retention.iso_time(upload.expires_at)
-        self.write_json({"hash": blob.hash, "status": True, "urls": urls, "expires_at": expires_at})
+        self.write_json(
+            {
+                "hash": blob.hash,
+                "status": True,
+                "urls": urls,
+                "expires_at": expires_at,
+                "delete_url": self.delete_url,
+            }
+        )
 
 
 routes = [
