@@ -85,7 +85,7 @@ async def nothing_stored(db, config) -> bool:
     ],
 )
 async def test_banned_bytes_are_refused_451_in_each_endpoints_format_and_nothing_stays(
-    http_client, base_url, db, store, thumbs, config, path, headers, answer
+    http_client, base_url, db, store, thumbs, config, path, headers, answer, caplog
 ):
     data = png()
     first = await upload(http_client, f"{base_url}/api/upload", data)
@@ -109,6 +109,7 @@ async def test_banned_bytes_are_refused_451_in_each_endpoints_format_and_nothing
         assert "banned from this server" in body and "ticket 42" in body
         assert ("<html" in body) == (answer == "page")
     assert await nothing_stored(db, config)
+    assert "Uncaught exception" not in caplog.text  # the refusal is the request's end
 
 
 @pytest.mark.gen_test

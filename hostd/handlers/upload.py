@@ -325,6 +325,7 @@ class UploadFlow(BaseHandler):
             return  # the client went away while its upload waited to be recorded
         except uploads.Banned as exc:
             self.answer_error(451, banned_message(exc.reason))
+            return
         except db.OverQuota as exc:
             self.answer_error(413, limits.over_quota_message(exc))
             return
