@@ -320,3 +320,17 @@ def wait_for_line(proc: subprocess.Popen[str], needle: str, timeout: float = 15)
         if not line and proc.poll() is not None:
             break
     raise AssertionError(f"never saw {needle!r}")
+
+
+def hostd(
+    *args: str, cwd: Path, stdin: str | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """`python -m hostd ARGS` to its end: its exit status, stdout and stderr."""
+    return subprocess.run(
+        [sys.executable, "-m", "hostd", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+    )

@@ -8,17 +8,10 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
-from helpers import fetch, multipart_body, start, wait_for_line
-
-
-def hostd(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "hostd", *args], capture_output=True, text=True, timeout=120, cwd=cwd
-    )
+from helpers import fetch, hostd, multipart_body, start, wait_for_line
 
 
 def upload(base_url: str, data: bytes) -> str:

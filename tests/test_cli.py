@@ -15,7 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import argon2
-from helpers import multipart_body, start, wait_for_line
+from helpers import hostd, multipart_body, start, wait_for_line
 from PIL import Image
 
 
@@ -103,17 +103,6 @@ def test_half_written_uploads_from_a_crash_are_removed_at_start(tmp_path, free_p
         proc.communicate(timeout=10)
 
     assert list((data / "tmp").iterdir()) == []  # its own folder goes at exit
-
-
-def hostd(*args: str, cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "hostd", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=cwd,
-    )
 
 
 def test_admin_creates_a_user_and_a_key_that_uploads_until_invalidated(tmp_path, free_port):

@@ -14,7 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import multipart_body, start, wait_for_line
+from helpers import hostd, multipart_body, start, wait_for_line
 
 from hostd import db as queries
 from hostd.db import Database
@@ -90,13 +90,7 @@ def rows_and_bytes(data_dir: Path) -> tuple[set[str], set[str]]:
 
 
 def gc(data_dir: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "hostd", "gc", "--data-dir", str(data_dir), "--grace", "0"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=cwd,
-    )
+    return hostd("gc", "--data-dir", str(data_dir), "--grace", "0", cwd=cwd)
 
 
 @pytest.mark.parametrize("step", ["before-the-row", "after-the-delete-commits"])

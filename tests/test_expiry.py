@@ -13,8 +13,6 @@ import json
 import re
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from importlib import resources
 from pathlib import Path
@@ -22,6 +20,7 @@ from pathlib import Path
 import pytest
 from helpers import (
     blob_files,
+    hostd,
     multipart_body,
     png_of_one_colour,
     start,
@@ -593,16 +592,6 @@ async def test_a_database_from_before_expiry_keeps_every_file_forever(tmp_path):
 
 
 # -- hostd prune, and the server's own sweep -------------------------------------------------
-
-
-def hostd(*args: str, cwd) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "hostd", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=cwd,
-    )
 
 
 async def expired_and_kept(http_client, base_url, policy, wall_clock) -> tuple[str, str]:

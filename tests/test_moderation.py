@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import XSRF, form_body
-from helpers import blob_files, multipart_body, start, temp_files, wait_for_line
+from helpers import blob_files, hostd, multipart_body, start, temp_files, wait_for_line
 from PIL import Image
 
 from hostd import db as queries
@@ -444,17 +444,6 @@ async def test_gc_dry_run_says_what_it_would_remove_and_removes_nothing(db, stor
 
 
 # -- the commands ----------------------------------------------------------------------
-
-
-def hostd(*args: str, cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "hostd", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=cwd,
-    )
 
 
 def fetch(url: str, data: bytes | None = None, headers: dict | None = None):
