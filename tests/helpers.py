@@ -8,6 +8,8 @@ import hashlib
 import io
 import json
 import os
+import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -334,3 +336,47 @@ def hostd(
         timeout=timeout,
         cwd=cwd,
     )
+
+
+# -- processes that serve a port --------------------------------------------------------------
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def wait_until(ready: Any, proc: subprocess.Popen[bytes], logs: list[Path], what: str) -> None:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if ready():
+            return
+        if proc.poll() is not None:
+            break
+        time.sleep(0.02)
+    output = "".join(log.read_text(errors="replace") for log in logs if log.exists())
+    raise AssertionError(f"{what} did not start (exit code {proc.poll()}):\n{output}")
+
+
+def accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -20,8 +20,6 @@ import hashlib
 import json
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,7 +32,7 @@ from typing import Any
 
 import pytest
 import tornado.httpclient
-from helpers import multipart_body, streamed_upload
+from helpers import accepts, free_ports, multipart_body, stop, streamed_upload, wait_until
 from nginxsite import (
     CONTRIB,
     INSTALL_HINT,
@@ -105,47 +103,6 @@ def require_nginx() -> str:
             pytrace=False,
         )
     return found
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-def wait_until(ready: Any, proc: subprocess.Popen[bytes], logs: list[Path], what: str) -> None:
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        if ready():
-            return
-        if proc.poll() is not None:
-            break
-        time.sleep(0.02)
-    output = "".join(log.read_text(errors="replace") for log in logs if log.exists())
-    raise AssertionError(f"{what} did not start (exit code {proc.poll()}):\n{output}")
-
-
-def accepts(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except OSError:
-        return False
-    return True
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 @dataclass
