@@ -6,6 +6,7 @@ import asyncio
 import ctypes
 import logging
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -196,8 +197,8 @@ def return_big_buffers_to_the_os() -> None:
     mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
 
 
-async def serve(config: Config) -> None:
-    """Run until SIGINT or SIGTERM."""
+async def serve(config: Config, sockets: list[socket.socket] | None = None) -> None:
+    """Run until SIGINT or SIGTERM, on `sockets` when given (bound by `serve --instances`)."""
     return_big_buffers_to_the_os()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -210,7 +211,10 @@ async def serve(config: Config) -> None:
         collect_garbage_now_and_then(db, store, app.settings["hostd_thumbs"])
     )
     prune_task = loop.create_task(prune_now_and_then(db, store, app.settings["hostd_thumbs"]))
-    server.listen(config.port, address=config.host)
+    if sockets is None:
+        server.listen(config.port, address=config.host)
+    else:
+        server.add_sockets(sockets)
     shown_host = f"[{config.host}]" if ":" in config.host else config.host
     log.info(
         "hostd listening on http://%s:%d/ (data in %s)", shown_host, config.port, config.data_dir

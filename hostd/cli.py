@@ -23,6 +23,7 @@ from hostd.db import Database
 from hostd.hashes import is_sha256
 from hostd.parsing import parse_count
 from hostd.storage import store_from
+from hostd.supervisor import supervise
 
 DEFAULT_CONFIG = Path("hostd.toml")
 MAX_QUOTA_BYTES = 2**63 - 1  # SQLite's largest integer
@@ -41,6 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd = commands.add_parser("serve", parents=[common], help="run the web server")
     serve_cmd.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve_cmd.add_argument("--port", type=int, help="port to listen on (default 8000)")
+    serve_cmd.add_argument(
+        "--instances",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N processes on one listening socket (needs PostgreSQL; default 1)",
+    )
     serve_cmd.set_defaults(handler=cmd_serve)
 
     user_cmd = commands.add_parser("user", help="manage accounts")
@@ -719,8 +727,12 @@ def config_from(args: argparse.Namespace, **overrides: object) -> Config:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     config = config_from(args, host=args.host, port=args.port)
-    asyncio.run(serve(config))
-    return 0
+    if args.instances < 1:
+        raise ConfigError("--instances must be at least 1")
+    if args.instances == 1:
+        asyncio.run(serve(config))
+        return 0
+    return supervise(config, args.instances, serve)
 
 
 def main(argv: list[str] | None = None) -> int:
