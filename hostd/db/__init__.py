@@ -45,7 +45,7 @@ from hostd.db.blobs import (
     register_upload,
     take_down,
 )
-from hostd.db.core import Database, is_full, latest_version, now, schema_version
+from hostd.db.core import Cache, Changes, Database, is_full, latest_version, now, schema_version
 from hostd.db.deletion import (
     DeleteLink,
     delete_by_link,
@@ -72,6 +72,8 @@ __all__ = [
     "ApiKey",
     "Ban",
     "Blob",
+    "Cache",
+    "Changes",
     "Database",
     "DeleteLink",
     "Expired",

@@ -152,7 +152,6 @@ class ApiKeyInvalidateHandler(BaseHandler):
             return
         invalidated = await db.invalidate_api_key(self.db, key_id=key.key_id, user_id=key.user_id)
         assert invalidated is not None
-        self.auth.forget_key(invalidated.id)
         if self.is_htmx:
             self.set_header("Vary", "HX-Request")
             self.finish(self.render_string_page("api/_key_row.html", key=invalidated))
