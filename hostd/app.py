@@ -69,7 +69,7 @@ def make_app(
         hostd_store=store,
         hostd_auth=auth or Auth(),
         hostd_thumbs=thumbnails_of(config),
-        hostd_limiter=SignInLimiter(clock=clock),
+        hostd_limiter=SignInLimiter(db, clock=wall_clock),  # shared with other processes
         hostd_registrations=RegistrationLimiter(config.registrations_per_hour, clock=clock),
         hostd_reveals=KeyReveals(),
         hostd_in_flight=UploadsInFlight(),

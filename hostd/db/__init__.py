@@ -3,7 +3,8 @@
 core.py holds the Database (connections, the batching writer, migrations); blobs.py the
 files' rows; accounts.py users, sessions and API keys; moderation.py bans, disabled and
 removed accounts; stats.py the figures of `hostd stats`; quotas.py storage quotas; expiry.py
-expired uploads; deletion.py deletion links. Callers import this package only.
+expired uploads; deletion.py deletion links; signins.py failed sign-ins; settings.py what
+every process must agree on. Callers import this package only.
 """
 
 from hostd.db.accounts import (
@@ -65,6 +66,7 @@ from hostd.db.moderation import (
     set_user_disabled,
 )
 from hostd.db.quotas import OverQuota, set_quota
+from hostd.db.signins import SignInCount, begin_signin, end_signin
 from hostd.db.stats import Stats, Uploader, get_stats
 
 __all__ = [
@@ -82,6 +84,7 @@ __all__ = [
     "OverQuota",
     "Registration",
     "Removal",
+    "SignInCount",
     "Stats",
     "TooManyKeys",
     "Upload",
@@ -90,6 +93,7 @@ __all__ = [
     "UserFile",
     "all_blob_sha256s",
     "all_uploads",
+    "begin_signin",
     "count_uploads",
     "delete_ban",
     "delete_by_link",
@@ -98,6 +102,7 @@ __all__ = [
     "delete_upload",
     "delete_uploads_of_blob",
     "delete_user",
+    "end_signin",
     "forget_blob",
     "get_api_key",
     "get_ban",
