@@ -20,7 +20,6 @@ from hostd.config import Config, ensure_cookie_secret
 from hostd.db import Database
 from hostd.formdata import FORM_OVERHEAD_BYTES
 from hostd.handlers import all_routes
-from hostd.handlers.api import KeyReveals
 from hostd.handlers.pages import NotFoundHandler
 from hostd.handlers.upload import UploadsInFlight
 from hostd.limits import Limits
@@ -71,7 +70,6 @@ def make_app(
         hostd_thumbs=thumbnails_of(config),
         hostd_limiter=SignInLimiter(db, clock=wall_clock),  # shared with other processes
         hostd_registrations=RegistrationLimiter(config.registrations_per_hour, clock=clock),
-        hostd_reveals=KeyReveals(),
         hostd_in_flight=UploadsInFlight(),
         hostd_limits=Limits(config, clock=clock),
         log_function=access_log or AccessLog(),

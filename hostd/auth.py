@@ -81,6 +81,42 @@ def delete_token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+# A new key waits for its one showing (the page a form post redirects to) under a random
+# one-time token that only the browser holds, in a cookie.
+REVEAL_TOKEN_BYTES = 32
+
+
+def new_reveal_token() -> str:
+    return secrets.token_urlsafe(REVEAL_TOKEN_BYTES)
+
+
+def reveal_token_hash(token: str) -> str:
+    """What the database finds a waiting key by: never the token, which unseals the key."""
+    return hashlib.sha256(b"hostd key reveal id\0" + token.encode()).hexdigest()
+
+
+def seal_key(token: str, key: str) -> str:
+    """`key` encrypted under the one-time `token` (hex): XOR with a SHAKE-256 stream of the
+    token. The token is 256 random bits used for this one key, so the stream is a one-time
+    pad; the database, which never sees the token, holds nothing that gives the key away."""
+    data = key.encode()
+    return bytes(a ^ b for a, b in zip(data, _pad(token, len(data)), strict=True)).hex()
+
+
+def unseal_key(token: str, sealed: str) -> str | None:
+    """The key seal_key() sealed with this token; None if it does not unseal to one."""
+    try:
+        data = bytes.fromhex(sealed)
+        key = bytes(a ^ b for a, b in zip(data, _pad(token, len(data)), strict=True)).decode()
+    except ValueError:  # not hex, or not UTF-8
+        return None
+    return key if parse_key(key) is not None else None
+
+
+def _pad(token: str, length: int) -> bytes:
+    return hashlib.shake_256(b"hostd key reveal pad\0" + token.encode()).digest(length)
+
+
 class Busy(Exception):
     """Too many Argon2 jobs are waiting already; the caller should answer 503."""
 
