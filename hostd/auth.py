@@ -117,6 +117,18 @@ def _pad(token: str, length: int) -> bytes:
     return hashlib.shake_256(b"hostd key reveal pad\0" + token.encode()).digest(length)
 
 
+def secret_fingerprint(secret: str) -> str:
+    """What the database records of the cookie secret: an Argon2 hash (the key profile),
+    so that every process can check it has the same secret, and a stolen database does not
+    give it away. Blocking: run it off the IOLoop."""
+    return argon2.PasswordHasher.from_parameters(KEY_PROFILE).hash(secret)
+
+
+def fingerprint_matches(fingerprint: str, secret: str) -> bool:
+    """Blocking, like secret_fingerprint()."""
+    return _verify(argon2.PasswordHasher.from_parameters(KEY_PROFILE), fingerprint, secret)
+
+
 class Busy(Exception):
     """Too many Argon2 jobs are waiting already; the caller should answer 503."""
 

@@ -68,10 +68,12 @@ from hostd.db.moderation import (
     set_user_disabled,
 )
 from hostd.db.quotas import OverQuota, set_quota
+from hostd.db.settings import COOKIE_SECRET, delete_setting, record_setting
 from hostd.db.signins import SignInCount, begin_signin, end_signin
 from hostd.db.stats import Stats, Uploader, get_stats
 
 __all__ = [
+    "COOKIE_SECRET",
     "AlreadyBanned",
     "ApiKey",
     "Ban",
@@ -101,6 +103,7 @@ __all__ = [
     "delete_by_link",
     "delete_expired",
     "delete_session",
+    "delete_setting",
     "delete_upload",
     "delete_uploads_of_blob",
     "delete_user",
@@ -130,6 +133,7 @@ __all__ = [
     "list_user_files",
     "list_users",
     "now",
+    "record_setting",
     "referenced_among",
     "refused_as_banned",
     "register_upload",
