@@ -152,6 +152,32 @@ async def test_a_verified_key_skips_argon2_until_it_is_invalidated(db, counting,
 
 
 @pytest.mark.gen_test
+async def test_a_key_invalidated_by_another_process_is_refused_at_once(
+    db, counting, login, other_process
+):
+    alice = await login()
+    minted = await new_key(db, counting, alice.user.id)
+    assert await counting.verify_key(db, minted.token)  # remembered
+
+    await queries.invalidate_api_key(other_process, key_id=minted.key_id)
+
+    assert await counting.verify_key(db, minted.token) is None
+
+
+@pytest.mark.gen_test
+async def test_an_account_disabled_by_another_process_opens_nothing_at_once(
+    db, counting, login, other_process
+):
+    alice = await login()
+    minted = await new_key(db, counting, alice.user.id)
+    assert await counting.verify_key(db, minted.token)  # remembered
+
+    await queries.set_user_disabled(other_process, user_id=alice.user.id, disabled=True)
+
+    assert await counting.verify_key(db, minted.token) is None
+
+
+@pytest.mark.gen_test
 async def test_the_verification_cache_is_bounded(db, login):
     cheap = argon2.PasswordHasher.from_parameters(argon2.profiles.CHEAPEST)
     auth = Auth(password_hasher=cheap, key_hasher=cheap, cache_size=3)
