@@ -255,3 +255,12 @@ async def test_new_accounts_wait_behind_sign_ins_and_hold_half_the_queue():
     refused = [i for i, result in enumerate(results) if isinstance(result, Busy)]
     assert refused == [2, 5]  # new accounts hold two of the four places; sign-ins the rest
     assert hasher.jobs[-4:] == ["hash new 0", "verify sign-in A", "verify sign-in B", "hash new 1"]
+
+
+def test_a_remembered_key_has_its_use_written_at_most_once_a_minute(counting):
+    # The key's row, as remembered from its verification, says it was never used.
+    key = queries.ApiKey(1, "0" * 16, 1, "hash", "", 0, last_used_at=None, invalidated_at=None)
+
+    writes = [counting.note_use(key, at, 60) for at in (1000, 1030, 1059, 1060, 1061)]
+
+    assert writes == [True, False, False, True, False]
