@@ -49,6 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="run N processes on one listening socket (needs PostgreSQL; default 1)",
     )
+    serve_cmd.add_argument(
+        "--new-cookie-secret",
+        action="store_true",
+        help="record this cookie secret as the database's, replacing another (signs everyone out)",
+    )
     serve_cmd.set_defaults(handler=cmd_serve)
 
     user_cmd = commands.add_parser("user", help="manage accounts")
@@ -730,8 +735,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.instances < 1:
         raise ConfigError("--instances must be at least 1")
     if args.instances == 1:
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, new_cookie_secret=args.new_cookie_secret))
         return 0
+    if args.new_cookie_secret:
+        raise ConfigError("--new-cookie-secret works with one instance: run it so once first")
     return supervise(config, args.instances, serve)
 
 

@@ -280,8 +280,18 @@ def ensure_cookie_secret(config: Config) -> Config:
         try:
             secret = path.read_text(encoding="ascii").strip()
         except FileNotFoundError:
-            secret = secrets.token_urlsafe(48)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            # Written whole under another name, then linked into place: a process starting
+            # at the same time reads either no file or the whole secret, and one of the two
+            # links wins; both then use the winner's.
+            draft = path.with_name(f".cookie_secret.{os.getpid()}")
+            fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w", encoding="ascii") as out:
-                out.write(secret + "\n")
+                out.write(secrets.token_urlsafe(48) + "\n")
+            try:
+                os.link(draft, path)
+            except FileExistsError:
+                pass
+            finally:
+                draft.unlink()
+            secret = path.read_text(encoding="ascii").strip()
     return dataclasses.replace(config, cookie_secret=secret)

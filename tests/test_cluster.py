@@ -42,8 +42,7 @@ from nginxsite import (
 
 INSTANCES = 3
 PASSWORD = "correct horse battery"
-KEY = re.compile(r"hk_[0-9a-f]{16}_[A-Za-z0-9_-]{43}")
-KEY_ID = re.compile(r"/api/keys/([0-9a-f]{16})/invalidate")
+KEY = re.compile(r"hk_([0-9a-f]{16})_[A-Za-z0-9_-]{43}")
 
 
 # -- the cluster ----------------------------------------------------------------------------
@@ -214,9 +213,10 @@ def make_key(browser: Browser, base: str, label: str) -> tuple[str, str]:
     posted = browser.post(f"{base}/api/keys", label=label)
     assert posted.status == 303, posted.text
     shown = browser.get(f"{base}/api")
-    (key,) = set(KEY.findall(shown.text))
-    ids = KEY_ID.findall(shown.text)
-    return key, ids[-1]
+    (key,) = {m.group(0) for m in KEY.finditer(shown.text)}
+    key_id = key.split("_")[1]
+    assert f"/api/keys/{key_id}/invalidate" in shown.text
+    return key, key_id
 
 
 # -- the tests ------------------------------------------------------------------------------
@@ -245,7 +245,7 @@ def test_a_key_shown_through_the_no_javascript_redirect_is_shown_once_across_ins
     again = [browser.get(f"{base}/api") for base in cluster.instances]
 
     assert posted.status == 303 and posted.headers["Location"] == "/api"
-    (key,) = set(KEY.findall(shown.text))
+    (key,) = {m.group(0) for m in KEY.finditer(shown.text)}
     assert "it will not be shown again" in shown.text
     for page in again:
         assert key not in page.text and "it will not be shown again" not in page.text

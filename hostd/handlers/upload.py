@@ -38,7 +38,7 @@ TOUCH_EVERY_SECONDS = 60
 
 async def touch_key(handler: BaseHandler, key: ApiKey) -> None:
     at = db.now()
-    if key.last_used_at is None or at - key.last_used_at >= TOUCH_EVERY_SECONDS:
+    if handler.auth.note_use(key, at, TOUCH_EVERY_SECONDS):
         try:
             await db.touch_api_key(handler.db, id=key.id, at=at)
         except Exception as exc:
