@@ -13,7 +13,7 @@ from collections.abc import Callable
 import jinja2
 import tornado.web
 
-from hostd import uploads
+from hostd import resumable, uploads
 from hostd.accesslog import AccessLog
 from hostd.auth import Auth
 from hostd.config import Config, ensure_cookie_secret
@@ -73,6 +73,7 @@ def make_app(
         hostd_registrations=RegistrationLimiter(config.registrations_per_hour, clock=clock),
         hostd_reveals=KeyReveals(),
         hostd_in_flight=UploadsInFlight(),
+        hostd_partials=resumable.Partials(config.data_dir / "partials"),
         hostd_limits=Limits(config, clock=clock),
         log_function=access_log or AccessLog(),
         hostd_wall_clock=wall_clock,
@@ -165,9 +166,19 @@ async def prune_now_and_then(
     thumbs: Thumbnails,
     every_seconds: float = PRUNE_EVERY_SECONDS,
     clock: Callable[[], float] = time.time,
+    partials: resumable.Partials | None = None,
 ) -> None:
-    """Remove expired uploads, and the bytes no unexpired upload is left for (`hostd prune`)."""
+    """Remove expired uploads, and the bytes no unexpired upload is left for (`hostd prune`);
+    and expired resumable uploads with their partial files."""
     while True:
+        if partials is not None:
+            try:
+                gone = await resumable.prune(db, partials, now=int(clock()))
+            except Exception:
+                log.exception("removing expired resumable uploads failed; trying again later")
+            else:
+                if gone:
+                    log.info("prune: removed %d expired resumable upload(s)", gone)
         try:
             removed = await uploads.prune(db, store, thumbs, now=int(clock()))
         except Exception:
@@ -209,7 +220,11 @@ async def serve(config: Config) -> None:
     gc_task = loop.create_task(
         collect_garbage_now_and_then(db, store, app.settings["hostd_thumbs"])
     )
-    prune_task = loop.create_task(prune_now_and_then(db, store, app.settings["hostd_thumbs"]))
+    prune_task = loop.create_task(
+        prune_now_and_then(
+            db, store, app.settings["hostd_thumbs"], partials=app.settings["hostd_partials"]
+        )
+    )
     server.listen(config.port, address=config.host)
     shown_host = f"[{config.host}]" if ":" in config.host else config.host
     log.info(

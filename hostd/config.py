@@ -55,6 +55,8 @@ class Config:
     anonymous_max_upload_bytes: int | None = None
     uploads_per_minute: int | None = None
     upload_bytes_per_hour: int | None = None
+    resumable_hours: int = 24
+    resumable_in_flight: int = 20
     min_free_bytes: int | None = None  # None: 1 GiB or 5% of the filesystem, the smaller
     anonymous_hours: int | None = None
     account_hours: int | None = None
@@ -95,6 +97,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "anonymous_max_upload_bytes",
         "uploads_per_minute",
         "upload_bytes_per_hour",
+        "resumable_hours",
+        "resumable_in_flight",
     ),
     "accounts": ("registration", "max_keys", "registrations_per_hour", "quota_bytes"),
     "retention": ("anonymous_hours", "account_hours", "max_hours", "hours_by_size"),
@@ -171,6 +175,12 @@ def _build(values: dict[str, Any], origin: str) -> Config:
         raise ConfigError(f"{origin}: limits.max_thumbnail_decode_bytes must be a positive number")
     if config.max_keys is not None and config.max_keys < 1:
         raise ConfigError(f"{origin}: accounts.max_keys must be at least 1 when set")
+    if not 1 <= config.resumable_hours <= LONGEST_EXPIRY_HOURS:
+        raise ConfigError(
+            f"{origin}: limits.resumable_hours must be from 1 to {LONGEST_EXPIRY_HOURS}"
+        )
+    if config.resumable_in_flight < 1:
+        raise ConfigError(f"{origin}: limits.resumable_in_flight must be at least 1")
     if config.registrations_per_hour < 1:
         raise ConfigError(f"{origin}: accounts.registrations_per_hour must be at least 1")
     _check_limits(config, origin)

@@ -241,6 +241,18 @@ class Limits:
             raise too_many(bytes_wait, self.bytes_message())
         return Admission(self, reservation, subjects, max_file, too_large)
 
+    def resume(self, *, length: int | None, key_id: str | None, address: str) -> Admission:
+        """A later part of a resumable upload: it was counted, and checked against the file
+        limits and the quota, when it began; its bytes still meet the disk guard and the
+        byte budgets. UploadError 507 when the disk has no room for `length` more."""
+        reservation = self.guard.admit(length)
+        if reservation is None:
+            raise UploadError(507, LOW_ON_SPACE)
+        subjects = [f"addr:{address_key(address)}"]
+        if key_id is not None:
+            subjects.append(f"key:{key_id}")
+        return Admission(self, reservation, subjects, self.config.max_upload_bytes, None)
+
     def count_message(self) -> str:
         return (
             f"too many uploads: at most {self.config.uploads_per_minute} a minute from one"

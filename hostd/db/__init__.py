@@ -3,7 +3,8 @@
 core.py holds the Database (connections, the batching writer, migrations); blobs.py the
 files' rows; accounts.py users, sessions and API keys; moderation.py bans, disabled and
 removed accounts; stats.py the figures of `hostd stats`; quotas.py storage quotas; expiry.py
-expired uploads; deletion.py deletion links. Callers import this package only.
+expired uploads; deletion.py deletion links; resumable.py tus uploads in progress. Callers
+import this package only.
 """
 
 from hostd.db.accounts import (
@@ -65,6 +66,20 @@ from hostd.db.moderation import (
     set_user_disabled,
 )
 from hostd.db.quotas import OverQuota, set_quota
+from hostd.db.resumable import (
+    Resumable,
+    TooManyResumable,
+    complete_resumable,
+    delete_expired_resumables,
+    delete_resumable,
+    get_resumable,
+    get_upload_with_blob,
+    insert_resumable,
+    list_expired_resumables,
+    pending_resumable_bytes,
+    unfinished_resumable_ids,
+    update_resumable_offset,
+)
 from hostd.db.stats import Stats, Uploader, get_stats
 
 __all__ = [
@@ -80,18 +95,23 @@ __all__ = [
     "OverQuota",
     "Registration",
     "Removal",
+    "Resumable",
     "Stats",
     "TooManyKeys",
+    "TooManyResumable",
     "Upload",
     "Uploader",
     "User",
     "UserFile",
     "all_blob_sha256s",
     "all_uploads",
+    "complete_resumable",
     "count_uploads",
     "delete_ban",
     "delete_by_link",
     "delete_expired",
+    "delete_expired_resumables",
+    "delete_resumable",
     "delete_session",
     "delete_upload",
     "delete_uploads_of_blob",
@@ -102,11 +122,14 @@ __all__ = [
     "get_blob",
     "get_blob_by_sha256",
     "get_delete_link",
+    "get_resumable",
     "get_session_user",
     "get_stats",
+    "get_upload_with_blob",
     "get_user",
     "insert_api_key",
     "insert_ban",
+    "insert_resumable",
     "insert_session",
     "insert_user",
     "invalidate_api_key",
@@ -116,10 +139,12 @@ __all__ = [
     "list_api_keys",
     "list_bans",
     "list_expired",
+    "list_expired_resumables",
     "list_registrations",
     "list_user_files",
     "list_users",
     "now",
+    "pending_resumable_bytes",
     "referenced_among",
     "refused_as_banned",
     "register_upload",
@@ -128,5 +153,7 @@ __all__ = [
     "set_user_disabled",
     "take_down",
     "touch_api_key",
+    "unfinished_resumable_ids",
     "update_password",
+    "update_resumable_offset",
 ]
