@@ -30,7 +30,7 @@ import tornado.web
 
 from hostd import db, limits, resumable, retention, uploads
 from hostd.auth import Busy
-from hostd.db import ApiKey, Resumable, User
+from hostd.db import ApiKey, Blob, Resumable, Upload, User
 from hostd.formdata import UploadError, clean_filename
 from hostd.handlers.base import ApiHandler, BaseHandler, has_body, out_of_space, refuse_early
 from hostd.handlers.upload import (
@@ -464,13 +464,15 @@ class TusHandler(ApiHandler):
         link = delete_url(
             self.public_url(), resumable.delete_token(self.config.cookie_secret, found.id)
         )
+        self.stored = blob, upload
         self.answer = upload_answer(self.public_url(), blob, upload, found.filename, link)
         self.set_header("Upload-Info", json.dumps(self.answer))
         self.set_header("X-Delete-Url", link)
         self.set_header("X-Expires", retention.http_date(upload.expires_at))
         return True
 
-    answer: dict[str, Any] | None = None
+    answer: dict[str, Any] | None = None  # what /api/upload would have answered
+    stored: tuple[Blob, Upload] | None = None
 
     def on_connection_close(self) -> None:
         self.gone = True
@@ -649,7 +651,19 @@ class TusUploadHandler(TusHandler):
         if found is None:
             return
         state = {"offset": found.offset_bytes, "length": found.length_bytes}
-        if self.answer is None:
+        if self.answer is not None and self.is_htmx and self.stored is not None:
+            # The upload page's result, as /upload renders it for the page's own uploads.
+            blob, upload = self.stored
+            self.render_page(
+                "upload/result.html",
+                fragment="upload_result",
+                blob=blob,
+                upload=upload,
+                filename=found.filename,
+                urls=self.answer["urls"],
+                delete_url=self.answer["delete_url"],
+            )
+        elif self.answer is None:
             self.write_json({"status": True, "complete": False, **state})
         else:
             self.write_json({**self.answer, "complete": True, **state})
