@@ -159,11 +159,14 @@ def test_a_big_upload_resumes_after_the_server_restarts(
         request = route.request
         if request.method == "PATCH":
             patches.append(request.headers.get("upload-offset", ""))
-        if request.method == "PATCH" and request.headers.get("upload-offset") == str(PART):
-            if not held:
-                held.append(route)
-                second_part.set()
-                return
+        if (
+            request.method == "PATCH"
+            and not held
+            and request.headers.get("upload-offset") == str(PART)
+        ):
+            held.append(route)
+            second_part.set()
+            return
         route.continue_()
 
     page.route("**/api/tus/**", hold_the_second_part)
