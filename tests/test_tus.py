@@ -29,6 +29,7 @@ from hostd import resumable
 from hostd.hashes import public_hash_candidates
 
 TUS = {"Tus-Resumable": "1.0.0"}
+LIMIT = 128 * 1024 * 1024  # the served hostd's max_upload_bytes
 OCTETS = {**TUS, "Content-Type": "application/offset+octet-stream"}
 
 
@@ -356,6 +357,37 @@ async def test_expired_partial_uploads_are_gone_and_cleaned_up(
     assert partial_files(config) == []
 
 
+@pytest.mark.gen_test
+async def test_an_upload_whose_last_part_was_recorded_but_not_stored_is_stored_on_the_next_head(
+    http_client, base_url, app, db, config
+):
+    data = unique_bytes(2000)
+    created = await create(http_client, base_url, len(data))
+    url = created.headers["Location"]
+    id = url.rsplit("/", 1)[1]
+    # As a server that stopped between the last part's offset and the registration leaves it:
+    (config.data_dir / "partials" / id).write_bytes(data)
+    await queries.update_resumable_offset(db, id=id, offset_bytes=len(data))
+
+    response = await head(http_client, url)
+
+    assert response.code == 200
+    assert json.loads(response.headers["Upload-Info"])["hash"] == public_hash(data)
+    assert partial_files(config) == []
+
+
+@pytest.mark.gen_test
+async def test_once_its_file_is_deleted_the_upload_is_gone(http_client, base_url):
+    data = unique_bytes(3000)
+    created = await create(http_client, base_url, len(data), body=data)
+    info = json.loads(created.headers["Upload-Info"])
+
+    await http_client.fetch(info["delete_url"], method="POST", body=b"")
+    response = await head(http_client, created.headers["Location"])
+
+    assert response.code == 410
+
+
 # -- tuspy against a real `hostd serve` ---------------------------------------------------
 
 
@@ -416,7 +448,9 @@ class Served:
 
 @pytest.fixture
 def served(tmp_path: Path, free_port: int) -> Iterator[Served]:
-    (tmp_path / "hostd.toml").write_text("[limits]\nmax_upload_bytes = 67108864\n")
+    (tmp_path / "hostd.toml").write_text(
+        f"[server]\nshutdown_grace_seconds = 0\n[limits]\nmax_upload_bytes = {LIMIT}\n"
+    )
     server = Served(tmp_path, free_port)
     server.start()
     yield server
@@ -472,15 +506,7 @@ def test_a_connection_cut_mid_part_resumes_from_what_arrived(served):
     cut_at = 2 * 1024 * 1024 + 17
 
     # One PATCH of the whole file, whose connection dies after cut_at bytes of it.
-    with socket.create_connection(("127.0.0.1", served.port)) as sock:
-        sock.sendall(
-            (
-                f"PATCH /{path} HTTP/1.1\r\nHost: 127.0.0.1\r\nTus-Resumable: 1.0.0\r\n"
-                "Content-Type: application/offset+octet-stream\r\nUpload-Offset: 0\r\n"
-                f"Content-Length: {len(data)}\r\n\r\n"
-            ).encode()
-            + data[:cut_at]
-        )
+    raw_patch(served.port, f"/{path}", len(data), data[:cut_at]).close()
     offset = 0
     deadline = time.monotonic() + 30
     while offset < cut_at and time.monotonic() < deadline:  # until the server has noticed
@@ -490,6 +516,45 @@ def test_a_connection_cut_mid_part_resumes_from_what_arrived(served):
     uploader.upload()
 
     assert resumed_from == cut_at
+    assert info_of(url)["hash"] == public_hash(data)
+
+
+def raw_patch(port: int, path: str, total: int, data: bytes) -> socket.socket:
+    """A PATCH of `total` bytes from offset 0 whose first `data` is sent; left open."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.sendall(
+        (
+            f"PATCH {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nTus-Resumable: 1.0.0\r\n"
+            "Content-Type: application/offset+octet-stream\r\nUpload-Offset: 0\r\n"
+            f"Content-Length: {total}\r\n\r\n"
+        ).encode()
+        + data
+    )
+    return sock
+
+
+def test_a_part_still_arriving_when_the_server_stops_is_kept(served):
+    data = unique_bytes(resumable.CHECKPOINT_BYTES + 16 * 1024 * 1024)
+    created = requests.post(
+        f"{served.base_url}/api/tus/",
+        headers={**TUS, "Upload-Length": str(len(data)), "Upload-Metadata": metadata()},
+        timeout=30,
+    )
+    url = created.headers["Location"]
+    sent = resumable.CHECKPOINT_BYTES + 8 * 1024 * 1024
+    with raw_patch(served.port, url.split(str(served.port), 1)[1], len(data), data[:sent]):
+        offset = 0
+        deadline = time.monotonic() + 60
+        while offset < resumable.CHECKPOINT_BYTES and time.monotonic() < deadline:
+            offset = int(requests.head(url, headers=TUS, timeout=30).headers["Upload-Offset"])
+
+        served.stop()  # with the part still arriving: 503, and what arrived is recorded
+    served.start()
+    uploader = tus_uploader(served.base_url, data, url=url)
+    resumed_from = uploader.get_offset()
+    uploader.upload()
+
+    assert resumable.CHECKPOINT_BYTES <= resumed_from <= sent
     assert info_of(url)["hash"] == public_hash(data)
 
 
@@ -513,8 +578,8 @@ def test_an_upload_survives_a_restart_of_the_server(served):
 
 def test_tuspy_sees_the_limit_as_a_413(served):
     uploader = tus_uploader(served.base_url, b"x")
-    uploader.file_size = 64 * 1024 * 1024 + 1
-    uploader.get_file_size = lambda: 64 * 1024 * 1024 + 1
+    uploader.file_size = LIMIT + 1
+    uploader.get_file_size = lambda: LIMIT + 1
 
     with pytest.raises(TusCommunicationError) as refused:
         uploader.upload()

@@ -52,6 +52,8 @@ TUS_VERSION = "1.0.0"
 TUS_EXTENSIONS = "creation,creation-with-upload,termination,expiration,checksum"
 CHECKSUM_ALGORITHMS = "sha256"
 OFFSET_OCTET_STREAM = "application/offset+octet-stream"
+# How long a termination waits for a part still arriving to let go of the upload.
+RELEASE_SECONDS = 10.0
 ID_BYTES = 24  # 32 URL-safe characters
 METADATA_KEY = re.compile(r"[!-+\--~]+")  # printable ASCII without space and comma
 MAX_METADATA_BYTES = 4096
@@ -117,6 +119,8 @@ class TusHandler(ApiHandler):
     body_over = False  # the whole body arrived: the method runs, whatever the client does
     saving: asyncio.Future[None] | None = None
     in_flight_entered = False
+    streaming = False  # the body is being taken: refusals from now on answer as it comes
+    released: asyncio.Event | None = None  # set once the request has let go of its upload
     # A part whose connection broke is kept for the client to resume; not where the client
     # never learnt the upload's URL (a creation whose answer it did not get).
     keeps_broken_parts = True
@@ -178,7 +182,7 @@ class TusHandler(ApiHandler):
         if exc.status == 401:
             self.set_header("WWW-Authenticate", 'Bearer realm="hostd"')
         body = json.dumps({"status": False, "error": exc.message}) + "\n"
-        if has_body(self.request) and not self.body_over:
+        if has_body(self.request) and not self.streaming and not self.body_over:
             refuse_early(self, exc.status, body, "application/json; charset=utf-8")
             return
         self.set_status(exc.status, "Checksum Mismatch" if exc.status == 460 else None)
@@ -266,6 +270,7 @@ class TusHandler(ApiHandler):
         self.in_flight.enter(self)
         self.in_flight_entered = True
         self.partials.writing[found.id] = self
+        self.released = asyncio.Event()
         self.target = found
         part = resumable.PartFile(self.partials.path(found.id), found.offset_bytes)
         try:
@@ -278,6 +283,7 @@ class TusHandler(ApiHandler):
         connection.set_max_body_size(left + DRAIN_ALLOWANCE_BYTES)
         connection.streaming(self.error_format)
         self.pace = BodyPace(self.config.body_idle_seconds, self.stalled)
+        self.streaming = True
 
     @staticmethod
     def error_format(status: int, message: str) -> tuple[int, str, str]:
@@ -399,6 +405,8 @@ class TusHandler(ApiHandler):
             self.in_flight_entered = False
         if self.admission is not None:
             self.admission.release()
+        if self.released is not None:
+            self.released.set()
 
     async def end_part(self) -> Resumable | None:
         """The body has ended: make it durable, check its checksum, record the offset.
@@ -435,6 +443,7 @@ class TusHandler(ApiHandler):
             if found.id in self.partials.writing:
                 raise UploadError(423, "this upload is being finished by another request")
             self.partials.writing[found.id] = self
+            self.body_over = True  # (a HEAD's too): others see the upload is being finished
             try:
                 blob, upload = await resumable.complete(
                     self.db, self.store, self.partials, found, config=self.config, at=self.now()
@@ -705,14 +714,29 @@ class TusUploadHandler(TusHandler):
     async def delete(self, id: str) -> None:
         found = self.target
         assert found is not None
-        holder = self.partials.writing.get(found.id)
-        if holder is not None:
-            holder.request.connection.close()
-            if holder.saving is not None:
-                await holder.saving
+        try:
+            await self.let_go(found)
+        except UploadError as exc:
+            self.refuse(exc)
+            return
         await resumable.drop(self.db, self.partials, found.id)
         self.set_status(204)
         self.finish()
+
+    async def let_go(self, found: Resumable) -> None:
+        """End a part of this upload still arriving, and wait until it has let go of the
+        file; UploadError 423 when the upload is being finished (or will not let go)."""
+        holder = self.partials.writing.get(found.id)
+        if holder is None:
+            return
+        if holder.body_over:
+            raise UploadError(423, "this upload is being finished; try again in a moment")
+        holder.request.connection.close()
+        if holder.released is not None:
+            try:
+                await asyncio.wait_for(holder.released.wait(), RELEASE_SECONDS)
+            except TimeoutError:
+                raise UploadError(423, "this upload is busy; try again in a moment") from None
 
 
 routes = [
