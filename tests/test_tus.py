@@ -4,6 +4,7 @@ broken off mid-way."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import io
@@ -21,6 +22,7 @@ from pathlib import Path
 import pytest
 import requests
 from helpers import hostd, multipart_body, start
+from tornado.simple_httpclient import HTTPStreamClosedError
 from tusclient import client as tus_client
 from tusclient.exceptions import TusCommunicationError
 
@@ -268,6 +270,44 @@ async def test_a_session_counts_only_with_the_pages_xsrf_token(http_client, base
     assert anonymous.code == 201 and refused.code == 403 and page.code == 201
     files, _ = await queries.list_user_files(db, user_id=signed_in.user.id, limit=10)
     assert [f.blob.hash for f in files] == [json.loads(page.headers["Upload-Info"])["hash"]]
+
+
+@pytest.mark.gen_test
+async def test_a_second_writer_ends_the_first_and_is_asked_to_retry(http_client, base_url):
+    created = await create(http_client, base_url, 1_000_000)
+    url = created.headers["Location"]
+    sent, hold = asyncio.Event(), asyncio.Event()
+
+    async def stalled_body(write):
+        await write(b"a" * 100_000)
+        sent.set()
+        await hold.wait()
+
+    first = asyncio.ensure_future(
+        http_client.fetch(
+            url,
+            method="PATCH",
+            headers={**OCTETS, "Upload-Offset": "0", "Content-Length": "1000000"},
+            body_producer=stalled_body,
+            raise_error=False,
+        )
+    )
+    await sent.wait()
+
+    second = await patch(http_client, url, 0, b"b" * 10)
+    hold.set()
+    with pytest.raises(HTTPStreamClosedError):
+        await first  # the server ended it
+    deadline = time.monotonic() + 10
+    retried = second
+    while retried.code in (409, 423) and time.monotonic() < deadline:  # as a tus client does
+        await asyncio.sleep(0.01)
+        offset = int((await head(http_client, url)).headers["Upload-Offset"])
+        retried = await patch(http_client, url, offset, b"c" * 10)
+
+    assert second.code == 423 and second.headers["Retry-After"] == "1"
+    assert retried.code == 204
+    assert int(retried.headers["Upload-Offset"]) in (10, 100_010)  # the first's bytes kept
 
 
 @pytest.mark.gen_test

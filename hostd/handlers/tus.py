@@ -45,6 +45,7 @@ from hostd.handlers.upload import (
 )
 from hostd.parsing import parse_count
 from hostd.server import BodyPace, HostdConnection
+from hostd.throttle import address_key
 
 log = logging.getLogger("hostd")
 
@@ -442,6 +443,10 @@ class TusHandler(ApiHandler):
         if found.completed_at is None:
             if found.id in self.partials.writing:
                 raise UploadError(423, "this upload is being finished by another request")
+            # The file is written once more, into the store: the disk guard must have room.
+            room = self.upload_limits.guard.admit(found.length_bytes)
+            if room is None:
+                raise UploadError(507, limits.LOW_ON_SPACE)
             self.partials.writing[found.id] = self
             self.body_over = True  # (a HEAD's too): others see the upload is being finished
             try:
@@ -458,6 +463,7 @@ class TusHandler(ApiHandler):
                 self.refuse(UploadError(*storage_failure(exc)))
                 return False
             finally:
+                room.release()
                 if self.partials.writing.get(found.id) is self:
                     del self.partials.writing[found.id]
             if self.api_key is not None:
@@ -555,7 +561,7 @@ class TusCollectionHandler(TusHandler):
                 id=id,
                 user_id=self.user_id,
                 api_key_id=self.api_key.id if self.api_key else None,
-                address=self.request.remote_ip or "",
+                address=address_key(self.request.remote_ip or ""),
                 length_bytes=length,
                 metadata=metadata,
                 filename=filename,
