@@ -309,7 +309,10 @@ class TusHandler(ApiHandler):
             self.hasher.update(chunk)
         self.part.write(chunk)
         behind = self.part.backpressure()
-        if behind is None and self.part.offset - self.part.synced < resumable.CHECKPOINT_BYTES:
+        checkpoint = self.checksum is None and (
+            self.part.offset - self.part.synced >= resumable.CHECKPOINT_BYTES
+        )
+        if behind is None and not checkpoint:
             return None
         waiting = self.wait_for_disk(behind)
         return waiting if self.pace is None else self.pace.paused(waiting)
