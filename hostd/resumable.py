@@ -32,8 +32,11 @@ from typing import IO, Any
 from hostd import db, retention, sniff, uploads
 from hostd.auth import delete_token_hash
 from hostd.config import Config
-from hostd.db import Blob, Database, Resumable, Upload
+from hostd.db import ApiKey, Blob, Database, Resumable, Upload
+from hostd.formdata import UploadError
+from hostd.limits import Limits, quota_message, quota_of
 from hostd.storage import BlobStore
+from hostd.throttle import address_key
 
 log = logging.getLogger("hostd")
 
@@ -177,6 +180,80 @@ class PartFile:
             file, self._file = self._file, None
             with contextlib.suppress(OSError):
                 file.close()
+
+
+async def begin(
+    database: Database,
+    partials: Partials,
+    upload_limits: Limits,
+    *,
+    config: Config,
+    id: str,
+    user_id: int | None,
+    api_key: ApiKey | None,
+    address: str,
+    length: int,
+    metadata: str,
+    filename: str,
+    expires: str,
+    now: int,
+) -> Resumable:
+    """Record a new resumable upload and its empty partial file, once the limits let it
+    begin: the file's own limits, the quota (counting the account's unfinished uploads) and
+    the upload count, as for any upload; the disk guard and the byte budgets then meet
+    each part as it comes. UploadError (413, 429, 507) when they refuse it."""
+    admission = await upload_limits.admit(
+        database,
+        length=length,
+        user_id=user_id,
+        key_id=api_key.key_id if api_key else None,
+        address=address,
+    )
+    admission.release()
+    if user_id is not None:
+        await _check_quota_with_unfinished(database, config, user_id, length, now)
+    try:
+        found = await db.insert_resumable(
+            database,
+            id=id,
+            user_id=user_id,
+            api_key_id=api_key.id if api_key else None,
+            address=address_key(address),
+            length_bytes=length,
+            metadata=metadata,
+            filename=filename,
+            expires=expires,
+            created_at=now,
+            expires_at=now + config.resumable_hours * 3600,
+            most=config.resumable_in_flight,
+        )
+    except db.TooManyResumable as exc:
+        raise UploadError(
+            429,
+            f"{exc.args[0]} unfinished resumable uploads are waiting already; finish or"
+            " terminate (DELETE) one of them first",
+        ) from None
+    try:
+        await partials.create(id)
+    except BaseException:
+        await db.delete_resumable(database, id=id)
+        raise
+    return found
+
+
+async def _check_quota_with_unfinished(
+    database: Database, config: Config, user_id: int, length: int, now: int
+) -> None:
+    user = await db.get_user(database, id=user_id)
+    quota = quota_of(user, config.quota_bytes) if user else None
+    if user is None or quota is None:
+        return
+    unfinished = await db.pending_resumable_bytes(database, user_id=user_id, now=now)
+    if user.used_bytes + unfinished + length > quota:
+        message = quota_message(
+            used=user.used_bytes + unfinished, quota=quota, size=length, what="upload"
+        )
+        raise UploadError(413, f"{message} (unfinished uploads count too)")
 
 
 def delete_token(secret: str, id: str) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import hashlib
 import io
 import json
@@ -343,13 +344,12 @@ async def test_a_part_that_fails_its_checksum_is_a_460_and_is_dropped(http_clien
 
 @pytest.mark.gen_test
 async def test_an_owner_has_a_bounded_number_of_unfinished_uploads(http_client, base_url, app):
-    app.settings["hostd_config"] = config = app.settings["hostd_config"].__class__(
-        **{**app.settings["hostd_config"].__dict__, "resumable_in_flight": 2}
+    app.settings["hostd_config"] = dataclasses.replace(
+        app.settings["hostd_config"], resumable_in_flight=2
     )
 
     answers = [(await create(http_client, base_url, 100)).code for _ in range(3)]
 
-    assert config.resumable_in_flight == 2
     assert answers == [201, 201, 429]
 
 
@@ -368,8 +368,8 @@ async def test_unfinished_uploads_count_against_the_quota(http_client, base_url,
 
 @pytest.mark.gen_test
 async def test_anonymous_tus_follows_allow_anonymous(http_client, base_url, app):
-    app.settings["hostd_config"] = app.settings["hostd_config"].__class__(
-        **{**app.settings["hostd_config"].__dict__, "allow_anonymous": False}
+    app.settings["hostd_config"] = dataclasses.replace(
+        app.settings["hostd_config"], allow_anonymous=False
     )
 
     response = await create(http_client, base_url, 100)

@@ -45,7 +45,6 @@ from hostd.handlers.upload import (
 )
 from hostd.parsing import parse_count
 from hostd.server import BodyPace, HostdConnection
-from hostd.throttle import address_key
 
 log = logging.getLogger("hostd")
 
@@ -438,46 +437,15 @@ class TusHandler(ApiHandler):
         await self.release()
         return await db.get_resumable(self.db, id=found.id)
 
-    async def finish_if_complete(self, found: Resumable) -> bool:
-        """When every byte is in, register the upload and put its answer in the headers.
-        False when it answered a refusal (the upload is then gone, or stays to retry)."""
+    async def finish_if_complete(self, found: Resumable) -> None:
+        """When every byte is in: store the upload (once), and put its answer in the
+        headers. UploadError when that is refused."""
         if not found.all_arrived:
-            return True
+            return
         if found.completed_at is None:
-            if found.id in self.partials.writing:
-                raise UploadError(423, "this upload is being finished by another request")
-            # The file is written once more, into the store: the disk guard must have room.
-            room = self.upload_limits.guard.admit(found.length_bytes)
-            if room is None:
-                raise UploadError(507, limits.LOW_ON_SPACE)
-            self.partials.writing[found.id] = self
-            self.body_over = True  # (a HEAD's too): others see the upload is being finished
-            try:
-                blob, upload = await resumable.complete(
-                    self.db, self.store, self.partials, found, config=self.config, at=self.now()
-                )
-            except (uploads.Banned, db.OverQuota, retention.ExpiryError) as exc:
-                await resumable.drop(self.db, self.partials, found.id)
-                self.refuse(refusal_of(exc))
-                return False
-            except Exception as exc:
-                if not (isinstance(exc, OSError) or out_of_space(exc)):
-                    raise
-                self.refuse(UploadError(*storage_failure(exc)))
-                return False
-            finally:
-                room.release()
-                if self.partials.writing.get(found.id) is self:
-                    del self.partials.writing[found.id]
-            if self.api_key is not None:
-                await touch_key(self, self.api_key)
+            blob, upload = await self.store_upload(found)
         else:
-            if found.upload_id is None:
-                raise UploadError(410, "the file this upload became has been deleted")
-            got = await db.get_upload_with_blob(self.db, upload_id=found.upload_id)
-            if got is None:
-                raise UploadError(410, "the file this upload became has been deleted")
-            blob, upload = got
+            blob, upload = await self.stored_upload(found)
         assert self.config.cookie_secret is not None
         link = delete_url(
             self.public_url(), resumable.delete_token(self.config.cookie_secret, found.id)
@@ -487,7 +455,44 @@ class TusHandler(ApiHandler):
         self.set_header("Upload-Info", json.dumps(self.answer))
         self.set_header("X-Delete-Url", link)
         self.set_header("X-Expires", retention.http_date(upload.expires_at))
-        return True
+
+    async def store_upload(self, found: Resumable) -> tuple[Blob, Upload]:
+        """Register an upload whose bytes are all in. A refused file (banned, over the
+        quota) drops the upload; a storage failure keeps it, for the client's retry."""
+        if found.id in self.partials.writing:
+            raise UploadError(423, "this upload is being finished by another request")
+        # The file is written once more, into the store: the disk guard must have room.
+        room = self.upload_limits.guard.admit(found.length_bytes)
+        if room is None:
+            raise UploadError(507, limits.LOW_ON_SPACE)
+        self.partials.writing[found.id] = self
+        self.body_over = True  # (a HEAD's too): others see the upload is being finished
+        try:
+            stored = await resumable.complete(
+                self.db, self.store, self.partials, found, config=self.config, at=self.now()
+            )
+        except (uploads.Banned, db.OverQuota, retention.ExpiryError) as exc:
+            await resumable.drop(self.db, self.partials, found.id)
+            raise refusal_of(exc) from None
+        except Exception as exc:
+            if not (isinstance(exc, OSError) or out_of_space(exc)):
+                raise
+            raise UploadError(*storage_failure(exc)) from None
+        finally:
+            room.release()
+            if self.partials.writing.get(found.id) is self:
+                del self.partials.writing[found.id]
+        if self.api_key is not None:
+            await touch_key(self, self.api_key)
+        return stored
+
+    async def stored_upload(self, found: Resumable) -> tuple[Blob, Upload]:
+        got = None
+        if found.upload_id is not None:
+            got = await db.get_upload_with_blob(self.db, upload_id=found.upload_id)
+        if got is None:
+            raise UploadError(410, "the file this upload became has been deleted")
+        return got
 
     answer: dict[str, Any] | None = None  # what /api/upload would have answered
     stored: tuple[Blob, Upload] | None = None
@@ -545,66 +550,29 @@ class TusCollectionHandler(TusHandler):
             retention.parse_expires(expires, now=now, source="the expires metadata")
         except retention.ExpiryError as exc:
             raise UploadError(400, str(exc)) from None
-        # The file's own limits, the quota and the upload count, as for any upload; the
-        # disk guard and the byte budgets then meet each part as it comes.
-        admission = await self.upload_limits.admit(
+        found = await resumable.begin(
             self.db,
-            length=length,
+            self.partials,
+            self.upload_limits,
+            config=self.config,
+            id=secrets.token_urlsafe(ID_BYTES),
             user_id=self.user_id,
-            key_id=self.api_key.key_id if self.api_key else None,
+            api_key=self.api_key,
             address=self.request.remote_ip or "",
+            length=length,
+            metadata=metadata,
+            filename=filename,
+            expires=expires,
+            now=now,
         )
-        admission.release()
-        if self.user_id is not None:
-            await self.check_quota_with_pending(length, now)
-        id = secrets.token_urlsafe(ID_BYTES)
-        try:
-            found = await db.insert_resumable(
-                self.db,
-                id=id,
-                user_id=self.user_id,
-                api_key_id=self.api_key.id if self.api_key else None,
-                address=address_key(self.request.remote_ip or ""),
-                length_bytes=length,
-                metadata=metadata,
-                filename=filename,
-                expires=expires,
-                created_at=now,
-                expires_at=now + self.config.resumable_hours * 3600,
-                most=self.config.resumable_in_flight,
-            )
-        except db.TooManyResumable as exc:
-            raise UploadError(
-                429,
-                f"{exc.args[0]} unfinished resumable uploads are waiting already; finish or"
-                " terminate (DELETE) one of them first",
-            ) from None
-        try:
-            await self.partials.create(id)
-        except BaseException:
-            await db.delete_resumable(self.db, id=id)
-            raise
         self.target = found
         if has_body(self.request):
             try:
                 await self.start_part(found)
             except BaseException:
                 await self.release()
-                await resumable.drop(self.db, self.partials, id)
+                await resumable.drop(self.db, self.partials, found.id)
                 raise
-
-    async def check_quota_with_pending(self, length: int, now: int) -> None:
-        assert self.user_id is not None
-        user = await db.get_user(self.db, id=self.user_id)
-        quota = limits.quota_of(user, self.config.quota_bytes) if user else None
-        if user is None or quota is None:
-            return
-        pending = await db.pending_resumable_bytes(self.db, user_id=self.user_id, now=now)
-        if user.used_bytes + pending + length > quota:
-            message = limits.quota_message(
-                used=user.used_bytes + pending, quota=quota, size=length, what="upload"
-            )
-            raise UploadError(413, f"{message} (unfinished uploads count too)")
 
     async def post(self) -> None:
         found = self.target
@@ -618,8 +586,7 @@ class TusCollectionHandler(TusHandler):
                 return
             found = ended
             try:
-                if not await self.finish_if_complete(found):
-                    return
+                await self.finish_if_complete(found)
             except UploadError as exc:
                 self.refuse(exc)
                 return
@@ -692,8 +659,7 @@ class TusUploadHandler(TusHandler):
         found = self.target
         assert found is not None
         try:
-            if not await self.finish_if_complete(found):
-                return None
+            await self.finish_if_complete(found)
         except UploadError as exc:
             self.refuse(exc)
             return None
@@ -711,8 +677,7 @@ class TusUploadHandler(TusHandler):
         if found is None:
             return
         try:
-            if not await self.finish_if_complete(found):
-                return
+            await self.finish_if_complete(found)
         except UploadError as exc:
             self.refuse(exc)
             return
