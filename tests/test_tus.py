@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import email.utils
 import hashlib
 import io
 import json
@@ -29,6 +30,7 @@ from tusclient.exceptions import TusCommunicationError
 
 from hostd import db as queries
 from hostd import resumable
+from hostd.app import prune_now_and_then
 from hostd.hashes import public_hash_candidates
 
 TUS = {"Tus-Resumable": "1.0.0"}
@@ -378,8 +380,8 @@ async def test_anonymous_tus_follows_allow_anonymous(http_client, base_url, app)
 
 
 @pytest.mark.gen_test
-async def test_expired_partial_uploads_are_gone_and_cleaned_up(
-    http_client, base_url, app, db, config, wall_clock
+async def test_expired_partial_uploads_are_gone_and_the_periodic_task_removes_them(
+    http_client, base_url, app, db, store, config, wall_clock
 ):
     created = await create(http_client, base_url, 1000)
     url = created.headers["Location"]
@@ -388,13 +390,64 @@ async def test_expired_partial_uploads_are_gone_and_cleaned_up(
 
     wall_clock.advance(config.resumable_hours * 3600)
     late = await patch(http_client, url, 300, b"z" * 300)
-    removed = await resumable.prune(db, app.settings["hostd_partials"], now=int(wall_clock()))
+    # A round reads the clock for the resumable uploads, then again for the other ones.
+    reads, partials_done = [], asyncio.Event()
 
-    assert expires.endswith(" GMT")
+    def round_clock() -> float:
+        reads.append(1)
+        if len(reads) == 2:
+            partials_done.set()
+        return wall_clock()
+
+    sweeping = asyncio.ensure_future(
+        prune_now_and_then(
+            db,
+            store,
+            app.settings["hostd_thumbs"],
+            clock=round_clock,
+            partials=app.settings["hostd_partials"],
+        )
+    )
+    await asyncio.wait_for(partials_done.wait(), 10)
+    sweeping.cancel()
+
+    assert expires == email.utils.formatdate(int(wall_clock()), usegmt=True)
     assert late.code == 410
-    assert removed == 1
+    assert partial_files(config) == []
+    assert (await head(http_client, url)).code == 404
+
+
+@pytest.mark.gen_test
+async def test_partial_files_no_upload_names_are_removed_after_an_hour(db, app, config):
+    partials = app.settings["hostd_partials"]
+    (config.data_dir / "partials" / "left-by-a-crash").write_bytes(b"x")
+
+    young = await resumable.prune(db, partials, now=int(time.time()))
+    old = await resumable.prune(
+        db, partials, now=int(time.time()), clock=lambda: time.time() + 3600
+    )
+
+    assert young == old == 0
+    assert partial_files(config) == []
+
+
+@pytest.mark.gen_test
+async def test_a_banned_file_is_refused_at_its_last_byte_and_leaves_nothing(
+    http_client, base_url, db, config
+):
+    data = unique_bytes(4000)
+    await queries.insert_ban(db, sha256=hashlib.sha256(data).hexdigest(), reason="spam")
+    created = await create(http_client, base_url, len(data))
+    url = created.headers["Location"]
+
+    first = await patch(http_client, url, 0, data[:1000])
+    last = await patch(http_client, url, 1000, data[1000:])
+
+    assert first.code == 204
+    assert last.code == 451 and "spam" in json.loads(last.body)["error"]
     assert (await head(http_client, url)).code == 404
     assert partial_files(config) == []
+    assert [p for p in config.blobs_dir.rglob("*") if p.is_file()] == []
 
 
 @pytest.mark.gen_test
