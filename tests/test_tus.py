@@ -151,6 +151,18 @@ async def test_an_upload_in_two_parts_is_registered_like_any_other(
 
 
 @pytest.mark.gen_test
+async def test_the_access_log_does_not_hold_an_uploads_url(http_client, base_url, access_log):
+    created = await create(http_client, base_url, 1000)
+    id = created.headers["Location"].rsplit("/", 1)[1]
+
+    await patch(http_client, created.headers["Location"], 0, b"x" * 10)
+    await head(http_client, created.headers["Location"])
+
+    assert id not in access_log.text
+    assert access_log.text.count(f"/api/tus/{id[:6]}...") == 2
+
+
+@pytest.mark.gen_test
 async def test_the_same_bytes_get_the_same_hash_as_a_multipart_upload(http_client, base_url):
     data = unique_bytes(70_000)
     body, headers = multipart_body(files=[("file", "same.bin", data)])

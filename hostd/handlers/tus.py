@@ -601,6 +601,12 @@ class TusUploadHandler(TusHandler):
     """/api/tus/<id>: HEAD (where it stands), PATCH (the next part), DELETE (termination),
     GET (JSON: where it stands, and once finished the answer of /api/upload)."""
 
+    def _request_summary(self) -> str:
+        # The access log's line without the upload's URL, which for an anonymous upload is
+        # the key to it and to its deletion link; a few characters still tell uploads apart.
+        id = self.path_args[0] if self.path_args else ""
+        return f"{self.request.method} /api/tus/{id[:6]}... ({self.request.remote_ip})"
+
     async def begin(self) -> None:
         method = self.request.method
         if method == "OPTIONS":
