@@ -5,14 +5,15 @@ A partial upload lives in <data_dir>/partials/<id>, whatever the blob store: the
 an upload arrive over hours, in as many requests as the network breaks it into, and a
 local file is the one place where appending, cutting back to the last recorded offset and
 surviving a restart are all plain file operations. Only when the last byte is in does the
-file go through the BlobStore's writer, like the body of any upload (hashed as it is
-written, then placed, deduplicated, checked against bans and quotas by uploads.register):
-the same bytes get the same hash, and an S3 store receives one finished object.
+file become a written blob, like the body of any upload, and go through uploads.register
+(placed, deduplicated, checked against bans and quotas): the same bytes get the same hash.
+The local store takes the file as it is (a hard link, hashed: no copy); another store (S3)
+receives it through its writer, as one finished object.
 
-The SHA-256 is computed then, by that writer, from the file: hashlib cannot save a hash's
-state across a restart, and a partial upload must survive one, so hashing as the parts
-arrive would still need a re-read after any restart. Reading the file once at the end is
-the same cost every time, and always right.
+The SHA-256 is computed then, from the whole file: hashlib cannot save a hash's state
+across a restart, and a partial upload must survive one, so hashing as the parts arrive
+would still need a re-read after any restart. Reading the file once at the end is the
+same cost every time, and always right.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from hostd.config import Config
 from hostd.db import ApiKey, Blob, Database, Resumable, Upload
 from hostd.formdata import UploadError
 from hostd.limits import Limits, quota_message, quota_of
-from hostd.storage import BlobStore
+from hostd.storage import AdoptsFiles, BlobStore, WrittenBlob
 from hostd.throttle import address_key
 
 log = logging.getLogger("hostd")
@@ -319,8 +320,16 @@ async def complete(
     return blob, upload
 
 
-async def _written(store: BlobStore, path: Path) -> Any:
-    """The whole partial file, through the store's writer (which hashes it)."""
+def room_to_finish(store: BlobStore, resumable: Resumable) -> int:
+    """Disk space that storing a finished upload takes on top of its partial file."""
+    return 0 if isinstance(store, AdoptsFiles) else resumable.length_bytes
+
+
+async def _written(store: BlobStore, path: Path) -> WrittenBlob:
+    """The whole partial file as a written blob: taken as it is by a store that can
+    (the local one links it), else through the store's writer (which hashes it)."""
+    if isinstance(store, AdoptsFiles):
+        return await store.adopt(path)
     writer = store.writer()
     try:
         file = await asyncio.to_thread(open, path, "rb")

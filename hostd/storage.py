@@ -21,7 +21,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol, runtime_checkable
 
 from hostd.config import Config
 from hostd.hashes import is_sha256
@@ -129,6 +129,16 @@ class BlobStore(Protocol):
         """Remove what uploads that a crash interrupted left behind; how many."""
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class AdoptsFiles(Protocol):
+    """An optional capability of a store: take a finished file from the data dir's own
+    filesystem as an upload's bytes without copying them (a resumable upload's partial
+    file). The file itself is left where it is; place() or discard() follows as for any
+    written blob."""
+
+    async def adopt(self, path: Path) -> WrittenBlob: ...
 
 
 class KeyedLocks:
@@ -424,6 +434,35 @@ class LocalBlobStore:
         os.replace(temp, target)
         writer._path = None  # placed: nothing of it to remove any more
         _fsync_dir(target.parent)
+
+    async def adopt(self, path: Path) -> WrittenBlob:
+        """A hard link to the file in this process's temp folder, hashed: placing it costs
+        a rename, not a copy. Falls back to a copy where a link cannot be made (another
+        filesystem)."""
+        return await asyncio.to_thread(self._adopt, path)
+
+    def _adopt(self, path: Path) -> WrittenBlob:
+        writer = LocalBlobWriter(self)
+        temp = self.tmp_dir / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
+        try:
+            os.link(path, temp)
+        except OSError:
+            shutil.copyfile(path, temp)
+        writer._path = temp
+        try:
+            os.chmod(temp, BLOB_MODE)
+            digest, head, size = hashlib.sha256(), b"", 0
+            with open(temp, "rb") as file:
+                while chunk := file.read(WRITE_BATCH_BYTES * 4):
+                    digest.update(chunk)
+                    head = head or chunk[:HEAD_BYTES]
+                    size += len(chunk)
+            writer._file = open(temp, "ab")  # noqa: SIM115  # place() fsyncs and closes it
+        except BaseException:
+            writer._remove()
+            raise
+        writer._hash, writer._head, writer.size_bytes = digest, bytearray(head), size
+        return WrittenBlob(digest.hexdigest(), size, head, writer)
 
     async def discard(self, written: WrittenBlob) -> None:
         writer: LocalBlobWriter = written.handle

@@ -461,8 +461,8 @@ class TusHandler(ApiHandler):
         quota) drops the upload; a storage failure keeps it, for the client's retry."""
         if found.id in self.partials.writing:
             raise UploadError(423, "this upload is being finished by another request")
-        # The file is written once more, into the store: the disk guard must have room.
-        room = self.upload_limits.guard.admit(found.length_bytes)
+        # A store that copies the file needs room for it: the disk guard must agree.
+        room = self.upload_limits.guard.admit(resumable.room_to_finish(self.store, found))
         if room is None:
             raise UploadError(507, limits.LOW_ON_SPACE)
         self.partials.writing[found.id] = self
