@@ -158,8 +158,13 @@ async def test_the_access_log_does_not_hold_an_uploads_url(http_client, base_url
     await patch(http_client, created.headers["Location"], 0, b"x" * 10)
     await head(http_client, created.headers["Location"])
 
+    not_allowed = await http_client.fetch(
+        created.headers["Location"], method="POST", body=b"", headers=TUS, raise_error=False
+    )
+
     assert id not in access_log.text
-    assert access_log.text.count(f"/api/tus/{id[:6]}...") == 2
+    assert access_log.text.count(f"/api/tus/{id[:6]}...") == 3
+    assert not_allowed.code == 405 and f"405 POST /api/tus/{id[:6]}..." in access_log.text
 
 
 @pytest.mark.gen_test

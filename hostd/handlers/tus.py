@@ -604,7 +604,7 @@ class TusUploadHandler(TusHandler):
     def _request_summary(self) -> str:
         # The access log's line without the upload's URL, which for an anonymous upload is
         # the key to it and to its deletion link; a few characters still tell uploads apart.
-        id = self.path_args[0] if self.path_args else ""
+        id = self.request.path.rsplit("/", 1)[-1]  # (path_args are unset on a 405)
         return f"{self.request.method} /api/tus/{id[:6]}... ({self.request.remote_ip})"
 
     async def begin(self) -> None:
