@@ -183,6 +183,9 @@ class Auth:
         self._verified: OrderedDict[bytes, int] = OrderedDict()  # digest of key -> api_keys.id
         self._checking: dict[tuple[bytes, str], asyncio.Future[bool]] = {}
         self._cache_size = cache_size
+        # For /metrics: Argon2 verifications run, by kind, and keys the cache let through.
+        self.verifications = {"password": 0, "key": 0}
+        self.key_cache_hits = 0
 
     def close(self) -> None:
         self._password_lane.close()
@@ -202,6 +205,7 @@ class Auth:
             self._dummy_password_hash = await self.hash_password(secrets.token_urlsafe(16))
         stored = user.password_hash if user else self._dummy_password_hash
         ok = await self._password_lane.run(_verify, self.passwords, stored, password)
+        self.verifications["password"] += 1
         if not ok or user is None:
             return False, None
         if self.passwords.check_needs_rehash(stored):
@@ -231,6 +235,7 @@ class Auth:
             key = None  # `hostd user disable`: checked like an unknown key, and refused
         if key is not None and key.usable and self._verified.get(digest) == key.id:
             self._verified.move_to_end(digest)
+            self.key_cache_hits += 1
             return key
         self._verified.pop(digest, None)
         if self._dummy_key_hash is None:  # made before any slow check, good key or not
@@ -244,6 +249,7 @@ class Auth:
         check = self._checking.get((digest, stored))
         if check is None:
             check = asyncio.ensure_future(self._key_lane.run(_verify, self.keys, stored, secret))
+            self.verifications["key"] += 1
             self._checking[(digest, stored)] = check
             check.add_done_callback(lambda _: self._checking.pop((digest, stored), None))
         ok = await asyncio.shield(check)

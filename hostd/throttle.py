@@ -71,6 +71,7 @@ class SignInLimiter:
         self._clock = clock
         self._counts: OrderedDict[str, _Count] = OrderedDict()
         self._known: OrderedDict[str, float] = OrderedDict()  # pair -> time of last success
+        self.refused = 0  # attempts told to wait (429), for /metrics
 
     def attempt(self, account: str, ip: str) -> SignInAttempt:
         """Start a sign-in attempt; if its `wait` is above 0 it must not go on (429)."""
@@ -83,6 +84,7 @@ class SignInLimiter:
         now = self._clock()
         wait = max(self._wait(key, now) for key in keys)
         if wait > 0:
+            self.refused += 1
             return SignInAttempt(self, pair, {}, wait)
         for key, free in keys.items():
             self._count(key, free).in_flight += 1
@@ -199,6 +201,7 @@ class RegistrationLimiter:
         self.max_entries = max_entries
         self._clock = clock
         self._times: OrderedDict[str, deque[float]] = OrderedDict()
+        self.refused = 0  # registrations told to wait (429), for /metrics
 
     def take(self, ip: str) -> float:
         """Count one registration from this address: 0 if it may go on, else the seconds
@@ -209,6 +212,7 @@ class RegistrationLimiter:
         while times and now - times[0] >= 3600.0:
             times.popleft()
         if len(times) >= self.per_hour:
+            self.refused += 1
             return times[0] + 3600.0 - now
         times.append(now)
         while len(self._times) > self.max_entries:

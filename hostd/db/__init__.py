@@ -65,7 +65,7 @@ from hostd.db.moderation import (
     set_user_disabled,
 )
 from hostd.db.quotas import OverQuota, set_quota
-from hostd.db.stats import Stats, Uploader, get_stats
+from hostd.db.stats import Stats, Stored, Uploader, get_stats, get_stored
 
 __all__ = [
     "AlreadyBanned",
@@ -81,6 +81,7 @@ __all__ = [
     "Registration",
     "Removal",
     "Stats",
+    "Stored",
     "TooManyKeys",
     "Upload",
     "Uploader",
@@ -104,6 +105,7 @@ __all__ = [
     "get_delete_link",
     "get_session_user",
     "get_stats",
+    "get_stored",
     "get_user",
     "insert_api_key",
     "insert_ban",
