@@ -54,7 +54,11 @@ class Samples:
 async def upload(client, base_url, data, **headers):
     body, form_headers = multipart_body(files=[("file", "a.bin", data)])
     response = await client.fetch(
-        f"{base_url}/api/upload", method="POST", body=body, headers={**form_headers, **headers}
+        f"{base_url}/api/upload",
+        method="POST",
+        body=body,
+        headers={**form_headers, **headers},
+        raise_error=False,
     )
     return json.loads(response.body)
 
@@ -116,10 +120,12 @@ async def test_uploads_are_counted_by_kind_with_their_bytes(http_client, base_ur
     await upload(http_client, base_url, b"x" * 1000)
     await upload(http_client, base_url, b"x" * 1000)  # the same bytes again: still an upload
     await upload(http_client, base_url, b"y" * 5000)
+    refused = await upload(http_client, base_url, b"")  # an empty file: a 400, not an upload
 
     after = await scrape(http_client, base_url)
 
     multipart = {"kind": "multipart"}
+    assert refused["status"] is False
     assert after["hostd_upload_size_bytes_count", multipart] == 3
     assert after["hostd_upload_size_bytes_sum", multipart] == 7000
     assert after["hostd_upload_size_bytes_bucket", {**multipart, "le": "4096.0"}] == 2
@@ -189,6 +195,27 @@ async def test_rate_limit_refusals_are_counted_by_limit(http_client, base_url, l
         "uploads_per_minute",
         "upload_bytes_per_hour",
     }
+
+
+class TestUploadRefusals:
+    @pytest.fixture
+    def config(self, config):
+        return dataclasses.replace(config, uploads_per_minute=1)
+
+    @pytest.mark.gen_test
+    async def test_an_upload_over_the_rate_is_counted_under_its_setting(
+        self, http_client, base_url
+    ):
+        first = await upload(http_client, base_url, b"one")
+        second = await upload(http_client, base_url, b"two")
+
+        after = await scrape(http_client, base_url)
+
+        assert (first["status"], second["status"]) == (True, False)
+        assert after["hostd_rate_limited_total", {"limit": "uploads_per_minute"}] == 1
+        assert after["hostd_upload_size_bytes_count", {"kind": "multipart"}] == 1
+        too_many = {"handler": "ApiUploadHandler", "method": "POST", "status": "429"}
+        assert after["hostd_requests_total", too_many] == 1
 
 
 @pytest.mark.gen_test
@@ -272,8 +299,10 @@ class TestMetricsOff:
 @pytest.mark.gen_test
 async def test_healthz_is_ok_without_auth(http_client, base_url, access_log):
     response = await http_client.fetch(f"{base_url}/healthz")
+    head = await http_client.fetch(f"{base_url}/healthz", method="HEAD")
 
     assert response.body == b"ok\n"
+    assert (head.code, head.body) == (200, b"")
     assert response.headers["Content-Type"] == "text/plain; charset=utf-8"
     assert "200 GET /healthz" in access_log.text
 
