@@ -264,7 +264,7 @@ def _check_file(conn: sqlite3.Connection, uri: str) -> None:
     conn.execute("SELECT 1").fetchone()
     fresh = sqlite3.connect(uri, uri=True)
     try:
-        fresh.execute("SELECT count(*) FROM sqlite_schema").fetchone()
+        fresh.execute("SELECT count(*) FROM sqlite_master").fetchone()
     finally:
         fresh.close()
 

@@ -4,16 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hostd.handlers import (
-    accounts,
-    api,
-    deletion,
-    download,
-    files,
-    monitoring,
-    pages,
-    upload,
-)
+from hostd.handlers import accounts, api, deletion, download, files, monitoring, pages, upload
 
 
 def all_routes() -> list[tuple[str, Any]]:
