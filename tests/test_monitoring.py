@@ -10,7 +10,7 @@ import os
 
 import pytest
 from conftest import XSRF, form_body
-from helpers import multipart_body
+from helpers import fetch, multipart_body, start, wait_for_line
 from prometheus_client.parser import text_string_to_metric_families
 
 from hostd import db as queries
@@ -239,6 +239,29 @@ async def test_each_app_has_its_own_registry(app, config, db, store, auth):
     other = make_app(config, db, store, auth)
 
     assert other.settings["hostd_metrics"].registry is not app.settings["hostd_metrics"].registry
+
+
+def test_hostd_serve_reads_the_metrics_section_of_hostd_toml(tmp_path, free_port):
+    (tmp_path / "hostd.toml").write_text(
+        f'[server]\nport = {free_port}\n[storage]\ndata_dir = "d"\n'
+        '[metrics]\nenabled = true\nallow = ["127.0.0.1"]\n'
+    )
+    proc = start(["serve"], tmp_path)
+    try:
+        wait_for_line(proc, "listening on")
+        health = fetch(f"http://127.0.0.1:{free_port}/healthz")
+        status, body = fetch(f"http://127.0.0.1:{free_port}/metrics")
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+
+    assert health == (200, b"ok\n")
+    assert status == 200
+    scraped = Samples(body.decode())
+    healthz = {"handler": "HealthHandler", "method": "GET", "status": "200"}
+    assert scraped["hostd_requests_total", healthz] == 1
+    assert scraped["hostd_stored_files"] == 0
+    assert scraped["process_resident_memory_bytes"] > 0
 
 
 class TestWhoMayScrape:
