@@ -23,6 +23,7 @@ from hostd.handlers import all_routes
 from hostd.handlers.pages import NotFoundHandler
 from hostd.handlers.upload import UploadsInFlight
 from hostd.limits import Limits
+from hostd.metrics import Metrics
 from hostd.server import LINGER_IDLE_SECONDS, HostdServer
 from hostd.storage import BlobStore, store_from
 from hostd.throttle import RegistrationLimiter, SignInLimiter
@@ -60,7 +61,8 @@ def make_app(
     templates.filters["isotime"] = lambda epoch: time.strftime(
         "%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch)
     )
-    return tornado.web.Application(
+    access_log = access_log or AccessLog()
+    app = tornado.web.Application(
         all_routes(),
         default_handler_class=NotFoundHandler,
         hostd_config=config,
@@ -72,7 +74,7 @@ def make_app(
         hostd_registrations=RegistrationLimiter(config.registrations_per_hour, clock=clock),
         hostd_in_flight=UploadsInFlight(),
         hostd_limits=Limits(config, clock=clock),
-        log_function=access_log or AccessLog(),
+        log_function=access_log,
         hostd_wall_clock=wall_clock,
         jinja_env=templates,
         static_path=str(config.static_dir),
@@ -86,6 +88,13 @@ def make_app(
         login_url="/login",
         debug=config.debug,
     )
+    # Off unless metrics.enabled: then a request costs the access log's line alone.
+    metrics = (
+        Metrics(app.settings, config.metrics_allow, clock=clock) if config.metrics_enabled else None
+    )
+    app.settings["hostd_metrics"] = metrics
+    access_log.observer = metrics.observe_request if metrics else None
+    return app
 
 
 def thumbnails_of(config: Config) -> Thumbnails:

@@ -70,7 +70,7 @@ from hostd.db.moderation import (
 from hostd.db.quotas import OverQuota, set_quota
 from hostd.db.settings import COOKIE_SECRET, delete_setting, record_setting
 from hostd.db.signins import SignInCount, begin_signin, end_signin
-from hostd.db.stats import Stats, Uploader, get_stats
+from hostd.db.stats import Stats, Stored, Uploader, get_stats, get_stored
 
 __all__ = [
     "COOKIE_SECRET",
@@ -90,6 +90,7 @@ __all__ = [
     "Removal",
     "SignInCount",
     "Stats",
+    "Stored",
     "TooManyKeys",
     "Upload",
     "Uploader",
@@ -116,6 +117,7 @@ __all__ = [
     "get_delete_link",
     "get_session_user",
     "get_stats",
+    "get_stored",
     "get_user",
     "insert_api_key",
     "insert_key_reveal",
