@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import fcntl
 import hashlib
 import hmac
 import logging
@@ -88,6 +89,29 @@ class Partials:
         return found
 
 
+class PartialBusy(Exception):
+    """Another request holds this upload's file: in this process, or in another hostd on
+    the same data dir (a lock on the file, released when that request closes it)."""
+
+
+def _lock(file: IO[bytes]) -> None:
+    try:
+        fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise PartialBusy() from None
+
+
+def _hold(path: Path) -> IO[bytes]:
+    """The file, opened and locked (PartialBusy when it is held already)."""
+    file = open(path, "rb")  # noqa: SIM115  # the caller closes it
+    try:
+        _lock(file)
+    except BaseException:
+        file.close()
+        raise
+    return file
+
+
 class PartFile:
     """Appends one request's body to a partial file from `start`, a batch at a time in a
     worker thread; at most one batch is being written while the next one is queued.
@@ -106,12 +130,14 @@ class PartFile:
         self._busy: asyncio.Future[None] | None = None
 
     async def open(self) -> None:
-        """Raises FileNotFoundError when the partial file is gone."""
+        """Raises FileNotFoundError when the partial file is gone, PartialBusy while
+        another request holds it."""
         self._file = await asyncio.to_thread(self._open)
 
     def _open(self) -> IO[bytes]:
         file = open(self.path, "r+b")  # noqa: SIM115  # closed by close()
         try:
+            _lock(file)
             file.truncate(self.start)
             file.seek(self.start)
         except BaseException:
@@ -284,13 +310,45 @@ async def complete(
     assert config.cookie_secret is not None
     token_hash = delete_token_hash(delete_token(config.cookie_secret, resumable.id))
     # Recorded already, by a process that stopped before it could say so here.
+    recorded = await _recorded(database, partials, resumable, token_hash, at)
+    if recorded is not None:
+        return recorded
+    try:
+        held = await asyncio.to_thread(_hold, partials.path(resumable.id))
+    except FileNotFoundError:
+        # Stored meanwhile by another process on this data dir, which removed the file?
+        recorded = await _recorded(database, partials, resumable, token_hash, at)
+        if recorded is None:
+            raise
+        return recorded
+    try:
+        return await _store(database, store, partials, resumable, config, at, token_hash)
+    finally:
+        held.close()
+
+
+async def _recorded(
+    database: Database, partials: Partials, resumable: Resumable, token_hash: str, at: int
+) -> tuple[Blob, Upload] | None:
+    """The upload this resumable upload became, if it was registered already (its
+    deletion link is there); the record then says so, and the partial file goes."""
     link = await db.get_delete_link(database, token_hash=token_hash)
-    if link is not None and link.file is not None:
-        await db.complete_resumable(database, id=resumable.id, upload_id=link.file.upload.id, at=at)
-        await partials.remove(resumable.id)
-        found = await db.get_upload_with_blob(database, upload_id=link.file.upload.id)
-        assert found is not None
-        return found
+    if link is None or link.file is None:
+        return None
+    await db.complete_resumable(database, id=resumable.id, upload_id=link.file.upload.id, at=at)
+    await partials.remove(resumable.id)
+    return await db.get_upload_with_blob(database, upload_id=link.file.upload.id)
+
+
+async def _store(
+    database: Database,
+    store: BlobStore,
+    partials: Partials,
+    resumable: Resumable,
+    config: Config,
+    at: int,
+    token_hash: str,
+) -> tuple[Blob, Upload]:
     asked = retention.parse_expires(resumable.expires, now=at, source="the expires metadata")
     written = await _written(store, partials.path(resumable.id))
     if written.size_bytes != resumable.length_bytes:

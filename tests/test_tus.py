@@ -331,6 +331,22 @@ async def test_a_second_writer_ends_the_first_and_is_asked_to_retry(http_client,
 
 
 @pytest.mark.gen_test
+async def test_a_partial_file_has_one_writer_whichever_process_opens_it(tmp_path):
+    # A lock on the file, so that two hostd processes on one data dir never write one
+    # upload at once (flock: each open of the file is its own holder, as another process).
+    (tmp_path / "id").write_bytes(b"")
+    first = resumable.PartFile(tmp_path / "id", 0)
+    await first.open()
+
+    with pytest.raises(resumable.PartialBusy):
+        await resumable.PartFile(tmp_path / "id", 0).open()
+    await first.close()
+    second = resumable.PartFile(tmp_path / "id", 0)
+    await second.open()
+    await second.close()
+
+
+@pytest.mark.gen_test
 async def test_termination_removes_the_partial_upload(http_client, base_url, config):
     created = await create(http_client, base_url, 1000)
     url = created.headers["Location"]

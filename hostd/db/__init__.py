@@ -3,8 +3,9 @@
 core.py holds the Database (connections, the batching writer, migrations); blobs.py the
 files' rows; accounts.py users, sessions and API keys; moderation.py bans, disabled and
 removed accounts; stats.py the figures of `hostd stats`; quotas.py storage quotas; expiry.py
-expired uploads; deletion.py deletion links; resumable.py tus uploads in progress. Callers
-import this package only.
+expired uploads; deletion.py deletion links; signins.py failed sign-ins; settings.py what
+every process must agree on; resumable.py tus uploads in progress. Callers import this
+package only.
 """
 
 from hostd.db.accounts import (
@@ -17,11 +18,13 @@ from hostd.db.accounts import (
     get_session_user,
     get_user,
     insert_api_key,
+    insert_key_reveal,
     insert_session,
     insert_user,
     invalidate_api_key,
     list_api_keys,
     list_users,
+    take_key_reveal,
     touch_api_key,
     update_password,
 )
@@ -46,7 +49,7 @@ from hostd.db.blobs import (
     register_upload,
     take_down,
 )
-from hostd.db.core import Database, is_full, latest_version, now, schema_version
+from hostd.db.core import Cache, Changes, Database, is_full, latest_version, now, schema_version
 from hostd.db.deletion import (
     DeleteLink,
     delete_by_link,
@@ -80,13 +83,18 @@ from hostd.db.resumable import (
     unfinished_resumable_ids,
     update_resumable_offset,
 )
-from hostd.db.stats import Stats, Uploader, get_stats
+from hostd.db.settings import COOKIE_SECRET, delete_setting, record_setting
+from hostd.db.signins import SignInCount, begin_signin, end_signin
+from hostd.db.stats import Stats, Stored, Uploader, get_stats, get_stored
 
 __all__ = [
+    "COOKIE_SECRET",
     "AlreadyBanned",
     "ApiKey",
     "Ban",
     "Blob",
+    "Cache",
+    "Changes",
     "Database",
     "DeleteLink",
     "Expired",
@@ -96,7 +104,9 @@ __all__ = [
     "Registration",
     "Removal",
     "Resumable",
+    "SignInCount",
     "Stats",
+    "Stored",
     "TooManyKeys",
     "TooManyResumable",
     "Upload",
@@ -106,6 +116,7 @@ __all__ = [
     "all_blob_sha256s",
     "all_uploads",
     "complete_resumable",
+    "begin_signin",
     "count_uploads",
     "delete_ban",
     "delete_by_link",
@@ -113,9 +124,11 @@ __all__ = [
     "delete_expired_resumables",
     "delete_resumable",
     "delete_session",
+    "delete_setting",
     "delete_upload",
     "delete_uploads_of_blob",
     "delete_user",
+    "end_signin",
     "forget_blob",
     "get_api_key",
     "get_ban",
@@ -126,8 +139,10 @@ __all__ = [
     "get_session_user",
     "get_stats",
     "get_upload_with_blob",
+    "get_stored",
     "get_user",
     "insert_api_key",
+    "insert_key_reveal",
     "insert_ban",
     "insert_resumable",
     "insert_session",
@@ -145,6 +160,7 @@ __all__ = [
     "list_users",
     "now",
     "pending_resumable_bytes",
+    "record_setting",
     "referenced_among",
     "refused_as_banned",
     "register_upload",
@@ -152,6 +168,7 @@ __all__ = [
     "set_quota",
     "set_user_disabled",
     "take_down",
+    "take_key_reveal",
     "touch_api_key",
     "unfinished_resumable_ids",
     "update_password",

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from hostd.handlers import accounts, api, deletion, download, files, pages, tus, upload
+from hostd.handlers import (
+    accounts,
+    api,
+    deletion,
+    download,
+    files,
+    monitoring,
+    pages,
+    tus,
+    upload,
+)
 
 
 def all_routes() -> list[tuple[str, Any]]:
@@ -17,5 +27,6 @@ def all_routes() -> list[tuple[str, Any]]:
         *upload.routes,
         *tus.routes,
         *deletion.routes,
+        *monitoring.routes,
         *download.routes,
     ]

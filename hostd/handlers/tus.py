@@ -28,7 +28,7 @@ from typing import Any
 
 import tornado.web
 
-from hostd import db, limits, resumable, retention, uploads
+from hostd import db, limits, metrics, resumable, retention, uploads
 from hostd.auth import Busy
 from hostd.db import ApiKey, Blob, Resumable, Upload, User
 from hostd.formdata import UploadError, clean_filename
@@ -52,6 +52,7 @@ TUS_VERSION = "1.0.0"
 TUS_EXTENSIONS = "creation,creation-with-upload,termination,expiration,checksum"
 CHECKSUM_ALGORITHMS = "sha256"
 OFFSET_OCTET_STREAM = "application/offset+octet-stream"
+BUSY = "this upload is being written by another request; retry in a moment"
 # How long a termination waits for a part still arriving to let go of the upload.
 RELEASE_SECONDS = 10.0
 ID_BYTES = 24  # 32 URL-safe characters
@@ -253,11 +254,7 @@ class TusHandler(ApiHandler):
             # A client resuming while its old request still seems alive (the network broke
             # and the server has not noticed yet): end the old one, and let this retry.
             holder.request.connection.close()
-            raise UploadError(
-                423,
-                "this upload is being written by another request; retry in a moment",
-                headers={"Retry-After": "1"},
-            )
+            raise UploadError(423, BUSY, headers={"Retry-After": "1"})
         if holder is not None:
             raise UploadError(423, "this upload is being finished; ask for it again in a moment")
         if not has_body(self.request):
@@ -277,6 +274,8 @@ class TusHandler(ApiHandler):
             await part.open()
         except FileNotFoundError:
             raise UploadError(410, "this upload's bytes are gone; start it again") from None
+        except resumable.PartialBusy:
+            raise UploadError(423, BUSY, headers={"Retry-After": "1"}) from None
         self.part = part
         connection = self.request.connection
         assert isinstance(connection, HostdConnection)
@@ -474,6 +473,8 @@ class TusHandler(ApiHandler):
         except (uploads.Banned, db.OverQuota, retention.ExpiryError) as exc:
             await resumable.drop(self.db, self.partials, found.id)
             raise refusal_of(exc) from None
+        except resumable.PartialBusy:
+            raise UploadError(423, BUSY, headers={"Retry-After": "1"}) from None
         except Exception as exc:
             if not (isinstance(exc, OSError) or out_of_space(exc)):
                 raise
@@ -482,6 +483,7 @@ class TusHandler(ApiHandler):
             room.release()
             if self.partials.writing.get(found.id) is self:
                 del self.partials.writing[found.id]
+        metrics.upload_done(self, "tus", found.length_bytes)
         if self.api_key is not None:
             await touch_key(self, self.api_key)
         return stored
