@@ -4,17 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hostd.handlers import (
-    accounts,
-    api,
-    deletion,
-    download,
-    files,
-    monitoring,
-    pages,
-    tus,
-    upload,
-)
+from hostd.handlers import accounts, api, deletion, download, files, monitoring, pages, tus, upload
 
 
 def all_routes() -> list[tuple[str, Any]]:
