@@ -103,7 +103,7 @@ def files(tmp_path: Path, **contents: bytes) -> list[str]:
     return paths
 
 
-def sized(tmp_path: Path, name: str, size: int) -> str:
+def sized(tmp_path: Path, name: str, size: int) -> Path:
     path = tmp_path / name
     with path.open("wb") as out:
         out.truncate(0)
@@ -111,7 +111,7 @@ def sized(tmp_path: Path, name: str, size: int) -> str:
         while size > 0:
             out.write(block[: min(size, len(block))])
             size -= min(size, len(block))
-    return str(path)
+    return path
 
 
 # -- uploading --------------------------------------------------------------------------
@@ -178,11 +178,11 @@ async def test_a_key_registers_the_uploads_to_its_account(
 async def test_a_big_file_is_streamed_and_stored_byte_for_byte(base_url, tmp_path, store, config):
     big = sized(tmp_path, "big.bin", 6 * 1024 * 1024 + 7)
 
-    run = await hostd_upload(big, "--url", base_url)
+    run = await hostd_upload(str(big), "--url", base_url)
 
-    digest = hashlib.sha256(Path(big).read_bytes()).hexdigest()
+    digest = hashlib.sha256(big.read_bytes()).hexdigest()
     assert run.stdout == f"{base_url}/{public_hash_candidates(digest)[0]}.bin\n"
-    assert store.path(digest).read_bytes() == Path(big).read_bytes()
+    assert store.path(digest).read_bytes() == big.read_bytes()
     assert temp_files(config) == []
 
 
@@ -192,7 +192,7 @@ async def test_on_a_terminal_stderr_shows_a_progress_bar(base_url, tmp_path):
     terminal, screen = pty.openpty()
 
     try:
-        run = await hostd_upload(big, "--url", base_url, stderr=screen)
+        run = await hostd_upload(str(big), "--url", base_url, stderr=screen)
         os.close(screen)
         shown = b""
         while True:
@@ -222,7 +222,7 @@ async def test_a_refused_file_is_named_with_the_servers_message_and_the_rest_sti
     small = files(tmp_path, **{"small.txt": b"fits"})[0]
     big = sized(tmp_path, "big.bin", LIMIT + 1)
 
-    run = await hostd_upload(big, small, "--url", base_url)
+    run = await hostd_upload(str(big), small, "--url", base_url)
 
     assert run.code == 1
     assert run.stderr == (
@@ -240,7 +240,7 @@ async def test_a_file_refused_from_its_size_is_never_sent(base_url, http_port, t
     url = await relay.start()
 
     try:
-        run = await hostd_upload(big, "--url", url)
+        run = await hostd_upload(str(big), "--url", url)
     finally:
         relay.close()
 
@@ -316,7 +316,7 @@ async def test_a_url_that_is_not_http_is_refused(tmp_path):
 async def test_without_tus_on_the_server_a_big_file_goes_by_put(base_url, tmp_path, db):
     big = sized(tmp_path, "big.bin", 2 * 1024 * 1024)
 
-    run = await hostd_upload(big, "--url", base_url, "--resumable-above", "1000")
+    run = await hostd_upload(str(big), "--url", base_url, "--resumable-above", "1000")
 
     assert run.code == 0, run.stderr
     assert [u.original_name for u in await queries.all_uploads(db)] == ["big.bin"]
