@@ -348,3 +348,11 @@ async def test_a_bad_expires_header_is_a_400_and_nothing_is_stored(base_url, tmp
     assert put.code == 400
     assert put.answer["error"].startswith("the Expires header must be a whole number of hours")
     assert blob_files(config) == []
+
+
+@pytest.mark.gen_test
+async def test_the_api_page_shows_curl_T_with_this_instances_url(http_client, base_url):
+    page = (await http_client.fetch(f"{base_url}/api")).body.decode()
+
+    assert f"$ curl -T image.png {base_url}/api/upload/image.png" in page
+    assert f"hostd upload --url {base_url} --key api_key image.png" in page
