@@ -38,6 +38,8 @@ TUS_VERSION = "1.0.0"
 TUS_PATH = "/api/tus/"
 
 T = TypeVar("T")
+# Where a tus upload stands: the offset, and the upload's answer once it is complete.
+TusState = tuple[int, dict[str, Any] | None]
 
 
 class UploadFailed(Exception):
@@ -71,16 +73,14 @@ class Answer:
         return payload if isinstance(payload, dict) else {}
 
     def refusal(self) -> UploadFailed:
-        """The server's message for an error answer: its JSON `error`, else its text."""
+        """The server's message for an error answer: its JSON `error`, else its plain text
+        (hostd's own answers), else the status's name (a proxy's HTML page)."""
         message = self.json().get("error")
         if not isinstance(message, str) or not message:
             text = self.body.decode("utf-8", "replace").strip()
-            message = (
-                text.splitlines()[0][:300]
-                if text
-                else http.client.responses.get(self.status, "error")
-            )
-        return UploadFailed(message, self.status)
+            plain = self.headers.get_content_type() == "text/plain"
+            message = text.splitlines()[0][:300] if plain and text else ""
+        return UploadFailed(message or http.client.responses.get(self.status, "error"), self.status)
 
 
 class Progress:
@@ -207,12 +207,20 @@ class Client:
         """Create the upload, then PATCH it from the offset the server holds, retrying
         (with the waits of RETRY_DELAYS) while the connection fails or the server is busy."""
         location = self.retrying(lambda: self.tus_create(name, size))
-        offset, failures, problem = 0, 0, ""
-        while offset < size:
+        offset, info = 0, None
+        failures, problem = 0, ""
+        while info is None:
             try:
-                reached: int | None = self.tus_patch(location, file, offset, size, progress)
+                if offset < size:
+                    reached, info = self.tus_patch(location, file, offset, size, progress)
+                else:  # every byte is in, and the answer was lost: ask for it again
+                    reached, info = self.tus_state(location)
+                    if info is None:
+                        raise UploadFailed("the server has every byte but says nothing of the file")
             except Unreachable as exc:
                 reached, problem = None, str(exc)
+            if info is not None:
+                break
             if reached is not None and reached > offset:
                 offset, failures = reached, 0
                 continue
@@ -223,12 +231,12 @@ class Client:
                 raise UploadFailed(f"gave up after {failures} tries: {problem}")
             self._sleep(RETRY_DELAYS[failures - 1])
             try:
-                offset = self.tus_offset(location)
+                offset, info = self.tus_state(location)
             except Unreachable as exc:
-                problem = str(exc)  # the next PATCH finds out where the server is (409)
+                problem = str(exc)  # the next PATCH learns where the server is (409)
             if progress is not None:
                 progress.at(offset)
-        return self.retrying(lambda: self.tus_result(location))
+        return info
 
     def retrying(self, attempt: Callable[[], T]) -> T:
         """attempt(), tried again while the server cannot be reached or is busy."""
@@ -261,8 +269,8 @@ class Client:
 
     def tus_patch(
         self, location: str, file: BinaryIO, offset: int, size: int, progress: Progress | None
-    ) -> int:
-        """Send the next PATCH_BYTES at most; the offset the server then holds."""
+    ) -> TusState:
+        """Send the next PATCH_BYTES at most; where the server then stands."""
         length = min(PATCH_BYTES, size - offset)
         answer = self.request(
             "PATCH",
@@ -277,34 +285,36 @@ class Client:
         )
         self.check_busy(answer)
         if answer.status == 409:  # the server holds another offset: ask it which
-            return self.tus_offset(location)
+            return self.tus_state(location)
         if answer.status != 204:
             raise answer.refusal()
-        return self.offset_of(answer)
+        return self.state_of(answer)
 
-    def tus_offset(self, location: str) -> int:
+    def tus_state(self, location: str) -> TusState:
         answer = self.request("HEAD", location, {"Tus-Resumable": TUS_VERSION})
         self.check_busy(answer)
         if answer.status not in (200, 204):
             raise answer.refusal()
-        return self.offset_of(answer)
-
-    def tus_result(self, location: str) -> dict[str, Any]:
-        """The finished upload's answer, with the fields of POST /api/upload."""
-        answer = self.request("GET", location, {"Accept": "application/json"})
-        self.check_busy(answer)
-        if answer.status != 200:
-            raise answer.refusal()
-        return answer.json()
+        return self.state_of(answer)
 
     @staticmethod
-    def offset_of(answer: Answer) -> int:
+    def state_of(answer: Answer) -> TusState:
+        """The offset a tus answer gives, and once the upload is complete, what POST
+        /api/upload would have answered (hostd sends it as JSON in Upload-Info)."""
         try:
-            return int(answer.headers.get("Upload-Offset", ""))
+            offset = int(answer.headers.get("Upload-Offset", ""))
         except ValueError:
             raise UploadFailed(
                 "the server's tus answer has no Upload-Offset", answer.status
             ) from None
+        info = answer.headers.get("Upload-Info")
+        if info is None:
+            return offset, None
+        try:
+            parsed = json.loads(info)
+        except ValueError:
+            raise UploadFailed("the server's Upload-Info is not JSON", answer.status) from None
+        return offset, parsed if isinstance(parsed, dict) else None
 
     @staticmethod
     def check_busy(answer: Answer) -> None:
