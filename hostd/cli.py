@@ -191,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print each JSON answer, one a line"
     )
     upload_cmd.add_argument(
+        "--expires", metavar="HOURS|TIME", help="when the files expire: hours, or ISO 8601 in UTC"
+    )
+    upload_cmd.add_argument(
         "--resumable-above",
         type=size_argument,
         default=client.RESUMABLE_ABOVE_BYTES,
@@ -751,6 +754,7 @@ def cmd_upload(args: argparse.Namespace) -> int:
         key=args.key,
         as_json=args.json,
         resumable_above=args.resumable_above,
+        expires=args.expires,
     )
 
 

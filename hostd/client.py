@@ -144,6 +144,7 @@ class Client:
         key: str | None,
         *,
         resumable_above: int = RESUMABLE_ABOVE_BYTES,
+        expires: str | None = None,
         progress_to: TextIO | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -154,6 +155,7 @@ class Client:
         self._parts = parts
         self.key = key
         self.resumable_above = resumable_above
+        self.expires = expires  # hours, or an ISO 8601 time: as the server's Expires header
         self.progress_to = progress_to
         self._sleep = sleep
         self._has_tus: bool | None = None
@@ -179,7 +181,7 @@ class Client:
         answer = self.request(
             "PUT",
             f"/api/upload/{urllib.parse.quote(name, safe='')}",
-            {"Content-Length": str(size)},
+            {"Content-Length": str(size), **({"Expires": self.expires} if self.expires else {})},
             FileSlice(file, 0, size, progress.advance if progress else None),
         )
         if answer.status != 200:
@@ -251,7 +253,9 @@ class Client:
                 self._sleep(RETRY_DELAYS[failures - 1])
 
     def tus_create(self, name: str, size: int) -> str:
-        metadata = "filename " + base64.b64encode(name.encode()).decode()
+        metadata = f"filename {b64(name)}" + (
+            f",expires {b64(self.expires)}" if self.expires else ""
+        )
         answer = self.request(
             "POST",
             TUS_PATH,
@@ -393,6 +397,10 @@ def await_continue(conn: http.client.HTTPConnection) -> bool:
     return True
 
 
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
 def reason(exc: BaseException) -> str:
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused (is hostd running there?)"
@@ -412,6 +420,7 @@ def run(
     key: str | None,
     as_json: bool,
     resumable_above: int,
+    expires: str | None = None,
     stdout: TextIO = sys.stdout,
     stderr: TextIO = sys.stderr,
 ) -> int:
@@ -426,6 +435,7 @@ def run(
             url or os.environ.get("HOSTD_URL") or DEFAULT_URL,
             key or os.environ.get("HOSTD_KEY") or None,
             resumable_above=resumable_above,
+            expires=expires,
             progress_to=stderr if stderr.isatty() else None,
         )
     except UploadFailed as exc:

@@ -16,6 +16,7 @@ from helpers import blob_files, temp_files
 
 from hostd import db as queries
 from hostd.hashes import public_hash_candidates
+from hostd.retention import iso_time
 
 LIMIT = 8 * 1024 * 1024  # the config fixture's max_upload_bytes
 
@@ -172,6 +173,20 @@ async def test_a_key_registers_the_uploads_to_its_account(
     assert run.code == 0, run.stderr
     uploads = await queries.all_uploads(db)
     assert [u.user_id for u in uploads] == [alice.user.id, alice.user.id]
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_expires_asks_the_server_to_expire_the_uploads(base_url, tmp_path, wall_clock):
+    (path,) = files(tmp_path, **{"a.txt": b"for five hours"})
+
+    run = await hostd_upload(path, "--url", base_url, "--json", "--expires", "5")
+    bad = await hostd_upload(path, "--url", base_url, "--expires", "someday")
+
+    assert json.loads(run.stdout)["expires_at"] == iso_time(int(wall_clock()) + 5 * 3600)
+    assert bad.code == 1
+    assert bad.stderr.startswith(
+        f"hostd upload: {path}: the Expires header must be a whole number of hours"
+    )
 
 
 @pytest.mark.gen_test(timeout=60)
