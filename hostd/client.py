@@ -180,7 +180,7 @@ class Client:
     ) -> dict[str, Any]:
         answer = self.request(
             "PUT",
-            f"/api/upload/{urllib.parse.quote(name, safe='')}",
+            f"/api/upload/{urllib.parse.quote(os.fsencode(name), safe='')}",
             {"Content-Length": str(size), **({"Expires": self.expires} if self.expires else {})},
             FileSlice(file, 0, size, progress.advance if progress else None),
         )
@@ -269,7 +269,10 @@ class Client:
         self.check_busy(answer)
         if answer.status != 201 or not answer.headers.get("Location"):
             raise answer.refusal()
-        return urllib.parse.urljoin(self.url + TUS_PATH, answer.headers["Location"])
+        # The upload's id, at the URL given: the Location is made with server.public_url,
+        # which may be another name for this server, and the key goes nowhere else.
+        upload_id = urllib.parse.urlsplit(answer.headers["Location"]).path.rstrip("/")
+        return TUS_PATH + urllib.parse.quote(upload_id.rpartition("/")[2], safe="")
 
     def tus_patch(
         self, location: str, file: BinaryIO, offset: int, size: int, progress: Progress | None
@@ -332,21 +335,16 @@ class Client:
     def request(
         self, method: str, target: str, headers: dict[str, str], body: FileSlice | None = None
     ) -> Answer:
-        """One request on a new connection; Unreachable when the connection fails.
+        """One request for `target` (a path below the server's URL) on a new connection;
+        Unreachable when the connection fails.
 
         A body waits for the server's "100 Continue" (at most CONTINUE_WAIT_SECONDS, over
         plain HTTP), so that a refusal (a bad key, a file over the limit) arrives before the
         file is sent.
         """
-        parts = urllib.parse.urlsplit(urllib.parse.urljoin(self.url + "/", target))
-        if (parts.scheme, parts.netloc) != (self._parts.scheme, self._parts.netloc):
-            raise UploadFailed(f"the server sent the client to another server: {target}")
-        path = self._parts.path + parts.path if target.startswith("/") else parts.path
-        if parts.query:
-            path += f"?{parts.query}"
-        conn_class = (
-            http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-        )
+        path = self._parts.path + target
+        https = self._parts.scheme == "https"
+        conn_class = http.client.HTTPSConnection if https else http.client.HTTPConnection
         conn = conn_class(
             self._parts.hostname or "",
             self._parts.port,
@@ -358,7 +356,7 @@ class Client:
             headers["Authorization"] = f"Bearer {self.key}"
         try:
             conn.putrequest(method, path, skip_accept_encoding=True)
-            expect = body is not None and parts.scheme == "http"
+            expect = body is not None and not https
             if expect:
                 headers["Expect"] = "100-continue"
             for name, value in headers.items():
@@ -398,7 +396,7 @@ def await_continue(conn: http.client.HTTPConnection) -> bool:
 
 
 def b64(text: str) -> str:
-    return base64.b64encode(text.encode()).decode()
+    return base64.b64encode(os.fsencode(text)).decode()
 
 
 def reason(exc: BaseException) -> str:
@@ -445,6 +443,9 @@ def run(
     for path in files:
         try:
             answer = client.upload(path)
+        except KeyboardInterrupt:
+            print(f"hostd upload: {path}: interrupted", file=stderr)
+            return 130
         except Unreachable as exc:
             print(f"hostd upload: {path}: {exc}", file=stderr)
             return 1  # the next file would fail the same way

@@ -121,7 +121,7 @@ def sized(tmp_path: Path, name: str, size: int) -> Path:
 @pytest.mark.gen_test(timeout=60)
 async def test_each_file_is_uploaded_and_its_url_printed_one_a_line(base_url, tmp_path, db):
     png = b"\x89PNG\r\n\x1a\nsecond"
-    paths = files(tmp_path, **{"a.txt": b"first", "b.png": png, "c": b"3"})
+    paths = files(tmp_path, **{"a.txt": b"first", "b.png": png, "c d é%2F.txt": b"3"})
 
     run = await hostd_upload(*paths, "--url", base_url)
 
@@ -129,11 +129,11 @@ async def test_each_file_is_uploaded_and_its_url_printed_one_a_line(base_url, tm
     assert run.stdout.splitlines() == [
         f"{base_url}/{public_hash(b'first')}.txt",
         f"{base_url}/{public_hash(png)}.png",
-        f"{base_url}/{public_hash(b'3')}.txt",  # text, by its bytes
+        f"{base_url}/{public_hash(b'3')}.txt",
     ]
     assert run.stderr == ""  # no progress bar: stderr is not a terminal
     names = sorted(u.original_name for u in await queries.all_uploads(db))
-    assert names == ["a.txt", "b.png", "c"]
+    assert names == ["a.txt", "b.png", "c d é%2F.txt"]
 
 
 @pytest.mark.gen_test(timeout=60)
