@@ -56,7 +56,10 @@ class UploadFailed(Exception):
 
 
 class Unreachable(UploadFailed):
-    """The server could not be reached or the connection broke: worth a retry for tus."""
+    """The server could not be reached, the connection broke, or the server is busy: worth
+    a retry for tus (not before `retry_after` seconds, when the server said so)."""
+
+    retry_after = 0.0
 
 
 @dataclass(frozen=True)
@@ -210,7 +213,7 @@ class Client:
         (with the waits of RETRY_DELAYS) while the connection fails or the server is busy."""
         location = self.retrying(lambda: self.tus_create(name, size))
         offset, info = 0, None
-        failures, problem = 0, ""
+        failures, problem = 0, Unreachable("")
         while info is None:
             try:
                 if offset < size:
@@ -220,25 +223,29 @@ class Client:
                     if info is None:
                         raise UploadFailed("the server has every byte but says nothing of the file")
             except Unreachable as exc:
-                reached, problem = None, str(exc)
+                reached, problem = None, exc
             if info is not None:
                 break
             if reached is not None and reached > offset:
                 offset, failures = reached, 0
                 continue
             if reached is not None:
-                problem = "the server kept none of the bytes sent"
+                problem = Unreachable("the server kept none of the bytes sent")
             failures += 1
-            if failures > len(RETRY_DELAYS):
-                raise UploadFailed(f"gave up after {failures} tries: {problem}")
-            self._sleep(RETRY_DELAYS[failures - 1])
+            self.pause(failures, problem)
             try:
                 offset, info = self.tus_state(location)
             except Unreachable as exc:
-                problem = str(exc)  # the next PATCH learns where the server is (409)
+                problem = exc  # the next PATCH learns where the server is (409)
             if progress is not None:
                 progress.at(offset)
         return info
+
+    def pause(self, failures: int, problem: Unreachable) -> None:
+        """Wait before the next try; UploadFailed once RETRY_DELAYS are used up."""
+        if failures > len(RETRY_DELAYS):
+            raise UploadFailed(f"gave up after {failures} tries: {problem}")
+        self._sleep(max(RETRY_DELAYS[failures - 1], problem.retry_after))
 
     def retrying(self, attempt: Callable[[], T]) -> T:
         """attempt(), tried again while the server cannot be reached or is busy."""
@@ -246,11 +253,9 @@ class Client:
         while True:
             try:
                 return attempt()
-            except Unreachable:
+            except Unreachable as exc:
                 failures += 1
-                if failures > len(RETRY_DELAYS):
-                    raise
-                self._sleep(RETRY_DELAYS[failures - 1])
+                self.pause(failures, exc)
 
     def tus_create(self, name: str, size: int) -> str:
         metadata = f"filename {b64(name)}" + (
@@ -325,10 +330,14 @@ class Client:
 
     @staticmethod
     def check_busy(answer: Answer) -> None:
-        """A server error or a busy server (5xx but 507, 423, 429): worth a retry."""
-        if answer.status in (423, 429) or (answer.status >= 500 and answer.status != 507):
+        """Unreachable for what a retry may mend: a server error or a busy server (5xx but
+        507), a locked upload (423), a rate limit (429), a stalled body (408)."""
+        if answer.status in (408, 423, 429) or (answer.status >= 500 and answer.status != 507):
             refusal = answer.refusal()
-            raise Unreachable(refusal.message, refusal.status)
+            busy = Unreachable(refusal.message, refusal.status)
+            with contextlib.suppress(ValueError):
+                busy.retry_after = min(float(answer.headers.get("Retry-After", "")), 300.0)
+            raise busy
 
     # -- HTTP
 
@@ -380,19 +389,17 @@ def await_continue(conn: http.client.HTTPConnection) -> bool:
     sock = conn.sock
     assert isinstance(sock, socket.socket) and not isinstance(sock, ssl.SSLSocket)
     deadline = time.monotonic() + CONTINUE_WAIT_SECONDS
-    seen = b""
-    while b"\r\n\r\n" not in seen:
+    while True:
         left = deadline - time.monotonic()
         if left <= 0 or not select.select([sock], [], [], left)[0]:
             return True
-        more = sock.recv(4096, socket.MSG_PEEK)  # peeked: a final answer stays for http.client
-        if more == seen:
-            return False  # the server closed after what it sent
-        seen = more
-        if not seen.startswith(b"HTTP/1.1 100"[: len(seen)]):
-            return False
-    sock.recv(seen.index(b"\r\n\r\n") + 4)  # take the interim answer off the socket
-    return True
+        seen = sock.recv(4096, socket.MSG_PEEK)  # peeked: a final answer stays for http.client
+        if not seen or not seen.startswith(b"HTTP/1.1 100"[: len(seen)]):
+            return False  # an answer, or the connection closed: getresponse() tells which
+        if b"\r\n\r\n" in seen:
+            sock.recv(seen.index(b"\r\n\r\n") + 4)  # take the interim answer off the socket
+            return True
+        time.sleep(0.01)  # only part of "100 Continue" is in: the socket stays readable
 
 
 def b64(text: str) -> str:
