@@ -321,6 +321,41 @@ async def test_the_anonymous_limit_counts_the_body_exactly(base_url, tmp_path, a
     assert not over.continued
 
 
+@pytest.mark.gen_test
+async def test_a_file_over_the_accounts_quota_is_a_413_before_the_body(
+    base_url, tmp_path, app, clock, db, make_api_key
+):
+    changed = dataclasses.replace(app.settings["hostd_config"], quota_bytes=1000)
+    app.settings["hostd_config"] = changed
+    app.settings["hostd_limits"] = Limits(changed, clock=clock)
+    key = await make_api_key()
+    (tmp_path / "over").write_bytes(b"q" * 1001)
+
+    put = await curl("-H", f"Authorization: Bearer {key}", "-T", str(tmp_path / "over"),
+                     f"{base_url}/api/upload/over")  # fmt: skip
+
+    assert put.code == 413
+    assert put.answer["error"].startswith("this upload (1001 bytes) does not fit in your account")
+    assert not put.continued
+    assert await queries.all_uploads(db) == []
+
+
+@pytest.mark.gen_test
+async def test_past_the_per_minute_budget_a_put_is_a_429_with_retry_after(
+    base_url, tmp_path, app, clock
+):
+    changed = dataclasses.replace(app.settings["hostd_config"], uploads_per_minute=2)
+    app.settings["hostd_config"] = changed
+    app.settings["hostd_limits"] = Limits(changed, clock=clock)
+    (tmp_path / "a").write_bytes(b"a")
+
+    answers = [await curl("-T", str(tmp_path / "a"), f"{base_url}/api/upload/a") for _ in range(3)]
+
+    assert [a.code for a in answers] == [200, 200, 429]
+    assert answers[2].answer["error"].startswith("too many uploads: at most 2 a minute")
+    assert answers[2].header("Retry-After") is not None
+
+
 # -- expiry -----------------------------------------------------------------------------
 
 
