@@ -154,6 +154,7 @@ class UploadFlow(BaseHandler):
 
     # Room in the body for what is not the file: the multipart framing by default.
     framing_bytes = FORM_OVERHEAD_BYTES
+    kind = "multipart"  # how the upload arrives, for /metrics (metrics.UPLOAD_KINDS)
     form: UploadBody | None = None
     boundary = ""
     recording: asyncio.Future[tuple[Blob, Upload]] | None = None
@@ -358,7 +359,7 @@ class UploadFlow(BaseHandler):
             return
         self.set_header("X-Expires", retention.http_date(upload.expires_at))
         self.set_header("X-Delete-Url", self.delete_url)
-        metrics.upload_done(self, "multipart", written.size_bytes)
+        metrics.upload_done(self, self.kind, written.size_bytes)
         self.answer_ok(blob, upload, self.form.filename)
 
     def asked_expiry(self, now: int) -> int | None:
@@ -590,6 +591,7 @@ class ApiPutHandler(ApiUploadHandler):
 
     SUPPORTED_METHODS = ("PUT", "OPTIONS")  # not the POST it inherits
     framing_bytes = 0
+    kind = "put"
     filename = "file"
 
     def decode_argument(self, value: bytes, name: str | None = None) -> str:
