@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from hostd import __version__, backup, db, limits, retention, uploads
+from hostd import __version__, backup, client, db, limits, retention, uploads
 from hostd.accounts import NAME_PATTERN, password_problem
 from hostd.app import format_size, format_time, serve, thumbnails_of
 from hostd.auth import Auth
@@ -183,6 +183,29 @@ def build_parser() -> argparse.ArgumentParser:
     prune_cmd.add_argument("--dry-run", action="store_true", help="only list what would be removed")
     prune_cmd.add_argument("--json", action="store_true", help="print JSON for scripts")
     prune_cmd.set_defaults(handler=admin(prune))
+
+    upload_cmd = commands.add_parser(
+        "upload", help="send files to a hostd server; prints each one's URL"
+    )
+    upload_cmd.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    upload_cmd.add_argument(
+        "--url", help=f"the server (default: $HOSTD_URL, else {client.DEFAULT_URL})"
+    )
+    upload_cmd.add_argument("--key", help="an API key (default: $HOSTD_KEY; none: anonymous)")
+    upload_cmd.add_argument(
+        "--json", action="store_true", help="print each JSON answer, one a line"
+    )
+    upload_cmd.add_argument(
+        "--expires", metavar="HOURS|TIME", help="when the files expire: hours, or ISO 8601 in UTC"
+    )
+    upload_cmd.add_argument(
+        "--resumable-above",
+        type=size_argument,
+        default=client.RESUMABLE_ABOVE_BYTES,
+        metavar="BYTES",
+        help="send bigger files with tus, resuming after a dropped connection (default 16 MiB)",
+    )
+    upload_cmd.set_defaults(handler=cmd_upload)
     return parser
 
 
@@ -720,6 +743,24 @@ def config_from(args: argparse.Namespace, **overrides: object) -> Config:
     elif path is not None and not path.exists():
         raise ConfigError(f"{path}: no such file")
     return load_config(path, {"data_dir": args.data_dir, **overrides})
+
+
+def size_argument(text: str) -> int:
+    count = parse_count(text, at_most=2**63 - 1)
+    if count is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of bytes")
+    return count
+
+
+def cmd_upload(args: argparse.Namespace) -> int:
+    return client.run(
+        args.files,
+        url=args.url,
+        key=args.key,
+        as_json=args.json,
+        resumable_above=args.resumable_above,
+        expires=args.expires,
+    )
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -208,14 +208,16 @@ class Limits:
         user_id: int | None,
         key_id: str | None,
         address: str,
+        framing_bytes: int = FORM_OVERHEAD_BYTES,
     ) -> Admission:
         """Check an upload before its body is read: raise UploadError (413, 429, 507) when
-        the limits refuse it. `length` is the body's Content-Length, None when chunked."""
+        the limits refuse it. `length` is the body's Content-Length, None when chunked;
+        `framing_bytes`, how much of it at most is not the file (0: a raw body)."""
         config = self.config
         max_file, too_large = config.max_upload_bytes, None
-        # The form's framing is at most FORM_OVERHEAD_BYTES: a body longer than a limit by
+        # The form's framing is at most `framing_bytes`: a body longer than a limit by
         # more than that holds a file over it.
-        smallest = max(1, length - FORM_OVERHEAD_BYTES) if length is not None else 1
+        smallest = max(1, length - framing_bytes) if length is not None else 1
         if user_id is None and config.anonymous_max_upload_bytes is not None:
             max_file = config.anonymous_max_upload_bytes
             if smallest > max_file:

@@ -247,6 +247,23 @@ def login(db: Database, auth: Auth, config: Config) -> Callable[..., Awaitable[S
     return make
 
 
+@pytest.fixture
+def make_api_key(
+    db: Database, auth: Auth, login: Callable[..., Awaitable[SignedIn]]
+) -> Callable[..., Awaitable[str]]:
+    """An API key (the token a client sends) for `user`, or for a new account."""
+
+    async def make(user: User | None = None) -> str:
+        owner = user or (await login()).user
+        minted = await auth.mint_key()
+        await queries.insert_api_key(
+            db, user_id=owner.id, key_id=minted.key_id, secret_hash=minted.secret_hash, label="t"
+        )
+        return minted.token
+
+    return make
+
+
 def form_body(**fields: str) -> str:
     return urllib.parse.urlencode({"_xsrf": XSRF, **fields})
 

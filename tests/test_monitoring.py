@@ -135,6 +135,20 @@ async def test_uploads_are_counted_by_kind_with_their_bytes(http_client, base_ur
 
 
 @pytest.mark.gen_test
+async def test_a_put_upload_is_counted_as_kind_put(http_client, base_url):
+    response = await http_client.fetch(
+        f"{base_url}/api/upload/raw.bin", method="PUT", body=b"z" * 3000
+    )
+
+    after = await scrape(http_client, base_url)
+
+    assert response.code == 200
+    assert after["hostd_upload_size_bytes_count", {"kind": "put"}] == 1
+    assert after["hostd_upload_size_bytes_sum", {"kind": "put"}] == 3000
+    assert after["hostd_upload_size_bytes_count", {"kind": "multipart"}] == 0
+
+
+@pytest.mark.gen_test
 async def test_stored_files_and_bytes_come_from_the_database_every_30_s(
     http_client, base_url, clock
 ):

@@ -1,4 +1,5 @@
-"""Streaming upload endpoints: POST /upload (browser, or `api=1` text) and POST /api/upload."""
+"""Streaming upload endpoints: POST /upload (browser, or `api=1` text), POST /api/upload and
+PUT /api/upload/<filename> (the raw body, `curl -T`)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,15 @@ from hostd import db, limits, metrics, retention, sniff, uploads
 from hostd.auth import Busy, delete_token_hash, new_delete_token
 from hostd.config import Config
 from hostd.db import ApiKey, Blob, Upload
-from hostd.formdata import FORM_OVERHEAD_BYTES, UploadError, UploadForm, boundary_of
+from hostd.formdata import (
+    FORM_OVERHEAD_BYTES,
+    RawBody,
+    UploadBody,
+    UploadError,
+    UploadForm,
+    boundary_of,
+    clean_filename,
+)
 from hostd.handlers.base import ApiHandler, BaseHandler, out_of_space, refuse_early
 from hostd.parsing import parse_count
 from hostd.server import BodyPace, HostdConnection
@@ -160,14 +169,18 @@ def delete_url(base: str, token: str) -> str:
 
 
 class UploadFlow(BaseHandler):
-    """Receives one multipart upload as it streams in; subclasses say how to answer.
+    """Receives one upload as it streams in; subclasses say how to answer.
 
     prepare() refuses what it can before the body is read (size, type); data_received()
-    feeds the parser, which writes the file to a temp file as it is hashed; post() runs
-    once the body has ended and records the upload.
+    feeds the body (a multipart form by default: see open_body()), which writes the file to
+    a temp file as it is hashed; post() runs once the body has ended and records the upload.
     """
 
-    form: UploadForm | None = None
+    # Room in the body for what is not the file: the multipart framing by default.
+    framing_bytes = FORM_OVERHEAD_BYTES
+    kind = "multipart"  # how the upload arrives, for /metrics (metrics.UPLOAD_KINDS)
+    form: UploadBody | None = None
+    boundary = ""
     recording: asyncio.Future[tuple[Blob, Upload]] | None = None
     failed = False
     api_key: ApiKey | None = None
@@ -184,24 +197,24 @@ class UploadFlow(BaseHandler):
         pass
 
     async def prepare(self) -> None:
-        if self.request.method != "POST":
+        if self.request.method not in ("POST", "PUT"):
             return
         limit = self.config.max_upload_bytes
         connection = self.request.connection
         assert isinstance(connection, HostdConnection)
-        connection.set_max_body_size(limit + FORM_OVERHEAD_BYTES + DRAIN_ALLOWANCE_BYTES)
+        connection.set_max_body_size(limit + self.framing_bytes + DRAIN_ALLOWANCE_BYTES)
         connection.streaming(self.error_answer)
         try:
             await super().prepare()
             await self.authorize()
             length = parse_count(
-                self.request.headers.get("Content-Length", "0"), at_most=limit + FORM_OVERHEAD_BYTES
+                self.request.headers.get("Content-Length", "0"), at_most=limit + self.framing_bytes
             )
             if length is None:
                 raise UploadError(400, "the Content-Length header is not a number of bytes")
-            if length > limit + FORM_OVERHEAD_BYTES:
+            if length > limit + self.framing_bytes:
                 raise UploadError(413, f"the file is larger than the limit of {limit} bytes")
-            boundary = boundary_of(self.request.headers.get("Content-Type"))
+            self.check_framing()
             self.asked_expiry(self.now())  # a bad Expires header is refused before the body
             self.admission = await self.upload_limits.admit(
                 self.db,
@@ -209,6 +222,7 @@ class UploadFlow(BaseHandler):
                 user_id=self.owner_id,
                 key_id=self.api_key.key_id if self.api_key else None,
                 address=self.request.remote_ip or "",
+                framing_bytes=self.framing_bytes,
             )
             self.in_flight.enter(self)  # last: only an accepted upload takes a place
         except UploadError as exc:
@@ -223,13 +237,20 @@ class UploadFlow(BaseHandler):
                 self.set_header(name, value)
             refuse_early(self, status, body, content_type)
             return
-        self.form = UploadForm(
-            boundary,
-            max_file_bytes=self.admission.max_file_bytes,
-            too_large=self.admission.too_large,
+        self.form = self.open_body(self.admission)
+        self.pace = BodyPace(self.config.body_idle_seconds, self.stalled)
+
+    def check_framing(self) -> None:
+        """Raise UploadError when the headers say the body cannot be read (before it is)."""
+        self.boundary = boundary_of(self.request.headers.get("Content-Type"))
+
+    def open_body(self, admission: limits.Admission) -> UploadBody:
+        return UploadForm(
+            self.boundary,
+            max_file_bytes=admission.max_file_bytes,
+            too_large=admission.too_large,
             open_writer=self.store.writer,
         )
-        self.pace = BodyPace(self.config.body_idle_seconds, self.stalled)
 
     @property
     def in_flight(self) -> UploadsInFlight:
@@ -362,7 +383,7 @@ class UploadFlow(BaseHandler):
             return
         self.set_header("X-Expires", retention.http_date(upload.expires_at))
         self.set_header("X-Delete-Url", self.delete_url)
-        metrics.upload_done(self, "multipart", written.size_bytes)
+        metrics.upload_done(self, self.kind, written.size_bytes)
         self.answer_ok(blob, upload, self.form.filename)
 
     def asked_expiry(self, now: int) -> int | None:
@@ -577,7 +598,40 @@ class ApiUploadHandler(UploadFlow, ApiHandler):
         self.write_json(upload_answer(self.public_url(), blob, upload, filename, self.delete_url))
 
 
+@tornado.web.stream_request_body
+class ApiPutHandler(ApiUploadHandler):
+    """PUT /api/upload/<filename>: the body is the file itself (`curl -T`). Keys, limits,
+    expiry and answers are those of POST /api/upload; the name is checked as a form's is."""
+
+    SUPPORTED_METHODS = ("PUT", "OPTIONS")  # not the POST it inherits
+    framing_bytes = 0
+    kind = "put"
+    filename = "file"
+
+    def decode_argument(self, value: bytes, name: str | None = None) -> str:
+        # The URL-decoded name as latin-1, as clean_filename() takes a form's header values,
+        # so that invalid UTF-8 is its 400 in JSON rather than Tornado's bare one.
+        if name is None:
+            return value.decode("latin-1")
+        return super().decode_argument(value, name)
+
+    def check_framing(self) -> None:
+        self.filename = clean_filename(self.path_args[0])
+
+    def open_body(self, admission: limits.Admission) -> UploadBody:
+        return RawBody(
+            self.filename,
+            max_file_bytes=admission.max_file_bytes,
+            too_large=admission.too_large,
+            open_writer=self.store.writer,
+        )
+
+    async def put(self, filename: str) -> None:
+        await self.post()
+
+
 routes = [
     (r"/upload", UploadHandler),
     (r"/api/upload", ApiUploadHandler),
+    (r"/api/upload/([^/]+)", ApiPutHandler),
 ]
