@@ -22,7 +22,7 @@ from hostd.config import Config, ConfigError, load_config
 from hostd.db import Database
 from hostd.hashes import is_sha256
 from hostd.parsing import parse_count
-from hostd.storage import store_from
+from hostd.storage import StoreUnavailable, store_from
 
 DEFAULT_CONFIG = Path("hostd.toml")
 MAX_QUOTA_BYTES = 2**63 - 1  # SQLite's largest integer
@@ -719,7 +719,11 @@ def config_from(args: argparse.Namespace, **overrides: object) -> Config:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     config = config_from(args, host=args.host, port=args.port)
-    asyncio.run(serve(config))
+    try:
+        asyncio.run(serve(config))
+    except StoreUnavailable as exc:
+        print(f"hostd: cannot start: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -60,6 +60,15 @@ class Config:
     account_hours: int | None = None
     max_hours: int | None = None
     hours_by_size: tuple[tuple[int, int], ...] = ()
+    backend: str = "local"  # storage.backend
+    s3_endpoint: str | None = None  # [storage.s3]: each s3_x is storage.s3.x
+    s3_region: str = "us-east-1"
+    s3_bucket: str | None = None
+    s3_prefix: str = "blobs/"
+    s3_path_style: bool = False
+    s3_access_key_file: Path | None = None
+    s3_secret_key_file: Path | None = None
+    s3_redirect: bool = False
     cookie_secret: str | None = field(default=None, repr=False)
     templates_dir: Path = field(default_factory=lambda: _shipped("templates"))
     static_dir: Path = field(default_factory=lambda: _shipped("static"))
@@ -85,7 +94,18 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "accel_redirect",
         "shutdown_grace_seconds",
     ),
-    "storage": ("data_dir", "min_free_bytes"),
+    "storage": ("data_dir", "min_free_bytes", "backend"),
+    # A table inside [storage]: its keys are the fields without "s3_".
+    "storage.s3": (
+        "s3_endpoint",
+        "s3_region",
+        "s3_bucket",
+        "s3_prefix",
+        "s3_path_style",
+        "s3_access_key_file",
+        "s3_secret_key_file",
+        "s3_redirect",
+    ),
     "limits": (
         "max_upload_bytes",
         "allow_anonymous",
@@ -99,7 +119,10 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "accounts": ("registration", "max_keys", "registrations_per_hour", "quota_bytes"),
     "retention": ("anonymous_hours", "account_hours", "max_hours", "hours_by_size"),
 }
-CHOICES: dict[str, tuple[str, ...]] = {"registration": ("open", "closed")}
+CHOICES: dict[str, tuple[str, ...]] = {
+    "registration": ("open", "closed"),
+    "backend": ("local", "s3"),
+}
 # nginx's internal location for X-Accel-Redirect: a URI prefix that needs no escaping.
 ACCEL_PREFIX = re.compile(r"/(?:(?!\.\.?/)[A-Za-z0-9._~-]+/)+")
 
@@ -133,6 +156,9 @@ def _flatten(raw: dict[str, Any], origin: str) -> dict[str, Any]:
         if not isinstance(table, dict):
             raise ConfigError(f"{origin}: {section} must be a table, like [{section}]")
         for key, value in table.items():
+            if isinstance(value, dict) and f"{section}.{key}" in SECTIONS:
+                values |= _flatten_table(value, f"{section}.{key}", origin)
+                continue
             if key not in SECTIONS[section]:
                 known = ", ".join(SECTIONS[section])
                 raise ConfigError(f"{origin}: unknown key {section}.{key} (known: {known})")
@@ -140,8 +166,22 @@ def _flatten(raw: dict[str, Any], origin: str) -> dict[str, Any]:
     return values
 
 
+def _flatten_table(table: dict[str, Any], section: str, origin: str) -> dict[str, Any]:
+    """A table inside a section ([storage.s3]): key x is the field <table>_x."""
+    field_prefix = section.rpartition(".")[2] + "_"
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        if field_prefix + key not in SECTIONS[section]:
+            known = ", ".join(name.removeprefix(field_prefix) for name in SECTIONS[section])
+            raise ConfigError(f"{origin}: unknown key {section}.{key} (known: {known})")
+        values[field_prefix + key] = value
+    return values
+
+
 def _qualified(name: str) -> str:
     section = next(s for s, keys in SECTIONS.items() if name in keys)
+    if "." in section:
+        return f"{section}.{name.removeprefix(section.rpartition('.')[2] + '_')}"
     return f"{section}.{name}"
 
 
@@ -175,6 +215,7 @@ def _build(values: dict[str, Any], origin: str) -> Config:
         raise ConfigError(f"{origin}: accounts.registrations_per_hour must be at least 1")
     _check_limits(config, origin)
     _check_retention(config, origin)
+    _check_s3(config, origin)
     if config.accel_redirect is not None and not ACCEL_PREFIX.fullmatch(config.accel_redirect):
         raise ConfigError(
             f"{origin}: server.accel_redirect must be a path that starts and ends with /, "
@@ -206,6 +247,16 @@ def _check_limits(config: Config, origin: str) -> None:
             f"{origin}: limits.anonymous_max_upload_bytes ({anonymous}) must not be more than"
             f" limits.max_upload_bytes ({config.max_upload_bytes})"
         )
+
+
+def _check_s3(config: Config, origin: str) -> None:
+    if config.backend == "s3" and not config.s3_bucket:
+        raise ConfigError(f'{origin}: storage.backend = "s3" needs storage.s3.bucket')
+    endpoint = config.s3_endpoint
+    if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+        raise ConfigError(f"{origin}: storage.s3.endpoint must start with http:// or https://")
+    if config.s3_prefix and not config.s3_prefix.endswith("/"):
+        raise ConfigError(f'{origin}: storage.s3.prefix must end with "/", like "blobs/"')
 
 
 def _size_steps(value: Any, origin: str) -> tuple[tuple[int, int], ...]:

@@ -13,11 +13,16 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hostd.config import Config
+from hostd.s3 import S3Settings, sign_request
+
 ACCESS_KEY = "hostd-test-access"
 SECRET_KEY = "hostd-test-secret-0123456789"
+BUCKET = "hostd-test"
 START_SECONDS = 60.0
 
 
@@ -165,7 +170,53 @@ class SeaweedFS:
             return
         os.killpg(self.proc.pid, signal.SIGTERM)
         try:
-            self.proc.wait(timeout=15)
+            self.proc.wait(timeout=3)
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+
+
+# -- looking into the bucket, as a test does after the fact (blocking calls)
+
+
+def _settings(config: Config) -> S3Settings:
+    assert config.s3_bucket is not None
+    return S3Settings(
+        bucket=config.s3_bucket,
+        access_key=ACCESS_KEY,
+        secret_key=SECRET_KEY,
+        endpoint=config.s3_endpoint,
+        region=config.s3_region,
+        prefix=config.s3_prefix,
+        path_style=config.s3_path_style,
+    )
+
+
+def s3_objects(config: Config) -> list[str]:
+    """Every key under the config's prefix."""
+    import obstore
+    from obstore.store import S3Store
+
+    settings = _settings(config)
+    store = S3Store(
+        settings.bucket,
+        config={
+            "endpoint": settings.endpoint or "",
+            "region": settings.region,
+            "access_key_id": ACCESS_KEY,
+            "secret_access_key": SECRET_KEY,
+            "virtual_hosted_style_request": False,
+        },
+        client_options={"allow_http": True},
+    )
+    return sorted(meta["path"] for batch in obstore.list(store, settings.prefix) for meta in batch)
+
+
+def s3_incomplete_uploads(config: Config) -> list[str]:
+    """The keys of the multipart uploads begun and neither completed nor aborted."""
+    settings = _settings(config)
+    url, headers = sign_request(settings, "GET", "", {"uploads": "", "prefix": settings.prefix})
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as r:
+        root = ET.fromstring(r.read())
+    ns = root.tag.partition("}")[0] + "}" if root.tag.startswith("{") else ""
+    return [upload.findtext(f"{ns}Key") or "" for upload in root.iter(f"{ns}Upload")]
