@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import getpass
 import json
 import logging
@@ -21,6 +22,7 @@ from hostd.auth import Auth
 from hostd.config import Config, ConfigError, load_config
 from hostd.db import Database
 from hostd.hashes import is_sha256
+from hostd.migrate import MigrationError, migrate
 from hostd.parsing import parse_count
 from hostd.storage import StoreUnavailable, store_from
 
@@ -170,6 +172,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     restore_cmd.add_argument("source", type=Path, metavar="SRC")
     restore_cmd.set_defaults(handler=restore_from)
+    storage_cmd = commands.add_parser("storage", help="the blob store")
+    storage_sub = storage_cmd.add_subparsers(dest="action", required=True, metavar="ACTION")
+    migrate_cmd = storage_sub.add_parser(
+        "migrate",
+        parents=[common],
+        help="copy every file to the other store (local or s3), verified; switches nothing",
+    )
+    migrate_cmd.add_argument("--to", choices=("s3", "local"), required=True)
+    migrate_cmd.set_defaults(handler=admin(storage_migrate))
+
     prune_cmd = commands.add_parser(
         "prune",
         parents=[common],
@@ -708,6 +720,37 @@ def expired_json(item: db.Expired) -> dict[str, object]:
     }
 
 
+async def storage_migrate(
+    args: argparse.Namespace, config: Config, database: Database, auth: Auth
+) -> None:
+    source_name = "local" if args.to == "s3" else "s3"
+    source = store_from(dataclasses.replace(config, backend=source_name))
+    target = store_from(dataclasses.replace(config, backend=args.to))
+    try:
+        await target.check()
+        await source.check()
+        done = await migrate(
+            database, source, target, lambda line: print(line, file=sys.stderr, flush=True)
+        )
+    except (StoreUnavailable, MigrationError) as exc:
+        raise CommandError(f"{exc}; run the command again to resume") from None
+    finally:
+        source.close()
+        target.close()
+    print(
+        f"{done.copied} file(s) copied to {args.to} ({done.bytes_copied} bytes), each verified"
+        f" by SHA-256; {done.already_there} already there; {done.missing} missing from"
+        f" {source_name}",
+        file=sys.stderr,
+    )
+    if done.missing == 0:
+        print(
+            f'every file is in {args.to}: set storage.backend = "{args.to}" in hostd.toml and'
+            f" restart hostd; {source_name} is left as it was",
+            file=sys.stderr,
+        )
+
+
 def config_from(args: argparse.Namespace, **overrides: object) -> Config:
     path = args.config
     if path is None and DEFAULT_CONFIG.exists():
@@ -737,6 +780,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"hostd: configuration error: {exc}", file=sys.stderr)
         return 2
+    except StoreUnavailable as exc:
+        print(f"hostd: {exc}", file=sys.stderr)
+        return 1
 
 
 def run() -> None:

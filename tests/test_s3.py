@@ -18,8 +18,9 @@ from helpers import hostd, multipart_body, start, streamed_upload, temp_files, w
 from seaweed import SeaweedFS
 from test_upload import many_clients_one_address
 
-from hostd import s3
-from hostd.storage import store_from
+from hostd import s3, uploads
+from hostd.db import Database
+from hostd.storage import LocalBlobStore, store_from
 
 STORAGE_BACKENDS = ("s3",)
 MiB = 1024 * 1024
@@ -298,3 +299,69 @@ async def test_stale_temp_objects_and_multipart_uploads_are_removed(store, confi
     gone = writer.abort()
     if gone is not None:
         await gone
+
+
+# -- hostd storage migrate ------------------------------------------------------------------
+
+
+async def store_locally(data_dir: Path, files: list[bytes]) -> None:
+    """Uploads recorded in a local store, as `hostd serve` makes them by default."""
+    database = await Database.open(data_dir / "hostd.sqlite3")
+    store = LocalBlobStore(data_dir / "blobs")
+    try:
+        for data in files:
+            writer = store.writer()
+            writer.write(data)
+            written = await writer.commit()
+            await uploads.register(
+                database,
+                store,
+                written,
+                content_type="application/octet-stream",
+                original_name="f.bin",
+                user_id=None,
+                api_key_id=None,
+            )
+    finally:
+        store.close()
+        await database.close()
+
+
+def test_migrate_to_s3_copies_and_verifies_every_file_switches_nothing_and_resumes(
+    tmp_path, config, io_loop
+):
+    files = [b"one", b"two" * 1000, bytes(range(256)) * (BIG // 256)]
+    (tmp_path / "d").mkdir()
+    io_loop.run_sync(lambda: store_locally(tmp_path / "d", files))
+    toml = toml_for(config, tmp_path / "d").replace('backend = "s3"', 'backend = "local"')
+    (tmp_path / "hostd.toml").write_text(toml)
+    shas = sorted(hashlib.sha256(data).hexdigest() for data in files)
+
+    first = hostd("storage", "migrate", "--to", "s3", "--config", "hostd.toml", cwd=tmp_path)
+
+    assert first.returncode == 0, first.stderr
+    assert first.stderr.count("copied") == 4  # three progress lines and the summary
+    assert "[3/3]" in first.stderr and "verified" in first.stderr
+    assert "3 file(s) copied to s3" in first.stderr
+    assert 'set storage.backend = "s3" in hostd.toml' in first.stderr
+    assert keys(config) == [f"{config.s3_prefix}{sha}" for sha in shas]
+    assert (tmp_path / "hostd.toml").read_text() == toml  # nothing switched
+    assert len([p for p in (tmp_path / "d" / "blobs").rglob("*") if p.is_file()]) == 3
+
+    again = hostd("storage", "migrate", "--to", "s3", "--config", "hostd.toml", cwd=tmp_path)
+
+    assert again.returncode == 0, again.stderr
+    assert "0 file(s) copied to s3" in again.stderr and "3 already there" in again.stderr
+
+    back = tmp_path / "back"
+    back.mkdir()
+    (tmp_path / "d" / "hostd.sqlite3").rename(tmp_path / "back.sqlite3")
+    (tmp_path / "hostd.toml").write_text(toml.replace(str(tmp_path / "d"), str(back)))
+    (tmp_path / "back.sqlite3").rename(back / "hostd.sqlite3")
+
+    home = hostd("storage", "migrate", "--to", "local", "--config", "hostd.toml", cwd=tmp_path)
+
+    assert home.returncode == 0, home.stderr
+    assert "3 file(s) copied to local" in home.stderr
+    stored = sorted(p.name for p in (back / "blobs").rglob("*") if p.is_file())
+    assert stored == shas
