@@ -54,8 +54,10 @@ PART_BYTES = 8 * MiB
 PARTS_IN_FLIGHT = 3
 # Smaller uploads go up in one PUT from memory; bigger ones start a multipart upload.
 SINGLE_PUT_BYTES = 1 * MiB
-# What a writer queues for the multipart upload before the client's body waits.
-FEED_BYTES = 1 * MiB
+# obstore takes the bytes in pieces of up to FEED_BYTES (each a trip between its threads
+# and the IOLoop); the client's body waits while 2 * FEED_BYTES are queued, until the queue
+# is under FEED_BYTES again.
+FEED_BYTES = 4 * MiB
 READ_CHUNK_BYTES = 256 * 1024
 # Temp objects and incomplete multipart uploads older than this are a crash's leftovers.
 STALE_SECONDS = 3600.0
@@ -133,7 +135,7 @@ class S3BlobWriter:
             )
             self._upload.add_done_callback(lambda _: self._room.set())  # a failure wakes us
         self._more.set()
-        if self._pending_bytes < FEED_BYTES and not self._upload.done():
+        if self._pending_bytes < 2 * FEED_BYTES and not self._upload.done():
             return None
         return self._drained()
 
