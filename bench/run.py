@@ -33,6 +33,10 @@ part only, the CPU the servers spent (all their threads and processes, and hostd
 baseline's IOLoop thread alone), the client's, and the rest of the machine's, as a share of
 one core: a thread near 100% kept a core busy, and a high "other" means the box was busy.
 
+`--storage s3` also starts SeaweedFS (tests/seaweed.py, the test extra's `weed`) and runs the
+4 KiB and 1 GiB upload and download rows again on a second hostd whose blobs live there,
+each beside the local-store figure of the same run.
+
 `--quick` is a smoke run (64 MiB instead of 1 GiB, 1 s phases); `--json FILE` also writes
 the figures as JSON; `--check` exits 1 when a ratio misses its aim, or a row with an aim was
 not measured; `--server-profile FILE` runs hostd under cProfile (one file per data place).

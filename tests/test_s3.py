@@ -261,6 +261,10 @@ async def test_s3_down_gives_503_in_each_endpoints_format_and_then_works_again(
     as_json = await upload(http_client, base_url, b"a" * BIG)
     as_text = await upload(http_client, base_url, b"small", url="/upload?api=1")
     page = await http_client.fetch(f"{base_url}/{kept}", raise_error=False)
+    etag = f'"{hashlib.sha256(b"kept").hexdigest()}"'
+    revalidated = await http_client.fetch(
+        f"{base_url}/{kept}", headers={"If-None-Match": etag}, raise_error=False
+    )
 
     assert as_json.code == 503
     assert json.loads(as_json.body) == {
@@ -270,6 +274,7 @@ async def test_s3_down_gives_503_in_each_endpoints_format_and_then_works_again(
     assert as_text.code == 503 and as_text.body.startswith(b"ERROR the file storage cannot")
     assert page.code == 503 and b"The file storage cannot be reached" in page.body
     assert page.headers["Content-Type"].startswith("text/html")
+    assert revalidated.code == 304  # answered without asking S3
 
     own_weed.start()
     again = await upload(http_client, base_url, b"b" * BIG)

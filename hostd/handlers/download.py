@@ -171,7 +171,7 @@ class DownloadHandler(BaseHandler):
             self.set_status(304)
             self.finish()
             return
-        if redirect_safe(self._headers["Content-Type"]):
+        if self.config.s3_redirect and redirect_safe(self._headers["Content-Type"]):
             url = await self.store.redirect_url(
                 blob.sha256,
                 content_type=self._headers["Content-Type"],
