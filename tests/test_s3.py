@@ -14,7 +14,15 @@ from pathlib import Path
 
 import pytest
 import tornado.httpclient
-from helpers import hostd, multipart_body, start, streamed_upload, temp_files, wait_for_line
+from helpers import (
+    hostd,
+    multipart_body,
+    png_of_one_colour,
+    start,
+    streamed_upload,
+    temp_files,
+    wait_for_line,
+)
 from seaweed import SeaweedFS
 from test_upload import many_clients_one_address
 
@@ -256,6 +264,8 @@ async def test_s3_down_gives_503_in_each_endpoints_format_and_then_works_again(
     store = store_from(config_on_own_weed)
     app.settings["hostd_store"] = store
     kept = json.loads((await upload(http_client, base_url, b"kept")).body)["hash"]
+    doomed = json.loads((await upload(http_client, base_url, b"doomed")).body)
+    image = json.loads((await upload(http_client, base_url, png_of_one_colour(8, 8))).body)
 
     own_weed.stop()
     as_json = await upload(http_client, base_url, b"a" * BIG)
@@ -275,6 +285,14 @@ async def test_s3_down_gives_503_in_each_endpoints_format_and_then_works_again(
     assert page.code == 503 and b"The file storage cannot be reached" in page.body
     assert page.headers["Content-Type"].startswith("text/html")
     assert revalidated.code == 304  # answered without asking S3
+    thumbnail = await http_client.fetch(
+        f"{base_url}/thumbs/{image['hash']}.webp", raise_error=False
+    )
+    assert thumbnail.code == 503 and "Retry-After" in thumbnail.headers  # "later"
+    deleted = await http_client.fetch(
+        doomed["delete_url"], method="POST", body=b"", raise_error=False
+    )
+    assert deleted.code == 200  # the deletion stands; gc removes the bytes later
 
     own_weed.start()
     again = await upload(http_client, base_url, b"b" * BIG)
