@@ -463,8 +463,11 @@ class S3BlobStore:
         removed = len(stale)
         for key, upload_id, initiated in await self.incomplete_uploads():
             if initiated < cutoff:
-                await self._signed("DELETE", key, {"uploadId": upload_id})
-                removed += 1
+                answer = await self._signed("DELETE", key, {"uploadId": upload_id})
+                if answer.code in (204, 404):  # 404: aborted meanwhile, by its own upload
+                    removed += 1
+                else:
+                    log.warning("could not abort upload %s of %s: %d", upload_id, key, answer.code)
         for folder in self.copies_dir.parent.glob("s3-copies-*"):
             if folder != self.copies_dir and folder.stat().st_mtime < cutoff:
                 shutil.rmtree(folder, ignore_errors=True)
