@@ -51,14 +51,14 @@ log = logging.getLogger("hostd")
 
 MiB = 1024 * 1024
 PART_BYTES = 8 * MiB
-PARTS_IN_FLIGHT = 3
+PARTS_IN_FLIGHT = 2
 # Smaller uploads go up in one PUT from memory; bigger ones start a multipart upload.
 SINGLE_PUT_BYTES = 1 * MiB
 # obstore takes the bytes in pieces of up to FEED_BYTES (each a trip between its threads
 # and the IOLoop); the client's body waits while 2 * FEED_BYTES are queued, until the queue
 # is under FEED_BYTES again.
-FEED_BYTES = 4 * MiB
-READ_CHUNK_BYTES = 256 * 1024
+FEED_BYTES = 2 * MiB
+READ_CHUNK_BYTES = 1 * MiB
 # Temp objects and incomplete multipart uploads older than this are a crash's leftovers.
 STALE_SECONDS = 3600.0
 PRESIGNED_SECONDS = 300
