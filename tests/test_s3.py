@@ -293,10 +293,13 @@ async def test_s3_down_gives_503_in_each_endpoints_format_and_then_works_again(
         doomed["delete_url"], method="POST", body=b"", raise_error=False
     )
     assert deleted.code == 200  # the deletion stands; gc removes the bytes later
+    health = await http_client.fetch(f"{base_url}/healthz", raise_error=False)
+    assert health.code == 503 and health.body == b"storage: failed (StoreUnavailable)\n"
 
     own_weed.start()
     again = await upload(http_client, base_url, b"b" * BIG)
     assert again.code == 200
+    assert (await http_client.fetch(f"{base_url}/healthz")).body == b"ok\n"
     assert (await http_client.fetch(f"{base_url}/{kept}")).body == b"kept"
     store.close()
 
