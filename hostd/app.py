@@ -35,6 +35,8 @@ log = logging.getLogger("hostd")
 GC_EVERY_SECONDS = 6 * 3600.0
 # How often it removes expired uploads (they stop being served at their time all the same).
 PRUNE_EVERY_SECONDS = 600.0
+# How often it removes what crashed uploads left behind.
+STALE_TEMP_EVERY_SECONDS = 3600.0
 
 M_MMAP_THRESHOLD = -3  # from glibc's malloc.h
 # Blocks this big or bigger are mmapped: Argon2's buffers, not the 256 KiB body chunks.
@@ -149,7 +151,13 @@ async def open_parts(
         await database.close()
         raise
     store = store_from(config)
-    removed = await store.remove_stale_temp_files()
+    try:
+        await store.check()  # an S3 endpoint down, a missing bucket, a wrong key: stop now
+        removed = await store.remove_stale_temp_files()
+    except BaseException:
+        store.close()
+        await database.close()  # else its thread keeps the process from exiting
+        raise
     if removed:
         log.info("removed %d half-written upload(s) left by an earlier run", removed)
     return config, database, store
@@ -223,6 +231,22 @@ async def prune_now_and_then(
         await asyncio.sleep(every_seconds)
 
 
+async def remove_stale_temp_files_now_and_then(
+    store: BlobStore, every_seconds: float = STALE_TEMP_EVERY_SECONDS
+) -> None:
+    """What crashed uploads left (temp files; with S3, temp objects and multipart uploads
+    older than an hour): removed at start (open_parts) and then every hour."""
+    while True:
+        await asyncio.sleep(every_seconds)
+        try:
+            removed = await store.remove_stale_temp_files()
+        except Exception as exc:
+            log.warning("could not remove stale temp files; trying again later: %s", exc)
+        else:
+            if removed:
+                log.info("removed %d half-written upload(s)", removed)
+
+
 def return_big_buffers_to_the_os() -> None:
     """Keep Argon2's buffers (19 MiB a key check, 64 MiB a password) out of the heap.
 
@@ -258,6 +282,7 @@ async def serve(config: Config, *, new_cookie_secret: bool = False) -> None:
             db, store, app.settings["hostd_thumbs"], partials=app.settings["hostd_partials"]
         )
     )
+    stale_task = loop.create_task(remove_stale_temp_files_now_and_then(store))
     server.listen(config.port, address=config.host)
     shown_host = f"[{config.host}]" if ":" in config.host else config.host
     log.info(
@@ -270,6 +295,7 @@ async def serve(config: Config, *, new_cookie_secret: bool = False) -> None:
     await shutdown(server, app.settings["hostd_in_flight"], config.shutdown_grace_seconds)
     gc_task.cancel()
     prune_task.cancel()
+    stale_task.cancel()
     app.settings["hostd_thumbs"].close()
     await db.close()
     store.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import getpass
 import json
 import logging
@@ -21,8 +22,9 @@ from hostd.auth import Auth
 from hostd.config import Config, ConfigError, load_config
 from hostd.db import Database
 from hostd.hashes import is_sha256
+from hostd.migrate import MigrationError, migrate
 from hostd.parsing import parse_count
-from hostd.storage import store_from
+from hostd.storage import StoreUnavailable, store_from
 
 DEFAULT_CONFIG = Path("hostd.toml")
 MAX_QUOTA_BYTES = 2**63 - 1  # SQLite's largest integer
@@ -175,6 +177,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     restore_cmd.add_argument("source", type=Path, metavar="SRC")
     restore_cmd.set_defaults(handler=restore_from)
+    storage_cmd = commands.add_parser("storage", help="the blob store")
+    storage_sub = storage_cmd.add_subparsers(dest="action", required=True, metavar="ACTION")
+    migrate_cmd = storage_sub.add_parser(
+        "migrate",
+        parents=[common],
+        help="copy every file to the other store (local or s3), verified; switches nothing",
+    )
+    migrate_cmd.add_argument("--to", choices=("s3", "local"), required=True)
+    migrate_cmd.set_defaults(handler=admin(storage_migrate))
+
     prune_cmd = commands.add_parser(
         "prune",
         parents=[common],
@@ -736,6 +748,37 @@ def expired_json(item: db.Expired) -> dict[str, object]:
     }
 
 
+async def storage_migrate(
+    args: argparse.Namespace, config: Config, database: Database, auth: Auth
+) -> None:
+    source_name = "local" if args.to == "s3" else "s3"
+    source = store_from(dataclasses.replace(config, backend=source_name))
+    target = store_from(dataclasses.replace(config, backend=args.to))
+    try:
+        await target.check()
+        await source.check()
+        done = await migrate(
+            database, source, target, lambda line: print(line, file=sys.stderr, flush=True)
+        )
+    except (StoreUnavailable, MigrationError) as exc:
+        raise CommandError(f"{exc}; run the command again to resume") from None
+    finally:
+        source.close()
+        target.close()
+    print(
+        f"{done.copied} file(s) copied to {args.to} ({done.bytes_copied} bytes), each verified"
+        f" by SHA-256; {done.already_there} already there; {done.missing} missing from"
+        f" {source_name}",
+        file=sys.stderr,
+    )
+    if done.missing == 0:
+        print(
+            f'every file is in {args.to}: set storage.backend = "{args.to}" in hostd.toml and'
+            f" restart hostd; {source_name} is left as it was",
+            file=sys.stderr,
+        )
+
+
 def config_from(args: argparse.Namespace, **overrides: object) -> Config:
     path = args.config
     if path is None and DEFAULT_CONFIG.exists():
@@ -765,7 +808,11 @@ def cmd_upload(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     config = config_from(args, host=args.host, port=args.port)
-    asyncio.run(serve(config, new_cookie_secret=args.new_cookie_secret))
+    try:
+        asyncio.run(serve(config, new_cookie_secret=args.new_cookie_secret))
+    except StoreUnavailable as exc:
+        print(f"hostd: cannot start: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -779,6 +826,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"hostd: configuration error: {exc}", file=sys.stderr)
         return 2
+    except StoreUnavailable as exc:
+        print(f"hostd: {exc}", file=sys.stderr)
+        return 1
 
 
 def run() -> None:

@@ -63,6 +63,15 @@ class Config:
     account_hours: int | None = None
     max_hours: int | None = None
     hours_by_size: tuple[tuple[int, int], ...] = ()
+    backend: str = "local"  # storage.backend
+    s3_endpoint: str | None = None  # [storage.s3]: each s3_x is storage.s3.x
+    s3_region: str = "us-east-1"
+    s3_bucket: str | None = None
+    s3_prefix: str = "blobs/"
+    s3_path_style: bool = False
+    s3_access_key_file: Path | None = None
+    s3_secret_key_file: Path | None = None
+    s3_redirect: bool = False
     metrics_enabled: bool = False
     metrics_allow: tuple[str, ...] = ("127.0.0.0/8", "::1")  # addresses or CIDRs
     cookie_secret: str | None = field(default=None, repr=False)
@@ -90,7 +99,18 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "accel_redirect",
         "shutdown_grace_seconds",
     ),
-    "storage": ("data_dir", "min_free_bytes"),
+    "storage": ("data_dir", "min_free_bytes", "backend"),
+    # A table inside [storage].
+    "storage.s3": (
+        "endpoint",
+        "region",
+        "bucket",
+        "prefix",
+        "path_style",
+        "access_key_file",
+        "secret_key_file",
+        "redirect",
+    ),
     "limits": (
         "max_upload_bytes",
         "allow_anonymous",
@@ -108,9 +128,12 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "metrics": ("enabled", "allow"),
 }
 # Sections whose keys are their fields' names less a prefix: [metrics] enabled is
-# metrics_enabled (a bare `enabled` field would say nothing).
-FIELD_PREFIXES: dict[str, str] = {"metrics": "metrics_"}
-CHOICES: dict[str, tuple[str, ...]] = {"registration": ("open", "closed")}
+# metrics_enabled (a bare `enabled` field would say nothing), [storage.s3] bucket is s3_bucket.
+FIELD_PREFIXES: dict[str, str] = {"metrics": "metrics_", "storage.s3": "s3_"}
+CHOICES: dict[str, tuple[str, ...]] = {
+    "registration": ("open", "closed"),
+    "backend": ("local", "s3"),
+}
 # nginx's internal location for X-Accel-Redirect: a URI prefix that needs no escaping.
 ACCEL_PREFIX = re.compile(r"/(?:(?!\.\.?/)[A-Za-z0-9._~-]+/)+")
 
@@ -143,11 +166,22 @@ def _flatten(raw: dict[str, Any], origin: str) -> dict[str, Any]:
             raise ConfigError(f"{origin}: unknown section [{section}] (known: {known})")
         if not isinstance(table, dict):
             raise ConfigError(f"{origin}: {section} must be a table, like [{section}]")
-        for key, value in table.items():
-            if key not in SECTIONS[section]:
-                known = ", ".join(SECTIONS[section])
-                raise ConfigError(f"{origin}: unknown key {section}.{key} (known: {known})")
-            values[FIELD_PREFIXES.get(section, "") + key] = value
+        values |= _flatten_table(table, section, origin)
+    return values
+
+
+def _flatten_table(table: dict[str, Any], section: str, origin: str) -> dict[str, Any]:
+    """One section's keys as Config fields; a table inside it ([storage.s3]) is a section
+    of its own."""
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        if isinstance(value, dict) and f"{section}.{key}" in SECTIONS:
+            values |= _flatten_table(value, f"{section}.{key}", origin)
+            continue
+        if key not in SECTIONS[section]:
+            known = ", ".join(SECTIONS[section])
+            raise ConfigError(f"{origin}: unknown key {section}.{key} (known: {known})")
+        values[FIELD_PREFIXES.get(section, "") + key] = value
     return values
 
 
@@ -198,6 +232,7 @@ def _build(values: dict[str, Any], origin: str) -> Config:
         raise ConfigError(f"{origin}: accounts.registrations_per_hour must be at least 1")
     _check_limits(config, origin)
     _check_retention(config, origin)
+    _check_s3(config, origin)
     if config.accel_redirect is not None and not ACCEL_PREFIX.fullmatch(config.accel_redirect):
         raise ConfigError(
             f"{origin}: server.accel_redirect must be a path that starts and ends with /, "
@@ -229,6 +264,16 @@ def _check_limits(config: Config, origin: str) -> None:
             f"{origin}: limits.anonymous_max_upload_bytes ({anonymous}) must not be more than"
             f" limits.max_upload_bytes ({config.max_upload_bytes})"
         )
+
+
+def _check_s3(config: Config, origin: str) -> None:
+    if config.backend == "s3" and not config.s3_bucket:
+        raise ConfigError(f'{origin}: storage.backend = "s3" needs storage.s3.bucket')
+    endpoint = config.s3_endpoint
+    if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+        raise ConfigError(f"{origin}: storage.s3.endpoint must start with http:// or https://")
+    if config.s3_prefix and not config.s3_prefix.endswith("/"):
+        raise ConfigError(f'{origin}: storage.s3.prefix must end with "/", like "blobs/"')
 
 
 def _size_steps(value: Any, origin: str) -> tuple[tuple[int, int], ...]:

@@ -46,6 +46,11 @@ class BlobMissing(Exception):
     """The store has no bytes for this SHA-256 (never stored, or removed)."""
 
 
+class StoreUnavailable(OSError):
+    """The store cannot be reached or refuses (an S3 server down, a wrong key): any operation
+    may raise it. An OSError, so that callers that handle a failing disk handle it too."""
+
+
 @dataclass(frozen=True)
 class WrittenBlob:
     """An upload's bytes, durable but not yet in the store; place() or discard() follows.
@@ -126,6 +131,15 @@ class BlobStore(Protocol):
         """The blob's path below the store's root, for nginx's X-Accel-Redirect; None when
         the bytes are not in a directory nginx can read."""
         ...
+
+    async def redirect_url(
+        self, sha256: str, *, content_type: str, disposition: str | None
+    ) -> str | None:
+        """A short-lived URL where a client may fetch the bytes itself, served with this
+        Content-Type (and Content-Disposition); None when the store offers none."""
+
+    async def check(self) -> None:
+        """Raise StoreUnavailable, with one clear line, when the store cannot be used."""
 
     async def remove_stale_temp_files(self) -> int:
         """Remove what uploads that a crash interrupted left behind; how many."""
@@ -347,6 +361,14 @@ class LocalBlobStore:
     def accel_path(self, sha256: str) -> str:
         return _below_root(sha256)
 
+    async def redirect_url(
+        self, sha256: str, *, content_type: str, disposition: str | None
+    ) -> str | None:
+        return None
+
+    async def check(self) -> None:
+        pass  # the directories were made (or failed) in __init__
+
     def writer(self) -> LocalBlobWriter:
         return LocalBlobWriter(self)
 
@@ -529,7 +551,11 @@ def _fsync_dir(path: Path) -> None:
 
 
 def store_from(config: Config) -> BlobStore:
-    """The blob store the configuration names (today: the local directory)."""
+    """The blob store the configuration names: storage.backend, "local" or "s3"."""
+    if config.backend == "s3":
+        from hostd.s3 import s3_store  # obstore, from the s3 extra, only when it is used
+
+        return s3_store(config)
     return LocalBlobStore(config.blobs_dir)
 
 

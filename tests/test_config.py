@@ -101,6 +101,11 @@ def test_command_line_overrides_win(tmp_path):
         ("[limits]\nbody_idle_seconds = nan\n", "limits.body_idle_seconds must be between"),
         ("[limits]\nuploads_in_flight_per_address = 0\n", "must be at least 1"),
         ("[server]\nshutdown_grace_seconds = -1\n", "server.shutdown_grace_seconds must be"),
+        ("[storage]\nbackend = 'ftp'\n", "storage.backend must be 'local' or 's3'"),
+        ("[storage]\nbackend = 's3'\n", 'storage.backend = "s3" needs storage.s3.bucket'),
+        ("[storage.s3]\nbukcet = 'x'\n", "unknown key storage.s3.bukcet (known: endpoint,"),
+        ("[storage.s3]\npath_style = 'yes'\n", "storage.s3.path_style must be bool"),
+        ("[storage.s3]\nendpoint = 'localhost:9000'\n", "storage.s3.endpoint must start with"),
         (
             "[limits]\nmax_thumbnail_decode_bytes = 0\n",
             "limits.max_thumbnail_decode_bytes must be a positive",

@@ -30,7 +30,7 @@ from hostd.formdata import (
 from hostd.handlers.base import ApiHandler, BaseHandler, out_of_space, refuse_early
 from hostd.parsing import parse_count
 from hostd.server import BodyPace, HostdConnection
-from hostd.storage import WrittenBlob
+from hostd.storage import StoreUnavailable, WrittenBlob
 
 log = logging.getLogger("hostd")
 
@@ -63,6 +63,8 @@ def storage_failure(exc: Exception) -> tuple[int, str]:
     """(status, message) for a file the server could not write or record; the details go to
     the log."""
     log.error("could not store an upload: %s", exc)
+    if isinstance(exc, StoreUnavailable):
+        return 503, "the file storage cannot be reached; the file was not stored, retry soon"
     if out_of_space(exc):
         return 507, "the server is out of storage space; the file was not stored"
     return 500, "the server could not store the file; it was not stored"
