@@ -21,7 +21,7 @@ from hostd.db import Database
 from hostd.formdata import FORM_OVERHEAD_BYTES
 from hostd.handlers import all_routes
 from hostd.handlers.api import KeyReveals
-from hostd.handlers.pages import NotFoundHandler
+from hostd.handlers.pages import NotFoundHandler, StaticHandler
 from hostd.handlers.upload import UploadsInFlight
 from hostd.limits import Limits
 from hostd.server import LINGER_IDLE_SECONDS, HostdServer
@@ -78,6 +78,7 @@ def make_app(
         hostd_wall_clock=wall_clock,
         jinja_env=templates,
         static_path=str(config.static_dir),
+        static_handler_class=StaticHandler,
         cookie_secret=config.cookie_secret,
         xsrf_cookies=True,
         xsrf_cookie_kwargs={
