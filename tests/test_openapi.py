@@ -80,6 +80,18 @@ def test_the_document_is_valid_openapi_3_1():
     )
 
 
+def test_the_drafts_waiting_for_their_routes_are_valid_openapi_too():
+    """PUT /api/upload/{filename}, tus, /healthz and /metrics, added to the paths at their
+    merges; until then checked only as a description."""
+    document = openapi.document()
+    drafts = {**openapi.PUT_UPLOAD_PATHS, **openapi.TUS_PATHS, **openapi.MONITORING_PATHS}
+    assert not set(drafts) & set(document["paths"])
+
+    schemathesis.openapi.from_dict(
+        {**document, "paths": {**document["paths"], **drafts}}
+    ).validate()
+
+
 def test_every_described_path_is_routed_with_the_same_methods(app):
     for template, path_item in openapi.document()["paths"].items():
         url = example_url(template, path_item)
