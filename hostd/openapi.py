@@ -80,7 +80,6 @@ UPLOAD_ERRORS: dict[str, str] = {
     "413": "The file is over the size limit, the account's quota or the anonymous limit.",
     "429": "Too many uploads in flight from this address, or over an upload rate limit; "
     "`Retry-After` says when to try again.",
-    "431": "The request's header is too big.",
     "451": "These bytes are banned from this server.",
     "503": "The server is busy (checking other keys) or shutting down; try again soon.",
     "507": "The server is out of storage space; the file was not stored.",
@@ -95,6 +94,12 @@ EXPIRES_SCHEMA: Json = {
     f"{LONGEST_EXPIRY_HOURS:,}), or an ISO 8601 time with its zone (`2030-01-31T12:00:00Z`) "
     f"at most that far ahead; empty for nothing asked. Send it once: as an `expires` field or "
     "an `Expires` header, not both.",
+}
+
+# Answered by the server before it knows the URL, so in the plain-text protocol everywhere.
+HEAD_TOO_BIG: Json = {
+    "description": "The request's header fields are over 64 KiB.",
+    "content": {"text/plain": {"schema": {"type": "string", "pattern": "^ERROR "}}},
 }
 
 EXPIRES_HEADER_PARAMETER: Json = {
@@ -169,6 +174,7 @@ UPLOAD_PATHS: Json = {
                     )
                     for code, text in UPLOAD_ERRORS.items()
                 },
+                "431": HEAD_TOO_BIG,
             },
         }
     },
@@ -230,6 +236,7 @@ UPLOAD_PATHS: Json = {
                         "403": "A signed-in browser's upload without its xsrf token.",
                     }.items()
                 },
+                "431": HEAD_TOO_BIG,
             },
         }
     },

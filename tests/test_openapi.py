@@ -99,7 +99,8 @@ def test_every_described_path_is_routed_with_the_same_methods(app):
         rule = first_route(app, url)
 
         assert rule is not None, f"{template} ({url}) is described but not routed"
-        assert described_methods(path_item) == routed_methods(rule.target), template
+        described, routed = described_methods(path_item), routed_methods(rule.target)
+        assert described == routed, f"{template}: described {described}, routed {routed}"
 
 
 def test_every_registered_route_is_described(app):
