@@ -15,7 +15,7 @@ from typing import Any
 from hostd import __version__
 from hostd.auth import DELETE_TOKEN_PATTERN
 from hostd.config import LONGEST_EXPIRY_HOURS
-from hostd.formdata import MAX_FILENAME_BYTES, MAX_TEXT_FIELD_BYTES
+from hostd.formdata import MAX_FILENAME_BYTES, MAX_PARTS, MAX_TEXT_FIELD_BYTES
 from hostd.hashes import PUBLIC_HASH_MAX, PUBLIC_HASH_MIN
 
 Json = dict[str, Any]
@@ -110,9 +110,21 @@ EXPIRES_HEADER_PARAMETER: Json = {
     "example": "24",
 }
 
+# A text field holds at most MAX_TEXT_FIELD_BYTES of UTF-8: in characters, a quarter of that
+# is always within it (a schema counts characters, not bytes).
+TEXT_FIELD: Json = {
+    "type": "string",
+    "maxLength": MAX_TEXT_FIELD_BYTES // 4,
+    "description": f"At most {MAX_TEXT_FIELD_BYTES:,} bytes of UTF-8.",
+}
+
 UPLOAD_FORM: Json = {
     "type": "object",
     "required": ["file"],
+    "description": f"At most {MAX_PARTS} parts; fields other than these are ignored.",
+    "maxProperties": MAX_PARTS,
+    "propertyNames": {"pattern": "^[A-Za-z0-9_.-]{1,100}$"},
+    "additionalProperties": TEXT_FIELD,
     "properties": {
         "file": {
             "type": "string",
@@ -207,8 +219,8 @@ UPLOAD_PATHS: Json = {
                             **UPLOAD_FORM,
                             "properties": {
                                 **UPLOAD_FORM["properties"],
-                                "api": {"type": "string", "maxLength": MAX_TEXT_FIELD_BYTES},
-                                "_xsrf": {"type": "string", "maxLength": MAX_TEXT_FIELD_BYTES},
+                                "api": TEXT_FIELD,
+                                "_xsrf": TEXT_FIELD,
                             },
                         }
                     }
