@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import hashlib
 import os
 import secrets
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable
@@ -127,6 +129,10 @@ class BlobStore(Protocol):
 
     async def remove_stale_temp_files(self) -> int:
         """Remove what uploads that a crash interrupted left behind; how many."""
+
+    async def healthy(self) -> None:
+        """Return when the store can be reached (cheaply: no listing, no bytes); raise with
+        why not. For /healthz, which bounds the wait."""
 
     def close(self) -> None: ...
 
@@ -388,6 +394,19 @@ class LocalBlobStore:
 
     async def remove_stale_temp_files(self) -> int:
         return await asyncio.to_thread(self._remove_stale_temp_files)
+
+    async def healthy(self) -> None:
+        # In a thread: a stat on a hung network filesystem must not stop the IOLoop.
+        await asyncio.to_thread(self._healthy)
+
+    def _healthy(self) -> None:
+        """The blob root and this process's temp folder are directories on a writable
+        filesystem (as root, permissions say nothing: only a read-only mount refuses)."""
+        for folder in (self.root, self.tmp_dir):
+            if not stat.S_ISDIR(os.stat(folder).st_mode):
+                raise NotADirectoryError(errno.ENOTDIR, "not a directory", str(folder))
+        if os.statvfs(self.root).f_flag & os.ST_RDONLY:
+            raise OSError(errno.EROFS, "read-only filesystem", str(self.root))
 
     def _remove_stale_temp_files(self) -> int:
         """Remove the temp folders (and older loose temp files) of processes that are

@@ -78,6 +78,14 @@ def store(parts: tuple[Database, LocalBlobStore]) -> LocalBlobStore:
 
 
 @pytest.fixture
+def other_process(config: Config, db: Database, io_loop: Any) -> Iterator[Database]:
+    """A second Database on the test's database file, as another hostd process holds it."""
+    other = io_loop.run_sync(lambda: Database.open(config.db_path))
+    yield other
+    io_loop.run_sync(other.close)
+
+
+@pytest.fixture
 def auth() -> Iterator[Auth]:
     """Argon2 at its cheapest, so tests do not spend seconds hashing (test_auth checks the
     production parameters once)."""

@@ -243,3 +243,94 @@ async def test_all_lengths_taken_is_an_error_not_a_wrong_file(db):
         await queries.register_upload(
             db, sha256=sha, size_bytes=1, content_type="text/plain", original_name="n"
         )
+
+
+# -- what another process changes (db.changes) --------------------------------------------
+
+
+async def remembered_blob(db, data: bytes, expires_at: int | None = None):
+    sha256 = hashlib.sha256(data).hexdigest()
+    blob, _ = await queries.register_upload(
+        db,
+        sha256=sha256,
+        size_bytes=len(data),
+        content_type="text/plain",
+        original_name="a",
+        expires_at=expires_at,
+    )
+    assert await queries.get_blob(db, blob.hash) == blob  # now in memory
+    return blob
+
+
+@pytest.mark.gen_test
+async def test_a_blob_another_process_deleted_is_not_served_from_memory(db, other_process):
+    blob = await remembered_blob(db, b"deleted elsewhere")
+
+    await queries.take_down(other_process, sha256=blob.sha256)
+
+    assert await queries.get_blob(db, blob.hash) is None
+
+
+@pytest.mark.gen_test
+async def test_a_blob_another_process_made_expire_sooner_is_read_again(db, other_process):
+    data = b"kept forever, then expiring"
+    sha256 = hashlib.sha256(data).hexdigest()
+    await queries.register_upload(
+        db,
+        sha256=sha256,
+        size_bytes=len(data),
+        content_type="text/plain",
+        original_name="forever",
+        delete_token_hash="forever-link",
+    )
+    blob = await remembered_blob(db, data, expires_at=queries.now() + 60)
+
+    await queries.delete_by_link(other_process, token_hash="forever-link")
+    now = await queries.get_blob(db, blob.hash)
+
+    assert blob.expires_at is None
+    assert now is not None and now.expires_at == (await queries.all_uploads(db))[0].expires_at
+
+
+@pytest.mark.gen_test
+async def test_a_blob_another_process_made_live_longer_is_read_again_when_it_looks_expired(
+    db, other_process
+):
+    data = b"expiring, then kept"
+    blob = await remembered_blob(db, data, expires_at=queries.now() + 60)
+    await queries.register_upload(
+        other_process,
+        sha256=blob.sha256,
+        size_bytes=blob.size_bytes,
+        content_type="text/plain",
+        original_name="kept",
+    )
+
+    later = await queries.get_blob(db, blob.hash, now=queries.now() + 61)
+
+    assert blob.expires_at is not None
+    assert later is not None and later.expires_at is None
+
+
+@pytest.mark.gen_test
+async def test_new_uploads_leave_other_processes_memory_alone(db, other_process):
+    blob = await remembered_blob(db, b"remembered")
+    seen = []
+    db.changes.subscribe(lambda: seen.append("dropped"))
+    db.changes.check()
+    seen.clear()
+
+    for i in range(3):  # new bytes, more of the same, some expiring
+        data = b"remembered" if i == 1 else b"other %d" % i
+        await queries.register_upload(
+            other_process,
+            sha256=hashlib.sha256(data).hexdigest(),
+            size_bytes=len(data),
+            content_type="text/plain",
+            original_name="x",
+            expires_at=queries.now() + 60 * i,
+        )
+    db.changes.check()
+
+    assert seen == []
+    assert db.blobs.get(blob.hash) == blob

@@ -3,7 +3,8 @@
 core.py holds the Database (connections, the batching writer, migrations); blobs.py the
 files' rows; accounts.py users, sessions and API keys; moderation.py bans, disabled and
 removed accounts; stats.py the figures of `hostd stats`; quotas.py storage quotas; expiry.py
-expired uploads; deletion.py deletion links. Callers import this package only.
+expired uploads; deletion.py deletion links; signins.py failed sign-ins; settings.py what
+every process must agree on. Callers import this package only.
 """
 
 from hostd.db.accounts import (
@@ -16,11 +17,13 @@ from hostd.db.accounts import (
     get_session_user,
     get_user,
     insert_api_key,
+    insert_key_reveal,
     insert_session,
     insert_user,
     invalidate_api_key,
     list_api_keys,
     list_users,
+    take_key_reveal,
     touch_api_key,
     update_password,
 )
@@ -45,7 +48,7 @@ from hostd.db.blobs import (
     register_upload,
     take_down,
 )
-from hostd.db.core import Database, is_full, latest_version, now, schema_version
+from hostd.db.core import Cache, Changes, Database, is_full, latest_version, now, schema_version
 from hostd.db.deletion import (
     DeleteLink,
     delete_by_link,
@@ -65,13 +68,18 @@ from hostd.db.moderation import (
     set_user_disabled,
 )
 from hostd.db.quotas import OverQuota, set_quota
-from hostd.db.stats import Stats, Uploader, get_stats
+from hostd.db.settings import COOKIE_SECRET, delete_setting, record_setting
+from hostd.db.signins import SignInCount, begin_signin, end_signin
+from hostd.db.stats import Stats, Stored, Uploader, get_stats, get_stored
 
 __all__ = [
+    "COOKIE_SECRET",
     "AlreadyBanned",
     "ApiKey",
     "Ban",
     "Blob",
+    "Cache",
+    "Changes",
     "Database",
     "DeleteLink",
     "Expired",
@@ -80,7 +88,9 @@ __all__ = [
     "OverQuota",
     "Registration",
     "Removal",
+    "SignInCount",
     "Stats",
+    "Stored",
     "TooManyKeys",
     "Upload",
     "Uploader",
@@ -88,14 +98,17 @@ __all__ = [
     "UserFile",
     "all_blob_sha256s",
     "all_uploads",
+    "begin_signin",
     "count_uploads",
     "delete_ban",
     "delete_by_link",
     "delete_expired",
     "delete_session",
+    "delete_setting",
     "delete_upload",
     "delete_uploads_of_blob",
     "delete_user",
+    "end_signin",
     "forget_blob",
     "get_api_key",
     "get_ban",
@@ -104,8 +117,10 @@ __all__ = [
     "get_delete_link",
     "get_session_user",
     "get_stats",
+    "get_stored",
     "get_user",
     "insert_api_key",
+    "insert_key_reveal",
     "insert_ban",
     "insert_session",
     "insert_user",
@@ -120,6 +135,7 @@ __all__ = [
     "list_user_files",
     "list_users",
     "now",
+    "record_setting",
     "referenced_among",
     "refused_as_banned",
     "register_upload",
@@ -127,6 +143,7 @@ __all__ = [
     "set_quota",
     "set_user_disabled",
     "take_down",
+    "take_key_reveal",
     "touch_api_key",
     "update_password",
 ]

@@ -53,10 +53,14 @@ def _one(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...] = ()) -> sq
     return row
 
 
-async def get_blob(db: Database, hash: str) -> Blob | None:
-    """The blob with this public hash, or None; known blobs come from memory."""
+async def get_blob(db: Database, hash: str, *, now: int | None = None) -> Blob | None:
+    """The blob with this public hash, or None; known blobs come from memory, unless any
+    process has deleted a blob or shortened a blob's life since (db.changes). With `now`, a
+    remembered blob that looks expired by then is read again: another process may have
+    extended its life (which bumps no counter)."""
+    db.changes.check()
     blob: Blob | None = db.blobs.get(hash)
-    if blob is not None:
+    if blob is not None and (now is None or blob.alive_at(now)):
         return blob
     generation = db.blobs.generation
     row = await db.read(lambda conn: _one(conn, "SELECT * FROM blobs WHERE hash = ?", (hash,)))
@@ -146,14 +150,17 @@ async def register_upload(
 def _insert_blob(
     conn: sqlite3.Connection, sha256: str, size_bytes: int, content_type: str, created_at: int
 ) -> sqlite3.Row:
-    """Insert with the shortest free public hash: the unique index says which are taken."""
+    """Insert with the shortest free public hash: the unique index says which are taken.
+    The row starts expired (0: no upload yet), so that its first upload's trigger only ever
+    extends its life, which tells no other process anything (see 0009_shared_state.sql)."""
     for candidate in public_hash_candidates(sha256):
         try:
             row = _one(
                 conn,
                 """
-                INSERT INTO blobs (sha256, hash, size_bytes, content_type, created_at)
-                VALUES (?, ?, ?, ?, ?)
+                INSERT INTO blobs (sha256, hash, size_bytes, content_type, created_at,
+                                   expires_at)
+                VALUES (?, ?, ?, ?, ?, 0)
                 RETURNING *
                 """,
                 (sha256, candidate, size_bytes, content_type, created_at),

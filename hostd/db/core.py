@@ -77,6 +77,62 @@ class Cache(Generic[K, V]):
         self.generation += 1
         self._entries.clear()
 
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class Changes:
+    """Tells this process's caches when another process may have changed what they hold.
+
+    What a process remembers (blob rows, verified keys) must be refused "at once" when any
+    process deletes or invalidates it. The schema's triggers bump one counter, `changes`, in
+    the same commit as each such change (0009_shared_state.sql); check() reads it before a
+    cache is trusted and, when it has moved, calls every subscriber to drop all it holds.
+    The read is one indexed row on a connection of this thread's own, run right here on
+    the IOLoop: a few microseconds, where a trip to a database thread costs tens.
+
+    That is SQLite's way, with every process on one file. A PostgreSQL implementation backs
+    the same two methods with LISTEN/NOTIFY: its triggers call pg_notify, and the listener
+    calls the subscribers.
+    """
+
+    def __init__(self) -> None:
+        self._drops: list[Callable[[], None]] = []
+        self._conn: sqlite3.Connection | None = None
+        self._seen: int | None = None
+
+    def watch(self, path: Path) -> None:
+        """Start reading the counter of the database at `path` (migrated already)."""
+        # No busy wait: a WAL reader is not blocked by writers; should it ever be (a
+        # recovery), check() assumes a change rather than hold up the IOLoop.
+        self._conn = sqlite3.connect(path, isolation_level=None)
+        self._conn.execute("PRAGMA busy_timeout = 0").fetchall()
+
+    def subscribe(self, drop: Callable[[], None]) -> None:
+        """Call `drop` (which forgets a whole cache) whenever something may have changed."""
+        self._drops.append(drop)
+
+    def check(self) -> None:
+        """Before trusting a cache: drop every cache if the counter moved since last time."""
+        if self._conn is None:
+            return
+        try:
+            # fetchall(): stepped to the end, so no read transaction stays open
+            version: int | None = self._conn.execute(
+                "SELECT version FROM changes WHERE id = 1"
+            ).fetchall()[0][0]
+        except sqlite3.Error:
+            version = None  # cannot tell: as if everything had changed
+        if version is None or version != self._seen:
+            self._seen = version
+            for drop in self._drops:
+                drop()
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
 
 @dataclass
 class WriterStats:
@@ -103,7 +159,10 @@ class _Unit:
 class Database:
     """SQLite for the whole process: reads on one connection, batched writes on another."""
 
-    def __init__(self, reader: aiosqlite.Connection, writer: aiosqlite.Connection) -> None:
+    def __init__(
+        self, reader: aiosqlite.Connection, writer: aiosqlite.Connection, path: Path
+    ) -> None:
+        self.path = path
         self._reader = reader
         self._writer = writer
         self._queue: list[_Unit] = []
@@ -115,8 +174,11 @@ class Database:
         # thread. A blob row changes only in its expiry (as uploads of it come and go) and
         # goes with its last upload: every write that adds or removes uploads drops the
         # entry here (after its commit) when the blob changed or went. Its expiry is
-        # checked against the clock on every request, cached or not.
+        # checked against the clock on every request, cached or not. Other processes' changes
+        # reach it through `changes`, checked before each use.
         self.blobs: Cache[str, Any] = Cache(4096)
+        self.changes = Changes()
+        self.changes.subscribe(self.blobs.clear)
 
     @classmethod
     async def open(cls, path: Path) -> Database:
@@ -126,9 +188,10 @@ class Database:
         except BaseException:
             await writer.close()
             raise
-        database = cls(reader, writer)
+        database = cls(reader, writer, path)
         try:
             await database.migrate()
+            database.changes.watch(path)
         except BaseException:
             await database.close()
             raise
@@ -145,6 +208,7 @@ class Database:
             await self._task
         await self._writer.close()
         await self._reader.close()
+        self.changes.close()
 
     @property
     def waiting(self) -> int:
@@ -156,6 +220,16 @@ class Database:
     async def read(self, work: Work[T]) -> T:
         """Run `work` on the read connection's thread, in one trip; it sees the last commit."""
         return await _in_thread(self._reader, work)
+
+    async def healthy(self) -> None:
+        """Return when the database answers a read; raise (sqlite3.Error, OSError) when not.
+
+        The read connection proves its thread answers, but it reads through its own open
+        file and page cache, so it would not notice the file being deleted, moved or damaged
+        underneath it; a fresh read-only connection reads the file's header afresh.
+        """
+        uri = self.path.resolve().as_uri() + "?mode=ro"
+        await self.read(lambda conn: _check_file(conn, uri))
 
     # -- writes
 
@@ -245,6 +319,15 @@ async def _connect(path: Path, *more_pragmas: str) -> aiosqlite.Connection:
         await conn.close()
         raise
     return conn
+
+
+def _check_file(conn: sqlite3.Connection, uri: str) -> None:
+    conn.execute("SELECT 1").fetchone()
+    fresh = sqlite3.connect(uri, uri=True)
+    try:
+        fresh.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    finally:
+        fresh.close()
 
 
 def _set_pragmas(conn: sqlite3.Connection, pragmas: tuple[str, ...]) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hostd.handlers import accounts, api, deletion, download, files, pages, upload
+from hostd.handlers import accounts, api, deletion, download, files, monitoring, pages, upload
 
 
 def all_routes() -> list[tuple[str, Any]]:
@@ -16,5 +16,6 @@ def all_routes() -> list[tuple[str, Any]]:
         *files.routes,
         *upload.routes,
         *deletion.routes,
+        *monitoring.routes,
         *download.routes,
     ]

@@ -12,7 +12,7 @@ from typing import Any
 
 import tornado.web
 
-from hostd import db, limits, retention, sniff, uploads
+from hostd import db, limits, metrics, retention, sniff, uploads
 from hostd.auth import Busy, delete_token_hash, new_delete_token
 from hostd.db import ApiKey, Blob, Upload
 from hostd.formdata import FORM_OVERHEAD_BYTES, UploadError, UploadForm, boundary_of
@@ -38,7 +38,7 @@ TOUCH_EVERY_SECONDS = 60
 
 async def touch_key(handler: BaseHandler, key: ApiKey) -> None:
     at = db.now()
-    if key.last_used_at is None or at - key.last_used_at >= TOUCH_EVERY_SECONDS:
+    if handler.auth.note_use(key, at, TOUCH_EVERY_SECONDS):
         try:
             await db.touch_api_key(handler.db, id=key.id, at=at)
         except Exception as exc:
@@ -81,6 +81,7 @@ class UploadsInFlight:
 
     def __init__(self) -> None:
         self.closing = False
+        self.refused = 0  # 429s for too many uploads from one address, for /metrics
         self._by_address: dict[str, set[UploadFlow]] = {}
         self._none_left = asyncio.Event()
         self._none_left.set()
@@ -93,6 +94,7 @@ class UploadsInFlight:
         same = self._by_address.setdefault(address, set())
         most = upload.config.uploads_in_flight_per_address
         if len(same) >= most:
+            self.refused += 1
             raise UploadError(
                 429,
                 f"{most} uploads from your address are already in progress; "
@@ -336,6 +338,7 @@ class UploadFlow(BaseHandler):
             return
         self.set_header("X-Expires", retention.http_date(upload.expires_at))
         self.set_header("X-Delete-Url", self.delete_url)
+        metrics.upload_done(self, "multipart", written.size_bytes)
         self.answer_ok(blob, upload, self.form.filename)
 
     def asked_expiry(self, now: int) -> int | None:
