@@ -65,7 +65,10 @@ def described_methods(path_item: dict[str, Any]) -> set[str]:
 
 
 def routed_methods(handler: type) -> set[str]:
-    return set(implemented_methods(handler)) - {"HEAD", "OPTIONS"}
+    """The methods the handler both has and lets through (a subclass may narrow what it
+    inherits, as SUPPORTED_METHODS)."""
+    answered = set(implemented_methods(handler)) & set(handler.SUPPORTED_METHODS)
+    return answered - {"HEAD", "OPTIONS"}
 
 
 def test_the_document_is_valid_openapi_3_1():
