@@ -20,7 +20,7 @@ from hostd.config import Config, ConfigError, ensure_cookie_secret
 from hostd.db import Database
 from hostd.formdata import FORM_OVERHEAD_BYTES
 from hostd.handlers import all_routes
-from hostd.handlers.pages import NotFoundHandler
+from hostd.handlers.pages import NotFoundHandler, StaticHandler
 from hostd.handlers.upload import UploadsInFlight
 from hostd.limits import Limits
 from hostd.metrics import Metrics
@@ -81,6 +81,7 @@ def make_app(
         hostd_wall_clock=wall_clock,
         jinja_env=templates,
         static_path=str(config.static_dir),
+        static_handler_class=StaticHandler,
         cookie_secret=config.cookie_secret,
         xsrf_cookies=True,
         xsrf_cookie_kwargs={
