@@ -449,9 +449,6 @@ class S3BlobStore:
         if answer.code != 200:
             raise StoreUnavailable(f"S3 {where} answered {answer.code} to a HEAD of the bucket")
 
-    async def healthy(self) -> None:
-        await self.check()  # a HEAD of the bucket: no listing, no bytes
-
     async def remove_stale_temp_files(self) -> int:
         """Temp objects and incomplete multipart uploads under <prefix>tmp/ older than an
         hour: what uploads that a crash interrupted left behind."""

@@ -139,14 +139,12 @@ class BlobStore(Protocol):
         Content-Type (and Content-Disposition); None when the store offers none."""
 
     async def check(self) -> None:
-        """Raise StoreUnavailable, with one clear line, when the store cannot be used."""
+        """Return when the store can be reached, cheaply (no listing, no bytes); else raise
+        an OSError saying why (StoreUnavailable, with one clear line, for a remote store).
+        At start (a store that cannot be used stops `hostd serve`) and for /healthz."""
 
     async def remove_stale_temp_files(self) -> int:
         """Remove what uploads that a crash interrupted left behind; how many."""
-
-    async def healthy(self) -> None:
-        """Return when the store can be reached (cheaply: no listing, no bytes); raise with
-        why not. For /healthz, which bounds the wait."""
 
     def close(self) -> None: ...
 
@@ -367,7 +365,8 @@ class LocalBlobStore:
         return None
 
     async def check(self) -> None:
-        pass  # the directories were made (or failed) in __init__
+        # In a thread: a stat on a hung network filesystem must not stop the IOLoop.
+        await asyncio.to_thread(self._check)
 
     def writer(self) -> LocalBlobWriter:
         return LocalBlobWriter(self)
@@ -427,11 +426,7 @@ class LocalBlobStore:
     async def remove_stale_temp_files(self) -> int:
         return await asyncio.to_thread(self._remove_stale_temp_files)
 
-    async def healthy(self) -> None:
-        # In a thread: a stat on a hung network filesystem must not stop the IOLoop.
-        await asyncio.to_thread(self._healthy)
-
-    def _healthy(self) -> None:
+    def _check(self) -> None:
         """The blob root and this process's temp folder are directories on a writable
         filesystem (as root, permissions say nothing: only a read-only mount refuses)."""
         for folder in (self.root, self.tmp_dir):

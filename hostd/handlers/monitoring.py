@@ -28,7 +28,7 @@ class HealthHandler(MonitoringHandler):
     naming what failed (the details go to the log). No auth: it tells nothing else."""
 
     async def get(self) -> None:
-        checks = {"database": self.db.healthy(), "storage": self.store.healthy()}
+        checks = {"database": self.db.healthy(), "storage": self.store.check()}
         outcomes = await asyncio.gather(*(checked(name, c) for name, c in checks.items()))
         failed = [outcome for outcome in outcomes if outcome]
         self.set_header("Content-Type", "text/plain; charset=utf-8")
