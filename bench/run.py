@@ -33,6 +33,10 @@ part only, the CPU the servers spent (all their threads and processes, and hostd
 baseline's IOLoop thread alone), the client's, and the rest of the machine's, as a share of
 one core: a thread near 100% kept a core busy, and a high "other" means the box was busy.
 
+`--storage s3` also starts SeaweedFS (tests/seaweed.py, the test extra's `weed`) and runs the
+4 KiB and 1 GiB upload and download rows again on a second hostd whose blobs live there,
+each beside the local-store figure of the same run.
+
 `--quick` is a smoke run (64 MiB instead of 1 GiB, 1 s phases); `--json FILE` also writes
 the figures as JSON; `--check` exits 1 when a ratio misses its aim, or a row with an aim was
 not measured; `--server-profile FILE` runs hostd under cProfile (one file per data place).
@@ -268,6 +272,7 @@ class Hostd(Service):
         *,
         accel_redirect: str | None = None,
         profile: Path | None = None,
+        storage: str = "",
     ) -> None:
         self.data_dir = data_dir
         self.config = tmp / f"{name}.toml"
@@ -275,7 +280,7 @@ class Hostd(Service):
         self.config.write_text(
             f"[server]\ntrust_proxy = true\n{accel}[limits]\nmax_upload_bytes = {2 * GiB}\n"
             # The bench's clients stand for many users, though all come from 127.0.0.1.
-            "uploads_in_flight_per_address = 1000\n",
+            "uploads_in_flight_per_address = 1000\n" + storage,
             encoding="utf-8",
         )
         port = free_port()
@@ -822,9 +827,17 @@ class Bench:
     """Every measurement for one place of the data: the services, then the rows."""
 
     def __init__(
-        self, where: str, root: Path, big: BigFile, *, quick: bool, profile: Path | None
+        self,
+        where: str,
+        root: Path,
+        big: BigFile,
+        *,
+        quick: bool,
+        profile: Path | None,
+        s3: Any = None,
     ) -> None:
         self.where = where
+        self.s3 = s3  # a started tests/seaweed.SeaweedFS: --storage s3
         self.tmp = Path(tempfile.mkdtemp(prefix="hostd-bench-", dir=root))
         self.big = big
         self.profile = profile
@@ -881,6 +894,8 @@ class Bench:
         self.big_uploads()
         self.small_downloads()
         self.big_downloads()
+        if self.s3 is not None:
+            self.on_s3()
         self.through_nginx(data_dir)
         self.hostd.stop()
         batches = self.hostd.writer_batches()
@@ -1057,6 +1072,86 @@ class Bench:
             vs="baseline static",
             vs_figure=base.figure,
         )
+
+    # -- the same rows with the blobs in S3 (--storage s3)
+
+    def figure_of(self, name: str) -> float | None:
+        return next((row.figure for row in self.rows if row.name == name), None)
+
+    def on_s3(self) -> None:
+        """4 KiB and big uploads and downloads on a second hostd whose store is SeaweedFS on
+        loopback, each beside the local-store figure of this run."""
+        bucket = self.s3.create_bucket(f"bench-{os.getpid()}-{len(self.s3.buckets)}")
+        storage = (
+            f'[storage]\nbackend = "s3"\n[storage.s3]\nendpoint = "{self.s3.endpoint}"\n'
+            f'bucket = "{bucket}"\npath_style = true\n'
+        )
+        local, local_files = self.hostd, self.small_files
+        self.hostd = self.start(Hostd("hostd-s3", self.tmp, self.tmp / "data-s3", storage=storage))
+        self.small_files = []
+        try:
+            c = f"c{UPLOAD_CONCURRENCY}"
+            uploads = [
+                self.phase([self.hostd], self.hostd_uploads({})) for _ in range(UPLOAD_TURNS)
+            ]
+            name = f"hostd 4 KiB uploads/s, {c}"
+            self.add(
+                f"hostd on S3 4 KiB uploads/s, {c}",
+                "/s",
+                Measured.mean(uploads),
+                vs="hostd local",
+                vs_figure=self.figure_of(name),
+                aim=">= 0.5x",
+            )
+            big = self.big
+            head = part_head("big.bin")
+            length = len(head) + big.size + len(PART_TAIL)
+            request = (upload_head(self.hostd.port, length, {}) + head, big.pieces(), PART_TAIL)
+            self.hostd.reset_peak_rss()
+            samples: list[float] = []
+            timings: dict[str, Any] = {}
+            measured = self.phase(
+                [self.hostd],
+                lambda w: big_upload(w, self.hostd.port, request, (self.hostd, samples), timings),
+            )
+            if upload_answer(*timings["answer"]) != big.hash:
+                raise BenchError(f"{big.label} upload to hostd on S3: wrong hash")
+            self.add(
+                f"hostd on S3 {big.label} upload",
+                "MB/s",
+                measured,
+                vs="hostd local",
+                vs_figure=self.figure_of(f"hostd {big.label} upload"),
+                aim=">= 0.5x",
+            )
+            peak = max(self.hostd.status_mib("VmHWM"), max(samples, default=0.0))
+            self.add(f"hostd on S3 peak RSS in {big.label} upload", "MiB", figure=peak, aim="< 100")
+            c = f"c{DOWNLOAD_CONCURRENCY}"
+            hashes = [f"/{public}" for public, _ in self.small_files]
+            self.add(
+                f"hostd on S3 4 KiB downloads/s, {c}",
+                "/s",
+                self.phase(
+                    [self.hostd],
+                    lambda w: download_rate(w, self.hostd.port, hashes, self.seconds),
+                ),
+                vs="hostd local",
+                vs_figure=self.figure_of(f"hostd 4 KiB downloads/s, {c}"),
+            )
+            self.add(
+                f"hostd on S3 {big.label} download",
+                "MB/s",
+                self.phase(
+                    [self.hostd],
+                    lambda w: big_download(w, self.hostd.port, f"/{big.hash}", big.size),
+                ),
+                vs="hostd local",
+                vs_figure=self.figure_of(f"hostd {big.label} download"),
+                aim=">= 0.5x",
+            )
+        finally:
+            self.hostd.stop()
+            self.hostd, self.small_files = local, local_files
 
     # -- through nginx
 
@@ -1258,6 +1353,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--disk-dir", type=Path, help="a directory on a disk (default: /var/tmp or $TMPDIR)"
     )
+    parser.add_argument(
+        "--storage",
+        choices=("local", "s3"),
+        default="local",
+        help="s3: also run the upload and download rows on a hostd whose store is SeaweedFS",
+    )
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the figures here")
     parser.add_argument(
         "--check",
@@ -1286,13 +1387,44 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench failed: {exc}", file=sys.stderr)
         return 1
     profiles: list[Path] = []
+    weed = start_seaweedfs() if args.storage == "s3" else None
+    try:
+        return measure_all(args, places, big, env, weed, rows, notes, profiles)
+    finally:
+        if weed is not None:
+            weed.stop()
+            shutil.rmtree(weed.root, ignore_errors=True)
+
+
+def start_seaweedfs() -> Any:
+    """tests/seaweed.py's SeaweedFS (the test extra's `weed`), with its keys in the
+    environment that the hostd processes inherit."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from seaweed import ACCESS_KEY, SECRET_KEY, SeaweedFS
+
+    os.environ["AWS_ACCESS_KEY_ID"] = ACCESS_KEY
+    os.environ["AWS_SECRET_ACCESS_KEY"] = SECRET_KEY
+    print("starting SeaweedFS ...", flush=True)
+    return SeaweedFS(Path(tempfile.mkdtemp(prefix="hostd-bench-weed-"))).start()
+
+
+def measure_all(
+    args: argparse.Namespace,
+    places: list[tuple[str, Path]],
+    big: BigFile,
+    env: dict[str, Any],
+    weed: Any,
+    rows: list[Row],
+    notes: list[str],
+    profiles: list[Path],
+) -> int:
     for where, root in places:
         profile = None
         if args.server_profile:
             profile = args.server_profile.with_name(f"{args.server_profile.name}-{where}")
             profiles.append(profile)
         print(f"measuring with the data on {where} ({root}) ...", flush=True)
-        bench = Bench(where, root, big, quick=args.quick, profile=profile)
+        bench = Bench(where, root, big, quick=args.quick, profile=profile, s3=weed)
         try:
             bench.run()
         except (BenchError, OSError) as exc:

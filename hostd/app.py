@@ -14,16 +14,17 @@ from collections.abc import Callable
 import jinja2
 import tornado.web
 
-from hostd import db, uploads
+from hostd import db, resumable, uploads
 from hostd.accesslog import AccessLog
 from hostd.auth import Auth, fingerprint_matches, secret_fingerprint
 from hostd.config import Config, ConfigError, ensure_cookie_secret
 from hostd.db import Database
 from hostd.formdata import FORM_OVERHEAD_BYTES
 from hostd.handlers import all_routes
-from hostd.handlers.pages import NotFoundHandler
+from hostd.handlers.pages import NotFoundHandler, StaticHandler
 from hostd.handlers.upload import UploadsInFlight
 from hostd.limits import Limits
+from hostd.metrics import Metrics
 from hostd.server import LINGER_IDLE_SECONDS, HostdServer
 from hostd.storage import BlobStore, store_from
 from hostd.throttle import RegistrationLimiter, SignInLimiter
@@ -35,6 +36,8 @@ log = logging.getLogger("hostd")
 GC_EVERY_SECONDS = 6 * 3600.0
 # How often it removes expired uploads (they stop being served at their time all the same).
 PRUNE_EVERY_SECONDS = 600.0
+# How often it removes what crashed uploads left behind.
+STALE_TEMP_EVERY_SECONDS = 3600.0
 
 M_MMAP_THRESHOLD = -3  # from glibc's malloc.h
 # Blocks this big or bigger are mmapped: Argon2's buffers, not the 256 KiB body chunks.
@@ -61,7 +64,8 @@ def make_app(
     templates.filters["isotime"] = lambda epoch: time.strftime(
         "%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch)
     )
-    return tornado.web.Application(
+    access_log = access_log or AccessLog()
+    app = tornado.web.Application(
         all_routes(),
         default_handler_class=NotFoundHandler,
         hostd_config=config,
@@ -72,11 +76,13 @@ def make_app(
         hostd_limiter=SignInLimiter(db, clock=wall_clock),  # shared with other processes
         hostd_registrations=RegistrationLimiter(config.registrations_per_hour, clock=clock),
         hostd_in_flight=UploadsInFlight(),
+        hostd_partials=resumable.Partials(config.data_dir / "partials"),
         hostd_limits=Limits(config, clock=clock),
-        log_function=access_log or AccessLog(),
+        log_function=access_log,
         hostd_wall_clock=wall_clock,
         jinja_env=templates,
         static_path=str(config.static_dir),
+        static_handler_class=StaticHandler,
         cookie_secret=config.cookie_secret,
         xsrf_cookies=True,
         xsrf_cookie_kwargs={
@@ -87,6 +93,13 @@ def make_app(
         login_url="/login",
         debug=config.debug,
     )
+    # Off unless metrics.enabled: then a request costs the access log's line alone.
+    metrics = (
+        Metrics(app.settings, config.metrics_allow, clock=clock) if config.metrics_enabled else None
+    )
+    app.settings["hostd_metrics"] = metrics
+    access_log.observer = metrics.observe_request if metrics else None
+    return app
 
 
 def thumbnails_of(config: Config) -> Thumbnails:
@@ -140,7 +153,13 @@ async def open_parts(
         await database.close()
         raise
     store = store_from(config)
-    removed = await store.remove_stale_temp_files()
+    try:
+        await store.check()  # an S3 endpoint down, a missing bucket, a wrong key: stop now
+        removed = await store.remove_stale_temp_files()
+    except BaseException:
+        store.close()
+        await database.close()  # else its thread keeps the process from exiting
+        raise
     if removed:
         log.info("removed %d half-written upload(s) left by an earlier run", removed)
     return config, database, store
@@ -190,9 +209,19 @@ async def prune_now_and_then(
     thumbs: Thumbnails,
     every_seconds: float = PRUNE_EVERY_SECONDS,
     clock: Callable[[], float] = time.time,
+    partials: resumable.Partials | None = None,
 ) -> None:
-    """Remove expired uploads, and the bytes no unexpired upload is left for (`hostd prune`)."""
+    """Remove expired uploads, and the bytes no unexpired upload is left for (`hostd prune`);
+    and expired resumable uploads with their partial files."""
     while True:
+        if partials is not None:
+            try:
+                gone = await resumable.prune(db, partials, now=int(clock()))
+            except Exception:
+                log.exception("removing expired resumable uploads failed; trying again later")
+            else:
+                if gone:
+                    log.info("prune: removed %d expired resumable upload(s)", gone)
         try:
             removed = await uploads.prune(db, store, thumbs, now=int(clock()))
         except Exception:
@@ -202,6 +231,22 @@ async def prune_now_and_then(
                 files = len({item.upload.sha256 for item in removed if item.blob_gone})
                 log.info("prune: removed %d expired upload(s), %d file(s)", len(removed), files)
         await asyncio.sleep(every_seconds)
+
+
+async def remove_stale_temp_files_now_and_then(
+    store: BlobStore, every_seconds: float = STALE_TEMP_EVERY_SECONDS
+) -> None:
+    """What crashed uploads left (temp files; with S3, temp objects and multipart uploads
+    older than an hour): removed at start (open_parts) and then every hour."""
+    while True:
+        await asyncio.sleep(every_seconds)
+        try:
+            removed = await store.remove_stale_temp_files()
+        except Exception as exc:
+            log.warning("could not remove stale temp files; trying again later: %s", exc)
+        else:
+            if removed:
+                log.info("removed %d half-written upload(s)", removed)
 
 
 def return_big_buffers_to_the_os() -> None:
@@ -239,7 +284,12 @@ async def serve(
     gc_task = loop.create_task(
         collect_garbage_now_and_then(db, store, app.settings["hostd_thumbs"])
     )
-    prune_task = loop.create_task(prune_now_and_then(db, store, app.settings["hostd_thumbs"]))
+    prune_task = loop.create_task(
+        prune_now_and_then(
+            db, store, app.settings["hostd_thumbs"], partials=app.settings["hostd_partials"]
+        )
+    )
+    stale_task = loop.create_task(remove_stale_temp_files_now_and_then(store))
     if sockets is None:
         server.listen(config.port, address=config.host)
     else:
@@ -255,6 +305,7 @@ async def serve(
     await shutdown(server, app.settings["hostd_in_flight"], config.shutdown_grace_seconds)
     gc_task.cancel()
     prune_task.cancel()
+    stale_task.cancel()
     app.settings["hostd_thumbs"].close()
     await db.close()
     store.close()

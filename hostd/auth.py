@@ -233,6 +233,9 @@ class Auth:
         self._watching: Database | None = None
         self._checking: dict[tuple[bytes, str], asyncio.Future[bool]] = {}
         self._cache_size = cache_size
+        # For /metrics: Argon2 verifications run, by kind, and keys the cache let through.
+        self.verifications = {"password": 0, "key": 0}
+        self.key_cache_hits = 0
 
     def close(self) -> None:
         self._password_lane.close()
@@ -252,6 +255,7 @@ class Auth:
             self._dummy_password_hash = await self.hash_password(secrets.token_urlsafe(16))
         stored = user.password_hash if user else self._dummy_password_hash
         ok = await self._password_lane.run(_verify, self.passwords, stored, password)
+        self.verifications["password"] += 1
         if not ok or user is None:
             return False, None
         if self.passwords.check_needs_rehash(stored):
@@ -280,6 +284,7 @@ class Auth:
         digest = hashlib.sha256(token.encode()).digest()
         known = self._verified.get(digest)
         if known is not None:
+            self.key_cache_hits += 1
             return known
         generation = self._verified.generation
         parsed = parse_key(token)
@@ -294,16 +299,30 @@ class Auth:
         secret = parsed[1] if parsed else token
         # Requests that bring the same token while it is being checked share that check:
         # a burst from a client's first use of its key costs one verification, not one each.
+        # A check that ended while this request read the row has cached its key already.
         check = self._checking.get((digest, stored))
+        if check is None and (known := self._verified.get(digest)) is not None:
+            self.key_cache_hits += 1
+            return known
         if check is None:
             check = asyncio.ensure_future(self._key_lane.run(_verify, self.keys, stored, secret))
+            self.verifications["key"] += 1
             self._checking[(digest, stored)] = check
-            check.add_done_callback(lambda _: self._checking.pop((digest, stored), None))
+            usable = key if key is not None and key.usable else None
+
+            def settle(done: asyncio.Future[bool]) -> None:
+                # Cached as the check ends, before any waiter resumes, so that no request
+                # arriving in between starts a check of its own. Not kept if any change was
+                # seen meanwhile: the row read may predate it.
+                self._checking.pop((digest, stored), None)
+                passed = not done.cancelled() and done.exception() is None and done.result()
+                if usable is not None and passed:
+                    self._verified.put(digest, usable, generation)
+
+            check.add_done_callback(settle)
         ok = await asyncio.shield(check)
         if not ok or key is None or not key.usable:
             return None
-        # Not kept if any change was seen meanwhile: the row read may predate it.
-        self._verified.put(digest, key, generation)
         return key
 
     def _watch(self, database: Database) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import getpass
 import json
 import logging
@@ -14,15 +15,16 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from hostd import __version__, backup, db, limits, retention, uploads
+from hostd import __version__, backup, client, db, limits, retention, uploads
 from hostd.accounts import NAME_PATTERN, password_problem
 from hostd.app import format_size, format_time, serve, thumbnails_of
 from hostd.auth import Auth
 from hostd.config import Config, ConfigError, load_config
 from hostd.db import Database
 from hostd.hashes import is_sha256
+from hostd.migrate import MigrationError, migrate
 from hostd.parsing import parse_count
-from hostd.storage import store_from
+from hostd.storage import StoreUnavailable, store_from
 from hostd.supervisor import supervise
 
 DEFAULT_CONFIG = Path("hostd.toml")
@@ -183,6 +185,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     restore_cmd.add_argument("source", type=Path, metavar="SRC")
     restore_cmd.set_defaults(handler=restore_from)
+    storage_cmd = commands.add_parser("storage", help="the blob store")
+    storage_sub = storage_cmd.add_subparsers(dest="action", required=True, metavar="ACTION")
+    migrate_cmd = storage_sub.add_parser(
+        "migrate",
+        parents=[common],
+        help="copy every file to the other store (local or s3), verified; switches nothing",
+    )
+    migrate_cmd.add_argument("--to", choices=("s3", "local"), required=True)
+    migrate_cmd.set_defaults(handler=admin(storage_migrate))
+
     prune_cmd = commands.add_parser(
         "prune",
         parents=[common],
@@ -191,6 +203,29 @@ def build_parser() -> argparse.ArgumentParser:
     prune_cmd.add_argument("--dry-run", action="store_true", help="only list what would be removed")
     prune_cmd.add_argument("--json", action="store_true", help="print JSON for scripts")
     prune_cmd.set_defaults(handler=admin(prune))
+
+    upload_cmd = commands.add_parser(
+        "upload", help="send files to a hostd server; prints each one's URL"
+    )
+    upload_cmd.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    upload_cmd.add_argument(
+        "--url", help=f"the server (default: $HOSTD_URL, else {client.DEFAULT_URL})"
+    )
+    upload_cmd.add_argument("--key", help="an API key (default: $HOSTD_KEY; none: anonymous)")
+    upload_cmd.add_argument(
+        "--json", action="store_true", help="print each JSON answer, one a line"
+    )
+    upload_cmd.add_argument(
+        "--expires", metavar="HOURS|TIME", help="when the files expire: hours, or ISO 8601 in UTC"
+    )
+    upload_cmd.add_argument(
+        "--resumable-above",
+        type=size_argument,
+        default=client.RESUMABLE_ABOVE_BYTES,
+        metavar="BYTES",
+        help="send bigger files with tus, resuming after a dropped connection (default 16 MiB)",
+    )
+    upload_cmd.set_defaults(handler=cmd_upload)
     return parser
 
 
@@ -721,6 +756,37 @@ def expired_json(item: db.Expired) -> dict[str, object]:
     }
 
 
+async def storage_migrate(
+    args: argparse.Namespace, config: Config, database: Database, auth: Auth
+) -> None:
+    source_name = "local" if args.to == "s3" else "s3"
+    source = store_from(dataclasses.replace(config, backend=source_name))
+    target = store_from(dataclasses.replace(config, backend=args.to))
+    try:
+        await target.check()
+        await source.check()
+        done = await migrate(
+            database, source, target, lambda line: print(line, file=sys.stderr, flush=True)
+        )
+    except (StoreUnavailable, MigrationError) as exc:
+        raise CommandError(f"{exc}; run the command again to resume") from None
+    finally:
+        source.close()
+        target.close()
+    print(
+        f"{done.copied} file(s) copied to {args.to} ({done.bytes_copied} bytes), each verified"
+        f" by SHA-256; {done.already_there} already there; {done.missing} missing from"
+        f" {source_name}",
+        file=sys.stderr,
+    )
+    if done.missing == 0:
+        print(
+            f'every file is in {args.to}: set storage.backend = "{args.to}" in hostd.toml and'
+            f" restart hostd; {source_name} is left as it was",
+            file=sys.stderr,
+        )
+
+
 def config_from(args: argparse.Namespace, **overrides: object) -> Config:
     path = args.config
     if path is None and DEFAULT_CONFIG.exists():
@@ -730,16 +796,38 @@ def config_from(args: argparse.Namespace, **overrides: object) -> Config:
     return load_config(path, {"data_dir": args.data_dir, **overrides})
 
 
+def size_argument(text: str) -> int:
+    count = parse_count(text, at_most=2**63 - 1)
+    if count is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of bytes")
+    return count
+
+
+def cmd_upload(args: argparse.Namespace) -> int:
+    return client.run(
+        args.files,
+        url=args.url,
+        key=args.key,
+        as_json=args.json,
+        resumable_above=args.resumable_above,
+        expires=args.expires,
+    )
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     config = config_from(args, host=args.host, port=args.port)
     if args.instances < 1:
         raise ConfigError("--instances must be at least 1")
-    if args.instances == 1:
+    if args.instances > 1:
+        if args.new_cookie_secret:
+            raise ConfigError("--new-cookie-secret works with one instance: run it so once first")
+        return supervise(config, args.instances, serve)
+    try:
         asyncio.run(serve(config, new_cookie_secret=args.new_cookie_secret))
-        return 0
-    if args.new_cookie_secret:
-        raise ConfigError("--new-cookie-secret works with one instance: run it so once first")
-    return supervise(config, args.instances, serve)
+    except StoreUnavailable as exc:
+        print(f"hostd: cannot start: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -752,6 +840,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"hostd: configuration error: {exc}", file=sys.stderr)
         return 2
+    except StoreUnavailable as exc:
+        print(f"hostd: {exc}", file=sys.stderr)
+        return 1
 
 
 def run() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import secrets
@@ -55,11 +56,24 @@ class Config:
     anonymous_max_upload_bytes: int | None = None
     uploads_per_minute: int | None = None
     upload_bytes_per_hour: int | None = None
+    resumable_hours: int = 24
+    resumable_in_flight: int = 20
     min_free_bytes: int | None = None  # None: 1 GiB or 5% of the filesystem, the smaller
     anonymous_hours: int | None = None
     account_hours: int | None = None
     max_hours: int | None = None
     hours_by_size: tuple[tuple[int, int], ...] = ()
+    backend: str = "local"  # storage.backend
+    s3_endpoint: str | None = None  # [storage.s3]: each s3_x is storage.s3.x
+    s3_region: str = "us-east-1"
+    s3_bucket: str | None = None
+    s3_prefix: str = "blobs/"
+    s3_path_style: bool = False
+    s3_access_key_file: Path | None = None
+    s3_secret_key_file: Path | None = None
+    s3_redirect: bool = False
+    metrics_enabled: bool = False
+    metrics_allow: tuple[str, ...] = ("127.0.0.0/8", "::1")  # addresses or CIDRs
     cookie_secret: str | None = field(default=None, repr=False)
     templates_dir: Path = field(default_factory=lambda: _shipped("templates"))
     static_dir: Path = field(default_factory=lambda: _shipped("static"))
@@ -85,7 +99,18 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "accel_redirect",
         "shutdown_grace_seconds",
     ),
-    "storage": ("data_dir", "min_free_bytes"),
+    "storage": ("data_dir", "min_free_bytes", "backend"),
+    # A table inside [storage].
+    "storage.s3": (
+        "endpoint",
+        "region",
+        "bucket",
+        "prefix",
+        "path_style",
+        "access_key_file",
+        "secret_key_file",
+        "redirect",
+    ),
     "limits": (
         "max_upload_bytes",
         "allow_anonymous",
@@ -95,11 +120,20 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "anonymous_max_upload_bytes",
         "uploads_per_minute",
         "upload_bytes_per_hour",
+        "resumable_hours",
+        "resumable_in_flight",
     ),
     "accounts": ("registration", "max_keys", "registrations_per_hour", "quota_bytes"),
     "retention": ("anonymous_hours", "account_hours", "max_hours", "hours_by_size"),
+    "metrics": ("enabled", "allow"),
 }
-CHOICES: dict[str, tuple[str, ...]] = {"registration": ("open", "closed")}
+# Sections whose keys are their fields' names less a prefix: [metrics] enabled is
+# metrics_enabled (a bare `enabled` field would say nothing), [storage.s3] bucket is s3_bucket.
+FIELD_PREFIXES: dict[str, str] = {"metrics": "metrics_", "storage.s3": "s3_"}
+CHOICES: dict[str, tuple[str, ...]] = {
+    "registration": ("open", "closed"),
+    "backend": ("local", "s3"),
+}
 # nginx's internal location for X-Accel-Redirect: a URI prefix that needs no escaping.
 ACCEL_PREFIX = re.compile(r"/(?:(?!\.\.?/)[A-Za-z0-9._~-]+/)+")
 
@@ -132,17 +166,31 @@ def _flatten(raw: dict[str, Any], origin: str) -> dict[str, Any]:
             raise ConfigError(f"{origin}: unknown section [{section}] (known: {known})")
         if not isinstance(table, dict):
             raise ConfigError(f"{origin}: {section} must be a table, like [{section}]")
-        for key, value in table.items():
-            if key not in SECTIONS[section]:
-                known = ", ".join(SECTIONS[section])
-                raise ConfigError(f"{origin}: unknown key {section}.{key} (known: {known})")
-            values[key] = value
+        values |= _flatten_table(table, section, origin)
+    return values
+
+
+def _flatten_table(table: dict[str, Any], section: str, origin: str) -> dict[str, Any]:
+    """One section's keys as Config fields; a table inside it ([storage.s3]) is a section
+    of its own."""
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        if isinstance(value, dict) and f"{section}.{key}" in SECTIONS:
+            values |= _flatten_table(value, f"{section}.{key}", origin)
+            continue
+        if key not in SECTIONS[section]:
+            known = ", ".join(SECTIONS[section])
+            raise ConfigError(f"{origin}: unknown key {section}.{key} (known: {known})")
+        values[FIELD_PREFIXES.get(section, "") + key] = value
     return values
 
 
 def _qualified(name: str) -> str:
-    section = next(s for s, keys in SECTIONS.items() if name in keys)
-    return f"{section}.{name}"
+    for section, keys in SECTIONS.items():
+        key = name.removeprefix(FIELD_PREFIXES.get(section, ""))
+        if key in keys:
+            return f"{section}.{key}"
+    raise KeyError(name)
 
 
 def _build(values: dict[str, Any], origin: str) -> Config:
@@ -151,6 +199,9 @@ def _build(values: dict[str, Any], origin: str) -> Config:
     for name, value in values.items():
         if name == "hours_by_size":
             converted[name] = _size_steps(value, origin)
+            continue
+        if name == "metrics_allow":
+            converted[name] = _networks(value, origin)
             continue
         converted[name] = _convert(name, value, hints[name], origin)
         if name in CHOICES and value not in CHOICES[name]:
@@ -171,10 +222,17 @@ def _build(values: dict[str, Any], origin: str) -> Config:
         raise ConfigError(f"{origin}: limits.max_thumbnail_decode_bytes must be a positive number")
     if config.max_keys is not None and config.max_keys < 1:
         raise ConfigError(f"{origin}: accounts.max_keys must be at least 1 when set")
+    if not 1 <= config.resumable_hours <= LONGEST_EXPIRY_HOURS:
+        raise ConfigError(
+            f"{origin}: limits.resumable_hours must be from 1 to {LONGEST_EXPIRY_HOURS}"
+        )
+    if config.resumable_in_flight < 1:
+        raise ConfigError(f"{origin}: limits.resumable_in_flight must be at least 1")
     if config.registrations_per_hour < 1:
         raise ConfigError(f"{origin}: accounts.registrations_per_hour must be at least 1")
     _check_limits(config, origin)
     _check_retention(config, origin)
+    _check_s3(config, origin)
     if config.accel_redirect is not None and not ACCEL_PREFIX.fullmatch(config.accel_redirect):
         raise ConfigError(
             f"{origin}: server.accel_redirect must be a path that starts and ends with /, "
@@ -208,6 +266,16 @@ def _check_limits(config: Config, origin: str) -> None:
         )
 
 
+def _check_s3(config: Config, origin: str) -> None:
+    if config.backend == "s3" and not config.s3_bucket:
+        raise ConfigError(f'{origin}: storage.backend = "s3" needs storage.s3.bucket')
+    endpoint = config.s3_endpoint
+    if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+        raise ConfigError(f"{origin}: storage.s3.endpoint must start with http:// or https://")
+    if config.s3_prefix and not config.s3_prefix.endswith("/"):
+        raise ConfigError(f'{origin}: storage.s3.prefix must end with "/", like "blobs/"')
+
+
 def _size_steps(value: Any, origin: str) -> tuple[tuple[int, int], ...]:
     """retention.hours_by_size: a list of [bytes, hours] pairs."""
     shape = "a list of [bytes, hours] pairs, like [[104857600, 168]]"
@@ -229,6 +297,23 @@ def _size_steps(value: Any, origin: str) -> tuple[tuple[int, int], ...]:
             )
         steps.append((size, hours))
     return tuple(sorted(steps))
+
+
+def _networks(value: Any, origin: str) -> tuple[str, ...]:
+    """metrics.allow: a list of addresses or CIDRs ("127.0.0.1", "10.0.0.0/8", "::1")."""
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(
+            f'{origin}: metrics.allow must be a list of addresses or CIDRs, like ["127.0.0.1"],'
+            f" not {value!r}"
+        )
+    for network in value:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"{origin}: metrics.allow: {network!r} is not an address or a CIDR"
+            ) from None
+    return tuple(value)
 
 
 def _check_retention(config: Config, origin: str) -> None:

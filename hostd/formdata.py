@@ -1,4 +1,5 @@
-"""Streaming multipart/form-data for uploads: parse as the body arrives, never buffer it.
+"""Streaming upload bodies: multipart/form-data parsed as the body arrives, or a raw body
+that is the file itself (PUT); never buffered.
 
 The parser is `multipart`'s PushMultipartParser (chosen by measurement; see
 bench/multipart_parsers.py). This module turns its events into one BlobWriter for the
@@ -10,6 +11,7 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Awaitable, Callable
 from email.message import Message
+from typing import Protocol
 
 import multipart
 
@@ -72,6 +74,23 @@ def clean_filename(raw: str | None) -> str:
     if not name.strip():
         return "file"
     return name
+
+
+class UploadBody(Protocol):
+    """What an upload handler feeds its body to: the file goes through a BlobWriter."""
+
+    fields: dict[str, str]
+    filename: str
+
+    def feed(self, chunk: bytes) -> None: ...
+
+    def backpressure(self) -> Awaitable[None] | None: ...
+
+    async def finish(self) -> WrittenBlob: ...
+
+    def abort(self) -> None: ...
+
+    async def dropped(self) -> None: ...
 
 
 class UploadForm:
@@ -193,3 +212,56 @@ class UploadForm:
         if self._writer.size_bytes + len(data) > self._max_file_bytes:
             raise UploadError(413, self._too_large)
         self._writer.write(data)
+
+
+class RawBody:
+    """A body that is the file itself (`PUT /api/upload/<filename>`, `curl -T`): each chunk
+    goes straight to the writer. The interface of UploadForm, with no fields."""
+
+    def __init__(
+        self,
+        filename: str,
+        *,
+        max_file_bytes: int,
+        open_writer: Callable[[], BlobWriter],
+        too_large: str | None = None,
+    ) -> None:
+        self._max_file_bytes = max_file_bytes
+        self._too_large = (
+            too_large or f"the file is larger than the limit of {max_file_bytes} bytes"
+        )
+        self._writer: BlobWriter | None = open_writer()
+        self._dropping: Awaitable[None] | None = None
+        self.fields: dict[str, str] = {}
+        self.filename = filename
+
+    def feed(self, chunk: bytes) -> None:
+        """Write one piece of the body. On UploadError the partial file is already gone."""
+        if self._writer is None:
+            return
+        if self._writer.size_bytes + len(chunk) > self._max_file_bytes:
+            self.abort()
+            raise UploadError(413, self._too_large)
+        self._writer.write(chunk)
+
+    def backpressure(self) -> Awaitable[None] | None:
+        return self._writer.backpressure() if self._writer is not None else None
+
+    async def finish(self) -> WrittenBlob:
+        if self._writer is None:
+            raise UploadError(400, "the upload was dropped")
+        if self._writer.size_bytes == 0:
+            self.abort()
+            raise UploadError(400, "the file is empty")
+        writer, self._writer = self._writer, None
+        return await writer.commit()
+
+    def abort(self) -> None:
+        """Drop whatever was written; safe to call more than once."""
+        if self._writer is not None:
+            self._dropping = self._writer.abort()
+            self._writer = None
+
+    async def dropped(self) -> None:
+        if self._dropping is not None:
+            await self._dropping

@@ -16,12 +16,14 @@ import logging
 import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import Callable
 
 from tornado.netutil import bind_sockets
 
-from hostd.config import Config
+from hostd.config import Config, ConfigError
+from hostd.storage import StoreUnavailable
 
 log = logging.getLogger("hostd")
 
@@ -31,6 +33,11 @@ RESTART_PAUSE_SECONDS = 1.0
 # After SIGTERM, how long the parent waits for instances beyond their own shutdown grace.
 STOP_MARGIN_SECONDS = 15.0
 POLL_SECONDS = 0.1
+# An instance's exit status when it cannot start (the store or the config is wrong), so that
+# the others are stopped rather than it being started again and again; other failures are
+# CRASHED, and that instance is started again.
+CANNOT_START = 3
+CRASHED = 70
 
 
 def supervise(
@@ -50,9 +57,12 @@ def supervise(
             status = 0
             try:
                 asyncio.run(serve(config, sockets))  # type: ignore[arg-type]
+            except (StoreUnavailable, ConfigError) as exc:
+                print(f"hostd: cannot start: {exc}", file=sys.stderr)
+                status = CANNOT_START
             except BaseException:
                 log.exception("instance %d failed", number)
-                status = 1
+                status = CRASHED
             finally:
                 logging.shutdown()
                 os._exit(status)
@@ -74,6 +84,7 @@ def supervise(
     for number in range(instances):
         start(number)
     deadline: float | None = None
+    failed = False
     while children:
         if stopping and deadline is None:
             deadline = time.monotonic() + config.shutdown_grace_seconds + STOP_MARGIN_SECONDS
@@ -88,13 +99,17 @@ def supervise(
         if stopping:
             continue
         code = os.waitstatus_to_exitcode(status)
+        if code == CANNOT_START:  # the next start would fail the same way: stop them all
+            stop_all(signal.SIGTERM, None)
+            failed = True
+            continue
         log.error("instance %d (pid %d) ended with status %d; starting it again", number, pid, code)
         if time.monotonic() - started < QUICK_DEATH_SECONDS:
             time.sleep(RESTART_PAUSE_SECONDS)
         if not stopping:
             start(number)
     log.info("all instances stopped")
-    return 0
+    return 1 if failed else 0
 
 
 def _signal(pid: int, signum: int) -> None:

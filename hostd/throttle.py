@@ -66,6 +66,7 @@ class SignInLimiter:
         self.max_delay = max_delay
         self.remember = remember
         self._clock = clock
+        self.refused = 0  # attempts told to wait (429), for /metrics
 
     def attempt(self, account: str, ip: str) -> SignInAttempt:
         """A sign-in attempt, to be entered with `async with`; if its `wait` is then above 0,
@@ -112,6 +113,8 @@ class SignInAttempt:
             wait=limiter._wait,
         )
         self._keys = list(keys)
+        if self.wait > 0:
+            limiter.refused += 1
         return self
 
     async def failed(self) -> None:
@@ -152,6 +155,7 @@ class RegistrationLimiter:
         self.max_entries = max_entries
         self._clock = clock
         self._times: OrderedDict[str, deque[float]] = OrderedDict()
+        self.refused = 0  # registrations told to wait (429), for /metrics
 
     def take(self, ip: str) -> float:
         """Count one registration from this address: 0 if it may go on, else the seconds
@@ -162,6 +166,7 @@ class RegistrationLimiter:
         while times and now - times[0] >= 3600.0:
             times.popleft()
         if len(times) >= self.per_hour:
+            self.refused += 1
             return times[0] + 3600.0 - now
         times.append(now)
         while len(self._times) > self.max_entries:

@@ -63,6 +63,12 @@ class Thumbnails:
     def path(self, sha256: str) -> Path:
         return self.root / sha256[:2] / f"{sha256}.webp"
 
+    def made(self, sha256: str) -> Path | None:
+        """The thumbnail's path if it is made already (then no copy of the image is needed:
+        with S3, that copy is a download)."""
+        target = self.path(sha256)
+        return target if target.exists() else None
+
     async def get(self, sha256: str, source: Path) -> Path | None:
         """The thumbnail's path, made on first request; None when the image gets none.
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from hostd import db
 from hostd.db import Blob, Database, Expired, Removal, Upload
-from hostd.storage import BlobStore, WrittenBlob
+from hostd.storage import BlobStore, StoreUnavailable, WrittenBlob
 from hostd.thumbs import Thumbnails
 
 log = logging.getLogger("hostd")
@@ -187,7 +187,10 @@ async def remove_bytes(
     async with store.guard(sha256):
         if await db.is_referenced(database, sha256):
             return  # uploaded again since the commit: the bytes are needed
-        await store.delete(sha256)
+        try:
+            await store.delete(sha256)
+        except StoreUnavailable as exc:  # the deletion stands; gc removes the bytes later
+            log.warning("could not remove the bytes of %s now (gc will): %s", sha256, exc)
         thumbs.delete(sha256)
 
 

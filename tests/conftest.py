@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import io
 import os
@@ -22,6 +23,7 @@ import pytest
 import tornado.httpclient
 import tornado.testing
 import tornado.web
+from seaweed import ACCESS_KEY, BUCKET, SECRET_KEY, SeaweedFS
 
 from hostd import db as queries
 from hostd.accesslog import AccessLog
@@ -30,7 +32,7 @@ from hostd.auth import Auth, session_token_hash
 from hostd.config import Config
 from hostd.db import Database, User
 from hostd.handlers.base import SESSION_COOKIE
-from hostd.storage import TEMP_PREFIX, LocalBlobStore
+from hostd.storage import TEMP_PREFIX, BlobStore, LocalBlobStore, store_from
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -44,23 +46,82 @@ def _no_implicit_event_loop() -> None:
     asyncio.set_event_loop(None)
 
 
+# -- the blob store: local, or S3 on a real SeaweedFS -------------------------------------
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A module that sets STORAGE_BACKENDS = ("local", "s3") runs each test that has a store
+    on each backend, except the tests marked local_storage (they look at the local files)."""
+    backends = getattr(metafunc.module, "STORAGE_BACKENDS", None)
+    if (
+        backends
+        and "backend" in metafunc.fixturenames
+        and metafunc.definition.get_closest_marker("local_storage") is None
+    ):
+        metafunc.parametrize("backend", backends)
+
+
 @pytest.fixture
-def config(request: pytest.FixtureRequest, tmp_path: Path) -> Config:
+def backend() -> str:
+    """storage.backend of the test's app: "local" unless the module asks for both."""
+    return "local"
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    """One SeaweedFS for the session, started by the first test that needs it (about 10 s),
+    with a bucket; each test keeps to a prefix of its own. No `weed`: the test fails."""
+    weed = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"))
+    try:
+        weed.start()
+        weed.create_bucket(BUCKET)
+        yield weed
+    finally:
+        weed.stop()
+
+
+@pytest.fixture
+def s3_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The S3 keys in the environment, as a deployment would give them (and `hostd` runs
+    started by a test inherit them)."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+
+
+@pytest.fixture
+def config(request: pytest.FixtureRequest, tmp_path: Path, backend: str) -> Config:
     # A test that asks for small_disk gets its data dir on that tmpfs.
     root = (
         request.getfixturevalue("small_disk").path
         if "small_disk" in request.fixturenames
         else tmp_path
     )
-    return Config(
+    config = Config(
         data_dir=root / "data", max_upload_bytes=8 * 1024 * 1024, cookie_secret="test-secret"
     )
+    if backend == "s3":
+        weed: SeaweedFS = request.getfixturevalue("seaweedfs")
+        request.getfixturevalue("s3_environ")
+        config = dataclasses.replace(config, **s3_settings(weed))
+    return config
+
+
+def s3_settings(weed: SeaweedFS, **more: Any) -> dict[str, Any]:
+    """Config fields for the session's SeaweedFS, under a prefix no other test uses."""
+    return {
+        "backend": "s3",
+        "s3_endpoint": weed.endpoint,
+        "s3_bucket": BUCKET,
+        "s3_prefix": f"test-{secrets.token_hex(6)}/",
+        "s3_path_style": True,
+        **more,
+    }
 
 
 @pytest.fixture
-def parts(config: Config, io_loop: Any) -> Iterator[tuple[Database, LocalBlobStore]]:
+def parts(config: Config, io_loop: Any) -> Iterator[tuple[Database, BlobStore]]:
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    store = LocalBlobStore(config.blobs_dir)
+    store = store_from(config)
     db = io_loop.run_sync(lambda: Database.open(config.db_path))
     yield db, store
     io_loop.run_sync(db.close)
@@ -243,6 +304,23 @@ def login(db: Database, auth: Auth, config: Config) -> Callable[..., Awaitable[S
         await queries.insert_session(db, token_hash=session_token_hash(token), user_id=user.id)
         signed = tornado.web.create_signed_value(config.cookie_secret, SESSION_COOKIE, token)
         return SignedIn(user, token, f"{SESSION_COOKIE}={signed.decode()}; _xsrf={XSRF}")
+
+    return make
+
+
+@pytest.fixture
+def make_api_key(
+    db: Database, auth: Auth, login: Callable[..., Awaitable[SignedIn]]
+) -> Callable[..., Awaitable[str]]:
+    """An API key (the token a client sends) for `user`, or for a new account."""
+
+    async def make(user: User | None = None) -> str:
+        owner = user or (await login()).user
+        minted = await auth.mint_key()
+        await queries.insert_api_key(
+            db, user_id=owner.id, key_id=minted.key_id, secret_hash=minted.secret_hash, label="t"
+        )
+        return minted.token
 
     return make
 

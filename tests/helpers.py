@@ -87,7 +87,15 @@ def streamed_upload(
 
 
 def temp_files(config: Config) -> list[str]:
-    """Uploads in progress (or left behind), in every process's temp folder."""
+    """Uploads in progress (or left behind), in every process's temp folder; with S3, temp
+    objects and incomplete multipart uploads."""
+    if config.backend == "s3":
+        from seaweed import s3_incomplete_uploads, s3_objects
+
+        temps = f"{config.s3_prefix}tmp/"
+        return [key for key in s3_objects(config) if key.startswith(temps)] + [
+            f"multipart upload {key}" for key in s3_incomplete_uploads(config)
+        ]
     return [
         path.name
         for path in (config.data_dir / "tmp").rglob("*")
@@ -95,7 +103,13 @@ def temp_files(config: Config) -> list[str]:
     ]
 
 
-def blob_files(config: Config) -> list[Path]:
+def blob_files(config: Config) -> list[Path] | list[str]:
+    """The blobs in the store: files, or with S3 the keys under the prefix (but tmp/)."""
+    if config.backend == "s3":
+        from seaweed import s3_objects
+
+        temps = f"{config.s3_prefix}tmp/"
+        return [key for key in s3_objects(config) if not key.startswith(temps)]
     return [p for p in config.blobs_dir.rglob("*") if p.is_file()]
 
 

@@ -18,6 +18,9 @@ from hostd import db as queries
 
 KEY = re.compile(r"hk_[0-9a-f]{16}_[A-Za-z0-9_-]{43}")
 
+# Each test with an app runs on both stores (conftest.pytest_generate_tests).
+STORAGE_BACKENDS = ("local", "s3")
+
 
 async def make_key(client, base_url, signed_in, label="laptop", htmx=True) -> tuple[str, str]:
     headers = {**signed_in.headers, **({"HX-Request": "true"} if htmx else {})}
@@ -224,7 +227,7 @@ async def test_a_bad_key_is_a_401_and_nothing_is_stored(http_client, base_url, d
     assert response.headers["WWW-Authenticate"].startswith("Bearer")
     assert json.loads(response.body)["status"] is False
     assert await queries.all_uploads(db) == []
-    assert [p for p in config.blobs_dir.rglob("*") if p.is_file()] == []
+    assert blob_files(config) == []
 
 
 @pytest.mark.gen_test
@@ -422,7 +425,7 @@ async def test_same_bytes_from_two_accounts_one_blob_two_registrations(
     b = await upload(http_client, base_url, b"shared", token=bob_key)
 
     assert json.loads(a.body)["hash"] == json.loads(b.body)["hash"]
-    assert len([p for p in config.blobs_dir.rglob("*") if p.is_file()]) == 1
+    assert len(blob_files(config)) == 1
     assert [u.user_id for u in await queries.all_uploads(db)] == [alice.user.id, bob.user.id]
 
 

@@ -101,6 +101,11 @@ def test_command_line_overrides_win(tmp_path):
         ("[limits]\nbody_idle_seconds = nan\n", "limits.body_idle_seconds must be between"),
         ("[limits]\nuploads_in_flight_per_address = 0\n", "must be at least 1"),
         ("[server]\nshutdown_grace_seconds = -1\n", "server.shutdown_grace_seconds must be"),
+        ("[storage]\nbackend = 'ftp'\n", "storage.backend must be 'local' or 's3'"),
+        ("[storage]\nbackend = 's3'\n", 'storage.backend = "s3" needs storage.s3.bucket'),
+        ("[storage.s3]\nbukcet = 'x'\n", "unknown key storage.s3.bukcet (known: endpoint,"),
+        ("[storage.s3]\npath_style = 'yes'\n", "storage.s3.path_style must be bool"),
+        ("[storage.s3]\nendpoint = 'localhost:9000'\n", "storage.s3.endpoint must start with"),
         (
             "[limits]\nmax_thumbnail_decode_bytes = 0\n",
             "limits.max_thumbnail_decode_bytes must be a positive",
@@ -120,6 +125,38 @@ def test_mistakes_stop_the_start_and_name_the_key(tmp_path, text, message):
 
     with pytest.raises(ConfigError) as caught:
         load_config(path)
+
+    assert message in str(caught.value)
+
+
+def test_metrics_are_off_and_loopback_only_by_default_and_read_from_their_section(tmp_path):
+    path = write(
+        tmp_path, '[metrics]\nenabled = true\nallow = ["10.0.0.0/8", "192.0.2.7", "fd00::/8"]\n'
+    )
+
+    config = load_config(path)
+
+    assert (load_config(None).metrics_enabled, load_config(None).metrics_allow) == (
+        False,
+        ("127.0.0.0/8", "::1"),
+    )
+    assert config.metrics_enabled is True
+    assert config.metrics_allow == ("10.0.0.0/8", "192.0.2.7", "fd00::/8")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[metrics]\nenabled = 1\n", "metrics.enabled must be bool"),
+        ("[metrics]\nmetrics_enabled = true\n", "unknown key metrics.metrics_enabled"),
+        ("[metrics]\nallow = '127.0.0.1'\n", "metrics.allow must be a list of addresses"),
+        ("[metrics]\nallow = ['localhost']\n", "metrics.allow: 'localhost' is not an address"),
+        ("[metrics]\nallow = ['10.0.0.0/33']\n", "metrics.allow: '10.0.0.0/33' is not"),
+    ],
+)
+def test_metrics_mistakes_name_the_key(tmp_path, text, message):
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, text))
 
     assert message in str(caught.value)
 

@@ -18,6 +18,9 @@ from hostd import uploads
 
 TOKEN = re.compile(r"/delete/([A-Za-z0-9_-]+)$")
 
+# Each test with an app runs on both stores (conftest.pytest_generate_tests).
+STORAGE_BACKENDS = ("local", "s3")
+
 
 async def api_upload(client, base_url, data: bytes, name: str = "note.txt", key=None) -> dict:
     """POST /api/upload (with a Bearer key when given); the JSON answer, with the

@@ -15,6 +15,9 @@ from hostd.storage import READ_CHUNK_BYTES, LocalBlobStore
 
 ACCEL_PREFIX = "/_hostd_blobs/"
 
+# Each test with an app runs on both stores (conftest.pytest_generate_tests).
+STORAGE_BACKENDS = ("local", "s3")
+
 
 async def upload(client, base_url, data: bytes, filename: str = "file.bin") -> str:
     body, headers = multipart_body(files=[("file", filename, data)])
@@ -385,6 +388,7 @@ class RemoteLikeStore(LocalBlobStore):
         return None
 
 
+@pytest.mark.local_storage  # nginx reads the local blobs
 class TestAccelRedirect:
     @pytest.fixture
     def config(self, config):

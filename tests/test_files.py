@@ -26,6 +26,9 @@ from hostd.thumbs import MAX_JOBS
 
 MiB = 1024 * 1024
 
+# Each test with an app runs on both stores (conftest.pytest_generate_tests).
+STORAGE_BACKENDS = ("local", "s3")
+
 
 def png(width: int, height: int) -> bytes:
     out = io.BytesIO()

@@ -683,3 +683,28 @@ async def test_20_mb_upload_streams_through_to_hostd_and_arrives_intact(stack, c
     assert seen_by_hostd_midway >= MiB
     assert answer["hash"] == public_hash_candidates(digest.hex())[0]
     assert downloaded.digest() == digest
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_curl_T_and_hostd_upload_go_through_nginx(stack, client, tmp_path):
+    big = tmp_path / "through nginx.bin"
+    big.write_bytes(hashlib.sha256(b"nginx put").digest() * (3 * MiB // 32))
+    expected = public_hash_candidates(hashlib.sha256(big.read_bytes()).hexdigest())[0]
+
+    curl = await asyncio.create_subprocess_exec(
+        "curl", "-sS", "-T", str(big), f"{stack.url}/api/upload/through%20nginx.bin",
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    put, _ = await asyncio.wait_for(curl.communicate(), timeout=30)
+    uploader = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "hostd", "upload", str(big), "--url", stack.url,
+        "--resumable-above", str(MiB),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    printed, problems = await asyncio.wait_for(uploader.communicate(), timeout=30)
+
+    assert json.loads(put)["urls"]["full"] == f"{stack.url}/{expected}/through%20nginx.bin"
+    assert uploader.returncode == 0, problems
+    assert printed.decode() == f"{stack.url}/{expected}.bin\n"
+    fetched = await client.fetch(f"{stack.url}/{expected}")
+    assert fetched.body == big.read_bytes()

@@ -62,9 +62,10 @@ async def test_api_page_uses_the_configured_public_url(http_client, base_url, ap
     assert base_url not in response.body.decode()
 
 
-@pytest.mark.parametrize("path", ["/", "/api"])
+# The stylesheet and the two scripts of every page; the upload page also loads tus-js-client.
+@pytest.mark.parametrize(("path", "tags"), [("/", 4), ("/api", 3)])
 @pytest.mark.gen_test
-async def test_pages_carry_a_strict_content_security_policy(http_client, base_url, path):
+async def test_pages_carry_a_strict_content_security_policy(http_client, base_url, path, tags):
     response = await http_client.fetch(f"{base_url}{path}")
 
     again = await http_client.fetch(f"{base_url}{path}")
@@ -76,7 +77,7 @@ async def test_pages_carry_a_strict_content_security_policy(http_client, base_ur
     body = response.body.decode()
     assert re.search(rf'<script src="/static/htmx-2\.0\.11\.min\.js\?v=\w+" nonce="{nonce}"', body)
     assert '<link rel="stylesheet" href="/static/hostd.css?v=' in body
-    assert body.count(f'nonce="{nonce}"') == 3  # the stylesheet and the two scripts
+    assert body.count(f'nonce="{nonce}"') == tags
     assert nonce not in again.headers["Content-Security-Policy"]  # fresh for every answer
 
 
@@ -145,12 +146,33 @@ async def test_a_method_a_page_does_not_answer_is_a_405_with_allow(
     assert "<h1>405 Method Not Allowed</h1>" in response.body.decode()
 
 
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "TRACE"])
+@pytest.mark.parametrize("path", ["/static/hostd.css", "/robots.txt", "/favicon.ico"])
+@pytest.mark.gen_test
+async def test_static_files_answer_other_methods_405_with_allow(
+    http_client, base_url, path, method
+):
+    """As every other URL does: not a 403 for a missing xsrf token, nor a 405 without Allow
+    (schemathesis found both)."""
+    response = await http_client.fetch(
+        f"{base_url}{path}",
+        method=method,
+        body=b"x" if method in ("POST", "PUT") else None,
+        allow_nonstandard_methods=True,
+        raise_error=False,
+    )
+
+    assert response.code == 405
+    assert response.headers["Allow"] == "GET, HEAD, OPTIONS"
+
+
 @pytest.mark.parametrize(
     ("path", "allow"),
     [
         ("/", "GET, HEAD, OPTIONS"),
         ("/login", "GET, HEAD, POST, OPTIONS"),
         ("/upload", "POST, OPTIONS"),
+        ("/static/hostd.css", "GET, HEAD, OPTIONS"),
     ],
 )
 @pytest.mark.gen_test

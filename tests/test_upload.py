@@ -22,6 +22,8 @@ from hostd.handlers.upload import ApiUploadHandler, storage_failure
 from hostd.hashes import public_hash_candidates
 
 LIMIT = 8 * 1024 * 1024  # the config fixture's max_upload_bytes
+# Each test with an app runs on both stores (conftest.pytest_generate_tests).
+STORAGE_BACKENDS = ("local", "s3")
 
 
 async def post(client, url, *, fields=None, files=None, headers=None):
@@ -404,13 +406,18 @@ async def test_a_file_of_exactly_the_limit_is_accepted(http_client, base_url, st
 
     answer = json.loads(response.body)
     assert answer["status"] is True
-    with store.path(digest.hex()).open("rb") as stored:
-        assert hashlib.file_digest(stored, "sha256").digest() == digest
+    reader = await store.open(digest.hex())
+    stored = hashlib.sha256()
+    async for chunk in reader.chunks(0, LIMIT - 1):
+        stored.update(chunk)
+    reader.close()
+    assert stored.digest() == digest
 
 
 # -- streaming, disconnects and races --------------------------------------------------
 
 
+@pytest.mark.local_storage
 @pytest.mark.gen_test(timeout=60)
 async def test_streamed_upload_lands_in_the_fanned_out_blob_path(
     http_client, base_url, config, store
@@ -426,6 +433,7 @@ async def test_streamed_upload_lands_in_the_fanned_out_blob_path(
     assert temp_files(config) == []
 
 
+@pytest.mark.local_storage  # the S3 case: tests/test_s3.py
 @pytest.mark.gen_test(timeout=30)
 async def test_client_vanishing_mid_upload_leaves_no_temp_file_and_no_row(
     http_server, http_port, config, db, app, access_log
@@ -510,6 +518,7 @@ def file_size_limit():
     signal.signal(signal.SIGXFSZ, old_handler)
 
 
+@pytest.mark.local_storage  # the S3 case: tests/test_s3.py
 @pytest.mark.gen_test(timeout=60)
 async def test_a_file_the_disk_refuses_is_a_clear_error_and_leaves_nothing(
     http_client, base_url, config, db, file_size_limit

@@ -159,7 +159,10 @@ class _Unit:
 class Database:
     """SQLite for the whole process: reads on one connection, batched writes on another."""
 
-    def __init__(self, reader: aiosqlite.Connection, writer: aiosqlite.Connection) -> None:
+    def __init__(
+        self, reader: aiosqlite.Connection, writer: aiosqlite.Connection, path: Path
+    ) -> None:
+        self.path = path
         self._reader = reader
         self._writer = writer
         self._queue: list[_Unit] = []
@@ -185,7 +188,7 @@ class Database:
         except BaseException:
             await writer.close()
             raise
-        database = cls(reader, writer)
+        database = cls(reader, writer, path)
         try:
             await database.migrate()
             database.changes.watch(path)
@@ -217,6 +220,16 @@ class Database:
     async def read(self, work: Work[T]) -> T:
         """Run `work` on the read connection's thread, in one trip; it sees the last commit."""
         return await _in_thread(self._reader, work)
+
+    async def healthy(self) -> None:
+        """Return when the database answers a read; raise (sqlite3.Error, OSError) when not.
+
+        The read connection proves its thread answers, but it reads through its own open
+        file and page cache, so it would not notice the file being deleted, moved or damaged
+        underneath it; a fresh read-only connection reads the file's header afresh.
+        """
+        uri = self.path.resolve().as_uri() + "?mode=ro"
+        await self.read(lambda conn: _check_file(conn, uri))
 
     # -- writes
 
@@ -306,6 +319,15 @@ async def _connect(path: Path, *more_pragmas: str) -> aiosqlite.Connection:
         await conn.close()
         raise
     return conn
+
+
+def _check_file(conn: sqlite3.Connection, uri: str) -> None:
+    conn.execute("SELECT 1").fetchone()
+    fresh = sqlite3.connect(uri, uri=True)
+    try:
+        fresh.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    finally:
+        fresh.close()
 
 
 def _set_pragmas(conn: sqlite3.Connection, pragmas: tuple[str, ...]) -> None:

@@ -97,3 +97,27 @@ async def get_stats(db: Database, *, now: int, days: int = 7, top: int = 10) -> 
             conn.execute("ROLLBACK")
 
     return await db.read(in_one_snapshot)
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What the store holds, for /metrics: cheaper than get_stats (two scans, no joins)."""
+
+    uploads: int
+    files: int  # distinct blobs
+    bytes: int  # each blob once
+
+
+async def get_stored(db: Database) -> Stored:
+    def work(conn: sqlite3.Connection) -> Stored:
+        conn.execute("BEGIN")  # one snapshot for the two counts
+        try:
+            (uploads,) = conn.execute("SELECT count(*) FROM uploads").fetchone()
+            files, size = conn.execute(
+                "SELECT count(*), coalesce(sum(size_bytes), 0) FROM blobs"
+            ).fetchone()
+        finally:
+            conn.execute("ROLLBACK")
+        return Stored(uploads=uploads, files=files, bytes=size)
+
+    return await db.read(work)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tornado.web
 
-from hostd import clients, db, retention
+from hostd import clients, db, openapi, retention
 from hostd.auth import Busy, new_reveal_token, reveal_token_hash, seal_key, unseal_key
 from hostd.db import ApiKey
 from hostd.handlers.base import BaseHandler, Refusal
@@ -146,8 +146,26 @@ class ShareXConfigHandler(BaseHandler):
         self.finish(clients.sharex_config(self.public_url()))
 
 
+class OpenApiHandler(BaseHandler):
+    """GET /api/openapi.json: the API's OpenAPI 3.1 description (hostd/openapi.py).
+
+    Public and the same for everyone, so any site may read it (`Access-Control-Allow-Origin`,
+    for API explorers); `no-cache` with Tornado's ETag, so a client revalidates with a cheap
+    304 and never keeps a description of an older hostd after an upgrade."""
+
+    async def prepare(self) -> None:
+        pass  # no session read: the answer is the same for everyone
+
+    def get(self) -> None:
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.set_header("Cache-Control", "no-cache")
+        self.set_header("Access-Control-Allow-Origin", "*")
+        self.finish(openapi.document_bytes())
+
+
 routes = [
     (r"/api", ApiPageHandler),
+    (r"/api/openapi\.json", OpenApiHandler),
     (r"/api/sharex\.sxcu", ShareXConfigHandler),
     (r"/api/keys", ApiKeyListHandler),
     (r"/api/keys/([0-9a-f]{16})/invalidate", ApiKeyInvalidateHandler),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email.utils
 import functools
+import logging
 import posixpath
 import re
 import time
@@ -15,7 +16,9 @@ from hostd.db import Blob
 from hostd.handlers.base import BaseHandler, Refusal
 from hostd.hashes import PUBLIC_HASH_PATTERN
 from hostd.parsing import parse_count, parse_http_date
-from hostd.storage import BlobMissing, BlobReader
+from hostd.storage import BlobMissing, BlobReader, StoreUnavailable
+
+log = logging.getLogger("hostd")
 
 # Uploaded content must never run script in our origin: `sandbox` gives the document an
 # opaque origin and no scripts; the rest stops it loading anything but itself.
@@ -25,6 +28,18 @@ FILE_CSP = (
 CACHE_FOREVER = "public, max-age=31536000, immutable"
 RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)")
 NO_FILE = "There is no file with this hash."
+STORE_DOWN = "The file storage cannot be reached just now. Try again in a minute."
+# With storage.s3.redirect, these are sent from the bucket (without our CSP): types a browser
+# does not run script in. HTML, SVG, XML and anything unknown are still streamed by hostd.
+REDIRECT_KINDS = ("image/", "audio/", "video/")
+REDIRECT_TYPES = ("application/pdf", "text/plain")
+
+
+def redirect_safe(content_type: str) -> bool:
+    kind = content_type.partition(";")[0].strip().lower()
+    if kind == "image/svg+xml":
+        return False
+    return kind.startswith(REDIRECT_KINDS) or kind in REDIRECT_TYPES
 
 
 def cache_control(blob: Blob, now: int) -> str:
@@ -127,13 +142,21 @@ class DownloadHandler(BaseHandler):
             raise await self.not_found(hash)
         try:
             reader = await self.store.open(blob.sha256)
+            try:
+                await self.answer(reader, blob, suffix, filename, include_body=include_body)
+            finally:
+                reader.close()
+        # Either may come from the store's first read (S3 asks only then): before any byte.
         except BlobMissing:  # taken down meanwhile, perhaps by `hostd file rm` elsewhere
+            if self._headers_written:
+                raise
             db.forget_blob(self.db, blob.hash)
             raise await self.not_found(hash) from None
-        try:
-            await self.answer(reader, blob, suffix, filename, include_body=include_body)
-        finally:
-            reader.close()
+        except StoreUnavailable as exc:
+            if self._headers_written:
+                raise
+            log.error("could not read %s from the store: %s", blob.sha256, exc)
+            raise Refusal(503, STORE_DOWN) from None
 
     async def answer(
         self,
@@ -149,6 +172,15 @@ class DownloadHandler(BaseHandler):
             self.set_status(304)
             self.finish()
             return
+        if self.config.s3_redirect and redirect_safe(self._headers["Content-Type"]):
+            url = await self.store.redirect_url(
+                blob.sha256,
+                content_type=self._headers["Content-Type"],
+                disposition=self._headers.get("Content-Disposition"),
+            )
+            if url is not None:
+                self.redirect_to_store(url)
+                return
         start, end = 0, blob.size_bytes - 1
         if "Range" in self.request.headers and self.range_applies(blob):
             wanted: tuple[int, int] | tuple[()] | None
@@ -178,6 +210,14 @@ class DownloadHandler(BaseHandler):
         if include_body:
             await self.send(reader, start, end)
         self.finish()
+
+    def redirect_to_store(self, url: str) -> None:
+        """302 to the store's short-lived URL (storage.s3.redirect): the client asks the
+        store, Range and all; nobody may cache the 302 past the URL's life."""
+        for name in ("ETag", "Last-Modified", "Accept-Ranges", "Content-Disposition"):
+            self.clear_header(name)
+        self.set_header("Cache-Control", "no-cache")
+        self.redirect(url)
 
     async def send(self, reader: BlobReader, start: int, end: int) -> None:
         """The bytes from start to end, a piece on its way to the client while the next is

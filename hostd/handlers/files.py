@@ -12,7 +12,7 @@ from hostd.handlers.download import cache_control, not_served
 from hostd.handlers.upload import file_urls
 from hostd.hashes import PUBLIC_HASH_PATTERN
 from hostd.parsing import parse_count
-from hostd.storage import BlobMissing
+from hostd.storage import BlobMissing, StoreUnavailable
 from hostd.thumbs import THUMBNAILABLE, ThumbnailsBusy
 
 PAGE_SIZE = 20
@@ -95,12 +95,14 @@ class ThumbnailHandler(BaseHandler):
         if not blob.alive_at(now):
             raise Refusal(404, NO_THUMBNAIL)
         try:
-            async with self.store.local_copy(blob.sha256) as source:
-                path = await self.thumbs.get(blob.sha256, source)
+            path = self.thumbs.made(blob.sha256)
+            if path is None:
+                async with self.store.local_copy(blob.sha256) as source:
+                    path = await self.thumbs.get(blob.sha256, source)
         except BlobMissing:  # taken down by `hostd file rm`
             db.forget_blob(self.db, blob.hash)
             raise await not_served(self.db, hash, NO_THUMBNAIL) from None
-        except ThumbnailsBusy:
+        except (ThumbnailsBusy, StoreUnavailable):  # S3 down: "later" too
             self.answer_busy()
             return
         if path is None:

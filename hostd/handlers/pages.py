@@ -1,6 +1,8 @@
-"""Pages: the upload page, and the 404 page for every unknown URL."""
+"""Pages: the upload page, the 404 page for every unknown URL, and the static files."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import tornado.web
 
@@ -23,6 +25,25 @@ class NotFoundHandler(BaseHandler):
     async def prepare(self) -> None:
         await super().prepare()
         raise Refusal(404, "There is nothing at this address.")
+
+
+class StaticHandler(tornado.web.StaticFileHandler):
+    """/static/, /favicon.ico and /robots.txt (Tornado's static files), answering methods as
+    every other URL here does: GET, HEAD and OPTIONS, and any other method a 405 that names
+    them in Allow. Tornado's own answers a POST 403 (its xsrf check) and a TRACE 405 without
+    Allow (RFC 9110 15.5.6)."""
+
+    SUPPORTED_METHODS = ("GET", "HEAD", "OPTIONS")
+
+    def options(self, *args: Any) -> None:
+        self.set_header("Allow", ", ".join(self.SUPPORTED_METHODS))
+        self.set_status(204)
+        self.finish()
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        if status_code == 405:
+            self.set_header("Allow", ", ".join(self.SUPPORTED_METHODS))
+        super().write_error(status_code, **kwargs)
 
 
 routes = [

@@ -1,4 +1,5 @@
-"""Streaming upload endpoints: POST /upload (browser, or `api=1` text) and POST /api/upload."""
+"""Streaming upload endpoints: POST /upload (browser, or `api=1` text), POST /api/upload and
+PUT /api/upload/<filename> (the raw body, `curl -T`)."""
 
 from __future__ import annotations
 
@@ -8,18 +9,28 @@ import json
 import logging
 import urllib.parse
 from collections.abc import Awaitable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import tornado.web
+from tornado import httputil
 
-from hostd import db, limits, retention, sniff, uploads
+from hostd import db, limits, metrics, retention, sniff, uploads
 from hostd.auth import Busy, delete_token_hash, new_delete_token
+from hostd.config import Config
 from hostd.db import ApiKey, Blob, Upload
-from hostd.formdata import FORM_OVERHEAD_BYTES, UploadError, UploadForm, boundary_of
+from hostd.formdata import (
+    FORM_OVERHEAD_BYTES,
+    RawBody,
+    UploadBody,
+    UploadError,
+    UploadForm,
+    boundary_of,
+    clean_filename,
+)
 from hostd.handlers.base import ApiHandler, BaseHandler, out_of_space, refuse_early
 from hostd.parsing import parse_count
 from hostd.server import BodyPace, HostdConnection
-from hostd.storage import WrittenBlob
+from hostd.storage import StoreUnavailable, WrittenBlob
 
 log = logging.getLogger("hostd")
 
@@ -52,6 +63,8 @@ def storage_failure(exc: Exception) -> tuple[int, str]:
     """(status, message) for a file the server could not write or record; the details go to
     the log."""
     log.error("could not store an upload: %s", exc)
+    if isinstance(exc, StoreUnavailable):
+        return 503, "the file storage cannot be reached; the file was not stored, retry soon"
     if out_of_space(exc):
         return 507, "the server is out of storage space; the file was not stored"
     return 500, "the server could not store the file; it was not stored"
@@ -74,6 +87,28 @@ def file_urls(base: str, blob: Blob, filename: str) -> dict[str, str]:
     }
 
 
+def upload_answer(base: str, blob: Blob, upload: Upload, filename: str, delete: str) -> dict:
+    """The JSON answer of a stored upload, as the API page documents it."""
+    return {
+        "hash": blob.hash,
+        "status": True,
+        "urls": file_urls(base, blob, filename),
+        "expires_at": retention.iso_time(upload.expires_at),
+        "delete_url": delete,
+    }
+
+
+class InFlightUpload(Protocol):
+    """What UploadsInFlight needs of an upload: a request body still arriving."""
+
+    request: httputil.HTTPServerRequest
+
+    @property
+    def config(self) -> Config: ...
+
+    def drop_upload(self, status: int, message: str) -> Awaitable[None]: ...
+
+
 class UploadsInFlight:
     """Uploads not yet answered, by client address (X-Real-IP behind a trusted proxy): at
     most limits.uploads_in_flight_per_address from one address, none once the server is
@@ -81,11 +116,12 @@ class UploadsInFlight:
 
     def __init__(self) -> None:
         self.closing = False
-        self._by_address: dict[str, set[UploadFlow]] = {}
+        self.refused = 0  # 429s for too many uploads from one address, for /metrics
+        self._by_address: dict[str, set[InFlightUpload]] = {}
         self._none_left = asyncio.Event()
         self._none_left.set()
 
-    def enter(self, upload: UploadFlow) -> None:
+    def enter(self, upload: InFlightUpload) -> None:
         """Count this upload in, or raise UploadError (503 when closing, else 429)."""
         if self.closing:
             raise UploadError(503, "the server is shutting down; send the upload again soon")
@@ -93,6 +129,7 @@ class UploadsInFlight:
         same = self._by_address.setdefault(address, set())
         most = upload.config.uploads_in_flight_per_address
         if len(same) >= most:
+            self.refused += 1
             raise UploadError(
                 429,
                 f"{most} uploads from your address are already in progress; "
@@ -101,7 +138,7 @@ class UploadsInFlight:
         same.add(upload)
         self._none_left.clear()
 
-    def leave(self, upload: UploadFlow) -> None:
+    def leave(self, upload: InFlightUpload) -> None:
         """Count it out (again is harmless)."""
         address = upload.request.remote_ip or ""
         same = self._by_address.get(address)
@@ -116,7 +153,7 @@ class UploadsInFlight:
     def __len__(self) -> int:
         return sum(len(same) for same in self._by_address.values())
 
-    def __iter__(self) -> Iterator[UploadFlow]:
+    def __iter__(self) -> Iterator[InFlightUpload]:
         return iter([upload for same in self._by_address.values() for upload in same])
 
     async def finished(self, seconds: float) -> bool:
@@ -134,14 +171,18 @@ def delete_url(base: str, token: str) -> str:
 
 
 class UploadFlow(BaseHandler):
-    """Receives one multipart upload as it streams in; subclasses say how to answer.
+    """Receives one upload as it streams in; subclasses say how to answer.
 
     prepare() refuses what it can before the body is read (size, type); data_received()
-    feeds the parser, which writes the file to a temp file as it is hashed; post() runs
-    once the body has ended and records the upload.
+    feeds the body (a multipart form by default: see open_body()), which writes the file to
+    a temp file as it is hashed; post() runs once the body has ended and records the upload.
     """
 
-    form: UploadForm | None = None
+    # Room in the body for what is not the file: the multipart framing by default.
+    framing_bytes = FORM_OVERHEAD_BYTES
+    kind = "multipart"  # how the upload arrives, for /metrics (metrics.UPLOAD_KINDS)
+    form: UploadBody | None = None
+    boundary = ""
     recording: asyncio.Future[tuple[Blob, Upload]] | None = None
     failed = False
     api_key: ApiKey | None = None
@@ -158,24 +199,24 @@ class UploadFlow(BaseHandler):
         pass
 
     async def prepare(self) -> None:
-        if self.request.method != "POST":
+        if self.request.method not in ("POST", "PUT"):
             return
         limit = self.config.max_upload_bytes
         connection = self.request.connection
         assert isinstance(connection, HostdConnection)
-        connection.set_max_body_size(limit + FORM_OVERHEAD_BYTES + DRAIN_ALLOWANCE_BYTES)
+        connection.set_max_body_size(limit + self.framing_bytes + DRAIN_ALLOWANCE_BYTES)
         connection.streaming(self.error_answer)
         try:
             await super().prepare()
             await self.authorize()
             length = parse_count(
-                self.request.headers.get("Content-Length", "0"), at_most=limit + FORM_OVERHEAD_BYTES
+                self.request.headers.get("Content-Length", "0"), at_most=limit + self.framing_bytes
             )
             if length is None:
                 raise UploadError(400, "the Content-Length header is not a number of bytes")
-            if length > limit + FORM_OVERHEAD_BYTES:
+            if length > limit + self.framing_bytes:
                 raise UploadError(413, f"the file is larger than the limit of {limit} bytes")
-            boundary = boundary_of(self.request.headers.get("Content-Type"))
+            self.check_framing()
             self.asked_expiry(self.now())  # a bad Expires header is refused before the body
             self.admission = await self.upload_limits.admit(
                 self.db,
@@ -183,6 +224,7 @@ class UploadFlow(BaseHandler):
                 user_id=self.owner_id,
                 key_id=self.api_key.key_id if self.api_key else None,
                 address=self.request.remote_ip or "",
+                framing_bytes=self.framing_bytes,
             )
             self.in_flight.enter(self)  # last: only an accepted upload takes a place
         except UploadError as exc:
@@ -197,13 +239,20 @@ class UploadFlow(BaseHandler):
                 self.set_header(name, value)
             refuse_early(self, status, body, content_type)
             return
-        self.form = UploadForm(
-            boundary,
-            max_file_bytes=self.admission.max_file_bytes,
-            too_large=self.admission.too_large,
+        self.form = self.open_body(self.admission)
+        self.pace = BodyPace(self.config.body_idle_seconds, self.stalled)
+
+    def check_framing(self) -> None:
+        """Raise UploadError when the headers say the body cannot be read (before it is)."""
+        self.boundary = boundary_of(self.request.headers.get("Content-Type"))
+
+    def open_body(self, admission: limits.Admission) -> UploadBody:
+        return UploadForm(
+            self.boundary,
+            max_file_bytes=admission.max_file_bytes,
+            too_large=admission.too_large,
             open_writer=self.store.writer,
         )
-        self.pace = BodyPace(self.config.body_idle_seconds, self.stalled)
 
     @property
     def in_flight(self) -> UploadsInFlight:
@@ -336,6 +385,7 @@ class UploadFlow(BaseHandler):
             return
         self.set_header("X-Expires", retention.http_date(upload.expires_at))
         self.set_header("X-Delete-Url", self.delete_url)
+        metrics.upload_done(self, self.kind, written.size_bytes)
         self.answer_ok(blob, upload, self.form.filename)
 
     def asked_expiry(self, now: int) -> int | None:
@@ -547,20 +597,43 @@ class ApiUploadHandler(UploadFlow, ApiHandler):
         return status, body, "application/json; charset=utf-8"
 
     def answer_ok(self, blob: Blob, upload: Upload, filename: str) -> None:
-        urls = file_urls(self.public_url(), blob, filename)
-        expires_at = retention.iso_time(upload.expires_at)
-        self.write_json(
-            {
-                "hash": blob.hash,
-                "status": True,
-                "urls": urls,
-                "expires_at": expires_at,
-                "delete_url": self.delete_url,
-            }
+        self.write_json(upload_answer(self.public_url(), blob, upload, filename, self.delete_url))
+
+
+@tornado.web.stream_request_body
+class ApiPutHandler(ApiUploadHandler):
+    """PUT /api/upload/<filename>: the body is the file itself (`curl -T`). Keys, limits,
+    expiry and answers are those of POST /api/upload; the name is checked as a form's is."""
+
+    SUPPORTED_METHODS = ("PUT", "OPTIONS")  # not the POST it inherits
+    framing_bytes = 0
+    kind = "put"
+    filename = "file"
+
+    def decode_argument(self, value: bytes, name: str | None = None) -> str:
+        # The URL-decoded name as latin-1, as clean_filename() takes a form's header values,
+        # so that invalid UTF-8 is its 400 in JSON rather than Tornado's bare one.
+        if name is None:
+            return value.decode("latin-1")
+        return super().decode_argument(value, name)
+
+    def check_framing(self) -> None:
+        self.filename = clean_filename(self.path_args[0])
+
+    def open_body(self, admission: limits.Admission) -> UploadBody:
+        return RawBody(
+            self.filename,
+            max_file_bytes=admission.max_file_bytes,
+            too_large=admission.too_large,
+            open_writer=self.store.writer,
         )
+
+    async def put(self, filename: str) -> None:
+        await self.post()
 
 
 routes = [
     (r"/upload", UploadHandler),
     (r"/api/upload", ApiUploadHandler),
+    (r"/api/upload/([^/]+)", ApiPutHandler),
 ]

@@ -1,0 +1,467 @@
+"""`hostd upload`: send files to a hostd server, as a script would; standard library only.
+
+A file up to `resumable_above` bytes is sent in one `PUT /api/upload/<name>`; a bigger one
+with tus 1.0 at /api/tus/ (when the server offers it), in PATCHes of at most PATCH_BYTES, so
+that a dropped connection costs a retry from the offset the server reports, not the file.
+Bodies are read from disk as they are sent, never held whole.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import http.client
+import json
+import os
+import select
+import socket
+import ssl
+import sys
+import time
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, TextIO, TypeVar
+
+MiB = 1024 * 1024
+DEFAULT_URL = "http://127.0.0.1:8000"
+RESUMABLE_ABOVE_BYTES = 16 * MiB
+PATCH_BYTES = 8 * MiB
+SEND_BLOCK_BYTES = 256 * 1024
+TIMEOUT_SECONDS = 60.0
+# How long a body waits for "100 Continue" before it is sent anyway (curl waits 1 s).
+CONTINUE_WAIT_SECONDS = 1.0
+# Waits between tries of a tus upload that failed without making progress; progress resets.
+RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 30.0)
+TUS_VERSION = "1.0.0"
+TUS_PATH = "/api/tus/"
+
+T = TypeVar("T")
+# Where a tus upload stands: the offset, and the upload's answer once it is complete.
+TusState = tuple[int, dict[str, Any] | None]
+
+
+class UploadFailed(Exception):
+    """An upload the server refused (`status`), or a server that could not be reached
+    (`status` None); the message is the server's when it gave one."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+    def __str__(self) -> str:
+        return self.message if self.status is None else f"{self.message} (HTTP {self.status})"
+
+
+class Unreachable(UploadFailed):
+    """The server could not be reached, the connection broke, or the server is busy: worth
+    a retry for tus (not before `retry_after` seconds, when the server said so)."""
+
+    retry_after = 0.0
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    headers: http.client.HTTPMessage
+    body: bytes
+
+    def json(self) -> dict[str, Any]:
+        try:
+            payload = json.loads(self.body)
+        except ValueError:
+            return {}
+        return payload if isinstance(payload, dict) else {}
+
+    def refusal(self) -> UploadFailed:
+        """The server's message for an error answer: its JSON `error`, else its plain text
+        (hostd's own answers), else the status's name (a proxy's HTML page)."""
+        message = self.json().get("error")
+        if not isinstance(message, str) or not message:
+            text = self.body.decode("utf-8", "replace").strip()
+            plain = self.headers.get_content_type() == "text/plain"
+            message = text.splitlines()[0][:300] if plain and text else ""
+        return UploadFailed(message or http.client.responses.get(self.status, "error"), self.status)
+
+
+class Progress:
+    """One line on a terminal, redrawn at most ten times a second: name, share, bytes."""
+
+    def __init__(self, stream: TextIO, name: str, total: int) -> None:
+        self.stream = stream
+        self.name = name
+        self.total = total
+        self.done = 0
+        self._drawn = 0.0
+
+    def advance(self, size: int) -> None:
+        self.at(self.done + size)
+
+    def at(self, done: int) -> None:
+        self.done = done
+        now = time.monotonic()
+        if now - self._drawn >= 0.1 or done >= self.total:
+            self._drawn = now
+            share = 100 * done // self.total if self.total else 100
+            width = 30
+            filled = width * share // 100
+            bar = "#" * filled + "-" * (width - filled)
+            self.stream.write(
+                f"\r{self.name[:40]} [{bar}] {share:3d}% {done // 1024} of {self.total // 1024} KiB"
+            )
+            self.stream.flush()
+
+    def end(self) -> None:
+        self.stream.write("\n")
+        self.stream.flush()
+
+
+class FileSlice:
+    """`size` bytes of an open file from `offset`, read as http.client sends them."""
+
+    def __init__(
+        self, file: BinaryIO, offset: int, size: int, sent: Callable[[int], None] | None
+    ) -> None:
+        file.seek(offset)
+        self._file = file
+        self._left = size
+        self._sent = sent
+
+    def read(self, size: int = -1) -> bytes:
+        size = self._left if size < 0 else min(size, self._left)
+        data = self._file.read(size)
+        self._left -= len(data)
+        if self._sent is not None and data:
+            self._sent(len(data))
+        return data
+
+
+class Client:
+    """Uploads to one server with one key (None: anonymously)."""
+
+    def __init__(
+        self,
+        url: str,
+        key: str | None,
+        *,
+        resumable_above: int = RESUMABLE_ABOVE_BYTES,
+        expires: str | None = None,
+        progress_to: TextIO | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        parts = urllib.parse.urlsplit(url.rstrip("/"))
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise UploadFailed(f"the server URL must be http(s)://host[:port][/path], not {url!r}")
+        self.url = url.rstrip("/")
+        self._parts = parts
+        self.key = key
+        self.resumable_above = resumable_above
+        self.expires = expires  # hours, or an ISO 8601 time: as the server's Expires header
+        self.progress_to = progress_to
+        self._sleep = sleep
+        self._has_tus: bool | None = None
+
+    def upload(self, path: Path) -> dict[str, Any]:
+        """The server's JSON answer for one file (as POST /api/upload gives it)."""
+        size = path.stat().st_size
+        with path.open("rb") as file:
+            progress = Progress(self.progress_to, path.name, size) if self.progress_to else None
+            try:
+                if size > self.resumable_above and self.offers_tus():
+                    return self.upload_tus(file, path.name, size, progress)
+                return self.upload_put(file, path.name, size, progress)
+            finally:
+                if progress is not None:
+                    progress.end()
+
+    # -- PUT /api/upload/<name>
+
+    def upload_put(
+        self, file: BinaryIO, name: str, size: int, progress: Progress | None
+    ) -> dict[str, Any]:
+        answer = self.request(
+            "PUT",
+            f"/api/upload/{urllib.parse.quote(os.fsencode(name), safe='')}",
+            {"Content-Length": str(size), **({"Expires": self.expires} if self.expires else {})},
+            FileSlice(file, 0, size, progress.advance if progress else None),
+        )
+        if answer.status != 200:
+            raise answer.refusal()
+        return answer.json()
+
+    # -- tus 1.0 (https://tus.io/protocols/resumable-upload)
+
+    def offers_tus(self) -> bool:
+        """Whether the server speaks tus 1.0 with creation (asked once; a 404 means no)."""
+        if self._has_tus is None:
+            answer = self.request("OPTIONS", TUS_PATH, {})
+            versions = answer.headers.get("Tus-Version", "")
+            extensions = answer.headers.get("Tus-Extension", "")
+            self._has_tus = (
+                answer.status in (200, 204)
+                and TUS_VERSION in [v.strip() for v in versions.split(",")]
+                and "creation" in [e.strip() for e in extensions.split(",")]
+            )
+        return self._has_tus
+
+    def upload_tus(
+        self, file: BinaryIO, name: str, size: int, progress: Progress | None
+    ) -> dict[str, Any]:
+        """Create the upload, then PATCH it from the offset the server holds, retrying
+        (with the waits of RETRY_DELAYS) while the connection fails or the server is busy."""
+        location = self.retrying(lambda: self.tus_create(name, size))
+        offset, info = 0, None
+        failures, problem = 0, Unreachable("")
+        while info is None:
+            try:
+                if offset < size:
+                    reached, info = self.tus_patch(location, file, offset, size, progress)
+                else:  # every byte is in, and the answer was lost: ask for it again
+                    reached, info = self.tus_state(location)
+                    if info is None:
+                        raise UploadFailed("the server has every byte but says nothing of the file")
+            except Unreachable as exc:
+                reached, problem = None, exc
+            if info is not None:
+                break
+            if reached is not None and reached > offset:
+                offset, failures = reached, 0
+                continue
+            if reached is not None:
+                problem = Unreachable("the server kept none of the bytes sent")
+            failures += 1
+            self.pause(failures, problem)
+            try:
+                offset, info = self.tus_state(location)
+            except Unreachable as exc:
+                problem = exc  # the next PATCH learns where the server is (409)
+            if progress is not None:
+                progress.at(offset)
+        return info
+
+    def pause(self, failures: int, problem: Unreachable) -> None:
+        """Wait before the next try; UploadFailed once RETRY_DELAYS are used up."""
+        if failures > len(RETRY_DELAYS):
+            raise UploadFailed(f"gave up after {failures} tries: {problem}")
+        self._sleep(max(RETRY_DELAYS[failures - 1], problem.retry_after))
+
+    def retrying(self, attempt: Callable[[], T]) -> T:
+        """attempt(), tried again while the server cannot be reached or is busy."""
+        failures = 0
+        while True:
+            try:
+                return attempt()
+            except Unreachable as exc:
+                failures += 1
+                self.pause(failures, exc)
+
+    def tus_create(self, name: str, size: int) -> str:
+        metadata = f"filename {b64(name)}" + (
+            f",expires {b64(self.expires)}" if self.expires else ""
+        )
+        answer = self.request(
+            "POST",
+            TUS_PATH,
+            {
+                "Tus-Resumable": TUS_VERSION,
+                "Upload-Length": str(size),
+                "Upload-Metadata": metadata,
+                "Content-Length": "0",
+            },
+        )
+        self.check_busy(answer)
+        if answer.status != 201 or not answer.headers.get("Location"):
+            raise answer.refusal()
+        # The upload's id, at the URL given: the Location is made with server.public_url,
+        # which may be another name for this server, and the key goes nowhere else.
+        upload_id = urllib.parse.urlsplit(answer.headers["Location"]).path.rstrip("/")
+        return TUS_PATH + urllib.parse.quote(upload_id.rpartition("/")[2], safe="")
+
+    def tus_patch(
+        self, location: str, file: BinaryIO, offset: int, size: int, progress: Progress | None
+    ) -> TusState:
+        """Send the next PATCH_BYTES at most; where the server then stands."""
+        length = min(PATCH_BYTES, size - offset)
+        answer = self.request(
+            "PATCH",
+            location,
+            {
+                "Tus-Resumable": TUS_VERSION,
+                "Upload-Offset": str(offset),
+                "Content-Type": "application/offset+octet-stream",
+                "Content-Length": str(length),
+            },
+            FileSlice(file, offset, length, progress.advance if progress else None),
+        )
+        self.check_busy(answer)
+        if answer.status == 409:  # the server holds another offset: ask it which
+            return self.tus_state(location)
+        if answer.status != 204:
+            raise answer.refusal()
+        return self.state_of(answer)
+
+    def tus_state(self, location: str) -> TusState:
+        answer = self.request("HEAD", location, {"Tus-Resumable": TUS_VERSION})
+        self.check_busy(answer)
+        if answer.status not in (200, 204):
+            raise answer.refusal()
+        return self.state_of(answer)
+
+    @staticmethod
+    def state_of(answer: Answer) -> TusState:
+        """The offset a tus answer gives, and once the upload is complete, what POST
+        /api/upload would have answered (hostd sends it as JSON in Upload-Info)."""
+        try:
+            offset = int(answer.headers.get("Upload-Offset", ""))
+        except ValueError:
+            raise UploadFailed(
+                "the server's tus answer has no Upload-Offset", answer.status
+            ) from None
+        info = answer.headers.get("Upload-Info")
+        if info is None:
+            return offset, None
+        try:
+            parsed = json.loads(info)
+        except ValueError:
+            raise UploadFailed("the server's Upload-Info is not JSON", answer.status) from None
+        return offset, parsed if isinstance(parsed, dict) else None
+
+    @staticmethod
+    def check_busy(answer: Answer) -> None:
+        """Unreachable for what a retry may mend: a server error or a busy server (5xx but
+        507), a locked upload (423), a rate limit (429), a stalled body (408)."""
+        if answer.status in (408, 423, 429) or (answer.status >= 500 and answer.status != 507):
+            refusal = answer.refusal()
+            busy = Unreachable(refusal.message, refusal.status)
+            with contextlib.suppress(ValueError):
+                busy.retry_after = min(float(answer.headers.get("Retry-After", "")), 300.0)
+            raise busy
+
+    # -- HTTP
+
+    def request(
+        self, method: str, target: str, headers: dict[str, str], body: FileSlice | None = None
+    ) -> Answer:
+        """One request for `target` (a path below the server's URL) on a new connection;
+        Unreachable when the connection fails.
+
+        A body waits for the server's "100 Continue" (at most CONTINUE_WAIT_SECONDS, over
+        plain HTTP), so that a refusal (a bad key, a file over the limit) arrives before the
+        file is sent.
+        """
+        path = self._parts.path + target
+        https = self._parts.scheme == "https"
+        conn_class = http.client.HTTPSConnection if https else http.client.HTTPConnection
+        conn = conn_class(
+            self._parts.hostname or "",
+            self._parts.port,
+            timeout=TIMEOUT_SECONDS,
+            blocksize=SEND_BLOCK_BYTES,
+        )
+        headers = {"User-Agent": "hostd-upload", **headers}
+        if self.key:
+            headers["Authorization"] = f"Bearer {self.key}"
+        try:
+            conn.putrequest(method, path, skip_accept_encoding=True)
+            expect = body is not None and not https
+            if expect:
+                headers["Expect"] = "100-continue"
+            for name, value in headers.items():
+                conn.putheader(name, value)
+            conn.endheaders()
+            if body is not None and (not expect or await_continue(conn)):
+                # The server may answer and close before the end: its answer is read below.
+                with contextlib.suppress(OSError):
+                    conn.send(body)
+            response = conn.getresponse()
+            return Answer(response.status, response.headers, response.read())
+        except (OSError, http.client.HTTPException) as exc:
+            raise Unreachable(f"{self.url}: {reason(exc)}") from None
+        finally:
+            conn.close()
+
+
+def await_continue(conn: http.client.HTTPConnection) -> bool:
+    """After a head with `Expect: 100-continue`: True to send the body (the server said
+    "100 Continue", or said nothing in time); False when it has answered already."""
+    sock = conn.sock
+    assert isinstance(sock, socket.socket) and not isinstance(sock, ssl.SSLSocket)
+    deadline = time.monotonic() + CONTINUE_WAIT_SECONDS
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([sock], [], [], left)[0]:
+            return True
+        seen = sock.recv(4096, socket.MSG_PEEK)  # peeked: a final answer stays for http.client
+        if not seen or not seen.startswith(b"HTTP/1.1 100"[: len(seen)]):
+            return False  # an answer, or the connection closed: getresponse() tells which
+        if b"\r\n\r\n" in seen:
+            sock.recv(seen.index(b"\r\n\r\n") + 4)  # take the interim answer off the socket
+            return True
+        time.sleep(0.01)  # only part of "100 Continue" is in: the socket stays readable
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(os.fsencode(text)).decode()
+
+
+def reason(exc: BaseException) -> str:
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (is hostd running there?)"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve the host name ({exc.strerror})"
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {TIMEOUT_SECONDS:g} seconds"
+    if isinstance(exc, http.client.RemoteDisconnected):
+        return "the server closed the connection without an answer"
+    return str(exc) or type(exc).__name__
+
+
+def run(
+    files: list[Path],
+    *,
+    url: str | None,
+    key: str | None,
+    as_json: bool,
+    resumable_above: int,
+    expires: str | None = None,
+    stdout: TextIO = sys.stdout,
+    stderr: TextIO = sys.stderr,
+) -> int:
+    """`hostd upload`: 0 when every file was uploaded; 1 when one was refused or the server
+    could not be reached; 2 when a file cannot be read (nothing is sent then)."""
+    for path in files:
+        if not path.is_file() or not os.access(path, os.R_OK):
+            print(f"hostd upload: {path}: not a readable file", file=stderr)
+            return 2
+    try:
+        client = Client(
+            url or os.environ.get("HOSTD_URL") or DEFAULT_URL,
+            key or os.environ.get("HOSTD_KEY") or None,
+            resumable_above=resumable_above,
+            expires=expires,
+            progress_to=stderr if stderr.isatty() else None,
+        )
+    except UploadFailed as exc:
+        print(f"hostd upload: {exc}", file=stderr)
+        return 2
+    status = 0
+    for path in files:
+        try:
+            answer = client.upload(path)
+        except KeyboardInterrupt:
+            print(f"hostd upload: {path}: interrupted", file=stderr)
+            return 130
+        except Unreachable as exc:
+            print(f"hostd upload: {path}: {exc}", file=stderr)
+            return 1  # the next file would fail the same way
+        except (UploadFailed, OSError) as exc:
+            print(f"hostd upload: {path}: {exc}", file=stderr)
+            status = 1
+            continue
+        if as_json:
+            print(json.dumps(answer), file=stdout, flush=True)
+        else:
+            print(answer.get("urls", {}).get("ext", ""), file=stdout, flush=True)
+    return status

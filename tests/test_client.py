@@ -1,0 +1,337 @@
+"""`hostd upload` (hostd/client.py) in its own process against the live test server."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+import os
+import pty
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import blob_files, temp_files
+
+from hostd import db as queries
+from hostd.hashes import public_hash_candidates
+from hostd.retention import iso_time
+
+LIMIT = 8 * 1024 * 1024  # the config fixture's max_upload_bytes
+
+
+@pytest.fixture(autouse=True)
+def serving(http_server):
+    """The server listens (base_url alone only reserves its port)."""
+    return http_server
+
+
+@dataclasses.dataclass
+class Run:
+    code: int
+    stdout: str
+    stderr: str
+
+
+async def hostd_upload(*args: str, env: dict[str, str] | None = None, stderr: int | None = None):
+    """`python -m hostd upload ARGS`, with HOSTD_URL and HOSTD_KEY only as `env` gives them;
+    `stderr` an fd to write it to (a terminal) instead of a pipe."""
+    clean = {k: v for k, v in os.environ.items() if k not in ("HOSTD_URL", "HOSTD_KEY")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "hostd", "upload", *args,
+        env={**clean, **(env or {})},
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE if stderr is None else stderr,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    assert proc.returncode is not None
+    return Run(proc.returncode, out.decode(), (err or b"").decode())
+
+
+class Relay:
+    """A TCP relay on loopback between the client and the server: counts the bytes the
+    client sends, and, given `cut_after`, breaks the connection that carries that many (once)."""
+
+    def __init__(self, target_port: int, cut_after: int | None = None) -> None:
+        self.target_port = target_port
+        self.cut_after = cut_after
+        self.sent = 0  # client to server, over all connections
+        self.cuts = 0
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self.relay, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+    async def relay(self, client_in, client_out) -> None:
+        server_in, server_out = await asyncio.open_connection("127.0.0.1", self.target_port)
+
+        async def pipe(source, sink, upstream: bool) -> None:
+            try:
+                while data := await source.read(65536):
+                    if upstream:
+                        self.sent += len(data)
+                        if self.cut_after is not None and self.sent >= self.cut_after:
+                            self.cut_after, self.cuts = None, self.cuts + 1
+                            client_out.transport.abort()  # a reset, as a dropped network gives
+                            server_out.transport.abort()
+                            return
+                    sink.write(data)
+                    await sink.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                sink.close()
+
+        await asyncio.gather(pipe(client_in, server_out, True), pipe(server_in, client_out, False))
+
+
+def public_hash(data: bytes) -> str:
+    return public_hash_candidates(hashlib.sha256(data).hexdigest())[0]
+
+
+def files(tmp_path: Path, **contents: bytes) -> list[str]:
+    paths = []
+    for name, data in contents.items():
+        (tmp_path / name).write_bytes(data)
+        paths.append(str(tmp_path / name))
+    return paths
+
+
+def sized(tmp_path: Path, name: str, size: int) -> Path:
+    path = tmp_path / name
+    with path.open("wb") as out:
+        out.truncate(0)
+        block = hashlib.sha256(name.encode()).digest() * 2048  # 64 KiB, the same for a name
+        while size > 0:
+            out.write(block[: min(size, len(block))])
+            size -= min(size, len(block))
+    return path
+
+
+# -- uploading --------------------------------------------------------------------------
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_each_file_is_uploaded_and_its_url_printed_one_a_line(base_url, tmp_path, db):
+    png = b"\x89PNG\r\n\x1a\nsecond"
+    paths = files(tmp_path, **{"a.txt": b"first", "b.png": png, "c d é%2F.txt": b"3"})
+
+    run = await hostd_upload(*paths, "--url", base_url)
+
+    assert run.code == 0, run.stderr
+    assert run.stdout.splitlines() == [
+        f"{base_url}/{public_hash(b'first')}.txt",
+        f"{base_url}/{public_hash(png)}.png",
+        f"{base_url}/{public_hash(b'3')}.txt",
+    ]
+    assert run.stderr == ""  # no progress bar: stderr is not a terminal
+    names = sorted(u.original_name for u in await queries.all_uploads(db))
+    assert names == ["a.txt", "b.png", "c d é%2F.txt"]
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_json_prints_each_answer_of_the_api(base_url, tmp_path):
+    (path,) = files(tmp_path, **{"a.txt": b"as json"})
+
+    run = await hostd_upload(path, "--url", base_url, "--json")
+
+    answer = json.loads(run.stdout)
+    assert answer["status"] is True and answer["hash"] == public_hash(b"as json")
+    assert answer["delete_url"].startswith(f"{base_url}/delete/")
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_the_url_comes_from_HOSTD_URL(base_url, tmp_path):
+    (path,) = files(tmp_path, **{"a.txt": b"by env"})
+
+    run = await hostd_upload(path, env={"HOSTD_URL": base_url + "/"})
+
+    assert (run.code, run.stdout) == (0, f"{base_url}/{public_hash(b'by env')}.txt\n")
+
+
+@pytest.mark.parametrize("how", ["option", "environment"])
+@pytest.mark.gen_test(timeout=60)
+async def test_a_key_registers_the_uploads_to_its_account(
+    base_url, tmp_path, db, login, make_api_key, how
+):
+    alice = await login()
+    key = await make_api_key(alice.user)
+    paths = files(tmp_path, **{"a.txt": b"alice 1", "b.txt": b"alice 2"})
+
+    if how == "option":
+        run = await hostd_upload(*paths, "--url", base_url, "--key", key)
+    else:
+        run = await hostd_upload(*paths, env={"HOSTD_URL": base_url, "HOSTD_KEY": key})
+
+    assert run.code == 0, run.stderr
+    uploads = await queries.all_uploads(db)
+    assert [u.user_id for u in uploads] == [alice.user.id, alice.user.id]
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_expires_asks_the_server_to_expire_the_uploads(base_url, tmp_path, wall_clock):
+    (path,) = files(tmp_path, **{"a.txt": b"for five hours"})
+
+    run = await hostd_upload(path, "--url", base_url, "--json", "--expires", "5")
+    bad = await hostd_upload(path, "--url", base_url, "--expires", "someday")
+
+    assert json.loads(run.stdout)["expires_at"] == iso_time(int(wall_clock()) + 5 * 3600)
+    assert bad.code == 1
+    assert bad.stderr.startswith(
+        f"hostd upload: {path}: the Expires header must be a whole number of hours"
+    )
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_big_file_is_streamed_and_stored_byte_for_byte(base_url, tmp_path, store, config):
+    big = sized(tmp_path, "big.bin", 6 * 1024 * 1024 + 7)
+
+    run = await hostd_upload(str(big), "--url", base_url)
+
+    digest = hashlib.sha256(big.read_bytes()).hexdigest()
+    assert run.stdout == f"{base_url}/{public_hash_candidates(digest)[0]}.bin\n"
+    assert store.path(digest).read_bytes() == big.read_bytes()
+    assert temp_files(config) == []
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_on_a_terminal_stderr_shows_a_progress_bar(base_url, tmp_path):
+    big = sized(tmp_path, "big.bin", 3 * 1024 * 1024)
+    terminal, screen = pty.openpty()
+
+    try:
+        run = await hostd_upload(str(big), "--url", base_url, stderr=screen)
+        os.close(screen)
+        shown = b""
+        while True:
+            try:
+                more = os.read(terminal, 65536)
+            except OSError:  # EIO: the other end is closed and all was read
+                break
+            if not more:
+                break
+            shown += more
+    finally:
+        os.close(terminal)
+
+    assert run.code == 0
+    assert run.stdout.startswith(base_url)  # the URL alone on stdout
+    last = shown.decode().rstrip("\r\n").split("\r")[-1]  # the bar as it was left
+    assert last.startswith("big.bin [#") and last.endswith("] 100% 3072 of 3072 KiB")
+
+
+# -- failures ---------------------------------------------------------------------------
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_refused_file_is_named_with_the_servers_message_and_the_rest_still_go(
+    base_url, tmp_path, db, config
+):
+    small = files(tmp_path, **{"small.txt": b"fits"})[0]
+    big = sized(tmp_path, "big.bin", LIMIT + 1)
+
+    run = await hostd_upload(str(big), small, "--url", base_url)
+
+    assert run.code == 1
+    assert run.stderr == (
+        f"hostd upload: {big}: the file is larger than the limit of {LIMIT} bytes (HTTP 413)\n"
+    )
+    assert run.stdout == f"{base_url}/{public_hash(b'fits')}.txt\n"
+    assert [u.original_name for u in await queries.all_uploads(db)] == ["small.txt"]
+    assert temp_files(config) == []
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_file_refused_from_its_size_is_never_sent(base_url, http_port, tmp_path):
+    big = sized(tmp_path, "big.bin", LIMIT + 1)
+    relay = Relay(http_port)
+    url = await relay.start()
+
+    try:
+        run = await hostd_upload(str(big), "--url", url)
+    finally:
+        relay.close()
+
+    assert run.code == 1 and "(HTTP 413)" in run.stderr
+    assert relay.sent < 4096  # the request head alone: the client waited for 100-continue
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_bad_key_exits_1_with_the_servers_message(base_url, tmp_path, db, config):
+    (path,) = files(tmp_path, **{"a.txt": b"a"})
+
+    run = await hostd_upload(path, "--url", base_url, "--key", "hk_nonsense")
+
+    assert run.code == 1
+    assert run.stderr == (
+        f"hostd upload: {path}: the API key is not valid (unknown or invalidated) (HTTP 401)\n"
+    )
+    assert run.stdout == ""
+    assert blob_files(config) == []
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_without_anonymous_uploads_no_key_is_told_how_to_get_one(base_url, tmp_path, app):
+    app.settings["hostd_config"] = dataclasses.replace(
+        app.settings["hostd_config"], allow_anonymous=False
+    )
+    (path,) = files(tmp_path, **{"a.txt": b"a"})
+
+    run = await hostd_upload(path, "--url", base_url)
+
+    assert run.code == 1
+    assert "uploads need an account here" in run.stderr and "(HTTP 401)" in run.stderr
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_server_that_is_not_there_is_one_clear_line_and_exit_1(tmp_path, free_port):
+    paths = files(tmp_path, **{"a.txt": b"a", "b.txt": b"b"})
+
+    run = await hostd_upload(*paths, "--url", f"http://127.0.0.1:{free_port}")
+
+    assert run.code == 1
+    assert run.stderr == (
+        f"hostd upload: {paths[0]}: http://127.0.0.1:{free_port}: "
+        "connection refused (is hostd running there?)\n"
+    )
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_file_that_cannot_be_read_stops_everything_before_sending(base_url, tmp_path, db):
+    (path,) = files(tmp_path, **{"a.txt": b"a"})
+
+    run = await hostd_upload(path, str(tmp_path / "missing.txt"), "--url", base_url)
+
+    assert run.code == 2
+    assert run.stderr == f"hostd upload: {tmp_path / 'missing.txt'}: not a readable file\n"
+    assert await queries.all_uploads(db) == []
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_url_that_is_not_http_is_refused(tmp_path):
+    (path,) = files(tmp_path, **{"a.txt": b"a"})
+
+    run = await hostd_upload(path, "--url", "ftp://example.org")
+
+    assert run.code == 2
+    assert "the server URL must be http(s)://host[:port][/path]" in run.stderr
+
+
+# -- big files: tus, when the server offers it --------------------------------------------
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_without_tus_on_the_server_a_big_file_goes_by_put(base_url, tmp_path, db):
+    big = sized(tmp_path, "big.bin", 2 * 1024 * 1024)
+
+    run = await hostd_upload(str(big), "--url", base_url, "--resumable-above", "1000")
+
+    assert run.code == 0, run.stderr
+    assert [u.original_name for u in await queries.all_uploads(db)] == ["big.bin"]

@@ -1,0 +1,349 @@
+"""The OpenAPI document: it matches the routes the app registers, it is served as JSON,
+and a live server answers as it says (schemathesis), leaving nothing behind a refusal."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import hypothesis
+import pytest
+import schemathesis
+import tornado.testing
+from helpers import bearer_upload, blob_files, hostd, png_of_one_colour, temp_files
+
+from hostd import db as queries
+from hostd import openapi
+from hostd.config import Config
+from hostd.db import Database
+from hostd.handlers.base import implemented_methods
+from hostd.hashes import public_hash_candidates
+
+METHODS = ("get", "post", "put", "delete", "patch", "head", "options")
+
+
+# -- the document and the routes -------------------------------------------------------------
+
+
+def operations(path_item: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {method: op for method, op in path_item.items() if method in METHODS}
+
+
+def example_url(template: str, path_item: dict[str, Any]) -> str:
+    """The path with each parameter replaced by its documented example."""
+    examples = {
+        parameter["name"]: parameter["example"]
+        for operation in operations(path_item).values()
+        for parameter in operation.get("parameters", [])
+        if parameter["in"] == "path"
+    }
+    return re.sub(r"\{(\w+)\}", lambda match: examples[match.group(1)], template)
+
+
+def first_route(app: Any, path: str) -> Any:
+    """The rule Tornado dispatches this path to (its rules are tried in order), or None."""
+    for rule in app.wildcard_router.rules:
+        if rule.matcher.regex.match(path):
+            return rule
+    return None
+
+
+def described_methods(path_item: dict[str, Any]) -> set[str]:
+    """What the document says a path answers; HEAD and OPTIONS go without saying (every
+    GET answers HEAD, every path OPTIONS), so they are left out of the comparison."""
+    return {method.upper() for method in operations(path_item)} - {"HEAD", "OPTIONS"}
+
+
+def routed_methods(handler: type) -> set[str]:
+    """The methods the handler both has and lets through (a subclass may narrow what it
+    inherits, as SUPPORTED_METHODS)."""
+    answered = set(implemented_methods(handler)) & set(handler.SUPPORTED_METHODS)
+    return answered - {"HEAD", "OPTIONS"}
+
+
+def test_the_document_is_valid_openapi_3_1():
+    document = openapi.document()
+
+    loaded = schemathesis.openapi.from_dict(document)
+
+    loaded.validate()  # against the OpenAPI 3.1 meta-schema
+    assert document["openapi"] == "3.1.0"
+    assert len(list(loaded.get_all_operations())) == sum(
+        len(operations(item)) for item in document["paths"].values()
+    )
+
+
+def test_every_described_path_is_routed_with_the_same_methods(app):
+    for template, path_item in openapi.document()["paths"].items():
+        url = example_url(template, path_item)
+
+        rule = first_route(app, url)
+
+        assert rule is not None, f"{template} ({url}) is described but not routed"
+        described, routed = described_methods(path_item), routed_methods(rule.target)
+        assert described == routed, f"{template}: described {described}, routed {routed}"
+
+
+def test_every_registered_route_is_described(app):
+    paths = openapi.document()["paths"]
+    described = {
+        id(first_route(app, example_url(template, item))) for template, item in paths.items()
+    }
+
+    for rule in app.wildcard_router.rules:
+        assert id(rule) in described, f"route {rule.matcher.regex.pattern} is not described"
+
+
+def test_the_path_examples_fit_their_own_parameters():
+    """The routing tests above use them: an example that its schema refuses would prove
+    nothing about the paths schemathesis generates."""
+    document = openapi.document()
+    for template, path_item in document["paths"].items():
+        for operation in operations(path_item).values():
+            for parameter in operation.get("parameters", []):
+                schema = parameter["schema"]
+                if "$ref" in schema:
+                    schema = document["components"]["schemas"][schema["$ref"].split("/")[-1]]
+                if "example" in parameter and "pattern" in schema:
+                    assert re.search(schema["pattern"], parameter["example"]), template
+
+
+@pytest.mark.gen_test
+async def test_the_document_is_served_as_json_and_revalidated(http_client, base_url):
+    response = await http_client.fetch(f"{base_url}/api/openapi.json")
+
+    again = await http_client.fetch(
+        f"{base_url}/api/openapi.json",
+        headers={"If-None-Match": response.headers["ETag"]},
+        raise_error=False,
+    )
+
+    assert response.headers["Content-Type"] == "application/json; charset=utf-8"
+    assert response.headers["Cache-Control"] == "no-cache"
+    assert response.headers["Access-Control-Allow-Origin"] == "*"
+    assert json.loads(response.body) == openapi.document()
+    assert again.code == 304 and again.body == b""
+
+
+@pytest.mark.gen_test
+async def test_the_api_page_links_the_document(http_client, base_url):
+    response = await http_client.fetch(f"{base_url}/api")
+
+    assert '<a href="/api/openapi.json">OpenAPI 3.1 document</a>' in response.body.decode()
+
+
+# -- schemathesis against a live server --------------------------------------------------------
+
+# The bound: examples per operation (about 40 operations), derandomized so that every run
+# sends the same requests: about 15 s on the idle 2-core development machine (measured up to
+# 2.5 min while other test runs loaded it).
+MAX_EXAMPLES = 8
+
+
+@dataclass
+class LiveServer:
+    """`hostd serve` in its own process, with an account and a real API key; the test reads
+    its database through a connection of its own, on a loop of its own."""
+
+    base_url: str
+    key: str
+    config: Config
+    log: Path
+    loop: asyncio.AbstractEventLoop
+    database: Database
+
+    def leftovers(self) -> tuple[int, int, int, list[str], list[str]]:
+        """What a refused request must not change: rows (uploads, blobs, accounts) and the
+        store's files (blobs, temp files)."""
+        stats = self.loop.run_until_complete(queries.get_stats(self.database, now=int(time.time())))
+        blobs = sorted(path.name for path in blob_files(self.config))
+        return stats.uploads, stats.blobs, stats.users, blobs, sorted(temp_files(self.config))
+
+
+def wait_for_log(log: Path, needle: str, server: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if needle in log.read_text():
+            return
+        if server.poll() is not None:
+            break
+        time.sleep(0.05)
+    raise AssertionError(f"the server never said {needle!r}:\n{log.read_text()}")
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    root = tmp_path_factory.mktemp("live")
+    data = root / "data"
+    added = hostd(
+        "user",
+        "add",
+        "fuzzer",
+        "--password-stdin",
+        "--data-dir",
+        str(data),
+        cwd=root,
+        stdin="correct horse battery\n",
+    )
+    assert added.returncode == 0, added.stderr
+    made = hostd("key", "create", "fuzzer", "--data-dir", str(data), cwd=root)
+    assert made.returncode == 0, made.stderr
+    sock, port = tornado.testing.bind_unused_port()
+    sock.close()
+    log = root / "server.log"
+    with log.open("wb") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "hostd", "serve", "--data-dir", str(data), "--port", str(port)],
+            cwd=root,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for_log(log, "listening on", server)
+        base_url = f"http://127.0.0.1:{port}"
+        status, answer = bearer_upload(base_url, made.stdout.strip(), STORED)
+        assert status == 200 and answer["hash"] == STORED_HASH, answer
+        # Not asyncio.run(): see conftest's note on loops.
+        loop = asyncio.new_event_loop()
+        database = loop.run_until_complete(Database.open(data / "hostd.sqlite3"))
+        try:
+            yield LiveServer(
+                base_url=base_url,
+                key=made.stdout.strip(),
+                config=Config(data_dir=data, cookie_secret="unused"),
+                log=log,
+                loop=loop,
+                database=database,
+            )
+        finally:
+            loop.run_until_complete(database.close())
+            loop.close()
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+# A file the live server holds from the start, so that half the generated hashes find a
+# file (answers 200, 206, 304, a thumbnail) rather than all of them a 404.
+STORED = png_of_one_colour(8, 8, tag="schemathesis")
+STORED_HASH = public_hash_candidates(hashlib.sha256(STORED).hexdigest())[0]
+
+# The document as the app builds it (test_the_document_is_served_as_json_and_revalidated
+# shows that it is what the server sends).
+schema = schemathesis.openapi.from_dict(
+    openapi.document(),
+    config=schemathesis.Config.from_dict(
+        {
+            "dictionaries": {"stored": {"values": [STORED_HASH]}},
+            "parameters": {"path.hash": {"dictionary": "stored", "probability": 0.5}},
+            "operations": [
+                {
+                    # In a multipart form every field is bytes: a "number" or an "object"
+                    # where the document says string arrives as text, often a valid one (a
+                    # file may be any bytes). Such requests are still sent, and must still
+                    # get no 5xx and leave nothing behind; they need not be refused.
+                    # A valid upload may also be over the instance's limits (413), which
+                    # the document cannot know.
+                    "include-operation-id": ["upload", "uploadForm"],
+                    "checks": {
+                        "negative_data_rejection": {"enabled": False},
+                        "positive_data_acceptance": {
+                            "expected-statuses": ["2xx", 401, 403, 413, 429]
+                        },
+                    },
+                },
+                {
+                    # A range past the end of the file is a 416, a right answer to a request
+                    # that only the file's size makes wrong.
+                    "include-operation-id": [
+                        verb + name
+                        for verb in ("download", "head")
+                        for name in ("Hash", "Extension", "Filename")
+                    ],
+                    "checks": {
+                        "positive_data_acceptance": {"expected-statuses": ["2xx", "3xx", 404, 416]}
+                    },
+                },
+                {
+                    # Pages for a signed-in user send a visitor without a session to the
+                    # sign-in page (302) rather than refusing them.
+                    "include-operation-id": ["myFiles", "confirmInvalidateKey"],
+                    "checks": {
+                        "negative_data_rejection": {
+                            "expected-statuses": [302, 400, 401, 403, 404, 422]
+                        }
+                    },
+                },
+            ],
+        }
+    ),
+)
+
+
+@schema.hook
+def filter_case(context: Any, case: Any) -> bool:
+    """An upload may ask for its expiry once (a field or a header, not both): a rule across
+    a header and the body, which OpenAPI cannot state."""
+    field = isinstance(case.body, dict) and case.body.get("expires")
+    return not (field and case.headers and case.headers.get("Expires"))
+
+
+def needs_key(operation: Any) -> bool:
+    return any("apiKey" in way for way in operation.definition.raw.get("security", []))
+
+
+@schema.parametrize()
+@hypothesis.settings(
+    max_examples=MAX_EXAMPLES,
+    deadline=None,
+    suppress_health_check=list(hypothesis.HealthCheck),
+    derandomize=True,
+    database=None,
+)
+def test_the_live_server_answers_as_documented(case, live):
+    """Any 5xx, any answer the document does not allow, or anything stored by a request that
+    was refused fails."""
+    before = live.leftovers()
+
+    headers = {"Authorization": f"Bearer {live.key}"} if needs_key(case.operation) else {}
+
+    response = case.call_and_validate(base_url=live.base_url, headers=headers, timeout=10)
+
+    if 400 <= response.status_code < 500:
+        assert live.leftovers() == before, f"a {response.status_code} left something behind"
+
+
+def test_the_live_run_left_no_errors_and_no_unnamed_bytes(live):
+    """After the run above: no handler failed in the server's log, and the store holds no
+    bytes that no row names (gc would remove none), no row without its bytes, and no
+    half-written upload."""
+    found = hostd(
+        "gc",
+        "--dry-run",
+        "--grace",
+        "0",
+        "--json",
+        "--data-dir",
+        str(live.config.data_dir),
+        cwd=live.log.parent,
+    )
+
+    assert json.loads(found.stdout) == {
+        "dry_run": True,
+        "removed": [],
+        "young": 0,
+        "missing": [],
+    }, found.stderr
+    assert temp_files(live.config) == []
+    log = live.log.read_text()
+    assert " ERROR " not in log and "Traceback" not in log, log

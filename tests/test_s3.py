@@ -1,0 +1,393 @@
+"""What only the S3 store has to show, against a real SeaweedFS: bounded memory, nothing left
+behind, dedup, a clear stop at start, 503 while S3 is down, and redirect mode.
+
+(The whole upload, download and API suites also run on S3: see STORAGE_BACKENDS there.)"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+import socket
+from pathlib import Path
+
+import pytest
+import tornado.httpclient
+from helpers import (
+    hostd,
+    multipart_body,
+    png_of_one_colour,
+    start,
+    streamed_upload,
+    temp_files,
+    wait_for_line,
+)
+from seaweed import SeaweedFS
+from test_upload import many_clients_one_address
+
+from hostd import s3, uploads
+from hostd.db import Database
+from hostd.storage import LocalBlobStore, store_from
+
+STORAGE_BACKENDS = ("s3",)
+MiB = 1024 * 1024
+BIG = 3 * MiB  # past SINGLE_PUT_BYTES: a multipart upload to a temp key
+
+
+def toml_for(config, data_dir: Path, **s3_more: object) -> str:
+    """hostd.toml for a `hostd serve` on the test's bucket and prefix."""
+    fields = {
+        "endpoint": config.s3_endpoint,
+        "bucket": config.s3_bucket,
+        "prefix": config.s3_prefix,
+        "path_style": True,
+        **s3_more,
+    }
+    lines = [f"{key} = {json.dumps(value)}" for key, value in fields.items()]
+    return (
+        f'[storage]\ndata_dir = "{data_dir}"\nbackend = "s3"\n\n[storage.s3]\n'
+        + "\n".join(lines)
+        + "\n"
+    )
+
+
+async def upload(client, base_url, data: bytes, *, url: str = "/api/upload", name="f.bin"):
+    body, headers = multipart_body(files=[("file", name, data)])
+    return await client.fetch(
+        base_url + url, method="POST", body=body, headers=headers, raise_error=False
+    )
+
+
+def keys(config) -> list[str]:
+    from helpers import blob_files
+
+    return [str(key) for key in blob_files(config)]
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_big_upload_lands_under_its_sha256_and_leaves_no_temp_object(
+    http_client, base_url, config
+):
+    data = bytes(range(256)) * (BIG // 256) + b"tail"
+
+    response = await upload(http_client, base_url, data)
+
+    assert response.code == 200
+    sha = hashlib.sha256(data).hexdigest()
+    assert keys(config) == [f"{config.s3_prefix}{sha}"]
+    assert temp_files(config) == []
+    got = await http_client.fetch(f"{base_url}/{json.loads(response.body)['hash']}")
+    assert got.body == data
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_client_vanishing_mid_upload_leaves_no_object_and_no_multipart_upload(
+    http_server, http_port, config
+):
+    start_of_body = (
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.bin"\r\n\r\n'
+        + b"x" * (2 * MiB)
+    )
+    head = (
+        "POST /api/upload HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        "Content-Type: multipart/form-data; boundary=b\r\n"
+        f"Content-Length: {len(start_of_body) + 5 * MiB}\r\n\r\n"
+    ).encode()
+    _, writer = await asyncio.open_connection("127.0.0.1", http_port)
+    writer.write(head + start_of_body)
+    await writer.drain()
+    for _ in range(200):  # until the multipart upload has begun
+        if temp_files(config):
+            break
+        await asyncio.sleep(0.05)
+    assert temp_files(config), "the multipart upload never started"
+
+    writer.close()
+    for _ in range(200):
+        if not temp_files(config):
+            break
+        await asyncio.sleep(0.05)
+
+    assert temp_files(config) == []  # no temp object, no incomplete multipart upload
+    assert keys(config) == []
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_fifty_concurrent_uploads_of_the_same_bytes_leave_one_object(
+    http_client, base_url, config, app
+):
+    many_clients_one_address(app)
+    data = b"same bytes " * (BIG // 11)
+
+    answers = await asyncio.gather(*(upload(http_client, base_url, data) for _ in range(50)))
+
+    assert {response.code for response in answers} == {200}
+    assert len({json.loads(response.body)["hash"] for response in answers}) == 1
+    assert keys(config) == [f"{config.s3_prefix}{hashlib.sha256(data).hexdigest()}"]
+    assert temp_files(config) == []
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_redirect_mode_sends_an_image_to_a_presigned_url_and_streams_html(
+    http_client, base_url, app, config
+):
+    app.settings["hostd_config"] = dataclasses.replace(config, s3_redirect=True)
+    app.settings["hostd_store"].settings = dataclasses.replace(
+        app.settings["hostd_store"].settings, redirect=True
+    )
+    png = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
+    image = json.loads((await upload(http_client, base_url, png, name="a.png")).body)["hash"]
+    page = json.loads((await upload(http_client, base_url, b"<html>hi</html>")).body)["hash"]
+
+    moved = await http_client.fetch(
+        f"{base_url}/{image}/a.png", follow_redirects=False, raise_error=False
+    )
+    html = await http_client.fetch(f"{base_url}/{page}.html", follow_redirects=False)
+
+    assert moved.code == 302
+    location = moved.headers["Location"]
+    assert location.startswith(config.s3_endpoint) and "X-Amz-Signature=" in location
+    assert moved.headers["Cache-Control"] == "no-cache"
+    fetched = await http_client.fetch(location)
+    assert fetched.body == png
+    assert fetched.headers["Content-Type"] == "image/png"
+    assert fetched.headers["Content-Disposition"] == 'inline; filename="a.png"'
+    assert html.code == 200 and html.body == b"<html>hi</html>"
+    assert "sandbox" in html.headers["Content-Security-Policy"]
+
+
+def test_a_wrong_secret_key_stops_the_start_with_one_clear_line(
+    tmp_path, config, free_port, monkeypatch
+):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    (tmp_path / "hostd.toml").write_text(toml_for(config, tmp_path / "d"))
+
+    done = hostd("serve", "--config", "hostd.toml", "--port", str(free_port), cwd=tmp_path)
+
+    assert done.returncode == 1
+    assert "hostd: cannot start: S3 refused the credentials for bucket" in done.stderr
+    assert "check the access key and the secret key" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_missing_bucket_stops_the_start_with_one_clear_line(tmp_path, config, free_port):
+    config = dataclasses.replace(config, s3_bucket="no-such-bucket")
+    (tmp_path / "hostd.toml").write_text(toml_for(config, tmp_path / "d"))
+
+    done = hostd("serve", "--config", "hostd.toml", "--port", str(free_port), cwd=tmp_path)
+
+    assert done.returncode == 1
+    assert "hostd: cannot start: S3 bucket 'no-such-bucket' at" in done.stderr
+    assert "does not exist (create it first)" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_an_unreachable_endpoint_stops_the_start_with_one_clear_line(tmp_path, config, free_port):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        nobody = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    config = dataclasses.replace(config, s3_endpoint=nobody)
+    (tmp_path / "hostd.toml").write_text(toml_for(config, tmp_path / "d"))
+
+    done = hostd("serve", "--config", "hostd.toml", "--port", str(free_port), cwd=tmp_path)
+
+    assert done.returncode == 1
+    assert "hostd: cannot start: cannot reach the S3 endpoint for bucket" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def peak_rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_a_1_gib_streamed_upload_keeps_hostds_rss_under_100_mib(tmp_path, config, free_port):
+    limits = "\n[limits]\nmax_upload_bytes = 2147483648\n"
+    (tmp_path / "hostd.toml").write_text(toml_for(config, tmp_path / "d") + limits)
+    server = start(["serve", "--config", "hostd.toml", "--port", str(free_port)], tmp_path)
+    try:
+        wait_for_line(server, "listening on", timeout=30)
+        size = 1024 * MiB
+        producer, headers, digest = streamed_upload(size)
+
+        async def send() -> tornado.httpclient.HTTPResponse:
+            client = tornado.httpclient.AsyncHTTPClient(force_instance=True)
+            try:
+                return await client.fetch(
+                    f"http://127.0.0.1:{free_port}/api/upload",
+                    method="POST",
+                    headers=headers,
+                    body_producer=producer,
+                    request_timeout=600,
+                )
+            finally:
+                client.close()
+
+        response = asyncio.run(send())
+        peak = peak_rss_bytes(server.pid)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        assert server.stdout is not None
+        server.stdout.close()
+    assert json.loads(response.body)["status"] is True
+    assert keys(config) == [f"{config.s3_prefix}{digest.hex()}"]
+    assert peak < 100 * MiB, f"hostd's peak RSS was {peak / MiB:.1f} MiB"
+
+
+# -- S3 down in the middle of a run: a weed of the test's own -----------------------------
+
+
+@pytest.fixture
+def own_weed(tmp_path: Path) -> SeaweedFS:
+    weed = SeaweedFS(tmp_path / "weed")
+    try:
+        weed.start()
+        weed.create_bucket("down-and-up")
+        yield weed
+    finally:
+        weed.stop()
+
+
+@pytest.fixture
+def config_on_own_weed(config, own_weed):
+    return dataclasses.replace(config, s3_endpoint=own_weed.endpoint, s3_bucket="down-and-up")
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_s3_down_gives_503_in_each_endpoints_format_and_then_works_again(
+    http_client, base_url, app, config_on_own_weed, own_weed
+):
+    store = store_from(config_on_own_weed)
+    app.settings["hostd_store"] = store
+    kept = json.loads((await upload(http_client, base_url, b"kept")).body)["hash"]
+    doomed = json.loads((await upload(http_client, base_url, b"doomed")).body)
+    image = json.loads((await upload(http_client, base_url, png_of_one_colour(8, 8))).body)
+
+    own_weed.stop()
+    as_json = await upload(http_client, base_url, b"a" * BIG)
+    as_text = await upload(http_client, base_url, b"small", url="/upload?api=1")
+    page = await http_client.fetch(f"{base_url}/{kept}", raise_error=False)
+    etag = f'"{hashlib.sha256(b"kept").hexdigest()}"'
+    revalidated = await http_client.fetch(
+        f"{base_url}/{kept}", headers={"If-None-Match": etag}, raise_error=False
+    )
+
+    assert as_json.code == 503
+    assert json.loads(as_json.body) == {
+        "status": False,
+        "error": "the file storage cannot be reached; the file was not stored, retry soon",
+    }
+    assert as_text.code == 503 and as_text.body.startswith(b"ERROR the file storage cannot")
+    assert page.code == 503 and b"The file storage cannot be reached" in page.body
+    assert page.headers["Content-Type"].startswith("text/html")
+    assert revalidated.code == 304  # answered without asking S3
+    thumbnail = await http_client.fetch(
+        f"{base_url}/thumbs/{image['hash']}.webp", raise_error=False
+    )
+    assert thumbnail.code == 503 and "Retry-After" in thumbnail.headers  # "later"
+    deleted = await http_client.fetch(
+        doomed["delete_url"], method="POST", body=b"", raise_error=False
+    )
+    assert deleted.code == 200  # the deletion stands; gc removes the bytes later
+    health = await http_client.fetch(f"{base_url}/healthz", raise_error=False)
+    assert health.code == 503 and health.body == b"storage: failed (StoreUnavailable)\n"
+
+    own_weed.start()
+    again = await upload(http_client, base_url, b"b" * BIG)
+    assert again.code == 200
+    assert (await http_client.fetch(f"{base_url}/healthz")).body == b"ok\n"
+    assert (await http_client.fetch(f"{base_url}/{kept}")).body == b"kept"
+    store.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_stale_temp_objects_and_multipart_uploads_are_removed(store, config, monkeypatch):
+    writer = store.writer()
+    writer.write(b"x" * (2 * s3.SINGLE_PUT_BYTES))
+    waiting = writer.backpressure()  # the multipart upload begins, as a crash would leave it
+    if asyncio.iscoroutine(waiting):
+        waiting.close()
+    for _ in range(200):
+        if temp_files(config):
+            break
+        await asyncio.sleep(0.05)
+    assert temp_files(config)
+    monkeypatch.setattr(s3, "STALE_SECONDS", 0.0)  # every leftover is old now
+
+    removed = await store.remove_stale_temp_files()
+
+    assert removed >= 1
+    assert temp_files(config) == []
+    gone = writer.abort()
+    if gone is not None:
+        await gone
+
+
+# -- hostd storage migrate ------------------------------------------------------------------
+
+
+async def store_locally(data_dir: Path, files: list[bytes]) -> None:
+    """Uploads recorded in a local store, as `hostd serve` makes them by default."""
+    database = await Database.open(data_dir / "hostd.sqlite3")
+    store = LocalBlobStore(data_dir / "blobs")
+    try:
+        for data in files:
+            writer = store.writer()
+            writer.write(data)
+            written = await writer.commit()
+            await uploads.register(
+                database,
+                store,
+                written,
+                content_type="application/octet-stream",
+                original_name="f.bin",
+                user_id=None,
+                api_key_id=None,
+            )
+    finally:
+        store.close()
+        await database.close()
+
+
+def test_migrate_to_s3_copies_and_verifies_every_file_switches_nothing_and_resumes(
+    tmp_path, config, io_loop
+):
+    files = [b"one", b"two" * 1000, bytes(range(256)) * (BIG // 256)]
+    (tmp_path / "d").mkdir()
+    io_loop.run_sync(lambda: store_locally(tmp_path / "d", files))
+    toml = toml_for(config, tmp_path / "d").replace('backend = "s3"', 'backend = "local"')
+    (tmp_path / "hostd.toml").write_text(toml)
+    shas = sorted(hashlib.sha256(data).hexdigest() for data in files)
+
+    first = hostd("storage", "migrate", "--to", "s3", "--config", "hostd.toml", cwd=tmp_path)
+
+    assert first.returncode == 0, first.stderr
+    assert first.stderr.count("copied") == 4  # three progress lines and the summary
+    assert "[3/3]" in first.stderr and "verified" in first.stderr
+    assert "3 file(s) copied to s3" in first.stderr
+    assert 'set storage.backend = "s3" in hostd.toml' in first.stderr
+    assert keys(config) == [f"{config.s3_prefix}{sha}" for sha in shas]
+    assert (tmp_path / "hostd.toml").read_text() == toml  # nothing switched
+    assert len([p for p in (tmp_path / "d" / "blobs").rglob("*") if p.is_file()]) == 3
+
+    again = hostd("storage", "migrate", "--to", "s3", "--config", "hostd.toml", cwd=tmp_path)
+
+    assert again.returncode == 0, again.stderr
+    assert "0 file(s) copied to s3" in again.stderr and "3 already there" in again.stderr
+
+    back = tmp_path / "back"
+    back.mkdir()
+    (tmp_path / "d" / "hostd.sqlite3").rename(tmp_path / "back.sqlite3")
+    (tmp_path / "hostd.toml").write_text(toml.replace(str(tmp_path / "d"), str(back)))
+    (tmp_path / "back.sqlite3").rename(back / "hostd.sqlite3")
+
+    home = hostd("storage", "migrate", "--to", "local", "--config", "hostd.toml", cwd=tmp_path)
+
+    assert home.returncode == 0, home.stderr
+    assert "3 file(s) copied to local" in home.stderr
+    stored = sorted(p.name for p in (back / "blobs").rglob("*") if p.is_file())
+    assert stored == shas
