@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from helpers import hostd, multipart_body, start
+from helpers import hostd, multipart_body, partial_files, start
 from tornado.simple_httpclient import HTTPStreamClosedError
 from tusclient import client as tus_client
 from tusclient.exceptions import TusCommunicationError
@@ -91,10 +91,6 @@ async def new_key(db, auth, user) -> str:
         db, user_id=user.id, key_id=minted.key_id, secret_hash=minted.secret_hash, label="t"
     )
     return minted.token
-
-
-def partial_files(config) -> list[str]:
-    return sorted(p.name for p in (config.data_dir / "partials").iterdir())
 
 
 # -- the protocol, in this process --------------------------------------------------------
