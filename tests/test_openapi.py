@@ -30,7 +30,7 @@ from helpers import (
 )
 
 from hostd import db as queries
-from hostd import openapi
+from hostd import openapi, resumable
 from hostd.config import Config
 from hostd.db import Database
 from hostd.formdata import MAX_FILENAME_BYTES
@@ -230,6 +230,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
         # Not asyncio.run(): see conftest's note on loops.
         loop = asyncio.new_event_loop()
         database = loop.run_until_complete(Database.open(data / "hostd.sqlite3"))
+        loop.run_until_complete(begin_unfinished(database, data))
         try:
             yield LiveServer(
                 base_url=base_url,
@@ -252,14 +253,47 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
 STORED = png_of_one_colour(8, 8, tag="schemathesis")
 STORED_HASH = public_hash_candidates(hashlib.sha256(STORED).hexdigest())[0]
 
+# An unfinished anonymous tus upload the live server holds from the start (its URL is its
+# only key), so that half the generated ids find an upload to ask about, add to, or drop.
+UNFINISHED_ID = "schemathesis-unfinished-tus-0001"
+UNFINISHED_BYTES = 4096
+
+
+async def begin_unfinished(database: Database, data: Path) -> None:
+    """As a creation by POST /api/tus/ records it (the server mints ids; this one is known
+    when the document's examples are set up, at import)."""
+    now = int(time.time())
+    await queries.insert_resumable(
+        database,
+        id=UNFINISHED_ID,
+        user_id=None,
+        api_key_id=None,
+        address="127.0.0.1",
+        length_bytes=UNFINISHED_BYTES,
+        metadata="",
+        filename="unfinished.bin",
+        expires="",
+        created_at=now,
+        expires_at=now + 3600,
+        most=1,
+    )
+    await resumable.Partials(data / "partials").create(UNFINISHED_ID)
+
+
 # The document as the app builds it (test_the_document_is_served_as_json_and_revalidated
 # shows that it is what the server sends).
 schema = schemathesis.openapi.from_dict(
     openapi.document(),
     config=schemathesis.Config.from_dict(
         {
-            "dictionaries": {"stored": {"values": [STORED_HASH]}},
-            "parameters": {"path.hash": {"dictionary": "stored", "probability": 0.5}},
+            "dictionaries": {
+                "stored": {"values": [STORED_HASH]},
+                "unfinished": {"values": [UNFINISHED_ID]},
+            },
+            "parameters": {
+                "path.hash": {"dictionary": "stored", "probability": 0.5},
+                "path.id": {"dictionary": "unfinished", "probability": 0.5},
+            },
             "operations": [
                 {
                     # In a multipart form every field is bytes: a "number" or an "object"
