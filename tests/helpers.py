@@ -101,6 +101,12 @@ def temp_files(config: Config) -> list[str]:
     ]
 
 
+def partial_files(config: Config) -> list[str]:
+    """The unfinished tus uploads' files (data_dir/partials), whatever the blob store."""
+    partials = config.data_dir / "partials"
+    return sorted(p.name for p in partials.iterdir()) if partials.is_dir() else []
+
+
 def blob_files(config: Config) -> list[Path] | list[str]:
     """The blobs in the store: files, or with S3 the keys under the prefix (but tmp/)."""
     if config.backend == "s3":
