@@ -823,9 +823,16 @@ PUT_UPLOAD_PATHS: Json = {
             "parameters": [
                 path_parameter(
                     "filename",
-                    {"type": "string", "minLength": 1},
+                    {
+                        "type": "string",
+                        "minLength": 1,
+                        "maxLength": 255,
+                        "pattern": "^[^\\x00-\\x1f\\x7f-\\x9f/\\\\]+$",
+                    },
                     "image.png",
-                    "The file's name, checked as a form's filename is.",
+                    "The file's name, checked as a form's filename is: at most 255 bytes of"
+                    " UTF-8, no '/' or '\\', no control or format characters, not '.' or '..'"
+                    " (else a 400).",
                 ),
                 EXPIRES_HEADER_PARAMETER,
             ],

@@ -26,6 +26,7 @@ from hostd import db as queries
 from hostd import openapi
 from hostd.config import Config
 from hostd.db import Database
+from hostd.formdata import UploadError, clean_filename
 from hostd.handlers.base import implemented_methods
 from hostd.hashes import public_hash_candidates
 
@@ -250,11 +251,12 @@ schema = schemathesis.openapi.from_dict(
                 {
                     # In a multipart form every field is bytes: a "number" or an "object"
                     # where the document says string arrives as text, often a valid one (a
-                    # file may be any bytes). Such requests are still sent, and must still
+                    # file may be any bytes); so does a PUT's raw body (`""`, JSON's empty
+                    # string, is a 2-byte file). Such requests are still sent, and must still
                     # get no 5xx and leave nothing behind; they need not be refused.
                     # A valid upload may also be over the instance's limits (413), which
                     # the document cannot know.
-                    "include-operation-id": ["upload", "uploadForm"],
+                    "include-operation-id": ["upload", "uploadForm", "uploadPut"],
                     "checks": {
                         "negative_data_rejection": {"enabled": False},
                         "positive_data_acceptance": {
@@ -292,10 +294,19 @@ schema = schemathesis.openapi.from_dict(
 
 @schema.hook
 def filter_case(context: Any, case: Any) -> bool:
-    """An upload may ask for its expiry once (a field or a header, not both): a rule across
-    a header and the body, which OpenAPI cannot state."""
+    """Rules OpenAPI cannot state: an upload may ask for its expiry once (a field or a
+    header, not both); a PUT's filename is checked as a form's is (Unicode categories, bytes
+    of UTF-8), which its description says."""
     field = isinstance(case.body, dict) and case.body.get("expires")
-    return not (field and case.headers and case.headers.get("Expires"))
+    if field and case.headers and case.headers.get("Expires"):
+        return False
+    name = (case.path_parameters or {}).get("filename")
+    if case.operation.definition.raw.get("operationId") == "uploadPut" and name is not None:
+        try:
+            clean_filename(str(name).encode().decode("latin-1"))
+        except UploadError:
+            return False
+    return True
 
 
 def needs_key(operation: Any) -> bool:
