@@ -135,7 +135,7 @@ async def open_parts(config: Config) -> tuple[Config, Database, BlobStore]:
     removed = await store.remove_stale_temp_files()
     if removed:
         log.info("removed %d half-written upload(s) left by an earlier run", removed)
-    db = await Database.open(config.db_path)
+    db = await Database.open_config(config)
     return config, db, store
 
 

@@ -240,7 +240,7 @@ def admin(command: AdminCommand) -> Callable[[argparse.Namespace], int]:
 
         async def main() -> None:
             config.data_dir.mkdir(parents=True, exist_ok=True)
-            database = await Database.open(config.db_path)
+            database = await Database.open_config(config)
             auth = Auth()
             try:
                 await command(args, config, database, auth)

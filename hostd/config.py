@@ -61,6 +61,9 @@ class Config:
     max_hours: int | None = None
     hours_by_size: tuple[tuple[int, int], ...] = ()
     cookie_secret: str | None = field(default=None, repr=False)
+    # [database] url and password_file (see PREFIXED_SECTIONS): None is the data dir's SQLite.
+    database_url: str | None = None
+    database_password_file: Path | None = None
     templates_dir: Path = field(default_factory=lambda: _shipped("templates"))
     static_dir: Path = field(default_factory=lambda: _shipped("static"))
     debug: bool = False
@@ -68,6 +71,17 @@ class Config:
     @property
     def db_path(self) -> Path:
         return self.data_dir / "hostd.sqlite3"
+
+    @property
+    def database(self) -> str | Path:
+        """Where the database is: database.url, or the data dir's SQLite file."""
+        return self.database_url or self.db_path
+
+    def database_password(self) -> str | None:
+        """database.password_file's first line (None: PGPASSWORD or ~/.pgpass apply)."""
+        if self.database_password_file is None:
+            return None
+        return self.database_password_file.read_text(encoding="utf-8").splitlines()[0]
 
     @property
     def blobs_dir(self) -> Path:
@@ -98,7 +112,10 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     ),
     "accounts": ("registration", "max_keys", "registrations_per_hour", "quota_bytes"),
     "retention": ("anonymous_hours", "account_hours", "max_hours", "hours_by_size"),
+    "database": ("database_url", "database_password_file"),
 }
+# Sections whose keys name fields with the section as a prefix: [database] url is database_url.
+PREFIXED_SECTIONS = ("database",)
 CHOICES: dict[str, tuple[str, ...]] = {"registration": ("open", "closed")}
 # nginx's internal location for X-Accel-Redirect: a URI prefix that needs no escaping.
 ACCEL_PREFIX = re.compile(r"/(?:(?!\.\.?/)[A-Za-z0-9._~-]+/)+")
@@ -132,16 +149,19 @@ def _flatten(raw: dict[str, Any], origin: str) -> dict[str, Any]:
             raise ConfigError(f"{origin}: unknown section [{section}] (known: {known})")
         if not isinstance(table, dict):
             raise ConfigError(f"{origin}: {section} must be a table, like [{section}]")
+        prefix = f"{section}_" if section in PREFIXED_SECTIONS else ""
         for key, value in table.items():
-            if key not in SECTIONS[section]:
-                known = ", ".join(SECTIONS[section])
+            if prefix + key not in SECTIONS[section]:
+                known = ", ".join(name.removeprefix(prefix) for name in SECTIONS[section])
                 raise ConfigError(f"{origin}: unknown key {section}.{key} (known: {known})")
-            values[key] = value
+            values[prefix + key] = value
     return values
 
 
 def _qualified(name: str) -> str:
     section = next(s for s, keys in SECTIONS.items() if name in keys)
+    if section in PREFIXED_SECTIONS:
+        name = name.removeprefix(f"{section}_")
     return f"{section}.{name}"
 
 
@@ -179,6 +199,12 @@ def _build(values: dict[str, Any], origin: str) -> Config:
         raise ConfigError(
             f"{origin}: server.accel_redirect must be a path that starts and ends with /, "
             f'like "/_hostd_blobs/", not {config.accel_redirect!r}'
+        )
+    url = config.database_url
+    if url is not None and not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+        raise ConfigError(
+            f"{origin}: database.url must be sqlite:///path or postgresql://user@host:port/name,"
+            f" not {url!r}"
         )
     if config.public_url is not None:
         if not config.public_url.startswith(("http://", "https://")):

@@ -4,18 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import sqlite3
-import threading
 
 import pytest
+from helpers import hold_writer
 
 from hostd import db as queries
 from hostd.db import Database, latest_version
 from hostd.hashes import public_hash_candidates
 
 
-def schema(conn):
-    return conn.execute("SELECT sql FROM sqlite_master ORDER BY name").fetchall()
+async def schema(tx):
+    if tx.dialect == "sqlite":
+        rows = await tx.fetchall("SELECT sql FROM sqlite_master ORDER BY name")
+    else:
+        rows = await tx.fetchall(
+            """
+            SELECT table_name, column_name, data_type FROM information_schema.columns
+            WHERE table_schema = 'public' ORDER BY table_name, column_name
+            """
+        )
+        rows += await tx.fetchall(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY 1"
+        )
+    return [tuple(row) for row in rows]
 
 
 @pytest.mark.gen_test
@@ -39,7 +50,7 @@ async def test_reopening_keeps_the_data(db, config):
         db, sha256="a" * 64, size_bytes=1, content_type="text/plain", original_name="a"
     )
 
-    again = await Database.open(config.db_path)
+    again = await Database.open_config(config)
     try:
         assert await queries.get_blob_by_sha256(again, "a" * 64) is not None
     finally:
@@ -48,9 +59,9 @@ async def test_reopening_keeps_the_data(db, config):
 
 @pytest.mark.gen_test
 async def test_pragmas_are_set_on_both_connections(db):
-    def pragmas(conn):
+    async def pragmas(tx):
         return [
-            conn.execute(f"PRAGMA {name}").fetchone()[0]
+            await tx.fetchval(f"PRAGMA {name}")
             for name in ("journal_mode", "foreign_keys", "busy_timeout", "synchronous")
         ]
 
@@ -65,8 +76,8 @@ def insert_blob(sha256: str, hash: str):
     """A unit of work that adds a bare blob row (a raw row, as no upload can make one
     with a chosen public hash)."""
 
-    def work(conn):
-        conn.execute(
+    async def work(tx):
+        await tx.execute(
             "INSERT INTO blobs (sha256, hash, size_bytes, content_type, created_at)"
             " VALUES (?, ?, 1, 'text/plain', 0)",
             (sha256, hash),
@@ -103,8 +114,8 @@ async def test_a_lone_write_is_committed_at_once(db):
 
 @pytest.mark.gen_test
 async def test_a_failing_unit_fails_only_its_own_caller(db):
-    def boom(conn):
-        conn.execute(
+    async def boom(tx):
+        await tx.execute(
             "INSERT INTO blobs (sha256, hash, size_bytes, content_type, created_at)"
             " VALUES (?, 'doomeddoomed', 1, 'text/plain', 0)",
             ("d" * 64,),
@@ -121,7 +132,7 @@ async def test_a_failing_unit_fails_only_its_own_caller(db):
 
     assert results[0] == "firstfirst12" and results[2] == "secondsecond"
     assert isinstance(results[1], RuntimeError)
-    assert isinstance(results[3], sqlite3.IntegrityError)
+    assert queries.conflicts(results[3], "blobs", "sha256")
     assert await queries.get_blob(db, "doomeddoomed") is None  # its own changes rolled back
     assert await queries.get_blob(db, "firstfirst12") is not None
     assert await queries.get_blob(db, "secondsecond") is not None
@@ -129,31 +140,23 @@ async def test_a_failing_unit_fails_only_its_own_caller(db):
 
 @pytest.mark.gen_test
 async def test_a_write_cancelled_before_its_turn_never_runs(db):
-    slow_started = threading.Event()
-    release = threading.Event()
-
-    def slow(conn):
-        slow_started.set()
-        release.wait(5)
-
-    first = asyncio.ensure_future(db.write(slow))
-    await asyncio.to_thread(slow_started.wait, 5)  # the writer's thread is busy with it
+    release, first = await hold_writer(db)  # the writer is busy with it
     waiting = asyncio.ensure_future(db.write(insert_blob("c" * 64, "cancelledxxx")))
     await asyncio.sleep(0)
     waiting.cancel()
-    release.set()
+    release()
     await first
 
     with pytest.raises(asyncio.CancelledError):
         await waiting
-    await db.write(lambda conn: None)  # the writer has gone round once more
+    await db.write(insert_blob("f" * 64, "once_more123"))  # the writer has gone round again
     assert await queries.get_blob(db, "cancelledxxx") is None
 
 
 @pytest.mark.gen_test
 async def test_closing_finishes_what_is_queued(config):
     config.data_dir.mkdir(parents=True)
-    database = await Database.open(config.db_path)
+    database = await Database.open_config(config)
     writes = [
         asyncio.ensure_future(database.write(insert_blob(f"{i:064x}", f"queued{i:06d}")))
         for i in range(20)
@@ -163,7 +166,7 @@ async def test_closing_finishes_what_is_queued(config):
     await database.close()
 
     assert all(w.done() and not w.exception() for w in writes)
-    again = await Database.open(config.db_path)
+    again = await Database.open_config(config)
     try:
         assert await queries.get_blob(again, "queued000019") is not None
     finally:
@@ -172,8 +175,8 @@ async def test_closing_finishes_what_is_queued(config):
 
 @pytest.mark.gen_test
 async def test_a_failed_unit_rolls_back_its_own_changes(db):
-    def half_then_fail(conn):
-        conn.execute(
+    async def half_then_fail(tx):
+        await tx.execute(
             "INSERT INTO blobs (sha256, hash, size_bytes, content_type, created_at)"
             " VALUES (?, 'abcdefghijkl', 1, 'text/plain', 0)",
             ("b" * 64,),

@@ -1,6 +1,7 @@
 """The database: every SQL statement hostd runs, as plain async functions of a Database.
 
-core.py holds the Database (connections, the batching writer, migrations); blobs.py the
+core.py holds the Database (the Tx that units of work use, the batching writer,
+migrations), sqlite.py and postgres.py the two dialects' connections; blobs.py the
 files' rows; accounts.py users, sessions and API keys; moderation.py bans, disabled and
 removed accounts; stats.py the figures of `hostd stats`; quotas.py storage quotas; expiry.py
 expired uploads; deletion.py deletion links. Callers import this package only.
@@ -45,7 +46,20 @@ from hostd.db.blobs import (
     register_upload,
     take_down,
 )
-from hostd.db.core import Database, is_full, latest_version, now, schema_version
+from hostd.db.core import (
+    POSTGRESQL,
+    SQLITE,
+    Database,
+    Row,
+    Tx,
+    Unsupported,
+    conflicts,
+    is_full,
+    is_integrity_error,
+    latest_version,
+    now,
+    schema_version,
+)
 from hostd.db.deletion import (
     DeleteLink,
     delete_by_link,
@@ -68,6 +82,13 @@ from hostd.db.quotas import OverQuota, set_quota
 from hostd.db.stats import Stats, Uploader, get_stats
 
 __all__ = [
+    "POSTGRESQL",
+    "SQLITE",
+    "Row",
+    "Tx",
+    "Unsupported",
+    "conflicts",
+    "is_integrity_error",
     "AlreadyBanned",
     "ApiKey",
     "Ban",
