@@ -22,6 +22,7 @@ import pytest
 import tornado.httpclient
 import tornado.testing
 import tornado.web
+from pgserver import PostgresServer, find_bin_dir
 
 from hostd import db as queries
 from hostd.accesslog import AccessLog
@@ -44,24 +45,85 @@ def _no_implicit_event_loop() -> None:
     asyncio.set_event_loop(None)
 
 
+# -- the database: SQLite and PostgreSQL -------------------------------------------------
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every test that uses the database (the `db` or `app` fixture) runs on SQLite and on
+    PostgreSQL, except those marked sqlite_only (they look at SQLite's file itself)."""
+    if "database_kind" in metafunc.fixturenames:
+        only = metafunc.definition.get_closest_marker("sqlite_only") is not None
+        kinds = ["sqlite"] if only else ["sqlite", "postgresql"]
+        metafunc.parametrize("database_kind", kinds, indirect=True)
+
+
 @pytest.fixture
-def config(request: pytest.FixtureRequest, tmp_path: Path) -> Config:
+def database_kind(request: pytest.FixtureRequest) -> str:
+    kind: str = request.param
+    return kind
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One PostgreSQL server for the session, with a migrated template database. Missing
+    PostgreSQL fails the tests under CI=true or HOSTD_REQUIRE_BROWSER=1; else skips them."""
+    bin_dir = find_bin_dir()
+    if bin_dir is None:
+        reason = "POSTGRESQL TESTS NOT RUN: no pg_ctl (apt-get install postgresql)"
+        if os.environ.get("CI") == "true" or os.environ.get("HOSTD_REQUIRE_BROWSER") == "1":
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    server = PostgresServer(bin_dir)
+    try:
+        server.start()
+        server.make_template()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def database_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """None on SQLite (the data dir's file); on PostgreSQL, a fresh migrated database."""
+    if "database_kind" not in request.fixturenames:
+        yield None
+        return
+    if request.getfixturevalue("database_kind") != "postgresql":
+        yield None
+        return
+    server: PostgresServer = request.getfixturevalue("postgres")
+    url = server.new_database()
+    yield url
+    server.give_back(url)
+
+
+@pytest.fixture
+def config(request: pytest.FixtureRequest, tmp_path: Path, database_url: str | None) -> Config:
     # A test that asks for small_disk gets its data dir on that tmpfs.
     root = (
         request.getfixturevalue("small_disk").path
         if "small_disk" in request.fixturenames
         else tmp_path
     )
+    if database_url is not None:
+        # The admin commands the tests run (helpers.hostd, cwd=tmp_path) read hostd.toml
+        # from their working directory, as an admin's do: there they find the database.
+        (tmp_path / "hostd.toml").write_text(f'[database]\nurl = "{database_url}"\n')
     return Config(
-        data_dir=root / "data", max_upload_bytes=8 * 1024 * 1024, cookie_secret="test-secret"
+        data_dir=root / "data",
+        max_upload_bytes=8 * 1024 * 1024,
+        cookie_secret="test-secret",
+        database_url=database_url,
     )
 
 
 @pytest.fixture
-def parts(config: Config, io_loop: Any) -> Iterator[tuple[Database, LocalBlobStore]]:
+def parts(
+    config: Config, io_loop: Any, database_kind: str
+) -> Iterator[tuple[Database, LocalBlobStore]]:
     config.data_dir.mkdir(parents=True, exist_ok=True)
     store = LocalBlobStore(config.blobs_dir)
-    db = io_loop.run_sync(lambda: Database.open(config.db_path))
+    db = io_loop.run_sync(lambda: Database.open_config(config))
     yield db, store
     io_loop.run_sync(db.close)
     store.close()

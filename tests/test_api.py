@@ -129,6 +129,7 @@ async def test_a_new_key_is_shown_only_to_its_owner(http_client, base_url, login
     assert KEY.search(as_alice.body.decode())  # bob's try did not use up alice's view
 
 
+@pytest.mark.sqlite_only  # reads SQLite's own files
 @pytest.mark.gen_test
 async def test_a_key_is_shown_once_and_stored_only_as_argon2(
     http_client, base_url, login, db, config

@@ -10,6 +10,8 @@ from helpers import hold_writer
 
 from hostd import db as queries
 from hostd.db import Database, latest_version
+from hostd.db.core import POSTGRESQL, SQLITE, migrations
+from hostd.db.postgres import dollar_placeholders
 from hostd.hashes import public_hash_candidates
 
 
@@ -57,6 +59,7 @@ async def test_reopening_keeps_the_data(db, config):
         await again.close()
 
 
+@pytest.mark.sqlite_only
 @pytest.mark.gen_test
 async def test_pragmas_are_set_on_both_connections(db):
     async def pragmas(tx):
@@ -154,7 +157,7 @@ async def test_a_write_cancelled_before_its_turn_never_runs(db):
 
 
 @pytest.mark.gen_test
-async def test_closing_finishes_what_is_queued(config):
+async def test_closing_finishes_what_is_queued(config, database_kind):
     config.data_dir.mkdir(parents=True)
     database = await Database.open_config(config)
     writes = [
@@ -246,3 +249,47 @@ async def test_all_lengths_taken_is_an_error_not_a_wrong_file(db):
         await queries.register_upload(
             db, sha256=sha, size_bytes=1, content_type="text/plain", original_name="n"
         )
+
+
+# -- the two dialects ------------------------------------------------------------------
+
+
+def test_both_dialects_have_the_same_migrations():
+    sqlite = [number for number, _ in migrations(SQLITE)]
+    postgresql = [number for number, _ in migrations(POSTGRESQL)]
+
+    assert sqlite == postgresql, "each SQLite migration needs its PostgreSQL twin"
+
+
+def test_question_marks_become_numbered_parameters_outside_quotes():
+    sql = "SELECT '?', \"a?\" FROM t WHERE a = ? AND b IN (?, ?)"
+
+    assert dollar_placeholders(sql) == "SELECT '?', \"a?\" FROM t WHERE a = $1 AND b IN ($2, $3)"
+
+
+@pytest.mark.gen_test
+async def test_a_unit_that_suspends_on_sqlite_is_an_error_not_a_hang(db):
+    async def suspends(tx):
+        await asyncio.sleep(0)
+
+    if db.dialect == "sqlite":
+        with pytest.raises(RuntimeError, match="suspended"):
+            await db.write(suspends)
+    else:
+        assert await db.write(suspends) is None
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_instances_starting_together_migrate_once(postgres):
+    url = postgres.new_empty_database()
+
+    opened = await asyncio.gather(*(Database.open(url) for _ in range(3)))
+    try:
+        versions = [await database.read(queries.schema_version) for database in opened]
+        rows = await opened[0].read(lambda tx: tx.fetchval("SELECT count(*) FROM hostd_schema"))
+    finally:
+        for database in opened:
+            await database.close()
+
+    assert versions == [latest_version()] * 3
+    assert rows == len(migrations(POSTGRESQL))

@@ -1,0 +1,180 @@
+"""PostgreSQL through asyncpg: a bounded pool for reads, one connection for the writer.
+
+The SQL is the same text as SQLite's, with `?` placeholders rewritten to $1, $2, ... once
+per statement (asyncpg then prepares and caches it per connection). The writer's batch is
+the same algorithm as on SQLite (core.run_batch); its BEGIN, SAVEPOINT, RELEASE and COMMIT
+ride along with one another as one simple-protocol message, so that a batch costs two
+round trips more than its units' own statements, however many units it holds.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import asyncpg
+
+from hostd.db.core import POSTGRESQL, Row, Unsupported, Work, migrations, now, run_batch
+
+T = TypeVar("T")
+
+READ_POOL_SIZE = 8
+# pg_advisory_lock's key while migrating: instances that start together take turns.
+MIGRATION_LOCK = 0x686F737464  # "hostd"
+
+
+@functools.lru_cache(maxsize=1024)
+def dollar_placeholders(sql: str) -> str:
+    """`?` -> $1, $2, ... outside quoted strings and identifiers."""
+    out: list[str] = []
+    number = 0
+    quote: str | None = None
+    for char in sql:
+        if quote is not None:
+            if char == quote:
+                quote = None
+        elif char in "'\"":
+            quote = char
+        elif char == "?":
+            number += 1
+            out.append(f"${number}")
+            continue
+        out.append(char)
+    return "".join(out)
+
+
+class PostgresTx:
+    """The Tx (and writer's Session) over one asyncpg connection."""
+
+    dialect = POSTGRESQL
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+        self._pending: list[str] = []  # transaction control not yet sent
+
+    async def _flush(self, *then: str) -> None:
+        commands, self._pending = [*self._pending, *then], []
+        if commands:
+            await self._conn.execute("; ".join(commands))
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        await self._flush()
+        await self._conn.execute(dollar_placeholders(sql), *params)
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        await self._flush()
+        await self._conn.executemany(dollar_placeholders(sql), rows)
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        await self._flush()
+        row: Row | None = await self._conn.fetchrow(dollar_placeholders(sql), *params)
+        return row
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        await self._flush()
+        rows: list[Row] = await self._conn.fetch(dollar_placeholders(sql), *params)
+        return rows
+
+    async def fetchval(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        await self._flush()
+        return await self._conn.fetchval(dollar_placeholders(sql), *params)
+
+    async def begin(self) -> None:
+        self._pending.append("BEGIN")
+
+    async def savepoint(self) -> None:
+        self._pending.append("SAVEPOINT unit")
+
+    async def rollback_to_savepoint(self) -> None:
+        await self._flush("ROLLBACK TO SAVEPOINT unit")
+
+    async def release_savepoint(self) -> None:
+        self._pending.append("RELEASE SAVEPOINT unit")
+
+    async def commit(self) -> None:
+        await self._flush("COMMIT")
+
+    async def rollback(self) -> None:
+        self._pending = []
+        await self._conn.execute("ROLLBACK")
+
+    def in_transaction(self) -> bool:
+        return bool(self._pending) or self._conn.is_in_transaction()
+
+
+class PostgresBackend:
+    dialect = POSTGRESQL
+
+    def __init__(self, reads: asyncpg.Pool, writes: asyncpg.Pool) -> None:
+        self._reads = reads
+        self._writes = writes
+
+    @classmethod
+    async def open(cls, url: str, *, password: str | None = None) -> PostgresBackend:
+        """A password not given here comes from PGPASSWORD or ~/.pgpass (asyncpg reads
+        both, as libpq does)."""
+        reads = await asyncpg.create_pool(
+            url, password=password, min_size=1, max_size=READ_POOL_SIZE
+        )
+        try:
+            # The writer's own connection, in a pool of one: it reconnects after a failure.
+            writes = await asyncpg.create_pool(url, password=password, min_size=1, max_size=1)
+        except BaseException:
+            await reads.close()
+            raise
+        return cls(reads, writes)
+
+    async def close(self) -> None:
+        await self._writes.close()
+        await self._reads.close()
+
+    async def read(self, work: Work[T], snapshot: bool) -> T:
+        async with self._reads.acquire() as conn:
+            if not snapshot:
+                return await work(PostgresTx(conn))
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                return await work(PostgresTx(conn))
+
+    async def run_batch(self, works: list[Work[Any]]) -> list[tuple[bool, Any]]:
+        async with self._writes.acquire() as conn:
+            return await run_batch(PostgresTx(conn), works)
+
+    async def migrate(self) -> int:
+        """Apply what is newer than hostd_schema's last version, each migration in its own
+        transaction with its row there, under an advisory lock: instances starting at the
+        same time migrate one after the other, and the later ones find nothing to do."""
+        async with self._writes.acquire() as conn:
+            await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
+            try:
+                await conn.execute(
+                    """
+                    CREATE TABLE IF NOT EXISTS hostd_schema (
+                        version    INTEGER PRIMARY KEY,
+                        applied_at BIGINT NOT NULL
+                    )
+                    """
+                )
+                version = await conn.fetchval("SELECT coalesce(max(version), 0) FROM hostd_schema")
+                for number, sql in migrations(POSTGRESQL):
+                    if number <= version:
+                        continue
+                    async with conn.transaction():
+                        await conn.execute(sql)
+                        await conn.execute(
+                            "INSERT INTO hostd_schema (version, applied_at) VALUES ($1, $2)",
+                            number,
+                            now(),
+                        )
+                    version = number
+                return int(version)
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
+
+    async def backup(self, target: Path) -> None:
+        raise Unsupported(
+            "hostd backup copies a SQLite database; on PostgreSQL back the database up with"
+            " pg_dump (and the blob store with its own tools), or copy it to a SQLite file"
+            " with hostd db copy"
+        )
