@@ -46,6 +46,7 @@ from hostd.db.blobs import (
     register_upload,
     take_down,
 )
+from hostd.db.copy import Copied, CopyRefused, copy_database
 from hostd.db.core import (
     POSTGRESQL,
     SQLITE,
@@ -59,6 +60,7 @@ from hostd.db.core import (
     latest_version,
     now,
     schema_version,
+    sqlite_path,
 )
 from hostd.db.deletion import (
     DeleteLink,
@@ -82,6 +84,10 @@ from hostd.db.quotas import OverQuota, set_quota
 from hostd.db.stats import Stats, Uploader, get_stats
 
 __all__ = [
+    "Copied",
+    "CopyRefused",
+    "copy_database",
+    "sqlite_path",
     "POSTGRESQL",
     "SQLITE",
     "Row",
