@@ -277,6 +277,7 @@ async def test_a_unit_that_suspends_on_sqlite_is_an_error_not_a_hang(db):
             await db.write(suspends)
     else:
         assert await db.write(suspends) is None
+    assert await db.write(insert_blob("a" * 64, "afterwards12")) == "afterwards12"
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -293,3 +294,10 @@ async def test_instances_starting_together_migrate_once(postgres):
 
     assert versions == [latest_version()] * 3
     assert rows == len(migrations(POSTGRESQL))
+
+
+def test_postgresqls_full_disk_is_a_full_disk_like_sqlites():
+    import asyncpg
+
+    assert queries.is_full(asyncpg.exceptions.DiskFullError("could not extend file"))
+    assert not queries.is_full(asyncpg.exceptions.UniqueViolationError("duplicate key"))

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import TypeVar
 
-from hostd.db.core import Database, Row, Tx, now
+from hostd.db.core import POSTGRESQL, Database, Row, Tx, now
 from hostd.db.quotas import check_quota
 from hostd.hashes import public_hash_candidates
 
@@ -103,9 +103,23 @@ async def register_upload(
                 size_bytes=size_bytes,
                 default_quota_bytes=default_quota_bytes,
             )
-        before = await tx.fetchone("SELECT * FROM blobs WHERE sha256 = ?", (sha256,))
-        if before is None:
-            await _insert_blob(tx, sha256, size_bytes, content_type, created_at)
+        if tx.dialect == POSTGRESQL:
+            done = await _new_blob_in_one_statement(
+                tx,
+                Blob(
+                    sha256,
+                    public_hash_candidates(sha256)[0],
+                    size_bytes,
+                    content_type,
+                    created_at,
+                    expires_at,
+                ),
+                Upload(0, sha256, original_name, created_at, user_id, api_key_id, expires_at),
+                delete_token_hash,
+            )
+            if done is not None:
+                return done
+        row, before = await _insert_blob(tx, sha256, size_bytes, content_type, created_at)
         upload = await tx.fetchone(
             """
             INSERT INTO uploads (sha256, original_name, created_at, user_id, api_key_id,
@@ -121,10 +135,13 @@ async def register_upload(
                 "INSERT INTO delete_tokens (token_hash, upload_id) VALUES (?, ?)",
                 (delete_token_hash, upload["id"]),
             )
-        row = await tx.fetchone("SELECT * FROM blobs WHERE sha256 = ?", (sha256,))
-        assert row is not None
-        changed = before is not None and before["expires_at"] != row["expires_at"]
-        return row_as(Blob, row), row_as(Upload, upload), changed
+        if before is None:
+            # A new blob's only upload: the trigger has given it this upload's expiry.
+            return replace(row_as(Blob, row), expires_at=expires_at), row_as(Upload, upload), False
+        after = await tx.fetchone("SELECT * FROM blobs WHERE sha256 = ?", (sha256,))
+        assert after is not None
+        changed = before["expires_at"] != after["expires_at"]
+        return row_as(Blob, after), row_as(Upload, upload), changed
 
     blob, upload, changed = await db.write(work)
     cached = db.blobs.get(blob.hash)
@@ -136,24 +153,76 @@ async def register_upload(
     return blob, upload
 
 
+async def _new_blob_in_one_statement(
+    tx: Tx, blob: Blob, upload: Upload, delete_token_hash: str | None
+) -> tuple[Blob, Upload, bool] | None:
+    """PostgreSQL only: new bytes under their first-choice hash, their upload and its
+    deletion link in one statement (data-modifying CTEs, which SQLite lacks); None, having
+    changed nothing, when the bytes are known or the hash is taken. On PostgreSQL each
+    statement is a round trip to another process, and the writer's batch runs its units one
+    after the other: this is most uploads' whole unit in one."""
+    upload_id = await tx.fetchval(
+        """
+        WITH new_blob AS (
+            INSERT INTO blobs (sha256, hash, size_bytes, content_type, created_at)
+            VALUES (?, ?, ?, ?, ?)
+            ON CONFLICT DO NOTHING
+            RETURNING sha256
+        ), new_upload AS (
+            INSERT INTO uploads (sha256, original_name, created_at, user_id, api_key_id,
+                                 expires_at)
+            SELECT sha256, ?, ?, ?, ?, ? FROM new_blob
+            RETURNING id
+        ), link AS (
+            INSERT INTO delete_tokens (token_hash, upload_id)
+            SELECT CAST(? AS TEXT), id FROM new_upload WHERE CAST(? AS TEXT) IS NOT NULL
+        )
+        SELECT id FROM new_upload
+        """,
+        (
+            blob.sha256,
+            blob.hash,
+            blob.size_bytes,
+            blob.content_type,
+            blob.created_at,
+            upload.original_name,
+            upload.created_at,
+            upload.user_id,
+            upload.api_key_id,
+            upload.expires_at,
+            delete_token_hash,
+            delete_token_hash,
+        ),
+    )
+    if upload_id is None:
+        return None
+    # A new blob's only upload: the trigger has given it this upload's expiry.
+    return blob, replace(upload, id=upload_id), False
+
+
 async def _insert_blob(
     tx: Tx, sha256: str, size_bytes: int, content_type: str, created_at: int
-) -> Row:
-    """Insert with the shortest free public hash: the unique index says which are taken.
-    ON CONFLICT DO NOTHING rather than catching the violation, because PostgreSQL aborts a
-    transaction on any error: a taken prefix is no row back, the same on both dialects."""
+) -> tuple[Row, Row | None]:
+    """(the blob's row, the row as it was before: None when this inserted it). A new blob
+    takes the shortest free public hash: the unique indexes say which are taken. ON
+    CONFLICT DO NOTHING rather than catching the violation, because PostgreSQL aborts a
+    transaction on any error; and the INSERT comes first, so that new bytes (the common
+    case) cost one statement."""
     for candidate in public_hash_candidates(sha256):
         row = await tx.fetchone(
             """
             INSERT INTO blobs (sha256, hash, size_bytes, content_type, created_at)
             VALUES (?, ?, ?, ?, ?)
-            ON CONFLICT (hash) DO NOTHING
+            ON CONFLICT DO NOTHING
             RETURNING *
             """,
             (sha256, candidate, size_bytes, content_type, created_at),
         )
         if row is not None:
-            return row
+            return row, None
+        before = await tx.fetchone("SELECT * FROM blobs WHERE sha256 = ?", (sha256,))
+        if before is not None:
+            return before, before  # known bytes
         # another blob holds this prefix: try the next length
     raise HashSpaceExhausted(sha256)
 

@@ -360,12 +360,24 @@ class Database:
 # -- the batch, the same on both dialects ----------------------------------------------
 
 
-async def run_batch(session: Session, works: list[Work[Any]]) -> list[tuple[bool, Any]]:
+async def run_batch(
+    session: Session, works: list[Work[Any]], *, optimistic: bool = False
+) -> list[tuple[bool, Any]]:
     """Run the units in one transaction, each inside a SAVEPOINT; (ok, result or error)
     for each. A unit that raises is rolled back alone. If the database ends the whole
     transaction itself (SQLite may, on a full disk or an I/O error), the units that had
     succeeded run again in a fresh one, without the one that failed. If BEGIN or COMMIT
-    fails, every unit of that transaction fails with it."""
+    fails, every unit of that transaction fails with it.
+
+    `optimistic` (PostgreSQL, where a savepoint is a round trip): first run the units with
+    no savepoints at all; only if one fails is that transaction rolled back and the batch
+    run again as above. Units are functions of their Tx alone, so running one twice is
+    safe; failing units are rare (a name taken, a quota reached), so the usual batch costs
+    no savepoint."""
+    if optimistic:
+        results = await _run_without_savepoints(session, works)
+        if results is not None:
+            return results
     outcomes: dict[int, tuple[bool, Any]] = {}
     pending = list(range(len(works)))
     while pending:
@@ -386,6 +398,26 @@ async def run_batch(session: Session, works: list[Work[Any]]) -> list[tuple[bool
                 outcomes[index] = (False, exc)
             break
     return [outcomes[index] for index in range(len(works))]
+
+
+async def _run_without_savepoints(
+    session: Session, works: list[Work[Any]]
+) -> list[tuple[bool, Any]] | None:
+    """Every unit's result, committed together; None (rolled back) if anything failed."""
+    results = []
+    try:
+        await session.begin()
+        for work in works:
+            results.append((True, await work(session)))
+        await session.commit()
+    except Exception:
+        if session.in_transaction():
+            try:
+                await session.rollback()
+            except Exception:
+                log.exception("database: rolling back a failed batch failed too")
+        return None
+    return results
 
 
 async def _run_units(

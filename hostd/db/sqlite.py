@@ -91,13 +91,24 @@ class SqliteBackend:
         return await _in_thread(self._reader, _read, work, snapshot)
 
     async def run_batch(self, works: list[Work[Any]]) -> list[tuple[bool, Any]]:
-        return await _in_thread(self._writer, lambda conn: drive(run_batch(SqliteTx(conn), works)))
+        return await _in_thread(self._writer, _batch, works)
 
     async def migrate(self) -> int:
         return await _in_thread(self._writer, _migrate)
 
     async def backup(self, target: Path) -> None:
         await _in_thread(self._reader, _backup, target)
+
+
+def _batch(conn: sqlite3.Connection, works: list[Work[Any]]) -> list[tuple[bool, Any]]:
+    try:
+        return drive(run_batch(SqliteTx(conn), works))
+    except BaseException:
+        # A unit that suspended (drive refuses it) leaves its transaction open: end it, so
+        # that the next batch can begin.
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 def _read(conn: sqlite3.Connection, work: Work[T], snapshot: bool) -> T:
