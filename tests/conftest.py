@@ -1,4 +1,5 @@
-"""Fixtures: a real app on loopback with its own SQLite file and blob store per test."""
+"""Fixtures: a real app on loopback with its own database (a SQLite file, or a PostgreSQL
+database: see database_kind) and blob store per test."""
 
 from __future__ import annotations
 
