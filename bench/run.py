@@ -47,7 +47,6 @@ import argparse
 import asyncio
 import base64
 import contextlib
-import copy
 import hashlib
 import importlib.metadata
 import itertools
@@ -70,10 +69,22 @@ from typing import Any
 from hostd.config import ConfigError, load_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+# tests/nginxsite.py: contrib/nginx.conf, read and adapted (shared with the tests).
+from nginxsite import (
+    Directive,
+    SiteError,
+    contrib_site,
+    find_nginx,
+    listening_on,
+    nginx_argv,
+    nginx_conf,
+    proxy_to,
+    render_nginx,
+    upstream_to,
+)
 from pgserver import PostgresServer, find_bin_dir  # the tests' own server
 
 ROOT = Path(__file__).resolve().parent.parent
-CONTRIB_NGINX = ROOT / "contrib" / "nginx.conf"
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 MB = 1_000_000
@@ -319,82 +330,12 @@ class Baseline(Service):
 
 # --- nginx ----------------------------------------------------------------------------------
 
-NGINX_TOKEN = re.compile(r"""#[^\n]*|"(?:\\.|[^"\\])*"|'(?:\\.|[^'\\])*'|[{};]|[^\s{};#"']+""")
-
-
-@dataclass
-class Directive:
-    name: str
-    args: list[str]
-    block: list[Directive] | None = None
-
-
-def parse_nginx(text: str) -> list[Directive]:
-    """nginx's configuration syntax, enough for contrib/nginx.conf (as in tests/test_nginx.py)."""
-    stack: list[list[Directive]] = [[]]
-    words: list[str] = []
-    for token in NGINX_TOKEN.findall(text):
-        if token.startswith("#"):
-            continue
-        if token == ";":
-            stack[-1].append(Directive(words[0], words[1:]))
-            words = []
-        elif token == "{":
-            inner: list[Directive] = []
-            stack[-1].append(Directive(words[0], words[1:], inner))
-            stack.append(inner)
-            words = []
-        elif token == "}":
-            stack.pop()
-        else:
-            words.append(token)
-    if len(stack) != 1 or words:
-        raise BenchError("contrib/nginx.conf: unbalanced braces or an unterminated directive")
-    return stack[0]
-
-
-def render_nginx(directives: list[Directive], depth: int = 0) -> str:
-    pad = "    " * depth
-    lines = []
-    for d in directives:
-        head = " ".join([d.name, *d.args])
-        if d.block is None:
-            lines.append(f"{pad}{head};")
-        else:
-            lines += [f"{pad}{head} {{", render_nginx(d.block, depth + 1), f"{pad}}}"]
-    return "\n".join(lines)
-
-
-def walk(directives: list[Directive]) -> Iterator[Directive]:
-    for d in directives:
-        yield d
-        if d.block:
-            yield from walk(d.block)
-
-
-def contrib_parts() -> tuple[Directive, Directive]:
-    """contrib/nginx.conf's upstream block and its TLS server block (the one hostd runs
-    behind; the other only redirects port 80)."""
-    top = parse_nginx(CONTRIB_NGINX.read_text(encoding="utf-8"))
-    upstreams = [d for d in top if d.name == "upstream"]
-    servers = [
-        d
-        for d in top
-        if d.name == "server" and any(x.name == "ssl_certificate" for x in walk(d.block or []))
-    ]
-    if len(upstreams) != 1 or len(servers) != 1:
-        raise BenchError("contrib/nginx.conf should have one upstream and one TLS server block")
-    return upstreams[0], servers[0]
-
 
 def internal_location() -> str | None:
     """The prefix of the `internal` location contrib/nginx.conf has for X-Accel-Redirect
     (what `server.accel_redirect` is set to), or None while it has none."""
-    _, server = contrib_parts()
-    for d in walk(server.block or []):
-        if d.name == "location" and any(x.name == "internal" for x in d.block or []):
-            return d.args[-1]
-    return None
+    location = contrib_site().internal_location()
+    return location.args[-1] if location else None
 
 
 def accel_redirect_prefix() -> tuple[str, str]:
@@ -419,52 +360,23 @@ def nginx_site(hostd_port: int, port: int, blobs_dir: Path, accel: tuple[int, in
     with `accel` = (accel hostd's port, its nginx port), a second copy of the block in front
     of the hostd that sends X-Accel-Redirect. Internal locations are pointed at `blobs_dir`
     (the bench assumes they map the accel_redirect prefix onto <data_dir>/blobs/)."""
-    upstream, tls = contrib_parts()
-    upstream = copy.deepcopy(upstream)
-    server_lines = [d for d in upstream.block or [] if d.name == "server"]
-    if len(server_lines) != 1:
-        raise BenchError("contrib/nginx.conf's upstream should have one server line")
-    server_lines[0].args[0] = f"127.0.0.1:{hostd_port}"
-
-    def listening(port: int) -> Directive:
-        block = [
-            d
-            for d in copy.deepcopy(tls.block or [])
-            if d.name != "listen" and not d.name.startswith("ssl_")
-        ]
-        for d in walk(block):
-            if d.name == "location" and any(x.name == "internal" for x in d.block or []):
-                d.block = [x for x in d.block or [] if x.name not in ("alias", "root")]
-                d.block.append(Directive("alias", [f"{blobs_dir}/"]))
-        return Directive("server", [], [Directive("listen", [f"127.0.0.1:{port}"]), *block])
-
-    plain = listening(port)
+    try:
+        site = contrib_site()
+    except SiteError as exc:
+        raise BenchError(str(exc)) from exc
+    upstream = upstream_to(site.upstream, [hostd_port])
+    plain = listening_on(site.tls, port, blobs_dir)
     assert plain.block is not None
     plain.block.append(
         Directive("location", [STATIC_PREFIX], [Directive("alias", [f"{blobs_dir}/"])])
     )
     parts = [upstream, plain]
     if accel:
-        accel_upstream = copy.deepcopy(upstream)
-        accel_upstream.args = [f"{upstream.args[0]}_accel"]
-        assert accel_upstream.block is not None
-        for d in accel_upstream.block:
-            if d.name == "server":
-                d.args[0] = f"127.0.0.1:{accel[0]}"
-        front = listening(accel[1])
-        for d in walk(front.block or []):
-            if d.name == "proxy_pass":
-                d.args[0] = d.args[0].replace(
-                    f"//{upstream.args[0]}", f"//{accel_upstream.args[0]}", 1
-                )
-        parts += [accel_upstream, front]
+        name = f"{upstream.args[0]}_accel"
+        front = listening_on(site.tls, accel[1], blobs_dir)
+        proxy_to(front, upstream.args[0], name)
+        parts += [upstream_to(site.upstream, [accel[0]], name), front]
     return render_nginx(parts, depth=1)
-
-
-def find_nginx() -> str | None:
-    return shutil.which("nginx") or next(
-        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None
-    )
 
 
 class Nginx(Service):
@@ -475,41 +387,11 @@ class Nginx(Service):
 
     def __init__(self, binary: str, prefix: Path, site: str, ports: list[int]) -> None:
         prefix.mkdir()
-        build = subprocess.run([binary, "-V"], capture_output=True, text=True).stderr
-        temp_paths = "\n".join(
-            f"    {module}_temp_path {prefix}/{module}_temp;"
-            for module in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-            if f"--without-http_{module}_module" not in build
-        )
-        # As root, nginx's workers would otherwise switch to `nobody`, who cannot read here.
-        user = "user root;" if os.geteuid() == 0 else ""
-        conf = prefix / "nginx.conf"
-        conf.write_text(
-            f"""{user}
-worker_processes auto;
-pid {prefix}/nginx.pid;
-lock_file {prefix}/nginx.lock;
-error_log {prefix}/error.log;
-events {{
-    worker_connections 1024;
-}}
-http {{
-    # As in Debian's stock /etc/nginx/nginx.conf.
-    sendfile on;
-    tcp_nopush on;
-    types_hash_max_size 2048;
-    default_type application/octet-stream;
-    access_log {prefix}/access.log;
-    # The bench's client keeps each connection for a whole phase and does not reconnect.
-    keepalive_requests 1000000;
-{temp_paths}
-
-{site}
-}}
-""",
-            encoding="utf-8",
-        )
-        argv = [binary, "-c", str(conf), "-p", str(prefix), "-g", "daemon off;"]
+        # The bench's client keeps each connection for a whole phase and does not reconnect.
+        extra = "    keepalive_requests 1000000;"
+        conf = nginx_conf(binary, prefix, site, http_extra=extra)
+        (prefix / "nginx.conf").write_text(conf, encoding="utf-8")
+        argv = nginx_argv(binary, prefix)
         super().__init__("nginx", argv, prefix / "stderr.log", ports)
 
     def wait_ready(self) -> None:

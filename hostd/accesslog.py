@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from collections.abc import Callable
 from typing import TextIO
 
 import tornado.web
@@ -26,11 +27,16 @@ class AccessLog:
         self._timer: asyncio.TimerHandle | None = None
         self._second = -1
         self._stamp = ""
+        # Told of every request too, with its status and seconds: /metrics (make_app sets it).
+        self.observer: Callable[[tornado.web.RequestHandler, int, float], None] | None = None
 
     def __call__(self, handler: tornado.web.RequestHandler) -> None:
         status = handler.get_status()
         level = "INFO" if status < 400 else "WARNING" if status < 500 else "ERROR"
         request = handler.request
+        seconds = request.request_time()
+        if self.observer is not None:
+            self.observer(handler, status, seconds)
         now = time.time()
         second = int(now)
         if second != self._second:  # the date changes once a second, not once a request
@@ -41,7 +47,7 @@ class AccessLog:
             # Tornado's own summary ("GET /x (1.2.3.4)"), which a handler whose URL holds a
             # secret overrides (the deletion link's).
             f"{status} {handler._request_summary()} "
-            f"{1000.0 * request.request_time():.2f}ms\n"
+            f"{1000.0 * seconds:.2f}ms\n"
         )
         if len(self._lines) >= MAX_BUFFERED_LINES:
             self.flush()

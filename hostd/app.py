@@ -13,17 +13,17 @@ from collections.abc import Callable
 import jinja2
 import tornado.web
 
-from hostd import uploads
+from hostd import db, resumable, uploads
 from hostd.accesslog import AccessLog
-from hostd.auth import Auth
-from hostd.config import Config, ensure_cookie_secret
+from hostd.auth import Auth, fingerprint_matches, secret_fingerprint
+from hostd.config import Config, ConfigError, ensure_cookie_secret
 from hostd.db import Database
 from hostd.formdata import FORM_OVERHEAD_BYTES
 from hostd.handlers import all_routes
-from hostd.handlers.api import KeyReveals
 from hostd.handlers.pages import NotFoundHandler
 from hostd.handlers.upload import UploadsInFlight
 from hostd.limits import Limits
+from hostd.metrics import Metrics
 from hostd.server import LINGER_IDLE_SECONDS, HostdServer
 from hostd.storage import BlobStore, store_from
 from hostd.throttle import RegistrationLimiter, SignInLimiter
@@ -61,7 +61,8 @@ def make_app(
     templates.filters["isotime"] = lambda epoch: time.strftime(
         "%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch)
     )
-    return tornado.web.Application(
+    access_log = access_log or AccessLog()
+    app = tornado.web.Application(
         all_routes(),
         default_handler_class=NotFoundHandler,
         hostd_config=config,
@@ -69,12 +70,12 @@ def make_app(
         hostd_store=store,
         hostd_auth=auth or Auth(),
         hostd_thumbs=thumbnails_of(config),
-        hostd_limiter=SignInLimiter(clock=clock),
+        hostd_limiter=SignInLimiter(db, clock=wall_clock),  # shared with other processes
         hostd_registrations=RegistrationLimiter(config.registrations_per_hour, clock=clock),
-        hostd_reveals=KeyReveals(),
         hostd_in_flight=UploadsInFlight(),
+        hostd_partials=resumable.Partials(config.data_dir / "partials"),
         hostd_limits=Limits(config, clock=clock),
-        log_function=access_log or AccessLog(),
+        log_function=access_log,
         hostd_wall_clock=wall_clock,
         jinja_env=templates,
         static_path=str(config.static_dir),
@@ -88,6 +89,13 @@ def make_app(
         login_url="/login",
         debug=config.debug,
     )
+    # Off unless metrics.enabled: then a request costs the access log's line alone.
+    metrics = (
+        Metrics(app.settings, config.metrics_allow, clock=clock) if config.metrics_enabled else None
+    )
+    app.settings["hostd_metrics"] = metrics
+    access_log.observer = metrics.observe_request if metrics else None
+    return app
 
 
 def thumbnails_of(config: Config) -> Thumbnails:
@@ -127,16 +135,43 @@ def make_server(config: Config, app: tornado.web.Application) -> HostdServer:
     )
 
 
-async def open_parts(config: Config) -> tuple[Config, Database, BlobStore]:
-    """Create the data dir, the cookie secret, the database and the blob store."""
+async def open_parts(
+    config: Config, *, new_cookie_secret: bool = False
+) -> tuple[Config, Database, BlobStore]:
+    """Create the data dir, the cookie secret, the database and the blob store. Raises
+    ConfigError when the cookie secret is not the database's (see check_cookie_secret)."""
     config.data_dir.mkdir(parents=True, exist_ok=True)
     config = ensure_cookie_secret(config)
+    database = await Database.open_config(config)
+    try:
+        await check_cookie_secret(config, database, replace=new_cookie_secret)
+    except BaseException:
+        await database.close()
+        raise
     store = store_from(config)
     removed = await store.remove_stale_temp_files()
     if removed:
         log.info("removed %d half-written upload(s) left by an earlier run", removed)
-    db = await Database.open_config(config)
-    return config, db, store
+    return config, database, store
+
+
+async def check_cookie_secret(config: Config, database: Database, *, replace: bool) -> None:
+    """Every process serving one database must sign cookies with the same secret, or a
+    session begun on one is refused by the next. The first start records a fingerprint of
+    its secret; a later one with another secret does not start (with `replace`, it records
+    its own instead, which signs everyone out)."""
+    assert config.cookie_secret is not None
+    secret = config.cookie_secret
+    mine = await asyncio.to_thread(secret_fingerprint, secret)
+    recorded = await db.record_setting(database, name=db.COOKIE_SECRET, value=mine, replace=replace)
+    if recorded != mine and not await asyncio.to_thread(fingerprint_matches, recorded, secret):
+        where = "database.url" if config.database_url else config.db_path
+        raise ConfigError(
+            f"the cookie secret differs from the one {where} was first served with: "
+            "every hostd on one database must use the same (server.cookie_secret, "
+            "HOSTD_COOKIE_SECRET or the data dir's cookie_secret file); to replace it, "
+            "signing everyone out, start once with --new-cookie-secret"
+        )
 
 
 async def collect_garbage_now_and_then(
@@ -165,9 +200,19 @@ async def prune_now_and_then(
     thumbs: Thumbnails,
     every_seconds: float = PRUNE_EVERY_SECONDS,
     clock: Callable[[], float] = time.time,
+    partials: resumable.Partials | None = None,
 ) -> None:
-    """Remove expired uploads, and the bytes no unexpired upload is left for (`hostd prune`)."""
+    """Remove expired uploads, and the bytes no unexpired upload is left for (`hostd prune`);
+    and expired resumable uploads with their partial files."""
     while True:
+        if partials is not None:
+            try:
+                gone = await resumable.prune(db, partials, now=int(clock()))
+            except Exception:
+                log.exception("removing expired resumable uploads failed; trying again later")
+            else:
+                if gone:
+                    log.info("prune: removed %d expired resumable upload(s)", gone)
         try:
             removed = await uploads.prune(db, store, thumbs, now=int(clock()))
         except Exception:
@@ -196,20 +241,24 @@ def return_big_buffers_to_the_os() -> None:
     mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
 
 
-async def serve(config: Config) -> None:
+async def serve(config: Config, *, new_cookie_secret: bool = False) -> None:
     """Run until SIGINT or SIGTERM."""
     return_big_buffers_to_the_os()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):  # before "listening": a signal may follow it
         loop.add_signal_handler(signum, stop.set)
-    config, db, store = await open_parts(config)
+    config, db, store = await open_parts(config, new_cookie_secret=new_cookie_secret)
     app = make_app(config, db, store)
     server = make_server(config, app)
     gc_task = loop.create_task(
         collect_garbage_now_and_then(db, store, app.settings["hostd_thumbs"])
     )
-    prune_task = loop.create_task(prune_now_and_then(db, store, app.settings["hostd_thumbs"]))
+    prune_task = loop.create_task(
+        prune_now_and_then(
+            db, store, app.settings["hostd_thumbs"], partials=app.settings["hostd_partials"]
+        )
+    )
     server.listen(config.port, address=config.host)
     shown_host = f"[{config.host}]" if ":" in config.host else config.host
     log.info(

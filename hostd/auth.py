@@ -7,7 +7,7 @@ import asyncio
 import hashlib
 import re
 import secrets
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -17,7 +17,7 @@ import argon2
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from hostd import db
-from hostd.db import ApiKey, Database, User
+from hostd.db import ApiKey, Cache, Database, User
 
 KEY_PREFIX = "hk_"
 KEY_ID_BYTES = 8  # shown as 16 hex characters: the lookup part of a key
@@ -79,6 +79,54 @@ def delete_token_hash(token: str) -> str:
     """Deletion links are stored by the SHA-256 of their token. A fast hash is enough: the
     token is 256 random bits, so a stolen database gives nothing to guess from."""
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+# A new key waits for its one showing (the page a form post redirects to) under a random
+# one-time token that only the browser holds, in a cookie.
+REVEAL_TOKEN_BYTES = 32
+
+
+def new_reveal_token() -> str:
+    return secrets.token_urlsafe(REVEAL_TOKEN_BYTES)
+
+
+def reveal_token_hash(token: str) -> str:
+    """What the database finds a waiting key by: never the token, which unseals the key."""
+    return hashlib.sha256(b"hostd key reveal id\0" + token.encode()).hexdigest()
+
+
+def seal_key(token: str, key: str) -> str:
+    """`key` encrypted under the one-time `token` (hex): XOR with a SHAKE-256 stream of the
+    token. The token is 256 random bits used for this one key, so the stream is a one-time
+    pad; the database, which never sees the token, holds nothing that gives the key away."""
+    data = key.encode()
+    return bytes(a ^ b for a, b in zip(data, _pad(token, len(data)), strict=True)).hex()
+
+
+def unseal_key(token: str, sealed: str) -> str | None:
+    """The key seal_key() sealed with this token; None if it does not unseal to one."""
+    try:
+        data = bytes.fromhex(sealed)
+        key = bytes(a ^ b for a, b in zip(data, _pad(token, len(data)), strict=True)).decode()
+    except ValueError:  # not hex, or not UTF-8
+        return None
+    return key if parse_key(key) is not None else None
+
+
+def _pad(token: str, length: int) -> bytes:
+    return hashlib.shake_256(b"hostd key reveal pad\0" + token.encode()).digest(length)
+
+
+def secret_fingerprint(secret: str) -> str:
+    """What the database records of the cookie secret: an Argon2 hash (the key profile),
+    so that every process can check it has the same secret, and a stolen database does not
+    give it away. Blocking: run it off the IOLoop."""
+    return argon2.PasswordHasher.from_parameters(KEY_PROFILE).hash(secret)
+
+
+def fingerprint_matches(fingerprint: str, secret: str) -> bool:
+    """Blocking, like secret_fingerprint()."""
+    return _verify(argon2.PasswordHasher.from_parameters(KEY_PROFILE), fingerprint, secret)
 
 
 class Busy(Exception):
@@ -180,9 +228,14 @@ class Auth:
         # would double the RSS of a server that has not yet done anything.
         self._dummy_key_hash: str | None = None
         self._dummy_password_hash: str | None = None
-        self._verified: OrderedDict[bytes, int] = OrderedDict()  # digest of key -> api_keys.id
+        self._verified: Cache[bytes, ApiKey] = Cache(cache_size)  # digest of key -> its row
+        self._uses: dict[int, int] = {}  # api_keys.id -> when this process last wrote a use
+        self._watching: Database | None = None
         self._checking: dict[tuple[bytes, str], asyncio.Future[bool]] = {}
         self._cache_size = cache_size
+        # For /metrics: Argon2 verifications run, by kind, and keys the cache let through.
+        self.verifications = {"password": 0, "key": 0}
+        self.key_cache_hits = 0
 
     def close(self) -> None:
         self._password_lane.close()
@@ -202,6 +255,7 @@ class Auth:
             self._dummy_password_hash = await self.hash_password(secrets.token_urlsafe(16))
         stored = user.password_hash if user else self._dummy_password_hash
         ok = await self._password_lane.run(_verify, self.passwords, stored, password)
+        self.verifications["password"] += 1
         if not ok or user is None:
             return False, None
         if self.passwords.check_needs_rehash(stored):
@@ -219,20 +273,24 @@ class Auth:
     async def verify_key(self, database: Database, token: str) -> ApiKey | None:
         """The usable key this token is, or None.
 
-        The row is read on every call, so an invalidation (from the page or the CLI, in any
-        process) takes effect on the very next request, as does disabling its account.
         Argon2 runs only the first time a token is seen: after that a digest of the whole
-        token in a bounded in-memory cache stands for it.
+        token stands for it, with its row, in a bounded in-memory cache, and a known key
+        costs no database read. The cache is forgotten whenever any process invalidates or
+        deletes a key, or disables or removes an account (database.changes), so that such a
+        change takes effect on the very next request, in every process.
         """
-        parsed = parse_key(token)
+        self._watch(database)
+        database.changes.check()
         digest = hashlib.sha256(token.encode()).digest()
+        known = self._verified.get(digest)
+        if known is not None:
+            self.key_cache_hits += 1
+            return known
+        generation = self._verified.generation
+        parsed = parse_key(token)
         key = await db.get_api_key(database, key_id=parsed[0]) if parsed else None
         if key is not None and key.account_disabled:
             key = None  # `hostd user disable`: checked like an unknown key, and refused
-        if key is not None and key.usable and self._verified.get(digest) == key.id:
-            self._verified.move_to_end(digest)
-            return key
-        self._verified.pop(digest, None)
         if self._dummy_key_hash is None:  # made before any slow check, good key or not
             self._dummy_key_hash = await self._key_lane.run(
                 self.keys.hash, secrets.token_urlsafe(KEY_SECRET_BYTES)
@@ -241,23 +299,53 @@ class Auth:
         secret = parsed[1] if parsed else token
         # Requests that bring the same token while it is being checked share that check:
         # a burst from a client's first use of its key costs one verification, not one each.
+        # A check that ended while this request read the row has cached its key already.
         check = self._checking.get((digest, stored))
+        if check is None and (known := self._verified.get(digest)) is not None:
+            self.key_cache_hits += 1
+            return known
         if check is None:
             check = asyncio.ensure_future(self._key_lane.run(_verify, self.keys, stored, secret))
+            self.verifications["key"] += 1
             self._checking[(digest, stored)] = check
-            check.add_done_callback(lambda _: self._checking.pop((digest, stored), None))
+            usable = key if key is not None and key.usable else None
+
+            def settle(done: asyncio.Future[bool]) -> None:
+                # Cached as the check ends, before any waiter resumes, so that no request
+                # arriving in between starts a check of its own. Not kept if any change was
+                # seen meanwhile: the row read may predate it.
+                self._checking.pop((digest, stored), None)
+                passed = not done.cancelled() and done.exception() is None and done.result()
+                if usable is not None and passed:
+                    self._verified.put(digest, usable, generation)
+
+            check.add_done_callback(settle)
         ok = await asyncio.shield(check)
         if not ok or key is None or not key.usable:
             return None
-        self._verified[digest] = key.id
-        while len(self._verified) > self._cache_size:
-            self._verified.popitem(last=False)
         return key
 
-    def forget_key(self, key_row_id: int) -> None:
-        """Drop cached verifications of an invalidated key."""
-        for digest in [d for d, kid in self._verified.items() if kid == key_row_id]:
-            del self._verified[digest]
+    def _watch(self, database: Database) -> None:
+        if self._watching is not database:
+            self._watching = database
+            self._forget_keys()
+            database.changes.subscribe(self._forget_keys)
+
+    def _forget_keys(self) -> None:
+        self._verified.clear()
+        self._uses.clear()
+
+    def note_use(self, key: ApiKey, at: int, every: int) -> bool:
+        """Whether this use of a key should be written to its row (last_used_at): only when
+        none was for `every` seconds. The row a verified key comes with may be older than
+        this process's last write, so the process remembers its own."""
+        known = [t for t in (key.last_used_at, self._uses.get(key.id)) if t is not None]
+        if known and at - max(known) < every:
+            return False
+        self._uses[key.id] = at
+        while len(self._uses) > self._cache_size:
+            del self._uses[next(iter(self._uses))]
+        return True
 
 
 def _verify(hasher: argon2.PasswordHasher, stored: str, secret: str) -> bool:

@@ -44,6 +44,9 @@ async def backup(database: Database, store: BlobStore, destination: Path) -> Cop
 
     snapshot = await Database.open(destination / DATABASE_NAME)
     try:
+        # The cookie secret is not backed up, so a restore starts with a new one: the copy
+        # must not hold the old one's fingerprint, or the restored server would not start.
+        await db.delete_setting(snapshot, name=db.COOKIE_SECRET)
         wanted = await db.all_blob_sha256s(snapshot)
     finally:
         await snapshot.close()

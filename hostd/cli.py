@@ -41,6 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd = commands.add_parser("serve", parents=[common], help="run the web server")
     serve_cmd.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve_cmd.add_argument("--port", type=int, help="port to listen on (default 8000)")
+    serve_cmd.add_argument(
+        "--new-cookie-secret",
+        action="store_true",
+        help="record this cookie secret as the database's, replacing another (signs everyone out)",
+    )
     serve_cmd.set_defaults(handler=cmd_serve)
 
     user_cmd = commands.add_parser("user", help="manage accounts")
@@ -786,7 +791,7 @@ def config_from(args: argparse.Namespace, **overrides: object) -> Config:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     config = config_from(args, host=args.host, port=args.port)
-    asyncio.run(serve(config))
+    asyncio.run(serve(config, new_cookie_secret=args.new_cookie_secret))
     return 0
 
 

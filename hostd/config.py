@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import secrets
@@ -55,13 +56,17 @@ class Config:
     anonymous_max_upload_bytes: int | None = None
     uploads_per_minute: int | None = None
     upload_bytes_per_hour: int | None = None
+    resumable_hours: int = 24
+    resumable_in_flight: int = 20
     min_free_bytes: int | None = None  # None: 1 GiB or 5% of the filesystem, the smaller
     anonymous_hours: int | None = None
     account_hours: int | None = None
     max_hours: int | None = None
     hours_by_size: tuple[tuple[int, int], ...] = ()
+    metrics_enabled: bool = False
+    metrics_allow: tuple[str, ...] = ("127.0.0.0/8", "::1")  # addresses or CIDRs
     cookie_secret: str | None = field(default=None, repr=False)
-    # [database] url and password_file (see PREFIXED_SECTIONS): None is the data dir's SQLite.
+    # [database] url and password_file (see FIELD_PREFIXES): None is the data dir's SQLite.
     database_url: str | None = None
     database_password_file: Path | None = None
     templates_dir: Path = field(default_factory=lambda: _shipped("templates"))
@@ -109,13 +114,17 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "anonymous_max_upload_bytes",
         "uploads_per_minute",
         "upload_bytes_per_hour",
+        "resumable_hours",
+        "resumable_in_flight",
     ),
     "accounts": ("registration", "max_keys", "registrations_per_hour", "quota_bytes"),
     "retention": ("anonymous_hours", "account_hours", "max_hours", "hours_by_size"),
-    "database": ("database_url", "database_password_file"),
+    "metrics": ("enabled", "allow"),
+    "database": ("url", "password_file"),
 }
-# Sections whose keys name fields with the section as a prefix: [database] url is database_url.
-PREFIXED_SECTIONS = ("database",)
+# Sections whose keys are their fields' names less a prefix: [metrics] enabled is
+# metrics_enabled (a bare `enabled` field would say nothing), [database] url is database_url.
+FIELD_PREFIXES: dict[str, str] = {"metrics": "metrics_", "database": "database_"}
 CHOICES: dict[str, tuple[str, ...]] = {"registration": ("open", "closed")}
 # nginx's internal location for X-Accel-Redirect: a URI prefix that needs no escaping.
 ACCEL_PREFIX = re.compile(r"/(?:(?!\.\.?/)[A-Za-z0-9._~-]+/)+")
@@ -149,20 +158,20 @@ def _flatten(raw: dict[str, Any], origin: str) -> dict[str, Any]:
             raise ConfigError(f"{origin}: unknown section [{section}] (known: {known})")
         if not isinstance(table, dict):
             raise ConfigError(f"{origin}: {section} must be a table, like [{section}]")
-        prefix = f"{section}_" if section in PREFIXED_SECTIONS else ""
         for key, value in table.items():
-            if prefix + key not in SECTIONS[section]:
-                known = ", ".join(name.removeprefix(prefix) for name in SECTIONS[section])
+            if key not in SECTIONS[section]:
+                known = ", ".join(SECTIONS[section])
                 raise ConfigError(f"{origin}: unknown key {section}.{key} (known: {known})")
-            values[prefix + key] = value
+            values[FIELD_PREFIXES.get(section, "") + key] = value
     return values
 
 
 def _qualified(name: str) -> str:
-    section = next(s for s, keys in SECTIONS.items() if name in keys)
-    if section in PREFIXED_SECTIONS:
-        name = name.removeprefix(f"{section}_")
-    return f"{section}.{name}"
+    for section, keys in SECTIONS.items():
+        key = name.removeprefix(FIELD_PREFIXES.get(section, ""))
+        if key in keys:
+            return f"{section}.{key}"
+    raise KeyError(name)
 
 
 def _build(values: dict[str, Any], origin: str) -> Config:
@@ -171,6 +180,9 @@ def _build(values: dict[str, Any], origin: str) -> Config:
     for name, value in values.items():
         if name == "hours_by_size":
             converted[name] = _size_steps(value, origin)
+            continue
+        if name == "metrics_allow":
+            converted[name] = _networks(value, origin)
             continue
         converted[name] = _convert(name, value, hints[name], origin)
         if name in CHOICES and value not in CHOICES[name]:
@@ -191,6 +203,12 @@ def _build(values: dict[str, Any], origin: str) -> Config:
         raise ConfigError(f"{origin}: limits.max_thumbnail_decode_bytes must be a positive number")
     if config.max_keys is not None and config.max_keys < 1:
         raise ConfigError(f"{origin}: accounts.max_keys must be at least 1 when set")
+    if not 1 <= config.resumable_hours <= LONGEST_EXPIRY_HOURS:
+        raise ConfigError(
+            f"{origin}: limits.resumable_hours must be from 1 to {LONGEST_EXPIRY_HOURS}"
+        )
+    if config.resumable_in_flight < 1:
+        raise ConfigError(f"{origin}: limits.resumable_in_flight must be at least 1")
     if config.registrations_per_hour < 1:
         raise ConfigError(f"{origin}: accounts.registrations_per_hour must be at least 1")
     _check_limits(config, origin)
@@ -257,6 +275,23 @@ def _size_steps(value: Any, origin: str) -> tuple[tuple[int, int], ...]:
     return tuple(sorted(steps))
 
 
+def _networks(value: Any, origin: str) -> tuple[str, ...]:
+    """metrics.allow: a list of addresses or CIDRs ("127.0.0.1", "10.0.0.0/8", "::1")."""
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(
+            f'{origin}: metrics.allow must be a list of addresses or CIDRs, like ["127.0.0.1"],'
+            f" not {value!r}"
+        )
+    for network in value:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"{origin}: metrics.allow: {network!r} is not an address or a CIDR"
+            ) from None
+    return tuple(value)
+
+
 def _check_retention(config: Config, origin: str) -> None:
     for name in ("anonymous_hours", "account_hours", "max_hours"):
         hours = getattr(config, name)
@@ -306,8 +341,18 @@ def ensure_cookie_secret(config: Config) -> Config:
         try:
             secret = path.read_text(encoding="ascii").strip()
         except FileNotFoundError:
-            secret = secrets.token_urlsafe(48)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            # Written whole under another name, then linked into place: a process starting
+            # at the same time reads either no file or the whole secret, and one of the two
+            # links wins; both then use the winner's.
+            draft = path.with_name(f".cookie_secret.{os.getpid()}")
+            fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w", encoding="ascii") as out:
-                out.write(secret + "\n")
+                out.write(secrets.token_urlsafe(48) + "\n")
+            try:
+                os.link(draft, path)
+            except FileExistsError:
+                pass
+            finally:
+                draft.unlink()
+            secret = path.read_text(encoding="ascii").strip()
     return dataclasses.replace(config, cookie_secret=secret)

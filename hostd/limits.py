@@ -171,6 +171,7 @@ class Admission:
         if not self._reservation.received(size):
             raise UploadError(507, LOW_ON_SPACE)
         if wait > 0:
+            self._limits.refused["upload_bytes_per_hour"] += 1
             raise too_many(wait, self._limits.bytes_message())
 
     def release(self) -> None:
@@ -190,6 +191,8 @@ class Limits:
             bytes_per_hour=config.upload_bytes_per_hour,
             clock=clock,
         )
+        # Uploads refused with a 429, by the setting that refused them, for /metrics.
+        self.refused = {"uploads_per_minute": 0, "upload_bytes_per_hour": 0}
 
     def bytes_message(self) -> str:
         return (
@@ -237,9 +240,23 @@ class Limits:
         if count_wait > 0 or bytes_wait > 0:
             reservation.release()
             if count_wait >= bytes_wait:
+                self.refused["uploads_per_minute"] += 1
                 raise too_many(count_wait, self.count_message())
+            self.refused["upload_bytes_per_hour"] += 1
             raise too_many(bytes_wait, self.bytes_message())
         return Admission(self, reservation, subjects, max_file, too_large)
+
+    def resume(self, *, length: int | None, key_id: str | None, address: str) -> Admission:
+        """A later part of a resumable upload: it was counted, and checked against the file
+        limits and the quota, when it began; its bytes still meet the disk guard and the
+        byte budgets. UploadError 507 when the disk has no room for `length` more."""
+        reservation = self.guard.admit(length)
+        if reservation is None:
+            raise UploadError(507, LOW_ON_SPACE)
+        subjects = [f"addr:{address_key(address)}"]
+        if key_id is not None:
+            subjects.append(f"key:{key_id}")
+        return Admission(self, reservation, subjects, self.config.max_upload_bytes, None)
 
     def count_message(self) -> str:
         return (

@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import hashlib
 import os
 import secrets
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol, runtime_checkable
 
 from hostd.config import Config
 from hostd.hashes import is_sha256
@@ -128,7 +130,21 @@ class BlobStore(Protocol):
     async def remove_stale_temp_files(self) -> int:
         """Remove what uploads that a crash interrupted left behind; how many."""
 
+    async def healthy(self) -> None:
+        """Return when the store can be reached (cheaply: no listing, no bytes); raise with
+        why not. For /healthz, which bounds the wait."""
+
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class AdoptsFiles(Protocol):
+    """An optional capability of a store: take a finished file from the data dir's own
+    filesystem as an upload's bytes without copying them (a resumable upload's partial
+    file). The file itself is left where it is; place() or discard() follows as for any
+    written blob."""
+
+    async def adopt(self, path: Path) -> WrittenBlob: ...
 
 
 class KeyedLocks:
@@ -389,6 +405,19 @@ class LocalBlobStore:
     async def remove_stale_temp_files(self) -> int:
         return await asyncio.to_thread(self._remove_stale_temp_files)
 
+    async def healthy(self) -> None:
+        # In a thread: a stat on a hung network filesystem must not stop the IOLoop.
+        await asyncio.to_thread(self._healthy)
+
+    def _healthy(self) -> None:
+        """The blob root and this process's temp folder are directories on a writable
+        filesystem (as root, permissions say nothing: only a read-only mount refuses)."""
+        for folder in (self.root, self.tmp_dir):
+            if not stat.S_ISDIR(os.stat(folder).st_mode):
+                raise NotADirectoryError(errno.ENOTDIR, "not a directory", str(folder))
+        if os.statvfs(self.root).f_flag & os.ST_RDONLY:
+            raise OSError(errno.EROFS, "read-only filesystem", str(self.root))
+
     def _remove_stale_temp_files(self) -> int:
         """Remove the temp folders (and older loose temp files) of processes that are
         gone: uploads a crash left half-written. Returns how many files went."""
@@ -424,6 +453,35 @@ class LocalBlobStore:
         os.replace(temp, target)
         writer._path = None  # placed: nothing of it to remove any more
         _fsync_dir(target.parent)
+
+    async def adopt(self, path: Path) -> WrittenBlob:
+        """A hard link to the file in this process's temp folder, hashed: placing it costs
+        a rename, not a copy. Falls back to a copy where a link cannot be made (another
+        filesystem)."""
+        return await asyncio.to_thread(self._adopt, path)
+
+    def _adopt(self, path: Path) -> WrittenBlob:
+        writer = LocalBlobWriter(self)
+        temp = self.tmp_dir / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
+        try:
+            os.link(path, temp)
+        except OSError:
+            shutil.copyfile(path, temp)
+        writer._path = temp
+        try:
+            os.chmod(temp, BLOB_MODE)
+            digest, head, size = hashlib.sha256(), b"", 0
+            with open(temp, "rb") as file:
+                while chunk := file.read(WRITE_BATCH_BYTES * 4):
+                    digest.update(chunk)
+                    head = head or chunk[:HEAD_BYTES]
+                    size += len(chunk)
+            writer._file = open(temp, "ab")  # noqa: SIM115  # place() fsyncs and closes it
+        except BaseException:
+            writer._remove()
+            raise
+        writer._hash, writer._head, writer.size_bytes = digest, bytearray(head), size
+        return WrittenBlob(digest.hexdigest(), size, head, writer)
 
     async def discard(self, written: WrittenBlob) -> None:
         writer: LocalBlobWriter = written.handle

@@ -1,4 +1,5 @@
-"""Throttles for sign-ins and registrations: bounded, in memory, per address and account."""
+"""Throttles for sign-ins (counted in the database) and registrations and uploads (bounded,
+in memory), per address and account."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from hostd import db
+from hostd.db import Database
 
 
 def address_key(ip: str) -> str:
@@ -23,34 +27,28 @@ def address_key(ip: str) -> str:
     return str(address)
 
 
-@dataclass
-class _Count:
-    free: int
-    failures: int = 0
-    in_flight: int = 0
-    last: float = 0.0  # time of the last failure
-    blocked_until: float = 0.0
-
-
 class SignInLimiter:
     """Slows down password guessing without handing anyone a switch that locks an owner out.
 
     Failed sign-ins are counted three ways: per account and address (`per_pair` free
     failures), per address over all accounts (`per_address`), and per account over all
     addresses (`per_account`, much higher; it does not hold up an address that has signed in
-    to that account before). Past a count's free failures, each further attempt waits a delay
-    that doubles from 1 s per failure, up to `max_delay`; a count is forgotten `window`
-    seconds after its last failure, so guessing at the pace of the waits never resets it. A
-    success clears its own (account, address) count only. "Address" is as address_key() says.
+    to that account in the last `remember` seconds). Past a count's free failures, each
+    further attempt waits a delay that doubles from 1 s per failure, up to `max_delay`; a
+    count is forgotten `window` seconds after its last failure, so guessing at the pace of the
+    waits never resets it. A success clears its own (account, address) count only. "Address"
+    is as address_key() says.
 
     Attempts in flight count as failures until they end, so that guesses sent in parallel are
     held too; one that ends with no answer about the password (the server was busy) counts
-    nothing. Memory is bounded: past `max_entries` counts, and as many remembered successes,
-    the least recently touched go first.
+    nothing. The counts live in the database (hostd.db.signins), so that every process on it
+    holds a guesser alike: N processes do not give N times the guesses. `clock` is the wall
+    clock (epoch seconds), which every process shares.
     """
 
     def __init__(
         self,
+        database: Database,
         *,
         per_pair: int = 5,
         per_address: int = 20,
@@ -58,126 +56,84 @@ class SignInLimiter:
         window: float = 900.0,
         max_delay: float = 300.0,
         remember: float = 30 * 86400.0,
-        max_entries: int = 10_000,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        self.db = database
         self.per_pair = per_pair
         self.per_address = per_address
         self.per_account = per_account
         self.window = window
         self.max_delay = max_delay
         self.remember = remember
-        self.max_entries = max_entries
         self._clock = clock
-        self._counts: OrderedDict[str, _Count] = OrderedDict()
-        self._known: OrderedDict[str, float] = OrderedDict()  # pair -> time of last success
+        self.refused = 0  # attempts told to wait (429), for /metrics
 
     def attempt(self, account: str, ip: str) -> SignInAttempt:
-        """Start a sign-in attempt; if its `wait` is above 0 it must not go on (429)."""
-        # No name is longer than 64 characters: a longer one still counts, in little memory.
+        """A sign-in attempt, to be entered with `async with`; if its `wait` is then above 0,
+        it must not go on (429)."""
+        # No name is longer than 64 characters: a longer one still counts, in little room.
         account, address = account.lower()[:65], address_key(ip)
-        pair = f"pair:{account} {address}"
-        keys = {pair: self.per_pair, f"addr:{address}": self.per_address}
-        if not self._is_known(pair):
-            keys[f"acct:{account}"] = self.per_account
-        now = self._clock()
-        wait = max(self._wait(key, now) for key in keys)
-        if wait > 0:
-            return SignInAttempt(self, pair, {}, wait)
-        for key, free in keys.items():
-            self._count(key, free).in_flight += 1
-        self._trim()
-        return SignInAttempt(self, pair, keys, 0.0)
+        return SignInAttempt(self, account, address)
 
-    def _is_known(self, pair: str) -> bool:
-        since = self._known.get(pair)
-        if since is None:
-            return False
-        if self._clock() - since > self.remember:
-            del self._known[pair]
-            return False
-        return True
-
-    def _wait(self, key: str, now: float) -> float:
-        count = self._counts.get(key)
-        if count is None:
-            return 0.0
-        if count.in_flight == 0 and count.failures and now - count.last > self.window:
-            del self._counts[key]
-            return 0.0
+    def _wait(self, count: db.SignInCount, free: int, now: float) -> float:
+        wait = 0.0
+        if count.failures >= free and count.last_failure_at is not None:
+            blocked_until = count.last_failure_at + self._delay(count.failures - free)
+            wait = max(0.0, blocked_until - now)
         used = count.failures + count.in_flight
-        wait = max(0.0, count.blocked_until - now)
-        if used >= count.free and count.in_flight:  # one attempt at a time past the free ones
-            wait = max(wait, self._delay(used - count.free))
+        if used >= free and count.in_flight:  # one attempt at a time past the free ones
+            wait = max(wait, self._delay(used - free))
         return wait
 
     def _delay(self, over: int) -> float:
         return min(self.max_delay, 2.0 ** min(over, 64))
 
-    def _count(self, key: str, free: int) -> _Count:
-        count = self._counts.get(key)
-        if count is None:
-            count = self._counts[key] = _Count(free)
-        self._counts.move_to_end(key)
-        return count
-
-    def _trim(self) -> None:
-        while len(self._counts) > self.max_entries:
-            self._counts.popitem(last=False)
-        while len(self._known) > self.max_entries:
-            self._known.popitem(last=False)
-
-    def _end(self, keys: dict[str, int], *, failed: bool) -> None:
-        now = self._clock()
-        for key, free in keys.items():
-            count = self._count(key, free)  # evicted meanwhile: counted afresh
-            count.in_flight = max(0, count.in_flight - 1)
-            if failed:
-                count.failures += 1
-                count.last = now
-                if count.failures >= count.free:
-                    count.blocked_until = now + self._delay(count.failures - count.free)
-            if count.failures == 0 and count.in_flight == 0:
-                del self._counts[key]
-        self._trim()
-
-    def _succeeded(self, pair: str, keys: dict[str, int]) -> None:
-        self._end(keys, failed=False)
-        self._counts.pop(pair, None)
-        self._known[pair] = self._clock()
-        self._known.move_to_end(pair)
-        self._trim()
-
-    def __len__(self) -> int:
-        return len(self._counts) + len(self._known)
-
 
 class SignInAttempt:
-    """One sign-in between SignInLimiter.attempt() and its outcome. Used as a context
+    """One sign-in between SignInLimiter.attempt() and its outcome. Used as an async context
     manager: leaving it without calling failed() or succeeded() counts nothing."""
 
-    def __init__(
-        self, limiter: SignInLimiter, pair: str, keys: dict[str, int], wait: float
-    ) -> None:
+    def __init__(self, limiter: SignInLimiter, account: str, address: str) -> None:
         self._limiter = limiter
-        self._pair = pair
-        self._keys = keys
-        self.wait = wait
+        self._pair = f"pair:{account} {address}"
+        self._account = account
+        self._address = address
+        self._keys: list[str] = []
+        self.wait = 0.0
 
-    def failed(self) -> None:
-        keys, self._keys = self._keys, {}
-        self._limiter._end(keys, failed=True)
-
-    def succeeded(self) -> None:
-        keys, self._keys = self._keys, {}
-        self._limiter._succeeded(self._pair, keys)
-
-    def __enter__(self) -> SignInAttempt:
+    async def __aenter__(self) -> SignInAttempt:
+        limiter = self._limiter
+        self.wait, keys = await db.begin_signin(
+            limiter.db,
+            counts={self._pair: limiter.per_pair, f"addr:{self._address}": limiter.per_address},
+            unless_known=(self._pair, f"acct:{self._account}", limiter.per_account),
+            now=limiter._clock(),
+            window=limiter.window,
+            remember=limiter.remember,
+            wait=limiter._wait,
+        )
+        self._keys = list(keys)
+        if self.wait > 0:
+            limiter.refused += 1
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        keys, self._keys = self._keys, {}
-        self._limiter._end(keys, failed=False)
+    async def failed(self) -> None:
+        keys, self._keys = self._keys, []
+        await db.end_signin(self._limiter.db, keys=keys, now=self._limiter._clock(), failed=True)
+
+    async def succeeded(self) -> None:
+        keys, self._keys = self._keys, []
+        await db.end_signin(
+            self._limiter.db,
+            keys=keys,
+            now=self._limiter._clock(),
+            failed=False,
+            known_pair=self._pair,
+        )
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        keys, self._keys = self._keys, []
+        await db.end_signin(self._limiter.db, keys=keys, now=self._limiter._clock(), failed=False)
 
 
 class RegistrationLimiter:
@@ -199,6 +155,7 @@ class RegistrationLimiter:
         self.max_entries = max_entries
         self._clock = clock
         self._times: OrderedDict[str, deque[float]] = OrderedDict()
+        self.refused = 0  # registrations told to wait (429), for /metrics
 
     def take(self, ip: str) -> float:
         """Count one registration from this address: 0 if it may go on, else the seconds
@@ -209,6 +166,7 @@ class RegistrationLimiter:
         while times and now - times[0] >= 3600.0:
             times.popleft()
         if len(times) >= self.per_hour:
+            self.refused += 1
             return times[0] + 3600.0 - now
         times.append(now)
         while len(self._times) > self.max_entries:

@@ -39,9 +39,13 @@ document.addEventListener("htmx:beforeRequest", () => {
 
 // The upload page: pick, drop anywhere, or paste; one XHR per file, for its progress events.
 // (htmx 2 also reports XHR progress, but dropped and pasted files come from no form.)
+// Files from data-resumable-from bytes up go over tus (tus-js-client, /api/tus/) instead:
+// a dropped connection or a sleeping laptop then resumes where it stopped.
 const uploadForm = document.getElementById("upload-form");
 if (uploadForm) {
   const maxBytes = Number(uploadForm.dataset.maxBytes);
+  const resumableFrom = Number(uploadForm.dataset.resumableFrom || Infinity);
+  const partBytes = Number(uploadForm.dataset.resumablePartBytes || Infinity);
   const input = document.getElementById("upload-file");
   // One request per file: several at once only where this script sends them one by one
   // (the plain form, without JavaScript, posts what is picked in a single request).
@@ -93,6 +97,10 @@ if (uploadForm) {
       const seconds = (performance.now() - started) / 1000;
       if (seconds > 0) speed.textContent = `${formatBytes(Math.round(loaded / seconds))}/s`;
     };
+    if (file.size >= resumableFrom && window.tus?.isSupported) {
+      uploadResumable(file, item, show);
+      return;
+    }
     const xhr = new XMLHttpRequest();
     xhr.open("POST", "/upload");
     xhr.setRequestHeader("HX-Request", "true");
@@ -115,6 +123,57 @@ if (uploadForm) {
     const data = new FormData();
     data.append("file", file, file.name);
     xhr.send(data);
+  };
+
+  // Network failures and server errors are retried for about ten minutes, resuming from
+  // what the server has; a refusal (4xx) is final, and shown. Picking the same file again
+  // later resumes it too (tus-js-client remembers its URL in localStorage).
+  const retryDelays = [0, 1000, 3000, 5000, 10000, 20000, 30000, 60000, 60000, 60000,
+    60000, 60000, 60000, 60000, 60000, 60000];
+  const retryable = (error) => {
+    const status = error.originalResponse ? error.originalResponse.getStatus() : 0;
+    return status === 0 || status >= 500 || [408, 409, 423, 429].includes(status);
+  };
+  const refusalOf = (error) => {
+    const response = error.originalResponse;
+    if (!response) return "The upload failed: the connection was lost.";
+    try {
+      return JSON.parse(response.getBody()).error || `The upload failed (${response.getStatus()}).`;
+    } catch {
+      return `The upload failed (${response.getStatus()}).`;
+    }
+  };
+  const tusHeaders = { "X-XSRFToken": headers["X-XSRFToken"] ?? "" };
+
+  const uploadResumable = (file, item, show) => {
+    const resumable = new tus.Upload(file, {
+      endpoint: "/api/tus/",
+      chunkSize: partBytes,
+      retryDelays,
+      onShouldRetry: retryable,
+      headers: tusHeaders,
+      metadata: { filename: file.name, filetype: file.type || "application/octet-stream" },
+      removeFingerprintOnSuccess: true,
+      onProgress: (sent, total) => show(sent, total),
+      onError: (error) => showError(item, refusalOf(error)),
+      onSuccess: async () => {
+        show(file.size, file.size);
+        // The same result as /upload's, from the finished upload's URL.
+        const response = await fetch(resumable.url, {
+          headers: { ...tusHeaders, "Tus-Resumable": "1.0.0", "HX-Request": "true" },
+        });
+        if (!response.ok) {
+          showError(item, `The upload finished, but its result could not be shown (${response.status}).`);
+          return;
+        }
+        item.classList.add("done");
+        item.querySelector(".upload-outcome").innerHTML = await response.text();
+      },
+    });
+    resumable.findPreviousUploads().then((previous) => {
+      if (previous.length) resumable.resumeFromPreviousUpload(previous[0]);
+      resumable.start();
+    });
   };
 
   const uploadAll = (files) => { for (const file of files) upload(file); };

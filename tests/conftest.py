@@ -51,10 +51,14 @@ def _no_implicit_event_loop() -> None:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Every test that uses the database (the `db` or `app` fixture) runs on SQLite and on
-    PostgreSQL, except those marked sqlite_only (they look at SQLite's file itself)."""
+    PostgreSQL, except those marked sqlite_only (they look at SQLite's file itself) or
+    postgresql_only (they look at PostgreSQL's own features: notices, connections)."""
     if "database_kind" in metafunc.fixturenames:
-        only = metafunc.definition.get_closest_marker("sqlite_only") is not None
-        kinds = ["sqlite"] if only else ["sqlite", "postgresql"]
+        kinds = ["sqlite", "postgresql"]
+        if metafunc.definition.get_closest_marker("sqlite_only") is not None:
+            kinds = ["sqlite"]
+        elif metafunc.definition.get_closest_marker("postgresql_only") is not None:
+            kinds = ["postgresql"]
         metafunc.parametrize("database_kind", kinds, indirect=True)
 
 
@@ -138,6 +142,15 @@ def db(parts: tuple[Database, LocalBlobStore]) -> Database:
 @pytest.fixture
 def store(parts: tuple[Database, LocalBlobStore]) -> LocalBlobStore:
     return parts[1]
+
+
+@pytest.fixture
+def other_process(config: Config, db: Database, io_loop: Any) -> Iterator[Database]:
+    """A second Database on the test's database (SQLite file or PostgreSQL database), as
+    another hostd process holds it."""
+    other = io_loop.run_sync(lambda: Database.open_config(config))
+    yield other
+    io_loop.run_sync(other.close)
 
 
 @pytest.fixture

@@ -382,3 +382,16 @@ def raw_sql(sql: str, params: tuple[Any, ...] = ()) -> Callable[[Any], Any]:
         await tx.execute(sql, params)
 
     return work
+
+
+async def until_heard(db: Any, notices_before: int, within: float = 10) -> None:
+    """Wait until `db` has heard of another process's change (a PostgreSQL notice after
+    `notices_before`). On SQLite nothing to wait for: the counter is read before each use."""
+    if db.dialect == "sqlite":
+        return
+    import asyncio
+
+    deadline = time.monotonic() + within
+    while db.changes.notices == notices_before:
+        assert time.monotonic() < deadline, f"no change notice within {within} s"
+        await asyncio.sleep(0.001)

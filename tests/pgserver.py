@@ -163,7 +163,8 @@ class PostgresServer:
                 tables = await conn.fetch(
                     """
                     SELECT tablename FROM pg_tables
-                    WHERE schemaname = 'public' AND tablename <> 'hostd_schema'
+                    WHERE schemaname = 'public'
+                      AND tablename NOT IN ('hostd_schema', 'changes')
                     """
                 )
                 sequences = await conn.fetch(
@@ -172,6 +173,7 @@ class PostgresServer:
                 sql = "; ".join(
                     [f'DELETE FROM "{row[0]}"' for row in tables]
                     + [f'ALTER SEQUENCE "{row[0]}" RESTART' for row in sequences]
+                    + ["UPDATE changes SET version = 0"]
                 )
                 self._emptying[url] = (conn, sql)
             conn, sql = self._emptying[url]
@@ -183,6 +185,18 @@ class PostgresServer:
             self.drop_database(url)
             return
         self._free.append(url)
+
+    def refuse_connections(self, url: str, refuse: bool = True) -> None:
+        """Make the database refuse new connections and end those it has (or, with
+        refuse=False, take them again): a database that does not answer."""
+        name = urllib.parse.urlsplit(url).path.lstrip("/")
+        allow = "false" if refuse else "true"
+        sql = f"ALTER DATABASE {name} ALLOW_CONNECTIONS {allow}"
+        if refuse:
+            sql += (
+                f"; SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+            )
+        self.run(self._admin.execute(sql))
 
     def new_empty_database(self) -> str:
         """A database with no tables at all (for `hostd db migrate`, `hostd db copy`)."""

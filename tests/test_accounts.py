@@ -380,7 +380,7 @@ class TestWhenThePasswordLaneIsFull:
 
 @pytest.mark.gen_test
 async def test_guessing_at_each_retry_after_does_not_lock_the_owner_out(
-    http_client, base_url, login, clock
+    http_client, base_url, login, wall_clock
 ):
     await login("olga", password="right password")
     attacker, owner = [], []
@@ -391,7 +391,7 @@ async def test_guessing_at_each_retry_after_does_not_lock_the_owner_out(
         if response.code == 429:  # the account looks locked: its owner signs in meanwhile
             answer = await sign_in(http_client, base_url, "olga", "right password", "127.0.0.2")
             owner.append(answer.code)
-            clock.advance(int(response.headers["Retry-After"]))
+            wall_clock.advance(int(response.headers["Retry-After"]))
 
     assert owner == [303] * attacker.count(429)
     assert attacker[:6] == [401] * 5 + [429]  # the guesser is still held: 5 free, then waits

@@ -10,6 +10,7 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
+import tornado.web
 from conftest import XSRF, form_body
 from helpers import blob_files, multipart_body, raw_exchange, temp_files
 
@@ -127,6 +128,42 @@ async def test_a_new_key_is_shown_only_to_its_owner(http_client, base_url, login
 
     assert not KEY.search(as_bob.body.decode())
     assert KEY.search(as_alice.body.decode())  # bob's try did not use up alice's view
+
+
+@pytest.mark.gen_test
+async def test_a_key_waiting_for_its_showing_is_in_the_database_only_sealed(
+    http_client, base_url, login, db, config
+):
+    alice = await login()
+
+    _, reveal = await post_key_form(http_client, base_url, alice, "sealed")
+    (row,) = await db.read(lambda tx: tx.fetchall("SELECT * FROM key_reveals"))
+    headers = {"Cookie": f"{alice.headers['Cookie']}; {reveal}"}
+    shown = await http_client.fetch(f"{base_url}/api", headers=headers)
+    left = await db.read(lambda tx: tx.fetchall("SELECT * FROM key_reveals"))
+
+    (token,) = set(KEY.findall(shown.body.decode()))
+    name, value = reveal.split("=", 1)
+    one_time = tornado.web.decode_signed_value(config.cookie_secret, name, value.strip('"'))
+    stored = " ".join(str(value) for value in row)
+    assert token not in stored and token.encode().hex() not in stored
+    assert one_time is not None and one_time.decode() not in stored  # nor what unseals it
+    assert left == []  # taken out by the showing
+
+
+@pytest.mark.gen_test
+async def test_a_key_not_shown_within_two_minutes_is_not_shown(
+    http_client, base_url, login, wall_clock
+):
+    alice = await login()
+
+    _, reveal = await post_key_form(http_client, base_url, alice, "too late")
+    wall_clock.advance(121)
+    late = await http_client.fetch(
+        f"{base_url}/api", headers={"Cookie": f"{alice.headers['Cookie']}; {reveal}"}
+    )
+
+    assert not KEY.search(late.body.decode())
 
 
 @pytest.mark.sqlite_only  # reads SQLite's own files

@@ -152,6 +152,32 @@ async def test_a_verified_key_skips_argon2_until_it_is_invalidated(db, counting,
 
 
 @pytest.mark.gen_test
+async def test_a_key_invalidated_by_another_process_is_refused_at_once(
+    db, counting, login, other_process
+):
+    alice = await login()
+    minted = await new_key(db, counting, alice.user.id)
+    assert await counting.verify_key(db, minted.token)  # remembered
+
+    await queries.invalidate_api_key(other_process, key_id=minted.key_id)
+
+    assert await counting.verify_key(db, minted.token) is None
+
+
+@pytest.mark.gen_test
+async def test_an_account_disabled_by_another_process_opens_nothing_at_once(
+    db, counting, login, other_process
+):
+    alice = await login()
+    minted = await new_key(db, counting, alice.user.id)
+    assert await counting.verify_key(db, minted.token)  # remembered
+
+    await queries.set_user_disabled(other_process, user_id=alice.user.id, disabled=True)
+
+    assert await counting.verify_key(db, minted.token) is None
+
+
+@pytest.mark.gen_test
 async def test_the_verification_cache_is_bounded(db, login):
     cheap = argon2.PasswordHasher.from_parameters(argon2.profiles.CHEAPEST)
     auth = Auth(password_hasher=cheap, key_hasher=cheap, cache_size=3)
@@ -229,3 +255,12 @@ async def test_new_accounts_wait_behind_sign_ins_and_hold_half_the_queue():
     refused = [i for i, result in enumerate(results) if isinstance(result, Busy)]
     assert refused == [2, 5]  # new accounts hold two of the four places; sign-ins the rest
     assert hasher.jobs[-4:] == ["hash new 0", "verify sign-in A", "verify sign-in B", "hash new 1"]
+
+
+def test_a_remembered_key_has_its_use_written_at_most_once_a_minute(counting):
+    # The key's row, as remembered from its verification, says it was never used.
+    key = queries.ApiKey(1, "0" * 16, 1, "hash", "", 0, last_used_at=None, invalidated_at=None)
+
+    writes = [counting.note_use(key, at, 60) for at in (1000, 1030, 1059, 1060, 1061)]
+
+    assert writes == [True, False, False, True, False]

@@ -379,6 +379,24 @@ def fill(path: Path) -> None:
                     delete_token_hash="d" * 64 if n == 1 else None,
                 )
             await queries.insert_ban(database, sha256="9" * 64, reason="spam")
+            await queries.record_setting(database, name=queries.COOKIE_SECRET, value="$argon2")
+            await queries.insert_key_reveal(
+                database, token_hash="r" * 64, user_id=bob.id, sealed_key="x", expires_at=5
+            )
+            await queries.insert_resumable(
+                database,
+                id="tus1",
+                user_id=alice.id,
+                api_key_id=key.id,
+                address="192.0.2.1",
+                length_bytes=10,
+                metadata="filename ZS50eHQ=",
+                filename="e.txt",
+                expires="",
+                created_at=1,
+                expires_at=2,
+                most=5,
+            )
         finally:
             await database.close()
 
@@ -401,6 +419,7 @@ def test_db_copy_moves_every_row_to_postgresql_and_back(tmp_path, postgres):
     assert back.returncode == 0, back.stderr
     original = dump(tmp_path / "a.sqlite3")
     assert set(original) >= {"users", "api_keys", "sessions", "blobs", "uploads", "bans"}
+    assert all(original[name] for name in ("settings", "key_reveals", "resumable_uploads"))
     assert all(original[name] for name in ("users", "api_keys", "sessions", "uploads", "bans"))
     assert dump(pg) == original
     assert dump(tmp_path / "b.sqlite3") == original

@@ -124,6 +124,38 @@ def test_mistakes_stop_the_start_and_name_the_key(tmp_path, text, message):
     assert message in str(caught.value)
 
 
+def test_metrics_are_off_and_loopback_only_by_default_and_read_from_their_section(tmp_path):
+    path = write(
+        tmp_path, '[metrics]\nenabled = true\nallow = ["10.0.0.0/8", "192.0.2.7", "fd00::/8"]\n'
+    )
+
+    config = load_config(path)
+
+    assert (load_config(None).metrics_enabled, load_config(None).metrics_allow) == (
+        False,
+        ("127.0.0.0/8", "::1"),
+    )
+    assert config.metrics_enabled is True
+    assert config.metrics_allow == ("10.0.0.0/8", "192.0.2.7", "fd00::/8")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[metrics]\nenabled = 1\n", "metrics.enabled must be bool"),
+        ("[metrics]\nmetrics_enabled = true\n", "unknown key metrics.metrics_enabled"),
+        ("[metrics]\nallow = '127.0.0.1'\n", "metrics.allow must be a list of addresses"),
+        ("[metrics]\nallow = ['localhost']\n", "metrics.allow: 'localhost' is not an address"),
+        ("[metrics]\nallow = ['10.0.0.0/33']\n", "metrics.allow: '10.0.0.0/33' is not"),
+    ],
+)
+def test_metrics_mistakes_name_the_key(tmp_path, text, message):
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, text))
+
+    assert message in str(caught.value)
+
+
 def test_a_flag_does_not_hide_a_mistake_in_the_file(tmp_path):
     path = write(tmp_path, "[server]\nport = '80'\n")
 

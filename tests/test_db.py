@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 
 import pytest
-from helpers import hold_writer
+from helpers import hold_writer, until_heard
 
 from hostd import db as queries
 from hostd.db import Database, latest_version
@@ -301,3 +302,151 @@ def test_postgresqls_full_disk_is_a_full_disk_like_sqlites():
 
     assert queries.is_full(asyncpg.exceptions.DiskFullError("could not extend file"))
     assert not queries.is_full(asyncpg.exceptions.UniqueViolationError("duplicate key"))
+
+
+# -- what another process changes (db.changes) --------------------------------------------
+
+
+async def remembered_blob(db, data: bytes, expires_at: int | None = None):
+    sha256 = hashlib.sha256(data).hexdigest()
+    blob, _ = await queries.register_upload(
+        db,
+        sha256=sha256,
+        size_bytes=len(data),
+        content_type="text/plain",
+        original_name="a",
+        expires_at=expires_at,
+    )
+    assert await queries.get_blob(db, blob.hash) == blob  # now in memory
+    return blob
+
+
+@pytest.mark.gen_test
+async def test_a_blob_another_process_deleted_is_not_served_from_memory(db, other_process):
+    blob = await remembered_blob(db, b"deleted elsewhere")
+
+    before = db.changes.notices
+    await queries.take_down(other_process, sha256=blob.sha256)
+    await until_heard(db, before)
+
+    assert await queries.get_blob(db, blob.hash) is None
+
+
+@pytest.mark.gen_test
+async def test_a_blob_another_process_made_expire_sooner_is_read_again(db, other_process):
+    data = b"kept forever, then expiring"
+    sha256 = hashlib.sha256(data).hexdigest()
+    await queries.register_upload(
+        db,
+        sha256=sha256,
+        size_bytes=len(data),
+        content_type="text/plain",
+        original_name="forever",
+        delete_token_hash="forever-link",
+    )
+    blob = await remembered_blob(db, data, expires_at=queries.now() + 60)
+
+    before = db.changes.notices
+    await queries.delete_by_link(other_process, token_hash="forever-link")
+    await until_heard(db, before)
+    now = await queries.get_blob(db, blob.hash)
+
+    assert blob.expires_at is None
+    assert now is not None and now.expires_at == (await queries.all_uploads(db))[0].expires_at
+
+
+@pytest.mark.gen_test
+async def test_a_blob_another_process_made_live_longer_is_read_again_when_it_looks_expired(
+    db, other_process
+):
+    data = b"expiring, then kept"
+    blob = await remembered_blob(db, data, expires_at=queries.now() + 60)
+    await queries.register_upload(
+        other_process,
+        sha256=blob.sha256,
+        size_bytes=blob.size_bytes,
+        content_type="text/plain",
+        original_name="kept",
+    )
+
+    later = await queries.get_blob(db, blob.hash, now=queries.now() + 61)
+
+    assert blob.expires_at is not None
+    assert later is not None and later.expires_at is None
+
+
+@pytest.mark.gen_test
+async def test_new_uploads_leave_other_processes_memory_alone(db, other_process):
+    blob = await remembered_blob(db, b"remembered")
+    seen = []
+    db.changes.subscribe(lambda: seen.append("dropped"))
+    db.changes.check()
+    seen.clear()
+    version = await db.read(lambda tx: tx.fetchval("SELECT version FROM changes"))
+
+    for i in range(3):  # new bytes, more of the same, some expiring
+        data = b"remembered" if i == 1 else b"other %d" % i
+        await queries.register_upload(
+            other_process,
+            sha256=hashlib.sha256(data).hexdigest(),
+            size_bytes=len(data),
+            content_type="text/plain",
+            original_name="x",
+            expires_at=queries.now() + 60 * i,
+        )
+    db.changes.check()
+
+    assert await db.read(lambda tx: tx.fetchval("SELECT version FROM changes")) == version
+    assert seen == []  # (on PostgreSQL: no notice, as the counter did not move)
+    assert db.blobs.get(blob.hash) == blob
+
+
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.postgresql_only
+async def test_postgresql_drops_another_process_caches_well_under_a_second(db, other_process):
+    """How long "at once" is on PostgreSQL: from one process's commit to the moment the
+    other's listener has dropped its caches (the figure the README gives)."""
+    delays = []
+    dropped_at: list[float] = []
+    db.changes.subscribe(lambda: dropped_at.append(time.perf_counter()))
+    for i in range(5):
+        blob = await remembered_blob(db, b"measured %d" % i)
+        dropped_at.clear()
+        started = time.perf_counter()  # an upper bound: the commit itself is counted in
+        await queries.take_down(other_process, sha256=blob.sha256)
+        deadline = time.monotonic() + 10
+        while not dropped_at:
+            assert time.monotonic() < deadline, "no notice"
+            await asyncio.sleep(0.001)
+        delays.append(dropped_at[0] - started)
+        assert db.blobs.get(blob.hash) is None
+    median = sorted(delays)[2]
+    print(f"commit to drop: median {median * 1000:.1f} ms, max {max(delays) * 1000:.1f} ms")
+    assert median < 0.5  # generously: a few milliseconds on a quiet machine
+
+
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.postgresql_only
+async def test_a_lost_listener_drops_everything_until_it_is_back(db):
+    blob = await remembered_blob(db, b"listener lost")
+    await db.read(
+        lambda tx: tx.fetchval(
+            """
+            SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+            WHERE datname = current_database() AND query LIKE 'LISTEN%'
+            """
+        )
+    )
+    deadline = time.monotonic() + 10
+    while db.blobs.get(blob.hash) is not None or not db.changes.blind:
+        assert time.monotonic() < deadline, "the lost connection went unnoticed"
+        await asyncio.sleep(0.001)
+    while db.changes.blind:  # it reconnects
+        assert time.monotonic() < deadline, "the listener did not come back"
+        await asyncio.sleep(0.01)
+    again = await remembered_blob(db, b"listener back")
+    before = db.changes.notices
+    await queries.take_down(db, sha256=again.sha256)
+    await until_heard(db, before)
+
+    assert db.blobs.get(again.hash) is None

@@ -6,7 +6,7 @@ has server.accel_redirect on (over the same data dir), so that nginx sends the f
 nginx's site is contrib/nginx.conf as shipped, except for the upstream address, the `listen`
 lines, the ssl_* lines (the test speaks plain HTTP) and the blob location's `alias` (the
 test's data dir); a second copy of its HTTPS server sends X-Forwarded-Proto "https", as
-$scheme does behind TLS. See adapted_site() and nginx_conf().
+$scheme does behind TLS. See adapted_site() and tests/nginxsite.py.
 
 nginx must be installed: CI's .ci/run does `apt-get install nginx-light`.
 """
@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import email.utils
 import hashlib
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -37,90 +35,31 @@ from typing import Any
 import pytest
 import tornado.httpclient
 from helpers import multipart_body, streamed_upload
+from nginxsite import (
+    CONTRIB,
+    INSTALL_HINT,
+    contrib_site,
+    find_nginx,
+    listening_on,
+    nginx_argv,
+    nginx_conf,
+    only,
+    parse_nginx,
+    render_nginx,
+    upstream_to,
+    walk,
+)
 
 from hostd.config import Config
 from hostd.formdata import FORM_OVERHEAD_BYTES
 from hostd.hashes import public_hash_candidates
 
-CONTRIB = Path(__file__).resolve().parent.parent / "contrib" / "nginx.conf"
 MiB = 1024 * 1024
 LIMIT = 24 * MiB  # hostd's max_upload_bytes here: room for the 20 MB upload, quick to exceed
 ACCEL_PREFIX = "/_hostd_blobs/"  # server.accel_redirect, as contrib/nginx.conf expects it
-INSTALL_HINT = "apt-get install nginx-light"
 
 
-# -- contrib/nginx.conf, parsed and adapted --------------------------------------------------
-
-TOKEN = re.compile(r"""#[^\n]*|"(?:\\.|[^"\\])*"|'(?:\\.|[^'\\])*'|[{};]|[^\s{};#"']+""")
-
-
-@dataclass
-class Directive:
-    name: str
-    args: list[str]
-    block: list[Directive] | None = None
-
-
-def parse_nginx(text: str) -> list[Directive]:
-    """nginx's configuration syntax, enough for our example: directives, blocks, quoting."""
-    tokens = [t for t in TOKEN.findall(text) if not t.startswith("#")]
-    position = 0
-
-    def block(nested: bool) -> list[Directive]:
-        nonlocal position
-        directives: list[Directive] = []
-        words: list[str] = []
-        while position < len(tokens):
-            token = tokens[position]
-            position += 1
-            if token == ";":
-                directives.append(Directive(words[0], words[1:]))
-                words = []
-            elif token == "{":
-                directives.append(Directive(words[0], words[1:], block(True)))
-                words = []
-            elif token == "}":
-                assert nested and not words, "unbalanced } in contrib/nginx.conf"
-                return directives
-            else:
-                words.append(token)
-        assert not nested and not words, "unterminated block or directive in contrib/nginx.conf"
-        return directives
-
-    return block(False)
-
-
-def render_nginx(directives: list[Directive], depth: int = 0) -> str:
-    pad = "    " * depth
-    lines = []
-    for d in directives:
-        head = " ".join([d.name, *d.args])
-        if d.block is None:
-            lines.append(f"{pad}{head};")
-        else:
-            lines += [f"{pad}{head} {{", render_nginx(d.block, depth + 1), f"{pad}}}"]
-    return "\n".join(lines)
-
-
-def walk(directives: list[Directive]) -> Iterator[Directive]:
-    for d in directives:
-        yield d
-        if d.block:
-            yield from walk(d.block)
-
-
-def only(items: list[Directive], what: str) -> Directive:
-    assert len(items) == 1, f"contrib/nginx.conf should have exactly one {what}"
-    return items[0]
-
-
-def listening_on(server: Directive, port: int) -> Directive:
-    """A copy of a server block on a loopback port, in plain HTTP."""
-    server = copy.deepcopy(server)
-    assert server.block is not None
-    kept = [d for d in server.block if d.name != "listen" and not d.name.startswith("ssl_")]
-    server.block = [Directive("listen", [f"127.0.0.1:{port}"]), *kept]
-    return server
+# -- contrib/nginx.conf, adapted --------------------------------------------------------------
 
 
 def adapted_site(
@@ -130,26 +69,10 @@ def adapted_site(
     ports, and the blobs' internal location over `blobs_dir`. The HTTPS server runs twice in
     plain HTTP: as it is (so $scheme is "http"), and with X-Forwarded-Proto "https", which
     is what $scheme says behind TLS."""
-    top = parse_nginx(CONTRIB.read_text(encoding="utf-8"))
-    upstream = only([d for d in top if d.name == "upstream"], "upstream block")
-    assert upstream.block is not None
-    only([d for d in upstream.block if d.name == "server"], "upstream server").args[0] = (
-        f"127.0.0.1:{hostd_port}"
-    )
-    servers = [d for d in top if d.name == "server"]
-    tls = only(
-        [s for s in servers if any(d.name == "ssl_certificate" for d in walk(s.block or []))],
-        "TLS server block",
-    )
-    redirect = only([s for s in servers if s is not tls], "port 80 server block")
-    blobs = only(
-        [d for d in walk(tls.block or []) if d.name == "location" and d.args == [ACCEL_PREFIX]],
-        f"location {ACCEL_PREFIX}",
-    )
-    only([d for d in blobs.block or [] if d.name == "alias"], "blobs alias").args = [
-        f"{blobs_dir}/"
-    ]
-    as_https = listening_on(tls, https_port)
+    site = contrib_site()
+    blobs = site.internal_location()
+    assert blobs is not None and blobs.args == [ACCEL_PREFIX], f"location {ACCEL_PREFIX}"
+    as_https = listening_on(site.tls, https_port, blobs_dir)
     proto = only(
         [
             d
@@ -162,58 +85,19 @@ def adapted_site(
     proto.args[1:] = ["https"]
     return render_nginx(
         [
-            upstream,
-            listening_on(tls, http_port),
+            upstream_to(site.upstream, [hostd_port]),
+            listening_on(site.tls, http_port, blobs_dir),
             as_https,
-            listening_on(redirect, redirect_port),
+            listening_on(site.redirect, redirect_port),
         ]
     )
-
-
-def nginx_conf(prefix: Path, site: str) -> str:
-    """A whole nginx.conf whose every path is under `prefix`, so it runs as any user
-    without touching /etc or /var."""
-    build = subprocess.run([find_nginx(), "-V"], capture_output=True, text=True).stderr
-    temp_paths = "\n".join(
-        f"    {module}_temp_path {prefix}/{module}_temp;"
-        for module in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-        if f"--without-http_{module}_module" not in build
-    )
-    # As root, nginx's workers would otherwise switch to `nobody`, who cannot enter tmp_path.
-    user = "user root;" if os.geteuid() == 0 else ""
-    return f"""
-{user}
-worker_processes 1;
-pid {prefix}/nginx.pid;
-lock_file {prefix}/nginx.lock;
-error_log {prefix}/error.log info;
-events {{
-    worker_connections 256;
-}}
-http {{
-    access_log {prefix}/access.log;
-{temp_paths}
-    default_type application/octet-stream;
-    # As in Debian's stock /etc/nginx/nginx.conf.
-    gzip on;
-
-{site}
-}}
-"""
 
 
 # -- the processes ------------------------------------------------------------------------
 
 
-def find_nginx() -> str:
-    found = shutil.which("nginx") or next(
-        (
-            path
-            for path in ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx")
-            if os.access(path, os.X_OK)
-        ),
-        None,
-    )
+def require_nginx() -> str:
+    found = find_nginx()
     if found is None:
         pytest.fail(
             "nginx is not installed, and tests/test_nginx.py runs a real nginx in front of "
@@ -294,7 +178,7 @@ class Stack:
 @contextlib.contextmanager
 def running(root: Path, data_dir: Path, settings: str = "") -> Iterator[Stack]:
     """hostd (hostd.toml's [server] section plus `settings`) and nginx in front of it."""
-    nginx = find_nginx()
+    nginx = require_nginx()
     root.mkdir()
     hostd_port, http_port, https_port, redirect_port = free_ports(4)
     stack = Stack(
@@ -333,11 +217,11 @@ def running(root: Path, data_dir: Path, settings: str = "") -> Iterator[Stack]:
         site = adapted_site(
             hostd_port, http_port, https_port, redirect_port, stack.data_dir / "blobs"
         )
-        conf.write_text(nginx_conf(stack.prefix, site))
+        conf.write_text(nginx_conf(nginx, stack.prefix, site))
         nginx_log = stack.prefix / "stderr.log"
         with nginx_log.open("wb") as out:
             proxy = subprocess.Popen(
-                [nginx, "-c", str(conf), "-p", str(stack.prefix), "-g", "daemon off;"],
+                nginx_argv(nginx, stack.prefix),
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )

@@ -238,3 +238,30 @@ async def test_aborting_after_the_disk_filled_midway_removes_the_temp_file(tmp_p
 
     assert refused is not None and refused.errno == errno.ENOSPC
     assert temp_files(cramped) == []
+
+
+@pytest.mark.gen_test
+async def test_an_adopted_file_is_placed_without_a_copy_and_left_where_it_was(local, tmp_path):
+    finished = tmp_path / "partial"
+    finished.write_bytes(b"resumed " * 5000)
+
+    written = await local.adopt(finished)
+    await local.place(written)
+
+    assert written.sha256 == hashlib.sha256(b"resumed " * 5000).hexdigest()
+    assert written.size_bytes == 40_000 and written.head == (b"resumed " * 5000)[:8192]
+    assert await read_all(local, written.sha256) == b"resumed " * 5000
+    assert local.path(written.sha256).stat().st_ino == finished.stat().st_ino  # a link
+    assert oct(local.path(written.sha256).stat().st_mode & 0o777) == "0o640"
+    assert temp_files(local) == []
+
+
+@pytest.mark.gen_test
+async def test_a_discarded_adopted_file_leaves_the_file_and_no_temp_file(local, tmp_path):
+    finished = tmp_path / "partial"
+    finished.write_bytes(b"kept")
+
+    await local.discard(await local.adopt(finished))
+
+    assert finished.read_bytes() == b"kept"
+    assert temp_files(local) == []

@@ -4,7 +4,9 @@ core.py holds the Database (the Tx that units of work use, the batching writer,
 migrations), sqlite.py and postgres.py the two dialects' connections; blobs.py the
 files' rows; accounts.py users, sessions and API keys; moderation.py bans, disabled and
 removed accounts; stats.py the figures of `hostd stats`; quotas.py storage quotas; expiry.py
-expired uploads; deletion.py deletion links. Callers import this package only.
+expired uploads; deletion.py deletion links; signins.py failed sign-ins; settings.py what
+every process must agree on; resumable.py tus uploads in progress. Callers import this
+package only.
 """
 
 from hostd.db.accounts import (
@@ -17,11 +19,13 @@ from hostd.db.accounts import (
     get_session_user,
     get_user,
     insert_api_key,
+    insert_key_reveal,
     insert_session,
     insert_user,
     invalidate_api_key,
     list_api_keys,
     list_users,
+    take_key_reveal,
     touch_api_key,
     update_password,
 )
@@ -50,6 +54,8 @@ from hostd.db.copy import Copied, CopyRefused, copy_database
 from hostd.db.core import (
     POSTGRESQL,
     SQLITE,
+    Cache,
+    Changes,
     Database,
     Row,
     Tx,
@@ -81,7 +87,23 @@ from hostd.db.moderation import (
     set_user_disabled,
 )
 from hostd.db.quotas import OverQuota, set_quota
-from hostd.db.stats import Stats, Uploader, get_stats
+from hostd.db.resumable import (
+    Resumable,
+    TooManyResumable,
+    complete_resumable,
+    delete_expired_resumables,
+    delete_resumable,
+    get_resumable,
+    get_upload_with_blob,
+    insert_resumable,
+    list_expired_resumables,
+    pending_resumable_bytes,
+    unfinished_resumable_ids,
+    update_resumable_offset,
+)
+from hostd.db.settings import COOKIE_SECRET, delete_setting, record_setting
+from hostd.db.signins import SignInCount, begin_signin, end_signin
+from hostd.db.stats import Stats, Stored, Uploader, get_stats, get_stored
 
 __all__ = [
     "Copied",
@@ -95,10 +117,13 @@ __all__ = [
     "Unsupported",
     "conflicts",
     "is_integrity_error",
+    "COOKIE_SECRET",
     "AlreadyBanned",
     "ApiKey",
     "Ban",
     "Blob",
+    "Cache",
+    "Changes",
     "Database",
     "DeleteLink",
     "Expired",
@@ -107,33 +132,48 @@ __all__ = [
     "OverQuota",
     "Registration",
     "Removal",
+    "Resumable",
+    "SignInCount",
     "Stats",
+    "Stored",
     "TooManyKeys",
+    "TooManyResumable",
     "Upload",
     "Uploader",
     "User",
     "UserFile",
     "all_blob_sha256s",
     "all_uploads",
+    "complete_resumable",
+    "begin_signin",
     "count_uploads",
     "delete_ban",
     "delete_by_link",
     "delete_expired",
+    "delete_expired_resumables",
+    "delete_resumable",
     "delete_session",
+    "delete_setting",
     "delete_upload",
     "delete_uploads_of_blob",
     "delete_user",
+    "end_signin",
     "forget_blob",
     "get_api_key",
     "get_ban",
     "get_blob",
     "get_blob_by_sha256",
     "get_delete_link",
+    "get_resumable",
     "get_session_user",
     "get_stats",
+    "get_upload_with_blob",
+    "get_stored",
     "get_user",
     "insert_api_key",
+    "insert_key_reveal",
     "insert_ban",
+    "insert_resumable",
     "insert_session",
     "insert_user",
     "invalidate_api_key",
@@ -143,10 +183,13 @@ __all__ = [
     "list_api_keys",
     "list_bans",
     "list_expired",
+    "list_expired_resumables",
     "list_registrations",
     "list_user_files",
     "list_users",
     "now",
+    "pending_resumable_bytes",
+    "record_setting",
     "referenced_among",
     "refused_as_banned",
     "register_upload",
@@ -154,6 +197,9 @@ __all__ = [
     "set_quota",
     "set_user_disabled",
     "take_down",
+    "take_key_reveal",
     "touch_api_key",
+    "unfinished_resumable_ids",
     "update_password",
+    "update_resumable_offset",
 ]

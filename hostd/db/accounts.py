@@ -236,3 +236,41 @@ async def touch_api_key(db: Database, *, id: int, at: int) -> None:
     await db.write(
         lambda tx: tx.execute("UPDATE api_keys SET last_used_at = ? WHERE id = ?", (at, id))
     )
+
+
+# -- a new key's one showing -----------------------------------------------------------
+
+
+async def insert_key_reveal(
+    db: Database, *, token_hash: str, user_id: int, sealed_key: str, expires_at: int
+) -> None:
+    """Keep a new key, sealed, for its one showing; expired ones go now."""
+
+    async def work(tx: Tx) -> None:
+        await tx.execute("DELETE FROM key_reveals WHERE expires_at < ?", (now(),))
+        await tx.execute(
+            """
+            INSERT INTO key_reveals (token_hash, user_id, sealed_key, expires_at)
+            VALUES (?, ?, ?, ?)
+            """,
+            (token_hash, user_id, sealed_key, expires_at),
+        )
+
+    await db.write(work)
+
+
+async def take_key_reveal(db: Database, *, token_hash: str, user_id: int, at: int) -> str | None:
+    """The sealed key waiting under this token for this user, taken out (so it is shown
+    once, whichever process asks first); None when there is none, or it expired by `at`."""
+    row = await db.write(
+        lambda tx: tx.fetchone(
+            """
+            DELETE FROM key_reveals WHERE token_hash = ? AND user_id = ?
+            RETURNING sealed_key, expires_at
+            """,
+            (token_hash, user_id),
+        )
+    )
+    if row is None or row["expires_at"] < at:
+        return None
+    return str(row["sealed_key"])

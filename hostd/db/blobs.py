@@ -47,10 +47,14 @@ def row_as(cls: type[T], row: Row) -> T:
     return cls(**dict(zip(row.keys(), row, strict=True)))
 
 
-async def get_blob(db: Database, hash: str) -> Blob | None:
-    """The blob with this public hash, or None; known blobs come from memory."""
+async def get_blob(db: Database, hash: str, *, now: int | None = None) -> Blob | None:
+    """The blob with this public hash, or None; known blobs come from memory, unless any
+    process has deleted a blob or shortened a blob's life since (db.changes). With `now`, a
+    remembered blob that looks expired by then is read again: another process may have
+    extended its life (which bumps no counter)."""
+    db.changes.check()
     blob: Blob | None = db.blobs.get(hash)
-    if blob is not None:
+    if blob is not None and (now is None or blob.alive_at(now)):
         return blob
     generation = db.blobs.generation
     row = await db.read(lambda tx: tx.fetchone("SELECT * FROM blobs WHERE hash = ?", (hash,)))
@@ -164,8 +168,8 @@ async def _new_blob_in_one_statement(
     upload_id = await tx.fetchval(
         """
         WITH new_blob AS (
-            INSERT INTO blobs (sha256, hash, size_bytes, content_type, created_at)
-            VALUES (?, ?, ?, ?, ?)
+            INSERT INTO blobs (sha256, hash, size_bytes, content_type, created_at, expires_at)
+            VALUES (?, ?, ?, ?, ?, 0)
             ON CONFLICT DO NOTHING
             RETURNING sha256
         ), new_upload AS (
@@ -207,12 +211,14 @@ async def _insert_blob(
     takes the shortest free public hash: the unique indexes say which are taken. ON
     CONFLICT DO NOTHING rather than catching the violation, because PostgreSQL aborts a
     transaction on any error; and the INSERT comes first, so that new bytes (the common
-    case) cost one statement."""
+    case) cost one statement. The row starts expired (0: no upload yet), so that its first
+    upload's trigger only ever extends its life, which tells no other process anything (see
+    0009_shared_state.sql)."""
     for candidate in public_hash_candidates(sha256):
         row = await tx.fetchone(
             """
-            INSERT INTO blobs (sha256, hash, size_bytes, content_type, created_at)
-            VALUES (?, ?, ?, ?, ?)
+            INSERT INTO blobs (sha256, hash, size_bytes, content_type, created_at, expires_at)
+            VALUES (?, ?, ?, ?, ?, 0)
             ON CONFLICT DO NOTHING
             RETURNING *
             """,

@@ -33,7 +33,9 @@ class Copied:
 
 
 async def tables(tx: Tx) -> list[str]:
-    """The database's own tables (not the migration bookkeeping), in copying order."""
+    """The database's own tables, in copying order: not the migration bookkeeping, nor
+    `changes` (each database's own counter of what its processes must forget; a migrated
+    target has its row already)."""
     if tx.dialect == SQLITE:
         rows = await tx.fetchall(
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
@@ -45,7 +47,7 @@ async def tables(tx: Tx) -> list[str]:
             WHERE table_schema = current_schema() AND table_type = 'BASE TABLE'
             """
         )
-    names = {row[0] for row in rows} - {"hostd_schema"}
+    names = {row[0] for row in rows} - {"hostd_schema", "changes"}
     for name in names:
         if not _NAME.fullmatch(name):
             raise CopyRefused(f"unexpected table name {name!r}")
@@ -138,8 +140,15 @@ async def _after_copy(tx: Tx, names: list[str]) -> None:
     """PostgreSQL's identity columns: the next id after the largest copied."""
     if tx.dialect != POSTGRESQL:
         return
+    rows = await tx.fetchall(
+        """
+        SELECT table_name FROM information_schema.columns
+        WHERE table_schema = current_schema() AND column_name = 'id' AND is_identity = 'YES'
+        """
+    )
+    identities = {row[0] for row in rows}
     for table in names:
-        if "id" in await columns(tx, table=table):
+        if table in identities:
             await tx.fetchval(
                 f"""
                 SELECT setval(pg_get_serial_sequence('{table}', 'id'),

@@ -107,6 +107,10 @@ class Backend(Protocol):
 
     async def backup(self, target: Path) -> None: ...
 
+    async def watch(self, changes: Changes) -> None: ...
+
+    async def healthy(self) -> None: ...
+
     async def close(self) -> None: ...
 
 
@@ -185,6 +189,78 @@ class Cache(Generic[K, V]):
         self.generation += 1
         self._entries.clear()
 
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class Changes:
+    """Tells this process's caches when another process may have changed what they hold.
+
+    What a process remembers (blob rows, verified keys) must be refused "at once" when any
+    process deletes or invalidates it. The schema's triggers announce each such change in
+    the same commit (0009_shared_state.sql); every subscriber then drops all it holds.
+
+    On SQLite the triggers bump one counter, `changes`; check() reads it before a cache is
+    trusted and drops everything when it has moved. The read is one indexed row on a
+    connection of this thread's own, run right here on the IOLoop: a few microseconds, where
+    a trip to a database thread costs tens.
+
+    On PostgreSQL the triggers also call pg_notify('hostd_changes'); a connection of its own
+    LISTENs (postgres.ChangeListener) and calls drop_all() as each commit's notice arrives,
+    so check() costs nothing. While that connection is lost, the caches cannot be told
+    anything: `blind` is set, and check() drops everything every time until it is back.
+    """
+
+    def __init__(self) -> None:
+        self._drops: list[Callable[[], None]] = []
+        self._conn: sqlite3.Connection | None = None
+        self._seen: int | None = None
+        self.blind = False
+        self.notices = 0  # PostgreSQL: how many notices the listener has heard
+
+    def heard(self) -> None:
+        """PostgreSQL's listener heard a change notice."""
+        self.notices += 1
+        self.drop_all()
+
+    def watch(self, path: Path) -> None:
+        """Start reading the counter of the SQLite database at `path` (migrated already)."""
+        # No busy wait: a WAL reader is not blocked by writers; should it ever be (a
+        # recovery), check() assumes a change rather than hold up the IOLoop.
+        self._conn = sqlite3.connect(path, isolation_level=None)
+        self._conn.execute("PRAGMA busy_timeout = 0").fetchall()
+
+    def subscribe(self, drop: Callable[[], None]) -> None:
+        """Call `drop` (which forgets a whole cache) whenever something may have changed."""
+        self._drops.append(drop)
+
+    def drop_all(self) -> None:
+        for drop in self._drops:
+            drop()
+
+    def check(self) -> None:
+        """Before trusting a cache: drop every cache if anything may have changed since."""
+        if self.blind:
+            self.drop_all()
+            return
+        if self._conn is None:
+            return
+        try:
+            # fetchall(): stepped to the end, so no read transaction stays open
+            version: int | None = self._conn.execute(
+                "SELECT version FROM changes WHERE id = 1"
+            ).fetchall()[0][0]
+        except sqlite3.Error:
+            version = None  # cannot tell: as if everything had changed
+        if version is None or version != self._seen:
+            self._seen = version
+            self.drop_all()
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
 
 @dataclass
 class WriterStats:
@@ -235,12 +311,15 @@ class Database:
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self.stats = WriterStats()
-        # Public hash -> Blob, so that serving a known file needs no trip to the database.
-        # A blob row changes only in its expiry (as uploads of it come and go) and goes
-        # with its last upload: every write that adds or removes uploads drops the entry
-        # here (after its commit) when the blob changed or went. Its expiry is checked
-        # against the clock on every request, cached or not.
+        # Public hash -> Blob, so that serving a known file needs no trip to the
+        # database. A blob row changes only in its expiry (as uploads of it come and go) and
+        # goes with its last upload: every write that adds or removes uploads drops the
+        # entry here (after its commit) when the blob changed or went. Its expiry is
+        # checked against the clock on every request, cached or not. Other processes' changes
+        # reach it through `changes`, checked before each use.
         self.blobs: Cache[str, Any] = Cache(4096)
+        self.changes = Changes()
+        self.changes.subscribe(self.blobs.clear)
 
     @classmethod
     async def open(
@@ -261,6 +340,7 @@ class Database:
         try:
             if migrate:
                 await database.migrate()
+            await backend.watch(database.changes)
         except BaseException:
             await database.close()
             raise
@@ -281,6 +361,7 @@ class Database:
         if self._task is not None:
             await self._task
         await self._backend.close()
+        self.changes.close()
 
     @property
     def waiting(self) -> int:
@@ -293,6 +374,11 @@ class Database:
         """Run `work` outside the writer; it sees the last commit. With snapshot, all its
         statements see the same one (a read transaction)."""
         return await self._backend.read(work, snapshot)
+
+    async def healthy(self) -> None:
+        """Return when the database answers a read; raise (the driver's error, OSError)
+        when not."""
+        await self._backend.healthy()
 
     # -- writes
 

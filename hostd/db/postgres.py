@@ -11,20 +11,36 @@ another as one simple-protocol message.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
+import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncpg
 
-from hostd.db.core import POSTGRESQL, Row, Unsupported, Work, migrations, now, run_batch
+from hostd.db.core import (
+    POSTGRESQL,
+    Changes,
+    Row,
+    Unsupported,
+    Work,
+    migrations,
+    now,
+    run_batch,
+)
 
 T = TypeVar("T")
+log = logging.getLogger("hostd")
 
 READ_POOL_SIZE = 8
 # pg_advisory_lock's key while migrating: instances that start together take turns.
 MIGRATION_LOCK = 0x686F737464  # "hostd"
+# The channel 0009_shared_state.sql's triggers notify (core.Changes).
+CHANGES_CHANNEL = "hostd_changes"
+RECONNECT_SECONDS = (0.1, 0.5, 1.0, 2.0, 5.0)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -112,12 +128,87 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     read a second round trip. (An open transaction is still rolled back by asyncpg.)"""
 
 
+class ChangeListener:
+    """A connection of its own that LISTENs on hostd_changes and tells `changes` of every
+    notice (see core.Changes). When the connection is lost, the caches are dropped and
+    kept blind until it is back: a change made meanwhile would otherwise go unheard."""
+
+    def __init__(self, url: str, password: str | None, changes: Changes) -> None:
+        self._url = url
+        self._password = password
+        self._changes = changes
+        self._conn: asyncpg.Connection | None = None
+        self._reconnecting: asyncio.Task[None] | None = None
+        self._closing = False
+
+    async def start(self) -> None:
+        self._conn = await self._listen()
+
+    async def _listen(self) -> asyncpg.Connection:
+        conn = await asyncpg.connect(self._url, password=self._password)
+        try:
+            conn.add_termination_listener(self._lost)
+            await conn.add_listener(CHANGES_CHANNEL, self._notified)
+        except BaseException:
+            await conn.close()
+            raise
+        return conn
+
+    def _notified(self, conn: object, pid: int, channel: str, payload: object) -> None:
+        self._changes.heard()
+
+    def _lost(self, conn: object) -> None:
+        if self._closing or conn is not self._conn:
+            return
+        self._conn = None
+        self._changes.blind = True
+        self._changes.drop_all()
+        log.warning("database: the change listener's connection was lost; reconnecting")
+        self._reconnecting = asyncio.get_running_loop().create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        attempt = 0
+        while not self._closing:
+            try:
+                conn = await self._listen()
+            except (OSError, asyncpg.PostgresError, TimeoutError):
+                await asyncio.sleep(RECONNECT_SECONDS[min(attempt, len(RECONNECT_SECONDS) - 1)])
+                attempt += 1
+                continue
+            if self._closing:
+                await conn.close()
+                return
+            self._conn = conn
+            # Listening again: what changed while blind is no longer in any cache, and
+            # what a read begun before now would put in is refused (Cache.generation).
+            self._changes.blind = False
+            self._changes.drop_all()
+            log.info("database: the change listener is back")
+            return
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._reconnecting is not None:
+            self._reconnecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reconnecting
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            with contextlib.suppress(Exception):
+                await conn.close(timeout=5)
+
+
 class PostgresBackend:
     dialect = POSTGRESQL
 
-    def __init__(self, reads: asyncpg.Pool, writes: asyncpg.Pool) -> None:
+    def __init__(
+        self, reads: asyncpg.Pool, writes: asyncpg.Pool, url: str, password: str | None
+    ) -> None:
         self._reads = reads
         self._writes = writes
+        self._url = url
+        self._password = password
+        self._listener: ChangeListener | None = None
 
     @classmethod
     async def open(cls, url: str, *, password: str | None = None) -> PostgresBackend:
@@ -134,11 +225,21 @@ class PostgresBackend:
         except BaseException:
             await reads.close()
             raise
-        return cls(reads, writes)
+        return cls(reads, writes, url, password)
 
     async def close(self) -> None:
+        if self._listener is not None:
+            await self._listener.close()
         await self._writes.close()
         await self._reads.close()
+
+    async def watch(self, changes: Changes) -> None:
+        self._listener = ChangeListener(self._url, self._password, changes)
+        await self._listener.start()
+
+    async def healthy(self) -> None:
+        async with self._reads.acquire() as conn:
+            await conn.fetchval("SELECT 1")
 
     async def read(self, work: Work[T], snapshot: bool) -> T:
         async with self._reads.acquire() as conn:

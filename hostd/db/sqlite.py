@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from hostd.db.core import SQLITE, Row, Work, drive, migrations, run_batch
+from hostd.db.core import SQLITE, Changes, Row, Work, drive, migrations, run_batch
 
 T = TypeVar("T")
 
@@ -69,7 +69,10 @@ class SqliteTx:
 class SqliteBackend:
     dialect = SQLITE
 
-    def __init__(self, reader: aiosqlite.Connection, writer: aiosqlite.Connection) -> None:
+    def __init__(
+        self, reader: aiosqlite.Connection, writer: aiosqlite.Connection, path: Path
+    ) -> None:
+        self.path = path
         self._reader = reader
         self._writer = writer
 
@@ -81,7 +84,7 @@ class SqliteBackend:
         except BaseException:
             await writer.close()
             raise
-        return cls(reader, writer)
+        return cls(reader, writer, path)
 
     async def close(self) -> None:
         await self._writer.close()
@@ -98,6 +101,25 @@ class SqliteBackend:
 
     async def backup(self, target: Path) -> None:
         await _in_thread(self._reader, _backup, target)
+
+    async def watch(self, changes: Changes) -> None:
+        changes.watch(self.path)
+
+    async def healthy(self) -> None:
+        """The read connection proves its thread answers, but it reads through its own open
+        file and page cache, so it would not notice the file being deleted, moved or damaged
+        underneath it; a fresh read-only connection reads the file's header afresh."""
+        uri = self.path.resolve().as_uri() + "?mode=ro"
+        await _in_thread(self._reader, _check_file, uri)
+
+
+def _check_file(conn: sqlite3.Connection, uri: str) -> None:
+    conn.execute("SELECT 1").fetchone()
+    fresh = sqlite3.connect(uri, uri=True)
+    try:
+        fresh.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    finally:
+        fresh.close()
 
 
 def _batch(conn: sqlite3.Connection, works: list[Work[Any]]) -> list[tuple[bool, Any]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hostd.handlers import accounts, api, deletion, download, files, pages, upload
+from hostd.handlers import accounts, api, deletion, download, files, monitoring, pages, tus, upload
 
 
 def all_routes() -> list[tuple[str, Any]]:
@@ -15,6 +15,8 @@ def all_routes() -> list[tuple[str, Any]]:
         *api.routes,
         *files.routes,
         *upload.routes,
+        *tus.routes,
         *deletion.routes,
+        *monitoring.routes,
         *download.routes,
     ]

@@ -83,7 +83,7 @@ class LoginHandler(AccountFormHandler):
     async def post(self) -> None:
         name = self.get_body_argument("name", "").strip()
         form: dict[str, Any] = {"name": name, "next": self.next_url()}
-        with self.limiter.attempt(name, self.address) as attempt:
+        async with self.limiter.attempt(name, self.address) as attempt:
             if attempt.wait:
                 error = wait_message("Too many failed sign-ins.", attempt.wait)
                 self.refuse(429, error, wait=attempt.wait, **form)
@@ -95,14 +95,14 @@ class LoginHandler(AccountFormHandler):
                 self.refuse(503, BUSY_MESSAGE, wait=5, **form)
                 return
             if not ok or user is None:
-                attempt.failed()
+                await attempt.failed()
                 self.refuse(401, "Wrong name or password.", **form)
                 return
             if user.disabled_at is not None:
                 # Said only after the right password: to a guesser, the same as any account.
                 self.refuse(403, DISABLED_MESSAGE, **form)
                 return
-            attempt.succeeded()
+            await attempt.succeeded()
         if new_hash:
             await db.update_password(
                 self.db, user_id=user.id, password_hash=new_hash, end_sessions=False

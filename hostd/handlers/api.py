@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import secrets
-import time
-from collections import OrderedDict
-from collections.abc import Callable
-
 import tornado.web
 
 from hostd import clients, db, retention
-from hostd.auth import Busy
+from hostd.auth import Busy, new_reveal_token, reveal_token_hash, seal_key, unseal_key
 from hostd.db import ApiKey
 from hostd.handlers.base import BaseHandler, Refusal
 
@@ -18,57 +13,28 @@ MAX_LABEL_LENGTH = 100
 
 
 NEW_KEY_COOKIE = "hostd_new_key"
-REVEAL_SECONDS = 120.0
-
-
-class KeyReveals:
-    """New keys waiting to be shown once, on the page a plain form post redirects to.
-
-    Without JavaScript, answering the POST with the key would let a reload post again and
-    mint another; so the POST stores the key here for a moment under a random nonce (sent
-    back in a cookie) and redirects, and the next GET takes it out. Bounded, short-lived,
-    in memory only: the database never sees the key.
-    """
-
-    def __init__(self, max_entries: int = 256, clock: Callable[[], float] = time.monotonic):
-        self._entries: OrderedDict[str, tuple[int, str, float]] = OrderedDict()
-        self._max_entries = max_entries
-        self._clock = clock
-
-    def put(self, user_id: int, token: str) -> str:
-        now = self._clock()
-        while self._entries and (
-            len(self._entries) >= self._max_entries or next(iter(self._entries.values()))[2] < now
-        ):
-            self._entries.popitem(last=False)
-        nonce = secrets.token_urlsafe(18)
-        self._entries[nonce] = (user_id, token, now + REVEAL_SECONDS)
-        return nonce
-
-    def take(self, nonce: str, user_id: int) -> str | None:
-        """The key, once, to the user who made it, within its time."""
-        entry = self._entries.get(nonce)
-        if entry is None or entry[0] != user_id:
-            return None
-        del self._entries[nonce]
-        return entry[1] if entry[2] >= self._clock() else None
+REVEAL_SECONDS = 120
 
 
 class ApiPageHandler(BaseHandler):
     async def get(self) -> None:
         new_key = None
-        nonce = self.get_signed_cookie(NEW_KEY_COOKIE, max_age_days=1)
-        if nonce is not None:
+        token = self.get_signed_cookie(NEW_KEY_COOKIE, max_age_days=1)
+        if token is not None:
             self.clear_cookie(NEW_KEY_COOKIE, path="/api")
             if self.current_user is not None:
-                new_key = self.reveals.take(nonce.decode(), self.current_user.id)
+                new_key = await self.take_new_key(token.decode(), self.current_user.id)
         if new_key is not None:
             self.set_header("Cache-Control", "no-store")
         await self.render_keys(new_key=new_key)
 
-    @property
-    def reveals(self) -> KeyReveals:
-        return self.settings["hostd_reveals"]
+    async def take_new_key(self, token: str, user_id: int) -> str | None:
+        """The key waiting for its one showing under this cookie's token (see
+        ApiKeyListHandler), taken out of the database; None once shown, or too late."""
+        sealed = await db.take_key_reveal(
+            self.db, token_hash=reveal_token_hash(token), user_id=user_id, at=self.now()
+        )
+        return unseal_key(token, sealed) if sealed is not None else None
 
     async def render_keys(self, *, new_key: str | None = None, error: str | None = None) -> None:
         keys = (
@@ -90,7 +56,7 @@ class ApiPageHandler(BaseHandler):
 
 class ApiKeyListHandler(ApiPageHandler):
     """POST makes a key, shown once: in the htmx answer, or on the page a plain form is
-    redirected to (see KeyReveals). Never cached, never stored in clear."""
+    redirected to. Never cached, never stored in clear."""
 
     @tornado.web.authenticated
     async def post(self) -> None:
@@ -125,8 +91,18 @@ class ApiKeyListHandler(ApiPageHandler):
             self.set_header("Cache-Control", "no-store")
             await self.render_keys(new_key=minted.token)
             return
-        nonce = self.reveals.put(self.current_user.id, minted.token)
-        self.set_private_cookie(NEW_KEY_COOKIE, nonce, path="/api")
+        # Answering this POST with the key would let a reload post again and mint another:
+        # the key waits, sealed, for the next GET (which another process may serve) under a
+        # one-time token that only this browser holds.
+        token = new_reveal_token()
+        await db.insert_key_reveal(
+            self.db,
+            token_hash=reveal_token_hash(token),
+            user_id=self.current_user.id,
+            sealed_key=seal_key(token, minted.token),
+            expires_at=self.now() + REVEAL_SECONDS,
+        )
+        self.set_private_cookie(NEW_KEY_COOKIE, token, path="/api")
         self.redirect("/api", status=303)
 
 
@@ -152,7 +128,6 @@ class ApiKeyInvalidateHandler(BaseHandler):
             return
         invalidated = await db.invalidate_api_key(self.db, key_id=key.key_id, user_id=key.user_id)
         assert invalidated is not None
-        self.auth.forget_key(invalidated.id)
         if self.is_htmx:
             self.set_header("Vary", "HX-Request")
             self.finish(self.render_string_page("api/_key_row.html", key=invalidated))

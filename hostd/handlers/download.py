@@ -119,10 +119,11 @@ class DownloadHandler(BaseHandler):
     async def serve(
         self, hash: str, suffix: str | None, filename: str | None, *, include_body: bool
     ) -> None:
-        blob = await db.get_blob(self.db, hash)
+        now = self.now()
+        blob = await db.get_blob(self.db, hash, now=now)
         if blob is None:
             raise await self.not_found(hash)
-        if not blob.alive_at(self.now()):
+        if not blob.alive_at(now):
             raise await self.not_found(hash)
         try:
             reader = await self.store.open(blob.sha256)

@@ -86,12 +86,13 @@ class ThumbnailHandler(BaseHandler):
     """A WebP of an image, 320x320 at most: no sign-in, made once, then served from disk."""
 
     async def get(self, hash: str) -> None:
-        blob = await db.get_blob(self.db, hash)
+        now = self.now()
+        blob = await db.get_blob(self.db, hash, now=now)
         if blob is None:
             raise await not_served(self.db, hash, NO_THUMBNAIL)
         if blob.content_type not in THUMBNAILABLE:
             raise Refusal(404, NO_THUMBNAIL)
-        if not blob.alive_at(self.now()):
+        if not blob.alive_at(now):
             raise Refusal(404, NO_THUMBNAIL)
         try:
             async with self.store.local_copy(blob.sha256) as source:

@@ -8,12 +8,14 @@ import json
 import logging
 import urllib.parse
 from collections.abc import Awaitable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import tornado.web
+from tornado import httputil
 
-from hostd import db, limits, retention, sniff, uploads
+from hostd import db, limits, metrics, retention, sniff, uploads
 from hostd.auth import Busy, delete_token_hash, new_delete_token
+from hostd.config import Config
 from hostd.db import ApiKey, Blob, Upload
 from hostd.formdata import FORM_OVERHEAD_BYTES, UploadError, UploadForm, boundary_of
 from hostd.handlers.base import ApiHandler, BaseHandler, out_of_space, refuse_early
@@ -38,7 +40,7 @@ TOUCH_EVERY_SECONDS = 60
 
 async def touch_key(handler: BaseHandler, key: ApiKey) -> None:
     at = db.now()
-    if key.last_used_at is None or at - key.last_used_at >= TOUCH_EVERY_SECONDS:
+    if handler.auth.note_use(key, at, TOUCH_EVERY_SECONDS):
         try:
             await db.touch_api_key(handler.db, id=key.id, at=at)
         except Exception as exc:
@@ -74,6 +76,28 @@ def file_urls(base: str, blob: Blob, filename: str) -> dict[str, str]:
     }
 
 
+def upload_answer(base: str, blob: Blob, upload: Upload, filename: str, delete: str) -> dict:
+    """The JSON answer of a stored upload, as the API page documents it."""
+    return {
+        "hash": blob.hash,
+        "status": True,
+        "urls": file_urls(base, blob, filename),
+        "expires_at": retention.iso_time(upload.expires_at),
+        "delete_url": delete,
+    }
+
+
+class InFlightUpload(Protocol):
+    """What UploadsInFlight needs of an upload: a request body still arriving."""
+
+    request: httputil.HTTPServerRequest
+
+    @property
+    def config(self) -> Config: ...
+
+    def drop_upload(self, status: int, message: str) -> Awaitable[None]: ...
+
+
 class UploadsInFlight:
     """Uploads not yet answered, by client address (X-Real-IP behind a trusted proxy): at
     most limits.uploads_in_flight_per_address from one address, none once the server is
@@ -81,11 +105,12 @@ class UploadsInFlight:
 
     def __init__(self) -> None:
         self.closing = False
-        self._by_address: dict[str, set[UploadFlow]] = {}
+        self.refused = 0  # 429s for too many uploads from one address, for /metrics
+        self._by_address: dict[str, set[InFlightUpload]] = {}
         self._none_left = asyncio.Event()
         self._none_left.set()
 
-    def enter(self, upload: UploadFlow) -> None:
+    def enter(self, upload: InFlightUpload) -> None:
         """Count this upload in, or raise UploadError (503 when closing, else 429)."""
         if self.closing:
             raise UploadError(503, "the server is shutting down; send the upload again soon")
@@ -93,6 +118,7 @@ class UploadsInFlight:
         same = self._by_address.setdefault(address, set())
         most = upload.config.uploads_in_flight_per_address
         if len(same) >= most:
+            self.refused += 1
             raise UploadError(
                 429,
                 f"{most} uploads from your address are already in progress; "
@@ -101,7 +127,7 @@ class UploadsInFlight:
         same.add(upload)
         self._none_left.clear()
 
-    def leave(self, upload: UploadFlow) -> None:
+    def leave(self, upload: InFlightUpload) -> None:
         """Count it out (again is harmless)."""
         address = upload.request.remote_ip or ""
         same = self._by_address.get(address)
@@ -116,7 +142,7 @@ class UploadsInFlight:
     def __len__(self) -> int:
         return sum(len(same) for same in self._by_address.values())
 
-    def __iter__(self) -> Iterator[UploadFlow]:
+    def __iter__(self) -> Iterator[InFlightUpload]:
         return iter([upload for same in self._by_address.values() for upload in same])
 
     async def finished(self, seconds: float) -> bool:
@@ -336,6 +362,7 @@ class UploadFlow(BaseHandler):
             return
         self.set_header("X-Expires", retention.http_date(upload.expires_at))
         self.set_header("X-Delete-Url", self.delete_url)
+        metrics.upload_done(self, "multipart", written.size_bytes)
         self.answer_ok(blob, upload, self.form.filename)
 
     def asked_expiry(self, now: int) -> int | None:
@@ -547,17 +574,7 @@ class ApiUploadHandler(UploadFlow, ApiHandler):
         return status, body, "application/json; charset=utf-8"
 
     def answer_ok(self, blob: Blob, upload: Upload, filename: str) -> None:
-        urls = file_urls(self.public_url(), blob, filename)
-        expires_at = retention.iso_time(upload.expires_at)
-        self.write_json(
-            {
-                "hash": blob.hash,
-                "status": True,
-                "urls": urls,
-                "expires_at": expires_at,
-                "delete_url": self.delete_url,
-            }
-        )
+        self.write_json(upload_answer(self.public_url(), blob, upload, filename, self.delete_url))
 
 
 routes = [
