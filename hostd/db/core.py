@@ -217,6 +217,7 @@ class Changes:
         self._seen: int | None = None
         self.blind = False
         self.notices = 0  # PostgreSQL: how many notices the listener has heard
+        self.losses = 0  # PostgreSQL: how often the listener's connection was lost
 
     def heard(self) -> None:
         """PostgreSQL's listener heard a change notice."""

@@ -161,6 +161,7 @@ class ChangeListener:
         if self._closing or conn is not self._conn:
             return
         self._conn = None
+        self._changes.losses += 1
         self._changes.blind = True
         self._changes.drop_all()
         log.warning("database: the change listener's connection was lost; reconnecting")
