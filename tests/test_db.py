@@ -451,3 +451,24 @@ async def test_a_lost_listener_drops_everything_until_it_is_back(db):
     await until_heard(db, before)
 
     assert db.blobs.get(again.hash) is None
+
+
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.postgresql_only
+async def test_this_process_drops_its_caches_before_its_own_change_returns(db):
+    """The writer's connection LISTENs too, and PostgreSQL hands a session its own notices
+    before the COMMIT's answer: what this process changes is never served from its own
+    memory afterwards, without waiting for its listener."""
+    drops = []
+    db.changes.subscribe(lambda: drops.append("dropped"))
+    for i in range(10):
+        blob = await remembered_blob(db, b"own change %d" % i)
+        drops.clear()
+
+        await db.write(
+            lambda tx, sha256=blob.sha256: tx.execute(
+                "UPDATE blobs SET expires_at = 1 WHERE sha256 = ?", (sha256,)
+            )
+        )
+
+        assert drops

@@ -207,7 +207,8 @@ class Changes:
 
     On PostgreSQL the triggers also call pg_notify('hostd_changes'); a connection of its own
     LISTENs (postgres.ChangeListener) and calls drop_all() as each commit's notice arrives,
-    so check() costs nothing. While that connection is lost, the caches cannot be told
+    so check() costs nothing. The writer's connection listens too, so that this process's
+    own changes drop its caches before the unit that made them returns. While that connection is lost, the caches cannot be told
     anything: `blind` is set, and check() drops everything every time until it is back.
     """
 

@@ -203,12 +203,13 @@ class PostgresBackend:
     dialect = POSTGRESQL
 
     def __init__(
-        self, reads: asyncpg.Pool, writes: asyncpg.Pool, url: str, password: str | None
+        self, reads: asyncpg.Pool, writer: asyncpg.Connection, url: str, password: str | None
     ) -> None:
         self._reads = reads
-        self._writes = writes
+        self._writer: asyncpg.Connection | None = writer
         self._url = url
         self._password = password
+        self._changes: Changes | None = None
         self._listener: ChangeListener | None = None
 
     @classmethod
@@ -219,22 +220,48 @@ class PostgresBackend:
             url, password=password, min_size=1, max_size=READ_POOL_SIZE, reset=_keep_session
         )
         try:
-            # The writer's own connection, in a pool of one: it reconnects after a failure.
-            writes = await asyncpg.create_pool(
-                url, password=password, min_size=1, max_size=1, reset=_keep_session
-            )
+            writer = await asyncpg.connect(url, password=password)
         except BaseException:
             await reads.close()
             raise
-        return cls(reads, writes, url, password)
+        return cls(reads, writer, url, password)
+
+    async def _writer_connection(self) -> asyncpg.Connection:
+        """The writer's own connection, opened again after a failure. Once watching, it
+        LISTENs too: PostgreSQL hands a session its own notices after its COMMIT and before
+        the COMMIT's answer, so this process's caches are dropped before the unit that
+        changed something returns to its caller (other processes hear it from their
+        listener, a few milliseconds later)."""
+        conn = self._writer
+        if conn is None or conn.is_closed():
+            self._writer = None
+            conn = await asyncpg.connect(self._url, password=self._password)
+            try:
+                if self._changes is not None:
+                    await conn.add_listener(CHANGES_CHANNEL, self._own_notice)
+            except BaseException:
+                await conn.close()
+                raise
+            self._writer = conn
+        return conn
+
+    def _own_notice(self, conn: object, pid: int, channel: str, payload: object) -> None:
+        if self._changes is not None:
+            self._changes.drop_all()
 
     async def close(self) -> None:
         if self._listener is not None:
             await self._listener.close()
-        await self._writes.close()
+        if self._writer is not None:
+            conn, self._writer = self._writer, None
+            await conn.close()
         await self._reads.close()
 
     async def watch(self, changes: Changes) -> None:
+        self._changes = changes
+        if self._writer is not None and not self._writer.is_closed():
+            await self._writer.add_listener(CHANGES_CHANNEL, self._own_notice)
+        # (else the next batch's new connection listens from the start)
         self._listener = ChangeListener(self._url, self._password, changes)
         await self._listener.start()
 
@@ -250,39 +277,43 @@ class PostgresBackend:
                 return await work(PostgresTx(conn))
 
     async def run_batch(self, works: list[Work[Any]]) -> list[tuple[bool, Any]]:
-        async with self._writes.acquire() as conn:
+        conn = await self._writer_connection()
+        try:
             return await run_batch(PostgresTx(conn), works, optimistic=True)
+        finally:
+            if not conn.is_closed() and conn.is_in_transaction():  # a rollback failed too
+                conn.terminate()
 
     async def migrate(self) -> int:
         """Apply what is newer than hostd_schema's last version, each migration in its own
         transaction with its row there, under an advisory lock: instances starting at the
         same time migrate one after the other, and the later ones find nothing to do."""
-        async with self._writes.acquire() as conn:
-            await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
-            try:
-                await conn.execute(
-                    """
-                    CREATE TABLE IF NOT EXISTS hostd_schema (
-                        version    INTEGER PRIMARY KEY,
-                        applied_at BIGINT NOT NULL
-                    )
-                    """
+        conn = await self._writer_connection()
+        await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
+        try:
+            await conn.execute(
+                """
+                CREATE TABLE IF NOT EXISTS hostd_schema (
+                    version    INTEGER PRIMARY KEY,
+                    applied_at BIGINT NOT NULL
                 )
-                version = await conn.fetchval("SELECT coalesce(max(version), 0) FROM hostd_schema")
-                for number, sql in migrations(POSTGRESQL):
-                    if number <= version:
-                        continue
-                    async with conn.transaction():
-                        await conn.execute(sql)
-                        await conn.execute(
-                            "INSERT INTO hostd_schema (version, applied_at) VALUES ($1, $2)",
-                            number,
-                            now(),
-                        )
-                    version = number
-                return int(version)
-            finally:
-                await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
+                """
+            )
+            version = await conn.fetchval("SELECT coalesce(max(version), 0) FROM hostd_schema")
+            for number, sql in migrations(POSTGRESQL):
+                if number <= version:
+                    continue
+                async with conn.transaction():
+                    await conn.execute(sql)
+                    await conn.execute(
+                        "INSERT INTO hostd_schema (version, applied_at) VALUES ($1, $2)",
+                        number,
+                        now(),
+                    )
+                version = number
+            return int(version)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
 
     async def backup(self, target: Path) -> None:
         raise Unsupported(
