@@ -208,8 +208,9 @@ class Changes:
     On PostgreSQL the triggers also call pg_notify('hostd_changes'); a connection of its own
     LISTENs (postgres.ChangeListener) and calls drop_all() as each commit's notice arrives,
     so check() costs nothing. The writer's connection listens too, so that this process's
-    own changes drop its caches before the unit that made them returns. While that connection is lost, the caches cannot be told
-    anything: `blind` is set, and check() drops everything every time until it is back.
+    own changes drop its caches before the unit that made them returns. While the listener's
+    connection is lost, the caches cannot be told anything: `blind` is set, and check()
+    drops everything every time until it is back.
     """
 
     def __init__(self) -> None:
