@@ -20,6 +20,9 @@ Then it measures, against each of them as it applies:
   taken in turns (baseline PUT, hostd anonymous, hostd with a Bearer key, twice over),
   because fsync times drift more between phases than the difference being measured;
 * the mean batch size of hostd's database writer (writes per commit), from its log;
+* 4 KiB uploads/s of a second hostd whose database is PostgreSQL (a private server from
+  Debian's binaries, its data beside hostd's, synchronous_commit off to match SQLite's
+  WAL with synchronous=NORMAL), in turns with the SQLite one;
 * one 1 GiB upload streamed in 1 MiB pieces: MB/s, and hostd's peak RSS while it is received;
 * 4 KiB downloads/s at 64 connections of the files uploaded before, in process and through
   nginx;
@@ -83,6 +86,7 @@ from nginxsite import (
     render_nginx,
     upstream_to,
 )
+from pgserver import PostgresServer, find_bin_dir  # the tests' own server
 
 ROOT = Path(__file__).resolve().parent.parent
 MiB = 1024 * 1024
@@ -273,14 +277,16 @@ class Hostd(Service):
         accel_redirect: str | None = None,
         profile: Path | None = None,
         storage: str = "",
+        database_url: str | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.config = tmp / f"{name}.toml"
         accel = f'accel_redirect = "{accel_redirect}"\n' if accel_redirect else ""
+        database = f'[database]\nurl = "{database_url}"\n' if database_url else ""
         self.config.write_text(
             f"[server]\ntrust_proxy = true\n{accel}[limits]\nmax_upload_bytes = {2 * GiB}\n"
             # The bench's clients stand for many users, though all come from 127.0.0.1.
-            "uploads_in_flight_per_address = 1000\n" + storage,
+            f"uploads_in_flight_per_address = 1000\n{database}{storage}",
             encoding="utf-8",
         )
         port = free_port()
@@ -888,6 +894,7 @@ class Bench:
             f"({filesystem_type(self.tmp)})"
         )
         self.small_uploads()
+        self.postgresql_uploads()
         batch_row = self.add(
             "hostd mean batch size (writes per commit)", "", aim="> 1", why_not="no counter"
         )
@@ -913,11 +920,20 @@ class Bench:
 
     # -- 4 KiB uploads
 
-    def hostd_uploads(self, headers: dict[str, str], count: int | None = None) -> Phase:
+    def hostd_uploads(
+        self,
+        headers: dict[str, str],
+        count: int | None = None,
+        *,
+        port: int | None = None,
+        keep: bool = True,
+    ) -> Phase:
         """A phase of distinct random 4 KiB files (`count`, or as many as time allows) to
-        hostd's /api/upload; every answer must be 200 with the hash of what was sent, and
-        the files are kept for the downloads."""
-        port = self.hostd.port
+        hostd's /api/upload (or the one on `port`); every answer must be 200 with the hash
+        of what was sent, and the files are kept for the downloads (unless on another port,
+        or not to `keep`)."""
+        keep = keep and port is None
+        port = port or self.hostd.port
         requests: list[bytes] = []
         expected: list[tuple[str, str]] = []
         for number in range(count or self.max_uploads):
@@ -931,7 +947,8 @@ class Bench:
             got = upload_answer(status, body)
             if got != expected[index][0]:
                 raise BenchError(f"upload {index}: hash {got}, expected {expected[index][0]}")
-            self.small_files.append(expected[index])
+            if keep:
+                self.small_files.append(expected[index])
 
         return lambda w: upload_rate(w, port, requests, check, self.seconds)
 
@@ -979,6 +996,45 @@ class Bench:
             vs_figure=anon.figure,
             aim=">= 0.9x",
         )
+
+    def postgresql_uploads(self) -> None:
+        """4 KiB uploads/s of one hostd on PostgreSQL (a private server, its data beside
+        hostd's), in turns with the SQLite hostd. PostgreSQL runs with synchronous_commit
+        off: a commit does not wait for its WAL flush, the durability of SQLite's WAL with
+        synchronous=NORMAL (an OS crash may lose the last commits, never corrupts)."""
+        bin_dir = find_bin_dir()
+        if bin_dir is None:
+            self.add("hostd on PostgreSQL 4 KiB uploads/s", "/s", why_not="no PostgreSQL")
+            return
+        server = PostgresServer(bin_dir, parent=self.tmp.parent, durable=True)
+        try:
+            server.start()
+            url = server.new_empty_database()
+            pg = self.start(Hostd("hostd-pg", self.tmp, self.tmp / "data-pg", database_url=url))
+            self.phase([pg], self.hostd_uploads({}, count=1, port=pg.port))
+            sqlite: list[Measured] = []
+            postgresql: list[Measured] = []
+            for _ in range(UPLOAD_TURNS):
+                sqlite.append(self.phase([self.hostd], self.hostd_uploads({}, keep=False)))
+                postgresql.append(self.phase([pg], self.hostd_uploads({}, port=pg.port)))
+            c = f"c{UPLOAD_CONCURRENCY}"
+            base = self.add(f"hostd on SQLite 4 KiB uploads/s, {c}", "/s", Measured.mean(sqlite))
+            self.add(
+                f"hostd on PostgreSQL 4 KiB uploads/s, {c}",
+                "/s",
+                Measured.mean(postgresql),
+                vs="SQLite",
+                vs_figure=base.figure,
+                aim=">= 0.7x",
+            )
+            pg.stop()
+            batches = pg.writer_batches()
+            if batches:
+                self.notes.append(
+                    f"hostd on PostgreSQL's writer: {batches[0]} writes in {batches[1]} commits"
+                )
+        finally:
+            server.stop()
 
     # -- the big upload
 

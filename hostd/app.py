@@ -146,7 +146,7 @@ async def open_parts(
     ConfigError when the cookie secret is not the database's (see check_cookie_secret)."""
     config.data_dir.mkdir(parents=True, exist_ok=True)
     config = ensure_cookie_secret(config)
-    database = await Database.open(config.db_path)
+    database = await Database.open_config(config)
     try:
         await check_cookie_secret(config, database, replace=new_cookie_secret)
     except BaseException:
@@ -175,8 +175,9 @@ async def check_cookie_secret(config: Config, database: Database, *, replace: bo
     mine = await asyncio.to_thread(secret_fingerprint, secret)
     recorded = await db.record_setting(database, name=db.COOKIE_SECRET, value=mine, replace=replace)
     if recorded != mine and not await asyncio.to_thread(fingerprint_matches, recorded, secret):
+        where = "database.url" if config.database_url else config.db_path
         raise ConfigError(
-            f"the cookie secret differs from the one {config.db_path} was first served with: "
+            f"the cookie secret differs from the one {where} was first served with: "
             "every hostd on one database must use the same (server.cookie_secret, "
             "HOSTD_COOKIE_SECRET or the data dir's cookie_secret file); to replace it, "
             "signing everyone out, start once with --new-cookie-secret"

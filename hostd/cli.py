@@ -226,6 +226,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="send bigger files with tus, resuming after a dropped connection (default 16 MiB)",
     )
     upload_cmd.set_defaults(handler=cmd_upload)
+    db_cmd = commands.add_parser("db", help="the database itself: migrate it, copy it")
+    db_sub = db_cmd.add_subparsers(dest="action", required=True, metavar="ACTION")
+    migrate_cmd = db_sub.add_parser(
+        "migrate", parents=[common], help="apply the migrations the database lacks, and only that"
+    )
+    migrate_cmd.set_defaults(handler=db_migrate)
+    copy_cmd = db_sub.add_parser(
+        "copy",
+        help="copy every row into an empty database (sqlite:///path or postgresql://...)",
+    )
+    copy_cmd.add_argument("--from", dest="source", required=True, metavar="URL")
+    copy_cmd.add_argument("--to", dest="target", required=True, metavar="URL")
+    copy_cmd.set_defaults(handler=db_copy)
     return parser
 
 
@@ -288,7 +301,7 @@ def admin(command: AdminCommand) -> Callable[[argparse.Namespace], int]:
 
         async def main() -> None:
             config.data_dir.mkdir(parents=True, exist_ok=True)
-            database = await Database.open(config.db_path)
+            database = await Database.open_config(config)
             auth = Auth()
             try:
                 await command(args, config, database, auth)
@@ -687,6 +700,8 @@ async def backup_to(
     store = store_from(config)
     try:
         copied = await backup.backup(database, store, args.destination)
+    except db.Unsupported as exc:
+        raise CommandError(str(exc)) from None
     finally:
         store.close()
     print(
@@ -785,6 +800,57 @@ async def storage_migrate(
             f" restart hostd; {source_name} is left as it was",
             file=sys.stderr,
         )
+
+
+def db_migrate(args: argparse.Namespace) -> int:
+    """Only the migrations: what `hostd serve` would apply at start, without serving."""
+    config = config_from(args)
+
+    async def main() -> int:
+        if config.database_url is None:
+            config.data_dir.mkdir(parents=True, exist_ok=True)
+        database = await Database.open_config(config, migrate=False)
+        try:
+            return await database.migrate()
+        finally:
+            await database.close()
+
+    version = asyncio.run(main())
+    print(f"the database is at version {version}", file=sys.stderr)
+    return 0
+
+
+def db_copy(args: argparse.Namespace) -> int:
+    """Every row of --from into --to (migrated first, and empty); counts checked."""
+    for url in (args.source, args.target):
+        if not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            print(f"hostd: {url!r} is not sqlite:///path or postgresql://...", file=sys.stderr)
+            return 2
+    if args.source.startswith("sqlite:///") and not db.sqlite_path(args.source).exists():
+        print(f"hostd: {args.source}: no such database", file=sys.stderr)
+        return 1
+
+    def report(copied: db.Copied) -> None:
+        print(f"{copied.table}: {copied.rows} row(s)", file=sys.stderr)
+
+    async def main() -> None:
+        source = await Database.open(args.source, migrate=False)
+        try:
+            target = await Database.open(args.target)
+            try:
+                await db.copy_database(source, target, report)
+            finally:
+                await target.close()
+        finally:
+            await source.close()
+
+    try:
+        asyncio.run(main())
+    except db.CopyRefused as exc:
+        print(f"hostd: {exc}", file=sys.stderr)
+        return 1
+    print("copied; the counts match", file=sys.stderr)
+    return 0
 
 
 def config_from(args: argparse.Namespace, **overrides: object) -> Config:

@@ -75,6 +75,9 @@ class Config:
     metrics_enabled: bool = False
     metrics_allow: tuple[str, ...] = ("127.0.0.0/8", "::1")  # addresses or CIDRs
     cookie_secret: str | None = field(default=None, repr=False)
+    # [database] url and password_file (see FIELD_PREFIXES): None is the data dir's SQLite.
+    database_url: str | None = None
+    database_password_file: Path | None = None
     templates_dir: Path = field(default_factory=lambda: _shipped("templates"))
     static_dir: Path = field(default_factory=lambda: _shipped("static"))
     debug: bool = False
@@ -82,6 +85,17 @@ class Config:
     @property
     def db_path(self) -> Path:
         return self.data_dir / "hostd.sqlite3"
+
+    @property
+    def database(self) -> str | Path:
+        """Where the database is: database.url, or the data dir's SQLite file."""
+        return self.database_url or self.db_path
+
+    def database_password(self) -> str | None:
+        """database.password_file's first line (None: PGPASSWORD or ~/.pgpass apply)."""
+        if self.database_password_file is None:
+            return None
+        return self.database_password_file.read_text(encoding="utf-8").splitlines()[0]
 
     @property
     def blobs_dir(self) -> Path:
@@ -126,10 +140,16 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "accounts": ("registration", "max_keys", "registrations_per_hour", "quota_bytes"),
     "retention": ("anonymous_hours", "account_hours", "max_hours", "hours_by_size"),
     "metrics": ("enabled", "allow"),
+    "database": ("url", "password_file"),
 }
 # Sections whose keys are their fields' names less a prefix: [metrics] enabled is
-# metrics_enabled (a bare `enabled` field would say nothing), [storage.s3] bucket is s3_bucket.
-FIELD_PREFIXES: dict[str, str] = {"metrics": "metrics_", "storage.s3": "s3_"}
+# metrics_enabled (a bare `enabled` field would say nothing), [storage.s3] bucket is s3_bucket,
+# [database] url is database_url.
+FIELD_PREFIXES: dict[str, str] = {
+    "metrics": "metrics_",
+    "storage.s3": "s3_",
+    "database": "database_",
+}
 CHOICES: dict[str, tuple[str, ...]] = {
     "registration": ("open", "closed"),
     "backend": ("local", "s3"),
@@ -237,6 +257,12 @@ def _build(values: dict[str, Any], origin: str) -> Config:
         raise ConfigError(
             f"{origin}: server.accel_redirect must be a path that starts and ends with /, "
             f'like "/_hostd_blobs/", not {config.accel_redirect!r}'
+        )
+    url = config.database_url
+    if url is not None and not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+        raise ConfigError(
+            f"{origin}: database.url must be sqlite:///path or postgresql://user@host:port/name,"
+            f" not {url!r}"
         )
     if config.public_url is not None:
         if not config.public_url.startswith(("http://", "https://")):

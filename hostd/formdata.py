@@ -19,6 +19,8 @@ from hostd.storage import BlobWriter, WrittenBlob
 
 FILE_FIELD = "file"
 MAX_FILENAME_BYTES = 255
+# Unicode categories a filename must not hold: controls, format characters, line breaks.
+NOT_IN_FILENAMES = ("Cc", "Cf", "Zl", "Zp")
 MAX_TEXT_FIELD_BYTES = 1024
 MAX_PARTS = 16
 # Room for the multipart framing around the file (boundaries, part headers, small fields).
@@ -65,7 +67,7 @@ def clean_filename(raw: str | None) -> str:
     except UnicodeDecodeError:
         raise UploadError(400, "the filename is not valid UTF-8") from None
     name = unicodedata.normalize("NFC", name)
-    if any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in name):
+    if any(unicodedata.category(ch) in NOT_IN_FILENAMES for ch in name):
         raise UploadError(400, "the filename contains control characters")
     if "/" in name or "\\" in name or name in (".", ".."):
         raise UploadError(400, "the filename must not contain path parts ('/', '\\', '..')")

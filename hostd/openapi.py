@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import functools
 import json
+import sys
+import unicodedata
 from typing import Any
 
 from hostd import __version__
 from hostd.auth import DELETE_TOKEN_PATTERN
 from hostd.config import LONGEST_EXPIRY_HOURS
-from hostd.formdata import MAX_FILENAME_BYTES, MAX_PARTS, MAX_TEXT_FIELD_BYTES
+from hostd.formdata import MAX_FILENAME_BYTES, MAX_PARTS, MAX_TEXT_FIELD_BYTES, NOT_IN_FILENAMES
 from hostd.hashes import PUBLIC_HASH_MAX, PUBLIC_HASH_MIN
 
 Json = dict[str, Any]
@@ -812,6 +814,26 @@ MONITORING_PATHS: Json = {
 
 # -- raw-body and resumable uploads ------------------------------------------------------------
 
+
+@functools.cache
+def filename_pattern() -> str:
+    """The characters clean_filename() takes, as a pattern: none of NOT_IN_FILENAMES (as
+    this Python's Unicode tables have them: found once, a quarter of a second), no slashes."""
+    refused = [
+        c for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c)) in NOT_IN_FILENAMES
+    ]
+    ranges: list[list[int]] = []
+    for c in refused:
+        if ranges and ranges[-1][1] == c - 1:
+            ranges[-1][1] = c
+        else:
+            ranges.append([c, c])
+    spans = "".join(chr(a) if a == b else f"{chr(a)}-{chr(b)}" for a, b in ranges)
+    return f"^[^{spans}/\\\\]+$"
+
+
+BINARY: Json = {"type": "string", "format": "binary"}
+
 PUT_UPLOAD_PATHS: Json = {
     "/api/upload/{filename}": {
         "put": {
@@ -823,15 +845,27 @@ PUT_UPLOAD_PATHS: Json = {
             "parameters": [
                 path_parameter(
                     "filename",
-                    {"type": "string", "minLength": 1},
+                    {
+                        "type": "string",
+                        "minLength": 1,
+                        "maxLength": MAX_FILENAME_BYTES,
+                        "pattern": filename_pattern(),
+                        "not": {"enum": [".", ".."]},
+                    },
                     "image.png",
-                    "The file's name, checked as a form's filename is.",
+                    f"The file's name (URL-encoded): at most {MAX_FILENAME_BYTES} bytes of "
+                    "UTF-8, no path parts, no control or format characters; a 400 otherwise.",
                 ),
                 EXPIRES_HEADER_PARAMETER,
             ],
             "requestBody": {
                 "required": True,
-                "content": {"*/*": {"schema": {"type": "string", "minLength": 1}}},
+                "description": "The file's bytes, any (but not none: an empty body is a 400), "
+                "sent with any Content-Type or none: the type is read from the bytes.",
+                "content": {
+                    # minLength counts the bytes of a binary body, not characters of JSON.
+                    "application/octet-stream": {"schema": {**BINARY, "minLength": 1}}
+                },
             },
             "responses": UPLOAD_PATHS["/api/upload"]["post"]["responses"],
         }
@@ -843,12 +877,19 @@ TUS_ERRORS: Json = {
     "401": api_error("A Bearer header that is not a usable key; or no account where needed."),
     "403": api_error("A browser session without the page's xsrf token."),
     "404": api_error("No such upload, or another account's."),
-    "412": api_error("A Tus-Resumable other than 1.0.0."),
+    "412": api_error(
+        "No Tus-Resumable, or one other than 1.0.0 (the version spoken is in Tus-Version).",
+        **{"Tus-Version": {"required": True, "schema": {"const": "1.0.0"}}},
+    ),
+    "410": api_error("Expired, or the file it became has been deleted."),
     "413": api_error("Larger than the limit, the quota, or what the upload lacks."),
+    "423": api_error("The upload is being finished or written; ask again in a moment."),
     "429": api_error("Too many unfinished uploads or uploads in flight."),
+    "451": api_error("These bytes are banned from this server (the upload is dropped)."),
     "503": api_error("The server is busy or shutting down."),
     "507": api_error("The server is out of storage space."),
 }
+# Every tus request but OPTIONS must carry it, hostd's GET too (a 412 otherwise).
 TUS_RESUMABLE: Json = {
     "name": "Tus-Resumable",
     "in": "header",
@@ -856,8 +897,26 @@ TUS_RESUMABLE: Json = {
     "schema": {"const": "1.0.0"},
 }
 TUS_ID_PARAMETER = path_parameter(
-    "id", {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}, "q" * 32, "The upload's id."
+    "id",
+    {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+    "q" * 32,
+    "The upload's id, the last segment of the Location a creation answered; any other "
+    "segment is a 404 as an unknown id is.",
 )
+
+
+def tus_errors(*codes: str, body: bool = True) -> Json:
+    """The tus refusals with these codes: JSON, but for a HEAD, whose answers have no body."""
+    answers = {code: TUS_ERRORS[code] for code in codes}
+    if body:
+        return answers
+    return {code: {k: v for k, v in a.items() if k != "content"} for code, a in answers.items()}
+
+
+# Whoever asks about an upload: bad auth, no or another tus version, no such upload.
+TUS_ASKING = ("400", "401", "403", "404", "412", "503")
+# Asking about an upload whose bytes are all in registers it first (see the handler).
+TUS_FINISHING = ("410", "413", "423", "451", "507")
 UPLOAD_INFO = {
     "Upload-Info": {
         "description": "Once the last byte is in: the JSON /api/upload answers.",
@@ -883,7 +942,8 @@ TUS_PATHS: Json = {
                     "name": "Upload-Length",
                     "in": "header",
                     "required": True,
-                    "schema": {"type": "string", "pattern": "^[0-9]+$"},
+                    "description": "The file's size: not 0 (an empty file is a 400).",
+                    "schema": {"type": "string", "pattern": "^0*[1-9][0-9]*$"},
                 },
                 {
                     "name": "Upload-Metadata",
@@ -893,7 +953,7 @@ TUS_PATHS: Json = {
                 },
             ],
             "requestBody": {
-                "content": {"application/offset+octet-stream": {"schema": {}}},
+                "content": {"application/offset+octet-stream": {"schema": BINARY}},
             },
             "responses": {
                 "201": {
@@ -906,6 +966,9 @@ TUS_PATHS: Json = {
                     },
                 },
                 **TUS_ERRORS,
+                "408": api_error("The first part stalled; the upload is dropped."),
+                "415": api_error("A first part not sent as application/offset+octet-stream."),
+                "460": api_error("The first part does not match its Upload-Checksum."),
             },
         }
     },
@@ -918,8 +981,7 @@ TUS_PATHS: Json = {
             "parameters": [TUS_ID_PARAMETER, TUS_RESUMABLE],
             "responses": {
                 "200": {"description": "Where it stands.", "headers": UPLOAD_INFO},
-                "404": {"description": "No such upload, or another account's."},
-                "410": {"description": "Expired, or its file has been deleted."},
+                **tus_errors(*TUS_ASKING, *TUS_FINISHING, body=False),
             },
         },
         "get": {
@@ -927,14 +989,13 @@ TUS_PATHS: Json = {
             "operationId": "tusState",
             "summary": "Where a tus upload stands, and once finished the answer of /api/upload",
             "security": [{}, {"apiKey": []}, {"session": []}],
-            "parameters": [TUS_ID_PARAMETER],
+            "parameters": [TUS_ID_PARAMETER, TUS_RESUMABLE],
             "responses": {
                 "200": {
                     "description": "JSON: offset, length, complete; and the upload's answer.",
                     "content": {"application/json": {"schema": {"type": "object"}}},
                 },
-                **TUS_ERRORS,
-                "410": api_error("Expired, or its file has been deleted."),
+                **tus_errors(*TUS_ASKING, *TUS_FINISHING),
             },
         },
         "patch": {
@@ -960,7 +1021,7 @@ TUS_PATHS: Json = {
             ],
             "requestBody": {
                 "required": True,
-                "content": {"application/offset+octet-stream": {"schema": {}}},
+                "content": {"application/offset+octet-stream": {"schema": BINARY}},
             },
             "responses": {
                 "204": {
@@ -970,10 +1031,7 @@ TUS_PATHS: Json = {
                 **TUS_ERRORS,
                 "408": api_error("The part stalled; what arrived is kept."),
                 "409": api_error("Upload-Offset is not where the upload stands."),
-                "410": api_error("Expired, or its file has been deleted."),
                 "415": api_error("Not application/offset+octet-stream."),
-                "423": api_error("The upload is being finished or is busy; ask again soon."),
-                "451": api_error("These bytes are banned from this server."),
                 "460": api_error("The part does not match its Upload-Checksum."),
             },
         },
@@ -985,8 +1043,7 @@ TUS_PATHS: Json = {
             "parameters": [TUS_ID_PARAMETER, TUS_RESUMABLE],
             "responses": {
                 "204": {"description": "Dropped."},
-                **TUS_ERRORS,
-                "423": api_error("The upload is being finished; try again in a moment."),
+                **tus_errors(*TUS_ASKING, "410", "423"),
             },
         },
     },

@@ -1,4 +1,5 @@
-"""Fixtures: a real app on loopback with its own SQLite file and blob store per test."""
+"""Fixtures: a real app on loopback with its own database (a SQLite file, or a PostgreSQL
+database: see database_kind) and blob store per test."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import pytest
 import tornado.httpclient
 import tornado.testing
 import tornado.web
+from pgserver import PostgresServer, find_bin_dir
 from seaweed import ACCESS_KEY, BUCKET, SECRET_KEY, SeaweedFS
 
 from hostd import db as queries
@@ -46,19 +48,45 @@ def _no_implicit_event_loop() -> None:
     asyncio.set_event_loop(None)
 
 
-# -- the blob store: local, or S3 on a real SeaweedFS -------------------------------------
+# -- the database (SQLite, PostgreSQL) and the blob store (local, S3 on a real SeaweedFS) -----
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """A module that sets STORAGE_BACKENDS = ("local", "s3") runs each test that has a store
-    on each backend, except the tests marked local_storage (they look at the local files)."""
+    """Every test that uses the database (the `db` or `app` fixture) runs on SQLite and on
+    PostgreSQL, except those marked sqlite_only (they look at SQLite's file itself) or
+    postgresql_only (they look at PostgreSQL's own features: notices, connections). A module
+    that sets STORAGE_BACKENDS = ("local", "s3") also runs each test that has a store on S3
+    (on the first of those databases), except the tests marked local_storage (they look at
+    the local files)."""
+    kinds = []
+    if "database_kind" in metafunc.fixturenames:
+        kinds = ["sqlite", "postgresql"]
+        if metafunc.definition.get_closest_marker("sqlite_only") is not None:
+            kinds = ["sqlite"]
+        elif metafunc.definition.get_closest_marker("postgresql_only") is not None:
+            kinds = ["postgresql"]
     backends = getattr(metafunc.module, "STORAGE_BACKENDS", None)
-    if (
+    if not (
         backends
         and "backend" in metafunc.fixturenames
         and metafunc.definition.get_closest_marker("local_storage") is None
     ):
+        backends = None
+    if kinds and backends:
+        pairs = [(kind, "local") for kind in kinds]
+        pairs += [(kinds[0], backend) for backend in backends if backend != "local"]
+        ids = [kind if backend == "local" else f"{kind}-{backend}" for kind, backend in pairs]
+        metafunc.parametrize("database_kind,backend", pairs, indirect=["database_kind"], ids=ids)
+    elif kinds:
+        metafunc.parametrize("database_kind", kinds, indirect=True)
+    elif backends:
         metafunc.parametrize("backend", backends)
+
+
+@pytest.fixture
+def database_kind(request: pytest.FixtureRequest) -> str:
+    kind: str = request.param
+    return kind
 
 
 @pytest.fixture
@@ -88,16 +116,59 @@ def s3_environ(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
 
 
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One PostgreSQL server for the session, with a migrated template database. Missing
+    PostgreSQL fails the tests under CI=true or HOSTD_REQUIRE_BROWSER=1; else skips them."""
+    bin_dir = find_bin_dir()
+    if bin_dir is None:
+        reason = "POSTGRESQL TESTS NOT RUN: no pg_ctl (apt-get install postgresql)"
+        if os.environ.get("CI") == "true" or os.environ.get("HOSTD_REQUIRE_BROWSER") == "1":
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    server = PostgresServer(bin_dir)
+    try:
+        server.start()
+        server.make_template()
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture
-def config(request: pytest.FixtureRequest, tmp_path: Path, backend: str) -> Config:
+def database_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """None on SQLite (the data dir's file); on PostgreSQL, a fresh migrated database."""
+    if "database_kind" not in request.fixturenames:
+        yield None
+        return
+    if request.getfixturevalue("database_kind") != "postgresql":
+        yield None
+        return
+    server: PostgresServer = request.getfixturevalue("postgres")
+    url = server.new_database()
+    yield url
+    server.give_back(url)
+
+
+@pytest.fixture
+def config(
+    request: pytest.FixtureRequest, tmp_path: Path, backend: str, database_url: str | None
+) -> Config:
     # A test that asks for small_disk gets its data dir on that tmpfs.
     root = (
         request.getfixturevalue("small_disk").path
         if "small_disk" in request.fixturenames
         else tmp_path
     )
+    if database_url is not None:
+        # The admin commands the tests run (helpers.hostd, cwd=tmp_path) read hostd.toml
+        # from their working directory, as an admin's do: there they find the database.
+        (tmp_path / "hostd.toml").write_text(f'[database]\nurl = "{database_url}"\n')
     config = Config(
-        data_dir=root / "data", max_upload_bytes=8 * 1024 * 1024, cookie_secret="test-secret"
+        data_dir=root / "data",
+        max_upload_bytes=8 * 1024 * 1024,
+        cookie_secret="test-secret",
+        database_url=database_url,
     )
     if backend == "s3":
         weed: SeaweedFS = request.getfixturevalue("seaweedfs")
@@ -119,10 +190,12 @@ def s3_settings(weed: SeaweedFS, **more: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-def parts(config: Config, io_loop: Any) -> Iterator[tuple[Database, BlobStore]]:
+def parts(
+    config: Config, io_loop: Any, database_kind: str
+) -> Iterator[tuple[Database, BlobStore]]:
     config.data_dir.mkdir(parents=True, exist_ok=True)
     store = store_from(config)
-    db = io_loop.run_sync(lambda: Database.open(config.db_path))
+    db = io_loop.run_sync(lambda: Database.open_config(config))
     yield db, store
     io_loop.run_sync(db.close)
     store.close()
@@ -140,8 +213,9 @@ def store(parts: tuple[Database, LocalBlobStore]) -> LocalBlobStore:
 
 @pytest.fixture
 def other_process(config: Config, db: Database, io_loop: Any) -> Iterator[Database]:
-    """A second Database on the test's database file, as another hostd process holds it."""
-    other = io_loop.run_sync(lambda: Database.open(config.db_path))
+    """A second Database on the test's database (SQLite file or PostgreSQL database), as
+    another hostd process holds it."""
+    other = io_loop.run_sync(lambda: Database.open_config(config))
     yield other
     io_loop.run_sync(other.close)
 

@@ -103,6 +103,12 @@ def temp_files(config: Config) -> list[str]:
     ]
 
 
+def partial_files(config: Config) -> list[str]:
+    """The unfinished tus uploads' files (data_dir/partials), whatever the blob store."""
+    partials = config.data_dir / "partials"
+    return sorted(p.name for p in partials.iterdir()) if partials.is_dir() else []
+
+
 def blob_files(config: Config) -> list[Path] | list[str]:
     """The blobs in the store: files, or with S3 the keys under the prefix (but tmp/)."""
     if config.backend == "s3":
@@ -350,6 +356,67 @@ def hostd(
         timeout=timeout,
         cwd=cwd,
     )
+
+
+# -- the database's writer ---------------------------------------------------------------
+
+
+async def hold_writer(db: Any) -> tuple[Callable[[], None], Any]:
+    """Keep the database's writer busy with one unit until the returned release() is
+    called; also returns that unit's future. Returns once the writer is running it. On
+    SQLite the unit blocks the writer's own thread; on PostgreSQL it awaits (its Tx is
+    asynchronous there)."""
+    import asyncio
+    import threading
+
+    started = threading.Event()
+    if db.dialect == "sqlite":
+        gate = threading.Event()
+
+        async def held(tx: Any) -> None:
+            started.set()
+            gate.wait(10)
+
+        release = gate.set
+        busy = asyncio.ensure_future(db.write(held))
+    else:
+        event = asyncio.Event()
+
+        async def waits(tx: Any) -> None:
+            started.set()
+            await asyncio.wait_for(event.wait(), 10)
+
+        release = event.set
+        busy = asyncio.ensure_future(db.write(waits))
+    await asyncio.to_thread(started.wait, 10)
+    return release, busy
+
+
+async def nothing(tx: Any) -> None:
+    """A unit of work that does nothing: `await db.write(nothing)` waits for the writer to
+    go round once more."""
+
+
+def raw_sql(sql: str, params: tuple[Any, ...] = ()) -> Callable[[Any], Any]:
+    """A unit of work that runs one statement (for a state no request can make)."""
+
+    async def work(tx: Any) -> None:
+        await tx.execute(sql, params)
+
+    return work
+
+
+async def until_heard(db: Any, notices_before: int, within: float = 10) -> None:
+    """Wait until `db` has heard of another process's change (a PostgreSQL notice after
+    `notices_before`). On SQLite nothing to wait for: the counter is read before each use."""
+    if db.dialect == "sqlite":
+        return
+    import asyncio
+
+    deadline = time.monotonic() + within
+    while db.changes.notices == notices_before:
+        assert time.monotonic() < deadline, f"no change notice within {within} s"
+        await asyncio.sleep(0.001)
 
 
 # -- processes that serve a port --------------------------------------------------------------

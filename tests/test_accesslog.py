@@ -10,6 +10,9 @@ import pytest
 
 from hostd.accesslog import FLUSH_EVERY_SECONDS
 
+# On SQLite only: the access log, whatever the database.
+pytestmark = pytest.mark.sqlite_only
+
 
 @pytest.mark.gen_test
 async def test_each_request_gets_the_line_logging_would_write(http_client, base_url, access_log):

@@ -227,6 +227,7 @@ async def test_a_form_post_without_the_xsrf_token_is_refused(http_client, base_u
     assert response.code == 403
 
 
+@pytest.mark.sqlite_only  # reads SQLite's own files
 @pytest.mark.gen_test
 async def test_sessions_are_stored_only_as_hashes(http_client, base_url, login, db, config):
     alice = await login()

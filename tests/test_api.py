@@ -140,10 +140,10 @@ async def test_a_key_waiting_for_its_showing_is_in_the_database_only_sealed(
     alice = await login()
 
     _, reveal = await post_key_form(http_client, base_url, alice, "sealed")
-    (row,) = await db.read(lambda conn: conn.execute("SELECT * FROM key_reveals").fetchall())
+    (row,) = await db.read(lambda tx: tx.fetchall("SELECT * FROM key_reveals"))
     headers = {"Cookie": f"{alice.headers['Cookie']}; {reveal}"}
     shown = await http_client.fetch(f"{base_url}/api", headers=headers)
-    left = await db.read(lambda conn: conn.execute("SELECT * FROM key_reveals").fetchall())
+    left = await db.read(lambda tx: tx.fetchall("SELECT * FROM key_reveals"))
 
     (token,) = set(KEY.findall(shown.body.decode()))
     name, value = reveal.split("=", 1)
@@ -169,6 +169,7 @@ async def test_a_key_not_shown_within_two_minutes_is_not_shown(
     assert not KEY.search(late.body.decode())
 
 
+@pytest.mark.sqlite_only  # reads SQLite's own files
 @pytest.mark.gen_test
 async def test_a_key_is_shown_once_and_stored_only_as_argon2(
     http_client, base_url, login, db, config

@@ -7,6 +7,7 @@ import asyncio
 import argon2
 import pytest
 from conftest import GatedHasher
+from helpers import until_heard
 
 from hostd import db as queries
 from hostd.auth import PASSWORD_PROFILE, Auth, Busy, parse_key
@@ -159,7 +160,9 @@ async def test_a_key_invalidated_by_another_process_is_refused_at_once(
     minted = await new_key(db, counting, alice.user.id)
     assert await counting.verify_key(db, minted.token)  # remembered
 
+    before = db.changes.notices
     await queries.invalidate_api_key(other_process, key_id=minted.key_id)
+    await until_heard(db, before)  # PostgreSQL: a few ms after the commit (README: Storage)
 
     assert await counting.verify_key(db, minted.token) is None
 
@@ -172,7 +175,9 @@ async def test_an_account_disabled_by_another_process_opens_nothing_at_once(
     minted = await new_key(db, counting, alice.user.id)
     assert await counting.verify_key(db, minted.token)  # remembered
 
+    before = db.changes.notices
     await queries.set_user_disabled(other_process, user_id=alice.user.id, disabled=True)
+    await until_heard(db, before)
 
     assert await counting.verify_key(db, minted.token) is None
 

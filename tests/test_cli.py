@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import hashlib
 import io
@@ -15,8 +17,13 @@ import urllib.request
 from pathlib import Path
 
 import argon2
+import pytest
 from helpers import hostd, multipart_body, start, wait_for_line
 from PIL import Image
+
+from hostd import db as queries
+from hostd.db import Database, latest_version
+from hostd.db import copy as db_copy
 
 
 def test_serve_logs_its_url_then_one_line_per_request(tmp_path, free_port):
@@ -311,3 +318,203 @@ def test_admin_takes_a_file_down_for_everyone_who_uploaded_it(tmp_path, free_por
     assert after == (404, 404, 404)
     assert on_disk == []  # neither the bytes nor the thumbnail
     assert again["hash"] == h and back == 200  # the same bytes may come back later
+
+
+# -- hostd db: migrate, copy ---------------------------------------------------------------
+
+
+def in_a_loop_of_its_own(make_coro):
+    """Run a coroutine with asyncio.run on a thread of its own (see test_crash: asyncio.run
+    on the main thread would unset the loop that pytest-tornado's tests use)."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(lambda: asyncio.run(make_coro())).result(60)
+
+
+def dump(target):
+    """Every table's rows, sorted, of the database at target (a path or a URL)."""
+
+    async def read():
+        database = await Database.open(target, migrate=False)
+        try:
+            names = await database.read(db_copy.tables)
+            return {
+                name: sorted(
+                    tuple(row)
+                    for row in await database.read(
+                        lambda tx, name=name: tx.fetchall(f"SELECT * FROM {name}")
+                    )
+                )
+                for name in names
+            }
+        finally:
+            await database.close()
+
+    return in_a_loop_of_its_own(read)
+
+
+def fill(path: Path) -> None:
+    """A SQLite database with a row in every table: users, keys, sessions, blobs, uploads
+    (one with a deletion link, one expiring), a ban, a quota."""
+
+    async def make():
+        database = await Database.open(path)
+        try:
+            alice = await queries.insert_user(database, name="Alice", password_hash="h1")
+            bob = await queries.insert_user(database, name="bob", password_hash="h2")
+            await queries.set_quota(database, user_id=bob.id, own=True, quota_bytes=10**6)
+            key = await queries.insert_api_key(
+                database, user_id=alice.id, key_id="k1", secret_hash="s", label="laptop"
+            )
+            await queries.insert_session(database, token_hash="t" * 64, user_id=bob.id)
+            for n, owner in enumerate((alice.id, bob.id, None)):
+                await queries.register_upload(
+                    database,
+                    sha256=f"{n}" * 64,
+                    size_bytes=100 + n,
+                    content_type="text/plain",
+                    original_name=f"f{n}.txt",
+                    user_id=owner,
+                    api_key_id=key.id if owner == alice.id else None,
+                    expires_at=None if n else 4_000_000_000,
+                    delete_token_hash="d" * 64 if n == 1 else None,
+                )
+            await queries.insert_ban(database, sha256="9" * 64, reason="spam")
+            await queries.record_setting(database, name=queries.COOKIE_SECRET, value="$argon2")
+            await queries.insert_key_reveal(
+                database, token_hash="r" * 64, user_id=bob.id, sealed_key="x", expires_at=5
+            )
+            await queries.insert_resumable(
+                database,
+                id="tus1",
+                user_id=alice.id,
+                api_key_id=key.id,
+                address="192.0.2.1",
+                length_bytes=10,
+                metadata="filename ZS50eHQ=",
+                filename="e.txt",
+                expires="",
+                created_at=1,
+                expires_at=2,
+                most=5,
+            )
+        finally:
+            await database.close()
+
+    in_a_loop_of_its_own(make)
+
+
+def test_db_copy_moves_every_row_to_postgresql_and_back(tmp_path, postgres):
+    fill(tmp_path / "a.sqlite3")
+    pg = postgres.new_empty_database()
+
+    there = hostd(
+        "db", "copy", "--from", f"sqlite:///{tmp_path}/a.sqlite3", "--to", pg, cwd=tmp_path
+    )
+    back = hostd(
+        "db", "copy", "--from", pg, "--to", f"sqlite:///{tmp_path}/b.sqlite3", cwd=tmp_path
+    )
+
+    assert there.returncode == 0, there.stderr
+    assert "uploads: 3 row(s)" in there.stderr and "the counts match" in there.stderr
+    assert back.returncode == 0, back.stderr
+    original = dump(tmp_path / "a.sqlite3")
+    assert set(original) >= {"users", "api_keys", "sessions", "blobs", "uploads", "bans"}
+    assert all(original[name] for name in ("settings", "key_reveals", "resumable_uploads"))
+    assert all(original[name] for name in ("users", "api_keys", "sessions", "uploads", "bans"))
+    assert dump(pg) == original
+    assert dump(tmp_path / "b.sqlite3") == original
+
+
+def test_a_copy_goes_on_where_the_ids_left_off(tmp_path, postgres):
+    fill(tmp_path / "a.sqlite3")
+    pg = postgres.new_empty_database()
+    hostd("db", "copy", "--from", f"sqlite:///{tmp_path}/a.sqlite3", "--to", pg, cwd=tmp_path)
+
+    async def add_one():
+        database = await Database.open(pg)
+        try:
+            return await queries.insert_user(database, name="carol", password_hash="h3")
+        finally:
+            await database.close()
+
+    assert in_a_loop_of_its_own(add_one).id == 3
+
+
+def test_db_copy_refuses_a_target_that_holds_rows(tmp_path, postgres):
+    fill(tmp_path / "a.sqlite3")
+    pg = postgres.new_empty_database()
+    hostd("db", "copy", "--from", f"sqlite:///{tmp_path}/a.sqlite3", "--to", pg, cwd=tmp_path)
+    before = dump(pg)
+
+    again = hostd(
+        "db", "copy", "--from", f"sqlite:///{tmp_path}/a.sqlite3", "--to", pg, cwd=tmp_path
+    )
+    into_sqlite = hostd(
+        "db", "copy", "--from", pg, "--to", f"sqlite:///{tmp_path}/a.sqlite3", cwd=tmp_path
+    )
+
+    assert again.returncode == 1 and "the target is not empty" in again.stderr
+    assert into_sqlite.returncode == 1 and "the target is not empty" in into_sqlite.stderr
+    assert dump(pg) == before
+
+
+def test_db_copy_refuses_what_is_not_a_database_url(tmp_path):
+    missing = hostd(
+        "db", "copy", "--from", f"sqlite:///{tmp_path}/none", "--to", "sqlite:///x", cwd=tmp_path
+    )
+    wrong = hostd("db", "copy", "--from", "mysql://x", "--to", "sqlite:///x", cwd=tmp_path)
+
+    assert missing.returncode == 1 and "no such database" in missing.stderr
+    assert wrong.returncode == 2 and "is not sqlite:///path or postgresql://" in wrong.stderr
+    assert not (tmp_path / "none").exists()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_db_migrate_brings_a_new_database_to_the_latest_version(tmp_path, kind, request):
+    url = (
+        request.getfixturevalue("postgres").new_empty_database()
+        if kind == "postgresql"
+        else f"sqlite:///{tmp_path}/new.sqlite3"
+    )
+    (tmp_path / "hostd.toml").write_text(f'[database]\nurl = "{url}"\n')
+
+    first = hostd("db", "migrate", cwd=tmp_path)
+    second = hostd("db", "migrate", cwd=tmp_path)
+
+    assert first.returncode == 0, first.stderr
+    assert f"the database is at version {latest_version()}" in first.stderr
+    assert f"the database is at version {latest_version()}" in second.stderr
+
+
+def test_backup_on_postgresql_says_what_to_use_instead(tmp_path, postgres):
+    (tmp_path / "hostd.toml").write_text(f'[database]\nurl = "{postgres.new_database()}"\n')
+
+    result = hostd("backup", str(tmp_path / "backup"), cwd=tmp_path)
+
+    assert result.returncode == 1
+    assert "hostd backup copies a SQLite database" in result.stderr
+    assert "pg_dump" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_on_postgresql_keeps_uploads_in_the_database(tmp_path, free_port, postgres):
+    url = postgres.new_database()
+    (tmp_path / "hostd.toml").write_text(
+        f'[server]\nport = {free_port}\n[database]\nurl = "{url}"\n'
+    )
+    proc = start(["serve"], tmp_path)
+    try:
+        wait_for_line(proc, "listening on")
+        body, headers = multipart_body(files=[("file", "a.txt", b"kept in postgresql")])
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{free_port}/upload?api=1", data=body, headers=headers
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            answer = response.read().decode()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=10)
+
+    assert answer.startswith("OK ")
+    assert [row[2] for row in dump(url)["uploads"]] == ["a.txt"]
+    assert not (tmp_path / "data" / "hostd.sqlite3").exists()

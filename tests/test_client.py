@@ -324,14 +324,73 @@ async def test_a_url_that_is_not_http_is_refused(tmp_path):
     assert "the server URL must be http(s)://host[:port][/path]" in run.stderr
 
 
-# -- big files: tus, when the server offers it --------------------------------------------
+# -- big files: tus ---------------------------------------------------------------------
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_without_tus_on_the_server_a_big_file_goes_by_put(base_url, tmp_path, db):
-    big = sized(tmp_path, "big.bin", 2 * 1024 * 1024)
+async def test_a_big_file_goes_by_tus_with_the_answer_of_the_api(
+    base_url, tmp_path, db, store, access_log, login, make_api_key
+):
+    alice = await login()
+    key = await make_api_key(alice.user)
+    big = sized(tmp_path, "big.bin", 3 * 1024 * 1024)
+
+    run = await hostd_upload(str(big), "--url", base_url, "--key", key, "--resumable-above", "1000")
+
+    assert run.code == 0, run.stderr
+    digest = hashlib.sha256(big.read_bytes()).hexdigest()
+    assert run.stdout == f"{base_url}/{public_hash_candidates(digest)[0]}.bin\n"
+    assert store.path(digest).read_bytes() == big.read_bytes()
+    (upload,) = await queries.all_uploads(db)
+    assert (upload.original_name, upload.user_id) == ("big.bin", alice.user.id)
+    assert "PATCH /api/tus/" in access_log.text and "PUT /api/upload" not in access_log.text
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_dropped_connection_resumes_from_where_the_server_got_to(
+    base_url, http_port, tmp_path, store, config
+):
+    size = 6 * 1024 * 1024
+    big = sized(tmp_path, "big.bin", size)
+    relay = Relay(http_port, cut_after=size // 2)  # mid-way through the (one) PATCH
+    url = await relay.start()
+
+    try:
+        run = await hostd_upload(str(big), "--url", url, "--resumable-above", "1000")
+    finally:
+        relay.close()
+
+    assert run.code == 0, run.stderr
+    assert relay.cuts == 1
+    assert relay.sent < size + size // 4  # the rest, not the whole file again
+    digest = hashlib.sha256(big.read_bytes()).hexdigest()
+    assert run.stdout == f"{url}/{public_hash_candidates(digest)[0]}.bin\n"
+    assert store.path(digest).read_bytes() == big.read_bytes()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_by_tus_a_file_over_the_limit_is_refused_at_creation_with_the_servers_message(
+    base_url, tmp_path, access_log, db
+):
+    big = sized(tmp_path, "big.bin", LIMIT + 1)
 
     run = await hostd_upload(str(big), "--url", base_url, "--resumable-above", "1000")
 
+    assert run.code == 1
+    assert run.stderr == (
+        f"hostd upload: {big}: the file is larger than the limit of {LIMIT} bytes (HTTP 413)\n"
+    )
+    assert "PATCH" not in access_log.text
+    assert await queries.all_uploads(db) == []
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_by_tus_expires_asks_the_same_as_by_put(base_url, tmp_path, wall_clock):
+    big = sized(tmp_path, "big.bin", 2 * 1024 * 1024)
+
+    run = await hostd_upload(
+        str(big), "--url", base_url, "--json", "--expires", "5", "--resumable-above", "1000"
+    )
+
     assert run.code == 0, run.stderr
-    assert [u.original_name for u in await queries.all_uploads(db)] == ["big.bin"]
+    assert json.loads(run.stdout)["expires_at"] == iso_time(int(wall_clock()) + 5 * 3600)

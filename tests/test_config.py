@@ -205,3 +205,34 @@ def test_cookie_secret_from_the_environment_wins(tmp_path, monkeypatch):
 
     assert config.cookie_secret == "from-env"
     assert not (tmp_path / "cookie_secret").exists()
+
+
+def test_database_keys_are_read_under_their_section(tmp_path):
+    (tmp_path / "pw").write_text("s3cret\nignored\n")
+    path = write(
+        tmp_path,
+        f"""
+        [database]
+        url = "postgresql://hostd@127.0.0.1:5432/hostd"
+        password_file = "{tmp_path}/pw"
+        """,
+    )
+
+    config = load_config(path)
+
+    assert config.database == "postgresql://hostd@127.0.0.1:5432/hostd"
+    assert config.database_password() == "s3cret"
+    assert load_config(None, {"data_dir": tmp_path}).database == tmp_path / "hostd.sqlite3"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[database]\nurl = "mysql://x"\n', "database.url must be sqlite:///path or postgresql://"),
+        ('[database]\ndatabase_url = "sqlite:///x"\n', "unknown key database.database_url"),
+        ("[database]\nurl = 5\n", "database.url must be str"),
+    ],
+)
+def test_a_wrong_database_key_is_named(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, text))

@@ -8,7 +8,7 @@ import hashlib
 import json
 
 import pytest
-from helpers import multipart_body, streamed_upload
+from helpers import multipart_body, raw_sql, streamed_upload
 
 from hostd.handlers.download import content_disposition, parse_range
 from hostd.storage import READ_CHUNK_BYTES, LocalBlobStore
@@ -333,7 +333,7 @@ async def test_a_short_hash_collision_never_serves_the_wrong_bytes(http_client, 
     sha = hashlib.sha256(data).hexdigest()
     taken = public_hash_candidates(sha)[0]
     await db.write(  # another blob holding the prefix: raw SQL, as no upload can make one
-        lambda conn: conn.execute(
+        raw_sql(
             "INSERT INTO blobs (sha256, hash, size_bytes, content_type, created_at)"
             " VALUES (?, ?, 1, 'text/plain', 0)",
             ("f" * 64, taken),

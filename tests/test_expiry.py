@@ -23,6 +23,7 @@ from helpers import (
     hostd,
     multipart_body,
     png_of_one_colour,
+    raw_sql,
     start,
     temp_files,
     wait_for_line,
@@ -560,9 +561,9 @@ async def test_a_blob_expires_with_the_last_of_its_uploads(db):
     latest = await blob_expiry()
     forever = await add(None)
     never = await blob_expiry()
-    await db.write(lambda conn: conn.execute("DELETE FROM uploads WHERE id = ?", (forever.id,)))
+    await db.write(raw_sql("DELETE FROM uploads WHERE id = ?", (forever.id,)))
     back = await blob_expiry()
-    await db.write(lambda conn: conn.execute("DELETE FROM uploads WHERE id = ?", (later.id,)))
+    await db.write(raw_sql("DELETE FROM uploads WHERE id = ?", (later.id,)))
 
     assert (first, latest, never, back, await blob_expiry()) == (100, 300, None, 300, 200)
 

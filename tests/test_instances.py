@@ -1,5 +1,6 @@
 """Several `hostd serve` processes on one data dir and database (issue 12): nothing that must
-be shared lives in one process's memory. Each test runs two real servers, A and B."""
+be shared lives in one process's memory. Each test runs two real servers, A and B, on SQLite
+and on PostgreSQL (database.url in the hostd.toml they start with)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ import json
 import re
 import signal
 import subprocess
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,9 +89,23 @@ class Servers:
     b: str
     data: list[str]  # --data-dir DIR, for the CLI
     cwd: Path
+    database_url: str | None  # None: the data dir's SQLite file
 
     def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         return hostd(*args, *self.data, cwd=self.cwd, stdin=stdin)
+
+    def once_heard(self, ask: Callable[[], Answer], heard: Callable[[Answer], bool]) -> Answer:
+        """The answer to `ask` right after another process's change. On SQLite the first
+        must be right (the counter is read before each use); on PostgreSQL a server hears
+        of the change a few milliseconds after its commit (README: Storage), so ask again
+        until it has (within a generous five seconds)."""
+        answer = ask()
+        deadline = time.monotonic() + 5.0
+        while self.database_url is not None and not heard(answer):
+            assert time.monotonic() < deadline, "not heard of within five seconds"
+            time.sleep(0.005)
+            answer = ask()
+        return answer
 
 
 def free_port() -> int:
@@ -99,8 +115,12 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def servers(tmp_path: Path) -> Iterator[Servers]:
-    """Two `hostd serve` processes on one data dir, started one after the other."""
+def servers(tmp_path: Path, database_kind: str, database_url: str | None) -> Iterator[Servers]:
+    """Two `hostd serve` processes on one data dir and database, started one after the
+    other (the config fixture's hostd.toml in their working directory names a PostgreSQL
+    database; on SQLite there is none)."""
+    if database_url is not None:
+        (tmp_path / "hostd.toml").write_text(f'[database]\nurl = "{database_url}"\n')
     data = ["--data-dir", str(tmp_path / "d")]
     procs = []
     try:
@@ -110,7 +130,9 @@ def servers(tmp_path: Path) -> Iterator[Servers]:
             procs.append(start(["serve", *data, "--port", str(port)], tmp_path))
             wait_for_line(procs[-1], "listening on")
             bases.append(f"http://127.0.0.1:{port}")
-        yield Servers(bases[0], bases[1], data, tmp_path)
+        # on PostgreSQL, no SQLite file beside the blobs: the servers use the database.url
+        assert (database_url is None) == (tmp_path / "d" / "hostd.sqlite3").exists()
+        yield Servers(bases[0], bases[1], data, tmp_path, database_url)
     finally:
         for proc in procs:
             proc.send_signal(signal.SIGTERM)
@@ -167,7 +189,9 @@ def test_a_key_invalidated_on_one_server_is_refused_by_the_other_at_once(servers
     invalidated = request(
         f"{servers.a}/api/keys/{key_id}/invalidate", form={"confirm": "yes"}, cookies=session
     )
-    after = upload(servers.b, b"after", key=key)
+    after = servers.once_heard(
+        lambda: upload(servers.b, b"after", key=key), lambda answer: answer.status != 200
+    )
 
     assert before == [200, 200]  # the second came from B's memory of the key
     assert invalidated.status == 303
@@ -180,9 +204,13 @@ def test_a_file_removed_elsewhere_is_gone_at_once_here(servers):
     served = [request(f"{servers.a}/{h}").status for h in (by_cli, by_b["hash"])]  # remembered
 
     removed = servers.cli("file", "rm", by_cli)
-    after_cli = request(f"{servers.a}/{by_cli}")
+    after_cli = servers.once_heard(
+        lambda: request(f"{servers.a}/{by_cli}"), lambda answer: answer.status != 200
+    )
     deleted = request(by_b["delete_url"].replace(servers.a, servers.b), method="POST", body=b"")
-    after_b = request(f"{servers.a}/{by_b['hash']}")
+    after_b = servers.once_heard(
+        lambda: request(f"{servers.a}/{by_b['hash']}"), lambda answer: answer.status != 200
+    )
 
     assert served == [200, 200]
     assert removed.returncode == 0, removed.stderr
@@ -197,7 +225,10 @@ def test_a_file_that_may_now_expire_is_no_longer_promised_forever_here(servers):
     forever = request(f"{servers.a}/{kept['hash']}").headers["Cache-Control"]  # remembered
 
     request(kept["delete_url"].replace(servers.a, servers.b), method="POST", body=b"")
-    later = request(f"{servers.a}/{kept['hash']}")
+    later = servers.once_heard(
+        lambda: request(f"{servers.a}/{kept['hash']}"),
+        lambda answer: "immutable" not in answer.headers.get("Cache-Control", ""),
+    )
 
     assert "immutable" in forever
     assert later.status == 200  # the upload that expires in an hour keeps it
@@ -207,7 +238,10 @@ def test_a_file_that_may_now_expire_is_no_longer_promised_forever_here(servers):
 
 def test_a_second_server_with_another_cookie_secret_refuses_to_start(servers, tmp_path):
     other = tmp_path / "other.toml"
-    other.write_text('[server]\ncookie_secret = "not the one the first server uses"\n')
+    other.write_text(
+        '[server]\ncookie_secret = "not the one the first server uses"\n'
+        + (f'[database]\nurl = "{servers.database_url}"\n' if servers.database_url else "")
+    )
     port = str(free_port())
 
     refused = hostd(

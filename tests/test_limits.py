@@ -25,7 +25,7 @@ from hostd import cli, uploads
 from hostd import db as queries
 from hostd.config import ConfigError, load_config
 from hostd.db import Database
-from hostd.db.core import _migrations
+from hostd.db.core import SQLITE, migrations
 from hostd.limits import LOW_ON_SPACE, DiskGuard, Limits
 from hostd.throttle import UploadLimiter
 
@@ -288,7 +288,7 @@ async def test_the_quota_migration_counts_what_accounts_uploaded_before_it(tmp_p
     # A database as the release before quotas left it: raw SQL, as that release wrote it.
     path = tmp_path / "old.sqlite3"
     old = sqlite3.connect(path)
-    for number, sql in _migrations():
+    for number, sql in migrations(SQLITE):
         if number < 7:
             old.executescript(sql)
             old.execute(f"PRAGMA user_version = {number}")

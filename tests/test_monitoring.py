@@ -344,6 +344,7 @@ async def test_healthz_is_ok_without_auth(http_client, base_url, access_log):
     assert "200 GET /healthz" in access_log.text
 
 
+@pytest.mark.sqlite_only  # moves SQLite's file
 @pytest.mark.gen_test
 async def test_healthz_is_503_when_the_database_file_is_gone(http_client, base_url, config):
     moved = config.data_dir / "moved.sqlite3"
@@ -356,6 +357,23 @@ async def test_healthz_is_503_when_the_database_file_is_gone(http_client, base_u
 
     assert response.code == 503
     assert response.body == b"database: failed (OperationalError)\n"
+    assert again.code == 200
+
+
+@pytest.mark.postgresql_only
+@pytest.mark.gen_test(timeout=30)
+async def test_healthz_is_503_when_postgresql_does_not_answer(
+    http_client, base_url, postgres, database_url
+):
+    postgres.refuse_connections(database_url)
+    try:
+        response = await http_client.fetch(f"{base_url}/healthz", raise_error=False)
+    finally:
+        postgres.refuse_connections(database_url, refuse=False)
+    again = await http_client.fetch(f"{base_url}/healthz", raise_error=False)
+
+    assert response.code == 503
+    assert response.body.startswith(b"database: failed (")
     assert again.code == 200
 
 

@@ -706,5 +706,6 @@ async def test_curl_T_and_hostd_upload_go_through_nginx(stack, client, tmp_path)
     assert json.loads(put)["urls"]["full"] == f"{stack.url}/{expected}/through%20nginx.bin"
     assert uploader.returncode == 0, problems
     assert printed.decode() == f"{stack.url}/{expected}.bin\n"
+    assert "PATCH /api/tus/" in await hostd_log_line(stack, "PATCH /api/tus/")  # over 1 MiB: tus
     fetched = await client.fetch(f"{stack.url}/{expected}")
     assert fetched.body == big.read_bytes()

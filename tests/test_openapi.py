@@ -20,12 +20,20 @@ import hypothesis
 import pytest
 import schemathesis
 import tornado.testing
-from helpers import bearer_upload, blob_files, hostd, png_of_one_colour, temp_files
+from helpers import (
+    bearer_upload,
+    blob_files,
+    hostd,
+    partial_files,
+    png_of_one_colour,
+    temp_files,
+)
 
 from hostd import db as queries
-from hostd import openapi
+from hostd import openapi, resumable
 from hostd.config import Config
 from hostd.db import Database
+from hostd.formdata import MAX_FILENAME_BYTES
 from hostd.handlers.base import implemented_methods
 from hostd.hashes import public_hash_candidates
 
@@ -162,12 +170,18 @@ class LiveServer:
     loop: asyncio.AbstractEventLoop
     database: Database
 
-    def leftovers(self) -> tuple[int, int, int, list[str], list[str]]:
-        """What a refused request must not change: rows (uploads, blobs, accounts) and the
-        store's files (blobs, temp files)."""
+    def leftovers(self) -> tuple[Any, ...]:
+        """What a refused request must not change: rows (uploads, blobs, accounts, unfinished
+        tus uploads) and files (blobs, temp files, the tus uploads' partial files)."""
         stats = self.loop.run_until_complete(queries.get_stats(self.database, now=int(time.time())))
         blobs = sorted(path.name for path in blob_files(self.config))
-        return stats.uploads, stats.blobs, stats.users, blobs, sorted(temp_files(self.config))
+        temps = sorted(temp_files(self.config))
+        return stats.uploads, stats.blobs, stats.users, blobs, temps, *self.unfinished()
+
+    def unfinished(self) -> tuple[list[str], list[str]]:
+        """The unfinished tus uploads' rows and their partial files."""
+        rows = self.loop.run_until_complete(queries.unfinished_resumable_ids(self.database))
+        return sorted(rows), partial_files(self.config)
 
 
 def wait_for_log(log: Path, needle: str, server: subprocess.Popen[bytes]) -> None:
@@ -216,6 +230,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
         # Not asyncio.run(): see conftest's note on loops.
         loop = asyncio.new_event_loop()
         database = loop.run_until_complete(Database.open(data / "hostd.sqlite3"))
+        loop.run_until_complete(begin_unfinished(database, data))
         try:
             yield LiveServer(
                 base_url=base_url,
@@ -238,23 +253,58 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
 STORED = png_of_one_colour(8, 8, tag="schemathesis")
 STORED_HASH = public_hash_candidates(hashlib.sha256(STORED).hexdigest())[0]
 
+# An unfinished anonymous tus upload the live server holds from the start (its URL is its
+# only key), so that half the generated ids find an upload to ask about, add to, or drop.
+UNFINISHED_ID = "schemathesis-unfinished-tus-0001"
+UNFINISHED_BYTES = 4096
+
+
+async def begin_unfinished(database: Database, data: Path) -> None:
+    """As a creation by POST /api/tus/ records it (the server mints ids; this one is known
+    when the document's examples are set up, at import)."""
+    now = int(time.time())
+    await queries.insert_resumable(
+        database,
+        id=UNFINISHED_ID,
+        user_id=None,
+        api_key_id=None,
+        address="127.0.0.1",
+        length_bytes=UNFINISHED_BYTES,
+        metadata="",
+        filename="unfinished.bin",
+        expires="",
+        created_at=now,
+        expires_at=now + 3600,
+        most=1,
+    )
+    await resumable.Partials(data / "partials").create(UNFINISHED_ID)
+
+
 # The document as the app builds it (test_the_document_is_served_as_json_and_revalidated
 # shows that it is what the server sends).
 schema = schemathesis.openapi.from_dict(
     openapi.document(),
     config=schemathesis.Config.from_dict(
         {
-            "dictionaries": {"stored": {"values": [STORED_HASH]}},
-            "parameters": {"path.hash": {"dictionary": "stored", "probability": 0.5}},
+            "dictionaries": {
+                "stored": {"values": [STORED_HASH]},
+                "unfinished": {"values": [UNFINISHED_ID]},
+            },
+            "parameters": {
+                "path.hash": {"dictionary": "stored", "probability": 0.5},
+                "path.id": {"dictionary": "unfinished", "probability": 0.5},
+            },
             "operations": [
                 {
                     # In a multipart form every field is bytes: a "number" or an "object"
                     # where the document says string arrives as text, often a valid one (a
-                    # file may be any bytes). Such requests are still sent, and must still
-                    # get no 5xx and leave nothing behind; they need not be refused.
+                    # file may be any bytes); and a PUT's body is the file, any bytes, so
+                    # nothing but an empty one (a 400) is "invalid". Such requests are still
+                    # sent, and must still get no 5xx and leave nothing behind; they need
+                    # not be refused.
                     # A valid upload may also be over the instance's limits (413), which
                     # the document cannot know.
-                    "include-operation-id": ["upload", "uploadForm"],
+                    "include-operation-id": ["upload", "uploadForm", "uploadPut"],
                     "checks": {
                         "negative_data_rejection": {"enabled": False},
                         "positive_data_acceptance": {
@@ -275,6 +325,29 @@ schema = schemathesis.openapi.from_dict(
                     },
                 },
                 {
+                    # tus refuses a request without Tus-Resumable: 1.0.0, or with another
+                    # version, with 412 Precondition Failed (tus 1.0.0, "Tus-Resumable"),
+                    # before it looks at anything else; schemathesis expects 400-ish codes.
+                    # A valid first part may also be longer than its Upload-Length (413): a
+                    # rule across a header and the body.
+                    "include-operation-id": [
+                        "tusCreate",
+                        "tusOffset",
+                        "tusState",
+                        "tusPatch",
+                        "tusTerminate",
+                    ],
+                    "checks": {
+                        "negative_data_rejection": {
+                            "expected-statuses": [400, 401, 403, 404, 409, 412, 413, 415, 429]
+                        },
+                        "missing_required_header": {"expected-statuses": [400, 404, 412]},
+                        "positive_data_acceptance": {
+                            "expected-statuses": ["2xx", 401, 403, 404, 409, 413, 429]
+                        },
+                    },
+                },
+                {
                     # Pages for a signed-in user send a visitor without a session to the
                     # sign-in page (302) rather than refusing them.
                     "include-operation-id": ["myFiles", "confirmInvalidateKey"],
@@ -290,12 +363,22 @@ schema = schemathesis.openapi.from_dict(
 )
 
 
+# A tus part is raw bytes, sent as they are.
+schemathesis.serializer.alias("application/offset+octet-stream", "application/octet-stream")
+
+
 @schema.hook
 def filter_case(context: Any, case: Any) -> bool:
-    """An upload may ask for its expiry once (a field or a header, not both): a rule across
-    a header and the body, which OpenAPI cannot state."""
+    """Rules OpenAPI cannot state: an upload may ask for its expiry once (a field or a
+    header, not both); a PUT's filename is limited in bytes of UTF-8, where maxLength
+    counts characters."""
     field = isinstance(case.body, dict) and case.body.get("expires")
-    return not (field and case.headers and case.headers.get("Expires"))
+    if field and case.headers and case.headers.get("Expires"):
+        return False
+    if case.operation.definition.raw.get("operationId") != "uploadPut":
+        return True
+    filename = (case.path_parameters or {}).get("filename")
+    return not (isinstance(filename, str) and len(filename.encode()) > MAX_FILENAME_BYTES)
 
 
 def needs_key(operation: Any) -> bool:
@@ -325,8 +408,8 @@ def test_the_live_server_answers_as_documented(case, live):
 
 def test_the_live_run_left_no_errors_and_no_unnamed_bytes(live):
     """After the run above: no handler failed in the server's log, and the store holds no
-    bytes that no row names (gc would remove none), no row without its bytes, and no
-    half-written upload."""
+    bytes that no row names (gc would remove none), no row without its bytes, no
+    half-written upload, and a partial file for each unfinished tus upload, and no other."""
     found = hostd(
         "gc",
         "--dry-run",
@@ -345,5 +428,7 @@ def test_the_live_run_left_no_errors_and_no_unnamed_bytes(live):
         "missing": [],
     }, found.stderr
     assert temp_files(live.config) == []
+    rows, partials = live.unfinished()
+    assert rows == partials, "unfinished tus uploads and their partial files differ"
     log = live.log.read_text()
     assert " ERROR " not in log and "Traceback" not in log, log

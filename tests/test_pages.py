@@ -7,6 +7,9 @@ import re
 
 import pytest
 
+# On SQLite only: pages and their rendering (the other suites run on both databases).
+pytestmark = pytest.mark.sqlite_only
+
 
 def text_of(page: bytes) -> str:
     """The page's text as a reader sees it: tags dropped, entities decoded, spaces folded."""

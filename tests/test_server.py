@@ -17,6 +17,9 @@ from helpers import start, temp_files, wait_for_line
 from hostd.config import Config
 from hostd.server import MAX_HEAD_BYTES, MIN_AVERAGE_CHUNK_BYTES
 
+# On SQLite only: the HTTP connection's handling, whatever the database.
+pytestmark = pytest.mark.sqlite_only
+
 IDLE_SECONDS = 1.0
 PER_ADDRESS = 2
 

@@ -3,8 +3,11 @@ clock."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
+from hostd import db as queries
 from hostd.throttle import RegistrationLimiter, SignInLimiter, address_key
 
 
@@ -30,11 +33,12 @@ async def succeed(limiter, account, address):
 
 async def rows(db):
     """What the database holds for the throttle: counts, and remembered successes."""
-    return await db.read(
-        lambda conn: conn.execute(
+    row = await db.read(
+        lambda tx: tx.fetchone(
             "SELECT (SELECT count(*) FROM signin_counts), (SELECT count(*) FROM signin_known)"
-        ).fetchone()[:]
+        )
     )
+    return tuple(row)
 
 
 @pytest.mark.gen_test
@@ -209,3 +213,36 @@ def test_registrations_are_limited_per_address_per_hour(clock):
     assert registrations.take("192.0.2.1") == 0
     assert registrations.take("2001:db8::1") == registrations.take("2001:db8::2") == 0
     assert registrations.take("2001:db8::3") > 0  # one /64
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_parallel_attempts_from_two_processes_are_counted_one_after_the_other(
+    db, other_process
+):
+    """The check (may this attempt go on?) and the count (one more in flight) are one step
+    for all processes: with room for one attempt in flight, twenty begun at once through two
+    processes' writers let exactly one through (on PostgreSQL, where two writers run at
+    once, by an advisory lock; on SQLite, by BEGIN IMMEDIATE)."""
+
+    def one_in_flight(count, free, now):
+        return 1.0 if count.in_flight >= 1 else 0.0
+
+    async def begin(database):
+        waited, _ = await queries.begin_signin(
+            database,
+            counts={"pair:alice 192.0.2.1": 5},
+            unless_known=("pair:alice 192.0.2.1", "acct:alice", 100),
+            now=1000.0,
+            window=900.0,
+            remember=30 * 86400.0,
+            wait=one_in_flight,
+        )
+        return waited
+
+    for _ in range(3):
+        await queries.end_signin(
+            db, keys=["pair:alice 192.0.2.1", "acct:alice"], now=1000.0, failed=False
+        )
+        waits = await asyncio.gather(*(begin(d) for d in [db, other_process] * 10))
+
+        assert sorted(waits) == [0.0] + [1.0] * 19

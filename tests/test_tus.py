@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from helpers import hostd, multipart_body, start
+from helpers import hostd, multipart_body, partial_files, start
 from tornado.simple_httpclient import HTTPStreamClosedError
 from tusclient import client as tus_client
 from tusclient.exceptions import TusCommunicationError
@@ -91,10 +91,6 @@ async def new_key(db, auth, user) -> str:
         db, user_id=user.id, key_id=minted.key_id, secret_hash=minted.secret_hash, label="t"
     )
     return minted.token
-
-
-def partial_files(config) -> list[str]:
-    return sorted(p.name for p in (config.data_dir / "partials").iterdir())
 
 
 # -- the protocol, in this process --------------------------------------------------------
@@ -238,6 +234,55 @@ async def test_requests_without_the_tus_version_are_a_412(http_client, base_url)
     )
 
     assert response.code == 412 and response.headers["Tus-Version"] == "1.0.0"
+
+
+@pytest.mark.parametrize("version", ["{}", "0.2.2", "1.0", "2.0.0"])
+@pytest.mark.parametrize("method", ["POST", "HEAD", "GET", "PATCH", "DELETE"])
+@pytest.mark.gen_test
+async def test_any_other_tus_version_is_a_412_that_names_the_one_spoken(
+    http_client, base_url, method, version
+):
+    created = await create(http_client, base_url, 10)
+    url = f"{base_url}/api/tus/" if method == "POST" else created.headers["Location"]
+    headers = {"Upload-Length": "10", "Upload-Offset": "0", "Tus-Resumable": version}
+
+    response = await http_client.fetch(
+        url,
+        method=method,
+        headers=headers,
+        body=b"" if method in ("POST", "PATCH") else None,
+        raise_error=False,
+    )
+
+    assert response.code == 412 and response.headers["Tus-Version"] == "1.0.0"
+    if method != "HEAD":
+        assert json.loads(response.body)["status"] is False
+
+
+@pytest.mark.parametrize("method", ["HEAD", "GET", "PATCH", "DELETE"])
+@pytest.mark.parametrize("id", ["%C2%84", "%FF", "a.b", "q" * 65, "%2F"])
+@pytest.mark.gen_test
+async def test_an_id_hostd_never_makes_is_a_404_in_json_like_an_unknown_one(
+    http_client, base_url, method, id
+):
+    """Whatever the last path segment, the answer is the tus endpoint's own, not a page."""
+    answers = [
+        await http_client.fetch(
+            f"{base_url}/api/tus/{segment}",
+            method=method,
+            headers={**OCTETS, "Upload-Offset": "0"},
+            body=b"" if method == "PATCH" else None,
+            raise_error=False,
+        )
+        for segment in (id, "q" * 32)
+    ]
+
+    for response in answers:
+        assert response.code == 404, response.body
+        assert response.headers["Content-Type"] == "application/json; charset=utf-8"
+        assert response.headers["Tus-Resumable"] == "1.0.0"
+    if method != "HEAD":
+        assert json.loads(answers[0].body) == json.loads(answers[1].body)
 
 
 @pytest.mark.gen_test

@@ -12,10 +12,17 @@ import os
 import resource
 import signal
 import socket
-import threading
 
 import pytest
-from helpers import blob_files, multipart_body, raw_exchange, streamed_upload, temp_files
+from helpers import (
+    blob_files,
+    hold_writer,
+    multipart_body,
+    nothing,
+    raw_exchange,
+    streamed_upload,
+    temp_files,
+)
 
 from hostd import db as queries
 from hostd.handlers.upload import ApiUploadHandler, storage_failure
@@ -474,8 +481,7 @@ async def test_client_vanishing_mid_upload_leaves_no_temp_file_and_no_row(
 async def test_a_client_gone_while_its_upload_waits_to_be_recorded_leaves_nothing(
     http_server, http_port, config, db
 ):
-    release = threading.Event()
-    busy = asyncio.ensure_future(db.write(lambda conn: release.wait(10)))  # holds the writer
+    release, busy = await hold_writer(db)
     body, headers = multipart_body(files=[("file", "w.bin", b"whole, but never recorded")])
     head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
     sock = socket.create_connection(("127.0.0.1", http_port))
@@ -494,9 +500,9 @@ async def test_a_client_gone_while_its_upload_waits_to_be_recorded_leaves_nothin
                 break
             await asyncio.sleep(0.02)
     finally:
-        release.set()
+        release()
         await busy
-    await db.write(lambda conn: None)  # the writer has gone round again
+    await db.write(nothing)  # the writer has gone round again
 
     assert db.waiting == 0
     assert await queries.all_uploads(db) == []

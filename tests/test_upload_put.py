@@ -181,11 +181,18 @@ async def test_a_hostile_filename_is_a_400_in_json_before_the_body(
     assert temp_files(config) == [] and blob_files(config) == []
 
 
+@pytest.mark.parametrize("source", ["file", "pipe"])
 @pytest.mark.gen_test
-async def test_an_empty_body_is_a_400(base_url, tmp_path, config):
+async def test_an_empty_body_is_a_400(base_url, tmp_path, config, source):
+    """As an empty file in a form is; from a pipe, the body is chunked and ends at once."""
     (tmp_path / "empty").write_bytes(b"")
+    url = f"{base_url}/api/upload/empty.txt"
 
-    put = await curl("-T", str(tmp_path / "empty"), f"{base_url}/api/upload/empty.txt")
+    if source == "file":
+        put = await curl("-T", str(tmp_path / "empty"), url)
+    else:
+        put = await curl("-T", "-", url, stdin=b"")
+        assert "> Transfer-Encoding: chunked" in put.trace
 
     assert (put.code, put.answer) == (400, {"status": False, "error": "the file is empty"})
     assert temp_files(config) == [] and blob_files(config) == []

@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import threading
 import time
 
 import pytest
+from helpers import hold_writer
 
 from hostd import db as queries
 from hostd import uploads
@@ -83,8 +83,7 @@ async def test_bytes_are_not_removed_under_an_upload_of_the_same_bytes_waiting_f
     removal = await queries.delete_upload(db, upload_id=mine.id, user_id=user.id)
     assert removal.blob_gone  # committed: the bytes are next to go
 
-    release = threading.Event()
-    busy = asyncio.ensure_future(db.write(lambda conn: release.wait(10)))
+    release, busy = await hold_writer(db)
     again = asyncio.ensure_future(store_upload(db, store, data))  # placed; its row waits
     for _ in range(250):
         if db.waiting:
@@ -92,7 +91,7 @@ async def test_bytes_are_not_removed_under_an_upload_of_the_same_bytes_waiting_f
         await asyncio.sleep(0.02)
     removing = asyncio.ensure_future(uploads.remove_bytes(db, store, thumbs, removal))
     await asyncio.sleep(0.1)  # the removal has had every chance to act
-    release.set()
+    release()
     await asyncio.gather(busy, again, removing)
 
     assert await queries.get_blob_by_sha256(db, removal.sha256) is not None

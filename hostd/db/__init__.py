@@ -1,6 +1,7 @@
 """The database: every SQL statement hostd runs, as plain async functions of a Database.
 
-core.py holds the Database (connections, the batching writer, migrations); blobs.py the
+core.py holds the Database (the Tx that units of work use, the batching writer,
+migrations), sqlite.py and postgres.py the two dialects' connections; blobs.py the
 files' rows; accounts.py users, sessions and API keys; moderation.py bans, disabled and
 removed accounts; stats.py the figures of `hostd stats`; quotas.py storage quotas; expiry.py
 expired uploads; deletion.py deletion links; signins.py failed sign-ins; settings.py what
@@ -49,7 +50,24 @@ from hostd.db.blobs import (
     register_upload,
     take_down,
 )
-from hostd.db.core import Cache, Changes, Database, is_full, latest_version, now, schema_version
+from hostd.db.copy import Copied, CopyRefused, copy_database
+from hostd.db.core import (
+    POSTGRESQL,
+    SQLITE,
+    Cache,
+    Changes,
+    Database,
+    Row,
+    Tx,
+    Unsupported,
+    conflicts,
+    is_full,
+    is_integrity_error,
+    latest_version,
+    now,
+    schema_version,
+    sqlite_path,
+)
 from hostd.db.deletion import (
     DeleteLink,
     delete_by_link,
@@ -88,6 +106,17 @@ from hostd.db.signins import SignInCount, begin_signin, end_signin
 from hostd.db.stats import Stats, Stored, Uploader, get_stats, get_stored
 
 __all__ = [
+    "Copied",
+    "CopyRefused",
+    "copy_database",
+    "sqlite_path",
+    "POSTGRESQL",
+    "SQLITE",
+    "Row",
+    "Tx",
+    "Unsupported",
+    "conflicts",
+    "is_integrity_error",
     "COOKIE_SECRET",
     "AlreadyBanned",
     "ApiKey",

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 
-from hostd.db.blobs import _one, row_as
-from hostd.db.core import Database, now
+from hostd.db.blobs import row_as
+from hostd.db.core import Database, Tx, conflicts, now
 
 
 @dataclass(frozen=True)
@@ -27,15 +26,16 @@ class NameTaken(Exception):
 
 
 async def insert_user(db: Database, *, name: str, password_hash: str) -> User:
-    def work(conn: sqlite3.Connection) -> User:
+    async def work(tx: Tx) -> User:
         try:
-            row = _one(
-                conn,
+            row = await tx.fetchone(
                 "INSERT INTO users (name, password_hash, created_at) VALUES (?, ?, ?) RETURNING *",
                 (name, password_hash, now()),
             )
-        except sqlite3.IntegrityError as exc:
-            raise NameTaken(name) from exc
+        except Exception as exc:
+            if conflicts(exc, "users", "name"):
+                raise NameTaken(name) from exc
+            raise
         assert row is not None
         return row_as(User, row)
 
@@ -45,16 +45,14 @@ async def insert_user(db: Database, *, name: str, password_hash: str) -> User:
 async def get_user(db: Database, *, name: str | None = None, id: int | None = None) -> User | None:
     """By name (any letter case) or by id."""
     column, value = ("name", name) if name is not None else ("id", id)
-    row = await db.read(
-        lambda conn: _one(conn, f"SELECT * FROM users WHERE {column} = ?", (value,))
-    )
+    row = await db.read(lambda tx: tx.fetchone(f"SELECT * FROM users WHERE {column} = ?", (value,)))
     return row_as(User, row) if row else None
 
 
 async def list_users(db: Database) -> list[tuple[User, int, int]]:
     """Every user with their count of uploads and of usable keys."""
     rows = await db.read(
-        lambda conn: conn.execute(
+        lambda tx: tx.fetchall(
             """
             SELECT users.*,
                    (SELECT count(*) FROM uploads WHERE uploads.user_id = users.id) AS uploads,
@@ -62,7 +60,7 @@ async def list_users(db: Database) -> list[tuple[User, int, int]]:
                      WHERE api_keys.user_id = users.id AND invalidated_at IS NULL) AS keys
             FROM users ORDER BY users.name
             """
-        ).fetchall()
+        )
     )
     users = []
     for row in rows:
@@ -75,17 +73,19 @@ async def list_users(db: Database) -> list[tuple[User, int, int]]:
 async def update_password(
     db: Database, *, user_id: int, password_hash: str, end_sessions: bool
 ) -> None:
-    def work(conn: sqlite3.Connection) -> None:
-        conn.execute("UPDATE users SET password_hash = ? WHERE id = ?", (password_hash, user_id))
+    async def work(tx: Tx) -> None:
+        await tx.execute(
+            "UPDATE users SET password_hash = ? WHERE id = ?", (password_hash, user_id)
+        )
         if end_sessions:
-            conn.execute("DELETE FROM sessions WHERE user_id = ?", (user_id,))
+            await tx.execute("DELETE FROM sessions WHERE user_id = ?", (user_id,))
 
     await db.write(work)
 
 
 async def insert_session(db: Database, *, token_hash: str, user_id: int) -> None:
     await db.write(
-        lambda conn: conn.execute(
+        lambda tx: tx.execute(
             "INSERT INTO sessions (token_hash, user_id, created_at) VALUES (?, ?, ?)",
             (token_hash, user_id, now()),
         )
@@ -94,8 +94,7 @@ async def insert_session(db: Database, *, token_hash: str, user_id: int) -> None
 
 async def get_session_user(db: Database, *, token_hash: str) -> User | None:
     row = await db.read(
-        lambda conn: _one(
-            conn,
+        lambda tx: tx.fetchone(
             """
             SELECT users.* FROM sessions JOIN users ON users.id = sessions.user_id
             WHERE sessions.token_hash = ? AND users.disabled_at IS NULL
@@ -108,7 +107,7 @@ async def get_session_user(db: Database, *, token_hash: str) -> User | None:
 
 async def delete_session(db: Database, *, token_hash: str) -> None:
     await db.write(
-        lambda conn: conn.execute("DELETE FROM sessions WHERE token_hash = ?", (token_hash,))
+        lambda tx: tx.execute("DELETE FROM sessions WHERE token_hash = ?", (token_hash,))
     )
 
 
@@ -153,10 +152,10 @@ async def insert_api_key(
     """Each usable key holds a numbered slot, unique per account (a partial unique index),
     so the limit holds by constraint however many requests race for the last slot."""
 
-    def work(conn: sqlite3.Connection) -> ApiKey:
+    async def work(tx: Tx) -> ApiKey:
         taken = {
             row[0]
-            for row in conn.execute(
+            for row in await tx.fetchall(
                 "SELECT slot FROM api_keys WHERE user_id = ? AND invalidated_at IS NULL",
                 (user_id,),
             )
@@ -167,22 +166,19 @@ async def insert_api_key(
                 slot += 1
             if max_keys is not None and slot > max_keys:
                 raise TooManyKeys(max_keys)
-            try:
-                row = _one(
-                    conn,
-                    f"""
-                    INSERT INTO api_keys (key_id, user_id, secret_hash, label, created_at, slot)
-                    VALUES (?, ?, ?, ?, ?, ?)
-                    RETURNING {API_KEY_COLUMNS}
-                    """,
-                    (key_id, user_id, secret_hash, label, now(), slot),
-                )
-            except sqlite3.IntegrityError as exc:
-                if "api_keys.slot" not in str(exc) and "api_keys.user_id" not in str(exc):
-                    raise
+            # DO NOTHING, not a caught violation: PostgreSQL aborts the transaction on one.
+            row = await tx.fetchone(
+                f"""
+                INSERT INTO api_keys (key_id, user_id, secret_hash, label, created_at, slot)
+                VALUES (?, ?, ?, ?, ?, ?)
+                ON CONFLICT (user_id, slot) WHERE slot IS NOT NULL DO NOTHING
+                RETURNING {API_KEY_COLUMNS}
+                """,
+                (key_id, user_id, secret_hash, label, now(), slot),
+            )
+            if row is None:
                 taken.add(slot)  # taken meanwhile (by another process): the next one
                 continue
-            assert row is not None
             return row_as(ApiKey, row)
 
     return await db.write(work)
@@ -191,8 +187,7 @@ async def insert_api_key(
 async def get_api_key(db: Database, *, key_id: str) -> ApiKey | None:
     """The key, with whether its account is disabled, in the one read a request makes."""
     row = await db.read(
-        lambda conn: _one(
-            conn,
+        lambda tx: tx.fetchone(
             f"""
             SELECT {API_KEY_COLUMNS},
                    (SELECT disabled_at IS NOT NULL FROM users WHERE users.id = api_keys.user_id)
@@ -208,13 +203,13 @@ async def get_api_key(db: Database, *, key_id: str) -> ApiKey | None:
 async def list_api_keys(db: Database, *, user_id: int) -> list[ApiKey]:
     """Newest first."""
     rows = await db.read(
-        lambda conn: conn.execute(
+        lambda tx: tx.fetchall(
             f"""
             SELECT {API_KEY_COLUMNS} FROM api_keys WHERE user_id = ?
             ORDER BY created_at DESC, id DESC
             """,
             (user_id,),
-        ).fetchall()
+        )
     )
     return [row_as(ApiKey, row) for row in rows]
 
@@ -225,11 +220,10 @@ async def invalidate_api_key(
     """Make a key unusable for good (and free its slot). With user_id, only that user's
     key. Returns the key as it is now, or None when there is no such key (for that user)."""
     row = await db.write(
-        lambda conn: _one(
-            conn,
+        lambda tx: tx.fetchone(
             f"""
             UPDATE api_keys SET invalidated_at = coalesce(invalidated_at, ?), slot = NULL
-            WHERE key_id = ? AND (? IS NULL OR user_id = ?)
+            WHERE key_id = ? AND (CAST(? AS BIGINT) IS NULL OR user_id = ?)
             RETURNING {API_KEY_COLUMNS}
             """,
             (now(), key_id, user_id, user_id),
@@ -240,7 +234,7 @@ async def invalidate_api_key(
 
 async def touch_api_key(db: Database, *, id: int, at: int) -> None:
     await db.write(
-        lambda conn: conn.execute("UPDATE api_keys SET last_used_at = ? WHERE id = ?", (at, id))
+        lambda tx: tx.execute("UPDATE api_keys SET last_used_at = ? WHERE id = ?", (at, id))
     )
 
 
@@ -252,9 +246,9 @@ async def insert_key_reveal(
 ) -> None:
     """Keep a new key, sealed, for its one showing; expired ones go now."""
 
-    def work(conn: sqlite3.Connection) -> None:
-        conn.execute("DELETE FROM key_reveals WHERE expires_at < ?", (now(),))
-        conn.execute(
+    async def work(tx: Tx) -> None:
+        await tx.execute("DELETE FROM key_reveals WHERE expires_at < ?", (now(),))
+        await tx.execute(
             """
             INSERT INTO key_reveals (token_hash, user_id, sealed_key, expires_at)
             VALUES (?, ?, ?, ?)
@@ -269,8 +263,7 @@ async def take_key_reveal(db: Database, *, token_hash: str, user_id: int, at: in
     """The sealed key waiting under this token for this user, taken out (so it is shown
     once, whichever process asks first); None when there is none, or it expired by `at`."""
     row = await db.write(
-        lambda conn: _one(
-            conn,
+        lambda tx: tx.fetchone(
             """
             DELETE FROM key_reveals WHERE token_hash = ? AND user_id = ?
             RETURNING sealed_key, expires_at

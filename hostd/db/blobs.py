@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable
-from dataclasses import dataclass, fields
-from typing import Any, TypeVar
+from dataclasses import dataclass, fields, replace
+from typing import TypeVar
 
-from hostd.db.core import Database, now
+from hostd.db.core import POSTGRESQL, Database, Row, Tx, now
 from hostd.db.quotas import check_quota
 from hostd.hashes import public_hash_candidates
 
@@ -44,13 +43,8 @@ class Upload:
     expires_at: int | None = None  # epoch seconds; None: never
 
 
-def row_as(cls: type[T], row: sqlite3.Row) -> T:
+def row_as(cls: type[T], row: Row) -> T:
     return cls(**dict(zip(row.keys(), row, strict=True)))
-
-
-def _one(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Row | None:
-    row: sqlite3.Row | None = conn.execute(sql, params).fetchone()
-    return row
 
 
 async def get_blob(db: Database, hash: str, *, now: int | None = None) -> Blob | None:
@@ -63,7 +57,7 @@ async def get_blob(db: Database, hash: str, *, now: int | None = None) -> Blob |
     if blob is not None and (now is None or blob.alive_at(now)):
         return blob
     generation = db.blobs.generation
-    row = await db.read(lambda conn: _one(conn, "SELECT * FROM blobs WHERE hash = ?", (hash,)))
+    row = await db.read(lambda tx: tx.fetchone("SELECT * FROM blobs WHERE hash = ?", (hash,)))
     if row is None:
         return None
     blob = row_as(Blob, row)
@@ -77,7 +71,7 @@ def forget_blob(db: Database, hash: str) -> None:
 
 
 async def get_blob_by_sha256(db: Database, sha256: str) -> Blob | None:
-    row = await db.read(lambda conn: _one(conn, "SELECT * FROM blobs WHERE sha256 = ?", (sha256,)))
+    row = await db.read(lambda tx: tx.fetchone("SELECT * FROM blobs WHERE sha256 = ?", (sha256,)))
     return row_as(Blob, row) if row else None
 
 
@@ -104,20 +98,33 @@ async def register_upload(
     `at` is the upload's time (default: now), `expires_at` when it expires (None: never);
     the blob's own expiry then moves to the latest of its uploads' (a trigger does it)."""
 
-    def work(conn: sqlite3.Connection) -> tuple[Blob, Upload, bool]:
+    async def work(tx: Tx) -> tuple[Blob, Upload, bool]:
         created_at = now() if at is None else at
         if user_id is not None:
-            check_quota(
-                conn,
+            await check_quota(
+                tx,
                 user_id=user_id,
                 size_bytes=size_bytes,
                 default_quota_bytes=default_quota_bytes,
             )
-        before = _one(conn, "SELECT * FROM blobs WHERE sha256 = ?", (sha256,))
-        if before is None:
-            _insert_blob(conn, sha256, size_bytes, content_type, created_at)
-        upload = _one(
-            conn,
+        if tx.dialect == POSTGRESQL:
+            done = await _new_blob_in_one_statement(
+                tx,
+                Blob(
+                    sha256,
+                    public_hash_candidates(sha256)[0],
+                    size_bytes,
+                    content_type,
+                    created_at,
+                    expires_at,
+                ),
+                Upload(0, sha256, original_name, created_at, user_id, api_key_id, expires_at),
+                delete_token_hash,
+            )
+            if done is not None:
+                return done
+        row, before = await _insert_blob(tx, sha256, size_bytes, content_type, created_at)
+        upload = await tx.fetchone(
             """
             INSERT INTO uploads (sha256, original_name, created_at, user_id, api_key_id,
                                  expires_at)
@@ -128,14 +135,17 @@ async def register_upload(
         )
         assert upload is not None
         if delete_token_hash is not None:
-            conn.execute(
+            await tx.execute(
                 "INSERT INTO delete_tokens (token_hash, upload_id) VALUES (?, ?)",
                 (delete_token_hash, upload["id"]),
             )
-        row = _one(conn, "SELECT * FROM blobs WHERE sha256 = ?", (sha256,))
-        assert row is not None
-        changed = before is not None and before["expires_at"] != row["expires_at"]
-        return row_as(Blob, row), row_as(Upload, upload), changed
+        if before is None:
+            # A new blob's only upload: the trigger has given it this upload's expiry.
+            return replace(row_as(Blob, row), expires_at=expires_at), row_as(Upload, upload), False
+        after = await tx.fetchone("SELECT * FROM blobs WHERE sha256 = ?", (sha256,))
+        assert after is not None
+        changed = before["expires_at"] != after["expires_at"]
+        return row_as(Blob, after), row_as(Upload, upload), changed
 
     blob, upload, changed = await db.write(work)
     cached = db.blobs.get(blob.hash)
@@ -147,43 +157,92 @@ async def register_upload(
     return blob, upload
 
 
-def _insert_blob(
-    conn: sqlite3.Connection, sha256: str, size_bytes: int, content_type: str, created_at: int
-) -> sqlite3.Row:
-    """Insert with the shortest free public hash: the unique index says which are taken.
-    The row starts expired (0: no upload yet), so that its first upload's trigger only ever
-    extends its life, which tells no other process anything (see 0009_shared_state.sql)."""
+async def _new_blob_in_one_statement(
+    tx: Tx, blob: Blob, upload: Upload, delete_token_hash: str | None
+) -> tuple[Blob, Upload, bool] | None:
+    """PostgreSQL only: new bytes under their first-choice hash, their upload and its
+    deletion link in one statement (data-modifying CTEs, which SQLite lacks); None, having
+    changed nothing, when the bytes are known or the hash is taken. On PostgreSQL each
+    statement is a round trip to another process, and the writer's batch runs its units one
+    after the other: this is most uploads' whole unit in one."""
+    upload_id = await tx.fetchval(
+        """
+        WITH new_blob AS (
+            INSERT INTO blobs (sha256, hash, size_bytes, content_type, created_at, expires_at)
+            VALUES (?, ?, ?, ?, ?, 0)
+            ON CONFLICT DO NOTHING
+            RETURNING sha256
+        ), new_upload AS (
+            INSERT INTO uploads (sha256, original_name, created_at, user_id, api_key_id,
+                                 expires_at)
+            SELECT sha256, ?, ?, ?, ?, ? FROM new_blob
+            RETURNING id
+        ), link AS (
+            INSERT INTO delete_tokens (token_hash, upload_id)
+            SELECT CAST(? AS TEXT), id FROM new_upload WHERE CAST(? AS TEXT) IS NOT NULL
+        )
+        SELECT id FROM new_upload
+        """,
+        (
+            blob.sha256,
+            blob.hash,
+            blob.size_bytes,
+            blob.content_type,
+            blob.created_at,
+            upload.original_name,
+            upload.created_at,
+            upload.user_id,
+            upload.api_key_id,
+            upload.expires_at,
+            delete_token_hash,
+            delete_token_hash,
+        ),
+    )
+    if upload_id is None:
+        return None
+    # A new blob's only upload: the trigger has given it this upload's expiry.
+    return blob, replace(upload, id=upload_id), False
+
+
+async def _insert_blob(
+    tx: Tx, sha256: str, size_bytes: int, content_type: str, created_at: int
+) -> tuple[Row, Row | None]:
+    """(the blob's row, the row as it was before: None when this inserted it). A new blob
+    takes the shortest free public hash: the unique indexes say which are taken. ON
+    CONFLICT DO NOTHING rather than catching the violation, because PostgreSQL aborts a
+    transaction on any error; and the INSERT comes first, so that new bytes (the common
+    case) cost one statement. The row starts expired (0: no upload yet), so that its first
+    upload's trigger only ever extends its life, which tells no other process anything (see
+    0009_shared_state.sql)."""
     for candidate in public_hash_candidates(sha256):
-        try:
-            row = _one(
-                conn,
-                """
-                INSERT INTO blobs (sha256, hash, size_bytes, content_type, created_at,
-                                   expires_at)
-                VALUES (?, ?, ?, ?, ?, 0)
-                RETURNING *
-                """,
-                (sha256, candidate, size_bytes, content_type, created_at),
-            )
-        except sqlite3.IntegrityError as exc:
-            if "blobs.hash" in str(exc):
-                continue  # another blob holds this prefix: try the next length
-            raise
-        assert row is not None
-        return row
+        row = await tx.fetchone(
+            """
+            INSERT INTO blobs (sha256, hash, size_bytes, content_type, created_at, expires_at)
+            VALUES (?, ?, ?, ?, ?, 0)
+            ON CONFLICT DO NOTHING
+            RETURNING *
+            """,
+            (sha256, candidate, size_bytes, content_type, created_at),
+        )
+        if row is not None:
+            return row, None
+        before = await tx.fetchone("SELECT * FROM blobs WHERE sha256 = ?", (sha256,))
+        if before is not None:
+            return before, before  # known bytes
+        # another blob holds this prefix: try the next length
     raise HashSpaceExhausted(sha256)
 
 
 async def count_uploads(db: Database, *, sha256: str) -> int:
-    row = await db.read(
-        lambda conn: _one(conn, "SELECT count(*) FROM uploads WHERE sha256 = ?", (sha256,))
+    count = await db.read(
+        lambda tx: tx.fetchval("SELECT count(*) FROM uploads WHERE sha256 = ?", (sha256,))
     )
-    return int(row[0]) if row else 0
+    return int(count or 0)
 
 
 async def all_uploads(db: Database) -> list[Upload]:
     """Every upload, oldest first (for tests and small admin views)."""
-    rows = await db.read(lambda conn: conn.execute("SELECT * FROM uploads ORDER BY id").fetchall())
+    rows = await db.read(lambda tx: tx.fetchall("SELECT * FROM uploads ORDER BY id"))
     return [row_as(Upload, row) for row in rows]
 
 
@@ -198,7 +257,7 @@ class UserFile:
 UPLOAD_FIELDS = tuple(field.name for field in fields(Upload))
 
 
-def upload_of(row: sqlite3.Row) -> Upload:
+def upload_of(row: Row) -> Upload:
     """The Upload in a row that selected `uploads.*` (and perhaps more columns)."""
     return Upload(**{name: row[name] for name in UPLOAD_FIELDS})
 
@@ -211,8 +270,8 @@ async def list_user_files(
     unexpired = "" if now is None else "AND (uploads.expires_at IS NULL OR uploads.expires_at > ?)"
     since = () if now is None else (now,)
 
-    def work(conn: sqlite3.Connection) -> tuple[list[sqlite3.Row], int]:
-        rows = conn.execute(
+    async def work(tx: Tx) -> tuple[list[Row], int]:
+        rows = await tx.fetchall(
             f"""
             SELECT uploads.*, blobs.hash, blobs.size_bytes, blobs.content_type,
                    blobs.created_at AS blob_created_at, blobs.expires_at AS blob_expires_at
@@ -222,11 +281,11 @@ async def list_user_files(
             LIMIT ? OFFSET ?
             """,
             (user_id, *since, limit, offset),
-        ).fetchall()
-        total = _one(
-            conn, f"SELECT count(*) FROM uploads WHERE user_id = ? {unexpired}", (user_id, *since)
         )
-        return rows, int(total[0]) if total else 0
+        total = await tx.fetchval(
+            f"SELECT count(*) FROM uploads WHERE user_id = ? {unexpired}", (user_id, *since)
+        )
+        return rows, int(total or 0)
 
     rows, total = await db.read(work)
     files = [
@@ -246,10 +305,9 @@ async def list_user_files(
     return files, total
 
 
-def _drop_unreferenced_blob(conn: sqlite3.Connection, sha256: str) -> str | None:
+async def _drop_unreferenced_blob(tx: Tx, sha256: str) -> str | None:
     """Delete the blob row when no upload points at it; its public hash, or None."""
-    gone = _one(
-        conn,
+    gone: str | None = await tx.fetchval(
         """
         DELETE FROM blobs WHERE sha256 = ?
         AND NOT EXISTS (SELECT 1 FROM uploads WHERE uploads.sha256 = blobs.sha256)
@@ -257,7 +315,7 @@ def _drop_unreferenced_blob(conn: sqlite3.Connection, sha256: str) -> str | None
         """,
         (sha256,),
     )
-    return gone[0] if gone else None
+    return gone
 
 
 @dataclass(frozen=True)
@@ -274,19 +332,17 @@ async def delete_upload(db: Database, *, upload_id: int, user_id: int) -> Remova
     """Remove one of a user's uploads (none: Removal(0, None, False)); the blob row goes
     too when no upload, anyone's, still points at it."""
 
-    def work(conn: sqlite3.Connection) -> tuple[Removal, str | None]:
-        row = _one(
-            conn,
+    async def work(tx: Tx) -> tuple[Removal, str | None]:
+        sha256 = await tx.fetchval(
             "DELETE FROM uploads WHERE id = ? AND user_id = ? RETURNING sha256",
             (upload_id, user_id),
         )
-        if row is None:
+        if sha256 is None:
             return Removal(0, None, False), None
-        hash = _drop_unreferenced_blob(conn, row[0])
-        removal = Removal(1, row[0], hash is not None)
+        hash = await _drop_unreferenced_blob(tx, sha256)
+        removal = Removal(1, sha256, hash is not None)
         if hash is None:  # the blob stays, but it may now expire sooner
-            kept = _one(conn, "SELECT hash FROM blobs WHERE sha256 = ?", (row[0],))
-            hash = kept[0] if kept else None
+            hash = await tx.fetchval("SELECT hash FROM blobs WHERE sha256 = ?", (sha256,))
         return removal, hash
 
     removal, hash = await db.write(work)
@@ -298,24 +354,24 @@ async def delete_upload(db: Database, *, upload_id: int, user_id: int) -> Remova
 async def take_down(db: Database, *, sha256: str) -> Removal:
     """Remove every upload of a blob (anyone's) and its row."""
 
-    removal, hash = await db.write(lambda conn: take_down_rows(conn, sha256))
+    removal, hash = await db.write(lambda tx: take_down_rows(tx, sha256))
     if hash is not None:
         db.blobs.drop(hash)
     return removal
 
 
-def take_down_rows(conn: sqlite3.Connection, sha256: str) -> tuple[Removal, str | None]:
+async def take_down_rows(tx: Tx, sha256: str) -> tuple[Removal, str | None]:
     """In a unit of work: delete every upload of a blob and its row; (the removal, the
     public hash the blob had, or None when there was no blob row)."""
-    gone = conn.execute("DELETE FROM uploads WHERE sha256 = ? RETURNING id", (sha256,))
-    count = len(gone.fetchall())
-    hash = _drop_unreferenced_blob(conn, sha256)
+    gone = await tx.fetchall("DELETE FROM uploads WHERE sha256 = ? RETURNING id", (sha256,))
+    count = len(gone)
+    hash = await _drop_unreferenced_blob(tx, sha256)
     return Removal(count, sha256, hash is not None), hash
 
 
 async def is_referenced(db: Database, sha256: str) -> bool:
     """Whether a blob row exists for these bytes (a row exists while an upload does)."""
-    row = await db.read(lambda conn: _one(conn, "SELECT 1 FROM blobs WHERE sha256 = ?", (sha256,)))
+    row = await db.read(lambda tx: tx.fetchone("SELECT 1 FROM blobs WHERE sha256 = ?", (sha256,)))
     return row is not None
 
 
@@ -323,12 +379,12 @@ async def referenced_among(db: Database, sha256s: Iterable[str]) -> set[str]:
     """Which of these SHA-256s have a blob row."""
     wanted = list(sha256s)
 
-    def work(conn: sqlite3.Connection) -> set[str]:
+    async def work(tx: Tx) -> set[str]:
         found: set[str] = set()
         for start in range(0, len(wanted), 500):
             part = wanted[start : start + 500]
             marks = ",".join("?" * len(part))
-            rows = conn.execute(f"SELECT sha256 FROM blobs WHERE sha256 IN ({marks})", part)
+            rows = await tx.fetchall(f"SELECT sha256 FROM blobs WHERE sha256 IN ({marks})", part)
             found.update(row[0] for row in rows)
         return found
 
@@ -336,7 +392,7 @@ async def referenced_among(db: Database, sha256s: Iterable[str]) -> set[str]:
 
 
 async def all_blob_sha256s(db: Database) -> list[str]:
-    rows = await db.read(lambda conn: conn.execute("SELECT sha256 FROM blobs").fetchall())
+    rows = await db.read(lambda tx: tx.fetchall("SELECT sha256 FROM blobs"))
     return [row[0] for row in rows]
 
 
@@ -351,7 +407,7 @@ class Registration:
 async def list_registrations(db: Database, *, sha256: str) -> list[Registration]:
     """Every upload of these bytes, oldest first."""
     rows = await db.read(
-        lambda conn: conn.execute(
+        lambda tx: tx.fetchall(
             """
             SELECT uploads.*, users.name AS user_name
             FROM uploads LEFT JOIN users ON users.id = uploads.user_id
@@ -359,6 +415,6 @@ async def list_registrations(db: Database, *, sha256: str) -> list[Registration]
             ORDER BY uploads.created_at, uploads.id
             """,
             (sha256,),
-        ).fetchall()
+        )
     )
     return [Registration(upload_of(row), row["user_name"]) for row in rows]

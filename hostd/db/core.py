@@ -1,41 +1,153 @@
-"""The Database: SQLite in WAL mode, a read connection, and one batching writer.
+"""The Database: one batching writer and bounded reads, on SQLite or PostgreSQL.
 
-Every write is a *unit of work*: a plain function of a sqlite3 connection, submitted with
-`await database.write(work)`. One writer takes everything queued since its last trip and
-runs it in ONE trip to the write connection's thread, in one transaction with a SAVEPOINT
-per unit, then answers each waiter. Concurrent uploads so share a commit, a lone one waits
-for nothing, and a unit that raises fails only its own caller. Reads run on a second
-connection, so they never queue behind a batch (WAL lets them see the last commit).
+Every query is a *unit of work*: `async def work(tx: Tx) -> T`, submitted with
+`await database.write(work)` or `await database.read(work)`. Its SQL is written once with
+`?` placeholders; each dialect's Tx runs it (PostgreSQL's rewrites the marks to $n). One
+writer takes everything queued since its last trip and runs it in one transaction with a
+SAVEPOINT per unit, then answers each waiter: concurrent uploads share a commit, a lone one
+waits for nothing, and a unit that raises fails only its own caller.
 
-No caller holds a connection, a cursor or a lock; aiosqlite appears only in this module.
+On SQLite the Tx's methods are coroutines that never suspend (sqlite3 is synchronous), so
+a whole batch, or a read, runs as one coroutine driven to its end on the connection's own
+thread: one trip per batch, as before units were coroutines. On PostgreSQL they are
+asyncpg's awaits. Units hold no connection, cursor or lock of their own.
+
+No driver type (sqlite3, aiosqlite, asyncpg) appears in a signature outside hostd/db/;
+the dialects live in sqlite.py and postgres.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import sqlite3
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
-import aiosqlite
+if TYPE_CHECKING:
+    from hostd.config import Config
 
 log = logging.getLogger("hostd")
 
 T = TypeVar("T")
 K = TypeVar("K")
 V = TypeVar("V")
-Work = Callable[[sqlite3.Connection], T]
+
+SQLITE = "sqlite"
+POSTGRESQL = "postgresql"
+
+
+class Row(Protocol):
+    """A result row (sqlite3.Row or asyncpg.Record): by column name or position; iterating
+    gives the values, keys() the column names."""
+
+    def __getitem__(self, key: int | str, /) -> Any: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+    def __len__(self) -> int: ...
+
+    def keys(self) -> Iterable[str]: ...
+
+
+class Tx(Protocol):
+    """What a unit of work may do: SQL with `?` placeholders, in its unit's transaction (a
+    write) or in the last commit's view (a read)."""
+
+    dialect: str  # SQLITE or POSTGRESQL, for the few statements that must differ
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> None: ...
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None: ...
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None: ...
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]: ...
+
+    async def fetchval(self, sql: str, params: Sequence[Any] = ()) -> Any: ...
+
+
+Work = Callable[[Tx], Coroutine[Any, Any, T]]
+
+
+class Session(Tx, Protocol):
+    """A Tx together with what the writer does around the units (inside hostd/db only)."""
+
+    async def begin(self) -> None: ...
+
+    async def savepoint(self) -> None: ...
+
+    async def rollback_to_savepoint(self) -> None: ...
+
+    async def release_savepoint(self) -> None: ...
+
+    async def commit(self) -> None: ...
+
+    async def rollback(self) -> None: ...
+
+    def in_transaction(self) -> bool: ...
+
+
+class Backend(Protocol):
+    """One dialect's connections (sqlite.py, postgres.py)."""
+
+    dialect: str
+
+    async def read(self, work: Work[T], snapshot: bool) -> T: ...
+
+    async def run_batch(self, works: list[Work[Any]]) -> list[tuple[bool, Any]]: ...
+
+    async def migrate(self) -> int: ...
+
+    async def backup(self, target: Path) -> None: ...
+
+    async def watch(self, changes: Changes) -> None: ...
+
+    async def healthy(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class Unsupported(Exception):
+    """This database cannot do that (`hostd backup` on PostgreSQL)."""
+
+
+# -- errors, whichever driver raised them ----------------------------------------------
+
+_KEY_COLUMNS = re.compile(r"Key \(([^)]*)\)=")
 
 
 def is_full(exc: BaseException) -> bool:
     """Whether a database error means the disk (or the database's size limit) is full."""
-    return isinstance(exc, sqlite3.Error) and exc.sqlite_errorcode == sqlite3.SQLITE_FULL
+    if isinstance(exc, sqlite3.Error):
+        return exc.sqlite_errorcode == sqlite3.SQLITE_FULL
+    return getattr(exc, "sqlstate", None) == "53100"  # PostgreSQL's disk_full
+
+
+def conflicts(exc: BaseException, table: str, column: str) -> bool:
+    """Whether exc is a unique violation that involves `table.column`."""
+    if isinstance(exc, sqlite3.IntegrityError):
+        message = str(exc)
+        return message.startswith("UNIQUE constraint failed") and f"{table}.{column}" in message
+    if getattr(exc, "sqlstate", None) != "23505" or getattr(exc, "table_name", None) != table:
+        return False
+    found = _KEY_COLUMNS.search(getattr(exc, "detail", None) or "")
+    if found is None:  # no detail: the constraint's name still says which
+        return column in (getattr(exc, "constraint_name", None) or "")
+    return column in [name.strip() for name in found.group(1).split(",")]
+
+
+def is_integrity_error(exc: BaseException) -> bool:
+    """A constraint (or a trigger standing for one) refused the statement."""
+    if isinstance(exc, sqlite3.IntegrityError):
+        return True
+    return str(getattr(exc, "sqlstate", "")).startswith("23")
 
 
 def now() -> int:
@@ -85,24 +197,37 @@ class Changes:
     """Tells this process's caches when another process may have changed what they hold.
 
     What a process remembers (blob rows, verified keys) must be refused "at once" when any
-    process deletes or invalidates it. The schema's triggers bump one counter, `changes`, in
-    the same commit as each such change (0009_shared_state.sql); check() reads it before a
-    cache is trusted and, when it has moved, calls every subscriber to drop all it holds.
-    The read is one indexed row on a connection of this thread's own, run right here on
-    the IOLoop: a few microseconds, where a trip to a database thread costs tens.
+    process deletes or invalidates it. The schema's triggers announce each such change in
+    the same commit (0009_shared_state.sql); every subscriber then drops all it holds.
 
-    That is SQLite's way, with every process on one file. A PostgreSQL implementation backs
-    the same two methods with LISTEN/NOTIFY: its triggers call pg_notify, and the listener
-    calls the subscribers.
+    On SQLite the triggers bump one counter, `changes`; check() reads it before a cache is
+    trusted and drops everything when it has moved. The read is one indexed row on a
+    connection of this thread's own, run right here on the IOLoop: a few microseconds, where
+    a trip to a database thread costs tens.
+
+    On PostgreSQL the triggers also call pg_notify('hostd_changes'); a connection of its own
+    LISTENs (postgres.ChangeListener) and calls drop_all() as each commit's notice arrives,
+    so check() costs nothing. The writer's connection listens too, so that this process's
+    own changes drop its caches before the unit that made them returns. While the listener's
+    connection is lost, the caches cannot be told anything: `blind` is set, and check()
+    drops everything every time until it is back.
     """
 
     def __init__(self) -> None:
         self._drops: list[Callable[[], None]] = []
         self._conn: sqlite3.Connection | None = None
         self._seen: int | None = None
+        self.blind = False
+        self.notices = 0  # PostgreSQL: how many notices the listener has heard
+        self.losses = 0  # PostgreSQL: how often the listener's connection was lost
+
+    def heard(self) -> None:
+        """PostgreSQL's listener heard a change notice."""
+        self.notices += 1
+        self.drop_all()
 
     def watch(self, path: Path) -> None:
-        """Start reading the counter of the database at `path` (migrated already)."""
+        """Start reading the counter of the SQLite database at `path` (migrated already)."""
         # No busy wait: a WAL reader is not blocked by writers; should it ever be (a
         # recovery), check() assumes a change rather than hold up the IOLoop.
         self._conn = sqlite3.connect(path, isolation_level=None)
@@ -112,8 +237,15 @@ class Changes:
         """Call `drop` (which forgets a whole cache) whenever something may have changed."""
         self._drops.append(drop)
 
+    def drop_all(self) -> None:
+        for drop in self._drops:
+            drop()
+
     def check(self) -> None:
-        """Before trusting a cache: drop every cache if the counter moved since last time."""
+        """Before trusting a cache: drop every cache if anything may have changed since."""
+        if self.blind:
+            self.drop_all()
+            return
         if self._conn is None:
             return
         try:
@@ -125,8 +257,7 @@ class Changes:
             version = None  # cannot tell: as if everything had changed
         if version is None or version != self._seen:
             self._seen = version
-            for drop in self._drops:
-                drop()
+            self.drop_all()
 
     def close(self) -> None:
         if self._conn is not None:
@@ -156,22 +287,35 @@ class _Unit:
         self.dropped = False  # its caller went away before the writer took it
 
 
-class Database:
-    """SQLite for the whole process: reads on one connection, batched writes on another."""
+def is_postgresql_url(target: str | Path) -> bool:
+    return isinstance(target, str) and target.startswith(("postgresql://", "postgres://"))
 
-    def __init__(
-        self, reader: aiosqlite.Connection, writer: aiosqlite.Connection, path: Path
-    ) -> None:
-        self.path = path
-        self._reader = reader
-        self._writer = writer
+
+def sqlite_path(target: str | Path) -> Path:
+    """The file of a SQLite target: a path, or a sqlite:///path URL."""
+    if isinstance(target, Path):
+        return target
+    if target.startswith("sqlite:///"):
+        return Path(target[len("sqlite://") :])
+    if target.startswith("sqlite://"):
+        raise ValueError(f"{target}: a SQLite URL is sqlite:///path (three slashes)")
+    return Path(target)
+
+
+class Database:
+    """The process's database: reads through its backend, writes through one batching
+    writer. `open()` picks the dialect from the target (a path or a URL)."""
+
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
+        self.dialect = backend.dialect
         self._queue: list[_Unit] = []
         self._wakeup = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self.stats = WriterStats()
-        # Public hash -> Blob, so that serving a known file needs no trip to SQLite's
-        # thread. A blob row changes only in its expiry (as uploads of it come and go) and
+        # Public hash -> Blob, so that serving a known file needs no trip to the
+        # database. A blob row changes only in its expiry (as uploads of it come and go) and
         # goes with its last upload: every write that adds or removes uploads drops the
         # entry here (after its commit) when the blob changed or went. Its expiry is
         # checked against the clock on every request, cached or not. Other processes' changes
@@ -181,33 +325,45 @@ class Database:
         self.changes.subscribe(self.blobs.clear)
 
     @classmethod
-    async def open(cls, path: Path) -> Database:
-        writer = await _connect(path, "PRAGMA journal_mode = WAL")
+    async def open(
+        cls, target: str | Path, *, password: str | None = None, migrate: bool = True
+    ) -> Database:
+        """Open (and unless told otherwise, migrate) the database at `target`: a SQLite
+        file's path, sqlite:///path, or postgresql://user@host:port/name."""
+        backend: Backend
+        if is_postgresql_url(target):
+            from hostd.db.postgres import PostgresBackend
+
+            backend = await PostgresBackend.open(str(target), password=password)
+        else:
+            from hostd.db.sqlite import SqliteBackend
+
+            backend = await SqliteBackend.open(sqlite_path(target))
+        database = cls(backend)
         try:
-            reader = await _connect(path)
-        except BaseException:
-            await writer.close()
-            raise
-        database = cls(reader, writer, path)
-        try:
-            await database.migrate()
-            database.changes.watch(path)
+            if migrate:
+                await database.migrate()
+            await backend.watch(database.changes)
         except BaseException:
             await database.close()
             raise
         database._task = asyncio.get_running_loop().create_task(database._run())
         return database
 
+    @classmethod
+    async def open_config(cls, config: Config, *, migrate: bool = True) -> Database:
+        """The configured database: database.url, or the data dir's SQLite file."""
+        return await cls.open(config.database, password=config.database_password(), migrate=migrate)
+
     async def close(self) -> None:
-        """Finish what is queued, then close both connections. Closing twice is fine."""
+        """Finish what is queued, then close the connections. Closing twice is fine."""
         if self._closing:
             return
         self._closing = True
         self._wakeup.set()
         if self._task is not None:
             await self._task
-        await self._writer.close()
-        await self._reader.close()
+        await self._backend.close()
         self.changes.close()
 
     @property
@@ -217,19 +373,15 @@ class Database:
 
     # -- reads
 
-    async def read(self, work: Work[T]) -> T:
-        """Run `work` on the read connection's thread, in one trip; it sees the last commit."""
-        return await _in_thread(self._reader, work)
+    async def read(self, work: Work[T], *, snapshot: bool = False) -> T:
+        """Run `work` outside the writer; it sees the last commit. With snapshot, all its
+        statements see the same one (a read transaction)."""
+        return await self._backend.read(work, snapshot)
 
     async def healthy(self) -> None:
-        """Return when the database answers a read; raise (sqlite3.Error, OSError) when not.
-
-        The read connection proves its thread answers, but it reads through its own open
-        file and page cache, so it would not notice the file being deleted, moved or damaged
-        underneath it; a fresh read-only connection reads the file's header afresh.
-        """
-        uri = self.path.resolve().as_uri() + "?mode=ro"
-        await self.read(lambda conn: _check_file(conn, uri))
+        """Return when the database answers a read; raise (the driver's error, OSError)
+        when not."""
+        await self._backend.healthy()
 
     # -- writes
 
@@ -268,8 +420,8 @@ class Database:
             if batch:
                 try:
                     works = [unit.work for unit in batch]
-                    outcomes = await _in_thread(self._writer, _run_batch, works)
-                except Exception as exc:  # the thread itself failed: every unit fails
+                    outcomes = await self._backend.run_batch(works)
+                except Exception as exc:  # the connection itself failed: every unit fails
                     outcomes = [(False, exc)] * len(batch)
                 self.stats.commits += 1
                 self.stats.units += len(batch)
@@ -282,145 +434,139 @@ class Database:
                 return
 
     async def backup(self, target: Path) -> None:
-        """A consistent copy of the whole database at `target`, while others keep writing
-        (SQLite's online backup API, on the read connection's thread)."""
-        await self.read(lambda conn: _backup(conn, target))
+        """A consistent copy of the whole database in a SQLite file at `target`, while
+        others keep writing (SQLite only: Unsupported on PostgreSQL)."""
+        await self._backend.backup(target)
 
     # -- migrations
 
     async def migrate(self) -> int:
-        """Apply migrations newer than `PRAGMA user_version`, each in its own transaction
-        together with its version bump. Returns the version reached."""
-        return await _in_thread(self._writer, _migrate)
+        """Apply the dialect's migrations newer than the database's version, each in its
+        own transaction together with its version bump. Returns the version reached."""
+        return await self._backend.migrate()
 
 
-async def _in_thread(conn: aiosqlite.Connection, fn: Callable[..., T], *args: Any) -> T:
-    """Run fn(sqlite3 connection, *args) on the connection's own thread, in one trip.
-
-    aiosqlite offers a trip per statement; a unit of work needs several statements in one
-    trip, which its (long-stable) `_execute` and `_conn` give. This is the one place that
-    relies on them.
-    """
-    return await conn._execute(fn, conn._conn, *args)
+# -- the batch, the same on both dialects ----------------------------------------------
 
 
-async def _connect(path: Path, *more_pragmas: str) -> aiosqlite.Connection:
-    conn = await aiosqlite.connect(path, isolation_level=None)
-    conn.row_factory = sqlite3.Row
-    pragmas = (
-        "PRAGMA busy_timeout = 5000",
-        "PRAGMA synchronous = NORMAL",
-        "PRAGMA foreign_keys = ON",
-        *more_pragmas,
-    )
-    try:
-        await _in_thread(conn, _set_pragmas, pragmas)
-    except BaseException:
-        await conn.close()
-        raise
-    return conn
-
-
-def _check_file(conn: sqlite3.Connection, uri: str) -> None:
-    conn.execute("SELECT 1").fetchone()
-    fresh = sqlite3.connect(uri, uri=True)
-    try:
-        fresh.execute("SELECT count(*) FROM sqlite_master").fetchone()
-    finally:
-        fresh.close()
-
-
-def _set_pragmas(conn: sqlite3.Connection, pragmas: tuple[str, ...]) -> None:
-    for pragma in pragmas:
-        conn.execute(pragma).fetchall()  # stepped to the end, so no statement stays open
-
-
-def _run_batch(conn: sqlite3.Connection, works: list[Work[Any]]) -> list[tuple[bool, Any]]:
+async def run_batch(
+    session: Session, works: list[Work[Any]], *, optimistic: bool = False
+) -> list[tuple[bool, Any]]:
     """Run the units in one transaction, each inside a SAVEPOINT; (ok, result or error)
-    for each. A unit that raises is rolled back alone. If SQLite ends the whole
-    transaction itself (it may, on a full disk or an I/O error), the units that had
+    for each. A unit that raises is rolled back alone. If the database ends the whole
+    transaction itself (SQLite may, on a full disk or an I/O error), the units that had
     succeeded run again in a fresh one, without the one that failed. If BEGIN or COMMIT
-    fails, every unit of that transaction fails with it."""
+    fails, every unit of that transaction fails with it.
+
+    `optimistic` (PostgreSQL, where a savepoint is a round trip): first run the units with
+    no savepoints at all; only if one fails is that transaction rolled back and the batch
+    run again as above. Units are functions of their Tx alone, so running one twice is
+    safe; failing units are rare (a name taken, a quota reached), so the usual batch costs
+    no savepoint."""
+    if optimistic:
+        results = await _run_without_savepoints(session, works)
+        if results is not None:
+            return results
     outcomes: dict[int, tuple[bool, Any]] = {}
     pending = list(range(len(works)))
     while pending:
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            again = _run_units(conn, works, pending, outcomes)
+            await session.begin()
+            again = await _run_units(session, works, pending, outcomes)
             if again is None:
-                conn.execute("COMMIT")
+                await session.commit()
                 break
             pending = again
-        except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+        except Exception as exc:
+            if session.in_transaction():
+                try:
+                    await session.rollback()
+                except Exception:
+                    log.exception("database: rolling back a failed batch failed too")
             for index in pending:
                 outcomes[index] = (False, exc)
             break
     return [outcomes[index] for index in range(len(works))]
 
 
-def _run_units(
-    conn: sqlite3.Connection,
+async def _run_without_savepoints(
+    session: Session, works: list[Work[Any]]
+) -> list[tuple[bool, Any]] | None:
+    """Every unit's result, committed together; None (rolled back) if anything failed."""
+    results = []
+    try:
+        await session.begin()
+        for work in works:
+            results.append((True, await work(session)))
+        await session.commit()
+    except Exception:
+        if session.in_transaction():
+            try:
+                await session.rollback()
+            except Exception:
+                log.exception("database: rolling back a failed batch failed too")
+        return None
+    return results
+
+
+async def _run_units(
+    session: Session,
     works: list[Work[Any]],
     pending: list[int],
     outcomes: dict[int, tuple[bool, Any]],
 ) -> list[int] | None:
-    """None when every pending unit has run; else the units to run again, because SQLite
-    ended the transaction when one of them failed."""
+    """None when every pending unit has run; else the units to run again, because the
+    database ended the transaction when one of them failed."""
     for index in pending:
-        conn.execute("SAVEPOINT unit")
+        await session.savepoint()
         try:
-            outcomes[index] = (True, works[index](conn))
+            outcomes[index] = (True, await works[index](session))
         except Exception as exc:
             outcomes[index] = (False, exc)
-            if not conn.in_transaction:
+            if not session.in_transaction():
                 again = [i for i in pending if i != index and outcomes.get(i, (True,))[0]]
                 for i in again:
                     outcomes.pop(i, None)
                 return again
-            conn.execute("ROLLBACK TO unit")
-        conn.execute("RELEASE unit")
+            await session.rollback_to_savepoint()
+        await session.release_savepoint()
     return None
 
 
-def _backup(conn: sqlite3.Connection, target: Path) -> None:
-    copy = sqlite3.connect(target)
+def drive(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine that never suspends (SQLite's units) to its end, here and now."""
     try:
-        conn.backup(copy)
-    finally:
-        copy.close()
+        coro.send(None)
+    except StopIteration as stop:
+        value: T = stop.value
+        return value
+    coro.close()
+    raise RuntimeError("a unit of work suspended on SQLite: it may await only its Tx")
 
 
-def _migrations() -> list[tuple[int, str]]:
+# -- migrations ------------------------------------------------------------------------
+
+
+def migrations(dialect: str) -> list[tuple[int, str]]:
+    """(number, SQL) of each migration of the dialect, in order: SQLite's are
+    hostd/migrations/NNNN_*.sql, PostgreSQL's hostd/migrations/postgresql/NNNN_*.sql."""
+    folder = resources.files("hostd.migrations")
+    if dialect == POSTGRESQL:
+        folder = folder / "postgresql"
     found = []
-    for entry in resources.files("hostd.migrations").iterdir():
+    for entry in folder.iterdir():
         if entry.name.endswith(".sql"):
             found.append((int(entry.name.split("_", 1)[0]), entry.read_text(encoding="utf-8")))
     return sorted(found)
 
 
 def latest_version() -> int:
-    return _migrations()[-1][0]
+    return migrations(SQLITE)[-1][0]
 
 
-def _migrate(conn: sqlite3.Connection) -> int:
-    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-    for number, sql in _migrations():
-        if number <= version:
-            continue
-        try:
-            conn.executescript(
-                f"BEGIN IMMEDIATE;\n{sql}\nPRAGMA user_version = {number:d};\nCOMMIT;"
-            )
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        version = number
-    return version
-
-
-def schema_version(conn: sqlite3.Connection) -> int:
-    """`PRAGMA user_version`: the last migration applied (for `database.read`)."""
-    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+async def schema_version(tx: Tx) -> int:
+    """The last migration applied (for `database.read`)."""
+    if tx.dialect == SQLITE:
+        return int(await tx.fetchval("PRAGMA user_version"))
+    version = await tx.fetchval("SELECT max(version) FROM hostd_schema")
+    return int(version or 0)

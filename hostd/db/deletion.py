@@ -3,11 +3,10 @@ account's uploads of one blob."""
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 
-from hostd.db.blobs import Blob, Removal, Upload, UserFile, _drop_unreferenced_blob, _one
-from hostd.db.core import Database
+from hostd.db.blobs import Blob, Removal, Upload, UserFile, _drop_unreferenced_blob
+from hostd.db.core import Database, Tx
 
 
 @dataclass(frozen=True)
@@ -20,8 +19,7 @@ class DeleteLink:
 async def get_delete_link(db: Database, *, token_hash: str) -> DeleteLink | None:
     """The link with this token hash, or None when there is no such link."""
     row = await db.read(
-        lambda conn: _one(
-            conn,
+        lambda tx: tx.fetchone(
             """
             SELECT uploads.id, uploads.sha256, uploads.original_name, uploads.created_at,
                    uploads.user_id, uploads.api_key_id, blobs.hash, blobs.size_bytes,
@@ -46,17 +44,19 @@ async def delete_by_link(db: Database, *, token_hash: str) -> Removal | None:
     """Remove the upload this link deletes. None: no such link; Removal(0, ...): its upload
     is gone already. The blob row goes too when no upload, anyone's, points at it."""
 
-    def work(conn: sqlite3.Connection) -> tuple[Removal | None, str | None]:
-        link = _one(conn, "SELECT upload_id FROM delete_tokens WHERE token_hash = ?", (token_hash,))
+    async def work(tx: Tx) -> tuple[Removal | None, str | None]:
+        link = await tx.fetchone(
+            "SELECT upload_id FROM delete_tokens WHERE token_hash = ?", (token_hash,)
+        )
         if link is None:
             return None, None
         if link[0] is None:
             return Removal(0, None, False), None
         # The link's row stays (ON DELETE SET NULL), so that the link says "deleted" later.
-        row = _one(conn, "DELETE FROM uploads WHERE id = ? RETURNING sha256", (link[0],))
-        assert row is not None  # the foreign key would have cleared upload_id
-        hash = _drop_unreferenced_blob(conn, row[0])
-        return Removal(1, row[0], hash is not None), hash
+        sha256 = await tx.fetchval("DELETE FROM uploads WHERE id = ? RETURNING sha256", (link[0],))
+        assert sha256 is not None  # the foreign key would have cleared upload_id
+        hash = await _drop_unreferenced_blob(tx, sha256)
+        return Removal(1, sha256, hash is not None), hash
 
     removal, hash = await db.write(work)
     if hash is not None:
@@ -68,18 +68,18 @@ async def delete_uploads_of_blob(db: Database, *, user_id: int, hash: str) -> Re
     """Remove every upload of the blob with this public hash that belongs to the user (none:
     Removal(0, None, False)); the blob row goes when no other upload points at it."""
 
-    def work(conn: sqlite3.Connection) -> tuple[Removal, str | None]:
-        rows = conn.execute(
+    async def work(tx: Tx) -> tuple[Removal, str | None]:
+        rows = await tx.fetchall(
             """
             DELETE FROM uploads
             WHERE user_id = ? AND sha256 = (SELECT sha256 FROM blobs WHERE hash = ?)
             RETURNING sha256
             """,
             (user_id, hash),
-        ).fetchall()
+        )
         if not rows:
             return Removal(0, None, False), None
-        gone = _drop_unreferenced_blob(conn, rows[0][0])
+        gone = await _drop_unreferenced_blob(tx, rows[0][0])
         return Removal(len(rows), rows[0][0], gone is not None), gone
 
     removal, gone = await db.write(work)

@@ -3,11 +3,13 @@ unexpired upload of the bytes is left)."""
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 
 from hostd.db.blobs import Upload, _drop_unreferenced_blob, upload_of
-from hostd.db.core import Database
+from hostd.db.core import Database, Tx
+
+# LIMIT for "all of them": PostgreSQL refuses SQLite's LIMIT -1.
+NO_LIMIT = 2**62
 
 
 @dataclass(frozen=True)
@@ -21,8 +23,8 @@ class Expired:
     blob_gone: bool  # no unexpired upload of the bytes is left: the blob goes too
 
 
-def _expired(conn: sqlite3.Connection, now: int, limit: int) -> list[Expired]:
-    rows = conn.execute(
+async def _expired(tx: Tx, now: int, limit: int) -> list[Expired]:
+    rows = await tx.fetchall(
         """
         SELECT uploads.*, blobs.hash, blobs.size_bytes, users.name AS user_name,
                blobs.expires_at IS NOT NULL AND blobs.expires_at <= ? AS blob_gone
@@ -33,8 +35,8 @@ def _expired(conn: sqlite3.Connection, now: int, limit: int) -> list[Expired]:
         ORDER BY uploads.expires_at, uploads.id
         LIMIT ?
         """,
-        (now, now, limit),
-    ).fetchall()
+        (now, now, NO_LIMIT if limit < 0 else limit),
+    )
     return [
         Expired(
             upload_of(row), row["hash"], row["size_bytes"], row["user_name"], bool(row["blob_gone"])
@@ -45,7 +47,7 @@ def _expired(conn: sqlite3.Connection, now: int, limit: int) -> list[Expired]:
 
 async def list_expired(db: Database, *, now: int, limit: int = -1) -> list[Expired]:
     """Uploads expired by `now`, soonest first (all of them with the default limit)."""
-    return await db.read(lambda conn: _expired(conn, now, limit))
+    return await db.read(lambda tx: _expired(tx, now, limit))
 
 
 async def delete_expired(db: Database, *, now: int, limit: int) -> list[Expired]:
@@ -53,16 +55,16 @@ async def delete_expired(db: Database, *, now: int, limit: int) -> list[Expired]
     upload is left for, in one unit of work. The bytes of those (`blob_gone`) are the
     caller's to remove, after this commit."""
 
-    def work(conn: sqlite3.Connection) -> list[Expired]:
-        expired = _expired(conn, now, limit)
-        conn.executemany(
+    async def work(tx: Tx) -> list[Expired]:
+        expired = await _expired(tx, now, limit)
+        await tx.executemany(
             "DELETE FROM uploads WHERE id = ?", [(item.upload.id,) for item in expired]
         )
         # A blob whose other expired uploads are past this batch's limit stays till the next.
         gone = {
             sha256
-            for sha256 in {item.upload.sha256 for item in expired}
-            if _drop_unreferenced_blob(conn, sha256) is not None
+            for sha256 in sorted({item.upload.sha256 for item in expired})
+            if await _drop_unreferenced_blob(tx, sha256) is not None
         }
         return [
             Expired(

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 
-from hostd.db.blobs import Removal, _drop_unreferenced_blob, _one, row_as, take_down_rows
-from hostd.db.core import Database, now
+from hostd.db.blobs import Removal, _drop_unreferenced_blob, row_as, take_down_rows
+from hostd.db.core import Database, Tx, is_integrity_error, now
 from hostd.hashes import public_hash_candidates
 
 # What the triggers of 0006_moderation.sql say when banned bytes would get a row.
@@ -28,7 +27,7 @@ class AlreadyBanned(Exception):
 def refused_as_banned(exc: BaseException) -> bool:
     """Whether a write failed because the bytes were banned meanwhile (the schema's
     triggers refuse them, whichever process banned them)."""
-    return isinstance(exc, sqlite3.IntegrityError) and BANNED_MESSAGE in str(exc)
+    return is_integrity_error(exc) and BANNED_MESSAGE in str(exc)
 
 
 async def get_ban(
@@ -40,15 +39,13 @@ async def get_ban(
     if sha256 is None:
         sql = "SELECT * FROM bans WHERE hash = ? ORDER BY created_at DESC LIMIT 1"
     value = sha256 if sha256 is not None else hash
-    row = await db.read(lambda conn: _one(conn, sql, (value,)))
+    row = await db.read(lambda tx: tx.fetchone(sql, (value,)))
     return row_as(Ban, row) if row else None
 
 
 async def list_bans(db: Database) -> list[Ban]:
     """Oldest first."""
-    rows = await db.read(
-        lambda conn: conn.execute("SELECT * FROM bans ORDER BY created_at, sha256").fetchall()
-    )
+    rows = await db.read(lambda tx: tx.fetchall("SELECT * FROM bans ORDER BY created_at, sha256"))
     return [row_as(Ban, row) for row in rows]
 
 
@@ -57,13 +54,12 @@ async def insert_ban(db: Database, *, sha256: str, reason: str) -> tuple[Ban, Re
     blob row: no moment where they are banned and still recorded, or taken down and not
     yet banned. The bytes are then the caller's to remove (uploads.remove_bytes)."""
 
-    def work(conn: sqlite3.Connection) -> tuple[Ban, Removal, str | None]:
-        existing = _one(conn, "SELECT * FROM bans WHERE sha256 = ?", (sha256,))
+    async def work(tx: Tx) -> tuple[Ban, Removal, str | None]:
+        existing = await tx.fetchone("SELECT * FROM bans WHERE sha256 = ?", (sha256,))
         if existing is not None:
             raise AlreadyBanned(row_as(Ban, existing))
-        removal, hash = take_down_rows(conn, sha256)
-        row = _one(
-            conn,
+        removal, hash = await take_down_rows(tx, sha256)
+        row = await tx.fetchone(
             "INSERT INTO bans (sha256, hash, reason, created_at) VALUES (?, ?, ?, ?) RETURNING *",
             (sha256, hash or public_hash_candidates(sha256)[0], reason, now()),
         )
@@ -79,7 +75,7 @@ async def insert_ban(db: Database, *, sha256: str, reason: str) -> tuple[Ban, Re
 async def delete_ban(db: Database, *, sha256: str) -> Ban | None:
     """Lift a ban; the ban it was, or None when these bytes were not banned."""
     row = await db.write(
-        lambda conn: _one(conn, "DELETE FROM bans WHERE sha256 = ? RETURNING *", (sha256,))
+        lambda tx: tx.fetchone("DELETE FROM bans WHERE sha256 = ? RETURNING *", (sha256,))
     )
     return row_as(Ban, row) if row else None
 
@@ -88,8 +84,7 @@ async def set_user_disabled(db: Database, *, user_id: int, disabled: bool) -> in
     """Disable (or enable) an account; returns when it was disabled (None: enabled). A
     second disable keeps the first time."""
     row = await db.write(
-        lambda conn: _one(
-            conn,
+        lambda tx: tx.fetchone(
             """
             UPDATE users SET disabled_at = CASE WHEN ? THEN coalesce(disabled_at, ?) END
             WHERE id = ? RETURNING disabled_at
@@ -105,21 +100,21 @@ async def delete_user(db: Database, *, user_id: int, delete_files: bool) -> list
     ON DELETE SET NULL), or with delete_files go too: then one Removal per blob they
     pointed at, whose bytes are the caller's to remove after this commit."""
 
-    def work(conn: sqlite3.Connection) -> tuple[list[Removal], list[str]]:
+    async def work(tx: Tx) -> tuple[list[Removal], list[str]]:
         removals: list[Removal] = []
         hashes: list[str] = []
         if delete_files:
             counts: dict[str, int] = {}
-            for (sha256,) in conn.execute(
+            for (sha256,) in await tx.fetchall(
                 "DELETE FROM uploads WHERE user_id = ? RETURNING sha256", (user_id,)
-            ).fetchall():
+            ):
                 counts[sha256] = counts.get(sha256, 0) + 1
             for sha256, count in sorted(counts.items()):
-                hash = _drop_unreferenced_blob(conn, sha256)
+                hash = await _drop_unreferenced_blob(tx, sha256)
                 removals.append(Removal(count, sha256, hash is not None))
                 if hash is not None:
                     hashes.append(hash)
-        conn.execute("DELETE FROM users WHERE id = ?", (user_id,))
+        await tx.execute("DELETE FROM users WHERE id = ?", (user_id,))
         return removals, hashes
 
     removals, hashes = await db.write(work)

@@ -7,9 +7,7 @@ accounts.quota_bytes from the config.
 
 from __future__ import annotations
 
-import sqlite3
-
-from hostd.db.core import Database
+from hostd.db.core import POSTGRESQL, Database, Tx
 
 
 class OverQuota(Exception):
@@ -22,19 +20,21 @@ class OverQuota(Exception):
         self.size_bytes = size_bytes
 
 
-def check_quota(
-    conn: sqlite3.Connection, *, user_id: int, size_bytes: int, default_quota_bytes: int | None
+async def check_quota(
+    tx: Tx, *, user_id: int, size_bytes: int, default_quota_bytes: int | None
 ) -> None:
     """Raise OverQuota unless the account's use plus this file fits in its quota. Runs
     inside the unit of work that writes the upload's row, so that concurrent uploads of
-    one account are counted one after the other."""
-    row = conn.execute(
-        """
-        SELECT used_bytes, CASE WHEN has_own_quota THEN quota_bytes ELSE ? END
-        FROM users WHERE id = ?
+    one account are counted one after the other (on PostgreSQL, where other instances
+    write at the same time, the row stays locked until the commit)."""
+    lock = " FOR UPDATE" if tx.dialect == POSTGRESQL else ""
+    row = await tx.fetchone(
+        f"""
+        SELECT used_bytes, CASE WHEN has_own_quota = 1 THEN quota_bytes ELSE ? END
+        FROM users WHERE id = ?{lock}
         """,
         (default_quota_bytes, user_id),
-    ).fetchone()
+    )
     if row is None or row[1] is None:
         return
     used, quota = int(row[0]), int(row[1])
@@ -48,7 +48,7 @@ async def set_quota(db: Database, *, user_id: int, own: bool, quota_bytes: int |
     if not own:
         quota_bytes = None
     await db.write(
-        lambda conn: conn.execute(
+        lambda tx: tx.execute(
             "UPDATE users SET has_own_quota = ?, quota_bytes = ? WHERE id = ?",
             (int(own), quota_bytes, user_id),
         )

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 
-from hostd.db.blobs import Blob, Upload, _one, row_as, upload_of
-from hostd.db.core import Database
+from hostd.db.blobs import Blob, Upload, row_as, upload_of
+from hostd.db.core import POSTGRESQL, Database, Tx
+
+# PostgreSQL: the advisory lock that makes creations count one after the other across
+# processes (SQLite's BEGIN IMMEDIATE does that already); one lock, as for sign-ins
+# (signins._take_turns), so that no two batches can wait on each other for it.
+CREATION_LOCK = 0x747573  # "tus"
 
 
 @dataclass(frozen=True)
@@ -34,23 +38,21 @@ class TooManyResumable(Exception):
     """The account (or, anonymous, the address) has `args[0]` unfinished uploads already."""
 
 
-def _count_unfinished(
-    conn: sqlite3.Connection, *, user_id: int | None, address: str, now: int
-) -> int:
+async def _count_unfinished(tx: Tx, *, user_id: int | None, address: str, now: int) -> int:
     if user_id is not None:
         sql = "user_id = ?"
         owner: int | str = user_id
     else:
         sql = "user_id IS NULL AND address = ?"
         owner = address
-    row = conn.execute(
+    count = await tx.fetchval(
         f"""
         SELECT count(*) FROM resumable_uploads
         WHERE {sql} AND completed_at IS NULL AND expires_at > ?
         """,
         (owner, now),
-    ).fetchone()
-    return int(row[0])
+    )
+    return int(count)
 
 
 async def insert_resumable(
@@ -72,11 +74,13 @@ async def insert_resumable(
     unfinished ones already (counted in the same unit of work, so parallel creations are
     counted one after the other)."""
 
-    def work(conn: sqlite3.Connection) -> Resumable:
-        if _count_unfinished(conn, user_id=user_id, address=address, now=created_at) >= most:
+    async def work(tx: Tx) -> Resumable:
+        if tx.dialect == POSTGRESQL:
+            await tx.execute("SELECT pg_advisory_xact_lock(?)", (CREATION_LOCK,))
+        unfinished = await _count_unfinished(tx, user_id=user_id, address=address, now=created_at)
+        if unfinished >= most:
             raise TooManyResumable(most)
-        row = _one(
-            conn,
+        row = await tx.fetchone(
             """
             INSERT INTO resumable_uploads (id, user_id, api_key_id, address, length_bytes,
                 metadata, filename, expires, created_at, expires_at)
@@ -104,16 +108,15 @@ async def insert_resumable(
 
 async def get_resumable(db: Database, *, id: str) -> Resumable | None:
     row = await db.read(
-        lambda conn: _one(conn, "SELECT * FROM resumable_uploads WHERE id = ?", (id,))
+        lambda tx: tx.fetchone("SELECT * FROM resumable_uploads WHERE id = ?", (id,))
     )
     return row_as(Resumable, row) if row else None
 
 
 async def pending_resumable_bytes(db: Database, *, user_id: int, now: int) -> int:
     """What the account's unfinished, unexpired uploads will take of its quota."""
-    row = await db.read(
-        lambda conn: _one(
-            conn,
+    total = await db.read(
+        lambda tx: tx.fetchval(
             """
             SELECT coalesce(sum(length_bytes), 0) FROM resumable_uploads
             WHERE user_id = ? AND completed_at IS NULL AND expires_at > ?
@@ -121,26 +124,27 @@ async def pending_resumable_bytes(db: Database, *, user_id: int, now: int) -> in
             (user_id, now),
         )
     )
-    return int(row[0]) if row else 0
+    return int(total or 0)
 
 
 async def update_resumable_offset(db: Database, *, id: str, offset_bytes: int) -> bool:
     """Record what has been written (and fsynced); False when the row is gone."""
-    cur = await db.write(
-        lambda conn: conn.execute(
+    row = await db.write(
+        lambda tx: tx.fetchone(
             """
             UPDATE resumable_uploads SET offset_bytes = ?
             WHERE id = ? AND completed_at IS NULL
+            RETURNING id
             """,
             (offset_bytes, id),
         )
     )
-    return bool(cur.rowcount)
+    return row is not None
 
 
 async def complete_resumable(db: Database, *, id: str, upload_id: int, at: int) -> None:
     await db.write(
-        lambda conn: conn.execute(
+        lambda tx: tx.execute(
             "UPDATE resumable_uploads SET completed_at = ?, upload_id = ? WHERE id = ?",
             (at, upload_id, id),
         )
@@ -148,18 +152,18 @@ async def complete_resumable(db: Database, *, id: str, upload_id: int, at: int) 
 
 
 async def delete_resumable(db: Database, *, id: str) -> bool:
-    cur = await db.write(
-        lambda conn: conn.execute("DELETE FROM resumable_uploads WHERE id = ?", (id,))
+    row = await db.write(
+        lambda tx: tx.fetchone("DELETE FROM resumable_uploads WHERE id = ? RETURNING id", (id,))
     )
-    return bool(cur.rowcount)
+    return row is not None
 
 
 async def list_expired_resumables(db: Database, *, now: int, limit: int) -> list[str]:
     rows = await db.read(
-        lambda conn: conn.execute(
+        lambda tx: tx.fetchall(
             "SELECT id FROM resumable_uploads WHERE expires_at <= ? ORDER BY expires_at LIMIT ?",
             (now, limit),
-        ).fetchall()
+        )
     )
     return [row[0] for row in rows]
 
@@ -167,11 +171,10 @@ async def list_expired_resumables(db: Database, *, now: int, limit: int) -> list
 async def delete_expired_resumables(db: Database, *, ids: list[str], now: int) -> list[str]:
     """Remove these rows if they have expired by `now`; the ids removed."""
 
-    def work(conn: sqlite3.Connection) -> list[str]:
+    async def work(tx: Tx) -> list[str]:
         gone = []
         for id in ids:
-            row = _one(
-                conn,
+            row = await tx.fetchone(
                 "DELETE FROM resumable_uploads WHERE id = ? AND expires_at <= ? RETURNING id",
                 (id, now),
             )
@@ -184,9 +187,7 @@ async def delete_expired_resumables(db: Database, *, ids: list[str], now: int) -
 
 async def unfinished_resumable_ids(db: Database) -> set[str]:
     rows = await db.read(
-        lambda conn: conn.execute(
-            "SELECT id FROM resumable_uploads WHERE completed_at IS NULL"
-        ).fetchall()
+        lambda tx: tx.fetchall("SELECT id FROM resumable_uploads WHERE completed_at IS NULL")
     )
     return {row[0] for row in rows}
 
@@ -194,8 +195,7 @@ async def unfinished_resumable_ids(db: Database) -> set[str]:
 async def get_upload_with_blob(db: Database, *, upload_id: int) -> tuple[Blob, Upload] | None:
     """An upload and its blob, or None when the upload is gone."""
     row = await db.read(
-        lambda conn: _one(
-            conn,
+        lambda tx: tx.fetchone(
             """
             SELECT uploads.*, blobs.hash, blobs.size_bytes, blobs.content_type,
                    blobs.created_at AS blob_created_at, blobs.expires_at AS blob_expires_at

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import sqlite3
-
-from hostd.db.blobs import _one
-from hostd.db.core import Database
+from hostd.db.core import Database, Tx
 
 COOKIE_SECRET = "cookie_secret"  # an Argon2 hash of the secret that signs cookies
 
@@ -14,18 +11,17 @@ async def record_setting(db: Database, *, name: str, value: str, replace: bool =
     """The value recorded under `name`: `value` when none was (or with `replace`), else the
     one recorded before, which stays. Processes starting together record one between them."""
 
-    def work(conn: sqlite3.Connection) -> str:
+    async def work(tx: Tx) -> str:
         conflict = "DO UPDATE SET value = excluded.value" if replace else "DO NOTHING"
-        conn.execute(
+        await tx.execute(
             f"INSERT INTO settings (name, value) VALUES (?, ?) ON CONFLICT (name) {conflict}",
             (name, value),
         )
-        row = _one(conn, "SELECT value FROM settings WHERE name = ?", (name,))
-        assert row is not None
-        return str(row[0])
+        recorded = await tx.fetchval("SELECT value FROM settings WHERE name = ?", (name,))
+        return str(recorded)
 
     return await db.write(work)
 
 
 async def delete_setting(db: Database, *, name: str) -> None:
-    await db.write(lambda conn: conn.execute("DELETE FROM settings WHERE name = ?", (name,)))
+    await db.write(lambda tx: tx.execute("DELETE FROM settings WHERE name = ?", (name,)))

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 
-from hostd.db.core import Database
+from hostd.db.core import Database, Row, Tx
 
 DAY_SECONDS = 86400
 
@@ -39,43 +38,45 @@ async def get_stats(db: Database, *, now: int, days: int = 7, top: int = 10) -> 
     (today included), and the `top` uploaders by uploads, anonymous uploads as one."""
     first_day = (now // DAY_SECONDS - days + 1) * DAY_SECONDS
 
-    def work(conn: sqlite3.Connection) -> Stats:
-        uploads, uploaded_bytes = conn.execute(
+    async def work(tx: Tx) -> Stats:
+        # sum() is numeric on PostgreSQL: cast back to the integer both dialects give.
+        uploads, uploaded_bytes = await _row(
+            tx,
             """
-            SELECT count(*), coalesce(sum(blobs.size_bytes), 0)
+            SELECT count(*), CAST(coalesce(sum(blobs.size_bytes), 0) AS BIGINT)
             FROM uploads JOIN blobs ON blobs.sha256 = uploads.sha256
-            """
-        ).fetchone()
-        blobs, stored_bytes = conn.execute(
-            "SELECT count(*), coalesce(sum(size_bytes), 0) FROM blobs"
-        ).fetchone()
-        users, disabled = conn.execute("SELECT count(*), count(disabled_at) FROM users").fetchone()
-        (bans,) = conn.execute("SELECT count(*) FROM bans").fetchone()
-        counted = dict(
-            conn.execute(
-                """
-                SELECT created_at / ? * ? AS day, count(*) FROM uploads
-                WHERE created_at >= ? AND created_at < ? GROUP BY day
-                """,
-                (DAY_SECONDS, DAY_SECONDS, first_day, first_day + days * DAY_SECONDS),
-            ).fetchall()
+            """,
         )
+        blobs, stored_bytes = await _row(
+            tx, "SELECT count(*), CAST(coalesce(sum(size_bytes), 0) AS BIGINT) FROM blobs"
+        )
+        users, disabled = await _row(tx, "SELECT count(*), count(disabled_at) FROM users")
+        bans = await tx.fetchval("SELECT count(*) FROM bans")
+        days_counted = await tx.fetchall(
+            """
+            SELECT created_at / ? * ? AS day, count(*) FROM uploads
+            WHERE created_at >= ? AND created_at < ? GROUP BY day
+            """,
+            (DAY_SECONDS, DAY_SECONDS, first_day, first_day + days * DAY_SECONDS),
+        )
+        counted: dict[int, int] = {day: count for day, count in days_counted}
         per_day = [
             (day, counted.get(day, 0))
             for day in range(first_day, first_day + days * DAY_SECONDS, DAY_SECONDS)
         ]
-        uploaders = conn.execute(
+        uploaders = await tx.fetchall(
             """
-            SELECT users.name, count(*) AS uploads, sum(blobs.size_bytes) AS bytes
+            SELECT users.name, count(*) AS uploads,
+                   CAST(sum(blobs.size_bytes) AS BIGINT) AS bytes
             FROM uploads
             JOIN blobs ON blobs.sha256 = uploads.sha256
             LEFT JOIN users ON users.id = uploads.user_id
-            GROUP BY uploads.user_id
+            GROUP BY uploads.user_id, users.name
             ORDER BY uploads DESC, bytes DESC, users.name
             LIMIT ?
             """,
             (top,),
-        ).fetchall()
+        )
         return Stats(
             uploads=uploads,
             blobs=blobs,
@@ -88,15 +89,14 @@ async def get_stats(db: Database, *, now: int, days: int = 7, top: int = 10) -> 
             top_uploaders=[Uploader(name, count, size) for name, count, size in uploaders],
         )
 
-    def in_one_snapshot(conn: sqlite3.Connection) -> Stats:
-        # One read transaction, so that the figures agree (savings never below zero).
-        conn.execute("BEGIN")
-        try:
-            return work(conn)
-        finally:
-            conn.execute("ROLLBACK")
+    # One read transaction, so that the figures agree (savings never below zero).
+    return await db.read(work, snapshot=True)
 
-    return await db.read(in_one_snapshot)
+
+async def _row(tx: Tx, sql: str) -> Row:
+    row = await tx.fetchone(sql)
+    assert row is not None  # an aggregate without GROUP BY gives one row
+    return row
 
 
 @dataclass(frozen=True)
@@ -109,15 +109,9 @@ class Stored:
 
 
 async def get_stored(db: Database) -> Stored:
-    def work(conn: sqlite3.Connection) -> Stored:
-        conn.execute("BEGIN")  # one snapshot for the two counts
-        try:
-            (uploads,) = conn.execute("SELECT count(*) FROM uploads").fetchone()
-            files, size = conn.execute(
-                "SELECT count(*), coalesce(sum(size_bytes), 0) FROM blobs"
-            ).fetchone()
-        finally:
-            conn.execute("ROLLBACK")
-        return Stored(uploads=uploads, files=files, bytes=size)
+    async def work(tx: Tx) -> Stored:
+        uploads = await tx.fetchval("SELECT count(*) FROM uploads")
+        files, size = await _row(tx, "SELECT count(*), coalesce(sum(size_bytes), 0) FROM blobs")
+        return Stored(uploads=int(uploads), files=int(files), bytes=int(size))
 
-    return await db.read(work)
+    return await db.read(work, snapshot=True)  # one snapshot for the two counts

@@ -56,6 +56,7 @@ BUSY = "this upload is being written by another request; retry in a moment"
 # How long a termination waits for a part still arriving to let go of the upload.
 RELEASE_SECONDS = 10.0
 ID_BYTES = 24  # 32 URL-safe characters
+ID_SHAPE = re.compile(r"[A-Za-z0-9_-]{1,64}")  # what an id of hostd's could look like
 METADATA_KEY = re.compile(r"[!-+\--~]+")  # printable ASCII without space and comma
 MAX_METADATA_BYTES = 4096
 
@@ -219,7 +220,7 @@ class TusHandler(ApiHandler):
     async def load(self, id: str) -> Resumable:
         """This request's upload: 404 when there is none, or it is another account's;
         410 once it has expired."""
-        found = await db.get_resumable(self.db, id=id)
+        found = await db.get_resumable(self.db, id=id) if ID_SHAPE.fullmatch(id) else None
         if found is None or (found.user_id is not None and found.user_id != self.user_id):
             raise UploadError(404, "no such upload (or not yours)")
         if found.expires_at <= self.now():
@@ -603,6 +604,13 @@ class TusUploadHandler(TusHandler):
     """/api/tus/<id>: HEAD (where it stands), PATCH (the next part), DELETE (termination),
     GET (JSON: where it stands, and once finished the answer of /api/upload)."""
 
+    def decode_argument(self, value: bytes, name: str | None = None) -> str:
+        # Any last path segment comes here, so that an id hostd never made is the same 404
+        # in JSON as an unknown one; latin-1, so that invalid UTF-8 is one too.
+        if name is None:
+            return value.decode("latin-1")
+        return super().decode_argument(value, name)
+
     def _request_summary(self) -> str:
         # The access log's line without the upload's URL, which for an anonymous upload is
         # the key to it and to its deletion link; a few characters still tell uploads apart.
@@ -723,5 +731,5 @@ class TusUploadHandler(TusHandler):
 
 routes = [
     (r"/api/tus/?", TusCollectionHandler),
-    (r"/api/tus/([A-Za-z0-9_-]{1,64})", TusUploadHandler),
+    (r"/api/tus/([^/]+)", TusUploadHandler),
 ]

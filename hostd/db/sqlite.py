@@ -1,0 +1,201 @@
+"""SQLite: a file in WAL mode, one connection for reads and one for the writer's batches.
+
+aiosqlite gives each connection its own thread. A read, or a whole batch, is one coroutine
+whose SQL never suspends; it is driven to its end on that thread in a single trip.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiosqlite
+
+from hostd.db.core import SQLITE, Changes, Row, Work, drive, migrations, run_batch
+
+T = TypeVar("T")
+
+
+class SqliteTx:
+    """The Tx (and writer's Session) over a sqlite3 connection, on its own thread."""
+
+    dialect = SQLITE
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self._conn.execute(sql, params).fetchall()  # stepped to the end: no statement stays open
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        self._conn.executemany(sql, rows)
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        row: Row | None = self._conn.execute(sql, params).fetchone()
+        return row
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        rows: list[Row] = self._conn.execute(sql, params).fetchall()
+        return rows
+
+    async def fetchval(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        row = self._conn.execute(sql, params).fetchone()
+        return None if row is None else row[0]
+
+    async def begin(self) -> None:
+        self._conn.execute("BEGIN IMMEDIATE")
+
+    async def savepoint(self) -> None:
+        self._conn.execute("SAVEPOINT unit")
+
+    async def rollback_to_savepoint(self) -> None:
+        self._conn.execute("ROLLBACK TO unit")
+
+    async def release_savepoint(self) -> None:
+        self._conn.execute("RELEASE unit")
+
+    async def commit(self) -> None:
+        self._conn.execute("COMMIT")
+
+    async def rollback(self) -> None:
+        self._conn.execute("ROLLBACK")
+
+    def in_transaction(self) -> bool:
+        return self._conn.in_transaction
+
+
+class SqliteBackend:
+    dialect = SQLITE
+
+    def __init__(
+        self, reader: aiosqlite.Connection, writer: aiosqlite.Connection, path: Path
+    ) -> None:
+        self.path = path
+        self._reader = reader
+        self._writer = writer
+
+    @classmethod
+    async def open(cls, path: Path) -> SqliteBackend:
+        writer = await _connect(path, "PRAGMA journal_mode = WAL")
+        try:
+            reader = await _connect(path)
+        except BaseException:
+            await writer.close()
+            raise
+        return cls(reader, writer, path)
+
+    async def close(self) -> None:
+        await self._writer.close()
+        await self._reader.close()
+
+    async def read(self, work: Work[T], snapshot: bool) -> T:
+        return await _in_thread(self._reader, _read, work, snapshot)
+
+    async def run_batch(self, works: list[Work[Any]]) -> list[tuple[bool, Any]]:
+        return await _in_thread(self._writer, _batch, works)
+
+    async def migrate(self) -> int:
+        return await _in_thread(self._writer, _migrate)
+
+    async def backup(self, target: Path) -> None:
+        await _in_thread(self._reader, _backup, target)
+
+    async def watch(self, changes: Changes) -> None:
+        changes.watch(self.path)
+
+    async def healthy(self) -> None:
+        """The read connection proves its thread answers, but it reads through its own open
+        file and page cache, so it would not notice the file being deleted, moved or damaged
+        underneath it; a fresh read-only connection reads the file's header afresh."""
+        uri = self.path.resolve().as_uri() + "?mode=ro"
+        await _in_thread(self._reader, _check_file, uri)
+
+
+def _check_file(conn: sqlite3.Connection, uri: str) -> None:
+    conn.execute("SELECT 1").fetchone()
+    fresh = sqlite3.connect(uri, uri=True)
+    try:
+        fresh.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    finally:
+        fresh.close()
+
+
+def _batch(conn: sqlite3.Connection, works: list[Work[Any]]) -> list[tuple[bool, Any]]:
+    try:
+        return drive(run_batch(SqliteTx(conn), works))
+    except BaseException:
+        # A unit that suspended (drive refuses it) leaves its transaction open: end it, so
+        # that the next batch can begin.
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _read(conn: sqlite3.Connection, work: Work[T], snapshot: bool) -> T:
+    if not snapshot:
+        return drive(work(SqliteTx(conn)))
+    conn.execute("BEGIN")
+    try:
+        return drive(work(SqliteTx(conn)))
+    finally:
+        conn.execute("ROLLBACK")
+
+
+async def _in_thread(conn: aiosqlite.Connection, fn: Callable[..., T], *args: Any) -> T:
+    """Run fn(sqlite3 connection, *args) on the connection's own thread, in one trip.
+
+    aiosqlite offers a trip per statement; a unit of work needs several statements in one
+    trip, which its (long-stable) `_execute` and `_conn` give. This is the one place that
+    relies on them.
+    """
+    return await conn._execute(fn, conn._conn, *args)
+
+
+async def _connect(path: Path, *more_pragmas: str) -> aiosqlite.Connection:
+    conn = await aiosqlite.connect(path, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    pragmas = (
+        "PRAGMA busy_timeout = 5000",
+        "PRAGMA synchronous = NORMAL",
+        "PRAGMA foreign_keys = ON",
+        *more_pragmas,
+    )
+    try:
+        await _in_thread(conn, _set_pragmas, pragmas)
+    except BaseException:
+        await conn.close()
+        raise
+    return conn
+
+
+def _set_pragmas(conn: sqlite3.Connection, pragmas: tuple[str, ...]) -> None:
+    for pragma in pragmas:
+        conn.execute(pragma).fetchall()  # stepped to the end, so no statement stays open
+
+
+def _backup(conn: sqlite3.Connection, target: Path) -> None:
+    copy = sqlite3.connect(target)
+    try:
+        conn.backup(copy)
+    finally:
+        copy.close()
+
+
+def _migrate(conn: sqlite3.Connection) -> int:
+    """Apply migrations newer than `PRAGMA user_version`, each with its bump."""
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    for number, sql in migrations(SQLITE):
+        if number <= version:
+            continue
+        try:
+            conn.executescript(
+                f"BEGIN IMMEDIATE;\n{sql}\nPRAGMA user_version = {number:d};\nCOMMIT;"
+            )
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        version = number
+    return version
