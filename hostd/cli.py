@@ -885,6 +885,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.instances < 1:
         raise ConfigError("--instances must be at least 1")
     if args.instances > 1:
+        if not (config.database_url or "").startswith(("postgresql://", "postgres://")):
+            raise ConfigError(
+                "--instances needs database.url = postgresql://...: on SQLite, one process"
+                " already does what its single writer allows (see README, Scaling out)"
+            )
         if args.new_cookie_secret:
             raise ConfigError("--new-cookie-secret works with one instance: run it so once first")
         return supervise(config, args.instances, serve)

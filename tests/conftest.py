@@ -190,9 +190,7 @@ def s3_settings(weed: SeaweedFS, **more: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-def parts(
-    config: Config, io_loop: Any, database_kind: str
-) -> Iterator[tuple[Database, BlobStore]]:
+def parts(config: Config, io_loop: Any, database_kind: str) -> Iterator[tuple[Database, BlobStore]]:
     config.data_dir.mkdir(parents=True, exist_ok=True)
     store = store_from(config)
     db = io_loop.run_sync(lambda: Database.open_config(config))

@@ -1,11 +1,12 @@
 """Several hostd instances behind one nginx, sharing one database and one blob store.
 
-Three `hostd serve` processes over the same data dir and database, with contrib/nginx.conf's
-upstream pointed at all three (round robin), as README's "Scaling out" describes. Whatever
-one instance learns (a key invalidated, a file deleted, a failed sign-in, a key to show
-once) must hold on the others on the very next request. The tests act on one instance
-directly where they need to know which one acts, and check the others directly and through
-nginx.
+Three `hostd serve` processes with contrib/nginx.conf's upstream pointed at all three (round
+robin), as README's "Scaling out" describes: on PostgreSQL with the bytes in S3 (a real
+SeaweedFS), and on one SQLite file and data dir. Whatever one instance learns (a key
+invalidated, a file deleted, a failed sign-in, a key to show once) must hold on the others
+on their next request: on SQLite at once, on PostgreSQL once its notification has arrived
+(README: well under a second; the tests allow one). The tests act on one instance directly
+where they need to know which one acts, and check the others directly and through nginx.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import contextlib
 import hashlib
 import http.cookiejar
 import json
+import os
 import re
 import signal
 import subprocess
@@ -23,11 +25,12 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from conftest import s3_settings
 from helpers import accepts, free_ports, hostd, multipart_body, stop, wait_until
 from nginxsite import (
     INSTALL_HINT,
@@ -39,8 +42,11 @@ from nginxsite import (
     render_nginx,
     upstream_to,
 )
+from pgserver import PostgresServer
+from seaweed import ACCESS_KEY, SECRET_KEY, SeaweedFS
 
 INSTANCES = 3
+NOTIFY_SECONDS = 1.0
 PASSWORD = "correct horse battery"
 KEY = re.compile(r"hk_([0-9a-f]{16})_[A-Za-z0-9_-]{43}")
 
@@ -55,8 +61,18 @@ class Cluster:
     data_dir: Path
     ports: list[int]
     nginx_port: int
+    kind: str  # "postgresql+s3" or "sqlite"
     procs: list[subprocess.Popen[bytes] | None] = field(default_factory=list)
-    logs: list[Path] = field(default_factory=list)
+
+    def soon(self, check: Callable[[], bool]) -> bool:
+        """Whether `check` holds: at once on SQLite; within NOTIFY_SECONDS on PostgreSQL,
+        where other instances learn of a change by a notification."""
+        deadline = time.monotonic() + (NOTIFY_SECONDS if self.kind != "sqlite" else 0)
+        while not check():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
 
     @property
     def url(self) -> str:
@@ -95,20 +111,43 @@ class Cluster:
         return done
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+@pytest.fixture(scope="module", params=["postgresql+s3", "sqlite"])
+def cluster(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Cluster]:
     binary = find_nginx()
     if binary is None:
         pytest.fail(f"nginx is not installed: `{INSTALL_HINT}`", pytrace=False)
     root = tmp_path_factory.mktemp("instances")
     *ports, nginx_port = free_ports(INSTANCES + 1)
     cluster = Cluster(
-        root, root / "hostd.toml", root / "data", ports, nginx_port, [None] * INSTANCES
+        root,
+        root / "hostd.toml",
+        root / "data",
+        ports,
+        nginx_port,
+        request.param,
+        [None] * INSTANCES,
     )
-    cluster.config.write_text(
+    settings = (
         '[server]\nhost = "127.0.0.1"\ntrust_proxy = true\ncookie_secret = "one for all"\n'
         f'[storage]\ndata_dir = "{cluster.data_dir}"\n'
     )
+    patch = pytest.MonkeyPatch()
+    if cluster.kind == "postgresql+s3":
+        postgres: PostgresServer = request.getfixturevalue("postgres")
+        weed: SeaweedFS = request.getfixturevalue("seaweedfs")
+        s3 = s3_settings(weed)
+        settings += (
+            f'backend = "s3"\n[storage.s3]\nendpoint = "{s3["s3_endpoint"]}"\n'
+            f'bucket = "{s3["s3_bucket"]}"\nprefix = "{s3["s3_prefix"]}"\npath_style = true\n'
+            f'[database]\nurl = "{postgres.new_database()}"\n'
+        )
+        # The instances and the admin commands take the keys from the environment.
+        patch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        patch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    request.addfinalizer(patch.undo)
+    cluster.config.write_text(settings)
     cluster.cli("user", "add", "alice", "--password-stdin", stdin=PASSWORD + "\n")
     for index in range(INSTANCES):
         cluster.start(index)
@@ -263,8 +302,7 @@ def test_a_key_invalidated_on_one_instance_is_refused_by_the_others_at_once(clus
 
     assert done.status in (200, 303), done.text
     for base in cluster.instances:
-        refused = upload(base, unique("after"), key)
-        assert refused.status == 401, (base, refused.text)
+        assert cluster.soon(lambda base=base: upload(base, unique("after"), key).status == 401)
 
 
 def test_a_file_removed_by_the_cli_is_gone_from_every_instance_at_once(cluster):
@@ -276,7 +314,7 @@ def test_a_file_removed_by_the_cli_is_gone_from_every_instance_at_once(cluster):
     cluster.cli("file", "rm", public)
 
     for base in [*cluster.instances, cluster.url]:
-        assert request(f"{base}/{public}").status == 404, base
+        assert cluster.soon(lambda base=base: request(f"{base}/{public}").status == 404), base
 
 
 def test_a_file_deleted_from_the_files_page_on_one_instance_is_gone_from_all(cluster):
@@ -294,21 +332,22 @@ def test_a_file_deleted_from_the_files_page_on_one_instance_is_gone_from_all(clu
 
     assert deleted.status == 303, deleted.text
     for base in cluster.instances:
-        assert request(f"{base}/{public}").status == 404, base
+        assert cluster.soon(lambda base=base: request(f"{base}/{public}").status == 404), base
 
 
 def test_wrong_passwords_spread_over_the_instances_are_counted_together(cluster):
-    cluster.cli("user", "add", "bob", "--password-stdin", stdin=PASSWORD + "\n")
+    name = f"bob-{cluster.kind.replace('+', '-')}"
+    cluster.cli("user", "add", name, "--password-stdin", stdin=PASSWORD + "\n")
     statuses = []
     for attempt in range(10):
         browser = Browser()
         base = cluster.instance(attempt % INSTANCES)
-        statuses.append(browser.sign_in(base, "bob", "not the password").status)
+        statuses.append(browser.sign_in(base, name, "not the password").status)
 
     # The rule (README): 5 failures per account and address are free, then a wait.
     assert statuses[:5] == [401] * 5
     assert statuses[5:] == [429] * 5
-    assert Browser().sign_in(cluster.instance(2), "bob").status == 429
+    assert Browser().sign_in(cluster.instance(2), name).status == 429
 
 
 def test_killing_one_instance_loses_no_completed_upload(cluster):
@@ -342,3 +381,54 @@ def test_killing_one_instance_loses_no_completed_upload(cluster):
     finally:
         with contextlib.suppress(AssertionError):
             cluster.start(1)
+
+
+# -- hostd serve --instances ----------------------------------------------------------------
+
+
+def children_of(pid: int) -> set[int]:
+    found = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return {int(child) for child in found}
+
+
+def test_serve_instances_runs_that_many_processes_on_one_port(postgres, tmp_path):
+    (port,) = free_ports(1)
+    config = tmp_path / "hostd.toml"
+    config.write_text(
+        f'[server]\nport = {port}\ncookie_secret = "instances"\n'
+        f'[storage]\ndata_dir = "{tmp_path / "data"}"\n'
+        f'[database]\nurl = "{postgres.new_database()}"\n'
+    )
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        parent = subprocess.Popen(
+            [sys.executable, "-m", "hostd", "serve", "--config", str(config), "--instances", "2"],
+            cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_until(lambda: log.read_text().count("listening on") == 2, parent, [log], "hostd")
+        first = children_of(parent.pid)
+        data = unique("to any instance")
+        public = upload(f"http://127.0.0.1:{port}", data).json()["hash"]
+        os.kill(min(first), signal.SIGKILL)  # one instance dies; the other goes on serving
+        served = request(f"http://127.0.0.1:{port}/{public}")
+        wait_until(lambda: log.read_text().count("listening on") == 3, parent, [log], "again")
+        second = children_of(parent.pid)
+    finally:
+        parent.send_signal(signal.SIGTERM)
+        status = parent.wait(timeout=60)
+
+    assert len(first) == 2
+    assert (served.status, served.body) == (200, data)
+    assert len(second) == 2 and min(first) not in second and max(first) in second
+    assert status == 0
+    assert "all instances stopped" in log.read_text()
+
+
+def test_serve_instances_on_sqlite_refuses_with_a_reason(tmp_path):
+    done = hostd("serve", "--data-dir", str(tmp_path / "data"), "--instances", "2", cwd=tmp_path)
+
+    assert done.returncode == 2
+    assert "--instances needs database.url = postgresql://" in done.stderr
