@@ -57,7 +57,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     postgresql_only (they look at PostgreSQL's own features: notices, connections). A module
     that sets STORAGE_BACKENDS = ("local", "s3") also runs each test that has a store on S3
     (on the first of those databases), except the tests marked local_storage (they look at
-    the local files)."""
+    the local files); one that sets ("s3",) runs them on S3 only."""
     kinds = []
     if "database_kind" in metafunc.fixturenames:
         kinds = ["sqlite", "postgresql"]
@@ -73,7 +73,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     ):
         backends = None
     if kinds and backends:
-        pairs = [(kind, "local") for kind in kinds]
+        pairs = [(kind, "local") for kind in kinds if "local" in backends]
         pairs += [(kinds[0], backend) for backend in backends if backend != "local"]
         ids = [kind if backend == "local" else f"{kind}-{backend}" for kind, backend in pairs]
         metafunc.parametrize("database_kind,backend", pairs, indirect=["database_kind"], ids=ids)
