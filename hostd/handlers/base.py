@@ -9,7 +9,7 @@ import json
 import logging
 import secrets
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jinja2
 import markupsafe
@@ -25,6 +25,11 @@ from hostd.parsing import parse_count
 from hostd.storage import BlobStore
 from hostd.throttle import SignInLimiter
 from hostd.thumbs import Thumbnails
+
+if TYPE_CHECKING:
+    from hostd import limits
+    from hostd.db import ApiKey
+    from hostd.handlers.upload import UploadsInFlight
 
 log = logging.getLogger("hostd")
 
@@ -103,6 +108,7 @@ class BaseHandler(tornado.web.RequestHandler):
     """HTML pages: Jinja2 rendering, htmx fragments, error pages, the session user."""
 
     current_user: User | None
+    api_key: ApiKey | None = None  # the Bearer key an API request came with, once verified
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         # Tornado refuses a method outside SUPPORTED_METHODS before anything else: before it
@@ -153,6 +159,22 @@ class BaseHandler(tornado.web.RequestHandler):
     @property
     def limiter(self) -> SignInLimiter:
         return self.settings["hostd_limiter"]
+
+    @property
+    def in_flight(self) -> UploadsInFlight:
+        return self.settings["hostd_in_flight"]
+
+    @property
+    def upload_limits(self) -> limits.Limits:
+        return self.settings["hostd_limits"]
+
+    @property
+    def owner_id(self) -> int | None:
+        """The account this request acts for (an upload is registered to): the API key's,
+        else the session's; None when anonymous."""
+        if self.api_key is not None:
+            return self.api_key.user_id
+        return self.current_user.id if self.current_user else None
 
     def redirect_after_post(self, url: str) -> None:
         """303 for a plain form post; for htmx, which would swap the page in, HX-Redirect."""

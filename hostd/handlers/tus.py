@@ -30,13 +30,12 @@ import tornado.web
 
 from hostd import db, limits, metrics, resumable, retention, uploads
 from hostd.auth import Busy
-from hostd.db import ApiKey, Blob, Resumable, Upload, User
+from hostd.db import Blob, Resumable, Upload, User
 from hostd.formdata import UploadError, clean_filename
 from hostd.handlers.base import ApiHandler, BaseHandler, has_body, out_of_space, refuse_early
 from hostd.handlers.upload import (
     DRAIN_ALLOWANCE_BYTES,
     NEEDS_ACCOUNT,
-    UploadsInFlight,
     banned_message,
     delete_url,
     storage_failure,
@@ -109,7 +108,6 @@ class TusHandler(ApiHandler):
     """What the tus URLs share: the protocol's headers, who the request is, and receiving
     a part of an upload (the body of a PATCH, or of a POST with creation-with-upload)."""
 
-    api_key: ApiKey | None = None
     target: Resumable | None = None
     part: resumable.PartFile | None = None
     admission: limits.Admission | None = None
@@ -138,20 +136,6 @@ class TusHandler(ApiHandler):
     @property
     def partials(self) -> resumable.Partials:
         return self.settings["hostd_partials"]
-
-    @property
-    def in_flight(self) -> UploadsInFlight:
-        return self.settings["hostd_in_flight"]
-
-    @property
-    def upload_limits(self) -> limits.Limits:
-        return self.settings["hostd_limits"]
-
-    @property
-    def user_id(self) -> int | None:
-        if self.api_key is not None:
-            return self.api_key.user_id
-        return self.current_user.id if self.current_user else None
 
     def options(self, *args: Any, **kwargs: Any) -> None:
         self.set_header("Tus-Version", TUS_VERSION)
@@ -221,7 +205,7 @@ class TusHandler(ApiHandler):
         """This request's upload: 404 when there is none, or it is another account's;
         410 once it has expired."""
         found = await db.get_resumable(self.db, id=id) if ID_SHAPE.fullmatch(id) else None
-        if found is None or (found.user_id is not None and found.user_id != self.user_id):
+        if found is None or (found.user_id is not None and found.user_id != self.owner_id):
             raise UploadError(404, "no such upload (or not yours)")
         if found.expires_at <= self.now():
             raise UploadError(410, "this upload has expired")
@@ -530,7 +514,7 @@ class TusCollectionHandler(TusHandler):
     async def begin(self) -> None:
         if self.request.method != "POST":
             return
-        if self.user_id is None and not self.config.allow_anonymous:
+        if self.owner_id is None and not self.config.allow_anonymous:
             raise UploadError(401, NEEDS_ACCOUNT)
         if "Upload-Defer-Length" in self.request.headers:
             raise UploadError(400, "Upload-Defer-Length is not supported: send Upload-Length")
@@ -559,7 +543,7 @@ class TusCollectionHandler(TusHandler):
             self.upload_limits,
             config=self.config,
             id=secrets.token_urlsafe(ID_BYTES),
-            user_id=self.user_id,
+            user_id=self.owner_id,
             api_key=self.api_key,
             address=self.request.remote_ip or "",
             length=length,

@@ -185,7 +185,6 @@ class UploadFlow(BaseHandler):
     boundary = ""
     recording: asyncio.Future[tuple[Blob, Upload]] | None = None
     failed = False
-    api_key: ApiKey | None = None
     pace: BodyPace | None = None
     dropping: asyncio.Task[None] | None = None
     gone = False  # the connection closed before the answer was finished
@@ -253,21 +252,6 @@ class UploadFlow(BaseHandler):
             too_large=admission.too_large,
             open_writer=self.store.writer,
         )
-
-    @property
-    def in_flight(self) -> UploadsInFlight:
-        return self.settings["hostd_in_flight"]
-
-    @property
-    def upload_limits(self) -> limits.Limits:
-        return self.settings["hostd_limits"]
-
-    @property
-    def owner_id(self) -> int | None:
-        """The account the upload is registered to: the API key's, else the session's."""
-        if self.api_key is not None:
-            return self.api_key.user_id
-        return self.current_user.id if self.current_user else None
 
     async def authorize(self) -> None:
         """Raise UploadError when this request may not upload."""
