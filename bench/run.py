@@ -1027,6 +1027,7 @@ class Bench:
                 vs_figure=base.figure,
                 aim=">= 0.7x",
             )
+            self.instances_behind_nginx(url, pg)
             pg.stop()
             batches = pg.writer_batches()
             if batches:
@@ -1035,6 +1036,47 @@ class Bench:
                 )
         finally:
             server.stop()
+
+    def instances_behind_nginx(self, url: str, first: Hostd) -> None:
+        """4 KiB uploads/s through nginx (contrib/nginx.conf, its upstream round robin) to
+        one hostd on PostgreSQL, and to two over the same database and data dir, in turns:
+        what a second instance adds (README, Scaling out)."""
+        c = f"c{UPLOAD_CONCURRENCY}"
+        row = f"nginx > 2 hostd on PostgreSQL 4 KiB uploads/s, {c}"
+        binary = find_nginx()
+        if binary is None:
+            self.add(row, "/s", why_not="no nginx")
+            return
+        data_dir = first.data_dir
+        second = self.start(Hostd("hostd-pg-2", self.tmp, data_dir, database_url=url))
+        site = contrib_site()
+
+        def front(name: str, hostd_ports: list[int]) -> Nginx:
+            port = free_port()
+            parts = [
+                upstream_to(site.upstream, hostd_ports),
+                listening_on(site.tls, port, data_dir / "blobs"),
+            ]
+            conf = render_nginx(parts, depth=1)
+            nginx: Nginx = self.start(Nginx(binary, self.tmp / name, conf, [port]))
+            return nginx
+
+        one = front("nginx-one-pg", [first.port])
+        two = front("nginx-two-pg", [first.port, second.port])
+        single: list[Measured] = []
+        double: list[Measured] = []
+        for _ in range(UPLOAD_TURNS):
+            single.append(self.phase([one, first], self.hostd_uploads({}, port=one.port)))
+            double.append(self.phase([two, first, second], self.hostd_uploads({}, port=two.port)))
+        base = self.add(
+            f"nginx > 1 hostd on PostgreSQL 4 KiB uploads/s, {c}", "/s", Measured.mean(single)
+        )
+        self.add(
+            row, "/s", Measured.mean(double), vs="1 instance", vs_figure=base.figure, aim=">= 1.5x"
+        )
+        one.stop()
+        two.stop()
+        second.stop()
 
     # -- the big upload
 
