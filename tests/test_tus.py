@@ -33,6 +33,8 @@ from hostd import resumable
 from hostd.app import prune_now_and_then
 from hostd.hashes import public_hash_candidates
 
+# The finished file goes into whichever blob store there is: each test runs on both.
+STORAGE_BACKENDS = ("local", "s3")
 TUS = {"Tus-Resumable": "1.0.0"}
 LIMIT = 128 * 1024 * 1024  # the served hostd's max_upload_bytes
 OCTETS = {**TUS, "Content-Type": "application/offset+octet-stream"}
