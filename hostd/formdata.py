@@ -95,7 +95,52 @@ class UploadBody(Protocol):
     async def dropped(self) -> None: ...
 
 
-class UploadForm:
+class FileBody:
+    """What both kinds of upload body do with the file in them: write it through a
+    BlobWriter up to `max_file_bytes` (413, with the message `too_large` when given),
+    refuse it empty, commit it, or drop it."""
+
+    def __init__(self, *, max_file_bytes: int, too_large: str | None) -> None:
+        self._max_file_bytes = max_file_bytes
+        self._too_large = (
+            too_large or f"the file is larger than the limit of {max_file_bytes} bytes"
+        )
+        self._writer: BlobWriter | None = None
+        self._dropping: Awaitable[None] | None = None
+        self.fields: dict[str, str] = {}
+
+    def backpressure(self) -> Awaitable[None] | None:
+        """Something to wait for before feeding more, when the file's writer is behind."""
+        return self._writer.backpressure() if self._writer is not None else None
+
+    async def _commit(self, no_file: str) -> WrittenBlob:
+        if self._writer is None:
+            raise UploadError(400, no_file)
+        if self._writer.size_bytes == 0:
+            self.abort()
+            raise UploadError(400, "the file is empty")
+        writer, self._writer = self._writer, None
+        return await writer.commit()
+
+    def abort(self) -> None:
+        """Drop whatever was written; safe to call more than once."""
+        if self._writer is not None:
+            self._dropping = self._writer.abort()
+            self._writer = None
+
+    async def dropped(self) -> None:
+        """Wait until an aborted file's temp file is gone (see BlobWriter.abort)."""
+        if self._dropping is not None:
+            await self._dropping
+
+    def _write_file(self, data: bytes) -> None:
+        assert self._writer is not None
+        if self._writer.size_bytes + len(data) > self._max_file_bytes:
+            raise UploadError(413, self._too_large)
+        self._writer.write(data)
+
+
+class UploadForm(FileBody):
     """Feeds body chunks to the multipart parser and routes the parts.
 
     Exactly one `file` part is stored through the writer that `open_writer` returns;
@@ -120,18 +165,12 @@ class UploadForm:
             max_segment_count=MAX_PARTS,
             header_charset="latin-1",
         )
-        self._max_file_bytes = max_file_bytes
-        self._too_large = (
-            too_large or f"the file is larger than the limit of {max_file_bytes} bytes"
-        )
+        super().__init__(max_file_bytes=max_file_bytes, too_large=too_large)
         self._open_writer = open_writer
-        self._writer: BlobWriter | None = None
-        self._dropping: Awaitable[None] | None = None
         self._body_bytes = 0
         self._done_file = False
         self._text: bytearray | None = None
         self._field: str | None = None
-        self.fields: dict[str, str] = {}
         self.filename = "file"
 
     def feed(self, chunk: bytes) -> None:
@@ -165,31 +204,10 @@ class UploadForm:
                         400, f"form field '{self._field}' is over {MAX_TEXT_FIELD_BYTES} bytes"
                     )
 
-    def backpressure(self) -> Awaitable[None] | None:
-        """Something to wait for before feeding more, when the file's writer is behind."""
-        return self._writer.backpressure() if self._writer is not None else None
-
     async def finish(self) -> WrittenBlob:
         """Call when the body has ended: checks the form is complete and commits the file."""
         self.feed(b"")  # end of input: raises if the last boundary never came
-        if self._writer is None:
-            raise UploadError(400, "no file: send the file in a multipart field named 'file'")
-        if self._writer.size_bytes == 0:
-            self.abort()
-            raise UploadError(400, "the file is empty")
-        writer, self._writer = self._writer, None
-        return await writer.commit()
-
-    def abort(self) -> None:
-        """Drop whatever was written; safe to call more than once."""
-        if self._writer is not None:
-            self._dropping = self._writer.abort()
-            self._writer = None
-
-    async def dropped(self) -> None:
-        """Wait until an aborted file's temp file is gone (see BlobWriter.abort)."""
-        if self._dropping is not None:
-            await self._dropping
+        return await self._commit("no file: send the file in a multipart field named 'file'")
 
     def _start_part(self, segment: multipart.MultipartSegment) -> None:
         self._field = segment.name
@@ -209,14 +227,8 @@ class UploadForm:
             self.fields[self._field] = self._text.decode("utf-8", "replace")
         self._field, self._text = None, None
 
-    def _write_file(self, data: bytes) -> None:
-        assert self._writer is not None
-        if self._writer.size_bytes + len(data) > self._max_file_bytes:
-            raise UploadError(413, self._too_large)
-        self._writer.write(data)
 
-
-class RawBody:
+class RawBody(FileBody):
     """A body that is the file itself (`PUT /api/upload/<filename>`, `curl -T`): each chunk
     goes straight to the writer. The interface of UploadForm, with no fields."""
 
@@ -228,42 +240,19 @@ class RawBody:
         open_writer: Callable[[], BlobWriter],
         too_large: str | None = None,
     ) -> None:
-        self._max_file_bytes = max_file_bytes
-        self._too_large = (
-            too_large or f"the file is larger than the limit of {max_file_bytes} bytes"
-        )
-        self._writer: BlobWriter | None = open_writer()
-        self._dropping: Awaitable[None] | None = None
-        self.fields: dict[str, str] = {}
+        super().__init__(max_file_bytes=max_file_bytes, too_large=too_large)
+        self._writer = open_writer()
         self.filename = filename
 
     def feed(self, chunk: bytes) -> None:
         """Write one piece of the body. On UploadError the partial file is already gone."""
         if self._writer is None:
             return
-        if self._writer.size_bytes + len(chunk) > self._max_file_bytes:
+        try:
+            self._write_file(chunk)
+        except UploadError:
             self.abort()
-            raise UploadError(413, self._too_large)
-        self._writer.write(chunk)
-
-    def backpressure(self) -> Awaitable[None] | None:
-        return self._writer.backpressure() if self._writer is not None else None
+            raise
 
     async def finish(self) -> WrittenBlob:
-        if self._writer is None:
-            raise UploadError(400, "the upload was dropped")
-        if self._writer.size_bytes == 0:
-            self.abort()
-            raise UploadError(400, "the file is empty")
-        writer, self._writer = self._writer, None
-        return await writer.commit()
-
-    def abort(self) -> None:
-        """Drop whatever was written; safe to call more than once."""
-        if self._writer is not None:
-            self._dropping = self._writer.abort()
-            self._writer = None
-
-    async def dropped(self) -> None:
-        if self._dropping is not None:
-            await self._dropping
+        return await self._commit("the upload was dropped")
