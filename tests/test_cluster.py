@@ -432,3 +432,23 @@ def test_serve_instances_on_sqlite_refuses_with_a_reason(tmp_path):
 
     assert done.returncode == 2
     assert "--instances needs database.url = postgresql://" in done.stderr
+
+
+def test_serve_instances_stops_all_when_an_instance_cannot_start(
+    postgres, seaweedfs, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    (port,) = free_ports(1)
+    (tmp_path / "hostd.toml").write_text(
+        f'[server]\nport = {port}\ncookie_secret = "instances"\n'
+        f'[storage]\ndata_dir = "{tmp_path / "data"}"\nbackend = "s3"\n'
+        f'[storage.s3]\nendpoint = "{seaweedfs.endpoint}"\nbucket = "no-such-bucket"\n'
+        f'path_style = true\n[database]\nurl = "{postgres.new_database()}"\n'
+    )
+
+    done = hostd("serve", "--instances", "2", cwd=tmp_path, timeout=60)
+
+    assert done.returncode == 1
+    assert "hostd: cannot start: " in done.stderr and "no-such-bucket" in done.stderr
+    assert "starting it again" not in done.stderr
