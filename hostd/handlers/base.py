@@ -18,7 +18,7 @@ import tornado.web
 from tornado import httputil
 
 from hostd import db
-from hostd.auth import Auth, session_token_hash
+from hostd.auth import Auth, Busy, session_token_hash
 from hostd.config import Config
 from hostd.db import Database, User
 from hostd.parsing import parse_count
@@ -311,6 +311,20 @@ class ApiHandler(BaseHandler):
 
     async def session_user(self) -> User | None:
         return None
+
+    async def bearer_key(self, header: str) -> ApiKey:
+        """The usable key an `Authorization: Bearer <key>` header names; else a Refusal
+        saying why (401), or 503 while the key checks are all busy."""
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Refusal(401, "the Authorization header must be 'Bearer <API key>'")
+        try:
+            key = await self.auth.verify_key(self.db, token.strip())
+        except Busy:
+            raise Refusal(503, "the server is busy checking other API keys; retry soon") from None
+        if key is None:
+            raise Refusal(401, "the API key is not valid (unknown or invalidated)")
+        return key
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         if status_code == 405:

@@ -7,7 +7,7 @@ import re
 from typing import Any
 
 from hostd import db, uploads
-from hostd.auth import DELETE_TOKEN_PATTERN, Busy, delete_token_hash
+from hostd.auth import DELETE_TOKEN_PATTERN, delete_token_hash
 from hostd.db import ApiKey
 from hostd.handlers.base import ApiHandler, BaseHandler, Refusal
 from hostd.handlers.upload import file_urls, touch_key
@@ -116,7 +116,7 @@ class ApiFileHandler(ApiHandler):
         pass  # see the class docstring
 
     async def delete(self, hash: str) -> None:
-        key = await self.bearer_key()
+        key = await self.required_key()
         if HASH.fullmatch(hash) is None:
             raise Refusal(400, NOT_A_HASH)
         deleted = await uploads.delete_uploads_of_blob(
@@ -127,21 +127,12 @@ class ApiFileHandler(ApiHandler):
             raise Refusal(404, NONE_OF_YOURS)
         self.write_json({"status": True, "deleted": deleted})
 
-    async def bearer_key(self) -> ApiKey:
+    async def required_key(self) -> ApiKey:
         """The usable key in `Authorization: Bearer`; 401 without one, 503 when busy."""
         header = self.request.headers.get("Authorization")
         if header is None:
             raise Refusal(401, "this needs an API key: send 'Authorization: Bearer <API key>'")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise Refusal(401, "the Authorization header must be 'Bearer <API key>'")
-        try:
-            key = await self.auth.verify_key(self.db, token.strip())
-        except Busy:
-            raise Refusal(503, "the server is busy checking other API keys; retry soon") from None
-        if key is None:
-            raise Refusal(401, "the API key is not valid (unknown or invalidated)")
-        return key
+        return await super().bearer_key(header)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         if status_code == 401:

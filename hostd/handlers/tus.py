@@ -29,10 +29,16 @@ from typing import Any
 import tornado.web
 
 from hostd import db, limits, metrics, resumable, retention, uploads
-from hostd.auth import Busy
 from hostd.db import Blob, Resumable, Upload, User
 from hostd.formdata import UploadError, clean_filename
-from hostd.handlers.base import ApiHandler, BaseHandler, has_body, out_of_space, refuse_early
+from hostd.handlers.base import (
+    ApiHandler,
+    BaseHandler,
+    Refusal,
+    has_body,
+    out_of_space,
+    refuse_early,
+)
 from hostd.handlers.upload import (
     DRAIN_ALLOWANCE_BYTES,
     NEEDS_ACCOUNT,
@@ -178,17 +184,10 @@ class TusHandler(ApiHandler):
     async def identify(self) -> None:
         header = self.request.headers.get("Authorization")
         if header is not None:
-            scheme, _, token = header.partition(" ")
-            if scheme.lower() != "bearer" or not token.strip():
-                raise UploadError(401, "the Authorization header must be 'Bearer <API key>'")
             try:
-                self.api_key = await self.auth.verify_key(self.db, token.strip())
-            except Busy:
-                raise UploadError(
-                    503, "the server is busy checking other API keys; retry soon"
-                ) from None
-            if self.api_key is None:
-                raise UploadError(401, "the API key is not valid (unknown or invalidated)")
+                self.api_key = await self.bearer_key(header)
+            except Refusal as refused:  # in the upload's own answer format
+                raise UploadError(refused.status_code, refused.message) from None
             return
         if "X-XSRFToken" not in self.request.headers:
             return  # cookies alone never count: another site could make a browser send them

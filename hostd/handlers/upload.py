@@ -15,7 +15,7 @@ import tornado.web
 from tornado import httputil
 
 from hostd import db, limits, metrics, retention, sniff, uploads
-from hostd.auth import Busy, delete_token_hash, new_delete_token
+from hostd.auth import delete_token_hash, new_delete_token
 from hostd.config import Config
 from hostd.db import ApiKey, Blob, Upload
 from hostd.formdata import (
@@ -27,7 +27,7 @@ from hostd.formdata import (
     boundary_of,
     clean_filename,
 )
-from hostd.handlers.base import ApiHandler, BaseHandler, out_of_space, refuse_early
+from hostd.handlers.base import ApiHandler, BaseHandler, Refusal, out_of_space, refuse_early
 from hostd.parsing import parse_count
 from hostd.server import BodyPace, HostdConnection
 from hostd.storage import StoreUnavailable, WrittenBlob
@@ -564,17 +564,10 @@ class ApiUploadHandler(UploadFlow, ApiHandler):
         if header is None:
             await super().authorize()
             return
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise UploadError(401, "the Authorization header must be 'Bearer <API key>'")
         try:
-            self.api_key = await self.auth.verify_key(self.db, token.strip())
-        except Busy:
-            raise UploadError(
-                503, "the server is busy checking other API keys; retry soon"
-            ) from None
-        if self.api_key is None:
-            raise UploadError(401, "the API key is not valid (unknown or invalidated)")
+            self.api_key = await self.bearer_key(header)
+        except Refusal as refused:  # in the upload's own answer format
+            raise UploadError(refused.status_code, refused.message) from None
 
     def error_answer(self, status: int, message: str) -> tuple[int, str, str]:
         body = json.dumps({"status": False, "error": message}) + "\n"
