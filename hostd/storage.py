@@ -14,20 +14,22 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import itertools
 import os
 import secrets
 import shutil
 import stat
-import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from hostd.config import Config
 from hostd.hashes import is_sha256
 
+# The most pieces one writev() takes (Linux's IOV_MAX).
+IOV_MAX = 1024
 # How many leading bytes of each blob are kept for content-type detection.
 HEAD_BYTES = 8192
 TEMP_PREFIX = "upload-"
@@ -181,22 +183,24 @@ class KeyedLocks:
 
 
 class LocalBlobWriter:
-    """Streams into a temp file beside the blobs, hashing as the bytes arrive.
+    """Streams into a temp file beside the blobs, hashing as the bytes are written.
 
     Disk writes (and the open of the temp file, which can wait for the filesystem's
     journal while other uploads fsync) run in a worker thread, one batch at a time, while
-    the IOLoop reads and hashes the next piece of the body: a slow disk then slows this
-    upload, not the server, and hashing and writing use both cores. commit() only waits
-    for the batch in the thread: the store's place() then writes what is left, fsyncs,
-    closes and renames the temp file to blobs/ab/cd/<sha256> in a single trip to the
-    thread (for a small file, that is all its disk work), so a half-written upload
-    is never visible under a real name.
+    the IOLoop reads the next piece of the body. The batch is hashed there too (hashlib and
+    the write both let go of the GIL), so that a big upload's hashing uses the other core.
+    commit() waits for the batch in the thread and hashes what is still queued on the
+    IOLoop (all of a small file: less than a trip to a thread costs); the store's place()
+    then writes it, fsyncs, closes and renames the temp file to blobs/ab/cd/<sha256> in a
+    single trip to the thread, so a half-written upload is never visible under a real name.
+    Plain file descriptors and string paths: on this path pathlib and buffered files cost
+    more than the system calls they wrap.
     """
 
     def __init__(self, store: LocalBlobStore) -> None:
         self._store = store
-        self._file: BinaryIO | None = None
-        self._path: Path | None = None
+        self._fd = -1
+        self._path: str | None = None
         self._hash = hashlib.sha256()
         self._head = bytearray()
         self._queued: list[bytes] = []
@@ -208,7 +212,6 @@ class LocalBlobWriter:
     def write(self, chunk: bytes) -> None:
         if not chunk:
             return
-        self._hash.update(chunk)
         self._queued.append(chunk)
         self._queued_bytes += len(chunk)
         if len(self._head) < HEAD_BYTES:
@@ -228,7 +231,7 @@ class LocalBlobWriter:
         if self._aborted:
             return
         batch, self._queued, self._queued_bytes = self._queued, [], 0
-        self._busy = asyncio.ensure_future(asyncio.to_thread(self._write_batch, batch))
+        self._busy = asyncio.ensure_future(asyncio.to_thread(self._hash_and_write, batch))
 
     async def commit(self) -> WrittenBlob:
         """The last byte is in: the SHA-256 is known. What is still queued is written by
@@ -240,6 +243,8 @@ class LocalBlobWriter:
         except BaseException:
             self.abort()  # nothing is in the thread now: removes the file at once
             raise
+        for chunk in self._queued:
+            self._hash.update(chunk)
         return WrittenBlob(self._hash.hexdigest(), self.size_bytes, bytes(self._head), self)
 
     def abort(self) -> Awaitable[None] | None:
@@ -269,33 +274,51 @@ class LocalBlobWriter:
         self._remove()
 
     def _remove(self) -> None:
-        if self._file is not None:
-            # Closing writes out what the file still buffers, which fails on a full disk;
-            # the file is closed all the same, and must not outlive the upload.
-            with contextlib.suppress(OSError):
-                self._file.close()
-            self._file = None
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
         if self._path is not None:
-            self._path.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._path)
+            self._path = None
 
     # -- in the worker thread; never two at once for one writer
 
-    def _write_batch(self, batch: list[bytes]) -> None:
-        if self._file is None:
-            self._path, self._file = self._store.open_temp()
+    def _hash_and_write(self, batch: list[bytes]) -> None:
         for chunk in batch:
-            self._file.write(chunk)
+            self._hash.update(chunk)
+        self._write(batch)
 
-    def _finish(self) -> Path:
-        """Write what is queued, fsync and close; the temp file's path."""
+    def _write(self, batch: list[bytes]) -> None:
+        if self._fd < 0:
+            self._path, self._fd = self._store.open_temp()
+        self._store.write_temp(self._fd, batch)
+
+    def _finish(self) -> str:
+        """Write what is queued (hashed by commit()), fsync and close; the temp file's path."""
         batch, self._queued, self._queued_bytes = self._queued, [], 0
-        self._write_batch(batch)
-        assert self._file is not None and self._path is not None
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        self._file = None
+        self._write(batch)
+        assert self._path is not None
+        fd, self._fd = self._fd, -1
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         return self._path
+
+
+def _write_all(fd: int, chunks: list[bytes]) -> None:
+    """Every byte of `chunks`, in as few system calls as the kernel takes them."""
+    pieces: list[bytes | memoryview] = list(chunks)
+    while pieces:
+        written = os.writev(fd, pieces[:IOV_MAX])
+        for i, piece in enumerate(pieces):
+            if written < len(piece):
+                pieces = [memoryview(piece)[written:], *pieces[i + 1 :]] if written else pieces[i:]
+                break
+            written -= len(piece)
+        else:
+            pieces = []
 
 
 class LocalFileReader:
@@ -340,6 +363,8 @@ class LocalBlobStore:
         self.tmp_root.mkdir(parents=True, exist_ok=True)
         self.tmp_dir = self.tmp_root / f"{os.getpid()}-{secrets.token_hex(4)}"
         self.tmp_dir.mkdir()
+        self._tmp = os.fspath(self.tmp_dir)
+        self._temp_names = itertools.count(1)
         self._lock_fd = os.open(self.tmp_dir / ".lock", os.O_WRONLY | os.O_CREAT, 0o600)
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self._guards = KeyedLocks()
@@ -374,11 +399,17 @@ class LocalBlobStore:
     def guard(self, sha256: str) -> contextlib.AbstractAsyncContextManager[None]:
         return self._guards.hold(sha256)
 
-    def open_temp(self) -> tuple[Path, BinaryIO]:
-        """A new temp file for an upload, open for writing (in a worker thread)."""
-        fd, name = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=self.tmp_dir)
-        os.fchmod(fd, BLOB_MODE)
-        return Path(name), os.fdopen(fd, "wb")
+    def open_temp(self) -> tuple[str, int]:
+        """A new temp file for an upload, open for writing (in a worker thread). The folder
+        is this process's own, so a counter names the files."""
+        path = f"{self._tmp}/{TEMP_PREFIX}{next(self._temp_names)}"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, BLOB_MODE)
+        os.fchmod(fd, BLOB_MODE)  # whatever the umask: nginx's group reads blobs
+        return path, fd
+
+    def write_temp(self, fd: int, chunks: list[bytes]) -> None:
+        """Every byte of `chunks` into an open temp file (in a worker thread)."""
+        _write_all(fd, chunks)
 
     async def open(self, sha256: str) -> LocalFileReader:
         # No stat first: the open itself fails cleanly for bytes that are gone. The path is
@@ -458,18 +489,34 @@ class LocalBlobStore:
 
     def _place(self, written: WrittenBlob) -> None:
         writer: LocalBlobWriter = written.handle
-        target = self.path(written.sha256)
-        if target.exists():
+        folder = f"{self._root}/{written.sha256[:2]}/{written.sha256[2:4]}"
+        target = f"{folder}/{written.sha256}"
+        try:
+            os.utime(target)  # there already (and just used: gc's grace starts again)
+        except FileNotFoundError:
+            pass
+        else:
             writer._aborted = True
             writer._remove()
-            with contextlib.suppress(FileNotFoundError):
-                os.utime(target)  # just used: gc's grace period starts again
             return
         temp = writer._finish()
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(temp, target)
+        try:
+            os.replace(temp, target)
+        except FileNotFoundError:  # the first blob under ab/cd/
+            self._make_folders(written.sha256)
+            os.replace(temp, target)
         writer._path = None  # placed: nothing of it to remove any more
-        _fsync_dir(target.parent)
+        _fsync_dir(folder)
+
+    def _make_folders(self, sha256: str) -> None:
+        """ab/ and ab/cd/ for a blob, each made durable in its parent."""
+        parent = self._root
+        for name in (sha256[:2], sha256[2:4]):
+            folder = f"{parent}/{name}"
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(folder)
+                _fsync_dir(parent)
+            parent = folder
 
     async def adopt(self, path: Path) -> WrittenBlob:
         """A hard link to the file in this process's temp folder, hashed: placing it costs
@@ -479,7 +526,7 @@ class LocalBlobStore:
 
     def _adopt(self, path: Path) -> WrittenBlob:
         writer = LocalBlobWriter(self)
-        temp = self.tmp_dir / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
+        temp = f"{self._tmp}/{TEMP_PREFIX}{next(self._temp_names)}"
         try:
             os.link(path, temp)
         except OSError:
@@ -493,7 +540,7 @@ class LocalBlobStore:
                     digest.update(chunk)
                     head = head or chunk[:HEAD_BYTES]
                     size += len(chunk)
-            writer._file = open(temp, "ab")  # noqa: SIM115  # place() fsyncs and closes it
+            writer._fd = os.open(temp, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)  # place() closes
         except BaseException:
             writer._remove()
             raise
@@ -536,7 +583,7 @@ def _owner_is_gone(folder: Path) -> bool:
     return True
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync_dir(path: str | Path) -> None:
     """Make a rename durable: fsync the directory that holds the new name."""
     fd = os.open(path, os.O_RDONLY)
     try:

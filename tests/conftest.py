@@ -34,7 +34,7 @@ from hostd.auth import Auth, session_token_hash
 from hostd.config import Config
 from hostd.db import Database, User
 from hostd.handlers.base import SESSION_COOKIE
-from hostd.storage import TEMP_PREFIX, BlobStore, LocalBlobStore, store_from
+from hostd.storage import BlobStore, LocalBlobStore, store_from
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -460,30 +460,20 @@ def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
 
 
 class CrampedBlobStore(LocalBlobStore):
-    """A blob store whose disk has `room` bytes left: a write past it fails with ENOSPC,
-    as the kernel's does, and what was buffered stays unwritten (so close() fails too)."""
+    """A blob store whose disk has `room` bytes left: a write past it writes what fits,
+    then fails with ENOSPC, as the kernel's does."""
 
     def __init__(self, root: Path, room: int) -> None:
         super().__init__(root)
         self.room = room
 
-    def open_temp(self) -> tuple[Path, io.BufferedWriter]:
-        fd, name = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=self.tmp_dir)
-        return Path(name), io.BufferedWriter(_CrampedFile(fd, self))
-
-
-class _CrampedFile(io.FileIO):
-    def __init__(self, fd: int, store: CrampedBlobStore) -> None:
-        super().__init__(fd, "wb")
-        self.store = store
-
-    def write(self, data: Any) -> int:
-        room = min(len(data), self.store.room)
-        if room == 0 and len(data) > 0:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        written = super().write(memoryview(data)[:room]) or 0
-        self.store.room -= written
-        return written
+    def write_temp(self, fd: int, chunks: list[bytes]) -> None:
+        for chunk in chunks:
+            fits = min(len(chunk), self.room)
+            os.write(fd, chunk[:fits])
+            self.room -= fits
+            if fits < len(chunk):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
 @pytest.fixture

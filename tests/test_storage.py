@@ -159,7 +159,7 @@ from pathlib import Path
 from hostd.storage import LocalBlobStore
 store = LocalBlobStore(Path(sys.argv[1]))
 writer = store.writer()
-writer._write_batch([b"half an upload"])
+writer._write([b"half an upload"])
 os._exit(0)
 """
 
