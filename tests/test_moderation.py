@@ -264,18 +264,22 @@ async def test_serving_a_known_file_asks_the_database_nothing(http_client, base_
     h = json.loads((await upload(http_client, f"{base_url}/api/upload", png())).body)["hash"]
     await get(http_client, f"{base_url}/{h}")  # the first request learns the blob
     reads = []
-    real_read = db.read
+    real_read, real_lookup = db.read, db.lookup
 
     async def counted_read(work):
         reads.append(work)
         return await real_read(work)
 
-    db.read = counted_read
+    async def counted_lookup(work):
+        reads.append(work)
+        return await real_lookup(work)
+
+    db.read, db.lookup = counted_read, counted_lookup
     try:
         answers = [(await get(http_client, f"{base_url}/{h}")).code for _ in range(5)]
         missing = await get(http_client, f"{base_url}/{'B' * 12}")
     finally:
-        del db.read
+        del db.read, db.lookup
 
     assert answers == [200] * 5
     assert missing.code == 404

@@ -45,7 +45,9 @@ async def insert_user(db: Database, *, name: str, password_hash: str) -> User:
 async def get_user(db: Database, *, name: str | None = None, id: int | None = None) -> User | None:
     """By name (any letter case) or by id."""
     column, value = ("name", name) if name is not None else ("id", id)
-    row = await db.read(lambda tx: tx.fetchone(f"SELECT * FROM users WHERE {column} = ?", (value,)))
+    row = await db.lookup(
+        lambda tx: tx.fetchone(f"SELECT * FROM users WHERE {column} = ?", (value,))
+    )
     return row_as(User, row) if row else None
 
 

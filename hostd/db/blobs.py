@@ -57,7 +57,7 @@ async def get_blob(db: Database, hash: str, *, now: int | None = None) -> Blob |
     if blob is not None and (now is None or blob.alive_at(now)):
         return blob
     generation = db.blobs.generation
-    row = await db.read(lambda tx: tx.fetchone("SELECT * FROM blobs WHERE hash = ?", (hash,)))
+    row = await db.lookup(lambda tx: tx.fetchone("SELECT * FROM blobs WHERE hash = ?", (hash,)))
     if row is None:
         return None
     blob = row_as(Blob, row)
@@ -71,7 +71,7 @@ def forget_blob(db: Database, hash: str) -> None:
 
 
 async def get_blob_by_sha256(db: Database, sha256: str) -> Blob | None:
-    row = await db.read(lambda tx: tx.fetchone("SELECT * FROM blobs WHERE sha256 = ?", (sha256,)))
+    row = await db.lookup(lambda tx: tx.fetchone("SELECT * FROM blobs WHERE sha256 = ?", (sha256,)))
     return row_as(Blob, row) if row else None
 
 

@@ -101,6 +101,8 @@ class Backend(Protocol):
 
     async def read(self, work: Work[T], snapshot: bool) -> T: ...
 
+    async def lookup(self, work: Work[T]) -> T: ...
+
     async def run_batch(self, works: list[Work[Any]]) -> list[tuple[bool, Any]]: ...
 
     async def migrate(self) -> int: ...
@@ -226,12 +228,11 @@ class Changes:
         self.notices += 1
         self.drop_all()
 
-    def watch(self, path: Path) -> None:
-        """Start reading the counter of the SQLite database at `path` (migrated already)."""
-        # No busy wait: a WAL reader is not blocked by writers; should it ever be (a
-        # recovery), check() assumes a change rather than hold up the IOLoop.
-        self._conn = sqlite3.connect(path, isolation_level=None)
-        self._conn.execute("PRAGMA busy_timeout = 0").fetchall()
+    def watch(self, conn: sqlite3.Connection) -> None:
+        """Start reading the counter through `conn`, the SQLite backend's IOLoop connection
+        (with no busy wait: a WAL reader is not blocked by writers; should it ever be, in a
+        recovery, check() assumes a change rather than hold up the IOLoop)."""
+        self._conn = conn
 
     def subscribe(self, drop: Callable[[], None]) -> None:
         """Call `drop` (which forgets a whole cache) whenever something may have changed."""
@@ -260,9 +261,7 @@ class Changes:
             self.drop_all()
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        self._conn = None  # the backend's, which closes it
 
 
 @dataclass
@@ -378,6 +377,14 @@ class Database:
         statements see the same one (a read transaction)."""
         return await self._backend.read(work, snapshot)
 
+    async def lookup(self, work: Work[T]) -> T:
+        """A read of a row or two by an index (a ban, an account, a blob by its hash), which
+        the hot paths make on every request. On SQLite it runs right here on the IOLoop, on a
+        connection of this thread's own: a few microseconds, where a trip to the reader's
+        thread costs tens and hands the GIL back and forth. Never give it a scan. On
+        PostgreSQL it is read()."""
+        return await self._backend.lookup(work)
+
     async def healthy(self) -> None:
         """Return when the database answers a read; raise (the driver's error, OSError)
         when not."""
@@ -449,24 +456,21 @@ class Database:
 # -- the batch, the same on both dialects ----------------------------------------------
 
 
-async def run_batch(
-    session: Session, works: list[Work[Any]], *, optimistic: bool = False
-) -> list[tuple[bool, Any]]:
-    """Run the units in one transaction, each inside a SAVEPOINT; (ok, result or error)
-    for each. A unit that raises is rolled back alone. If the database ends the whole
-    transaction itself (SQLite may, on a full disk or an I/O error), the units that had
-    succeeded run again in a fresh one, without the one that failed. If BEGIN or COMMIT
-    fails, every unit of that transaction fails with it.
+async def run_batch(session: Session, works: list[Work[Any]]) -> list[tuple[bool, Any]]:
+    """Run the units in one transaction; (ok, result or error) for each.
 
-    `optimistic` (PostgreSQL, where a savepoint is a round trip): first run the units with
-    no savepoints at all; only if one fails is that transaction rolled back and the batch
-    run again as above. Units are functions of their Tx alone, so running one twice is
-    safe; failing units are rare (a name taken, a quota reached), so the usual batch costs
-    no savepoint."""
-    if optimistic:
-        results = await _run_without_savepoints(session, works)
-        if results is not None:
-            return results
+    First without savepoints: failing units are rare (a quota reached, banned bytes), and
+    a savepoint costs two statements per unit (on PostgreSQL two round trips; on SQLite two
+    steps, each handing the GIL to the IOLoop and back). Only if a unit fails is that
+    transaction rolled back and the batch run again with a SAVEPOINT per unit, so that the
+    failing unit is rolled back alone; units are functions of their Tx alone, so running
+    one twice is safe. If the database ends the whole transaction itself (SQLite may, on a
+    full disk or an I/O error), the units that had succeeded run again in a fresh one,
+    without the one that failed. If BEGIN or COMMIT fails, every unit of that transaction
+    fails with it."""
+    results = await _run_without_savepoints(session, works)
+    if results is not None:
+        return results
     outcomes: dict[int, tuple[bool, Any]] = {}
     pending = list(range(len(works)))
     while pending:

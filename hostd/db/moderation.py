@@ -39,7 +39,7 @@ async def get_ban(
     if sha256 is None:
         sql = "SELECT * FROM bans WHERE hash = ? ORDER BY created_at DESC LIMIT 1"
     value = sha256 if sha256 is not None else hash
-    row = await db.read(lambda tx: tx.fetchone(sql, (value,)))
+    row = await db.lookup(lambda tx: tx.fetchone(sql, (value,)))
     return row_as(Ban, row) if row else None
 
 

@@ -269,6 +269,9 @@ class PostgresBackend:
         async with self._reads.acquire() as conn:
             await conn.fetchval("SELECT 1")
 
+    async def lookup(self, work: Work[T]) -> T:
+        return await self.read(work, False)
+
     async def read(self, work: Work[T], snapshot: bool) -> T:
         async with self._reads.acquire() as conn:
             if not snapshot:
@@ -279,7 +282,7 @@ class PostgresBackend:
     async def run_batch(self, works: list[Work[Any]]) -> list[tuple[bool, Any]]:
         conn = await self._writer_connection()
         try:
-            return await run_batch(PostgresTx(conn), works, optimistic=True)
+            return await run_batch(PostgresTx(conn), works)
         finally:
             if not conn.is_closed() and conn.is_in_transaction():  # a rollback failed too
                 conn.terminate()

@@ -75,6 +75,12 @@ class SqliteBackend:
         self.path = path
         self._reader = reader
         self._writer = writer
+        # The IOLoop's own connection, for lookups and the change counter. No busy wait: a
+        # WAL reader is not blocked by writers, and should it be (a recovery), a lookup goes
+        # to the reader's thread instead of holding up the IOLoop.
+        self._here = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._here.row_factory = sqlite3.Row
+        self._here.execute("PRAGMA busy_timeout = 0").fetchall()
 
     @classmethod
     async def open(cls, path: Path) -> SqliteBackend:
@@ -87,11 +93,18 @@ class SqliteBackend:
         return cls(reader, writer, path)
 
     async def close(self) -> None:
+        self._here.close()
         await self._writer.close()
         await self._reader.close()
 
     async def read(self, work: Work[T], snapshot: bool) -> T:
         return await _in_thread(self._reader, _read, work, snapshot)
+
+    async def lookup(self, work: Work[T]) -> T:
+        try:
+            return drive(work(SqliteTx(self._here)))
+        except sqlite3.OperationalError:  # busy, or worse: the reader's thread may wait
+            return await self.read(work, False)
 
     async def run_batch(self, works: list[Work[Any]]) -> list[tuple[bool, Any]]:
         return await _in_thread(self._writer, _batch, works)
@@ -103,7 +116,7 @@ class SqliteBackend:
         await _in_thread(self._reader, _backup, target)
 
     async def watch(self, changes: Changes) -> None:
-        changes.watch(self.path)
+        changes.watch(self._here)
 
     async def healthy(self) -> None:
         """The read connection proves its thread answers, but it reads through its own open
