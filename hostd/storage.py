@@ -33,8 +33,12 @@ IOV_MAX = 1024
 # How many leading bytes of each blob are kept for content-type detection.
 HEAD_BYTES = 8192
 TEMP_PREFIX = "upload-"
-# An upload's bytes go to the worker thread in batches of about this size.
+# An upload's bytes go to the worker thread in batches of at least this size (all that is
+# queued when the thread is free).
 WRITE_BATCH_BYTES = 256 * 1024
+# What may wait, queued, behind the batch in the thread before the body is held back: with
+# the batch, what one upload holds in memory.
+QUEUE_LIMIT_BYTES = 1024 * 1024
 # Reads for serving: pieces of this size; a blob up to SMALL_READ_BYTES is read in one go
 # on the IOLoop (from the page cache that is a few microseconds; a thread costs more).
 READ_CHUNK_BYTES = 256 * 1024
@@ -219,13 +223,20 @@ class LocalBlobWriter:
         self.size_bytes += len(chunk)
 
     def backpressure(self) -> Awaitable[None] | None:
+        """Hand a batch to the thread as soon as one is queued and the thread is free;
+        hold the body back only when a backlog of QUEUE_LIMIT_BYTES has built up behind the
+        batch in the thread. Waiting for each batch instead would cost a round trip to the
+        thread per batch, which on a busy 2-core box is longer than writing it."""
         if self._queued_bytes < WRITE_BATCH_BYTES:
+            return None
+        busy = self._busy
+        if busy is not None and not busy.done() and self._queued_bytes < QUEUE_LIMIT_BYTES:
             return None
         return self._hand_over()
 
     async def _hand_over(self) -> None:
-        """Wait for the batch in the thread, then start the queued one and return, so
-        that at most one batch is being written and one is being queued."""
+        """Wait for the batch in the thread (at once, when it is done), then start the
+        queued one and return, so that at most one batch is being written."""
         if self._busy is not None:
             await self._busy
         if self._aborted:
