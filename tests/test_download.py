@@ -6,11 +6,14 @@ import dataclasses
 import email.utils
 import hashlib
 import json
+import re
 
 import pytest
 from helpers import multipart_body, raw_sql, streamed_upload
 
+from hostd.handlers import all_routes, download
 from hostd.handlers.download import content_disposition, parse_range
+from hostd.hashes import PUBLIC_HASH_PATTERN
 from hostd.storage import READ_CHUNK_BYTES, LocalBlobStore
 
 ACCEL_PREFIX = "/_hostd_blobs/"
@@ -543,3 +546,16 @@ async def test_a_stray_content_type_without_a_body_does_not_matter(
 
     assert response.code == 200
     assert response.headers["Content-Length"] == "7"
+
+
+def test_no_named_route_can_be_taken_for_a_hash_route():
+    # The hash routes come first in the URL map (most requests are downloads), so a named
+    # path must never start with a segment a public hash could be.
+    hash_routes = dict(download.routes)
+    named = [pattern for pattern, handler in all_routes() if pattern not in hash_routes]
+
+    assert list(hash_routes) == [pattern for pattern, _ in all_routes()[: len(hash_routes)]]
+    for pattern in named:
+        first = pattern.lstrip("/").split("/")[0].replace(r"\.", ".")
+        assert re.fullmatch(r"[a-z.]*", first), f"{pattern}: its first segment is not literal"
+        assert not re.fullmatch(rf"{PUBLIC_HASH_PATTERN}(\..*)?", first), pattern

@@ -127,8 +127,8 @@ _KEY_COLUMNS = re.compile(r"Key \(([^)]*)\)=")
 
 def is_full(exc: BaseException) -> bool:
     """Whether a database error means the disk (or the database's size limit) is full."""
-    if isinstance(exc, sqlite3.Error):
-        return exc.sqlite_errorcode == sqlite3.SQLITE_FULL
+    if isinstance(exc, sqlite3.Error):  # only errors from SQLite itself carry a code
+        return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
     return getattr(exc, "sqlstate", None) == "53100"  # PostgreSQL's disk_full
 
 

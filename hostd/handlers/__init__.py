@@ -8,8 +8,11 @@ from hostd.handlers import accounts, api, deletion, download, files, monitoring,
 
 
 def all_routes() -> list[tuple[str, Any]]:
-    # Named routes first; the hash routes match what is left.
+    # The hash routes first: downloads are most requests, and Tornado tries the routes in
+    # order. No named route can match them, because no named path starts with a segment of
+    # 12 to 16 hash characters (tests/test_server.py checks it).
     return [
+        *download.routes,
         *pages.routes,
         *accounts.routes,
         *api.routes,
@@ -18,5 +21,4 @@ def all_routes() -> list[tuple[str, Any]]:
         *tus.routes,
         *deletion.routes,
         *monitoring.routes,
-        *download.routes,
     ]
