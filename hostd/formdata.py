@@ -8,9 +8,9 @@ bench/multipart_parsers.py). This module turns its events into one BlobWriter fo
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Awaitable, Callable
-from email.message import Message
 from typing import Protocol
 
 import multipart
@@ -37,19 +37,32 @@ class UploadError(Exception):
         self.headers = headers or {}  # e.g. Retry-After
 
 
+# A parameter of a Content-Type: name=token or name="quoted string" (RFC 9110, 5.6.6).
+_PARAMETER = re.compile(
+    r""";[ \t]*([!#$%&'*+.^_`|~0-9A-Za-z-]+)[ \t]*=[ \t]*(?:"((?:[^"\\]|\\.)*)"|([^;\s"]*))"""
+)
+_QUOTED_PAIR = re.compile(r"\\(.)")
+
+
 def boundary_of(content_type: str | None) -> str:
-    """The multipart boundary from a Content-Type header, or UploadError 400."""
+    """The multipart boundary from a Content-Type header, or UploadError 400. Parsed here
+    rather than by the email package, whose general parser cost more than the rest of a
+    small upload's form."""
     if not content_type:
         raise UploadError(400, "the request has no Content-Type; send multipart/form-data")
-    message = Message()
-    message["Content-Type"] = content_type
-    if message.get_content_type() != "multipart/form-data":
+    kind, _, parameters = content_type.partition(";")
+    kind = kind.strip().lower()
+    if kind != "multipart/form-data":
         raise UploadError(
-            400,
-            f"expected multipart/form-data with a 'file' field, got {message.get_content_type()}",
+            400, f"expected multipart/form-data with a 'file' field, got {kind or 'nothing'}"
         )
-    boundary = message.get_param("boundary")
-    if not isinstance(boundary, str) or not 0 < len(boundary) <= 200:
+    boundary = None
+    for match in _PARAMETER.finditer(";" + parameters):
+        if match[1].lower() == "boundary":
+            quoted, token = match[2], match[3]
+            boundary = _QUOTED_PAIR.sub(r"\1", quoted) if quoted is not None else token
+            break
+    if not boundary or len(boundary) > 200:
         raise UploadError(400, "the multipart/form-data Content-Type has no valid boundary")
     return boundary
 

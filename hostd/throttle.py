@@ -3,6 +3,7 @@ in memory), per address and account."""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import time
 from collections import OrderedDict, deque
@@ -13,9 +14,11 @@ from hostd import db
 from hostd.db import Database
 
 
+@functools.lru_cache(maxsize=4096)
 def address_key(ip: str) -> str:
     """Who an address is, for throttling: an IPv4 address, or the /64 an IPv6 address is in
-    (one customer's network usually; its 2**64 addresses must not each get their own budget)."""
+    (one customer's network usually; its 2**64 addresses must not each get their own budget).
+    Remembered: the same few addresses come back, and ipaddress takes tens of microseconds."""
     try:
         address = ipaddress.ip_address(ip)
     except ValueError:

@@ -48,6 +48,9 @@ PAGE_CSP = (
     "img-src 'self' data: blob:; media-src 'self' blob:; connect-src 'self'; "
     "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
 )
+# The same for an answer that renders no page (JSON, a redirect, plain text): no nonce to
+# make, and no script or style at all.
+NO_PAGE_CSP = PAGE_CSP.replace("'nonce-{nonce}'", "'none'")
 
 
 class Refusal(tornado.web.HTTPError):
@@ -203,10 +206,19 @@ class BaseHandler(tornado.web.RequestHandler):
     def set_default_headers(self) -> None:
         self.clear_header("Server")  # no version for scanners to match against
         # Also runs again when an error clears the headers: the page then gets a new nonce.
-        self.csp_nonce = secrets.token_urlsafe(16)
-        self.set_header("Content-Security-Policy", PAGE_CSP.format(nonce=self.csp_nonce))
+        self._csp_nonce: str | None = None
+        self.set_header("Content-Security-Policy", NO_PAGE_CSP)
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("Referrer-Policy", "same-origin")
+
+    @property
+    def csp_nonce(self) -> str:
+        """This answer's nonce for our own <script> and <link> tags, made (and put in the
+        policy) when a page first asks for it: most answers are files and JSON."""
+        if self._csp_nonce is None:
+            self._csp_nonce = secrets.token_urlsafe(16)
+            self.set_header("Content-Security-Policy", PAGE_CSP.format(nonce=self._csp_nonce))
+        return self._csp_nonce
 
     @property
     def is_htmx(self) -> bool:
