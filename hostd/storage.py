@@ -19,6 +19,7 @@ import os
 import secrets
 import shutil
 import stat
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
@@ -33,11 +34,11 @@ IOV_MAX = 1024
 # How many leading bytes of each blob are kept for content-type detection.
 HEAD_BYTES = 8192
 TEMP_PREFIX = "upload-"
-# An upload's bytes go to the worker thread in batches of at least this size (all that is
-# queued when the thread is free).
+# An upload's bytes go to a worker thread once this much is queued (less: the whole file
+# waits for place(), one trip).
 WRITE_BATCH_BYTES = 256 * 1024
-# What may wait, queued, behind the batch in the thread before the body is held back: with
-# the batch, what one upload holds in memory.
+# What may wait, queued, for the thread before the body is held back: with what the thread
+# holds, what one upload holds in memory.
 QUEUE_LIMIT_BYTES = 1024 * 1024
 # Reads for serving: pieces of this size; a blob up to SMALL_READ_BYTES is read in one go
 # on the IOLoop (from the page cache that is a few microseconds; a thread costs more).
@@ -190,15 +191,19 @@ class LocalBlobWriter:
     """Streams into a temp file beside the blobs, hashing as the bytes are written.
 
     Disk writes (and the open of the temp file, which can wait for the filesystem's
-    journal while other uploads fsync) run in a worker thread, one batch at a time, while
-    the IOLoop reads the next piece of the body. The batch is hashed there too (hashlib and
-    the write both let go of the GIL), so that a big upload's hashing uses the other core.
-    commit() waits for the batch in the thread and hashes what is still queued on the
-    IOLoop (all of a small file: less than a trip to a thread costs); the store's place()
-    then writes it, fsyncs, closes and renames the temp file to blobs/ab/cd/<sha256> in a
-    single trip to the thread, so a half-written upload is never visible under a real name.
-    Plain file descriptors and string paths: on this path pathlib and buffered files cost
-    more than the system calls they wrap.
+    journal while other uploads fsync) run in a worker thread while the IOLoop reads the
+    body: once a batch is queued, a drain in the thread hashes and writes what is queued,
+    again and again until the queue is empty (hashlib and the write both let go of the GIL,
+    so a big upload's hashing uses the other core). The body is held back only when
+    QUEUE_LIMIT_BYTES wait behind the drain, which bounds what an upload holds in memory; a
+    round trip to the thread per batch would cost more, on a busy box, than the batch.
+
+    commit() waits for the drain and hashes what is still queued on the IOLoop (all of a
+    small file: less than a trip to a thread costs); the store's place() then writes it,
+    fsyncs, closes and renames the temp file to blobs/ab/cd/<sha256> in a single trip to
+    the thread, so a half-written upload is never visible under a real name. Plain file
+    descriptors and string paths: on this path pathlib and buffered files cost more than
+    the system calls they wrap.
     """
 
     def __init__(self, store: LocalBlobStore) -> None:
@@ -207,50 +212,57 @@ class LocalBlobWriter:
         self._path: str | None = None
         self._hash = hashlib.sha256()
         self._head = bytearray()
+        self._lock = threading.Lock()  # the queue, between the IOLoop and the drain
         self._queued: list[bytes] = []
         self._queued_bytes = 0
-        self._busy: asyncio.Future[None] | None = None  # the batch in the worker thread
+        self._drain: asyncio.Future[None] | None = None  # writing the queue out, in a thread
+        self._room: asyncio.Future[None] | None = None  # set when the drain takes the queue
         self._aborted = False
         self.size_bytes = 0
 
     def write(self, chunk: bytes) -> None:
         if not chunk:
             return
-        self._queued.append(chunk)
-        self._queued_bytes += len(chunk)
+        with self._lock:
+            self._queued.append(chunk)
+            self._queued_bytes += len(chunk)
         if len(self._head) < HEAD_BYTES:
             self._head += chunk[: HEAD_BYTES - len(self._head)]
         self.size_bytes += len(chunk)
 
     def backpressure(self) -> Awaitable[None] | None:
-        """Hand a batch to the thread as soon as one is queued and the thread is free;
-        hold the body back only when a backlog of QUEUE_LIMIT_BYTES has built up behind the
-        batch in the thread. Waiting for each batch instead would cost a round trip to the
-        thread per batch, which on a busy 2-core box is longer than writing it."""
         if self._queued_bytes < WRITE_BATCH_BYTES:
             return None
-        busy = self._busy
-        if busy is not None and not busy.done() and self._queued_bytes < QUEUE_LIMIT_BYTES:
-            return None
-        return self._hand_over()
+        drain = self._drain
+        if drain is None or drain.done():
+            return self._start_drain()
+        with self._lock:
+            if self._queued_bytes < QUEUE_LIMIT_BYTES:
+                return None
+            room = self._room = asyncio.get_running_loop().create_future()
+        return self._wait_for_room(room, drain)
 
-    async def _hand_over(self) -> None:
-        """Wait for the batch in the thread (at once, when it is done), then start the
-        queued one and return, so that at most one batch is being written."""
-        if self._busy is not None:
-            await self._busy
+    async def _start_drain(self) -> None:
+        """Start a drain, once the last one's failure (if any) has been raised here."""
+        if self._drain is not None:
+            await self._drain
         if self._aborted:
             return
-        batch, self._queued, self._queued_bytes = self._queued, [], 0
-        self._busy = asyncio.ensure_future(asyncio.to_thread(self._hash_and_write, batch))
+        loop = asyncio.get_running_loop()
+        self._drain = asyncio.ensure_future(asyncio.to_thread(self._write_out, loop))
+
+    async def _wait_for_room(self, room: asyncio.Future[None], drain: asyncio.Future[None]) -> None:
+        await asyncio.wait([room, drain], return_when=asyncio.FIRST_COMPLETED)
+        if drain.done():  # it had found the queue empty, or failed: raise, or start anew
+            await self._start_drain()
 
     async def commit(self) -> WrittenBlob:
         """The last byte is in: the SHA-256 is known. What is still queued is written by
         place() (or dropped by discard()), with the fsync, in the same trip as the rename."""
         try:
-            if self._busy is not None:
-                await self._busy
-                self._busy = None
+            if self._drain is not None:
+                await self._drain  # which writes out what was queued meanwhile, too
+                self._drain = None
         except BaseException:
             self.abort()  # nothing is in the thread now: removes the file at once
             raise
@@ -262,8 +274,9 @@ class LocalBlobWriter:
         """Drop the temp file: now, or as soon as the batch in the thread is done; then
         the awaitable returned, if any, is done."""
         self._aborted = True
-        self._queued, self._queued_bytes = [], 0
-        busy, self._busy = self._busy, None
+        with self._lock:
+            self._queued, self._queued_bytes = [], 0
+        busy, self._drain = self._drain, None
         if busy is None:
             self._remove()
             return None
@@ -295,10 +308,20 @@ class LocalBlobWriter:
 
     # -- in the worker thread; never two at once for one writer
 
-    def _hash_and_write(self, batch: list[bytes]) -> None:
-        for chunk in batch:
-            self._hash.update(chunk)
-        self._write(batch)
+    def _write_out(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The drain: hash and write what is queued until nothing is (or the upload is
+        dropped), telling the IOLoop each time it takes the queue."""
+        while True:
+            with self._lock:
+                batch, self._queued, self._queued_bytes = self._queued, [], 0
+                room, self._room = self._room, None
+            if room is not None:
+                loop.call_soon_threadsafe(_resolve, room)
+            if not batch or self._aborted:
+                return
+            for chunk in batch:
+                self._hash.update(chunk)
+            self._write(batch)
 
     def _write(self, batch: list[bytes]) -> None:
         if self._fd < 0:
@@ -316,6 +339,11 @@ class LocalBlobWriter:
         finally:
             os.close(fd)
         return self._path
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _write_all(fd: int, chunks: list[bytes]) -> None:
