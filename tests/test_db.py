@@ -73,6 +73,27 @@ async def test_pragmas_are_set_on_both_connections(db):
     assert await db.write(pragmas) == ["wal", 1, 5000, 1]
 
 
+@pytest.mark.sqlite_only
+@pytest.mark.gen_test
+async def test_a_lookup_on_sqlite_needs_no_trip_to_the_readers_thread(db):
+    await db.write(insert_blob("a" * 64, "lookupfirst1"))
+
+    async def slow_read(tx):
+        time.sleep(0.5)  # noqa: ASYNC251  # runs on the reader's thread: it is busy
+
+    busy = asyncio.ensure_future(db.read(slow_read))
+    await asyncio.sleep(0.05)
+    started = time.monotonic()
+    found = await db.lookup(
+        lambda tx: tx.fetchval("SELECT hash FROM blobs WHERE sha256 = ?", ("a" * 64,))
+    )
+    waited = time.monotonic() - started
+    await busy
+
+    assert found == "lookupfirst1"
+    assert waited < 0.2
+
+
 # -- the writer: units of work, batched --------------------------------------------------
 
 
