@@ -23,7 +23,8 @@ Then it measures, against each of them as it applies:
 * 4 KiB uploads/s of a second hostd whose database is PostgreSQL (a private server from
   Debian's binaries, its data beside hostd's, synchronous_commit off to match SQLite's
   WAL with synchronous=NORMAL), in turns with the SQLite one;
-* one 1 GiB upload streamed in 1 MiB pieces: MB/s, and hostd's peak RSS while it is received;
+* one 1 GiB upload streamed in 1 MiB pieces: MB/s, and hostd's peak RSS while it is received
+  (each right after writing and removing 2 GiB in /dev/shm: see warm_memory());
 * 4 KiB downloads/s at 64 connections of the files uploaded before, in process and through
   nginx;
 * one 1 GiB download: MB/s, in process and through nginx.
