@@ -119,3 +119,34 @@ def test_boundary_of_refuses_what_is_not_a_form(content_type):
 
 def test_boundary_of_reads_quoted_boundaries():
     assert boundary_of('multipart/form-data; boundary="a b:c"') == "a b:c"
+
+
+@pytest.mark.parametrize(
+    ("content_type", "boundary"),
+    [
+        ("multipart/form-data; boundary=abc", "abc"),
+        ("Multipart/Form-Data;BOUNDARY=abc", "abc"),  # names are case-insensitive
+        ("multipart/form-data; charset=utf-8; boundary=----x7", "----x7"),
+        ("multipart/form-data; boundary = abc ; charset=utf-8", "abc"),
+        (r'multipart/form-data; boundary="a\"b"', 'a"b'),  # a quoted pair
+        ('multipart/form-data; boundary="semi;colon"', "semi;colon"),
+    ],
+)
+def test_boundary_of_reads_the_parameter_wherever_it_is(content_type, boundary):
+    assert boundary_of(content_type) == boundary
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "multipart/form-data; boundary=" + "x" * 201,
+        'multipart/form-data; boundary=""',
+        "multipart/form-data; charset=utf-8",
+        "multipart/mixed; boundary=abc",
+    ],
+)
+def test_boundary_of_refuses_a_missing_empty_or_overlong_boundary(content_type):
+    with pytest.raises(UploadError) as caught:
+        boundary_of(content_type)
+
+    assert caught.value.status == 400
