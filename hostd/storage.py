@@ -21,7 +21,8 @@ import shutil
 import stat
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -44,6 +45,10 @@ QUEUE_LIMIT_BYTES = 1024 * 1024
 # on the IOLoop (from the page cache that is a few microseconds; a thread costs more).
 READ_CHUNK_BYTES = 256 * 1024
 SMALL_READ_BYTES = 64 * 1024
+# Small blobs served from memory (HotBlobs): each up to HOT_BLOB_BYTES, all together up to
+# HOT_TOTAL_BYTES (a 4 KiB screenshot thumbnail set, a site's favicon, a pasted snippet).
+HOT_BLOB_BYTES = 64 * 1024
+HOT_TOTAL_BYTES = 16 * 1024 * 1024
 # Blobs are readable by the group too, so that nginx (its user in hostd's group) can send
 # them itself when server.accel_redirect is set; mkstemp would make them 0600.
 BLOB_MODE = 0o640
@@ -362,20 +367,27 @@ def _write_all(fd: int, chunks: list[bytes]) -> None:
 
 class LocalFileReader:
     """A blob's open file. Reads of a small blob happen on the IOLoop (page cache: a few
-    microseconds); bigger ones go to a thread a piece at a time."""
+    microseconds); bigger ones go to a thread a piece at a time. A small blob read whole is
+    handed to `keep` (the store's HotBlobs) on the way."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, keep: Callable[[bytes], None] | None = None) -> None:
         self._fd = fd
+        self._keep = keep
 
     async def chunks(self, start: int, end: int) -> AsyncIterator[bytes]:
         position, left = start, end - start + 1
-        small = left <= SMALL_READ_BYTES
+        if left <= SMALL_READ_BYTES:
+            # One byte more than asked: getting exactly `left` from 0 says it is all there is.
+            piece = os.pread(self._fd, left + 1, position)
+            if start == 0 and len(piece) == left and self._keep is not None:
+                self._keep(piece)
+            if piece:
+                yield piece[:left]
+            return
         while left > 0:
-            size = min(READ_CHUNK_BYTES, left)
-            if small:
-                piece = os.pread(self._fd, size, position)
-            else:
-                piece = await asyncio.to_thread(os.pread, self._fd, size, position)
+            piece = await asyncio.to_thread(
+                os.pread, self._fd, min(READ_CHUNK_BYTES, left), position
+            )
             if not piece:
                 return
             position += len(piece)
@@ -384,6 +396,56 @@ class LocalFileReader:
 
     def close(self) -> None:
         os.close(self._fd)
+
+
+class MemoryReader:
+    """A small blob's bytes, from memory."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    async def chunks(self, start: int, end: int) -> AsyncIterator[bytes]:
+        if start < len(self._data):
+            yield self._data[start : end + 1]
+
+    def close(self) -> None:
+        pass
+
+
+class HotBlobs:
+    """Small blobs' bytes, by SHA-256, the most recently served kept up to `limit` bytes in
+    all: serving one from here costs no open, read or close. Bytes under a SHA-256 never
+    change, and a download reads the blob's row (which goes with a deletion, in any process)
+    before it opens the bytes, so nothing deleted is served from here; the store's own
+    delete() drops the entry too."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._blobs: OrderedDict[str, bytes] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, sha256: str) -> bytes | None:
+        data = self._blobs.get(sha256)
+        if data is not None:
+            self._blobs.move_to_end(sha256)
+        return data
+
+    def keeper(self, sha256: str) -> Callable[[bytes], None]:
+        return lambda data: self.put(sha256, data)
+
+    def put(self, sha256: str, data: bytes) -> None:
+        if len(data) > HOT_BLOB_BYTES or sha256 in self._blobs:
+            return
+        self._blobs[sha256] = data
+        self._bytes += len(data)
+        while self._bytes > self.limit:
+            _, dropped = self._blobs.popitem(last=False)
+            self._bytes -= len(dropped)
+
+    def drop(self, sha256: str) -> None:
+        data = self._blobs.pop(sha256, None)
+        if data is not None:
+            self._bytes -= len(data)
 
 
 class LocalBlobStore:
@@ -407,6 +469,7 @@ class LocalBlobStore:
         self._lock_fd = os.open(self.tmp_dir / ".lock", os.O_WRONLY | os.O_CREAT, 0o600)
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self._guards = KeyedLocks()
+        self.hot = HotBlobs(HOT_TOTAL_BYTES)
 
     def close(self) -> None:
         """Remove this process's temp folder (call once nothing is being uploaded)."""
@@ -450,19 +513,23 @@ class LocalBlobStore:
         """Every byte of `chunks` into an open temp file (in a worker thread)."""
         _write_all(fd, chunks)
 
-    async def open(self, sha256: str) -> LocalFileReader:
+    async def open(self, sha256: str) -> BlobReader:
+        hot = self.hot.get(sha256)
+        if hot is not None:
+            return MemoryReader(hot)
         # No stat first: the open itself fails cleanly for bytes that are gone. The path is
         # a plain string: pathlib's joins cost several times the open itself.
         try:
             fd = os.open(f"{self._root}/{_below_root(sha256)}", os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             raise BlobMissing(sha256) from None
-        return LocalFileReader(fd)
+        return LocalFileReader(fd, self.hot.keeper(sha256))
 
     async def exists(self, sha256: str) -> bool:
         return _is_file(self.path(sha256))
 
     async def delete(self, sha256: str) -> bool:
+        self.hot.drop(sha256)
         try:
             os.unlink(self.path(sha256))
         except FileNotFoundError:

@@ -35,6 +35,7 @@ from hostd.config import Config
 from hostd.db import Database, User
 from hostd.handlers.base import SESSION_COOKIE
 from hostd.storage import BlobStore, LocalBlobStore, store_from
+from hostd.thumbs import Thumbnails
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -207,6 +208,13 @@ def db(parts: tuple[Database, LocalBlobStore]) -> Database:
 @pytest.fixture
 def store(parts: tuple[Database, LocalBlobStore]) -> LocalBlobStore:
     return parts[1]
+
+
+@pytest.fixture
+def thumbs(app: tornado.web.Application) -> Thumbnails:
+    """The app's thumbnails (uploads.* take them, to drop a removed blob's thumbnail)."""
+    thumbnails: Thumbnails = app.settings["hostd_thumbs"]
+    return thumbnails
 
 
 @pytest.fixture

@@ -11,10 +11,11 @@ import re
 import pytest
 from helpers import multipart_body, raw_sql, streamed_upload
 
+from hostd import uploads
 from hostd.handlers import all_routes, download
 from hostd.handlers.download import content_disposition, parse_range
 from hostd.hashes import PUBLIC_HASH_PATTERN
-from hostd.storage import READ_CHUNK_BYTES, LocalBlobStore
+from hostd.storage import READ_CHUNK_BYTES, LocalBlobStore, store_from
 
 ACCEL_PREFIX = "/_hostd_blobs/"
 
@@ -559,3 +560,44 @@ def test_no_named_route_can_be_taken_for_a_hash_route():
         first = pattern.lstrip("/").split("/")[0].replace(r"\.", ".")
         assert re.fullmatch(r"[a-z.]*", first), f"{pattern}: its first segment is not literal"
         assert not re.fullmatch(rf"{PUBLIC_HASH_PATTERN}(\..*)?", first), pattern
+
+
+@pytest.mark.gen_test
+async def test_a_small_file_from_memory_is_the_same_as_from_disk(http_client, base_url, store):
+    data = bytes(range(256)) * 20
+    h = await upload(http_client, base_url, data, "notes.txt")
+
+    from_disk = await http_client.fetch(f"{base_url}/{h}")
+    from_memory = await http_client.fetch(f"{base_url}/{h}")
+    ranged = await http_client.fetch(f"{base_url}/{h}", headers={"Range": "bytes=10-19"})
+
+    assert from_disk.body == from_memory.body == data
+    assert without_date(from_disk.headers) == without_date(from_memory.headers)
+    assert ranged.code == 206 and ranged.body == data[10:20]
+    if isinstance(store, LocalBlobStore):
+        assert store.hot.get(hashlib.sha256(data).hexdigest()) == data
+
+
+@pytest.mark.gen_test
+async def test_a_small_file_taken_down_by_another_process_is_not_served_from_memory(
+    http_client, base_url, config, other_process, thumbs
+):
+    data = b"in memory, then taken down elsewhere"
+    h = await upload(http_client, base_url, data)
+    assert (await http_client.fetch(f"{base_url}/{h}")).body == data
+    assert (await http_client.fetch(f"{base_url}/{h}")).body == data  # from memory now
+
+    elsewhere = store_from(config)  # the other process's own store
+    try:
+        await uploads.take_down(
+            other_process, elsewhere, thumbs, sha256=hashlib.sha256(data).hexdigest()
+        )
+    finally:
+        elsewhere.close()
+    after = await http_client.fetch(f"{base_url}/{h}", raise_error=False)
+
+    assert after.code == 404
+
+
+def without_date(headers) -> dict[str, str]:
+    return {name: value for name, value in headers.get_all() if name != "Date"}

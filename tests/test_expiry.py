@@ -50,11 +50,6 @@ def policy(app, config):
     return set_policy
 
 
-@pytest.fixture
-def thumbs(app):
-    return app.settings["hostd_thumbs"]
-
-
 def iso(epoch: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 

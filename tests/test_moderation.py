@@ -49,11 +49,6 @@ async def get(client, url: str, method: str = "GET", headers: dict | None = None
     )
 
 
-@pytest.fixture
-def thumbs(app):
-    return app.settings["hostd_thumbs"]
-
-
 async def new_key(db, auth, user_id: int) -> str:
     minted = await auth.mint_key()
     await queries.insert_api_key(

@@ -15,11 +15,6 @@ from hostd import db as queries
 from hostd import uploads
 
 
-@pytest.fixture
-def thumbs(app):
-    return app.settings["hostd_thumbs"]
-
-
 async def store_upload(db, store, data: bytes, user_id: int | None = None):
     """What the upload handler does: write, commit, then place and register."""
     writer = store.writer()
