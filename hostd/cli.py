@@ -8,6 +8,7 @@ import dataclasses
 import getpass
 import json
 import logging
+import re
 import sys
 import time
 import urllib.parse
@@ -21,7 +22,7 @@ from hostd.app import format_size, format_time, serve, thumbnails_of
 from hostd.auth import Auth
 from hostd.config import Config, ConfigError, load_config
 from hostd.db import Database
-from hostd.hashes import is_sha256
+from hostd.hashes import PUBLIC_HASH_PATTERN, is_sha256
 from hostd.migrate import MigrationError, migrate
 from hostd.parsing import parse_count
 from hostd.storage import StoreUnavailable, store_from
@@ -502,6 +503,22 @@ async def key_invalidate(
     print(f"key {key.key_id} is invalidated", file=sys.stderr)
 
 
+def as_arguments(argv: list[str]) -> list[str]:
+    """A public hash may begin with "-" (URL-safe base64), which argparse would take for an
+    option: given as a path ("/<hash>", which hash_in() reads too) it is a plain argument.
+    Not one that begins with "--", like the long options (--password-stdin is hash-shaped):
+    such a hash (one in 4,096) is given as any of its URLs."""
+    return [f"/{arg}" if is_dashed_hash(arg) else arg for arg in argv]
+
+
+def is_dashed_hash(arg: str) -> bool:
+    return (
+        arg.startswith("-")
+        and not arg.startswith("--")
+        and re.fullmatch(PUBLIC_HASH_PATTERN, arg) is not None
+    )
+
+
 def hash_in(text: str) -> str:
     """The public hash in a hash or in any of a file's URLs (/<hash>, /<hash>.png, /<hash>/a)."""
     path = urllib.parse.urlsplit(text).path if "://" in text else text
@@ -902,7 +919,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(as_arguments(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -7,6 +7,7 @@ import concurrent.futures
 import contextlib
 import hashlib
 import io
+import itertools
 import json
 import signal
 import sqlite3
@@ -24,6 +25,7 @@ from PIL import Image
 from hostd import db as queries
 from hostd.db import Database, latest_version
 from hostd.db import copy as db_copy
+from hostd.hashes import public_hash_candidates
 
 
 def test_serve_logs_its_url_then_one_line_per_request(tmp_path, free_port):
@@ -518,3 +520,28 @@ def test_serve_on_postgresql_keeps_uploads_in_the_database(tmp_path, free_port, 
     assert answer.startswith("OK ")
     assert [row[2] for row in dump(url)["uploads"]] == ["a.txt"]
     assert not (tmp_path / "data" / "hostd.sqlite3").exists()
+
+
+def test_a_hash_that_begins_with_a_dash_is_a_hash_not_an_option(tmp_path, free_port):
+    # One hash in 64 begins with "-" (URL-safe base64): argparse took it for an option.
+    data = ["--data-dir", str(tmp_path / "d")]
+    dashed = next(
+        content
+        for content in (f"file {n}".encode() for n in itertools.count())
+        if public_hash_candidates(hashlib.sha256(content).hexdigest())[0].startswith("-")
+    )
+    proc = start(["serve", *data, "--port", str(free_port)], tmp_path)
+    try:
+        wait_for_line(proc, "listening on")
+        h = upload_png(free_port, dashed)["hash"]
+        info = hostd("file", "info", h, *data, cwd=tmp_path)
+        removed = hostd("file", "rm", h, *data, cwd=tmp_path)
+        after = status_of(f"http://127.0.0.1:{free_port}/{h}")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=10)
+
+    assert h.startswith("-")
+    assert info.returncode == 0 and f"hash      {h}" in info.stdout, info.stderr
+    assert removed.returncode == 0 and f"removed {h}: 1 upload" in removed.stderr
+    assert after == 404
