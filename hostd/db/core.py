@@ -1,10 +1,11 @@
 """The Database: one batching writer and bounded reads, on SQLite or PostgreSQL.
 
 Every query is a *unit of work*: `async def work(tx: Tx) -> T`, submitted with
-`await database.write(work)` or `await database.read(work)`. Its SQL is written once with
-`?` placeholders; each dialect's Tx runs it (PostgreSQL's rewrites the marks to $n). One
-writer takes everything queued since its last trip and runs it in one transaction with a
-SAVEPOINT per unit, then answers each waiter: concurrent uploads share a commit, a lone one
+`await database.write(work)`, `await database.read(work)` or, for a row or two by an index,
+`await database.lookup(work)`. Its SQL is written once with `?` placeholders; each
+dialect's Tx runs it (PostgreSQL's rewrites the marks to $n). One writer takes everything
+queued since its last trip and runs it in one transaction (again with a SAVEPOINT per unit
+should one fail), then answers each waiter: concurrent uploads share a commit, a lone one
 waits for nothing, and a unit that raises fails only its own caller.
 
 On SQLite the Tx's methods are coroutines that never suspend (sqlite3 is synchronous), so
