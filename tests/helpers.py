@@ -453,7 +453,8 @@ def accepts(port: int) -> bool:
     return True
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
+def stop(proc: subprocess.Popen[Any]) -> None:
+    """SIGTERM, and a kill if it has not ended within 10 s."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
     try:

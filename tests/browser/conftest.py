@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import stop
 from playwright.sync_api import (
     Browser,
     ConsoleMessage,
@@ -200,12 +200,7 @@ def live_server(
         proc.stdout.close()
         pytest.fail("hostd serve did not start:\n" + "\n".join(server.log), pytrace=False)
     yield server
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    stop(proc)
     reader.join(timeout=5)
     assert proc.stdout is not None
     proc.stdout.close()
