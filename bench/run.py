@@ -111,6 +111,7 @@ DOWNLOAD_FILES = 1000
 WARM_BIG_FILES = 2
 RSS_SAMPLE_SECONDS = 0.05
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+CPUS = sorted(os.sched_getaffinity(0))
 START_TIMEOUT_SECONDS = 20.0
 TMPFS_ROOT = Path("/dev/shm")
 MEMORY_FILESYSTEMS = {"tmpfs", "ramfs"}
@@ -320,10 +321,13 @@ class Hostd(Service):
         profile: Path | None = None,
         storage: str = "",
         database_url: str | None = None,
+        cpu: int | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.config = tmp / f"{name}.toml"
         accel = f'accel_redirect = "{accel_redirect}"\n' if accel_redirect else ""
+        # server.cpu: "auto" unless told, as on a fresh install.
+        accel += f"cpu = {cpu}\n" if cpu is not None else ""
         database = f'[database]\nurl = "{database_url}"\n' if database_url else ""
         self.config.write_text(
             f"[server]\ntrust_proxy = true\n{accel}[limits]\nmax_upload_bytes = {2 * GiB}\n"
@@ -1057,7 +1061,9 @@ class Bench:
         try:
             server.start()
             url = server.new_empty_database()
-            pg = self.start(Hostd("hostd-pg", self.tmp, self.tmp / "data-pg", database_url=url))
+            pg = self.start(
+                Hostd("hostd-pg", self.tmp, self.tmp / "data-pg", database_url=url, cpu=CPUS[0])
+            )
             self.phase([pg], self.hostd_uploads({}, count=1, port=pg.port))
             sqlite: list[Measured] = []
             postgresql: list[Measured] = []
@@ -1095,7 +1101,9 @@ class Bench:
             self.add(row, "/s", why_not="no nginx")
             return
         data_dir = first.data_dir
-        second = self.start(Hostd("hostd-pg-2", self.tmp, data_dir, database_url=url))
+        # Each instance on a CPU of its own, as README's Scaling out has it.
+        cpu = CPUS[1 % len(CPUS)]
+        second = self.start(Hostd("hostd-pg-2", self.tmp, data_dir, database_url=url, cpu=cpu))
         site = contrib_site()
 
         def front(name: str, hostd_ports: list[int]) -> Nginx:

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import argon2
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from hostd import db
+from hostd import affinity, db
 from hostd.db import ApiKey, Cache, Database, User
 
 KEY_PREFIX = "hk_"
@@ -142,7 +142,8 @@ class _Lane:
     """
 
     def __init__(self, name: str, max_waiting: int, max_patient: int | None = None) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"argon2-{name}")
+        # Argon2 holds a CPU for tens of milliseconds without the GIL: any CPU will do.
+        self._pool = ThreadPoolExecutor(1, f"argon2-{name}", initializer=affinity.roam)
         self._max_waiting = max_waiting
         self._max_patient = max_waiting if max_patient is None else max_patient
         self._waiting = 0  # jobs in the lane, the running one included

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from hostd import __version__, backup, client, db, limits, retention, uploads
+from hostd import __version__, affinity, backup, client, db, limits, retention, uploads
 from hostd.accounts import NAME_PATTERN, password_problem
 from hostd.app import format_size, format_time, serve, thumbnails_of
 from hostd.auth import Auth
@@ -909,7 +909,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             )
         if args.new_cookie_secret:
             raise ConfigError("--new-cookie-secret works with one instance: run it so once first")
+        affinity.choose(config)  # a CPU it may not use stops the start here, not in each child
         return supervise(config, args.instances, serve)
+    affinity.settle(affinity.choose(config))
     try:
         asyncio.run(serve(config, new_cookie_secret=args.new_cookie_secret))
     except StoreUnavailable as exc:

@@ -44,6 +44,7 @@ class Config:
     trust_proxy: bool = False
     shutdown_grace_seconds: float = 20.0
     accel_redirect: str | None = None
+    cpu: str | int = "auto"  # "auto", "any" or a CPU's number (hostd/affinity.py)
     max_upload_bytes: int = 512 * MiB
     allow_anonymous: bool = True
     body_idle_seconds: float = 60.0
@@ -112,6 +113,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "cookie_secret",
         "accel_redirect",
         "shutdown_grace_seconds",
+        "cpu",
     ),
     "storage": ("data_dir", "min_free_bytes", "backend"),
     # A table inside [storage].
@@ -230,6 +232,14 @@ def _build(values: dict[str, Any], origin: str) -> Config:
     config = Config(**converted)
     if not 0 < config.port < 65536:
         raise ConfigError(f"{origin}: server.port must be between 1 and 65535")
+    if isinstance(config.cpu, str) and config.cpu not in ("auto", "any"):
+        raise ConfigError(
+            f'{origin}: server.cpu must be "auto", "any" or a CPU\'s number, not {config.cpu!r}'
+        )
+    if isinstance(config.cpu, int) and config.cpu < 0:
+        raise ConfigError(
+            f"{origin}: server.cpu must be a CPU's number (0 or more), not {config.cpu}"
+        )
     if config.max_upload_bytes < 1:
         raise ConfigError(f"{origin}: limits.max_upload_bytes must be a positive number of bytes")
     if not 0 < config.body_idle_seconds <= 24 * 3600:

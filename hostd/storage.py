@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from hostd import affinity
 from hostd.config import Config
 from hostd.hashes import is_sha256
 
@@ -199,7 +200,8 @@ class LocalBlobWriter:
     journal while other uploads fsync) run in a worker thread while the IOLoop reads the
     body: once a batch is queued, a drain in the thread hashes and writes what is queued,
     again and again until the queue is empty (hashlib and the write both let go of the GIL,
-    so a big upload's hashing uses the other core). The body is held back only when
+    and the drain runs in a roaming thread, affinity.py, so a big upload's hashing uses
+    another CPU than the IOLoop's). The body is held back only when
     QUEUE_LIMIT_BYTES wait behind the drain, which bounds what an upload holds in memory; a
     round trip to the thread per batch would cost more, on a busy box, than the batch.
 
@@ -254,7 +256,7 @@ class LocalBlobWriter:
         if self._aborted:
             return
         loop = asyncio.get_running_loop()
-        self._drain = asyncio.ensure_future(asyncio.to_thread(self._write_out, loop))
+        self._drain = affinity.in_roaming_thread(self._write_out, loop)
 
     async def _wait_for_room(self, room: asyncio.Future[None], drain: asyncio.Future[None]) -> None:
         await asyncio.wait([room, drain], return_when=asyncio.FIRST_COMPLETED)
@@ -628,7 +630,7 @@ class LocalBlobStore:
         """A hard link to the file in this process's temp folder, hashed: placing it costs
         a rename, not a copy. Falls back to a copy where a link cannot be made (another
         filesystem)."""
-        return await asyncio.to_thread(self._adopt, path)
+        return await affinity.in_roaming_thread(self._adopt, path)
 
     def _adopt(self, path: Path) -> WrittenBlob:
         writer = LocalBlobWriter(self)

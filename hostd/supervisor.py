@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 from tornado.netutil import bind_sockets
 
+from hostd import affinity
 from hostd.config import Config, ConfigError
 from hostd.storage import StoreUnavailable
 
@@ -56,6 +57,7 @@ def supervise(
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             status = 0
             try:
+                affinity.settle(affinity.choose(config, instance=number))
                 asyncio.run(serve(config, sockets))  # type: ignore[arg-type]
             except (StoreUnavailable, ConfigError) as exc:
                 print(f"hostd: cannot start: {exc}", file=sys.stderr)

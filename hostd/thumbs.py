@@ -21,6 +21,8 @@ from typing import IO, Literal
 
 from PIL import Image, ImageFile, ImageOps, JpegImagePlugin, PngImagePlugin
 
+from hostd import affinity
+
 log = logging.getLogger("hostd")
 
 MiB = 1024 * 1024
@@ -55,7 +57,8 @@ class Thumbnails:
         self.root = root
         self.max_decode_bytes = max_decode_bytes
         self.max_jobs = max_jobs
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hostd-thumbs")
+        # Decoding and encoding images holds a CPU for long: any CPU will do.
+        self._worker = ThreadPoolExecutor(1, "hostd-thumbs", initializer=affinity.roam)
         # Requests for the same image share its job: sha256 -> the job's outcome.
         self._jobs: dict[str, asyncio.Future[Outcome]] = {}
         self._refused: set[str] = set()  # asked again, these cost nothing

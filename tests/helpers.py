@@ -462,3 +462,25 @@ def stop(proc: subprocess.Popen[Any]) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+# -- processes' threads ---------------------------------------------------------------
+
+
+def cpus_of_threads(pid: int) -> dict[int, set[int]]:
+    """Each thread of a process (by its id) and the CPUs it may run on."""
+    found = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for line in (task / "status").read_text().splitlines():
+            if line.startswith("Cpus_allowed_list:"):
+                found[int(task.name)] = cpus_in(line.split(":", 1)[1].strip())
+    return found
+
+
+def cpus_in(listed: str) -> set[int]:
+    """The CPUs of a list such as "0-2,5"."""
+    cpus: set[int] = set()
+    for part in listed.split(","):
+        first, _, last = part.partition("-")
+        cpus.update(range(int(first), int(last or first) + 1))
+    return cpus

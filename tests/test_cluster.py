@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 from conftest import s3_settings
-from helpers import accepts, free_ports, hostd, multipart_body, stop, wait_until
+from helpers import accepts, cpus_of_threads, free_ports, hostd, multipart_body, stop, wait_until
 from nginxsite import (
     INSTALL_HINT,
     contrib_site,
@@ -410,6 +410,7 @@ def test_serve_instances_runs_that_many_processes_on_one_port(postgres, tmp_path
     try:
         wait_until(lambda: log.read_text().count("listening on") == 2, parent, [log], "hostd")
         first = children_of(parent.pid)
+        homes = [cpus_of_threads(pid)[pid] for pid in first]
         data = unique("to any instance")
         public = upload(f"http://127.0.0.1:{port}", data).json()["hash"]
         os.kill(min(first), signal.SIGKILL)  # one instance dies; the other goes on serving
@@ -421,6 +422,10 @@ def test_serve_instances_runs_that_many_processes_on_one_port(postgres, tmp_path
         status = parent.wait(timeout=60)
 
     assert len(first) == 2
+    cpus = sorted(os.sched_getaffinity(0))  # instance k's IOLoop on CPU (port + k) mod n
+    assert sorted(homes, key=min) == sorted(
+        ({cpus[(port + k) % len(cpus)]} for k in (0, 1)), key=min
+    )
     assert (served.status, served.body) == (200, data)
     assert len(second) == 2 and min(first) not in second and max(first) in second
     assert status == 0

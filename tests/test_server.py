@@ -1,18 +1,31 @@
 """The HTTP server's rules for connections, over raw sockets: heads, framing, chunk sizes,
-slow and stalled bodies, uploads per address, and what SIGTERM does to uploads in flight."""
+slow and stalled bodies, uploads per address, what SIGTERM does to uploads in flight, and
+which CPUs a server's threads run on."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import socket
+import subprocess
 import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import start, temp_files, wait_for_line
+from helpers import (
+    cpus_of_threads,
+    hostd,
+    multipart_body,
+    start,
+    stop,
+    temp_files,
+    wait_for_line,
+)
 
 from hostd.config import Config
 from hostd.server import MAX_HEAD_BYTES, MIN_AVERAGE_CHUNK_BYTES
@@ -365,9 +378,11 @@ async def test_a_place_is_free_again_once_an_upload_is_answered(http_server, htt
 # -- SIGTERM -----------------------------------------------------------------------------
 
 
-def serve(tmp_path: Path, port: int, grace: float):
+def serve(tmp_path: Path, port: int, grace: float = 20, server: str = ""):
+    """`hostd serve` in its own process; `server` adds lines to its [server] section."""
     (tmp_path / "hostd.toml").write_text(
-        f'[server]\nport = {port}\nshutdown_grace_seconds = {grace}\n[storage]\ndata_dir = "d"\n'
+        f"[server]\nport = {port}\nshutdown_grace_seconds = {grace}\n{server}"
+        '[storage]\ndata_dir = "d"\n'
     )
     proc = start(["serve"], tmp_path)
     wait_for_line(proc, "listening on")
@@ -434,3 +449,70 @@ def test_sigterm_answers_an_upload_still_arriving_after_the_grace_with_a_503(tmp
     assert temp_files(Config(data_dir=tmp_path / "d")) == []
     assert proc.returncode == 0
     assert "503 POST /api/upload" in output and "499 POST" not in output
+
+
+# -- which CPUs a server's threads run on (hostd/affinity.py) -----------------------------
+
+CPUS = sorted(os.sched_getaffinity(0))
+
+
+@contextlib.contextmanager
+def serving(tmp_path: Path, port: int, server: str = "") -> Iterator[subprocess.Popen[str]]:
+    proc = serve(tmp_path, port, server=server)
+    try:
+        yield proc
+    finally:
+        stop(proc)
+        assert proc.stdout is not None
+        proc.stdout.close()
+
+
+def big_upload(port: int) -> None:
+    """An upload big enough that its bytes are hashed and written in a roaming thread."""
+    body, headers = multipart_body(files=[("file", "big.bin", os.urandom(2 * 1024 * 1024))])
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/upload", data=body, headers=headers, method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.status == 200
+
+
+def test_serve_keeps_its_ioloop_and_the_threads_it_starts_on_one_cpu(tmp_path, free_port):
+    with serving(tmp_path, free_port) as proc:
+        big_upload(free_port)
+        threads = cpus_of_threads(proc.pid)
+
+    home = {CPUS[free_port % len(CPUS)]}
+    assert threads[proc.pid] == home  # the IOLoop's, on the CPU that port and instance give
+    pinned = [tid for tid, cpus in threads.items() if cpus == home]
+    roaming = [tid for tid, cpus in threads.items() if cpus == set(CPUS)]
+    assert len(pinned) + len(roaming) == len(threads)
+    assert len(pinned) >= 3  # the IOLoop's, and SQLite's reader and writer at least
+    if len(CPUS) > 1:  # the big upload's bytes were hashed and written by a roaming thread
+        assert roaming
+
+
+def test_serve_pins_to_the_cpu_server_cpu_names(tmp_path, free_port):
+    chosen = CPUS[-1]
+    with serving(tmp_path, free_port, server=f"cpu = {chosen}\n") as proc:
+        threads = cpus_of_threads(proc.pid)
+
+    assert threads[proc.pid] == {chosen}
+
+
+def test_serve_with_server_cpu_any_leaves_every_thread_free(tmp_path, free_port):
+    with serving(tmp_path, free_port, server='cpu = "any"\n') as proc:
+        big_upload(free_port)
+        threads = cpus_of_threads(proc.pid)
+
+    assert all(cpus == set(CPUS) for cpus in threads.values())
+
+
+def test_serve_on_a_cpu_it_may_not_use_stops_with_a_reason(tmp_path, free_port):
+    (tmp_path / "hostd.toml").write_text(f"[server]\nport = {free_port}\ncpu = 4095\n")
+
+    done = hostd("serve", "--data-dir", str(tmp_path / "d"), cwd=tmp_path, timeout=60)
+
+    assert done.returncode == 2
+    listed = ", ".join(str(cpu) for cpu in CPUS)
+    assert f"server.cpu = 4095: this process may use CPUs {listed} only" in done.stderr
