@@ -20,6 +20,7 @@ servers run as the kernel places them.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from typing import Any, TypeVar
 from hostd.config import Config, ConfigError
 
 T = TypeVar("T")
+log = logging.getLogger("hostd")
 
 # Every CPU the process could use before settle() narrowed its IOLoop's thread to one.
 _everywhere: frozenset[int] | None = None
@@ -67,13 +69,21 @@ def choose(config: Config, *, instance: int = 0) -> int | None:
 
 def settle(cpu: int | None) -> None:
     """Pin the calling thread (the IOLoop's, before it starts others) to `cpu`; remember
-    every CPU it could use, for roam(). None: change nothing."""
+    every CPU it could use, for roam(). None: change nothing. Where the system refuses
+    (a seccomp filter such as systemd's SystemCallFilter=~@resources), say so and go on
+    unpinned: slower small uploads, nothing worse."""
     global _everywhere
     if cpu is None:
         return
-    if _everywhere is None:
-        _everywhere = frozenset(os.sched_getaffinity(0))
-    os.sched_setaffinity(0, {cpu})
+    everywhere = frozenset(os.sched_getaffinity(0))
+    try:
+        os.sched_setaffinity(0, {cpu})
+    except OSError as exc:
+        log.warning(
+            "server.cpu: could not keep the threads on CPU %d (%s); they run anywhere", cpu, exc
+        )
+        return
+    _everywhere = everywhere
 
 
 def roam() -> None:

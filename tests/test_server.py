@@ -27,6 +27,7 @@ from helpers import (
     wait_for_line,
 )
 
+from hostd import affinity
 from hostd.config import Config
 from hostd.server import MAX_HEAD_BYTES, MIN_AVERAGE_CHUNK_BYTES
 
@@ -516,3 +517,19 @@ def test_serve_on_a_cpu_it_may_not_use_stops_with_a_reason(tmp_path, free_port):
     assert done.returncode == 2
     listed = ", ".join(str(cpu) for cpu in CPUS)
     assert f"server.cpu = 4095: this process may use CPUs {listed} only" in done.stderr
+
+
+def test_a_system_that_refuses_pinning_leaves_the_threads_free_with_a_warning(monkeypatch, caplog):
+    """systemd's SystemCallFilter=~@resources makes sched_setaffinity fail with EPERM."""
+
+    def refused(pid: int, cpus: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "sched_setaffinity", refused)
+    monkeypatch.setattr(affinity, "_everywhere", None)
+
+    affinity.settle(CPUS[0])
+    affinity.roam()  # nothing to undo, so nothing tried
+
+    assert "could not keep the threads on CPU" in caplog.text
+    assert affinity._everywhere is None
