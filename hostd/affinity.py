@@ -53,10 +53,10 @@ def choose(config: Config, *, instance: int = 0) -> int | None:
     when the bytes live in S3 (obstore's own threads, started from the IOLoop's, would
     inherit the pin); else the one at (port + instance) modulo how many there are, so that
     instances on consecutive ports, or those of `serve --instances`, each take another."""
-    cpus = allowed()
     setting = config.cpu
-    if setting == "any":
+    if setting == "any" or not hasattr(os, "sched_setaffinity"):  # not Linux: never pinned
         return None
+    cpus = allowed()
     if isinstance(setting, int):
         if setting not in cpus:
             listed = ", ".join(str(cpu) for cpu in cpus)
