@@ -87,9 +87,14 @@ def settle(cpu: int | None) -> None:
 
 
 def roam() -> None:
-    """Let the calling thread run on every CPU the process could before settle()."""
+    """Let the calling thread run on every CPU the process could before settle(). A pool's
+    initializer: should the system refuse now, the thread stays where it is rather than
+    break its pool."""
     if _everywhere is not None:
-        os.sched_setaffinity(0, _everywhere)
+        try:
+            os.sched_setaffinity(0, _everywhere)
+        except OSError as exc:
+            log.warning("server.cpu: a worker thread stays on the IOLoop's CPU (%s)", exc)
 
 
 def roaming_pool() -> ThreadPoolExecutor:

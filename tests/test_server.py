@@ -14,6 +14,7 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -533,3 +534,17 @@ def test_a_system_that_refuses_pinning_leaves_the_threads_free_with_a_warning(mo
 
     assert "could not keep the threads on CPU" in caplog.text
     assert affinity._everywhere is None
+
+
+def test_a_worker_that_may_not_roam_stays_and_its_pool_still_works(monkeypatch, caplog):
+    def refused(pid: int, cpus: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "sched_setaffinity", refused)
+    monkeypatch.setattr(affinity, "_everywhere", frozenset(CPUS))  # as after settle()
+
+    with ThreadPoolExecutor(1, initializer=affinity.roam) as pool:
+        answer = pool.submit(sum, [1, 2]).result(timeout=10)
+
+    assert answer == 3
+    assert "a worker thread stays on the IOLoop's CPU" in caplog.text
