@@ -84,6 +84,7 @@ def settle(cpu: int | None) -> None:
         )
         return
     _everywhere = everywhere
+    log.info("server.cpu: the IOLoop and the threads it hands small jobs to run on CPU %d", cpu)
 
 
 def roam() -> None:
