@@ -34,6 +34,8 @@ log = logging.getLogger("hostd")
 
 # Every CPU the process could use before settle() narrowed its IOLoop's thread to one.
 _everywhere: frozenset[int] | None = None
+# The CPU settle() pinned the IOLoop's thread to, if it did (for the start's log).
+home: int | None = None
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 ROAMING_WORKERS = 8
@@ -72,7 +74,7 @@ def settle(cpu: int | None) -> None:
     every CPU it could use, for roam(). None: change nothing. Where the system refuses
     (a seccomp filter such as systemd's SystemCallFilter=~@resources), say so and go on
     unpinned: slower small uploads, nothing worse."""
-    global _everywhere
+    global _everywhere, home
     if cpu is None:
         return
     everywhere = frozenset(os.sched_getaffinity(0))
@@ -83,8 +85,7 @@ def settle(cpu: int | None) -> None:
             "server.cpu: could not keep the threads on CPU %d (%s); they run anywhere", cpu, exc
         )
         return
-    _everywhere = everywhere
-    log.info("server.cpu: the IOLoop and the threads it hands small jobs to run on CPU %d", cpu)
+    _everywhere, home = everywhere, cpu
 
 
 def roam() -> None:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import jinja2
 import tornado.web
 
-from hostd import db, resumable, uploads
+from hostd import affinity, db, resumable, uploads
 from hostd.accesslog import AccessLog
 from hostd.auth import Auth, fingerprint_matches, secret_fingerprint
 from hostd.config import Config, ConfigError, ensure_cookie_secret
@@ -311,6 +311,8 @@ async def serve(
     )
     if config.public_url:
         log.info("public URL: %s/", config.public_url)
+    if affinity.home is not None:
+        log.info("the IOLoop and the threads it hands small jobs to run on CPU %d", affinity.home)
     await stop.wait()
     app.settings["log_function"].flush()
     await shutdown(server, app.settings["hostd_in_flight"], config.shutdown_grace_seconds)
