@@ -7,7 +7,7 @@ When the two threads sit on different CPUs, each of those turns waits for the ot
 woken and to schedule the thread, and the holder has often taken the GIL back by then (the
 "convoy effect", https://bugs.python.org/issue7946); on one CPU a turn is a plain context
 switch. Measured on a 2-CPU VM, 16 clients of 4 KiB uploads: with hostd's threads on one CPU
-it took 1.6-1.7x as many uploads per second as with them spread over both.
+it took 1.5-1.7x as many uploads per second as with them spread over both.
 
 So `hostd serve` pins its IOLoop's thread to one CPU (server.cpu) before it starts any other,
 and every thread it starts inherits that: aiosqlite's, the default executor's. Threads whose
