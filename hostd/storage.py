@@ -201,9 +201,9 @@ class LocalBlobWriter:
     body: once a batch is queued, a drain in the thread hashes and writes what is queued,
     again and again until the queue is empty (hashlib and the write both let go of the GIL,
     and the drain runs in a roaming thread, affinity.py, so a big upload's hashing uses
-    another CPU than the IOLoop's). The body is held back only when
-    QUEUE_LIMIT_BYTES wait behind the drain, which bounds what an upload holds in memory; a
-    round trip to the thread per batch would cost more, on a busy box, than the batch.
+    another CPU than the IOLoop's). The body is held back only when QUEUE_LIMIT_BYTES wait
+    behind the drain, which bounds what an upload holds in memory; a round trip to the
+    thread per batch would cost more, on a busy box, than the batch.
 
     commit() waits for the drain and hashes what is still queued on the IOLoop (all of a
     small file: less than a trip to a thread costs); the store's place() then writes it,
