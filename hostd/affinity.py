@@ -36,7 +36,7 @@ log = logging.getLogger("hostd")
 _everywhere: frozenset[int] | None = None
 # The CPU settle() pinned the IOLoop's thread to, if it did (for the start's log).
 home: int | None = None
-_pool: ThreadPoolExecutor | None = None
+_pools: dict[str, ThreadPoolExecutor] = {}
 _pool_lock = threading.Lock()
 ROAMING_WORKERS = 8
 
@@ -99,14 +99,16 @@ def roam() -> None:
             log.warning("server.cpu: a worker thread stays on the IOLoop's CPU (%s)", exc)
 
 
-def roaming_pool() -> ThreadPoolExecutor:
+def roaming_pool(name: str = "hostd-roaming") -> ThreadPoolExecutor:
     """The process's threads for long jobs that let go of the GIL (hashing and writing a big
-    upload's bytes): started by roam(), so they may run beside the IOLoop."""
-    global _pool
+    upload's bytes): started by roam(), so they may run beside the IOLoop. A job that waits
+    for another job takes that one's threads from a pool of another `name`, so that jobs
+    waiting in every thread of a pool can never wait for a job queued behind them."""
     with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(ROAMING_WORKERS, "hostd-roaming", initializer=roam)
-        return _pool
+        pool = _pools.get(name)
+        if pool is None:
+            pool = _pools[name] = ThreadPoolExecutor(ROAMING_WORKERS, name, initializer=roam)
+        return pool
 
 
 def in_roaming_thread(fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
