@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import errno
 import fcntl
 import hashlib
@@ -25,7 +26,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 from hostd import affinity
 from hostd.config import Config
@@ -44,6 +45,10 @@ WRITE_BATCH_BYTES = 256 * 1024
 QUEUE_LIMIT_BYTES = 2 * 1024 * 1024
 # The roaming pool (affinity.py) a drain hands its writes to.
 WRITING_THREADS = "hostd-writing"
+# A big upload's bytes are sent on to the disk each time this much more is written, as
+# PostgreSQL's *_flush_after settings do: the fsync before place()'s rename then waits
+# for the last few MiB, not for all of a big file still in the page cache.
+WRITEBACK_BYTES = 8 * 1024 * 1024
 # Reads for serving: pieces of this size; a blob up to SMALL_READ_BYTES is read in one go
 # on the IOLoop (from the page cache that is a few microseconds; a thread costs more).
 READ_CHUNK_BYTES = 256 * 1024
@@ -228,6 +233,8 @@ class LocalBlobWriter:
         self._room: asyncio.Future[None] | None = None  # set when the drain takes the queue
         self._aborted = False
         self.size_bytes = 0
+        self._written = 0  # bytes in the temp file (the thread's count)
+        self._flushed = 0  # of which start_writeback() was asked for
 
     def write(self, chunk: bytes) -> None:
         if not chunk:
@@ -341,6 +348,10 @@ class LocalBlobWriter:
         if self._fd < 0:
             self._path, self._fd = self._store.open_temp()
         self._store.write_temp(self._fd, batch)
+        self._written += sum(map(len, batch))
+        if self._written - self._flushed >= WRITEBACK_BYTES:
+            start_writeback(self._fd, self._flushed, self._written - self._flushed)
+            self._flushed = self._written
 
     def _finish(self) -> str:
         """Write what is queued (hashed by commit()), fsync and close; the temp file's path."""
@@ -353,6 +364,29 @@ class LocalBlobWriter:
         finally:
             os.close(fd)
         return self._path
+
+
+def _find_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """libc's sync_file_range (Linux), or None."""
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    function.restype = ctypes.c_int
+    return cast(Callable[[int, int, int, int], int], function)
+
+
+_sync_file_range = _find_sync_file_range()
+SYNC_FILE_RANGE_WRITE = 2  # from <fcntl.h>: start writing dirty pages out, do not wait
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Ask the kernel to start writing a range of a file to its disk, without waiting for
+    it. Only a head start for the fsync that follows: where the call is missing or fails,
+    that fsync writes it all."""
+    if _sync_file_range is not None:
+        _sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE)
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

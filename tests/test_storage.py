@@ -9,12 +9,20 @@ import os
 import re
 import sys
 import time
+from itertools import pairwise
 
 import pytest
 from conftest import CrampedBlobStore
 
+from hostd import storage
 from hostd.hashes import public_hash_candidates
-from hostd.storage import QUEUE_LIMIT_BYTES, WRITE_BATCH_BYTES, BlobMissing, LocalBlobStore
+from hostd.storage import (
+    QUEUE_LIMIT_BYTES,
+    WRITE_BATCH_BYTES,
+    WRITEBACK_BYTES,
+    BlobMissing,
+    LocalBlobStore,
+)
 
 
 @pytest.fixture
@@ -94,7 +102,7 @@ def test_abort_removes_the_temp_file(local):
 
 @pytest.mark.gen_test
 async def test_a_large_file_goes_to_disk_in_batches_while_it_arrives(local):
-    pieces = [os.urandom(64 * 1024) for _ in range(48)]  # 3 MiB
+    pieces = [os.urandom(64 * 1024) for _ in range(192)]  # 12 MiB
     writer = local.writer()
     waits = 0
 
@@ -110,12 +118,58 @@ async def test_a_large_file_goes_to_disk_in_batches_while_it_arrives(local):
     # Streamed: the body was held back at times, and what was not yet on disk never grew
     # past the backlog behind one batch in the thread, and that batch.
     assert waits >= 1
-    backlog = 3 * 1024 * 1024 - on_disk_before_commit
+    backlog = 12 * 1024 * 1024 - on_disk_before_commit
     assert 0 <= backlog <= 2 * (QUEUE_LIMIT_BYTES + 64 * 1024)
     assert written.sha256 == hashlib.sha256(b"".join(pieces)).hexdigest()
     await local.place(written)
     assert await read_all(local, written.sha256) == b"".join(pieces)
     assert await read_all(local, written.sha256, 5, 300_000) == b"".join(pieces)[5:300_001]
+
+
+@pytest.mark.gen_test
+async def test_a_large_file_is_sent_on_to_the_disk_while_it_arrives(local, monkeypatch):
+    asked = []
+
+    def start_writeback(fd, offset, length):
+        asked.append((offset, length))
+        real_start_writeback(fd, offset, length)
+
+    real_start_writeback = storage.start_writeback
+    monkeypatch.setattr(storage, "start_writeback", start_writeback)
+    size = 5 * WRITEBACK_BYTES + 12345
+    data = os.urandom(size)
+    writer = local.writer()
+    for at in range(0, size, 1024 * 1024):
+        writer.write(data[at : at + 1024 * 1024])
+        behind = writer.backpressure()
+        if behind is not None:
+            await behind
+    written = await writer.commit()
+    await local.place(written)
+
+    # From the start, in order, each range at least WRITEBACK_BYTES; the fsync in place()
+    # is left at most what came after the last one.
+    assert asked and asked[0][0] == 0
+    assert all(offset + length == after for (offset, length), (after, _) in pairwise(asked))
+    assert all(length >= WRITEBACK_BYTES for _, length in asked)
+    assert size - sum(length for _, length in asked) < WRITEBACK_BYTES + 2 * QUEUE_LIMIT_BYTES
+    assert await read_all(local, written.sha256) == data
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="sync_file_range is Linux's")
+def test_start_writeback_is_the_kernels_and_leaves_the_bytes_as_they_are(tmp_path):
+    path = tmp_path / "file"
+    data = os.urandom(3 * 1024 * 1024)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        os.write(fd, data)
+        storage.start_writeback(fd, 0, len(data))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+    assert storage._sync_file_range is not None
+    assert path.read_bytes() == data
 
 
 @pytest.mark.gen_test
