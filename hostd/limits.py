@@ -29,6 +29,11 @@ DEFAULT_MIN_FREE_SHARE = 0.05
 # While uploads stream, free space is measured again each time this many bytes have
 # arrived (over all uploads); in between, it is the last measure less what arrived since.
 MEASURE_EVERY_BYTES = 4 * 1024 * 1024
+# An account's upload is checked against its quota before the body is read, unless the
+# body is at most this long and already on its way (no Expect: 100-continue): reading it
+# then costs less than the database read that would refuse it first, and recording the
+# upload checks the quota anyway (db.OverQuota), removing the bytes it refuses.
+QUOTA_AFTER_BODY_BYTES = 1024 * 1024
 
 LOW_ON_SPACE = (
     "the server is too low on storage space to take this file; it was not stored. Try again later."
@@ -209,10 +214,14 @@ class Limits:
         key_id: str | None,
         address: str,
         framing_bytes: int = FORM_OVERHEAD_BYTES,
+        held_back: bool = True,
     ) -> Admission:
         """Check an upload before its body is read: raise UploadError (413, 429, 507) when
         the limits refuse it. `length` is the body's Content-Length, None when chunked;
-        `framing_bytes`, how much of it at most is not the file (0: a raw body)."""
+        `framing_bytes`, how much of it at most is not the file (0: a raw body); `held_back`,
+        False when the body is on its way without waiting for an answer (no Expect:
+        100-continue), which lets a short one skip the early quota check (see
+        QUOTA_AFTER_BODY_BYTES)."""
         config = self.config
         max_file, too_large = config.max_upload_bytes, None
         # The form's framing is at most `framing_bytes`: a body longer than a limit by
@@ -223,7 +232,7 @@ class Limits:
             if smallest > max_file:
                 raise UploadError(413, self.anonymous_message(f"this upload is {length} bytes"))
             too_large = self.anonymous_message("this file is larger")
-        if user_id is not None:
+        if user_id is not None and (held_back or length is None or length > QUOTA_AFTER_BODY_BYTES):
             await self.check_quota(database, user_id, smallest, length)
         per_hour = config.upload_bytes_per_hour
         if per_hour is not None and length is not None and length > per_hour:

@@ -180,6 +180,49 @@ async def test_a_content_length_over_the_quota_is_refused_before_the_body_is_rea
     assert temp_files(config) == [] and await queries.all_uploads(db) == []
 
 
+@pytest.mark.parametrize("endpoint", ENDPOINTS)
+@pytest.mark.gen_test
+async def test_a_short_body_over_the_quota_that_waits_for_100_continue_is_refused_unsent(
+    http_client, base_url, config, db, login, make_key, limit, endpoint
+):
+    limit(quota_bytes=100 * KiB)
+    user = await login()
+    headers = as_account(endpoint, user, await make_key(user.user))
+
+    refused, sent, _ = await streamed(
+        http_client, f"{base_url}{endpoint}", 300 * KiB, headers=headers
+    )
+
+    assert refused.code == 413
+    assert sent == 0
+    assert "does not fit in your account's quota" in error_of(refused, endpoint)
+    assert blob_files(config) == [] and temp_files(config) == []
+
+
+@pytest.mark.parametrize("endpoint", ENDPOINTS)
+@pytest.mark.gen_test
+async def test_a_short_body_over_the_quota_sent_at_once_is_read_then_refused_leaving_nothing(
+    http_client, base_url, config, db, login, make_key, limit, endpoint
+):
+    # Up to QUOTA_AFTER_BODY_BYTES, reading the body costs less than a database read first.
+    limit(quota_bytes=100 * KiB)
+    user = await login()
+    headers = as_account(endpoint, user, await make_key(user.user))
+
+    refused = await upload(
+        http_client, f"{base_url}{endpoint}", os.urandom(300 * KiB), headers=headers
+    )
+
+    assert refused.code == 413
+    assert (
+        f"this file ({300 * KiB} bytes) does not fit in your account's quota: 0 of {100 * KiB}"
+        f" bytes used, {100 * KiB} left; delete files on /files to make room"
+    ) in error_of(refused, endpoint)
+    assert blob_files(config) == [] and temp_files(config) == []
+    assert await queries.all_uploads(db) == []
+    assert await used_bytes(db, user.user) == 0
+
+
 @pytest.mark.gen_test
 async def test_an_account_whose_quota_is_used_up_is_refused_before_a_chunked_body(
     http_client, base_url, db, login, make_key, limit

@@ -224,6 +224,7 @@ class UploadFlow(BaseHandler):
                 key_id=self.api_key.key_id if self.api_key else None,
                 address=self.request.remote_ip or "",
                 framing_bytes=self.framing_bytes,
+                held_back=self.request.headers.get("Expect", "").lower() == "100-continue",
             )
             self.in_flight.enter(self)  # last: only an accepted upload takes a place
         except UploadError as exc:
