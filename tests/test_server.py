@@ -520,13 +520,19 @@ def test_serve_on_a_cpu_it_may_not_use_stops_with_a_reason(tmp_path, free_port):
     assert f"server.cpu = 4095: this process may use CPUs {listed} only" in done.stderr
 
 
-def test_a_system_that_refuses_pinning_leaves_the_threads_free_with_a_warning(monkeypatch, caplog):
-    """systemd's SystemCallFilter=~@resources makes sched_setaffinity fail with EPERM."""
+@pytest.fixture
+def pinning_refused(monkeypatch):
+    """sched_setaffinity failing with EPERM, as systemd's SystemCallFilter=~@resources does."""
 
     def refused(pid: int, cpus: object) -> None:
         raise PermissionError(1, "Operation not permitted")
 
     monkeypatch.setattr(os, "sched_setaffinity", refused)
+
+
+def test_a_system_that_refuses_pinning_leaves_the_threads_free_with_a_warning(
+    pinning_refused, monkeypatch, caplog
+):
     monkeypatch.setattr(affinity, "_everywhere", None)
 
     affinity.settle(CPUS[0])
@@ -536,11 +542,9 @@ def test_a_system_that_refuses_pinning_leaves_the_threads_free_with_a_warning(mo
     assert affinity._everywhere is None
 
 
-def test_a_worker_that_may_not_roam_stays_and_its_pool_still_works(monkeypatch, caplog):
-    def refused(pid: int, cpus: object) -> None:
-        raise PermissionError(1, "Operation not permitted")
-
-    monkeypatch.setattr(os, "sched_setaffinity", refused)
+def test_a_worker_that_may_not_roam_stays_and_its_pool_still_works(
+    pinning_refused, monkeypatch, caplog
+):
     monkeypatch.setattr(affinity, "_everywhere", frozenset(CPUS))  # as after settle()
 
     with ThreadPoolExecutor(1, initializer=affinity.roam) as pool:
