@@ -27,10 +27,11 @@ from helpers import (
     temp_files,
     wait_for_line,
 )
+from tornado import netutil
 
 from hostd import affinity
 from hostd.config import Config
-from hostd.server import MAX_HEAD_BYTES, MIN_AVERAGE_CHUNK_BYTES
+from hostd.server import MAX_HEAD_BYTES, MIN_AVERAGE_CHUNK_BYTES, valid_ip
 
 # On SQLite only: the HTTP connection's handling, whatever the database.
 pytestmark = pytest.mark.sqlite_only
@@ -364,6 +365,47 @@ async def test_uploads_past_the_cap_for_one_address_get_a_429_before_the_body(
         "send this one when one of them has finished",
     }
     assert accepted.startswith(b"HTTP/1.1 200 ")  # another address is not held up
+
+
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.parametrize(
+    ("header", "counted_apart"),
+    [
+        ("X-Real-IP: 2001:db8::7", True),
+        ("X-Forwarded-For: 127.0.0.1, 198.51.100.7", True),  # the last one, as nginx adds it
+        ("X-Real-IP: 999.1.2.3", False),  # not an address: the socket's counts
+        ("X-Real-IP: client.example", False),
+        ("X-Real-IP: " + "7" * 100, False),
+    ],
+)
+async def test_behind_the_proxy_a_client_is_the_address_it_names_if_that_is_one(
+    http_server, http_port, config, header, counted_apart
+):
+    slow = [await Raw.open(http_port) for _ in range(PER_ADDRESS)]
+    for client in slow:  # 127.0.0.1's places, both taken
+        await client.send(upload_head(5_000_000) + FILE_PART + b"x" * 300_000)
+    await until(lambda: len(temp_files(config)) == PER_ADDRESS)
+
+    statuses = []
+    for _ in range(2):  # the second time, the address's check is remembered
+        other = await Raw.open(http_port)
+        body = FILE_PART + b"hello" + FORM_END
+        extra = f"{header}\r\nConnection: close\r\n"
+        await other.send(upload_head(len(body), extra=extra) + body)
+        statuses.append(split(await other.answer())[0])
+        other.close()
+    for client in slow:
+        client.close()
+
+    assert statuses == ([200, 200] if counted_apart else [429, 429])
+
+
+def test_an_address_is_checked_as_tornado_checks_it():
+    names = ["127.0.0.1", "::1", "fe80::1%lo", "2001:db8::7", "", "1.2.3.4\x00", "999.1.2.3"]
+    names += ["client.example", "7" * 70, "::" + "f" * 70]
+
+    for name in names * 2:  # the second time from memory
+        assert valid_ip(name) == netutil.is_valid_ip(name), name
 
 
 @pytest.mark.gen_test(timeout=30)
