@@ -8,10 +8,11 @@ bench/multipart_parsers.py). This module turns its events into one BlobWriter fo
 
 from __future__ import annotations
 
+import ctypes
 import re
 import unicodedata
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Protocol, cast
 
 import multipart
 
@@ -25,6 +26,29 @@ MAX_TEXT_FIELD_BYTES = 1024
 MAX_PARTS = 16
 # Room for the multipart framing around the file (boundaries, part headers, small fields).
 FORM_OVERHEAD_BYTES = 64 * 1024
+
+
+def _find_memmem() -> Callable[[bytes, int, bytes, int], int | None] | None:
+    """libc's memmem, or None."""
+    try:
+        function = ctypes.CDLL(None).memmem
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = (ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t)
+    function.restype = ctypes.c_void_p
+    return cast(Callable[[bytes, int, bytes, int], "int | None"], function)
+
+
+_memmem = _find_memmem()
+
+
+def contains(data: bytes, needle: bytes) -> bool:
+    """`needle in data`. libc's memmem (glibc's, on random bytes) finds a multipart
+    delimiter 2.5 times faster than CPython 3.11's own search, which had been a quarter of
+    the event loop's time in a big upload."""
+    if _memmem is None:
+        return needle in data
+    return _memmem(data, len(data), needle, len(needle)) is not None
 
 
 class UploadError(Exception):
@@ -185,6 +209,12 @@ class UploadForm(FileBody):
         self._text: bytearray | None = None
         self._field: str | None = None
         self.filename = "file"
+        self._delimiter = b"\r\n--" + self._parser.boundary
+        # In the file's body, the parser holding nothing back: a piece of the body with no
+        # delimiter in it, nor the start of one at its end, is all file (see _feed).
+        self._in_plain_body = False
+        self._may_skip_parser = b"\r" not in self._parser.boundary
+        self._file_has_length = False  # a Content-Length of its own, which the parser checks
 
     def feed(self, chunk: bytes) -> None:
         """Parse one piece of the body. On UploadError the partial file is already gone."""
@@ -203,6 +233,37 @@ class UploadForm(FileBody):
         self._body_bytes += len(chunk)
         if self._body_bytes > self._max_file_bytes + FORM_OVERHEAD_BYTES:
             raise UploadError(413, self._too_large)
+        # The bulk of a big file passes the parser by: it would only search each piece for
+        # the delimiter, and hand the piece on whole when it is not there. (An empty piece,
+        # the end of the body, always goes to the parser.)
+        if (
+            self._in_plain_body
+            and type(chunk) is bytes
+            and len(chunk) > len(self._delimiter)
+            and not contains(chunk, self._delimiter)
+            and not self._may_hold_back(chunk)
+        ):
+            self._write_file(chunk)
+            return
+        self._parse(chunk)
+        self._in_plain_body = (
+            self._may_skip_parser
+            and self._field == FILE_FIELD
+            and not self._file_has_length
+            and self._writer is not None
+            and len(chunk) > len(self._delimiter)
+            and not self._may_hold_back(chunk)
+        )
+
+    def _may_hold_back(self, chunk: bytes) -> bool:
+        """Whether the end of `chunk` may be part of a delimiter (its start, or all of it
+        but the two bytes that tell a part's end from the form's): bytes the parser holds
+        back until the next piece. A delimiter's only CR is its first byte."""
+        size = len(self._delimiter)
+        at = chunk.rfind(b"\r", max(0, len(chunk) - size - 1))
+        return at >= 0 and self._delimiter.startswith(chunk[at : at + size])
+
+    def _parse(self, chunk: bytes) -> None:
         for event in self._parser.parse(chunk):
             if isinstance(event, multipart.MultipartSegment):
                 self._start_part(event)
@@ -229,6 +290,7 @@ class UploadForm(FileBody):
             if self._done_file or self._writer is not None:
                 raise UploadError(400, "send one file per request in the 'file' field")
             self.filename = clean_filename(segment.filename)
+            self._file_has_length = segment.header("Content-Length") is not None
             self._writer = self._open_writer()
         elif segment.filename is None:
             self._text = bytearray()

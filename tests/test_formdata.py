@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import random
 
 import pytest
 from helpers import multipart_body
@@ -42,6 +43,122 @@ async def test_any_chunking_gives_the_same_file_and_fields(local, piece):
     assert written.sha256 == hashlib.sha256(data).hexdigest()
     assert parsed.fields == {"api": "1"}
     assert parsed.filename == "name.bin"
+
+
+DELIMITER = b"\r\n--hostd-test-boundary"
+# Bytes that look, to a parser, like the start of a delimiter, or like one cut short.
+NEAR_MISSES = [b"\r", b"\r\n", b"\r\n-", b"\r\n--", DELIMITER[:-1], DELIMITER[1:] + b"\r\n"]
+
+
+def file_of_near_misses(rng: random.Random, count: int) -> bytes:
+    """Random bytes strewn with near-misses of the delimiter, and never the delimiter."""
+    data = b"".join(
+        rng.choice(NEAR_MISSES) + rng.randbytes(rng.randrange(300)) for _ in range(count)
+    )
+    while DELIMITER in data:
+        data = data.replace(DELIMITER, b"\r\n-~hostd-test-boundary")
+    return data
+
+
+@pytest.mark.parametrize("seed", range(30))
+@pytest.mark.gen_test
+async def test_a_file_comes_out_whole_however_its_body_is_cut(local, seed):
+    # Pieces with no delimiter in them pass the parser by (UploadForm._feed): cut anywhere,
+    # in a near-miss, in the real delimiter or just after it, the file and fields stay.
+    rng = random.Random(seed)
+    data = file_of_near_misses(rng, 200)
+    body, _ = multipart_body({"api": "1"}, [("file", "a.bin", data)], fields_after={"b": "2"})
+    parsed = form(local, limit=len(data))
+
+    at = 0
+    while at < len(body):
+        size = rng.choice([1, 2, 3, 22, 23, 24, 25, 26, 100, 4000, 20_000])
+        parsed.feed(body[at : at + size])
+        at += size
+    written = await parsed.finish()
+
+    assert written.size_bytes == len(data)
+    assert written.sha256 == hashlib.sha256(data).hexdigest()
+    assert parsed.fields == {"api": "1", "b": "2"}
+
+
+@pytest.mark.parametrize("after", [{}, {"b": "2"}], ids=["last part", "a field after"])
+@pytest.mark.gen_test
+async def test_a_delimiter_cut_anywhere_still_ends_the_file(local, after):
+    # The file's bytes have no CR, so that the pieces before the cut pass the parser by;
+    # from the cut on, the body comes a byte at a time.
+    data = random.Random(2).randbytes(20_000).replace(b"\r", b"")
+    body, _ = multipart_body(files=[("file", "a.bin", data)], fields_after=after)
+    end = body.index(data) + len(data)
+
+    for cut in range(end - 3, end + len(DELIMITER) + 4):
+        parsed = form(local, limit=len(data))
+        for piece in (
+            body[: end - 15_000],
+            body[end - 15_000 : end - 5_000],
+            body[end - 5_000 : cut],
+        ):
+            parsed.feed(piece)
+        for at in range(cut, len(body)):
+            parsed.feed(body[at : at + 1])
+        written = await parsed.finish()
+
+        assert written.sha256 == hashlib.sha256(data).hexdigest(), cut
+        assert parsed.fields == after
+
+
+@pytest.mark.gen_test
+async def test_a_file_part_with_its_own_content_length_is_counted_by_the_parser(local):
+    data = random.Random(3).randbytes(50_000).replace(b"\r", b"")
+    head = (
+        b'--hostd-test-boundary\r\nContent-Disposition: form-data; name="file"; '
+        b'filename="a.bin"\r\nContent-Length: %d\r\n\r\n' % len(data)
+    )
+    body = head + data + b"\r\n--hostd-test-boundary--\r\n"
+    parsed = form(local, limit=len(data))
+
+    for at in range(0, len(body), 10_000):
+        parsed.feed(body[at : at + 10_000])
+    written = await parsed.finish()
+
+    assert written.sha256 == hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.gen_test
+async def test_a_body_that_stops_in_the_file_is_refused_however_it_was_cut(local):
+    data = random.Random(4).randbytes(50_000).replace(b"\r", b"")
+    body, _ = multipart_body(files=[("file", "a.bin", data)])
+    truncated = body[: body.index(data) + len(data)]
+    parsed = form(local, limit=len(data))
+
+    for at in range(0, len(truncated), 10_000):
+        parsed.feed(truncated[at : at + 10_000])
+    with pytest.raises(UploadError) as caught:
+        await parsed.finish()
+
+    assert caught.value.status == 400
+    assert caught.value.message.startswith("malformed multipart body")
+
+
+@pytest.mark.gen_test
+async def test_the_bulk_of_a_big_file_passes_the_parser_by(local):
+    data = file_of_near_misses(random.Random(1), 3000)
+    body, _ = multipart_body(files=[("file", "a.bin", data)])
+    parsed = form(local, limit=len(data))
+    parser, parsed_pieces = parsed._parser, []
+
+    def counting_parse(chunk):
+        parsed_pieces.append(chunk)
+        return parser_parse(chunk)
+
+    parser_parse, parser.parse = parser.parse, counting_parse
+    pieces = [body[at : at + 10_000] for at in range(0, len(body), 10_000)]
+    for piece in pieces:
+        parsed.feed(piece)
+    written = await parsed.finish()
+
+    assert written.sha256 == hashlib.sha256(data).hexdigest()
+    assert len(parsed_pieces) < len(pieces) / 2
 
 
 def test_a_file_over_the_limit_is_a_413_as_soon_as_it_shows(local):
