@@ -17,8 +17,9 @@ tmpfs, disk or both), the bench starts, each with its own throw-away dir there:
 Then it measures, against each of them as it applies:
 
 * 4 KiB uploads/s at 16 connections, each a distinct random file (so each is a new blob),
-  taken in turns (baseline PUT, hostd anonymous, hostd with a Bearer key, twice over),
-  because fsync times drift more between phases than the difference being measured;
+  taken in turns (baseline PUT, hostd anonymous, hostd with a Bearer key, then the same
+  backwards), because fsync times drift more between phases than the difference being
+  measured, and every comparison below is taken in such turns too;
 * the mean batch size of hostd's database writer (writes per commit), from its log;
 * 4 KiB uploads/s of a second hostd whose database is PostgreSQL (a private server from
   Debian's binaries, its data beside hostd's, synchronous_commit off to match SQLite's
@@ -920,6 +921,20 @@ class Bench:
         window = Window(servers)
         return Measured.of(asyncio.run(run(window)), window)
 
+    def in_turns(
+        self, *phases: tuple[list[Service], Callable[[], Phase]], turns: int = UPLOAD_TURNS
+    ) -> list[Measured]:
+        """Each phase `turns` times, in turns whose order flips each time (A B, B A, ...), so
+        that a drift of the machine's speed through the run, or a database that grows with
+        each phase, favours none of them; each phase's mean. A phase's work is built
+        afresh for each turn."""
+        measured: list[list[Measured]] = [[] for _ in phases]
+        for turn in range(turns):
+            order = list(enumerate(phases))
+            for index, (servers, make) in order if turn % 2 == 0 else reversed(order):
+                measured[index].append(self.phase(servers, make()))
+        return [Measured.mean(each) for each in measured]
+
     def add(
         self,
         name: str,
@@ -1022,19 +1037,18 @@ class Bench:
         key = self.hostd.cli("key", "create", "bench", "--label", "bench").strip()
         bearer_headers = {"Authorization": f"Bearer {key}"}
         self.phase([self.hostd], self.hostd_uploads(bearer_headers, count=1))
-        baseline: list[Measured] = []
-        anonymous: list[Measured] = []
-        bearer: list[Measured] = []
-        for turn in range(UPLOAD_TURNS):
-            baseline.append(self.phase([self.baseline], self.baseline_uploads(turn)))
-            anonymous.append(self.phase([self.hostd], self.hostd_uploads({})))
-            bearer.append(self.phase([self.hostd], self.hostd_uploads(bearer_headers)))
+        turns = itertools.count()
+        baseline, anonymous, bearer = self.in_turns(
+            ([self.baseline], lambda: self.baseline_uploads(next(turns))),
+            ([self.hostd], lambda: self.hostd_uploads({})),
+            ([self.hostd], lambda: self.hostd_uploads(bearer_headers)),
+        )
         c = f"c{UPLOAD_CONCURRENCY}"
-        base = self.add(f"baseline PUT 4 KiB uploads/s, {c}", "/s", Measured.mean(baseline))
+        base = self.add(f"baseline PUT 4 KiB uploads/s, {c}", "/s", baseline)
         anon = self.add(
             f"hostd 4 KiB uploads/s, {c}",
             "/s",
-            Measured.mean(anonymous),
+            anonymous,
             vs="baseline PUT",
             vs_figure=base.figure,
             aim=">= 0.5x",
@@ -1042,7 +1056,7 @@ class Bench:
         self.add(
             f"hostd Bearer 4 KiB uploads/s, {c}",
             "/s",
-            Measured.mean(bearer),
+            bearer,
             vs="anonymous",
             vs_figure=anon.figure,
             aim=">= 0.9x",
@@ -1065,17 +1079,16 @@ class Bench:
                 Hostd("hostd-pg", self.tmp, self.tmp / "data-pg", database_url=url, cpu=CPUS[0])
             )
             self.phase([pg], self.hostd_uploads({}, count=1, port=pg.port))
-            sqlite: list[Measured] = []
-            postgresql: list[Measured] = []
-            for _ in range(UPLOAD_TURNS):
-                sqlite.append(self.phase([self.hostd], self.hostd_uploads({}, keep=False)))
-                postgresql.append(self.phase([pg], self.hostd_uploads({}, port=pg.port)))
+            sqlite, postgresql = self.in_turns(
+                ([self.hostd], lambda: self.hostd_uploads({}, keep=False)),
+                ([pg], lambda: self.hostd_uploads({}, port=pg.port)),
+            )
             c = f"c{UPLOAD_CONCURRENCY}"
-            base = self.add(f"hostd on SQLite 4 KiB uploads/s, {c}", "/s", Measured.mean(sqlite))
+            base = self.add(f"hostd on SQLite 4 KiB uploads/s, {c}", "/s", sqlite)
             self.add(
                 f"hostd on PostgreSQL 4 KiB uploads/s, {c}",
                 "/s",
-                Measured.mean(postgresql),
+                postgresql,
                 vs="SQLite",
                 vs_figure=base.figure,
                 aim=">= 0.7x",
@@ -1118,17 +1131,12 @@ class Bench:
 
         one = front("nginx-one-pg", [first.port])
         two = front("nginx-two-pg", [first.port, second.port])
-        single: list[Measured] = []
-        double: list[Measured] = []
-        for _ in range(UPLOAD_TURNS):
-            single.append(self.phase([one, first], self.hostd_uploads({}, port=one.port)))
-            double.append(self.phase([two, first, second], self.hostd_uploads({}, port=two.port)))
-        base = self.add(
-            f"nginx > 1 hostd on PostgreSQL 4 KiB uploads/s, {c}", "/s", Measured.mean(single)
+        single, double = self.in_turns(
+            ([one, first], lambda: self.hostd_uploads({}, port=one.port)),
+            ([two, first, second], lambda: self.hostd_uploads({}, port=two.port)),
         )
-        self.add(
-            row, "/s", Measured.mean(double), vs="1 instance", vs_figure=base.figure, aim=">= 1.5x"
-        )
+        base = self.add(f"nginx > 1 hostd on PostgreSQL 4 KiB uploads/s, {c}", "/s", single)
+        self.add(row, "/s", double, vs="1 instance", vs_figure=base.figure, aim=">= 1.5x")
         one.stop()
         two.stop()
         second.stop()
@@ -1201,29 +1209,21 @@ class Bench:
         seconds = self.seconds
         paths = [f"/files/{name}" for name in self.baseline_names]
         hashes = [f"/{public}" for public, _ in self.small_files]
+        base_port, hostd_port = self.baseline.port, self.hostd.port
         c = f"c{DOWNLOAD_CONCURRENCY}"
-        baseline: list[Measured] = []
-        hostd: list[Measured] = []
-        for _ in range(DOWNLOAD_TURNS):
-            baseline.append(
-                self.phase(
-                    [self.baseline],
-                    lambda w: download_rate(w, self.baseline.port, recent(paths), seconds),
-                )
-            )
-            hostd.append(
-                self.phase(
-                    [self.hostd],
-                    lambda w: download_rate(w, self.hostd.port, recent(hashes), seconds),
-                )
-            )
-        base = self.add(
-            f"baseline StaticFileHandler 4 KiB downloads/s, {c}", "/s", Measured.mean(baseline)
+        baseline, hostd = self.in_turns(
+            (
+                [self.baseline],
+                lambda: lambda w: download_rate(w, base_port, recent(paths), seconds),
+            ),
+            ([self.hostd], lambda: lambda w: download_rate(w, hostd_port, recent(hashes), seconds)),
+            turns=DOWNLOAD_TURNS,
         )
+        base = self.add(f"baseline StaticFileHandler 4 KiB downloads/s, {c}", "/s", baseline)
         self.hostd_small = self.add(
             f"hostd 4 KiB downloads/s, {c}",
             "/s",
-            Measured.mean(hostd),
+            hostd,
             vs="baseline static",
             vs_figure=base.figure,
             aim=">= 1.0x",
