@@ -57,8 +57,9 @@ async def register(
     full database, a client gone before its turn, an account over its quota), bytes that no
     row points at are removed.
 
-    Raises Banned, with nothing stored, for banned bytes: checked before they are placed,
-    and by the schema when the row is written (a ban from another process meanwhile)."""
+    Raises Banned, with nothing stored, for banned bytes: checked before they are placed
+    (against the process's list of bans, db.find_ban), and by the schema when the row is
+    written (a ban from another process in the last few seconds)."""
     async with store.guard(written.sha256):
         await _refuse_if_banned(database, store, written)
         placing = asyncio.ensure_future(store.place(written))
@@ -97,7 +98,7 @@ async def _refuse_if_banned(database: Database, store: BlobStore, written: Writt
     """Raise Banned for banned bytes, and then (or if the caller goes away meanwhile) leave
     nothing of them: the temp file goes."""
     try:
-        ban = await db.get_ban(database, sha256=written.sha256)
+        ban = await db.find_ban(database, written.sha256)
     except BaseException:
         await asyncio.shield(store.discard(written))
         raise

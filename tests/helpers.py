@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hostd import uploads
 from hostd.config import Config
 
 
@@ -359,6 +360,22 @@ def hostd(
 
 
 # -- the database's writer ---------------------------------------------------------------
+
+
+async def store_upload(db: Any, store: Any, data: bytes, user_id: int | None = None) -> Any:
+    """What the upload handler does: write, commit, then place and register; (Blob, Upload)."""
+    writer = store.writer()
+    writer.write(data)
+    written = await writer.commit()
+    return await uploads.register(
+        db,
+        store,
+        written,
+        content_type="application/octet-stream",
+        original_name="contested.bin",
+        user_id=user_id,
+        api_key_id=None,
+    )
 
 
 async def hold_writer(db: Any) -> tuple[Callable[[], None], Any]:

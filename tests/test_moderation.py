@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import hashlib
 import io
@@ -17,12 +18,22 @@ from pathlib import Path
 
 import pytest
 from conftest import XSRF, form_body
-from helpers import blob_files, hostd, multipart_body, start, temp_files, wait_for_line
+from helpers import (
+    blob_files,
+    hostd,
+    multipart_body,
+    start,
+    store_upload,
+    temp_files,
+    wait_for_line,
+)
 from PIL import Image
 
 from hostd import db as queries
 from hostd import uploads
 from hostd.cli import main as hostd_main
+from hostd.db import moderation
+from hostd.db.core import BAN_LIST_SECONDS, BanList
 from hostd.db.stats import DAY_SECONDS as DAY
 from hostd.hashes import public_hash_candidates
 from hostd.storage import LocalBlobStore
@@ -205,7 +216,9 @@ class CountingPlaces(LocalBlobStore):
 async def test_banned_bytes_are_refused_before_they_are_placed(db, config, thumbs):
     store = CountingPlaces(config.blobs_dir)
     data = b"banned long ago"
-    await uploads.ban(db, store, thumbs, sha256=hashlib.sha256(data).hexdigest(), reason="")
+    sha = hashlib.sha256(data).hexdigest()
+    assert await queries.find_ban(db, sha) is None  # the process's list of bans, read
+    await uploads.ban(db, store, thumbs, sha256=sha, reason="")  # and out of date
     writer = store.writer()
     writer.write(data)
     written = await writer.commit()
@@ -225,6 +238,72 @@ async def test_banned_bytes_are_refused_before_they_are_placed(db, config, thumb
         assert await nothing_stored(db, config)
     finally:
         store.close()
+
+
+@pytest.mark.gen_test
+async def test_a_ban_made_elsewhere_after_this_process_read_its_bans_still_stops_an_upload(
+    db, store, config, other_process
+):
+    data = b"banned by another process a moment ago"
+    assert await queries.find_ban(db, hashlib.sha256(data).hexdigest()) is None  # list read
+    await queries.insert_ban(
+        other_process, sha256=hashlib.sha256(data).hexdigest(), reason="just now"
+    )
+
+    with pytest.raises(uploads.Banned) as refused:
+        await store_upload(db, store, data)
+
+    assert refused.value.reason == "just now"
+    assert await nothing_stored(db, config)
+
+
+@pytest.mark.gen_test
+async def test_a_ban_lifted_elsewhere_lets_the_bytes_back_at_once(db, store, other_process):
+    data = b"banned, then not"
+    sha = hashlib.sha256(data).hexdigest()
+    await queries.insert_ban(other_process, sha256=sha, reason="for now")
+    known = await queries.find_ban(db, sha)  # now on this process's list of bans
+    await queries.delete_ban(other_process, sha256=sha)
+
+    blob, _ = await store_upload(db, store, data)
+
+    assert known is not None and known.reason == "for now"
+    assert blob.sha256 == sha
+
+
+@pytest.mark.gen_test
+async def test_past_the_limit_of_bans_kept_each_upload_asks_the_database(db, monkeypatch):
+    monkeypatch.setattr(moderation, "BAN_LIST_LIMIT", 1)
+    banned = [hashlib.sha256(b"%d" % n).hexdigest() for n in range(2)]
+    for sha in banned:
+        await queries.insert_ban(db, sha256=sha, reason=sha[:4])
+
+    found = [await queries.find_ban(db, sha) for sha in banned]
+    free = await queries.find_ban(db, hashlib.sha256(b"never banned").hexdigest())
+
+    assert [ban.reason if ban else None for ban in found] == [sha[:4] for sha in banned]
+    assert free is None
+
+
+@pytest.mark.gen_test
+async def test_the_list_of_bans_is_read_once_for_many_and_again_when_old_or_forgotten(clock):
+    bans, reads = BanList(clock), []
+
+    async def read():
+        reads.append(clock())
+        await asyncio.sleep(0)
+        return frozenset({"banned"})
+
+    together = await asyncio.gather(*(bans.get(read) for _ in range(10)))
+    clock.advance(BAN_LIST_SECONDS - 0.1)
+    await bans.get(read)
+    clock.advance(0.1)
+    await bans.get(read)
+    bans.forget()
+    await bans.get(read)
+
+    assert together == [frozenset({"banned"})] * 10
+    assert reads == [1000.0, 1000.0 + BAN_LIST_SECONDS, 1000.0 + BAN_LIST_SECONDS]
 
 
 @pytest.mark.gen_test

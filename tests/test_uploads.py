@@ -9,26 +9,10 @@ import os
 import time
 
 import pytest
-from helpers import hold_writer
+from helpers import hold_writer, store_upload
 
 from hostd import db as queries
 from hostd import uploads
-
-
-async def store_upload(db, store, data: bytes, user_id: int | None = None):
-    """What the upload handler does: write, commit, then place and register."""
-    writer = store.writer()
-    writer.write(data)
-    written = await writer.commit()
-    return await uploads.register(
-        db,
-        store,
-        written,
-        content_type="application/octet-stream",
-        original_name="contested.bin",
-        user_id=user_id,
-        api_key_id=None,
-    )
 
 
 @pytest.mark.gen_test(timeout=60)

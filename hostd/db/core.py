@@ -42,6 +42,9 @@ V = TypeVar("V")
 
 SQLITE = "sqlite"
 POSTGRESQL = "postgresql"
+# How long a process trusts its list of banned SHA-256s (BanList), and how many it keeps.
+BAN_LIST_SECONDS = 5.0
+BAN_LIST_LIMIT = 100_000
 
 
 class Row(Protocol):
@@ -196,6 +199,43 @@ class Cache(Generic[K, V]):
         return len(self._entries)
 
 
+class BanList:
+    """The banned SHA-256s, as this process last read them, so that an upload need not ask
+    the database before it places its bytes. Trusted for BAN_LIST_SECONDS: a ban made
+    meanwhile by another process (`hostd file rm --ban`) still stops the upload's row (the
+    schema's triggers, 0006_moderation.sql), and a ban lifted meanwhile is looked up again
+    before anything is refused (moderation.find_ban). None: over BAN_LIST_LIMIT bans, too
+    many to keep; each upload asks the database."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._banned: frozenset[str] | None = None
+        self._expires = clock()  # when to read them again
+        self._reading: asyncio.Future[None] | None = None
+
+    async def get(
+        self, read: Callable[[], Coroutine[Any, Any, frozenset[str] | None]]
+    ) -> frozenset[str] | None:
+        """The list, read again with `read` (one read at a time) when it is out of date."""
+        if self._clock() >= self._expires:
+            if self._reading is None:
+                self._reading = asyncio.ensure_future(self._read(read))
+            await asyncio.shield(self._reading)
+        return self._banned
+
+    async def _read(self, read: Callable[[], Coroutine[Any, Any, frozenset[str] | None]]) -> None:
+        try:
+            started = self._clock()
+            self._banned = await read()
+            self._expires = started + BAN_LIST_SECONDS
+        finally:
+            self._reading = None
+
+    def forget(self) -> None:
+        """This process banned or lifted a ban: read the list again before its next use."""
+        self._expires = self._clock()
+
+
 class Changes:
     """Tells this process's caches when another process may have changed what they hold.
 
@@ -323,6 +363,7 @@ class Database:
         self.blobs: Cache[str, Any] = Cache(4096)
         self.changes = Changes()
         self.changes.subscribe(self.blobs.clear)
+        self.bans = BanList()
 
     @classmethod
     async def open(

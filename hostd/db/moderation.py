@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hostd.db.blobs import Removal, _drop_unreferenced_blob, row_as, take_down_rows
-from hostd.db.core import Database, Tx, is_integrity_error, now
+from hostd.db.core import BAN_LIST_LIMIT, Database, Tx, is_integrity_error, now
 from hostd.hashes import public_hash_candidates
 
 # What the triggers of 0006_moderation.sql say when banned bytes would get a row.
@@ -43,6 +43,22 @@ async def get_ban(
     return row_as(Ban, row) if row else None
 
 
+async def find_ban(db: Database, sha256: str) -> Ban | None:
+    """The ban of these bytes, for an upload about to place them: from this process's list
+    of banned SHA-256s (core.BanList), confirmed by the database when they are on it."""
+    banned = await db.bans.get(lambda: _read_banned(db))
+    if banned is not None and sha256 not in banned:
+        return None
+    return await get_ban(db, sha256=sha256)
+
+
+async def _read_banned(db: Database) -> frozenset[str] | None:
+    rows = await db.read(
+        lambda tx: tx.fetchall("SELECT sha256 FROM bans LIMIT ?", (BAN_LIST_LIMIT + 1,))
+    )
+    return None if len(rows) > BAN_LIST_LIMIT else frozenset(row[0] for row in rows)
+
+
 async def list_bans(db: Database) -> list[Ban]:
     """Oldest first."""
     rows = await db.read(lambda tx: tx.fetchall("SELECT * FROM bans ORDER BY created_at, sha256"))
@@ -67,6 +83,7 @@ async def insert_ban(db: Database, *, sha256: str, reason: str) -> tuple[Ban, Re
         return row_as(Ban, row), removal, hash
 
     ban, removal, hash = await db.write(work)
+    db.bans.forget()
     if hash is not None:
         db.blobs.drop(hash)
     return ban, removal
@@ -77,6 +94,7 @@ async def delete_ban(db: Database, *, sha256: str) -> Ban | None:
     row = await db.write(
         lambda tx: tx.fetchone("DELETE FROM bans WHERE sha256 = ? RETURNING *", (sha256,))
     )
+    db.bans.forget()
     return row_as(Ban, row) if row else None
 
 
