@@ -22,7 +22,18 @@ from hostd.storage import (
     WRITEBACK_BYTES,
     BlobMissing,
     LocalBlobStore,
+    hash_keeping_the_gil,
 )
+
+
+@pytest.mark.parametrize("size", [1, 2047, 2048, 4095, 4096, 16 * 1024, 16 * 1024 + 1, 100_000])
+def test_a_small_upload_hashed_in_pieces_has_its_sha256(size):
+    data = os.urandom(size)
+    digest = hashlib.sha256(b"before ")
+
+    hash_keeping_the_gil(digest, data)
+
+    assert digest.hexdigest() == hashlib.sha256(b"before " + data).hexdigest()
 
 
 @pytest.fixture
