@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import sqlite3
 import time
 
 import pytest
@@ -394,6 +396,26 @@ async def test_a_blob_another_process_made_live_longer_is_read_again_when_it_loo
 
     assert blob.expires_at is not None
     assert later is not None and later.expires_at is None
+
+
+@pytest.mark.sqlite_only
+@pytest.mark.gen_test
+async def test_the_change_counter_is_read_once_a_turn_of_the_event_loop(db, config):
+    drops = []
+    db.changes.subscribe(lambda: drops.append("dropped"))
+    db.changes.check()  # read in this turn
+    drops.clear()
+
+    # Another process's change (its trigger's bump), committed within this same turn.
+    with contextlib.closing(sqlite3.connect(config.db_path, isolation_level=None)) as other:
+        other.execute("UPDATE changes SET version = version + 1")
+    db.changes.check()  # this turn's read stands
+    in_the_same_turn = list(drops)
+    await asyncio.sleep(0)  # the next turn: what the next request would see
+    db.changes.check()
+
+    assert in_the_same_turn == []
+    assert drops == ["dropped"]
 
 
 @pytest.mark.gen_test
