@@ -24,8 +24,9 @@ Then it measures, against each of them as it applies:
 * 4 KiB uploads/s of a second hostd whose database is PostgreSQL (a private server from
   Debian's binaries, its data beside hostd's, synchronous_commit off to match SQLite's
   WAL with synchronous=NORMAL), in turns with the SQLite one;
-* one 1 GiB upload streamed in 1 MiB pieces: MB/s, and hostd's peak RSS while it is received
-  (each right after writing and removing 2 GiB in /dev/shm: see warm_memory());
+* 1 GiB uploads streamed in 1 MiB pieces, in turns (other bytes in each of hostd's): MB/s,
+  and hostd's peak RSS while they are received (each right after writing and removing 2 GiB
+  in /dev/shm: see warm_memory());
 * 4 KiB downloads/s at 64 connections of the 1,000 files uploaded last, in process (in turns
   with the baseline's, twice over) and through nginx (in turns with hostd's own, again);
   and of all files uploaded, in process;
@@ -821,6 +822,10 @@ class BigFile:
         big.sha256, big.hash = digest.hexdigest(), public_hash(digest.digest())
         return big
 
+    def another(self) -> BigFile:
+        """A file of the same size made of another random block: other bytes, another hash."""
+        return BigFile.make(self.size, self.label)
+
     def pieces(self) -> Iterator[bytes]:
         """The file as pieces of the block (the last may be shorter)."""
         remaining = self.size
@@ -1152,37 +1157,62 @@ class Bench:
             self.notes.append(note)
 
     def big_uploads(self) -> None:
-        """MB/s of one big upload to each, and hostd's peak RSS while it receives it."""
+        """MB/s of big uploads to each, in turns like the small ones (one big upload is a
+        single sample, and this box's speed drifts between two of them by a third), and
+        hostd's peak RSS while it receives them. Each of hostd's turns sends other bytes,
+        so that none finds its file stored already; the last sends self.big, which the
+        downloads fetch."""
         big = self.big
-        base_timings: dict[str, Any] = {}
+        files = iter([*(big.another() for _ in range(UPLOAD_TURNS - 1)), big])
         put = put_head(self.baseline.port, "big.bin", big.size)
-        parts = (put, big.pieces(), b"")
-        self.warm_up()
-        base = self.phase(
-            [self.baseline],
-            lambda w: big_upload(w, self.baseline.port, parts, None, base_timings),
-        )
-        status, body = base_timings["answer"]
-        put_answer(status, body, "big.bin")
-        base_row = self.add(f"baseline PUT {big.label} upload", "MB/s", base)
-
         head = part_head("big.bin")
         length = len(head) + big.size + len(PART_TAIL)
-        request = (upload_head(self.hostd.port, length, {}) + head, big.pieces(), PART_TAIL)
-        # VmHWM so far covers start-up and the phases before; reset it (when the kernel
-        # lets us) so that the figure after the upload is the upload's own.
+        # VmHWM so far covers start-up and the phases before; it is reset (when the kernel
+        # lets us) before each upload, so that the figure after it is the upload's own.
         before = self.hostd.status_mib("VmHWM")
-        was_reset = self.hostd.reset_peak_rss()
+        peaks: list[float] = []
+        resets: list[bool] = []
         samples: list[float] = []
         timings: dict[str, Any] = {}
-        self.warm_up()
-        measured = self.phase(
-            [self.hostd],
-            lambda w: big_upload(w, self.hostd.port, request, (self.hostd, samples), timings),
-        )
-        got = upload_answer(*timings["answer"])
-        if got != big.hash:
-            raise BenchError(f"{big.label} upload: the server's hash is {got}, sent {big.hash}")
+
+        def baseline_turn() -> Phase:
+            self.warm_up()
+
+            async def run(window: Window) -> float:
+                answer: dict[str, Any] = {}
+                parts = (put, big.pieces(), b"")
+                figure = await big_upload(window, self.baseline.port, parts, None, answer)
+                put_answer(*answer["answer"], "big.bin")
+                return figure
+
+            return run
+
+        def hostd_turn() -> Phase:
+            sent = next(files)
+            request = (upload_head(self.hostd.port, length, {}) + head, sent.pieces(), PART_TAIL)
+            was_reset = self.hostd.reset_peak_rss()
+            resets.append(was_reset)
+            self.warm_up()
+
+            async def run(window: Window) -> float:
+                turn_samples: list[float] = []
+                sampled = (self.hostd, turn_samples)
+                figure = await big_upload(window, self.hostd.port, request, sampled, timings)
+                got = upload_answer(*timings["answer"])
+                if got != sent.hash:
+                    raise BenchError(
+                        f"{big.label} upload: the server's hash is {got}, sent {sent.hash}"
+                    )
+                samples.extend(turn_samples)
+                peaks.append(
+                    self.hostd.status_mib("VmHWM") if was_reset else max(turn_samples, default=0.0)
+                )
+                return figure
+
+            return run
+
+        base, measured = self.in_turns(([self.baseline], baseline_turn), ([self.hostd], hostd_turn))
+        base_row = self.add(f"baseline PUT {big.label} upload", "MB/s", base)
         self.add(
             f"hostd {big.label} upload",
             "MB/s",
@@ -1191,14 +1221,16 @@ class Bench:
             vs_figure=base_row.figure,
             aim=">= 0.8x",
         )
-        peak = self.hostd.status_mib("VmHWM") if was_reset else max(samples, default=0.0)
-        how = "VmHWM" if was_reset else f"VmRSS sampled every {RSS_SAMPLE_SECONDS} s"
-        self.add(f"hostd peak RSS in {big.label} upload ({how})", "MiB", figure=peak, aim="< 64")
+        how = "VmHWM" if all(resets) else f"VmRSS sampled every {RSS_SAMPLE_SECONDS} s"
+        self.add(
+            f"hostd peak RSS in {big.label} upload ({how})", "MiB", figure=max(peaks), aim="< 64"
+        )
+        turns = len(peaks)
         self.notes.append(
-            f"{big.label} upload to hostd: last byte sent after "
-            f"{timings['seconds_to_last_byte']:.2f} s, answer after {measured.wall_s:.2f} s; "
-            f"hash verified. Peak RSS before it {before:.0f} MiB, max sampled during it "
-            f"{max(samples, default=0.0):.0f} MiB."
+            f"{turns} {big.label} uploads to hostd: answered after {measured.wall_s / turns:.2f} s "
+            f"on average, the last one's last byte sent after "
+            f"{timings['seconds_to_last_byte']:.2f} s; hashes verified. Peak RSS before them "
+            f"{before:.0f} MiB, max sampled during them {max(samples, default=0.0):.0f} MiB."
         )
 
     # -- downloads in process
