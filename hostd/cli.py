@@ -224,7 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=size_argument,
         default=client.RESUMABLE_ABOVE_BYTES,
         metavar="BYTES",
-        help="send bigger files with tus, resuming after a dropped connection (default 16 MiB)",
+        help="send bigger files with tus, resuming after a dropped connection or, by the next "
+        "run, after this one is killed (default 16 MiB)",
     )
     upload_cmd.set_defaults(handler=cmd_upload)
     db_cmd = commands.add_parser("db", help="the database itself: migrate it, copy it")

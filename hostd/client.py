@@ -2,14 +2,16 @@
 
 A file up to `resumable_above` bytes is sent in one `PUT /api/upload/<name>`; a bigger one
 with tus 1.0 at /api/tus/ (when the server offers it), in PATCHes of at most PATCH_BYTES, so
-that a dropped connection costs a retry from the offset the server reports, not the file.
-Bodies are read from disk as they are sent, never held whole.
+that a dropped connection costs a retry from the offset the server reports, not the file,
+and a run killed midway is carried on by the next one (Journal). Bodies are read from disk
+as they are sent, never held whole.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import http.client
 import json
 import os
@@ -138,6 +140,125 @@ class FileSlice:
         return data
 
 
+# Unfinished tus uploads are remembered for the next run this long (the server keeps them
+# for its server.resumable_hours, 24 by default; one it no longer has answers 404 or 410).
+JOURNAL_DAYS = 7
+
+
+def journal_path() -> Path | None:
+    """Where `hostd upload` remembers unfinished uploads: $XDG_STATE_HOME/hostd/, else
+    ~/.local/state/hostd/; None without a home directory to put it in."""
+    state = os.environ.get("XDG_STATE_HOME")
+    if not state:
+        try:
+            state = str(Path.home() / ".local" / "state")
+        except RuntimeError:  # no $HOME, and no home in the password database
+            return None
+    return Path(state) / "hostd" / "unfinished-uploads.json"
+
+
+@dataclass(frozen=True)
+class Sending:
+    """One file on its way to one server, as the journal knows it: `server`, a digest of
+    the URL and key (the journal holds no secret); `file`, its path; `fingerprint`, all
+    that must be the same for an upload to be carried on (the server, the path, device and
+    inode, size, modification time, and the expiry asked for)."""
+
+    server: str
+    file: str
+    fingerprint: str
+
+    @classmethod
+    def of(cls, client: Client, path: Path, stat: os.stat_result) -> Sending:
+        key = hashlib.sha256(client.key.encode()).hexdigest() if client.key else ""
+        server = hashlib.sha256(json.dumps([client.url, key]).encode()).hexdigest()
+        file = str(path.resolve())
+        seen = [server, file, stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns]
+        seen.append(client.expires or "")
+        return cls(server, file, hashlib.sha256(json.dumps(seen).encode()).hexdigest())
+
+
+class Journal:
+    """Unfinished tus uploads, in a small JSON file, so that a run killed midway (Ctrl-C, a
+    closed laptop, a network down for longer than the retries wait) is carried on by the
+    next run for the same file, unchanged, to the same server with the same key and expiry.
+    Best effort: a journal that cannot be read or written is passed over, and the upload
+    starts from its first byte, as without one. `path` None: remember nothing."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+
+    def location(self, sending: Sending) -> str | None:
+        """Where the upload of these very bytes stands, if an earlier run left it unfinished."""
+        entry = self._read().get(sending.fingerprint)
+        return _location(entry)
+
+    def stale(self, sending: Sending) -> list[tuple[str, str]]:
+        """(fingerprint, location) of unfinished uploads of this path to this server that
+        this one replaces: the file has changed since."""
+        return [
+            (fingerprint, location)
+            for fingerprint, entry in self._read().items()
+            if fingerprint != sending.fingerprint
+            and isinstance(entry, dict)
+            and (entry.get("server"), entry.get("file")) == (sending.server, sending.file)
+            and (location := _location(entry)) is not None
+        ]
+
+    def remember(self, sending: Sending, location: str) -> None:
+        uploads = self._read()
+        entry = {"location": location, "server": sending.server, "file": sending.file}
+        uploads[sending.fingerprint] = {**entry, "at": int(time.time())}
+        self._write(uploads)
+
+    def forget(self, fingerprint: str) -> None:
+        uploads = self._read()
+        if uploads.pop(fingerprint, None) is not None:
+            self._write(uploads)
+
+    def _read(self) -> dict[str, Any]:
+        if self.path is None:
+            return {}
+        try:
+            uploads = json.loads(self.path.read_text(encoding="utf-8")).get("uploads")
+        except (OSError, ValueError, AttributeError):
+            return {}
+        return uploads if isinstance(uploads, dict) else {}
+
+    def _write(self, uploads: dict[str, Any]) -> None:
+        """The journal, replaced whole (written beside it, then renamed); readable only by
+        its owner. Entries older than JOURNAL_DAYS go; an empty journal is removed."""
+        if self.path is None:
+            return
+        horizon = time.time() - JOURNAL_DAYS * 24 * 3600
+        kept = {
+            fingerprint: entry
+            for fingerprint, entry in uploads.items()
+            if isinstance(entry, dict)
+            and isinstance(entry.get("at"), int)
+            and entry["at"] >= horizon
+        }
+        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+        try:
+            if not kept:
+                self.path.unlink(missing_ok=True)
+                return
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                json.dump({"uploads": kept}, out)
+            os.replace(temporary, self.path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                temporary.unlink(missing_ok=True)
+
+
+def _location(entry: object) -> str | None:
+    """A journal entry's upload location, if it is one (a path below TUS_PATH)."""
+    location = entry.get("location") if isinstance(entry, dict) else None
+    return location if isinstance(location, str) and location.startswith(TUS_PATH) else None
+
+
 class Client:
     """Uploads to one server with one key (None: anonymously)."""
 
@@ -150,6 +271,7 @@ class Client:
         expires: str | None = None,
         progress_to: TextIO | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        journal: Journal | None = None,
     ) -> None:
         parts = urllib.parse.urlsplit(url.rstrip("/"))
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -161,16 +283,19 @@ class Client:
         self.expires = expires  # hours, or an ISO 8601 time: as the server's Expires header
         self.progress_to = progress_to
         self._sleep = sleep
+        self.journal = journal or Journal(None)
         self._has_tus: bool | None = None
 
     def upload(self, path: Path) -> dict[str, Any]:
         """The server's JSON answer for one file (as POST /api/upload gives it)."""
-        size = path.stat().st_size
         with path.open("rb") as file:
+            stat = os.fstat(file.fileno())
+            size = stat.st_size
             progress = Progress(self.progress_to, path.name, size) if self.progress_to else None
             try:
                 if size > self.resumable_above and self.offers_tus():
-                    return self.upload_tus(file, path.name, size, progress)
+                    sending = Sending.of(self, path, stat)
+                    return self.upload_tus(file, path.name, size, progress, sending)
                 return self.upload_put(file, path.name, size, progress)
             finally:
                 if progress is not None:
@@ -207,12 +332,68 @@ class Client:
         return self._has_tus
 
     def upload_tus(
-        self, file: BinaryIO, name: str, size: int, progress: Progress | None
+        self,
+        file: BinaryIO,
+        name: str,
+        size: int,
+        progress: Progress | None,
+        sending: Sending,
     ) -> dict[str, Any]:
-        """Create the upload, then PATCH it from the offset the server holds, retrying
-        (with the waits of RETRY_DELAYS) while the connection fails or the server is busy."""
-        location = self.retrying(lambda: self.tus_create(name, size))
-        offset, info = 0, None
+        """Carry on the upload an earlier run left unfinished, or create one; then PATCH it
+        from the offset the server holds, retrying (with the waits of RETRY_DELAYS) while
+        the connection fails or the server is busy. The journal keeps the upload until it
+        is done, or refused."""
+        location, offset, info = self.resumed(sending)
+        if location is None:
+            self.terminate_stale(sending)
+            location = self.retrying(lambda: self.tus_create(name, size))
+            self.journal.remember(sending, location)
+        elif progress is not None:
+            progress.at(offset)
+        try:
+            info = self.patch_all(location, file, offset, size, progress, info)
+        except UploadFailed as exc:
+            if exc.status is not None:  # refused: there is nothing to carry on
+                self.journal.forget(sending.fingerprint)
+            raise
+        self.journal.forget(sending.fingerprint)
+        return info
+
+    def resumed(self, sending: Sending) -> tuple[str | None, int, dict[str, Any] | None]:
+        """The location of the upload an earlier run left unfinished, and where the server
+        stands with it; (None, 0, None) when there is none, or the server no longer has it
+        (expired, or taken by `hostd prune`: 404 or 410)."""
+        location = self.journal.location(sending)
+        if location is None:
+            return None, 0, None
+        try:
+            offset, info = self.retrying(lambda: self.tus_state(location))
+        except UploadFailed as exc:
+            if exc.status is None:  # unreachable: a new upload could not be made either
+                raise
+            self.journal.forget(sending.fingerprint)
+            return None, 0, None
+        return location, offset, info
+
+    def terminate_stale(self, sending: Sending) -> None:
+        """End (tus termination) the unfinished uploads of an earlier version of this file,
+        whose parts would otherwise hold the server's disk, and the account's quota, until
+        they expire; whatever the server answers, they are forgotten."""
+        for fingerprint, location in self.journal.stale(sending):
+            with contextlib.suppress(UploadFailed):
+                self.request("DELETE", location, {"Tus-Resumable": TUS_VERSION})
+            self.journal.forget(fingerprint)
+
+    def patch_all(
+        self,
+        location: str,
+        file: BinaryIO,
+        offset: int,
+        size: int,
+        progress: Progress | None,
+        info: dict[str, Any] | None,
+    ) -> dict[str, Any]:
+        """PATCH from `offset` until the server has the whole file; its answer."""
         failures, problem = 0, Unreachable("")
         while info is None:
             try:
@@ -442,6 +623,7 @@ def run(
             resumable_above=resumable_above,
             expires=expires,
             progress_to=stderr if stderr.isatty() else None,
+            journal=Journal(journal_path()),
         )
     except UploadFailed as exc:
         print(f"hostd upload: {exc}", file=stderr)

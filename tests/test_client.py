@@ -8,6 +8,8 @@ import hashlib
 import json
 import os
 import pty
+import signal
+import stat
 import sys
 from pathlib import Path
 
@@ -27,6 +29,14 @@ def serving(http_server):
     return http_server
 
 
+@pytest.fixture(autouse=True)
+def journal(tmp_path, monkeypatch) -> Path:
+    """Where `hostd upload` remembers unfinished uploads: below this test's own
+    XDG_STATE_HOME, which its processes inherit."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    return tmp_path / "state" / "hostd" / "unfinished-uploads.json"
+
+
 @dataclasses.dataclass
 class Run:
     code: int
@@ -34,17 +44,22 @@ class Run:
     stderr: str
 
 
-async def hostd_upload(*args: str, env: dict[str, str] | None = None, stderr: int | None = None):
-    """`python -m hostd upload ARGS`, with HOSTD_URL and HOSTD_KEY only as `env` gives them;
-    `stderr` an fd to write it to (a terminal) instead of a pipe."""
+async def start_upload(*args: str, env: dict[str, str] | None = None, stderr: int | None = None):
+    """`python -m hostd upload ARGS` started, with HOSTD_URL and HOSTD_KEY only as `env`
+    gives them; `stderr` an fd to write it to (a terminal) instead of a pipe."""
     clean = {k: v for k, v in os.environ.items() if k not in ("HOSTD_URL", "HOSTD_KEY")}
-    proc = await asyncio.create_subprocess_exec(
+    return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "hostd", "upload", *args,
         env={**clean, **(env or {})},
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE if stderr is None else stderr,
     )  # fmt: skip
+
+
+async def hostd_upload(*args: str, env: dict[str, str] | None = None, stderr: int | None = None):
+    """`python -m hostd upload ARGS` run to its end (see start_upload)."""
+    proc = await start_upload(*args, env=env, stderr=stderr)
     out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
     assert proc.returncode is not None
     return Run(proc.returncode, out.decode(), (err or b"").decode())
@@ -59,6 +74,7 @@ class Relay:
         self.cut_after = cut_after
         self.sent = 0  # client to server, over all connections
         self.cuts = 0
+        self.cut = asyncio.Event()  # set at the cut
         self.server: asyncio.Server | None = None
 
     async def start(self) -> str:
@@ -79,6 +95,7 @@ class Relay:
                         self.sent += len(data)
                         if self.cut_after is not None and self.sent >= self.cut_after:
                             self.cut_after, self.cuts = None, self.cuts + 1
+                            self.cut.set()
                             client_out.transport.abort()  # a reset, as a dropped network gives
                             server_out.transport.abort()
                             return
@@ -366,6 +383,106 @@ async def test_a_dropped_connection_resumes_from_where_the_server_got_to(
     digest = hashlib.sha256(big.read_bytes()).hexdigest()
     assert run.stdout == f"{url}/{public_hash_candidates(digest)[0]}.bin\n"
     assert store.path(digest).read_bytes() == big.read_bytes()
+
+
+# -- a run killed midway: the journal of unfinished uploads ------------------------------
+
+SIX_MIB = 6 * 1024 * 1024  # one PATCH
+
+
+async def killed_at_the_cut(relay: Relay, *args: str) -> None:
+    """`hostd upload ARGS` through `relay`, killed (SIGKILL: a lost session, a closed
+    laptop) the moment the relay breaks its connection, before it can try again."""
+    proc = await start_upload(*args)
+    try:
+        await asyncio.wait_for(relay.cut.wait(), timeout=30)
+    finally:
+        proc.kill()
+        await proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_run_killed_midway_is_carried_on_by_the_next_one(
+    http_port, tmp_path, store, db, journal, login, make_api_key
+):
+    alice = await login()
+    key = await make_api_key(alice.user)
+    big = sized(tmp_path, "big.bin", SIX_MIB)
+    relay = Relay(http_port, cut_after=SIX_MIB // 2)
+    url = await relay.start()
+    args = (str(big), "--url", url, "--key", key, "--resumable-above", "1000")
+
+    try:
+        await killed_at_the_cut(relay, *args)
+        remembered = journal.read_text()
+        assert stat.S_IMODE(journal.stat().st_mode) == 0o600
+        before = relay.sent
+        run = await hostd_upload(*args)
+    finally:
+        relay.close()
+
+    assert run.code == 0, run.stderr
+    assert relay.sent - before < SIX_MIB // 2 + SIX_MIB // 8  # the rest, not the whole file
+    digest = hashlib.sha256(big.read_bytes()).hexdigest()
+    assert run.stdout == f"{url}/{public_hash_candidates(digest)[0]}.bin\n"
+    assert store.path(digest).read_bytes() == big.read_bytes()
+    (upload,) = await queries.all_uploads(db)
+    assert upload.user_id == alice.user.id
+    assert "/api/tus/" in remembered and key not in remembered  # where, and no secret
+    assert stat.S_IMODE(os.stat(journal.parent).st_mode) == 0o700
+    assert not journal.exists()  # done, so forgotten
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_file_changed_since_the_killed_run_is_sent_whole_and_the_old_part_ended(
+    http_port, tmp_path, store, db, journal
+):
+    big = sized(tmp_path, "big.bin", SIX_MIB)
+    relay = Relay(http_port, cut_after=SIX_MIB // 2)
+    url = await relay.start()
+    args = (str(big), "--url", url, "--resumable-above", "1000")
+
+    try:
+        await killed_at_the_cut(relay, *args)
+        assert len(await queries.unfinished_resumable_ids(db)) == 1
+        big.write_bytes(big.read_bytes()[::-1])  # the same size, other bytes
+        before = relay.sent
+        run = await hostd_upload(*args)
+    finally:
+        relay.close()
+
+    assert run.code == 0, run.stderr
+    assert relay.sent - before > SIX_MIB  # all of it
+    digest = hashlib.sha256(big.read_bytes()).hexdigest()
+    assert run.stdout == f"{url}/{public_hash_candidates(digest)[0]}.bin\n"
+    assert store.path(digest).read_bytes() == big.read_bytes()
+    assert await queries.unfinished_resumable_ids(db) == set()  # the first run's part too
+    assert not journal.exists()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_an_upload_the_server_no_longer_has_starts_again(
+    http_port, tmp_path, store, journal, config, wall_clock
+):
+    big = sized(tmp_path, "big.bin", SIX_MIB)
+    relay = Relay(http_port, cut_after=SIX_MIB // 2)
+    url = await relay.start()
+    args = (str(big), "--url", url, "--resumable-above", "1000")
+
+    try:
+        await killed_at_the_cut(relay, *args)
+        wall_clock.advance(config.resumable_hours * 3600 + 1)  # expired: HEAD answers 410
+        before = relay.sent
+        run = await hostd_upload(*args)
+    finally:
+        relay.close()
+
+    assert run.code == 0, run.stderr
+    assert relay.sent - before > SIX_MIB
+    digest = hashlib.sha256(big.read_bytes()).hexdigest()
+    assert store.path(digest).read_bytes() == big.read_bytes()
+    assert not journal.exists()
 
 
 @pytest.mark.gen_test(timeout=60)
