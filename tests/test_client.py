@@ -390,16 +390,24 @@ async def test_a_dropped_connection_resumes_from_where_the_server_got_to(
 SIX_MIB = 6 * 1024 * 1024  # one PATCH
 
 
-async def killed_at_the_cut(relay: Relay, *args: str) -> None:
-    """`hostd upload ARGS` through `relay`, killed (SIGKILL: a lost session, a closed
-    laptop) the moment the relay breaks its connection, before it can try again."""
+async def killed_midway(http_port: int, big: Path, *options: str) -> tuple[Relay, list[str]]:
+    """`hostd upload BIG OPTIONS` (BIG of SIX_MIB) through a relay that breaks its connection
+    half-way, killed (SIGKILL: a lost session, a closed laptop) at that moment, before it can
+    try again; the relay, left open for the next run (the same server URL), and the
+    arguments to run again."""
+    relay = Relay(http_port, cut_after=SIX_MIB // 2)
+    url = await relay.start()
+    args = [str(big), "--url", url, "--resumable-above", "1000", *options]
     proc = await start_upload(*args)
     try:
         await asyncio.wait_for(relay.cut.wait(), timeout=30)
     finally:
         proc.kill()
         await proc.communicate()
-    assert proc.returncode == -signal.SIGKILL
+    if proc.returncode != -signal.SIGKILL:
+        relay.close()
+        pytest.fail(f"the first run ended by itself ({proc.returncode}) before the cut")
+    return relay, args
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -409,12 +417,9 @@ async def test_a_run_killed_midway_is_carried_on_by_the_next_one(
     alice = await login()
     key = await make_api_key(alice.user)
     big = sized(tmp_path, "big.bin", SIX_MIB)
-    relay = Relay(http_port, cut_after=SIX_MIB // 2)
-    url = await relay.start()
-    args = (str(big), "--url", url, "--key", key, "--resumable-above", "1000")
 
+    relay, args = await killed_midway(http_port, big, "--key", key)
     try:
-        await killed_at_the_cut(relay, *args)
         remembered = journal.read_text()
         assert stat.S_IMODE(journal.stat().st_mode) == 0o600
         before = relay.sent
@@ -425,7 +430,7 @@ async def test_a_run_killed_midway_is_carried_on_by_the_next_one(
     assert run.code == 0, run.stderr
     assert relay.sent - before < SIX_MIB // 2 + SIX_MIB // 8  # the rest, not the whole file
     digest = hashlib.sha256(big.read_bytes()).hexdigest()
-    assert run.stdout == f"{url}/{public_hash_candidates(digest)[0]}.bin\n"
+    assert run.stdout == f"{args[2]}/{public_hash_candidates(digest)[0]}.bin\n"
     assert store.path(digest).read_bytes() == big.read_bytes()
     (upload,) = await queries.all_uploads(db)
     assert upload.user_id == alice.user.id
@@ -439,12 +444,9 @@ async def test_a_file_changed_since_the_killed_run_is_sent_whole_and_the_old_par
     http_port, tmp_path, store, db, journal
 ):
     big = sized(tmp_path, "big.bin", SIX_MIB)
-    relay = Relay(http_port, cut_after=SIX_MIB // 2)
-    url = await relay.start()
-    args = (str(big), "--url", url, "--resumable-above", "1000")
 
+    relay, args = await killed_midway(http_port, big)
     try:
-        await killed_at_the_cut(relay, *args)
         assert len(await queries.unfinished_resumable_ids(db)) == 1
         big.write_bytes(big.read_bytes()[::-1])  # the same size, other bytes
         before = relay.sent
@@ -455,7 +457,7 @@ async def test_a_file_changed_since_the_killed_run_is_sent_whole_and_the_old_par
     assert run.code == 0, run.stderr
     assert relay.sent - before > SIX_MIB  # all of it
     digest = hashlib.sha256(big.read_bytes()).hexdigest()
-    assert run.stdout == f"{url}/{public_hash_candidates(digest)[0]}.bin\n"
+    assert run.stdout == f"{args[2]}/{public_hash_candidates(digest)[0]}.bin\n"
     assert store.path(digest).read_bytes() == big.read_bytes()
     assert await queries.unfinished_resumable_ids(db) == set()  # the first run's part too
     assert not journal.exists()
@@ -466,12 +468,9 @@ async def test_an_upload_the_server_no_longer_has_starts_again(
     http_port, tmp_path, store, journal, config, wall_clock
 ):
     big = sized(tmp_path, "big.bin", SIX_MIB)
-    relay = Relay(http_port, cut_after=SIX_MIB // 2)
-    url = await relay.start()
-    args = (str(big), "--url", url, "--resumable-above", "1000")
 
+    relay, args = await killed_midway(http_port, big)
     try:
-        await killed_at_the_cut(relay, *args)
         wall_clock.advance(config.resumable_hours * 3600 + 1)  # expired: HEAD answers 410
         before = relay.sent
         run = await hostd_upload(*args)
