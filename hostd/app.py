@@ -128,12 +128,16 @@ def format_time(epoch: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(epoch))
 
 
+# The largest body a URL that takes no upload accepts (a form, a JSON request): above it, 413.
+BODY_LIMIT_BYTES = 1024 * 1024 + FORM_OVERHEAD_BYTES
+
+
 def make_server(config: Config, app: tornado.web.Application) -> HostdServer:
     return HostdServer(
         app,
         xheaders=config.trust_proxy,
         # Uploads raise their own limit in prepare(); everything else stays small.
-        max_body_size=1024 * 1024 + FORM_OVERHEAD_BYTES,
+        max_body_size=BODY_LIMIT_BYTES,
         max_buffer_size=1024 * 1024,
         chunk_size=256 * 1024,
         idle_connection_timeout=120,

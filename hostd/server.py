@@ -289,6 +289,9 @@ class HostdConnection(HTTP1Connection):
     def _read_body(
         self, code: int, headers: httputil.HTTPHeaders, delegate: httputil.HTTPMessageDelegate
     ) -> Awaitable[None] | None:
+        length = headers.get("Content-Length", "")
+        if length.isdigit() and int(length) > self._max_body_size:
+            raise Refused(413, too_big(self._max_body_size))  # Tornado's own: a 400
         try:
             reading = super()._read_body(code, headers, delegate)
         except httputil.HTTPInputError as exc:
@@ -364,7 +367,7 @@ class HostdConnection(HTTP1Connection):
                 return
             total_size += chunk_len
             if total_size > self._max_body_size:
-                raise httputil.HTTPInputError("chunked body too large")
+                raise Refused(413, too_big(self._max_body_size))  # hostd: Tornado's a 400
             chunks += 1  # hostd
             # The last chunk may be short: it is not counted in the average.
             if chunks > FREE_CHUNKS and total_size < (chunks - 1) * MIN_AVERAGE_CHUNK_BYTES:
@@ -424,6 +427,11 @@ class HostdConnection(HTTP1Connection):
         ):
             linger(stream, self.hostd_params.lingering)
         super().close()
+
+
+def too_big(limit: int) -> str:
+    """Why a body over this URL's limit is refused (an upload's handler says it its way)."""
+    return f"the request's body is over the {limit:,} bytes this URL takes"
 
 
 def body_refusal(exc: Exception, seconds: float | None) -> Refused:

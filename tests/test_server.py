@@ -30,6 +30,7 @@ from helpers import (
 from tornado import netutil
 
 from hostd import affinity
+from hostd.app import BODY_LIMIT_BYTES
 from hostd.config import Config
 from hostd.server import MAX_HEAD_BYTES, MIN_AVERAGE_CHUNK_BYTES, valid_ip
 
@@ -186,6 +187,38 @@ async def test_http_1_0_with_transfer_encoding_is_a_400_and_a_close(http_server,
     assert headers["Connection"] == "close"
     assert b"HTTP/1.0 request cannot use Transfer-Encoding" in body
     assert answer.count(b"HTTP/1.1 ") == 1  # the request after it was not read
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_body_over_what_a_url_takes_is_a_413_before_it_is_read(http_server, http_port):
+    limit = BODY_LIMIT_BYTES
+    client = await Raw.open(http_port)
+    await client.send(
+        b"PUT /notes.txt HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Length: %d\r\n\r\n" % (limit + 1) + b"x" * 65536
+    )
+
+    status, headers, body = split(await client.answer())
+
+    assert status == 413
+    assert headers["Connection"] == "close"
+    assert body == f"ERROR the request's body is over the {limit:,} bytes this URL takes\n".encode()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_chunked_body_that_grows_over_it_is_a_413_too(http_server, http_port):
+    limit = BODY_LIMIT_BYTES
+    form = b"_xsrf=x&name=alice&password=" + b"p" * limit
+    client = await Raw.open(http_port)
+    await client.send(
+        b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\n\r\n" + chunked(form, 65536)
+    )
+
+    status, _, body = split(await client.answer())
+
+    assert status == 413
+    assert body == f"ERROR the request's body is over the {limit:,} bytes this URL takes\n".encode()
 
 
 # -- chunk sizes -------------------------------------------------------------------------
