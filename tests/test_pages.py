@@ -200,6 +200,21 @@ async def test_an_unknown_url_is_a_404_whatever_the_method(http_client, base_url
     assert response.code == 404
 
 
+@pytest.mark.parametrize("method", ["POST", "PUT"])
+@pytest.mark.gen_test
+async def test_a_file_sent_to_an_unknown_url_is_told_where_uploads_go(
+    http_client, base_url, method
+):
+    response = await http_client.fetch(
+        f"{base_url}/notes.txt", method=method, body=b"my notes", raise_error=False
+    )
+
+    assert response.code == 404
+    assert f"PUT /api/upload/&lt;its name&gt; (curl -T FILE {base_url}/api/upload/)" in (
+        response.body.decode()
+    )
+
+
 @pytest.mark.parametrize("content_type", ["multipart/form-data", "multipart/form-data; boundary=x"])
 @pytest.mark.parametrize("method", ["GET", "HEAD"])
 @pytest.mark.parametrize("path", ["/", "/login", "/api", "/files", "/no/such/page"])

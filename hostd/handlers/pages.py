@@ -24,6 +24,12 @@ class NotFoundHandler(BaseHandler):
 
     async def prepare(self) -> None:
         await super().prepare()
+        if self.request.method in ("POST", "PUT"):  # `curl -T file https://host/`, say
+            hint = (
+                "Upload a file with POST /api/upload (a multipart field named 'file') or PUT "
+                f"/api/upload/<its name> (curl -T FILE {self.public_url()}/api/upload/)."
+            )
+            raise Refusal(404, f"There is nothing at this address. {hint}")
         raise Refusal(404, "There is nothing at this address.")
 
 
