@@ -21,10 +21,15 @@ import ssl
 import sys
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO, TypeVar
+
+try:
+    import fcntl
+except ImportError:  # Windows: the journal goes unlocked
+    fcntl = None  # type: ignore[assignment]
 
 MiB = 1024 * 1024
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -206,15 +211,36 @@ class Journal:
         ]
 
     def remember(self, sending: Sending, location: str) -> None:
-        uploads = self._read()
         entry = {"location": location, "server": sending.server, "file": sending.file}
-        uploads[sending.fingerprint] = {**entry, "at": int(time.time())}
-        self._write(uploads)
+        with self._locked():
+            uploads = self._read()
+            uploads[sending.fingerprint] = {**entry, "at": int(time.time())}
+            self._write(uploads)
 
     def forget(self, fingerprint: str) -> None:
-        uploads = self._read()
-        if uploads.pop(fingerprint, None) is not None:
-            self._write(uploads)
+        with self._locked():
+            uploads = self._read()
+            if uploads.pop(fingerprint, None) is not None:
+                self._write(uploads)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Held around each read, change and write of the journal (a lock on its directory),
+        so that runs in parallel (`xargs -P4 hostd upload`) keep each other's entries.
+        Where there is no flock (Windows) or no directory to lock, nothing is held."""
+        fd = -1
+        if self.path is not None and fcntl is not None:
+            with contextlib.suppress(OSError):
+                self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                fd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            if fd >= 0:
+                os.close(fd)  # and with it the lock
 
     def _read(self) -> dict[str, Any]:
         if self.path is None:

@@ -11,12 +11,14 @@ import pty
 import signal
 import stat
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from helpers import blob_files, temp_files
 
 from hostd import db as queries
+from hostd.client import Journal, Sending
 from hostd.hashes import public_hash_candidates
 from hostd.retention import iso_time
 
@@ -482,6 +484,24 @@ async def test_an_upload_the_server_no_longer_has_starts_again(
     digest = hashlib.sha256(big.read_bytes()).hexdigest()
     assert store.path(digest).read_bytes() == big.read_bytes()
     assert not journal.exists()
+
+
+def test_runs_in_parallel_keep_each_others_unfinished_uploads(journal):
+    """`xargs -P2 hostd upload ...`: each run's journal writes keep the other's entries."""
+
+    def run(name: str) -> None:
+        mine = Journal(journal)
+        for number in range(100):
+            sending = Sending("server", f"/files/{name}{number}", f"{name}{number}")
+            mine.remember(sending, f"/api/tus/{name}{number}")
+
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(run, ["a", "b"]))
+
+    uploads = json.loads(journal.read_text())["uploads"]
+    assert {entry["location"] for entry in uploads.values()} == {
+        f"/api/tus/{name}{number}" for name in "ab" for number in range(100)
+    }
 
 
 @pytest.mark.gen_test(timeout=60)
