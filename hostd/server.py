@@ -291,12 +291,21 @@ class HostdConnection(HTTP1Connection):
     ) -> Awaitable[None] | None:
         length = headers.get("Content-Length", "")
         if length.isdigit() and int(length) > self._max_body_size:
-            raise Refused(413, too_big(self._max_body_size))  # Tornado's own: a 400
+            raise Refused(413, self._too_big())  # Tornado's own: a 400
         try:
             reading = super()._read_body(code, headers, delegate)
         except httputil.HTTPInputError as exc:
             raise Refused(400, f"the request's body framing is invalid: {exc}") from None
         return None if reading is None else self._watch_body(reading)
+
+    def _too_big(self) -> str:
+        """Why a body over this URL's limit is refused. Only the server-wide limit says
+        where files go: an upload's handler, having raised its own, refuses its way first."""
+        limit = self._max_body_size
+        message = f"the request's body is over the {limit:,} bytes this URL takes"
+        if limit == self.params.max_body_size:
+            message += "; upload files with POST /api/upload or PUT /api/upload/<name>"
+        return message
 
     async def _watch_body(self, reading: Awaitable[None]) -> None:
         seconds = self.body_seconds
@@ -367,7 +376,7 @@ class HostdConnection(HTTP1Connection):
                 return
             total_size += chunk_len
             if total_size > self._max_body_size:
-                raise Refused(413, too_big(self._max_body_size))  # hostd: Tornado's a 400
+                raise Refused(413, self._too_big())  # hostd: Tornado's a 400
             chunks += 1  # hostd
             # The last chunk may be short: it is not counted in the average.
             if chunks > FREE_CHUNKS and total_size < (chunks - 1) * MIN_AVERAGE_CHUNK_BYTES:
@@ -427,11 +436,6 @@ class HostdConnection(HTTP1Connection):
         ):
             linger(stream, self.hostd_params.lingering)
         super().close()
-
-
-def too_big(limit: int) -> str:
-    """Why a body over this URL's limit is refused (an upload's handler says it its way)."""
-    return f"the request's body is over the {limit:,} bytes this URL takes"
 
 
 def body_refusal(exc: Exception, seconds: float | None) -> Refused:

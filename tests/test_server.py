@@ -189,6 +189,12 @@ async def test_http_1_0_with_transfer_encoding_is_a_400_and_a_close(http_server,
     assert answer.count(b"HTTP/1.1 ") == 1  # the request after it was not read
 
 
+TOO_BIG = (
+    f"ERROR the request's body is over the {BODY_LIMIT_BYTES:,} bytes this URL takes; "
+    "upload files with POST /api/upload or PUT /api/upload/<name>\n"
+).encode()
+
+
 @pytest.mark.gen_test(timeout=30)
 async def test_a_body_over_what_a_url_takes_is_a_413_before_it_is_read(http_server, http_port):
     limit = BODY_LIMIT_BYTES
@@ -202,7 +208,7 @@ async def test_a_body_over_what_a_url_takes_is_a_413_before_it_is_read(http_serv
 
     assert status == 413
     assert headers["Connection"] == "close"
-    assert body == f"ERROR the request's body is over the {limit:,} bytes this URL takes\n".encode()
+    assert body == TOO_BIG
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -218,7 +224,7 @@ async def test_a_chunked_body_that_grows_over_it_is_a_413_too(http_server, http_
     status, _, body = split(await client.answer())
 
     assert status == 413
-    assert body == f"ERROR the request's body is over the {limit:,} bytes this URL takes\n".encode()
+    assert body == TOO_BIG
 
 
 # -- chunk sizes -------------------------------------------------------------------------
