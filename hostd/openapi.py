@@ -834,14 +834,29 @@ def filename_pattern() -> str:
 
 BINARY: Json = {"type": "string", "format": "binary"}
 
+# The file as the whole body: PUT /api/upload/{filename}, or with no name PUT /api/upload.
+PUT_UPLOAD: Json = {
+    "tags": ["uploads"],
+    "security": [{}, {"apiKey": []}],
+    "requestBody": {
+        "required": True,
+        "description": "The file's bytes, any (but not none: an empty body is a 400), "
+        "sent with any Content-Type or none: the type is read from the bytes.",
+        "content": {
+            # minLength counts the bytes of a binary body, not characters of JSON.
+            "application/octet-stream": {"schema": {**BINARY, "minLength": 1}}
+        },
+    },
+    "responses": UPLOAD_PATHS["/api/upload"]["post"]["responses"],
+}
+
 PUT_UPLOAD_PATHS: Json = {
     "/api/upload/{filename}": {
         "put": {
-            "tags": ["uploads"],
+            **PUT_UPLOAD,
             "operationId": "uploadPut",
             "summary": "Upload the body as a file named {filename} (`curl -T`); JSON answer",
             "description": "Keys, limits, expiry and answers are those of POST /api/upload.",
-            "security": [{}, {"apiKey": []}],
             "parameters": [
                 path_parameter(
                     "filename",
@@ -858,18 +873,18 @@ PUT_UPLOAD_PATHS: Json = {
                 ),
                 EXPIRES_HEADER_PARAMETER,
             ],
-            "requestBody": {
-                "required": True,
-                "description": "The file's bytes, any (but not none: an empty body is a 400), "
-                "sent with any Content-Type or none: the type is read from the bytes.",
-                "content": {
-                    # minLength counts the bytes of a binary body, not characters of JSON.
-                    "application/octet-stream": {"schema": {**BINARY, "minLength": 1}}
-                },
-            },
-            "responses": UPLOAD_PATHS["/api/upload"]["post"]["responses"],
         }
     },
+}
+
+UNNAMED_PUT_UPLOAD: Json = {
+    **PUT_UPLOAD,
+    "operationId": "uploadPutUnnamed",
+    "summary": "Upload the body as a file with no name; JSON answer",
+    "description": "As PUT /api/upload/{filename}, for `curl -T FILE <server>/api/upload` and "
+    "`curl -T - <server>/api/upload/` (curl names neither): the file is named `file`. "
+    "/api/upload/ (with the slash) is the same.",
+    "parameters": [EXPIRES_HEADER_PARAMETER],
 }
 
 TUS_ERRORS: Json = {
@@ -1177,6 +1192,7 @@ def document() -> Json:
         ],
         "paths": {
             **UPLOAD_PATHS,
+            "/api/upload": {**UPLOAD_PATHS["/api/upload"], "put": UNNAMED_PUT_UPLOAD},
             **FILE_PATHS,
             **DELETION_PATHS,
             **KEY_PATHS,

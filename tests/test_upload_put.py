@@ -139,6 +139,34 @@ async def test_a_body_from_a_pipe_arrives_chunked_and_is_stored(base_url, db):
 
 
 @pytest.mark.parametrize(
+    ("source", "url"),
+    [("file", "/api/upload"), ("pipe", "/api/upload/"), ("pipe", "/api/upload")],
+    ids=["file-no-slash", "pipe-slash", "pipe-no-slash"],
+)
+@pytest.mark.gen_test
+async def test_a_put_with_no_name_is_stored_as_file(base_url, tmp_path, db, source, url):
+    """curl adds the file's name only to a URL that ends in '/', and never for stdin: such a
+    PUT is stored under the name a form part without one gets."""
+    data = b"%PDF-1.7\n" + b"no name\n" * 100
+    (tmp_path / "report.pdf").write_bytes(data)
+
+    if source == "file":
+        put = await curl("-T", str(tmp_path / "report.pdf"), f"{base_url}{url}")
+    else:
+        put = await curl("-T", "-", f"{base_url}{url}", stdin=data)
+
+    assert put.code == 200, put.answer
+    h = public_hash(data)
+    assert put.answer["urls"] == {
+        "base": f"{base_url}/",
+        "full": f"{base_url}/{h}/file",
+        "ext": f"{base_url}/{h}.pdf",
+        "hash": f"{base_url}/{h}",
+    }
+    assert [u.original_name for u in await queries.all_uploads(db)] == ["file"]
+
+
+@pytest.mark.parametrize(
     ("path", "stored"),
     [
         ("%C3%A9t%C3%A9%20photo.txt", "été photo.txt"),
@@ -399,4 +427,5 @@ async def test_the_api_page_shows_curl_T_with_this_instances_url(http_client, ba
     page = (await http_client.fetch(f"{base_url}/api")).body.decode()
 
     assert f"$ curl -T image.png {base_url}/api/upload/image.png" in page
+    assert f"$ make 2&gt;&amp;1 | curl -T - {base_url}/api/upload/" in page
     assert f"hostd upload --url {base_url} --key api_key image.png" in page

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 import tornado.web
 from tornado import httputil
+from tornado.routing import PathMatches
 
 from hostd import db, limits, metrics, retention, sniff, uploads
 from hostd.auth import delete_token_hash, new_delete_token
@@ -560,6 +561,10 @@ class ApiUploadHandler(UploadFlow, ApiHandler):
     malformed, unknown or invalidated is a 401, never a silent anonymous upload.
     """
 
+    # A PUT to this URL is routed to ApiPutHandler (see `routes`); it is listed so that the
+    # Allow header of OPTIONS and of a 405 tells the truth.
+    SUPPORTED_METHODS: tuple[str, ...] = ("POST", "PUT", "OPTIONS")
+
     async def authorize(self) -> None:
         header = self.request.headers.get("Authorization")
         if header is None:
@@ -581,7 +586,9 @@ class ApiUploadHandler(UploadFlow, ApiHandler):
 @tornado.web.stream_request_body
 class ApiPutHandler(ApiUploadHandler):
     """PUT /api/upload/<filename>: the body is the file itself (`curl -T`). Keys, limits,
-    expiry and answers are those of POST /api/upload; the name is checked as a form's is."""
+    expiry and answers are those of POST /api/upload; the name is checked as a form's is.
+    PUT /api/upload and /api/upload/ (`curl -T file URL/api/upload`, or stdin's `curl -T -`,
+    to which curl adds no name) store it as "file", as a form part with no filename is."""
 
     SUPPORTED_METHODS = ("PUT", "OPTIONS")  # not the POST it inherits
     framing_bytes = 0
@@ -596,7 +603,7 @@ class ApiPutHandler(ApiUploadHandler):
         return super().decode_argument(value, name)
 
     def check_framing(self) -> None:
-        self.filename = clean_filename(self.path_args[0])
+        self.filename = clean_filename(self.path_args[0] if self.path_args else None)
 
     def open_body(self, admission: limits.Admission) -> UploadBody:
         return RawBody(
@@ -606,12 +613,21 @@ class ApiPutHandler(ApiUploadHandler):
             open_writer=self.store.writer,
         )
 
-    async def put(self, filename: str) -> None:
+    async def put(self, filename: str = "") -> None:
         await self.post()
 
 
-routes = [
+class PutTo(PathMatches):
+    """A route for PUT requests alone: Tornado routes by path, and /api/upload takes a POST
+    (ApiUploadHandler) and a PUT (ApiPutHandler), two different bodies."""
+
+    def match(self, request: httputil.HTTPServerRequest) -> dict[str, Any] | None:
+        return super().match(request) if request.method == "PUT" else None
+
+
+routes: list[tuple[str | PathMatches, Any]] = [
     (r"/upload", UploadHandler),
+    (PutTo(r"/api/upload/?"), ApiPutHandler),
     (r"/api/upload", ApiUploadHandler),
     (r"/api/upload/([^/]+)", ApiPutHandler),
 ]
