@@ -284,13 +284,18 @@ async def test_filename_url_sends_content_disposition_inline(http_client, base_u
 
     plain = await http_client.fetch(f"{base_url}/{h}/report.txt")
     fancy = await http_client.fetch(f"{base_url}/{h}/r%C3%A9sum%C3%A9.txt")
+    nested = await http_client.fetch(f"{base_url}/{h}/2026/report.txt")
     bare = await http_client.fetch(f"{base_url}/{h}")
+    unnamed = await http_client.fetch(f"{base_url}/{h}/docs/")
 
     assert plain.headers["Content-Disposition"] == 'inline; filename="report.txt"'
     assert fancy.headers["Content-Disposition"] == (
         "inline; filename=\"r_sum_.txt\"; filename*=UTF-8''r%C3%A9sum%C3%A9.txt"
     )
+    assert nested.headers["Content-Disposition"] == 'inline; filename="report.txt"'
     assert "Content-Disposition" not in bare.headers
+    assert "Content-Disposition" not in unnamed.headers  # not an empty filename=""
+    assert unnamed.body == bare.body == b"report"
 
 
 def test_content_disposition_cannot_be_broken_out_of():

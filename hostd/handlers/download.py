@@ -257,7 +257,9 @@ class DownloadHandler(BaseHandler):
         return await not_served(self.db, hash, NO_FILE)
 
     def set_file_headers(self, blob: Blob, suffix: str | None, filename: str | None) -> None:
-        named = posixpath.basename(filename) if filename else suffix
+        # /<hash>/<dirs>/<name>: the last part names it; one that ends in "/" names nothing.
+        filename = posixpath.basename(filename) if filename else None
+        named = filename or suffix
         content_type = (sniff.from_name(named) if named else None) or blob.content_type
         self.set_header("Content-Type", content_type)  # the CSP and nosniff are defaults here
         self.set_header("Cache-Control", cache_control(blob, self.now()))
@@ -265,9 +267,7 @@ class DownloadHandler(BaseHandler):
         self.set_header("Last-Modified", http_date(blob.created_at))
         self.set_header("Accept-Ranges", "bytes")
         if filename:
-            self.set_header(
-                "Content-Disposition", content_disposition(posixpath.basename(filename))
-            )
+            self.set_header("Content-Disposition", content_disposition(filename))
 
     def not_modified(self, blob: Blob) -> bool:
         if_none_match = self.request.headers.get("If-None-Match")
