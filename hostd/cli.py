@@ -208,7 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     upload_cmd = commands.add_parser(
         "upload", help="send files to a hostd server; prints each one's URL"
     )
-    upload_cmd.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    upload_cmd.add_argument(
+        "files", nargs="+", type=Path, metavar="FILE", help="a file to send; - for standard input"
+    )
     upload_cmd.add_argument(
         "--url", help=f"the server (default: $HOSTD_URL, else {client.DEFAULT_URL})"
     )
@@ -218,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     upload_cmd.add_argument(
         "--expires", metavar="HOURS|TIME", help="when the files expire: hours, or ISO 8601 in UTC"
+    )
+    upload_cmd.add_argument(
+        "--name", help="the name of what - (standard input) sends (default: none, the server's)"
     )
     upload_cmd.add_argument(
         "--resumable-above",
@@ -895,6 +900,7 @@ def cmd_upload(args: argparse.Namespace) -> int:
         as_json=args.json,
         resumable_above=args.resumable_above,
         expires=args.expires,
+        stdin_name=args.name,
     )
 
 

@@ -3,8 +3,9 @@
 A file up to `resumable_above` bytes is sent in one `PUT /api/upload/<name>`; a bigger one
 with tus 1.0 at /api/tus/ (when the server offers it), in PATCHes of at most PATCH_BYTES, so
 that a dropped connection costs a retry from the offset the server reports, not the file,
-and a run killed midway is carried on by the next one (Journal). Bodies are read from disk
-as they are sent, never held whole.
+and a run killed midway is carried on by the next one (Journal). `-` is standard input,
+sent as it is read in one chunked PUT (a pipe cannot be read again, so it is not resumed).
+Bodies are read as they are sent, never held whole.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import ssl
 import sys
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO, TypeVar
@@ -43,6 +44,8 @@ CONTINUE_WAIT_SECONDS = 1.0
 RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 30.0)
 TUS_VERSION = "1.0.0"
 TUS_PATH = "/api/tus/"
+
+STDIN = Path("-")  # the file name that stands for standard input
 
 T = TypeVar("T")
 # Where a tus upload stands: the offset, and the upload's answer once it is complete.
@@ -96,7 +99,7 @@ class Answer:
 class Progress:
     """One line on a terminal, redrawn at most ten times a second: name, share, bytes."""
 
-    def __init__(self, stream: TextIO, name: str, total: int) -> None:
+    def __init__(self, stream: TextIO, name: str, total: int | None) -> None:
         self.stream = stream
         self.name = name
         self.total = total
@@ -109,6 +112,12 @@ class Progress:
     def at(self, done: int) -> None:
         self.done = done
         now = time.monotonic()
+        if self.total is None:  # a pipe: how much has gone so far
+            if now - self._drawn >= 0.1:
+                self._drawn = now
+                self.stream.write(f"\r{self.name[:40]} {done // 1024} KiB sent")
+                self.stream.flush()
+            return
         if now - self._drawn >= 0.1 or done >= self.total:
             self._drawn = now
             share = 100 * done // self.total if self.total else 100
@@ -121,6 +130,8 @@ class Progress:
             self.stream.flush()
 
     def end(self) -> None:
+        if self.total is None:
+            self.stream.write(f"\r{self.name[:40]} {self.done // 1024} KiB sent")
         self.stream.write("\n")
         self.stream.flush()
 
@@ -143,6 +154,15 @@ class FileSlice:
         if self._sent is not None and data:
             self._sent(len(data))
         return data
+
+
+def chunked(stream: BinaryIO, sent: Callable[[int], None] | None) -> Iterator[bytes]:
+    """A stream's bytes as a chunked body (RFC 9112 7.1), read as http.client sends them."""
+    while data := stream.read(SEND_BLOCK_BYTES):
+        if sent is not None:
+            sent(len(data))
+        yield b"%x\r\n" % len(data) + data + b"\r\n"
+    yield b"0\r\n\r\n"
 
 
 # Unfinished tus uploads are remembered for the next run this long (the server keeps them
@@ -338,6 +358,29 @@ class Client:
             {"Content-Length": str(size), **({"Expires": self.expires} if self.expires else {})},
             FileSlice(file, 0, size, progress.advance if progress else None),
         )
+        if answer.status != 200:
+            raise answer.refusal()
+        return answer.json()
+
+    def upload_stream(self, stream: BinaryIO, name: str | None) -> dict[str, Any]:
+        """The server's JSON answer for what `stream` (a pipe) holds, up to its end, sent as
+        it is read; with no name the server calls it `file`."""
+        shown = name or "stdin"
+        progress = Progress(self.progress_to, shown, None) if self.progress_to else None
+        target = f"/api/upload/{urllib.parse.quote(os.fsencode(name), safe='')}" if name else ""
+        try:
+            answer = self.request(
+                "PUT",
+                target or "/api/upload",
+                {
+                    "Transfer-Encoding": "chunked",
+                    **({"Expires": self.expires} if self.expires else {}),
+                },
+                chunked(stream, progress.advance if progress else None),
+            )
+        finally:
+            if progress is not None:
+                progress.end()
         if answer.status != 200:
             raise answer.refusal()
         return answer.json()
@@ -549,7 +592,11 @@ class Client:
     # -- HTTP
 
     def request(
-        self, method: str, target: str, headers: dict[str, str], body: FileSlice | None = None
+        self,
+        method: str,
+        target: str,
+        headers: dict[str, str],
+        body: FileSlice | Iterable[bytes] | None = None,
     ) -> Answer:
         """One request for `target` (a path below the server's URL) on a new connection;
         Unreachable when the connection fails.
@@ -633,13 +680,22 @@ def run(
     as_json: bool,
     resumable_above: int,
     expires: str | None = None,
+    stdin_name: str | None = None,
+    stdin: BinaryIO = sys.stdin.buffer,
     stdout: TextIO = sys.stdout,
     stderr: TextIO = sys.stderr,
 ) -> int:
     """`hostd upload`: 0 when every file was uploaded; 1 when one was refused or the server
-    could not be reached; 2 when a file cannot be read (nothing is sent then)."""
+    could not be reached; 2 when a file cannot be read (nothing is sent then). The file `-`
+    is `stdin`, named `stdin_name` (None: the server names it)."""
+    if files.count(STDIN) > 1:
+        print("hostd upload: '-' (standard input) can be given once", file=stderr)
+        return 2
+    if stdin_name is not None and STDIN not in files:
+        print("hostd upload: --name names '-' (standard input), which is not given", file=stderr)
+        return 2
     for path in files:
-        if not path.is_file() or not os.access(path, os.R_OK):
+        if path != STDIN and (not path.is_file() or not os.access(path, os.R_OK)):
             print(f"hostd upload: {path}: not a readable file", file=stderr)
             return 2
     try:
@@ -657,7 +713,9 @@ def run(
     status = 0
     for path in files:
         try:
-            answer = client.upload(path)
+            answer = (
+                client.upload_stream(stdin, stdin_name) if path == STDIN else client.upload(path)
+            )
         except KeyboardInterrupt:
             print(f"hostd upload: {path}: interrupted", file=stderr)
             return 130

@@ -46,23 +46,31 @@ class Run:
     stderr: str
 
 
-async def start_upload(*args: str, env: dict[str, str] | None = None, stderr: int | None = None):
+async def start_upload(
+    *args: str, env: dict[str, str] | None = None, stderr: int | None = None, piped: bool = False
+):
     """`python -m hostd upload ARGS` started, with HOSTD_URL and HOSTD_KEY only as `env`
-    gives them; `stderr` an fd to write it to (a terminal) instead of a pipe."""
+    gives them; `stderr` an fd to write it to (a terminal) instead of a pipe; with `piped`,
+    its stdin a pipe to write to."""
     clean = {k: v for k, v in os.environ.items() if k not in ("HOSTD_URL", "HOSTD_KEY")}
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "hostd", "upload", *args,
         env={**clean, **(env or {})},
-        stdin=asyncio.subprocess.DEVNULL,
+        stdin=asyncio.subprocess.PIPE if piped else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE if stderr is None else stderr,
     )  # fmt: skip
 
 
-async def hostd_upload(*args: str, env: dict[str, str] | None = None, stderr: int | None = None):
-    """`python -m hostd upload ARGS` run to its end (see start_upload)."""
-    proc = await start_upload(*args, env=env, stderr=stderr)
-    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+async def hostd_upload(
+    *args: str,
+    env: dict[str, str] | None = None,
+    stderr: int | None = None,
+    stdin: bytes | None = None,
+):
+    """`python -m hostd upload ARGS` run to its end (see start_upload), `stdin` piped in."""
+    proc = await start_upload(*args, env=env, stderr=stderr, piped=stdin is not None)
+    out, err = await asyncio.wait_for(proc.communicate(stdin), timeout=60)
     assert proc.returncode is not None
     return Run(proc.returncode, out.decode(), (err or b"").decode())
 
@@ -220,13 +228,12 @@ async def test_a_big_file_is_streamed_and_stored_byte_for_byte(base_url, tmp_pat
     assert temp_files(config) == []
 
 
-@pytest.mark.gen_test(timeout=60)
-async def test_on_a_terminal_stderr_shows_a_progress_bar(base_url, tmp_path):
-    big = sized(tmp_path, "big.bin", 3 * 1024 * 1024)
+async def on_a_terminal(*args: str, stdin: bytes | None = None) -> tuple[Run, str]:
+    """hostd upload run with stderr on a terminal: the run, and the progress line as it
+    was left there."""
     terminal, screen = pty.openpty()
-
     try:
-        run = await hostd_upload(str(big), "--url", base_url, stderr=screen)
+        run = await hostd_upload(*args, stderr=screen, stdin=stdin)
         os.close(screen)
         shown = b""
         while True:
@@ -239,11 +246,91 @@ async def test_on_a_terminal_stderr_shows_a_progress_bar(base_url, tmp_path):
             shown += more
     finally:
         os.close(terminal)
+    return run, shown.decode().rstrip("\r\n").split("\r")[-1]
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_on_a_terminal_stderr_shows_a_progress_bar(base_url, tmp_path):
+    big = sized(tmp_path, "big.bin", 3 * 1024 * 1024)
+
+    run, last = await on_a_terminal(str(big), "--url", base_url)
 
     assert run.code == 0
     assert run.stdout.startswith(base_url)  # the URL alone on stdout
-    last = shown.decode().rstrip("\r\n").split("\r")[-1]  # the bar as it was left
     assert last.startswith("big.bin [#") and last.endswith("] 100% 3072 of 3072 KiB")
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_on_a_terminal_standard_input_shows_what_has_gone(base_url, tmp_path):
+    run, last = await on_a_terminal("-", "--url", base_url, stdin=b"p" * (2 * 1024 * 1024))
+
+    assert run.code == 0
+    assert last == "stdin 2048 KiB sent"
+
+
+# -- standard input ---------------------------------------------------------------------
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_standard_input_is_sent_as_it_is_read_under_the_name_given(
+    base_url, tmp_path, db, store
+):
+    data = b"".join(b"build step %d ok\n" % n for n in range(300_000))  # 5.6 MiB of text
+
+    run = await hostd_upload("-", "--name", "build.log", "--url", base_url, stdin=data)
+
+    assert run.code == 0, run.stderr
+    assert run.stdout == f"{base_url}/{public_hash(data)}.log\n"
+    assert [u.original_name for u in await queries.all_uploads(db)] == ["build.log"]
+    async with store.local_copy(hashlib.sha256(data).hexdigest()) as stored:
+        assert stored.read_bytes() == data
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_standard_input_without_a_name_goes_with_the_other_files(base_url, tmp_path, db):
+    (path,) = files(tmp_path, **{"a.txt": b"a file"})
+
+    run = await hostd_upload(path, "-", "--url", base_url, "--json", stdin=b"from a pipe")
+
+    assert run.code == 0, run.stderr
+    first, second = map(json.loads, run.stdout.splitlines())
+    assert first["hash"] == public_hash(b"a file")
+    assert second["hash"] == public_hash(b"from a pipe")
+    assert second["urls"]["full"] == f"{base_url}/{second['hash']}/file"
+    assert sorted(u.original_name for u in await queries.all_uploads(db)) == ["a.txt", "file"]
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_standard_input_over_the_limit_is_refused_and_nothing_kept(
+    base_url, tmp_path, db, config
+):
+    run = await hostd_upload("-", "--url", base_url, stdin=b"x" * (LIMIT + 1))
+
+    assert run.code == 1
+    assert run.stderr == (
+        f"hostd upload: -: the file is larger than the limit of {LIMIT} bytes (HTTP 413)\n"
+    )
+    assert await queries.all_uploads(db) == []
+    assert temp_files(config) == [] and blob_files(config) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["-", "-"], "'-' (standard input) can be given once"),
+        (["a.txt", "--name", "b.txt"], "--name names '-' (standard input), which is not given"),
+    ],
+    ids=["twice", "name-without-it"],
+)
+@pytest.mark.gen_test(timeout=60)
+async def test_standard_input_is_one_file_and_alone_has_a_name(base_url, tmp_path, db, args, error):
+    files(tmp_path, **{"a.txt": b"a"})
+    args = [str(tmp_path / a) if a == "a.txt" else a for a in args]
+
+    run = await hostd_upload(*args, "--url", base_url, stdin=b"piped")
+
+    assert (run.code, run.stderr) == (2, f"hostd upload: {error}\n")
+    assert await queries.all_uploads(db) == []
 
 
 # -- failures ---------------------------------------------------------------------------
