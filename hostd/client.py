@@ -681,13 +681,13 @@ def run(
     resumable_above: int,
     expires: str | None = None,
     stdin_name: str | None = None,
-    stdin: BinaryIO = sys.stdin.buffer,
+    stdin: BinaryIO | None = None,
     stdout: TextIO = sys.stdout,
     stderr: TextIO = sys.stderr,
 ) -> int:
     """`hostd upload`: 0 when every file was uploaded; 1 when one was refused or the server
     could not be reached; 2 when a file cannot be read (nothing is sent then). The file `-`
-    is `stdin`, named `stdin_name` (None: the server names it)."""
+    is `stdin` (None: sys.stdin's bytes), named `stdin_name` (None: the server names it)."""
     if files.count(STDIN) > 1:
         print("hostd upload: '-' (standard input) can be given once", file=stderr)
         return 2
@@ -713,9 +713,10 @@ def run(
     status = 0
     for path in files:
         try:
-            answer = (
-                client.upload_stream(stdin, stdin_name) if path == STDIN else client.upload(path)
-            )
+            if path == STDIN:
+                answer = client.upload_stream(stdin or sys.stdin.buffer, stdin_name)
+            else:
+                answer = client.upload(path)
         except KeyboardInterrupt:
             print(f"hostd upload: {path}: interrupted", file=stderr)
             return 130
