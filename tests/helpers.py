@@ -322,14 +322,16 @@ class Fifos:
 # -- a real `hostd serve` (or other command) in its own process --
 
 
-def start(args: list[str], cwd: Path) -> subprocess.Popen[str]:
-    """`python -m hostd ARGS` in its own process, its output (stdout and stderr) readable."""
+def start(args: list[str], cwd: Path, *, stdin_closed: bool = False) -> subprocess.Popen[str]:
+    """`python -m hostd ARGS` in its own process, its output (stdout and stderr) readable;
+    with `stdin_closed`, started as a daemon may be, with no file descriptor 0."""
     return subprocess.Popen(
         [sys.executable, "-m", "hostd", *args],
         cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=(lambda: os.close(0)) if stdin_closed else None,
     )
 
 

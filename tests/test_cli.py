@@ -50,6 +50,22 @@ def test_serve_logs_its_url_then_one_line_per_request(tmp_path, free_port):
     assert (tmp_path / "d" / "hostd.sqlite3").exists()
 
 
+def test_serve_starts_with_no_standard_input(tmp_path, free_port):
+    proc = start(
+        ["serve", "--data-dir", str(tmp_path / "d"), "--port", str(free_port)],
+        tmp_path,
+        stdin_closed=True,
+    )
+    try:
+        line = wait_for_line(proc, "listening on")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=10)
+
+    assert f":{free_port}/" in line, output
+    assert proc.returncode == 0, output
+
+
 def test_serve_reads_hostd_toml_from_the_working_directory(tmp_path, free_port):
     (tmp_path / "hostd.toml").write_text(
         f'[server]\nport = {free_port}\n[storage]\ndata_dir = "store"\n'
