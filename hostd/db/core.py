@@ -20,6 +20,7 @@ the dialects live in sqlite.py and postgres.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import sqlite3
@@ -122,6 +123,37 @@ class Backend(Protocol):
 
 class Unsupported(Exception):
     """This database cannot do that (`hostd backup` on PostgreSQL)."""
+
+
+class Unavailable(Exception):
+    """The database did not take the work: another program held SQLite's write lock past
+    the busy timeout, or PostgreSQL could not be reached. Nothing of the work was written;
+    it may be tried again. (The driver's error is its __cause__.)"""
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether a driver's error says the database is busy or out of reach, rather than that
+    the work was wrong."""
+    if isinstance(exc, sqlite3.OperationalError):
+        code = getattr(exc, "sqlite_errorcode", None)  # extended codes keep it in the low byte
+        return code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True  # connecting to PostgreSQL, or a connection that broke
+    sqlstate = getattr(exc, "sqlstate", None) or ""
+    # 08: connection exceptions; 57P01-57P03: shutting down, crashed, starting; 53300: no
+    # connection slot left.
+    return sqlstate.startswith("08") or sqlstate in ("57P01", "57P02", "57P03", "53300")
+
+
+@contextlib.contextmanager
+def unavailable_as_such() -> Iterator[None]:
+    """Let a busy or unreachable database out as Unavailable, whichever driver said so."""
+    try:
+        yield
+    except Exception as exc:
+        if isinstance(exc, Unavailable) or not is_unavailable(exc):
+            raise
+        raise Unavailable(f"the database is busy or cannot be reached: {exc}") from exc
 
 
 # -- errors, whichever driver raised them ----------------------------------------------
@@ -435,7 +467,8 @@ class Database:
     async def read(self, work: Work[T], *, snapshot: bool = False) -> T:
         """Run `work` outside the writer; it sees the last commit. With snapshot, all its
         statements see the same one (a read transaction)."""
-        return await self._backend.read(work, snapshot)
+        with unavailable_as_such():
+            return await self._backend.read(work, snapshot)
 
     async def lookup(self, work: Work[T]) -> T:
         """A read of a row or two by an index (a ban, an account, a blob by its hash), which
@@ -443,7 +476,8 @@ class Database:
         connection of this thread's own: a few microseconds, where a trip to the reader's
         thread costs tens and hands the GIL back and forth. Never give it a scan. On
         PostgreSQL it is read()."""
-        return await self._backend.lookup(work)
+        with unavailable_as_such():
+            return await self._backend.lookup(work)
 
     async def healthy(self) -> None:
         """Return when the database answers a read; raise (the driver's error, OSError)
@@ -466,7 +500,8 @@ class Database:
         self._queue.append(unit)
         self._wakeup.set()
         try:
-            return await asyncio.shield(unit.future)
+            with unavailable_as_such():
+                return await asyncio.shield(unit.future)
         except asyncio.CancelledError:
             if not unit.taken:
                 unit.dropped = True
@@ -556,10 +591,11 @@ async def run_batch(session: Session, works: list[Work[Any]]) -> list[tuple[bool
 async def _run_without_savepoints(
     session: Session, works: list[Work[Any]]
 ) -> list[tuple[bool, Any]] | None:
-    """Every unit's result, committed together; None (rolled back) if anything failed."""
+    """Every unit's result, committed together; None (rolled back) if anything failed. A
+    BEGIN that fails (the database busy or gone) fails them all, without a second try."""
     results = []
+    await session.begin()
     try:
-        await session.begin()
         for work in works:
             results.append((True, await work(session)))
         await session.commit()

@@ -17,6 +17,10 @@ from hostd.db.core import SQLITE, Changes, Row, Work, drive, migrations, run_bat
 
 T = TypeVar("T")
 
+# How long a connection waits for a lock another program holds (`sqlite3` in a shell, a
+# backup tool) before its work fails as db.Unavailable.
+BUSY_TIMEOUT_MS = 5000
+
 
 class SqliteTx:
     """The Tx (and writer's Session) over a sqlite3 connection, on its own thread."""
@@ -170,7 +174,7 @@ async def _connect(path: Path, *more_pragmas: str) -> aiosqlite.Connection:
     conn = await aiosqlite.connect(path, isolation_level=None)
     conn.row_factory = sqlite3.Row
     pragmas = (
-        "PRAGMA busy_timeout = 5000",
+        f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}",
         "PRAGMA synchronous = NORMAL",
         "PRAGMA foreign_keys = ON",
         *more_pragmas,

@@ -63,6 +63,9 @@ class Refusal(tornado.web.HTTPError):
 
 
 OUT_OF_SPACE = "The server is out of storage space. Try again later."
+DATABASE_UNAVAILABLE = "The database is busy or cannot be reached. Try again in a moment."
+# What a 503 for a busy or unreachable database asks the client to wait.
+UNAVAILABLE_RETRY_SECONDS = 5
 
 
 def out_of_space(exc: BaseException | None) -> bool:
@@ -76,6 +79,8 @@ def error_message(status_code: int, reason: str, kwargs: dict[str, Any]) -> str:
     exc = kwargs.get("exc_info", (None, None, None))[1]
     if isinstance(exc, Refusal):
         return exc.message
+    if isinstance(exc, db.Unavailable):
+        return DATABASE_UNAVAILABLE
     return OUT_OF_SPACE if out_of_space(exc) else reason
 
 
@@ -286,9 +291,13 @@ class BaseHandler(tornado.web.RequestHandler):
             self.finish(self.render_string_page(template, **context))
 
     def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
-        # A full disk is not a bug in the handler: 507, whatever it was saving.
-        if status_code == 500 and out_of_space(kwargs.get("exc_info", (None, None, None))[1]):
+        # A full disk is not a bug in the handler: 507, whatever it was saving; nor is a
+        # database that is busy or out of reach: 503.
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if status_code == 500 and out_of_space(exc):
             status_code = 507
+        elif status_code == 500 and isinstance(exc, db.Unavailable):
+            status_code = 503
         super().send_error(status_code, **kwargs)
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
@@ -297,12 +306,21 @@ class BaseHandler(tornado.web.RequestHandler):
             log.error(
                 "%s %s: out of storage space: %s", self.request.method, self.request.uri, value
             )
+        elif isinstance(value, db.Unavailable):
+            log.error("%s %s: %s", self.request.method, self.request.uri, value)
         elif not isinstance(value, tornado.web.HTTPError):
             super().log_exception(typ, value, tb)
 
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
+    def set_error_headers(self, status_code: int, kwargs: dict[str, Any]) -> None:
+        """What an error answer says beside its body: the methods a 405 would take, when to
+        try again after a 503 for the database."""
         if status_code == 405:
             self.set_header("Allow", ", ".join(self.SUPPORTED_METHODS))  # RFC 9110 15.5.6
+        if isinstance(kwargs.get("exc_info", (None, None, None))[1], db.Unavailable):
+            self.set_header("Retry-After", str(UNAVAILABLE_RETRY_SECONDS))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        self.set_error_headers(status_code, kwargs)
         message = error_message(status_code, self._reason, kwargs)
         try:
             body = self.render_string_page(
@@ -339,8 +357,7 @@ class ApiHandler(BaseHandler):
         return key
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
-        if status_code == 405:
-            self.set_header("Allow", ", ".join(self.SUPPORTED_METHODS))  # RFC 9110 15.5.6
+        self.set_error_headers(status_code, kwargs)
         message = error_message(status_code, self._reason, kwargs)
         self.write_json({"status": False, "error": message})
 

@@ -36,7 +36,6 @@ from hostd.handlers.base import (
     BaseHandler,
     Refusal,
     has_body,
-    out_of_space,
     refuse_early,
 )
 from hostd.handlers.upload import (
@@ -45,6 +44,7 @@ from hostd.handlers.upload import (
     banned_message,
     delete_url,
     storage_failure,
+    storage_trouble,
     touch_key,
     upload_answer,
 )
@@ -371,7 +371,7 @@ class TusHandler(ApiHandler):
                     offset = await part.sync()
                     await db.update_resumable_offset(self.db, id=found.id, offset_bytes=offset)
         except Exception as exc:
-            if not (isinstance(exc, OSError) or out_of_space(exc)):
+            if not storage_trouble(exc):
                 raise
             log.error("could not record the progress of upload %s: %s", found and found.id, exc)
         finally:
@@ -460,7 +460,7 @@ class TusHandler(ApiHandler):
         except resumable.PartialBusy:
             raise UploadError(423, BUSY, headers={"Retry-After": "1"}) from None
         except Exception as exc:
-            if not (isinstance(exc, OSError) or out_of_space(exc)):
+            if not storage_trouble(exc):
                 raise
             raise UploadError(*storage_failure(exc)) from None
         finally:

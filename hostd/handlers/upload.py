@@ -28,7 +28,15 @@ from hostd.formdata import (
     boundary_of,
     clean_filename,
 )
-from hostd.handlers.base import ApiHandler, BaseHandler, Refusal, out_of_space, refuse_early
+from hostd.handlers.base import (
+    UNAVAILABLE_RETRY_SECONDS,
+    ApiHandler,
+    BaseHandler,
+    Refusal,
+    error_message,
+    out_of_space,
+    refuse_early,
+)
 from hostd.parsing import parse_count
 from hostd.server import BodyPace, HostdConnection
 from hostd.storage import StoreUnavailable, WrittenBlob
@@ -54,10 +62,16 @@ async def touch_key(handler: BaseHandler, key: ApiKey) -> None:
         try:
             await db.touch_api_key(handler.db, id=key.id, at=at)
         except Exception as exc:
-            if not out_of_space(exc):
+            if not (out_of_space(exc) or isinstance(exc, db.Unavailable)):
                 raise
             # The upload is stored already; a stale last use is no reason to say otherwise.
             log.warning("could not note the use of API key %s: %s", key.key_id, exc)
+
+
+def storage_trouble(exc: Exception) -> bool:
+    """Whether `exc` is the storage's or the database's failure, which storage_failure
+    answers; anything else is a bug (a 500, with its traceback in the log)."""
+    return isinstance(exc, (OSError, db.Unavailable)) or out_of_space(exc)
 
 
 def storage_failure(exc: Exception) -> tuple[int, str]:
@@ -66,6 +80,8 @@ def storage_failure(exc: Exception) -> tuple[int, str]:
     log.error("could not store an upload: %s", exc)
     if isinstance(exc, StoreUnavailable):
         return 503, "the file storage cannot be reached; the file was not stored, retry soon"
+    if isinstance(exc, db.Unavailable):
+        return 503, "the database is busy or cannot be reached; the file was not stored, retry soon"
     if out_of_space(exc):
         return 507, "the server is out of storage space; the file was not stored"
     return 500, "the server could not store the file; it was not stored"
@@ -365,7 +381,7 @@ class UploadFlow(BaseHandler):
             self.answer_error(413, limits.over_quota_message(exc))
             return
         except Exception as exc:
-            if not (isinstance(exc, OSError) or out_of_space(exc)):
+            if not storage_trouble(exc):
                 raise
             self.answer_error(*storage_failure(exc))
             return
@@ -470,6 +486,8 @@ class UploadFlow(BaseHandler):
 
     def answer_error(self, status: int, message: str) -> None:
         status, body, content_type = self.error_answer(status, message)
+        if status == 503:  # the storage, the database, or the server itself: for a moment
+            self.set_header("Retry-After", str(UNAVAILABLE_RETRY_SECONDS))
         self.set_status(status)
         self.set_header("Content-Type", content_type)
         self.finish(body)
@@ -477,6 +495,15 @@ class UploadFlow(BaseHandler):
     def error_answer(self, status: int, message: str) -> tuple[int, str, str]:
         """(status, body, content type) of a refusal; the plain-text protocol by default."""
         return status, f"ERROR {message}\n", "text/plain; charset=utf-8"
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        # What went wrong past the refusals above (a bug; the database busy before the
+        # body was read) is answered in the endpoint's format too.
+        self.set_error_headers(status_code, kwargs)
+        message = error_message(status_code, self._reason, kwargs)
+        status, body, content_type = self.error_answer(status_code, message)
+        self.set_header("Content-Type", content_type)
+        self.finish(body)
 
     def answer_ok(self, blob: Blob, upload: Upload, filename: str) -> None:
         self.set_header("Content-Type", "text/plain; charset=utf-8")
