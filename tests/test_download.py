@@ -605,5 +605,20 @@ async def test_a_small_file_taken_down_by_another_process_is_not_served_from_mem
     assert after.code == 404
 
 
+@pytest.mark.gen_test
+async def test_a_file_whose_bytes_were_lost_is_a_404_and_a_warning_for_the_admin(
+    http_client, base_url, store, caplog
+):
+    data = b"on a disk that lost it"
+    h = await upload(http_client, base_url, data)
+    sha256 = hashlib.sha256(data).hexdigest()
+    await store.delete(sha256)  # behind hostd's back: its row stays
+
+    response = await http_client.fetch(f"{base_url}/{h}", raise_error=False)
+
+    assert response.code == 404
+    assert f"the bytes of {h} ({sha256}) are missing from the store" in caplog.text
+
+
 def without_date(headers) -> dict[str, str]:
     return {name: value for name, value in headers.get_all() if name != "Date"}

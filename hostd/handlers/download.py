@@ -151,6 +151,13 @@ class DownloadHandler(BaseHandler):
             if self._headers_written:
                 raise
             db.forget_blob(self.db, blob.hash)
+            if await db.get_blob(self.db, hash, now=now) is not None:  # not taken down: lost
+                log.warning(
+                    "the bytes of %s (%s) are missing from the store; `hostd gc` lists the "
+                    "uploads that have lost theirs",
+                    hash,
+                    blob.sha256,
+                )
             raise await self.not_found(hash) from None
         except StoreUnavailable as exc:
             if self._headers_written:
