@@ -25,7 +25,7 @@ from hostd.handlers.pages import NotFoundHandler, StaticHandler
 from hostd.handlers.upload import UploadsInFlight
 from hostd.limits import Limits
 from hostd.metrics import Metrics
-from hostd.server import LINGER_IDLE_SECONDS, HostdServer
+from hostd.server import LINGER_IDLE_SECONDS, HostdServer, raise_open_files_limit
 from hostd.storage import BlobStore, store_from
 from hostd.throttle import RegistrationLimiter, SignInLimiter
 from hostd.thumbs import Thumbnails
@@ -289,6 +289,7 @@ async def serve(
 ) -> None:
     """Run until SIGINT or SIGTERM, on `sockets` when given (bound by `serve --instances`)."""
     return_big_buffers_to_the_os()
+    raise_open_files_limit()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):  # before "listening": a signal may follow it

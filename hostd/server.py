@@ -5,7 +5,8 @@ httpserver.py, read at 6.6.1; pyproject.toml pins 6.6.x for this reason). It ove
 private parts, which a Tornado upgrade must re-read: HTTP1Connection's _read_message,
 _parse_headers, _read_body, _read_fixed_body, _read_chunked_body (a copy, plus a count)
 and its _read_finished, _response_start_line and _max_body_size; HTTP1ServerConnection's
-_server_request_loop (a copy, to make HostdConnections); HTTPServer's handle_stream.
+_server_request_loop (a copy, to make HostdConnections); HTTPServer's handle_stream;
+TCPServer's add_sockets, with a copy of netutil.add_accept_handler.
 What it changes, and why:
 
 - A head (request line and header fields) over MAX_HEAD_BYTES is answered 431 before the
@@ -29,6 +30,11 @@ What it changes, and why:
   its access-log line.
 - A body longer than chunk_size is read in pieces of up to BIG_READ_BYTES, straight into
   one buffer per request (see _read_fixed_body).
+- accept() failing for want of file descriptors or memory (EMFILE: every descriptor the
+  process may open is open) stops accepting for ACCEPT_PAUSE_SECONDS, as nginx does, with
+  one log line a minute; Tornado's own accept handler fails at once, again and again, on
+  the still-readable socket: a core at 100% and a traceback for each try, some 40,000
+  log lines a second. raise_open_files_limit() makes that later to come.
 - Closing with request bytes still unread "lingers" (as nginx's lingering_close): the
   write side is shut after the answer and what the client still sends is read and
   dropped for a few seconds on a duplicate of the socket, so the kernel does not answer
@@ -39,11 +45,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import http
+import logging
 import re
+import resource
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from tornado import gen, httputil, iostream, netutil
@@ -58,7 +67,10 @@ from tornado.http1connection import (
     parse_hex_int,
 )
 from tornado.httpserver import HTTPServer, _HTTPRequestContext
+from tornado.ioloop import IOLoop
 from tornado.log import gen_log
+
+log = logging.getLogger("hostd")
 
 # The largest head accepted (Tornado's default limit, now answered with 431).
 MAX_HEAD_BYTES = 64 * 1024
@@ -120,8 +132,33 @@ class HostdParameters(HTTP1ConnectionParameters):
         self.lingering: set[asyncio.Task[None]] = set()
 
 
+# How long the server stops accepting when accept() finds no descriptor or memory left
+# (connections wait in the listen backlog meanwhile), and how often that is logged.
+ACCEPT_PAUSE_SECONDS = 0.5
+ACCEPT_FAILURE_LOG_SECONDS = 60.0
+OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+
+
+def raise_open_files_limit() -> int:
+    """Let this process open as many files as its hard limit allows (systemd's default soft
+    limit is 1,024: a thousand idle connections would leave no descriptor for an upload's
+    temp file). Returns the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    return soft
+
+
 class HostdServer(HTTPServer):
     """HTTPServer whose connections are HostdServerConnections."""
+
+    def add_sockets(self, sockets: Iterable[socket.socket]) -> None:
+        # As TCPServer.add_sockets, with accept_connections for Tornado's accept handler.
+        for sock in sockets:
+            self._sockets[sock.fileno()] = sock
+            self._handlers[sock.fileno()] = accept_connections(sock, self._handle_connection)
 
     def initialize(  # type: ignore[override]  # Tornado's Configurable passes __init__'s args
         self, request_callback: Any, *, body_seconds: float, **kwargs: Any
@@ -153,6 +190,58 @@ class HostdServer(HTTPServer):
     def _lingering(self) -> set[asyncio.Task[None]]:
         assert isinstance(self.conn_params, HostdParameters)
         return self.conn_params.lingering
+
+
+def accept_connections(
+    sock: socket.socket, callback: Callable[[socket.socket, Any], None]
+) -> Callable[[], None]:
+    """Tornado's netutil.add_accept_handler (6.6), and a pause when accept() fails for want
+    of resources (see the module). Returns what stops accepting for good."""
+    io_loop = IOLoop.current()
+    state = {"removed": False, "paused": False, "logged": -ACCEPT_FAILURE_LOG_SECONDS}
+
+    def accept(fd: Any, events: int) -> None:
+        for _ in range(netutil._DEFAULT_BACKLOG):  # then let other callbacks run
+            if state["removed"]:
+                return
+            try:
+                connection, address = sock.accept()
+            except BlockingIOError:
+                return
+            except ConnectionAbortedError:
+                continue
+            except OSError as exc:
+                if exc.errno not in OUT_OF_RESOURCES:
+                    raise
+                pause(exc)
+                return
+            callback(connection, address)
+
+    def pause(exc: OSError) -> None:
+        now = io_loop.time()
+        if now - state["logged"] >= ACCEPT_FAILURE_LOG_SECONDS:
+            state["logged"] = now
+            log.error(
+                "cannot accept connections: %s; pausing %g s at a time until it can",
+                exc.strerror,
+                ACCEPT_PAUSE_SECONDS,
+            )
+        io_loop.remove_handler(sock)
+        state["paused"] = True
+        io_loop.call_later(ACCEPT_PAUSE_SECONDS, resume)
+
+    def resume() -> None:
+        if not state["removed"]:
+            state["paused"] = False
+            io_loop.add_handler(sock, accept, IOLoop.READ)
+
+    def remove() -> None:
+        if not state["paused"]:
+            io_loop.remove_handler(sock)
+        state["removed"] = True
+
+    io_loop.add_handler(sock, accept, IOLoop.READ)
+    return remove
 
 
 class HostdRequestContext(_HTTPRequestContext):

@@ -322,16 +322,18 @@ class Fifos:
 # -- a real `hostd serve` (or other command) in its own process --
 
 
-def start(args: list[str], cwd: Path, *, stdin_closed: bool = False) -> subprocess.Popen[str]:
+def start(
+    args: list[str], cwd: Path, *, preexec: Callable[[], None] | None = None
+) -> subprocess.Popen[str]:
     """`python -m hostd ARGS` in its own process, its output (stdout and stderr) readable;
-    with `stdin_closed`, started as a daemon may be, with no file descriptor 0."""
+    `preexec` runs in the child before hostd does (to close a descriptor, set a limit)."""
     return subprocess.Popen(
         [sys.executable, "-m", "hostd", *args],
         cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        preexec_fn=(lambda: os.close(0)) if stdin_closed else None,
+        preexec_fn=preexec,
     )
 
 

@@ -9,6 +9,7 @@ import hashlib
 import io
 import itertools
 import json
+import os
 import signal
 import sqlite3
 import subprocess
@@ -54,7 +55,7 @@ def test_serve_starts_with_no_standard_input(tmp_path, free_port):
     proc = start(
         ["serve", "--data-dir", str(tmp_path / "d"), "--port", str(free_port)],
         tmp_path,
-        stdin_closed=True,
+        preexec=lambda: os.close(0),  # as a daemon may be started
     )
     try:
         line = wait_for_line(proc, "listening on")

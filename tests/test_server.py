@@ -8,12 +8,14 @@ import asyncio
 import contextlib
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -461,13 +463,19 @@ async def test_a_place_is_free_again_once_an_upload_is_answered(http_server, htt
 # -- SIGTERM -----------------------------------------------------------------------------
 
 
-def serve(tmp_path: Path, port: int, grace: float = 20, server: str = ""):
+def serve(
+    tmp_path: Path,
+    port: int,
+    grace: float = 20,
+    server: str = "",
+    preexec: Callable[[], None] | None = None,
+):
     """`hostd serve` in its own process; `server` adds lines to its [server] section."""
     (tmp_path / "hostd.toml").write_text(
         f"[server]\nport = {port}\nshutdown_grace_seconds = {grace}\n{server}"
         '[storage]\ndata_dir = "d"\n'
     )
-    proc = start(["serve"], tmp_path)
+    proc = start(["serve"], tmp_path, preexec=preexec)
     wait_for_line(proc, "listening on")
     return proc
 
@@ -633,3 +641,66 @@ def test_a_worker_that_may_not_roam_stays_and_its_pool_still_works(
 
     assert answer == 3
     assert "a worker thread stays on the IOLoop's CPU" in caplog.text
+
+
+# -- file descriptors ---------------------------------------------------------------------
+
+
+def open_files_limit(soft: int, hard: int) -> Callable[[], None]:
+    return lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def cpu_ticks(pid: int) -> int:
+    """utime + stime of a process, in clock ticks (1/100 s)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def test_serve_raises_its_open_files_limit_to_the_hard_limit(tmp_path, free_port):
+    proc = serve(tmp_path, free_port, preexec=open_files_limit(256, 4096))
+    try:
+        limits = Path(f"/proc/{proc.pid}/limits").read_text()
+    finally:
+        stop(proc)
+        proc.communicate()
+
+    (line,) = [line for line in limits.splitlines() if line.startswith("Max open files")]
+    assert line.split()[3:5] == ["4096", "4096"]
+
+
+def test_out_of_descriptors_the_server_pauses_accepting_then_serves_again(tmp_path, free_port):
+    """Tornado's own accept handler fails at once, again and again, while the listening
+    socket stays readable: a core at 100% and a traceback a try."""
+    proc = serve(tmp_path, free_port, preexec=open_files_limit(100, 100))
+    output: list[str] = []
+    assert proc.stdout is not None
+    reading = threading.Thread(target=lambda: output.extend(proc.stdout), daemon=True)
+    reading.start()
+    flood = []
+    try:
+        for _ in range(150):  # past the descriptors left; the rest wait in the backlog
+            flood.append(socket.create_connection(("127.0.0.1", free_port), timeout=5))
+        deadline = time.monotonic() + 10
+        while not any("cannot accept connections" in line for line in output):
+            assert time.monotonic() < deadline, "the server never ran out of descriptors"
+            time.sleep(0.05)
+        before = cpu_ticks(proc.pid)
+        time.sleep(1)
+        spent = cpu_ticks(proc.pid) - before
+        for sock in flood:
+            sock.close()
+        time.sleep(0.5)  # the server sees them close and lets their descriptors go
+        with urllib.request.urlopen(f"http://127.0.0.1:{free_port}/healthz", timeout=10) as ok:
+            status = ok.status
+    finally:
+        for sock in flood:
+            sock.close()
+        stop(proc)
+        reading.join(10)
+        proc.communicate()
+
+    assert spent < 30  # of the 100 ticks of a core that spins
+    logged = "".join(output)
+    assert logged.count("cannot accept connections: Too many open files") == 1
+    assert "Exception in callback" not in logged  # asyncio's line for each failed accept
+    assert status == 200
