@@ -672,6 +672,19 @@ def reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def unreadable(path: Path) -> str | None:
+    """Why `path` cannot be sent, or None."""
+    if path.is_dir():
+        return "is a directory (give its files: hostd upload dir/*)"
+    if not path.exists():
+        return "no such file"
+    if not path.is_file():
+        return "not a regular file (send a pipe as standard input: - )"
+    if not os.access(path, os.R_OK):
+        return "not readable (permission denied)"
+    return None
+
+
 def run(
     files: list[Path],
     *,
@@ -695,8 +708,9 @@ def run(
         print("hostd upload: --name names '-' (standard input), which is not given", file=stderr)
         return 2
     for path in files:
-        if path != STDIN and (not path.is_file() or not os.access(path, os.R_OK)):
-            print(f"hostd upload: {path}: not a readable file", file=stderr)
+        problem = None if path == STDIN else unreadable(path)
+        if problem is not None:
+            print(f"hostd upload: {path}: {problem}", file=stderr)
             return 2
     try:
         client = Client(

@@ -409,14 +409,29 @@ async def test_a_server_that_is_not_there_is_one_clear_line_and_exit_1(tmp_path,
     )
 
 
+@pytest.mark.parametrize(
+    ("kind", "problem"),
+    [
+        ("missing", "no such file"),
+        ("directory", "is a directory (give its files: hostd upload dir/*)"),
+        ("fifo", "not a regular file (send a pipe as standard input: - )"),
+    ],
+)
 @pytest.mark.gen_test(timeout=60)
-async def test_a_file_that_cannot_be_read_stops_everything_before_sending(base_url, tmp_path, db):
+async def test_a_file_that_cannot_be_sent_stops_everything_before_sending(
+    base_url, tmp_path, db, kind, problem
+):
     (path,) = files(tmp_path, **{"a.txt": b"a"})
+    bad = tmp_path / kind
+    if kind == "directory":
+        bad.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(bad)
 
-    run = await hostd_upload(path, str(tmp_path / "missing.txt"), "--url", base_url)
+    run = await hostd_upload(path, str(bad), "--url", base_url)
 
     assert run.code == 2
-    assert run.stderr == f"hostd upload: {tmp_path / 'missing.txt'}: not a readable file\n"
+    assert run.stderr == f"hostd upload: {bad}: {problem}\n"
     assert await queries.all_uploads(db) == []
 
 
