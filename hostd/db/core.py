@@ -20,7 +20,6 @@ the dialects live in sqlite.py and postgres.py.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import sqlite3
@@ -146,15 +145,22 @@ def is_unavailable(exc: BaseException) -> bool:
     return sqlstate.startswith("08") or sqlstate in ("57P01", "57P02", "57P03", "53300")
 
 
-@contextlib.contextmanager
-def unavailable_as_such() -> Iterator[None]:
-    """Let a busy or unreachable database out as Unavailable, whichever driver said so."""
-    try:
-        yield
-    except Exception as exc:
-        if isinstance(exc, Unavailable) or not is_unavailable(exc):
-            raise
-        raise Unavailable(f"the database is busy or cannot be reached: {exc}") from exc
+class _UnavailableAsSuch:
+    """`with UNAVAILABLE_AS_SUCH:` lets a busy or unreachable database out as Unavailable,
+    whichever driver said so. (A class, not @contextmanager: it wraps every read and write,
+    and costs two calls where a generator costs several.)"""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
+        if isinstance(exc, Exception) and not isinstance(exc, Unavailable) and is_unavailable(exc):
+            raise Unavailable(f"the database is busy or cannot be reached: {exc}") from exc
+
+
+UNAVAILABLE_AS_SUCH = _UnavailableAsSuch()
 
 
 # -- errors, whichever driver raised them ----------------------------------------------
@@ -468,7 +474,7 @@ class Database:
     async def read(self, work: Work[T], *, snapshot: bool = False) -> T:
         """Run `work` outside the writer; it sees the last commit. With snapshot, all its
         statements see the same one (a read transaction)."""
-        with unavailable_as_such():
+        with UNAVAILABLE_AS_SUCH:
             return await self._backend.read(work, snapshot)
 
     async def lookup(self, work: Work[T]) -> T:
@@ -477,7 +483,7 @@ class Database:
         connection of this thread's own: a few microseconds, where a trip to the reader's
         thread costs tens and hands the GIL back and forth. Never give it a scan. On
         PostgreSQL it is read()."""
-        with unavailable_as_such():
+        with UNAVAILABLE_AS_SUCH:
             return await self._backend.lookup(work)
 
     async def healthy(self) -> None:
@@ -501,7 +507,7 @@ class Database:
         self._queue.append(unit)
         self._wakeup.set()
         try:
-            with unavailable_as_such():
+            with UNAVAILABLE_AS_SUCH:
                 return await asyncio.shield(unit.future)
         except asyncio.CancelledError:
             if not unit.taken:
