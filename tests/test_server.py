@@ -441,6 +441,30 @@ async def test_behind_the_proxy_a_client_is_the_address_it_names_if_that_is_one(
     assert statuses == ([200, 200] if counted_apart else [429, 429])
 
 
+@pytest.mark.gen_test(timeout=30)
+async def test_ipv6_addresses_of_one_64_network_share_its_places(http_server, http_port, config):
+    """One IPv6 host has many addresses (privacy addresses, a whole /64 routed to it): the
+    places, like the throttles, count its network."""
+    slow = [await Raw.open(http_port) for _ in range(PER_ADDRESS)]
+    for n, client in enumerate(slow, 1):
+        head = upload_head(5_000_000, extra=f"X-Real-IP: 2001:db8::{n}\r\n")
+        await client.send(head + FILE_PART + b"x" * 300_000)
+    await until(lambda: len(temp_files(config)) == PER_ADDRESS)
+
+    statuses = []
+    for address in ("2001:db8::99", "2001:db8:0:1::1"):  # the same /64, then the next one
+        other = await Raw.open(http_port)
+        body = FILE_PART + b"hello" + FORM_END
+        extra = f"X-Real-IP: {address}\r\nConnection: close\r\n"
+        await other.send(upload_head(len(body), extra=extra) + body)
+        statuses.append(split(await other.answer())[0])
+        other.close()
+    for client in slow:
+        client.close()
+
+    assert statuses == [429, 200]
+
+
 def test_an_address_is_checked_as_tornado_checks_it():
     names = ["127.0.0.1", "::1", "fe80::1%lo", "2001:db8::7", "", "1.2.3.4\x00", "999.1.2.3"]
     names += ["client.example", "7" * 70, "::" + "f" * 70]

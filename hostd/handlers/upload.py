@@ -40,6 +40,7 @@ from hostd.handlers.base import (
 from hostd.parsing import parse_count
 from hostd.server import BodyPace, HostdConnection
 from hostd.storage import StoreUnavailable, WrittenBlob
+from hostd.throttle import address_key
 
 log = logging.getLogger("hostd")
 
@@ -127,8 +128,9 @@ class InFlightUpload(Protocol):
 
 
 class UploadsInFlight:
-    """Uploads not yet answered, by client address (X-Real-IP behind a trusted proxy): at
-    most limits.uploads_in_flight_per_address from one address, none once the server is
+    """Uploads not yet answered, by client address (X-Real-IP behind a trusted proxy; an
+    IPv6 address by its /64, as the throttles count it: one host has many): at most
+    limits.uploads_in_flight_per_address from one address, none once the server is
     closing."""
 
     def __init__(self) -> None:
@@ -142,7 +144,7 @@ class UploadsInFlight:
         """Count this upload in, or raise UploadError (503 when closing, else 429)."""
         if self.closing:
             raise UploadError(503, "the server is shutting down; send the upload again soon")
-        address = upload.request.remote_ip or ""
+        address = address_key(upload.request.remote_ip or "")
         same = self._by_address.setdefault(address, set())
         most = upload.config.uploads_in_flight_per_address
         if len(same) >= most:
@@ -157,7 +159,7 @@ class UploadsInFlight:
 
     def leave(self, upload: InFlightUpload) -> None:
         """Count it out (again is harmless)."""
-        address = upload.request.remote_ip or ""
+        address = address_key(upload.request.remote_ip or "")
         same = self._by_address.get(address)
         if same is None or upload not in same:
             return
