@@ -136,9 +136,10 @@ def is_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, sqlite3.OperationalError):
         code = getattr(exc, "sqlite_errorcode", None)  # extended codes keep it in the low byte
         return code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    # PostgreSQL's socket refused, gone, broken or timed out (SQLite's own I/O errors are
+    # sqlite3 errors).
     if isinstance(exc, OSError):
-        return True  # PostgreSQL's socket: refused, gone, broken, timed out (SQLite's own
-        # I/O errors are sqlite3 errors)
+        return True
     sqlstate = getattr(exc, "sqlstate", None) or ""
     # 08: connection exceptions; 57P01-57P03: shutting down, crashed, starting; 53300: no
     # connection slot left.
