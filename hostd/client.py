@@ -42,6 +42,8 @@ TIMEOUT_SECONDS = 60.0
 CONTINUE_WAIT_SECONDS = 1.0
 # Waits between tries of a tus upload that failed without making progress; progress resets.
 RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 30.0)
+# How often a PUT is sent when the server answers 503 (see Client.upload_put).
+PUT_TRIES = 3
 TUS_VERSION = "1.0.0"
 TUS_PATH = "/api/tus/"
 
@@ -352,12 +354,27 @@ class Client:
     def upload_put(
         self, file: BinaryIO, name: str, size: int, progress: Progress | None
     ) -> dict[str, Any]:
-        answer = self.request(
-            "PUT",
-            f"/api/upload/{urllib.parse.quote(os.fsencode(name), safe='')}",
-            {"Content-Length": str(size), **({"Expires": self.expires} if self.expires else {})},
-            FileSlice(file, 0, size, progress.advance if progress else None),
-        )
+        """One PUT; sent again after a 503 (the server restarting, its database or storage
+        out of reach for a moment: nothing was stored), up to PUT_TRIES times, each after
+        the server's Retry-After (at most 30 s) or RETRY_DELAYS."""
+        for tries in range(1, PUT_TRIES + 1):
+            if progress is not None:
+                progress.at(0)
+            answer = self.request(
+                "PUT",
+                f"/api/upload/{urllib.parse.quote(os.fsencode(name), safe='')}",
+                {
+                    "Content-Length": str(size),
+                    **({"Expires": self.expires} if self.expires else {}),
+                },
+                FileSlice(file, 0, size, progress.advance if progress else None),
+            )
+            if answer.status != 503 or tries == PUT_TRIES:
+                break
+            wait = RETRY_DELAYS[tries - 1]
+            with contextlib.suppress(ValueError):
+                wait = min(float(answer.headers.get("Retry-After", "")), 30.0)
+            self._sleep(wait)
         if answer.status != 200:
             raise answer.refusal()
         return answer.json()

@@ -9,6 +9,7 @@ import errno
 import io
 import os
 import secrets
+import sqlite3
 import subprocess
 import tempfile
 import threading
@@ -407,6 +408,32 @@ def make_api_key(
 
 def form_body(**fields: str) -> str:
     return urllib.parse.urlencode({"_xsrf": XSRF, **fields})
+
+
+# -- a busy database ------------------------------------------------------------------------
+
+
+class SqliteLock:
+    """SQLite's write lock, taken and given back by a connection of another program's (as
+    `sqlite3` in a shell holds it): hostd's writes wait out their busy timeout, then fail."""
+
+    def __init__(self, path: Path) -> None:
+        self.conn = sqlite3.connect(path, isolation_level=None)
+
+    def take(self) -> None:
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def give_back(self) -> None:
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
+
+
+@pytest.fixture
+def sqlite_lock(db: Database, config: Config) -> Iterator[SqliteLock]:
+    held = SqliteLock(config.data_dir / "hostd.sqlite3")
+    yield held
+    held.give_back()
+    held.conn.close()
 
 
 # -- full disks ---------------------------------------------------------------------------

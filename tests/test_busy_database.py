@@ -33,28 +33,6 @@ def short_busy_timeout(monkeypatch):
     monkeypatch.setattr(sqlite_backend, "BUSY_TIMEOUT_MS", 200)
 
 
-class Lock:
-    """SQLite's write lock, held by a connection of another program's."""
-
-    def __init__(self, path) -> None:
-        self.conn = sqlite3.connect(path, isolation_level=None)
-
-    def take(self) -> None:
-        self.conn.execute("BEGIN IMMEDIATE")
-
-    def give_back(self) -> None:
-        if self.conn.in_transaction:
-            self.conn.execute("ROLLBACK")
-
-
-@pytest.fixture
-def lock(db, config) -> Iterator[Lock]:
-    held = Lock(config.data_dir / "hostd.sqlite3")
-    yield held
-    held.give_back()
-    held.conn.close()
-
-
 async def upload(client, endpoint: str, data: bytes = b"locked out"):
     if endpoint.startswith("PUT "):
         return await client.fetch(
@@ -73,14 +51,14 @@ ENDPOINTS = ["/api/upload", "PUT /api/upload/a.txt", "/upload?api=1", "/upload"]
 @pytest.mark.parametrize("endpoint", ENDPOINTS)
 @pytest.mark.gen_test
 async def test_an_upload_while_another_program_holds_the_lock_is_a_503_that_leaves_nothing(
-    http_client, base_url, config, db, lock, endpoint
+    http_client, base_url, config, db, sqlite_lock, endpoint
 ):
     url = endpoint.replace("/", f"{base_url}/", 1)
-    lock.take()
+    sqlite_lock.take()
 
     refused = await upload(http_client, url)
     left = temp_files(config), blob_files(config)
-    lock.give_back()
+    sqlite_lock.give_back()
     accepted = await upload(http_client, url)
 
     assert refused.code == 503
@@ -100,9 +78,11 @@ async def test_an_upload_while_another_program_holds_the_lock_is_a_503_that_leav
 
 @pytest.mark.sqlite_only
 @pytest.mark.gen_test
-async def test_a_page_that_writes_while_the_lock_is_held_is_a_503_page(http_client, base_url, lock):
+async def test_a_page_that_writes_while_the_lock_is_held_is_a_503_page(
+    http_client, base_url, sqlite_lock
+):
     fields = {"name": "alice", "password": "long enough", "confirm": "long enough"}
-    lock.take()
+    sqlite_lock.take()
 
     refused = await http_client.fetch(
         f"{base_url}/register",
@@ -122,12 +102,12 @@ async def test_a_page_that_writes_while_the_lock_is_held_is_a_503_page(http_clie
 @pytest.mark.sqlite_only
 @pytest.mark.gen_test
 async def test_an_api_call_that_writes_while_the_lock_is_held_is_a_503_in_json(
-    http_client, base_url, lock, make_api_key
+    http_client, base_url, sqlite_lock, make_api_key
 ):
     key = await make_api_key()
     stored = await upload(http_client, f"{base_url}/api/upload")
     hash = json.loads(stored.body)["hash"]
-    lock.take()
+    sqlite_lock.take()
 
     refused = await http_client.fetch(
         f"{base_url}/api/files/{hash}",
@@ -143,8 +123,8 @@ async def test_an_api_call_that_writes_while_the_lock_is_held_is_a_503_in_json(
 
 @pytest.mark.sqlite_only
 @pytest.mark.gen_test
-async def test_a_write_fails_after_one_busy_timeout_not_two(db, lock):
-    lock.take()
+async def test_a_write_fails_after_one_busy_timeout_not_two(db, sqlite_lock):
+    sqlite_lock.take()
     started = time.monotonic()
 
     with pytest.raises(queries.Unavailable) as refused:

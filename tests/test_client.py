@@ -336,6 +336,29 @@ async def test_standard_input_is_one_file_and_alone_has_a_name(base_url, tmp_pat
 # -- failures ---------------------------------------------------------------------------
 
 
+@pytest.mark.sqlite_only
+@pytest.mark.gen_test(timeout=60)
+async def test_a_503_is_sent_again_after_the_servers_retry_after(
+    base_url, tmp_path, db, sqlite_lock, access_log
+):
+    """The database busy (here: locked by another program for a while), the server's
+    restart: nothing was stored, and a moment later the same PUT goes through."""
+    (path,) = files(tmp_path, **{"a.txt": b"sent twice"})
+    sqlite_lock.take()
+
+    proc = await start_upload(path, "--url", base_url)
+    while "503 PUT /api/upload/a.txt" not in access_log.text:  # the busy timeout, 5 s
+        assert proc.returncode is None, "the client gave up after the 503"
+        await asyncio.sleep(0.1)
+    sqlite_lock.give_back()
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=30)
+
+    assert proc.returncode == 0, err
+    assert out.decode() == f"{base_url}/{public_hash(b'sent twice')}.txt\n"
+    assert len(await queries.all_uploads(db)) == 1
+    assert "200 PUT /api/upload/a.txt" in access_log.text
+
+
 @pytest.mark.gen_test(timeout=60)
 async def test_a_refused_file_is_named_with_the_servers_message_and_the_rest_still_go(
     base_url, tmp_path, db, config
