@@ -667,6 +667,37 @@ def test_a_worker_that_may_not_roam_stays_and_its_pool_still_works(
     assert "a worker thread stays on the IOLoop's CPU" in caplog.text
 
 
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def test_uploads_that_trickle_in_hold_little_memory_each(tmp_path, free_port):
+    """A head that promises 50 MB and a kilobyte of body: its read buffer stays small
+    (it grows only while a body arrives faster than it is handed on). With a 1 MiB buffer
+    from the start, these 200 held 200 MiB."""
+    proc = serve(tmp_path, free_port, server="trust_proxy = true\n")
+    uploads = []
+    try:
+        before = rss_mib(proc.pid)
+        for n in range(200):
+            sock = socket.create_connection(("127.0.0.1", free_port))
+            extra = f"X-Real-IP: 10.0.{n // 100}.{n % 100 + 1}\r\n"  # 2 from each address
+            sock.sendall(upload_head(50_000_000, extra=extra) + FILE_PART + b"x" * 1000)
+            uploads.append(sock)
+        time.sleep(2)  # each one read (its buffer is made as its body begins)
+        grown = rss_mib(proc.pid) - before
+    finally:
+        for sock in uploads:
+            sock.close()
+        stop(proc)
+        proc.communicate()
+
+    assert grown < 64
+
+
 # -- file descriptors ---------------------------------------------------------------------
 
 
