@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import http
 import io
 import json
 import os
@@ -505,3 +506,17 @@ def cpus_in(listed: str) -> set[int]:
         first, _, last = part.partition("-")
         cpus.update(range(int(first), int(last or first) + 1))
     return cpus
+
+
+def assert_refused(response: Any, endpoint: str, status: int, message: str) -> None:
+    """A refused upload, answered as its endpoint answers: JSON from /api/upload (and a PUT
+    there), `ERROR <message>` with api=1, else a page."""
+    assert response.code == status
+    body = response.body.decode()
+    if "/api/upload" in endpoint:
+        assert json.loads(body) == {"status": False, "error": message}
+    elif endpoint.endswith("api=1"):
+        assert body == f"ERROR {message}\n"
+    else:
+        assert response.headers["Content-Type"].startswith("text/html")
+        assert f"{status} {http.HTTPStatus(status).phrase}" in body and message in body

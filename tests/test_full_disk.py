@@ -10,7 +10,7 @@ import os
 
 import pytest
 from conftest import XSRF, form_body
-from helpers import blob_files, multipart_body, temp_files
+from helpers import assert_refused, blob_files, multipart_body, temp_files
 
 # On SQLite only: SQLite's file and the blobs share the small tmpfs (PostgreSQL's disk_full,
 # 53100, is the same 507 through db.is_full).
@@ -47,15 +47,7 @@ async def submit(client, url, headers=None, **fields):
 
 def assert_out_of_space(response, endpoint):
     """A 507 with the usual message, as the endpoint answers: JSON, `ERROR ...` or a page."""
-    assert response.code == 507
-    body = response.body.decode()
-    if endpoint == "/api/upload":
-        assert json.loads(body) == {"status": False, "error": OUT_OF_SPACE}
-    elif endpoint.endswith("api=1"):
-        assert body == f"ERROR {OUT_OF_SPACE}\n"
-    else:
-        assert response.headers["Content-Type"].startswith("text/html")
-        assert "507 Insufficient Storage" in body and OUT_OF_SPACE in body
+    assert_refused(response, endpoint, 507, OUT_OF_SPACE)
 
 
 def assert_page_out_of_space(response):

@@ -408,6 +408,19 @@ async def test_uploads_past_the_cap_for_one_address_get_a_429_before_the_body(
     assert accepted.startswith(b"HTTP/1.1 200 ")  # another address is not held up
 
 
+async def small_uploads(http_port: int, extras: list[str]) -> list[int]:
+    """The statuses of small uploads sent one after the other, each with its header lines
+    from `extras`, on a connection of its own."""
+    statuses = []
+    for extra in extras:
+        other = await Raw.open(http_port)
+        body = FILE_PART + b"hello" + FORM_END
+        await other.send(upload_head(len(body), extra=f"{extra}Connection: close\r\n") + body)
+        statuses.append(split(await other.answer())[0])
+        other.close()
+    return statuses
+
+
 @pytest.mark.gen_test(timeout=30)
 @pytest.mark.parametrize(
     ("header", "counted_apart"),
@@ -427,14 +440,8 @@ async def test_behind_the_proxy_a_client_is_the_address_it_names_if_that_is_one(
         await client.send(upload_head(5_000_000) + FILE_PART + b"x" * 300_000)
     await until(lambda: len(temp_files(config)) == PER_ADDRESS)
 
-    statuses = []
-    for _ in range(2):  # the second time, the address's check is remembered
-        other = await Raw.open(http_port)
-        body = FILE_PART + b"hello" + FORM_END
-        extra = f"{header}\r\nConnection: close\r\n"
-        await other.send(upload_head(len(body), extra=extra) + body)
-        statuses.append(split(await other.answer())[0])
-        other.close()
+    # The second time, the address's check is remembered.
+    statuses = await small_uploads(http_port, [f"{header}\r\n"] * 2)
     for client in slow:
         client.close()
 
@@ -451,14 +458,9 @@ async def test_ipv6_addresses_of_one_64_network_share_its_places(http_server, ht
         await client.send(head + FILE_PART + b"x" * 300_000)
     await until(lambda: len(temp_files(config)) == PER_ADDRESS)
 
-    statuses = []
-    for address in ("2001:db8::99", "2001:db8:0:1::1"):  # the same /64, then the next one
-        other = await Raw.open(http_port)
-        body = FILE_PART + b"hello" + FORM_END
-        extra = f"X-Real-IP: {address}\r\nConnection: close\r\n"
-        await other.send(upload_head(len(body), extra=extra) + body)
-        statuses.append(split(await other.answer())[0])
-        other.close()
+    # The same /64, then the next one.
+    headers = ["X-Real-IP: 2001:db8::99\r\n", "X-Real-IP: 2001:db8:0:1::1\r\n"]
+    statuses = await small_uploads(http_port, headers)
     for client in slow:
         client.close()
 
