@@ -117,7 +117,7 @@ class Progress:
         if self.total is None:  # a pipe: how much has gone so far
             if now - self._drawn >= 0.1:
                 self._drawn = now
-                self.stream.write(f"\r{self.name[:40]} {done // 1024} KiB sent")
+                self._draw_sent()
                 self.stream.flush()
             return
         if now - self._drawn >= 0.1 or done >= self.total:
@@ -131,9 +131,12 @@ class Progress:
             )
             self.stream.flush()
 
+    def _draw_sent(self) -> None:
+        self.stream.write(f"\r{self.name[:40]} {self.done // 1024} KiB sent")
+
     def end(self) -> None:
         if self.total is None:
-            self.stream.write(f"\r{self.name[:40]} {self.done // 1024} KiB sent")
+            self._draw_sent()
         self.stream.write("\n")
         self.stream.flush()
 
@@ -371,10 +374,7 @@ class Client:
             )
             if answer.status != 503 or tries == PUT_TRIES:
                 break
-            wait = RETRY_DELAYS[tries - 1]
-            with contextlib.suppress(ValueError):
-                wait = min(float(answer.headers.get("Retry-After", "")), 30.0)
-            self._sleep(wait)
+            self._sleep(retry_after(answer, at_most=30.0) or RETRY_DELAYS[tries - 1])
         if answer.status != 200:
             raise answer.refusal()
         return answer.json()
@@ -602,8 +602,7 @@ class Client:
         if answer.status in (408, 423, 429) or (answer.status >= 500 and answer.status != 507):
             refusal = answer.refusal()
             busy = Unreachable(refusal.message, refusal.status)
-            with contextlib.suppress(ValueError):
-                busy.retry_after = min(float(answer.headers.get("Retry-After", "")), 300.0)
+            busy.retry_after = retry_after(answer, at_most=300.0) or 0.0
             raise busy
 
     # -- HTTP
@@ -652,6 +651,14 @@ class Client:
             raise Unreachable(f"{self.url}: {reason(exc)}") from None
         finally:
             conn.close()
+
+
+def retry_after(answer: Answer, *, at_most: float) -> float | None:
+    """The seconds the answer's Retry-After asks for (at most `at_most`); None without one."""
+    try:
+        return min(float(answer.headers.get("Retry-After", "")), at_most)
+    except ValueError:
+        return None
 
 
 def await_continue(conn: http.client.HTTPConnection) -> bool:
