@@ -16,6 +16,7 @@ import urllib.request
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from hostd.config import Config
 from hostd.s3 import S3Settings, sign_request
@@ -162,6 +163,14 @@ class SeaweedFS:
         if f"created bucket {name}" not in done.stdout:
             raise RuntimeError(f"could not create bucket {name}: {done.stdout}{done.stderr}")
         self.buckets.append(name)
+        # The gateway answers before the volume server has joined the master, and a new
+        # bucket has no volumes yet: the first write waits seconds for both. Once, here,
+        # rather than inside the first test that writes (whose 5 s it would eat).
+        import obstore
+
+        bucket = _bucket_at(self.endpoint, name)
+        obstore.put(bucket, ".first-write", b"volumes for this bucket")
+        obstore.delete(bucket, ".first-write")
         return name
 
     def stop(self) -> None:
@@ -192,24 +201,40 @@ def _settings(config: Config) -> S3Settings:
     )
 
 
-def s3_objects(config: Config) -> list[str]:
-    """Every key under the config's prefix."""
-    import obstore
+def _bucket_at(endpoint: str, bucket: str, region: str = "us-east-1") -> Any:
     from obstore.store import S3Store
 
-    settings = _settings(config)
-    store = S3Store(
-        settings.bucket,
+    return S3Store(
+        bucket,
         config={
-            "endpoint": settings.endpoint or "",
-            "region": settings.region,
+            "endpoint": endpoint,
+            "region": region,
             "access_key_id": ACCESS_KEY,
             "secret_access_key": SECRET_KEY,
             "virtual_hosted_style_request": False,
         },
-        client_options={"allow_http": True},
+        client_options={"allow_http": True, "timeout": f"{START_SECONDS:g}s"},
     )
-    return sorted(meta["path"] for batch in obstore.list(store, settings.prefix) for meta in batch)
+
+
+def _bucket(config: Config) -> Any:
+    settings = _settings(config)
+    return _bucket_at(settings.endpoint or "", settings.bucket, settings.region)
+
+
+def s3_objects(config: Config) -> list[str]:
+    """Every key under the config's prefix."""
+    import obstore
+
+    batches = obstore.list(_bucket(config), _settings(config).prefix)
+    return sorted(meta["path"] for batch in batches for meta in batch)
+
+
+def put_s3_object(config: Config, name: str, data: bytes) -> None:
+    """Write an object under the config's prefix behind hostd's back."""
+    import obstore
+
+    obstore.put(_bucket(config), _settings(config).prefix + name, data)
 
 
 def s3_incomplete_uploads(config: Config) -> list[str]:
