@@ -209,6 +209,12 @@ async def collect_garbage_now_and_then(
                     "gc: %d file(s) are missing their bytes (run `hostd gc` for the list)",
                     len(found.missing),
                 )
+            if found.damaged:
+                log.warning(
+                    "gc: %d file(s) have bytes that are not the size recorded for them (run"
+                    " `hostd gc` for the list)",
+                    len(found.damaged),
+                )
         await asyncio.sleep(every_seconds)
 
 

@@ -701,6 +701,7 @@ async def gc(args: argparse.Namespace, config: Config, database: Database, auth:
                 "removed": found.removed,
                 "young": found.young,
                 "missing": found.missing,
+                "damaged": found.damaged,
             }
         )
     else:
@@ -708,13 +709,19 @@ async def gc(args: argparse.Namespace, config: Config, database: Database, auth:
             print(f"{removed} {sha256}: no upload pointed at it")
         for sha256 in found.missing:
             print(f"missing {sha256}: its uploads are listed but its bytes are gone")
+        for sha256 in found.damaged:
+            print(f"damaged {sha256}: its bytes are not the size its uploads recorded")
     print(
         f"gc: {removed} {len(found.removed)}, left {found.young} younger than"
-        f" {args.grace:g} s, {len(found.missing)} missing",
+        f" {args.grace:g} s, {len(found.missing)} missing, {len(found.damaged)} damaged",
         file=sys.stderr,
     )
-    if found.missing:
-        raise CommandError(f"{len(found.missing)} file(s) have rows but no bytes")
+    problems = [
+        f"{len(found.missing)} file(s) have rows but no bytes" if found.missing else "",
+        f"{len(found.damaged)} file(s) have damaged bytes" if found.damaged else "",
+    ]
+    if any(problems):
+        raise CommandError("; ".join(problem for problem in problems if problem))
 
 
 async def backup_to(

@@ -37,6 +37,7 @@ from hostd.config import Config, ConfigError
 from hostd.hashes import is_sha256
 from hostd.storage import (
     HEAD_BYTES,
+    BlobDamaged,
     BlobMissing,
     KeyedLocks,
     StoredBlob,
@@ -216,13 +217,16 @@ class S3BlobWriter:
 class S3BlobReader:
     """A blob in the bucket; nothing is asked of S3 until chunks() (so a 304 never is)."""
 
-    def __init__(self, store: S3BlobStore, sha256: str) -> None:
+    def __init__(self, store: S3BlobStore, sha256: str, size_bytes: int | None) -> None:
         self._store = store
         self._key = store.key(sha256)
         self._sha256 = sha256
+        self._size_bytes = size_bytes
 
     async def chunks(self, start: int, end: int) -> AsyncIterator[bytes]:
         result = await self._store.call(self._store.get(self._key, start, end + 1), self._sha256)
+        if self._size_bytes is not None and result.meta["size"] != self._size_bytes:
+            raise BlobDamaged(self._sha256)
         stream = result.stream(min_chunk_size=READ_CHUNK_BYTES)
         while True:
             try:
@@ -361,8 +365,8 @@ class S3BlobStore:
         if gone is not None:
             await gone
 
-    async def open(self, sha256: str) -> S3BlobReader:
-        return S3BlobReader(self, sha256)
+    async def open(self, sha256: str, size_bytes: int | None = None) -> S3BlobReader:
+        return S3BlobReader(self, sha256, size_bytes)
 
     async def exists(self, sha256: str) -> bool:
         try:
@@ -381,7 +385,7 @@ class S3BlobStore:
         async for meta in self._list(self.prefix):
             name = meta["path"][len(self.prefix) :]
             if is_sha256(name):
-                yield StoredBlob(name, meta["last_modified"].timestamp())
+                yield StoredBlob(name, meta["last_modified"].timestamp(), meta["size"])
 
     async def _list(self, prefix: str) -> AsyncIterator[Any]:
         import obstore

@@ -74,6 +74,12 @@ class BlobMissing(Exception):
     """The store has no bytes for this SHA-256 (never stored, or removed)."""
 
 
+class BlobDamaged(Exception):
+    """The store's bytes for this SHA-256 are not the size recorded for them: cut short or
+    written over behind hostd's back (a full disk's repair, a restore gone wrong). Served,
+    they would be a file that is not the one uploaded."""
+
+
 class StoreUnavailable(OSError):
     """The store cannot be reached or refuses (an S3 server down, a wrong key): any operation
     may raise it. An OSError, so that callers that handle a failing disk handle it too."""
@@ -123,6 +129,7 @@ class StoredBlob:
 
     sha256: str
     modified_at: float
+    size_bytes: int
 
 
 class BlobStore(Protocol):
@@ -136,8 +143,10 @@ class BlobStore(Protocol):
 
     async def discard(self, written: WrittenBlob) -> None: ...
 
-    async def open(self, sha256: str) -> BlobReader:
-        """Raises BlobMissing when there are no such bytes."""
+    async def open(self, sha256: str, size_bytes: int | None = None) -> BlobReader:
+        """Raises BlobMissing when there are no such bytes, and, given the size recorded for
+        them, BlobDamaged when they are another size: here or at the reader's first read
+        (before any byte), whichever is when the store finds out."""
 
     async def exists(self, sha256: str) -> bool: ...
 
@@ -573,8 +582,8 @@ class LocalBlobStore:
         """Every byte of `chunks` into an open temp file (in a worker thread)."""
         _write_all(fd, chunks)
 
-    async def open(self, sha256: str) -> BlobReader:
-        hot = self.hot.get(sha256)
+    async def open(self, sha256: str, size_bytes: int | None = None) -> BlobReader:
+        hot = self.hot.get(sha256)  # kept only when read whole at the size recorded
         if hot is not None:
             return MemoryReader(hot)
         # No stat first: the open itself fails cleanly for bytes that are gone. The path is
@@ -583,6 +592,10 @@ class LocalBlobStore:
             fd = os.open(f"{self._root}/{_below_root(sha256)}", os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             raise BlobMissing(sha256) from None
+        # The open file's size: no path to walk again, a fraction of a microsecond.
+        if size_bytes is not None and os.fstat(fd).st_size != size_bytes:
+            os.close(fd)
+            raise BlobDamaged(sha256)
         return LocalFileReader(fd, self.hot.keeper(sha256))
 
     async def exists(self, sha256: str) -> bool:
@@ -610,7 +623,8 @@ class LocalBlobStore:
                     continue
                 for entry in os.scandir(second.path):
                     if is_sha256(entry.name) and entry.is_file():
-                        found.append(StoredBlob(entry.name, entry.stat().st_mtime))
+                        status = entry.stat()
+                        found.append(StoredBlob(entry.name, status.st_mtime, status.st_size))
         return found
 
     @contextlib.asynccontextmanager

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from hostd import db
 from hostd.db import Blob, Database, Expired, Removal, Upload
-from hostd.storage import BlobStore, StoreUnavailable, WrittenBlob
+from hostd.storage import BlobStore, StoredBlob, StoreUnavailable, WrittenBlob
 from hostd.thumbs import Thumbnails
 
 log = logging.getLogger("hostd")
@@ -223,6 +223,7 @@ class Collected:
     removed: list[str]  # bytes no row pointed at, now gone (with dry_run: to go)
     young: int  # such bytes left alone, being inside the grace period
     missing: list[str]  # rows whose bytes are gone (reported, not changed)
+    damaged: list[str]  # rows whose bytes are not the size recorded (reported, not changed)
 
 
 async def collect_garbage(
@@ -235,16 +236,17 @@ async def collect_garbage(
     dry_run: bool = False,
 ) -> Collected:
     """Remove bytes that no blob row points at (older than the grace period), and report
-    rows whose bytes are missing. With dry_run, only say what would be removed."""
-    stored: dict[str, float] = {}
+    rows whose bytes are missing or not the size recorded. With dry_run, only say what
+    would be removed."""
+    stored: dict[str, StoredBlob] = {}
     async for blob in store.list_blobs():
-        stored[blob.sha256] = blob.modified_at
+        stored[blob.sha256] = blob
     referenced = await db.referenced_among(database, stored)
-    result = Collected([], 0, [])
-    for sha256, modified_at in sorted(stored.items()):
+    result = Collected([], 0, [], [])
+    for sha256, blob in sorted(stored.items()):
         if sha256 in referenced:
             continue
-        if clock() - modified_at < grace_seconds:
+        if clock() - blob.modified_at < grace_seconds:
             result.young += 1
             continue
         if dry_run:
@@ -254,7 +256,11 @@ async def collect_garbage(
             if not await db.is_referenced(database, sha256) and await store.delete(sha256):
                 thumbs.delete(sha256)
                 result.removed.append(sha256)
-    for sha256 in await db.all_blob_sha256s(database):
-        if sha256 not in stored and not await store.exists(sha256):
-            result.missing.append(sha256)
+    for sha256, size_bytes in sorted((await db.blob_sizes(database)).items()):
+        found = stored.get(sha256)
+        if found is None:
+            if not await store.exists(sha256):  # not stored after the listing either
+                result.missing.append(sha256)
+        elif found.size_bytes != size_bytes:
+            result.damaged.append(sha256)
     return result

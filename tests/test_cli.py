@@ -339,6 +339,36 @@ def test_admin_takes_a_file_down_for_everyone_who_uploaded_it(tmp_path, free_por
     assert again["hash"] == h and back == 200  # the same bytes may come back later
 
 
+def test_gc_lists_files_whose_bytes_are_gone_or_damaged_and_exits_1(tmp_path, free_port):
+    data = ["--data-dir", str(tmp_path / "d")]
+    files = [b"kept whole", b"lost behind hostd's back", b"cut short by a repair"]
+    proc = start(["serve", *data, "--port", str(free_port)], tmp_path)
+    try:
+        wait_for_line(proc, "listening on")
+        for content in files:
+            upload_png(free_port, content)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=10)
+    whole, lost, cut = (hashlib.sha256(content).hexdigest() for content in files)
+    blobs = tmp_path / "d" / "blobs"
+    next(blobs.rglob(lost)).unlink()
+    os.truncate(next(blobs.rglob(cut)), 3)
+
+    found = hostd("gc", *data, cwd=tmp_path)
+    as_json = hostd("gc", "--json", *data, cwd=tmp_path)
+
+    assert found.returncode == 1
+    assert found.stdout.splitlines() == [
+        f"missing {lost}: its uploads are listed but its bytes are gone",
+        f"damaged {cut}: its bytes are not the size its uploads recorded",
+    ]
+    assert "1 file(s) have rows but no bytes; 1 file(s) have damaged bytes" in found.stderr
+    answer = json.loads(as_json.stdout)
+    assert (answer["missing"], answer["damaged"], answer["removed"]) == ([lost], [cut], [])
+    assert next(blobs.rglob(cut)).stat().st_size == 3, "reported, not removed"
+
+
 # -- hostd db: migrate, copy ---------------------------------------------------------------
 
 

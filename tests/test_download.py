@@ -6,10 +6,12 @@ import dataclasses
 import email.utils
 import hashlib
 import json
+import os
 import re
 
 import pytest
 from helpers import multipart_body, raw_sql, streamed_upload
+from seaweed import put_s3_object
 
 from hostd import uploads
 from hostd.handlers import all_routes, download
@@ -618,6 +620,32 @@ async def test_a_file_whose_bytes_were_lost_is_a_404_and_a_warning_for_the_admin
 
     assert response.code == 404
     assert f"the bytes of {h} ({sha256}) are missing from the store" in caplog.text
+
+
+@pytest.mark.parametrize("damage", ["cut-short", "grown"])
+@pytest.mark.parametrize("size", [100, 300_000], ids=["small", "big"])
+@pytest.mark.gen_test
+async def test_bytes_that_are_not_the_size_recorded_are_never_served(
+    http_client, base_url, store, config, caplog, damage, size
+):
+    data = os.urandom(size)
+    h = await upload(http_client, base_url, data)
+    sha256 = hashlib.sha256(data).hexdigest()
+    damaged = data[: size // 2] if damage == "cut-short" else data + b"more"
+    if isinstance(store, LocalBlobStore):
+        store.hot.drop(sha256)  # as after a restart: nothing of it in memory
+        store.path(sha256).write_bytes(damaged)
+    else:
+        put_s3_object(config, sha256, damaged)
+
+    whole = await http_client.fetch(f"{base_url}/{h}", raise_error=False)
+    ranged = await http_client.fetch(
+        f"{base_url}/{h}", headers={"Range": "bytes=0-9"}, raise_error=False
+    )
+
+    assert (whole.code, ranged.code) == (404, 404)
+    assert data[:10] not in whole.body
+    assert f"the bytes of {h} ({sha256}) are not the {size} recorded for them" in caplog.text
 
 
 def without_date(headers) -> dict[str, str]:

@@ -19,11 +19,12 @@ from helpers import (
     multipart_body,
     png_of_one_colour,
     start,
+    store_upload,
     streamed_upload,
     temp_files,
     wait_for_line,
 )
-from seaweed import SeaweedFS
+from seaweed import SeaweedFS, put_s3_object
 from test_upload import many_clients_one_address
 
 from hostd import s3, uploads
@@ -325,6 +326,19 @@ async def test_stale_temp_objects_and_multipart_uploads_are_removed(store, confi
     gone = writer.abort()
     if gone is not None:
         await gone
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_gc_reports_objects_gone_or_not_the_size_recorded(db, store, thumbs, config):
+    whole, _ = await store_upload(db, store, b"kept whole")
+    lost, _ = await store_upload(db, store, b"removed from the bucket behind hostd's back")
+    cut, _ = await store_upload(db, store, b"replaced by fewer bytes")
+    await store.delete(lost.sha256)
+    put_s3_object(config, cut.sha256, b"fewer")
+
+    found = await uploads.collect_garbage(db, store, thumbs)
+
+    assert (found.missing, found.damaged, found.removed) == ([lost.sha256], [cut.sha256], [])
 
 
 # -- hostd storage migrate ------------------------------------------------------------------

@@ -118,3 +118,19 @@ async def test_gc_reports_rows_whose_bytes_are_gone(db, store, thumbs):
 
     assert found.missing == [blob.sha256]
     assert found.removed == []
+
+
+@pytest.mark.gen_test
+async def test_gc_reports_rows_whose_bytes_are_not_the_size_recorded(db, store, thumbs):
+    cut, _ = await store_upload(db, store, b"a repair cuts these short")
+    grown, _ = await store_upload(db, store, b"a restore writes more than these")
+    whole, _ = await store_upload(db, store, b"these stay as they were")
+    os.truncate(store.path(cut.sha256), 5)
+    store.path(grown.sha256).write_bytes(b"a restore writes more than these, and more")
+
+    found = await uploads.collect_garbage(db, store, thumbs)
+
+    assert found.damaged == sorted([cut.sha256, grown.sha256])
+    assert whole.sha256 not in found.damaged
+    assert found.missing == [] and found.removed == []
+    assert await store.exists(cut.sha256), "reported, not removed"

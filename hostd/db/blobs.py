@@ -396,6 +396,12 @@ async def all_blob_sha256s(db: Database) -> list[str]:
     return [row[0] for row in rows]
 
 
+async def blob_sizes(db: Database) -> dict[str, int]:
+    """Every blob's size as recorded, by SHA-256 (for `hostd gc` to check the store's)."""
+    rows = await db.read(lambda tx: tx.fetchall("SELECT sha256, size_bytes FROM blobs"))
+    return {row[0]: row[1] for row in rows}
+
+
 @dataclass(frozen=True)
 class Registration:
     """One upload of a blob, with the name of the account it belongs to (None: anonymous)."""

@@ -16,7 +16,7 @@ from hostd.db import Blob
 from hostd.handlers.base import BaseHandler, Refusal
 from hostd.hashes import PUBLIC_HASH_PATTERN
 from hostd.parsing import parse_count, parse_http_date
-from hostd.storage import BlobMissing, BlobReader, StoreUnavailable
+from hostd.storage import BlobDamaged, BlobMissing, BlobReader, StoreUnavailable
 
 log = logging.getLogger("hostd")
 
@@ -141,7 +141,7 @@ class DownloadHandler(BaseHandler):
         if not blob.alive_at(now):
             raise await self.not_found(hash)
         try:
-            reader = await self.store.open(blob.sha256)
+            reader = await self.store.open(blob.sha256, blob.size_bytes)
             try:
                 await self.answer(reader, blob, suffix, filename, include_body=include_body)
             finally:
@@ -158,6 +158,18 @@ class DownloadHandler(BaseHandler):
                     hash,
                     blob.sha256,
                 )
+            raise await self.not_found(hash) from None
+        except BlobDamaged:
+            # Not the bytes that were uploaded: serving them would hand out another file.
+            log.warning(
+                "the bytes of %s (%s) are not the %d recorded for them; `hostd gc` lists the"
+                " uploads whose bytes are damaged",
+                hash,
+                blob.sha256,
+                blob.size_bytes,
+            )
+            if self._headers_written:
+                raise
             raise await self.not_found(hash) from None
         except StoreUnavailable as exc:
             if self._headers_written:
@@ -237,6 +249,8 @@ class DownloadHandler(BaseHandler):
             self.write(chunk)
             left -= len(chunk)
             sent = self.flush() if left > 0 else None
+        if left > 0:  # the store had fewer bytes than recorded (S3 says so only now)
+            raise BlobDamaged(f"{left} bytes short")
 
     def accel_redirect(self, blob: Blob) -> str | None:
         """X-Accel-Redirect's URI when nginx is to send the bytes (server.accel_redirect).
