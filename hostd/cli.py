@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from hostd import __version__, affinity, backup, client, db, limits, retention, uploads
+from hostd import __version__, affinity, backup, client, db, limits, resumable, retention, uploads
 from hostd.accounts import NAME_PATTERN, password_problem
 from hostd.app import format_size, format_time, serve, thumbnails_of
 from hostd.auth import Auth
@@ -199,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     prune_cmd = commands.add_parser(
         "prune",
         parents=[common],
-        help="remove expired uploads, and the files no unexpired upload is left for",
+        help="remove expired uploads, and the files no unexpired upload is left for;"
+        " expired resumable uploads and their partial files",
     )
     prune_cmd.add_argument("--dry-run", action="store_true", help="only list what would be removed")
     prune_cmd.add_argument("--json", action="store_true", help="print JSON for scripts")
@@ -758,15 +759,26 @@ async def prune(args: argparse.Namespace, config: Config, database: Database, au
     now = db.now()
     if args.dry_run:
         expired = await db.list_expired(database, now=now)
+        unfinished = await db.count_expired_resumables(database, now=now)
     else:
         store = store_from(config)
         try:
             expired = await uploads.prune(database, store, thumbnails_of(config), now=now)
         finally:
             store.close()
+        partials = resumable.Partials(config.data_dir / "partials")
+        unfinished = await resumable.prune(database, partials, now=now)
     gone = {item.upload.sha256: item.size_bytes for item in expired if item.blob_gone}
     if args.json:
-        print(json.dumps({"dry_run": args.dry_run, "uploads": [expired_json(e) for e in expired]}))
+        print(
+            json.dumps(
+                {
+                    "dry_run": args.dry_run,
+                    "uploads": [expired_json(e) for e in expired],
+                    "resumable_uploads": unfinished,
+                }
+            )
+        )
     else:
         print(f"{'hash':<16} {'upload':>8}  {'expired':<20}  {'bytes':<7}  {'owner':<24} name")
         for item in expired:
@@ -785,6 +797,12 @@ async def prune(args: argparse.Namespace, config: Config, database: Database, au
         f" ({format_size(sum(gone.values()))})",
         file=sys.stderr,
     )
+    if unfinished:
+        print(
+            f"prune: {verb} {unfinished} expired resumable upload{'' if unfinished == 1 else 's'}"
+            " and their partial files",
+            file=sys.stderr,
+        )
 
 
 def expired_json(item: db.Expired) -> dict[str, object]:

@@ -80,6 +80,22 @@ class Partials:
         with contextlib.suppress(FileNotFoundError):
             await asyncio.to_thread(os.unlink, self.path(id))
 
+    def in_use(self, id: str) -> bool:
+        """Whether a request is writing this upload now: in this process, or in another
+        hostd on the same data dir (its lock on the file)."""
+        if id in self.writing:
+            return True
+        try:
+            _hold(self.path(id)).close()
+        except PartialBusy:
+            return True
+        except FileNotFoundError:
+            pass
+        return False
+
+    def not_in_use(self, ids: list[str]) -> list[str]:
+        return [id for id in ids if not self.in_use(id)]
+
     def list(self) -> list[tuple[str, float]]:
         """(id, modification time) of every partial file."""
         found = []
@@ -423,12 +439,12 @@ async def prune(
 ) -> int:
     """Remove resumable uploads expired by `now` (unfinished ones and the records of
     finished ones), then partial files that no unfinished upload names (a crash between a
-    row's end and its file's). Uploads a request is writing are left for the next round.
-    Returns how many uploads went."""
+    row's end and its file's). Uploads a request is writing, in any process, are left for
+    the next round. Returns how many uploads went."""
     removed = 0
     while True:
         expired = await db.list_expired_resumables(database, now=now, limit=PRUNE_BATCH)
-        free = [id for id in expired if id not in partials.writing]
+        free = await asyncio.to_thread(partials.not_in_use, expired)
         gone = await db.delete_expired_resumables(database, ids=free, now=now) if free else []
         for id in gone:
             await partials.remove(id)

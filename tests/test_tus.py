@@ -8,6 +8,7 @@ import asyncio
 import base64
 import dataclasses
 import email.utils
+import fcntl
 import hashlib
 import io
 import json
@@ -495,6 +496,54 @@ async def test_expired_partial_uploads_are_gone_and_the_periodic_task_removes_th
     assert late.code == 410
     assert partial_files(config) == []
     assert (await head(http_client, url)).code == 404
+
+
+async def expired_partial_upload(http_client, base_url, config, wall_clock) -> str:
+    """The URL of a resumable upload begun, and expired an hour ago by the real clock."""
+    wall_clock.now = float(int(time.time()) - (config.resumable_hours + 1) * 3600)
+    created = await create(http_client, base_url, 1000)
+    url = created.headers["Location"]
+    assert (await patch(http_client, url, 0, b"z" * 300)).code == 204
+    wall_clock.now = float(int(time.time()))
+    return url
+
+
+@pytest.mark.gen_test
+async def test_hostd_prune_removes_expired_resumable_uploads_and_their_files(
+    http_client, base_url, config, wall_clock, tmp_path
+):
+    url = await expired_partial_upload(http_client, base_url, config, wall_clock)
+    data = ["--data-dir", str(config.data_dir)]
+
+    dry = hostd("prune", "--dry-run", *data, cwd=tmp_path)
+    left = partial_files(config)
+    done = hostd("prune", "--json", *data, cwd=tmp_path)
+
+    assert dry.returncode == 0 and len(left) == 1
+    assert "prune: would remove 1 expired resumable upload and their partial files" in dry.stderr
+    assert done.returncode == 0 and json.loads(done.stdout)["resumable_uploads"] == 1
+    assert "prune: removed 1 expired resumable upload" in done.stderr
+    assert partial_files(config) == []
+    assert (await head(http_client, url)).code == 404
+
+
+@pytest.mark.gen_test
+async def test_a_resumable_upload_another_process_is_writing_is_left_for_the_next_round(
+    http_client, base_url, db, app, config, wall_clock
+):
+    await expired_partial_upload(http_client, base_url, config, wall_clock)
+    (name,) = partial_files(config)
+    partials = app.settings["hostd_partials"]
+    now = int(time.time())
+
+    with partials.path(name).open("rb") as held:  # a request in another hostd holds its lock
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        while_held = await resumable.prune(db, partials, now=now)
+        still = partial_files(config)
+    after = await resumable.prune(db, partials, now=now)
+
+    assert while_held == 0 and still == [name]
+    assert after == 1 and partial_files(config) == []
 
 
 @pytest.mark.gen_test

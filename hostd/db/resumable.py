@@ -168,6 +168,15 @@ async def list_expired_resumables(db: Database, *, now: int, limit: int) -> list
     return [row[0] for row in rows]
 
 
+async def count_expired_resumables(db: Database, *, now: int) -> int:
+    count = await db.read(
+        lambda tx: tx.fetchval(
+            "SELECT count(*) FROM resumable_uploads WHERE expires_at <= ?", (now,)
+        )
+    )
+    return int(count or 0)
+
+
 async def delete_expired_resumables(db: Database, *, ids: list[str], now: int) -> list[str]:
     """Remove these rows if they have expired by `now`; the ids removed."""
 
