@@ -21,6 +21,7 @@ from hostd.config import Config, ConfigError, ensure_cookie_secret
 from hostd.db import Database
 from hostd.formdata import FORM_OVERHEAD_BYTES
 from hostd.handlers import all_routes
+from hostd.handlers.base import refusal_formats
 from hostd.handlers.pages import NotFoundHandler, StaticHandler
 from hostd.handlers.upload import UploadsInFlight
 from hostd.limits import Limits
@@ -144,6 +145,7 @@ def make_server(config: Config, app: tornado.web.Application) -> HostdServer:
         # A body that is not streamed (a form) must arrive whole in this time; uploads
         # watch their own pace (limits.body_idle_seconds between bytes).
         body_seconds=config.body_idle_seconds,
+        format_for=refusal_formats(app),
     )
 
 

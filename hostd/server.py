@@ -49,6 +49,7 @@ import contextlib
 import errno
 import functools
 import http
+import json
 import logging
 import re
 import resource
@@ -73,6 +74,9 @@ from tornado.log import gen_log
 
 log = logging.getLogger("hostd")
 
+# How much of an oversized head's request line is read to tell its URL (and so the format
+# of the 431).
+MAX_REQUEST_LINE_BYTES = 8192
 # The largest head accepted (Tornado's default limit, now answered with 431).
 MAX_HEAD_BYTES = 64 * 1024
 # Zero-width when a whole head (through its first empty line) of at most MAX_HEAD_BYTES + 1
@@ -80,7 +84,8 @@ MAX_HEAD_BYTES = 64 * 1024
 # Tornado's own limit stays near MAX_HEAD_BYTES, as IOStream keeps using it as how much to
 # read ahead when no read is pending.)
 HEAD_OR_OVERSIZE = re.compile(
-    rb"\A(?=[\s\S]{0,%d}?\n\r?\n)|\A[\s\S](?=[\s\S]{%d})" % (MAX_HEAD_BYTES - 2, MAX_HEAD_BYTES)
+    rb"\A(?=[\s\S]{0,%d}?\n\r?\n)|\A(?=[\s\S]{%d})(?:[^\r\n]{1,%d}|[\s\S])"
+    % (MAX_HEAD_BYTES - 2, MAX_HEAD_BYTES + 1, MAX_REQUEST_LINE_BYTES)
 )
 # A chunked body may use this many chunks of any size; past them, its chunks must average
 # at least MIN_AVERAGE_CHUNK_BYTES. Clients send chunks of what they read: curl from a
@@ -103,11 +108,24 @@ LINGER_IDLE_SECONDS = 2.0
 LONGEST_ADDRESS = 64
 
 ErrorFormat = Callable[[int, str], tuple[int, str, str]]
+# The format of a refusal to a request (method, target) before any handler has its say:
+# the format of the endpoint the URL names.
+FormatFor = Callable[[str, str], ErrorFormat]
 
 
 def plain_error(status: int, message: str) -> tuple[int, str, str]:
     """(status, body, content type) of a refusal in hostd's plain-text protocol."""
     return status, f"ERROR {message}\n", "text/plain; charset=utf-8"
+
+
+def json_error(status: int, message: str) -> tuple[int, str, str]:
+    """(status, body, content type) of a refusal in the JSON API's format."""
+    body = json.dumps({"status": False, "error": message}) + "\n"
+    return status, body, "application/json; charset=utf-8"
+
+
+def always_plain(method: str, target: str) -> ErrorFormat:
+    return plain_error
 
 
 class Refused(Exception):
@@ -122,7 +140,13 @@ class Refused(Exception):
 class HostdParameters(HTTP1ConnectionParameters):
     """Tornado's connection parameters, plus hostd's (shared by every connection)."""
 
-    def __init__(self, base: HTTP1ConnectionParameters, *, body_seconds: float) -> None:
+    def __init__(
+        self,
+        base: HTTP1ConnectionParameters,
+        *,
+        body_seconds: float,
+        format_for: FormatFor = always_plain,
+    ) -> None:
         super().__init__(
             no_keep_alive=base.no_keep_alive,
             chunk_size=base.chunk_size,
@@ -133,6 +157,7 @@ class HostdParameters(HTTP1ConnectionParameters):
             decompress=base.decompress,
         )
         self.body_seconds = body_seconds
+        self.format_for = format_for
         self.lingering: set[asyncio.Task[None]] = set()
 
 
@@ -165,11 +190,18 @@ class HostdServer(HTTPServer):
             self._handlers[sock.fileno()] = accept_connections(sock, self._handle_connection)
 
     def initialize(  # type: ignore[override]  # Tornado's Configurable passes __init__'s args
-        self, request_callback: Any, *, body_seconds: float, **kwargs: Any
+        self,
+        request_callback: Any,
+        *,
+        body_seconds: float,
+        format_for: FormatFor = always_plain,
+        **kwargs: Any,
     ) -> None:
         # Past the heads HEAD_OR_OVERSIZE lets through; HostdConnection answers the rest 431.
         super().initialize(request_callback, max_header_size=MAX_HEAD_BYTES + 4, **kwargs)
-        self.conn_params = HostdParameters(self.conn_params, body_seconds=body_seconds)
+        self.conn_params = HostdParameters(
+            self.conn_params, body_seconds=body_seconds, format_for=format_for
+        )
 
     def handle_stream(self, stream: iostream.IOStream, address: tuple[Any, ...]) -> None:
         # As HTTPServer.handle_stream, with HostdServerConnection.
@@ -325,7 +357,10 @@ class HostdConnection(HTTP1Connection):
         assert isinstance(self.params, HostdParameters)
         self.hostd_params: HostdParameters = self.params
         self.body_seconds: float | None = self.hostd_params.body_seconds
-        self.error_format: ErrorFormat = plain_error
+        # The format of refusals made here: the handler's once it streams its body, else
+        # that of the URL the request line names, else plain text.
+        self.error_format: ErrorFormat | None = None
+        self._request_line = b""
         # Set when the server ended the request itself: what it answered.
         self.ended_by: Refused | None = None
         self._input_started = False
@@ -366,10 +401,12 @@ class HostdConnection(HTTP1Connection):
                 return False
         self._input_started = True
         if seen:
+            self._request_line = seen
             raise Refused(431, f"the request's header fields are over {MAX_HEAD_BYTES} bytes")
         return True
 
     def _parse_headers(self, data: bytes) -> tuple[str, httputil.HTTPHeaders]:
+        self._request_line = data[: data.find(b"\n")]
         if len(data) > MAX_HEAD_BYTES:
             raise Refused(431, f"the request's header fields are over {MAX_HEAD_BYTES} bytes")
         start_line, headers = super()._parse_headers(data)
@@ -510,7 +547,8 @@ class HostdConnection(HTTP1Connection):
         if self._response_start_line is not None or self.stream is None or self.stream.closed():
             return
         try:
-            status, body, content_type = self.error_format(refusal.status, refusal.message)
+            error_format = self.error_format or self._format_of_url()
+            status, body, content_type = error_format(refusal.status, refusal.message)
         except Exception:  # a template that fails must not cost the client its answer
             status, body, content_type = plain_error(refusal.status, refusal.message)
         data = body.encode("utf-8")
@@ -523,6 +561,11 @@ class HostdConnection(HTTP1Connection):
         )
         with contextlib.suppress(iostream.StreamClosedError):
             await self.stream.write(head.encode("latin-1") + data)
+
+    def _format_of_url(self) -> ErrorFormat:
+        method, _, rest = self._request_line.decode("latin-1").strip().partition(" ")
+        target = rest.rpartition(" ")[0] if rest.endswith(("HTTP/1.0", "HTTP/1.1")) else rest
+        return self.hostd_params.format_for(method, target) if target else plain_error
 
     def close(self) -> None:
         stream = self.stream

@@ -160,6 +160,45 @@ async def test_a_whole_head_over_the_limit_gets_a_431_too(http_server, http_port
     assert status == 431
 
 
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"POST /api/upload HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * MAX_HEAD_BYTES,
+        b"PUT /api/upload/" + b"n" * (2 * MAX_HEAD_BYTES) + b" HTTP/1.1\r\n",
+        b"PATCH /api/tus/abc?x=1 HTTP/1.1\r\n" + b"X-H: v\r\n" * (MAX_HEAD_BYTES // 8),
+    ],
+    ids=["a-field", "the-request-line", "many-fields"],
+)
+@pytest.mark.gen_test(timeout=30)
+async def test_a_431_to_the_json_api_is_json(http_server, http_port, head):
+    client = await Raw.open(http_port)
+    await client.send(head)
+
+    status, headers, body = split(await client.answer())
+
+    assert status == 431
+    assert headers["Content-Type"] == "application/json; charset=utf-8"
+    assert json.loads(body) == {
+        "status": False,
+        "error": f"the request's header fields are over {MAX_HEAD_BYTES} bytes",
+    }
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_body_over_what_a_json_api_url_takes_is_a_413_in_json(http_server, http_port):
+    client = await Raw.open(http_port)
+    await client.send(
+        b"DELETE /api/files/tok HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Length: %d\r\n\r\n" % (BODY_LIMIT_BYTES + 1)
+    )
+
+    status, headers, body = split(await client.answer())
+
+    assert status == 413
+    assert headers["Content-Type"] == "application/json; charset=utf-8"
+    assert json.loads(body)["error"] == TOO_BIG.decode().removeprefix("ERROR ").rstrip("\n")
+
+
 @pytest.mark.gen_test(timeout=30)
 async def test_a_head_under_the_limit_is_served_and_the_connection_kept(http_server, http_port):
     client = await Raw.open(http_port)

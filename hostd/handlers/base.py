@@ -9,7 +9,7 @@ import json
 import logging
 import secrets
 import socket
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import jinja2
 import markupsafe
@@ -22,6 +22,7 @@ from hostd.auth import Auth, Busy, session_token_hash
 from hostd.config import Config
 from hostd.db import Database, User
 from hostd.parsing import parse_count
+from hostd.server import ErrorFormat, FormatFor, json_error, plain_error
 from hostd.storage import BlobStore
 from hostd.throttle import SignInLimiter
 from hostd.thumbs import Thumbnails
@@ -117,6 +118,9 @@ class BaseHandler(tornado.web.RequestHandler):
 
     current_user: User | None
     api_key: ApiKey | None = None  # the Bearer key an API request came with, once verified
+    # How the server answers a request to this handler's URLs that it refuses before the
+    # handler has its say (a head too big, a body over the URL's limit or too slow).
+    refusal_format: ClassVar[ErrorFormat] = plain_error  # read from the class: not bound
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         # Tornado refuses a method outside SUPPORTED_METHODS before anything else: before it
@@ -339,6 +343,8 @@ class ApiHandler(BaseHandler):
     make a signed-in browser act through the API.
     """
 
+    refusal_format = json_error
+
     async def session_user(self) -> User | None:
         return None
 
@@ -364,6 +370,19 @@ class ApiHandler(BaseHandler):
     def write_json(self, payload: dict[str, Any]) -> None:
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.finish(json.dumps(payload) + "\n")
+
+
+def refusal_formats(app: tornado.web.Application) -> FormatFor:
+    """The server's FormatFor: the refusal format of the handler the URL names."""
+
+    def format_for(method: str, target: str) -> ErrorFormat:
+        start_line = httputil.RequestStartLine(method, target, "HTTP/1.1")
+        headers = httputil.HTTPHeaders({"Host": "hostd"})  # routes do not look at the host
+        request = httputil.HTTPServerRequest(start_line=start_line, headers=headers)
+        handler_class = getattr(app.find_handler(request), "handler_class", None)
+        return getattr(handler_class, "refusal_format", plain_error)
+
+    return format_for
 
 
 def refuse_early(

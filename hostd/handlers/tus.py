@@ -49,7 +49,7 @@ from hostd.handlers.upload import (
     upload_answer,
 )
 from hostd.parsing import parse_count
-from hostd.server import BodyPace, HostdConnection
+from hostd.server import BodyPace, HostdConnection, json_error
 
 log = logging.getLogger("hostd")
 
@@ -173,12 +173,12 @@ class TusHandler(ApiHandler):
             self.set_header(name, value)
         if exc.status == 401:
             self.set_header("WWW-Authenticate", 'Bearer realm="hostd"')
-        body = json.dumps({"status": False, "error": exc.message}) + "\n"
+        _, body, content_type = json_error(exc.status, exc.message)
         if has_body(self.request) and not self.streaming and not self.body_over:
-            refuse_early(self, exc.status, body, "application/json; charset=utf-8")
+            refuse_early(self, exc.status, body, content_type)
             return
         self.set_status(exc.status, "Checksum Mismatch" if exc.status == 460 else None)
-        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.set_header("Content-Type", content_type)
         self.finish(body)
 
     async def identify(self) -> None:
@@ -264,14 +264,9 @@ class TusHandler(ApiHandler):
         connection = self.request.connection
         assert isinstance(connection, HostdConnection)
         connection.set_max_body_size(left + DRAIN_ALLOWANCE_BYTES)
-        connection.streaming(self.error_format)
+        connection.streaming(json_error)
         self.pace = BodyPace(self.config.body_idle_seconds, self.stalled)
         self.streaming = True
-
-    @staticmethod
-    def error_format(status: int, message: str) -> tuple[int, str, str]:
-        body = json.dumps({"status": False, "error": message}) + "\n"
-        return status, body, "application/json; charset=utf-8"
 
     def data_received(self, chunk: bytes) -> Any:
         if self.pace is not None and (too_slow := self.pace.arrived(len(chunk))):
@@ -328,7 +323,7 @@ class TusHandler(ApiHandler):
             return
         for name, value in exc.headers.items():
             self.set_header(name, value)
-        status, body, content_type = self.error_format(exc.status, exc.message)
+        status, body, content_type = json_error(exc.status, exc.message)
         self.set_status(status)
         self.set_header("Content-Type", content_type)
         self.set_header("Content-Length", str(len(body.encode())))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import http
-import json
 import logging
 import urllib.parse
 from collections.abc import Awaitable, Iterator
@@ -38,7 +37,7 @@ from hostd.handlers.base import (
     refuse_early,
 )
 from hostd.parsing import parse_count
-from hostd.server import BodyPace, HostdConnection
+from hostd.server import BodyPace, HostdConnection, json_error, plain_error
 from hostd.storage import StoreUnavailable, WrittenBlob
 from hostd.throttle import address_key
 
@@ -496,7 +495,7 @@ class UploadFlow(BaseHandler):
 
     def error_answer(self, status: int, message: str) -> tuple[int, str, str]:
         """(status, body, content type) of a refusal; the plain-text protocol by default."""
-        return status, f"ERROR {message}\n", "text/plain; charset=utf-8"
+        return plain_error(status, message)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         # What went wrong past the refusals above (a bug; the database busy before the
@@ -605,8 +604,7 @@ class ApiUploadHandler(UploadFlow, ApiHandler):
             raise UploadError(refused.status_code, refused.message) from None
 
     def error_answer(self, status: int, message: str) -> tuple[int, str, str]:
-        body = json.dumps({"status": False, "error": message}) + "\n"
-        return status, body, "application/json; charset=utf-8"
+        return json_error(status, message)
 
     def answer_ok(self, blob: Blob, upload: Upload, filename: str) -> None:
         self.write_json(upload_answer(self.public_url(), blob, upload, filename, self.delete_url))
