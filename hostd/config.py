@@ -48,6 +48,7 @@ class Config:
     max_upload_bytes: int = 512 * MiB
     allow_anonymous: bool = True
     body_idle_seconds: float = 60.0
+    send_idle_seconds: float = 60.0
     uploads_in_flight_per_address: int = 8
     max_thumbnail_decode_bytes: int = 96 * MiB
     registration: str = "open"
@@ -131,6 +132,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "max_upload_bytes",
         "allow_anonymous",
         "body_idle_seconds",
+        "send_idle_seconds",
         "uploads_in_flight_per_address",
         "max_thumbnail_decode_bytes",
         "anonymous_max_upload_bytes",
@@ -244,6 +246,8 @@ def _build(values: dict[str, Any], origin: str) -> Config:
         raise ConfigError(f"{origin}: limits.max_upload_bytes must be a positive number of bytes")
     if not 0 < config.body_idle_seconds <= 24 * 3600:
         raise ConfigError(f"{origin}: limits.body_idle_seconds must be between 0 and 86400")
+    if not 0 < config.send_idle_seconds <= 24 * 3600:
+        raise ConfigError(f"{origin}: limits.send_idle_seconds must be between 0 and 86400")
     if config.uploads_in_flight_per_address < 1:
         raise ConfigError(f"{origin}: limits.uploads_in_flight_per_address must be at least 1")
     if not 0 <= config.shutdown_grace_seconds <= 3600:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import email.utils
 import hashlib
 import json
+import logging
 import os
 import re
+import socket
+from typing import Any
 
 import pytest
 from helpers import multipart_body, raw_sql, streamed_upload
@@ -650,3 +654,55 @@ async def test_bytes_that_are_not_the_size_recorded_are_never_served(
 
 def without_date(headers) -> dict[str, str]:
     return {name: value for name, value in headers.get_all() if name != "Date"}
+
+
+# -- clients that go away or stall --------------------------------------------------------
+
+
+async def start_download(http_port: int, h: str) -> tuple[asyncio.StreamReader, Any]:
+    """A GET of /<h> from a client whose receive buffer is small, that reads nothing yet."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", http_port))
+    sock.setblocking(False)
+    reader, writer = await asyncio.open_connection(sock=sock)
+    writer.write(f"GET /{h} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    await writer.drain()
+    return reader, writer
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_client_that_goes_away_mid_download_is_no_error(
+    http_client, base_url, http_port, caplog
+):
+    data = os.urandom(7 * 1024 * 1024)
+    h = await upload(http_client, base_url, data)
+    reader, writer = await start_download(http_port, h)
+    await reader.readexactly(64 * 1024)
+
+    writer.transport.abort()  # a reset, as a browser that cancels does
+    after = await http_client.fetch(f"{base_url}/{h}")
+
+    assert after.body == data
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_client_that_takes_no_byte_for_send_idle_seconds_is_cut_off(
+    http_client, base_url, http_port, app, caplog
+):
+    app.settings["hostd_config"] = dataclasses.replace(
+        app.settings["hostd_config"], send_idle_seconds=0.5
+    )
+    size = 7 * 1024 * 1024  # under the tests' max_upload_bytes, over what sockets buffer
+    h = await upload(http_client, base_url, os.urandom(size))
+    reader, writer = await start_download(http_port, h)
+    try:
+        await asyncio.sleep(2)  # stalled, past the limit
+        received = await asyncio.wait_for(reader.read(), 10)  # what was on its way, then EOF
+    finally:
+        writer.close()
+
+    assert received.startswith(b"HTTP/1.1 200 ")
+    assert len(received) < size, "the whole file went out: nothing stalled"
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
