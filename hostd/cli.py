@@ -965,6 +965,9 @@ def main(argv: list[str] | None = None) -> int:
     except StoreUnavailable as exc:
         print(f"hostd: {exc}", file=sys.stderr)
         return 1
+    except db.CannotOpen as exc:
+        print(f"hostd: cannot open the database: {exc}", file=sys.stderr)
+        return 1
 
 
 def run() -> None:

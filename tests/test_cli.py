@@ -11,6 +11,7 @@ import itertools
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -201,6 +202,38 @@ def keyed_upload(port: int, token: str) -> int:
             return response.status
     except urllib.error.HTTPError as exc:
         return exc.code
+
+
+def test_a_database_that_cannot_be_opened_stops_the_start_with_one_line(tmp_path, free_port):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "hostd.sqlite3").write_bytes(b"not a database, a disk's garbage " * 300)
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    (tmp_path / "pg.toml").write_text(
+        f'[database]\nurl = "postgresql://hostd:s3cret@127.0.0.1:{port}/hostd"\n'
+    )
+
+    damaged = hostd(
+        "serve", "--data-dir", str(tmp_path / "d"), "--port", str(free_port), cwd=tmp_path
+    )
+    admin = hostd("stats", "--data-dir", str(tmp_path / "d"), cwd=tmp_path)
+    unreachable = hostd(
+        "serve", "--config", str(tmp_path / "pg.toml"), "--port", str(free_port), cwd=tmp_path
+    )
+
+    for done in (damaged, admin):
+        assert done.returncode == 1
+        assert done.stderr.startswith(
+            "hostd: cannot open the database: "
+            f"{tmp_path / 'd' / 'hostd.sqlite3'}: file is not a database; restore"
+        ), done.stderr
+        assert "Traceback" not in done.stderr
+    assert unreachable.returncode == 1
+    assert unreachable.stderr.splitlines()[-1].startswith(
+        "hostd: cannot open the database: PostgreSQL at 127.0.0.1/hostd: "
+    ), unreachable.stderr
+    assert "Traceback" not in unreachable.stderr and "s3cret" not in unreachable.stderr
 
 
 def test_user_commands_explain_their_failures(tmp_path):

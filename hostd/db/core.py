@@ -24,6 +24,7 @@ import logging
 import re
 import sqlite3
 import time
+import urllib.parse
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -128,6 +129,26 @@ class Unavailable(Exception):
     """The database did not take the work: another program held SQLite's write lock past
     the busy timeout, or PostgreSQL could not be reached. Nothing of the work was written;
     it may be tried again. (The driver's error is its __cause__.)"""
+
+
+class CannotOpen(Exception):
+    """The database cannot be opened: a file that is not an SQLite database or is damaged,
+    a PostgreSQL server out of reach or refusing the login. The message says which, in a
+    line for the admin (no password in it)."""
+
+
+def cannot_open(target: str | Path, exc: BaseException) -> CannotOpen:
+    if is_postgresql_url(target):
+        url = urllib.parse.urlsplit(str(target))
+        where = url.hostname or "its socket"
+        return CannotOpen(f"PostgreSQL at {where}{url.path}: {exc}")
+    path = sqlite_path(target)
+    if type(exc) is sqlite3.DatabaseError:  # SQLITE_NOTADB, SQLITE_CORRUPT
+        return CannotOpen(
+            f"{path}: {exc}; restore the data dir from a backup (hostd restore), or move the"
+            " file away to start with an empty database"
+        )
+    return CannotOpen(f"{path}: {exc}")
 
 
 def is_unavailable(exc: BaseException) -> bool:
@@ -430,21 +451,26 @@ class Database:
         """Open (and unless told otherwise, migrate) the database at `target`: a SQLite
         file's path, sqlite:///path, or postgresql://user@host:port/name."""
         backend: Backend
-        if is_postgresql_url(target):
-            from hostd.db.postgres import PostgresBackend
+        try:
+            if is_postgresql_url(target):
+                from hostd.db.postgres import PostgresBackend
 
-            backend = await PostgresBackend.open(str(target), password=password)
-        else:
-            from hostd.db.sqlite import SqliteBackend
+                backend = await PostgresBackend.open(str(target), password=password)
+            else:
+                from hostd.db.sqlite import SqliteBackend
 
-            backend = await SqliteBackend.open(sqlite_path(target))
+                backend = await SqliteBackend.open(sqlite_path(target))
+        except Exception as exc:  # whatever the driver says, it is the one line to show
+            raise cannot_open(target, exc) from exc
         database = cls(backend)
         try:
             if migrate:
                 await database.migrate()
             await backend.watch(database.changes)
-        except BaseException:
+        except BaseException as exc:
             await database.close()
+            if type(exc) is sqlite3.DatabaseError:  # damage found past the first page
+                raise cannot_open(target, exc) from exc
             raise
         database._task = asyncio.get_running_loop().create_task(database._run())
         return database
