@@ -26,7 +26,12 @@ from hostd.handlers.pages import NotFoundHandler, StaticHandler
 from hostd.handlers.upload import UploadsInFlight
 from hostd.limits import Limits
 from hostd.metrics import Metrics
-from hostd.server import LINGER_IDLE_SECONDS, HostdServer, raise_open_files_limit
+from hostd.server import (
+    LINGER_IDLE_SECONDS,
+    HostdServer,
+    listening_sockets,
+    raise_open_files_limit,
+)
 from hostd.storage import BlobStore, store_from
 from hostd.throttle import RegistrationLimiter, SignInLimiter
 from hostd.thumbs import Thumbnails
@@ -154,7 +159,12 @@ async def open_parts(
 ) -> tuple[Config, Database, BlobStore]:
     """Create the data dir, the cookie secret, the database and the blob store. Raises
     ConfigError when the cookie secret is not the database's (see check_cookie_secret)."""
-    config.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"storage.data_dir: cannot create {config.data_dir}: {exc.strerror or exc}"
+        ) from exc
     config = ensure_cookie_secret(config)
     database = await Database.open_config(config)
     try:
@@ -302,6 +312,8 @@ async def serve(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):  # before "listening": a signal may follow it
         loop.add_signal_handler(signum, stop.set)
+    if sockets is None:  # first: an address in use stops the start before anything opens
+        sockets = listening_sockets(config.host, config.port)
     config, db, store = await open_parts(config, new_cookie_secret=new_cookie_secret)
     app = make_app(config, db, store)
     server = make_server(config, app)
@@ -314,10 +326,7 @@ async def serve(
         )
     )
     stale_task = loop.create_task(remove_stale_temp_files_now_and_then(store))
-    if sockets is None:
-        server.listen(config.port, address=config.host)
-    else:
-        server.add_sockets(sockets)
+    server.add_sockets(sockets)
     shown_host = f"[{config.host}]" if ":" in config.host else config.host
     log.info(
         "hostd listening on http://%s:%d/ (data in %s)", shown_host, config.port, config.data_dir

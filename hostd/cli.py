@@ -25,6 +25,7 @@ from hostd.db import Database
 from hostd.hashes import PUBLIC_HASH_PATTERN, is_sha256
 from hostd.migrate import MigrationError, migrate
 from hostd.parsing import parse_count
+from hostd.server import CannotListen
 from hostd.storage import StoreUnavailable, store_from
 from hostd.supervisor import supervise
 
@@ -967,6 +968,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except db.CannotOpen as exc:
         print(f"hostd: cannot open the database: {exc}", file=sys.stderr)
+        return 1
+    except CannotListen as exc:
+        print(f"hostd: {exc}", file=sys.stderr)
         return 1
 
 

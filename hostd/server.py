@@ -168,6 +168,19 @@ ACCEPT_FAILURE_LOG_SECONDS = 60.0
 OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 
+class CannotListen(Exception):
+    """The server's address cannot be listened on: in use, not this machine's, a port
+    below 1024 without the right to it. The message is the admin's one line."""
+
+
+def listening_sockets(host: str, port: int) -> list[socket.socket]:
+    try:
+        return netutil.bind_sockets(port, address=host)
+    except OSError as exc:
+        shown = f"[{host}]" if ":" in host else host
+        raise CannotListen(f"cannot listen on {shown}:{port}: {exc.strerror or exc}") from exc
+
+
 def raise_open_files_limit() -> int:
     """Let this process open as many files as its hard limit allows (systemd's default soft
     limit is 1,024: a thousand idle connections would leave no descriptor for an upload's

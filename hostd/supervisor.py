@@ -20,10 +20,9 @@ import sys
 import time
 from collections.abc import Callable
 
-from tornado.netutil import bind_sockets
-
 from hostd import affinity
 from hostd.config import Config, ConfigError
+from hostd.server import listening_sockets
 from hostd.storage import StoreUnavailable
 
 log = logging.getLogger("hostd")
@@ -46,7 +45,7 @@ def supervise(
 ) -> int:
     """Bind, fork `instances` children that each run serve(config, sockets) in a fresh
     event loop, and look after them until SIGTERM or SIGINT. Returns the exit status."""
-    sockets = bind_sockets(config.port, address=config.host)
+    sockets = listening_sockets(config.host, config.port)
     children: dict[int, tuple[int, float]] = {}  # pid -> (instance number, started at)
     stopping = False
 

@@ -236,6 +236,36 @@ def test_a_database_that_cannot_be_opened_stops_the_start_with_one_line(tmp_path
     assert "Traceback" not in unreachable.stderr and "s3cret" not in unreachable.stderr
 
 
+def test_an_address_in_use_or_a_data_dir_that_cannot_be_made_stops_the_start(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        in_use = hostd(
+            "serve",
+            "--data-dir",
+            str(tmp_path / "d"),
+            "--port",
+            str(port),
+            cwd=tmp_path,
+            timeout=30,
+        )
+    (tmp_path / "a-file").write_text("not a folder")
+    no_dir = hostd("serve", "--data-dir", str(tmp_path / "a-file" / "d"), cwd=tmp_path, timeout=30)
+
+    assert in_use.returncode == 1
+    assert in_use.stderr.splitlines()[-1] == (
+        f"hostd: cannot listen on 127.0.0.1:{port}: Address already in use"
+    )
+    assert not (tmp_path / "d").exists(), "nothing opened before the address was had"
+    assert no_dir.returncode == 2
+    assert no_dir.stderr.splitlines()[-1] == (
+        "hostd: configuration error: storage.data_dir: cannot create"
+        f" {tmp_path / 'a-file' / 'd'}: Not a directory"
+    )
+    assert "Traceback" not in in_use.stderr + no_dir.stderr
+
+
 def test_user_commands_explain_their_failures(tmp_path):
     data = ["--data-dir", str(tmp_path / "d")]
 
