@@ -706,3 +706,30 @@ async def test_a_client_that_takes_no_byte_for_send_idle_seconds_is_cut_off(
     assert received.startswith(b"HTTP/1.1 200 ")
     assert len(received) < size, "the whole file went out: nothing stalled"
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_slow_reader_is_not_a_stalled_one():
+    """Bytes taken now and then, however few, keep a download going (a phone on 2G takes a
+    256 KiB piece in a minute); none for idle_seconds end it."""
+    sent, stalled_at, stalled = [0], [], asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def cut_off() -> None:
+        stalled_at.append(loop.time())
+        stalled.set()
+
+    began = loop.time()
+    watch = download.StallWatch(0.4, lambda: sent[0], cut_off)
+    try:
+        for _ in range(15):  # a byte every 0.1 s for 1.5 s: slow, never idle for 0.4 s
+            await asyncio.sleep(0.1)
+            sent[0] += 1
+        moving = list(stalled_at)
+        stopped = loop.time()
+        await asyncio.wait_for(stalled.wait(), 5)
+    finally:
+        watch.stop()
+
+    assert moving == [], f"cut off after {moving[0] - began:.2f} s while it moved"
+    assert 0.3 <= stalled_at[0] - stopped <= 1.5
