@@ -172,6 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="leave bytes younger than this alone (default: an hour)",
     )
     gc_cmd.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+    gc_cmd.add_argument(
+        "--verify",
+        action="store_true",
+        help="also read every file whole and list those whose bytes no longer have their"
+        " SHA-256 (slow: it reads all the data)",
+    )
     gc_cmd.add_argument("--json", action="store_true", help="as JSON")
     gc_cmd.set_defaults(handler=admin(gc))
 
@@ -691,7 +697,12 @@ async def gc(args: argparse.Namespace, config: Config, database: Database, auth:
     store = store_from(config)
     try:
         found = await uploads.collect_garbage(
-            database, store, thumbnails_of(config), grace_seconds=args.grace, dry_run=args.dry_run
+            database,
+            store,
+            thumbnails_of(config),
+            grace_seconds=args.grace,
+            dry_run=args.dry_run,
+            verify=args.verify,
         )
     finally:
         store.close()
@@ -712,7 +723,7 @@ async def gc(args: argparse.Namespace, config: Config, database: Database, auth:
         for sha256 in found.missing:
             print(f"missing {sha256}: its uploads are listed but its bytes are gone")
         for sha256 in found.damaged:
-            print(f"damaged {sha256}: its bytes are not the size its uploads recorded")
+            print(f"damaged {sha256}: its bytes are not the ones its uploads stored")
     print(
         f"gc: {removed} {len(found.removed)}, left {found.young} younger than"
         f" {args.grace:g} s, {len(found.missing)} missing, {len(found.damaged)} damaged",

@@ -11,6 +11,7 @@ bytes and a new upload of the same bytes from interleaving.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -18,7 +19,14 @@ from dataclasses import dataclass
 
 from hostd import db
 from hostd.db import Blob, Database, Expired, Removal, Upload
-from hostd.storage import BlobStore, StoredBlob, StoreUnavailable, WrittenBlob
+from hostd.storage import (
+    BlobDamaged,
+    BlobMissing,
+    BlobStore,
+    StoredBlob,
+    StoreUnavailable,
+    WrittenBlob,
+)
 from hostd.thumbs import Thumbnails
 
 log = logging.getLogger("hostd")
@@ -234,10 +242,12 @@ async def collect_garbage(
     grace_seconds: float = GC_GRACE_SECONDS,
     clock: Callable[[], float] = time.time,
     dry_run: bool = False,
+    verify: bool = False,
 ) -> Collected:
     """Remove bytes that no blob row points at (older than the grace period), and report
-    rows whose bytes are missing or not the size recorded. With dry_run, only say what
-    would be removed."""
+    rows whose bytes are missing or not the size recorded; with verify, also those whose
+    bytes (read whole) no longer have their SHA-256. With dry_run, only say what would be
+    removed."""
     stored: dict[str, StoredBlob] = {}
     async for blob in store.list_blobs():
         stored[blob.sha256] = blob
@@ -261,6 +271,27 @@ async def collect_garbage(
         if found is None:
             if not await store.exists(sha256):  # not stored after the listing either
                 result.missing.append(sha256)
-        elif found.size_bytes != size_bytes:
+        elif found.size_bytes != size_bytes or (
+            verify and not await has_its_sha256(store, sha256, size_bytes)
+        ):
             result.damaged.append(sha256)
     return result
+
+
+async def has_its_sha256(store: BlobStore, sha256: str, size_bytes: int) -> bool:
+    """Whether the stored bytes, read whole, still hash to their name (a flipped bit on a
+    disk, a file written over at the same size). False when they have gone meanwhile."""
+    digest = hashlib.sha256()
+    try:
+        reader = await store.open(sha256, size_bytes)
+    except (BlobMissing, BlobDamaged):
+        return False
+    try:
+        if size_bytes:
+            async for chunk in reader.chunks(0, size_bytes - 1):
+                digest.update(chunk)
+    except (BlobMissing, BlobDamaged):
+        return False
+    finally:
+        reader.close()
+    return digest.hexdigest() == sha256

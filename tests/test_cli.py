@@ -424,12 +424,17 @@ def test_gc_lists_files_whose_bytes_are_gone_or_damaged_and_exits_1(tmp_path, fr
     assert found.returncode == 1
     assert found.stdout.splitlines() == [
         f"missing {lost}: its uploads are listed but its bytes are gone",
-        f"damaged {cut}: its bytes are not the size its uploads recorded",
+        f"damaged {cut}: its bytes are not the ones its uploads stored",
     ]
     assert "1 file(s) have rows but no bytes; 1 file(s) have damaged bytes" in found.stderr
     answer = json.loads(as_json.stdout)
     assert (answer["missing"], answer["damaged"], answer["removed"]) == ([lost], [cut], [])
     assert next(blobs.rglob(cut)).stat().st_size == 3, "reported, not removed"
+    kept = next(blobs.rglob(whole))
+    kept.write_bytes(kept.read_bytes().upper())  # the same size, other bytes
+    assert json.loads(hostd("gc", "--json", *data, cwd=tmp_path).stdout)["damaged"] == [cut]
+    verified = hostd("gc", "--verify", "--json", *data, cwd=tmp_path)
+    assert json.loads(verified.stdout)["damaged"] == sorted([cut, whole])
 
 
 # -- hostd db: migrate, copy ---------------------------------------------------------------

@@ -341,6 +341,19 @@ async def test_gc_reports_objects_gone_or_not_the_size_recorded(db, store, thumb
     assert (found.missing, found.damaged, found.removed) == ([lost.sha256], [cut.sha256], [])
 
 
+@pytest.mark.gen_test(timeout=60)
+async def test_gc_verify_reads_objects_and_finds_ones_changed_at_the_same_size(
+    db, store, thumbs, config
+):
+    flipped, _ = await store_upload(db, store, b"written over at the same size")
+    whole, _ = await store_upload(db, store, b"kept whole")
+    put_s3_object(config, flipped.sha256, b"WRITTEN over at the same size")
+
+    found = await uploads.collect_garbage(db, store, thumbs, verify=True)
+
+    assert found.damaged == [flipped.sha256]
+
+
 # -- hostd storage migrate ------------------------------------------------------------------
 
 

@@ -134,3 +134,22 @@ async def test_gc_reports_rows_whose_bytes_are_not_the_size_recorded(db, store, 
     assert whole.sha256 not in found.damaged
     assert found.missing == [] and found.removed == []
     assert await store.exists(cut.sha256), "reported, not removed"
+
+
+@pytest.mark.gen_test
+async def test_gc_verify_finds_bytes_changed_at_the_same_size(db, store, thumbs):
+    flipped, _ = await store_upload(db, store, b"a bit flips on the disk " * 50_000)
+    whole, _ = await store_upload(db, store, b"these stay as they were " * 50_000)
+    tiny = (await store_upload(db, store, b"x"))[0]
+    path = store.path(flipped.sha256)
+    data = bytearray(path.read_bytes())
+    data[700_000] ^= 0x01
+    path.write_bytes(bytes(data))
+    store.hot.drop(flipped.sha256)
+
+    quick = await uploads.collect_garbage(db, store, thumbs)
+    verified = await uploads.collect_garbage(db, store, thumbs, verify=True)
+
+    assert quick.damaged == [], "the size is the same: only reading tells"
+    assert verified.damaged == [flipped.sha256]
+    assert whole.sha256 not in verified.damaged and tiny.sha256 not in verified.damaged
