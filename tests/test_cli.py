@@ -236,7 +236,7 @@ def test_a_database_that_cannot_be_opened_stops_the_start_with_one_line(tmp_path
     assert "Traceback" not in unreachable.stderr and "s3cret" not in unreachable.stderr
 
 
-def test_an_address_in_use_or_a_data_dir_that_cannot_be_made_stops_the_start(tmp_path):
+def test_an_address_in_use_or_a_data_dir_that_cannot_be_made_stops_the_start(tmp_path, free_port):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -251,7 +251,15 @@ def test_an_address_in_use_or_a_data_dir_that_cannot_be_made_stops_the_start(tmp
             timeout=30,
         )
     (tmp_path / "a-file").write_text("not a folder")
-    no_dir = hostd("serve", "--data-dir", str(tmp_path / "a-file" / "d"), cwd=tmp_path, timeout=30)
+    no_dir = hostd(
+        "serve",
+        "--data-dir",
+        str(tmp_path / "a-file" / "d"),
+        "--port",
+        str(free_port),
+        cwd=tmp_path,
+        timeout=30,
+    )
 
     assert in_use.returncode == 1
     assert in_use.stderr.splitlines()[-1] == (
