@@ -9,6 +9,7 @@ import asyncio
 import dataclasses
 import hashlib
 import json
+import logging
 import socket
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from helpers import (
     wait_for_line,
 )
 from seaweed import SeaweedFS, put_s3_object
+from test_download import start_download
 from test_upload import many_clients_one_address
 
 from hostd import s3, uploads
@@ -303,6 +305,33 @@ async def test_s3_down_gives_503_in_each_endpoints_format_and_then_works_again(
     assert (await http_client.fetch(f"{base_url}/healthz")).body == b"ok\n"
     assert (await http_client.fetch(f"{base_url}/{kept}")).body == b"kept"
     store.close()
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_s3_lost_mid_download_cuts_it_off_with_one_log_line(
+    http_client, base_url, http_port, app, config_on_own_weed, own_weed, caplog
+):
+    size = 48 * MiB  # more than the sockets between S3, hostd and the client can hold
+    store = store_from(config_on_own_weed)
+    app.settings["hostd_store"] = store
+    bigger = dataclasses.replace(app.settings["hostd_config"], max_upload_bytes=size)
+    app.settings["hostd_config"] = app.settings["hostd_limits"].config = bigger
+    uploaded = await upload(http_client, base_url, b"s" * size)
+    assert uploaded.code == 200, uploaded.body
+    h = json.loads(uploaded.body)["hash"]
+    reader, writer = await start_download(http_port, h)
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+        own_weed.stop()
+        body = await asyncio.wait_for(reader.read(), 60)  # what was on its way, then EOF
+    finally:
+        writer.close()
+        store.close()
+
+    assert head.startswith(b"HTTP/1.1 200 ") and b"Content-Length: %d" % size in head
+    assert len(body) < size, "all of it arrived: S3 was not lost mid-download"
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and errors[0].startswith("could not read"), errors
 
 
 @pytest.mark.gen_test(timeout=60)

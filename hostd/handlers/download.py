@@ -173,12 +173,14 @@ class DownloadHandler(BaseHandler):
                 blob.size_bytes,
             )
             if self._headers_written:
-                raise
+                self.cut_off()  # the client sees a download cut short, not a whole file
+                return
             raise await self.not_found(hash) from None
         except StoreUnavailable as exc:
-            if self._headers_written:
-                raise
             log.error("could not read %s from the store: %s", blob.sha256, exc)
+            if self._headers_written:
+                self.cut_off()
+                return
             raise Refusal(503, STORE_DOWN) from None
 
     async def answer(
@@ -267,6 +269,12 @@ class DownloadHandler(BaseHandler):
         if left > 0:  # the store had fewer bytes than recorded (S3 says so only now)
             raise BlobDamaged(f"{left} bytes short")
 
+    def cut_off(self) -> None:
+        """End the connection mid-answer: all a server can say once the headers are out."""
+        connection = self.request.connection
+        assert isinstance(connection, HTTP1Connection)
+        connection.close()
+
     def watch_stalls(self) -> StallWatch:
         connection = self.request.connection
         assert isinstance(connection, HTTP1Connection)
@@ -274,9 +282,7 @@ class DownloadHandler(BaseHandler):
         # The bytes the socket has taken so far (IOStream's own count: Tornado 6.6, read at
         # 6.6.1, as server.py's overrides): a slow client takes a piece in many writes.
         return StallWatch(
-            self.config.send_idle_seconds,
-            lambda: stream._total_write_done_index,
-            connection.close,
+            self.config.send_idle_seconds, lambda: stream._total_write_done_index, self.cut_off
         )
 
     def accel_redirect(self, blob: Blob) -> str | None:
