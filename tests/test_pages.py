@@ -6,6 +6,7 @@ import html
 import re
 
 import pytest
+from helpers import multipart_body
 
 # On SQLite only: pages and their rendering (the other suites run on both databases).
 pytestmark = pytest.mark.sqlite_only
@@ -211,6 +212,22 @@ async def test_a_file_sent_to_an_unknown_url_is_told_where_uploads_go(
 
     assert response.code == 404
     assert f"PUT /api/upload/&lt;its name&gt; (curl -T FILE {base_url}/api/upload/)" in (
+        response.body.decode()
+    )
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT"])
+@pytest.mark.gen_test
+async def test_a_file_sent_to_the_upload_page_itself_is_told_where_uploads_go(
+    http_client, base_url, method
+):
+    body, headers = multipart_body(files=[("file", "shot.png", b"png")])
+    response = await http_client.fetch(
+        f"{base_url}/", method=method, body=body, headers=headers, raise_error=False
+    )
+
+    assert response.code == 405 and response.headers["Allow"] == "GET, HEAD, OPTIONS"
+    assert "The upload page takes no files itself. Upload a file with POST /api/upload" in (
         response.body.decode()
     )
 

@@ -9,9 +9,24 @@ import tornado.web
 from hostd.handlers.base import BaseHandler, Refusal
 
 
+def where_uploads_go(public_url: str) -> str:
+    return (
+        "Upload a file with POST /api/upload (a multipart field named 'file') or PUT "
+        f"/api/upload/<its name> (curl -T FILE {public_url}/api/upload/)."
+    )
+
+
 class IndexHandler(BaseHandler):
     def get(self) -> None:
         self.render_page("pages/index.html")
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        if status_code == 405 and self.request.method in ("POST", "PUT"):
+            # `curl -F file=@shot.png https://host/`, as 0x0.st takes files: say where.
+            where = where_uploads_go(self.public_url())
+            refusal = Refusal(405, f"The upload page takes no files itself. {where}")
+            kwargs["exc_info"] = (Refusal, refusal, None)
+        super().write_error(status_code, **kwargs)
 
 
 class NotFoundHandler(BaseHandler):
@@ -24,12 +39,9 @@ class NotFoundHandler(BaseHandler):
 
     async def prepare(self) -> None:
         await super().prepare()
-        if self.request.method in ("POST", "PUT"):  # `curl -T file https://host/`, say
-            hint = (
-                "Upload a file with POST /api/upload (a multipart field named 'file') or PUT "
-                f"/api/upload/<its name> (curl -T FILE {self.public_url()}/api/upload/)."
-            )
-            raise Refusal(404, f"There is nothing at this address. {hint}")
+        if self.request.method in ("POST", "PUT"):  # `curl -T file https://host/x`, say
+            where = where_uploads_go(self.public_url())
+            raise Refusal(404, f"There is nothing at this address. {where}")
         raise Refusal(404, "There is nothing at this address.")
 
 
