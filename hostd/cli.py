@@ -977,10 +977,7 @@ def main(argv: list[str] | None = None) -> int:
     except StoreUnavailable as exc:
         print(f"hostd: {exc}", file=sys.stderr)
         return 1
-    except db.CannotOpen as exc:
-        print(f"hostd: cannot open the database: {exc}", file=sys.stderr)
-        return 1
-    except CannotListen as exc:
+    except (db.CannotOpen, CannotListen) as exc:
         print(f"hostd: {exc}", file=sys.stderr)
         return 1
 

@@ -80,7 +80,8 @@ MAX_REQUEST_LINE_BYTES = 8192
 # The largest head accepted (Tornado's default limit, now answered with 431).
 MAX_HEAD_BYTES = 64 * 1024
 # Zero-width when a whole head (through its first empty line) of at most MAX_HEAD_BYTES + 1
-# is in the buffer; one byte when more than MAX_HEAD_BYTES are there without one. (Bounded:
+# is in the buffer; when more than MAX_HEAD_BYTES are there without one, the request line
+# (up to MAX_REQUEST_LINE_BYTES of it, and at least a byte), for the 431's format. (Bounded:
 # Tornado's own limit stays near MAX_HEAD_BYTES, as IOStream keeps using it as how much to
 # read ahead when no read is pending.)
 HEAD_OR_OVERSIZE = re.compile(

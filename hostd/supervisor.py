@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 from hostd import affinity
 from hostd.config import Config, ConfigError
+from hostd.db import CannotOpen
 from hostd.server import listening_sockets
 from hostd.storage import StoreUnavailable
 
@@ -58,7 +59,7 @@ def supervise(
             try:
                 affinity.settle(affinity.choose(config, instance=number))
                 asyncio.run(serve(config, sockets))  # type: ignore[arg-type]
-            except (StoreUnavailable, ConfigError) as exc:
+            except (StoreUnavailable, ConfigError, CannotOpen) as exc:
                 print(f"hostd: cannot start: {exc}", file=sys.stderr)
                 status = CANNOT_START
             except BaseException:

@@ -141,14 +141,14 @@ def cannot_open(target: str | Path, exc: BaseException) -> CannotOpen:
     if is_postgresql_url(target):
         url = urllib.parse.urlsplit(str(target))
         where = url.hostname or "its socket"
-        return CannotOpen(f"PostgreSQL at {where}{url.path}: {exc}")
+        return CannotOpen(f"cannot open the database: PostgreSQL at {where}{url.path}: {exc}")
     path = sqlite_path(target)
     if type(exc) is sqlite3.DatabaseError:  # SQLITE_NOTADB, SQLITE_CORRUPT
         return CannotOpen(
-            f"{path}: {exc}; restore the data dir from a backup (hostd restore), or move the"
-            " file away to start with an empty database"
+            f"cannot open the database: {path}: {exc}; restore the data dir from a backup"
+            " (hostd restore), or move the file away to start with an empty database"
         )
-    return CannotOpen(f"{path}: {exc}")
+    return CannotOpen(f"cannot open the database: {path}: {exc}")
 
 
 def is_unavailable(exc: BaseException) -> bool:
