@@ -4,12 +4,14 @@ Blobs never change once stored (their name is their SHA-256), so a backup copies
 ones the destination lacks: the first backup copies everything, later ones only what is new.
 The database is copied first; bytes deleted after that copy was taken may be gone by the time
 they would be copied, and are reported (the backup then holds rows without bytes for them,
-which `hostd gc` lists after a restore).
+which `hostd gc` lists after a restore). Each file is hashed as it is copied: bytes that are
+no longer the ones uploaded are reported and left out, not kept as if they were good.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import shutil
 from dataclasses import dataclass
@@ -18,7 +20,7 @@ from typing import BinaryIO
 
 from hostd import db
 from hostd.db import Database
-from hostd.storage import BlobMissing, BlobStore
+from hostd.storage import BlobDamaged, BlobMissing, BlobStore
 
 DATABASE_NAME = "hostd.sqlite3"
 
@@ -29,6 +31,7 @@ class Copied:
     blobs_present: int
     bytes_copied: int
     missing: list[str]
+    damaged: list[str]  # not the size recorded, or no longer their SHA-256: not copied
 
 
 def blob_path(root: Path, sha256: str) -> Path:
@@ -47,19 +50,22 @@ async def backup(database: Database, store: BlobStore, destination: Path) -> Cop
         # The cookie secret is not backed up, so a restore starts with a new one: the copy
         # must not hold the old one's fingerprint, or the restored server would not start.
         await db.delete_setting(snapshot, name=db.COOKIE_SECRET)
-        wanted = await db.all_blob_sha256s(snapshot)
+        wanted = await db.blob_sizes(snapshot)
     finally:
         await snapshot.close()
-    result = Copied(0, 0, 0, [])
-    for sha256 in sorted(wanted):
+    result = Copied(0, 0, 0, [], [])
+    for sha256, size_bytes in sorted(wanted.items()):
         target = blob_path(destination, sha256)
         if await asyncio.to_thread(target.exists):
             result.blobs_present += 1
             continue
         try:
-            result.bytes_copied += await _copy_blob(store, sha256, target)
+            result.bytes_copied += await _copy_blob(store, sha256, size_bytes, target)
         except BlobMissing:
             result.missing.append(sha256)
+            continue
+        except BlobDamaged:
+            result.damaged.append(sha256)
             continue
         result.blobs_copied += 1
     return result
@@ -73,15 +79,18 @@ def _prepare(destination: Path) -> Path:
     return partial
 
 
-async def _copy_blob(store: BlobStore, sha256: str, target: Path) -> int:
-    """Copy one blob through the store (any backend) into target, fsynced, then renamed."""
-    reader = await store.open(sha256)
+async def _copy_blob(store: BlobStore, sha256: str, size_bytes: int, target: Path) -> int:
+    """Copy one blob through the store (any backend) into target, fsynced, then renamed;
+    BlobDamaged, leaving nothing, when its bytes are not the ones uploaded."""
+    reader = await store.open(sha256, size_bytes)
     partial = target.with_name(f".{sha256}.partial")
+    digest = hashlib.sha256()
     copied = 0
     try:
         out = await asyncio.to_thread(_create, partial)
         try:
             async for chunk in reader.chunks(0, 2**62):
+                digest.update(chunk)
                 await asyncio.to_thread(out.write, chunk)
                 copied += len(chunk)
             await asyncio.to_thread(_sync, out)
@@ -89,6 +98,9 @@ async def _copy_blob(store: BlobStore, sha256: str, target: Path) -> int:
             out.close()
     finally:
         reader.close()
+    if copied != size_bytes or digest.hexdigest() != sha256:
+        partial.unlink()
+        raise BlobDamaged(sha256)
     os.replace(partial, target)
     return copied
 

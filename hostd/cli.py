@@ -754,6 +754,13 @@ async def backup_to(
     )
     for sha256 in copied.missing:
         print(f"missing {sha256}: deleted while the backup ran", file=sys.stderr)
+    for sha256 in copied.damaged:
+        print(f"damaged {sha256}: its bytes are not the ones uploaded; not copied", file=sys.stderr)
+    if copied.damaged:
+        raise CommandError(
+            f"{len(copied.damaged)} file(s) have damaged bytes and are not in the backup"
+            " (`hostd gc --verify` lists them)"
+        )
 
 
 def restore_from(args: argparse.Namespace) -> int:

@@ -3,6 +3,7 @@ served again byte for byte."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -60,6 +61,34 @@ def test_a_backup_taken_while_serving_restores_every_file_byte_for_byte(tmp_path
             assert fetch(f"{base_url}/{hash}") == (200, data)
     finally:
         stop(server)
+
+
+def test_a_backup_leaves_out_damaged_bytes_says_so_and_takes_them_once_mended(tmp_path, free_port):
+    data_dir, copy = tmp_path / "data", tmp_path / "backup"
+    base_url = f"http://127.0.0.1:{free_port}"
+    whole, flipped = os.urandom(100_000), os.urandom(100_000)
+    server = serving(data_dir, free_port, tmp_path)
+    try:
+        upload(base_url, whole)
+        upload(base_url, flipped)
+    finally:
+        stop(server)
+    sha256 = hashlib.sha256(flipped).hexdigest()
+    (stored,) = (data_dir / "blobs").rglob(sha256)
+    stored.write_bytes(flipped[:500] + bytes([flipped[500] ^ 1]) + flipped[501:])
+
+    damaged = hostd("backup", str(copy), "--data-dir", str(data_dir), cwd=tmp_path)
+    copied = sorted(path.name for path in (copy / "blobs").rglob("*") if path.is_file())
+    stored.write_bytes(flipped)  # mended, from wherever the admin had it
+    mended = hostd("backup", str(copy), "--data-dir", str(data_dir), cwd=tmp_path)
+
+    assert damaged.returncode == 1
+    assert f"damaged {sha256}: its bytes are not the ones uploaded; not copied" in damaged.stderr
+    assert "1 file(s) have damaged bytes and are not in the backup" in damaged.stderr
+    assert copied == [hashlib.sha256(whole).hexdigest()], "damaged bytes kept as good"
+    assert mended.returncode == 0, mended.stderr
+    assert "1 new file(s)" in mended.stderr
+    assert (copy / "blobs" / sha256[:2] / sha256[2:4] / sha256).read_bytes() == flipped
 
 
 def test_restore_refuses_a_data_dir_in_use_and_what_is_no_backup(tmp_path):

@@ -50,6 +50,7 @@ def test_every_key_is_read(tmp_path):
         max_upload_bytes = 1024
         allow_anonymous = false
         body_idle_seconds = 30
+        send_idle_seconds = 45
         uploads_in_flight_per_address = 2
         max_thumbnail_decode_bytes = 2048
         [accounts]
@@ -70,6 +71,7 @@ def test_every_key_is_read(tmp_path):
         max_upload_bytes=1024,
         allow_anonymous=False,
         body_idle_seconds=30.0,
+        send_idle_seconds=45.0,
         uploads_in_flight_per_address=2,
         max_thumbnail_decode_bytes=2048,
         registration="closed",
@@ -99,6 +101,7 @@ def test_command_line_overrides_win(tmp_path):
         ("[limits]\nbody_idle_seconds = 0\n", "limits.body_idle_seconds must be between"),
         ("[limits]\nbody_idle_seconds = '60'\n", "limits.body_idle_seconds must be a number"),
         ("[limits]\nbody_idle_seconds = nan\n", "limits.body_idle_seconds must be between"),
+        ("[limits]\nsend_idle_seconds = 0\n", "limits.send_idle_seconds must be between"),
         ("[limits]\nuploads_in_flight_per_address = 0\n", "must be at least 1"),
         ("[server]\nshutdown_grace_seconds = -1\n", "server.shutdown_grace_seconds must be"),
         ("[server]\ncpu = 'fast'\n", 'server.cpu must be "auto", "any" or a CPU\'s number'),
