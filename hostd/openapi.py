@@ -303,6 +303,15 @@ DOWNLOAD_PARAMETERS: list[Json] = [
         "required": False,
         "schema": {"type": "string"},
     },
+    {
+        "name": "download",
+        "in": "query",
+        "required": False,
+        "description": "Present (any value, or none): `Content-Disposition: attachment`, so"
+        " that a browser saves the file instead of opening it.",
+        "schema": {"type": "string"},
+        "allowEmptyValue": True,
+    },
 ]
 
 

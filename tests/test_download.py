@@ -304,6 +304,25 @@ async def test_filename_url_sends_content_disposition_inline(http_client, base_u
     assert unnamed.body == bare.body == b"report"
 
 
+@pytest.mark.gen_test
+async def test_download_in_the_query_makes_any_url_save_the_file(http_client, base_url):
+    h = await upload(http_client, base_url, b"<svg xmlns='http://www.w3.org/2000/svg'/>")
+
+    named = await http_client.fetch(f"{base_url}/{h}/r%C3%A9sum%C3%A9.svg?download")
+    with_ext = await http_client.fetch(f"{base_url}/{h}.svg?download=1")
+    bare = await http_client.fetch(f"{base_url}/{h}?download")
+    ranged = await http_client.fetch(f"{base_url}/{h}.svg?download", headers={"Range": "bytes=0-3"})
+
+    assert named.headers["Content-Disposition"] == (
+        "attachment; filename=\"r_sum_.svg\"; filename*=UTF-8''r%C3%A9sum%C3%A9.svg"
+    )
+    assert with_ext.headers["Content-Disposition"] == f'attachment; filename="{h}.svg"'
+    assert bare.headers["Content-Disposition"] == f'attachment; filename="{h}"'
+    assert ranged.code == 206 and ranged.headers["Content-Disposition"].startswith("attachment")
+    assert with_ext.headers["Content-Type"] == "image/svg+xml"  # the same file, only saved
+    assert with_ext.body == bare.body
+
+
 def test_content_disposition_cannot_be_broken_out_of():
     header = content_disposition('evil".txt\r\nSet-Cookie: x=1')
 

@@ -66,14 +66,15 @@ def http_date(epoch: int) -> str:
     return email.utils.formatdate(epoch, usegmt=True)
 
 
-def content_disposition(filename: str) -> str:
-    """`inline` with the filename, RFC 6266 / RFC 5987 encoded when it is not plain ASCII."""
+def content_disposition(filename: str, kind: str = "inline") -> str:
+    """`inline` (or `attachment`) with the filename, RFC 6266 / RFC 5987 encoded when it is
+    not plain ASCII."""
     ascii_name = filename.encode("ascii", "replace").decode("ascii").replace("?", "_")
     ascii_name = re.sub(r'["\\\x00-\x1f\x7f]', "_", ascii_name)
     if ascii_name == filename:
-        return f'inline; filename="{filename}"'
+        return f'{kind}; filename="{filename}"'
     encoded = urllib.parse.quote(filename, safe="")
-    return f"inline; filename=\"{ascii_name}\"; filename*=UTF-8''{encoded}"
+    return f"{kind}; filename=\"{ascii_name}\"; filename*=UTF-8''{encoded}"
 
 
 def parse_range(header: str, size: int) -> tuple[int, int] | None:
@@ -320,7 +321,10 @@ class DownloadHandler(BaseHandler):
         self.set_header("ETag", f'"{blob.sha256}"')
         self.set_header("Last-Modified", http_date(blob.created_at))
         self.set_header("Accept-Ranges", "bytes")
-        if filename:
+        if "download" in self.request.query_arguments:  # a link that saves, not opens, it
+            name = filename or f"{blob.hash}{suffix or ''}"
+            self.set_header("Content-Disposition", content_disposition(name, "attachment"))
+        elif filename:
             self.set_header("Content-Disposition", content_disposition(filename))
 
     def not_modified(self, blob: Blob) -> bool:
