@@ -96,11 +96,13 @@ async def _copy_blob(store: BlobStore, sha256: str, size_bytes: int, target: Pat
             await asyncio.to_thread(_sync, out)
         finally:
             out.close()
+        if copied != size_bytes or digest.hexdigest() != sha256:
+            raise BlobDamaged(sha256)
+    except BaseException:
+        partial.unlink(missing_ok=True)  # a store's failure midway leaves nothing either
+        raise
     finally:
         reader.close()
-    if copied != size_bytes or digest.hexdigest() != sha256:
-        partial.unlink()
-        raise BlobDamaged(sha256)
     os.replace(partial, target)
     return copied
 
