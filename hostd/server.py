@@ -374,7 +374,7 @@ class HostdConnection(HTTP1Connection):
         # The format of refusals made here: the handler's once it streams its body, else
         # that of the URL the request line names, else plain text.
         self.error_format: ErrorFormat | None = None
-        self._request_line = b""
+        self._head = b""  # what came of the head, for the request line a refusal reads
         # Set when the server ended the request itself: what it answered.
         self.ended_by: Refused | None = None
         self._input_started = False
@@ -415,12 +415,12 @@ class HostdConnection(HTTP1Connection):
                 return False
         self._input_started = True
         if seen:
-            self._request_line = seen
+            self._head = seen
             raise Refused(431, f"the request's header fields are over {MAX_HEAD_BYTES} bytes")
         return True
 
     def _parse_headers(self, data: bytes) -> tuple[str, httputil.HTTPHeaders]:
-        self._request_line = data[: data.find(b"\n")]
+        self._head = data  # a reference: the request line is cut only for a refusal
         if len(data) > MAX_HEAD_BYTES:
             raise Refused(431, f"the request's header fields are over {MAX_HEAD_BYTES} bytes")
         start_line, headers = super()._parse_headers(data)
@@ -577,7 +577,8 @@ class HostdConnection(HTTP1Connection):
             await self.stream.write(head.encode("latin-1") + data)
 
     def _format_of_url(self) -> ErrorFormat:
-        method, _, rest = self._request_line.decode("latin-1").strip().partition(" ")
+        request_line = self._head.partition(b"\n")[0][:MAX_REQUEST_LINE_BYTES]
+        method, _, rest = request_line.decode("latin-1").strip().partition(" ")
         target = rest.rpartition(" ")[0] if rest.endswith(("HTTP/1.0", "HTTP/1.1")) else rest
         return self.hostd_params.format_for(method, target) if target else plain_error
 
