@@ -26,7 +26,7 @@ DATABASE_NAME = "hostd.sqlite3"
 
 
 @dataclass
-class Copied:
+class BackedUp:
     blobs_copied: int
     blobs_present: int
     bytes_copied: int
@@ -38,7 +38,7 @@ def blob_path(root: Path, sha256: str) -> Path:
     return root / "blobs" / sha256[:2] / sha256[2:4] / sha256
 
 
-async def backup(database: Database, store: BlobStore, destination: Path) -> Copied:
+async def backup(database: Database, store: BlobStore, destination: Path) -> BackedUp:
     """Copy the database to destination/hostd.sqlite3, then every blob it names that
     destination/blobs/ lacks. Each file appears under its name only once complete."""
     partial = await asyncio.to_thread(_prepare, destination)
@@ -53,7 +53,7 @@ async def backup(database: Database, store: BlobStore, destination: Path) -> Cop
         wanted = await db.blob_sizes(snapshot)
     finally:
         await snapshot.close()
-    result = Copied(0, 0, 0, [], [])
+    result = BackedUp(0, 0, 0, [], [])
     for sha256, size_bytes in sorted(wanted.items()):
         target = blob_path(destination, sha256)
         if await asyncio.to_thread(target.exists):

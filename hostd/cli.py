@@ -897,7 +897,7 @@ def db_copy(args: argparse.Namespace) -> int:
         print(f"hostd: {args.source}: no such database", file=sys.stderr)
         return 1
 
-    def report(copied: db.Copied) -> None:
+    def report(copied: db.TableCopied) -> None:
         print(f"{copied.table}: {copied.rows} row(s)", file=sys.stderr)
 
     async def main() -> None:

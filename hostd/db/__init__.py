@@ -51,7 +51,7 @@ from hostd.db.blobs import (
     register_upload,
     take_down,
 )
-from hostd.db.copy import Copied, CopyRefused, copy_database
+from hostd.db.copy import CopyRefused, TableCopied, copy_database
 from hostd.db.core import (
     POSTGRESQL,
     SQLITE,
@@ -111,7 +111,7 @@ from hostd.db.signins import SignInCount, begin_signin, end_signin
 from hostd.db.stats import Stats, Stored, Uploader, get_stats, get_stored
 
 __all__ = [
-    "Copied",
+    "TableCopied",
     "CopyRefused",
     "copy_database",
     "sqlite_path",

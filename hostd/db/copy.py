@@ -27,7 +27,7 @@ class CopyRefused(Exception):
 
 
 @dataclass(frozen=True)
-class Copied:
+class TableCopied:
     table: str
     rows: int
 
@@ -74,8 +74,8 @@ async def _count(tx: Tx, *, table: str) -> int:
 
 
 async def copy_database(
-    source: Database, target: Database, progress: Callable[[Copied], None] | None = None
-) -> list[Copied]:
+    source: Database, target: Database, progress: Callable[[TableCopied], None] | None = None
+) -> list[TableCopied]:
     """Copy every row of source into target (both open and migrated); counts per table."""
     if await source.read(schema_version) != latest_version():
         raise CopyRefused("the source is not at the latest migration: run hostd db migrate on it")
@@ -92,7 +92,7 @@ async def copy_database(
         present = set(await target.read(partial(columns, table=table)))
         shared = [name for name in wanted if name in present]
         rows = await _copy_table(source, target, table, shared)
-        result = Copied(table, rows)
+        result = TableCopied(table, rows)
         copied.append(result)
         if progress is not None:
             progress(result)
