@@ -12,10 +12,17 @@ document.addEventListener("click", async (event) => {
     await navigator.clipboard.writeText(text.trim());
     button.textContent = "Copied";
   } catch {
-    const range = document.createRange();
-    range.selectNodeContents(source);
-    getSelection().removeAllRanges();
-    getSelection().addRange(range);
+    // No clipboard (a page over plain HTTP, not on localhost): select the text for Ctrl+C.
+    // An <input>'s value is selected by select(); a range selects only an element's text.
+    if (typeof source.select === "function") {
+      source.focus();
+      source.select();
+    } else {
+      const range = document.createRange();
+      range.selectNodeContents(source);
+      getSelection().removeAllRanges();
+      getSelection().addRange(range);
+    }
     button.textContent = "Selected: press Ctrl+C";
   }
   setTimeout(() => { button.textContent = "Copy"; }, 2000);

@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import html
 import http
 import io
 import json
 import os
+import re
 import signal
 import socket
 import struct
@@ -159,6 +161,12 @@ async def raw_exchange(
 
 
 # -- blocking clients, for the browser tests (Playwright's sync API runs no IOLoop) --
+
+
+def text_of(page: bytes) -> str:
+    """The page's text as a reader sees it: tags dropped, entities decoded, spaces folded."""
+    without_tags = re.sub(r"<[^>]+>", " ", page.decode())
+    return re.sub(r"\s+", " ", html.unescape(without_tags))
 
 
 def fetch(url: str) -> tuple[int, bytes]:

@@ -9,7 +9,7 @@ import json
 import os
 
 import pytest
-from conftest import form_body
+from conftest import XSRF, form_body
 from helpers import (
     Fifos,
     blob_files,
@@ -17,6 +17,7 @@ from helpers import (
     multipart_body,
     png_of_one_colour,
     raw_exchange,
+    text_of,
     webp_of_one_colour,
 )
 from PIL import Image
@@ -125,6 +126,80 @@ async def test_files_are_paginated(http_client, base_url, login):
     assert "You have no files yet" not in beyond
 
 
+async def delete_from_the_list(client, base_url, signed_in, upload_id: int, page: int):
+    """The list's Delete button: htmx's DELETE, with the page it was on."""
+    return await client.fetch(
+        f"{base_url}/files/{upload_id}?page={page}",
+        method="DELETE",
+        headers={**signed_in.headers, "HX-Request": "true"},
+    )
+
+
+@pytest.mark.gen_test
+async def test_a_delete_from_the_list_answers_the_list_again_counts_and_all(
+    http_client, base_url, login, db
+):
+    alice = await login()
+    for i in range(21):
+        await upload_as(http_client, base_url, alice, f"file {i}".encode(), f"f{i:02}.txt")
+    newest = max(await upload_ids(db, alice.user.id))
+    before = text_of((await http_client.fetch(f"{base_url}/files", headers=alice.headers)).body)
+
+    after = text_of((await delete_from_the_list(http_client, base_url, alice, newest, 1)).body)
+
+    assert "21 files, page 1 of 2" in before and "Using 137 bytes" in before
+    assert "20 files" in after and "page 1 of" not in after and "Using 130 bytes" in after
+    assert "f20.txt" not in after
+    assert "f00.txt" in after  # the next file moves up from page 2
+
+
+@pytest.mark.gen_test
+async def test_a_delete_that_empties_the_last_page_shows_the_one_before(
+    http_client, base_url, login, db
+):
+    alice = await login()
+    for i in range(21):
+        await upload_as(http_client, base_url, alice, f"file {i}".encode(), f"f{i:02}.txt")
+    oldest = min(await upload_ids(db, alice.user.id))
+
+    after = text_of((await delete_from_the_list(http_client, base_url, alice, oldest, 2)).body)
+
+    assert "20 files" in after and "There is no page" not in after
+    assert "f20.txt" in after and "f01.txt" in after and "f00.txt" not in after
+
+
+@pytest.mark.gen_test
+async def test_an_accounts_pages_are_kept_by_no_cache(http_client, base_url, login):
+    """After signing out, Back must ask again, not show the account's files and keys."""
+    alice = await login()
+    await upload_as(http_client, base_url, alice, b"private")
+
+    for path in ("/files", "/api", "/"):
+        page = await http_client.fetch(f"{base_url}{path}", headers=alice.headers)
+        assert page.headers["Cache-Control"] == "no-store", path
+    anonymous = await http_client.fetch(f"{base_url}/")
+    assert "Cache-Control" not in anonymous.headers
+
+
+@pytest.mark.gen_test
+async def test_a_delete_after_signing_out_says_to_sign_in(http_client, base_url, login, db):
+    alice = await login()
+    await upload_as(http_client, base_url, alice, b"kept")
+    (upload_id,) = await upload_ids(db, alice.user.id)
+
+    response = await http_client.fetch(
+        f"{base_url}/files/{upload_id}?page=1",
+        method="DELETE",
+        # The session is gone (signed out in another tab); the xsrf cookie is still there.
+        headers={"Cookie": f"_xsrf={XSRF}", "X-XSRFToken": XSRF, "HX-Request": "true"},
+        raise_error=False,
+    )
+
+    assert response.code == 403
+    assert "You are signed out" in text_of(response.body)
+    assert await upload_ids(db, alice.user.id) == [upload_id]
+
+
 @pytest.mark.gen_test
 async def test_file_names_are_escaped(http_client, base_url, login):
     alice = await login()
@@ -151,7 +226,7 @@ async def test_deleting_the_only_registration_removes_the_blob(
     )
     served = await http_client.fetch(f"{base_url}/{h}", raise_error=False)
 
-    assert response.code == 200 and response.body == b""
+    assert response.code == 200 and "You have no files yet" in text_of(response.body)
     assert await upload_ids(db, alice.user.id) == []
     assert blob_files(config) == []
     assert served.code == 404
@@ -227,6 +302,7 @@ async def test_delete_needs_the_xsrf_token(http_client, base_url, login, db):
     )
 
     assert response.code == 403
+    assert "This form is out of date or came from another site" in text_of(response.body)
     assert await upload_ids(db, alice.user.id) == [upload_id]
 
 

@@ -19,7 +19,7 @@ import sys
 import textwrap
 
 import pytest
-from helpers import blob_files, multipart_body, streamed_upload, temp_files
+from helpers import blob_files, multipart_body, streamed_upload, temp_files, text_of
 
 from hostd import cli, uploads
 from hostd import db as queries
@@ -366,6 +366,25 @@ async def test_the_files_page_shows_use_against_quota(http_client, base_url, log
 
 
 # -- the anonymous limit --------------------------------------------------------------------
+
+
+@pytest.mark.gen_test
+async def test_the_upload_page_states_the_limit_of_whoever_reads_it(
+    http_client, base_url, limit, login
+):
+    """The page checks a file's size before sending it: with the reader's own limit."""
+    limit(anonymous_max_upload_bytes=MiB)
+    alice = await login()
+
+    signed_out = await http_client.fetch(f"{base_url}/")
+    signed_in = await http_client.fetch(f"{base_url}/", headers=alice.headers)
+
+    assert f'data-max-bytes="{MiB}"' in signed_out.body.decode()
+    assert "Up to 1.0 MiB per file while signed out (8.0 MiB with an account)." in text_of(
+        signed_out.body
+    )
+    assert f'data-max-bytes="{8 * MiB}"' in signed_in.body.decode()
+    assert "Up to 8.0 MiB per file." in text_of(signed_in.body)
 
 
 @pytest.mark.parametrize("endpoint", ENDPOINTS)

@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import html
 import re
 
 import pytest
-from helpers import multipart_body
+from helpers import multipart_body, text_of
 
 # On SQLite only: pages and their rendering (the other suites run on both databases).
 pytestmark = pytest.mark.sqlite_only
-
-
-def text_of(page: bytes) -> str:
-    """The page's text as a reader sees it: tags dropped, entities decoded, spaces folded."""
-    without_tags = re.sub(r"<[^>]+>", " ", page.decode())
-    return re.sub(r"\s+", " ", html.unescape(without_tags))
 
 
 @pytest.mark.gen_test

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import tornado.web
-
 from hostd import clients, db, openapi, retention
 from hostd.auth import Busy, new_reveal_token, reveal_token_hash, seal_key, unseal_key
 from hostd.db import ApiKey
-from hostd.handlers.base import BaseHandler, Refusal
+from hostd.handlers.base import BaseHandler, Refusal, signed_in
 
 MAX_LABEL_LENGTH = 100
 
@@ -58,7 +56,7 @@ class ApiKeyListHandler(ApiPageHandler):
     """POST makes a key, shown once: in the htmx answer, or on the page a plain form is
     redirected to. Never cached, never stored in clear."""
 
-    @tornado.web.authenticated
+    @signed_in
     async def post(self) -> None:
         assert self.current_user is not None
         label = self.get_body_argument("label", "").strip()
@@ -116,11 +114,11 @@ class ApiKeyInvalidateHandler(BaseHandler):
             raise Refusal(404, "You have no key with this id.")
         return key
 
-    @tornado.web.authenticated
+    @signed_in
     async def get(self, key_id: str) -> None:
         self.render_page("api/confirm_invalidate.html", key=await self.key_of_user(key_id))
 
-    @tornado.web.authenticated
+    @signed_in
     async def post(self, key_id: str) -> None:
         key = await self.key_of_user(key_id)
         if self.get_body_argument("confirm", "") != "yes":

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import http
 import json
 import logging
 import secrets
 import socket
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import jinja2
 import markupsafe
@@ -87,6 +89,25 @@ def error_message(status_code: int, reason: str, kwargs: dict[str, Any]) -> str:
 
 SESSION_COOKIE = "hostd_session"
 SESSION_DAYS = 30
+SIGNED_OUT = "You are signed out (in another tab, or the session ended). Sign in, then try again."
+STALE_FORM = "This form is out of date or came from another site. Reload the page and try again."
+
+Method = TypeVar("Method", bound=Callable[..., Any])
+
+
+def signed_in(method: Method) -> Method:
+    """tornado.web.authenticated, with words: a GET goes to the sign-in page and back; any
+    other request without a session (one that ended in another tab, say) is refused with
+    what to do, where Tornado's says only "Forbidden"."""
+    checked = tornado.web.authenticated(method)
+
+    @functools.wraps(method)
+    def wrapper(self: BaseHandler, *args: Any, **kwargs: Any) -> Any:
+        if self.current_user is None and self.request.method not in ("GET", "HEAD"):
+            raise Refusal(403, SIGNED_OUT)
+        return checked(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def implemented_methods(cls: type[tornado.web.RequestHandler]) -> tuple[str, ...]:
@@ -148,6 +169,12 @@ class BaseHandler(tornado.web.RequestHandler):
         self.set_header("Allow", ", ".join(self.SUPPORTED_METHODS))
         self.set_status(204)
         self.finish()
+
+    def check_xsrf_cookie(self) -> None:
+        try:
+            super().check_xsrf_cookie()
+        except tornado.web.HTTPError:  # its log_message is for the log; the user gets words
+            raise Refusal(403, STALE_FORM) from None
 
     async def prepare(self) -> None:
         # get_current_user() cannot be async, so the user is loaded here
@@ -276,12 +303,21 @@ class BaseHandler(tornado.web.RequestHandler):
             **context,
         }
 
+    def keep_out_of_caches(self) -> None:
+        """A page made for a signed-in user (their name, files, keys) is kept by no cache,
+        the browser's history included: after signing out, Back asks the server again
+        rather than showing the account's pages, and after a change it shows the change."""
+        if self.current_user is not None:
+            self.set_header("Cache-Control", "no-store")
+
     def render_string_page(self, template: str, **context: Any) -> str:
+        self.keep_out_of_caches()
         env: jinja2.Environment = self.settings["jinja_env"]
         return env.get_template(template).render(self.template_context(context))
 
     def render_fragment(self, template: str, block: str, **context: Any) -> str:
         """One named block of a page template: the htmx partial that can't drift from it."""
+        self.keep_out_of_caches()
         env: jinja2.Environment = self.settings["jinja_env"]
         tmpl = env.get_template(template)
         return "".join(tmpl.blocks[block](tmpl.new_context(self.template_context(context))))

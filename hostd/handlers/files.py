@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import math
 
-import tornado.web
-
 from hostd import db, limits, uploads
-from hostd.handlers.base import BaseHandler, Refusal
+from hostd.handlers.base import BaseHandler, Refusal, signed_in
 from hostd.handlers.download import cache_control, not_served
 from hostd.handlers.upload import file_urls
 from hostd.hashes import PUBLIC_HASH_PATTERN
@@ -20,21 +18,26 @@ MAX_PAGE = 1_000_000  # 20 million uploads; keeps OFFSET far inside SQLite's int
 MAX_ID = 2**63 - 1  # SQLite's largest integer: no row has an id past it
 
 
-class FileListHandler(BaseHandler):
-    @tornado.web.authenticated
-    async def get(self) -> None:
-        assert self.current_user is not None
+class FilesPage(BaseHandler):
+    """Renders a page of the signed-in user's files, newest first."""
+
+    def page_number(self) -> int:
         page = parse_count(self.get_query_argument("page", "1"), at_most=MAX_PAGE)
         if not page or page > MAX_PAGE:
             raise Refusal(400, f"A page number is a whole number from 1 to {MAX_PAGE:,}.")
-        files, total = await db.list_user_files(
-            self.db,
-            user_id=self.current_user.id,
-            limit=PAGE_SIZE,
-            offset=(page - 1) * PAGE_SIZE,
-            now=self.now(),
-        )
+        return page
+
+    async def show(self, page: int, *, at_most_last: bool = False) -> None:
+        """Page `page`; with `at_most_last`, the last page when `page` is past it (a delete
+        that emptied the last page shows the one before)."""
+        assert self.current_user is not None
+        user = self.current_user
+        files, total = await self.list_page(user.id, page)
         pages = max(1, math.ceil(total / PAGE_SIZE))
+        if at_most_last and page > pages:
+            page = pages
+            files, total = await self.list_page(user.id, page)
+            pages = max(1, math.ceil(total / PAGE_SIZE))
         base = self.public_url()
         self.render_page(
             "files/list.html",
@@ -44,20 +47,42 @@ class FileListHandler(BaseHandler):
             pages=pages,
             total=total,
             thumbnailable=THUMBNAILABLE,
-            used_bytes=self.current_user.used_bytes,
-            quota_bytes=limits.quota_of(self.current_user, self.config.quota_bytes),
+            used_bytes=user.used_bytes,
+            quota_bytes=limits.quota_of(user, self.config.quota_bytes),
+        )
+
+    async def list_page(self, user_id: int, page: int) -> tuple[list[db.UserFile], int]:
+        return await db.list_user_files(
+            self.db,
+            user_id=user_id,
+            limit=PAGE_SIZE,
+            offset=(page - 1) * PAGE_SIZE,
+            now=self.now(),
         )
 
 
-class FileHandler(BaseHandler):
+class FileListHandler(FilesPage):
+    @signed_in
+    async def get(self) -> None:
+        await self.show(self.page_number())
+
+
+class FileHandler(FilesPage):
     """DELETE (htmx) or POST .../delete (a plain form) removes one of the user's uploads."""
 
-    @tornado.web.authenticated
+    @signed_in
     async def delete(self, upload_id: str) -> None:
+        page = self.page_number() if self.is_htmx else None
         await self.remove(upload_id)
-        self.finish("")  # htmx swaps the row out (hx-target="closest tr", hx-swap="outerHTML")
+        if page is None:
+            self.finish("")
+            return
+        # The list again, from the database: its counts and quota meter follow, and the page
+        # fills up with the next file.
+        self.current_user = await self.session_user()
+        await self.show(page, at_most_last=True)
 
-    @tornado.web.authenticated
+    @signed_in
     async def post(self, upload_id: str) -> None:
         if self.get_body_argument("confirm", "") != "yes":
             self.render_page("files/confirm_delete.html", upload_id=upload_id)

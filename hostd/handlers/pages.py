@@ -18,7 +18,11 @@ def where_uploads_go(public_url: str) -> str:
 
 class IndexHandler(BaseHandler):
     def get(self) -> None:
-        self.render_page("pages/index.html")
+        # The limit this visitor's uploads have: an anonymous one may be lower.
+        max_bytes = self.config.max_upload_bytes
+        if self.current_user is None and self.config.anonymous_max_upload_bytes is not None:
+            max_bytes = self.config.anonymous_max_upload_bytes
+        self.render_page("pages/index.html", max_bytes=max_bytes)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         if status_code == 405 and self.request.method in ("POST", "PUT"):

@@ -128,6 +128,27 @@ def test_picked_files_upload_with_progress_urls_and_preview(page: Page, live_ser
     assert fetch(text_urls["hash"]) == (200, text)
 
 
+def test_copy_without_a_clipboard_selects_the_url(page: Page, live_server):
+    """Over plain HTTP (not localhost) a page has no navigator.clipboard: Copy then selects
+    the URL, for Ctrl+C."""
+    page.add_init_script("Object.defineProperty(navigator, 'clipboard', {value: undefined})")
+    page.goto(f"{live_server.base_url}/")
+    page.set_input_files(
+        "#upload-file", files=[file_payload("copy.txt", "text/plain", uuid.uuid4().bytes)]
+    )
+    item = item_named(page, "copy.txt")
+    field = item.locator("input.url-field[data-kind=ext]")
+    expect(field).to_have_count(1)
+
+    button = item.locator("button.copy-button[aria-label='Copy the ext URL']")
+    button.click()
+
+    expect(button).to_have_text("Selected: press Ctrl+C")
+    selected = field.evaluate("e => e.value.substring(e.selectionStart, e.selectionEnd)")
+    assert selected == field.input_value() and selected.startswith(live_server.base_url)
+    expect(field).to_be_focused()
+
+
 def test_a_dropped_file_uploads(page: Page, live_server):
     base = live_server.base_url
     content = f"dropped in chromium {uuid.uuid4()}\n"
@@ -222,10 +243,14 @@ def test_signed_in_uploads_are_listed_newest_first_and_can_be_deleted(
         dialog.accept()
 
     page.once("dialog", accept)
-    newest.locator("button.delete-file").click()
+    expect(page.locator(".file-count")).to_have_text("2 files")
+    with page.expect_request(lambda r: r.method == "DELETE") as deleting:
+        newest.locator("button.delete-file").click()
     expect(page.locator(f"#{row_id}")).to_have_count(0)
     expect(rows).to_have_count(1)
     expect(rows.nth(0).locator(".file-name")).to_have_text(text_name)
+    expect(page.locator(".file-count")).to_have_text("1 file")  # the list came back whole
+    assert "xsrf" not in deleting.value.url  # the token goes in a header, not into logs
     assert page.evaluate("window.__noReload") is True
     assert page.url == f"{base}/files"
     assert dialogs and png_name in dialogs[0]
