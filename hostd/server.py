@@ -3,7 +3,7 @@
 This adapts the HTTP/1.x server of Tornado 6.6 (tornado/http1connection.py and
 httpserver.py, read at 6.6.1; pyproject.toml pins 6.6.x for this reason). It overrides
 private parts, which a Tornado upgrade must re-read: HTTP1Connection's _read_message,
-_parse_headers, _read_body, _read_fixed_body, _read_chunked_body (a copy, plus a count)
+_parse_headers, _read_body, _read_fixed_body, _read_chunked_body (a copy, with changes)
 and its _read_finished, _response_start_line and _max_body_size; HTTP1ServerConnection's
 _server_request_loop (a copy, to make HostdConnections); HTTPServer's handle_stream;
 TCPServer's add_sockets, with a copy of netutil.add_accept_handler.
@@ -14,8 +14,16 @@ What it changes, and why:
   exceeded, with no answer; so the head is first awaited with a zero-width look at the
   read buffer (`read_until_regex` with a lookahead consumes nothing), which lets through
   only heads Tornado's own limit (4 bytes more) accepts.
+- A head Tornado cannot parse (a header line without a colon, a malformed request line)
+  is answered 400 with what is wrong, in the URL's format; Tornado's answer is a bare
+  "400 Bad Request" with no body.
+- The Host header must be a host name or address and at most a port (the URLs in an
+  upload's answer are made of it), and there is one; an HTTP/1.0 request without one gets
+  the server's own address and port.
 - An HTTP/1.0 request with Transfer-Encoding is refused (RFC 9112 section 6.1: faulty
   framing, 400 and close); Tornado reads it as chunked.
+- Chunk extensions are ignored and a trailer section is read (RFC 9112 7.1.1, 7.1.2);
+  Tornado refuses both with a 400.
 - A chunked body whose chunks average under MIN_AVERAGE_CHUNK_BYTES (the last aside)
   past its first FREE_CHUNKS is refused with 400. Each chunk costs Tornado's parser
   ~15 us of Python however small it is (1-byte chunks: a core for ~60 KB/s of body), and
@@ -88,6 +96,17 @@ HEAD_OR_OVERSIZE = re.compile(
     rb"\A(?=[\s\S]{0,%d}?\n\r?\n)|\A(?=[\s\S]{%d})(?:[^\r\n]{1,%d}|[\s\S])"
     % (MAX_HEAD_BYTES - 2, MAX_HEAD_BYTES + 1, MAX_REQUEST_LINE_BYTES)
 )
+# A Host header (RFC 9110 7.2, RFC 3986 3.2.2): a name or IPv4 address, or an IPv6 one in
+# brackets, then at most a port. Tornado's own check lets through "", "[::1" and "x:abc",
+# which the URLs in an upload's answer are then made of.
+HOST_VALUE = re.compile(
+    r"(?:(?:[A-Za-z0-9\-._~!$&'()*+;=]|%[0-9A-Fa-f]{2})+|\[[0-9A-Fa-f:.]+\])"
+    r"(?::(?P<port>[0-9]{0,5}))?"
+)
+# A chunked body's trailer section (fields after the last chunk, RFC 9112 7.1.2) is read
+# and dropped: this many lines of at most this many bytes.
+MAX_TRAILER_LINES = 32
+MAX_TRAILER_LINE_BYTES = 8192
 # A chunked body may use this many chunks of any size; past them, its chunks must average
 # at least MIN_AVERAGE_CHUNK_BYTES. Clients send chunks of what they read: curl from a
 # pipe, nginx relaying a phone's body (a TCP segment or more each); not a few bytes.
@@ -420,15 +439,50 @@ class HostdConnection(HTTP1Connection):
         return True
 
     def _parse_headers(self, data: bytes) -> tuple[str, httputil.HTTPHeaders]:
+        # Tornado answers a head it cannot parse with a bare "400 Bad Request" and no word
+        # of what is wrong; here each is a Refused, answered in the URL's format.
         self._head = data  # a reference: the request line is cut only for a refusal
         if len(data) > MAX_HEAD_BYTES:
             raise Refused(431, f"the request's header fields are over {MAX_HEAD_BYTES} bytes")
-        start_line, headers = super()._parse_headers(data)
-        if "Transfer-Encoding" in headers and start_line.endswith(" HTTP/1.0"):
+        try:
+            start_line, headers = super()._parse_headers(data)
+            version = httputil.parse_request_start_line(start_line).version
+        except httputil.HTTPInputError as exc:
+            raise Refused(400, f"the request's head is malformed: {exc}") from None
+        if "Transfer-Encoding" in headers and version == "HTTP/1.0":
             raise Refused(
                 400, "an HTTP/1.0 request cannot use Transfer-Encoding (RFC 9112, section 6.1)"
             )
+        self._check_host(headers, version)
         return start_line, headers
+
+    def _check_host(self, headers: httputil.HTTPHeaders, version: str) -> None:
+        """Refuse a Host header that cannot be part of a URL (the answer's URLs are made of
+        it), or more than one; an HTTP/1.0 request without one gets this server's own
+        address and port (Tornado's default, "127.0.0.1", drops the port)."""
+        hosts = headers.get_list("Host")
+        if len(hosts) > 1:
+            raise Refused(400, "the request has more than one Host header")
+        if not hosts:
+            if version != "HTTP/1.0":
+                raise Refused(400, "the request has no Host header, which HTTP/1.1 requires")
+            headers["Host"] = self._own_address()
+            return
+        host = hosts[0]
+        valid = HOST_VALUE.fullmatch(host)
+        if valid is None or int(valid["port"] or 0) > 65535:
+            shown = host if len(host) <= 100 else host[:100] + "..."
+            raise Refused(400, f"the Host header is not a host name and port: {shown!r}")
+
+    def _own_address(self) -> str:
+        try:
+            address = self.stream.socket.getsockname()
+        except OSError:
+            address = None
+        if not isinstance(address, tuple):
+            return "127.0.0.1"
+        host, port = address[0], address[1]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     def _read_body(
         self, code: int, headers: httputil.HTTPHeaders, delegate: httputil.HTTPMessageDelegate
@@ -489,7 +543,9 @@ class HostdConnection(HTTP1Connection):
             await asyncio.sleep(0)  # as Tornado's reader does every _YIELD_THRESHOLD bytes
 
     async def _read_chunked_body(self, delegate: httputil.HTTPMessageDelegate) -> None:
-        # Tornado 6.6.1's reader, with the chunk count (marked "hostd").
+        # Tornado 6.6.1's reader, with the chunk count, chunk extensions ignored and a
+        # trailer section read (RFC 9112 7.1.1 and 7.1.2: Tornado refuses both with a 400)
+        # (marked "hostd").
         total_size = 0
         chunks = 0  # hostd
         pending = bytearray()
@@ -512,14 +568,20 @@ class HostdConnection(HTTP1Connection):
                 work = 0
                 await asyncio.sleep(0)
             chunk_len_str = await read(self.stream.read_until(b"\r\n", max_bytes=64))
+            size = chunk_len_str[:-2].partition(b";")[0].rstrip(b" \t")  # hostd
             try:
-                chunk_len = parse_hex_int(native_str(chunk_len_str[:-2]))
+                chunk_len = parse_hex_int(native_str(size))
             except ValueError:
                 raise httputil.HTTPInputError("invalid chunk size") from None
             if chunk_len == 0:
-                crlf = await read(self.stream.read_bytes(2))
-                if crlf != b"\r\n":
-                    raise httputil.HTTPInputError("improperly terminated chunked request")
+                for _ in range(MAX_TRAILER_LINES + 1):  # hostd: the trailer's fields
+                    line = await read(
+                        self.stream.read_until(b"\r\n", max_bytes=MAX_TRAILER_LINE_BYTES)
+                    )
+                    if line == b"\r\n":
+                        break
+                else:
+                    raise httputil.HTTPInputError("too many trailer fields")
                 if pending:
                     await self._deliver_body(delegate, bytes(pending))
                 return

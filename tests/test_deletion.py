@@ -11,7 +11,7 @@ import urllib.parse
 
 import pytest
 from conftest import form_body
-from helpers import blob_files, multipart_body
+from helpers import blob_files, multipart_body, text_of
 
 from hostd import db as queries
 from hostd import uploads
@@ -314,9 +314,27 @@ async def test_deletion_tokens_never_reach_the_log(http_client, base_url, caplog
         await fetch(http_client, answer["delete_url"], method)
     await fetch(http_client, answer["delete_url"][:-1], "POST")
 
+    await fetch(http_client, answer["delete_url"] + "/", "GET")  # a slash too many: a 404
+
     logged = caplog.text + access_log.text
     assert logged.count("/delete/<token>") == 4
+    assert f"404 GET /delete/{token[:6]}..." in logged
     assert token not in logged and token[:-1] not in logged
+
+
+@pytest.mark.gen_test
+async def test_the_link_of_an_expired_upload_says_it_expired(http_client, base_url, wall_clock):
+    body, headers = multipart_body(files=[("file", "brief.txt", b"an hour")])
+    response = await http_client.fetch(
+        f"{base_url}/api/upload", method="POST", body=body, headers={**headers, "Expires": "1"}
+    )
+    link = json.loads(response.body)["delete_url"]
+
+    wall_clock.advance(3601)
+    opened = await fetch(http_client, link)
+
+    assert opened.code == 410
+    assert "This upload has expired" in text_of(opened.body)
 
 
 # -- DELETE /api/files/<hash> -----------------------------------------------------------------

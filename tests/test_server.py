@@ -230,6 +230,124 @@ async def test_http_1_0_with_transfer_encoding_is_a_400_and_a_close(http_server,
     assert answer.count(b"HTTP/1.1 ") == 1  # the request after it was not read
 
 
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        (b"Host: 127.0.0.1\r\nX-No-Colon\r\n", "the request's head is malformed: "),
+        (b"Host: 127.0.0.1\r\nX-A: a\r\n  folded\r\n", "the request's head is malformed: "),
+        (b"", "the request has no Host header, which HTTP/1.1 requires"),
+        (b"Host: a\r\nHost: b\r\n", "the request has more than one Host header"),
+        (b"Host: a b\r\n", "the Host header is not a host name and port: 'a b'"),
+        (b"Host: \r\n", "the Host header is not a host name and port: ''"),
+        (b"Host: [::1\r\n", "the Host header is not a host name and port: '[::1'"),
+        (b"Host: x:abc\r\n", "the Host header is not a host name and port: 'x:abc'"),
+        (b"Host: x:99999\r\n", "the Host header is not a host name and port: 'x:99999'"),
+        (b"Host: a,b\r\n", "the Host header is not a host name and port: 'a,b'"),
+    ],
+    ids=[
+        "no-colon",
+        "folded",
+        "no-host",
+        "two-hosts",
+        "space",
+        "empty",
+        "bracket",
+        "port",
+        "big-port",
+        "comma",
+    ],
+)
+@pytest.mark.parametrize(("path", "json_format"), [("/api/upload", True), ("/upload?api=1", False)])
+@pytest.mark.gen_test(timeout=30)
+async def test_a_head_that_cannot_be_read_is_a_400_that_says_why_in_the_urls_format(
+    http_server, http_port, fields, message, path, json_format
+):
+    client = await Raw.open(http_port)
+    await client.send(b"POST %s HTTP/1.1\r\n%sContent-Length: 0\r\n\r\n" % (path.encode(), fields))
+
+    status, headers, body = split(await client.answer())
+
+    assert status == 400
+    if json_format:
+        assert headers["Content-Type"] == "application/json; charset=utf-8"
+        error = json.loads(body)["error"]
+    else:
+        assert body.startswith(b"ERROR ")
+        error = body.decode().removeprefix("ERROR ").rstrip("\n")
+    assert error.startswith(message)
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        b"files.example.org",
+        b"files.example.org:8443",
+        b"[::1]:8000",
+        b"10.0.0.1",
+        b"xn--bcher-kva.example.",
+        b"LOCALHOST:",
+    ],
+)
+@pytest.mark.gen_test(timeout=30)
+async def test_a_host_a_url_can_be_made_of_is_served(http_server, http_port, host):
+    client = await Raw.open(http_port)
+    await client.send(b"GET /api HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % host)
+
+    status, _, body = split(await client.answer())
+
+    assert status == 200
+    assert b"http://" + host.lower() + b"/api/upload" in body.lower()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_http_1_0_without_a_host_gets_urls_with_the_servers_own_address(
+    http_server, http_port
+):
+    body = FILE_PART + b"no host" + FORM_END
+    client = await Raw.open(http_port)
+    await client.send(
+        b"POST /api/upload HTTP/1.0\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+
+    status, _, answer = split(await client.answer())
+
+    assert status == 200
+    assert json.loads(answer)["urls"]["base"] == f"http://127.0.0.1:{http_port}/"
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_chunk_extensions_are_ignored_and_trailer_fields_read(http_server, http_port):
+    """RFC 9112 7.1.1: a recipient ignores chunk extensions it does not know; 7.1.2: a
+    trailer section may follow the last chunk."""
+    body = FILE_PART + b"with extensions" + FORM_END
+    half = len(body) // 2
+    client = await Raw.open(http_port)
+    await client.send(
+        upload_head(None, extra="Connection: close\r\n")
+        + b"%x;name=value\r\n%s\r\n" % (half, body[:half])
+        + b"%x ; flag\r\n%s\r\n" % (len(body) - half, body[half:])
+        + b"0;last=1\r\nX-Checksum: abc\r\nX-Other: d\r\n\r\n"
+    )
+
+    status, _, answer = split(await client.answer())
+
+    assert status == 200
+    assert json.loads(answer)["status"] is True
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_trailer_section_without_end_is_refused(http_server, http_port):
+    client = await Raw.open(http_port)
+    trailer = b"".join(b"X-T%d: v\r\n" % i for i in range(100))
+    await client.send(upload_head(None) + chunked(FILE_PART, 4096)[:-2] + trailer + b"\r\n")
+
+    status, _, answer = split(await client.answer())
+
+    assert status == 400
+    assert json.loads(answer)["error"] == "the request's body is malformed: too many trailer fields"
+
+
 TOO_BIG = (
     f"ERROR the request's body is over the {BODY_LIMIT_BYTES:,} bytes this URL takes; "
     "upload files with POST /api/upload or PUT /api/upload/<name>\n"

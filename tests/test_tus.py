@@ -167,6 +167,25 @@ async def test_the_access_log_does_not_hold_an_uploads_url(http_client, base_url
 
 
 @pytest.mark.gen_test
+async def test_a_url_past_an_uploads_is_a_json_404_that_does_not_log_the_id(
+    http_client, base_url, access_log
+):
+    created = await create(http_client, base_url, 1000)
+    id = created.headers["Location"].rsplit("/", 1)[1]
+
+    slashed = await head(http_client, created.headers["Location"] + "/")
+    deeper = await patch(http_client, created.headers["Location"] + "/x", 0, b"x")
+
+    assert slashed.code == 404 and deeper.code == 404
+    assert json.loads(deeper.body) == {
+        "status": False,
+        "error": "There is nothing at this address.",
+    }
+    assert id not in access_log.text
+    assert f"404 PATCH /api/tus/{id[:6]}..." in access_log.text
+
+
+@pytest.mark.gen_test
 async def test_the_same_bytes_get_the_same_hash_as_a_multipart_upload(http_client, base_url):
     data = unique_bytes(70_000)
     body, headers = multipart_body(files=[("file", "same.bin", data)])
@@ -224,6 +243,17 @@ async def test_a_part_must_be_sent_as_offset_octet_stream(http_client, base_url)
     )
 
     assert response.code == 415
+
+
+@pytest.mark.gen_test
+async def test_a_part_with_no_bytes_answers_where_the_upload_stands(http_client, base_url):
+    created = await create(http_client, base_url, 1000)
+    await patch(http_client, created.headers["Location"], 0, b"x" * 10)
+
+    response = await patch(http_client, created.headers["Location"], 10, b"")
+
+    assert response.code == 204
+    assert response.headers["Upload-Offset"] == "10"
 
 
 @pytest.mark.gen_test

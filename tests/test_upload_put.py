@@ -238,6 +238,17 @@ async def test_the_put_url_answers_only_put_and_says_so(base_url, method):
     assert other.answer == {"status": False, "error": "Method Not Allowed"}
 
 
+@pytest.mark.parametrize("path", ["/api/upload/a/b.txt", "/api/files/a/b", "/api/tus/a/b"])
+@pytest.mark.gen_test
+async def test_an_unknown_url_under_api_is_a_404_in_json(base_url, path):
+    put = await curl("-T", "-", f"{base_url}{path}", stdin=b"x")
+
+    assert put.code == 404
+    assert put.header("Content-Type") == "application/json; charset=utf-8"
+    assert put.answer["status"] is False
+    assert put.answer["error"].startswith("There is nothing at this address. Upload a file with")
+
+
 # -- keys -------------------------------------------------------------------------------
 
 

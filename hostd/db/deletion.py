@@ -23,7 +23,7 @@ async def get_delete_link(db: Database, *, token_hash: str) -> DeleteLink | None
             """
             SELECT uploads.id, uploads.sha256, uploads.original_name, uploads.created_at,
                    uploads.user_id, uploads.api_key_id, blobs.hash, blobs.size_bytes,
-                   blobs.content_type, blobs.created_at
+                   blobs.content_type, blobs.created_at, uploads.expires_at
             FROM delete_tokens
             LEFT JOIN uploads ON uploads.id = delete_tokens.upload_id
             LEFT JOIN blobs ON blobs.sha256 = uploads.sha256
@@ -36,7 +36,7 @@ async def get_delete_link(db: Database, *, token_hash: str) -> DeleteLink | None
         return None
     if row[0] is None:
         return DeleteLink(None)
-    upload = Upload(row[0], row[1], row[2], row[3], row[4], row[5])
+    upload = Upload(row[0], row[1], row[2], row[3], row[4], row[5], expires_at=row[10])
     return DeleteLink(UserFile(upload, Blob(row[1], row[6], row[7], row[8], row[9])))
 
 

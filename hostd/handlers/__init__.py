@@ -23,4 +23,5 @@ def all_routes() -> list[tuple[str | PathMatches, Any]]:
         *tus.routes,
         *deletion.routes,
         *monitoring.routes,
+        *pages.api_not_found_routes,
     ]

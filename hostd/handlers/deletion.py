@@ -22,6 +22,7 @@ MALFORMED_LINK = (
     "Check that it was copied whole."
 )
 GONE = "This upload has been deleted already; there is nothing left for this link to delete."
+EXPIRED = "This upload has expired: its file is no longer served, and goes with the next prune."
 
 
 class DeleteLinkHandler(BaseHandler):
@@ -59,6 +60,8 @@ class DeleteLinkHandler(BaseHandler):
         if link.file is None:
             raise Refusal(410, GONE)
         upload, blob = link.file.upload, link.file.blob
+        if upload.expires_at is not None and upload.expires_at <= self.now():
+            raise Refusal(410, EXPIRED)
         self.render_page(
             "deletion/confirm.html",
             upload=upload,

@@ -6,7 +6,7 @@ from typing import Any
 
 import tornado.web
 
-from hostd.handlers.base import BaseHandler, Refusal
+from hostd.handlers.base import ApiHandler, BaseHandler, Refusal
 
 
 def where_uploads_go(public_url: str) -> str:
@@ -33,6 +33,19 @@ class IndexHandler(BaseHandler):
         super().write_error(status_code, **kwargs)
 
 
+# URLs whose next segment is a secret: a deletion link's token, a tus upload's id (for an
+# anonymous upload, the key to it). An unknown URL under them (a slash too many) is logged
+# without it, as their own handlers log theirs.
+SECRET_PREFIXES = ("/delete/", "/api/tus/")
+
+
+def logged_path(path: str) -> str:
+    for prefix in SECRET_PREFIXES:
+        if path.startswith(prefix) and len(path) > len(prefix):
+            return f"{prefix}{path[len(prefix) :][:6]}..."
+    return path
+
+
 class NotFoundHandler(BaseHandler):
     """Every unknown URL: the 404 page, whatever the method."""
 
@@ -47,6 +60,16 @@ class NotFoundHandler(BaseHandler):
             where = where_uploads_go(self.public_url())
             raise Refusal(404, f"There is nothing at this address. {where}")
         raise Refusal(404, "There is nothing at this address.")
+
+    def _request_summary(self) -> str:
+        path = logged_path(self.request.path)
+        return f"{self.request.method} {path} ({self.request.remote_ip})"
+
+
+class ApiNotFoundHandler(NotFoundHandler, ApiHandler):
+    """An unknown URL under the JSON API's (say /api/upload/a/b): the 404 in JSON."""
+
+    SUPPORTED_METHODS = tornado.web.RequestHandler.SUPPORTED_METHODS
 
 
 class StaticHandler(tornado.web.StaticFileHandler):
@@ -71,3 +94,6 @@ class StaticHandler(tornado.web.StaticFileHandler):
 routes = [
     (r"/", IndexHandler),
 ]
+# After every other route (all_routes puts it last): the rest of the JSON API's URLs (the
+# /api page and its key forms are pages, as are their 404s).
+api_not_found_routes = [(r"/api/(?:upload|files|tus)/.*", ApiNotFoundHandler)]

@@ -139,6 +139,11 @@ class TusHandler(ApiHandler):
     def check_xsrf_cookie(self) -> None:
         pass  # the session counts only with a right X-XSRFToken, checked in identify()
 
+    def initialize(self) -> None:
+        # A streamed body is not parsed, so its Content-Type stays, also on a PATCH with
+        # no bytes (a client's first or a retried one), where tus requires it.
+        pass
+
     @property
     def partials(self) -> resumable.Partials:
         return self.settings["hostd_partials"]
