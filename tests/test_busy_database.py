@@ -114,6 +114,30 @@ async def test_an_api_call_that_writes_while_the_lock_is_held_is_a_503_in_json(
 
 
 @pytest.mark.sqlite_only
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+@pytest.mark.parametrize("endpoint", ["/api/upload", "/upload?api=1"])
+@pytest.mark.gen_test
+async def test_an_upload_after_the_database_file_went_is_a_503_not_a_lost_upload(
+    http_client, base_url, config, db, endpoint, how
+):
+    """The open connections would go on writing to the deleted file: answered 200, and
+    gone at the next start."""
+    url = endpoint.replace("/", f"{base_url}/", 1)
+    path = config.data_dir / "hostd.sqlite3"
+    if how == "deleted":
+        path.unlink()
+    else:
+        path.rename(path.with_suffix(".old"))
+        sqlite3.connect(path).close()
+
+    refused = await upload(http_client, url)
+
+    assert_refused(refused, endpoint, 503, UNAVAILABLE)
+    with pytest.raises(queries.Unavailable, match="database file .* (is gone|was replaced)"):
+        await queries.set_quota(db, user_id=1, own=True, quota_bytes=1)
+
+
+@pytest.mark.sqlite_only
 @pytest.mark.gen_test
 async def test_a_write_fails_after_one_busy_timeout_not_two(db, sqlite_lock):
     sqlite_lock.take()

@@ -6,6 +6,7 @@ whose SQL never suspends; it is driven to its end on that thread in a single tri
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from hostd.db.core import SQLITE, Changes, Row, Work, drive, migrations, run_batch
+from hostd.db.core import SQLITE, Changes, Row, Unavailable, Work, drive, migrations, run_batch
 
 T = TypeVar("T")
 
@@ -70,6 +71,28 @@ class SqliteTx:
         return self._conn.in_transaction
 
 
+class DatabaseFile:
+    """The file the connections opened. One deleted or replaced under a running server (a
+    restore into the live data dir, a stray `rm`) is still written through the open
+    descriptors: its uploads would be answered 200 and gone at the next start. So each
+    batch first checks that the path still names that file (a stat, about 2 us)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        found = os.stat(path)
+        self.identity = (found.st_dev, found.st_ino)
+
+    def check(self) -> None:
+        try:
+            found = os.stat(self.path)
+        except OSError as exc:
+            raise Unavailable(f"the database file {self.path} is gone: {exc.strerror}") from exc
+        if (found.st_dev, found.st_ino) != self.identity:
+            raise Unavailable(
+                f"the database file {self.path} was replaced while the server ran; restart it"
+            )
+
+
 class SqliteBackend:
     dialect = SQLITE
 
@@ -79,6 +102,7 @@ class SqliteBackend:
         self.path = path
         self._reader = reader
         self._writer = writer
+        self._file = DatabaseFile(path)
         # The IOLoop's own connection, for lookups and the change counter. No busy wait: a
         # WAL reader is not blocked by writers, and should it be (a recovery), a lookup goes
         # to the reader's thread instead of holding up the IOLoop.
@@ -111,7 +135,7 @@ class SqliteBackend:
             return await self.read(work, False)
 
     async def run_batch(self, works: list[Work[Any]]) -> list[tuple[bool, Any]]:
-        return await _in_thread(self._writer, _batch, works)
+        return await _in_thread(self._writer, _batch, works, self._file)
 
     async def migrate(self) -> int:
         return await _in_thread(self._writer, _migrate)
@@ -139,7 +163,10 @@ def _check_file(conn: sqlite3.Connection, uri: str) -> None:
         fresh.close()
 
 
-def _batch(conn: sqlite3.Connection, works: list[Work[Any]]) -> list[tuple[bool, Any]]:
+def _batch(
+    conn: sqlite3.Connection, works: list[Work[Any]], file: DatabaseFile
+) -> list[tuple[bool, Any]]:
+    file.check()
     try:
         return drive(run_batch(SqliteTx(conn), works))
     except BaseException:
