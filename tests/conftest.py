@@ -4,6 +4,7 @@ database: see database_kind) and blob store per test."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import errno
 import io
@@ -463,6 +464,19 @@ class SmallDisk:
     def empty(self) -> None:
         for filler in self.path.glob("filler-*"):
             filler.unlink()
+
+    @contextlib.contextmanager
+    def read_only(self) -> Iterator[None]:
+        """Files opened from now on cannot be written (EROFS), as on a disk ext4 remounted
+        read-only after errors; the database's open files stay writable (a read-only bind
+        mount over the disk: a remount itself is refused while files are open to write)."""
+        path = str(self.path)
+        subprocess.run(["mount", "--bind", path, path], check=True)
+        try:
+            subprocess.run(["mount", "-o", "remount,bind,ro", path], check=True)
+            yield
+        finally:
+            subprocess.run(["umount", path], check=True)
 
 
 @pytest.fixture

@@ -210,3 +210,35 @@ async def test_a_store_that_runs_out_of_room_mid_body_answers_507_in_full(
 
     assert_out_of_space(refused, endpoint)
     assert temp_files(config) == [] and blob_files(config) == []
+
+
+# -- a disk that turns read-only ------------------------------------------------------------
+
+NOT_STORED = "the server could not store the file; it was not stored"
+
+
+@pytest.mark.parametrize("endpoint", ["/api/upload", "/upload?api=1", "/api/tus/"])
+@pytest.mark.gen_test
+async def test_on_a_read_only_disk_an_upload_is_refused_in_its_format_without_a_traceback(
+    small_disk, http_client, base_url, caplog, endpoint
+):
+    with small_disk.read_only():
+        if endpoint == "/api/tus/":
+            refused = await http_client.fetch(
+                f"{base_url}{endpoint}",
+                method="POST",
+                body=b"",
+                headers={"Tus-Resumable": "1.0.0", "Upload-Length": "1000"},
+                raise_error=False,
+            )
+        else:
+            refused = await upload(http_client, f"{base_url}{endpoint}")
+    accepted = await upload(http_client, f"{base_url}/api/upload")
+
+    if endpoint == "/upload?api=1":
+        assert_refused(refused, endpoint, 500, NOT_STORED)
+    else:
+        assert refused.code == 500
+        assert json.loads(refused.body) == {"status": False, "error": NOT_STORED}
+    assert "Traceback" not in caplog.text and "Read-only file system" in caplog.text
+    assert accepted.code == 200

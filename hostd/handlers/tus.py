@@ -536,21 +536,26 @@ class TusCollectionHandler(TusHandler):
             retention.parse_expires(expires, now=now, source="the expires metadata")
         except retention.ExpiryError as exc:
             raise UploadError(400, str(exc)) from None
-        found = await resumable.begin(
-            self.db,
-            self.partials,
-            self.upload_limits,
-            config=self.config,
-            id=secrets.token_urlsafe(ID_BYTES),
-            user_id=self.owner_id,
-            api_key=self.api_key,
-            address=self.request.remote_ip or "",
-            length=length,
-            metadata=metadata,
-            filename=filename,
-            expires=expires,
-            now=now,
-        )
+        try:
+            found = await resumable.begin(
+                self.db,
+                self.partials,
+                self.upload_limits,
+                config=self.config,
+                id=secrets.token_urlsafe(ID_BYTES),
+                user_id=self.owner_id,
+                api_key=self.api_key,
+                address=self.request.remote_ip or "",
+                length=length,
+                metadata=metadata,
+                filename=filename,
+                expires=expires,
+                now=now,
+            )
+        except Exception as exc:  # its partial file cannot be made (a read-only disk, say)
+            if not storage_trouble(exc):
+                raise
+            raise UploadError(*storage_failure(exc)) from None
         self.target = found
         if has_body(self.request):
             try:
