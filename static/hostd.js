@@ -77,7 +77,21 @@ if (uploadForm) {
     item.classList.add("failed");
   };
 
-  const upload = (file) => {
+  // Files go a few at a time, the rest wait their turn: the server takes at most
+  // data-in-flight uploads at once from one address (over HTTP/2 a browser would send
+  // every dropped file at once, and all but those would be refused).
+  const most = Math.max(1, Math.min(4, Number(uploadForm.dataset.inFlight) || 4));
+  let sending = 0;
+  const turns = [];
+  const turn = () => new Promise((go) => {
+    if (sending < most) { sending += 1; go(); } else turns.push(go);
+  });
+  const done = () => {
+    const next = turns.shift();
+    if (next) next(); else sending -= 1;
+  };
+
+  const upload = async (file) => {
     const item = template.content.firstElementChild.cloneNode(true);
     item.querySelector(".upload-name").textContent = file.name;
     item.querySelector(".upload-size").textContent = formatBytes(file.size);
@@ -96,7 +110,9 @@ if (uploadForm) {
     const progress = item.querySelector(".upload-progress");
     const percent = item.querySelector(".upload-percent");
     const speed = item.querySelector(".upload-speed");
-    const started = performance.now();
+    speed.textContent = "waiting its turn";
+    await turn();
+    let started = performance.now();
     const show = (loaded, total) => {
       const share = total ? Math.round((loaded / total) * 100) : 0;
       progress.value = share;
@@ -104,33 +120,59 @@ if (uploadForm) {
       const seconds = (performance.now() - started) / 1000;
       if (seconds > 0) speed.textContent = `${formatBytes(Math.round(loaded / seconds))}/s`;
     };
-    if (file.size >= resumableFrom && window.tus?.isSupported) {
-      uploadResumable(file, item, show);
-      return;
-    }
-    const xhr = new XMLHttpRequest();
-    xhr.open("POST", "/upload");
-    xhr.setRequestHeader("HX-Request", "true");
-    for (const [name, value] of Object.entries(headers)) xhr.setRequestHeader(name, value);
-    xhr.upload.addEventListener("progress", (e) => show(e.loaded, e.lengthComputable ? e.total : 0));
-    xhr.addEventListener("load", () => {
-      if (xhr.status === 200) {
-        show(file.size, file.size);
-        item.classList.add("done");
-        // The server's own HTML fragment (upload/result.html, block upload_result).
-        item.querySelector(".upload-outcome").innerHTML = xhr.responseText;
-      } else if (xhr.getResponseHeader("Content-Type")?.startsWith("text/html")) {
-        item.querySelector(".upload-outcome").innerHTML = xhr.responseText;
-        item.classList.add("failed");
+    const again = () => { started = performance.now(); show(0, file.size); };
+    try {
+      if (file.size >= resumableFrom && window.tus?.isSupported) {
+        await uploadResumable(file, item, show);
       } else {
-        showError(item, `The upload failed (${xhr.status} ${xhr.statusText}).`);
+        await uploadPlain(file, item, show, again);
       }
-    });
-    xhr.addEventListener("error", () => showError(item, "The upload failed: the connection was lost."));
-    const data = new FormData();
-    data.append("file", file, file.name);
-    xhr.send(data);
+    } finally {
+      done();
+    }
   };
+
+  // A 429 or 503 that says when to ask again (the address's uploads in flight, a server
+  // restarting) is asked again, a few times; any other answer is final, and shown.
+  const MAX_WAITS = 10;
+  const uploadPlain = (file, item, show, again) => new Promise((finished) => {
+    const send = (waits) => {
+      const xhr = new XMLHttpRequest();
+      xhr.open("POST", "/upload");
+      xhr.setRequestHeader("HX-Request", "true");
+      for (const [name, value] of Object.entries(headers)) xhr.setRequestHeader(name, value);
+      xhr.upload.addEventListener("progress", (e) => show(e.loaded, e.lengthComputable ? e.total : 0));
+      xhr.addEventListener("load", () => {
+        const wait = Number(xhr.getResponseHeader("Retry-After"));
+        if ([429, 503].includes(xhr.status) && wait > 0 && wait <= 60 && waits < MAX_WAITS) {
+          again();
+          item.querySelector(".upload-speed").textContent = `busy: trying again in ${wait} s`;
+          setTimeout(() => send(waits + 1), wait * 1000);
+          return;
+        }
+        if (xhr.status === 200) {
+          show(file.size, file.size);
+          item.classList.add("done");
+          // The server's own HTML fragment (upload/result.html, block upload_result).
+          item.querySelector(".upload-outcome").innerHTML = xhr.responseText;
+        } else if (xhr.getResponseHeader("Content-Type")?.startsWith("text/html")) {
+          item.querySelector(".upload-outcome").innerHTML = xhr.responseText;
+          item.classList.add("failed");
+        } else {
+          showError(item, `The upload failed (${xhr.status} ${xhr.statusText}).`);
+        }
+        finished();
+      });
+      xhr.addEventListener("error", () => {
+        showError(item, "The upload failed: the connection was lost.");
+        finished();
+      });
+      const data = new FormData();
+      data.append("file", file, file.name);
+      xhr.send(data);
+    };
+    send(0);
+  });
 
   // Network failures and server errors are retried for about ten minutes, resuming from
   // what the server has; a refusal (4xx) is final, and shown. Picking the same file again
@@ -152,7 +194,7 @@ if (uploadForm) {
   };
   const tusHeaders = { "X-XSRFToken": headers["X-XSRFToken"] ?? "" };
 
-  const uploadResumable = (file, item, show) => {
+  const uploadResumable = (file, item, show) => new Promise((finished) => {
     const resumable = new tus.Upload(file, {
       endpoint: "/api/tus/",
       chunkSize: partBytes,
@@ -162,26 +204,35 @@ if (uploadForm) {
       metadata: { filename: file.name, filetype: file.type || "application/octet-stream" },
       removeFingerprintOnSuccess: true,
       onProgress: (sent, total) => show(sent, total),
-      onError: (error) => showError(item, refusalOf(error)),
+      onError: (error) => {
+        showError(item, refusalOf(error));
+        finished();
+      },
       onSuccess: async () => {
         show(file.size, file.size);
         // The same result as /upload's, from the finished upload's URL.
-        const response = await fetch(resumable.url, {
-          headers: { ...tusHeaders, "Tus-Resumable": "1.0.0", "HX-Request": "true" },
-        });
-        if (!response.ok) {
-          showError(item, `The upload finished, but its result could not be shown (${response.status}).`);
-          return;
+        try {
+          const response = await fetch(resumable.url, {
+            headers: { ...tusHeaders, "Tus-Resumable": "1.0.0", "HX-Request": "true" },
+          });
+          if (!response.ok) {
+            showError(item, `The upload finished, but its result could not be shown (${response.status}).`);
+            return;
+          }
+          item.classList.add("done");
+          item.querySelector(".upload-outcome").innerHTML = await response.text();
+        } catch {
+          showError(item, "The upload finished, but its result could not be shown: the connection was lost.");
+        } finally {
+          finished();
         }
-        item.classList.add("done");
-        item.querySelector(".upload-outcome").innerHTML = await response.text();
       },
     });
     resumable.findPreviousUploads().then((previous) => {
       if (previous.length) resumable.resumeFromPreviousUpload(previous[0]);
       resumable.start();
     });
-  };
+  });
 
   const uploadAll = (files) => { for (const file of files) upload(file); };
   const hasFiles = (e) => e.dataTransfer && [...e.dataTransfer.types].includes("Files");

@@ -562,6 +562,7 @@ async def test_uploads_past_the_cap_for_one_address_get_a_429_before_the_body(
         "error": f"{PER_ADDRESS} uploads from your address are already in progress; "
         "send this one when one of them has finished",
     }
+    assert refused[1]["Retry-After"] == "5"
     assert accepted.startswith(b"HTTP/1.1 200 ")  # another address is not held up
 
 

@@ -126,6 +126,11 @@ class InFlightUpload(Protocol):
     def drop_upload(self, status: int, message: str) -> Awaitable[None]: ...
 
 
+# What a refusal by UploadsInFlight asks the client to wait: how long the others will take
+# is unknown, and asking again costs a head (the refusal comes before the body).
+IN_FLIGHT_RETRY_SECONDS = 5
+
+
 class UploadsInFlight:
     """Uploads not yet answered, by client address (X-Real-IP behind a trusted proxy; an
     IPv6 address by its /64, as the throttles count it: one host has many): at most
@@ -141,8 +146,11 @@ class UploadsInFlight:
 
     def enter(self, upload: InFlightUpload) -> None:
         """Count this upload in, or raise UploadError (503 when closing, else 429)."""
+        retry = {"Retry-After": str(IN_FLIGHT_RETRY_SECONDS)}
         if self.closing:
-            raise UploadError(503, "the server is shutting down; send the upload again soon")
+            raise UploadError(
+                503, "the server is shutting down; send the upload again soon", headers=retry
+            )
         address = address_key(upload.request.remote_ip or "")
         same = self._by_address.setdefault(address, set())
         most = upload.config.uploads_in_flight_per_address
@@ -152,6 +160,7 @@ class UploadsInFlight:
                 429,
                 f"{most} uploads from your address are already in progress; "
                 "send this one when one of them has finished",
+                headers=retry,
             )
         same.add(upload)
         self._none_left.clear()

@@ -158,7 +158,10 @@ def live_server(
 ) -> Iterator[LiveServer]:
     root = tmp_path_factory.mktemp("live")
     config_path = root / "hostd.toml"
-    config_path.write_text(f"[limits]\nmax_upload_bytes = {MAX_UPLOAD_BYTES}\n")
+    # Two uploads at once from one address: the page must queue the rest, not lose them.
+    config_path.write_text(
+        f"[limits]\nmax_upload_bytes = {MAX_UPLOAD_BYTES}\nuploads_in_flight_per_address = 2\n"
+    )
     data_dir = root / "data"
     port = free_port()
     proc = subprocess.Popen(

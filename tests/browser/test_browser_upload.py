@@ -128,6 +128,24 @@ def test_picked_files_upload_with_progress_urls_and_preview(page: Page, live_ser
     assert fetch(text_urls["hash"]) == (200, text)
 
 
+def test_more_files_than_the_server_takes_at_once_all_upload_in_turn(page: Page, live_server):
+    """The live server takes two uploads at a time from one address; five files dropped
+    at once go two by two, none refused."""
+    base = live_server.base_url
+    files = {f"turn-{i}.txt": f"in turn {i} {uuid.uuid4()}\n".encode() for i in range(5)}
+    page.goto(f"{base}/")
+    started = time.monotonic()
+    page.set_input_files(
+        "#upload-file",
+        files=[file_payload(name, "text/plain", data) for name, data in files.items()],
+    )
+
+    for name, data in files.items():
+        urls = finished_urls(item_named(page, name), base, size=len(data), started=started)
+        assert fetch(urls["hash"]) == (200, data)
+    expect(page.locator("#upload-list .upload-error")).to_have_count(0)
+
+
 def test_copy_without_a_clipboard_selects_the_url(page: Page, live_server):
     """Over plain HTTP (not localhost) a page has no navigator.clipboard: Copy then selects
     the URL, for Ctrl+C."""
