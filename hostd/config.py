@@ -371,6 +371,11 @@ def _check_retention(config: Config, origin: str) -> None:
             )
 
 
+# The largest number a setting may be: 8 PiB of bytes, or 285 million years of seconds; a
+# database integer and a page script's number (exact up to 2**53) both hold it.
+MAX_NUMBER = 2**53
+
+
 def _convert(name: str, value: Any, hint: Any, origin: str) -> Any:
     """Check one value against the field's type; Path fields take strings."""
     allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
@@ -382,6 +387,10 @@ def _convert(name: str, value: Any, hint: Any, origin: str) -> Any:
         # bool is a subclass of int; a port of `true` is a mistake, not 1.
         if kind in (int, float) and isinstance(value, bool):
             continue
+        # TOML integers have no bound in Python; SQLite's and PostgreSQL's stop at 2**63.
+        if kind in (int, float) and isinstance(value, int | float) and abs(value) > MAX_NUMBER:
+            limit = f"a number of at most {MAX_NUMBER:,}"
+            raise ConfigError(f"{origin}: {_qualified(name)} must be {limit}, not {value}")
         if kind is float and isinstance(value, int | float):
             return float(value)
         if kind in (str, int, bool) and isinstance(value, kind):
@@ -403,20 +412,27 @@ def ensure_cookie_secret(config: Config) -> Config:
     if not secret:
         path = config.data_dir / "cookie_secret"
         try:
-            secret = path.read_text(encoding="ascii").strip()
-        except FileNotFoundError:
-            # Written whole under another name, then linked into place: a process starting
-            # at the same time reads either no file or the whole secret, and one of the two
-            # links wins; both then use the winner's.
-            draft = path.with_name(f".cookie_secret.{os.getpid()}")
-            fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w", encoding="ascii") as out:
-                out.write(secrets.token_urlsafe(48) + "\n")
-            try:
-                os.link(draft, path)
-            except FileExistsError:
-                pass
-            finally:
-                draft.unlink()
-            secret = path.read_text(encoding="ascii").strip()
+            secret = _read_or_make_secret(path)
+        except OSError as exc:  # a data dir hostd may not write, a secret it may not read
+            raise ConfigError(f"cannot read or create {path}: {exc.strerror or exc}") from exc
     return dataclasses.replace(config, cookie_secret=secret)
+
+
+def _read_or_make_secret(path: Path) -> str:
+    try:
+        return path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        # Written whole under another name, then linked into place: a process starting
+        # at the same time reads either no file or the whole secret, and one of the two
+        # links wins; both then use the winner's.
+        draft = path.with_name(f".cookie_secret.{os.getpid()}")
+        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as out:
+            out.write(secrets.token_urlsafe(48) + "\n")
+        try:
+            os.link(draft, path)
+        except FileExistsError:
+            pass
+        finally:
+            draft.unlink()
+        return path.read_text(encoding="ascii").strip()

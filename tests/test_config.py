@@ -122,6 +122,11 @@ def test_command_line_overrides_win(tmp_path):
         ),
         ("[accounts]\nregistrations_per_hour = 0\n", "accounts.registrations_per_hour must be"),
         ("[server]\npublic_url = 'files.example.org'\n", "server.public_url must start with"),
+        (
+            "[limits]\nmax_upload_bytes = 99999999999999999999999\n",
+            "limits.max_upload_bytes must be a number of at most 9,007,199,254,740,992, not 9999",
+        ),
+        ("[limits]\nbody_idle_seconds = inf\n", "limits.body_idle_seconds must be a number of at"),
         ("port = 1\n", "unknown section [port]"),
         ("[server\n", "hostd.toml"),
     ],
@@ -202,6 +207,15 @@ def test_cookie_secret_is_generated_once_into_a_private_file(tmp_path):
     assert first.cookie_secret and len(first.cookie_secret) >= 32
     assert second.cookie_secret == first.cookie_secret
     assert stat.S_IMODE(os.stat(tmp_path / "cookie_secret").st_mode) == 0o600
+
+
+def test_a_cookie_secret_that_cannot_be_read_or_made_stops_the_start_with_one_line(tmp_path):
+    (tmp_path / "cookie_secret").mkdir()  # as root, a mode would not stop a read
+
+    with pytest.raises(ConfigError) as caught:
+        ensure_cookie_secret(Config(data_dir=tmp_path))
+
+    assert str(caught.value) == f"cannot read or create {tmp_path}/cookie_secret: Is a directory"
 
 
 def test_cookie_secret_from_the_environment_wins(tmp_path, monkeypatch):
