@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import hashlib
 import sqlite3
+import stat
 import time
 
 import pytest
@@ -198,6 +199,23 @@ async def test_closing_finishes_what_is_queued(config, database_kind):
         assert await queries.get_blob(again, "queued000019") is not None
     finally:
         await again.close()
+
+
+@pytest.mark.sqlite_only
+@pytest.mark.gen_test
+async def test_a_new_database_file_is_readable_by_its_owner_alone(config):
+    """It holds password, session and key hashes."""
+    config.data_dir.mkdir(parents=True)
+    database = await Database.open_config(config)
+    try:
+        await queries.set_quota(database, user_id=1, own=True, quota_bytes=1)  # -wal, -shm
+        files = sorted(config.data_dir.glob("hostd.sqlite3*"))
+        modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in files}
+    finally:
+        await database.close()
+
+    assert {"hostd.sqlite3", "hostd.sqlite3-wal", "hostd.sqlite3-shm"} <= set(modes)
+    assert set(modes.values()) == {0o600}, modes
 
 
 @pytest.mark.gen_test

@@ -6,6 +6,7 @@ whose SQL never suspends; it is driven to its end on that thread in a single tri
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
@@ -112,6 +113,10 @@ class SqliteBackend:
 
     @classmethod
     async def open(cls, path: Path) -> SqliteBackend:
+        # Password, session and key hashes: readable by hostd's user alone. (SQLite makes
+        # its -wal and -shm files with the database file's mode.)
+        with contextlib.suppress(OSError):  # there already; else SQLite says what is wrong
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         writer = await _connect(path, "PRAGMA journal_mode = WAL")
         try:
             reader = await _connect(path)
