@@ -153,8 +153,14 @@ def thumbnail_of(source: IO[bytes], max_decode_bytes: int) -> Image.Image | None
             image.draft(None, (max(1, int(wanted[0])), max(1, int(wanted[1]))))
         if decode_bytes(image, original_size) > max_decode_bytes:
             return None
-        image.thumbnail(THUMB_SIZE, reducing_gap=REDUCING_GAP)  # shrinks only
+        # Pillow's reduce() takes no 16-bit grey (a scan, a microscope's or a telescope's
+        # picture): those are resampled from the full image.
+        sixteen_bits = image.mode.startswith("I;16") or image.mode == "I"
+        gap = None if sixteen_bits else REDUCING_GAP
+        image.thumbnail(THUMB_SIZE, reducing_gap=gap)  # shrinks only
         thumb = ImageOps.exif_transpose(image)  # on the thumbnail: a copy costs little
+        if sixteen_bits:  # their high byte as 8-bit grey (converted as is, all would be white)
+            thumb = thumb.convert("I").point(lambda value: value * (1 / 256)).convert("L")
         return thumb if thumb.mode in ("RGB", "RGBA") else thumb.convert("RGBA")
 
 

@@ -320,6 +320,25 @@ async def test_thumbnails_shrink_but_never_enlarge(http_client, base_url, config
     assert len(list((config.data_dir / "thumbs").rglob("*.webp"))) == 1  # made once, cached
 
 
+@pytest.mark.parametrize(("mode", "format"), [("I;16", "PNG"), ("I;16B", "TIFF")])
+@pytest.mark.gen_test
+async def test_a_16_bit_grey_image_gets_its_thumbnail_in_its_own_greys(
+    http_client, base_url, mode, format
+):
+    """A scan or a microscope's picture: Pillow's reduce() takes no 16-bit grey."""
+    image = Image.new(mode, (2000, 1500), 0)
+    image.paste(Image.new(mode, (1000, 1500), 40000), (0, 0))  # 40000 / 256: grey 156
+    out = io.BytesIO()
+    image.save(out, format)
+    h = await anonymous_upload(http_client, base_url, out.getvalue())
+
+    response = await http_client.fetch(f"{base_url}/thumbs/{h}.webp", follow_redirects=False)
+
+    thumb = Image.open(io.BytesIO(response.body)).convert("L")
+    assert response.code == 200 and thumb.size == (320, 240)
+    assert abs(thumb.getpixel((40, 120)) - 156) <= 2 and thumb.getpixel((280, 120)) <= 2
+
+
 @pytest.mark.gen_test
 async def test_an_unreadable_image_gets_a_placeholder(http_client, base_url):
     h = await anonymous_upload(http_client, base_url, b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
