@@ -163,6 +163,33 @@ async def test_static_files_answer_other_methods_405_with_allow(
     assert response.headers["Allow"] == "GET, HEAD, OPTIONS"
 
 
+@pytest.mark.parametrize("path", ["/static/nope.js", "/favicon.ico", "/static/../hostd.toml"])
+@pytest.mark.gen_test
+async def test_a_static_file_that_is_not_there_gets_the_sites_404_page(http_client, base_url, path):
+    response = await http_client.fetch(f"{base_url}{path}", raise_error=False)
+    head = await http_client.fetch(f"{base_url}{path}", method="HEAD", raise_error=False)
+
+    assert response.code in (403, 404) and head.code == response.code
+    assert response.headers["Content-Type"].startswith("text/html")
+    assert '<header class="site-header">' in response.body.decode()
+
+
+@pytest.mark.gen_test
+async def test_a_static_file_is_served_with_head_and_revalidation(http_client, base_url):
+    first = await http_client.fetch(f"{base_url}/static/hostd.css")
+    head = await http_client.fetch(f"{base_url}/static/hostd.css", method="HEAD")
+    again = await http_client.fetch(
+        f"{base_url}/static/hostd.css",
+        headers={"If-None-Match": first.headers["Etag"]},
+        raise_error=False,
+    )
+
+    assert first.code == 200 and b"{" in first.body  # CSS
+    assert head.code == 200 and head.body == b""
+    assert head.headers["Content-Length"] == first.headers["Content-Length"]
+    assert again.code == 304
+
+
 @pytest.mark.parametrize(
     ("path", "allow"),
     [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Any
 
 import tornado.web
@@ -72,23 +73,23 @@ class ApiNotFoundHandler(NotFoundHandler, ApiHandler):
     SUPPORTED_METHODS = tornado.web.RequestHandler.SUPPORTED_METHODS
 
 
-class StaticHandler(tornado.web.StaticFileHandler):
+class StaticHandler(BaseHandler, tornado.web.StaticFileHandler):
     """/static/, /favicon.ico and /robots.txt (Tornado's static files), answering methods as
     every other URL here does: GET, HEAD and OPTIONS, and any other method a 405 that names
-    them in Allow. Tornado's own answers a POST 403 (its xsrf check) and a TRACE 405 without
-    Allow (RFC 9110 15.5.6)."""
+    them in Allow; a file that is not there gets the site's 404 page. Tornado's own answers
+    a POST 403 (its xsrf check), a TRACE 405 without Allow (RFC 9110 15.5.6), and a bare
+    "404: Not Found"."""
 
     SUPPORTED_METHODS = ("GET", "HEAD", "OPTIONS")
 
-    def options(self, *args: Any) -> None:
-        self.set_header("Allow", ", ".join(self.SUPPORTED_METHODS))
-        self.set_status(204)
-        self.finish()
+    def initialize(self, path: str, default_filename: str | None = None) -> None:  # type: ignore[override]
+        tornado.web.StaticFileHandler.initialize(self, path, default_filename)
 
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        if status_code == 405:
-            self.set_header("Allow", ", ".join(self.SUPPORTED_METHODS))
-        super().write_error(status_code, **kwargs)
+    async def prepare(self) -> None:
+        self.current_user = None  # a static file needs no session: no database read
+
+    def head(self, path: str) -> Awaitable[None]:  # type: ignore[override]
+        return tornado.web.StaticFileHandler.head(self, path)
 
 
 routes = [
