@@ -299,6 +299,8 @@ class UploadForm(FileBody):
         if self._field == FILE_FIELD:
             self._done_file = True
         elif self._text is not None and self._field:
+            if self._field in self.fields:  # which one would count? (`expires` twice)
+                raise UploadError(400, f"the form has the field '{self._field}' twice")
             self.fields[self._field] = self._text.decode("utf-8", "replace")
         self._field, self._text = None, None
 

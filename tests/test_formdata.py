@@ -195,6 +195,15 @@ def test_a_long_text_field_is_refused(local):
         form(local).feed(body)
 
 
+def test_a_field_sent_twice_is_refused_rather_than_one_of_them_picked(local):
+    body, _ = multipart_body({"expires": "2"}, fields_after={"expires": "3"})
+
+    with pytest.raises(UploadError, match="the form has the field 'expires' twice") as caught:
+        form(local).feed(body)
+
+    assert caught.value.status == 400
+
+
 def test_too_many_parts_is_refused(local):
     body, _ = multipart_body({f"f{i}": "x" for i in range(40)})
 
