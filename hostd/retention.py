@@ -172,6 +172,27 @@ def describe(config: Config) -> list[str]:
     return sentences
 
 
+# What the upload page offers besides the default, in hours.
+KEEP_CHOICES = (1, 24, 7 * 24, 30 * 24, 365 * 24)
+
+
+def keep_choices(config: Config, *, anonymous: bool) -> tuple[str, list[tuple[int, str]]]:
+    """The upload page's choice of how long to keep a file: the default's words, then
+    (hours, words) for the other times, shorter or longer, under max_hours (a longer one
+    would be cut to it)."""
+    default = _shortest(
+        config.anonymous_hours if anonymous else config.account_hours, config.max_hours
+    )
+    words = "until deleted" if default is None else f"for {duration(default)}"
+    longest = config.max_hours
+    choices = [
+        (hours, f"for {duration(hours)}")
+        for hours in KEEP_CHOICES
+        if hours != default and (longest is None or hours < longest)
+    ]
+    return words, choices
+
+
 def _shortest(hours: int | None, cap: int | None) -> int | None:
     return min((h for h in (hours, cap) if h is not None), default=None)
 

@@ -54,6 +54,7 @@ if (uploadForm) {
   const resumableFrom = Number(uploadForm.dataset.resumableFrom || Infinity);
   const partBytes = Number(uploadForm.dataset.resumablePartBytes || Infinity);
   const input = document.getElementById("upload-file");
+  const keep = document.getElementById("upload-expires");  // how long: "" is the default
   // One request per file: several at once only where this script sends them one by one
   // (the plain form, without JavaScript, posts what is picked in a single request).
   input.multiple = true;
@@ -168,6 +169,7 @@ if (uploadForm) {
         finished();
       });
       const data = new FormData();
+      if (keep.value) data.append("expires", keep.value);
       data.append("file", file, file.name);
       xhr.send(data);
     };
@@ -201,7 +203,11 @@ if (uploadForm) {
       retryDelays,
       onShouldRetry: retryable,
       headers: tusHeaders,
-      metadata: { filename: file.name, filetype: file.type || "application/octet-stream" },
+      metadata: {
+        filename: file.name,
+        filetype: file.type || "application/octet-stream",
+        ...(keep.value ? { expires: keep.value } : {}),
+      },
       removeFingerprintOnSuccess: true,
       onProgress: (sent, total) => show(sent, total),
       onError: (error) => {

@@ -494,6 +494,60 @@ async def test_the_api_page_states_this_instances_policy(http_client, base_url, 
     assert '"expires_at": "2030-01-31T12:00:00Z"' in configured
 
 
+def keep_options(page: bytes) -> list[tuple[str, str]]:
+    """The upload page's "Keep" choices: (value, words)."""
+    select = re.search(
+        r'<select id="upload-expires" name="expires">(.*?)</select>', page.decode(), re.S
+    )
+    assert select is not None
+    return re.findall(r'<option value="(\d*)">([^<]*)</option>', select.group(1))
+
+
+@pytest.mark.gen_test
+async def test_the_upload_page_offers_how_long_to_keep_within_the_policy(
+    http_client, base_url, policy, login
+):
+    alice = await login()
+    default = keep_options((await http_client.fetch(f"{base_url}/")).body)
+    policy(anonymous_hours=24, account_hours=720, max_hours=8760)
+    anonymous = keep_options((await http_client.fetch(f"{base_url}/")).body)
+    signed_in = keep_options((await http_client.fetch(f"{base_url}/", headers=alice.headers)).body)
+
+    assert default == [
+        ("", "until deleted (the default)"),
+        ("1", "for 1 hour"),
+        ("24", "for 1 day"),
+        ("168", "for 7 days"),
+        ("720", "for 30 days"),
+        ("8760", "for 365 days"),
+    ]
+    assert anonymous == [
+        ("", "for 1 day (the default)"),
+        ("1", "for 1 hour"),
+        ("168", "for 7 days"),  # longer than the default: an upload may ask for it
+        ("720", "for 30 days"),
+    ]
+    assert signed_in[0] == ("", "for 30 days (the default)") and ("720", "for 30 days") not in (
+        signed_in
+    )
+
+
+@pytest.mark.gen_test
+async def test_the_upload_pages_keep_choice_is_an_expires_field_before_the_file(
+    http_client, base_url, wall_clock
+):
+    """Without JavaScript the form itself posts it, in the page's order."""
+    page = (await http_client.fetch(f"{base_url}/")).body.decode()
+    assert page.index('name="expires"') < page.index('name="file"')
+    body, headers = multipart_body(fields={"expires": "24"}, files=[("file", "k.txt", b"kept")])
+
+    answer = await http_client.fetch(
+        f"{base_url}/api/upload", method="POST", body=body, headers=headers
+    )
+
+    assert json.loads(answer.body)["expires_at"] == iso(wall_clock() + 24 * 3600)
+
+
 @pytest.mark.parametrize(
     ("toml", "error"),
     [

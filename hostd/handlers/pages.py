@@ -7,6 +7,7 @@ from typing import Any
 
 import tornado.web
 
+from hostd import retention
 from hostd.handlers.base import ApiHandler, BaseHandler, Refusal
 
 
@@ -23,7 +24,15 @@ class IndexHandler(BaseHandler):
         max_bytes = self.config.max_upload_bytes
         if self.current_user is None and self.config.anonymous_max_upload_bytes is not None:
             max_bytes = self.config.anonymous_max_upload_bytes
-        self.render_page("pages/index.html", max_bytes=max_bytes)
+        default_keep, keep_choices = retention.keep_choices(
+            self.config, anonymous=self.current_user is None
+        )
+        self.render_page(
+            "pages/index.html",
+            max_bytes=max_bytes,
+            default_keep=default_keep,
+            keep_choices=keep_choices,
+        )
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         if status_code == 405 and self.request.method in ("POST", "PUT"):

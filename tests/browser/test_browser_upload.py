@@ -146,6 +146,21 @@ def test_more_files_than_the_server_takes_at_once_all_upload_in_turn(page: Page,
     expect(page.locator("#upload-list .upload-error")).to_have_count(0)
 
 
+def test_the_keep_choice_goes_with_the_upload(page: Page, live_server):
+    base = live_server.base_url
+    page.goto(f"{base}/")
+    page.get_by_label("Keep").select_option("1")
+    page.set_input_files(
+        "#upload-file", files=[file_payload("brief.txt", "text/plain", uuid.uuid4().bytes)]
+    )
+
+    item = item_named(page, "brief.txt")
+    expect(item.locator(".upload-expiry")).to_contain_text("Expires")
+    shown = item.locator(".upload-expiry time").get_attribute("datetime")
+    left = time.mktime(time.strptime(shown[:19], "%Y-%m-%dT%H:%M:%S")) - time.mktime(time.gmtime())
+    assert 3500 < left <= 3600, shown
+
+
 def test_copy_without_a_clipboard_selects_the_url(page: Page, live_server):
     """Over plain HTTP (not localhost) a page has no navigator.clipboard: Copy then selects
     the URL, for Ctrl+C."""
