@@ -695,6 +695,57 @@ PAGE_PATHS: Json = {
             "responses": {"303": redirect("To the upload page."), **SESSION_FORM_ERRORS},
         }
     },
+    "/account": {
+        "get": {
+            "tags": ["pages"],
+            "operationId": "accountPage",
+            "summary": "The account page: change the password, sign out everywhere",
+            "security": [{"session": []}],
+            "parameters": [
+                {"name": "done", "in": "query", "required": False, "schema": {"type": "string"}}
+            ],
+            "responses": SIGNED_IN_ONLY,
+        },
+        "post": {
+            "tags": ["pages"],
+            "operationId": "changeAccount",
+            "summary": "Change the password (ends every other session), or sign out everywhere",
+            "security": [{"session": []}],
+            "requestBody": {
+                "content": {
+                    "application/x-www-form-urlencoded": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {
+                                "action": {
+                                    "type": "string",
+                                    "enum": ["change-password", "sign-out-everywhere"],
+                                },
+                                "current": {"type": "string"},
+                                "new": {"type": "string"},
+                                "confirm": {"type": "string"},
+                                "_xsrf": {"type": "string"},
+                            },
+                        }
+                    }
+                }
+            },
+            "responses": {
+                "303": redirect("Changed: back to /account; signed out: to /login."),
+                "400": html("The form again, with what is wrong with the new password."),
+                "401": html("The current password is wrong."),
+                "429": {
+                    **html("Too many wrong passwords; `Retry-After` says when to try again."),
+                    "headers": {"Retry-After": ref("headers", "Retry-After")},
+                },
+                "503": {
+                    **html("The server is busy checking other passwords."),
+                    "headers": {"Retry-After": ref("headers", "Retry-After")},
+                },
+                **SESSION_FORM_ERRORS,
+            },
+        },
+    },
     "/files": {
         "get": {
             "tags": ["pages"],
@@ -720,7 +771,11 @@ PAGE_PATHS: Json = {
             "security": [{"session": []}],
             "parameters": [UPLOAD_ID_PARAMETER],
             "responses": {
-                "200": {"description": "Deleted (an empty body)."},
+                "200": {
+                    "description": "Deleted: with HX-Request, the list's page again (its"
+                    " `page` query parameter), else an empty body.",
+                    "content": {"text/html": {"schema": {}}},
+                },
                 "404": html("The user has no upload with this id."),
                 **SESSION_FORM_ERRORS,
             },

@@ -391,6 +391,20 @@ def login(db: Database, auth: Auth, config: Config) -> Callable[..., Awaitable[S
 
 
 @pytest.fixture
+def another_session(db: Database, config: Config) -> Callable[[SignedIn], Awaitable[str]]:
+    """A second session of a signed-in user (another browser's): its Cookie header."""
+
+    async def make(signed_in: SignedIn) -> str:
+        token = secrets.token_urlsafe(16)
+        user_id = signed_in.user.id
+        await queries.insert_session(db, token_hash=session_token_hash(token), user_id=user_id)
+        signed = tornado.web.create_signed_value(config.cookie_secret, SESSION_COOKIE, token)
+        return f"{SESSION_COOKIE}={signed.decode()}; _xsrf={XSRF}"
+
+    return make
+
+
+@pytest.fixture
 def make_api_key(
     db: Database, auth: Auth, login: Callable[..., Awaitable[SignedIn]]
 ) -> Callable[..., Awaitable[str]]:

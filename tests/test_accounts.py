@@ -7,6 +7,7 @@ import dataclasses
 
 import pytest
 from conftest import XSRF, GatedHasher, form_body
+from helpers import text_of
 
 from hostd import db as queries
 from hostd.auth import Auth, session_token_hash
@@ -131,7 +132,7 @@ async def test_sign_in_with_the_right_password_starts_a_session(http_client, bas
 
     assert response.code == 303
     assert response.headers["Location"] == "/api"
-    assert "Signed in as <strong>dave</strong>" in page.body.decode()
+    assert "Signed in as dave" in text_of(page.body)
 
 
 @pytest.mark.parametrize(
@@ -478,3 +479,116 @@ async def test_a_password_that_is_not_utf8_is_refused_for_what_it_is(http_client
 
     assert response.code == 400
     assert "not sent as UTF-8" in response.body.decode()
+
+
+# -- /account: the password, sessions ----------------------------------------------------------
+
+
+async def change_password(
+    client, base_url, signed_in, current, new, confirm=None, address="127.0.0.1"
+):
+    return await submit(
+        client,
+        f"{base_url}/account",
+        cookie=signed_in.cookie,
+        address=address,
+        action="change-password",
+        current=current,
+        new=new,
+        confirm=new if confirm is None else confirm,
+    )
+
+
+@pytest.mark.gen_test
+async def test_changing_the_password_keeps_this_browser_and_signs_out_every_other(
+    http_client, base_url, login, another_session
+):
+    alice = await login("alice", password="correct horse")
+    laptop = await another_session(alice)
+
+    changed = await change_password(http_client, base_url, alice, "correct horse", "battery staple")
+    again = f"{session_cookie(changed).split(';')[0]}; _xsrf={XSRF}"
+    here = await http_client.fetch(f"{base_url}/files", headers={"Cookie": again})
+    there = await http_client.fetch(
+        f"{base_url}/files", headers={"Cookie": laptop}, follow_redirects=False, raise_error=False
+    )
+
+    assert changed.code == 303 and changed.headers["Location"] == "/account?done=password"
+    assert here.code == 200
+    assert there.code == 302 and there.headers["Location"].startswith("/login")
+    assert (await sign_in(http_client, base_url, "alice", "correct horse")).code == 401
+    assert (await sign_in(http_client, base_url, "alice", "battery staple")).code == 303
+
+
+@pytest.mark.parametrize(
+    ("current", "new", "confirm", "status", "message"),
+    [
+        ("wrong horse", "battery staple", None, 401, "The current password is wrong."),
+        ("correct horse", "short", None, 400, "A password has at least 8 characters."),
+        ("correct horse", "battery staple", "battery stable", 400, "The two passwords differ."),
+    ],
+)
+@pytest.mark.gen_test
+async def test_a_password_change_that_cannot_be_made_says_why_and_changes_nothing(
+    http_client, base_url, login, current, new, confirm, status, message
+):
+    alice = await login("alice", password="correct horse")
+
+    refused = await change_password(http_client, base_url, alice, current, new, confirm)
+
+    assert refused.code == status and message in refused.body.decode()
+    assert (await http_client.fetch(f"{base_url}/files", headers=alice.headers)).code == 200
+    assert (await sign_in(http_client, base_url, "alice", "correct horse")).code == 303
+
+
+@pytest.mark.gen_test
+async def test_guessing_the_current_password_is_throttled_as_signing_in_is(
+    http_client, base_url, login
+):
+    alice = await login("alice", password="correct horse")
+
+    statuses = [
+        (await change_password(http_client, base_url, alice, f"guess {i}", "battery staple")).code
+        for i in range(7)
+    ]
+
+    assert statuses[:5] == [401] * 5 and 429 in statuses[5:]
+
+
+@pytest.mark.gen_test
+async def test_signing_out_everywhere_ends_every_session_of_the_account(
+    http_client, base_url, login, another_session
+):
+    alice = await login("alice")
+    laptop = await another_session(alice)
+    bob = await login("bob")
+
+    out = await submit(
+        http_client, f"{base_url}/account", cookie=alice.cookie, action="sign-out-everywhere"
+    )
+
+    assert out.code == 303 and out.headers["Location"] == "/login"
+    for cookie in (alice.cookie, laptop):
+        gone = await http_client.fetch(
+            f"{base_url}/files",
+            headers={"Cookie": cookie},
+            follow_redirects=False,
+            raise_error=False,
+        )
+        assert gone.code == 302
+    assert (await http_client.fetch(f"{base_url}/files", headers=bob.headers)).code == 200
+
+
+@pytest.mark.gen_test
+async def test_the_account_page_needs_a_sign_in_and_is_linked_from_every_page(
+    http_client, base_url, login
+):
+    alice = await login("alice")
+
+    anonymous = await http_client.fetch(
+        f"{base_url}/account", follow_redirects=False, raise_error=False
+    )
+    page = (await http_client.fetch(f"{base_url}/", headers=alice.headers)).body.decode()
+
+    assert anonymous.code == 302 and anonymous.headers["Location"] == "/login?next=%2Faccount"
+    assert '<a href="/account"' in page

@@ -369,7 +369,7 @@ schema = schemathesis.openapi.from_dict(
                 {
                     # Pages for a signed-in user send a visitor without a session to the
                     # sign-in page (302) rather than refusing them.
-                    "include-operation-id": ["myFiles", "confirmInvalidateKey"],
+                    "include-operation-id": ["myFiles", "confirmInvalidateKey", "accountPage"],
                     "checks": {
                         "negative_data_rejection": {
                             "expected-statuses": [302, 400, 401, 403, 404, 422]

@@ -107,6 +107,11 @@ async def get_session_user(db: Database, *, token_hash: str) -> User | None:
     return row_as(User, row) if row else None
 
 
+async def delete_sessions(db: Database, *, user_id: int) -> None:
+    """Sign the account out everywhere."""
+    await db.write(lambda tx: tx.execute("DELETE FROM sessions WHERE user_id = ?", (user_id,)))
+
+
 async def delete_session(db: Database, *, token_hash: str) -> None:
     await db.write(
         lambda tx: tx.execute("DELETE FROM sessions WHERE token_hash = ?", (token_hash,))

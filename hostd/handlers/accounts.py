@@ -1,4 +1,4 @@
-"""Accounts in the browser: register, sign in, sign out."""
+"""Accounts in the browser: register, sign in, sign out, change the password."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import secrets
 from typing import Any
 
 from hostd import db
-from hostd.accounts import new_account_problem
+from hostd.accounts import new_account_problem, password_problem
 from hostd.auth import Busy, session_token_hash
 from hostd.db import User
-from hostd.handlers.base import SESSION_COOKIE, SESSION_DAYS, BaseHandler, Refusal
+from hostd.handlers.base import SESSION_COOKIE, SESSION_DAYS, BaseHandler, Refusal, signed_in
 from hostd.throttle import RegistrationLimiter
 
 BUSY_MESSAGE = "The server is busy checking other passwords. Try again in a few seconds."
@@ -161,6 +161,54 @@ class RegisterHandler(AccountFormHandler):
         return None
 
 
+class AccountHandler(AccountFormHandler):
+    """/account: change the password (which signs out every other session), or sign out
+    everywhere. The current password is asked for, and counted by the sign-in limiter, so
+    that a session left open on a shared computer cannot take the account over."""
+
+    template = "accounts/account.html"
+
+    @signed_in
+    def get(self) -> None:
+        self.render_page(self.template, error=None, done=self.get_query_argument("done", ""))
+
+    @signed_in
+    async def post(self) -> None:
+        user = self.current_user
+        assert user is not None
+        if self.get_body_argument("action", "") == "sign-out-everywhere":
+            await db.delete_sessions(self.db, user_id=user.id)
+            self.clear_cookie(SESSION_COOKIE)
+            self.redirect("/login", status=303)
+            return
+        new = self.exact_password("new")
+        error = password_problem(new, self.exact_password("confirm"))
+        if error is not None:
+            self.refuse(400, error, done="")
+            return
+        async with self.limiter.attempt(user.name, self.address) as attempt:
+            if attempt.wait:
+                error = wait_message("Too many wrong passwords.", attempt.wait)
+                self.refuse(429, error, wait=attempt.wait, done="")
+                return
+            try:
+                ok, _ = await self.auth.check_password(user, self.exact_password("current"))
+                new_hash = await self.auth.hash_password(new) if ok else ""
+            except Busy:
+                self.refuse(503, BUSY_MESSAGE, wait=5, done="")
+                return
+            if not ok:
+                await attempt.failed()
+                self.refuse(401, "The current password is wrong.", done="")
+                return
+            await attempt.succeeded()
+        await db.update_password(
+            self.db, user_id=user.id, password_hash=new_hash, end_sessions=True
+        )
+        await self.start_session(user)  # this browser stays signed in; every other is out
+        self.redirect("/account?done=password", status=303)
+
+
 class LogoutHandler(BaseHandler):
     async def post(self) -> None:
         token = self.get_signed_cookie(SESSION_COOKIE, max_age_days=SESSION_DAYS)
@@ -174,4 +222,5 @@ routes = [
     (r"/login", LoginHandler),
     (r"/register", RegisterHandler),
     (r"/logout", LogoutHandler),
+    (r"/account", AccountHandler),
 ]

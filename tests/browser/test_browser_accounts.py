@@ -45,6 +45,33 @@ def test_register_sign_out_and_sign_in_again(page: Page, live_server, screenshot
     expect(banner).to_contain_text(f"Signed in as {name}")
 
 
+def test_a_user_changes_their_password_from_the_account_page(page: Page, live_server, screenshot):
+    base = live_server.base_url
+    name = live_server.add_user(password=PASSWORD)
+    banner = page.get_by_role("banner")
+    page.goto(f"{base}/login")
+    page.get_by_label("Name", exact=True).fill(name)
+    page.get_by_label("Password", exact=True).fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+
+    banner.get_by_role("link", name=name).click()
+    expect(page).to_have_url(f"{base}/account")
+    screenshot(page, "account")
+    page.get_by_label("Current password").fill(PASSWORD)
+    page.get_by_label("New password (at least 8 characters)").fill("another long password")
+    page.get_by_label("New password again").fill("another long password")
+    page.get_by_role("button", name="Change password").click()
+
+    expect(page.get_by_role("status")).to_contain_text("Your password is changed.")
+    expect(banner).to_contain_text(f"Signed in as {name}")  # this browser stays in
+    banner.get_by_role("button", name="Sign out").click()
+    page.goto(f"{base}/login")
+    page.get_by_label("Name", exact=True).fill(name)
+    page.get_by_label("Password", exact=True).fill("another long password")
+    page.get_by_role("button", name="Sign in").click()
+    expect(banner).to_contain_text(f"Signed in as {name}")
+
+
 def test_a_wrong_password_is_refused_on_the_page(page: Page, live_server, browser_errors):
     browser_errors.allow(r"status of 401")  # the refusal is a 401 page
     name = live_server.add_user()
