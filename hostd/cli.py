@@ -743,7 +743,7 @@ async def backup_to(
     store = store_from(config)
     try:
         copied = await backup.backup(database, store, args.destination)
-    except db.Unsupported as exc:
+    except (db.Unsupported, backup.CannotWrite) as exc:
         raise CommandError(str(exc)) from None
     finally:
         store.close()
@@ -767,7 +767,7 @@ def restore_from(args: argparse.Namespace) -> int:
     config = config_from(args)
     try:
         count = backup.restore(args.source, config.data_dir)
-    except (FileNotFoundError, FileExistsError) as exc:
+    except (FileNotFoundError, FileExistsError, backup.CannotWrite) as exc:
         print(f"hostd: {exc}", file=sys.stderr)
         return 1
     print(f"restored the database and {count} file(s) into {config.data_dir}", file=sys.stderr)
