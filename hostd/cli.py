@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add.set_defaults(handler=admin(user_add))
     user_sub.add_parser("list", parents=[common], help="list accounts").set_defaults(
-        handler=admin(user_list)
+        handler=admin(user_list, existing_only=True)
     )
     passwd = user_sub.add_parser("passwd", parents=[common], help="set an account's password")
     passwd.add_argument("name")
@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     create.set_defaults(handler=admin(key_create))
     key_list = key_sub.add_parser("list", parents=[common], help="list an account's keys")
     key_list.add_argument("name")
-    key_list.set_defaults(handler=admin(key_list_cmd))
+    key_list.set_defaults(handler=admin(key_list_cmd, existing_only=True))
     invalidate = key_sub.add_parser("invalidate", parents=[common], help="make a key unusable")
     invalidate.add_argument("key_id", help="the 16 hex characters after hk_")
     invalidate.set_defaults(handler=admin(key_invalidate))
@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     file_sub = file_cmd.add_subparsers(dest="action", required=True, metavar="ACTION")
     info = file_sub.add_parser("info", parents=[common], help="a file and who uploaded it")
     info.add_argument("hash", help="the hash, or any of the file's URLs")
-    info.set_defaults(handler=admin(file_info))
+    info.set_defaults(handler=admin(file_info, existing_only=True))
     remove = file_sub.add_parser(
         "rm", parents=[common], help="take a file down: every upload of it, and its bytes"
     )
@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     ban_sub = ban_cmd.add_subparsers(dest="action", required=True, metavar="ACTION")
     ban_list = ban_sub.add_parser("list", parents=[common], help="list the bans")
     ban_list.add_argument("--json", action="store_true", help="as JSON")
-    ban_list.set_defaults(handler=admin(ban_list_cmd))
+    ban_list.set_defaults(handler=admin(ban_list_cmd, existing_only=True))
     ban_add = ban_sub.add_parser(
         "add", parents=[common], help="ban bytes by SHA-256 (and take them down if stored)"
     )
@@ -157,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
         "stats", parents=[common], help="uploads, storage, dedup savings, top uploaders"
     )
     stats_cmd.add_argument("--json", action="store_true", help="as JSON")
-    stats_cmd.set_defaults(handler=admin(stats))
+    stats_cmd.set_defaults(handler=admin(stats, existing_only=True))
 
     gc_cmd = commands.add_parser(
         "gc",
@@ -179,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
         " SHA-256 (slow: it reads all the data)",
     )
     gc_cmd.add_argument("--json", action="store_true", help="as JSON")
-    gc_cmd.set_defaults(handler=admin(gc))
+    gc_cmd.set_defaults(handler=admin(gc, existing_only=True))
 
     backup_cmd = commands.add_parser(
         "backup",
@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="copy the database and the files to DEST while the server runs (incremental)",
     )
     backup_cmd.add_argument("destination", type=Path, metavar="DEST")
-    backup_cmd.set_defaults(handler=admin(backup_to))
+    backup_cmd.set_defaults(handler=admin(backup_to, existing_only=True))
     restore_cmd = commands.add_parser(
         "restore", parents=[common], help="make an empty data dir from a backup (server stopped)"
     )
@@ -201,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="copy every file to the other store (local or s3), verified; switches nothing",
     )
     migrate_cmd.add_argument("--to", choices=("s3", "local"), required=True)
-    migrate_cmd.set_defaults(handler=admin(storage_migrate))
+    migrate_cmd.set_defaults(handler=admin(storage_migrate, existing_only=True))
 
     prune_cmd = commands.add_parser(
         "prune",
@@ -211,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prune_cmd.add_argument("--dry-run", action="store_true", help="only list what would be removed")
     prune_cmd.add_argument("--json", action="store_true", help="print JSON for scripts")
-    prune_cmd.set_defaults(handler=admin(prune))
+    prune_cmd.set_defaults(handler=admin(prune, existing_only=True))
 
     upload_cmd = commands.add_parser(
         "upload", help="send files to a hostd server; prints each one's URL"
@@ -308,11 +308,21 @@ def iso_time(epoch: int) -> str:
 AdminCommand = Callable[[argparse.Namespace, Config, Database, Auth], Awaitable[None]]
 
 
-def admin(command: AdminCommand) -> Callable[[argparse.Namespace], int]:
-    """Run an admin command against the configured database."""
+def admin(
+    command: AdminCommand, *, existing_only: bool = False
+) -> Callable[[argparse.Namespace], int]:
+    """Run an admin command against the configured database. One that is `existing_only`
+    (it lists, counts, cleans up or copies) would find nothing in a new SQLite database: a
+    data dir without one is taken for a mistyped --data-dir and left alone."""
 
     def run_it(args: argparse.Namespace) -> int:
         config = config_from(args)
+        if existing_only and config.database_url is None and not config.db_path.exists():
+            print(
+                f"hostd: no hostd database at {config.db_path} (did you mean another --data-dir?)",
+                file=sys.stderr,
+            )
+            return 1
 
         async def main() -> None:
             config.data_dir.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,7 @@ import pytest
 from helpers import hostd, multipart_body, start, wait_for_line
 from PIL import Image
 
+from hostd import cli
 from hostd import db as queries
 from hostd.db import Database, latest_version
 from hostd.db import copy as db_copy
@@ -668,3 +669,70 @@ def test_a_hash_that_begins_with_a_dash_is_a_hash_not_an_option(tmp_path, free_p
     assert info.returncode == 0 and f"hash      {h}" in info.stdout, info.stderr
     assert removed.returncode == 0 and f"removed {h}: 1 upload" in removed.stderr
     assert after == 404
+
+
+# -- a failure is one line on stderr, never a traceback -----------------------------------
+
+
+def run_hostd(capsys, *args: str) -> tuple[int, str, str]:
+    """`hostd ARGS` in this process (a subprocess costs a second), on a thread of its own so
+    that its asyncio.run() leaves the test's event loop alone: (status, stdout, stderr)."""
+
+    def main() -> int:
+        try:
+            return cli.main(list(args))
+        except SystemExit as exc:  # argparse's own refusals
+            return int(exc.code or 0)
+
+    with concurrent.futures.ThreadPoolExecutor(1) as thread:
+        status = thread.submit(main).result(timeout=60)
+    out = capsys.readouterr()
+    return status, out.out, out.err
+
+
+# Each would find nothing in a new database. (The others start one, as `user add` must; those
+# that name an account, a key, a file or a ban then say there is none.)
+COMMANDS_ON_A_DATABASE = [
+    ["stats"],
+    ["gc"],
+    ["prune"],
+    ["backup", "copy"],
+    ["storage", "migrate", "--to", "s3"],
+    ["file", "info", "AAAAAAAAAAAA"],
+    ["ban", "list"],
+    ["user", "list"],
+    ["key", "list", "alice"],
+]
+
+
+@pytest.mark.parametrize("made", [False, True], ids=["no-dir", "empty-dir"])
+@pytest.mark.parametrize("command", COMMANDS_ON_A_DATABASE, ids=" ".join)
+def test_a_data_dir_without_a_database_is_refused_and_nothing_is_made(
+    tmp_path, monkeypatch, capsys, command, made
+):
+    monkeypatch.chdir(tmp_path)
+    if made:
+        (tmp_path / "typo").mkdir()
+
+    status, out, err = run_hostd(capsys, *command, "--data-dir", "typo")
+
+    assert status == 1
+    assert (
+        err == "hostd: no hostd database at typo/hostd.sqlite3 (did you mean another --data-dir?)\n"
+    )
+    assert out == ""
+    assert sorted(path.name for path in tmp_path.rglob("*")) == (["typo"] if made else [])
+
+
+def test_the_commands_that_make_a_database_still_start_on_a_new_data_dir(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+
+    banned = run_hostd(capsys, "ban", "add", "a" * 64, "--data-dir", "new")
+    migrated = run_hostd(capsys, "db", "migrate", "--data-dir", "newer")
+
+    assert banned[0] == 0 and "no upload of it was stored" in banned[2]
+    assert migrated[0] == 0 and f"at version {latest_version()}" in migrated[2]
+    assert (tmp_path / "new" / "hostd.sqlite3").exists()
+    assert (tmp_path / "newer" / "hostd.sqlite3").exists()
