@@ -10,6 +10,7 @@ import json
 import logging
 import re
 import sys
+import threading
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
@@ -31,6 +32,7 @@ from hostd.supervisor import supervise
 
 DEFAULT_CONFIG = Path("hostd.toml")
 MAX_QUOTA_BYTES = 2**63 - 1  # SQLite's largest integer
+THREAD_END_SECONDS = 5.0  # how long a failed open may take to end the threads it started
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -325,8 +327,8 @@ def admin(
             return 1
 
         async def main() -> None:
-            config.data_dir.mkdir(parents=True, exist_ok=True)
-            database = await Database.open_config(config)
+            make_data_dir(config)
+            database = await open_database(Database.open_config(config))
             auth = Auth()
             try:
                 await command(args, config, database, auth)
@@ -342,6 +344,36 @@ def admin(
         return 0
 
     return run_it
+
+
+def make_data_dir(config: Config) -> None:
+    try:
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"storage.data_dir: cannot create {config.data_dir}: {exc.strerror or exc}"
+        ) from exc
+
+
+async def open_database(opening: Awaitable[Database]) -> Database:
+    """The database `opening` opens; when it cannot be opened, first waits for the threads
+    the attempt started to end. aiosqlite's connect, when SQLite cannot open the file at all
+    (a directory, no permission), stops its worker thread without waiting for it; should the
+    thread post its last result after asyncio.run() has closed the loop, it dies printing a
+    "RuntimeError: Event loop is closed" traceback under the one-line message."""
+    before = set(threading.enumerate())
+    try:
+        return await opening
+    except db.CannotOpen:
+        started = [thread for thread in threading.enumerate() if thread not in before]
+        await asyncio.to_thread(join_threads, started, THREAD_END_SECONDS)
+        raise
+
+
+def join_threads(threads: Sequence[threading.Thread], within: float) -> None:
+    deadline = time.monotonic() + within
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def read_password(args: argparse.Namespace) -> str:
@@ -885,8 +917,8 @@ def db_migrate(args: argparse.Namespace) -> int:
 
     async def main() -> int:
         if config.database_url is None:
-            config.data_dir.mkdir(parents=True, exist_ok=True)
-        database = await Database.open_config(config, migrate=False)
+            make_data_dir(config)
+        database = await open_database(Database.open_config(config, migrate=False))
         try:
             return await database.migrate()
         finally:
@@ -911,9 +943,9 @@ def db_copy(args: argparse.Namespace) -> int:
         print(f"{copied.table}: {copied.rows} row(s)", file=sys.stderr)
 
     async def main() -> None:
-        source = await Database.open(args.source, migrate=False)
+        source = await open_database(Database.open(args.source, migrate=False))
         try:
-            target = await Database.open(args.target)
+            target = await open_database(Database.open(args.target))
             try:
                 await db.copy_database(source, target, report)
             finally:
