@@ -168,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gc_cmd.add_argument(
         "--grace",
-        type=float,
+        type=grace_argument,
         default=uploads.GC_GRACE_SECONDS,
         metavar="SECONDS",
         help="leave bytes younger than this alone (default: an hour)",
@@ -280,6 +280,18 @@ def reason_argument(text: str) -> str:
             f"a reason is one line of at most {MAX_REASON_CHARS} printable characters"
         )
     return text.strip()
+
+
+def grace_argument(text: str) -> float:
+    """Seconds, 0 or more: with less, gc would remove bytes placed a moment ago whose upload's
+    row is not written yet (bytes are placed before their row)."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not seconds >= 0:  # NaN too
+        raise argparse.ArgumentTypeError(f"must be 0 seconds or more, not {text}")
+    return seconds
 
 
 def print_table(header: Sequence[str] | None, rows: Sequence[Sequence[object]]) -> None:

@@ -694,6 +694,19 @@ def run_hostd(capsys, *args: str) -> tuple[int, str, str]:
     return status, out.out, out.err
 
 
+@pytest.fixture
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A data dir with a new, migrated database; the working directory holds no hostd.toml."""
+    monkeypatch.chdir(tmp_path)
+
+    async def make() -> None:
+        await (await Database.open(tmp_path / "d" / "hostd.sqlite3")).close()
+
+    (tmp_path / "d").mkdir()
+    in_a_loop_of_its_own(make)
+    return tmp_path / "d"
+
+
 # Each would find nothing in a new database. (The others start one, as `user add` must; those
 # that name an account, a key, a file or a ban then say there is none.)
 COMMANDS_ON_A_DATABASE = [
@@ -779,3 +792,12 @@ def test_a_database_sqlite_cannot_open_at_all_leaves_no_thread_to_fail_after(
     assert status == 1
     assert err == "hostd: cannot open the database: d/hostd.sqlite3: unable to open database file\n"
     assert [str(failed.exc_value) for failed in failed_threads] == []
+
+
+def test_gc_refuses_a_negative_grace(data_dir, capsys):
+    status, _, err = run_hostd(capsys, "gc", "--grace", "-5", "--data-dir", str(data_dir))
+
+    assert status == 2
+    assert err.splitlines()[-1] == (
+        "hostd gc: error: argument --grace: must be 0 seconds or more, not -5"
+    )
