@@ -801,3 +801,14 @@ def test_gc_refuses_a_negative_grace(data_dir, capsys):
     assert err.splitlines()[-1] == (
         "hostd gc: error: argument --grace: must be 0 seconds or more, not -5"
     )
+
+
+@pytest.mark.parametrize("to", ["s3", "local"])
+def test_storage_migrate_without_a_storage_s3_section_says_what_is_missing(data_dir, capsys, to):
+    status, _, err = run_hostd(capsys, "storage", "migrate", "--to", to, "--data-dir", "d")
+
+    assert status == 2
+    assert err == (
+        "hostd: configuration error: the S3 store needs a [storage.s3] section with at least"
+        ' bucket = "..." (and endpoint, unless it is AWS; see hostd.toml)\n'
+    )
