@@ -8,6 +8,7 @@ import dataclasses
 import getpass
 import json
 import logging
+import os
 import re
 import sys
 import threading
@@ -33,6 +34,7 @@ from hostd.supervisor import supervise
 DEFAULT_CONFIG = Path("hostd.toml")
 MAX_QUOTA_BYTES = 2**63 - 1  # SQLite's largest integer
 THREAD_END_SECONDS = 5.0  # how long a failed open may take to end the threads it started
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE (13): what a shell reports for a process SIGPIPE ended
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1044,4 +1046,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:
-    sys.exit(main())
+    try:
+        status = main()
+        sys.stdout.flush()  # a reader gone shows here, not as an error at the interpreter's exit
+    except BrokenPipeError:
+        # `hostd stats | head -1`: the reader has what it wanted. Stop quietly, as a tool that
+        # SIGPIPE ends would; stdout goes to devnull first, or Python's own flush at exit
+        # fails again (the signal module's "Note on SIGPIPE").
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        status = EXIT_BROKEN_PIPE
+    sys.exit(status)

@@ -812,3 +812,19 @@ def test_storage_migrate_without_a_storage_s3_section_says_what_is_missing(data_
         "hostd: configuration error: the S3 store needs a [storage.s3] section with at least"
         ' bucket = "..." (and endpoint, unless it is AWS; see hostd.toml)\n'
     )
+
+
+@pytest.mark.parametrize("command", [["stats"], ["ban", "list"]], ids=" ".join)
+def test_a_reader_that_stops_reading_ends_the_command_quietly(data_dir, command):
+    # `hostd stats | head -1`: the pipe closes before hostd writes to it.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hostd", *command, "--data-dir", str(data_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=data_dir.parent,
+    )
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=60)
+
+    assert proc.returncode == 141  # 128 + SIGPIPE, as a shell shows a tool SIGPIPE ended
+    assert err == b""
