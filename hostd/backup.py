@@ -11,9 +11,13 @@ no longer the ones uploaded are reported and left out, not kept as if they were 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import hashlib
 import os
 import shutil
+import sqlite3
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -23,6 +27,21 @@ from hostd.db import Database
 from hostd.storage import BlobDamaged, BlobMissing, BlobStore
 
 DATABASE_NAME = "hostd.sqlite3"
+
+
+class CannotWrite(Exception):
+    """The backup, or the data dir restored into, cannot be made or written (not a folder,
+    no permission, a full disk); the message names the path and the system's reason."""
+
+
+@contextlib.contextmanager
+def _writing(path: Path, doing: str = "write the backup") -> Iterator[None]:
+    """An OSError in the block is the destination's: CannotWrite, naming `path` unless the
+    error names its own."""
+    try:
+        yield
+    except OSError as exc:
+        raise CannotWrite(f"cannot {doing}: {exc.filename or path}: {exc.strerror or exc}") from exc
 
 
 @dataclass
@@ -41,9 +60,15 @@ def blob_path(root: Path, sha256: str) -> Path:
 async def backup(database: Database, store: BlobStore, destination: Path) -> BackedUp:
     """Copy the database to destination/hostd.sqlite3, then every blob it names that
     destination/blobs/ lacks. Each file appears under its name only once complete."""
-    partial = await asyncio.to_thread(_prepare, destination)
-    await database.backup(partial)
-    os.replace(partial, destination / DATABASE_NAME)
+    with _writing(destination):
+        partial = await asyncio.to_thread(_prepare, destination)
+    try:
+        await database.backup(partial)
+    except sqlite3.Error as exc:  # a full disk, say: SQLite writes the copy, not Python
+        partial.unlink(missing_ok=True)
+        raise CannotWrite(f"cannot write the backup: {partial}: {exc}") from exc
+    with _writing(destination / DATABASE_NAME):
+        os.replace(partial, destination / DATABASE_NAME)
 
     snapshot = await Database.open(destination / DATABASE_NAME)
     try:
@@ -73,6 +98,8 @@ async def backup(database: Database, store: BlobStore, destination: Path) -> Bac
 
 def _prepare(destination: Path) -> Path:
     """Make the destination; return where the database copy is written before its rename."""
+    if destination.exists() and not destination.is_dir():  # mkdir would say "File exists"
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(destination))
     destination.mkdir(parents=True, exist_ok=True)
     partial = destination / f".{DATABASE_NAME}.partial"
     partial.unlink(missing_ok=True)
@@ -87,13 +114,16 @@ async def _copy_blob(store: BlobStore, sha256: str, size_bytes: int, target: Pat
     digest = hashlib.sha256()
     copied = 0
     try:
-        out = await asyncio.to_thread(_create, partial)
+        with _writing(partial):
+            out = await asyncio.to_thread(_create, partial)
         try:
-            async for chunk in reader.chunks(0, 2**62):
+            async for chunk in reader.chunks(0, 2**62):  # the store's errors stay its own
                 digest.update(chunk)
-                await asyncio.to_thread(out.write, chunk)
+                with _writing(partial):
+                    await asyncio.to_thread(out.write, chunk)
                 copied += len(chunk)
-            await asyncio.to_thread(_sync, out)
+            with _writing(partial):
+                await asyncio.to_thread(_sync, out)
         finally:
             out.close()
         if copied != size_bytes or digest.hexdigest() != sha256:
@@ -103,7 +133,8 @@ async def _copy_blob(store: BlobStore, sha256: str, size_bytes: int, target: Pat
         raise
     finally:
         reader.close()
-    os.replace(partial, target)
+    with _writing(target):
+        os.replace(partial, target)
     return copied
 
 
@@ -119,18 +150,18 @@ def _sync(out: BinaryIO) -> None:
 
 def restore(source: Path, data_dir: Path) -> int:
     """Put a backup in place as a new data dir (which must be empty or missing); returns the
-    number of blobs restored."""
+    number of blobs restored. CannotWrite when the data dir cannot be made or written."""
     if not (source / DATABASE_NAME).is_file():
         raise FileNotFoundError(f"{source} holds no {DATABASE_NAME}: not a hostd backup")
     if data_dir.exists() and any(data_dir.iterdir()):
         raise FileExistsError(f"{data_dir} is not empty; restore into an empty data dir")
-    data_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(source / DATABASE_NAME, data_dir / DATABASE_NAME)
-    count = 0
-    if (source / "blobs").is_dir():
+    with _writing(data_dir, "restore"):
+        data_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source / DATABASE_NAME, data_dir / DATABASE_NAME)
+        if not (source / "blobs").is_dir():
+            return 0
         shutil.copytree(source / "blobs", data_dir / "blobs", ignore=_partials)
-        count = sum(1 for path in (data_dir / "blobs").rglob("*") if path.is_file())
-    return count
+    return sum(1 for path in (data_dir / "blobs").rglob("*") if path.is_file())
 
 
 def _partials(folder: str, names: list[str]) -> list[str]:

@@ -8,8 +8,10 @@ import dataclasses
 import getpass
 import json
 import logging
+import os
 import re
 import sys
+import threading
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
@@ -31,6 +33,8 @@ from hostd.supervisor import supervise
 
 DEFAULT_CONFIG = Path("hostd.toml")
 MAX_QUOTA_BYTES = 2**63 - 1  # SQLite's largest integer
+THREAD_END_SECONDS = 5.0  # how long a failed open may take to end the threads it started
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE (13): what a shell reports for a process SIGPIPE ended
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add.set_defaults(handler=admin(user_add))
     user_sub.add_parser("list", parents=[common], help="list accounts").set_defaults(
-        handler=admin(user_list)
+        handler=admin(user_list, existing_only=True)
     )
     passwd = user_sub.add_parser("passwd", parents=[common], help="set an account's password")
     passwd.add_argument("name")
@@ -116,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     create.set_defaults(handler=admin(key_create))
     key_list = key_sub.add_parser("list", parents=[common], help="list an account's keys")
     key_list.add_argument("name")
-    key_list.set_defaults(handler=admin(key_list_cmd))
+    key_list.set_defaults(handler=admin(key_list_cmd, existing_only=True))
     invalidate = key_sub.add_parser("invalidate", parents=[common], help="make a key unusable")
     invalidate.add_argument("key_id", help="the 16 hex characters after hk_")
     invalidate.set_defaults(handler=admin(key_invalidate))
@@ -125,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     file_sub = file_cmd.add_subparsers(dest="action", required=True, metavar="ACTION")
     info = file_sub.add_parser("info", parents=[common], help="a file and who uploaded it")
     info.add_argument("hash", help="the hash, or any of the file's URLs")
-    info.set_defaults(handler=admin(file_info))
+    info.set_defaults(handler=admin(file_info, existing_only=True))
     remove = file_sub.add_parser(
         "rm", parents=[common], help="take a file down: every upload of it, and its bytes"
     )
@@ -140,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     ban_sub = ban_cmd.add_subparsers(dest="action", required=True, metavar="ACTION")
     ban_list = ban_sub.add_parser("list", parents=[common], help="list the bans")
     ban_list.add_argument("--json", action="store_true", help="as JSON")
-    ban_list.set_defaults(handler=admin(ban_list_cmd))
+    ban_list.set_defaults(handler=admin(ban_list_cmd, existing_only=True))
     ban_add = ban_sub.add_parser(
         "add", parents=[common], help="ban bytes by SHA-256 (and take them down if stored)"
     )
@@ -157,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
         "stats", parents=[common], help="uploads, storage, dedup savings, top uploaders"
     )
     stats_cmd.add_argument("--json", action="store_true", help="as JSON")
-    stats_cmd.set_defaults(handler=admin(stats))
+    stats_cmd.set_defaults(handler=admin(stats, existing_only=True))
 
     gc_cmd = commands.add_parser(
         "gc",
@@ -166,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gc_cmd.add_argument(
         "--grace",
-        type=float,
+        type=grace_argument,
         default=uploads.GC_GRACE_SECONDS,
         metavar="SECONDS",
         help="leave bytes younger than this alone (default: an hour)",
@@ -179,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
         " SHA-256 (slow: it reads all the data)",
     )
     gc_cmd.add_argument("--json", action="store_true", help="as JSON")
-    gc_cmd.set_defaults(handler=admin(gc))
+    gc_cmd.set_defaults(handler=admin(gc, existing_only=True))
 
     backup_cmd = commands.add_parser(
         "backup",
@@ -187,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="copy the database and the files to DEST while the server runs (incremental)",
     )
     backup_cmd.add_argument("destination", type=Path, metavar="DEST")
-    backup_cmd.set_defaults(handler=admin(backup_to))
+    backup_cmd.set_defaults(handler=admin(backup_to, existing_only=True))
     restore_cmd = commands.add_parser(
         "restore", parents=[common], help="make an empty data dir from a backup (server stopped)"
     )
@@ -201,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="copy every file to the other store (local or s3), verified; switches nothing",
     )
     migrate_cmd.add_argument("--to", choices=("s3", "local"), required=True)
-    migrate_cmd.set_defaults(handler=admin(storage_migrate))
+    migrate_cmd.set_defaults(handler=admin(storage_migrate, existing_only=True))
 
     prune_cmd = commands.add_parser(
         "prune",
@@ -211,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prune_cmd.add_argument("--dry-run", action="store_true", help="only list what would be removed")
     prune_cmd.add_argument("--json", action="store_true", help="print JSON for scripts")
-    prune_cmd.set_defaults(handler=admin(prune))
+    prune_cmd.set_defaults(handler=admin(prune, existing_only=True))
 
     upload_cmd = commands.add_parser(
         "upload", help="send files to a hostd server; prints each one's URL"
@@ -280,6 +284,18 @@ def reason_argument(text: str) -> str:
     return text.strip()
 
 
+def grace_argument(text: str) -> float:
+    """Seconds, 0 or more: with less, gc would remove bytes placed a moment ago whose upload's
+    row is not written yet (bytes are placed before their row)."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not seconds >= 0:  # NaN too
+        raise argparse.ArgumentTypeError(f"must be 0 seconds or more, not {text}")
+    return seconds
+
+
 def print_table(header: Sequence[str] | None, rows: Sequence[Sequence[object]]) -> None:
     """Aligned columns, under a header when there is one; numbers to the right."""
     lines = [list(header)] if header else []
@@ -308,15 +324,25 @@ def iso_time(epoch: int) -> str:
 AdminCommand = Callable[[argparse.Namespace, Config, Database, Auth], Awaitable[None]]
 
 
-def admin(command: AdminCommand) -> Callable[[argparse.Namespace], int]:
-    """Run an admin command against the configured database."""
+def admin(
+    command: AdminCommand, *, existing_only: bool = False
+) -> Callable[[argparse.Namespace], int]:
+    """Run an admin command against the configured database. One that is `existing_only`
+    (it lists, counts, cleans up or copies) would find nothing in a new SQLite database: a
+    data dir without one is taken for a mistyped --data-dir and left alone."""
 
     def run_it(args: argparse.Namespace) -> int:
         config = config_from(args)
+        if existing_only and config.database_url is None and not config.db_path.exists():
+            print(
+                f"hostd: no hostd database at {config.db_path} (did you mean another --data-dir?)",
+                file=sys.stderr,
+            )
+            return 1
 
         async def main() -> None:
-            config.data_dir.mkdir(parents=True, exist_ok=True)
-            database = await Database.open_config(config)
+            make_data_dir(config)
+            database = await open_database(Database.open_config(config))
             auth = Auth()
             try:
                 await command(args, config, database, auth)
@@ -332,6 +358,36 @@ def admin(command: AdminCommand) -> Callable[[argparse.Namespace], int]:
         return 0
 
     return run_it
+
+
+def make_data_dir(config: Config) -> None:
+    try:
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"storage.data_dir: cannot create {config.data_dir}: {exc.strerror or exc}"
+        ) from exc
+
+
+async def open_database(opening: Awaitable[Database]) -> Database:
+    """The database `opening` opens; when it cannot be opened, first waits for the threads
+    the attempt started to end. aiosqlite's connect, when SQLite cannot open the file at all
+    (a directory, no permission), stops its worker thread without waiting for it; should the
+    thread post its last result after asyncio.run() has closed the loop, it dies printing a
+    "RuntimeError: Event loop is closed" traceback under the one-line message."""
+    before = set(threading.enumerate())
+    try:
+        return await opening
+    except db.CannotOpen:
+        started = [thread for thread in threading.enumerate() if thread not in before]
+        await asyncio.to_thread(join_threads, started, THREAD_END_SECONDS)
+        raise
+
+
+def join_threads(threads: Sequence[threading.Thread], within: float) -> None:
+    deadline = time.monotonic() + within
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def read_password(args: argparse.Namespace) -> str:
@@ -743,7 +799,7 @@ async def backup_to(
     store = store_from(config)
     try:
         copied = await backup.backup(database, store, args.destination)
-    except db.Unsupported as exc:
+    except (db.Unsupported, backup.CannotWrite) as exc:
         raise CommandError(str(exc)) from None
     finally:
         store.close()
@@ -767,7 +823,7 @@ def restore_from(args: argparse.Namespace) -> int:
     config = config_from(args)
     try:
         count = backup.restore(args.source, config.data_dir)
-    except (FileNotFoundError, FileExistsError) as exc:
+    except (FileNotFoundError, FileExistsError, backup.CannotWrite) as exc:
         print(f"hostd: {exc}", file=sys.stderr)
         return 1
     print(f"restored the database and {count} file(s) into {config.data_dir}", file=sys.stderr)
@@ -875,8 +931,8 @@ def db_migrate(args: argparse.Namespace) -> int:
 
     async def main() -> int:
         if config.database_url is None:
-            config.data_dir.mkdir(parents=True, exist_ok=True)
-        database = await Database.open_config(config, migrate=False)
+            make_data_dir(config)
+        database = await open_database(Database.open_config(config, migrate=False))
         try:
             return await database.migrate()
         finally:
@@ -901,9 +957,9 @@ def db_copy(args: argparse.Namespace) -> int:
         print(f"{copied.table}: {copied.rows} row(s)", file=sys.stderr)
 
     async def main() -> None:
-        source = await Database.open(args.source, migrate=False)
+        source = await open_database(Database.open(args.source, migrate=False))
         try:
-            target = await Database.open(args.target)
+            target = await open_database(Database.open(args.target))
             try:
                 await db.copy_database(source, target, report)
             finally:
@@ -990,4 +1046,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:
-    sys.exit(main())
+    try:
+        status = main()
+        sys.stdout.flush()  # a reader gone shows here, not as an error at the interpreter's exit
+    except BrokenPipeError:
+        # `hostd stats | head -1`: the reader has what it wanted. Stop quietly, as a tool that
+        # SIGPIPE ends would; stdout goes to devnull first, or Python's own flush at exit
+        # fails again (the signal module's "Note on SIGPIPE").
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        status = EXIT_BROKEN_PIPE
+    sys.exit(status)

@@ -310,6 +310,20 @@ def _location(entry: object) -> str | None:
     return location if isinstance(location, str) and location.startswith(TUS_PATH) else None
 
 
+def server_url_parts(url: str) -> urllib.parse.SplitResult | None:
+    """The parts of an http(s)://host[:port][/path] URL; None for anything else, a port that
+    is not a number from 0 to 65535 or a bracketed host that is no IPv6 address included
+    (urlsplit raises ValueError for those, some only when .port is read)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    return parts
+
+
 class Client:
     """Uploads to one server with one key (None: anonymously)."""
 
@@ -324,8 +338,8 @@ class Client:
         sleep: Callable[[float], None] = time.sleep,
         journal: Journal | None = None,
     ) -> None:
-        parts = urllib.parse.urlsplit(url.rstrip("/"))
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        parts = server_url_parts(url.rstrip("/"))
+        if parts is None:
             raise UploadFailed(f"the server URL must be http(s)://host[:port][/path], not {url!r}")
         self.url = url.rstrip("/")
         self._parts = parts

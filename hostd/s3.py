@@ -629,7 +629,13 @@ def s3_store(config: Config, environ: Mapping[str, str] = os.environ) -> S3BlobS
         raise ConfigError(
             "storage.backend = \"s3\" needs obstore: pip install 'hostd[s3]'"
         ) from None
-    assert config.s3_bucket is not None  # config._build checks it
+    if config.s3_bucket is None:
+        # load_config checks this for storage.backend = "s3", not for the other store that
+        # `hostd storage migrate` opens.
+        raise ConfigError(
+            'the S3 store needs a [storage.s3] section with at least bucket = "..."'
+            " (and endpoint, unless it is AWS; see hostd.toml)"
+        )
     settings = S3Settings(
         bucket=config.s3_bucket,
         access_key=_secret(

@@ -106,3 +106,34 @@ def test_restore_refuses_a_data_dir_in_use_and_what_is_no_backup(tmp_path):
     assert from_nothing.returncode == 1
     assert "elsewhere holds no hostd.sqlite3: not a hostd backup" in from_nothing.stderr
     assert not (tmp_path / "new").exists()
+
+
+def test_a_destination_that_cannot_be_made_is_one_line_naming_it(tmp_path):
+    made = hostd("db", "migrate", "--data-dir", "data", cwd=tmp_path)
+    (tmp_path / "a-file").write_text("not a folder")
+
+    onto_a_file = hostd("backup", "a-file", "--data-dir", "data", cwd=tmp_path)
+    below_a_file = hostd("backup", "a-file/backup", "--data-dir", "data", cwd=tmp_path)
+
+    assert made.returncode == 0, made.stderr
+    assert (onto_a_file.returncode, onto_a_file.stderr) == (
+        1,
+        "hostd: cannot write the backup: a-file: Not a directory\n",
+    )
+    assert (below_a_file.returncode, below_a_file.stderr) == (
+        1,
+        "hostd: cannot write the backup: a-file/backup: Not a directory\n",
+    )
+
+
+def test_restore_into_a_data_dir_that_cannot_be_made_is_one_line_naming_it(tmp_path):
+    (tmp_path / "backup").mkdir()
+    (tmp_path / "backup" / "hostd.sqlite3").write_bytes(b"")
+    (tmp_path / "a-file").write_text("not a folder")
+
+    restored = hostd("restore", "backup", "--data-dir", "a-file/data", cwd=tmp_path)
+
+    assert (restored.returncode, restored.stderr) == (
+        1,
+        "hostd: cannot restore: a-file/data: Not a directory\n",
+    )

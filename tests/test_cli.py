@@ -9,14 +9,18 @@ import hashlib
 import io
 import itertools
 import json
+import logging
 import os
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
+import threading
+import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import argon2
@@ -24,6 +28,7 @@ import pytest
 from helpers import hostd, multipart_body, start, wait_for_line
 from PIL import Image
 
+from hostd import cli
 from hostd import db as queries
 from hostd.db import Database, latest_version
 from hostd.db import copy as db_copy
@@ -668,3 +673,158 @@ def test_a_hash_that_begins_with_a_dash_is_a_hash_not_an_option(tmp_path, free_p
     assert info.returncode == 0 and f"hash      {h}" in info.stdout, info.stderr
     assert removed.returncode == 0 and f"removed {h}: 1 upload" in removed.stderr
     assert after == 404
+
+
+# -- a failure is one line on stderr, never a traceback -----------------------------------
+
+
+def run_hostd(capsys, *args: str) -> tuple[int, str, str]:
+    """`hostd ARGS` in this process (a subprocess costs a second), on a thread of its own so
+    that its asyncio.run() leaves the test's event loop alone: (status, stdout, stderr)."""
+
+    def main() -> int:
+        try:
+            return cli.main(list(args))
+        except SystemExit as exc:  # argparse's own refusals
+            return int(exc.code or 0)
+
+    with concurrent.futures.ThreadPoolExecutor(1) as thread:
+        status = thread.submit(main).result(timeout=60)
+    out = capsys.readouterr()
+    return status, out.out, out.err
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A data dir with a new, migrated database; the working directory holds no hostd.toml."""
+    monkeypatch.chdir(tmp_path)
+
+    async def make() -> None:
+        await (await Database.open(tmp_path / "d" / "hostd.sqlite3")).close()
+
+    (tmp_path / "d").mkdir()
+    in_a_loop_of_its_own(make)
+    return tmp_path / "d"
+
+
+# Each would find nothing in a new database. (The others start one, as `user add` must; those
+# that name an account, a key, a file or a ban then say there is none.)
+COMMANDS_ON_A_DATABASE = [
+    ["stats"],
+    ["gc"],
+    ["prune"],
+    ["backup", "copy"],
+    ["storage", "migrate", "--to", "s3"],
+    ["file", "info", "AAAAAAAAAAAA"],
+    ["ban", "list"],
+    ["user", "list"],
+    ["key", "list", "alice"],
+]
+
+
+@pytest.mark.parametrize("made", [False, True], ids=["no-dir", "empty-dir"])
+@pytest.mark.parametrize("command", COMMANDS_ON_A_DATABASE, ids=" ".join)
+def test_a_data_dir_without_a_database_is_refused_and_nothing_is_made(
+    tmp_path, monkeypatch, capsys, command, made
+):
+    monkeypatch.chdir(tmp_path)
+    if made:
+        (tmp_path / "typo").mkdir()
+
+    status, out, err = run_hostd(capsys, *command, "--data-dir", "typo")
+
+    assert status == 1
+    assert (
+        err == "hostd: no hostd database at typo/hostd.sqlite3 (did you mean another --data-dir?)\n"
+    )
+    assert out == ""
+    assert sorted(path.name for path in tmp_path.rglob("*")) == (["typo"] if made else [])
+
+
+def test_the_commands_that_make_a_database_still_start_on_a_new_data_dir(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+
+    banned = run_hostd(capsys, "ban", "add", "a" * 64, "--data-dir", "new")
+    migrated = run_hostd(capsys, "db", "migrate", "--data-dir", "newer")
+
+    assert banned[0] == 0 and "no upload of it was stored" in banned[2]
+    assert migrated[0] == 0 and f"at version {latest_version()}" in migrated[2]
+    assert (tmp_path / "new" / "hostd.sqlite3").exists()
+    assert (tmp_path / "newer" / "hostd.sqlite3").exists()
+
+
+class SlowLog(logging.Handler):
+    """Holds up whichever thread logs: aiosqlite's worker logs each call it runs."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def slow_aiosqlite_thread() -> Iterator[None]:
+    logger = logging.getLogger("aiosqlite")
+    handler, level = SlowLog(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    yield
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+def test_a_database_sqlite_cannot_open_at_all_leaves_no_thread_to_fail_after(
+    tmp_path, monkeypatch, capsys, slow_aiosqlite_thread
+):
+    # aiosqlite's failed connect stops its thread without waiting for it: the thread, late
+    # (here on purpose, under load by chance), posted to the loop asyncio.run() had closed,
+    # and "RuntimeError: Event loop is closed" followed the line.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d" / "hostd.sqlite3").mkdir(parents=True)
+    failed_threads = []
+    monkeypatch.setattr(threading, "excepthook", failed_threads.append)
+    before = set(threading.enumerate())
+
+    status, _, err = run_hostd(capsys, "stats", "--data-dir", "d")
+    for thread in set(threading.enumerate()) - before:
+        thread.join(10)
+
+    assert status == 1
+    assert err == "hostd: cannot open the database: d/hostd.sqlite3: unable to open database file\n"
+    assert [str(failed.exc_value) for failed in failed_threads] == []
+
+
+def test_gc_refuses_a_negative_grace(data_dir, capsys):
+    status, _, err = run_hostd(capsys, "gc", "--grace", "-5", "--data-dir", str(data_dir))
+
+    assert status == 2
+    assert err.splitlines()[-1] == (
+        "hostd gc: error: argument --grace: must be 0 seconds or more, not -5"
+    )
+
+
+@pytest.mark.parametrize("to", ["s3", "local"])
+def test_storage_migrate_without_a_storage_s3_section_says_what_is_missing(data_dir, capsys, to):
+    status, _, err = run_hostd(capsys, "storage", "migrate", "--to", to, "--data-dir", "d")
+
+    assert status == 2
+    assert err == (
+        "hostd: configuration error: the S3 store needs a [storage.s3] section with at least"
+        ' bucket = "..." (and endpoint, unless it is AWS; see hostd.toml)\n'
+    )
+
+
+@pytest.mark.parametrize("command", [["stats"], ["ban", "list"]], ids=" ".join)
+def test_a_reader_that_stops_reading_ends_the_command_quietly(data_dir, command):
+    # `hostd stats | head -1`: the pipe closes before hostd writes to it.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hostd", *command, "--data-dir", str(data_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=data_dir.parent,
+    )
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=60)
+
+    assert proc.returncode == 141  # 128 + SIGPIPE, as a shell shows a tool SIGPIPE ended
+    assert err == b""

@@ -458,14 +458,19 @@ async def test_a_file_that_cannot_be_sent_stops_everything_before_sending(
     assert await queries.all_uploads(db) == []
 
 
+@pytest.mark.parametrize(
+    "url", ["ftp://example.org", "http://127.0.0.1:8101x", "http://127.0.0.1:99999", "http://[::1"]
+)
 @pytest.mark.gen_test(timeout=60)
-async def test_a_url_that_is_not_http_is_refused(tmp_path):
+async def test_a_url_that_is_not_an_http_servers_is_refused_in_one_line(tmp_path, url):
     (path,) = files(tmp_path, **{"a.txt": b"a"})
 
-    run = await hostd_upload(path, "--url", "ftp://example.org")
+    run = await hostd_upload(path, "--url", url)
 
     assert run.code == 2
-    assert "the server URL must be http(s)://host[:port][/path]" in run.stderr
+    assert run.stderr == (
+        f"hostd upload: the server URL must be http(s)://host[:port][/path], not {url!r}\n"
+    )
 
 
 # -- big files: tus ---------------------------------------------------------------------
