@@ -11,7 +11,6 @@ import logging
 import os
 import re
 import sys
-import threading
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
@@ -33,7 +32,6 @@ from hostd.supervisor import supervise
 
 DEFAULT_CONFIG = Path("hostd.toml")
 MAX_QUOTA_BYTES = 2**63 - 1  # SQLite's largest integer
-THREAD_END_SECONDS = 5.0  # how long a failed open may take to end the threads it started
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE (13): what a shell reports for a process SIGPIPE ended
 
 
@@ -342,7 +340,7 @@ def admin(
 
         async def main() -> None:
             make_data_dir(config)
-            database = await open_database(Database.open_config(config))
+            database = await Database.open_config(config)
             auth = Auth()
             try:
                 await command(args, config, database, auth)
@@ -367,27 +365,6 @@ def make_data_dir(config: Config) -> None:
         raise ConfigError(
             f"storage.data_dir: cannot create {config.data_dir}: {exc.strerror or exc}"
         ) from exc
-
-
-async def open_database(opening: Awaitable[Database]) -> Database:
-    """The database `opening` opens; when it cannot be opened, first waits for the threads
-    the attempt started to end. aiosqlite's connect, when SQLite cannot open the file at all
-    (a directory, no permission), stops its worker thread without waiting for it; should the
-    thread post its last result after asyncio.run() has closed the loop, it dies printing a
-    "RuntimeError: Event loop is closed" traceback under the one-line message."""
-    before = set(threading.enumerate())
-    try:
-        return await opening
-    except db.CannotOpen:
-        started = [thread for thread in threading.enumerate() if thread not in before]
-        await asyncio.to_thread(join_threads, started, THREAD_END_SECONDS)
-        raise
-
-
-def join_threads(threads: Sequence[threading.Thread], within: float) -> None:
-    deadline = time.monotonic() + within
-    for thread in threads:
-        thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def read_password(args: argparse.Namespace) -> str:
@@ -932,7 +909,7 @@ def db_migrate(args: argparse.Namespace) -> int:
     async def main() -> int:
         if config.database_url is None:
             make_data_dir(config)
-        database = await open_database(Database.open_config(config, migrate=False))
+        database = await Database.open_config(config, migrate=False)
         try:
             return await database.migrate()
         finally:
@@ -957,9 +934,9 @@ def db_copy(args: argparse.Namespace) -> int:
         print(f"{copied.table}: {copied.rows} row(s)", file=sys.stderr)
 
     async def main() -> None:
-        source = await open_database(Database.open(args.source, migrate=False))
+        source = await Database.open(args.source, migrate=False)
         try:
-            target = await open_database(Database.open(args.target))
+            target = await Database.open(args.target)
             try:
                 await db.copy_database(source, target, report)
             finally:

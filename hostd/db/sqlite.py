@@ -6,6 +6,7 @@ whose SQL never suspends; it is driven to its end on that thread in a single tri
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import sqlite3
@@ -19,6 +20,8 @@ from hostd.db.core import SQLITE, Changes, Row, Unavailable, Work, drive, migrat
 
 T = TypeVar("T")
 
+# How long a failed connect's thread may take to end.
+THREAD_END_SECONDS = 5.0
 # How long a connection waits for a lock another program holds (`sqlite3` in a shell, a
 # backup tool) before its work fails as db.Unavailable.
 BUSY_TIMEOUT_MS = 5000
@@ -123,7 +126,12 @@ class SqliteBackend:
         except BaseException:
             await writer.close()
             raise
-        return cls(reader, writer, path)
+        try:
+            return cls(reader, writer, path)
+        except BaseException:  # the IOLoop's own connection, or the file's stat
+            await writer.close()
+            await reader.close()
+            raise
 
     async def close(self) -> None:
         self._here.close()
@@ -196,14 +204,22 @@ async def _in_thread(conn: aiosqlite.Connection, fn: Callable[..., T], *args: An
     """Run fn(sqlite3 connection, *args) on the connection's own thread, in one trip.
 
     aiosqlite offers a trip per statement; a unit of work needs several statements in one
-    trip, which its (long-stable) `_execute` and `_conn` give. This is the one place that
-    relies on them.
+    trip, which its (long-stable) `_execute` and `_conn` give. This and _connect (its
+    `_thread`) are the places that rely on its private parts.
     """
     return await conn._execute(fn, conn._conn, *args)
 
 
 async def _connect(path: Path, *more_pragmas: str) -> aiosqlite.Connection:
-    conn = await aiosqlite.connect(path, isolation_level=None)
+    conn = aiosqlite.connect(path, isolation_level=None)
+    try:
+        await conn
+    except BaseException:
+        # aiosqlite stops its thread after a failed connect (a directory, no permission)
+        # without waiting for it: its last answer, posted to a loop that asyncio.run() may
+        # have closed meanwhile, would print "RuntimeError: Event loop is closed".
+        await asyncio.to_thread(conn._thread.join, THREAD_END_SECONDS)
+        raise
     conn.row_factory = sqlite3.Row
     pragmas = (
         f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}",
