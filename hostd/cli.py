@@ -69,9 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument(
         "--password-stdin", action="store_true", help="read the password from standard input"
     )
-    add.set_defaults(handler=admin(user_add))
+    add.set_defaults(handler=admin(user_add, may_create=True))
     user_sub.add_parser("list", parents=[common], help="list accounts").set_defaults(
-        handler=admin(user_list, existing_only=True)
+        handler=admin(user_list)
     )
     passwd = user_sub.add_parser("passwd", parents=[common], help="set an account's password")
     passwd.add_argument("name")
@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     create.set_defaults(handler=admin(key_create))
     key_list = key_sub.add_parser("list", parents=[common], help="list an account's keys")
     key_list.add_argument("name")
-    key_list.set_defaults(handler=admin(key_list_cmd, existing_only=True))
+    key_list.set_defaults(handler=admin(key_list_cmd))
     invalidate = key_sub.add_parser("invalidate", parents=[common], help="make a key unusable")
     invalidate.add_argument("key_id", help="the 16 hex characters after hk_")
     invalidate.set_defaults(handler=admin(key_invalidate))
@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     file_sub = file_cmd.add_subparsers(dest="action", required=True, metavar="ACTION")
     info = file_sub.add_parser("info", parents=[common], help="a file and who uploaded it")
     info.add_argument("hash", help="the hash, or any of the file's URLs")
-    info.set_defaults(handler=admin(file_info, existing_only=True))
+    info.set_defaults(handler=admin(file_info))
     remove = file_sub.add_parser(
         "rm", parents=[common], help="take a file down: every upload of it, and its bytes"
     )
@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     ban_sub = ban_cmd.add_subparsers(dest="action", required=True, metavar="ACTION")
     ban_list = ban_sub.add_parser("list", parents=[common], help="list the bans")
     ban_list.add_argument("--json", action="store_true", help="as JSON")
-    ban_list.set_defaults(handler=admin(ban_list_cmd, existing_only=True))
+    ban_list.set_defaults(handler=admin(ban_list_cmd))
     ban_add = ban_sub.add_parser(
         "add", parents=[common], help="ban bytes by SHA-256 (and take them down if stored)"
     )
@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     ban_add.add_argument(
         "--reason", type=reason_argument, default="", help="why, shown to whoever asks for them"
     )
-    ban_add.set_defaults(handler=admin(ban_add_cmd))
+    ban_add.set_defaults(handler=admin(ban_add_cmd, may_create=True))
     ban_rm = ban_sub.add_parser("rm", parents=[common], help="lift a ban")
     ban_rm.add_argument("sha256", type=sha256_argument)
     ban_rm.set_defaults(handler=admin(ban_rm_cmd))
@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
         "stats", parents=[common], help="uploads, storage, dedup savings, top uploaders"
     )
     stats_cmd.add_argument("--json", action="store_true", help="as JSON")
-    stats_cmd.set_defaults(handler=admin(stats, existing_only=True))
+    stats_cmd.set_defaults(handler=admin(stats))
 
     gc_cmd = commands.add_parser(
         "gc",
@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
         " SHA-256 (slow: it reads all the data)",
     )
     gc_cmd.add_argument("--json", action="store_true", help="as JSON")
-    gc_cmd.set_defaults(handler=admin(gc, existing_only=True))
+    gc_cmd.set_defaults(handler=admin(gc))
 
     backup_cmd = commands.add_parser(
         "backup",
@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="copy the database and the files to DEST while the server runs (incremental)",
     )
     backup_cmd.add_argument("destination", type=Path, metavar="DEST")
-    backup_cmd.set_defaults(handler=admin(backup_to, existing_only=True))
+    backup_cmd.set_defaults(handler=admin(backup_to))
     restore_cmd = commands.add_parser(
         "restore", parents=[common], help="make an empty data dir from a backup (server stopped)"
     )
@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="copy every file to the other store (local or s3), verified; switches nothing",
     )
     migrate_cmd.add_argument("--to", choices=("s3", "local"), required=True)
-    migrate_cmd.set_defaults(handler=admin(storage_migrate, existing_only=True))
+    migrate_cmd.set_defaults(handler=admin(storage_migrate))
 
     prune_cmd = commands.add_parser(
         "prune",
@@ -213,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prune_cmd.add_argument("--dry-run", action="store_true", help="only list what would be removed")
     prune_cmd.add_argument("--json", action="store_true", help="print JSON for scripts")
-    prune_cmd.set_defaults(handler=admin(prune, existing_only=True))
+    prune_cmd.set_defaults(handler=admin(prune))
 
     upload_cmd = commands.add_parser(
         "upload", help="send files to a hostd server; prints each one's URL"
@@ -323,15 +323,16 @@ AdminCommand = Callable[[argparse.Namespace, Config, Database, Auth], Awaitable[
 
 
 def admin(
-    command: AdminCommand, *, existing_only: bool = False
+    command: AdminCommand, *, may_create: bool = False
 ) -> Callable[[argparse.Namespace], int]:
-    """Run an admin command against the configured database. One that is `existing_only`
-    (it lists, counts, cleans up or copies) would find nothing in a new SQLite database: a
-    data dir without one is taken for a mistyped --data-dir and left alone."""
+    """Run an admin command against the configured database. Most commands would find
+    nothing in a new SQLite database (no user to change, nothing to list): for them, a data
+    dir without one is taken for a mistyped --data-dir and left alone. Those that
+    `may_create` (the first account, a ban made before the first start) make it."""
 
     def run_it(args: argparse.Namespace) -> int:
         config = config_from(args)
-        if existing_only and config.database_url is None and not config.db_path.exists():
+        if not may_create and config.database_url is None and not config.db_path.exists():
             print(
                 f"hostd: no hostd database at {config.db_path} (did you mean another --data-dir?)",
                 file=sys.stderr,

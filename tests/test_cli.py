@@ -707,8 +707,8 @@ def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "d"
 
 
-# Each would find nothing in a new database. (The others start one, as `user add` must; those
-# that name an account, a key, a file or a ban then say there is none.)
+# Each would find nothing in a new database. (`user add` and `ban add` start one, as the
+# first account must; `db migrate` and `serve` too.)
 COMMANDS_ON_A_DATABASE = [
     ["stats"],
     ["gc"],
@@ -716,9 +716,17 @@ COMMANDS_ON_A_DATABASE = [
     ["backup", "copy"],
     ["storage", "migrate", "--to", "s3"],
     ["file", "info", "AAAAAAAAAAAA"],
+    ["file", "rm", "AAAAAAAAAAAA"],
     ["ban", "list"],
+    ["ban", "rm", "a" * 64],
     ["user", "list"],
+    ["user", "passwd", "alice", "--password-stdin"],
+    ["user", "disable", "alice"],
+    ["user", "rm", "alice"],
+    ["user", "quota", "alice", "5"],
     ["key", "list", "alice"],
+    ["key", "create", "alice"],
+    ["key", "invalidate", "0123456789abcdef"],
 ]
 
 

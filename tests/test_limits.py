@@ -837,6 +837,7 @@ def test_hostd_user_quota_refuses_what_is_not_a_quota_and_changes_nothing(
 
 def test_hostd_user_quota_for_nobody_is_an_error(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
+    run_hostd(monkeypatch, capsys, "db", "migrate", "--data-dir", str(tmp_path / "d"))
 
     code, _, err = run_hostd(
         monkeypatch, capsys, "user", "quota", "nobody", "5", "--data-dir", str(tmp_path / "d")
