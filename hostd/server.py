@@ -103,6 +103,8 @@ HOST_VALUE = re.compile(
     r"(?:(?:[A-Za-z0-9\-._~!$&'()*+;=]|%[0-9A-Fa-f]{2})+|\[[0-9A-Fa-f:.]+\])"
     r"(?::(?P<port>[0-9]{0,5}))?"
 )
+# How many Host headers found good are remembered.
+GOOD_HOSTS = 64
 # A chunked body's trailer section (fields after the last chunk, RFC 9112 7.1.2) is read
 # and dropped: this many lines of at most this many bytes.
 MAX_TRAILER_LINES = 32
@@ -179,6 +181,9 @@ class HostdParameters(HTTP1ConnectionParameters):
         self.body_seconds = body_seconds
         self.format_for = format_for
         self.lingering: set[asyncio.Task[None]] = set()
+        # Host headers found good: nearly every request names one of a few (bounded, as
+        # a client may send any).
+        self.good_hosts: set[str] = set()
 
 
 # How long the server stops accepting when accept() finds no descriptor or memory left
@@ -469,10 +474,15 @@ class HostdConnection(HTTP1Connection):
             headers["Host"] = self._own_address()
             return
         host = hosts[0]
+        good = self.hostd_params.good_hosts
+        if host in good:
+            return
         valid = HOST_VALUE.fullmatch(host)
         if valid is None or int(valid["port"] or 0) > 65535:
             shown = host if len(host) <= 100 else host[:100] + "..."
             raise Refused(400, f"the Host header is not a host name and port: {shown!r}")
+        if len(good) < GOOD_HOSTS:
+            good.add(host)
 
     def _own_address(self) -> str:
         try:
