@@ -17,7 +17,7 @@ import tornado.web
 from hostd import affinity, db, resumable, uploads
 from hostd.accesslog import AccessLog
 from hostd.auth import Auth, fingerprint_matches, secret_fingerprint
-from hostd.config import Config, ConfigError, ensure_cookie_secret
+from hostd.config import Config, ConfigError, ensure_cookie_secret, make_data_dir
 from hostd.db import Database
 from hostd.formdata import FORM_OVERHEAD_BYTES
 from hostd.handlers import all_routes
@@ -159,12 +159,7 @@ async def open_parts(
 ) -> tuple[Config, Database, BlobStore]:
     """Create the data dir, the cookie secret, the database and the blob store. Raises
     ConfigError when the cookie secret is not the database's (see check_cookie_secret)."""
-    try:
-        config.data_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(
-            f"storage.data_dir: cannot create {config.data_dir}: {exc.strerror or exc}"
-        ) from exc
+    make_data_dir(config)
     config = ensure_cookie_secret(config)
     database = await Database.open_config(config)
     try:

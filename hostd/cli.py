@@ -21,7 +21,7 @@ from hostd import __version__, affinity, backup, client, db, limits, resumable, 
 from hostd.accounts import NAME_PATTERN, password_problem
 from hostd.app import format_size, format_time, serve, thumbnails_of
 from hostd.auth import Auth
-from hostd.config import Config, ConfigError, load_config
+from hostd.config import Config, ConfigError, load_config, make_data_dir
 from hostd.db import Database
 from hostd.hashes import PUBLIC_HASH_PATTERN, is_sha256
 from hostd.migrate import MigrationError, migrate
@@ -357,15 +357,6 @@ def admin(
         return 0
 
     return run_it
-
-
-def make_data_dir(config: Config) -> None:
-    try:
-        config.data_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(
-            f"storage.data_dir: cannot create {config.data_dir}: {exc.strerror or exc}"
-        ) from exc
 
 
 def read_password(args: argparse.Namespace) -> str:

@@ -405,6 +405,16 @@ def _convert(name: str, value: Any, hint: Any, origin: str) -> Any:
     )
 
 
+def make_data_dir(config: Config) -> None:
+    """The data dir, made if missing; ConfigError when it cannot be."""
+    try:
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"storage.data_dir: cannot create {config.data_dir}: {exc.strerror or exc}"
+        ) from exc
+
+
 def ensure_cookie_secret(config: Config) -> Config:
     """Return the config with a cookie secret: from hostd.toml, HOSTD_COOKIE_SECRET, or a
     0600 file in the data dir that the first start creates and later starts reuse."""

@@ -51,6 +51,18 @@ def redirect(description: str) -> Json:
     return {"description": description, "headers": {"Location": ref("headers", "Location")}}
 
 
+def form_request(properties: Json) -> Json:
+    """A form's body (urlencoded), with the page's xsrf token beside its fields."""
+    fields = {**properties, "_xsrf": {"type": "string"}}
+    return {
+        "content": {
+            "application/x-www-form-urlencoded": {
+                "schema": {"type": "object", "properties": fields}
+            }
+        }
+    }
+
+
 def path_parameter(name: str, schema: Json, example: str, description: str) -> Json:
     return {
         "name": name,
@@ -516,19 +528,7 @@ KEY_PATHS: Json = {
             "htmx the answer is the keys section with the new key; a plain form is "
             "redirected to /api, which shows it once.",
             "security": [{"session": []}],
-            "requestBody": {
-                "content": {
-                    "application/x-www-form-urlencoded": {
-                        "schema": {
-                            "type": "object",
-                            "properties": {
-                                "label": {"type": "string", "maxLength": 100},
-                                "_xsrf": {"type": "string"},
-                            },
-                        }
-                    }
-                }
-            },
+            "requestBody": form_request({"label": {"type": "string", "maxLength": 100}}),
             "responses": {
                 "200": html("The keys section with the new key (htmx)."),
                 "303": redirect("To /api, which shows the new key once."),
@@ -558,19 +558,7 @@ KEY_PATHS: Json = {
             "summary": "Invalidate a key (with confirm=yes); it stops on the next request",
             "security": [{"session": []}],
             "parameters": [KEY_ID_PARAMETER],
-            "requestBody": {
-                "content": {
-                    "application/x-www-form-urlencoded": {
-                        "schema": {
-                            "type": "object",
-                            "properties": {
-                                "confirm": {"type": "string", "enum": ["yes"]},
-                                "_xsrf": {"type": "string"},
-                            },
-                        }
-                    }
-                }
-            },
+            "requestBody": form_request({"confirm": {"type": "string", "enum": ["yes"]}}),
             "responses": {
                 "200": html("Without confirm=yes: the form; with htmx: the key's new row."),
                 "303": redirect("Invalidated: back to /api."),
@@ -646,19 +634,7 @@ def account_form(operation: str, summary: str, fields: list[str]) -> Json:
             "description": "A form post with the page's xsrf token; on success a session "
             "cookie and a redirect.",
             "security": [{}],
-            "requestBody": {
-                "content": {
-                    "application/x-www-form-urlencoded": {
-                        "schema": {
-                            "type": "object",
-                            "properties": {
-                                **{name: {"type": "string"} for name in fields},
-                                "_xsrf": {"type": "string"},
-                            },
-                        }
-                    }
-                }
-            },
+            "requestBody": form_request({name: {"type": "string"} for name in fields}),
             "responses": {
                 "303": redirect("Signed in."),
                 "400": html("The form again, with what is wrong."),
@@ -711,25 +687,17 @@ PAGE_PATHS: Json = {
             "operationId": "changeAccount",
             "summary": "Change the password (ends every other session), or sign out everywhere",
             "security": [{"session": []}],
-            "requestBody": {
-                "content": {
-                    "application/x-www-form-urlencoded": {
-                        "schema": {
-                            "type": "object",
-                            "properties": {
-                                "action": {
-                                    "type": "string",
-                                    "enum": ["change-password", "sign-out-everywhere"],
-                                },
-                                "current": {"type": "string"},
-                                "new": {"type": "string"},
-                                "confirm": {"type": "string"},
-                                "_xsrf": {"type": "string"},
-                            },
-                        }
-                    }
+            "requestBody": form_request(
+                {
+                    "action": {
+                        "type": "string",
+                        "enum": ["change-password", "sign-out-everywhere"],
+                    },
+                    "current": {"type": "string"},
+                    "new": {"type": "string"},
+                    "confirm": {"type": "string"},
                 }
-            },
+            ),
             "responses": {
                 "303": redirect("Changed: back to /account; signed out: to /login."),
                 "400": html("The form again, with what is wrong with the new password."),
