@@ -74,12 +74,13 @@ class FileHandler(FilesPage):
     async def delete(self, upload_id: str) -> None:
         page = self.page_number() if self.is_htmx else None
         await self.remove(upload_id)
-        if page is None:
+        # With htmx, the list again, from the database: its counts and quota meter follow,
+        # and the page fills up with the next file.
+        if page is not None:
+            self.current_user = await self.session_user()
+        if page is None or self.current_user is None:  # (signed out meanwhile)
             self.finish("")
             return
-        # The list again, from the database: its counts and quota meter follow, and the page
-        # fills up with the next file.
-        self.current_user = await self.session_user()
         await self.show(page, at_most_last=True)
 
     @signed_in
