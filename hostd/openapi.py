@@ -106,7 +106,8 @@ EXPIRES_SCHEMA: Json = {
     "pattern": "^(0*([1-9][0-9]{0,5}|1000000))?$",  # 1 to LONGEST_EXPIRY_HOURS, or empty
     "description": "When the upload should expire: a whole number of hours from now (1 to "
     f"{LONGEST_EXPIRY_HOURS:,}), or an ISO 8601 time with its zone (`2030-01-31T12:00:00Z`) "
-    f"at most that far ahead; empty for nothing asked. Send it once: as an `expires` field or "
+    "or an HTTP date (`Thu, 31 Jan 2030 12:00:00 GMT`) at most that far ahead; empty for "
+    f"nothing asked. Send it once: as an `expires` field or "
     "an `Expires` header, not both.",
 }
 

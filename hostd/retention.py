@@ -8,7 +8,7 @@ import email.utils
 import re
 
 from hostd.config import LONGEST_EXPIRY_HOURS, Config
-from hostd.parsing import parse_count
+from hostd.parsing import parse_count, parse_http_date
 
 HOUR = 3600
 EXPIRES_FIELD = "expires"
@@ -30,7 +30,8 @@ class ExpiryError(ValueError):
 
 def parse_expires(text: str, *, now: int, source: str = "expires") -> int | None:
     """When an upload asks to expire, as epoch seconds: `text` is a whole number of hours
-    from `now`, or an ISO 8601 time with its zone. None when it is empty (nothing asked).
+    from `now`, an ISO 8601 time with its zone, or an HTTP date (what an `Expires` header
+    holds elsewhere: `date -R`'s). None when it is empty (nothing asked).
 
     Raises ExpiryError (naming `source`) for anything else, a time not after `now`, or one
     more than LONGEST_EXPIRY_HOURS away. Caps are not applied here (see expires_at).
@@ -43,7 +44,9 @@ def parse_expires(text: str, *, now: int, source: str = "expires") -> int | None
         if not 1 <= hours <= LONGEST_EXPIRY_HOURS:
             raise ExpiryError(f"{source} must be from 1 to {LONGEST_EXPIRY_HOURS} hours")
         return now + hours * HOUR
-    at = _iso_time(text, source)
+    at = parse_http_date(text)
+    if at is None:
+        at = _iso_time(text, source)
     if at <= now:
         raise ExpiryError(f"{source} is in the past ({text}); give a later time, or hours")
     if at > now + LONGEST_EXPIRY_HOURS * HOUR:
@@ -57,7 +60,7 @@ def _iso_time(text: str, source: str) -> int:
         shown = text if len(text) <= 40 else text[:40] + "..."
         raise ExpiryError(
             f"{source} must be a whole number of hours, or an ISO 8601 time such as"
-            f" 2030-01-31T12:00:00Z; got {shown!r}"
+            f" 2030-01-31T12:00:00Z (or an HTTP date); got {shown!r}"
         )
     year, month, day, hour, minute, second, utc, sign, zone_hours, zone_minutes = match.groups()
     if utc is None and sign is None:

@@ -334,6 +334,21 @@ async def test_what_an_upload_asks_is_capped_by_max_hours(
 
 
 @pytest.mark.gen_test
+async def test_an_expires_header_may_be_an_http_date_as_date_r_writes_it(
+    http_client, base_url, wall_clock
+):
+    at = int(wall_clock()) + 5 * HOUR
+
+    answer = await upload(http_client, base_url, b"dated", headers={"Expires": http_date(at)})
+    past = await upload(
+        http_client, base_url, b"past", headers={"Expires": "Sun, 06 Nov 1994 08:49:37 GMT"}
+    )
+
+    assert json.loads(answer.body)["expires_at"] == iso(at)
+    assert past.code == 400 and "is in the past" in json.loads(past.body)["error"]
+
+
+@pytest.mark.gen_test
 async def test_bigger_files_are_kept_for_less_time(http_client, base_url, policy, wall_clock):
     policy(anonymous_hours=720, hours_by_size=((1024, 168), (MiB, 24)))
 
