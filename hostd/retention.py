@@ -28,6 +28,14 @@ class ExpiryError(ValueError):
     """An expiry that cannot be used; the message is for the uploader."""
 
 
+# An RFC 5322 date with a numeric zone, as `date -R` writes it: Thu, 31 Jan 2030 13:00:00 +0100.
+RFC5322_DATE = re.compile(
+    r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), [0-3][0-9] "
+    r"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) [0-9]{4} "
+    r"[0-2][0-9]:[0-5][0-9]:[0-5][0-9] [+-][0-9]{4}"
+)
+
+
 def parse_expires(text: str, *, now: int, source: str = "expires") -> int | None:
     """When an upload asks to expire, as epoch seconds: `text` is a whole number of hours
     from `now`, an ISO 8601 time with its zone, or an HTTP date (what an `Expires` header
@@ -45,6 +53,11 @@ def parse_expires(text: str, *, now: int, source: str = "expires") -> int | None
             raise ExpiryError(f"{source} must be from 1 to {LONGEST_EXPIRY_HOURS} hours")
         return now + hours * HOUR
     at = parse_http_date(text)
+    if at is None and RFC5322_DATE.fullmatch(text):  # `date -R`: an offset where GMT would be
+        try:
+            at = int(email.utils.parsedate_to_datetime(text).timestamp())
+        except ValueError:  # 31 Feb, 25:00
+            raise ExpiryError(f"{source} is not a real time: {text}") from None
     if at is None:
         at = _iso_time(text, source)
     if at <= now:

@@ -334,17 +334,20 @@ async def test_what_an_upload_asks_is_capped_by_max_hours(
 
 
 @pytest.mark.gen_test
-async def test_an_expires_header_may_be_an_http_date_as_date_r_writes_it(
+async def test_an_expires_header_may_be_an_http_date_or_what_date_r_writes(
     http_client, base_url, wall_clock
 ):
     at = int(wall_clock()) + 5 * HOUR
+    date_r = email.utils.formatdate(at + 3600, localtime=False).replace("-0000", "+0100")
 
     answer = await upload(http_client, base_url, b"dated", headers={"Expires": http_date(at)})
+    offset = await upload(http_client, base_url, b"offset", headers={"Expires": date_r})
     past = await upload(
         http_client, base_url, b"past", headers={"Expires": "Sun, 06 Nov 1994 08:49:37 GMT"}
     )
 
     assert json.loads(answer.body)["expires_at"] == iso(at)
+    assert json.loads(offset.body)["expires_at"] == iso(at)  # 13:00 +0100 is 12:00 UTC
     assert past.code == 400 and "is in the past" in json.loads(past.body)["error"]
 
 
@@ -388,6 +391,7 @@ BAD_EXPIRIES = [
     ("2001-01-01T00:00:00Z", "is in the past"),
     ("2030-01-01T00:00:00", "needs a time zone"),
     ("2030-02-30T00:00:00Z", "is not a real time"),
+    ("Thu, 31 Feb 2030 13:00:00 +0100", "is not a real time"),
     ("2030-01-01", "must be a whole number of hours, or an ISO 8601 time"),
     ("9999-12-31T23:59:59Z", "is more than 1000000 hours away"),
 ]
