@@ -70,7 +70,7 @@ def finished_urls(item: Locator, base_url: str, *, size: int, started: float) ->
     assert speed, f"no speed in {speed_text!r}"
     shown = float(speed.group(1).replace(",", "")) * UNITS[speed.group(2)]
     assert shown >= size / waited / 4, f"{speed_text!r} for {size} bytes in {waited:.2f} s"
-    expect(item.locator(".upload-result button.copy-button")).to_have_count(4)
+    expect(item.locator(".upload-result .url-row button.copy-button")).to_have_count(4)
     found = fields.evaluate_all(
         "els => els.map(e => ({kind: e.dataset.kind, url: e.value, readOnly: e.readOnly}))"
     )
@@ -159,6 +159,24 @@ def test_the_keep_choice_goes_with_the_upload(page: Page, live_server):
     shown = item.locator(".upload-expiry time").get_attribute("datetime")
     left = time.mktime(time.strptime(shown[:19], "%Y-%m-%dT%H:%M:%S")) - time.mktime(time.gmtime())
     assert 3500 < left <= 3600, shown
+
+
+def test_the_deletion_link_is_copied_to_the_clipboard(page: Page, live_server):
+    base = live_server.base_url
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=base)
+    page.goto(f"{base}/")
+    page.set_input_files(
+        "#upload-file", files=[file_payload("deletable.txt", "text/plain", uuid.uuid4().bytes)]
+    )
+    item = item_named(page, "deletable.txt")
+    link = item.locator(".delete-link a")
+    expect(link).to_have_count(1)
+
+    item.get_by_role("button", name="Copy the deletion link").click()
+
+    expect(item.get_by_role("button", name="Copy the deletion link")).to_have_text("Copied")
+    copied = page.evaluate("navigator.clipboard.readText()")
+    assert copied == link.get_attribute("href") and "/delete/" in copied
 
 
 def test_copy_without_a_clipboard_selects_the_url(page: Page, live_server):
