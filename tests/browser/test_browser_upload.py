@@ -83,6 +83,15 @@ def finished_urls(item: Locator, base_url: str, *, size: int, started: float) ->
     return urls
 
 
+def pick(page: Page, base_url: str, name: str) -> Locator:
+    """Open the upload page, pick one small text file of unique bytes; its list item."""
+    page.goto(f"{base_url}/")
+    page.set_input_files(
+        "#upload-file", files=[file_payload(name, "text/plain", uuid.uuid4().bytes)]
+    )
+    return item_named(page, name)
+
+
 def image_loaded(page: Page, image: Locator) -> None:
     page.wait_for_function(
         "img => img.complete && img.naturalWidth > 0", arg=image.element_handle()
@@ -164,11 +173,7 @@ def test_the_keep_choice_goes_with_the_upload(page: Page, live_server):
 def test_the_deletion_link_is_copied_to_the_clipboard(page: Page, live_server):
     base = live_server.base_url
     page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=base)
-    page.goto(f"{base}/")
-    page.set_input_files(
-        "#upload-file", files=[file_payload("deletable.txt", "text/plain", uuid.uuid4().bytes)]
-    )
-    item = item_named(page, "deletable.txt")
+    item = pick(page, base, "deletable.txt")
     link = item.locator(".delete-link a")
     expect(link).to_have_count(1)
 
@@ -183,11 +188,7 @@ def test_copy_without_a_clipboard_selects_the_url(page: Page, live_server):
     """Over plain HTTP (not localhost) a page has no navigator.clipboard: Copy then selects
     the URL, for Ctrl+C."""
     page.add_init_script("Object.defineProperty(navigator, 'clipboard', {value: undefined})")
-    page.goto(f"{live_server.base_url}/")
-    page.set_input_files(
-        "#upload-file", files=[file_payload("copy.txt", "text/plain", uuid.uuid4().bytes)]
-    )
-    item = item_named(page, "copy.txt")
+    item = pick(page, live_server.base_url, "copy.txt")
     field = item.locator("input.url-field[data-kind=ext]")
     expect(field).to_have_count(1)
 
