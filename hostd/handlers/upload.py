@@ -129,6 +129,7 @@ class InFlightUpload(Protocol):
 # What a refusal by UploadsInFlight asks the client to wait: how long the others will take
 # is unknown, and asking again costs a head (the refusal comes before the body).
 IN_FLIGHT_RETRY_SECONDS = 5
+IN_FLIGHT_RETRY = {"Retry-After": str(IN_FLIGHT_RETRY_SECONDS)}  # (made once: not on every upload)
 
 
 class UploadsInFlight:
@@ -146,10 +147,11 @@ class UploadsInFlight:
 
     def enter(self, upload: InFlightUpload) -> None:
         """Count this upload in, or raise UploadError (503 when closing, else 429)."""
-        retry = {"Retry-After": str(IN_FLIGHT_RETRY_SECONDS)}
         if self.closing:
             raise UploadError(
-                503, "the server is shutting down; send the upload again soon", headers=retry
+                503,
+                "the server is shutting down; send the upload again soon",
+                headers=IN_FLIGHT_RETRY,
             )
         address = address_key(upload.request.remote_ip or "")
         same = self._by_address.setdefault(address, set())
@@ -160,7 +162,7 @@ class UploadsInFlight:
                 429,
                 f"{most} uploads from your address are already in progress; "
                 "send this one when one of them has finished",
-                headers=retry,
+                headers=IN_FLIGHT_RETRY,
             )
         same.add(upload)
         self._none_left.clear()
