@@ -457,6 +457,21 @@ TOKEN_PARAMETER = path_parameter(
     "The deletion token from an upload's `delete_url`.",
 )
 
+
+def html_or_json(description: str) -> Json:
+    """A page, or the API's error JSON for a script that asks for JSON."""
+    return {
+        "description": description,
+        "content": {**html("")["content"], **api_error("")["content"]},
+    }
+
+
+LINK_ERRORS: Json = {
+    "400": html_or_json("Not a deletion link (cut short?)."),
+    "404": html_or_json("No upload ever had this link."),
+    "410": html_or_json("The upload is deleted already."),
+}
+
 DELETION_PATHS: Json = {
     "/delete/{token}": {
         "get": {
@@ -467,23 +482,43 @@ DELETION_PATHS: Json = {
             "parameters": [TOKEN_PARAMETER],
             "responses": {
                 "200": html("The file and a Delete button."),
-                "400": html("Not a deletion link (cut short?)."),
-                "404": html("No upload ever had this link."),
-                "410": html("The upload is deleted already."),
+                **LINK_ERRORS,
             },
         },
         "post": {
             "tags": ["deletion"],
             "operationId": "useDeletionLink",
             "summary": "Delete the one upload the link belongs to",
-            "description": "The token is the authority: no session or xsrf token is needed.",
+            "description": "The token is the authority: no session or xsrf token is needed. "
+            "A page, or the API's JSON for `Accept: application/json` (without text/html).",
             "security": [{}],
             "parameters": [TOKEN_PARAMETER],
             "responses": {
-                "200": html("Deleted."),
-                "400": html("Not a deletion link (cut short?)."),
-                "404": html("No upload ever had this link."),
-                "410": html("The upload is deleted already."),
+                "200": {
+                    "description": "Deleted.",
+                    "content": {
+                        **html("")["content"],
+                        "application/json": {"schema": ref("schemas", "Deleted")},
+                    },
+                },
+                **LINK_ERRORS,
+            },
+        },
+        "delete": {
+            "tags": ["deletion"],
+            "operationId": "deleteByLink",
+            "summary": "Delete the one upload the link belongs to; JSON answer",
+            "description": "As POST, for scripts: the API's JSON, errors included.",
+            "security": [{}],
+            "parameters": [TOKEN_PARAMETER],
+            "responses": {
+                "200": {
+                    "description": "Deleted.",
+                    "content": {"application/json": {"schema": ref("schemas", "Deleted")}},
+                },
+                "400": api_error("Not a deletion link (cut short?)."),
+                "404": api_error("No upload ever had this link."),
+                "410": api_error("The upload is deleted already."),
             },
         },
     },

@@ -143,7 +143,7 @@ async def test_opening_the_link_deletes_nothing_and_shows_what_it_would_delete(
     assert (await fetch(http_client, answer["urls"]["hash"])).body == b"previewed in a chat"
 
 
-@pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH"])
+@pytest.mark.parametrize("method", ["PUT", "PATCH"])
 @pytest.mark.gen_test
 async def test_no_other_method_deletes(http_client, base_url, method):
     answer = await api_upload(http_client, base_url, b"only post deletes")
@@ -151,8 +151,59 @@ async def test_no_other_method_deletes(http_client, base_url, method):
     response = await fetch(http_client, answer["delete_url"], method)
 
     assert response.code == 405
-    assert response.headers["Allow"] == "GET, HEAD, POST, OPTIONS"
+    assert response.headers["Allow"] == "GET, HEAD, POST, DELETE, OPTIONS"
     assert (await fetch(http_client, answer["urls"]["hash"])).code == 200
+
+
+@pytest.mark.gen_test
+async def test_a_delete_on_the_link_deletes_and_answers_the_apis_json(
+    http_client, base_url, config
+):
+    answer = await api_upload(http_client, base_url, b"curl -X DELETE me")
+    url = answer["delete_url"]
+
+    deleted = await fetch(http_client, url, "DELETE")  # linx's and Zipline's habit
+    again = await fetch(http_client, url, "DELETE")
+    made_up = await fetch(http_client, f"{base_url}/delete/{'x' * 43}", "DELETE")
+    cut_short = await fetch(http_client, url[:-1], "DELETE")
+
+    assert deleted.code == 200
+    assert deleted.headers["Content-Type"] == "application/json; charset=utf-8"
+    assert json.loads(deleted.body) == {"status": True, "deleted": 1}
+    assert (await fetch(http_client, answer["urls"]["hash"])).code == 404
+    assert blob_files(config) == []
+    for refused, code, says in [
+        (again, 410, "deleted already"),
+        (made_up, 404, "not valid"),
+        (cut_short, 400, "not a deletion link"),
+    ]:
+        assert refused.code == code
+        assert json.loads(refused.body)["status"] is False
+        assert says in json.loads(refused.body)["error"]
+
+
+@pytest.mark.gen_test
+async def test_a_post_asking_for_json_gets_json_and_a_browser_still_gets_the_page(
+    http_client, base_url
+):
+    by_script = await api_upload(http_client, base_url, b"a script deletes")
+    by_browser = await api_upload(http_client, base_url, b"a browser deletes")
+    browser_accept = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+
+    script = await fetch(
+        http_client, by_script["delete_url"], "POST", headers={"Accept": "application/json"}
+    )
+    again = await fetch(
+        http_client, by_script["delete_url"], "POST", headers={"Accept": "application/json"}
+    )
+    browser = await fetch(
+        http_client, by_browser["delete_url"], "POST", headers={"Accept": browser_accept}
+    )
+
+    assert (script.code, json.loads(script.body)) == (200, {"status": True, "deleted": 1})
+    assert again.code == 410 and json.loads(again.body)["status"] is False
+    assert browser.code == 200 and browser.headers["Content-Type"].startswith("text/html")
+    assert (await fetch(http_client, by_browser["urls"]["hash"])).code == 404
 
 
 @pytest.mark.gen_test

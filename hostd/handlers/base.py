@@ -330,6 +330,10 @@ class BaseHandler(tornado.web.RequestHandler):
         else:
             self.finish(self.render_string_page(template, **context))
 
+    def write_json(self, payload: dict[str, Any]) -> None:
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(json.dumps(payload) + "\n")
+
     def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
         # A full disk is not a bug in the handler: 507, whatever it was saving; nor is a
         # database that is busy or out of reach: 503.
@@ -402,10 +406,6 @@ class ApiHandler(BaseHandler):
         self.set_error_headers(status_code, kwargs)
         message = error_message(status_code, self._reason, kwargs)
         self.write_json({"status": False, "error": message})
-
-    def write_json(self, payload: dict[str, Any]) -> None:
-        self.set_header("Content-Type", "application/json; charset=utf-8")
-        self.finish(json.dumps(payload) + "\n")
 
 
 def refusal_formats(app: tornado.web.Application) -> FormatFor:

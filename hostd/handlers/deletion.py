@@ -8,8 +8,8 @@ from typing import Any
 
 from hostd import db, uploads
 from hostd.auth import DELETE_TOKEN_PATTERN, delete_token_hash
-from hostd.db import ApiKey
-from hostd.handlers.base import ApiHandler, BaseHandler, Refusal
+from hostd.db import ApiKey, Removal
+from hostd.handlers.base import ApiHandler, BaseHandler, Refusal, error_message
 from hostd.handlers.upload import file_urls, touch_key
 from hostd.hashes import PUBLIC_HASH_MAX, PUBLIC_HASH_MIN, PUBLIC_HASH_PATTERN
 
@@ -73,13 +73,10 @@ class DeleteLinkHandler(BaseHandler):
     async def post(self, token: str) -> None:
         token_hash = self.token_hash(token)
         link = await db.get_delete_link(self.db, token_hash=token_hash)  # for the page
-        removal = await uploads.delete_by_link(
-            self.db, self.store, self.thumbs, token_hash=token_hash
-        )
-        if removal is None:
-            raise Refusal(404, NO_SUCH_LINK)
-        if removal.uploads == 0:
-            raise Refusal(410, GONE)
+        removal = await self.use(token_hash)
+        if self.answers_json:
+            self.write_json({"status": True, "deleted": removal.uploads})
+            return
         # A link's upload only ever goes, so what it deleted was there when it was read.
         assert link is not None and link.file is not None
         self.render_page(
@@ -88,6 +85,41 @@ class DeleteLinkHandler(BaseHandler):
             blob=link.file.blob,
             bytes_gone=removal.blob_gone,
         )
+
+    async def delete(self, token: str) -> None:
+        """`curl -X DELETE <delete_url>`, as linx and Zipline users do: the POST's deletion,
+        answered in the API's JSON, {"status": true, "deleted": 1}. Safe for the same reason
+        as the POST: no preview or crawler sends a DELETE."""
+        removal = await self.use(self.token_hash(token))
+        self.write_json({"status": True, "deleted": removal.uploads})
+
+    async def use(self, token_hash: str) -> Removal:
+        """Delete the link's upload; 404 for a link never issued, 410 when it is gone."""
+        removal = await uploads.delete_by_link(
+            self.db, self.store, self.thumbs, token_hash=token_hash
+        )
+        if removal is None:
+            raise Refusal(404, NO_SUCH_LINK)
+        if removal.uploads == 0:
+            raise Refusal(410, GONE)
+        return removal
+
+    @property
+    def answers_json(self) -> bool:
+        """A DELETE, or a script asking for JSON rather than a page (`Accept:
+        application/json`), gets the API's JSON, errors included."""
+        if self.request.method == "DELETE":
+            return True
+        accept = self.request.headers.get("Accept", "")
+        return "application/json" in accept and "text/html" not in accept
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        if not self.answers_json:
+            super().write_error(status_code, **kwargs)
+            return
+        self.set_error_headers(status_code, kwargs)
+        message = error_message(status_code, self._reason, kwargs)
+        self.write_json({"status": False, "error": message})
 
     def token_hash(self, token: str) -> str:
         """The token's hash, or 400 for what cannot be a token (nothing to look up)."""
