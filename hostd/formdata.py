@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import re
 import unicodedata
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Protocol, cast
 
@@ -89,6 +90,27 @@ def boundary_of(content_type: str | None) -> str:
     if not boundary or len(boundary) > 200:
         raise UploadError(400, "the multipart/form-data Content-Type has no valid boundary")
     return boundary
+
+
+# RFC 5987's extended parameter in a part's Content-Disposition: filename*=UTF-8''r%C3%A9.txt
+_EXTENDED_FILENAME = re.compile(
+    r";[ \t]*filename\*[ \t]*=[ \t]*(utf-8|iso-8859-1)'[^']*'([^;\s]*)", re.IGNORECASE
+)
+
+
+def filename_of(segment: multipart.MultipartSegment) -> str | None:
+    """The part's filename, as header text read as latin-1 (what clean_filename() takes):
+    `filename*=UTF-8''...` when the part has one, else `filename=`. RFC 7578 asks senders
+    not to use filename*, yet .NET (PowerShell's -Form) sends it for a name that is not
+    ASCII, beside a `filename` holding the name MIME-encoded (=?utf-8?B?...?=)."""
+    match = _EXTENDED_FILENAME.search(segment.header("Content-Disposition") or "")
+    if match is None or not match[2].isascii():
+        return segment.filename
+    try:
+        name = urllib.parse.unquote(match[2], encoding=match[1].lower(), errors="strict")
+    except UnicodeDecodeError:
+        raise UploadError(400, "the filename is not valid UTF-8") from None
+    return name.encode("utf-8").decode("latin-1")
 
 
 def clean_filename(raw: str | None) -> str:
@@ -206,6 +228,7 @@ class UploadForm(FileBody):
         self._open_writer = open_writer
         self._body_bytes = 0
         self._done_file = False
+        self._misnamed_file: str | None = None  # the first other field that held a file
         self._text: bytearray | None = None
         self._field: str | None = None
         self.filename = "file"
@@ -281,7 +304,18 @@ class UploadForm(FileBody):
     async def finish(self) -> WrittenBlob:
         """Call when the body has ended: checks the form is complete and commits the file."""
         self.feed(b"")  # end of input: raises if the last boundary never came
-        return await self._commit("no file: send the file in a multipart field named 'file'")
+        return await self._commit(self._no_file())
+
+    def _no_file(self) -> str:
+        """Why there is no file, for a form that came without one: a file sent under
+        another name (a ShareX uploader's FileFormName), or a URL to fetch (0x0.st's `url`
+        field), get a sentence of their own."""
+        wanted = "send the file in a multipart field named 'file'"
+        if self._misnamed_file is not None:
+            return f"no file: the file came in the field '{self._misnamed_file}'; {wanted}"
+        if "url" in self.fields:
+            return f"no file: hostd does not fetch files from URLs (the 'url' field); {wanted}"
+        return f"no file: {wanted}"
 
     def _start_part(self, segment: multipart.MultipartSegment) -> None:
         self._field = segment.name
@@ -289,11 +323,13 @@ class UploadForm(FileBody):
         if segment.name == FILE_FIELD:
             if self._done_file or self._writer is not None:
                 raise UploadError(400, "send one file per request in the 'file' field")
-            self.filename = clean_filename(segment.filename)
+            self.filename = clean_filename(filename_of(segment))
             self._file_has_length = segment.header("Content-Length") is not None
             self._writer = self._open_writer()
         elif segment.filename is None:
             self._text = bytearray()
+        elif self._misnamed_file is None:
+            self._misnamed_file = segment.name[:40]
 
     def _end_part(self) -> None:
         if self._field == FILE_FIELD:

@@ -99,14 +99,15 @@ UPLOAD_ERRORS: dict[str, str] = {
     "507": "The server is out of storage space; the file was not stored.",
 }
 
-# Hours, as the schema's pattern; the other form, an ISO 8601 time, is valid only while it
-# lies ahead, which no schema can say, so it is in the description alone.
+# Hours, as the schema's pattern; the other forms, times, are valid only while they
+# lie ahead, which no schema can say, so they are in the description alone.
 EXPIRES_SCHEMA: Json = {
     "type": "string",
     "pattern": "^(0*([1-9][0-9]{0,5}|1000000))?$",  # 1 to LONGEST_EXPIRY_HOURS, or empty
     "description": "When the upload should expire: a whole number of hours from now (1 to "
-    f"{LONGEST_EXPIRY_HOURS:,}), or an ISO 8601 time with its zone (`2030-01-31T12:00:00Z`) "
-    "or an HTTP date (`Thu, 31 Jan 2030 12:00:00 GMT`) at most that far ahead; empty for "
+    f"{LONGEST_EXPIRY_HOURS:,}), or a time at most that far ahead: an ISO 8601 time with "
+    "its zone (`2030-01-31T12:00:00Z`), an HTTP date (`Thu, 31 Jan 2030 12:00:00 GMT`) or "
+    "Unix time in milliseconds (`1896091200000`, 0x0.st's form: 13 digits or more); empty for "
     f"nothing asked. Send it once: as an `expires` field or "
     "an `Expires` header, not both.",
 }

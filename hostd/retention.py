@@ -36,10 +36,18 @@ RFC5322_DATE = re.compile(
 )
 
 
+# A whole number from here on is a time in Unix milliseconds, as 0x0.st takes it (its
+# `expires` is hours, or "a timestamp in epoch milliseconds"): September 2001 onwards, and
+# far beyond a million hours' worth of hours. A bigger one is refused as too far away.
+EPOCH_MS_FROM = 1_000_000_000_000
+LATEST_EPOCH_MS = 10**16
+
+
 def parse_expires(text: str, *, now: int, source: str = "expires") -> int | None:
     """When an upload asks to expire, as epoch seconds: `text` is a whole number of hours
-    from `now`, an ISO 8601 time with its zone, or an HTTP date (what an `Expires` header
-    holds elsewhere: `date -R`'s). None when it is empty (nothing asked).
+    from `now`, a Unix time in milliseconds (EPOCH_MS_FROM and over, 0x0.st's form), an
+    ISO 8601 time with its zone, or an HTTP date (what an `Expires` header holds elsewhere:
+    `date -R`'s). None when it is empty (nothing asked).
 
     Raises ExpiryError (naming `source`) for anything else, a time not after `now`, or one
     more than LONGEST_EXPIRY_HOURS away. Caps are not applied here (see expires_at).
@@ -47,12 +55,15 @@ def parse_expires(text: str, *, now: int, source: str = "expires") -> int | None
     text = text.strip(" \t")
     if not text:
         return None
-    hours = parse_count(text, at_most=LONGEST_EXPIRY_HOURS)
-    if hours is not None:
-        if not 1 <= hours <= LONGEST_EXPIRY_HOURS:
-            raise ExpiryError(f"{source} must be from 1 to {LONGEST_EXPIRY_HOURS} hours")
-        return now + hours * HOUR
-    at = parse_http_date(text)
+    number = parse_count(text, at_most=LATEST_EPOCH_MS)
+    if number is not None and number < EPOCH_MS_FROM:
+        if not 1 <= number <= LONGEST_EXPIRY_HOURS:
+            raise ExpiryError(
+                f"{source} must be from 1 to {LONGEST_EXPIRY_HOURS} hours, or a time: "
+                "Unix time in milliseconds, ISO 8601 or an HTTP date"
+            )
+        return now + number * HOUR
+    at = number // 1000 if number is not None else parse_http_date(text)
     if at is None and RFC5322_DATE.fullmatch(text):  # `date -R`: an offset where GMT would be
         try:
             at = int(email.utils.parsedate_to_datetime(text).timestamp())

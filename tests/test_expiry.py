@@ -352,6 +352,19 @@ async def test_an_expires_header_may_be_an_http_date_or_what_date_r_writes(
 
 
 @pytest.mark.gen_test
+async def test_expires_may_be_unix_time_in_milliseconds_as_0x0_st_takes_it(
+    http_client, base_url, wall_clock
+):
+    at = int(wall_clock()) + 5 * HOUR
+
+    answer = await upload(http_client, base_url, fields={"expires": str(at * 1000 + 999)})
+    header = await upload(http_client, base_url, b"by header", headers={"Expires": str(at * 1000)})
+
+    assert json.loads(answer.body)["expires_at"] == iso(at)
+    assert json.loads(header.body)["expires_at"] == iso(at)
+
+
+@pytest.mark.gen_test
 async def test_bigger_files_are_kept_for_less_time(http_client, base_url, policy, wall_clock):
     policy(anonymous_hours=720, hours_by_size=((1024, 168), (MiB, 24)))
 
@@ -384,7 +397,9 @@ BAD_EXPIRIES = [
     ("soon", "must be a whole number of hours, or an ISO 8601 time"),
     ("0", "must be from 1 to 1000000 hours"),
     ("1000001", "must be from 1 to 1000000 hours"),
-    ("99999999999999999999999", "must be from 1 to 1000000 hours"),
+    ("99999999999999999999999", "is more than 1000000 hours away"),  # as milliseconds
+    ("1700000000", "or a time: Unix time in milliseconds"),  # Unix seconds: not taken
+    ("1000000000000", "is in the past"),  # 2001-09-09, in milliseconds
     ("1.5", "must be a whole number of hours"),
     ("-3", "must be a whole number of hours"),
     ("\uff12\uff14", "must be a whole number of hours"),  # fullwidth "24"

@@ -204,6 +204,51 @@ def test_a_field_sent_twice_is_refused_rather_than_one_of_them_picked(local):
     assert caught.value.status == 400
 
 
+# What .NET's MultipartFormDataContent (PowerShell's -Form) sends for a name that is not
+# ASCII: both parameters, `filename` MIME-encoded. (multipart_body puts the bytes between
+# the quotes of filename="...": these close them and add the parameters after.)
+BOTH_NAMES = b'=?utf-8?B?csOpc3Vtw6kudHh0?="; filename*=UTF-8\'\'r%C3%A9sum%C3%A9.txt; x="'
+ONLY_EXTENDED = b'"; filename*=utf-8\'en\'%E2%82%AC%20rate.txt; x="'
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [(BOTH_NAMES, "résumé.txt"), (ONLY_EXTENDED, "€ rate.txt")],
+    ids=["filename and filename*", "filename* alone"],
+)
+@pytest.mark.gen_test
+async def test_an_extended_filename_parameter_is_the_files_name(local, raw, expected):
+    body, _ = multipart_body(files=[("file", raw, b"named")])
+    parsed = form(local)
+
+    parsed.feed(body)
+    await parsed.finish()
+
+    assert parsed.filename == expected
+
+
+@pytest.mark.parametrize(
+    ("fields", "files", "why"),
+    [
+        ({}, [("image", "a.png", b"png")], "the file came in the field 'image'"),
+        ({"url": "https://example.org/a.png"}, [], "hostd does not fetch files from URLs"),
+        ({"api": "1"}, [], "no file: send the file in a multipart field named 'file'"),
+    ],
+    ids=["misnamed", "url", "none"],
+)
+@pytest.mark.gen_test
+async def test_a_form_without_a_file_says_what_it_had_instead(local, fields, files, why):
+    body, _ = multipart_body(fields, files)
+    parsed = form(local)
+    parsed.feed(body)
+
+    with pytest.raises(UploadError, match=why) as caught:
+        await parsed.finish()
+
+    assert caught.value.status == 400
+    assert "send the file in a multipart field named 'file'" in caught.value.message
+
+
 def test_too_many_parts_is_refused(local):
     body, _ = multipart_body({f"f{i}": "x" for i in range(40)})
 
