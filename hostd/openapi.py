@@ -695,7 +695,37 @@ PAGE_PATHS: Json = {
             "summary": "The upload page",
             "security": [{}, {"session": []}],
             "responses": {"200": html("The page.")},
-        }
+        },
+        "post": {
+            "tags": ["uploads"],
+            "operationId": "uploadAtRoot",
+            "summary": "Upload a file as 0x0.st takes one; the file's URL as plain text",
+            "description": "POST /api/upload's upload (a Bearer key registers it), answered "
+            "with the file's `ext` URL on one line; refusals are `ERROR <message>`.",
+            "security": [{}, {"apiKey": []}],
+            "parameters": [EXPIRES_HEADER_PARAMETER],
+            "requestBody": {
+                "required": True,
+                "content": {"multipart/form-data": {"schema": UPLOAD_FORM}},
+            },
+            "responses": {
+                "200": {
+                    "description": "Stored (or the same bytes were there already).",
+                    "headers": UPLOAD_ANSWER_HEADERS,
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                },
+                **{
+                    code: {
+                        "description": text,
+                        "content": {
+                            "text/plain": {"schema": {"type": "string", "pattern": "^ERROR "}}
+                        },
+                    }
+                    for code, text in UPLOAD_ERRORS.items()
+                },
+                "431": HEAD_TOO_BIG,
+            },
+        },
     },
     "/login": account_form("signIn", "sign-in", ["name", "password"]),
     "/register": account_form("register", "registration", ["name", "password", "confirm"]),

@@ -320,6 +320,7 @@ schema = schemathesis.openapi.from_dict(
                     # the document cannot know.
                     "include-operation-id": [
                         "upload",
+                        "uploadAtRoot",
                         "uploadForm",
                         "uploadPut",
                         "uploadPutUnnamed",

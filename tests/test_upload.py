@@ -146,6 +146,47 @@ async def test_regular_url_with_api_1_answers_error_message(http_client, base_ur
 
 
 @pytest.mark.gen_test
+async def test_a_post_to_the_root_answers_the_files_url_as_0x0_st_does(http_client, base_url, db):
+    response = await post(http_client, f"{base_url}/", files=[("file", "shot.png", b"0x0 way")])
+
+    assert response.code == 200
+    assert response.headers["Content-Type"] == "text/plain; charset=utf-8"
+    assert response.body.decode() == f"{base_url}/{expected_hash(b'0x0 way')}.png\n"
+    assert response.headers["X-Delete-Url"].startswith(f"{base_url}/delete/")
+    fetched = await http_client.fetch(response.body.decode().strip())
+    assert fetched.body == b"0x0 way"
+    (stored,) = await queries.all_uploads(db)
+    assert stored.user_id is None
+
+
+@pytest.mark.gen_test
+async def test_a_post_to_the_root_takes_a_key_and_refuses_in_plain_text(
+    http_client, base_url, db, make_api_key
+):
+    token = await make_api_key()
+
+    keyed = await post(
+        http_client,
+        f"{base_url}/",
+        files=[("file", "a.txt", b"keyed at the root")],
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    bad_key = await post(
+        http_client,
+        f"{base_url}/",
+        files=[("file", "a.txt", b"bad key")],
+        headers={"Authorization": "Bearer nonsense"},
+    )
+    empty = await post(http_client, f"{base_url}/", files=[("file", "a.txt", b"")])
+
+    assert keyed.code == 200
+    (stored,) = await queries.all_uploads(db)
+    assert stored.user_id is not None
+    assert bad_key.code == 401 and bad_key.body.decode().startswith("ERROR the API key")
+    assert (empty.code, empty.body.decode()) == (400, "ERROR the file is empty\n")
+
+
+@pytest.mark.gen_test
 async def test_regular_url_without_api_answers_an_html_page_with_the_urls(http_client, base_url):
     response = await post(http_client, f"{base_url}/upload", files=[("file", "<b>.txt", b"html")])
 

@@ -15,6 +15,7 @@ def all_routes() -> list[tuple[str | PathMatches, Any]]:
     # 12 to 16 hash characters (tests/test_server.py checks it).
     return [
         *download.routes,
+        *upload.root_routes,
         *pages.routes,
         *accounts.routes,
         *api.routes,

@@ -19,6 +19,11 @@ def where_uploads_go(public_url: str) -> str:
 
 
 class IndexHandler(BaseHandler):
+    """The upload page. A POST to / is routed to upload.RootUploadHandler (0x0.st's way);
+    it is listed here so that Allow tells the truth."""
+
+    SUPPORTED_METHODS = ("GET", "HEAD", "POST", "OPTIONS")
+
     def get(self) -> None:
         # The limit this visitor's uploads have: an anonymous one may be lower.
         max_bytes = self.config.max_upload_bytes
@@ -35,8 +40,8 @@ class IndexHandler(BaseHandler):
         )
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
-        if status_code == 405 and self.request.method in ("POST", "PUT"):
-            # `curl -F file=@shot.png https://host/`, as 0x0.st takes files: say where.
+        if status_code == 405 and self.request.method == "PUT":
+            # `curl -T shot.png https://host/`: say where.
             where = where_uploads_go(self.public_url())
             refusal = Refusal(405, f"The upload page takes no files itself. {where}")
             kwargs["exc_info"] = (Refusal, refusal, None)

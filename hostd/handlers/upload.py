@@ -655,17 +655,42 @@ class ApiPutHandler(ApiUploadHandler):
         await self.post()
 
 
-class PutTo(PathMatches):
-    """A route for PUT requests alone: Tornado routes by path, and /api/upload takes a POST
-    (ApiUploadHandler) and a PUT (ApiPutHandler), two different bodies."""
+@tornado.web.stream_request_body
+class RootUploadHandler(ApiUploadHandler):
+    """POST / (`curl -F file=@shot.png https://host/`), as 0x0.st takes files: the upload
+    of POST /api/upload, Bearer keys included, answered as 0x0.st answers, with the file's
+    URL (its `ext` form) on one line. Refusals are the plain-text protocol's `ERROR ...`."""
+
+    SUPPORTED_METHODS = ("POST",)  # GET, HEAD and OPTIONS of / are the upload page's
+    refusal_format = plain_error
+
+    def error_answer(self, status: int, message: str) -> tuple[int, str, str]:
+        return plain_error(status, message)
+
+    def answer_ok(self, blob: Blob, upload: Upload, filename: str) -> None:
+        self.set_header("Content-Type", "text/plain; charset=utf-8")
+        self.finish(file_urls(self.public_url(), blob, filename)["ext"] + "\n")
+
+
+class MethodTo(PathMatches):
+    """A route for one method alone: Tornado routes by path, and /api/upload takes a POST
+    (ApiUploadHandler) and a PUT (ApiPutHandler), two different bodies; / shows the upload
+    page and takes a POST (RootUploadHandler), a streamed body."""
+
+    def __init__(self, method: str, path_pattern: str) -> None:
+        super().__init__(path_pattern)
+        self.method = method
 
     def match(self, request: httputil.HTTPServerRequest) -> dict[str, Any] | None:
-        return super().match(request) if request.method == "PUT" else None
+        return super().match(request) if request.method == self.method else None
 
+
+# Before the upload page's route, which takes every method of /.
+root_routes: list[tuple[str | PathMatches, Any]] = [(MethodTo("POST", r"/"), RootUploadHandler)]
 
 routes: list[tuple[str | PathMatches, Any]] = [
     (r"/upload", UploadHandler),
-    (PutTo(r"/api/upload/?"), ApiPutHandler),
+    (MethodTo("PUT", r"/api/upload/?"), ApiPutHandler),
     (r"/api/upload", ApiUploadHandler),
     (r"/api/upload/([^/]+)", ApiPutHandler),
 ]
