@@ -660,3 +660,36 @@ async def test_by_tus_expires_asks_the_same_as_by_put(base_url, tmp_path, wall_c
 
     assert run.code == 0, run.stderr
     assert json.loads(run.stdout)["expires_at"] == iso_time(int(wall_clock()) + 5 * 3600)
+
+
+# -- start-up ---------------------------------------------------------------------------
+
+# Runs the `hostd` command's main() with the arguments given, then prints the modules loaded.
+MODULES_AFTER = """
+import json, sys
+from hostd import cli
+try:
+    cli.main(sys.argv[1:])
+finally:
+    print(json.dumps(sorted(sys.modules)))
+"""
+
+
+@pytest.mark.parametrize("command", ["upload", "--help"])
+@pytest.mark.gen_test(timeout=60)
+async def test_hostd_upload_and_help_load_none_of_the_servers_modules(base_url, tmp_path, command):
+    """They need none of Tornado, the handlers or the database, which took a second to import."""
+    (path,) = files(tmp_path, **{"a.txt": b"lean"})
+    args = ["upload", "--url", base_url, path] if command == "upload" else ["--help"]
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", MODULES_AFTER, *args, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), timeout=30)
+
+    loaded = json.loads(out.splitlines()[-1])
+    hostd = {name for name in loaded if name.startswith("hostd.")}
+    assert hostd <= {"hostd.cli", "hostd.client", "hostd.hashes", "hostd.parsing"}
+    assert not [name for name in loaded if name.startswith(("tornado", "asyncio", "jinja2"))]
+    if command == "upload":
+        assert out.splitlines()[0].decode() == f"{base_url}/{public_hash(b'lean')}.txt"
