@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import http.client
 import json
+import math
 import os
 import select
 import socket
@@ -42,8 +43,10 @@ TIMEOUT_SECONDS = 60.0
 CONTINUE_WAIT_SECONDS = 1.0
 # Waits between tries of a tus upload that failed without making progress; progress resets.
 RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 30.0)
-# How often a PUT is sent when the server answers 503 (see Client.upload_put).
+# How often a PUT is sent when the server answers 503 or 429 (see Client.upload_put), and
+# the longest its Retry-After is waited out.
 PUT_TRIES = 3
+PUT_WAIT_SECONDS = 30.0
 TUS_VERSION = "1.0.0"
 TUS_PATH = "/api/tus/"
 
@@ -372,8 +375,10 @@ class Client:
         self, file: BinaryIO, name: str, size: int, progress: Progress | None
     ) -> dict[str, Any]:
         """One PUT; sent again after a 503 (the server restarting, its database or storage
-        out of reach for a moment: nothing was stored), up to PUT_TRIES times, each after
-        the server's Retry-After (at most 30 s) or RETRY_DELAYS."""
+        out of reach for a moment: nothing was stored) or a 429 (a rate limit), up to
+        PUT_TRIES times, each after the server's Retry-After or RETRY_DELAYS. A 503's wait is
+        cut to PUT_WAIT_SECONDS; a 429 that asks for longer is the answer (its message says
+        when to try again)."""
         for tries in range(1, PUT_TRIES + 1):
             if progress is not None:
                 progress.at(0)
@@ -386,9 +391,12 @@ class Client:
                 },
                 FileSlice(file, 0, size, progress.advance if progress else None),
             )
-            if answer.status != 503 or tries == PUT_TRIES:
+            if answer.status not in (429, 503) or tries == PUT_TRIES:
                 break
-            self._sleep(retry_after(answer, at_most=30.0) or RETRY_DELAYS[tries - 1])
+            wait = retry_after(answer, at_most=math.inf) or RETRY_DELAYS[tries - 1]
+            if answer.status == 429 and wait > PUT_WAIT_SECONDS:
+                break
+            self._sleep(min(wait, PUT_WAIT_SECONDS))
         if answer.status != 200:
             raise answer.refusal()
         return answer.json()
@@ -668,11 +676,13 @@ class Client:
 
 
 def retry_after(answer: Answer, *, at_most: float) -> float | None:
-    """The seconds the answer's Retry-After asks for (at most `at_most`); None without one."""
+    """The seconds the answer's Retry-After asks for (at most `at_most`); None without one
+    (or with one that is no number of seconds, NaN and negative ones included)."""
     try:
-        return min(float(answer.headers.get("Retry-After", "")), at_most)
+        seconds = float(answer.headers.get("Retry-After", ""))
     except ValueError:
         return None
+    return min(seconds, at_most) if seconds >= 0 else None
 
 
 def await_continue(conn: http.client.HTTPConnection) -> bool:

@@ -360,6 +360,46 @@ async def test_a_503_is_sent_again_after_the_servers_retry_after(
 
 
 @pytest.mark.gen_test(timeout=60)
+async def test_a_429_is_sent_again_after_the_servers_retry_after(
+    base_url, tmp_path, db, limit, clock, access_log
+):
+    """A rate limit that lifts within PUT_WAIT_SECONDS (30 s) is waited out."""
+    first, second = files(tmp_path, **{"a.txt": b"spends the budget", "b.txt": b"waits"})
+    limit(uploads_per_minute=1)
+    assert (await hostd_upload(first, "--url", base_url)).code == 0
+    clock.advance(59)  # the next upload is 1 s away
+
+    proc = await start_upload(second, "--url", base_url)
+    while "429 PUT /api/upload/b.txt" not in access_log.text:
+        assert proc.returncode is None, "the client gave up after the 429"
+        await asyncio.sleep(0.05)
+    clock.advance(1)
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=30)
+
+    assert proc.returncode == 0, err
+    assert out.decode() == f"{base_url}/{public_hash(b'waits')}.txt\n"
+    assert "200 PUT /api/upload/b.txt" in access_log.text
+    assert len(await queries.all_uploads(db)) == 2
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_429_that_asks_for_longer_than_30_s_fails_the_file_at_once(
+    base_url, tmp_path, db, limit, access_log
+):
+    first, second = files(tmp_path, **{"a.txt": b"spends the budget", "b.txt": b"refused"})
+    limit(uploads_per_minute=1)  # the next upload is 60 s away
+
+    run = await hostd_upload(first, second, "--url", base_url)
+
+    assert run.code == 1
+    assert run.stdout == f"{base_url}/{public_hash(b'spends the budget')}.txt\n"
+    assert f"hostd upload: {second}: too many uploads: at most 1 a minute" in run.stderr
+    assert run.stderr.endswith("try again in 60 s (HTTP 429)\n")
+    assert access_log.text.count("429 PUT /api/upload/b.txt") == 1
+    assert len(await queries.all_uploads(db)) == 1
+
+
+@pytest.mark.gen_test(timeout=60)
 async def test_a_refused_file_is_named_with_the_servers_message_and_the_rest_still_go(
     base_url, tmp_path, db, config
 ):
