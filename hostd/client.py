@@ -748,7 +748,11 @@ def run(
 ) -> int:
     """`hostd upload`: 0 when every file was uploaded; 1 when one was refused or the server
     could not be reached; 2 when a file cannot be read (nothing is sent then). The file `-`
-    is `stdin` (None: sys.stdin's bytes), named `stdin_name` (None: the server names it)."""
+    is `stdin` (None: sys.stdin's bytes), named `stdin_name` (None: the server names it).
+
+    Each uploaded file's URL goes to `stdout` and its deletion link to `stderr` (`delete:
+    <url>`: the n-th goes with the n-th URL), or with `as_json` its answer to `stdout`; a
+    file that fails is named on `stderr`, with the reason."""
     if files.count(STDIN) > 1:
         print("hostd upload: '-' (standard input) can be given once", file=stderr)
         return 2
@@ -791,6 +795,10 @@ def run(
             continue
         if as_json:
             print(json.dumps(answer), file=stdout, flush=True)
-        else:
-            print(answer.get("urls", {}).get("ext", ""), file=stdout, flush=True)
+            continue
+        print(answer.get("urls", {}).get("ext", ""), file=stdout, flush=True)
+        # The deletion link is shown this once (the server keeps only its hash), and is an
+        # anonymous upload's only way to go; stdout stays one URL a line for scripts.
+        if answer.get("delete_url"):
+            print(f"delete: {answer['delete_url']}", file=stderr, flush=True)
     return status

@@ -158,9 +158,27 @@ async def test_each_file_is_uploaded_and_its_url_printed_one_a_line(base_url, tm
         f"{base_url}/{public_hash(png)}.png",
         f"{base_url}/{public_hash(b'3')}.txt",
     ]
-    assert run.stderr == ""  # no progress bar: stderr is not a terminal
+    assert [line.split()[0] for line in run.stderr.splitlines()] == ["delete:"] * 3  # no bar
     names = sorted(u.original_name for u in await queries.all_uploads(db))
     assert names == ["a.txt", "b.png", "c d é%2F.txt"]
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_each_files_deletion_link_goes_to_stderr_in_the_order_of_the_urls(
+    base_url, tmp_path, db, http_client
+):
+    """The link is shown once (the server keeps only its hash), and is an anonymous
+    upload's only way to be deleted."""
+    paths = files(tmp_path, **{"a.txt": b"kept", "b.txt": b"deleted"})
+
+    run = await hostd_upload(*paths, "--url", base_url)
+    first, second = (line.removeprefix("delete: ") for line in run.stderr.splitlines())
+    deleted = await http_client.fetch(second, method="POST", body=b"")
+
+    assert run.code == 0
+    assert first.startswith(f"{base_url}/delete/") and second.startswith(f"{base_url}/delete/")
+    assert deleted.code == 200
+    assert [u.original_name for u in await queries.all_uploads(db)] == ["a.txt"]
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -172,6 +190,7 @@ async def test_json_prints_each_answer_of_the_api(base_url, tmp_path):
     answer = json.loads(run.stdout)
     assert answer["status"] is True and answer["hash"] == public_hash(b"as json")
     assert answer["delete_url"].startswith(f"{base_url}/delete/")
+    assert run.stderr == ""  # the link is in the answer
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -228,9 +247,9 @@ async def test_a_big_file_is_streamed_and_stored_byte_for_byte(base_url, tmp_pat
     assert temp_files(config) == []
 
 
-async def on_a_terminal(*args: str, stdin: bytes | None = None) -> tuple[Run, str]:
-    """hostd upload run with stderr on a terminal: the run, and the progress line as it
-    was left there."""
+async def on_a_terminal(*args: str, stdin: bytes | None = None) -> tuple[Run, list[str]]:
+    """hostd upload run with stderr on a terminal: the run, and the lines as they were left
+    there (a progress bar as last drawn)."""
     terminal, screen = pty.openpty()
     try:
         run = await hostd_upload(*args, stderr=screen, stdin=stdin)
@@ -246,26 +265,27 @@ async def on_a_terminal(*args: str, stdin: bytes | None = None) -> tuple[Run, st
             shown += more
     finally:
         os.close(terminal)
-    return run, shown.decode().rstrip("\r\n").split("\r")[-1]
+    return run, [line.split("\r")[-1] for line in shown.decode().split("\r\n")[:-1]]
 
 
 @pytest.mark.gen_test(timeout=60)
 async def test_on_a_terminal_stderr_shows_a_progress_bar(base_url, tmp_path):
     big = sized(tmp_path, "big.bin", 3 * 1024 * 1024)
 
-    run, last = await on_a_terminal(str(big), "--url", base_url)
+    run, (bar, deletion) = await on_a_terminal(str(big), "--url", base_url)
 
     assert run.code == 0
     assert run.stdout.startswith(base_url)  # the URL alone on stdout
-    assert last.startswith("big.bin [#") and last.endswith("] 100% 3072 of 3072 KiB")
+    assert bar.startswith("big.bin [#") and bar.endswith("] 100% 3072 of 3072 KiB")
+    assert deletion.startswith(f"delete: {base_url}/delete/")
 
 
 @pytest.mark.gen_test(timeout=60)
 async def test_on_a_terminal_standard_input_shows_what_has_gone(base_url, tmp_path):
-    run, last = await on_a_terminal("-", "--url", base_url, stdin=b"p" * (2 * 1024 * 1024))
+    run, (sent, _) = await on_a_terminal("-", "--url", base_url, stdin=b"p" * (2 * 1024 * 1024))
 
     assert run.code == 0
-    assert last == "stdin 2048 KiB sent"
+    assert sent == "stdin 2048 KiB sent"
 
 
 # -- standard input ---------------------------------------------------------------------
@@ -409,9 +429,11 @@ async def test_a_refused_file_is_named_with_the_servers_message_and_the_rest_sti
     run = await hostd_upload(str(big), small, "--url", base_url)
 
     assert run.code == 1
-    assert run.stderr == (
-        f"hostd upload: {big}: the file is larger than the limit of {LIMIT} bytes (HTTP 413)\n"
+    refused, deletion = run.stderr.splitlines()
+    assert refused == (
+        f"hostd upload: {big}: the file is larger than the limit of {LIMIT} bytes (HTTP 413)"
     )
+    assert deletion.startswith(f"delete: {base_url}/delete/")  # small.txt's
     assert run.stdout == f"{base_url}/{public_hash(b'fits')}.txt\n"
     assert [u.original_name for u in await queries.all_uploads(db)] == ["small.txt"]
     assert temp_files(config) == []
