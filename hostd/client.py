@@ -49,6 +49,8 @@ PUT_TRIES = 3
 PUT_WAIT_SECONDS = 30.0
 TUS_VERSION = "1.0.0"
 TUS_PATH = "/api/tus/"
+UPLOAD_PATH = "/api/upload"
+REDIRECTS = (301, 302, 303, 307, 308)
 
 STDIN = Path("-")  # the file name that stands for standard input
 
@@ -68,6 +70,11 @@ class UploadFailed(Exception):
 
     def __str__(self) -> str:
         return self.message if self.status is None else f"{self.message} (HTTP {self.status})"
+
+
+class WrongURL(UploadFailed):
+    """The URL given is not a hostd server's base URL: the server redirects elsewhere, or has
+    no upload endpoint there. Every file would fail the same way."""
 
 
 class Unreachable(UploadFailed):
@@ -341,10 +348,11 @@ class Client:
         sleep: Callable[[float], None] = time.sleep,
         journal: Journal | None = None,
     ) -> None:
-        parts = server_url_parts(url.rstrip("/"))
+        # The upload endpoint (a ShareX config's RequestURL, pasted) stands for its server.
+        self.url = url.rstrip("/").removesuffix(UPLOAD_PATH)
+        parts = server_url_parts(self.url)
         if parts is None:
             raise UploadFailed(f"the server URL must be http(s)://host[:port][/path], not {url!r}")
-        self.url = url.rstrip("/")
         self._parts = parts
         self.key = key
         self.resumable_above = resumable_above
@@ -384,7 +392,7 @@ class Client:
                 progress.at(0)
             answer = self.request(
                 "PUT",
-                f"/api/upload/{urllib.parse.quote(os.fsencode(name), safe='')}",
+                f"{UPLOAD_PATH}/{urllib.parse.quote(os.fsencode(name), safe='')}",
                 {
                     "Content-Length": str(size),
                     **({"Expires": self.expires} if self.expires else {}),
@@ -397,20 +405,18 @@ class Client:
             if answer.status == 429 and wait > PUT_WAIT_SECONDS:
                 break
             self._sleep(min(wait, PUT_WAIT_SECONDS))
-        if answer.status != 200:
-            raise answer.refusal()
-        return answer.json()
+        return self.uploaded(answer)
 
     def upload_stream(self, stream: BinaryIO, name: str | None) -> dict[str, Any]:
         """The server's JSON answer for what `stream` (a pipe) holds, up to its end, sent as
         it is read; with no name the server calls it `file`."""
         shown = name or "stdin"
         progress = Progress(self.progress_to, shown, None) if self.progress_to else None
-        target = f"/api/upload/{urllib.parse.quote(os.fsencode(name), safe='')}" if name else ""
+        target = f"{UPLOAD_PATH}/{urllib.parse.quote(os.fsencode(name), safe='')}" if name else ""
         try:
             answer = self.request(
                 "PUT",
-                target or "/api/upload",
+                target or UPLOAD_PATH,
                 {
                     "Transfer-Encoding": "chunked",
                     **({"Expires": self.expires} if self.expires else {}),
@@ -420,6 +426,17 @@ class Client:
         finally:
             if progress is not None:
                 progress.end()
+        return self.uploaded(answer)
+
+    def uploaded(self, answer: Answer) -> dict[str, Any]:
+        """The JSON of a PUT's answer; UploadFailed with the server's message when it refused
+        the file, WrongURL when there is no upload endpoint at this URL (404)."""
+        if answer.status == 404:
+            raise WrongURL(
+                f"nothing at {self.url}{UPLOAD_PATH}: give --url the server's base URL,"
+                " e.g. http://host:port",
+                404,
+            )
         if answer.status != 200:
             raise answer.refusal()
         return answer.json()
@@ -668,11 +685,30 @@ class Client:
                 with contextlib.suppress(OSError):
                     conn.send(body)
             response = conn.getresponse()
-            return Answer(response.status, response.headers, response.read())
+            answer = Answer(response.status, response.headers, response.read())
         except (OSError, http.client.HTTPException) as exc:
             raise Unreachable(f"{self.url}: {reason(exc)}") from None
         finally:
             conn.close()
+        if answer.status in REDIRECTS and answer.headers.get("Location"):
+            raise self.redirected(target, answer.headers["Location"], answer.status)
+        return answer
+
+    def redirected(self, target: str, location: str, status: int) -> WrongURL:
+        """Where the server redirects, as the --url to give instead when it sends `target`
+        elsewhere (http to https, another host or path); as it is when not."""
+        parts = self._parts
+        asked = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}{target}"
+        there = urllib.parse.urljoin(asked, location)
+        where = urllib.parse.urlsplit(there)
+        if where.path.endswith(target):
+            base = where._replace(path=where.path.removesuffix(target), query="", fragment="")
+            return WrongURL(f"the server redirects to {base.geturl()}; use that as --url", status)
+        return WrongURL(
+            f"the server redirects to {there}: give --url the server's base URL,"
+            " e.g. https://host:port",
+            status,
+        )
 
 
 def retry_after(answer: Answer, *, at_most: float) -> float | None:
@@ -786,7 +822,7 @@ def run(
         except KeyboardInterrupt:
             print(f"hostd upload: {path}: interrupted", file=stderr)
             return 130
-        except Unreachable as exc:
+        except (Unreachable, WrongURL) as exc:
             print(f"hostd upload: {path}: {exc}", file=stderr)
             return 1  # the next file would fail the same way
         except (UploadFailed, OSError) as exc:

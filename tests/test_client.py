@@ -535,6 +535,79 @@ async def test_a_url_that_is_not_an_http_servers_is_refused_in_one_line(tmp_path
     )
 
 
+@pytest.mark.parametrize("suffix", ["/api/upload", "/api/upload/"])
+@pytest.mark.gen_test(timeout=60)
+async def test_the_upload_endpoint_as_url_stands_for_its_server(base_url, tmp_path, suffix):
+    """As a ShareX config's RequestURL has it."""
+    (path,) = files(tmp_path, **{"a.txt": b"pasted"})
+
+    run = await hostd_upload(path, "--url", base_url + suffix)
+
+    assert (run.code, run.stderr.split()[0]) == (0, "delete:")
+    assert run.stdout == f"{base_url}/{public_hash(b'pasted')}.txt\n"
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_url_with_no_hostd_at_it_asks_for_the_servers_base_url_once(base_url, tmp_path):
+    paths = files(tmp_path, **{"a.txt": b"a", "b.txt": b"b"})
+
+    run = await hostd_upload(*paths, "--url", f"{base_url}/files")
+
+    assert run.code == 1
+    assert run.stderr == (
+        f"hostd upload: {paths[0]}: nothing at {base_url}/files/api/upload: give --url the"
+        " server's base URL, e.g. http://host:port (HTTP 404)\n"
+    )  # and b.txt is not tried
+
+
+async def redirecting(location: str):
+    """A server on loopback that answers every request with a 301 to `location` ({path}: the
+    request's), as a front that sends http to https does; the server, and its URL."""
+
+    async def answer(reader, writer) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        path = head.split(b" ")[1].decode()
+        writer.write(
+            f"HTTP/1.1 301 Moved Permanently\r\nLocation: {location.replace('{path}', path)}\r\n"
+            "Content-Length: 0\r\nConnection: close\r\n\r\n".encode()
+        )
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+@pytest.mark.parametrize(
+    ("location", "error"),
+    [
+        (
+            "https://files.example.org{path}",
+            "the server redirects to https://files.example.org; use that as --url (HTTP 301)",
+        ),
+        (
+            "/login",
+            "the server redirects to {url}/login: give --url the server's base URL,"
+            " e.g. https://host:port (HTTP 301)",
+        ),
+    ],
+    ids=["to-https", "elsewhere"],
+)
+@pytest.mark.parametrize("size", [100, 3 * 1024 * 1024], ids=["put", "tus"])
+@pytest.mark.gen_test(timeout=60)
+async def test_a_redirect_says_where_it_points_once(tmp_path, location, error, size):
+    paths = [str(sized(tmp_path, "a.bin", size)), str(sized(tmp_path, "b.bin", size))]
+    server, url = await redirecting(location)
+
+    try:
+        run = await hostd_upload(*paths, "--url", url, "--resumable-above", "1000000")
+    finally:
+        server.close()
+
+    assert run.code == 1
+    assert run.stderr == f"hostd upload: {paths[0]}: {error.replace('{url}', url)}\n"
+
+
 # -- big files: tus ---------------------------------------------------------------------
 
 
