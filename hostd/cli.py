@@ -204,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
         "files", nargs="+", type=Path, metavar="FILE", help="a file to send; - for standard input"
     )
     upload_cmd.add_argument(
-        "--url", help=f"the server (default: $HOSTD_URL, else {client.DEFAULT_URL})"
+        "--url", help=f"the server's base URL (default: $HOSTD_URL, else {client.DEFAULT_URL})"
     )
     upload_cmd.add_argument("--key", help="an API key (default: $HOSTD_KEY; none: anonymous)")
     upload_cmd.add_argument(
