@@ -1,37 +1,20 @@
-"""The `hostd` command: serve, and the admin commands."""
+"""The `hostd` command: its arguments, and `hostd upload`; the commands that work on the
+server's side are in hostd.admin, imported only when one of them runs."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import dataclasses
-import getpass
-import json
 import logging
 import os
 import re
 import sys
-import time
-import urllib.parse
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from hostd import __version__, affinity, backup, client, db, limits, resumable, retention, uploads
-from hostd.accounts import NAME_PATTERN, password_problem
-from hostd.app import format_size, format_time, serve, thumbnails_of
-from hostd.auth import Auth
-from hostd.config import Config, ConfigError, load_config, make_data_dir
-from hostd.db import Database
+from hostd import __version__, client
 from hostd.hashes import PUBLIC_HASH_PATTERN, is_sha256
-from hostd.migrate import MigrationError, migrate
 from hostd.parsing import parse_count
-from hostd.server import CannotListen
-from hostd.storage import StoreUnavailable, store_from
-from hostd.supervisor import supervise
 
-DEFAULT_CONFIG = Path("hostd.toml")
-MAX_QUOTA_BYTES = 2**63 - 1  # SQLite's largest integer
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE (13): what a shell reports for a process SIGPIPE ended
 
 
@@ -60,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="record this cookie secret as the database's, replacing another (signs everyone out)",
     )
-    serve_cmd.set_defaults(handler=cmd_serve)
+    serve_cmd.set_defaults(handler=server_side("cmd_serve"))
 
     user_cmd = commands.add_parser("user", help="manage accounts")
     user_sub = user_cmd.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -69,24 +52,24 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument(
         "--password-stdin", action="store_true", help="read the password from standard input"
     )
-    add.set_defaults(handler=admin(user_add, may_create=True))
+    add.set_defaults(handler=admin("user_add", may_create=True))
     user_sub.add_parser("list", parents=[common], help="list accounts").set_defaults(
-        handler=admin(user_list)
+        handler=admin("user_list")
     )
     passwd = user_sub.add_parser("passwd", parents=[common], help="set an account's password")
     passwd.add_argument("name")
     passwd.add_argument(
         "--password-stdin", action="store_true", help="read the password from standard input"
     )
-    passwd.set_defaults(handler=admin(user_passwd))
+    passwd.set_defaults(handler=admin("user_passwd"))
     disable = user_sub.add_parser(
         "disable", parents=[common], help="stop an account: no sign-in, its sessions and keys fail"
     )
     disable.add_argument("name")
-    disable.set_defaults(handler=admin(user_disable), disabled=True)
+    disable.set_defaults(handler=admin("user_disable"), disabled=True)
     enable = user_sub.add_parser("enable", parents=[common], help="undo `user disable`")
     enable.add_argument("name")
-    enable.set_defaults(handler=admin(user_disable), disabled=False)
+    enable.set_defaults(handler=admin("user_disable"), disabled=False)
     user_rm = user_sub.add_parser(
         "rm", parents=[common], help="remove an account, its sessions and keys"
     )
@@ -97,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="keep",
         help="keep: its uploads stay, anonymous (the default); delete: they go too",
     )
-    user_rm.set_defaults(handler=admin(user_rm_cmd))
+    user_rm.set_defaults(handler=admin("user_rm_cmd"))
     quota = user_sub.add_parser(
         "quota", parents=[common], help="show or set an account's storage quota"
     )
@@ -108,26 +91,26 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="BYTES|none|default",
         help="a number of bytes; none: no quota; default: accounts.quota_bytes (omit: show it)",
     )
-    quota.set_defaults(handler=admin(user_quota))
+    quota.set_defaults(handler=admin("user_quota"))
 
     key_cmd = commands.add_parser("key", help="manage API keys")
     key_sub = key_cmd.add_subparsers(dest="action", required=True, metavar="ACTION")
     create = key_sub.add_parser("create", parents=[common], help="make a key; prints it once")
     create.add_argument("name", help="the account")
     create.add_argument("--label", default="")
-    create.set_defaults(handler=admin(key_create))
+    create.set_defaults(handler=admin("key_create"))
     key_list = key_sub.add_parser("list", parents=[common], help="list an account's keys")
     key_list.add_argument("name")
-    key_list.set_defaults(handler=admin(key_list_cmd))
+    key_list.set_defaults(handler=admin("key_list_cmd"))
     invalidate = key_sub.add_parser("invalidate", parents=[common], help="make a key unusable")
     invalidate.add_argument("key_id", help="the 16 hex characters after hk_")
-    invalidate.set_defaults(handler=admin(key_invalidate))
+    invalidate.set_defaults(handler=admin("key_invalidate"))
 
     file_cmd = commands.add_parser("file", help="look at or take down stored files")
     file_sub = file_cmd.add_subparsers(dest="action", required=True, metavar="ACTION")
     info = file_sub.add_parser("info", parents=[common], help="a file and who uploaded it")
     info.add_argument("hash", help="the hash, or any of the file's URLs")
-    info.set_defaults(handler=admin(file_info))
+    info.set_defaults(handler=admin("file_info"))
     remove = file_sub.add_parser(
         "rm", parents=[common], help="take a file down: every upload of it, and its bytes"
     )
@@ -136,13 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
     remove.add_argument(
         "--reason", type=reason_argument, help="with --ban: why, shown to whoever asks for them"
     )
-    remove.set_defaults(handler=admin(file_rm))
+    remove.set_defaults(handler=admin("file_rm"))
 
     ban_cmd = commands.add_parser("ban", help="bytes that may never be stored again")
     ban_sub = ban_cmd.add_subparsers(dest="action", required=True, metavar="ACTION")
     ban_list = ban_sub.add_parser("list", parents=[common], help="list the bans")
     ban_list.add_argument("--json", action="store_true", help="as JSON")
-    ban_list.set_defaults(handler=admin(ban_list_cmd))
+    ban_list.set_defaults(handler=admin("ban_list_cmd"))
     ban_add = ban_sub.add_parser(
         "add", parents=[common], help="ban bytes by SHA-256 (and take them down if stored)"
     )
@@ -150,16 +133,16 @@ def build_parser() -> argparse.ArgumentParser:
     ban_add.add_argument(
         "--reason", type=reason_argument, default="", help="why, shown to whoever asks for them"
     )
-    ban_add.set_defaults(handler=admin(ban_add_cmd, may_create=True))
+    ban_add.set_defaults(handler=admin("ban_add_cmd", may_create=True))
     ban_rm = ban_sub.add_parser("rm", parents=[common], help="lift a ban")
     ban_rm.add_argument("sha256", type=sha256_argument)
-    ban_rm.set_defaults(handler=admin(ban_rm_cmd))
+    ban_rm.set_defaults(handler=admin("ban_rm_cmd"))
 
     stats_cmd = commands.add_parser(
         "stats", parents=[common], help="uploads, storage, dedup savings, top uploaders"
     )
     stats_cmd.add_argument("--json", action="store_true", help="as JSON")
-    stats_cmd.set_defaults(handler=admin(stats))
+    stats_cmd.set_defaults(handler=admin("stats"))
 
     gc_cmd = commands.add_parser(
         "gc",
@@ -169,7 +152,6 @@ def build_parser() -> argparse.ArgumentParser:
     gc_cmd.add_argument(
         "--grace",
         type=grace_argument,
-        default=uploads.GC_GRACE_SECONDS,
         metavar="SECONDS",
         help="leave bytes younger than this alone (default: an hour)",
     )
@@ -181,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
         " SHA-256 (slow: it reads all the data)",
     )
     gc_cmd.add_argument("--json", action="store_true", help="as JSON")
-    gc_cmd.set_defaults(handler=admin(gc))
+    gc_cmd.set_defaults(handler=admin("gc"))
 
     backup_cmd = commands.add_parser(
         "backup",
@@ -189,12 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="copy the database and the files to DEST while the server runs (incremental)",
     )
     backup_cmd.add_argument("destination", type=Path, metavar="DEST")
-    backup_cmd.set_defaults(handler=admin(backup_to))
+    backup_cmd.set_defaults(handler=admin("backup_to"))
     restore_cmd = commands.add_parser(
         "restore", parents=[common], help="make an empty data dir from a backup (server stopped)"
     )
     restore_cmd.add_argument("source", type=Path, metavar="SRC")
-    restore_cmd.set_defaults(handler=restore_from)
+    restore_cmd.set_defaults(handler=server_side("restore_from"))
     storage_cmd = commands.add_parser("storage", help="the blob store")
     storage_sub = storage_cmd.add_subparsers(dest="action", required=True, metavar="ACTION")
     migrate_cmd = storage_sub.add_parser(
@@ -203,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="copy every file to the other store (local or s3), verified; switches nothing",
     )
     migrate_cmd.add_argument("--to", choices=("s3", "local"), required=True)
-    migrate_cmd.set_defaults(handler=admin(storage_migrate))
+    migrate_cmd.set_defaults(handler=admin("storage_migrate"))
 
     prune_cmd = commands.add_parser(
         "prune",
@@ -213,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prune_cmd.add_argument("--dry-run", action="store_true", help="only list what would be removed")
     prune_cmd.add_argument("--json", action="store_true", help="print JSON for scripts")
-    prune_cmd.set_defaults(handler=admin(prune))
+    prune_cmd.set_defaults(handler=admin("prune"))
 
     upload_cmd = commands.add_parser(
         "upload", help="send files to a hostd server; prints each one's URL"
@@ -222,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
         "files", nargs="+", type=Path, metavar="FILE", help="a file to send; - for standard input"
     )
     upload_cmd.add_argument(
-        "--url", help=f"the server (default: $HOSTD_URL, else {client.DEFAULT_URL})"
+        "--url", help=f"the server's base URL (default: $HOSTD_URL, else {client.DEFAULT_URL})"
     )
     upload_cmd.add_argument("--key", help="an API key (default: $HOSTD_KEY; none: anonymous)")
     upload_cmd.add_argument(
@@ -248,19 +230,38 @@ def build_parser() -> argparse.ArgumentParser:
     migrate_cmd = db_sub.add_parser(
         "migrate", parents=[common], help="apply the migrations the database lacks, and only that"
     )
-    migrate_cmd.set_defaults(handler=db_migrate)
+    migrate_cmd.set_defaults(handler=server_side("db_migrate"))
     copy_cmd = db_sub.add_parser(
         "copy",
         help="copy every row into an empty database (sqlite:///path or postgresql://...)",
     )
     copy_cmd.add_argument("--from", dest="source", required=True, metavar="URL")
     copy_cmd.add_argument("--to", dest="target", required=True, metavar="URL")
-    copy_cmd.set_defaults(handler=db_copy)
+    copy_cmd.set_defaults(handler=server_side("db_copy"))
     return parser
 
 
-class CommandError(Exception):
-    """A failed admin command; the message is printed, the exit status is 1."""
+Handler = Callable[[argparse.Namespace], int]
+
+
+def admin(name: str, *, may_create: bool = False) -> Handler:
+    """hostd.admin's async command `name`, run against the configured database (admin.admin)."""
+    return server_side(name, database=True, may_create=may_create)
+
+
+def server_side(name: str, *, database: bool = False, may_create: bool = False) -> Handler:
+    """hostd.admin's command `name`, imported only when it runs: with it come the server's
+    modules (Tornado, the database, the store), about a second of start-up that `hostd upload`
+    and `hostd --help` do without."""
+
+    def run_it(args: argparse.Namespace) -> int:
+        from hostd import admin as commands  # the server's modules: see the docstring
+
+        command = getattr(commands, name)
+        handler = commands.admin(command, may_create=may_create) if database else command
+        return commands.run(handler, args)
+
+    return run_it
 
 
 def sha256_argument(text: str) -> str:
@@ -294,257 +295,9 @@ def grace_argument(text: str) -> float:
     return seconds
 
 
-def print_table(header: Sequence[str] | None, rows: Sequence[Sequence[object]]) -> None:
-    """Aligned columns, under a header when there is one; numbers to the right."""
-    lines = [list(header)] if header else []
-    lines += [[str(cell) for cell in row] for row in rows]
-    if not lines:
-        return
-    columns = range(len(lines[0]))
-    numeric = [bool(rows) and all(isinstance(row[i], int) for row in rows) for i in columns]
-    widths = [max(len(line[i]) for line in lines) for i in columns]
-    for line in lines:
-        cells = [
-            cell.rjust(width) if numeric[i] else cell.ljust(width)
-            for i, (cell, width) in enumerate(zip(line, widths, strict=True))
-        ]
-        print("  ".join(cells).rstrip())
-
-
-def print_json(payload: Any) -> None:
-    print(json.dumps(payload, indent=2))
-
-
-def iso_time(epoch: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
-
-
-AdminCommand = Callable[[argparse.Namespace, Config, Database, Auth], Awaitable[None]]
-
-
-def admin(
-    command: AdminCommand, *, may_create: bool = False
-) -> Callable[[argparse.Namespace], int]:
-    """Run an admin command against the configured database. Most commands would find
-    nothing in a new SQLite database (no user to change, nothing to list): for them, a data
-    dir without one is taken for a mistyped --data-dir and left alone. Those that
-    `may_create` (the first account, a ban made before the first start) make it."""
-
-    def run_it(args: argparse.Namespace) -> int:
-        config = config_from(args)
-        if not may_create and config.database_url is None and not config.db_path.exists():
-            print(
-                f"hostd: no hostd database at {config.db_path} (did you mean another --data-dir?)",
-                file=sys.stderr,
-            )
-            return 1
-
-        async def main() -> None:
-            make_data_dir(config)
-            database = await Database.open_config(config)
-            auth = Auth()
-            try:
-                await command(args, config, database, auth)
-            finally:
-                auth.close()
-                await database.close()
-
-        try:
-            asyncio.run(main())
-        except CommandError as exc:
-            print(f"hostd: {exc}", file=sys.stderr)
-            return 1
-        return 0
-
-    return run_it
-
-
-def read_password(args: argparse.Namespace) -> str:
-    """The new password, exactly as typed: with --password-stdin, the first line of standard
-    input without its final newline, and nothing else taken off (the web forms do the same)."""
-    if args.password_stdin:
-        line = sys.stdin.buffer.readline().removesuffix(b"\n")
-        try:
-            password = line.decode("utf-8")
-        except UnicodeDecodeError:
-            raise CommandError("the password on standard input is not UTF-8") from None
-        confirm = password
-    else:
-        password = getpass.getpass("Password: ")
-        confirm = getpass.getpass("Password again: ")
-    problem = password_problem(password, confirm)
-    if problem:
-        raise CommandError(problem)
-    return password
-
-
-async def user_add(
-    args: argparse.Namespace, config: Config, database: Database, auth: Auth
-) -> None:
-    if not NAME_PATTERN.fullmatch(args.name):
-        raise CommandError("a name is 1 to 64 letters, digits, '.', '_' or '-'")
-    password = read_password(args)
-    try:
-        user = await db.insert_user(
-            database, name=args.name, password_hash=await auth.hash_password(password)
-        )
-    except db.NameTaken:
-        raise CommandError(f"the name {args.name!r} is taken") from None
-    print(f"created user {user.name}", file=sys.stderr)
-
-
-async def user_list(
-    args: argparse.Namespace, config: Config, database: Database, auth: Auth
-) -> None:
-    print(f"{'name':<24} {'created':<20} {'uploads':>8} {'keys':>5}  state")
-    for user, count, keys in await db.list_users(database):
-        state = "disabled" if user.disabled_at is not None else "active"
-        print(f"{user.name:<24} {format_time(user.created_at):<20} {count:>8} {keys:>5}  {state}")
-
-
-async def user_passwd(
-    args: argparse.Namespace, config: Config, database: Database, auth: Auth
-) -> None:
-    user = await existing_user(database, args.name)
-    password = read_password(args)
-    await db.update_password(
-        database,
-        user_id=user.id,
-        password_hash=await auth.hash_password(password),
-        end_sessions=True,
-    )
-    print(f"password changed for {user.name}; their sessions have ended", file=sys.stderr)
-
-
-async def user_disable(
-    args: argparse.Namespace, config: Config, database: Database, auth: Auth
-) -> None:
-    user = await existing_user(database, args.name)
-    if args.disabled and user.disabled_at is not None:
-        print(
-            f"{user.name} was disabled already, on {format_time(user.disabled_at)}", file=sys.stderr
-        )
-        return
-    if not args.disabled and user.disabled_at is None:
-        print(f"{user.name} is not disabled", file=sys.stderr)
-        return
-    await db.set_user_disabled(database, user_id=user.id, disabled=args.disabled)
-    if args.disabled:
-        print(
-            f"disabled {user.name}: no sign-in; their sessions and keys stop working now",
-            file=sys.stderr,
-        )
-    else:
-        print(f"enabled {user.name}: their sessions and keys work again", file=sys.stderr)
-
-
-async def user_rm_cmd(
-    args: argparse.Namespace, config: Config, database: Database, auth: Auth
-) -> None:
-    user = await existing_user(database, args.name)
-    if args.files == "keep":
-        _, count = await db.list_user_files(database, user_id=user.id, limit=0)
-        await db.delete_user(database, user_id=user.id, delete_files=False)
-        kept = f"{count} upload{'' if count == 1 else 's'}"
-        print(f"removed user {user.name}; their {kept} stay, as anonymous uploads", file=sys.stderr)
-        return
-    store = store_from(config)
-    try:
-        count = await uploads.remove_user(
-            database, store, thumbnails_of(config), user_id=user.id, delete_files=True
-        )
-    finally:
-        store.close()
-    print(
-        f"removed user {user.name} and their {count} upload{'' if count == 1 else 's'}",
-        file=sys.stderr,
-    )
-
-
-async def user_quota(
-    args: argparse.Namespace, config: Config, database: Database, auth: Auth
-) -> None:
-    user = await existing_user(database, args.name)
-    if args.quota is not None:
-        own, quota_bytes = parse_quota(args.quota)
-        await db.set_quota(database, user_id=user.id, own=own, quota_bytes=quota_bytes)
-        user = await existing_user(database, args.name)
-    quota = limits.quota_of(user, config.quota_bytes)
-    source = "its own" if user.has_own_quota else "accounts.quota_bytes"
-    shown = "none" if quota is None else f"{quota} bytes ({format_size(quota)})"
-    print(f"{user.name}: quota {shown}, {source}")
-    print(f"{user.name}: using {user.used_bytes} bytes ({format_size(user.used_bytes)})")
-
-
-def parse_quota(text: str) -> tuple[bool, int | None]:
-    """(own, quota_bytes) from BYTES, `none` or `default`; CommandError for anything else."""
-    if text == "none":
-        return True, None
-    if text == "default":
-        return False, None
-    number = parse_count(text, at_most=MAX_QUOTA_BYTES)
-    if number is None or number > MAX_QUOTA_BYTES:
-        raise CommandError(
-            f"a quota is a whole number of bytes (0 to {MAX_QUOTA_BYTES}), 'none' or"
-            f" 'default', not {text!r}"
-        )
-    return True, number
-
-
-async def existing_user(database: Database, name: str) -> db.User:
-    user = await db.get_user(database, name=name)
-    if user is None:
-        raise CommandError(f"there is no user {name!r}")
-    return user
-
-
-async def key_create(
-    args: argparse.Namespace, config: Config, database: Database, auth: Auth
-) -> None:
-    user = await existing_user(database, args.name)
-    minted = await auth.mint_key()
-    try:
-        await db.insert_api_key(
-            database,
-            user_id=user.id,
-            key_id=minted.key_id,
-            secret_hash=minted.secret_hash,
-            label=args.label,
-            max_keys=config.max_keys,
-        )
-    except db.TooManyKeys as exc:
-        raise CommandError(
-            f"{user.name} holds {exc.args[0]} usable keys, the most accounts.max_keys allows;"
-            " invalidate one first"
-        ) from None
-    print(minted.token)
-
-
-async def key_list_cmd(
-    args: argparse.Namespace, config: Config, database: Database, auth: Auth
-) -> None:
-    user = await existing_user(database, args.name)
-    print(f"{'id':<16}  {'label':<24} {'created':<20} {'last used':<20} state")
-    for key in await db.list_api_keys(database, user_id=user.id):
-        used = format_time(key.last_used_at) if key.last_used_at else "never"
-        state = "usable" if key.usable else "invalidated"
-        created = format_time(key.created_at)
-        print(f"{key.key_id:<16}  {key.label:<24} {created:<20} {used:<20} {state}")
-
-
-async def key_invalidate(
-    args: argparse.Namespace, config: Config, database: Database, auth: Auth
-) -> None:
-    key_id = args.key_id.removeprefix("hk_").split("_")[0]
-    key = await db.invalidate_api_key(database, key_id=key_id)
-    if key is None:
-        raise CommandError(f"there is no key {key_id!r}")
-    print(f"key {key.key_id} is invalidated", file=sys.stderr)
-
-
 def as_arguments(argv: list[str]) -> list[str]:
     """A public hash may begin with "-" (URL-safe base64), which argparse would take for an
-    option: given as a path ("/<hash>", which hash_in() reads too) it is a plain argument.
+    option: given as a path ("/<hash>", which admin.hash_in() reads too) it is a plain argument.
     Not one that begins with "--", like the long options (--password-stdin is hash-shaped):
     such a hash (one in 4,096) is given as any of its URLs."""
     return [f"/{arg}" if is_dashed_hash(arg) else arg for arg in argv]
@@ -556,402 +309,6 @@ def is_dashed_hash(arg: str) -> bool:
         and not arg.startswith("--")
         and re.fullmatch(PUBLIC_HASH_PATTERN, arg) is not None
     )
-
-
-def hash_in(text: str) -> str:
-    """The public hash in a hash or in any of a file's URLs (/<hash>, /<hash>.png, /<hash>/a)."""
-    path = urllib.parse.urlsplit(text).path if "://" in text else text
-    return path.lstrip("/").split("/")[0].split(".")[0]
-
-
-async def stored_blob(database: Database, text: str) -> db.Blob:
-    blob = await db.get_blob(database, hash_in(text))
-    if blob is None:
-        raise CommandError(f"there is no file {hash_in(text)!r}")
-    return blob
-
-
-async def file_info(
-    args: argparse.Namespace, config: Config, database: Database, auth: Auth
-) -> None:
-    blob = await stored_blob(database, args.hash)
-    print(f"hash      {blob.hash}")
-    print(f"sha256    {blob.sha256}")
-    print(f"size      {blob.size_bytes} bytes ({format_size(blob.size_bytes)})")
-    print(f"type      {blob.content_type}")
-    print(f"stored    {format_time(blob.created_at)}")
-    print("uploads:")
-    for registration in await db.list_registrations(database, sha256=blob.sha256):
-        upload = registration.upload
-        owner = registration.user_name or "anonymous"
-        expires = format_time(upload.expires_at) if upload.expires_at else "never"
-        print(
-            f"  {format_time(upload.created_at)}  expires {expires:<20}  {owner:<24}"
-            f" {upload.original_name}"
-        )
-
-
-async def file_rm(args: argparse.Namespace, config: Config, database: Database, auth: Auth) -> None:
-    if args.reason is not None and not args.ban:
-        raise CommandError("--reason goes with --ban")
-    blobs = [await stored_blob(database, text) for text in args.hashes]  # all known, or none
-    store = store_from(config)
-    thumbs = thumbnails_of(config)
-    try:
-        for blob in blobs:
-            if args.ban:
-                _, removal = await uploads.ban(
-                    database, store, thumbs, sha256=blob.sha256, reason=args.reason or ""
-                )
-                count = removal.uploads
-            else:
-                count = await uploads.take_down(database, store, thumbs, sha256=blob.sha256)
-            many = f"{count} upload{'' if count == 1 else 's'}"
-            banned = f"; banned {blob.sha256}" if args.ban else ""
-            print(
-                f"removed {blob.hash}: {many}, {format_size(blob.size_bytes)}{banned}",
-                file=sys.stderr,
-            )
-    finally:
-        store.close()
-
-
-async def ban_list_cmd(
-    args: argparse.Namespace, config: Config, database: Database, auth: Auth
-) -> None:
-    bans = await db.list_bans(database)
-    if args.json:
-        print_json(
-            [
-                {
-                    "sha256": ban.sha256,
-                    "hash": ban.hash,
-                    "banned_at": iso_time(ban.created_at),
-                    "reason": ban.reason,
-                }
-                for ban in bans
-            ]
-        )
-        return
-    rows = [(ban.sha256, ban.hash, format_time(ban.created_at), ban.reason) for ban in bans]
-    print_table(("sha256", "hash", "banned", "reason"), rows)
-
-
-async def ban_add_cmd(
-    args: argparse.Namespace, config: Config, database: Database, auth: Auth
-) -> None:
-    store = store_from(config)
-    try:
-        ban, removal = await uploads.ban(
-            database, store, thumbnails_of(config), sha256=args.sha256, reason=args.reason
-        )
-    except db.AlreadyBanned as exc:
-        (ban,) = exc.args
-        raise CommandError(
-            f"{ban.sha256} is banned already, since {format_time(ban.created_at)}"
-        ) from None
-    finally:
-        store.close()
-    if removal.uploads:
-        many = f"{removal.uploads} upload{'' if removal.uploads == 1 else 's'}"
-        print(f"banned {ban.sha256} ({ban.hash}); took down its {many}", file=sys.stderr)
-    else:
-        print(f"banned {ban.sha256} ({ban.hash}); no upload of it was stored", file=sys.stderr)
-
-
-async def ban_rm_cmd(
-    args: argparse.Namespace, config: Config, database: Database, auth: Auth
-) -> None:
-    ban = await db.delete_ban(database, sha256=args.sha256)
-    if ban is None:
-        raise CommandError(f"{args.sha256} is not banned")
-    print(f"lifted the ban on {ban.sha256}: these bytes may be uploaded again", file=sys.stderr)
-
-
-async def stats(args: argparse.Namespace, config: Config, database: Database, auth: Auth) -> None:
-    figures = await db.get_stats(database, now=db.now())
-    if args.json:
-        print_json(
-            {
-                "uploads": figures.uploads,
-                "blobs": figures.blobs,
-                "stored_bytes": figures.stored_bytes,
-                "uploaded_bytes": figures.uploaded_bytes,
-                "dedup_saved_bytes": figures.dedup_saved_bytes,
-                "users": figures.users,
-                "disabled_users": figures.disabled_users,
-                "bans": figures.bans,
-                "uploads_per_day": [
-                    {"day": iso_time(day)[:10], "uploads": count} for day, count in figures.per_day
-                ],
-                "top_uploaders": [
-                    {"name": up.name, "uploads": up.uploads, "bytes": up.bytes}
-                    for up in figures.top_uploaders
-                ],
-            }
-        )
-        return
-
-    def size(count: int) -> str:
-        return f"{count} bytes" if count < 1024 else f"{format_size(count)} ({count} bytes)"
-
-    print_table(
-        None,
-        [
-            ("uploads", figures.uploads),
-            ("blobs", figures.blobs),
-            ("stored", size(figures.stored_bytes)),
-            ("uploaded", size(figures.uploaded_bytes)),
-            ("dedup saved", size(figures.dedup_saved_bytes)),
-            ("accounts", f"{figures.users} ({figures.disabled_users} disabled)"),
-            ("bans", figures.bans),
-        ],
-    )
-    print()
-    print("uploads per day (UTC)")
-    print_table(("day", "uploads"), [(iso_time(day)[:10], n) for day, n in figures.per_day])
-    print()
-    print("top uploaders")
-    print_table(
-        ("name", "uploads", "bytes"),
-        [(up.name or "(anonymous)", up.uploads, up.bytes) for up in figures.top_uploaders],
-    )
-
-
-async def gc(args: argparse.Namespace, config: Config, database: Database, auth: Auth) -> None:
-    store = store_from(config)
-    try:
-        found = await uploads.collect_garbage(
-            database,
-            store,
-            thumbnails_of(config),
-            grace_seconds=args.grace,
-            dry_run=args.dry_run,
-            verify=args.verify,
-        )
-    finally:
-        store.close()
-    removed = "would remove" if args.dry_run else "removed"
-    if args.json:
-        print_json(
-            {
-                "dry_run": args.dry_run,
-                "removed": found.removed,
-                "young": found.young,
-                "missing": found.missing,
-                "damaged": found.damaged,
-            }
-        )
-    else:
-        for sha256 in found.removed:
-            print(f"{removed} {sha256}: no upload pointed at it")
-        for sha256 in found.missing:
-            print(f"missing {sha256}: its uploads are listed but its bytes are gone")
-        for sha256 in found.damaged:
-            print(f"damaged {sha256}: its bytes are not the ones its uploads stored")
-    print(
-        f"gc: {removed} {len(found.removed)}, left {found.young} younger than"
-        f" {args.grace:g} s, {len(found.missing)} missing, {len(found.damaged)} damaged",
-        file=sys.stderr,
-    )
-    problems = [
-        f"{len(found.missing)} file(s) have rows but no bytes" if found.missing else "",
-        f"{len(found.damaged)} file(s) have damaged bytes" if found.damaged else "",
-    ]
-    if any(problems):
-        raise CommandError("; ".join(problem for problem in problems if problem))
-
-
-async def backup_to(
-    args: argparse.Namespace, config: Config, database: Database, auth: Auth
-) -> None:
-    store = store_from(config)
-    try:
-        copied = await backup.backup(database, store, args.destination)
-    except (db.Unsupported, backup.CannotWrite) as exc:
-        raise CommandError(str(exc)) from None
-    finally:
-        store.close()
-    print(
-        f"backed up the database and {copied.blobs_copied} new file(s)"
-        f" ({format_size(copied.bytes_copied)}); {copied.blobs_present} were there already",
-        file=sys.stderr,
-    )
-    for sha256 in copied.missing:
-        print(f"missing {sha256}: deleted while the backup ran", file=sys.stderr)
-    for sha256 in copied.damaged:
-        print(f"damaged {sha256}: its bytes are not the ones uploaded; not copied", file=sys.stderr)
-    if copied.damaged:
-        raise CommandError(
-            f"{len(copied.damaged)} file(s) have damaged bytes and are not in the backup"
-            " (`hostd gc --verify` lists them)"
-        )
-
-
-def restore_from(args: argparse.Namespace) -> int:
-    config = config_from(args)
-    try:
-        count = backup.restore(args.source, config.data_dir)
-    except (FileNotFoundError, FileExistsError, backup.CannotWrite) as exc:
-        print(f"hostd: {exc}", file=sys.stderr)
-        return 1
-    print(f"restored the database and {count} file(s) into {config.data_dir}", file=sys.stderr)
-    return 0
-
-
-async def prune(args: argparse.Namespace, config: Config, database: Database, auth: Auth) -> None:
-    now = db.now()
-    if args.dry_run:
-        expired = await db.list_expired(database, now=now)
-        unfinished = await db.count_expired_resumables(database, now=now)
-    else:
-        store = store_from(config)
-        try:
-            expired = await uploads.prune(database, store, thumbnails_of(config), now=now)
-        finally:
-            store.close()
-        partials = resumable.Partials(config.data_dir / "partials")
-        unfinished = await resumable.prune(database, partials, now=now)
-    gone = {item.upload.sha256: item.size_bytes for item in expired if item.blob_gone}
-    if args.json:
-        print(
-            json.dumps(
-                {
-                    "dry_run": args.dry_run,
-                    "uploads": [expired_json(e) for e in expired],
-                    "resumable_uploads": unfinished,
-                }
-            )
-        )
-    else:
-        print(f"{'hash':<16} {'upload':>8}  {'expired':<20}  {'bytes':<7}  {'owner':<24} name")
-        for item in expired:
-            upload = item.upload
-            assert upload.expires_at is not None
-            bytes_ = "removed" if item.blob_gone else "kept"
-            owner = item.user_name or "anonymous"
-            print(
-                f"{item.hash:<16} {upload.id:>8}  {format_time(upload.expires_at):<20}"
-                f"  {bytes_:<7}  {owner:<24} {upload.original_name}"
-            )
-    verb = "would remove" if args.dry_run else "removed"
-    print(
-        f"prune: {verb} {len(expired)} expired upload{'' if len(expired) == 1 else 's'}"
-        f" and {len(gone)} file{'' if len(gone) == 1 else 's'}"
-        f" ({format_size(sum(gone.values()))})",
-        file=sys.stderr,
-    )
-    if unfinished:
-        print(
-            f"prune: {verb} {unfinished} expired resumable upload{'' if unfinished == 1 else 's'}"
-            " and their partial files",
-            file=sys.stderr,
-        )
-
-
-def expired_json(item: db.Expired) -> dict[str, object]:
-    upload = item.upload
-    return {
-        "hash": item.hash,
-        "sha256": upload.sha256,
-        "upload_id": upload.id,
-        "name": upload.original_name,
-        "owner": item.user_name,
-        "expired_at": retention.iso_time(upload.expires_at),
-        "bytes_removed": item.blob_gone,
-        "size_bytes": item.size_bytes,
-    }
-
-
-async def storage_migrate(
-    args: argparse.Namespace, config: Config, database: Database, auth: Auth
-) -> None:
-    source_name = "local" if args.to == "s3" else "s3"
-    source = store_from(dataclasses.replace(config, backend=source_name))
-    target = store_from(dataclasses.replace(config, backend=args.to))
-    try:
-        await target.check()
-        await source.check()
-        done = await migrate(
-            database, source, target, lambda line: print(line, file=sys.stderr, flush=True)
-        )
-    except (StoreUnavailable, MigrationError) as exc:
-        raise CommandError(f"{exc}; run the command again to resume") from None
-    finally:
-        source.close()
-        target.close()
-    print(
-        f"{done.copied} file(s) copied to {args.to} ({done.bytes_copied} bytes), each verified"
-        f" by SHA-256; {done.already_there} already there; {done.missing} missing from"
-        f" {source_name}",
-        file=sys.stderr,
-    )
-    if done.missing == 0:
-        print(
-            f'every file is in {args.to}: set storage.backend = "{args.to}" in hostd.toml and'
-            f" restart hostd; {source_name} is left as it was",
-            file=sys.stderr,
-        )
-
-
-def db_migrate(args: argparse.Namespace) -> int:
-    """Only the migrations: what `hostd serve` would apply at start, without serving."""
-    config = config_from(args)
-
-    async def main() -> int:
-        if config.database_url is None:
-            make_data_dir(config)
-        database = await Database.open_config(config, migrate=False)
-        try:
-            return await database.migrate()
-        finally:
-            await database.close()
-
-    version = asyncio.run(main())
-    print(f"the database is at version {version}", file=sys.stderr)
-    return 0
-
-
-def db_copy(args: argparse.Namespace) -> int:
-    """Every row of --from into --to (migrated first, and empty); counts checked."""
-    for url in (args.source, args.target):
-        if not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
-            print(f"hostd: {url!r} is not sqlite:///path or postgresql://...", file=sys.stderr)
-            return 2
-    if args.source.startswith("sqlite:///") and not db.sqlite_path(args.source).exists():
-        print(f"hostd: {args.source}: no such database", file=sys.stderr)
-        return 1
-
-    def report(copied: db.TableCopied) -> None:
-        print(f"{copied.table}: {copied.rows} row(s)", file=sys.stderr)
-
-    async def main() -> None:
-        source = await Database.open(args.source, migrate=False)
-        try:
-            target = await Database.open(args.target)
-            try:
-                await db.copy_database(source, target, report)
-            finally:
-                await target.close()
-        finally:
-            await source.close()
-
-    try:
-        asyncio.run(main())
-    except db.CopyRefused as exc:
-        print(f"hostd: {exc}", file=sys.stderr)
-        return 1
-    print("copied; the counts match", file=sys.stderr)
-    return 0
-
-
-def config_from(args: argparse.Namespace, **overrides: object) -> Config:
-    path = args.config
-    if path is None and DEFAULT_CONFIG.exists():
-        path = DEFAULT_CONFIG
-    elif path is not None and not path.exists():
-        raise ConfigError(f"{path}: no such file")
-    return load_config(path, {"data_dir": args.data_dir, **overrides})
 
 
 def size_argument(text: str) -> int:
@@ -973,45 +330,12 @@ def cmd_upload(args: argparse.Namespace) -> int:
     )
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    config = config_from(args, host=args.host, port=args.port)
-    if args.instances < 1:
-        raise ConfigError("--instances must be at least 1")
-    if args.instances > 1:
-        if not (config.database_url or "").startswith(("postgresql://", "postgres://")):
-            raise ConfigError(
-                "--instances needs database.url = postgresql://...: on SQLite, one process"
-                " already does what its single writer allows (see README, Scaling out)"
-            )
-        if args.new_cookie_secret:
-            raise ConfigError("--new-cookie-secret works with one instance: run it so once first")
-        affinity.choose(config)  # a CPU it may not use stops the start here, not in each child
-        return supervise(config, args.instances, serve)
-    affinity.settle(affinity.choose(config))
-    try:
-        asyncio.run(serve(config, new_cookie_secret=args.new_cookie_secret))
-    except StoreUnavailable as exc:
-        print(f"hostd: cannot start: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(as_arguments(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    try:
-        return int(args.handler(args))
-    except ConfigError as exc:
-        print(f"hostd: configuration error: {exc}", file=sys.stderr)
-        return 2
-    except StoreUnavailable as exc:
-        print(f"hostd: {exc}", file=sys.stderr)
-        return 1
-    except (db.CannotOpen, CannotListen) as exc:
-        print(f"hostd: {exc}", file=sys.stderr)
-        return 1
+    return int(args.handler(args))
 
 
 def run() -> None:

@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import http.client
 import json
+import math
 import os
 import select
 import socket
@@ -42,10 +43,14 @@ TIMEOUT_SECONDS = 60.0
 CONTINUE_WAIT_SECONDS = 1.0
 # Waits between tries of a tus upload that failed without making progress; progress resets.
 RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 30.0)
-# How often a PUT is sent when the server answers 503 (see Client.upload_put).
+# How often a PUT is sent when the server answers 503 or 429 (see Client.upload_put), and
+# the longest its Retry-After is waited out.
 PUT_TRIES = 3
+PUT_WAIT_SECONDS = 30.0
 TUS_VERSION = "1.0.0"
 TUS_PATH = "/api/tus/"
+UPLOAD_PATH = "/api/upload"
+REDIRECTS = (301, 302, 303, 307, 308)
 
 STDIN = Path("-")  # the file name that stands for standard input
 
@@ -65,6 +70,11 @@ class UploadFailed(Exception):
 
     def __str__(self) -> str:
         return self.message if self.status is None else f"{self.message} (HTTP {self.status})"
+
+
+class WrongURL(UploadFailed):
+    """The URL given is not a hostd server's base URL: the server redirects elsewhere, or has
+    no upload endpoint there. Every file would fail the same way."""
 
 
 class Unreachable(UploadFailed):
@@ -338,10 +348,11 @@ class Client:
         sleep: Callable[[float], None] = time.sleep,
         journal: Journal | None = None,
     ) -> None:
-        parts = server_url_parts(url.rstrip("/"))
+        # The upload endpoint (a ShareX config's RequestURL, pasted) stands for its server.
+        self.url = url.rstrip("/").removesuffix(UPLOAD_PATH)
+        parts = server_url_parts(self.url)
         if parts is None:
             raise UploadFailed(f"the server URL must be http(s)://host[:port][/path], not {url!r}")
-        self.url = url.rstrip("/")
         self._parts = parts
         self.key = key
         self.resumable_above = resumable_above
@@ -372,37 +383,40 @@ class Client:
         self, file: BinaryIO, name: str, size: int, progress: Progress | None
     ) -> dict[str, Any]:
         """One PUT; sent again after a 503 (the server restarting, its database or storage
-        out of reach for a moment: nothing was stored), up to PUT_TRIES times, each after
-        the server's Retry-After (at most 30 s) or RETRY_DELAYS."""
+        out of reach for a moment: nothing was stored) or a 429 (a rate limit), up to
+        PUT_TRIES times, each after the server's Retry-After or RETRY_DELAYS. A 503's wait is
+        cut to PUT_WAIT_SECONDS; a 429 that asks for longer is the answer (its message says
+        when to try again)."""
         for tries in range(1, PUT_TRIES + 1):
             if progress is not None:
                 progress.at(0)
             answer = self.request(
                 "PUT",
-                f"/api/upload/{urllib.parse.quote(os.fsencode(name), safe='')}",
+                f"{UPLOAD_PATH}/{urllib.parse.quote(os.fsencode(name), safe='')}",
                 {
                     "Content-Length": str(size),
                     **({"Expires": self.expires} if self.expires else {}),
                 },
                 FileSlice(file, 0, size, progress.advance if progress else None),
             )
-            if answer.status != 503 or tries == PUT_TRIES:
+            if answer.status not in (429, 503) or tries == PUT_TRIES:
                 break
-            self._sleep(retry_after(answer, at_most=30.0) or RETRY_DELAYS[tries - 1])
-        if answer.status != 200:
-            raise answer.refusal()
-        return answer.json()
+            wait = retry_after(answer, at_most=math.inf) or RETRY_DELAYS[tries - 1]
+            if answer.status == 429 and wait > PUT_WAIT_SECONDS:
+                break
+            self._sleep(min(wait, PUT_WAIT_SECONDS))
+        return self.uploaded(answer)
 
     def upload_stream(self, stream: BinaryIO, name: str | None) -> dict[str, Any]:
         """The server's JSON answer for what `stream` (a pipe) holds, up to its end, sent as
         it is read; with no name the server calls it `file`."""
         shown = name or "stdin"
         progress = Progress(self.progress_to, shown, None) if self.progress_to else None
-        target = f"/api/upload/{urllib.parse.quote(os.fsencode(name), safe='')}" if name else ""
+        target = f"{UPLOAD_PATH}/{urllib.parse.quote(os.fsencode(name), safe='')}" if name else ""
         try:
             answer = self.request(
                 "PUT",
-                target or "/api/upload",
+                target or UPLOAD_PATH,
                 {
                     "Transfer-Encoding": "chunked",
                     **({"Expires": self.expires} if self.expires else {}),
@@ -412,6 +426,17 @@ class Client:
         finally:
             if progress is not None:
                 progress.end()
+        return self.uploaded(answer)
+
+    def uploaded(self, answer: Answer) -> dict[str, Any]:
+        """The JSON of a PUT's answer; UploadFailed with the server's message when it refused
+        the file, WrongURL when there is no upload endpoint at this URL (404)."""
+        if answer.status == 404:
+            raise WrongURL(
+                f"nothing at {self.url}{UPLOAD_PATH}: give --url the server's base URL,"
+                " e.g. http://host:port",
+                404,
+            )
         if answer.status != 200:
             raise answer.refusal()
         return answer.json()
@@ -660,19 +685,40 @@ class Client:
                 with contextlib.suppress(OSError):
                     conn.send(body)
             response = conn.getresponse()
-            return Answer(response.status, response.headers, response.read())
+            answer = Answer(response.status, response.headers, response.read())
         except (OSError, http.client.HTTPException) as exc:
             raise Unreachable(f"{self.url}: {reason(exc)}") from None
         finally:
             conn.close()
+        if answer.status in REDIRECTS and answer.headers.get("Location"):
+            raise self.redirected(target, answer.headers["Location"], answer.status)
+        return answer
+
+    def redirected(self, target: str, location: str, status: int) -> WrongURL:
+        """Where the server redirects, as the --url to give instead when it sends `target`
+        elsewhere (http to https, another host or path); as it is when not."""
+        parts = self._parts
+        asked = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}{target}"
+        there = urllib.parse.urljoin(asked, location)
+        where = urllib.parse.urlsplit(there)
+        if where.path.endswith(target):
+            base = where._replace(path=where.path.removesuffix(target), query="", fragment="")
+            return WrongURL(f"the server redirects to {base.geturl()}; use that as --url", status)
+        return WrongURL(
+            f"the server redirects to {there}: give --url the server's base URL,"
+            " e.g. https://host:port",
+            status,
+        )
 
 
 def retry_after(answer: Answer, *, at_most: float) -> float | None:
-    """The seconds the answer's Retry-After asks for (at most `at_most`); None without one."""
+    """The seconds the answer's Retry-After asks for (at most `at_most`); None without one
+    (or with one that is no number of seconds, NaN and negative ones included)."""
     try:
-        return min(float(answer.headers.get("Retry-After", "")), at_most)
+        seconds = float(answer.headers.get("Retry-After", ""))
     except ValueError:
         return None
+    return min(seconds, at_most) if seconds >= 0 else None
 
 
 def await_continue(conn: http.client.HTTPConnection) -> bool:
@@ -738,7 +784,11 @@ def run(
 ) -> int:
     """`hostd upload`: 0 when every file was uploaded; 1 when one was refused or the server
     could not be reached; 2 when a file cannot be read (nothing is sent then). The file `-`
-    is `stdin` (None: sys.stdin's bytes), named `stdin_name` (None: the server names it)."""
+    is `stdin` (None: sys.stdin's bytes), named `stdin_name` (None: the server names it).
+
+    Each uploaded file's URL goes to `stdout` and its deletion link to `stderr` (`delete:
+    <url>`: the n-th goes with the n-th URL), or with `as_json` its answer to `stdout`; a
+    file that fails is named on `stderr`, with the reason."""
     if files.count(STDIN) > 1:
         print("hostd upload: '-' (standard input) can be given once", file=stderr)
         return 2
@@ -772,7 +822,7 @@ def run(
         except KeyboardInterrupt:
             print(f"hostd upload: {path}: interrupted", file=stderr)
             return 130
-        except Unreachable as exc:
+        except (Unreachable, WrongURL) as exc:
             print(f"hostd upload: {path}: {exc}", file=stderr)
             return 1  # the next file would fail the same way
         except (UploadFailed, OSError) as exc:
@@ -781,6 +831,10 @@ def run(
             continue
         if as_json:
             print(json.dumps(answer), file=stdout, flush=True)
-        else:
-            print(answer.get("urls", {}).get("ext", ""), file=stdout, flush=True)
+            continue
+        print(answer.get("urls", {}).get("ext", ""), file=stdout, flush=True)
+        # The deletion link is shown this once (the server keeps only its hash), and is an
+        # anonymous upload's only way to go; stdout stays one URL a line for scripts.
+        if answer.get("delete_url"):
+            print(f"delete: {answer['delete_url']}", file=stderr, flush=True)
     return status

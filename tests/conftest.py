@@ -36,6 +36,7 @@ from hostd.auth import Auth, session_token_hash
 from hostd.config import Config
 from hostd.db import Database, User
 from hostd.handlers.base import SESSION_COOKIE
+from hostd.limits import Limits
 from hostd.storage import BlobStore, LocalBlobStore, store_from
 from hostd.thumbs import Thumbnails
 
@@ -306,6 +307,19 @@ def app(
     return make_app(
         config, db, store, auth, clock=clock, wall_clock=wall_clock, access_log=access_log.writer
     )
+
+
+@pytest.fixture
+def limit(app: Any, clock: Clock) -> Callable[..., Limits]:
+    """Set limits on the running app, as hostd.toml would: limit(quota_bytes=...)."""
+
+    def set_limits(**changes: Any) -> Limits:
+        changed = dataclasses.replace(app.settings["hostd_config"], **changes)
+        app.settings["hostd_config"] = changed
+        app.settings["hostd_limits"] = Limits(changed, clock=clock)
+        return app.settings["hostd_limits"]
+
+    return set_limits
 
 
 class AccessLines:

@@ -158,9 +158,27 @@ async def test_each_file_is_uploaded_and_its_url_printed_one_a_line(base_url, tm
         f"{base_url}/{public_hash(png)}.png",
         f"{base_url}/{public_hash(b'3')}.txt",
     ]
-    assert run.stderr == ""  # no progress bar: stderr is not a terminal
+    assert [line.split()[0] for line in run.stderr.splitlines()] == ["delete:"] * 3  # no bar
     names = sorted(u.original_name for u in await queries.all_uploads(db))
     assert names == ["a.txt", "b.png", "c d é%2F.txt"]
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_each_files_deletion_link_goes_to_stderr_in_the_order_of_the_urls(
+    base_url, tmp_path, db, http_client
+):
+    """The link is shown once (the server keeps only its hash), and is an anonymous
+    upload's only way to be deleted."""
+    paths = files(tmp_path, **{"a.txt": b"kept", "b.txt": b"deleted"})
+
+    run = await hostd_upload(*paths, "--url", base_url)
+    first, second = (line.removeprefix("delete: ") for line in run.stderr.splitlines())
+    deleted = await http_client.fetch(second, method="POST", body=b"")
+
+    assert run.code == 0
+    assert first.startswith(f"{base_url}/delete/") and second.startswith(f"{base_url}/delete/")
+    assert deleted.code == 200
+    assert [u.original_name for u in await queries.all_uploads(db)] == ["a.txt"]
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -172,6 +190,7 @@ async def test_json_prints_each_answer_of_the_api(base_url, tmp_path):
     answer = json.loads(run.stdout)
     assert answer["status"] is True and answer["hash"] == public_hash(b"as json")
     assert answer["delete_url"].startswith(f"{base_url}/delete/")
+    assert run.stderr == ""  # the link is in the answer
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -228,9 +247,9 @@ async def test_a_big_file_is_streamed_and_stored_byte_for_byte(base_url, tmp_pat
     assert temp_files(config) == []
 
 
-async def on_a_terminal(*args: str, stdin: bytes | None = None) -> tuple[Run, str]:
-    """hostd upload run with stderr on a terminal: the run, and the progress line as it
-    was left there."""
+async def on_a_terminal(*args: str, stdin: bytes | None = None) -> tuple[Run, list[str]]:
+    """hostd upload run with stderr on a terminal: the run, and the lines as they were left
+    there (a progress bar as last drawn)."""
     terminal, screen = pty.openpty()
     try:
         run = await hostd_upload(*args, stderr=screen, stdin=stdin)
@@ -246,26 +265,27 @@ async def on_a_terminal(*args: str, stdin: bytes | None = None) -> tuple[Run, st
             shown += more
     finally:
         os.close(terminal)
-    return run, shown.decode().rstrip("\r\n").split("\r")[-1]
+    return run, [line.split("\r")[-1] for line in shown.decode().split("\r\n")[:-1]]
 
 
 @pytest.mark.gen_test(timeout=60)
 async def test_on_a_terminal_stderr_shows_a_progress_bar(base_url, tmp_path):
     big = sized(tmp_path, "big.bin", 3 * 1024 * 1024)
 
-    run, last = await on_a_terminal(str(big), "--url", base_url)
+    run, (bar, deletion) = await on_a_terminal(str(big), "--url", base_url)
 
     assert run.code == 0
     assert run.stdout.startswith(base_url)  # the URL alone on stdout
-    assert last.startswith("big.bin [#") and last.endswith("] 100% 3072 of 3072 KiB")
+    assert bar.startswith("big.bin [#") and bar.endswith("] 100% 3072 of 3072 KiB")
+    assert deletion.startswith(f"delete: {base_url}/delete/")
 
 
 @pytest.mark.gen_test(timeout=60)
 async def test_on_a_terminal_standard_input_shows_what_has_gone(base_url, tmp_path):
-    run, last = await on_a_terminal("-", "--url", base_url, stdin=b"p" * (2 * 1024 * 1024))
+    run, (sent, _) = await on_a_terminal("-", "--url", base_url, stdin=b"p" * (2 * 1024 * 1024))
 
     assert run.code == 0
-    assert last == "stdin 2048 KiB sent"
+    assert sent == "stdin 2048 KiB sent"
 
 
 # -- standard input ---------------------------------------------------------------------
@@ -360,6 +380,46 @@ async def test_a_503_is_sent_again_after_the_servers_retry_after(
 
 
 @pytest.mark.gen_test(timeout=60)
+async def test_a_429_is_sent_again_after_the_servers_retry_after(
+    base_url, tmp_path, db, limit, clock, access_log
+):
+    """A rate limit that lifts within PUT_WAIT_SECONDS (30 s) is waited out."""
+    first, second = files(tmp_path, **{"a.txt": b"spends the budget", "b.txt": b"waits"})
+    limit(uploads_per_minute=1)
+    assert (await hostd_upload(first, "--url", base_url)).code == 0
+    clock.advance(59)  # the next upload is 1 s away
+
+    proc = await start_upload(second, "--url", base_url)
+    while "429 PUT /api/upload/b.txt" not in access_log.text:
+        assert proc.returncode is None, "the client gave up after the 429"
+        await asyncio.sleep(0.05)
+    clock.advance(1)
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=30)
+
+    assert proc.returncode == 0, err
+    assert out.decode() == f"{base_url}/{public_hash(b'waits')}.txt\n"
+    assert "200 PUT /api/upload/b.txt" in access_log.text
+    assert len(await queries.all_uploads(db)) == 2
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_429_that_asks_for_longer_than_30_s_fails_the_file_at_once(
+    base_url, tmp_path, db, limit, access_log
+):
+    first, second = files(tmp_path, **{"a.txt": b"spends the budget", "b.txt": b"refused"})
+    limit(uploads_per_minute=1)  # the next upload is 60 s away
+
+    run = await hostd_upload(first, second, "--url", base_url)
+
+    assert run.code == 1
+    assert run.stdout == f"{base_url}/{public_hash(b'spends the budget')}.txt\n"
+    assert f"hostd upload: {second}: too many uploads: at most 1 a minute" in run.stderr
+    assert run.stderr.endswith("try again in 60 s (HTTP 429)\n")
+    assert access_log.text.count("429 PUT /api/upload/b.txt") == 1
+    assert len(await queries.all_uploads(db)) == 1
+
+
+@pytest.mark.gen_test(timeout=60)
 async def test_a_refused_file_is_named_with_the_servers_message_and_the_rest_still_go(
     base_url, tmp_path, db, config
 ):
@@ -369,9 +429,11 @@ async def test_a_refused_file_is_named_with_the_servers_message_and_the_rest_sti
     run = await hostd_upload(str(big), small, "--url", base_url)
 
     assert run.code == 1
-    assert run.stderr == (
-        f"hostd upload: {big}: the file is larger than the limit of {LIMIT} bytes (HTTP 413)\n"
+    refused, deletion = run.stderr.splitlines()
+    assert refused == (
+        f"hostd upload: {big}: the file is larger than the limit of {LIMIT} bytes (HTTP 413)"
     )
+    assert deletion.startswith(f"delete: {base_url}/delete/")  # small.txt's
     assert run.stdout == f"{base_url}/{public_hash(b'fits')}.txt\n"
     assert [u.original_name for u in await queries.all_uploads(db)] == ["small.txt"]
     assert temp_files(config) == []
@@ -471,6 +533,79 @@ async def test_a_url_that_is_not_an_http_servers_is_refused_in_one_line(tmp_path
     assert run.stderr == (
         f"hostd upload: the server URL must be http(s)://host[:port][/path], not {url!r}\n"
     )
+
+
+@pytest.mark.parametrize("suffix", ["/api/upload", "/api/upload/"])
+@pytest.mark.gen_test(timeout=60)
+async def test_the_upload_endpoint_as_url_stands_for_its_server(base_url, tmp_path, suffix):
+    """As a ShareX config's RequestURL has it."""
+    (path,) = files(tmp_path, **{"a.txt": b"pasted"})
+
+    run = await hostd_upload(path, "--url", base_url + suffix)
+
+    assert (run.code, run.stderr.split()[0]) == (0, "delete:")
+    assert run.stdout == f"{base_url}/{public_hash(b'pasted')}.txt\n"
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_url_with_no_hostd_at_it_asks_for_the_servers_base_url_once(base_url, tmp_path):
+    paths = files(tmp_path, **{"a.txt": b"a", "b.txt": b"b"})
+
+    run = await hostd_upload(*paths, "--url", f"{base_url}/files")
+
+    assert run.code == 1
+    assert run.stderr == (
+        f"hostd upload: {paths[0]}: nothing at {base_url}/files/api/upload: give --url the"
+        " server's base URL, e.g. http://host:port (HTTP 404)\n"
+    )  # and b.txt is not tried
+
+
+async def redirecting(location: str):
+    """A server on loopback that answers every request with a 301 to `location` ({path}: the
+    request's), as a front that sends http to https does; the server, and its URL."""
+
+    async def answer(reader, writer) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        path = head.split(b" ")[1].decode()
+        writer.write(
+            f"HTTP/1.1 301 Moved Permanently\r\nLocation: {location.replace('{path}', path)}\r\n"
+            "Content-Length: 0\r\nConnection: close\r\n\r\n".encode()
+        )
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+@pytest.mark.parametrize(
+    ("location", "error"),
+    [
+        (
+            "https://files.example.org{path}",
+            "the server redirects to https://files.example.org; use that as --url (HTTP 301)",
+        ),
+        (
+            "/login",
+            "the server redirects to {url}/login: give --url the server's base URL,"
+            " e.g. https://host:port (HTTP 301)",
+        ),
+    ],
+    ids=["to-https", "elsewhere"],
+)
+@pytest.mark.parametrize("size", [100, 3 * 1024 * 1024], ids=["put", "tus"])
+@pytest.mark.gen_test(timeout=60)
+async def test_a_redirect_says_where_it_points_once(tmp_path, location, error, size):
+    paths = [str(sized(tmp_path, "a.bin", size)), str(sized(tmp_path, "b.bin", size))]
+    server, url = await redirecting(location)
+
+    try:
+        run = await hostd_upload(*paths, "--url", url, "--resumable-above", "1000000")
+    finally:
+        server.close()
+
+    assert run.code == 1
+    assert run.stderr == f"hostd upload: {paths[0]}: {error.replace('{url}', url)}\n"
 
 
 # -- big files: tus ---------------------------------------------------------------------
@@ -660,3 +795,36 @@ async def test_by_tus_expires_asks_the_same_as_by_put(base_url, tmp_path, wall_c
 
     assert run.code == 0, run.stderr
     assert json.loads(run.stdout)["expires_at"] == iso_time(int(wall_clock()) + 5 * 3600)
+
+
+# -- start-up ---------------------------------------------------------------------------
+
+# Runs the `hostd` command's main() with the arguments given, then prints the modules loaded.
+MODULES_AFTER = """
+import json, sys
+from hostd import cli
+try:
+    cli.main(sys.argv[1:])
+finally:
+    print(json.dumps(sorted(sys.modules)))
+"""
+
+
+@pytest.mark.parametrize("command", ["upload", "--help"])
+@pytest.mark.gen_test(timeout=60)
+async def test_hostd_upload_and_help_load_none_of_the_servers_modules(base_url, tmp_path, command):
+    """They need none of Tornado, the handlers or the database, which took a second to import."""
+    (path,) = files(tmp_path, **{"a.txt": b"lean"})
+    args = ["upload", "--url", base_url, path] if command == "upload" else ["--help"]
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", MODULES_AFTER, *args, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), timeout=30)
+
+    loaded = json.loads(out.splitlines()[-1])
+    hostd = {name for name in loaded if name.startswith("hostd.")}
+    assert hostd <= {"hostd.cli", "hostd.client", "hostd.hashes", "hostd.parsing"}
+    assert not [name for name in loaded if name.startswith(("tornado", "asyncio", "jinja2"))]
+    if command == "upload":
+        assert out.splitlines()[0].decode() == f"{base_url}/{public_hash(b'lean')}.txt"

@@ -26,7 +26,7 @@ from hostd import db as queries
 from hostd.config import ConfigError, load_config
 from hostd.db import Database
 from hostd.db.core import SQLITE, migrations
-from hostd.limits import LOW_ON_SPACE, DiskGuard, Limits
+from hostd.limits import LOW_ON_SPACE, DiskGuard
 from hostd.throttle import UploadLimiter
 
 KiB = 1024
@@ -39,19 +39,6 @@ OUT_OF_SPACE = "the server is out of storage space; the file was not stored"
 def config(config):
     # X-Real-IP names the client's address, so that one test can speak from several.
     return dataclasses.replace(config, trust_proxy=True)
-
-
-@pytest.fixture
-def limit(app, clock):
-    """Set limits on the running app, as hostd.toml would: limit(quota_bytes=...)."""
-
-    def set_limits(**changes):
-        changed = dataclasses.replace(app.settings["hostd_config"], **changes)
-        app.settings["hostd_config"] = changed
-        app.settings["hostd_limits"] = Limits(changed, clock=clock)
-        return app.settings["hostd_limits"]
-
-    return set_limits
 
 
 @pytest.fixture
