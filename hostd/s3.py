@@ -338,10 +338,11 @@ class S3BlobStore:
     def writer(self) -> S3BlobWriter:
         return S3BlobWriter(self)
 
-    async def place(self, written: WrittenBlob) -> None:
+    async def place(self, written: WrittenBlob) -> bool:
         """A small upload: one PUT to its key (the same bytes again, if they are there: that
-        also renews their time for gc's grace). A big one: a server-side copy from its temp
-        key, unless the blob is there already; then the temp object goes."""
+        also renews their time for gc's grace; whether they were, it cannot tell). A big
+        one: a server-side copy from its temp key, unless the blob is there already; then
+        the temp object goes."""
         import obstore
 
         writer: S3BlobWriter = written.handle
@@ -350,14 +351,16 @@ class S3BlobStore:
             assert writer.data is not None
             await self.call(obstore.put_async(self._s3, key, writer.data))
             writer.data = None
-            return
-        if not await self.exists(written.sha256):
+            return True
+        were_there = await self.exists(written.sha256)
+        if not were_there:
             await self.call(obstore.copy_async(self._s3, writer.temp_key, key))
         writer.placed = True
         try:
             await self.call(self.delete_key(writer.temp_key))
         except StoreUnavailable as exc:
             log.warning("could not delete temp object %s (removed later): %s", writer.temp_key, exc)
+        return were_there
 
     async def discard(self, written: WrittenBlob) -> None:
         writer: S3BlobWriter = written.handle

@@ -137,9 +137,11 @@ class BlobStore(Protocol):
 
     def writer(self) -> BlobWriter: ...
 
-    async def place(self, written: WrittenBlob) -> None:
+    async def place(self, written: WrittenBlob) -> bool:
         """Make committed bytes visible under their SHA-256; when they are there already,
-        drop the new copy and mark the old one as just used (so gc's grace covers it)."""
+        drop the new copy and mark the old one as just used (so gc's grace covers it).
+        True when they were there already, or may have been (a store that cannot tell):
+        then another process may be deleting them (uploads.register)."""
 
     async def discard(self, written: WrittenBlob) -> None: ...
 
@@ -662,12 +664,12 @@ class LocalBlobStore:
                 shutil.rmtree(entry, ignore_errors=True)
         return removed
 
-    async def place(self, written: WrittenBlob) -> None:
+    async def place(self, written: WrittenBlob) -> bool:
         """One trip to a thread: finish the temp file (write, fsync, close), rename it into
         place and fsync the directory. Bytes stored already need no writing at all."""
-        await asyncio.to_thread(self._place, written)
+        return await asyncio.to_thread(self._place, written)
 
-    def _place(self, written: WrittenBlob) -> None:
+    def _place(self, written: WrittenBlob) -> bool:
         writer: LocalBlobWriter = written.handle
         folder = f"{self._root}/{written.sha256[:2]}/{written.sha256[2:4]}"
         target = f"{folder}/{written.sha256}"
@@ -678,7 +680,7 @@ class LocalBlobStore:
         else:
             writer._aborted = True
             writer._remove()
-            return
+            return True
         temp = writer._finish()
         try:
             os.replace(temp, target)
@@ -687,6 +689,7 @@ class LocalBlobStore:
             os.replace(temp, target)
         writer._path = None  # placed: nothing of it to remove any more
         _fsync_dir(folder)
+        return False
 
     def _make_folders(self, sha256: str) -> None:
         """ab/ and ab/cd/ for a blob, each made durable in its parent."""

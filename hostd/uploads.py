@@ -5,7 +5,10 @@ submitted, with no database lock held, so uploads' fsyncs run in parallel. Rows 
 bytes on the way out: a deletion commits first and removes the bytes after, so the worst
 crash leaves bytes that no row points at (which `hostd gc` removes), never a row without
 its bytes. Within a process, the store's guard for a SHA-256 keeps a deletion of some
-bytes and a new upload of the same bytes from interleaving.
+bytes and a new upload of the same bytes from interleaving. Across processes (instances on
+one bucket, `hostd file rm` beside the server) the database's record of each blob row's
+removal does: an upload that found its bytes in the store already outlasts any removal of
+them that started meanwhile (see register).
 """
 
 from __future__ import annotations
@@ -41,6 +44,18 @@ class Banned(Exception):
         return str(self.args[0])
 
 
+class DeletedMeanwhile(StoreUnavailable):
+    """The upload's bytes were deleted by another process while it was being recorded (a
+    deletion of the same bytes on another instance): the upload is withdrawn; send again."""
+
+
+# How long an upload that raced a removal of its bytes waits for that removal to settle:
+# longer than a store's deletion may take (S3's requests time out at 30 s).
+REMOVAL_WAIT_SECONDS = 45.0
+# How long a blob row's removal is remembered (0011_blob_removals.sql): far longer than an
+# upload takes from placing its bytes to recording them.
+REMOVALS_KEPT_SECONDS = 3600
+
 # `hostd gc` leaves bytes younger than this alone: they may belong to an upload whose row
 # is being written right now (placing refreshes the time of bytes that were there already).
 GC_GRACE_SECONDS = 3600.0
@@ -67,12 +82,13 @@ async def register(
 
     Raises Banned, with nothing stored, for banned bytes: checked before they are placed
     (against the process's list of bans, db.find_ban), and by the schema when the row is
-    written (a ban from another process in the last few seconds)."""
+    written (a ban from another process in the last few seconds); DeletedMeanwhile when
+    another process deleted the bytes as they were recorded."""
     async with store.guard(written.sha256):
         await _refuse_if_banned(database, store, written)
         placing = asyncio.ensure_future(store.place(written))
         try:
-            await asyncio.shield(placing)  # a cancelled caller still waits for the rename
+            were_there = await asyncio.shield(placing)  # a cancelled caller waits for it
         except BaseException:
             await asyncio.wait([placing])
             if placing.cancelled() or placing.exception() is not None:
@@ -81,7 +97,7 @@ async def register(
                 await asyncio.shield(_remove_if_unreferenced(database, store, written.sha256))
             raise
         try:
-            return await db.register_upload(
+            blob, upload = await db.register_upload(
                 database,
                 sha256=written.sha256,
                 size_bytes=written.size_bytes,
@@ -100,6 +116,35 @@ async def register(
                 ban = await db.get_ban(database, sha256=written.sha256)
                 raise Banned(ban.reason if ban else "") from None
             raise
+    if were_there:
+        await _outlast_removal(database, store, upload)
+    return blob, upload
+
+
+async def _outlast_removal(database: Database, store: BlobStore, upload: Upload) -> None:
+    """After recording an upload whose bytes were in the store already (or may have been):
+    if their blob row was deleted meanwhile, the process that deleted it may be removing
+    those very bytes, having seen no row when it looked. Wait until that removal has
+    settled (outside the guard: this process's own removal needs it), then check the bytes;
+    gone, the upload is withdrawn (DeletedMeanwhile), so that no row is left without them."""
+    removal = await db.get_blob_removal(database, upload.sha256)
+    if removal is None:
+        return  # no row of these bytes was deleted in the last hour
+    deadline = time.monotonic() + REMOVAL_WAIT_SECONDS
+    while removal is not None and removal.settled_at is None and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+        removal = await db.get_blob_removal(database, upload.sha256)
+    if await store.exists(upload.sha256):
+        return
+    log.warning(
+        "the bytes of %s were deleted by another process as an upload of them was recorded;"
+        " the upload is withdrawn",
+        upload.sha256,
+    )
+    withdrawn = await asyncio.shield(db.withdraw_upload(database, upload_id=upload.id))
+    if withdrawn.blob_gone:
+        await db.settle_blob_removal(database, upload.sha256)  # nothing left to remove
+    raise DeletedMeanwhile("the same file was being deleted as it arrived; send it again")
 
 
 async def _refuse_if_banned(database: Database, store: BlobStore, written: WrittenBlob) -> None:
@@ -194,13 +239,17 @@ async def remove_bytes(
         return
     sha256 = removal.sha256
     async with store.guard(sha256):
-        if await db.is_referenced(database, sha256):
-            return  # uploaded again since the commit: the bytes are needed
         try:
-            await store.delete(sha256)
-        except StoreUnavailable as exc:  # the deletion stands; gc removes the bytes later
-            log.warning("could not remove the bytes of %s now (gc will): %s", sha256, exc)
-        thumbs.delete(sha256)
+            if await db.is_referenced(database, sha256):
+                return  # uploaded again since the commit: the bytes are needed
+            try:
+                await store.delete(sha256)
+            except StoreUnavailable as exc:  # the deletion stands; gc removes the bytes later
+                log.warning("could not remove the bytes of %s now (gc will): %s", sha256, exc)
+            thumbs.delete(sha256)
+        finally:
+            # An upload of these bytes recorded meanwhile (by another process) waits for this.
+            await asyncio.shield(db.settle_blob_removal(database, sha256))
 
 
 # Expired uploads removed per unit of work, so that a long backlog never holds the writer.
@@ -221,6 +270,7 @@ async def prune(
             count = sum(1 for item in expired if item.upload.sha256 == sha256)
             await remove_bytes(database, store, thumbs, Removal(count, sha256, True))
         if len(expired) < batch:
+            await db.forget_blob_removals(database, before=now - REMOVALS_KEPT_SECONDS)
             return removed
 
 

@@ -13,6 +13,7 @@ from helpers import hold_writer, store_upload
 
 from hostd import db as queries
 from hostd import uploads
+from hostd.storage import store_from
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -75,6 +76,70 @@ async def test_bytes_are_not_removed_under_an_upload_of_the_same_bytes_waiting_f
 
     assert await queries.get_blob_by_sha256(db, removal.sha256) is not None
     assert await store.exists(removal.sha256), "a registered blob lost its bytes"
+
+
+# -- the same race across processes: instances on one store, or `hostd file rm` -----------
+
+
+@pytest.fixture
+def other_store(config, io_loop):
+    """A second store on the test's data dir, as another hostd process holds it: its own
+    guards, so only the database stands between its deletions and this process's uploads."""
+    other = store_from(config)
+    yield other
+    other.close()
+
+
+@pytest.mark.gen_test
+async def test_bytes_another_process_deletes_as_they_are_recorded_withdraw_the_upload(
+    db, store, thumbs, other_process, other_store, monkeypatch
+):
+    user = await queries.insert_user(db, name="alice", password_hash="unused")
+    data = b"deleted on one instance, uploaded again on another"
+    sha = hashlib.sha256(data).hexdigest()
+    _, first = await store_upload(db, store, data, user.id)
+    place = store.place
+
+    async def place_then_deleted_elsewhere(written):
+        were_there = await place(written)  # found there: nothing written
+        # Meanwhile the other process deletes the first upload: its row, then (no row
+        # pointing at them now) the very bytes this upload just found.
+        await uploads.delete(
+            other_process, other_store, thumbs, upload_id=first.id, user_id=user.id
+        )
+        return were_there
+
+    monkeypatch.setattr(store, "place", place_then_deleted_elsewhere)
+
+    with pytest.raises(uploads.DeletedMeanwhile):
+        await store_upload(db, store, data)
+
+    assert await queries.all_uploads(db) == []
+    assert await queries.get_blob_by_sha256(db, sha) is None
+    assert not await store.exists(sha)
+    assert (await uploads.collect_garbage(db, store, thumbs)).missing == []
+
+
+@pytest.mark.gen_test
+async def test_an_upload_waits_out_another_process_removing_its_bytes_and_keeps_them(
+    db, store, thumbs, other_process, other_store
+):
+    user = await queries.insert_user(db, name="alice", password_hash="unused")
+    data = b"the other process is deleting these as they come again"
+    sha = hashlib.sha256(data).hexdigest()
+    _, first = await store_upload(db, store, data, user.id)
+    # The other process has committed the deletion of the rows, not yet dealt with the bytes.
+    removal = await queries.delete_upload(other_process, upload_id=first.id, user_id=user.id)
+
+    again = asyncio.ensure_future(store_upload(db, store, data))
+    await asyncio.sleep(0.3)
+    waiting = not again.done()
+    await uploads.remove_bytes(other_process, other_store, thumbs, removal)
+    _, upload = await asyncio.wait_for(again, 10)
+
+    assert waiting, "the upload did not wait for the removal to settle"
+    assert [u.id for u in await queries.all_uploads(db)] == [upload.id]
+    assert await store.exists(sha)
 
 
 def age(store, sha256: str, seconds: float) -> None:

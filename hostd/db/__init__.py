@@ -32,6 +32,7 @@ from hostd.db.accounts import (
 )
 from hostd.db.blobs import (
     Blob,
+    BlobRemoval,
     HashSpaceExhausted,
     Registration,
     Removal,
@@ -43,14 +44,18 @@ from hostd.db.blobs import (
     count_uploads,
     delete_upload,
     forget_blob,
+    forget_blob_removals,
     get_blob,
     get_blob_by_sha256,
+    get_blob_removal,
     is_referenced,
     list_registrations,
     list_user_files,
     referenced_among,
     register_upload,
+    settle_blob_removal,
     take_down,
+    withdraw_upload,
 )
 from hostd.db.copy import CopyRefused, TableCopied, copy_database
 from hostd.db.core import (
@@ -112,6 +117,11 @@ from hostd.db.signins import SignInCount, begin_signin, end_signin
 from hostd.db.stats import Stats, Stored, Uploader, get_stats, get_stored
 
 __all__ = [
+    "BlobRemoval",
+    "forget_blob_removals",
+    "get_blob_removal",
+    "settle_blob_removal",
+    "withdraw_upload",
     "TableCopied",
     "CopyRefused",
     "copy_database",

@@ -369,6 +369,66 @@ async def take_down_rows(tx: Tx, sha256: str) -> tuple[Removal, str | None]:
     return Removal(count, sha256, hash is not None), hash
 
 
+async def withdraw_upload(db: Database, *, upload_id: int) -> Removal:
+    """Remove an upload whoever's it is, and its blob row when no other upload points at
+    it: an upload recorded while another process deleted its bytes (uploads.register)."""
+
+    async def work(tx: Tx) -> tuple[Removal, str | None]:
+        sha256 = await tx.fetchval(
+            "DELETE FROM uploads WHERE id = ? RETURNING sha256", (upload_id,)
+        )
+        if sha256 is None:
+            return Removal(0, None, False), None
+        hash = await _drop_unreferenced_blob(tx, sha256)
+        return Removal(1, sha256, hash is not None), hash
+
+    removal, hash = await db.write(work)
+    if hash is not None:
+        db.blobs.drop(hash)
+    return removal
+
+
+@dataclass(frozen=True)
+class BlobRemoval:
+    """A blob row's deletion (0011_blob_removals.sql): settled once its bytes are dealt
+    with, by the process that deleted the row."""
+
+    sha256: str
+    started_at: int
+    settled_at: int | None
+
+
+async def get_blob_removal(db: Database, sha256: str) -> BlobRemoval | None:
+    row = await db.read(
+        lambda tx: tx.fetchone("SELECT * FROM blob_removals WHERE sha256 = ?", (sha256,))
+    )
+    return None if row is None else row_as(BlobRemoval, row)
+
+
+async def settle_blob_removal(db: Database, sha256: str, *, at: int | None = None) -> None:
+    """The bytes of a deleted blob row are dealt with (removed, or kept for a new upload)."""
+    settled_at = now() if at is None else at
+    await db.write(
+        lambda tx: tx.execute(
+            "UPDATE blob_removals SET settled_at = ? WHERE sha256 = ? AND settled_at IS NULL",
+            (settled_at, sha256),
+        )
+    )
+
+
+async def forget_blob_removals(db: Database, *, before: int) -> int:
+    """Forget removals started before `before` (settled or not: a process that died in
+    one): no upload still being recorded can have raced them. How many went."""
+
+    async def work(tx: Tx) -> int:
+        gone = await tx.fetchall(
+            "DELETE FROM blob_removals WHERE started_at < ? RETURNING sha256", (before,)
+        )
+        return len(gone)
+
+    return await db.write(work)
+
+
 async def is_referenced(db: Database, sha256: str) -> bool:
     """Whether a blob row exists for these bytes (a row exists while an upload does)."""
     row = await db.read(lambda tx: tx.fetchone("SELECT 1 FROM blobs WHERE sha256 = ?", (sha256,)))

@@ -78,6 +78,8 @@ def storage_failure(exc: Exception) -> tuple[int, str]:
     """(status, message) for a file the server could not write or record; the details go to
     the log."""
     log.error("could not store an upload: %s", exc)
+    if isinstance(exc, uploads.DeletedMeanwhile):
+        return 503, f"{exc}; the file was not stored"
     if isinstance(exc, StoreUnavailable):
         return 503, "the file storage cannot be reached; the file was not stored, retry soon"
     if isinstance(exc, db.Unavailable):
