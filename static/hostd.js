@@ -1,7 +1,32 @@
 // hostd: the little plain JavaScript the pages need. No build step.
 "use strict";
 
-// Copy buttons: <button data-copy="#selector"> copies that element's text.
+// Things that work only with this script (.js-only: Copy buttons, the drop hint) show now.
+document.documentElement.classList.add("js");
+
+// What a click just did, for screen readers: base.html's one polite region, never swapped
+// out (a region that arrives with its text is often not read). Emptied first, so the same
+// words twice ("Copied", "Copied") are said twice.
+const announce = (text) => {
+  const region = document.getElementById("live-status");
+  if (!region || !text) return;
+  region.textContent = "";
+  setTimeout(() => { region.textContent = text; }, 100);
+};
+
+// A URL field narrower than its URL shows its end, where the hash and name are, rather
+// than the host that every field starts with.
+const showEnds = (root) => {
+  for (const field of root.querySelectorAll("input.url-field")) field.scrollLeft = field.scrollWidth;
+};
+showEnds(document);
+addEventListener("resize", () => showEnds(document));
+document.addEventListener("focusout", (event) => {
+  if (event.target.matches?.("input.url-field")) showEnds(event.target.parentElement);
+});
+
+// Copy buttons: <button data-copy="#selector"> copies that element's text. The button's
+// name stays (it says which URL); what happened is said through announce().
 document.addEventListener("click", async (event) => {
   const button = event.target.closest("[data-copy]");
   if (!button) return;
@@ -11,6 +36,7 @@ document.addEventListener("click", async (event) => {
   try {
     await navigator.clipboard.writeText(text.trim());
     button.textContent = "Copied";
+    announce("Copied");
   } catch {
     // No clipboard (a page over plain HTTP, not on localhost): select the text for Ctrl+C.
     // An <input>'s value is selected by select(); a range selects only an element's text.
@@ -24,6 +50,7 @@ document.addEventListener("click", async (event) => {
       getSelection().addRange(range);
     }
     button.textContent = "Selected: press Ctrl+C";
+    announce("Selected: press Ctrl+C to copy");
   }
   setTimeout(() => { button.textContent = "Copy"; }, 2000);
 });
@@ -44,6 +71,45 @@ document.addEventListener("htmx:beforeRequest", () => {
   if (box) box.hidden = true;
 });
 
+// An htmx swap takes the clicked button away with the old list or row: say what happened
+// (the list's own [data-announce], else the button's or form's data-done) and put focus
+// where the user was, not back at the top of the page.
+let clicked = null;
+document.addEventListener("htmx:beforeRequest", (event) => {
+  const elt = event.detail.elt;
+  const row = elt.closest("tr");
+  clicked = {
+    done: elt.closest("[data-done]")?.dataset.done,
+    index: row ? [...row.parentElement.children].indexOf(row) : -1,
+  };
+});
+const focusFirst = (...candidates) => {
+  const target = candidates.find(Boolean);
+  if (target) target.focus();
+};
+document.addEventListener("htmx:afterSettle", (event) => {
+  const id = event.detail.target?.id;
+  const fresh = id && document.getElementById(id);
+  if (!fresh || !clicked) return;
+  const { done, index } = clicked;
+  clicked = null;
+  announce(fresh.querySelector("[data-announce]")?.textContent || done);
+  if (id === "file-list") {  // a file deleted: the next one's Delete, or the heading
+    const buttons = [...fresh.querySelectorAll("#file-rows button.delete-file")];
+    focusFirst(buttons[Math.min(index, buttons.length - 1)], document.getElementById("files-title"));
+  } else if (id === "api-keys") {  // a key generated: its box; refused: the label field
+    focusFirst(fresh.querySelector(".new-key"), fresh.querySelector("[role=alert]") && fresh.querySelector("#key-label"));
+  } else if (id.startsWith("key-")) {  // a key invalidated: the next usable one, or the heading
+    const rows = [...document.querySelectorAll("#key-rows tr")];
+    const usable = (tr) => tr.querySelector("button");
+    focusFirst(
+      rows.slice(index + 1).map(usable).find(Boolean),
+      rows.slice(0, index).reverse().map(usable).find(Boolean),
+      document.getElementById("api-keys-title"),
+    );
+  }
+});
+
 // The upload page: pick, drop anywhere, or paste; one XHR per file, for its progress events.
 // (htmx 2 also reports XHR progress, but dropped and pasted files come from no form.)
 // Files from data-resumable-from bytes up go over tus (tus-js-client, /api/tus/) instead:
@@ -58,6 +124,7 @@ if (uploadForm) {
   // One request per file: several at once only where this script sends them one by one
   // (the plain form, without JavaScript, posts what is picked in a single request).
   input.multiple = true;
+  document.querySelector("label[for=upload-file]").textContent = "Choose files";
   const list = document.getElementById("upload-list");
   const template = document.getElementById("upload-item-template");
   const headers = JSON.parse(document.body.getAttribute("hx-headers") || "{}");
@@ -69,13 +136,23 @@ if (uploadForm) {
     return i === 0 ? `${n} bytes` : `${n.toFixed(1)} ${units[i]}`;
   };
 
+  // A failed upload: no empty meter, and its message (role=alert) speaks for it.
+  const failed = (item) => {
+    item.classList.add("failed");
+    item.querySelector(".upload-meter").hidden = true;
+    item.querySelector(".upload-state").textContent = "";
+  };
   const showError = (item, message) => {
     const error = document.createElement("p");
     error.className = "upload-error";
     error.setAttribute("role", "alert");
     error.textContent = message;
     item.querySelector(".upload-outcome").replaceChildren(error);
-    item.classList.add("failed");
+    failed(item);
+  };
+  // The file's status line (a live region) says only when it starts and when it is done.
+  const say = (item, text) => {
+    setTimeout(() => { item.querySelector(".upload-state").textContent = text; }, 100);
   };
 
   // Files go a few at a time, the rest wait their turn: the server takes at most
@@ -96,6 +173,7 @@ if (uploadForm) {
     const item = template.content.firstElementChild.cloneNode(true);
     item.querySelector(".upload-name").textContent = file.name;
     item.querySelector(".upload-size").textContent = formatBytes(file.size);
+    item.querySelector(".upload-progress").setAttribute("aria-label", `Upload of ${file.name}`);
     list.prepend(item);
     if (file.size > maxBytes) {
       const sizes = formatBytes(file.size) === formatBytes(maxBytes)
@@ -113,6 +191,8 @@ if (uploadForm) {
     const speed = item.querySelector(".upload-speed");
     speed.textContent = "waiting its turn";
     await turn();
+    say(item, `Uploading ${file.name}`);
+    // Speed counts from the attempt that is sending, not from a wait before a retry.
     let started = performance.now();
     const show = (loaded, total) => {
       const share = total ? Math.round((loaded / total) * 100) : 0;
@@ -121,22 +201,26 @@ if (uploadForm) {
       const seconds = (performance.now() - started) / 1000;
       if (seconds > 0) speed.textContent = `${formatBytes(Math.round(loaded / seconds))}/s`;
     };
-    const again = () => { started = performance.now(); show(0, file.size); };
+    const restart = () => { started = performance.now(); };
     try {
       if (file.size >= resumableFrom && window.tus?.isSupported) {
         await uploadResumable(file, item, show);
       } else {
-        await uploadPlain(file, item, show, again);
+        await uploadPlain(file, item, show, restart);
       }
     } finally {
       done();
+    }
+    if (item.classList.contains("done")) {
+      say(item, `Uploaded ${file.name}`);
+      showEnds(item);
     }
   };
 
   // A 429 or 503 that says when to ask again (the address's uploads in flight, a server
   // restarting) is asked again, a few times; any other answer is final, and shown.
   const MAX_WAITS = 10;
-  const uploadPlain = (file, item, show, again) => new Promise((finished) => {
+  const uploadPlain = (file, item, show, restart) => new Promise((finished) => {
     const send = (waits) => {
       const xhr = new XMLHttpRequest();
       xhr.open("POST", "/upload");
@@ -146,7 +230,7 @@ if (uploadForm) {
       xhr.addEventListener("load", () => {
         const wait = Number(xhr.getResponseHeader("Retry-After"));
         if ([429, 503].includes(xhr.status) && wait > 0 && wait <= 60 && waits < MAX_WAITS) {
-          again();
+          show(0, file.size);
           item.querySelector(".upload-speed").textContent = `busy: trying again in ${wait} s`;
           setTimeout(() => send(waits + 1), wait * 1000);
           return;
@@ -158,7 +242,7 @@ if (uploadForm) {
           item.querySelector(".upload-outcome").innerHTML = xhr.responseText;
         } else if (xhr.getResponseHeader("Content-Type")?.startsWith("text/html")) {
           item.querySelector(".upload-outcome").innerHTML = xhr.responseText;
-          item.classList.add("failed");
+          failed(item);
         } else {
           showError(item, `The upload failed (${xhr.status} ${xhr.statusText}).`);
         }
@@ -171,6 +255,7 @@ if (uploadForm) {
       const data = new FormData();
       if (keep.value) data.append("expires", keep.value);
       data.append("file", file, file.name);
+      restart();
       xhr.send(data);
     };
     send(0);

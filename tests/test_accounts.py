@@ -135,6 +135,29 @@ async def test_sign_in_with_the_right_password_starts_a_session(http_client, bas
     assert "Signed in as dave" in text_of(page.body)
 
 
+@pytest.mark.parametrize("path", ["/login", "/register"])
+@pytest.mark.gen_test
+async def test_the_account_forms_say_who_is_signed_in_instead(http_client, base_url, login, path):
+    alice = await login("alice")
+
+    page = await http_client.fetch(f"{base_url}{path}", headers=alice.headers)
+
+    text = text_of(page.body)
+    assert "You are signed in as alice ." in text and "your account" in text
+    assert 'name="password"' not in page.body.decode()
+
+
+@pytest.mark.gen_test
+async def test_the_header_names_the_account_link_as_such(http_client, base_url, login):
+    alice = await login("alice")
+
+    page = await http_client.fetch(f"{base_url}/files", headers=alice.headers)
+
+    assert 'href="/account" aria-label="Your account (alice)"><strong>alice</strong>' in (
+        page.body.decode()
+    )
+
+
 @pytest.mark.parametrize(
     "target",
     ["//evil.example", "https://evil.example/", "/\\evil.example", "/\t/evil.example", "/\n/x"],
@@ -567,7 +590,9 @@ async def test_signing_out_everywhere_ends_every_session_of_the_account(
         http_client, f"{base_url}/account", cookie=alice.cookie, action="sign-out-everywhere"
     )
 
-    assert out.code == 303 and out.headers["Location"] == "/login"
+    assert out.code == 303 and out.headers["Location"] == "/login?done=everywhere"
+    landed = await http_client.fetch(f"{base_url}{out.headers['Location']}")
+    assert "Signed out on every device." in text_of(landed.body)
     for cookie in (alice.cookie, laptop):
         gone = await http_client.fetch(
             f"{base_url}/files",

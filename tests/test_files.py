@@ -548,3 +548,89 @@ async def test_deleting_an_id_no_row_can_have_is_a_404(http_client, base_url, lo
     for response in (with_htmx, without):
         assert response.code == 404
         assert "You have no upload with this id." in response.body.decode()
+
+
+@pytest.mark.gen_test
+async def test_a_delete_of_a_file_already_deleted_answers_the_list_without_it(
+    http_client, base_url, login, db
+):
+    """Deleted in another tab: the stale row's Delete gets the list, not an error."""
+    alice = await login()
+    await upload_as(http_client, base_url, alice, b"twice", "twice.txt")
+    (upload_id,) = await upload_ids(db, alice.user.id)
+    await delete_from_the_list(http_client, base_url, alice, upload_id, 1)
+
+    again = await delete_from_the_list(http_client, base_url, alice, upload_id, 1)
+
+    assert again.code == 200
+    html = again.body.decode()
+    assert "<html" not in html and "twice.txt" not in html
+    assert "data-announce>That file was already deleted" in html
+
+
+@pytest.mark.gen_test
+async def test_a_delete_that_moves_to_another_page_says_so_in_the_address(
+    http_client, base_url, login, db
+):
+    alice = await login()
+    for i in range(21):
+        await upload_as(http_client, base_url, alice, f"file {i}".encode(), f"f{i:02}.txt")
+    oldest = min(await upload_ids(db, alice.user.id))
+    newest = max(await upload_ids(db, alice.user.id))
+
+    back_to_one = await delete_from_the_list(http_client, base_url, alice, oldest, 2)
+    same_page = await delete_from_the_list(http_client, base_url, alice, newest, 1)
+
+    assert back_to_one.headers["HX-Replace-Url"] == "/files"
+    assert "HX-Replace-Url" not in same_page.headers
+
+
+@pytest.mark.gen_test
+async def test_each_rows_links_and_cells_say_which_file_and_column(http_client, base_url, login):
+    alice = await login()
+    await upload_as(http_client, base_url, alice, b"named", "cat.txt")
+
+    html = (await http_client.fetch(f"{base_url}/files", headers=alice.headers)).body.decode()
+
+    for kind in ("hash", "ext", "full"):
+        assert f'aria-label="{kind} URL of cat.txt">{kind}</a>' in html
+    for label in ("Name", "Size", "Type", "Uploaded", "Links"):
+        assert f'data-label="{label}"' in html  # shown on a phone, where <thead> is hidden
+
+
+@pytest.mark.gen_test
+async def test_deleting_without_javascript_asks_about_the_named_file(
+    http_client, base_url, login, db
+):
+    alice = await login()
+    file_hash = await upload_as(http_client, base_url, alice, b"which one?", "holiday.jpg")
+    (upload_id,) = await upload_ids(db, alice.user.id)
+
+    asked = await http_client.fetch(
+        f"{base_url}/files/{upload_id}/delete",
+        method="POST",
+        body=form_body(),
+        headers={"Cookie": alice.cookie},
+    )
+
+    text = text_of(asked.body)
+    assert "Delete this file?" in text
+    assert "Name holiday.jpg" in text and f"Hash {file_hash}" in text and "Size 10 bytes" in text
+    assert "<title>Delete holiday.jpg? · hostd</title>" in asked.body.decode()
+
+
+@pytest.mark.gen_test
+async def test_nobody_is_asked_about_someone_elses_upload(http_client, base_url, login, db):
+    alice, bob = await login("alice"), await login("bob")
+    await upload_as(http_client, base_url, alice, b"alice's", "secret-name.txt")
+    (upload_id,) = await upload_ids(db, alice.user.id)
+
+    asked = await http_client.fetch(
+        f"{base_url}/files/{upload_id}/delete",
+        method="POST",
+        body=form_body(),
+        headers={"Cookie": bob.cookie},
+        raise_error=False,
+    )
+
+    assert asked.code == 404 and "secret-name.txt" not in asked.body.decode()

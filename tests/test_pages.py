@@ -263,3 +263,77 @@ async def test_a_stray_content_type_without_a_body_does_not_matter(
     )
 
     assert response.code == (404 if path == "/no/such/page" else 200)
+
+
+@pytest.mark.gen_test
+async def test_the_413_page_uses_the_status_name_of_rfc_9110(http_client, base_url, config):
+    async def no_body(write):
+        pass
+
+    response = await http_client.fetch(
+        f"{base_url}/upload",
+        method="POST",
+        body_producer=no_body,
+        headers={
+            "Content-Type": "multipart/form-data; boundary=b",
+            "Content-Length": str(config.max_upload_bytes * 2),
+        },
+        expect_100_continue=True,
+        raise_error=False,
+    )
+
+    assert response.code == 413
+    assert "413 Content Too Large" in text_of(response.body)
+    assert "Request Entity" not in response.body.decode()
+
+
+@pytest.mark.gen_test
+async def test_api_page_lists_what_a_refused_upload_answers(http_client, base_url):
+    from hostd.openapi import UPLOAD_ERRORS
+
+    text = text_of((await http_client.fetch(f"{base_url}/api")).body)
+
+    assert list(UPLOAD_ERRORS) == ["400", "401", "408", "413", "429", "451", "503", "507"]
+    for status in UPLOAD_ERRORS:
+        assert f" {status} " in text
+    assert "These bytes are banned from this server." in text
+    assert "( limits.body_idle_seconds )" in text  # its `code` in <code>
+
+
+@pytest.mark.gen_test
+async def test_api_page_offers_the_http_date_form_of_expiry(http_client, base_url):
+    text = text_of((await http_client.fetch(f"{base_url}/api")).body)
+
+    assert "or an HTTP date such as Thu, 31 Jan 2030 12:00:00 GMT ." in text
+    assert "-H 'Expires: Thu, 31 Jan 2030 12:00:00 GMT'" in text
+
+
+@pytest.mark.gen_test
+async def test_upload_page_is_titled_and_asks_for_one_file_without_the_script(
+    http_client, base_url
+):
+    html = (await http_client.fetch(f"{base_url}/")).body.decode()
+
+    assert "<title>Upload · hostd</title>" in html
+    # The plain form posts one file (hostd.js makes it several, and says "files").
+    assert re.search(r'<input id="upload-file" type="file" name="file"(?![^>]*multiple)', html)
+    assert ">Choose a file</label>" in html
+    assert 'class="drop-hint js-only"' in html  # dropping and pasting need the script
+
+
+@pytest.mark.gen_test
+async def test_each_result_control_names_its_file(http_client, base_url):
+    body, headers = multipart_body(files=[("file", "cat.png", b"not really a png")])
+
+    response = await http_client.fetch(
+        f"{base_url}/upload", method="POST", body=body, headers={**headers, "HX-Request": "true"}
+    )
+
+    html = response.body.decode()
+    for kind in ("hash", "ext", "full", "base"):
+        assert f'>{kind}<span class="visually-hidden"> URL of cat.png</span></label>' in html
+        assert f'aria-label="Copy the {kind} URL of cat.png"' in html
+        assert f'aria-label="Open the {kind} URL of cat.png in a new tab"' in html
+    assert 'aria-label="Copy the deletion link of cat.png"' in html
+    # Copy needs the script: without it (no .js on <html>) hostd.css hides the buttons.
+    assert html.count('class="copy-button js-only"') == 5

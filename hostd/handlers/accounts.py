@@ -75,14 +75,17 @@ class LoginHandler(AccountFormHandler):
     template = "accounts/login.html"
 
     def get(self) -> None:
-        self.render_page(self.template, error=None, name="", next=self.next_url())
+        self.render_page(self.template, error=None, name="", next=self.next_url(), done=self.done())
+
+    def done(self) -> str:
+        return self.get_query_argument("done", "")
 
     def next_url(self) -> str:
         return safe_next(self.get_argument("next", "/"))
 
     async def post(self) -> None:
         name = self.get_body_argument("name", "").strip()
-        form: dict[str, Any] = {"name": name, "next": self.next_url()}
+        form: dict[str, Any] = {"name": name, "next": self.next_url(), "done": ""}
         async with self.limiter.attempt(name, self.address) as attempt:
             if attempt.wait:
                 error = wait_message("Too many failed sign-ins.", attempt.wait)
@@ -179,7 +182,7 @@ class AccountHandler(AccountFormHandler):
         if self.get_body_argument("action", "") == "sign-out-everywhere":
             await db.delete_sessions(self.db, user_id=user.id)
             self.clear_cookie(SESSION_COOKIE)
-            self.redirect("/login", status=303)
+            self.redirect("/login?done=everywhere", status=303)
             return
         new = self.exact_password("new")
         error = password_problem(new, self.exact_password("confirm"))

@@ -49,6 +49,7 @@ class ApiPageHandler(BaseHandler):
             sharex_name=clients.sharex_file_name(self.public_url()),
             sharex_with_key=clients.sharex_config(self.public_url(), new_key) if new_key else None,
             retention=retention.describe(self.config),
+            upload_errors=openapi.UPLOAD_ERRORS,
         )
 
 

@@ -16,6 +16,8 @@ from hostd.thumbs import THUMBNAILABLE, ThumbnailsBusy
 PAGE_SIZE = 20
 MAX_PAGE = 1_000_000  # 20 million uploads; keeps OFFSET far inside SQLite's integers
 MAX_ID = 2**63 - 1  # SQLite's largest integer: no row has an id past it
+NO_SUCH_UPLOAD = "You have no upload with this id."
+ALREADY_DELETED = "That file was already deleted (in another tab, or by its deletion link)."
 
 
 class FilesPage(BaseHandler):
@@ -27,9 +29,9 @@ class FilesPage(BaseHandler):
             raise Refusal(400, f"A page number is a whole number from 1 to {MAX_PAGE:,}.")
         return page
 
-    async def show(self, page: int, *, at_most_last: bool = False) -> None:
+    async def show(self, page: int, *, at_most_last: bool = False, notice: str = "") -> None:
         """Page `page`; with `at_most_last`, the last page when `page` is past it (a delete
-        that emptied the last page shows the one before)."""
+        that emptied the last page shows the one before, and the address bar says so)."""
         assert self.current_user is not None
         user = self.current_user
         files, total = await self.list_page(user.id, page)
@@ -38,6 +40,7 @@ class FilesPage(BaseHandler):
             page = pages
             files, total = await self.list_page(user.id, page)
             pages = max(1, math.ceil(total / PAGE_SIZE))
+            self.set_header("HX-Replace-Url", "/files" if page == 1 else f"/files?page={page}")
         base = self.public_url()
         self.render_page(
             "files/list.html",
@@ -49,6 +52,7 @@ class FilesPage(BaseHandler):
             thumbnailable=THUMBNAILABLE,
             used_bytes=user.used_bytes,
             quota_bytes=limits.quota_of(user, self.config.quota_bytes),
+            notice=notice,
         )
 
     async def list_page(self, user_id: int, page: int) -> tuple[list[db.UserFile], int]:
@@ -73,34 +77,50 @@ class FileHandler(FilesPage):
     @signed_in
     async def delete(self, upload_id: str) -> None:
         page = self.page_number() if self.is_htmx else None
-        await self.remove(upload_id)
+        found = await self.remove(upload_id)
+        if not found and page is None:
+            raise Refusal(404, NO_SUCH_UPLOAD)
         # With htmx, the list again, from the database: its counts and quota meter follow,
-        # and the page fills up with the next file.
+        # and the page fills up with the next file. A row deleted meanwhile (in another tab,
+        # by its deletion link) goes too, with a word why.
         if page is not None:
             self.current_user = await self.session_user()
         if page is None or self.current_user is None:  # (signed out meanwhile)
             self.finish("")
             return
-        await self.show(page, at_most_last=True)
+        await self.show(page, at_most_last=True, notice="" if found else ALREADY_DELETED)
 
     @signed_in
     async def post(self, upload_id: str) -> None:
         if self.get_body_argument("confirm", "") != "yes":
-            self.render_page("files/confirm_delete.html", upload_id=upload_id)
+            await self.ask(upload_id)
             return
-        await self.remove(upload_id)
+        if not await self.remove(upload_id):
+            raise Refusal(404, NO_SUCH_UPLOAD)
         self.redirect("/files", status=303)
 
-    async def remove(self, upload_id: str) -> None:
+    async def ask(self, upload_id: str) -> None:
+        """The page without JavaScript that asks first, naming the file."""
+        assert self.current_user is not None
+        number = parse_count(upload_id, at_most=MAX_ID)
+        found = None
+        if number is not None and number <= MAX_ID:
+            found = await db.get_upload_with_blob(self.db, upload_id=number)
+        if found is None or found[1].user_id != self.current_user.id:
+            raise Refusal(404, NO_SUCH_UPLOAD)
+        blob, upload = found
+        urls = file_urls(self.public_url(), blob, upload.original_name)
+        self.render_page("files/confirm_delete.html", upload=upload, blob=blob, urls=urls)
+
+    async def remove(self, upload_id: str) -> bool:
+        """Deletes one of the user's uploads; False when they have no such upload."""
         assert self.current_user is not None
         number = parse_count(upload_id, at_most=MAX_ID)
         if number is None or number > MAX_ID:
-            raise Refusal(404, "You have no upload with this id.")
-        found = await uploads.delete(
+            raise Refusal(404, NO_SUCH_UPLOAD)
+        return await uploads.delete(
             self.db, self.store, self.thumbs, upload_id=number, user_id=self.current_user.id
         )
-        if not found:
-            raise Refusal(404, "You have no upload with this id.")
 
 
 PLACEHOLDER = "thumb-unavailable.svg"

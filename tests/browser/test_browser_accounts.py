@@ -62,7 +62,9 @@ def test_a_user_changes_their_password_from_the_account_page(page: Page, live_se
     page.get_by_label("New password again").fill("another long password")
     page.get_by_role("button", name="Change password").click()
 
-    expect(page.get_by_role("status")).to_contain_text("Your password is changed.")
+    expect(page.get_by_role("status").filter(has_text="password")).to_contain_text(
+        "Your password is changed."
+    )
     expect(banner).to_contain_text(f"Signed in as {name}")  # this browser stays in
     banner.get_by_role("button", name="Sign out").click()
     page.goto(f"{base}/login")
@@ -207,24 +209,60 @@ def test_a_refused_key_form_shows_its_message_in_place(
 
 
 def test_a_delete_the_server_refuses_says_why(page: Page, live_server, sign_in, browser_errors):
-    browser_errors.allow(r"status of 404")
-    browser_errors.allow(r"Response Status Error Code 404")  # htmx logs it too
+    browser_errors.allow(r"status of 403")
+    browser_errors.allow(r"Response Status Error Code 403")  # htmx logs it too
     base = live_server.base_url
     sign_in(page)
     page.goto(f"{base}/")
     page.set_input_files(
         "#upload-file",
-        files=[{"name": "twice.txt", "mimeType": "text/plain", "buffer": uuid.uuid4().bytes}],
+        files=[{"name": "kept.txt", "mimeType": "text/plain", "buffer": uuid.uuid4().bytes}],
     )
     expect(page.locator("input.url-field")).to_have_count(4)
     page.goto(f"{base}/files")
     other_tab = page.context.new_page()
     other_tab.goto(f"{base}/files")
-    other_tab.once("dialog", lambda dialog: dialog.accept())
-    other_tab.get_by_role("button", name="Delete twice.txt").click()
-    expect(other_tab.locator("#file-rows tr")).to_have_count(0)
+    other_tab.get_by_role("button", name="Sign out").click()
+    expect(other_tab.get_by_role("banner")).to_contain_text("Sign in")
 
     page.once("dialog", lambda dialog: dialog.accept())
-    page.get_by_role("button", name="Delete twice.txt").click()
+    page.get_by_role("button", name="Delete kept.txt").click()
 
-    expect(page.locator("#request-error")).to_have_text("You have no upload with this id.")
+    expect(page.locator("#request-error")).to_contain_text("You are signed out")
+    expect(page.locator("#file-rows tr")).to_have_count(1)
+
+
+def test_a_new_key_gets_focus_and_an_invalidated_one_is_announced(page: Page, live_server, sign_in):
+    sign_in(page)
+    page.goto(f"{live_server.base_url}/api")
+    page.get_by_label("Label (optional)").fill("first")
+    page.get_by_role("button", name="Generate a new key").click()
+    expect(page.locator(".new-key")).to_be_focused()  # read out, with its key
+    page.get_by_label("Label (optional)").fill("second")
+    page.get_by_role("button", name="Generate a new key").click()
+    expect(page.locator(".new-key")).to_contain_text("Copy it now")
+    page.on("dialog", lambda dialog: dialog.accept())
+
+    page.get_by_role("button", name="Invalidate key second").click()  # newest first
+
+    expect(page.locator("#live-status")).to_have_text("Key second invalidated")
+    expect(page.get_by_role("button", name="Invalidate key first")).to_be_focused()
+    page.get_by_role("button", name="Invalidate key first").click()
+    expect(page.locator("#live-status")).to_have_text("Key first invalidated")
+    expect(page.get_by_role("heading", name="Your API keys")).to_be_focused()
+
+
+def test_signing_out_everywhere_lands_on_sign_in_saying_so(page: Page, live_server, sign_in):
+    name = sign_in(page)
+    page.goto(f"{live_server.base_url}/login")
+    expect(page.locator("main")).to_contain_text(f"You are signed in as {name}.")
+    expect(page.get_by_label("Password", exact=True)).to_have_count(0)
+    page.goto(f"{live_server.base_url}/account")
+
+    page.get_by_role("button", name="Sign out everywhere").click()
+
+    expect(page).to_have_url(re.compile(r"/login\?done=everywhere$"))
+    expect(page.get_by_role("status").filter(has_text="Signed out")).to_have_text(
+        "Signed out on every device."
+    )
+    expect(page.get_by_label("Password", exact=True)).to_be_visible()

@@ -77,3 +77,41 @@ def test_invalidate_without_javascript_asks_first(no_js_page: Page, live_server,
     expect(page.locator(f"tr#key-{key_id}")).to_contain_text("invalidated")
     after, _ = bearer_upload(base, key, uuid.uuid4().bytes)
     assert (still, after) == (200, 401)
+
+
+LONG_NAME = "averylongfilenamewithoutanybreak" * 7 + ".txt"  # 228 of 255 bytes, no hyphen
+
+
+def test_a_long_file_name_wraps_on_a_phone_and_copy_buttons_stay_hidden(
+    no_js_page: Page, live_server, sign_in
+):
+    page, base = no_js_page, live_server.base_url
+    sign_in(page)
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.goto(f"{base}/")
+    expect(page.locator(".drop-hint")).to_be_hidden()  # nothing to drop or paste into
+    expect(page.locator("label.file-label")).to_have_text("Choose a file")
+    page.locator("#upload-file").set_input_files(
+        {"name": LONG_NAME, "mimeType": "text/plain", "buffer": uuid.uuid4().bytes}
+    )
+    page.get_by_role("button", name="Upload", exact=True).click()
+    expect(page.get_by_role("heading", level=1)).to_contain_text(LONG_NAME)
+    pages = {"result": page.evaluate("document.documentElement.scrollWidth")}
+    # Copy needs the script; without it a Copy button would do nothing.
+    expect(page.locator("button.copy-button")).to_have_count(5)
+    for button in page.locator("button.copy-button").all():
+        expect(button).to_be_hidden()
+    delete_url = page.locator(".delete-link a").get_attribute("href")
+    assert delete_url
+
+    page.goto(delete_url)
+    expect(page.locator("main")).to_contain_text(LONG_NAME)
+    pages["deletion link"] = page.evaluate("document.documentElement.scrollWidth")
+    page.goto(f"{base}/files")
+    pages["files"] = page.evaluate("document.documentElement.scrollWidth")
+    page.get_by_role("button", name=f"Delete {LONG_NAME}").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Delete this file?")
+    expect(page.locator(".file-facts")).to_contain_text(LONG_NAME)  # which file it is
+    pages["files confirm"] = page.evaluate("document.documentElement.scrollWidth")
+
+    assert all(width <= 390 for width in pages.values()), pages

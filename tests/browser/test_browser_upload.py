@@ -1,8 +1,9 @@
 """In chromium: the upload page (pick, drop, the size limit) and /files.
 
 The page's DOM contract: `#upload-form[data-max-bytes]`, `#upload-limit`, `#upload-file`
-(labelled, multiple); one `li.upload-item` per file in `#upload-list` with
-`progress.upload-progress`, `.upload-percent`, `.upload-speed`, then either `.upload-result`
+(labelled, multiple); one `li.upload-item` per file in `#upload-list` (not a live region) with
+`.upload-state[role=status]` (start and end only), `progress.upload-progress` (named after the
+file), `.upload-percent`, `.upload-speed`, then either `.upload-result`
 (four read-only `input.url-field[data-kind]`, `button.copy-button`s, an `img/video/audio
 .preview`) or `.upload-error[role=alert]`. /files: `#file-rows tr[id^=file-]` rows with
 `.file-name`, `img.thumb` and `button.delete-file` (hx-delete + hx-confirm).
@@ -177,9 +178,11 @@ def test_the_deletion_link_is_copied_to_the_clipboard(page: Page, live_server):
     link = item.locator(".delete-link a")
     expect(link).to_have_count(1)
 
-    item.get_by_role("button", name="Copy the deletion link").click()
+    item.get_by_role("button", name="Copy the deletion link of deletable.txt").click()
 
     expect(item.get_by_role("button", name="Copy the deletion link")).to_have_text("Copied")
+    # The button keeps its name (which link); the change is said by the page's status region.
+    expect(page.get_by_role("status").filter(has_text="Copied")).to_have_id("live-status")
     copied = page.evaluate("navigator.clipboard.readText()")
     assert copied == link.get_attribute("href") and "/delete/" in copied
 
@@ -192,10 +195,11 @@ def test_copy_without_a_clipboard_selects_the_url(page: Page, live_server):
     field = item.locator("input.url-field[data-kind=ext]")
     expect(field).to_have_count(1)
 
-    button = item.locator("button.copy-button[aria-label='Copy the ext URL']")
+    button = item.get_by_role("button", name="Copy the ext URL of copy.txt")
     button.click()
 
     expect(button).to_have_text("Selected: press Ctrl+C")
+    expect(page.locator("#live-status")).to_have_text("Selected: press Ctrl+C to copy")
     selected = field.evaluate("e => e.value.substring(e.selectionStart, e.selectionEnd)")
     assert selected == field.input_value() and selected.startswith(live_server.base_url)
     expect(field).to_be_focused()
@@ -241,6 +245,7 @@ def test_a_file_over_the_limit_is_refused_without_sending_it(page: Page, live_se
     expect(error).to_be_visible()
     expect(error).to_have_attribute("role", "alert")
     expect(error).to_contain_text("over the limit")
+    expect(item_named(page, "too-big.bin").locator("progress")).to_be_hidden()  # no empty bar
     expect(page.locator(".upload-result")).to_have_count(0)
     uploads = [url for url in sent if urllib.parse.urlsplit(url).path.endswith("/upload")]
     assert uploads == []
@@ -337,3 +342,262 @@ def test_an_uploaded_script_cannot_run_in_our_pages(page: Page, live_server, bro
     assert outcome == "blocked"
     assert page.evaluate("window.__uploadedRan") is None
     assert any("script-src" in e and script_url in e for e in browser_errors.errors)
+
+
+def test_only_the_start_and_end_of_each_upload_are_announced(page: Page, live_server):
+    base = live_server.base_url
+    page.goto(f"{base}/")
+    expect(page.locator("#upload-list")).not_to_have_attribute("aria-live", re.compile(""))
+
+    page.set_input_files(
+        "#upload-file",
+        files=[
+            file_payload("first.txt", "text/plain", uuid.uuid4().bytes),
+            file_payload("second.txt", "text/plain", uuid.uuid4().bytes),
+        ],
+    )
+
+    for name in ("first.txt", "second.txt"):
+        item = item_named(page, name)
+        expect(item.get_by_role("status")).to_have_text(f"Uploaded {name}")
+        expect(item.get_by_role("progressbar")).to_have_accessible_name(f"Upload of {name}")
+    # The meter's ticks sit in no live region: not read out at every step.
+    live = page.locator("#upload-list [aria-live], #upload-list [role=status]")
+    assert all("%" not in text and "/s" not in text for text in live.all_inner_texts())
+    assert page.evaluate(
+        "[...document.querySelectorAll('.upload-meter')].every(m => !m.closest('[aria-live]'))"
+    )
+
+
+def test_an_empty_file_shows_no_empty_progress_bar(page: Page, live_server):
+    page.goto(f"{live_server.base_url}/")
+
+    page.set_input_files("#upload-file", files=[file_payload("nothing.txt", "text/plain", b"")])
+
+    item = item_named(page, "nothing.txt")
+    expect(item.locator(".upload-error")).to_contain_text("empty")
+    expect(item.locator("progress")).to_be_hidden()
+    expect(item.locator(".upload-percent")).to_be_hidden()
+
+
+def test_the_speed_after_a_busy_retry_counts_only_the_attempt_that_went(
+    page: Page, live_server, browser_errors
+):
+    """A 429 with Retry-After: 1, then the upload: its speed leaves out the second waited."""
+    browser_errors.allow(r"status of 429")
+    refused: list[str] = []
+
+    def busy_once(route):
+        if refused:
+            route.continue_()
+            return
+        refused.append(route.request.url)
+        route.fulfill(status=429, headers={"Retry-After": "1"}, body="busy")
+
+    page.route("**/upload", busy_once)
+    data = os.urandom(256 * 1024)
+    page.goto(f"{live_server.base_url}/")
+
+    page.set_input_files(
+        "#upload-file", files=[file_payload("retried.bin", "application/octet-stream", data)]
+    )
+
+    item = item_named(page, "retried.bin")
+    expect(item.locator(".upload-speed")).to_contain_text("trying again in 1 s")
+    expect(item.locator(".upload-result input.url-field")).to_have_count(4)
+    assert refused
+    speed = SPEED.search(item.locator(".upload-speed").inner_text())
+    assert speed, item.locator(".upload-speed").inner_text()
+    shown = float(speed.group(1).replace(",", "")) * UNITS[speed.group(2)]
+    assert shown > len(data) / 0.5, f"{speed.group(0)}: the wait was counted"
+
+
+def test_only_the_focused_control_shows_a_focus_ring(page: Page, live_server):
+    page.goto(f"{live_server.base_url}/")
+    choose = page.locator("label.file-label")
+    limit = page.locator("#upload-limit")
+
+    page.get_by_label("Keep").focus()
+    expect(choose).to_have_css("outline-style", "none")  # the select has it, not this
+
+    page.keyboard.press("Tab")
+    expect(page.locator("#upload-file")).to_be_focused()
+    expect(choose).to_have_css("outline-style", "solid")  # the hidden input's, shown here
+    expect(limit).to_have_css("text-decoration-line", "none")
+
+
+def relative_luminance(rgb: str) -> float:
+    channels = [int(c) / 255 for c in re.findall(r"\d+", rgb)[:3]]
+    linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+def contrast(a: str, b: str) -> float:
+    high, low = sorted((relative_luminance(a), relative_luminance(b)), reverse=True)
+    return (high + 0.05) / (low + 0.05)
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_field_and_drop_zone_edges_contrast_3_to_1(browser, live_server, scheme):
+    """WCAG 1.4.11: a control's edge is 3:1 against what is around it."""
+    context = browser.new_context(color_scheme=scheme)
+    page = context.new_page()
+    page.goto(f"{live_server.base_url}/login")
+    style = "(e, p) => getComputedStyle(e)[p]"
+    page_bg = page.locator("body").evaluate(style, "backgroundColor")
+    field = page.get_by_label("Name", exact=True).evaluate(style, "borderTopColor")
+    page.goto(f"{live_server.base_url}/")
+    zone = page.locator(".drop-zone")
+    zone_edge, zone_bg = (
+        zone.evaluate(style, "borderTopColor"),
+        zone.evaluate(style, "backgroundColor"),
+    )
+    select = page.get_by_label("Keep")
+    select_edge, select_bg = (
+        select.evaluate(style, "borderTopColor"),
+        select.evaluate(style, "backgroundColor"),
+    )
+    context.close()
+
+    assert contrast(field, page_bg) >= 3, (field, page_bg)
+    assert contrast(zone_edge, page_bg) >= 3 and contrast(zone_edge, zone_bg) >= 3
+    assert contrast(select_edge, zone_bg) >= 3 and contrast(select_edge, select_bg) >= 3
+
+
+def test_result_urls_show_their_end_on_a_phone(page: Page, live_server):
+    page.set_viewport_size({"width": 390, "height": 844})
+    item = pick(page, live_server.base_url, "a-rather-long-name-for-a-phone.txt")
+
+    fields = item.locator("input.url-field")
+    expect(fields).to_have_count(4)
+
+    full = item.locator("input.url-field[data-kind=full]")
+    page.wait_for_function(
+        "f => f.scrollWidth > f.clientWidth && f.scrollLeft + f.clientWidth >= f.scrollWidth - 1",
+        arg=full.element_handle(),
+    )
+
+
+def test_with_the_script_several_files_are_asked_for(page: Page, live_server):
+    page.goto(f"{live_server.base_url}/")
+
+    expect(page.locator("label.file-label")).to_have_text("Choose files")
+    expect(page.locator(".drop-hint")).to_be_visible()
+    expect(page).to_have_title("Upload · hostd")
+
+
+def test_a_touch_screen_is_not_told_to_drop_or_paste(browser, live_server):
+    context = browser.new_context(
+        viewport={"width": 390, "height": 844}, has_touch=True, is_mobile=True
+    )
+    page = context.new_page()
+    page.goto(f"{live_server.base_url}/")
+
+    expect(page.locator(".drop-hint")).to_be_hidden()
+    expect(page.locator("label.file-label")).to_be_visible()
+    context.close()
+
+
+def upload_signed_in(page: Page, base_url: str, name: str) -> None:
+    """A file registered to the page's account, through /upload as the page would send it."""
+    token = json.loads(page.locator("body").get_attribute("hx-headers") or "{}")["X-XSRFToken"]
+    file = {"name": name, "mimeType": "text/plain", "buffer": uuid.uuid4().bytes}
+    response = page.request.post(
+        f"{base_url}/upload?api=1", headers={"X-XSRFToken": token}, multipart={"file": file}
+    )
+    assert response.ok, response.text()
+
+
+def accept_dialogs(page: Page) -> None:
+    page.on("dialog", lambda dialog: dialog.accept())
+
+
+def test_after_a_delete_focus_moves_to_the_next_file_and_the_deletion_is_said(
+    page: Page, live_server, sign_in
+):
+    base = live_server.base_url
+    sign_in(page)
+    page.goto(f"{base}/files")
+    for name in ("oldest.txt", "middle.txt", "newest.txt"):
+        upload_signed_in(page, base, name)
+    page.goto(f"{base}/files")
+    accept_dialogs(page)
+
+    page.get_by_role("button", name="Delete middle.txt").click()
+
+    expect(page.locator("#file-rows tr")).to_have_count(2)
+    expect(page.get_by_role("button", name="Delete oldest.txt")).to_be_focused()
+    expect(page.locator("#live-status")).to_have_text("Deleted middle.txt")
+
+    page.get_by_role("button", name="Delete oldest.txt").click()
+    expect(page.get_by_role("button", name="Delete newest.txt")).to_be_focused()  # the last
+    page.get_by_role("button", name="Delete newest.txt").click()
+
+    expect(page.locator("#file-rows tr")).to_have_count(0)
+    expect(page.get_by_role("heading", name="My files")).to_be_focused()
+    expect(page.locator("#live-status")).to_have_text("Deleted newest.txt")
+
+
+def test_a_file_deleted_in_another_tab_leaves_the_list_with_a_word_why(
+    page: Page, live_server, sign_in
+):
+    base = live_server.base_url
+    sign_in(page)
+    page.goto(f"{base}/files")
+    upload_signed_in(page, base, "twice.txt")
+    upload_signed_in(page, base, "stays.txt")
+    page.goto(f"{base}/files")
+    other_tab = page.context.new_page()
+    other_tab.goto(f"{base}/files")
+    accept_dialogs(other_tab)
+    other_tab.get_by_role("button", name="Delete twice.txt").click()
+    expect(other_tab.locator("#file-rows tr")).to_have_count(1)
+    accept_dialogs(page)
+
+    page.get_by_role("button", name="Delete twice.txt").click()
+
+    expect(page.locator("#file-rows tr")).to_have_count(1)
+    expect(page.locator("#file-list")).not_to_contain_text("twice.txt")
+    expect(page.locator("#live-status")).to_have_text(re.compile("already deleted"))
+    expect(page.locator("#request-error")).to_be_hidden()
+
+
+def test_deleting_the_only_file_of_page_2_puts_page_1_in_the_address(
+    page: Page, live_server, sign_in
+):
+    base = live_server.base_url
+    sign_in(page)
+    page.goto(f"{base}/files")
+    for i in range(21):  # 20 a page
+        upload_signed_in(page, base, f"p{i:02}.txt")
+    page.goto(f"{base}/files?page=2")
+    accept_dialogs(page)
+
+    page.get_by_role("button", name="Delete p00.txt").click()
+
+    expect(page.locator(".file-count")).to_have_text("20 files")
+    expect(page).to_have_url(f"{base}/files")
+
+
+def test_on_a_phone_each_file_cell_is_labelled_and_its_links_are_big_enough(
+    page: Page, live_server, sign_in
+):
+    base = live_server.base_url
+    sign_in(page)
+    page.goto(f"{base}/files")
+    upload_signed_in(page, base, "small.txt")
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.goto(f"{base}/files")
+
+    row = page.locator("#file-rows tr").first
+    labels = row.locator("td[data-label]").evaluate_all(
+        "tds => tds.map(td => getComputedStyle(td, '::before').content)"
+    )
+    assert labels == ['"Name"', '"Size"', '"Type"', '"Uploaded"', '"Links"'], labels
+    for kind in ("hash", "ext", "full"):
+        link = row.get_by_role("link", name=f"{kind} URL of small.txt")
+        box = link.bounding_box()
+        assert box and box["width"] >= 24 and box["height"] >= 24, (kind, box)
+    for link in page.locator(".site-footer a, .site-header nav a").all():
+        box = link.bounding_box()
+        assert box and box["width"] >= 24 and box["height"] >= 24, (link.inner_text(), box)
