@@ -207,8 +207,8 @@ def test_a_field_sent_twice_is_refused_rather_than_one_of_them_picked(local):
 # What .NET's MultipartFormDataContent (PowerShell's -Form) sends for a name that is not
 # ASCII: both parameters, `filename` MIME-encoded. (multipart_body puts the bytes between
 # the quotes of filename="...": these close them and add the parameters after.)
-BOTH_NAMES = b'=?utf-8?B?csOpc3Vtw6kudHh0?="; filename*=UTF-8\'\'r%C3%A9sum%C3%A9.txt; x="'
-ONLY_EXTENDED = b'"; filename*=utf-8\'en\'%E2%82%AC%20rate.txt; x="'
+BOTH_NAMES = b"=?utf-8?B?csOpc3Vtw6kudHh0?=\"; filename*=UTF-8''r%C3%A9sum%C3%A9.txt; x=\""
+ONLY_EXTENDED = b"\"; filename*=utf-8'en'%E2%82%AC%20rate.txt; x=\""
 
 
 @pytest.mark.parametrize(

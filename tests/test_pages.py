@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from helpers import text_of
+from helpers import multipart_body, text_of
 
 # On SQLite only: pages and their rendering (the other suites run on both databases).
 pytestmark = pytest.mark.sqlite_only
@@ -301,10 +301,11 @@ async def test_api_page_lists_what_a_refused_upload_answers(http_client, base_ur
 
 
 @pytest.mark.gen_test
-async def test_api_page_offers_the_http_date_form_of_expiry(http_client, base_url):
+async def test_api_page_offers_every_form_of_expiry(http_client, base_url):
     text = text_of((await http_client.fetch(f"{base_url}/api")).body)
 
-    assert "or an HTTP date such as Thu, 31 Jan 2030 12:00:00 GMT ." in text
+    assert "an HTTP date such as Thu, 31 Jan 2030 12:00:00 GMT ," in text
+    assert "or Unix time in milliseconds as 0x0.st takes it ( 1896091200000 :" in text
     assert "-H 'Expires: Thu, 31 Jan 2030 12:00:00 GMT'" in text
 
 
