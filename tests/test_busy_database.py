@@ -21,6 +21,7 @@ from conftest import XSRF, form_body
 from helpers import assert_refused, blob_files, multipart_body, temp_files
 
 from hostd import db as queries
+from hostd.db import postgres as postgres_backend
 from hostd.db import sqlite as sqlite_backend
 
 UNAVAILABLE = "the database is busy or cannot be reached; the file was not stored, retry soon"
@@ -29,8 +30,11 @@ PAGE_MESSAGE = "The database is busy or cannot be reached. Try again in a moment
 
 @pytest.fixture(autouse=True)
 def short_busy_timeout(monkeypatch):
-    """Each refusal waits the busy timeout out first: 0.2 s here, not 5."""
+    """Each refusal waits the busy timeout out first: 0.2 s here, not 5; a frozen
+    PostgreSQL's, 1 s, not 5."""
     monkeypatch.setattr(sqlite_backend, "BUSY_TIMEOUT_MS", 200)
+    monkeypatch.setattr(postgres_backend, "STATEMENT_SECONDS", 1.0)
+    monkeypatch.setattr(postgres_backend, "CONNECT_SECONDS", 1.0)
 
 
 async def upload(client, endpoint: str, data: bytes = b"locked out"):
@@ -155,7 +159,9 @@ async def test_a_write_fails_after_one_busy_timeout_not_two(db, sqlite_lock):
 
 class SocketRelay:
     """PostgreSQL's Unix socket, relayed through one of our own: cut() is a server that has
-    stopped (its socket gone, every connection broken), start() one that is back."""
+    stopped (its socket gone, every connection broken), start() one that is back; freeze()
+    one that answers nothing and closes nothing (a stopped VM, a partition), thaw() one that
+    goes on."""
 
     def __init__(self, upstream_dir: str) -> None:
         self.upstream = f"{upstream_dir}/.s.PGSQL.5432"
@@ -163,6 +169,14 @@ class SocketRelay:
         self.path = f"{self.directory}/.s.PGSQL.5432"
         self.server: asyncio.Server | None = None
         self.ends: set[asyncio.StreamWriter] = set()
+        self.flowing = asyncio.Event()
+        self.flowing.set()
+
+    def freeze(self) -> None:
+        self.flowing.clear()
+
+    def thaw(self) -> None:
+        self.flowing.set()
 
     async def start(self) -> None:
         self.server = await asyncio.start_unix_server(self.relay, path=self.path)
@@ -177,6 +191,7 @@ class SocketRelay:
         self.ends.clear()
 
     async def relay(self, client_in, client_out) -> None:
+        await self.flowing.wait()
         try:
             server_in, server_out = await asyncio.open_unix_connection(self.upstream)
         except OSError:
@@ -187,6 +202,7 @@ class SocketRelay:
         async def pipe(source, sink) -> None:
             with contextlib.suppress(OSError):
                 while data := await source.read(65536):
+                    await self.flowing.wait()
                     sink.write(data)
                     await sink.drain()
             sink.close()
@@ -237,5 +253,29 @@ async def test_an_upload_while_postgresql_is_down_is_a_503_and_then_works_again(
     assert_refused(refused, endpoint, 503, UNAVAILABLE)
     assert refused.headers["Retry-After"] == "5"
     assert temps == []  # (its placed bytes, which no row could be checked for, wait for gc)
+    assert accepted.code == 200
+    assert len(await queries.all_uploads(db)) == 2
+
+
+@pytest.mark.postgresql_only
+@pytest.mark.gen_test(timeout=60)
+async def test_a_frozen_postgresql_is_a_503_in_seconds_and_then_works_again(
+    http_client, base_url, db, pg_relay, monkeypatch
+):
+    await upload(http_client, f"{base_url}/api/upload", b"while it answered")
+    pg_relay.freeze()
+
+    started = time.monotonic()
+    health = await http_client.fetch(f"{base_url}/healthz", raise_error=False)
+    health_took = time.monotonic() - started
+    refused = await upload(http_client, f"{base_url}/api/upload", b"while it was frozen")
+    refused_took = time.monotonic() - started - health_took
+    pg_relay.thaw()
+    accepted = await upload(http_client, f"{base_url}/api/upload", b"after")
+
+    assert (health.code, health.body) == (503, b"database: no answer in 2 s\n")
+    assert health_took < 4
+    assert_refused(refused, "/api/upload", 503, UNAVAILABLE)
+    assert refused_took < 5 * postgres_backend.STATEMENT_SECONDS
     assert accepted.code == 200
     assert len(await queries.all_uploads(db)) == 2

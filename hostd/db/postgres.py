@@ -41,6 +41,21 @@ MIGRATION_LOCK = 0x686F737464  # "hostd"
 # The channel 0009_shared_state.sql's triggers notify (core.Changes).
 CHANGES_CHANNEL = "hostd_changes"
 RECONNECT_SECONDS = (0.1, 0.5, 1.0, 2.0, 5.0)
+# How long a statement, or a connection being made, may go unanswered before the database
+# counts as out of reach (a 503, as when it is down). A PostgreSQL that is frozen rather
+# than down (a stopped VM, a network partition) answers nothing and closes nothing: without
+# a limit every request that reads or writes would wait for it forever. Migrations have
+# none (MIGRATION_SECONDS): an index over a big table may take long.
+STATEMENT_SECONDS = 5.0
+CONNECT_SECONDS = 5.0
+MIGRATION_SECONDS = 24 * 3600.0
+
+
+def _connect(url: str, password: str | None) -> Any:
+    """asyncpg.connect with hostd's time limits."""
+    return asyncpg.connect(
+        url, password=password, timeout=CONNECT_SECONDS, command_timeout=STATEMENT_SECONDS
+    )
 
 
 @functools.lru_cache(maxsize=1024)
@@ -119,6 +134,8 @@ class PostgresTx:
         await self._conn.execute("ROLLBACK")
 
     def in_transaction(self) -> bool:
+        if self._conn.is_closed():  # asyncpg drops a connection whose statement timed out
+            return False
         return bool(self._pending) or self._conn.is_in_transaction()
 
 
@@ -145,7 +162,7 @@ class ChangeListener:
         self._conn = await self._listen()
 
     async def _listen(self) -> asyncpg.Connection:
-        conn = await asyncpg.connect(self._url, password=self._password)
+        conn = await _connect(self._url, self._password)
         try:
             conn.add_termination_listener(self._lost)
             await conn.add_listener(CHANGES_CHANNEL, self._notified)
@@ -217,10 +234,16 @@ class PostgresBackend:
         """A password not given here comes from PGPASSWORD or ~/.pgpass (asyncpg reads
         both, as libpq does)."""
         reads = await asyncpg.create_pool(
-            url, password=password, min_size=1, max_size=READ_POOL_SIZE, reset=_keep_session
+            url,
+            password=password,
+            min_size=1,
+            max_size=READ_POOL_SIZE,
+            reset=_keep_session,
+            timeout=CONNECT_SECONDS,
+            command_timeout=STATEMENT_SECONDS,
         )
         try:
-            writer = await asyncpg.connect(url, password=password)
+            writer = await _connect(url, password)
         except BaseException:
             await reads.close()
             raise
@@ -235,7 +258,7 @@ class PostgresBackend:
         conn = self._writer
         if conn is None or conn.is_closed():
             self._writer = None
-            conn = await asyncpg.connect(self._url, password=self._password)
+            conn = await _connect(self._url, self._password)
             try:
                 if self._changes is not None:
                     await conn.add_listener(CHANGES_CHANNEL, self._own_notice)
@@ -266,18 +289,23 @@ class PostgresBackend:
         await self._listener.start()
 
     async def healthy(self) -> None:
-        async with self._reads.acquire() as conn:
-            await conn.fetchval("SELECT 1")
+        await self.read(lambda tx: tx.fetchval("SELECT 1"), False)
 
     async def lookup(self, work: Work[T]) -> T:
         return await self.read(work, False)
 
     async def read(self, work: Work[T], snapshot: bool) -> T:
-        async with self._reads.acquire() as conn:
-            if not snapshot:
-                return await work(PostgresTx(conn))
-            async with conn.transaction(isolation="repeatable_read", readonly=True):
-                return await work(PostgresTx(conn))
+        async with self._reads.acquire(timeout=STATEMENT_SECONDS) as conn:
+            try:
+                if not snapshot:
+                    return await work(PostgresTx(conn))
+                async with conn.transaction(isolation="repeatable_read", readonly=True):
+                    return await work(PostgresTx(conn))
+            except (TimeoutError, asyncio.CancelledError):
+                # A statement still in flight: the pool would wait for its answer (to reset
+                # the connection) as long as the server gives none. Dropped instead.
+                conn.terminate()
+                raise
 
     async def run_batch(self, works: list[Work[Any]]) -> list[tuple[bool, Any]]:
         conn = await self._writer_connection()
@@ -292,7 +320,7 @@ class PostgresBackend:
         transaction with its row there, under an advisory lock: instances starting at the
         same time migrate one after the other, and the later ones find nothing to do."""
         conn = await self._writer_connection()
-        await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
+        await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK, timeout=MIGRATION_SECONDS)
         try:
             await conn.execute(
                 """
@@ -307,7 +335,7 @@ class PostgresBackend:
                 if number <= version:
                     continue
                 async with conn.transaction():
-                    await conn.execute(sql)
+                    await conn.execute(sql, timeout=MIGRATION_SECONDS)
                     await conn.execute(
                         "INSERT INTO hostd_schema (version, applied_at) VALUES ($1, $2)",
                         number,
