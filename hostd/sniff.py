@@ -51,7 +51,8 @@ MARKUP = re.compile(
     re.I | re.S,
 )
 OCTET_STREAM = "application/octet-stream"
-TEXT_PLAIN = "text/plain; charset=utf-8"
+UTF_8 = "; charset=utf-8"
+TEXT_PLAIN = "text/plain" + UTF_8
 
 # A fixed table, so the answer does not depend on the host's /etc/mime.types.
 _NAME_TYPES = mimetypes.MimeTypes(filenames=())
@@ -90,9 +91,30 @@ def _is_text(head: bytes) -> bool:
     return True
 
 
+# Types a browser runs for any site that points at them (a <script src=...>, a stylesheet):
+# served as such, every upload of them would be free hosting for other sites' scripts. As
+# plain text, which a browser told nosniff never runs, they still read as what they are.
+# Shell and other scripts too, which browsers would save rather than show.
+PLAIN_TEXT_TYPES = frozenset(
+    {
+        "application/javascript",
+        "application/ecmascript",
+        "text/javascript",
+        "text/ecmascript",
+        "text/css",
+        "application/x-sh",
+        "application/x-csh",
+        "text/x-python",
+        "text/x-perl",
+    }
+)
+
+
 def from_name(name: str) -> str | None:
     """The content type a file name or extension implies, or None when it implies none."""
     kind, encoding = _NAME_TYPES.guess_type("x" + name if name.startswith(".") else name)
+    if kind in PLAIN_TEXT_TYPES:
+        return TEXT_PLAIN
     if kind is None or encoding is not None:
         # foo.tar.gz is gzip bytes, whatever the inner name says.
         return {
@@ -102,6 +124,19 @@ def from_name(name: str) -> str | None:
         }.get(encoding or "")
     if kind.startswith("text/") or kind in ("application/javascript", "application/json"):
         return f"{kind}; charset=utf-8"
+    return kind
+
+
+def served_type(name: str | None, sniffed: str) -> str:
+    """A download's Content-Type: what the name in its URL implies, else the type read
+    from the bytes when they were stored. A name's text type says UTF-8 only when the bytes
+    read as UTF-8: a Latin-1 .txt is then shown in the browser's own charset, not with
+    every é turned into a replacement character."""
+    kind = from_name(name) if name else None
+    if kind is None:
+        return sniffed
+    if kind.endswith(UTF_8) and not sniffed.endswith(UTF_8):
+        return kind.removesuffix(UTF_8)
     return kind
 
 

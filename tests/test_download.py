@@ -254,7 +254,7 @@ async def test_if_range_with_another_validator_gets_the_whole_file(http_client, 
     [
         ("", "image/png"),
         (".png", "image/png"),
-        (".txt", "text/plain; charset=utf-8"),
+        (".txt", "text/plain"),  # no charset: these bytes are not UTF-8
         ("/picture.jpg", "image/jpeg"),
         (".unknownext", "image/png"),
     ],
@@ -317,10 +317,40 @@ async def test_download_in_the_query_makes_any_url_save_the_file(http_client, ba
         "attachment; filename=\"r_sum_.svg\"; filename*=UTF-8''r%C3%A9sum%C3%A9.svg"
     )
     assert with_ext.headers["Content-Disposition"] == f'attachment; filename="{h}.svg"'
-    assert bare.headers["Content-Disposition"] == f'attachment; filename="{h}"'
+    # Saved with the extension of the type read from the bytes, so that it opens.
+    assert bare.headers["Content-Disposition"] == f'attachment; filename="{h}.svg"'
     assert ranged.code == 206 and ranged.headers["Content-Disposition"].startswith("attachment")
     assert with_ext.headers["Content-Type"] == "image/svg+xml"  # the same file, only saved
     assert with_ext.body == bare.body
+
+
+@pytest.mark.gen_test
+async def test_scripts_and_stylesheets_are_served_as_plain_text_so_no_site_can_run_them(
+    http_client, base_url
+):
+    h = await upload(http_client, base_url, b"alert(document.domain)\n")
+
+    answers = [
+        await http_client.fetch(f"{base_url}/{h}{suffix}")
+        for suffix in (".js", ".mjs", ".css", ".sh", ".py", "/bundle.js")
+    ]
+
+    # With nosniff, no browser runs text/plain as a script or applies it as a stylesheet.
+    for answer in answers:
+        assert answer.headers["Content-Type"] == "text/plain; charset=utf-8"
+        assert answer.headers["X-Content-Type-Options"] == "nosniff"
+
+
+@pytest.mark.gen_test
+async def test_a_text_name_says_utf_8_only_for_bytes_that_are(http_client, base_url):
+    latin_1 = await upload(http_client, base_url, "café crème\n".encode("latin-1"))
+    utf_8 = await upload(http_client, base_url, "café crème\n".encode())
+
+    as_latin_1 = await http_client.fetch(f"{base_url}/{latin_1}.txt")
+    as_utf_8 = await http_client.fetch(f"{base_url}/{utf_8}.txt")
+
+    assert as_latin_1.headers["Content-Type"] == "text/plain"  # the browser's own charset
+    assert as_utf_8.headers["Content-Type"] == "text/plain; charset=utf-8"
 
 
 def test_content_disposition_cannot_be_broken_out_of():
@@ -590,7 +620,7 @@ def test_no_named_route_can_be_taken_for_a_hash_route():
 
     assert list(hash_routes) == patterns[: len(hash_routes)]
     for pattern in named:
-        first = pattern.lstrip("/").split("/")[0].replace(r"\.", ".")
+        first = pattern.removesuffix("$").lstrip("/").split("/")[0].replace(r"\.", ".")
         assert re.fullmatch(r"[a-z.]*", first), f"{pattern}: its first segment is not literal"
         assert not re.fullmatch(rf"{PUBLIC_HASH_PATTERN}(\..*)?", first), pattern
 

@@ -43,6 +43,8 @@ def test_detect_from_bytes(head, expected):
         (".tar.gz", "application/gzip"),
         (".webp", "image/webp"),
         (".md", "text/markdown; charset=utf-8"),
+        (".js", "text/plain; charset=utf-8"),  # never a script another site can run
+        (".css", "text/plain; charset=utf-8"),
         (".nosuchext", None),
         ("noext", None),
     ],

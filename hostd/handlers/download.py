@@ -315,14 +315,16 @@ class DownloadHandler(BaseHandler):
         # /<hash>/<dirs>/<name>: the last part names it; one that ends in "/" names nothing.
         filename = posixpath.basename(filename) if filename else None
         named = filename or suffix
-        content_type = (sniff.from_name(named) if named else None) or blob.content_type
-        self.set_header("Content-Type", content_type)  # the CSP and nosniff are defaults here
+        self.set_header("Content-Type", sniff.served_type(named, blob.content_type))
+        # (the CSP and nosniff are defaults here)
         self.set_header("Cache-Control", cache_control(blob, self.now()))
         self.set_header("ETag", f'"{blob.sha256}"')
         self.set_header("Last-Modified", http_date(blob.created_at))
         self.set_header("Accept-Ranges", "bytes")
         if "download" in self.request.query_arguments:  # a link that saves, not opens, it
-            name = filename or f"{blob.hash}{suffix or ''}"
+            # Saved under the hash, with the extension asked for or else the type's own.
+            ext = suffix or sniff.extension_for("", blob.content_type)
+            name = filename or f"{blob.hash}{ext}"
             self.set_header("Content-Disposition", content_disposition(name, "attachment"))
         elif filename:
             self.set_header("Content-Disposition", content_disposition(filename))
