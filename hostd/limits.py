@@ -230,7 +230,9 @@ class Limits:
         if user_id is None and config.anonymous_max_upload_bytes is not None:
             max_file = config.anonymous_max_upload_bytes
             if smallest > max_file:
-                raise UploadError(413, self.anonymous_message(f"this upload is {length} bytes"))
+                # The file's own size is not known yet: a form's body holds more than it.
+                this = "this file is" if framing_bytes == 0 else "this upload's body is"
+                raise UploadError(413, self.anonymous_message(f"{this} {length} bytes"))
             too_large = self.anonymous_message("this file is larger")
         if user_id is not None and (held_back or length is None or length > QUOTA_AFTER_BODY_BYTES):
             await self.check_quota(database, user_id, smallest, length)

@@ -589,7 +589,11 @@ async def test_the_upload_url_answers_only_post_and_put_and_says_so(http_client,
     assert response.code == 405
     assert response.headers["Allow"] == "POST, PUT, OPTIONS"
     if method != "HEAD":
-        assert json.loads(response.body) == {"status": False, "error": "Method Not Allowed"}
+        assert json.loads(response.body) == {
+            "status": False,
+            "error": "Method Not Allowed: POST a multipart form with the file in a field named"
+            " 'file' (curl -F file=@FILE), or PUT the file itself as the body (curl -T FILE)",
+        }
 
 
 def raw_form(parts: list[tuple[list[str], bytes]], boundary: str = "b") -> tuple[bytes, dict]:

@@ -386,7 +386,7 @@ async def test_an_anonymous_content_length_over_its_limit_is_refused_before_the_
     assert refused.code == 413
     assert sent == 0
     message = error_of(refused, endpoint)
-    assert f"anonymous uploads may be at most {MiB} bytes, and this upload is " in message
+    assert f"anonymous uploads may be at most {MiB} bytes, and this upload's body is " in message
     assert f"use an API key to upload up to {8 * MiB} bytes" in message
     assert temp_files(config) == []
 

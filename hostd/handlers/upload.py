@@ -223,6 +223,7 @@ class UploadFlow(BaseHandler):
     uploaded_at: int | None = None  # set_expiry() fixes both once the body has ended
     expires: int | None = None
     delete_url = ""  # the recorded upload's deletion link
+    how_to_upload = ""  # what a 405 adds: how this URL takes a file
 
     def check_xsrf_cookie(self) -> None:
         # Checked in prepare(), where a refusal can be answered without a reset.
@@ -515,6 +516,8 @@ class UploadFlow(BaseHandler):
         # body was read) is answered in the endpoint's format too.
         self.set_error_headers(status_code, kwargs)
         message = error_message(status_code, self._reason, kwargs)
+        if status_code == 405 and self.how_to_upload:
+            message = f"{message}: {self.how_to_upload}"
         status, body, content_type = self.error_answer(status_code, message)
         self.set_header("Content-Type", content_type)
         self.finish(body)
@@ -605,6 +608,10 @@ class ApiUploadHandler(UploadFlow, ApiHandler):
     # A PUT to this URL is routed to ApiPutHandler (see `routes`); it is listed so that the
     # Allow header of OPTIONS and of a 405 tells the truth.
     SUPPORTED_METHODS: tuple[str, ...] = ("POST", "PUT", "OPTIONS")
+    how_to_upload = (
+        "POST a multipart form with the file in a field named 'file' (curl -F file=@FILE),"
+        " or PUT the file itself as the body (curl -T FILE)"
+    )
 
     async def authorize(self) -> None:
         header = self.request.headers.get("Authorization")
@@ -631,6 +638,10 @@ class ApiPutHandler(ApiUploadHandler):
     to which curl adds no name) store it as "file", as a form part with no filename is."""
 
     SUPPORTED_METHODS = ("PUT", "OPTIONS")  # not the POST it inherits
+    how_to_upload = (
+        "this URL takes the file itself as a PUT body (curl -T FILE URL); a multipart form"
+        " goes to POST /api/upload"
+    )
     framing_bytes = 0
     kind = "put"
     filename = "file"
