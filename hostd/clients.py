@@ -13,7 +13,8 @@ def sharex_config(public_url: str, key: str | None = None) -> str:
     without, they are anonymous."""
     config: dict[str, object] = {
         "Version": "15.0.0",
-        "Name": f"hostd ({_netloc(public_url)})",
+        # Told apart in ShareX's list of uploaders: one with a key beside the anonymous one.
+        "Name": f"hostd ({_netloc(public_url)}, {'your key' if key else 'anonymous'})",
         "DestinationType": "ImageUploader, TextUploader, FileUploader",
         "RequestMethod": "POST",
         "RequestURL": f"{public_url}/api/upload",

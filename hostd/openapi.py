@@ -614,7 +614,8 @@ KEY_PATHS: Json = {
                 "200": {
                     "description": "The .sxcu file, as an attachment.",
                     "content": {"application/json": {"schema": ref("schemas", "ShareX")}},
-                }
+                },
+                "404": html("The server takes no anonymous uploads (allow_anonymous off)."),
             },
         }
     },

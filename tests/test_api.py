@@ -516,9 +516,27 @@ async def test_the_sharex_uploader_uploads_anonymously_and_links_the_file(
     )
     assert sxcu["RequestURL"] == f"{base_url}/api/upload"
     assert "Headers" not in sxcu
+    assert sxcu["Name"] == f"hostd (127.0.0.1:{port}, anonymous)"
     assert "ImageUploader" in sxcu["DestinationType"]
     assert status == 200 and fetched == b"\x89PNG\r\n\x1a\n shot"
     assert [u.user_id for u in await queries.all_uploads(db)] == [None]
+
+
+@pytest.mark.gen_test
+async def test_without_anonymous_uploads_there_is_no_anonymous_sharex_uploader(
+    http_client, base_url, app
+):
+    app.settings["hostd_config"] = dataclasses.replace(
+        app.settings["hostd_config"], allow_anonymous=False
+    )
+
+    uploader = await http_client.fetch(f"{base_url}/api/sharex.sxcu", raise_error=False)
+    page = (await http_client.fetch(f"{base_url}/api")).body.decode()
+
+    assert uploader.code == 404
+    assert "generate an API key on the API page" in uploader.body.decode()
+    assert 'href="/api/sharex.sxcu"' not in page
+    assert "offers no uploader without a key" in page
 
 
 @pytest.mark.gen_test
@@ -535,6 +553,7 @@ async def test_a_new_key_comes_with_a_sharex_uploader_that_uses_it(
     refused = await upload_as_sharex(http_client, sxcu, b"after invalidation")
 
     assert sxcu["Headers"] == {"Authorization": f"Bearer {token}"}
+    assert sxcu["Name"].endswith(", your key)")  # not the anonymous one's name
     assert status == 200 and fetched == b"alice's screenshot"
     assert [u.user_id for u in await queries.all_uploads(db)] == [alice.user.id]
     assert refused == (401, "the API key is not valid (unknown or invalidated)")

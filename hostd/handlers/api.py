@@ -49,6 +49,7 @@ class ApiPageHandler(BaseHandler):
             sharex_name=clients.sharex_file_name(self.public_url()),
             sharex_with_key=clients.sharex_config(self.public_url(), new_key) if new_key else None,
             retention=retention.describe(self.config),
+            allow_anonymous=self.config.allow_anonymous,
             upload_errors=openapi.UPLOAD_ERRORS,
         )
 
@@ -139,6 +140,13 @@ class ShareXConfigHandler(BaseHandler):
     offered once, as a data: link beside the new key, so the key is never stored.)"""
 
     def get(self) -> None:
+        if not self.config.allow_anonymous:
+            raise Refusal(
+                404,
+                "This server takes no anonymous uploads, so it has no anonymous ShareX"
+                " uploader: generate an API key on the API page and download the uploader"
+                " offered beside it.",
+            )
         name = clients.sharex_file_name(self.public_url())
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.set_header("Content-Disposition", f'attachment; filename="{name}"')
