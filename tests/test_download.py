@@ -353,6 +353,13 @@ async def test_a_text_name_says_utf_8_only_for_bytes_that_are(http_client, base_
     assert as_utf_8.headers["Content-Type"] == "text/plain; charset=utf-8"
 
 
+def test_a_url_name_cannot_save_the_file_under_a_name_that_reads_as_another():
+    header = content_disposition("photo\u202egpj.exe")  # shown as "photoexe.jpg"
+
+    assert "\u202e" not in header and "%E2%80%AE" not in header
+    assert header == 'inline; filename="photo_gpj.exe"'
+
+
 def test_content_disposition_cannot_be_broken_out_of():
     header = content_disposition('evil".txt\r\nSet-Cookie: x=1')
 

@@ -9,6 +9,7 @@ import logging
 import posixpath
 import re
 import time
+import unicodedata
 import urllib.parse
 from collections.abc import Awaitable, Callable
 
@@ -17,6 +18,7 @@ from tornado.iostream import StreamClosedError
 
 from hostd import db, sniff
 from hostd.db import Blob
+from hostd.formdata import NOT_IN_FILENAMES
 from hostd.handlers.base import BaseHandler, Refusal
 from hostd.hashes import PUBLIC_HASH_PATTERN
 from hostd.parsing import parse_count, parse_http_date
@@ -68,7 +70,13 @@ def http_date(epoch: int) -> str:
 
 def content_disposition(filename: str, kind: str = "inline") -> str:
     """`inline` (or `attachment`) with the filename, RFC 6266 / RFC 5987 encoded when it is
-    not plain ASCII."""
+    not plain ASCII. The name comes from the URL, which anyone can write: what an uploaded
+    name may not hold (controls, format characters such as U+202E, which shows
+    "photo\u202egpj.exe" as "photoexe.jpg") becomes "_", so no link saves a file under a
+    name that reads as another."""
+    filename = "".join(
+        "_" if unicodedata.category(ch) in NOT_IN_FILENAMES else ch for ch in filename
+    )
     ascii_name = filename.encode("ascii", "replace").decode("ascii").replace("?", "_")
     ascii_name = re.sub(r'["\\\x00-\x1f\x7f]', "_", ascii_name)
     if ascii_name == filename:
