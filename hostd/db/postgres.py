@@ -295,7 +295,7 @@ class PostgresBackend:
         return await self.read(work, False)
 
     async def read(self, work: Work[T], snapshot: bool) -> T:
-        async with self._reads.acquire(timeout=STATEMENT_SECONDS) as conn:
+        async with self._reads.acquire() as conn:  # every holder is bounded by its timeouts
             try:
                 if not snapshot:
                     return await work(PostgresTx(conn))
