@@ -225,6 +225,13 @@ class PartFile:
                 file.close()
 
 
+async def save(database: Database, part: PartFile, id: str) -> bool:
+    """Make what arrived of a part durable and record its offset; False when the upload
+    is gone meanwhile."""
+    offset = await part.sync()
+    return await db.update_resumable_offset(database, id=id, offset_bytes=offset)
+
+
 async def begin(
     database: Database,
     partials: Partials,
