@@ -132,14 +132,19 @@ class PartFile:
     """Appends one request's body to a partial file from `start`, a batch at a time in a
     worker thread; at most one batch is being written while the next one is queued.
 
-    `offset` counts the bytes taken so far; sync() makes them durable. Bytes past the
-    recorded offset (left by a crash) are cut off when the file is opened."""
+    `offset` counts the bytes taken so far; sync() makes them durable, and `recorded` is
+    the offset the database has (see save()). Bytes past the recorded offset (left by a
+    crash, or by a part that failed) are cut off when the file is opened.
+
+    Writes go to the file descriptor, unbuffered: after a write that failed (a full disk),
+    no bytes wait in a buffer to be written later, past where the file was cut back to."""
 
     def __init__(self, path: Path, start: int) -> None:
         self.path = path
         self.start = start
         self.offset = start
         self.synced = start
+        self.recorded = start
         self._file: IO[bytes] | None = None
         self._queued: list[bytes] = []
         self._queued_bytes = 0
@@ -151,7 +156,7 @@ class PartFile:
         self._file = await asyncio.to_thread(self._open)
 
     def _open(self) -> IO[bytes]:
-        file = open(self.path, "r+b")  # noqa: SIM115  # closed by close()
+        file = open(self.path, "r+b", buffering=0)  # noqa: SIM115  # closed by close()
         try:
             _lock(file)
             file.truncate(self.start)
@@ -179,8 +184,11 @@ class PartFile:
 
     def _write(self, batch: list[bytes]) -> None:
         assert self._file is not None
+        fd = self._file.fileno()
         for chunk in batch:
-            self._file.write(chunk)
+            view = memoryview(chunk)
+            while view:  # a write may take only part of it (the disk filling up)
+                view = view[os.write(fd, view) :]
 
     async def sync(self) -> int:
         """Write what is queued and fsync; the offset now durable."""
@@ -195,23 +203,22 @@ class PartFile:
     def _sync(self, batch: list[bytes]) -> None:
         self._write(batch)
         assert self._file is not None
-        self._file.flush()
         os.fsync(self._file.fileno())
 
     async def cut_back(self) -> None:
-        """Drop everything this request wrote (a checksum that did not match)."""
+        """Drop what this request wrote past the recorded offset (a checksum that did not
+        match, bytes that could not be made durable), giving the disk its room back."""
         if self._busy is not None:
             busy, self._busy = self._busy, None
             with contextlib.suppress(OSError):
                 await busy
         self._queued, self._queued_bytes = [], 0
         await asyncio.to_thread(self._cut_back)
-        self.offset = self.synced = self.start
+        self.offset = self.synced = self.recorded
 
     def _cut_back(self) -> None:
         assert self._file is not None
-        self._file.truncate(self.start)
-        self._file.flush()
+        self._file.truncate(self.recorded)
         os.fsync(self._file.fileno())
 
     async def close(self) -> None:
@@ -227,9 +234,23 @@ class PartFile:
 
 async def save(database: Database, part: PartFile, id: str) -> bool:
     """Make what arrived of a part durable and record its offset; False when the upload
-    is gone meanwhile."""
-    offset = await part.sync()
-    return await db.update_resumable_offset(database, id=id, offset_bytes=offset)
+    is gone meanwhile.
+
+    Bytes that cannot be made durable (a full disk) are cut off, back to the offset
+    recorded last: the disk gets their room back, and the upload resumes from there. When
+    the database fails instead, the file keeps them: its record may have moved after all
+    (a commit whose answer was lost), and bytes past the record are harmless (the next
+    part cuts them off), while a record past the file's end would not be."""
+    try:
+        offset = await part.sync()
+    except BaseException:
+        with contextlib.suppress(OSError):
+            await part.cut_back()
+        raise
+    if not await db.update_resumable_offset(database, id=id, offset_bytes=offset):
+        return False
+    part.recorded = offset
+    return True
 
 
 async def begin(

@@ -708,6 +708,32 @@ async def test_a_part_whose_file_cannot_be_opened_is_a_503_and_gives_everything_
     assert resumed.code == 204 and resumed.headers["Upload-Offset"] == str(MiB)
 
 
+@pytest.mark.gen_test(timeout=30)
+async def test_a_part_that_fills_the_disk_is_a_507_and_leaves_the_disk_as_it_found_it(
+    small_disk, http_client, base_url, limit
+):
+    limit(min_free_bytes=0)  # the disk itself runs out, not the guard's line
+    data = unique_bytes(4 * MiB)
+    created = await create(http_client, base_url, len(data))
+    url = created.headers["Location"]
+    await patch(http_client, url, 0, data[:MiB])
+    # The disk runs out a page before the end of a piece of the body: the kernel takes that
+    # write in part (make_server hands a body over in pieces of 256 KiB).
+    small_disk.fill(leave=MiB - 4096)
+
+    refused = await patch(http_client, url, MiB, data[MiB:])
+    offset = int((await head(http_client, url)).headers["Upload-Offset"])
+    free = small_disk.free_bytes()
+    small_disk.empty()
+    resumed = await patch(http_client, url, offset, data[offset:])
+
+    assert refused.code == 507
+    assert offset == MiB  # what was recorded before; the part's bytes went again
+    assert free == MiB - 4096
+    assert resumed.code == 204
+    assert json.loads(resumed.headers["Upload-Info"])["hash"] == public_hash(data)
+
+
 # -- tuspy against a real `hostd serve` ---------------------------------------------------
 
 
