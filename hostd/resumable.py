@@ -36,7 +36,7 @@ from hostd.auth import delete_token_hash
 from hostd.config import Config
 from hostd.db import ApiKey, Blob, Database, Resumable, Upload
 from hostd.formdata import UploadError
-from hostd.limits import Limits, quota_message, quota_of
+from hostd.limits import Limits, quota_message
 from hostd.storage import AdoptsFiles, BlobStore, WrittenBlob
 from hostd.throttle import address_key
 
@@ -281,8 +281,6 @@ async def begin(
         address=address,
     )
     admission.release()
-    if user_id is not None:
-        await _check_quota_with_unfinished(database, config, user_id, length, now)
     try:
         found = await db.insert_resumable(
             database,
@@ -297,6 +295,7 @@ async def begin(
             created_at=now,
             expires_at=now + config.resumable_hours * 3600,
             most=config.resumable_in_flight,
+            default_quota_bytes=config.quota_bytes,
         )
     except db.TooManyResumable as exc:
         raise UploadError(
@@ -304,27 +303,17 @@ async def begin(
             f"{exc.args[0]} unfinished resumable uploads are waiting already; finish or"
             " terminate (DELETE) one of them first",
         ) from None
+    except db.OverQuota as exc:
+        message = quota_message(
+            used=exc.used_bytes, quota=exc.quota_bytes, size=exc.size_bytes, what="upload"
+        )
+        raise UploadError(413, f"{message} (unfinished uploads count too)") from None
     try:
         await partials.create(id)
     except BaseException:
         await db.delete_resumable(database, id=id)
         raise
     return found
-
-
-async def _check_quota_with_unfinished(
-    database: Database, config: Config, user_id: int, length: int, now: int
-) -> None:
-    user = await db.get_user(database, id=user_id)
-    quota = quota_of(user, config.quota_bytes) if user else None
-    if user is None or quota is None:
-        return
-    unfinished = await db.pending_resumable_bytes(database, user_id=user_id, now=now)
-    if user.used_bytes + unfinished + length > quota:
-        message = quota_message(
-            used=user.used_bytes + unfinished, quota=quota, size=length, what="upload"
-        )
-        raise UploadError(413, f"{message} (unfinished uploads count too)")
 
 
 def delete_token(secret: str, id: str) -> str:

@@ -482,6 +482,21 @@ async def test_unfinished_uploads_count_against_the_quota(http_client, base_url,
 
 
 @pytest.mark.gen_test
+async def test_parallel_creations_meet_the_quota_one_after_the_other(
+    http_client, base_url, login, db, auth
+):
+    user = (await login()).user
+    await queries.set_quota(db, user_id=user.id, own=True, quota_bytes=1_000_000)
+    key = {"Authorization": f"Bearer {await new_key(db, auth, user)}"}
+
+    answers = await asyncio.gather(
+        *(create(http_client, base_url, 300_000, headers=key) for _ in range(12))
+    )
+
+    assert sorted(answer.code for answer in answers) == [201] * 3 + [413] * 9
+
+
+@pytest.mark.gen_test
 async def test_anonymous_tus_follows_allow_anonymous(http_client, base_url, app):
     app.settings["hostd_config"] = dataclasses.replace(
         app.settings["hostd_config"], allow_anonymous=False
