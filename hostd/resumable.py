@@ -36,7 +36,7 @@ from hostd.auth import delete_token_hash
 from hostd.config import Config
 from hostd.db import ApiKey, Blob, Database, Resumable, Upload
 from hostd.formdata import UploadError
-from hostd.limits import Limits, quota_message, quota_of
+from hostd.limits import Limits, quota_message
 from hostd.storage import AdoptsFiles, BlobStore, WrittenBlob
 from hostd.throttle import address_key
 
@@ -132,14 +132,19 @@ class PartFile:
     """Appends one request's body to a partial file from `start`, a batch at a time in a
     worker thread; at most one batch is being written while the next one is queued.
 
-    `offset` counts the bytes taken so far; sync() makes them durable. Bytes past the
-    recorded offset (left by a crash) are cut off when the file is opened."""
+    `offset` counts the bytes taken so far; sync() makes them durable, and `recorded` is
+    the offset the database has (see save()). Bytes past the recorded offset (left by a
+    crash, or by a part that failed) are cut off when the file is opened.
+
+    Writes go to the file descriptor, unbuffered: after a write that failed (a full disk),
+    no bytes wait in a buffer to be written later, past where the file was cut back to."""
 
     def __init__(self, path: Path, start: int) -> None:
         self.path = path
         self.start = start
         self.offset = start
         self.synced = start
+        self.recorded = start
         self._file: IO[bytes] | None = None
         self._queued: list[bytes] = []
         self._queued_bytes = 0
@@ -151,7 +156,7 @@ class PartFile:
         self._file = await asyncio.to_thread(self._open)
 
     def _open(self) -> IO[bytes]:
-        file = open(self.path, "r+b")  # noqa: SIM115  # closed by close()
+        file = open(self.path, "r+b", buffering=0)  # noqa: SIM115  # closed by close()
         try:
             _lock(file)
             file.truncate(self.start)
@@ -179,8 +184,11 @@ class PartFile:
 
     def _write(self, batch: list[bytes]) -> None:
         assert self._file is not None
+        fd = self._file.fileno()
         for chunk in batch:
-            self._file.write(chunk)
+            view = memoryview(chunk)
+            while view:  # a write may take only part of it (the disk filling up)
+                view = view[os.write(fd, view) :]
 
     async def sync(self) -> int:
         """Write what is queued and fsync; the offset now durable."""
@@ -195,23 +203,22 @@ class PartFile:
     def _sync(self, batch: list[bytes]) -> None:
         self._write(batch)
         assert self._file is not None
-        self._file.flush()
         os.fsync(self._file.fileno())
 
     async def cut_back(self) -> None:
-        """Drop everything this request wrote (a checksum that did not match)."""
+        """Drop what this request wrote past the recorded offset (a checksum that did not
+        match, bytes that could not be made durable), giving the disk its room back."""
         if self._busy is not None:
             busy, self._busy = self._busy, None
             with contextlib.suppress(OSError):
                 await busy
         self._queued, self._queued_bytes = [], 0
         await asyncio.to_thread(self._cut_back)
-        self.offset = self.synced = self.start
+        self.offset = self.synced = self.recorded
 
     def _cut_back(self) -> None:
         assert self._file is not None
-        self._file.truncate(self.start)
-        self._file.flush()
+        self._file.truncate(self.recorded)
         os.fsync(self._file.fileno())
 
     async def close(self) -> None:
@@ -223,6 +230,27 @@ class PartFile:
             file, self._file = self._file, None
             with contextlib.suppress(OSError):
                 file.close()
+
+
+async def save(database: Database, part: PartFile, id: str) -> bool:
+    """Make what arrived of a part durable and record its offset; False when the upload
+    is gone meanwhile.
+
+    Bytes that cannot be made durable (a full disk) are cut off, back to the offset
+    recorded last: the disk gets their room back, and the upload resumes from there. When
+    the database fails instead, the file keeps them: its record may have moved after all
+    (a commit whose answer was lost), and bytes past the record are harmless (the next
+    part cuts them off), while a record past the file's end would not be."""
+    try:
+        offset = await part.sync()
+    except BaseException:
+        with contextlib.suppress(OSError):
+            await part.cut_back()
+        raise
+    if not await db.update_resumable_offset(database, id=id, offset_bytes=offset):
+        return False
+    part.recorded = offset
+    return True
 
 
 async def begin(
@@ -253,8 +281,6 @@ async def begin(
         address=address,
     )
     admission.release()
-    if user_id is not None:
-        await _check_quota_with_unfinished(database, config, user_id, length, now)
     try:
         found = await db.insert_resumable(
             database,
@@ -269,6 +295,7 @@ async def begin(
             created_at=now,
             expires_at=now + config.resumable_hours * 3600,
             most=config.resumable_in_flight,
+            default_quota_bytes=config.quota_bytes,
         )
     except db.TooManyResumable as exc:
         raise UploadError(
@@ -276,27 +303,17 @@ async def begin(
             f"{exc.args[0]} unfinished resumable uploads are waiting already; finish or"
             " terminate (DELETE) one of them first",
         ) from None
+    except db.OverQuota as exc:
+        message = quota_message(
+            used=exc.used_bytes, quota=exc.quota_bytes, size=exc.size_bytes, what="upload"
+        )
+        raise UploadError(413, f"{message} (unfinished uploads count too)") from None
     try:
         await partials.create(id)
     except BaseException:
         await db.delete_resumable(database, id=id)
         raise
     return found
-
-
-async def _check_quota_with_unfinished(
-    database: Database, config: Config, user_id: int, length: int, now: int
-) -> None:
-    user = await db.get_user(database, id=user_id)
-    quota = quota_of(user, config.quota_bytes) if user else None
-    if user is None or quota is None:
-        return
-    unfinished = await db.pending_resumable_bytes(database, user_id=user_id, now=now)
-    if user.used_bytes + unfinished + length > quota:
-        message = quota_message(
-            used=user.used_bytes + unfinished, quota=quota, size=length, what="upload"
-        )
-        raise UploadError(413, f"{message} (unfinished uploads count too)")
 
 
 def delete_token(secret: str, id: str) -> str:

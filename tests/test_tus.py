@@ -32,6 +32,8 @@ from tusclient.exceptions import TusCommunicationError
 from hostd import db as queries
 from hostd import resumable
 from hostd.app import prune_now_and_then
+from hostd.db import sqlite as sqlite_backend
+from hostd.handlers import tus
 from hostd.hashes import public_hash_candidates
 
 # The finished file goes into whichever blob store there is: each test runs on both.
@@ -480,6 +482,21 @@ async def test_unfinished_uploads_count_against_the_quota(http_client, base_url,
 
 
 @pytest.mark.gen_test
+async def test_parallel_creations_meet_the_quota_one_after_the_other(
+    http_client, base_url, login, db, auth
+):
+    user = (await login()).user
+    await queries.set_quota(db, user_id=user.id, own=True, quota_bytes=1_000_000)
+    key = {"Authorization": f"Bearer {await new_key(db, auth, user)}"}
+
+    answers = await asyncio.gather(
+        *(create(http_client, base_url, 300_000, headers=key) for _ in range(12))
+    )
+
+    assert sorted(answer.code for answer in answers) == [201] * 3 + [413] * 9
+
+
+@pytest.mark.gen_test
 async def test_anonymous_tus_follows_allow_anonymous(http_client, base_url, app):
     app.settings["hostd_config"] = dataclasses.replace(
         app.settings["hostd_config"], allow_anonymous=False
@@ -638,6 +655,98 @@ async def test_once_its_file_is_deleted_the_upload_is_gone(http_client, base_url
     response = await head(http_client, created.headers["Location"])
 
     assert response.code == 410
+
+
+# -- a busy database, a disk that fails or fills: the upload is given back, and resumes ------
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+def short_busy_timeout(monkeypatch):
+    """A write that meets another program's lock fails after 0.2 s, not 5 (name it before
+    the app's fixtures: the connection takes it when it opens)."""
+    monkeypatch.setattr(sqlite_backend, "BUSY_TIMEOUT_MS", 200)
+
+
+async def put(client, base_url, data):
+    return await client.fetch(
+        f"{base_url}/api/upload/plain.bin", method="PUT", body=data, raise_error=False
+    )
+
+
+@pytest.mark.sqlite_only
+@pytest.mark.gen_test
+async def test_a_part_whose_offset_cannot_be_recorded_is_a_503_and_the_upload_resumes(
+    short_busy_timeout, http_client, base_url, sqlite_lock, limit
+):
+    limit(uploads_in_flight_per_address=1)
+    created = await create(http_client, base_url, 1000)
+    url = created.headers["Location"]
+    await patch(http_client, url, 0, b"a" * 100)
+    sqlite_lock.take()  # another program holds the lock as the part ends
+
+    refused = await patch(http_client, url, 100, b"b" * 300)
+    sqlite_lock.give_back()
+    offset = (await head(http_client, url)).headers["Upload-Offset"]
+    resumed = await patch(http_client, url, 100, b"b" * 300)
+    plain = await put(http_client, base_url, b"the address's one place in flight")
+
+    assert refused.code == 503 and refused.headers["Retry-After"] == "5"
+    assert json.loads(refused.body)["status"] is False
+    assert offset == "100"
+    assert resumed.code == 204 and resumed.headers["Upload-Offset"] == "400"
+    assert plain.code == 200
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_part_whose_file_cannot_be_opened_is_a_503_and_gives_everything_back(
+    small_disk, http_client, base_url, limit, caplog
+):
+    limit(uploads_in_flight_per_address=1)
+    # Room for a 7 MiB part and then a 6 MiB file above the guard's line (1 MiB), but not
+    # for both at once.
+    small_disk.fill(leave=12 * MiB)
+    data = unique_bytes(7 * MiB)
+    created = await create(http_client, base_url, len(data))
+    url = created.headers["Location"]
+
+    with small_disk.read_only():
+        refused = await patch(http_client, url, 0, data)
+    plain = await put(http_client, base_url, unique_bytes(6 * MiB))
+    resumed = await patch(http_client, url, 0, data[:MiB])
+
+    assert refused.code == 503 and refused.headers["Retry-After"] == "5"
+    assert json.loads(refused.body) == {"status": False, "error": tus.NOT_WRITTEN}
+    assert "Traceback" not in caplog.text and "Read-only file system" in caplog.text
+    assert plain.code == 200  # the part's place in flight and on the disk were given back
+    assert resumed.code == 204 and resumed.headers["Upload-Offset"] == str(MiB)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_part_that_fills_the_disk_is_a_507_and_leaves_the_disk_as_it_found_it(
+    small_disk, http_client, base_url, limit
+):
+    limit(min_free_bytes=0)  # the disk itself runs out, not the guard's line
+    data = unique_bytes(4 * MiB)
+    created = await create(http_client, base_url, len(data))
+    url = created.headers["Location"]
+    await patch(http_client, url, 0, data[:MiB])
+    # The disk runs out a page before the end of a piece of the body: the kernel takes that
+    # write in part (make_server hands a body over in pieces of 256 KiB).
+    small_disk.fill(leave=MiB - 4096)
+
+    refused = await patch(http_client, url, MiB, data[MiB:])
+    offset = int((await head(http_client, url)).headers["Upload-Offset"])
+    free = small_disk.free_bytes()
+    small_disk.empty()
+    resumed = await patch(http_client, url, offset, data[offset:])
+
+    assert refused.code == 507
+    assert offset == MiB  # what was recorded before; the part's bytes went again
+    assert free == MiB - 4096
+    assert resumed.code == 204
+    assert json.loads(resumed.headers["Upload-Info"])["hash"] == public_hash(data)
 
 
 # -- tuspy against a real `hostd serve` ---------------------------------------------------

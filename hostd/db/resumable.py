@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from hostd.db.blobs import Blob, Upload, row_as, upload_of
 from hostd.db.core import POSTGRESQL, Database, Tx
+from hostd.db.quotas import OverQuota
 
 # PostgreSQL: the advisory lock that makes creations count one after the other across
 # processes (SQLite's BEGIN IMMEDIATE does that already); one lock, as for sign-ins
@@ -55,6 +56,39 @@ async def _count_unfinished(tx: Tx, *, user_id: int | None, address: str, now: i
     return int(count)
 
 
+async def _pending_bytes(tx: Tx, *, user_id: int, now: int) -> int:
+    total = await tx.fetchval(
+        """
+        SELECT coalesce(sum(length_bytes), 0) FROM resumable_uploads
+        WHERE user_id = ? AND completed_at IS NULL AND expires_at > ?
+        """,
+        (user_id, now),
+    )
+    return int(total or 0)
+
+
+async def _check_quota(
+    tx: Tx, *, user_id: int, length_bytes: int, default_quota_bytes: int | None, now: int
+) -> None:
+    """OverQuota unless the account's use, its unfinished uploads and this one fit in its
+    quota. Creations take turns under CREATION_LOCK; the account's row is read without
+    the FOR UPDATE of quotas.check_quota: a batch that holds the row (a registration) and
+    waits for CREATION_LOCK, and one that holds CREATION_LOCK and waits for the row, would
+    wait on each other. Registration checks the quota again at the end in any case."""
+    row = await tx.fetchone(
+        """
+        SELECT used_bytes, CASE WHEN has_own_quota = 1 THEN quota_bytes ELSE ? END
+        FROM users WHERE id = ?
+        """,
+        (default_quota_bytes, user_id),
+    )
+    if row is None or row[1] is None:
+        return
+    used = int(row[0]) + await _pending_bytes(tx, user_id=user_id, now=now)
+    if used + length_bytes > int(row[1]):
+        raise OverQuota(used_bytes=used, quota_bytes=int(row[1]), size_bytes=length_bytes)
+
+
 async def insert_resumable(
     db: Database,
     *,
@@ -69,10 +103,13 @@ async def insert_resumable(
     created_at: int,
     expires_at: int,
     most: int,
+    default_quota_bytes: int | None = None,
 ) -> Resumable:
     """Record a new upload in progress; TooManyResumable when its owner has `most`
-    unfinished ones already (counted in the same unit of work, so parallel creations are
-    counted one after the other)."""
+    unfinished ones already, OverQuota when an account's quota (its own, else
+    `default_quota_bytes`) has no room for it beside its unfinished ones. Both are counted
+    in the same unit of work as the insert, so parallel creations are counted one after
+    the other."""
 
     async def work(tx: Tx) -> Resumable:
         if tx.dialect == POSTGRESQL:
@@ -80,6 +117,14 @@ async def insert_resumable(
         unfinished = await _count_unfinished(tx, user_id=user_id, address=address, now=created_at)
         if unfinished >= most:
             raise TooManyResumable(most)
+        if user_id is not None:
+            await _check_quota(
+                tx,
+                user_id=user_id,
+                length_bytes=length_bytes,
+                default_quota_bytes=default_quota_bytes,
+                now=created_at,
+            )
         row = await tx.fetchone(
             """
             INSERT INTO resumable_uploads (id, user_id, api_key_id, address, length_bytes,
@@ -115,16 +160,7 @@ async def get_resumable(db: Database, *, id: str) -> Resumable | None:
 
 async def pending_resumable_bytes(db: Database, *, user_id: int, now: int) -> int:
     """What the account's unfinished, unexpired uploads will take of its quota."""
-    total = await db.read(
-        lambda tx: tx.fetchval(
-            """
-            SELECT coalesce(sum(length_bytes), 0) FROM resumable_uploads
-            WHERE user_id = ? AND completed_at IS NULL AND expires_at > ?
-            """,
-            (user_id, now),
-        )
-    )
-    return int(total or 0)
+    return await db.read(lambda tx: _pending_bytes(tx, user_id=user_id, now=now))
 
 
 async def update_resumable_offset(db: Database, *, id: str, offset_bytes: int) -> bool:

@@ -32,6 +32,7 @@ from hostd import db, limits, metrics, resumable, retention, uploads
 from hostd.db import Blob, Resumable, Upload, User
 from hostd.formdata import UploadError, clean_filename
 from hostd.handlers.base import (
+    UNAVAILABLE_RETRY_SECONDS,
     ApiHandler,
     BaseHandler,
     Refusal,
@@ -58,6 +59,10 @@ TUS_EXTENSIONS = "creation,creation-with-upload,termination,expiration,checksum"
 CHECKSUM_ALGORITHMS = "sha256"
 OFFSET_OCTET_STREAM = "application/offset+octet-stream"
 BUSY = "this upload is being written by another request; retry in a moment"
+NOT_WRITTEN = (
+    "the server could not write this part; the upload keeps what it had before: ask where it"
+    " stands (HEAD) and resume in a moment"
+)
 # How long a termination waits for a part still arriving to let go of the upload.
 RELEASE_SECONDS = 10.0
 ID_BYTES = 24  # 32 URL-safe characters
@@ -94,6 +99,20 @@ def metadata_text(pairs: dict[str, bytes], key: str) -> str:
         return pairs.get(key, b"").decode("utf-8")
     except UnicodeDecodeError:
         raise UploadError(400, f"Upload-Metadata's {key!r} is not valid UTF-8") from None
+
+
+def part_refusal(exc: Exception) -> UploadError | None:
+    """The answer when taking a part failed: a refusal as it is; a full disk 507; the
+    database's or the disk's trouble 503, for the upload stays, to be resumed from its
+    recorded offset. None for anything else (a bug: a 500)."""
+    if isinstance(exc, UploadError):
+        return exc
+    if not storage_trouble(exc):
+        return None
+    status, message = storage_failure(exc)
+    if status == 500:
+        status, message = 503, NOT_WRITTEN
+    return UploadError(status, message)
 
 
 def parse_checksum(header: str) -> tuple[str, bytes]:
@@ -165,19 +184,21 @@ class TusHandler(ApiHandler):
                 raise UploadError(412, f"this server speaks tus {TUS_VERSION} (Tus-Resumable)")
             await self.identify()
             await self.begin()
-        except UploadError as exc:
+        except Exception as exc:
+            # Whatever failed, the upload, its file, the place in flight and the disk
+            # reservation are given back first (else the upload stays taken: 423 for good).
             await self.release()
-            self.refuse(exc)
+            refusal = part_refusal(exc)
+            if refusal is None:
+                raise
+            self.refuse(refusal)
 
     async def begin(self) -> None:
         """The method's checks before the body is read; UploadError to refuse."""
 
     def refuse(self, exc: UploadError) -> None:
         """Answer a refusal; before a body is read, without losing the answer to a reset."""
-        for name, value in exc.headers.items():
-            self.set_header(name, value)
-        if exc.status == 401:
-            self.set_header("WWW-Authenticate", 'Bearer realm="hostd"')
+        self.set_refusal_headers(exc)
         _, body, content_type = json_error(exc.status, exc.message)
         if has_body(self.request) and not self.streaming and not self.body_over:
             refuse_early(self, exc.status, body, content_type)
@@ -185,6 +206,14 @@ class TusHandler(ApiHandler):
         self.set_status(exc.status, "Checksum Mismatch" if exc.status == 460 else None)
         self.set_header("Content-Type", content_type)
         self.finish(body)
+
+    def set_refusal_headers(self, exc: UploadError) -> None:
+        for name, value in exc.headers.items():
+            self.set_header(name, value)
+        if exc.status == 401:
+            self.set_header("WWW-Authenticate", 'Bearer realm="hostd"')
+        if exc.status == 503 and "Retry-After" not in exc.headers:
+            self.set_header("Retry-After", str(UNAVAILABLE_RETRY_SECONDS))
 
     async def identify(self) -> None:
         header = self.request.headers.get("Authorization")
@@ -309,10 +338,12 @@ class TusHandler(ApiHandler):
             if self.checksum is None and (
                 self.part.offset - self.part.synced >= resumable.CHECKPOINT_BYTES
             ):
-                offset = await self.part.sync()
-                await db.update_resumable_offset(self.db, id=self.target.id, offset_bytes=offset)
-        except OSError as exc:
-            await self.refuse_midway(UploadError(*storage_failure(exc)))
+                await resumable.save(self.db, self.part, self.target.id)
+        except Exception as exc:
+            refusal = part_refusal(exc)
+            if refusal is None:
+                raise
+            await self.refuse_midway(refusal)
 
     def stalled(self, message: str) -> None:
         asyncio.ensure_future(self.drop_upload(408, message))
@@ -326,8 +357,7 @@ class TusHandler(ApiHandler):
         await self.save_progress()
         if self._finished or self.gone:
             return
-        for name, value in exc.headers.items():
-            self.set_header(name, value)
+        self.set_refusal_headers(exc)
         status, body, content_type = json_error(exc.status, exc.message)
         self.set_status(status)
         self.set_header("Content-Type", content_type)
@@ -368,8 +398,7 @@ class TusHandler(ApiHandler):
                 if self.checksum is not None:
                     await part.cut_back()
                 else:
-                    offset = await part.sync()
-                    await db.update_resumable_offset(self.db, id=found.id, offset_bytes=offset)
+                    await resumable.save(self.db, part, found.id)
         except Exception as exc:
             if not storage_trouble(exc):
                 raise
@@ -395,29 +424,30 @@ class TusHandler(ApiHandler):
             self.released.set()
 
     async def end_part(self) -> Resumable | None:
-        """The body has ended: make it durable, check its checksum, record the offset.
-        Answers (and returns None) when it cannot."""
+        """The body has ended: check its checksum, make it durable, record the offset, and
+        let go of the upload, whatever fails. Answers (and returns None) when it cannot."""
         self.body_over = True
         part, found = self.part, self.target
         assert part is not None and found is not None
         if self.pace is not None:
             self.pace.stop()
         try:
-            if self.checksum is not None and self.hasher.digest() != self.checksum:
-                await part.cut_back()
-                raise UploadError(460, "the part does not match its Upload-Checksum; send it again")
-            offset = await part.sync()
-            if not await db.update_resumable_offset(self.db, id=found.id, offset_bytes=offset):
-                raise UploadError(404, "this upload was terminated meanwhile")
-        except UploadError as exc:
-            await self.release()
-            self.refuse(exc)
+            try:
+                if self.checksum is not None and self.hasher.digest() != self.checksum:
+                    await part.cut_back()
+                    raise UploadError(
+                        460, "the part does not match its Upload-Checksum; send it again"
+                    )
+                if not await resumable.save(self.db, part, found.id):
+                    raise UploadError(404, "this upload was terminated meanwhile")
+            finally:
+                await self.release()  # before the answer: a client may retry at once
+        except Exception as exc:
+            refusal = part_refusal(exc)
+            if refusal is None:
+                raise
+            self.refuse(refusal)
             return None
-        except OSError as exc:
-            await self.release()
-            self.refuse(UploadError(*storage_failure(exc)))
-            return None
-        await self.release()
         return await db.get_resumable(self.db, id=found.id)
 
     async def finish_if_complete(self, found: Resumable) -> None:
