@@ -108,7 +108,6 @@ from hostd.db.resumable import (
     get_upload_with_blob,
     insert_resumable,
     list_expired_resumables,
-    pending_resumable_bytes,
     unfinished_resumable_ids,
     update_resumable_offset,
 )
@@ -210,7 +209,6 @@ __all__ = [
     "list_user_files",
     "list_users",
     "now",
-    "pending_resumable_bytes",
     "record_setting",
     "referenced_among",
     "refused_as_banned",

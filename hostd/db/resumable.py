@@ -158,11 +158,6 @@ async def get_resumable(db: Database, *, id: str) -> Resumable | None:
     return row_as(Resumable, row) if row else None
 
 
-async def pending_resumable_bytes(db: Database, *, user_id: int, now: int) -> int:
-    """What the account's unfinished, unexpired uploads will take of its quota."""
-    return await db.read(lambda tx: _pending_bytes(tx, user_id=user_id, now=now))
-
-
 async def update_resumable_offset(db: Database, *, id: str, offset_bytes: int) -> bool:
     """Record what has been written (and fsynced); False when the row is gone."""
     row = await db.write(
