@@ -369,20 +369,20 @@ async def take_down_rows(tx: Tx, sha256: str) -> tuple[Removal, str | None]:
     return Removal(count, sha256, hash is not None), hash
 
 
+async def delete_upload_row(tx: Tx, upload_id: int) -> tuple[Removal, str | None]:
+    """In a unit of work: delete an upload, whoever's, and its blob row when no upload is
+    left for it; (the removal, the public hash of the blob row that went, if one did)."""
+    sha256 = await tx.fetchval("DELETE FROM uploads WHERE id = ? RETURNING sha256", (upload_id,))
+    if sha256 is None:
+        return Removal(0, None, False), None
+    hash = await _drop_unreferenced_blob(tx, sha256)
+    return Removal(1, sha256, hash is not None), hash
+
+
 async def withdraw_upload(db: Database, *, upload_id: int) -> Removal:
     """Remove an upload whoever's it is, and its blob row when no other upload points at
     it: an upload recorded while another process deleted its bytes (uploads.register)."""
-
-    async def work(tx: Tx) -> tuple[Removal, str | None]:
-        sha256 = await tx.fetchval(
-            "DELETE FROM uploads WHERE id = ? RETURNING sha256", (upload_id,)
-        )
-        if sha256 is None:
-            return Removal(0, None, False), None
-        hash = await _drop_unreferenced_blob(tx, sha256)
-        return Removal(1, sha256, hash is not None), hash
-
-    removal, hash = await db.write(work)
+    removal, hash = await db.write(lambda tx: delete_upload_row(tx, upload_id))
     if hash is not None:
         db.blobs.drop(hash)
     return removal

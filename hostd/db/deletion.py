@@ -5,7 +5,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hostd.db.blobs import Blob, Removal, Upload, UserFile, _drop_unreferenced_blob
+from hostd.db.blobs import (
+    Blob,
+    Removal,
+    Upload,
+    UserFile,
+    _drop_unreferenced_blob,
+    delete_upload_row,
+)
 from hostd.db.core import Database, Tx
 
 
@@ -53,10 +60,9 @@ async def delete_by_link(db: Database, *, token_hash: str) -> Removal | None:
         if link[0] is None:
             return Removal(0, None, False), None
         # The link's row stays (ON DELETE SET NULL), so that the link says "deleted" later.
-        sha256 = await tx.fetchval("DELETE FROM uploads WHERE id = ? RETURNING sha256", (link[0],))
-        assert sha256 is not None  # the foreign key would have cleared upload_id
-        hash = await _drop_unreferenced_blob(tx, sha256)
-        return Removal(1, sha256, hash is not None), hash
+        removal, hash = await delete_upload_row(tx, link[0])
+        assert removal.uploads == 1  # the foreign key would have cleared upload_id
+        return removal, hash
 
     removal, hash = await db.write(work)
     if hash is not None:
