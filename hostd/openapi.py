@@ -158,6 +158,12 @@ UPLOAD_ANSWER_HEADERS: Json = {
     "X-Expires": ref("headers", "X-Expires"),
 }
 
+# The multipart form of POST /api/upload and of POST / (0x0.st's way).
+FORM_UPLOAD: Json = {
+    "required": True,
+    "content": {"multipart/form-data": {"schema": UPLOAD_FORM}},
+}
+
 UPLOAD_PATHS: Json = {
     "/api/upload": {
         "post": {
@@ -169,10 +175,7 @@ UPLOAD_PATHS: Json = {
             "the server allows that). Browser cookies are ignored here.",
             "security": [{}, {"apiKey": []}],
             "parameters": [EXPIRES_HEADER_PARAMETER],
-            "requestBody": {
-                "required": True,
-                "content": {"multipart/form-data": {"schema": UPLOAD_FORM}},
-            },
+            "requestBody": FORM_UPLOAD,
             "responses": {
                 "200": {
                     "description": "Stored (or the same bytes were there already).",
@@ -705,10 +708,7 @@ PAGE_PATHS: Json = {
             "with the file's `ext` URL on one line; refusals are `ERROR <message>`.",
             "security": [{}, {"apiKey": []}],
             "parameters": [EXPIRES_HEADER_PARAMETER],
-            "requestBody": {
-                "required": True,
-                "content": {"multipart/form-data": {"schema": UPLOAD_FORM}},
-            },
+            "requestBody": FORM_UPLOAD,
             "responses": {
                 "200": {
                     "description": "Stored (or the same bytes were there already).",
