@@ -308,6 +308,26 @@ async def test_s3_down_gives_503_in_each_endpoints_format_and_then_works_again(
 
 
 @pytest.mark.gen_test(timeout=120)
+async def test_s3_down_a_download_and_its_head_are_both_a_503_with_retry_after(
+    http_client, base_url, app, config_on_own_weed, own_weed
+):
+    store = store_from(config_on_own_weed)
+    app.settings["hostd_store"] = store
+    h = json.loads((await upload(http_client, base_url, b"kept")).body)["hash"]
+
+    own_weed.stop()
+    try:
+        got = await http_client.fetch(f"{base_url}/{h}.bin", raise_error=False)
+        head = await http_client.fetch(f"{base_url}/{h}.bin", method="HEAD", raise_error=False)
+    finally:
+        store.close()
+
+    assert (got.code, head.code) == (503, 503)
+    assert got.headers["Retry-After"] == head.headers["Retry-After"] == "5"
+    assert head.body == b""
+
+
+@pytest.mark.gen_test(timeout=120)
 async def test_s3_lost_mid_download_cuts_it_off_with_one_log_line(
     http_client, base_url, http_port, app, config_on_own_weed, own_weed, caplog
 ):

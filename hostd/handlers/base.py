@@ -357,10 +357,11 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def set_error_headers(self, status_code: int, kwargs: dict[str, Any]) -> None:
         """What an error answer says beside its body: the methods a 405 would take, when to
-        try again after a 503 for the database."""
+        try again after a 503 (the database, the file storage, or the server itself busy or
+        out of reach: each for a moment)."""
         if status_code == 405:
             self.set_header("Allow", ", ".join(self.SUPPORTED_METHODS))  # RFC 9110 15.5.6
-        if isinstance(kwargs.get("exc_info", (None, None, None))[1], db.Unavailable):
+        if status_code == 503:
             self.set_header("Retry-After", str(UNAVAILABLE_RETRY_SECONDS))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
