@@ -389,12 +389,31 @@ async def test_disabling_an_account_stops_its_session_and_keys_at_the_next_reque
     assert before == (200, 200)
     assert disabled[0].code == 302 and disabled[0].headers["Location"].startswith("/login")
     assert disabled[1].code == 401
-    assert json.loads(disabled[1].body)["error"] == (
-        "the API key is not valid (unknown or invalidated)"
-    )
+    assert json.loads(disabled[1].body)["error"] == "the account of this API key is disabled"
     assert enabled == (200, 200)
     owners = [u.user_id for u in await queries.all_uploads(db)]
     assert owners == [alice.user.id, alice.user.id]  # nothing went in while disabled
+
+
+@pytest.mark.gen_test
+async def test_only_the_right_secret_learns_that_a_keys_account_is_disabled(
+    http_client, base_url, db, auth, login
+):
+    alice = await login("alice")
+    key = await new_key(db, auth, alice.user.id)
+    await queries.set_user_disabled(db, user_id=alice.user.id, disabled=True)
+
+    right = await upload(
+        http_client, f"{base_url}/api/upload", b"one", {"Authorization": f"Bearer {key}"}
+    )
+    wrong_key = key[:-4] + ("AAAA" if not key.endswith("AAAA") else "BBBB")
+    wrong = await upload(
+        http_client, f"{base_url}/api/upload", b"one", {"Authorization": f"Bearer {wrong_key}"}
+    )
+
+    assert (right.code, wrong.code) == (401, 401)
+    assert json.loads(right.body)["error"] == "the account of this API key is disabled"
+    assert json.loads(wrong.body)["error"] == "the API key is not valid (unknown or invalidated)"
 
 
 async def sign_in(client, base_url, name: str, password: str):

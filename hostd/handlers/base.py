@@ -20,7 +20,7 @@ import tornado.web
 from tornado import httputil
 
 from hostd import db
-from hostd.auth import Auth, Busy, session_token_hash
+from hostd.auth import AccountDisabled, Auth, Busy, session_token_hash
 from hostd.config import Config
 from hostd.db import Database, User
 from hostd.parsing import parse_count
@@ -391,7 +391,8 @@ class ApiHandler(BaseHandler):
 
     async def bearer_key(self, header: str) -> ApiKey:
         """The usable key an `Authorization: Bearer <key>` header names; else a Refusal
-        saying why (401), or 503 while the key checks are all busy."""
+        saying why (401: not valid, or its account disabled), or 503 while the key checks
+        are all busy."""
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Refusal(401, "the Authorization header must be 'Bearer <API key>'")
@@ -399,6 +400,8 @@ class ApiHandler(BaseHandler):
             key = await self.auth.verify_key(self.db, token.strip())
         except Busy:
             raise Refusal(503, "the server is busy checking other API keys; retry soon") from None
+        except AccountDisabled:
+            raise Refusal(401, "the account of this API key is disabled") from None
         if key is None:
             raise Refusal(401, "the API key is not valid (unknown or invalidated)")
         return key
