@@ -493,6 +493,41 @@ async def test_removing_an_account_with_its_files_leaves_bytes_someone_else_uplo
     assert len(blob_files(config)) == 1
 
 
+@pytest.mark.parametrize("files", ["keep", "delete"])
+@pytest.mark.gen_test(timeout=30)
+async def test_an_upload_in_flight_when_its_account_is_removed_is_refused_leaving_nothing(
+    http_port, http_server, db, store, thumbs, auth, login, config, files
+):
+    alice = await login("alice")
+    key = await new_key(db, auth, alice.user.id)
+    data = b"x" * 300_000
+    reader, writer = await asyncio.open_connection("127.0.0.1", http_port)
+    writer.write(
+        f"PUT /api/upload/slow.bin HTTP/1.1\r\nHost: hostd\r\nAuthorization: Bearer {key}\r\n"
+        f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode()
+        + data[:100_000]
+    )
+    await writer.drain()
+    await asyncio.sleep(0.2)  # the key is accepted; the body is arriving
+
+    await uploads.remove_user(
+        db, store, thumbs, user_id=alice.user.id, delete_files=files == "delete"
+    )
+    writer.write(data[100_000:])
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 401 ")
+    assert json.loads(body) == {
+        "status": False,
+        "error": "the account this upload was for was removed; the file was not stored",
+    }
+    assert await queries.all_uploads(db) == []
+    assert blob_files(config) == []
+    assert temp_files(config) == []
+
+
 # -- stats and gc ----------------------------------------------------------------------
 
 
