@@ -687,6 +687,7 @@ def test_user_commands_and_stats_reach_a_running_server(tmp_path, free_port):
         "young": 0,
         "missing": [],
         "damaged": [],
+        "hashes": {},
     }
 
 
