@@ -298,7 +298,7 @@ def hash_in(text: str) -> str:
 
 
 async def stored_blob(database: Database, text: str) -> db.Blob:
-    """The file a public hash, one of its URLs or its SHA-256 (as `hostd gc` names it) names."""
+    """The file named by its public hash, one of its URLs, or its SHA-256 (as gc reports it)."""
     digest = text.strip().lower()
     if is_sha256(digest):  # 64 characters: never a public hash (at most 16)
         blob = await db.get_blob_by_sha256(database, digest)
