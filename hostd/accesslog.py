@@ -18,6 +18,8 @@ import tornado.web
 FLUSH_EVERY_SECONDS = 0.5
 # Written out at once past this many lines, whatever the timer says.
 MAX_BUFFERED_LINES = 1000
+# Set on a handler once its request has its line.
+LOGGED = "_hostd_access_logged"
 
 
 class AccessLog:
@@ -31,6 +33,13 @@ class AccessLog:
         self.observer: Callable[[tornado.web.RequestHandler, int, float], None] | None = None
 
     def __call__(self, handler: tornado.web.RequestHandler) -> None:
+        # An upload whose client left is logged (499) when it left, and Tornado's finish()
+        # logs it again when the handler ends, later: one line and one count per request. (A
+        # mark in the handler's __dict__: a quarter of a WeakSet's cost.)
+        marks = handler.__dict__
+        if LOGGED in marks:
+            return
+        marks[LOGGED] = True
         status = handler.get_status()
         level = "INFO" if status < 400 else "WARNING" if status < 500 else "ERROR"
         request = handler.request

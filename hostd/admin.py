@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import getpass
 import json
+import logging
 import sys
 import time
 import urllib.parse
@@ -22,8 +23,9 @@ from hostd import affinity, backup, db, limits, resumable, retention, uploads
 from hostd.accounts import NAME_PATTERN, password_problem
 from hostd.app import format_size, format_time, serve, thumbnails_of
 from hostd.auth import Auth
-from hostd.config import Config, ConfigError, load_config, make_data_dir
+from hostd.config import Config, ConfigError, ignored_settings, load_config, make_data_dir
 from hostd.db import Database
+from hostd.hashes import is_sha256
 from hostd.migrate import MigrationError, migrate
 from hostd.parsing import parse_count
 from hostd.server import CannotListen
@@ -31,6 +33,7 @@ from hostd.storage import StoreUnavailable, store_from
 from hostd.supervisor import supervise
 
 DEFAULT_CONFIG = Path("hostd.toml")
+log = logging.getLogger("hostd")
 
 
 MAX_QUOTA_BYTES = 2**63 - 1  # SQLite's largest integer
@@ -295,6 +298,13 @@ def hash_in(text: str) -> str:
 
 
 async def stored_blob(database: Database, text: str) -> db.Blob:
+    """The file named by its public hash, one of its URLs, or its SHA-256 (as gc reports it)."""
+    digest = text.strip().lower()
+    if is_sha256(digest):  # 64 characters: never a public hash (at most 16)
+        blob = await db.get_blob_by_sha256(database, digest)
+        if blob is None:
+            raise CommandError(f"there is no file with SHA-256 {digest}")
+        return blob
     blob = await db.get_blob(database, hash_in(text))
     if blob is None:
         raise CommandError(f"there is no file {hash_in(text)!r}")
@@ -462,6 +472,16 @@ async def gc(args: argparse.Namespace, config: Config, database: Database, auth:
         )
     finally:
         store.close()
+    # The public hashes of the files with rows, for `hostd file info|rm` and the URLs.
+    hashes = {}
+    for sha256 in [*found.missing, *found.damaged]:
+        blob = await db.get_blob_by_sha256(database, sha256)
+        if blob is not None:
+            hashes[sha256] = blob.hash
+
+    def label(sha256: str) -> str:
+        return f"{sha256} ({hashes[sha256]})" if sha256 in hashes else sha256
+
     removed = "would remove" if args.dry_run else "removed"
     if args.json:
         print_json(
@@ -471,15 +491,16 @@ async def gc(args: argparse.Namespace, config: Config, database: Database, auth:
                 "young": found.young,
                 "missing": found.missing,
                 "damaged": found.damaged,
+                "hashes": hashes,
             }
         )
     else:
         for sha256 in found.removed:
             print(f"{removed} {sha256}: no upload pointed at it")
         for sha256 in found.missing:
-            print(f"missing {sha256}: its uploads are listed but its bytes are gone")
+            print(f"missing {label(sha256)}: its uploads are listed but its bytes are gone")
         for sha256 in found.damaged:
-            print(f"damaged {sha256}: its bytes are not the ones its uploads stored")
+            print(f"damaged {label(sha256)}: its bytes are not the ones its uploads stored")
     print(
         f"gc: {removed} {len(found.removed)}, left {found.young} younger than"
         f" {grace:g} s, {len(found.missing)} missing, {len(found.damaged)} damaged",
@@ -689,6 +710,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = config_from(args, host=args.host, port=args.port)
     if args.instances < 1:
         raise ConfigError("--instances must be at least 1")
+    for ignored in ignored_settings(config):  # once, whatever the number of instances
+        log.warning("%s", ignored)
     if args.instances > 1:
         if not (config.database_url or "").startswith(("postgresql://", "postgres://")):
             raise ConfigError(

@@ -133,6 +133,11 @@ class Busy(Exception):
     """Too many Argon2 jobs are waiting already; the caller should answer 503."""
 
 
+class AccountDisabled(Exception):
+    """A valid key (the right secret) of an account that `hostd user disable` stopped: only
+    the key's holder learns why it opens nothing, as a password's holder does at sign-in."""
+
+
 class _Lane:
     """One thread for one kind of Argon2 job, with a bounded queue in front of it.
 
@@ -272,7 +277,8 @@ class Auth:
         return MintedKey(f"{KEY_PREFIX}{key_id}_{secret}", key_id, secret_hash)
 
     async def verify_key(self, database: Database, token: str) -> ApiKey | None:
-        """The usable key this token is, or None.
+        """The usable key this token is, or None; AccountDisabled for a valid key of a
+        disabled account.
 
         Argon2 runs only the first time a token is seen: after that a digest of the whole
         token stands for it, with its row, in a bounded in-memory cache, and a known key
@@ -290,8 +296,6 @@ class Auth:
         generation = self._verified.generation
         parsed = parse_key(token)
         key = await db.get_api_key(database, key_id=parsed[0]) if parsed else None
-        if key is not None and key.account_disabled:
-            key = None  # `hostd user disable`: checked like an unknown key, and refused
         if self._dummy_key_hash is None:  # made before any slow check, good key or not
             self._dummy_key_hash = await self._key_lane.run(
                 self.keys.hash, secrets.token_urlsafe(KEY_SECRET_BYTES)
@@ -309,7 +313,7 @@ class Auth:
             check = asyncio.ensure_future(self._key_lane.run(_verify, self.keys, stored, secret))
             self.verifications["key"] += 1
             self._checking[(digest, stored)] = check
-            usable = key if key is not None and key.usable else None
+            usable = key if key is not None and key.usable and not key.account_disabled else None
 
             def settle(done: asyncio.Future[bool]) -> None:
                 # Cached as the check ends, before any waiter resumes, so that no request
@@ -324,6 +328,8 @@ class Auth:
         ok = await asyncio.shield(check)
         if not ok or key is None or not key.usable:
             return None
+        if key.account_disabled:  # `hostd user disable`: checked as any key, then refused
+            raise AccountDisabled(key.key_id)
         return key
 
     def _watch(self, database: Database) -> None:

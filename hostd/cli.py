@@ -109,12 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
     file_cmd = commands.add_parser("file", help="look at or take down stored files")
     file_sub = file_cmd.add_subparsers(dest="action", required=True, metavar="ACTION")
     info = file_sub.add_parser("info", parents=[common], help="a file and who uploaded it")
-    info.add_argument("hash", help="the hash, or any of the file's URLs")
+    info.add_argument("hash", help="the hash, any of the file's URLs, or its SHA-256")
     info.set_defaults(handler=admin("file_info"))
     remove = file_sub.add_parser(
         "rm", parents=[common], help="take a file down: every upload of it, and its bytes"
     )
-    remove.add_argument("hashes", nargs="+", metavar="hash", help="hashes or URLs")
+    remove.add_argument("hashes", nargs="+", metavar="hash", help="hashes, URLs or SHA-256s")
     remove.add_argument("--ban", action="store_true", help="and refuse these bytes for good (451)")
     remove.add_argument(
         "--reason", type=reason_argument, help="with --ban: why, shown to whoever asks for them"

@@ -316,6 +316,19 @@ def _check_s3(config: Config, origin: str) -> None:
         raise ConfigError(f'{origin}: storage.s3.prefix must end with "/", like "blobs/"')
 
 
+def ignored_settings(config: Config) -> list[str]:
+    """What settings, valid on their own, do nothing beside the rest of `config`: one line
+    each for the log at start, so that a silent no-op does not cost an admin hours."""
+    ignored = []
+    if config.accel_redirect is not None and config.backend == "s3":
+        ignored.append(
+            "accel_redirect is ignored with the S3 store: nginx can send only files it reads"
+            " from a disk, so hostd streams the bytes from the bucket itself (or set"
+            " storage.s3.redirect = true to send clients to the bucket)"
+        )
+    return ignored
+
+
 def _size_steps(value: Any, origin: str) -> tuple[tuple[int, int], ...]:
     """retention.hours_by_size: a list of [bytes, hours] pairs."""
     shape = "a list of [bytes, hours] pairs, like [[104857600, 168]]"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import bisect
 import ipaddress
 import itertools
+import logging
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -30,6 +31,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from hostd import db
 from hostd.db import Database, Stored
 
+log = logging.getLogger("hostd")
 CONTENT_TYPE = prometheus_client.CONTENT_TYPE_LATEST
 # The ways an upload arrives: the form (POST /upload, /api/upload), a raw PUT, tus.
 UPLOAD_KINDS = ("multipart", "put", "tus")
@@ -106,11 +108,19 @@ class Metrics:
         return any(address in network for network in self.allow)
 
     async def render(self, database: Database) -> bytes:
-        """The text exposition of every metric, stored totals refreshed if they are old."""
+        """The text exposition of every metric, stored totals refreshed if they are old.
+
+        A database that cannot be read leaves the totals as they were (absent if never
+        read), with a line in the log: a scrape during an outage is when metrics matter."""
         now = self._clock()
         if now - self._stored_at >= STORED_EVERY_SECONDS:
-            self.stored = await db.get_stored(database)
+            # Tried at most every STORED_EVERY_SECONDS, answered or not: a database that is
+            # down is not asked at every scrape.
             self._stored_at = now
+            try:
+                self.stored = await db.get_stored(database)
+            except Exception as exc:  # whatever the driver says, the scrape goes on
+                log.warning("metrics: stored totals not read from the database: %s", exc)
         return prometheus_client.generate_latest(self.registry)
 
 

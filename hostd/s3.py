@@ -237,6 +237,11 @@ class S3BlobReader:
                 raise unavailable(exc) from exc
             yield bytes(piece)
 
+    async def check(self) -> None:
+        meta = await self._store.call(self._store.head(self._key), self._sha256)
+        if self._size_bytes is not None and meta["size"] != self._size_bytes:
+            raise BlobDamaged(self._sha256)
+
     def close(self) -> None:
         pass
 
@@ -328,7 +333,7 @@ class S3BlobStore:
 
         await obstore.delete_async(self._s3, key)
 
-    async def _head(self, key: str) -> Any:
+    async def head(self, key: str) -> Any:
         import obstore
 
         return await obstore.head_async(self._s3, key)
@@ -373,7 +378,7 @@ class S3BlobStore:
 
     async def exists(self, sha256: str) -> bool:
         try:
-            await self.call(self._head(self.key(sha256)), sha256)
+            await self.call(self.head(self.key(sha256)), sha256)
         except BlobMissing:
             return False
         return True

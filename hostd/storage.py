@@ -120,6 +120,10 @@ class BlobReader(Protocol):
 
     def chunks(self, start: int, end: int) -> AsyncIterator[bytes]: ...
 
+    async def check(self) -> None:
+        """Raise what the first read would (BlobMissing, BlobDamaged, StoreUnavailable),
+        reading no bytes: a HEAD answers as its GET would."""
+
     def close(self) -> None: ...
 
 
@@ -465,6 +469,9 @@ class LocalFileReader:
             left -= len(piece)
             yield piece
 
+    async def check(self) -> None:
+        pass  # open() has found the file, at its size
+
     def close(self) -> None:
         os.close(self._fd)
 
@@ -478,6 +485,9 @@ class MemoryReader:
     async def chunks(self, start: int, end: int) -> AsyncIterator[bytes]:
         if start < len(self._data):
             yield self._data[start : end + 1]
+
+    async def check(self) -> None:
+        pass
 
     def close(self) -> None:
         pass

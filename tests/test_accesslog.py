@@ -7,8 +7,10 @@ import logging
 import re
 
 import pytest
+from helpers import multipart_body
 
 from hostd.accesslog import FLUSH_EVERY_SECONDS
+from hostd.db import sqlite as sqlite_backend
 
 # On SQLite only: the access log, whatever the database.
 pytestmark = pytest.mark.sqlite_only
@@ -43,3 +45,31 @@ async def test_lines_are_written_together_by_a_timer(http_client, base_url, acce
     assert access_log.stream.getvalue() == ""  # not one write per request
     await asyncio.sleep(FLUSH_EVERY_SECONDS + 0.2)  # the timer's turn
     assert len(access_log.stream.getvalue().splitlines()) == 3
+
+
+@pytest.fixture
+def short_busy_timeout(monkeypatch):
+    """A write waits 0.5 s for another program's lock, not 5 (set before the database opens)."""
+    monkeypatch.setattr(sqlite_backend, "BUSY_TIMEOUT_MS", 500)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_an_upload_whose_client_leaves_while_it_waits_on_the_database_is_one_line(
+    short_busy_timeout, http_server, http_port, access_log, sqlite_lock
+):
+    body, headers = multipart_body(files=[("file", "a.txt", b"left before the answer")])
+    head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    head += f"Content-Length: {len(body)}\r\n"
+    sqlite_lock.take()  # the upload's write waits for the lock
+    reader, writer = await asyncio.open_connection("127.0.0.1", http_port)
+    writer.write(f"POST /api/upload HTTP/1.1\r\nHost: hostd\r\n{head}\r\n".encode() + body)
+    await writer.drain()
+    await asyncio.sleep(0.2)  # the body is in; the write is waiting
+
+    writer.close()  # the client leaves
+    await asyncio.sleep(1.0)  # the write has failed after its busy timeout meanwhile
+    sqlite_lock.give_back()
+
+    lines = [line for line in access_log.text.splitlines() if "/api/upload" in line]
+    assert len(lines) == 1, lines
+    assert " 499 POST /api/upload " in lines[0]

@@ -10,7 +10,7 @@ from conftest import GatedHasher
 from helpers import until_heard
 
 from hostd import db as queries
-from hostd.auth import PASSWORD_PROFILE, Auth, Busy, parse_key
+from hostd.auth import PASSWORD_PROFILE, AccountDisabled, Auth, Busy, parse_key
 
 
 class CountingHasher(argon2.PasswordHasher):
@@ -179,7 +179,8 @@ async def test_an_account_disabled_by_another_process_opens_nothing_at_once(
     await queries.set_user_disabled(other_process, user_id=alice.user.id, disabled=True)
     await until_heard(db, before)
 
-    assert await counting.verify_key(db, minted.token) is None
+    with pytest.raises(AccountDisabled):
+        await counting.verify_key(db, minted.token)
 
 
 @pytest.mark.gen_test

@@ -279,3 +279,26 @@ async def test_a_frozen_postgresql_is_a_503_in_seconds_and_then_works_again(
     assert refused_took < 5 * postgres_backend.STATEMENT_SECONDS
     assert accepted.code == 200
     assert len(await queries.all_uploads(db)) == 2
+
+
+@pytest.mark.postgresql_only
+@pytest.mark.gen_test(timeout=60)
+async def test_the_pools_tries_to_reconnect_while_postgresql_is_down_are_one_line_each(
+    http_client, base_url, db, pg_relay, caplog
+):
+    await upload(http_client, f"{base_url}/api/upload", b"while it was up")
+    await pg_relay.cut()
+
+    await http_client.fetch(f"{base_url}/files", raise_error=False)  # a read: the pool's turn
+    deadline = time.monotonic() + 10
+    while not any(r.name == "asyncpg.pool" for r in caplog.records):
+        assert time.monotonic() < deadline, "the pool never tried to reconnect"
+        await asyncio.sleep(0.1)
+    await pg_relay.start()
+
+    tries = [r for r in caplog.records if r.name == "asyncpg.pool"]
+    assert tries[0].exc_info is None
+    assert caplog.text.count("Traceback") == 0
+    line = tries[0].getMessage()
+    assert line.startswith("Failed to restore the pool connection floor; retrying: ")
+    assert "\n" not in line

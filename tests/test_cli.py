@@ -25,14 +25,16 @@ from pathlib import Path
 
 import argon2
 import pytest
-from helpers import hostd, multipart_body, start, wait_for_line
+from helpers import hostd, multipart_body, start, store_upload, wait_for_line
 from PIL import Image
 
 from hostd import cli
 from hostd import db as queries
+from hostd.config import Config
 from hostd.db import Database, latest_version
 from hostd.db import copy as db_copy
 from hostd.hashes import public_hash_candidates
+from hostd.storage import store_from
 
 
 def test_serve_logs_its_url_then_one_line_per_request(tmp_path, free_port):
@@ -421,8 +423,7 @@ def test_gc_lists_files_whose_bytes_are_gone_or_damaged_and_exits_1(tmp_path, fr
     proc = start(["serve", *data, "--port", str(free_port)], tmp_path)
     try:
         wait_for_line(proc, "listening on")
-        for content in files:
-            upload_png(free_port, content)
+        hashes = [upload_png(free_port, content)["hash"] for content in files]
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=10)
@@ -436,8 +437,8 @@ def test_gc_lists_files_whose_bytes_are_gone_or_damaged_and_exits_1(tmp_path, fr
 
     assert found.returncode == 1
     assert found.stdout.splitlines() == [
-        f"missing {lost}: its uploads are listed but its bytes are gone",
-        f"damaged {cut}: its bytes are not the ones its uploads stored",
+        f"missing {lost} ({hashes[1]}): its uploads are listed but its bytes are gone",
+        f"damaged {cut} ({hashes[2]}): its bytes are not the ones its uploads stored",
     ]
     assert "1 file(s) have rows but no bytes; 1 file(s) have damaged bytes" in found.stderr
     answer = json.loads(as_json.stdout)
@@ -836,3 +837,48 @@ def test_a_reader_that_stops_reading_ends_the_command_quietly(data_dir, command)
 
     assert proc.returncode == 141  # 128 + SIGPIPE, as a shell shows a tool SIGPIPE ended
     assert err == b""
+
+
+def stored_in(data_dir: Path, data: bytes) -> str:
+    """Store `data` as an anonymous upload in data_dir's database and blobs: its public hash."""
+
+    async def store_it() -> str:
+        config = Config(data_dir=data_dir, cookie_secret="test-secret")
+        database = await Database.open_config(config)
+        store = store_from(config)
+        try:
+            blob, _ = await store_upload(database, store, data)
+        finally:
+            store.close()
+            await database.close()
+        return str(blob.hash)
+
+    return in_a_loop_of_its_own(store_it)
+
+
+def test_file_info_and_rm_take_a_files_sha256_as_well_as_its_hash(data_dir, capsys):
+    h = stored_in(data_dir, b"named by its digest")
+    sha256 = hashlib.sha256(b"named by its digest").hexdigest()
+
+    _, info, _ = run_hostd(capsys, "file", "info", sha256, "--data-dir", str(data_dir))
+    _, _, upper = run_hostd(capsys, "file", "info", sha256.upper(), "--data-dir", str(data_dir))
+    status, _, removed = run_hostd(capsys, "file", "rm", sha256, "--data-dir", str(data_dir))
+
+    assert f"hash      {h}" in info and f"sha256    {sha256}" in info
+    assert "there is no file" not in upper
+    assert status == 0 and f"removed {h}: 1 upload" in removed
+
+
+def test_gc_names_a_missing_files_public_hash_too(data_dir, capsys):
+    h = stored_in(data_dir, b"lost behind hostd's back")
+    sha256 = hashlib.sha256(b"lost behind hostd's back").hexdigest()
+    next(data_dir.rglob(sha256)).unlink()
+
+    status, out, _ = run_hostd(capsys, "gc", "--data-dir", str(data_dir))
+    _, as_json, _ = run_hostd(capsys, "gc", "--json", "--data-dir", str(data_dir))
+
+    assert status == 1
+    assert out.splitlines() == [
+        f"missing {sha256} ({h}): its uploads are listed but its bytes are gone"
+    ]
+    assert json.loads(as_json)["hashes"] == {sha256: h}

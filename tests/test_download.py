@@ -669,26 +669,28 @@ async def test_a_small_file_taken_down_by_another_process_is_not_served_from_mem
     assert after.code == 404
 
 
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
 @pytest.mark.gen_test
 async def test_a_file_whose_bytes_were_lost_is_a_404_and_a_warning_for_the_admin(
-    http_client, base_url, store, caplog
+    http_client, base_url, store, caplog, method
 ):
     data = b"on a disk that lost it"
     h = await upload(http_client, base_url, data)
     sha256 = hashlib.sha256(data).hexdigest()
     await store.delete(sha256)  # behind hostd's back: its row stays
 
-    response = await http_client.fetch(f"{base_url}/{h}", raise_error=False)
+    response = await http_client.fetch(f"{base_url}/{h}.bin", method=method, raise_error=False)
 
     assert response.code == 404
     assert f"the bytes of {h} ({sha256}) are missing from the store" in caplog.text
 
 
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
 @pytest.mark.parametrize("damage", ["cut-short", "grown"])
 @pytest.mark.parametrize("size", [100, 300_000], ids=["small", "big"])
 @pytest.mark.gen_test
 async def test_bytes_that_are_not_the_size_recorded_are_never_served(
-    http_client, base_url, store, config, caplog, damage, size
+    http_client, base_url, store, config, caplog, damage, size, method
 ):
     data = os.urandom(size)
     h = await upload(http_client, base_url, data)
@@ -700,9 +702,9 @@ async def test_bytes_that_are_not_the_size_recorded_are_never_served(
     else:
         put_s3_object(config, sha256, damaged)
 
-    whole = await http_client.fetch(f"{base_url}/{h}", raise_error=False)
+    whole = await http_client.fetch(f"{base_url}/{h}", method=method, raise_error=False)
     ranged = await http_client.fetch(
-        f"{base_url}/{h}", headers={"Range": "bytes=0-9"}, raise_error=False
+        f"{base_url}/{h}", method=method, headers={"Range": "bytes=0-9"}, raise_error=False
     )
 
     assert (whole.code, ranged.code) == (404, 404)

@@ -389,12 +389,31 @@ async def test_disabling_an_account_stops_its_session_and_keys_at_the_next_reque
     assert before == (200, 200)
     assert disabled[0].code == 302 and disabled[0].headers["Location"].startswith("/login")
     assert disabled[1].code == 401
-    assert json.loads(disabled[1].body)["error"] == (
-        "the API key is not valid (unknown or invalidated)"
-    )
+    assert json.loads(disabled[1].body)["error"] == "the account of this API key is disabled"
     assert enabled == (200, 200)
     owners = [u.user_id for u in await queries.all_uploads(db)]
     assert owners == [alice.user.id, alice.user.id]  # nothing went in while disabled
+
+
+@pytest.mark.gen_test
+async def test_only_the_right_secret_learns_that_a_keys_account_is_disabled(
+    http_client, base_url, db, auth, login
+):
+    alice = await login("alice")
+    key = await new_key(db, auth, alice.user.id)
+    await queries.set_user_disabled(db, user_id=alice.user.id, disabled=True)
+
+    right = await upload(
+        http_client, f"{base_url}/api/upload", b"one", {"Authorization": f"Bearer {key}"}
+    )
+    wrong_key = key[:-4] + ("AAAA" if not key.endswith("AAAA") else "BBBB")
+    wrong = await upload(
+        http_client, f"{base_url}/api/upload", b"one", {"Authorization": f"Bearer {wrong_key}"}
+    )
+
+    assert (right.code, wrong.code) == (401, 401)
+    assert json.loads(right.body)["error"] == "the account of this API key is disabled"
+    assert json.loads(wrong.body)["error"] == "the API key is not valid (unknown or invalidated)"
 
 
 async def sign_in(client, base_url, name: str, password: str):
@@ -472,6 +491,41 @@ async def test_removing_an_account_with_its_files_leaves_bytes_someone_else_uplo
     assert await store.exists(hashlib.sha256(b"shared").hexdigest())
     assert [u.user_id for u in await queries.all_uploads(db)] == [None]
     assert len(blob_files(config)) == 1
+
+
+@pytest.mark.parametrize("files", ["keep", "delete"])
+@pytest.mark.gen_test(timeout=30)
+async def test_an_upload_in_flight_when_its_account_is_removed_is_refused_leaving_nothing(
+    http_port, http_server, db, store, thumbs, auth, login, config, files
+):
+    alice = await login("alice")
+    key = await new_key(db, auth, alice.user.id)
+    data = b"x" * 300_000
+    reader, writer = await asyncio.open_connection("127.0.0.1", http_port)
+    writer.write(
+        f"PUT /api/upload/slow.bin HTTP/1.1\r\nHost: hostd\r\nAuthorization: Bearer {key}\r\n"
+        f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode()
+        + data[:100_000]
+    )
+    await writer.drain()
+    await asyncio.sleep(0.2)  # the key is accepted; the body is arriving
+
+    await uploads.remove_user(
+        db, store, thumbs, user_id=alice.user.id, delete_files=files == "delete"
+    )
+    writer.write(data[100_000:])
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 401 ")
+    assert json.loads(body) == {
+        "status": False,
+        "error": "the account this upload was for was removed; the file was not stored",
+    }
+    assert await queries.all_uploads(db) == []
+    assert blob_files(config) == []
+    assert temp_files(config) == []
 
 
 # -- stats and gc ----------------------------------------------------------------------
@@ -633,6 +687,7 @@ def test_user_commands_and_stats_reach_a_running_server(tmp_path, free_port):
         "young": 0,
         "missing": [],
         "damaged": [],
+        "hashes": {},
     }
 
 

@@ -168,6 +168,31 @@ async def test_stored_files_and_bytes_come_from_the_database_every_30_s(
     assert counted["hostd_uploads"] == 3
 
 
+@pytest.mark.postgresql_only
+@pytest.mark.gen_test(timeout=30)
+async def test_a_scrape_while_the_database_is_down_keeps_the_stored_totals_it_had(
+    http_client, base_url, clock, postgres, database_url, caplog
+):
+    await upload(http_client, base_url, b"a" * 100)
+    await scrape(http_client, base_url)
+    postgres.refuse_connections(database_url)
+    try:
+        clock.advance(metrics.STORED_EVERY_SECONDS)
+        caplog.clear()
+        during = await scrape(http_client, base_url)
+        again = await scrape(http_client, base_url)
+    finally:
+        postgres.refuse_connections(database_url, refuse=False)
+
+    assert (during["hostd_stored_files"], during["hostd_stored_bytes"]) == (1, 100)
+    assert during["hostd_uploads"] == 1
+    assert again["hostd_stored_files"] == 1
+    logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("metrics:")]
+    assert len(logged) == 1  # one line, and not one per scrape: not asked again for 30 s
+    assert logged[0].startswith("metrics: stored totals not read from the database: ")
+    assert "\n" not in logged[0]
+
+
 @pytest.mark.gen_test
 async def test_argon2_verifications_and_key_cache_hits(http_client, base_url, login, db, auth):
     await login("frank", password="right password")

@@ -447,6 +447,7 @@ def test_the_live_run_left_no_errors_and_no_unnamed_bytes(live):
         "young": 0,
         "missing": [],
         "damaged": [],
+        "hashes": {},
     }, found.stderr
     assert temp_files(live.config) == []
     rows, partials = live.unfinished()

@@ -308,6 +308,26 @@ async def test_s3_down_gives_503_in_each_endpoints_format_and_then_works_again(
 
 
 @pytest.mark.gen_test(timeout=120)
+async def test_s3_down_a_download_and_its_head_are_both_a_503_with_retry_after(
+    http_client, base_url, app, config_on_own_weed, own_weed
+):
+    store = store_from(config_on_own_weed)
+    app.settings["hostd_store"] = store
+    h = json.loads((await upload(http_client, base_url, b"kept")).body)["hash"]
+
+    own_weed.stop()
+    try:
+        got = await http_client.fetch(f"{base_url}/{h}.bin", raise_error=False)
+        head = await http_client.fetch(f"{base_url}/{h}.bin", method="HEAD", raise_error=False)
+    finally:
+        store.close()
+
+    assert (got.code, head.code) == (503, 503)
+    assert got.headers["Retry-After"] == head.headers["Retry-After"] == "5"
+    assert head.body == b""
+
+
+@pytest.mark.gen_test(timeout=120)
 async def test_s3_lost_mid_download_cuts_it_off_with_one_log_line(
     http_client, base_url, http_port, app, config_on_own_weed, own_weed, caplog
 ):
@@ -447,3 +467,18 @@ def test_migrate_to_s3_copies_and_verifies_every_file_switches_nothing_and_resum
     assert "3 file(s) copied to local" in home.stderr
     stored = sorted(p.name for p in (back / "blobs").rglob("*") if p.is_file())
     assert stored == shas
+
+
+def test_accel_redirect_with_the_s3_store_is_one_warning_at_start(tmp_path, config, free_port):
+    with socket.socket() as sock:  # S3 out of reach: the start stops right after the warning
+        sock.bind(("127.0.0.1", 0))
+        nobody = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    config = dataclasses.replace(config, s3_endpoint=nobody)
+    toml = '[server]\naccel_redirect = "/_hostd_blobs/"\n\n' + toml_for(config, tmp_path / "d")
+    (tmp_path / "hostd.toml").write_text(toml)
+
+    done = hostd("serve", "--config", "hostd.toml", "--port", str(free_port), cwd=tmp_path)
+
+    warnings = [line for line in done.stderr.splitlines() if "accel_redirect" in line]
+    assert len(warnings) == 1
+    assert "WARNING hostd: accel_redirect is ignored with the S3 store: " in warnings[0]

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, fields, replace
 from typing import TypeVar
 
-from hostd.db.core import POSTGRESQL, Database, Row, Tx, now
+from hostd.db.core import POSTGRESQL, Database, Row, Tx, now, violates_foreign_key
 from hostd.db.quotas import check_quota
 from hostd.hashes import public_hash_candidates
 
@@ -75,6 +75,11 @@ async def get_blob_by_sha256(db: Database, sha256: str) -> Blob | None:
     return row_as(Blob, row) if row else None
 
 
+class OwnerGone(Exception):
+    """The account (or its API key) an upload was to be recorded to was removed while the
+    upload arrived (`hostd user rm`): nothing was written."""
+
+
 async def register_upload(
     db: Database,
     *,
@@ -92,7 +97,8 @@ async def register_upload(
     """Record an upload of bytes that are in the store already, creating the blob row on
     first sight. Same bytes, same public hash: an existing blob keeps its hash; a new one
     takes the shortest candidate that the unique index lets it have. An account's upload
-    is recorded only if it fits in the account's quota (else OverQuota). With
+    is recorded only if it fits in the account's quota (else OverQuota), and only while the
+    account and the key are there (else OwnerGone: the schema says so). With
     `delete_token_hash`, the upload's deletion link is recorded in the same unit.
 
     `at` is the upload's time (default: now), `expires_at` when it expires (None: never);
@@ -147,7 +153,14 @@ async def register_upload(
         changed = before["expires_at"] != after["expires_at"]
         return row_as(Blob, after), row_as(Upload, upload), changed
 
-    blob, upload, changed = await db.write(work)
+    try:
+        blob, upload, changed = await db.write(work)
+    except Exception as exc:
+        # The blob's row is the unit's own and the deletion link's upload too: a missing
+        # row can only be the owner's.
+        if violates_foreign_key(exc) and (user_id is not None or api_key_id is not None):
+            raise OwnerGone(f"user {user_id}, API key {api_key_id}") from exc
+        raise
     cached = db.blobs.get(blob.hash)
     if changed or (cached is not None and cached != blob):
         # Memory may hold the old expiry, or a row that another process (`hostd prune`)

@@ -217,6 +217,14 @@ def is_integrity_error(exc: BaseException) -> bool:
     return str(getattr(exc, "sqlstate", "")).startswith("23")
 
 
+def violates_foreign_key(exc: BaseException) -> bool:
+    """A row named another that is not there (any longer): SQLite's FOREIGN KEY constraint,
+    PostgreSQL's foreign_key_violation."""
+    if isinstance(exc, sqlite3.IntegrityError):
+        return str(exc).startswith("FOREIGN KEY constraint failed")
+    return getattr(exc, "sqlstate", None) == "23503"
+
+
 def now() -> int:
     return int(time.time())
 

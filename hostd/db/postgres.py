@@ -51,6 +51,24 @@ CONNECT_SECONDS = 5.0
 MIGRATION_SECONDS = 24 * 3600.0
 
 
+class OneLineFromDriver(logging.Filter):
+    """asyncpg's pool logs each failed try to reconnect with the traceback (some 20 lines,
+    again and again while PostgreSQL is down): the event is kept, as one line ending with
+    the error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None:
+            error = " ".join(str(exc).split()) or "(no message)"
+            record.msg = f"{record.getMessage()}: {type(exc).__name__}: {error}"
+            record.args = None
+            record.exc_info = record.exc_text = None
+        return True
+
+
+ONE_LINE_FROM_DRIVER = OneLineFromDriver()  # one instance: addFilter() adds it once
+
+
 def _connect(url: str, password: str | None) -> Any:
     """asyncpg.connect with hostd's time limits."""
     return asyncpg.connect(
@@ -233,6 +251,7 @@ class PostgresBackend:
     async def open(cls, url: str, *, password: str | None = None) -> PostgresBackend:
         """A password not given here comes from PGPASSWORD or ~/.pgpass (asyncpg reads
         both, as libpq does)."""
+        logging.getLogger("asyncpg.pool").addFilter(ONE_LINE_FROM_DRIVER)
         reads = await asyncpg.create_pool(
             url,
             password=password,

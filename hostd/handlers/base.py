@@ -20,7 +20,7 @@ import tornado.web
 from tornado import httputil
 
 from hostd import db
-from hostd.auth import Auth, Busy, session_token_hash
+from hostd.auth import AccountDisabled, Auth, Busy, session_token_hash
 from hostd.config import Config
 from hostd.db import Database, User
 from hostd.parsing import parse_count
@@ -67,6 +67,7 @@ class Refusal(tornado.web.HTTPError):
 
 OUT_OF_SPACE = "The server is out of storage space. Try again later."
 DATABASE_UNAVAILABLE = "The database is busy or cannot be reached. Try again in a moment."
+OWNER_GONE = "the account this upload was for was removed; the file was not stored"
 # What a 503 for a busy or unreachable database asks the client to wait.
 UNAVAILABLE_RETRY_SECONDS = 5
 
@@ -84,6 +85,8 @@ def error_message(status_code: int, reason: str, kwargs: dict[str, Any]) -> str:
         return exc.message
     if isinstance(exc, db.Unavailable):
         return DATABASE_UNAVAILABLE
+    if isinstance(exc, db.OwnerGone):
+        return OWNER_GONE
     return OUT_OF_SPACE if out_of_space(exc) else reason
 
 
@@ -336,12 +339,15 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
         # A full disk is not a bug in the handler: 507, whatever it was saving; nor is a
-        # database that is busy or out of reach: 503.
+        # database that is busy or out of reach: 503; nor an account removed (`hostd user
+        # rm`) while its upload arrived: 401, as its next request would get.
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if status_code == 500 and out_of_space(exc):
             status_code = 507
         elif status_code == 500 and isinstance(exc, db.Unavailable):
             status_code = 503
+        elif status_code == 500 and isinstance(exc, db.OwnerGone):
+            status_code = 401
         super().send_error(status_code, **kwargs)
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
@@ -352,15 +358,18 @@ class BaseHandler(tornado.web.RequestHandler):
             )
         elif isinstance(value, db.Unavailable):
             log.error("%s %s: %s", self.request.method, self.request.uri, value)
+        elif isinstance(value, db.OwnerGone):
+            log.info("%s %s: %s", self.request.method, self.request.uri, OWNER_GONE)
         elif not isinstance(value, tornado.web.HTTPError):
             super().log_exception(typ, value, tb)
 
     def set_error_headers(self, status_code: int, kwargs: dict[str, Any]) -> None:
         """What an error answer says beside its body: the methods a 405 would take, when to
-        try again after a 503 for the database."""
+        try again after a 503 (the database, the file storage, or the server itself busy or
+        out of reach: each for a moment)."""
         if status_code == 405:
             self.set_header("Allow", ", ".join(self.SUPPORTED_METHODS))  # RFC 9110 15.5.6
-        if isinstance(kwargs.get("exc_info", (None, None, None))[1], db.Unavailable):
+        if status_code == 503:
             self.set_header("Retry-After", str(UNAVAILABLE_RETRY_SECONDS))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
@@ -390,7 +399,8 @@ class ApiHandler(BaseHandler):
 
     async def bearer_key(self, header: str) -> ApiKey:
         """The usable key an `Authorization: Bearer <key>` header names; else a Refusal
-        saying why (401), or 503 while the key checks are all busy."""
+        saying why (401: not valid, or its account disabled), or 503 while the key checks
+        are all busy."""
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Refusal(401, "the Authorization header must be 'Bearer <API key>'")
@@ -398,6 +408,8 @@ class ApiHandler(BaseHandler):
             key = await self.auth.verify_key(self.db, token.strip())
         except Busy:
             raise Refusal(503, "the server is busy checking other API keys; retry soon") from None
+        except AccountDisabled:
+            raise Refusal(401, "the account of this API key is disabled") from None
         if key is None:
             raise Refusal(401, "the API key is not valid (unknown or invalidated)")
         return key

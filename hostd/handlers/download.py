@@ -243,6 +243,8 @@ class DownloadHandler(BaseHandler):
         self.set_header("Content-Length", str(end - start + 1))
         if include_body:
             await self.send(reader, start, end)
+        else:
+            await reader.check()  # a HEAD answers as its GET would: 404, 503 or this
         self.finish()
 
     def redirect_to_store(self, url: str) -> None:

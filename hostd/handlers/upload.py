@@ -86,6 +86,15 @@ def storage_failure(exc: Exception) -> tuple[int, str]:
         return 503, "the database is busy or cannot be reached; the file was not stored, retry soon"
     if out_of_space(exc):
         return 507, "the server is out of storage space; the file was not stored"
+    import errno
+
+    if isinstance(exc, OSError) and exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        # Storage that cannot be written (remounted read-only, wrong permissions), as
+        # /healthz says: the server's state, for the admin to fix, not a bug in the request.
+        return (
+            503,
+            "the file storage cannot be written just now; the file was not stored, retry later",
+        )
     return 500, "the server could not store the file; it was not stored"
 
 
