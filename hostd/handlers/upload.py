@@ -4,6 +4,7 @@ PUT /api/upload/<filename> (the raw body, `curl -T`)."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import http
 import logging
 import urllib.parse
@@ -86,8 +87,6 @@ def storage_failure(exc: Exception) -> tuple[int, str]:
         return 503, "the database is busy or cannot be reached; the file was not stored, retry soon"
     if out_of_space(exc):
         return 507, "the server is out of storage space; the file was not stored"
-    import errno
-
     if isinstance(exc, OSError) and exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         # Storage that cannot be written (remounted read-only, wrong permissions), as
         # /healthz says: the server's state, for the admin to fix, not a bug in the request.
