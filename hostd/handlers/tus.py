@@ -51,6 +51,7 @@ from hostd.handlers.upload import (
 )
 from hostd.parsing import parse_count
 from hostd.server import BodyPace, HostdConnection, json_error
+from hostd.storage import StoreUnavailable
 
 log = logging.getLogger("hostd")
 
@@ -110,7 +111,10 @@ def part_refusal(exc: Exception) -> UploadError | None:
     if not storage_trouble(exc):
         return None
     status, message = storage_failure(exc)
-    if status == 500:
+    # The disk's trouble (read-only, no permission, an I/O error): this part is lost, not
+    # the upload, which storage_failure's "the file was not stored" would say.
+    local_disk = isinstance(exc, OSError) and not isinstance(exc, StoreUnavailable)
+    if status == 500 or (status == 503 and local_disk):
         status, message = 503, NOT_WRITTEN
     return UploadError(status, message)
 
