@@ -143,7 +143,7 @@ async def _outlast_removal(database: Database, store: BlobStore, upload: Upload)
     )
     withdrawn = await asyncio.shield(db.withdraw_upload(database, upload_id=upload.id))
     if withdrawn.blob_gone:
-        await db.settle_blob_removal(database, upload.sha256)  # nothing left to remove
+        await _settle(database, upload.sha256)  # nothing left to remove
     raise DeletedMeanwhile("the same file was being deleted as it arrived; send it again")
 
 
@@ -249,7 +249,17 @@ async def remove_bytes(
             thumbs.delete(sha256)
         finally:
             # An upload of these bytes recorded meanwhile (by another process) waits for this.
-            await asyncio.shield(db.settle_blob_removal(database, sha256))
+            await asyncio.shield(_settle(database, sha256))
+
+
+async def _settle(database: Database, sha256: str) -> None:
+    """Mark a blob row's removal settled. The deletion stands whatever happens here: if the
+    database cannot take this now, an upload racing the removal waits its longest
+    (REMOVAL_WAIT_SECONDS) and then checks the bytes itself; prune forgets the record."""
+    try:
+        await db.settle_blob_removal(database, sha256)
+    except Exception as exc:
+        log.warning("could not mark the removal of %s settled: %s", sha256, exc)
 
 
 # Expired uploads removed per unit of work, so that a long backlog never holds the writer.
