@@ -88,8 +88,9 @@ UPLOAD_ERRORS: dict[str, str] = {
     "400": "A malformed request: not multipart/form-data, no `file` field or an empty file, "
     "a bad filename, a form past its limits (16 parts, 1 KiB text fields, 8 header lines "
     "of 4 KiB a part), a Content-Length that is not a number, or a bad expiry.",
-    "401": "No account where the server needs one (`limits.allow_anonymous = false`), or an "
-    "Authorization header that is not a usable Bearer key.",
+    "401": "No account where the server needs one (`limits.allow_anonymous = false`), an "
+    "Authorization header that is not a usable Bearer key, or a key invalidated (or its "
+    "account disabled or removed) while the body arrived.",
     "408": "The body stalled or crawled (`limits.body_idle_seconds`).",
     "413": "The file is over the size limit, the account's quota or the anonymous limit.",
     "429": "Too many uploads in flight from this address, or over an upload rate limit; "

@@ -493,10 +493,38 @@ async def test_removing_an_account_with_its_files_leaves_bytes_someone_else_uplo
     assert len(blob_files(config)) == 1
 
 
-@pytest.mark.parametrize("files", ["keep", "delete"])
+async def remove_keeping_files(db, store, thumbs, user_id: int) -> None:
+    await uploads.remove_user(db, store, thumbs, user_id=user_id, delete_files=False)
+
+
+async def remove_with_files(db, store, thumbs, user_id: int) -> None:
+    await uploads.remove_user(db, store, thumbs, user_id=user_id, delete_files=True)
+
+
+async def disable(db, store, thumbs, user_id: int) -> None:
+    await queries.set_user_disabled(db, user_id=user_id, disabled=True)
+
+
+async def invalidate_its_key(db, store, thumbs, user_id: int) -> None:
+    [key] = await queries.list_api_keys(db, user_id=user_id)
+    await queries.invalidate_api_key(db, key_id=key.key_id)
+
+
+@pytest.mark.parametrize(
+    ("meanwhile", "error"),
+    [
+        (remove_keeping_files, "the account this upload was for was removed"),
+        (remove_with_files, "the account this upload was for was removed"),
+        (disable, "the account this upload was for was disabled"),
+        (
+            invalidate_its_key,
+            "the API key this upload was sent with was invalidated while it arrived",
+        ),
+    ],
+)
 @pytest.mark.gen_test(timeout=30)
-async def test_an_upload_in_flight_when_its_account_is_removed_is_refused_leaving_nothing(
-    http_port, http_server, db, store, thumbs, auth, login, config, files
+async def test_an_upload_in_flight_when_its_account_or_key_goes_is_refused_leaving_nothing(
+    http_port, http_server, db, store, thumbs, auth, login, config, meanwhile, error
 ):
     alice = await login("alice")
     key = await new_key(db, auth, alice.user.id)
@@ -510,19 +538,14 @@ async def test_an_upload_in_flight_when_its_account_is_removed_is_refused_leavin
     await writer.drain()
     await asyncio.sleep(0.2)  # the key is accepted; the body is arriving
 
-    await uploads.remove_user(
-        db, store, thumbs, user_id=alice.user.id, delete_files=files == "delete"
-    )
+    await meanwhile(db, store, thumbs, alice.user.id)
     writer.write(data[100_000:])
     answer = await asyncio.wait_for(reader.read(), 10)
     writer.close()
 
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 401 ")
-    assert json.loads(body) == {
-        "status": False,
-        "error": "the account this upload was for was removed; the file was not stored",
-    }
+    assert json.loads(body) == {"status": False, "error": f"{error}; the file was not stored"}
     assert await queries.all_uploads(db) == []
     assert blob_files(config) == []
     assert temp_files(config) == []

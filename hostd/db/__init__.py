@@ -34,7 +34,6 @@ from hostd.db.blobs import (
     Blob,
     BlobRemoval,
     HashSpaceExhausted,
-    OwnerGone,
     Registration,
     Removal,
     Upload,
@@ -97,7 +96,7 @@ from hostd.db.moderation import (
     refused_as_banned,
     set_user_disabled,
 )
-from hostd.db.quotas import OverQuota, set_quota
+from hostd.db.quotas import OverQuota, OwnerGone, set_quota
 from hostd.db.resumable import (
     Resumable,
     TooManyResumable,

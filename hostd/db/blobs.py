@@ -7,7 +7,7 @@ from dataclasses import dataclass, fields, replace
 from typing import TypeVar
 
 from hostd.db.core import POSTGRESQL, Database, Row, Tx, now, violates_foreign_key
-from hostd.db.quotas import check_quota
+from hostd.db.quotas import ACCOUNT_REMOVED, OwnerGone, check_account
 from hostd.hashes import public_hash_candidates
 
 T = TypeVar("T")
@@ -75,11 +75,6 @@ async def get_blob_by_sha256(db: Database, sha256: str) -> Blob | None:
     return row_as(Blob, row) if row else None
 
 
-class OwnerGone(Exception):
-    """The account (or its API key) an upload was to be recorded to was removed while the
-    upload arrived (`hostd user rm`): nothing was written."""
-
-
 async def register_upload(
     db: Database,
     *,
@@ -98,7 +93,7 @@ async def register_upload(
     first sight. Same bytes, same public hash: an existing blob keeps its hash; a new one
     takes the shortest candidate that the unique index lets it have. An account's upload
     is recorded only if it fits in the account's quota (else OverQuota), and only while the
-    account and the key are there (else OwnerGone: the schema says so). With
+    account and the key may upload (else OwnerGone). With
     `delete_token_hash`, the upload's deletion link is recorded in the same unit.
 
     `at` is the upload's time (default: now), `expires_at` when it expires (None: never);
@@ -107,9 +102,10 @@ async def register_upload(
     async def work(tx: Tx) -> tuple[Blob, Upload, bool]:
         created_at = now() if at is None else at
         if user_id is not None:
-            await check_quota(
+            await check_account(
                 tx,
                 user_id=user_id,
+                api_key_id=api_key_id,
                 size_bytes=size_bytes,
                 default_quota_bytes=default_quota_bytes,
             )
@@ -159,7 +155,7 @@ async def register_upload(
         # The blob's row is the unit's own and the deletion link's upload too: a missing
         # row can only be the owner's.
         if violates_foreign_key(exc) and (user_id is not None or api_key_id is not None):
-            raise OwnerGone(f"user {user_id}, API key {api_key_id}") from exc
+            raise OwnerGone(ACCOUNT_REMOVED) from exc
         raise
     cached = db.blobs.get(blob.hash)
     if changed or (cached is not None and cached != blob):

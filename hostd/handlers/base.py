@@ -67,7 +67,6 @@ class Refusal(tornado.web.HTTPError):
 
 OUT_OF_SPACE = "The server is out of storage space. Try again later."
 DATABASE_UNAVAILABLE = "The database is busy or cannot be reached. Try again in a moment."
-OWNER_GONE = "the account this upload was for was removed; the file was not stored"
 # What a 503 for a busy or unreachable database asks the client to wait.
 UNAVAILABLE_RETRY_SECONDS = 5
 
@@ -86,7 +85,7 @@ def error_message(status_code: int, reason: str, kwargs: dict[str, Any]) -> str:
     if isinstance(exc, db.Unavailable):
         return DATABASE_UNAVAILABLE
     if isinstance(exc, db.OwnerGone):
-        return OWNER_GONE
+        return exc.message
     return OUT_OF_SPACE if out_of_space(exc) else reason
 
 
@@ -339,8 +338,8 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
         # A full disk is not a bug in the handler: 507, whatever it was saving; nor is a
-        # database that is busy or out of reach: 503; nor an account removed (`hostd user
-        # rm`) while its upload arrived: 401, as its next request would get.
+        # database that is busy or out of reach: 503; nor an account removed or disabled,
+        # or a key invalidated, while its upload arrived: 401, as its next request would get.
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if status_code == 500 and out_of_space(exc):
             status_code = 507
@@ -359,7 +358,7 @@ class BaseHandler(tornado.web.RequestHandler):
         elif isinstance(value, db.Unavailable):
             log.error("%s %s: %s", self.request.method, self.request.uri, value)
         elif isinstance(value, db.OwnerGone):
-            log.info("%s %s: %s", self.request.method, self.request.uri, OWNER_GONE)
+            log.info("%s %s: %s", self.request.method, self.request.uri, value.message)
         elif not isinstance(value, tornado.web.HTTPError):
             super().log_exception(typ, value, tb)
 
