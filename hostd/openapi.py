@@ -353,6 +353,10 @@ def download(summary: str, extra_parameters: list[Json], description: str) -> Js
         "404": html("No file with this hash (never stored, deleted or expired)."),
         "416": {"description": "The range is past the end of the file."},
         "451": html("The file was taken down by the admin."),
+        "503": html(
+            "The database or the file storage is out of reach for a moment; `Retry-After` "
+            "says when to try again."
+        ),
     }
     parameters = [HASH_PARAMETER, *extra_parameters, *DOWNLOAD_PARAMETERS]
     operation: Json = {
