@@ -14,6 +14,7 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import functools
 import hashlib
 import itertools
 import os
@@ -65,6 +66,8 @@ SMALL_READ_BYTES = 64 * 1024
 # HOT_TOTAL_BYTES (a 4 KiB screenshot thumbnail set, a site's favicon, a pasted snippet).
 HOT_BLOB_BYTES = 64 * 1024
 HOT_TOTAL_BYTES = 16 * 1024 * 1024
+# Bigger blobs this process has seen hash to their SHA-256, remembered (CheckedBlobs).
+CHECKED_BLOBS = 4096
 # Blobs are readable by the group too, so that nginx (its user in hostd's group) can send
 # them itself when server.accel_redirect is set; mkstemp would make them 0600.
 BLOB_MODE = 0o640
@@ -75,9 +78,10 @@ class BlobMissing(Exception):
 
 
 class BlobDamaged(Exception):
-    """The store's bytes for this SHA-256 are not the size recorded for them: cut short or
-    written over behind hostd's back (a full disk's repair, a restore gone wrong). Served,
-    they would be a file that is not the one uploaded."""
+    """The store's bytes for this SHA-256 are not the size recorded for them, or, read whole,
+    do not hash to it: cut short or written over behind hostd's back (a full disk's repair,
+    a restore gone wrong, a flipped bit). Served, they would be a file that is not the one
+    uploaded."""
 
 
 class StoreUnavailable(OSError):
@@ -442,31 +446,58 @@ def _write_all(fd: int, chunks: list[bytes]) -> None:
 
 class LocalFileReader:
     """A blob's open file. Reads of a small blob happen on the IOLoop (page cache: a few
-    microseconds); bigger ones go to a thread a piece at a time. A small blob read whole is
-    handed to `keep` (the store's HotBlobs) on the way."""
+    microseconds); bigger ones go to a thread a piece at a time.
 
-    def __init__(self, fd: int, keep: Callable[[bytes], None] | None = None) -> None:
+    The whole blob read is checked against its SHA-256 on the way, the last piece held back
+    until it is: bytes written over behind hostd's back (at the same size, which open() has
+    checked) are BlobDamaged, never served as the upload. A small blob that passes is handed
+    to `keep` (the store's HotBlobs); a bigger one to `checked` (CheckedBlobs), unless it
+    is None: this file has passed already."""
+
+    def __init__(
+        self,
+        fd: int,
+        sha256: str,
+        size_bytes: int | None,
+        keep: Callable[[bytes], None] | None = None,
+        checked: Callable[[], None] | None = None,
+    ) -> None:
         self._fd = fd
+        self._sha256 = sha256
+        self._size_bytes = size_bytes
         self._keep = keep
+        self._checked = checked
 
     async def chunks(self, start: int, end: int) -> AsyncIterator[bytes]:
         position, left = start, end - start + 1
+        whole = start == 0 and self._size_bytes == left
         if left <= SMALL_READ_BYTES:
             # One byte more than asked: getting exactly `left` from 0 says it is all there is.
             piece = os.pread(self._fd, left + 1, position)
-            if start == 0 and len(piece) == left and self._keep is not None:
-                self._keep(piece)
+            if whole and len(piece) == left:
+                digest = hashlib.sha256()
+                hash_keeping_the_gil(digest, piece)
+                if digest.hexdigest() != self._sha256:
+                    raise BlobDamaged(f"{self._sha256}: the bytes are not the upload's")
+                if self._keep is not None:
+                    self._keep(piece)
             if piece:
                 yield piece[:left]
             return
+        hashing = hashlib.sha256() if whole and self._checked is not None else None
         while left > 0:
             piece = await asyncio.to_thread(
-                os.pread, self._fd, min(READ_CHUNK_BYTES, left), position
+                _read_hashing, self._fd, min(READ_CHUNK_BYTES, left), position, hashing
             )
             if not piece:
                 return
             position += len(piece)
             left -= len(piece)
+            if left == 0 and hashing is not None:
+                if hashing.hexdigest() != self._sha256:
+                    raise BlobDamaged(f"{self._sha256}: the bytes are not the upload's")
+                assert self._checked is not None
+                self._checked()
             yield piece
 
     async def check(self) -> None:
@@ -474,6 +505,14 @@ class LocalFileReader:
 
     def close(self) -> None:
         os.close(self._fd)
+
+
+def _read_hashing(fd: int, size: int, position: int, digest: Any | None) -> bytes:
+    """A piece of a file (in a worker thread), hashed there on its way when `digest`."""
+    piece = os.pread(fd, size, position)
+    if digest is not None:
+        digest.update(piece)
+    return piece
 
 
 class MemoryReader:
@@ -529,6 +568,30 @@ class HotBlobs:
             self._bytes -= len(data)
 
 
+class CheckedBlobs:
+    """Big blobs whose file this process has seen hash to their SHA-256 (written by it, or
+    read whole), with the file's identity then: its inode and its ctime, which any write to
+    it, or a touch, moves on. A whole read of the same file needs no second hash: hashing
+    took a third off a 1 GiB download's speed. (A bit the disk flips moves nothing: that is
+    for `hostd gc --verify`.) The most recent `limit`."""
+
+    def __init__(self, limit: int = CHECKED_BLOBS) -> None:
+        self.limit = limit
+        self._files: OrderedDict[str, tuple[int, int]] = OrderedDict()
+
+    def holds(self, sha256: str, status: os.stat_result) -> bool:
+        return self._files.get(sha256) == (status.st_ino, status.st_ctime_ns)
+
+    def add(self, sha256: str, status: os.stat_result) -> None:
+        self._files[sha256] = (status.st_ino, status.st_ctime_ns)
+        self._files.move_to_end(sha256)
+        if len(self._files) > self.limit:
+            self._files.popitem(last=False)
+
+    def drop(self, sha256: str) -> None:
+        self._files.pop(sha256, None)
+
+
 class LocalBlobStore:
     """Blobs under `root/ab/cd/<sha256>`; uploads in progress under `root/../tmp/<process>/`.
 
@@ -551,6 +614,7 @@ class LocalBlobStore:
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self._guards = KeyedLocks()
         self.hot = HotBlobs(HOT_TOTAL_BYTES)
+        self.checked = CheckedBlobs()
 
     def close(self) -> None:
         """Remove this process's temp folder (call once nothing is being uploaded)."""
@@ -595,7 +659,7 @@ class LocalBlobStore:
         _write_all(fd, chunks)
 
     async def open(self, sha256: str, size_bytes: int | None = None) -> BlobReader:
-        hot = self.hot.get(sha256)  # kept only when read whole at the size recorded
+        hot = self.hot.get(sha256)  # kept only once read whole and checked
         if hot is not None:
             return MemoryReader(hot)
         # No stat first: the open itself fails cleanly for bytes that are gone. The path is
@@ -604,17 +668,24 @@ class LocalBlobStore:
             fd = os.open(f"{self._root}/{_below_root(sha256)}", os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             raise BlobMissing(sha256) from None
+        if size_bytes is None:
+            return LocalFileReader(fd, sha256, None)
         # The open file's size: no path to walk again, a fraction of a microsecond.
-        if size_bytes is not None and os.fstat(fd).st_size != size_bytes:
+        status = os.fstat(fd)
+        if status.st_size != size_bytes:
             os.close(fd)
             raise BlobDamaged(sha256)
-        return LocalFileReader(fd, self.hot.keeper(sha256))
+        checked = None
+        if size_bytes > SMALL_READ_BYTES and not self.checked.holds(sha256, status):
+            checked = functools.partial(self.checked.add, sha256, status)
+        return LocalFileReader(fd, sha256, size_bytes, self.hot.keeper(sha256), checked)
 
     async def exists(self, sha256: str) -> bool:
         return _is_file(self.path(sha256))
 
     async def delete(self, sha256: str) -> bool:
         self.hot.drop(sha256)
+        self.checked.drop(sha256)
         try:
             os.unlink(self.path(sha256))
         except FileNotFoundError:
@@ -677,9 +748,12 @@ class LocalBlobStore:
     async def place(self, written: WrittenBlob) -> bool:
         """One trip to a thread: finish the temp file (write, fsync, close), rename it into
         place and fsync the directory. Bytes stored already need no writing at all."""
-        return await asyncio.to_thread(self._place, written)
+        there, placed = await asyncio.to_thread(self._place, written)
+        if placed is not None:  # hashed as it was written: a download need not again
+            self.checked.add(written.sha256, placed)
+        return there
 
-    def _place(self, written: WrittenBlob) -> bool:
+    def _place(self, written: WrittenBlob) -> tuple[bool, os.stat_result | None]:
         writer: LocalBlobWriter = written.handle
         folder = f"{self._root}/{written.sha256[:2]}/{written.sha256[2:4]}"
         target = f"{folder}/{written.sha256}"
@@ -690,7 +764,7 @@ class LocalBlobStore:
         else:
             writer._aborted = True
             writer._remove()
-            return True
+            return True, None
         temp = writer._finish()
         try:
             os.replace(temp, target)
@@ -699,7 +773,8 @@ class LocalBlobStore:
             os.replace(temp, target)
         writer._path = None  # placed: nothing of it to remove any more
         _fsync_dir(folder)
-        return False
+        big = written.size_bytes > SMALL_READ_BYTES
+        return False, os.stat(target) if big else None
 
     def _make_folders(self, sha256: str) -> None:
         """ab/ and ab/cd/ for a blob, each made durable in its parent."""

@@ -175,8 +175,8 @@ class DownloadHandler(BaseHandler):
         except BlobDamaged:
             # Not the bytes that were uploaded: serving them would hand out another file.
             log.warning(
-                "the bytes of %s (%s) are not the %d recorded for them; `hostd gc` lists the"
-                " uploads whose bytes are damaged",
+                "the bytes of %s (%s) are not the %d uploaded (cut short or written over);"
+                " `hostd gc --verify` lists the uploads whose bytes are damaged",
                 hash,
                 blob.sha256,
                 blob.size_bytes,
