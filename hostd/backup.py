@@ -24,7 +24,8 @@ from typing import BinaryIO
 
 from hostd import db
 from hostd.db import Database
-from hostd.storage import BlobDamaged, BlobMissing, BlobStore
+from hostd.db.sqlite import owner_only
+from hostd.storage import BLOB_MODE, BlobDamaged, BlobMissing, BlobStore
 
 DATABASE_NAME = "hostd.sqlite3"
 
@@ -139,8 +140,11 @@ async def _copy_blob(store: BlobStore, sha256: str, size_bytes: int, target: Pat
 
 
 def _create(path: Path) -> BinaryIO:
+    """A new file with the mode of the blobs it copies, whatever the umask."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    return path.open("wb")
+    out = path.open("wb")
+    os.fchmod(out.fileno(), BLOB_MODE)
+    return out
 
 
 def _sync(out: BinaryIO) -> None:
@@ -158,10 +162,16 @@ def restore(source: Path, data_dir: Path) -> int:
     with _writing(data_dir, "restore"):
         data_dir.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source / DATABASE_NAME, data_dir / DATABASE_NAME)
+        owner_only(data_dir / DATABASE_NAME)  # a backup made before it was kept so
         if not (source / "blobs").is_dir():
             return 0
         shutil.copytree(source / "blobs", data_dir / "blobs", ignore=_partials)
-    return sum(1 for path in (data_dir / "blobs").rglob("*") if path.is_file())
+        restored = 0
+        for path in (data_dir / "blobs").rglob("*"):
+            if path.is_file():
+                path.chmod(BLOB_MODE)
+                restored += 1
+    return restored
 
 
 def _partials(folder: str, names: list[str]) -> list[str]:

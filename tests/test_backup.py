@@ -63,6 +63,37 @@ def test_a_backup_taken_while_serving_restores_every_file_byte_for_byte(tmp_path
         stop(server)
 
 
+def mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_a_backup_and_a_restore_keep_the_database_its_owners_alone(tmp_path, free_port):
+    data_dir, copy, restored = tmp_path / "data", tmp_path / "backup", tmp_path / "restored"
+    server = serving(data_dir, free_port, tmp_path)
+    try:
+        sha256 = hashlib.sha256(b"in every copy").hexdigest()
+        upload(f"http://127.0.0.1:{free_port}", b"in every copy")
+    finally:
+        stop(server)
+    umask = os.umask(0o022)  # the usual one, which makes new files 0644
+    try:
+        backup = hostd("backup", str(copy), "--data-dir", str(data_dir), cwd=tmp_path)
+        copied = mode(copy / "hostd.sqlite3")
+        (copy / "hostd.sqlite3").chmod(0o644)  # as a backup made before this was kept so
+        (data_dir / "hostd.sqlite3").chmod(0o644)  # as an admin's cp leaves it
+        restore = hostd("restore", str(copy), "--data-dir", str(restored), cwd=tmp_path)
+        stop(serving(data_dir, free_port, tmp_path))
+    finally:
+        os.umask(umask)
+
+    assert backup.returncode == 0 and restore.returncode == 0
+    blob = Path("blobs", sha256[:2], sha256[2:4], sha256)
+    assert copied == 0o600
+    assert (mode(copy / blob), mode(restored / blob)) == (0o640, 0o640)
+    assert mode(restored / "hostd.sqlite3") == 0o600
+    assert mode(data_dir / "hostd.sqlite3") == 0o600  # taken back at the server's start
+
+
 def test_a_backup_leaves_out_damaged_bytes_says_so_and_takes_them_once_mended(tmp_path, free_port):
     data_dir, copy = tmp_path / "data", tmp_path / "backup"
     base_url = f"http://127.0.0.1:{free_port}"

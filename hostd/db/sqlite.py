@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
@@ -19,7 +20,10 @@ import aiosqlite
 from hostd.db.core import SQLITE, Changes, Row, Unavailable, Work, drive, migrations, run_batch
 
 T = TypeVar("T")
+log = logging.getLogger("hostd")
 
+# Password, session and key hashes: the database is its owner's alone.
+DATABASE_MODE = 0o600
 # How long a failed connect's thread may take to end.
 THREAD_END_SECONDS = 5.0
 # How long a connection waits for a lock another program holds (`sqlite3` in a shell, a
@@ -119,7 +123,8 @@ class SqliteBackend:
         # Password, session and key hashes: readable by hostd's user alone. (SQLite makes
         # its -wal and -shm files with the database file's mode.)
         with contextlib.suppress(OSError):  # there already; else SQLite says what is wrong
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, DATABASE_MODE))
+        owner_only(path)
         writer = await _connect(path, "PRAGMA journal_mode = WAL")
         try:
             reader = await _connect(path)
@@ -165,6 +170,19 @@ class SqliteBackend:
         underneath it; a fresh read-only connection reads the file's header afresh."""
         uri = self.path.resolve().as_uri() + "?mode=ro"
         await _in_thread(self._reader, _check_file, uri)
+
+
+def owner_only(path: Path) -> None:
+    """Take group and others' access away from the database and its -wal and -shm files: a
+    copy made with the umask's 0644 (an old backup, an admin's cp) holds the same hashes."""
+    for each in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            if os.stat(each).st_mode & 0o077:
+                os.chmod(each, DATABASE_MODE)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:  # another user's file: SQLite will say if it cannot be used
+            log.warning("cannot make %s readable by its owner alone: %s", each, exc.strerror)
 
 
 def _check_file(conn: sqlite3.Connection, uri: str) -> None:
@@ -241,6 +259,8 @@ def _set_pragmas(conn: sqlite3.Connection, pragmas: tuple[str, ...]) -> None:
 
 
 def _backup(conn: sqlite3.Connection, target: Path) -> None:
+    with contextlib.suppress(FileExistsError):  # made before SQLite writes a byte of it
+        os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, DATABASE_MODE))
     copy = sqlite3.connect(target)
     try:
         conn.backup(copy)
