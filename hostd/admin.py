@@ -14,7 +14,6 @@ import json
 import logging
 import sys
 import time
-import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,18 +24,14 @@ from hostd.app import format_size, format_time, serve, thumbnails_of
 from hostd.auth import Auth
 from hostd.config import Config, ConfigError, ignored_settings, load_config, make_data_dir
 from hostd.db import Database
-from hostd.hashes import is_sha256
+from hostd.hashes import hash_in, is_sha256
 from hostd.migrate import MigrationError, migrate
-from hostd.parsing import parse_count
 from hostd.server import CannotListen
 from hostd.storage import StoreUnavailable, store_from
 from hostd.supervisor import supervise
 
 DEFAULT_CONFIG = Path("hostd.toml")
 log = logging.getLogger("hostd")
-
-
-MAX_QUOTA_BYTES = 2**63 - 1  # SQLite's largest integer
 
 
 class CommandError(Exception):
@@ -119,12 +114,27 @@ def read_password(args: argparse.Namespace) -> str:
             raise CommandError("the password on standard input is not UTF-8") from None
         confirm = password
     else:
-        password = getpass.getpass("Password: ")
-        confirm = getpass.getpass("Password again: ")
+        password, confirm = ask_password()
     problem = password_problem(password, confirm)
     if problem:
         raise CommandError(problem)
     return password
+
+
+def ask_password() -> tuple[str, str]:
+    """The password typed twice at the terminal; CommandError where there is none (cron, a
+    pipe), where getpass would read standard input with a warning, or give up."""
+    try:
+        with open("/dev/tty", "rb"):
+            pass
+    except OSError:
+        raise CommandError(
+            "no terminal to ask for the password: give it on standard input with --password-stdin"
+        ) from None
+    try:
+        return getpass.getpass("Password: "), getpass.getpass("Password again: ")
+    except EOFError:
+        raise CommandError("no password given") from None
 
 
 async def user_add(
@@ -215,7 +225,7 @@ async def user_quota(
 ) -> None:
     user = await existing_user(database, args.name)
     if args.quota is not None:
-        own, quota_bytes = parse_quota(args.quota)
+        own, quota_bytes = args.quota
         await db.set_quota(database, user_id=user.id, own=own, quota_bytes=quota_bytes)
         user = await existing_user(database, args.name)
     quota = limits.quota_of(user, config.quota_bytes)
@@ -223,21 +233,6 @@ async def user_quota(
     shown = "none" if quota is None else f"{quota} bytes ({format_size(quota)})"
     print(f"{user.name}: quota {shown}, {source}")
     print(f"{user.name}: using {user.used_bytes} bytes ({format_size(user.used_bytes)})")
-
-
-def parse_quota(text: str) -> tuple[bool, int | None]:
-    """(own, quota_bytes) from BYTES, `none` or `default`; CommandError for anything else."""
-    if text == "none":
-        return True, None
-    if text == "default":
-        return False, None
-    number = parse_count(text, at_most=MAX_QUOTA_BYTES)
-    if number is None or number > MAX_QUOTA_BYTES:
-        raise CommandError(
-            f"a quota is a whole number of bytes (0 to {MAX_QUOTA_BYTES}), 'none' or"
-            f" 'default', not {text!r}"
-        )
-    return True, number
 
 
 async def existing_user(database: Database, name: str) -> db.User:
@@ -284,17 +279,10 @@ async def key_list_cmd(
 async def key_invalidate(
     args: argparse.Namespace, config: Config, database: Database, auth: Auth
 ) -> None:
-    key_id = args.key_id.removeprefix("hk_").split("_")[0]
-    key = await db.invalidate_api_key(database, key_id=key_id)
+    key = await db.invalidate_api_key(database, key_id=args.key_id)
     if key is None:
-        raise CommandError(f"there is no key {key_id!r}")
+        raise CommandError(f"there is no key {args.key_id!r}")
     print(f"key {key.key_id} is invalidated", file=sys.stderr)
-
-
-def hash_in(text: str) -> str:
-    """The public hash in a hash or in any of a file's URLs (/<hash>, /<hash>.png, /<hash>/a)."""
-    path = urllib.parse.urlsplit(text).path if "://" in text else text
-    return path.lstrip("/").split("/")[0].split(".")[0]
 
 
 async def stored_blob(database: Database, text: str) -> db.Blob:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from hostd import __version__, client
-from hostd.hashes import PUBLIC_HASH_PATTERN, is_sha256
+from hostd.hashes import PUBLIC_HASH_PATTERN, is_sha256, names_a_file
 from hostd.parsing import parse_count
 
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE (13): what a shell reports for a process SIGPIPE ended
@@ -88,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     quota.add_argument(
         "quota",
         nargs="?",
+        type=quota_argument,
         metavar="BYTES|none|default",
         help="a number of bytes; none: no quota; default: accounts.quota_bytes (omit: show it)",
     )
@@ -103,18 +104,24 @@ def build_parser() -> argparse.ArgumentParser:
     key_list.add_argument("name")
     key_list.set_defaults(handler=admin("key_list_cmd"))
     invalidate = key_sub.add_parser("invalidate", parents=[common], help="make a key unusable")
-    invalidate.add_argument("key_id", help="the 16 hex characters after hk_")
+    invalidate.add_argument(
+        "key_id", type=key_id_argument, help="the 16 hex characters after hk_ (or the whole key)"
+    )
     invalidate.set_defaults(handler=admin("key_invalidate"))
 
     file_cmd = commands.add_parser("file", help="look at or take down stored files")
     file_sub = file_cmd.add_subparsers(dest="action", required=True, metavar="ACTION")
     info = file_sub.add_parser("info", parents=[common], help="a file and who uploaded it")
-    info.add_argument("hash", help="the hash, any of the file's URLs, or its SHA-256")
+    info.add_argument(
+        "hash", type=file_argument, help="the hash, any of the file's URLs, or its SHA-256"
+    )
     info.set_defaults(handler=admin("file_info"))
     remove = file_sub.add_parser(
         "rm", parents=[common], help="take a file down: every upload of it, and its bytes"
     )
-    remove.add_argument("hashes", nargs="+", metavar="hash", help="hashes, URLs or SHA-256s")
+    remove.add_argument(
+        "hashes", nargs="+", type=file_argument, metavar="hash", help="hashes, URLs or SHA-256s"
+    )
     remove.add_argument("--ban", action="store_true", help="and refuse these bytes for good (451)")
     remove.add_argument(
         "--reason", type=reason_argument, help="with --ban: why, shown to whoever asks for them"
@@ -271,6 +278,44 @@ def sha256_argument(text: str) -> str:
     return text.lower()
 
 
+def file_argument(text: str) -> str:
+    """A file's public hash, one of its URLs, or its SHA-256, as given."""
+    if not names_a_file(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a file's hash, URL or SHA-256")
+    return text
+
+
+KEY_ID = re.compile(r"[0-9a-f]{16}")
+
+
+def key_id_argument(text: str) -> str:
+    """A key's id: its 16 hex characters, or the whole key (hk_<id>_<secret>) they are in."""
+    key_id = text.removeprefix("hk_").split("_")[0]
+    if KEY_ID.fullmatch(key_id) is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a key id (the 16 hex characters after hk_)"
+        )
+    return key_id
+
+
+MAX_QUOTA_BYTES = 2**63 - 1  # SQLite's largest integer
+
+
+def quota_argument(text: str) -> tuple[bool, int | None]:
+    """(own, quota_bytes) from BYTES, `none` (own, no quota) or `default` (not its own)."""
+    if text == "none":
+        return True, None
+    if text == "default":
+        return False, None
+    number = parse_count(text, at_most=MAX_QUOTA_BYTES)
+    if number is None or number > MAX_QUOTA_BYTES:
+        raise argparse.ArgumentTypeError(
+            f"a quota is a whole number of bytes (0 to {MAX_QUOTA_BYTES}), 'none' or"
+            f" 'default', not {text!r}"
+        )
+    return True, number
+
+
 MAX_REASON_CHARS = 500
 
 
@@ -297,7 +342,7 @@ def grace_argument(text: str) -> float:
 
 def as_arguments(argv: list[str]) -> list[str]:
     """A public hash may begin with "-" (URL-safe base64), which argparse would take for an
-    option: given as a path ("/<hash>", which admin.hash_in() reads too) it is a plain argument.
+    option: given as a path ("/<hash>", which hashes.hash_in() reads too) it is a plain argument.
     Not one that begins with "--", like the long options (--password-stdin is hash-shaped):
     such a hash (one in 4,096) is given as any of its URLs."""
     return [f"/{arg}" if is_dashed_hash(arg) else arg for arg in argv]

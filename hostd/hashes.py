@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import re
+import urllib.parse
 
 PUBLIC_HASH_MIN = 12
 PUBLIC_HASH_MAX = 16
@@ -27,3 +28,16 @@ def public_hash_candidates(sha256: str) -> list[str]:
 
 def is_sha256(text: str) -> bool:
     return SHA256_HEX.fullmatch(text) is not None
+
+
+def hash_in(text: str) -> str:
+    """The public hash in a hash or in any of a file's URLs (/<hash>, /<hash>.png, /<hash>/a)."""
+    path = urllib.parse.urlsplit(text).path if "://" in text else text
+    return path.lstrip("/").split("/")[0].split(".")[0]
+
+
+def names_a_file(text: str) -> bool:
+    """Whether `text` is a public hash, one of a file's URLs, or a SHA-256 (as gc says it)."""
+    return is_sha256(text.strip().lower()) or (
+        re.fullmatch(PUBLIC_HASH_PATTERN, hash_in(text)) is not None
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import functools
 import hashlib
@@ -361,7 +362,8 @@ def wait_for_line(proc: subprocess.Popen[str], needle: str, timeout: float = 15)
 def hostd(
     *args: str, cwd: Path, stdin: str | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
-    """`python -m hostd ARGS` to its end: its exit status, stdout and stderr."""
+    """`python -m hostd ARGS` to its end: its exit status, stdout and stderr. Without a
+    terminal, as from cron: nothing can stop to ask at one."""
     return subprocess.run(
         [sys.executable, "-m", "hostd", *args],
         input=stdin,
@@ -369,6 +371,7 @@ def hostd(
         text=True,
         timeout=timeout,
         cwd=cwd,
+        start_new_session=True,
     )
 
 
@@ -528,3 +531,25 @@ def assert_refused(response: Any, endpoint: str, status: int, message: str) -> N
     else:
         assert response.headers["Content-Type"].startswith("text/html")
         assert f"{status} {http.HTTPStatus(status).phrase}" in body and message in body
+
+
+def run_cli(capsys: Any, *args: str, stdin: bytes = b"") -> tuple[int, str, str]:
+    """`hostd ARGS` in this process (a subprocess costs a second): (exit status, stdout,
+    stderr). On a thread of its own, so that its asyncio.run() leaves this thread's event
+    loop alone."""
+    from hostd.cli import main
+
+    def run() -> int:
+        try:
+            return main(list(args))
+        except SystemExit as exc:  # argparse's own refusals
+            return int(exc.code or 0)
+
+    sys.stdin, real_stdin = io.TextIOWrapper(io.BytesIO(stdin)), sys.stdin
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1) as thread:
+            status = thread.submit(run).result(timeout=60)
+    finally:
+        sys.stdin = real_stdin
+    out = capsys.readouterr()
+    return status, out.out, out.err

@@ -25,10 +25,9 @@ from pathlib import Path
 
 import argon2
 import pytest
-from helpers import hostd, multipart_body, start, store_upload, wait_for_line
+from helpers import hostd, multipart_body, run_cli, start, store_upload, wait_for_line
 from PIL import Image
 
-from hostd import cli
 from hostd import db as queries
 from hostd.config import Config
 from hostd.db import Database, latest_version
@@ -294,8 +293,17 @@ def test_user_commands_explain_their_failures(tmp_path):
         "user", "passwd", "bob", "--password-stdin", *data, cwd=tmp_path, stdin="newer pass\n"
     )
     no_key = hostd("key", "invalidate", "0123456789abcdef", *data, cwd=tmp_path)
+    no_terminal = [
+        hostd("user", action, name, *data, cwd=tmp_path, stdin="piped, not typed\n")
+        for action, name in (("add", "gina"), ("passwd", "bob"))
+    ]
 
     assert short.returncode == 1 and "at least 8 characters" in short.stderr
+    for refused in no_terminal:
+        assert refused.returncode == 1 and refused.stderr == (
+            "hostd: no terminal to ask for the password: give it on standard input with"
+            " --password-stdin\n"
+        )
     assert again.returncode == 1 and "is taken" in again.stderr
     assert missing.returncode == 1 and "there is no user 'nobody'" in missing.stderr
     assert passwd.returncode == 0 and "sessions have ended" in passwd.stderr
@@ -679,22 +687,6 @@ def test_a_hash_that_begins_with_a_dash_is_a_hash_not_an_option(tmp_path, free_p
 # -- a failure is one line on stderr, never a traceback -----------------------------------
 
 
-def run_hostd(capsys, *args: str) -> tuple[int, str, str]:
-    """`hostd ARGS` in this process (a subprocess costs a second), on a thread of its own so
-    that its asyncio.run() leaves the test's event loop alone: (status, stdout, stderr)."""
-
-    def main() -> int:
-        try:
-            return cli.main(list(args))
-        except SystemExit as exc:  # argparse's own refusals
-            return int(exc.code or 0)
-
-    with concurrent.futures.ThreadPoolExecutor(1) as thread:
-        status = thread.submit(main).result(timeout=60)
-    out = capsys.readouterr()
-    return status, out.out, out.err
-
-
 @pytest.fixture
 def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A data dir with a new, migrated database; the working directory holds no hostd.toml."""
@@ -740,7 +732,7 @@ def test_a_data_dir_without_a_database_is_refused_and_nothing_is_made(
     if made:
         (tmp_path / "typo").mkdir()
 
-    status, out, err = run_hostd(capsys, *command, "--data-dir", "typo")
+    status, out, err = run_cli(capsys, *command, "--data-dir", "typo")
 
     assert status == 1
     assert (
@@ -755,8 +747,8 @@ def test_the_commands_that_make_a_database_still_start_on_a_new_data_dir(
 ):
     monkeypatch.chdir(tmp_path)
 
-    banned = run_hostd(capsys, "ban", "add", "a" * 64, "--data-dir", "new")
-    migrated = run_hostd(capsys, "db", "migrate", "--data-dir", "newer")
+    banned = run_cli(capsys, "ban", "add", "a" * 64, "--data-dir", "new")
+    migrated = run_cli(capsys, "db", "migrate", "--data-dir", "newer")
 
     assert banned[0] == 0 and "no upload of it was stored" in banned[2]
     assert migrated[0] == 0 and f"at version {latest_version()}" in migrated[2]
@@ -794,7 +786,7 @@ def test_a_database_sqlite_cannot_open_at_all_leaves_no_thread_to_fail_after(
     monkeypatch.setattr(threading, "excepthook", failed_threads.append)
     before = set(threading.enumerate())
 
-    status, _, err = run_hostd(capsys, "stats", "--data-dir", "d")
+    status, _, err = run_cli(capsys, "stats", "--data-dir", "d")
     for thread in set(threading.enumerate()) - before:
         thread.join(10)
 
@@ -804,7 +796,7 @@ def test_a_database_sqlite_cannot_open_at_all_leaves_no_thread_to_fail_after(
 
 
 def test_gc_refuses_a_negative_grace(data_dir, capsys):
-    status, _, err = run_hostd(capsys, "gc", "--grace", "-5", "--data-dir", str(data_dir))
+    status, _, err = run_cli(capsys, "gc", "--grace", "-5", "--data-dir", str(data_dir))
 
     assert status == 2
     assert err.splitlines()[-1] == (
@@ -814,7 +806,7 @@ def test_gc_refuses_a_negative_grace(data_dir, capsys):
 
 @pytest.mark.parametrize("to", ["s3", "local"])
 def test_storage_migrate_without_a_storage_s3_section_says_what_is_missing(data_dir, capsys, to):
-    status, _, err = run_hostd(capsys, "storage", "migrate", "--to", to, "--data-dir", "d")
+    status, _, err = run_cli(capsys, "storage", "migrate", "--to", to, "--data-dir", "d")
 
     assert status == 2
     assert err == (
@@ -860,9 +852,9 @@ def test_file_info_and_rm_take_a_files_sha256_as_well_as_its_hash(data_dir, caps
     h = stored_in(data_dir, b"named by its digest")
     sha256 = hashlib.sha256(b"named by its digest").hexdigest()
 
-    _, info, _ = run_hostd(capsys, "file", "info", sha256, "--data-dir", str(data_dir))
-    _, _, upper = run_hostd(capsys, "file", "info", sha256.upper(), "--data-dir", str(data_dir))
-    status, _, removed = run_hostd(capsys, "file", "rm", sha256, "--data-dir", str(data_dir))
+    _, info, _ = run_cli(capsys, "file", "info", sha256, "--data-dir", str(data_dir))
+    _, _, upper = run_cli(capsys, "file", "info", sha256.upper(), "--data-dir", str(data_dir))
+    status, _, removed = run_cli(capsys, "file", "rm", sha256, "--data-dir", str(data_dir))
 
     assert f"hash      {h}" in info and f"sha256    {sha256}" in info
     assert "there is no file" not in upper
@@ -874,8 +866,8 @@ def test_gc_names_a_missing_files_public_hash_too(data_dir, capsys):
     sha256 = hashlib.sha256(b"lost behind hostd's back").hexdigest()
     next(data_dir.rglob(sha256)).unlink()
 
-    status, out, _ = run_hostd(capsys, "gc", "--data-dir", str(data_dir))
-    _, as_json, _ = run_hostd(capsys, "gc", "--json", "--data-dir", str(data_dir))
+    status, out, _ = run_cli(capsys, "gc", "--data-dir", str(data_dir))
+    _, as_json, _ = run_cli(capsys, "gc", "--json", "--data-dir", str(data_dir))
 
     assert status == 1
     assert out.splitlines() == [

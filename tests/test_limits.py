@@ -6,23 +6,20 @@ nothing behind."""
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import dataclasses
 import html
-import io
 import json
 import math
 import os
 import socket
 import sqlite3
-import sys
 import textwrap
 
 import pytest
-from helpers import blob_files, multipart_body, streamed_upload, temp_files, text_of
+from helpers import blob_files, multipart_body, run_cli, streamed_upload, temp_files, text_of
 
-from hostd import cli, uploads
 from hostd import db as queries
+from hostd import uploads
 from hostd.config import ConfigError, load_config
 from hostd.db import Database
 from hostd.db.core import SQLITE, migrations
@@ -763,21 +760,10 @@ def test_every_limit_is_read(tmp_path):
     assert (config.uploads_per_minute, config.upload_bytes_per_hour) == (10, 5000)
 
 
-def run_hostd(monkeypatch, capsys, *args, stdin=b""):
-    """`hostd ARGS` in this process (a subprocess costs a second), on a thread of its own:
-    its asyncio.run() then leaves the test's event loop alone."""
-    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin)))
-    with concurrent.futures.ThreadPoolExecutor(1) as thread:
-        code = thread.submit(cli.main, list(args)).result()
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def test_hostd_user_quota_shows_sets_and_clears_an_accounts_quota(tmp_path, monkeypatch, capsys):
     data = ["--data-dir", str(tmp_path / "d")]
     monkeypatch.chdir(tmp_path)  # no ./hostd.toml: the defaults (no quota)
-    run_hostd(
-        monkeypatch,
+    run_cli(
         capsys,
         "user",
         "add",
@@ -787,10 +773,10 @@ def test_hostd_user_quota_shows_sets_and_clears_an_accounts_quota(tmp_path, monk
         stdin=b"long enough\n",
     )
 
-    shown = run_hostd(monkeypatch, capsys, "user", "quota", "alice", *data)
-    set_ = run_hostd(monkeypatch, capsys, "user", "quota", "alice", "1048576", *data)
-    none = run_hostd(monkeypatch, capsys, "user", "quota", "alice", "none", *data)
-    default = run_hostd(monkeypatch, capsys, "user", "quota", "alice", "default", *data)
+    shown = run_cli(capsys, "user", "quota", "alice", *data)
+    set_ = run_cli(capsys, "user", "quota", "alice", "1048576", *data)
+    none = run_cli(capsys, "user", "quota", "alice", "none", *data)
+    default = run_cli(capsys, "user", "quota", "alice", "default", *data)
 
     assert shown == (
         0,
@@ -809,25 +795,23 @@ def test_hostd_user_quota_refuses_what_is_not_a_quota_and_changes_nothing(
 ):
     data = ["--data-dir", str(tmp_path / "d")]
     monkeypatch.chdir(tmp_path)
-    run_hostd(
-        monkeypatch, capsys, "user", "add", "bob", "--password-stdin", *data, stdin=b"long enough\n"
-    )
-    run_hostd(monkeypatch, capsys, "user", "quota", "bob", "5000", *data)
+    run_cli(capsys, "user", "add", "bob", "--password-stdin", *data, stdin=b"long enough\n")
+    run_cli(capsys, "user", "quota", "bob", "5000", *data)
 
-    code, _, err = run_hostd(monkeypatch, capsys, "user", "quota", "bob", value, *data)
-    after = run_hostd(monkeypatch, capsys, "user", "quota", "bob", *data)
+    code, _, err = run_cli(capsys, "user", "quota", "bob", value, *data)
+    after = run_cli(capsys, "user", "quota", "bob", *data)
 
-    assert code == 1
+    assert code == 2  # an argument it cannot read
     assert "a quota is a whole number of bytes" in err
     assert after[1].startswith("bob: quota 5000 bytes")
 
 
 def test_hostd_user_quota_for_nobody_is_an_error(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    run_hostd(monkeypatch, capsys, "db", "migrate", "--data-dir", str(tmp_path / "d"))
+    run_cli(capsys, "db", "migrate", "--data-dir", str(tmp_path / "d"))
 
-    code, _, err = run_hostd(
-        monkeypatch, capsys, "user", "quota", "nobody", "5", "--data-dir", str(tmp_path / "d")
+    code, _, err = run_cli(
+        capsys, "user", "quota", "nobody", "5", "--data-dir", str(tmp_path / "d")
     )
 
     assert code == 1 and "there is no user 'nobody'" in err

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import hashlib
 import io
 import json
@@ -22,6 +21,7 @@ from helpers import (
     blob_files,
     hostd,
     multipart_body,
+    run_cli,
     start,
     store_upload,
     temp_files,
@@ -31,7 +31,6 @@ from PIL import Image
 
 from hostd import db as queries
 from hostd import uploads
-from hostd.cli import main as hostd_main
 from hostd.db import moderation
 from hostd.db.core import BAN_LIST_SECONDS, BanList
 from hostd.db.stats import DAY_SECONDS as DAY
@@ -714,26 +713,6 @@ def test_user_commands_and_stats_reach_a_running_server(tmp_path, free_port):
     }
 
 
-def run(capsys, *args: str, stdin: bytes = b"") -> tuple[int, str, str]:
-    """`hostd ARGS` in this process: (exit status, stdout, stderr). On a thread of its own,
-    so that its asyncio.run() leaves this thread's event loop alone."""
-
-    def main() -> int:
-        try:
-            return hostd_main(list(args))
-        except SystemExit as exc:  # argparse's own refusals
-            return int(exc.code or 0)
-
-    sys.stdin, real_stdin = io.TextIOWrapper(io.BytesIO(stdin)), sys.stdin
-    try:
-        with concurrent.futures.ThreadPoolExecutor(1) as thread:
-            status = thread.submit(main).result(timeout=60)
-    finally:
-        sys.stdin = real_stdin
-    out = capsys.readouterr()
-    return status, out.out, out.err
-
-
 @pytest.fixture(scope="module")
 def moderated(tmp_path_factory) -> Path:
     """A data dir with one ban (of 'a' * 64) and one user (alice), made once."""
@@ -768,6 +747,11 @@ def moderated(tmp_path_factory) -> Path:
         (["user", "rm", "alice", "--files", "shred"], 2, "invalid choice: 'shred'"),
         (["file", "rm", "AAAAAAAAAAAA", "--ban"], 1, "there is no file 'AAAAAAAAAAAA'"),
         (["file", "rm", "AAAAAAAAAAAA", "--reason", "x"], 1, "--reason goes with --ban"),
+        (["file", "rm", "not a hash"], 2, "'not a hash' is not a file's hash, URL or SHA-256"),
+        (["file", "info", "short"], 2, "'short' is not a file's hash, URL or SHA-256"),
+        (["key", "invalidate", "zz"], 2, "'zz' is not a key id (the 16 hex characters after hk_)"),
+        (["key", "invalidate", "0123456789abcdef"], 1, "there is no key '0123456789abcdef'"),
+        (["user", "quota", "alice", "1G"], 2, "a quota is a whole number of bytes"),
     ],
 )
 def test_moderation_commands_refuse_bad_input_and_change_nothing(
@@ -775,13 +759,13 @@ def test_moderation_commands_refuse_bad_input_and_change_nothing(
 ):
     shutil.copytree(moderated, tmp_path / "d")
     data = ["--data-dir", str(tmp_path / "d")]
-    before = run(capsys, "ban", "list", "--json", *data), run(capsys, "user", "list", *data)
+    before = run_cli(capsys, "ban", "list", "--json", *data), run_cli(capsys, "user", "list", *data)
 
-    refused = run(capsys, *args, *data)
+    refused = run_cli(capsys, *args, *data)
 
     assert refused[0] == status
     assert message in refused[2]
     assert refused[1] == ""
-    after = run(capsys, "ban", "list", "--json", *data), run(capsys, "user", "list", *data)
+    after = run_cli(capsys, "ban", "list", "--json", *data), run_cli(capsys, "user", "list", *data)
     assert after == before
     assert '"reason": "spam"' in before[0][1] and "alice" in before[1][1]
