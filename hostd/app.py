@@ -21,6 +21,7 @@ from hostd.config import Config, ConfigError, ensure_cookie_secret, make_data_di
 from hostd.db import Database
 from hostd.handlers import all_routes
 from hostd.handlers.base import refusal_formats
+from hostd.handlers.download import DownloadsInFlight
 from hostd.handlers.pages import NotFoundHandler, StaticHandler
 from hostd.handlers.upload import UploadsInFlight
 from hostd.limits import Limits
@@ -85,6 +86,7 @@ def make_app(
         hostd_limiter=SignInLimiter(db, clock=wall_clock),  # shared with other processes
         hostd_registrations=RegistrationLimiter(config.registrations_per_hour, clock=clock),
         hostd_in_flight=UploadsInFlight(),
+        hostd_downloads=DownloadsInFlight(),
         hostd_partials=resumable.Partials(config.data_dir / "partials"),
         hostd_limits=Limits(config, clock=clock),
         log_function=access_log,

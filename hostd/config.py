@@ -50,6 +50,8 @@ class Config:
     body_idle_seconds: float = 60.0
     send_idle_seconds: float = 60.0
     uploads_in_flight_per_address: int = 8
+    downloads_in_flight_per_address: int = 32
+    downloads_in_flight: int = 256
     max_thumbnail_decode_bytes: int = 96 * MiB
     registration: str = "open"
     max_keys: int | None = None
@@ -134,6 +136,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "body_idle_seconds",
         "send_idle_seconds",
         "uploads_in_flight_per_address",
+        "downloads_in_flight_per_address",
+        "downloads_in_flight",
         "max_thumbnail_decode_bytes",
         "anonymous_max_upload_bytes",
         "uploads_per_minute",
@@ -250,6 +254,9 @@ def _build(values: dict[str, Any], origin: str) -> Config:
         raise ConfigError(f"{origin}: limits.send_idle_seconds must be between 0 and 86400")
     if config.uploads_in_flight_per_address < 1:
         raise ConfigError(f"{origin}: limits.uploads_in_flight_per_address must be at least 1")
+    for name in ("downloads_in_flight_per_address", "downloads_in_flight"):
+        if getattr(config, name) < 1:
+            raise ConfigError(f"{origin}: limits.{name} must be at least 1")
     if not 0 <= config.shutdown_grace_seconds <= 3600:
         raise ConfigError(f"{origin}: server.shutdown_grace_seconds must be between 0 and 3600")
     if config.max_thumbnail_decode_bytes < 1:

@@ -195,6 +195,7 @@ class _Counts(Collector):
         refused.add_metric(["sign_in"], settings["hostd_limiter"].refused)
         refused.add_metric(["registrations_per_hour"], settings["hostd_registrations"].refused)
         refused.add_metric(["uploads_in_flight_per_address"], settings["hostd_in_flight"].refused)
+        refused.add_metric(["downloads_in_flight_per_address"], settings["hostd_downloads"].refused)
         for limit, count in settings["hostd_limits"].refused.items():
             refused.add_metric([limit], count)
         yield refused
@@ -202,6 +203,11 @@ class _Counts(Collector):
             "hostd_uploads_in_flight",
             "Uploads being received or recorded now.",
             value=len(settings["hostd_in_flight"]),
+        )
+        yield GaugeMetricFamily(
+            "hostd_downloads_in_flight",
+            "Downloads of files over 64 KiB that hostd is sending now (not nginx).",
+            value=settings["hostd_downloads"].total,
         )
         writer = settings["hostd_db"].stats
         yield CounterMetricFamily(

@@ -800,10 +800,54 @@ async def test_a_client_that_takes_no_byte_for_send_idle_seconds_is_cut_off(
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
+@pytest.mark.parametrize(
+    ("limits", "refused", "message"),
+    [
+        (
+            {"downloads_in_flight_per_address": 2},
+            429,
+            "2 downloads from your address are already in progress",
+        ),
+        ({"downloads_in_flight": 2}, 503, "The server is sending as many files as it can"),
+    ],
+    ids=["per address", "in all"],
+)
+@pytest.mark.gen_test(timeout=60)
+async def test_downloads_that_hold_pieces_of_big_files_are_counted(
+    http_client, base_url, http_port, app, limits, refused, message
+):
+    app.settings["hostd_config"] = dataclasses.replace(app.settings["hostd_config"], **limits)
+    size = 7 * 1024 * 1024  # over what sockets buffer
+    big = await upload(http_client, base_url, os.urandom(size))
+    small = await upload(http_client, base_url, os.urandom(64 * 1024))  # sent in one write
+    stalled = [await start_download(http_port, big) for _ in range(2)]
+    try:
+        for reader, _ in stalled:
+            assert (await reader.readline()).startswith(b"HTTP/1.1 200 ")
+        third = await http_client.fetch(f"{base_url}/{big}", raise_error=False)
+        one_small = await http_client.fetch(f"{base_url}/{small}")
+        stalled.pop()[1].transport.abort()  # one of them goes away
+        await asyncio.sleep(0.2)
+        again = await http_client.fetch(f"{base_url}/{big}")
+    finally:
+        for _, writer in stalled:
+            writer.transport.abort()
+    for _ in range(50):  # the server sees the last one go at its next write
+        if app.settings["hostd_downloads"].total == 0:
+            break
+        await asyncio.sleep(0.1)
+
+    assert third.code == refused and third.headers["Retry-After"] == "5"
+    assert message in third.body.decode()
+    assert one_small.code == 200 and again.code == 200 and len(again.body) == size
+    assert app.settings["hostd_downloads"].total == 0
+
+
 @pytest.mark.gen_test(timeout=30)
-async def test_a_slow_reader_is_not_a_stalled_one():
-    """Bytes taken now and then, however few, keep a download going (a phone on 2G takes a
-    256 KiB piece in a minute); none for idle_seconds end it."""
+async def test_a_slow_reader_is_not_a_stalled_one_but_a_trickle_is():
+    """A client that takes MIN_SEND_PROGRESS_BYTES in each idle_seconds keeps its download
+    going (a phone on 2G takes a 256 KiB piece in a minute); one that takes a few bytes now
+    and then holds its piece of the file as surely as one that takes none, and is cut off."""
     sent, stalled_at, stalled = [0], [], asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -814,14 +858,18 @@ async def test_a_slow_reader_is_not_a_stalled_one():
     began = loop.time()
     watch = download.StallWatch(0.4, lambda: sent[0], cut_off)
     try:
-        for _ in range(15):  # a byte every 0.1 s for 1.5 s: slow, never idle for 0.4 s
+        for _ in range(15):  # slow, but twice the least in each idle_seconds
+            await asyncio.sleep(0.1)
+            sent[0] += download.MIN_SEND_PROGRESS_BYTES // 2
+        moving = list(stalled_at)
+        trickling = loop.time()
+        for _ in range(30):  # a byte every 0.1 s: never idle, never the least
             await asyncio.sleep(0.1)
             sent[0] += 1
-        moving = list(stalled_at)
-        stopped = loop.time()
-        await asyncio.wait_for(stalled.wait(), 5)
+            if stalled.is_set():
+                break
     finally:
         watch.stop()
 
     assert moving == [], f"cut off after {moving[0] - began:.2f} s while it moved"
-    assert 0.3 <= stalled_at[0] - stopped <= 1.5
+    assert stalled_at and 0.3 <= stalled_at[0] - trickling <= 1.5

@@ -231,6 +231,7 @@ async def test_rate_limit_refusals_are_counted_by_limit(http_client, base_url, l
         "sign_in",
         "registrations_per_hour",
         "uploads_in_flight_per_address",
+        "downloads_in_flight_per_address",
         "uploads_per_minute",
         "upload_bytes_per_hour",
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import functools
 import logging
@@ -11,7 +12,9 @@ import re
 import time
 import unicodedata
 import urllib.parse
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 from tornado.http1connection import HTTP1Connection
 from tornado.iostream import StreamClosedError
@@ -22,7 +25,14 @@ from hostd.formdata import NOT_IN_FILENAMES
 from hostd.handlers.base import BaseHandler, Refusal
 from hostd.hashes import PUBLIC_HASH_PATTERN
 from hostd.parsing import parse_count, parse_http_date
-from hostd.storage import BlobDamaged, BlobMissing, BlobReader, StoreUnavailable
+from hostd.storage import (
+    SMALL_READ_BYTES,
+    BlobDamaged,
+    BlobMissing,
+    BlobReader,
+    StoreUnavailable,
+)
+from hostd.throttle import address_key
 
 log = logging.getLogger("hostd")
 
@@ -39,6 +49,12 @@ STORE_DOWN = "The file storage cannot be reached just now. Try again in a minute
 # does not run script in. HTML, SVG, XML and anything unknown are still streamed by hostd.
 REDIRECT_KINDS = ("image/", "audio/", "video/")
 REDIRECT_TYPES = ("application/pdf", "text/plain")
+# A client must take at least this much of a download in each limits.send_idle_seconds: a
+# 2G phone takes it in seconds, while one that takes a few bytes a minute would hold its
+# connection, and a piece of the file in memory, for as long as it liked.
+MIN_SEND_PROGRESS_BYTES = 64 * 1024
+# What a refusal by DownloadsInFlight asks the client to wait.
+DOWNLOADS_RETRY_SECONDS = 5
 
 
 def redirect_safe(content_type: str) -> bool:
@@ -120,6 +136,41 @@ async def not_served(database: db.Database, hash: str, missing: str) -> Refusal:
     return Refusal(451, f"{message} Reason: {ban.reason}" if ban.reason else message)
 
 
+class DownloadsInFlight:
+    """Downloads that hostd sends in pieces (over SMALL_READ_BYTES), by client address (an
+    IPv6 address by its /64). Each holds up to two pieces (512 KiB) while its client takes
+    them: one that opened thousands and read none held gigabytes. At most
+    limits.downloads_in_flight_per_address from one address (past it, 429) and
+    limits.downloads_in_flight in all (past it, 503), both with Retry-After."""
+
+    def __init__(self) -> None:
+        self._by_address: Counter[str] = Counter()
+        self.total = 0
+        self.refused = 0  # 429s, for /metrics (the 503s are counted with every other)
+
+    @contextlib.contextmanager
+    def taking(self, ip: str, *, per_address: int, in_all: int) -> Iterator[None]:
+        address = address_key(ip)
+        if self._by_address[address] >= per_address:
+            self.refused += 1
+            raise Refusal(
+                429,
+                f"{per_address} downloads from your address are already in progress; "
+                "try again when one of them has finished",
+            )
+        if self.total >= in_all:
+            raise Refusal(503, "The server is sending as many files as it can. Try again soon.")
+        self._by_address[address] += 1
+        self.total += 1
+        try:
+            yield
+        finally:
+            self.total -= 1
+            self._by_address[address] -= 1
+            if not self._by_address[address]:
+                del self._by_address[address]
+
+
 class DownloadHandler(BaseHandler):
     """GET/HEAD a stored file in chunks, with caching validators and byte ranges; or, behind
     nginx with server.accel_redirect, the headers and X-Accel-Redirect, and nginx the bytes."""
@@ -137,6 +188,11 @@ class DownloadHandler(BaseHandler):
         self.set_header("Content-Security-Policy", FILE_CSP)
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("Referrer-Policy", "same-origin")
+
+    def set_error_headers(self, status_code: int, kwargs: dict[str, Any]) -> None:
+        super().set_error_headers(status_code, kwargs)
+        if status_code == 429:  # too many downloads from this address (DownloadsInFlight)
+            self.set_header("Retry-After", str(DOWNLOADS_RETRY_SECONDS))
 
     async def get(self, hash: str, suffix: str | None = None, filename: str | None = None) -> None:
         await self.serve(hash, suffix, filename, include_body=True)
@@ -241,7 +297,15 @@ class DownloadHandler(BaseHandler):
             self.finish()
             return
         self.set_header("Content-Length", str(end - start + 1))
-        if include_body:
+        if include_body and end - start + 1 > SMALL_READ_BYTES:
+            downloads: DownloadsInFlight = self.settings["hostd_downloads"]
+            with downloads.taking(
+                self.request.remote_ip or "",
+                per_address=self.config.downloads_in_flight_per_address,
+                in_all=self.config.downloads_in_flight,
+            ):
+                await self.send(reader, start, end)
+        elif include_body:
             await self.send(reader, start, end)
         else:
             await reader.check()  # a HEAD answers as its GET would: 404, 503 or this
@@ -364,10 +428,11 @@ class DownloadHandler(BaseHandler):
 
 
 class StallWatch:
-    """Calls `stalled` once `sent()` (bytes the client has taken) has not moved for
-    `idle_seconds`, as nginx's send_timeout does: a reader that stops taking bytes would
-    hold its connection and a piece of the file for ever, while a slow one (a phone on 2G
-    takes a 256 KiB piece in a minute) goes on. One timer for a whole download, looking
+    """Calls `stalled` once `sent()` (bytes the client has taken) has not moved on by
+    MIN_SEND_PROGRESS_BYTES for `idle_seconds`, as nginx's send_timeout does (but for any
+    byte): a reader that stops taking bytes, or takes a few now and then, would hold its
+    connection and a piece of the file for ever, while a slow one (a phone on 2G takes a
+    256 KiB piece in a minute) goes on. One timer for a whole download, looking
     four times per `idle_seconds` (a timeout around each piece's wait cost 17 us a piece,
     6% of a 1 GiB download)."""
 
@@ -387,7 +452,7 @@ class StallWatch:
 
     def _check(self) -> None:
         now, sent = self._loop.time(), self._sent()
-        if sent != self._seen:
+        if sent - self._seen >= MIN_SEND_PROGRESS_BYTES:
             self._seen, self._moved_at = sent, now
         elif now - self._moved_at >= self._idle:
             self._stalled()
