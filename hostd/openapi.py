@@ -352,10 +352,15 @@ def download(summary: str, extra_parameters: list[Json], description: str) -> Js
         "304": {"description": "Not modified (If-None-Match, If-Modified-Since)."},
         "404": html("No file with this hash (never stored, deleted or expired)."),
         "416": {"description": "The range is past the end of the file."},
+        "429": html(
+            "`limits.downloads_in_flight_per_address` downloads of files over 64 KiB from "
+            "this address are in progress; `Retry-After` says when to try again."
+        ),
         "451": html("The file was taken down by the admin."),
         "503": html(
-            "The database or the file storage is out of reach for a moment; `Retry-After` "
-            "says when to try again."
+            "The database or the file storage is out of reach for a moment, or the server "
+            "is sending `limits.downloads_in_flight` big files; `Retry-After` says when to "
+            "try again."
         ),
     }
     parameters = [HASH_PARAMETER, *extra_parameters, *DOWNLOAD_PARAMETERS]
