@@ -96,11 +96,7 @@ def make_app(
         static_handler_class=StaticHandler,
         cookie_secret=config.cookie_secret,
         xsrf_cookies=True,
-        xsrf_cookie_kwargs={
-            "httponly": True,
-            "samesite": "Lax",
-            "secure": bool(config.public_url and config.public_url.startswith("https://")),
-        },
+        xsrf_cookie_kwargs={"httponly": True, "samesite": "Lax"},  # Secure: BaseHandler
         login_url="/login",
         debug=config.debug,
     )

@@ -284,6 +284,27 @@ class TestBehindHttps:
             assert "secure" in flags and "httponly" in flags and "samesite=lax" in flags
 
 
+class TestBehindAnHttpsProxy:
+    """With trust_proxy and no public URL, the proxy's X-Forwarded-Proto says https."""
+
+    @pytest.fixture
+    def config(self, config):
+        return dataclasses.replace(config, trust_proxy=True)
+
+    @pytest.mark.gen_test
+    async def test_the_xsrf_cookie_is_secure_over_https_only(self, http_client, base_url):
+        flags = {}
+        for proto in ("https", "http"):
+            page = await http_client.fetch(
+                f"{base_url}/login", headers={"X-Forwarded-Proto": proto}
+            )
+            (xsrf,) = [c for c in page.headers.get_list("Set-Cookie") if c.startswith("_xsrf=")]
+            flags[proto] = [part.strip().lower() for part in xsrf.split(";")]
+
+        assert "secure" in flags["https"] and "httponly" in flags["https"]
+        assert "secure" not in flags["http"]
+
+
 # -- registration floods (issue 8, item 2) --
 
 

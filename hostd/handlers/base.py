@@ -268,16 +268,14 @@ class BaseHandler(tornado.web.RequestHandler):
         )
 
     def set_private_cookie(self, name: str, value: str, **options: Any) -> None:
-        """A signed cookie scripts cannot read, not sent cross-site, and Secure when the
-        public URL is https."""
-        self.set_signed_cookie(
-            name,
-            value,
-            httponly=True,
-            samesite="Lax",
-            secure=self.public_url().startswith("https://"),
-            **options,
-        )
+        """A signed cookie scripts cannot read, not sent cross-site."""
+        self.set_signed_cookie(name, value, httponly=True, samesite="Lax", **options)
+
+    def set_cookie(self, name: str, value: str | bytes, *args: Any, **options: Any) -> None:
+        """Every cookie (the session's, the xsrf token's) is Secure when the site is https:
+        its public URL, or the proxy's X-Forwarded-Proto with trust_proxy."""
+        options.setdefault("secure", self.public_url().startswith("https://"))
+        super().set_cookie(name, value, *args, **options)
 
     def public_url(self) -> str:
         """The external base URL, without a trailing slash: server.public_url, else the
