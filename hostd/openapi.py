@@ -350,6 +350,7 @@ def download(summary: str, extra_parameters: list[Json], description: str) -> Js
             "content": {"*/*": {"schema": {}}},
         },
         "304": {"description": "Not modified (If-None-Match, If-Modified-Since)."},
+        "412": {"description": "If-Match or If-Unmodified-Since names another file."},
         "404": html("No file with this hash (never stored, deleted or expired)."),
         "416": {"description": "The range is past the end of the file."},
         "429": html(

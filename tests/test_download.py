@@ -182,6 +182,33 @@ async def test_stale_if_none_match_gives_the_file(http_client, base_url):
 
 
 @pytest.mark.parametrize(
+    ("name", "value", "status"),
+    [
+        ("If-Match", "{etag}", 200),
+        ("If-Match", '"other", {etag}', 200),
+        ("If-Match", "*", 200),
+        ("If-Match", '"other"', 412),
+        ("If-Match", "W/{etag}", 412),  # a weak tag never matches (strong comparison)
+        ("If-Unmodified-Since", "{last_modified}", 200),
+        ("If-Unmodified-Since", "Sat, 01 Jan 2000 00:00:00 GMT", 412),
+        ("If-Unmodified-Since", "not a date", 200),  # ignored
+    ],
+)
+@pytest.mark.gen_test
+async def test_if_match_and_if_unmodified_since_guard_the_file(
+    http_client, base_url, name, value, status
+):
+    h = await upload(http_client, base_url, b"the version read")
+    first = await http_client.fetch(f"{base_url}/{h}")
+    value = value.format(etag=first.headers["ETag"], last_modified=first.headers["Last-Modified"])
+
+    response = await http_client.fetch(f"{base_url}/{h}", headers={name: value}, raise_error=False)
+
+    assert response.code == status
+    assert response.body == (b"the version read" if status == 200 else b"")
+
+
+@pytest.mark.parametrize(
     ("header", "content_range", "expected"),
     [
         ("bytes=0-3", "bytes 0-3/10", b"0123"),

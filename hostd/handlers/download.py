@@ -74,7 +74,8 @@ def cache_control(blob: Blob, now: int) -> str:
 # With server.accel_redirect, nginx answers the Range header itself: only a single range it
 # reads exactly as parse_range() does goes to it (ASCII digits, few enough not to overflow).
 NGINX_RANGE = re.compile(r"bytes=[0-9]{0,18}-[0-9]{0,18}")
-# Preconditions hostd ignores (it sends the file) but nginx would evaluate (a 412).
+# Preconditions hostd evaluates against the blob's own validators; nginx would use the
+# file's (its mtime, its own ETag), and answer some with a 412 that hostd would not.
 NGINX_PRECONDITIONS = ("If-Match", "If-Unmodified-Since")
 
 
@@ -258,6 +259,10 @@ class DownloadHandler(BaseHandler):
         include_body: bool,
     ) -> None:
         self.set_file_headers(blob, suffix, filename)
+        if self.precondition_failed(blob):
+            self.set_status(412)
+            self.finish()
+            return
         if self.not_modified(blob):
             self.set_status(304)
             self.finish()
@@ -402,6 +407,17 @@ class DownloadHandler(BaseHandler):
             self.set_header("Content-Disposition", content_disposition(name, "attachment"))
         elif filename:
             self.set_header("Content-Disposition", content_disposition(filename))
+
+    def precondition_failed(self, blob: Blob) -> bool:
+        """If-Match (strong: a weak tag never matches) or, without it, If-Unmodified-Since
+        says the client's copy is not this file (RFC 9110, 13.2.2): an editor that saves
+        only over the version it read, a resumed download of another file."""
+        if_match = self.request.headers.get("If-Match")
+        if if_match is not None:
+            tags = [tag.strip() for tag in if_match.split(",")]
+            return "*" not in tags and f'"{blob.sha256}"' not in tags
+        since = parse_http_date(self.request.headers.get("If-Unmodified-Since", ""))
+        return since is not None and blob.created_at > since
 
     def not_modified(self, blob: Blob) -> bool:
         if_none_match = self.request.headers.get("If-None-Match")
