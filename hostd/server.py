@@ -62,6 +62,7 @@ import logging
 import re
 import resource
 import socket
+import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -451,15 +452,30 @@ class HostdConnection(HTTP1Connection):
             raise Refused(431, f"the request's header fields are over {MAX_HEAD_BYTES} bytes")
         try:
             start_line, headers = super()._parse_headers(data)
-            version = httputil.parse_request_start_line(start_line).version
+            method, target, version = httputil.parse_request_start_line(start_line)
         except httputil.HTTPInputError as exc:
             raise Refused(400, f"the request's head is malformed: {exc}") from None
+        if target[:8].lower().startswith(("http://", "https://")):
+            start_line = self._origin_form(method, target, version, headers)
         if "Transfer-Encoding" in headers and version == "HTTP/1.0":
             raise Refused(
                 400, "an HTTP/1.0 request cannot use Transfer-Encoding (RFC 9112, section 6.1)"
             )
         self._check_host(headers, version)
         return start_line, headers
+
+    @staticmethod
+    def _origin_form(method: str, target: str, version: str, headers: httputil.HTTPHeaders) -> str:
+        """The request line of a request in absolute form (`GET http://host/x HTTP/1.1`,
+        which a server must take: RFC 9112, 3.2.2), in origin form; its authority becomes
+        the Host, as the RFC asks, and is checked as one."""
+        url = urllib.parse.urlsplit(target)
+        if not url.netloc or "@" in url.netloc:
+            raise Refused(400, "the request's target is an absolute URL without a host name")
+        headers.pop("Host", None)
+        headers["Host"] = url.netloc
+        path = (url.path or "/") + (f"?{url.query}" if url.query else "")
+        return f"{method} {path} {version}"
 
     def _check_host(self, headers: httputil.HTTPHeaders, version: str) -> None:
         """Refuse a Host header that cannot be part of a URL (the answer's URLs are made of

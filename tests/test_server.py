@@ -230,6 +230,35 @@ async def test_http_1_0_with_transfer_encoding_is_a_400_and_a_close(http_server,
     assert answer.count(b"HTTP/1.1 ") == 1  # the request after it was not read
 
 
+@pytest.mark.gen_test(timeout=30)
+async def test_a_request_line_in_absolute_form_is_the_url_it_names(http_server, http_port):
+    form = (
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.txt"\r\n\r\n'
+        b"absolute\r\n--b--\r\n"
+    )
+    client = await Raw.open(http_port)
+    await client.send(
+        b"POST HTTP://files.example.org:8080/api/upload HTTP/1.1\r\nHost: ignored\r\n"
+        b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: %d\r\n"
+        b"Connection: close\r\n\r\n%s" % (len(form), form)
+    )
+    status, _, body = split(await client.answer())
+    h = json.loads(body)["hash"]
+    client = await Raw.open(http_port)
+    await client.send(
+        f"GET http://files.example.org:8080/{h}.txt HTTP/1.1\r\nConnection: close\r\n\r\n".encode()
+    )
+    fetched = split(await client.answer())
+    client = await Raw.open(http_port)
+    await client.send(b"GET http:///healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    no_host = split(await client.answer())
+
+    assert status == 200
+    assert json.loads(body)["urls"]["base"] == "http://files.example.org:8080/"  # the Host
+    assert (fetched[0], fetched[2]) == (200, b"absolute")
+    assert no_host[0] == 400 and b"an absolute URL without a host name" in no_host[2]
+
+
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
