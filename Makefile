@@ -24,8 +24,9 @@ $(TEST_STAMP): $(RUN_STAMP)
 # The whole development set-up (helpers and editors use `make .venv`).
 .venv: $(TEST_STAMP)
 
+# `make run PORT=8080` (or HOST=0.0.0.0) overrides hostd.toml's server.port (server.host).
 run: $(RUN_STAMP)
-	$(BIN)/hostd serve
+	$(BIN)/hostd serve $(if $(PORT),--port $(PORT)) $(if $(HOST),--host $(HOST))
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff format --check .

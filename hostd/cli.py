@@ -218,7 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print each JSON answer, one a line"
     )
     upload_cmd.add_argument(
-        "--expires", metavar="HOURS|TIME", help="when the files expire: hours, or ISO 8601 in UTC"
+        "--expires",
+        metavar="HOURS|TIME",
+        help="when the files expire: hours, or a time (ISO 8601, an HTTP date, Unix ms)",
     )
     upload_cmd.add_argument(
         "--name", help="the name of what - (standard input) sends (default: none, the server's)"

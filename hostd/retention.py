@@ -84,7 +84,7 @@ def _iso_time(text: str, source: str) -> int:
         shown = text if len(text) <= 40 else text[:40] + "..."
         raise ExpiryError(
             f"{source} must be a whole number of hours, or an ISO 8601 time such as"
-            f" 2030-01-31T12:00:00Z (or an HTTP date); got {shown!r}"
+            f" 2030-01-31T12:00:00Z (or an HTTP date, or Unix time in milliseconds); got {shown!r}"
         )
     year, month, day, hour, minute, second, utc, sign, zone_hours, zone_minutes = match.groups()
     if utc is None and sign is None:
