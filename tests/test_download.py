@@ -533,8 +533,8 @@ class TestAccelRedirect:
     @pytest.mark.parametrize(
         "headers",
         [
-            {"If-Match": '"something"'},
-            {"If-Unmodified-Since": "Mon, 01 Jan 2001 00:00:00 GMT"},
+            {"If-Match": "*"},  # nginx compares with its own ETag
+            {"If-Unmodified-Since": "LAST_MODIFIED"},  # and its file's mtime
             {"Range": "bytes=0-1,4-5"},
             {"Range": "bytes=5-3"},
             {"Range": "bytes= 0-3"},
@@ -547,7 +547,8 @@ class TestAccelRedirect:
     async def test_what_nginx_would_answer_otherwise_hostd_sends_itself(
         self, http_client, base_url, headers
     ):
-        # nginx would give a 412, a multipart 206 or a 416, or honour a date in If-Range,
+        # nginx would judge a precondition by its own validators, give a multipart 206 or a
+        # 416, or honour a date in If-Range,
         # where hostd sends the file or the range (see test_nginx.py for the comparison).
         data = b"0123456789"
         h = await upload(http_client, base_url, data)
@@ -561,10 +562,17 @@ class TestAccelRedirect:
 
     @pytest.mark.parametrize(
         ("headers", "status"),
-        [({"If-None-Match": "ETAG"}, 304), ({"Range": "bytes=10-"}, 416)],
+        [
+            ({"If-None-Match": "ETAG"}, 304),
+            ({"Range": "bytes=10-"}, 416),
+            ({"If-Match": '"something"'}, 412),
+            ({"If-Unmodified-Since": "Mon, 01 Jan 2001 00:00:00 GMT"}, 412),
+        ],
     )
     @pytest.mark.gen_test
-    async def test_hostd_answers_304_and_416_itself(self, http_client, base_url, headers, status):
+    async def test_hostd_answers_304_412_and_416_itself(
+        self, http_client, base_url, headers, status
+    ):
         data = b"0123456789"
         h = await upload(http_client, base_url, data)
         etag = f'"{hashlib.sha256(data).hexdigest()}"'
