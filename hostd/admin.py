@@ -553,6 +553,7 @@ async def prune(args: argparse.Namespace, config: Config, database: Database, au
         partials = resumable.Partials(config.data_dir / "partials")
         unfinished = await resumable.prune(database, partials, now=now)
     gone = {item.upload.sha256: item.size_bytes for item in expired if item.blob_gone}
+    verb = "would remove" if args.dry_run else "removed"
     if args.json:
         print(
             json.dumps(
@@ -564,17 +565,19 @@ async def prune(args: argparse.Namespace, config: Config, database: Database, au
             )
         )
     else:
-        print(f"{'hash':<16} {'upload':>8}  {'expired':<20}  {'bytes':<7}  {'owner':<24} name")
+        width = len(verb)
+        print(
+            f"{'hash':<16} {'upload':>8}  {'expired':<20}  {'bytes':<{width}}  {'owner':<24} name"
+        )
         for item in expired:
             upload = item.upload
             assert upload.expires_at is not None
-            bytes_ = "removed" if item.blob_gone else "kept"
+            bytes_ = verb if item.blob_gone else "kept"
             owner = item.user_name or "anonymous"
             print(
                 f"{item.hash:<16} {upload.id:>8}  {format_time(upload.expires_at):<20}"
-                f"  {bytes_:<7}  {owner:<24} {upload.original_name}"
+                f"  {bytes_:<{width}}  {owner:<24} {upload.original_name}"
             )
-    verb = "would remove" if args.dry_run else "removed"
     print(
         f"prune: {verb} {len(expired)} expired upload{'' if len(expired) == 1 else 's'}"
         f" and {len(gone)} file{'' if len(gone) == 1 else 's'}"

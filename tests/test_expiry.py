@@ -701,8 +701,9 @@ async def test_hostd_prune_dry_run_lists_what_it_would_remove_and_changes_nothin
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].split() == ["hash", "upload", "expired", "bytes", "owner", "name"]
-    assert lines[1].startswith(gone) and lines[1].split()[-3:] == [
-        "removed",
+    assert lines[1].startswith(gone) and lines[1].split()[-4:] == [
+        "would",
+        "remove",
         "anonymous",
         "old.txt",
     ]
