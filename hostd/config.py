@@ -370,17 +370,13 @@ def _networks(value: Any, origin: str) -> tuple[str, ...]:
 
 
 def _check_retention(config: Config, origin: str) -> None:
+    """Each number of hours in range. A default longer than max_hours is no mistake: max_hours
+    caps it, as it caps what an upload asks for (retention.expires_at)."""
     for name in ("anonymous_hours", "account_hours", "max_hours"):
         hours = getattr(config, name)
         if hours is not None and not 1 <= hours <= LONGEST_EXPIRY_HOURS:
             raise ConfigError(
                 f"{origin}: retention.{name} must be from 1 to {LONGEST_EXPIRY_HOURS} hours"
-            )
-        longest = config.max_hours
-        if name != "max_hours" and hours is not None and longest is not None and hours > longest:
-            raise ConfigError(
-                f"{origin}: retention.{name} ({hours}) is longer than"
-                f" retention.max_hours ({longest})"
             )
 
 
