@@ -22,7 +22,7 @@ from hostd import affinity, backup, db, limits, resumable, retention, uploads
 from hostd.accounts import NAME_PATTERN, password_problem
 from hostd.app import format_size, format_time, serve, thumbnails_of
 from hostd.auth import Auth
-from hostd.config import Config, ConfigError, ignored_settings, load_config, make_data_dir
+from hostd.config import Config, ConfigError, load_config, make_data_dir, start_warnings
 from hostd.db import Database
 from hostd.hashes import hash_in, is_sha256
 from hostd.migrate import MigrationError, migrate
@@ -701,8 +701,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = config_from(args, host=args.host, port=args.port)
     if args.instances < 1:
         raise ConfigError("--instances must be at least 1")
-    for ignored in ignored_settings(config):  # once, whatever the number of instances
-        log.warning("%s", ignored)
+    for warning in start_warnings(config):  # once, whatever the number of instances
+        log.warning("%s", warning)
     if args.instances > 1:
         if not (config.database_url or "").startswith(("postgresql://", "postgres://")):
             raise ConfigError(

@@ -316,17 +316,36 @@ def _check_s3(config: Config, origin: str) -> None:
         raise ConfigError(f'{origin}: storage.s3.prefix must end with "/", like "blobs/"')
 
 
-def ignored_settings(config: Config) -> list[str]:
-    """What settings, valid on their own, do nothing beside the rest of `config`: one line
-    each for the log at start, so that a silent no-op does not cost an admin hours."""
-    ignored = []
+def start_warnings(config: Config) -> list[str]:
+    """Settings, valid on their own, that do nothing or more than an admin may think beside
+    the rest of `config`: one line each for the log at start, so that a silent no-op or an
+    open door does not cost an admin hours."""
+    warnings = []
     if config.accel_redirect is not None and config.backend == "s3":
-        ignored.append(
+        warnings.append(
             "accel_redirect is ignored with the S3 store: nginx can send only files it reads"
             " from a disk, so hostd streams the bytes from the bucket itself (or set"
             " storage.s3.redirect = true to send clients to the bucket)"
         )
-    return ignored
+    if config.trust_proxy and not is_loopback(config.host):
+        warnings.append(
+            f"trust_proxy is on and hostd listens on {config.host or 'every address'}, not"
+            " loopback: any client that reaches it there can set X-Real-IP (its address, for"
+            " rate limits and per-address limits) and X-Forwarded-Host (the host in the URLs it"
+            " gets back); behind a proxy, listen on 127.0.0.1, or let only the proxy reach"
+            " this address"
+        )
+    return warnings
+
+
+def is_loopback(host: str) -> bool:
+    """Whether server.host is reachable from this machine only ("" is every address)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name, or "": every address or whatever the name stands for
+        return False
 
 
 def _size_steps(value: Any, origin: str) -> tuple[tuple[int, int], ...]:
