@@ -10,6 +10,7 @@ import secrets
 import tomllib
 import types
 import typing
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -334,6 +335,13 @@ def start_warnings(config: Config) -> list[str]:
             " rate limits and per-address limits) and X-Forwarded-Host (the host in the URLs it"
             " gets back); behind a proxy, listen on 127.0.0.1, or let only the proxy reach"
             " this address"
+        )
+    path = urllib.parse.urlsplit(config.public_url or "").path
+    if path:
+        warnings.append(
+            f"public_url has a path ({path}): the API's URLs follow it, but the web pages"
+            " link to the root of the host (/login, /static/...); serve hostd at the root of"
+            " its host"
         )
     return warnings
 

@@ -281,3 +281,19 @@ def test_trust_proxy_on_an_address_others_reach_is_one_warning_at_start(host):
 )
 def test_trust_proxy_behind_a_proxy_on_loopback_or_off_says_nothing(host, trust_proxy):
     assert start_warnings(Config(host=host, trust_proxy=trust_proxy)) == []
+
+
+def test_a_public_url_with_a_path_is_one_warning_that_pages_need_the_root(tmp_path):
+    config = load_config(write(tmp_path, '[server]\npublic_url = "https://example.org/hostd/"\n'))
+
+    (warning,) = start_warnings(config)
+
+    assert warning.startswith("public_url has a path (/hostd): the API's URLs follow it,")
+    assert "serve hostd at the root of its host" in warning
+
+
+@pytest.mark.parametrize("url", ["https://files.example.org", "https://files.example.org/"])
+def test_a_public_url_at_the_root_of_its_host_says_nothing(tmp_path, url):
+    config = load_config(write(tmp_path, f'[server]\npublic_url = "{url}"\n'))
+
+    assert start_warnings(config) == []
