@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import errno
 import getpass
 import json
 import logging
+import sqlite3
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -723,8 +725,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def run(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    """A command's exit status; a configuration, store, database or listening problem is one
-    line on stderr, not a traceback."""
+    """A command's exit status; a configuration, store, database or listening problem, a full
+    disk or a damaged database is one line on stderr, not a traceback."""
     try:
         return int(handler(args))
     except ConfigError as exc:
@@ -733,6 +735,27 @@ def run(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) 
     except StoreUnavailable as exc:
         print(f"hostd: {exc}", file=sys.stderr)
         return 1
-    except (db.CannotOpen, CannotListen) as exc:
+    except (db.CannotOpen, db.Unavailable, CannotListen) as exc:
         print(f"hostd: {exc}", file=sys.stderr)
         return 1
+    except Exception as exc:
+        line = machine_problem(exc)
+        if line is None:
+            raise  # hostd's own mistake: the traceback is for its bug report
+        print(f"hostd: {line}", file=sys.stderr)
+        return 1
+
+
+def machine_problem(exc: Exception) -> str | None:
+    """The line for a failure of the machine rather than of the command: a full disk, a
+    damaged database. None for anything else."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"out of storage space ({exc.strerror}): free some, then run it again"
+    if db.is_full(exc):
+        return f"out of storage space ({exc}): free some, then run it again"
+    if db.is_damaged(exc):
+        where = "the data dir from a backup (hostd restore)"
+        if not isinstance(exc, sqlite3.Error):
+            where = "the database from a backup"
+        return f"the database is damaged ({exc}): restore {where}"
+    return None
