@@ -512,6 +512,13 @@ async def backup_to(
         copied = await backup.backup(database, store, args.destination)
     except (db.Unsupported, backup.CannotWrite) as exc:
         raise CommandError(str(exc)) from None
+    except backup.Damaged as exc:
+        kept = args.destination / backup.DATABASE_NAME
+        earlier = f"{kept}, from an earlier backup, is kept" if kept.exists() else "nothing kept"
+        raise CommandError(
+            f"the database is damaged ({exc}): this backup is not good, {earlier}; restore"
+            " the data dir from a good backup (hostd restore)"
+        ) from None
     finally:
         store.close()
     print(
@@ -536,6 +543,13 @@ def restore_from(args: argparse.Namespace) -> int:
         count = backup.restore(args.source, config.data_dir)
     except (FileNotFoundError, FileExistsError, backup.CannotWrite) as exc:
         print(f"hostd: {exc}", file=sys.stderr)
+        return 1
+    except backup.Damaged as exc:
+        print(
+            f"hostd: {args.source / backup.DATABASE_NAME} is damaged ({exc}): not a good"
+            " backup; nothing was restored",
+            file=sys.stderr,
+        )
         return 1
     print(f"restored the database and {count} file(s) into {config.data_dir}", file=sys.stderr)
     return 0
