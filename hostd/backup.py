@@ -184,26 +184,53 @@ def _sync(out: BinaryIO) -> None:
 def restore(source: Path, data_dir: Path) -> int:
     """Put a backup in place as a new data dir (which must be empty or missing); returns the
     number of blobs restored. Damaged, before anything is made, for a damaged database;
-    CannotWrite when the data dir cannot be made or written."""
+    CannotWrite, naming the first failure, when the data dir cannot be made or written (a
+    full disk): what the restore wrote is removed then, so that it can be run again."""
     if not (source / DATABASE_NAME).is_file():
         raise FileNotFoundError(f"{source} holds no {DATABASE_NAME}: not a hostd backup")
     check_database(source / DATABASE_NAME)
     if data_dir.exists() and any(data_dir.iterdir()):
         raise FileExistsError(f"{data_dir} is not empty; restore into an empty data dir")
+    made = not data_dir.exists()
+    try:
+        return _restore_into(source, data_dir)
+    except CannotWrite:
+        _remove_restored(data_dir, made)
+        raise
+
+
+def _restore_into(source: Path, data_dir: Path) -> int:
     with _writing(data_dir, "restore"):
         data_dir.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source / DATABASE_NAME, data_dir / DATABASE_NAME)
         owner_only(data_dir / DATABASE_NAME)  # a backup made before it was kept so
-        if not (source / "blobs").is_dir():
-            return 0
-        shutil.copytree(source / "blobs", data_dir / "blobs", ignore=_partials)
-        restored = 0
-        for path in (data_dir / "blobs").rglob("*"):
-            if path.is_file():
-                path.chmod(BLOB_MODE)
-                restored += 1
-    return restored
+    blobs = sorted(
+        path
+        for path in (source / "blobs").rglob("*")
+        if path.is_file() and not path.name.endswith(".partial")
+    )
+    for restored, path in enumerate(blobs):
+        target = data_dir / path.relative_to(source)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
+            target.chmod(BLOB_MODE)
+        except OSError as exc:
+            raise CannotWrite(
+                f"cannot restore into {data_dir}: {exc.strerror or exc} after the database and"
+                f" {restored} of {len(blobs)} files; what it wrote is removed"
+            ) from exc
+    return len(blobs)
 
 
-def _partials(folder: str, names: list[str]) -> list[str]:
-    return [name for name in names if name.endswith(".partial")]
+def _remove_restored(data_dir: Path, made: bool) -> None:
+    """Remove what a failed restore wrote: the data dir it made, or what it put into the empty
+    one it was given (which stays, as it may be a mount point)."""
+    if made:
+        shutil.rmtree(data_dir, ignore_errors=True)
+        return
+    for path in data_dir.iterdir():
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)

@@ -12,6 +12,7 @@ import subprocess
 import urllib.request
 from pathlib import Path
 
+import pytest
 from helpers import damage_table, fetch, hostd, multipart_body, start, wait_for_line
 
 
@@ -205,3 +206,34 @@ def test_restore_refuses_a_damaged_backup_and_makes_nothing(tmp_path):
     assert restored.stderr.endswith("): not a good backup; nothing was restored\n")
     assert restored.stderr.count("\n") == 1
     assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("existed", [False, True], ids=["new-dir", "empty-dir"])
+def test_a_restore_that_runs_out_of_space_says_so_in_a_line_and_leaves_nothing(
+    small_disk, tmp_path, existed
+):
+    hostd("ban", "add", "a" * 64, "--data-dir", "data", cwd=tmp_path)
+    hostd("backup", "backup", "--data-dir", "data", cwd=tmp_path)
+    for _ in range(3):  # 24 MiB of files for a 20 MiB disk
+        data = os.urandom(8 * 1024 * 1024)
+        sha256 = hashlib.sha256(data).hexdigest()
+        blob = tmp_path / "backup" / "blobs" / sha256[:2] / sha256[2:4] / sha256
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+    data_dir = small_disk.path / "data"
+    if existed:
+        data_dir.mkdir()
+
+    full = hostd("restore", "backup", "--data-dir", str(data_dir), cwd=tmp_path)
+    left = sorted(data_dir.rglob("*")) if data_dir.exists() else None
+    blob.unlink()  # 16 MiB now fits
+    again = hostd("restore", "backup", "--data-dir", str(data_dir), cwd=tmp_path)
+
+    assert (full.returncode, full.stderr) == (
+        1,
+        f"hostd: cannot restore into {data_dir}: No space left on device after the database"
+        " and 2 of 3 files; what it wrote is removed\n",
+    )
+    assert left == ([] if existed else None)
+    assert again.returncode == 0, again.stderr
+    assert "restored the database and 2 file(s)" in again.stderr
