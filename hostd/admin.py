@@ -645,12 +645,24 @@ async def storage_migrate(
         f" {source_name}",
         file=sys.stderr,
     )
-    if done.missing == 0:
+    if done.settled:
+        but = f", but the {done.missing} missing from {source_name}" if done.missing else ""
         print(
-            f'every file is in {args.to}: set storage.backend = "{args.to}" in hostd.toml and'
-            f" restart hostd; {source_name} is left as it was",
+            f"every file recorded before the last of {done.passes} pass(es) is in {args.to}"
+            f"{but}; a running hostd stores more meanwhile",
             file=sys.stderr,
         )
+    else:
+        print(
+            f"uploads kept arriving through {done.passes} passes; they are for the run below",
+            file=sys.stderr,
+        )
+    print(
+        f"to switch: stop hostd; run this command again (it copies only what came meanwhile);"
+        f' set storage.backend = "{args.to}" in hostd.toml; start hostd. {source_name} is left'
+        " as it was",
+        file=sys.stderr,
+    )
 
 
 def db_migrate(args: argparse.Namespace) -> int:
