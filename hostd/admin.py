@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import errno
 import getpass
 import json
 import logging
+import sqlite3
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -22,7 +24,7 @@ from hostd import affinity, backup, db, limits, resumable, retention, uploads
 from hostd.accounts import NAME_PATTERN, password_problem
 from hostd.app import format_size, format_time, serve, thumbnails_of
 from hostd.auth import Auth
-from hostd.config import Config, ConfigError, ignored_settings, load_config, make_data_dir
+from hostd.config import Config, ConfigError, load_config, make_data_dir, start_warnings
 from hostd.db import Database
 from hostd.hashes import hash_in, is_sha256
 from hostd.migrate import MigrationError, migrate
@@ -510,6 +512,13 @@ async def backup_to(
         copied = await backup.backup(database, store, args.destination)
     except (db.Unsupported, backup.CannotWrite) as exc:
         raise CommandError(str(exc)) from None
+    except backup.Damaged as exc:
+        kept = args.destination / backup.DATABASE_NAME
+        earlier = f"{kept}, from an earlier backup, is kept" if kept.exists() else "nothing kept"
+        raise CommandError(
+            f"the database is damaged ({exc}): this backup is not good, {earlier}; restore"
+            " the data dir from a good backup (hostd restore)"
+        ) from None
     finally:
         store.close()
     print(
@@ -535,6 +544,13 @@ def restore_from(args: argparse.Namespace) -> int:
     except (FileNotFoundError, FileExistsError, backup.CannotWrite) as exc:
         print(f"hostd: {exc}", file=sys.stderr)
         return 1
+    except backup.Damaged as exc:
+        print(
+            f"hostd: {args.source / backup.DATABASE_NAME} is damaged ({exc}): not a good"
+            " backup; nothing was restored",
+            file=sys.stderr,
+        )
+        return 1
     print(f"restored the database and {count} file(s) into {config.data_dir}", file=sys.stderr)
     return 0
 
@@ -553,6 +569,7 @@ async def prune(args: argparse.Namespace, config: Config, database: Database, au
         partials = resumable.Partials(config.data_dir / "partials")
         unfinished = await resumable.prune(database, partials, now=now)
     gone = {item.upload.sha256: item.size_bytes for item in expired if item.blob_gone}
+    verb = "would remove" if args.dry_run else "removed"
     if args.json:
         print(
             json.dumps(
@@ -564,17 +581,19 @@ async def prune(args: argparse.Namespace, config: Config, database: Database, au
             )
         )
     else:
-        print(f"{'hash':<16} {'upload':>8}  {'expired':<20}  {'bytes':<7}  {'owner':<24} name")
+        width = len(verb)
+        print(
+            f"{'hash':<16} {'upload':>8}  {'expired':<20}  {'bytes':<{width}}  {'owner':<24} name"
+        )
         for item in expired:
             upload = item.upload
             assert upload.expires_at is not None
-            bytes_ = "removed" if item.blob_gone else "kept"
+            bytes_ = verb if item.blob_gone else "kept"
             owner = item.user_name or "anonymous"
             print(
                 f"{item.hash:<16} {upload.id:>8}  {format_time(upload.expires_at):<20}"
-                f"  {bytes_:<7}  {owner:<24} {upload.original_name}"
+                f"  {bytes_:<{width}}  {owner:<24} {upload.original_name}"
             )
-    verb = "would remove" if args.dry_run else "removed"
     print(
         f"prune: {verb} {len(expired)} expired upload{'' if len(expired) == 1 else 's'}"
         f" and {len(gone)} file{'' if len(gone) == 1 else 's'}"
@@ -626,12 +645,24 @@ async def storage_migrate(
         f" {source_name}",
         file=sys.stderr,
     )
-    if done.missing == 0:
+    if done.settled:
+        but = f", but the {done.missing} missing from {source_name}" if done.missing else ""
         print(
-            f'every file is in {args.to}: set storage.backend = "{args.to}" in hostd.toml and'
-            f" restart hostd; {source_name} is left as it was",
+            f"every file recorded before the last of {done.passes} pass(es) is in {args.to}"
+            f"{but}; a running hostd stores more meanwhile",
             file=sys.stderr,
         )
+    else:
+        print(
+            f"uploads kept arriving through {done.passes} passes; they are for the run below",
+            file=sys.stderr,
+        )
+    print(
+        f"to switch: stop hostd; run this command again (it copies only what came meanwhile);"
+        f' set storage.backend = "{args.to}" in hostd.toml; start hostd. {source_name} is left'
+        " as it was",
+        file=sys.stderr,
+    )
 
 
 def db_migrate(args: argparse.Namespace) -> int:
@@ -698,8 +729,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = config_from(args, host=args.host, port=args.port)
     if args.instances < 1:
         raise ConfigError("--instances must be at least 1")
-    for ignored in ignored_settings(config):  # once, whatever the number of instances
-        log.warning("%s", ignored)
+    for warning in start_warnings(config):  # once, whatever the number of instances
+        log.warning("%s", warning)
     if args.instances > 1:
         if not (config.database_url or "").startswith(("postgresql://", "postgres://")):
             raise ConfigError(
@@ -720,8 +751,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def run(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    """A command's exit status; a configuration, store, database or listening problem is one
-    line on stderr, not a traceback."""
+    """A command's exit status; a configuration, store, database or listening problem, a full
+    disk or a damaged database is one line on stderr, not a traceback."""
     try:
         return int(handler(args))
     except ConfigError as exc:
@@ -730,6 +761,27 @@ def run(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) 
     except StoreUnavailable as exc:
         print(f"hostd: {exc}", file=sys.stderr)
         return 1
-    except (db.CannotOpen, CannotListen) as exc:
+    except (db.CannotOpen, db.Unavailable, CannotListen) as exc:
         print(f"hostd: {exc}", file=sys.stderr)
         return 1
+    except Exception as exc:
+        line = machine_problem(exc)
+        if line is None:
+            raise  # hostd's own mistake: the traceback is for its bug report
+        print(f"hostd: {line}", file=sys.stderr)
+        return 1
+
+
+def machine_problem(exc: Exception) -> str | None:
+    """The line for a failure of the machine rather than of the command: a full disk, a
+    damaged database. None for anything else."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"out of storage space ({exc.strerror}): free some, then run it again"
+    if db.is_full(exc):
+        return f"out of storage space ({exc}): free some, then run it again"
+    if db.is_damaged(exc):
+        where = "the data dir from a backup (hostd restore)"
+        if not isinstance(exc, sqlite3.Error):
+            where = "the database from a backup"
+        return f"the database is damaged ({exc}): restore {where}"
+    return None

@@ -10,6 +10,7 @@ import secrets
 import tomllib
 import types
 import typing
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -323,17 +324,43 @@ def _check_s3(config: Config, origin: str) -> None:
         raise ConfigError(f'{origin}: storage.s3.prefix must end with "/", like "blobs/"')
 
 
-def ignored_settings(config: Config) -> list[str]:
-    """What settings, valid on their own, do nothing beside the rest of `config`: one line
-    each for the log at start, so that a silent no-op does not cost an admin hours."""
-    ignored = []
+def start_warnings(config: Config) -> list[str]:
+    """Settings, valid on their own, that do nothing or more than an admin may think beside
+    the rest of `config`: one line each for the log at start, so that a silent no-op or an
+    open door does not cost an admin hours."""
+    warnings = []
     if config.accel_redirect is not None and config.backend == "s3":
-        ignored.append(
+        warnings.append(
             "accel_redirect is ignored with the S3 store: nginx can send only files it reads"
             " from a disk, so hostd streams the bytes from the bucket itself (or set"
             " storage.s3.redirect = true to send clients to the bucket)"
         )
-    return ignored
+    if config.trust_proxy and not is_loopback(config.host):
+        warnings.append(
+            f"trust_proxy is on and hostd listens on {config.host or 'every address'}, not"
+            " loopback: any client that reaches it there can set X-Real-IP (its address, for"
+            " rate limits and per-address limits) and X-Forwarded-Host (the host in the URLs it"
+            " gets back); behind a proxy, listen on 127.0.0.1, or let only the proxy reach"
+            " this address"
+        )
+    path = urllib.parse.urlsplit(config.public_url or "").path
+    if path:
+        warnings.append(
+            f"public_url has a path ({path}): the API's URLs follow it, but the web pages"
+            " link to the root of the host (/login, /static/...); serve hostd at the root of"
+            " its host"
+        )
+    return warnings
+
+
+def is_loopback(host: str) -> bool:
+    """Whether server.host is reachable from this machine only ("" is every address)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name, or "": every address or whatever the name stands for
+        return False
 
 
 def _size_steps(value: Any, origin: str) -> tuple[tuple[int, int], ...]:
@@ -377,17 +404,13 @@ def _networks(value: Any, origin: str) -> tuple[str, ...]:
 
 
 def _check_retention(config: Config, origin: str) -> None:
+    """Each number of hours in range. A default longer than max_hours is no mistake: max_hours
+    caps it, as it caps what an upload asks for (retention.expires_at)."""
     for name in ("anonymous_hours", "account_hours", "max_hours"):
         hours = getattr(config, name)
         if hours is not None and not 1 <= hours <= LONGEST_EXPIRY_HOURS:
             raise ConfigError(
                 f"{origin}: retention.{name} must be from 1 to {LONGEST_EXPIRY_HOURS} hours"
-            )
-        longest = config.max_hours
-        if name != "max_hours" and hours is not None and longest is not None and hours > longest:
-            raise ConfigError(
-                f"{origin}: retention.{name} ({hours}) is longer than"
-                f" retention.max_hours ({longest})"
             )
 
 

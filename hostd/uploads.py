@@ -165,7 +165,12 @@ async def _remove_if_unreferenced(database: Database, store: BlobStore, sha256: 
     try:
         if not await db.is_referenced(database, sha256):
             await store.delete(sha256)
-    except Exception:  # the caller is failing already; gc will find the bytes
+    except (db.Unavailable, OSError) as exc:
+        # The caller is failing already, most likely for the same reason (the database or
+        # the store out of reach), and says so; gc will find the bytes. One line, as the
+        # caller's: a traceback per refused upload would bury the log while it lasts.
+        log.error("could not remove the unreferenced bytes of %s (gc will): %s", sha256, exc)
+    except Exception:
         log.exception("could not remove the unreferenced bytes of %s", sha256)
 
 

@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import socket
+import sqlite3
 import struct
 import subprocess
 import sys
@@ -373,6 +374,18 @@ def hostd(
         cwd=cwd,
         start_new_session=True,
     )
+
+
+def damage_table(database: Path, table: str) -> None:
+    """Write garbage over the first page of `table` in a closed SQLite database, as a failing
+    disk would: the file still opens, and reading that table says it is malformed."""
+    with contextlib.closing(sqlite3.connect(database)) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        (root,) = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", (table,))
+    with database.open("r+b") as file:
+        file.seek((root[0] - 1) * page_size)
+        file.write(b"\xde\xad\xbe\xef" * (page_size // 4))
 
 
 # -- the database's writer ---------------------------------------------------------------

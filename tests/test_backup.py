@@ -12,7 +12,8 @@ import subprocess
 import urllib.request
 from pathlib import Path
 
-from helpers import fetch, hostd, multipart_body, start, wait_for_line
+import pytest
+from helpers import damage_table, fetch, hostd, multipart_body, start, wait_for_line
 
 
 def upload(base_url: str, data: bytes) -> str:
@@ -168,3 +169,71 @@ def test_restore_into_a_data_dir_that_cannot_be_made_is_one_line_naming_it(tmp_p
         1,
         "hostd: cannot restore: a-file/data: Not a directory\n",
     )
+
+
+def test_a_backup_of_a_damaged_database_exits_1_and_keeps_the_good_copy_it_had(tmp_path):
+    made = hostd("ban", "add", "a" * 64, "--data-dir", "data", cwd=tmp_path)
+    good = hostd("backup", "backup", "--data-dir", "data", cwd=tmp_path)
+    good_copy = (tmp_path / "backup" / "hostd.sqlite3").read_bytes()
+    damage_table(tmp_path / "data" / "hostd.sqlite3", "bans")
+
+    damaged = hostd("backup", "backup", "--data-dir", "data", cwd=tmp_path)
+    first = hostd("backup", "first", "--data-dir", "data", cwd=tmp_path)
+
+    assert made.returncode == 0 and good.returncode == 0, made.stderr + good.stderr
+    assert damaged.returncode == 1
+    assert damaged.stderr.startswith("hostd: the database is damaged (quick_check: Page ")
+    assert damaged.stderr.endswith(
+        "): this backup is not good, backup/hostd.sqlite3, from an earlier backup, is kept;"
+        " restore the data dir from a good backup (hostd restore)\n"
+    )
+    assert damaged.stderr.count("\n") == 1
+    assert (tmp_path / "backup" / "hostd.sqlite3").read_bytes() == good_copy
+    assert sorted(p.name for p in (tmp_path / "backup").iterdir()) == ["hostd.sqlite3"]
+    assert first.returncode == 1 and "this backup is not good, nothing kept;" in first.stderr
+    assert list((tmp_path / "first").iterdir()) == []
+
+
+def test_restore_refuses_a_damaged_backup_and_makes_nothing(tmp_path):
+    hostd("ban", "add", "a" * 64, "--data-dir", "data", cwd=tmp_path)
+    hostd("backup", "backup", "--data-dir", "data", cwd=tmp_path)
+    damage_table(tmp_path / "backup" / "hostd.sqlite3", "bans")
+
+    restored = hostd("restore", "backup", "--data-dir", "new", cwd=tmp_path)
+
+    assert restored.returncode == 1
+    assert restored.stderr.startswith("hostd: backup/hostd.sqlite3 is damaged (quick_check: ")
+    assert restored.stderr.endswith("): not a good backup; nothing was restored\n")
+    assert restored.stderr.count("\n") == 1
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("existed", [False, True], ids=["new-dir", "empty-dir"])
+def test_a_restore_that_runs_out_of_space_says_so_in_a_line_and_leaves_nothing(
+    small_disk, tmp_path, existed
+):
+    hostd("ban", "add", "a" * 64, "--data-dir", "data", cwd=tmp_path)
+    hostd("backup", "backup", "--data-dir", "data", cwd=tmp_path)
+    for _ in range(3):  # 24 MiB of files for a 20 MiB disk
+        data = os.urandom(8 * 1024 * 1024)
+        sha256 = hashlib.sha256(data).hexdigest()
+        blob = tmp_path / "backup" / "blobs" / sha256[:2] / sha256[2:4] / sha256
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+    data_dir = small_disk.path / "data"
+    if existed:
+        data_dir.mkdir()
+
+    full = hostd("restore", "backup", "--data-dir", str(data_dir), cwd=tmp_path)
+    left = sorted(data_dir.rglob("*")) if data_dir.exists() else None
+    blob.unlink()  # 16 MiB now fits
+    again = hostd("restore", "backup", "--data-dir", str(data_dir), cwd=tmp_path)
+
+    assert (full.returncode, full.stderr) == (
+        1,
+        f"hostd: cannot restore into {data_dir}: No space left on device after the database"
+        " and 2 of 3 files; what it wrote is removed\n",
+    )
+    assert left == ([] if existed else None)
+    assert again.returncode == 0, again.stderr
+    assert "restored the database and 2 file(s)" in again.stderr

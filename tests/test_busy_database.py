@@ -259,6 +259,25 @@ async def test_an_upload_while_postgresql_is_down_is_a_503_and_then_works_again(
 
 @pytest.mark.postgresql_only
 @pytest.mark.gen_test(timeout=60)
+async def test_an_upload_refused_while_postgresql_is_down_is_a_line_in_the_log_no_traceback(
+    http_client, base_url, db, pg_relay, caplog
+):
+    await upload(http_client, f"{base_url}/api/upload", b"while it was up")
+    await pg_relay.cut()
+
+    refused = await upload(http_client, f"{base_url}/api/upload", b"while it was down")
+    await pg_relay.start()
+
+    assert refused.code == 503
+    assert caplog.text.count("Traceback") == 0
+    (left,) = [r for r in caplog.records if "unreferenced bytes" in r.getMessage()]
+    assert left.exc_info is None and "\n" not in left.getMessage()
+    assert left.getMessage().startswith("could not remove the unreferenced bytes of ")
+    assert "the database is busy or cannot be reached" in left.getMessage()
+
+
+@pytest.mark.postgresql_only
+@pytest.mark.gen_test(timeout=60)
 async def test_a_frozen_postgresql_is_a_503_in_seconds_and_then_works_again(
     http_client, base_url, db, pg_relay, monkeypatch
 ):

@@ -25,7 +25,15 @@ from pathlib import Path
 
 import argon2
 import pytest
-from helpers import hostd, multipart_body, run_cli, start, store_upload, wait_for_line
+from helpers import (
+    damage_table,
+    hostd,
+    multipart_body,
+    run_cli,
+    start,
+    store_upload,
+    wait_for_line,
+)
 from PIL import Image
 
 from hostd import db as queries
@@ -874,3 +882,58 @@ def test_gc_names_a_missing_files_public_hash_too(data_dir, capsys):
         f"missing {sha256} ({h}): its uploads are listed but its bytes are gone"
     ]
     assert json.loads(as_json)["hashes"] == {sha256: h}
+
+
+@pytest.mark.parametrize(
+    ("command", "table"), [(["stats"], "uploads"), (["ban", "list"], "bans")], ids=["stats", "ban"]
+)
+def test_a_damaged_database_is_one_line_saying_so_not_a_traceback(data_dir, capsys, command, table):
+    stored_in(data_dir, b"an upload")
+    run_cli(capsys, "ban", "add", "a" * 64, "--reason", "spam", "--data-dir", str(data_dir))
+    damage_table(data_dir / "hostd.sqlite3", table)
+
+    status, _, err = run_cli(capsys, *command, "--data-dir", str(data_dir))
+
+    assert status == 1
+    assert err == (
+        "hostd: the database is damaged (database disk image is malformed): restore the data"
+        " dir from a backup (hostd restore)\n"
+    )
+
+
+def test_on_a_full_disk_admin_commands_are_one_line_saying_so(
+    small_disk, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    data_dir = small_disk.path / "d"
+    run_cli(
+        capsys,
+        "user",
+        "add",
+        "bob",
+        "--password-stdin",
+        "--data-dir",
+        str(data_dir),
+        stdin=b"long enough\n",
+    )
+    h = stored_in(data_dir, b"to be taken down")
+    small_disk.fill(leave=32 * 1024)  # room for SQLite's shared memory file, none for a write
+
+    added = run_cli(
+        capsys,
+        "user",
+        "add",
+        "eve",
+        "--password-stdin",
+        "--data-dir",
+        str(data_dir),
+        stdin=b"long enough\n",
+    )
+    removed = run_cli(capsys, "file", "rm", h, "--data-dir", str(data_dir))
+    small_disk.empty()
+    again = run_cli(capsys, "file", "rm", h, "--data-dir", str(data_dir))
+
+    full = "hostd: out of storage space (database or disk is full): free some, then run it again\n"
+    assert added[::2] == (1, full)
+    assert removed[::2] == (1, full)
+    assert again[0] == 0 and f"removed {h}: 1 upload" in again[2]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hostd.config import Config, ConfigError, ensure_cookie_secret, load_config
+from hostd.config import Config, ConfigError, ensure_cookie_secret, load_config, start_warnings
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -256,3 +256,44 @@ def test_database_keys_are_read_under_their_section(tmp_path):
 def test_a_wrong_database_key_is_named(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message):
         load_config(write(tmp_path, text))
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "", "192.0.2.7", "files.example.org"])
+def test_trust_proxy_on_an_address_others_reach_is_one_warning_at_start(host):
+    config = Config(host=host, trust_proxy=True)
+
+    (warning,) = start_warnings(config)
+
+    assert warning.startswith("trust_proxy is on and hostd listens on ")
+    assert "any client that reaches it there can set X-Real-IP" in warning
+    assert "X-Forwarded-Host" in warning and "listen on 127.0.0.1" in warning
+
+
+@pytest.mark.parametrize(
+    ("host", "trust_proxy"),
+    [
+        ("127.0.0.1", True),
+        ("127.0.0.2", True),
+        ("::1", True),
+        ("localhost", True),
+        ("0.0.0.0", False),
+    ],
+)
+def test_trust_proxy_behind_a_proxy_on_loopback_or_off_says_nothing(host, trust_proxy):
+    assert start_warnings(Config(host=host, trust_proxy=trust_proxy)) == []
+
+
+def test_a_public_url_with_a_path_is_one_warning_that_pages_need_the_root(tmp_path):
+    config = load_config(write(tmp_path, '[server]\npublic_url = "https://example.org/hostd/"\n'))
+
+    (warning,) = start_warnings(config)
+
+    assert warning.startswith("public_url has a path (/hostd): the API's URLs follow it,")
+    assert "serve hostd at the root of its host" in warning
+
+
+@pytest.mark.parametrize("url", ["https://files.example.org", "https://files.example.org/"])
+def test_a_public_url_at_the_root_of_its_host_says_nothing(tmp_path, url):
+    config = load_config(write(tmp_path, f'[server]\npublic_url = "{url}"\n'))
+
+    assert start_warnings(config) == []

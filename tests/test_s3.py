@@ -31,6 +31,7 @@ from test_upload import many_clients_one_address
 
 from hostd import s3, uploads
 from hostd.db import Database
+from hostd.migrate import migrate
 from hostd.storage import LocalBlobStore, store_from
 
 STORAGE_BACKENDS = ("s3",)
@@ -445,7 +446,12 @@ def test_migrate_to_s3_copies_and_verifies_every_file_switches_nothing_and_resum
     assert first.stderr.count("copied") == 4  # three progress lines and the summary
     assert "[3/3]" in first.stderr and "verified" in first.stderr
     assert "3 file(s) copied to s3" in first.stderr
-    assert 'set storage.backend = "s3" in hostd.toml' in first.stderr
+    assert first.stderr.splitlines()[-2:] == [
+        "every file recorded before the last of 2 pass(es) is in s3; a running hostd stores"
+        " more meanwhile",
+        "to switch: stop hostd; run this command again (it copies only what came meanwhile);"
+        ' set storage.backend = "s3" in hostd.toml; start hostd. local is left as it was',
+    ]
     assert keys(config) == [f"{config.s3_prefix}{sha}" for sha in shas]
     assert (tmp_path / "hostd.toml").read_text() == toml  # nothing switched
     assert len([p for p in (tmp_path / "d" / "blobs").rglob("*") if p.is_file()]) == 3
@@ -467,6 +473,38 @@ def test_migrate_to_s3_copies_and_verifies_every_file_switches_nothing_and_resum
     assert "3 file(s) copied to local" in home.stderr
     stored = sorted(p.name for p in (back / "blobs").rglob("*") if p.is_file())
     assert stored == shas
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_migrate_takes_what_was_uploaded_during_its_copy_until_a_pass_finds_nothing_new(
+    db, config, tmp_path, monkeypatch
+):
+    local = LocalBlobStore(tmp_path / "local" / "blobs")
+    await store_upload(db, local, b"there before")
+    target = store_from(config)
+    place = target.place
+    arriving = [b"uploaded as the first file was copied"]
+
+    async def place_while_serving(written):
+        if arriving:  # the server stores an upload meanwhile
+            await store_upload(db, local, arriving.pop())
+        return await place(written)
+
+    monkeypatch.setattr(target, "place", place_while_serving)
+    lines: list[str] = []
+
+    try:
+        done = await migrate(db, local, target, lines.append)
+    finally:
+        local.close()
+        target.close()
+
+    assert (done.copied, done.passes, done.settled) == (2, 3, True)
+    assert "pass 2: 1 file(s) recorded since the last pass" in lines
+    assert keys(config) == sorted(
+        f"{config.s3_prefix}{hashlib.sha256(data).hexdigest()}"
+        for data in (b"there before", b"uploaded as the first file was copied")
+    )
 
 
 def test_accel_redirect_with_the_s3_store_is_one_warning_at_start(tmp_path, config, free_port):

@@ -197,6 +197,15 @@ def is_full(exc: BaseException) -> bool:
     return getattr(exc, "sqlstate", None) == "53100"  # PostgreSQL's disk_full
 
 
+def is_damaged(exc: BaseException) -> bool:
+    """Whether a database error means its file or pages are damaged (SQLite's "database disk
+    image is malformed", PostgreSQL's data_corrupted and index_corrupted)."""
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        return code is not None and code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+    return getattr(exc, "sqlstate", None) in ("XX001", "XX002")
+
+
 def conflicts(exc: BaseException, table: str, column: str) -> bool:
     """Whether exc is a unique violation that involves `table.column`."""
     if isinstance(exc, sqlite3.IntegrityError):
