@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from helpers import multipart_body, text_of
+from helpers import assert_refused, multipart_body, text_of
 
 # On SQLite only: pages and their rendering (the other suites run on both databases).
 pytestmark = pytest.mark.sqlite_only
@@ -236,14 +236,24 @@ async def test_a_file_sent_to_an_unknown_url_is_told_where_uploads_go(
     )
 
 
+@pytest.mark.parametrize(("method", "body"), [("PUT", b"png"), ("PATCH", None), ("DELETE", None)])
 @pytest.mark.gen_test
-async def test_a_file_put_to_the_upload_page_itself_is_told_where_uploads_go(http_client, base_url):
-    response = await http_client.fetch(f"{base_url}/", method="PUT", body=b"png", raise_error=False)
-
-    assert response.code == 405 and response.headers["Allow"] == "GET, HEAD, POST, OPTIONS"
-    assert "The upload page takes no files itself. Upload a file with POST /api/upload" in (
-        response.body.decode()
+async def test_another_method_on_the_upload_page_is_told_how_it_takes_a_file(
+    http_client, base_url, method, body
+):
+    response = await http_client.fetch(
+        f"{base_url}/", method=method, body=body, allow_nonstandard_methods=True, raise_error=False
     )
+
+    assert_refused(
+        response,
+        "/",
+        405,
+        "This URL takes a file as a POST of a multipart form with the file in a field named"
+        f" 'file' (curl -F file=@FILE {base_url}/). To send the file itself as the body,"
+        f" PUT it to /api/upload/<its name> (curl -T FILE {base_url}/api/upload/).",
+    )
+    assert response.headers["Allow"] == "GET, HEAD, POST, OPTIONS"
 
 
 @pytest.mark.parametrize("content_type", ["multipart/form-data", "multipart/form-data; boundary=x"])

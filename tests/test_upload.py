@@ -15,6 +15,7 @@ import socket
 
 import pytest
 from helpers import (
+    assert_refused,
     blob_files,
     hold_writer,
     multipart_body,
@@ -643,3 +644,26 @@ async def test_get_on_an_upload_url_is_not_allowed(http_client, base_url):
     response = await http_client.fetch(f"{base_url}/api/upload", raise_error=False)
 
     assert response.code == 405
+
+
+@pytest.mark.parametrize(
+    ("method", "query", "body"),
+    [("DELETE", "?api=1", None), ("PUT", "", b"x"), ("PATCH", "?api=1", b"x")],
+)
+@pytest.mark.gen_test
+async def test_another_method_on_the_upload_url_is_told_how_it_takes_a_file(
+    http_client, base_url, method, query, body
+):
+    response = await http_client.fetch(
+        f"{base_url}/upload{query}", method=method, body=body, raise_error=False
+    )
+
+    assert_refused(
+        response,
+        f"/upload{query}",
+        405,
+        "Method Not Allowed: POST a multipart form with the file in a field named 'file'"
+        " (curl -F file=@FILE); api=1 in the query string (or a form field before the file)"
+        " answers in plain text",
+    )
+    assert response.headers["Allow"] == "POST, OPTIONS"

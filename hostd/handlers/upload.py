@@ -544,6 +544,10 @@ class UploadHandler(UploadFlow):
     """
 
     xsrf_in_form = False
+    how_to_upload = (
+        "POST a multipart form with the file in a field named 'file' (curl -F file=@FILE);"
+        " api=1 in the query string (or a form field before the file) answers in plain text"
+    )
 
     async def authorize(self) -> None:
         # The page's script sends the token as a header, checked before the body is read;
