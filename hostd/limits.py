@@ -34,6 +34,8 @@ MEASURE_EVERY_BYTES = 4 * 1024 * 1024
 # then costs less than the database read that would refuse it first, and recording the
 # upload checks the quota anyway (db.OverQuota), removing the bytes it refuses.
 QUOTA_AFTER_BODY_BYTES = 1024 * 1024
+# The largest Content-Length read as a number; a longer one is "more than" this.
+MAX_LENGTH = 2**62
 
 LOW_ON_SPACE = (
     "the server is too low on storage space to take this file; it was not stored. Try again later."
@@ -230,9 +232,8 @@ class Limits:
         if user_id is None and config.anonymous_max_upload_bytes is not None:
             max_file = config.anonymous_max_upload_bytes
             if smallest > max_file:
-                # The file's own size is not known yet: a form's body holds more than it.
-                this = "this file is" if framing_bytes == 0 else "this upload's body is"
-                raise UploadError(413, self.anonymous_message(f"{this} {length} bytes"))
+                assert length is not None
+                raise UploadError(413, self.too_large_message(length, None, framing_bytes))
             too_large = self.anonymous_message("this file is larger")
         if user_id is not None and (held_back or length is None or length > QUOTA_AFTER_BODY_BYTES):
             await self.check_quota(database, user_id, smallest, length)
@@ -276,6 +277,17 @@ class Limits:
             f"too many uploads: at most {self.config.uploads_per_minute} a minute from one"
             " address or API key"
         )
+
+    def too_large_message(self, length: int, user_id: int | None, framing_bytes: int) -> str:
+        """Why a body of `length` bytes (its Content-Length) is refused as too large, in the
+        words of the limit that applies to its sender: the anonymous one for an anonymous
+        upload, when there is one, else max_upload_bytes."""
+        if user_id is None and self.config.anonymous_max_upload_bytes is not None:
+            # The file's own size is not known yet: a form's body holds more than it.
+            this = "this file is" if framing_bytes == 0 else "this upload's body is"
+            size = f"more than {MAX_LENGTH}" if length > MAX_LENGTH else str(length)
+            return self.anonymous_message(f"{this} {size} bytes")
+        return f"the file is larger than the limit of {self.config.max_upload_bytes} bytes"
 
     def anonymous_message(self, this: str) -> str:
         return (

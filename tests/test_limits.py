@@ -388,6 +388,25 @@ async def test_an_anonymous_content_length_over_its_limit_is_refused_before_the_
     assert temp_files(config) == []
 
 
+@pytest.mark.parametrize("chunked", [False, True], ids=["Content-Length", "chunked"])
+@pytest.mark.parametrize("endpoint", ENDPOINTS)
+@pytest.mark.gen_test(timeout=30)
+async def test_an_anonymous_body_over_every_limit_is_told_the_anonymous_one(
+    http_client, base_url, config, limit, endpoint, chunked
+):
+    """Also past max_upload_bytes, the accounts' limit, whichever check stops it."""
+    limit(anonymous_max_upload_bytes=MiB)
+
+    refused, _, _ = await streamed(http_client, f"{base_url}{endpoint}", 9 * MiB, chunked=chunked)
+
+    assert refused.code == 413
+    message = error_of(refused, endpoint)
+    this = "this file is larger" if chunked else "this upload's body is "
+    assert f"anonymous uploads may be at most {MiB} bytes, and {this}" in message
+    assert f"use an API key to upload up to {8 * MiB} bytes" in message
+    assert temp_files(config) == []
+
+
 @pytest.mark.gen_test(timeout=30)
 async def test_an_anonymous_chunked_body_over_its_limit_is_stopped_while_streaming(
     http_client, base_url, config, db, limit

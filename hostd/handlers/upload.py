@@ -249,12 +249,15 @@ class UploadFlow(BaseHandler):
             await super().prepare()
             await self.authorize()
             length = parse_count(
-                self.request.headers.get("Content-Length", "0"), at_most=limit + self.framing_bytes
+                self.request.headers.get("Content-Length", "0"), at_most=limits.MAX_LENGTH
             )
             if length is None:
                 raise UploadError(400, "the Content-Length header is not a number of bytes")
             if length > limit + self.framing_bytes:
-                raise UploadError(413, f"the file is larger than the limit of {limit} bytes")
+                message = self.upload_limits.too_large_message(
+                    length, self.owner_id, self.framing_bytes
+                )
+                raise UploadError(413, message)
             self.check_framing()
             self.asked_expiry(self.now())  # a bad Expires header is refused before the body
             self.admission = await self.upload_limits.admit(
