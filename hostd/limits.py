@@ -260,10 +260,21 @@ class Limits:
             raise too_many(bytes_wait, self.bytes_message())
         return Admission(self, reservation, subjects, max_file, too_large)
 
-    def resume(self, *, length: int | None, key_id: str | None, address: str) -> Admission:
-        """A later part of a resumable upload: it was counted, and checked against the file
-        limits and the quota, when it began; its bytes still meet the disk guard and the
-        byte budgets. UploadError 507 when the disk has no room for `length` more."""
+    def resume(
+        self,
+        *,
+        length: int | None,
+        upload_length: int,
+        user_id: int | None,
+        key_id: str | None,
+        address: str,
+    ) -> Admission:
+        """A later part of a resumable upload of `upload_length` bytes in all: it was
+        counted, and checked against the quota, when it began; the file limits of its owner
+        (`user_id`; None: anonymous) hold again (they may have changed since), and its bytes
+        meet the disk guard and the byte budgets. UploadError 413 for a file over its
+        limit, 507 when the disk has no room for `length` more."""
+        self.hold_resumable(upload_length, user_id)
         reservation = self.guard.admit(length)
         if reservation is None:
             raise UploadError(507, LOW_ON_SPACE)
@@ -271,6 +282,16 @@ class Limits:
         if key_id is not None:
             subjects.append(f"key:{key_id}")
         return Admission(self, reservation, subjects, self.config.max_upload_bytes, None)
+
+    def hold_resumable(self, length: int, user_id: int | None) -> None:
+        """Raise UploadError 413 when a resumable upload of `length` bytes is over the file
+        limit of its owner (`user_id`; None: anonymous, held to anonymous_max_upload_bytes).
+        Checked when it begins, at each part, and before it is stored."""
+        most = self.config.max_upload_bytes
+        if user_id is None and self.config.anonymous_max_upload_bytes is not None:
+            most = self.config.anonymous_max_upload_bytes
+        if length > most:
+            raise UploadError(413, self.too_large_message(length, user_id, 0))
 
     def count_message(self) -> str:
         return (
