@@ -173,13 +173,14 @@ class Admission:
         self.too_large = too_large
 
     def received(self, size: int) -> None:
-        """Count body bytes as they arrive; UploadError (507, 429) when the upload must stop."""
+        """Count body bytes as they arrive; UploadError (429, 507) when the upload must stop.
+        A piece refused for the byte budget is not counted against it."""
         wait = self._limits.budgets.received(self._subjects, size)
-        if not self._reservation.received(size):
-            raise UploadError(507, LOW_ON_SPACE)
         if wait > 0:
             self._limits.refused["upload_bytes_per_hour"] += 1
             raise too_many(wait, self._limits.bytes_message())
+        if not self._reservation.received(size):
+            raise UploadError(507, LOW_ON_SPACE)
 
     def release(self) -> None:
         self._reservation.release()
@@ -273,14 +274,21 @@ class Limits:
         counted, and checked against the quota, when it began; the file limits of its owner
         (`user_id`; None: anonymous) hold again (they may have changed since), and its bytes
         meet the disk guard and the byte budgets. UploadError 413 for a file over its
-        limit, 507 when the disk has no room for `length` more."""
+        limit, 429 when the byte budget has no room for `length` more (None, chunked: for
+        a byte), 507 when the disk has none."""
         self.hold_resumable(upload_length, user_id)
-        reservation = self.guard.admit(length)
-        if reservation is None:
-            raise UploadError(507, LOW_ON_SPACE)
         subjects = [f"addr:{address_key(address)}"]
         if key_id is not None:
             subjects.append(f"key:{key_id}")
+        # As for a new upload: a part the byte budget has no room for is refused before its
+        # body is read, and costs nothing.
+        wait = self.budgets.bytes_wait(subjects, length)
+        if wait > 0:
+            self.refused["upload_bytes_per_hour"] += 1
+            raise too_many(wait, self.bytes_message())
+        reservation = self.guard.admit(length)
+        if reservation is None:
+            raise UploadError(507, LOW_ON_SPACE)
         return Admission(self, reservation, subjects, self.config.max_upload_bytes, None)
 
     def hold_resumable(self, length: int, user_id: int | None) -> None:

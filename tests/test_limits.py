@@ -702,6 +702,48 @@ async def test_a_chunked_body_past_the_hourly_byte_budget_is_stopped_while_strea
     assert await queries.all_uploads(db) == []
 
 
+@pytest.mark.gen_test(timeout=30)
+async def test_refused_uploads_cost_none_of_the_hourly_byte_budget(
+    http_client, base_url, clock, limit
+):
+    """Only bytes taken in count: a 413 from the head, or a resumable part refused for the
+    budget, leaves it as it was, and the wait it is told does not grow with each retry."""
+    limit(upload_bytes_per_hour=200_000, anonymous_max_upload_bytes=100_000)
+    tus = {"Tus-Resumable": "1.0.0", **at("192.0.2.1")}
+    part = {**tus, "Content-Type": "application/offset+octet-stream", "Upload-Offset": "0"}
+    urls = [
+        (
+            await http_client.fetch(
+                f"{base_url}/api/tus/",
+                method="POST",
+                headers={**tus, "Upload-Length": "90000"},
+                body=b"",
+            )
+        ).headers["Location"]
+        for _ in range(3)
+    ]
+    too_big, sent, _ = await streamed(
+        http_client, f"{base_url}/api/upload", 170_000, headers=at("192.0.2.1")
+    )
+
+    parts = [
+        await http_client.fetch(
+            url, method="PATCH", headers=part, body=os.urandom(90_000), raise_error=False
+        )
+        for url in (urls[0], urls[1], urls[2], urls[2])
+    ]
+    clock.advance(int(parts[2].headers["Retry-After"]))
+    retried = await http_client.fetch(
+        urls[2], method="PATCH", headers=part, body=os.urandom(90_000), raise_error=False
+    )
+
+    assert too_big.code == 413 and sent == 0
+    assert [p.code for p in parts] == [204, 204, 429, 429]
+    # 20,000 bytes left: 70,000 more come back at 200,000 an hour in 1,260 s, each time.
+    assert parts[2].headers["Retry-After"] == parts[3].headers["Retry-After"] == "1260"
+    assert retried.code == 204
+
+
 @pytest.mark.gen_test
 async def test_a_content_length_over_the_whole_hourly_budget_is_a_413(http_client, base_url, limit):
     limit(upload_bytes_per_hour=100 * KiB)
