@@ -299,15 +299,21 @@ async def test_the_413_page_uses_the_status_name_of_rfc_9110(http_client, base_u
 
 @pytest.mark.gen_test
 async def test_api_page_lists_what_a_refused_upload_answers(http_client, base_url):
-    from hostd.openapi import UPLOAD_ERRORS
+    """The same list as the OpenAPI document's (the page says so)."""
+    from hostd.openapi import document
 
-    text = text_of((await http_client.fetch(f"{base_url}/api")).body)
+    page = (await http_client.fetch(f"{base_url}/api")).body.decode()
 
-    assert list(UPLOAD_ERRORS) == ["400", "401", "408", "413", "429", "451", "503", "507"]
-    for status in UPLOAD_ERRORS:
-        assert f" {status} " in text
+    listed = re.findall(r"<dt><code>([0-9]{3})</code></dt>", page)
+    documented = document()["paths"]["/api/upload"]["post"]["responses"]
+    assert listed == sorted(set(documented) - {"200"})
+    assert listed == ["400", "401", "408", "413", "429", "431", "451", "503", "507"]
+    text = text_of(page.encode())
     assert "These bytes are banned from this server." in text
     assert "( limits.body_idle_seconds )" in text  # its `code` in <code>
+    assert "header fields are over 64 KiB" in text
+    assert "The database or the file storage cannot be reached or is busy" in text
+    assert "the storage cannot be written" in text
 
 
 @pytest.mark.gen_test
