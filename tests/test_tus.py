@@ -286,6 +286,20 @@ async def test_an_anonymous_upload_begun_under_a_higher_limit_is_held_to_todays(
 
 
 @pytest.mark.gen_test
+async def test_answers_that_carry_the_deletion_link_are_kept_by_no_cache(http_client, base_url):
+    data = unique_bytes(1000)
+    created = await create(http_client, base_url, len(data))
+    url = created.headers["Location"]
+
+    last = await patch(http_client, url, 0, data)
+    replayed = await http_client.fetch(url, headers=TUS)
+
+    assert "delete_url" in json.loads(last.headers["Upload-Info"])
+    assert "delete_url" in json.loads(replayed.body)
+    assert last.headers["Cache-Control"] == replayed.headers["Cache-Control"] == "no-store"
+
+
+@pytest.mark.gen_test
 async def test_a_part_must_be_sent_as_offset_octet_stream(http_client, base_url):
     created = await create(http_client, base_url, 1000)
 

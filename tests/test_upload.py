@@ -667,3 +667,26 @@ async def test_another_method_on_the_upload_url_is_told_how_it_takes_a_file(
         " answers in plain text",
     )
     assert response.headers["Allow"] == "POST, OPTIONS"
+
+
+@pytest.mark.parametrize(
+    ("path", "headers"),
+    [
+        ("/api/upload", {}),
+        ("/upload?api=1", {}),
+        ("/upload", {}),
+        ("/upload", {"HX-Request": "true"}),
+        ("/", {}),
+    ],
+)
+@pytest.mark.gen_test
+async def test_an_answer_that_carries_the_deletion_link_is_kept_by_no_cache(
+    http_client, base_url, path, headers
+):
+    response = await post(
+        http_client, f"{base_url}{path}", files=[("file", "a.txt", b"secret link")], headers=headers
+    )
+
+    assert response.code == 200
+    assert "/delete/" in response.headers["X-Delete-Url"]
+    assert response.headers["Cache-Control"] == "no-store"

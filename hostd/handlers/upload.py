@@ -413,6 +413,9 @@ class UploadFlow(BaseHandler):
             return
         self.set_header("X-Expires", retention.http_date(upload.expires_at))
         self.set_header("X-Delete-Url", self.delete_url)
+        # The deletion link is a secret (whoever has it can delete the upload): no cache,
+        # shared or the browser's, keeps an answer that carries it.
+        self.set_header("Cache-Control", "no-store")
         metrics.upload_done(self, self.kind, written.size_bytes)
         self.answer_ok(blob, upload, self.form.filename)
 
