@@ -25,6 +25,21 @@ MAX_FILENAME_BYTES = 255
 NOT_IN_FILENAMES = ("Cc", "Cf", "Zl", "Zp")
 MAX_TEXT_FIELD_BYTES = 1024
 MAX_PARTS = 16
+MAX_HEADER_LINES = 8  # in one part
+MAX_HEADER_LINE_BYTES = 4096
+MAX_BOUNDARY_CHARS = 200
+# What the parser says past each of its limits (multipart.ParserLimitReached), and what we
+# say: the limit, with its number, as the README states it.
+LIMIT_MESSAGES = {
+    "Maximum segment count exceeded": f"the form has more than {MAX_PARTS} parts, its limit",
+    "Maximum segment header count exceeded": (
+        f"a part of the form has more than {MAX_HEADER_LINES} header lines, the limit of a part"
+    ),
+    "Maximum segment header length exceeded": (
+        f"a header line in the form is longer than {MAX_HEADER_LINE_BYTES} bytes, the limit"
+        " of a line"
+    ),
+}
 # Room for the multipart framing around the file (boundaries, part headers, small fields).
 FORM_OVERHEAD_BYTES = 64 * 1024
 
@@ -87,8 +102,14 @@ def boundary_of(content_type: str | None) -> str:
             quoted, token = match[2], match[3]
             boundary = _QUOTED_PAIR.sub(r"\1", quoted) if quoted is not None else token
             break
-    if not boundary or len(boundary) > 200:
+    if not boundary:
         raise UploadError(400, "the multipart/form-data Content-Type has no valid boundary")
+    if len(boundary) > MAX_BOUNDARY_CHARS:
+        raise UploadError(
+            400,
+            f"the multipart/form-data boundary is longer than {MAX_BOUNDARY_CHARS} characters,"
+            " its limit",
+        )
     return boundary
 
 
@@ -219,8 +240,8 @@ class UploadForm(FileBody):
         # invalid UTF-8 apart from other header trouble.
         self._parser = multipart.PushMultipartParser(
             boundary,
-            max_header_size=4096,
-            max_header_count=8,
+            max_header_size=MAX_HEADER_LINE_BYTES,
+            max_header_count=MAX_HEADER_LINES,
             max_segment_count=MAX_PARTS,
             header_charset="latin-1",
         )
@@ -246,7 +267,11 @@ class UploadForm(FileBody):
         except UploadError:
             self.abort()
             raise
-        except (multipart.ParserLimitReached, multipart.ParserError) as exc:
+        except multipart.ParserLimitReached as exc:
+            self.abort()
+            message = LIMIT_MESSAGES.get(str(exc), f"malformed multipart body: {exc}")
+            raise UploadError(400, message) from None
+        except multipart.ParserError as exc:
             self.abort()
             raise UploadError(400, f"malformed multipart body: {exc}") from None
 

@@ -34,6 +34,8 @@ MEASURE_EVERY_BYTES = 4 * 1024 * 1024
 # then costs less than the database read that would refuse it first, and recording the
 # upload checks the quota anyway (db.OverQuota), removing the bytes it refuses.
 QUOTA_AFTER_BODY_BYTES = 1024 * 1024
+# The largest Content-Length read as a number; a longer one is "more than" this.
+MAX_LENGTH = 2**62
 
 LOW_ON_SPACE = (
     "the server is too low on storage space to take this file; it was not stored. Try again later."
@@ -171,13 +173,14 @@ class Admission:
         self.too_large = too_large
 
     def received(self, size: int) -> None:
-        """Count body bytes as they arrive; UploadError (507, 429) when the upload must stop."""
+        """Count body bytes as they arrive; UploadError (429, 507) when the upload must stop.
+        A piece refused for the byte budget is not counted against it."""
         wait = self._limits.budgets.received(self._subjects, size)
-        if not self._reservation.received(size):
-            raise UploadError(507, LOW_ON_SPACE)
         if wait > 0:
             self._limits.refused["upload_bytes_per_hour"] += 1
             raise too_many(wait, self._limits.bytes_message())
+        if not self._reservation.received(size):
+            raise UploadError(507, LOW_ON_SPACE)
 
     def release(self) -> None:
         self._reservation.release()
@@ -230,9 +233,8 @@ class Limits:
         if user_id is None and config.anonymous_max_upload_bytes is not None:
             max_file = config.anonymous_max_upload_bytes
             if smallest > max_file:
-                # The file's own size is not known yet: a form's body holds more than it.
-                this = "this file is" if framing_bytes == 0 else "this upload's body is"
-                raise UploadError(413, self.anonymous_message(f"{this} {length} bytes"))
+                assert length is not None
+                raise UploadError(413, self.too_large_message(length, None, framing_bytes))
             too_large = self.anonymous_message("this file is larger")
         if user_id is not None and (held_back or length is None or length > QUOTA_AFTER_BODY_BYTES):
             await self.check_quota(database, user_id, smallest, length)
@@ -259,23 +261,62 @@ class Limits:
             raise too_many(bytes_wait, self.bytes_message())
         return Admission(self, reservation, subjects, max_file, too_large)
 
-    def resume(self, *, length: int | None, key_id: str | None, address: str) -> Admission:
-        """A later part of a resumable upload: it was counted, and checked against the file
-        limits and the quota, when it began; its bytes still meet the disk guard and the
-        byte budgets. UploadError 507 when the disk has no room for `length` more."""
-        reservation = self.guard.admit(length)
-        if reservation is None:
-            raise UploadError(507, LOW_ON_SPACE)
+    def resume(
+        self,
+        *,
+        length: int | None,
+        upload_length: int,
+        user_id: int | None,
+        key_id: str | None,
+        address: str,
+    ) -> Admission:
+        """A later part of a resumable upload of `upload_length` bytes in all: it was
+        counted, and checked against the quota, when it began; the file limits of its owner
+        (`user_id`; None: anonymous) hold again (they may have changed since), and its bytes
+        meet the disk guard and the byte budgets. UploadError 413 for a file over its
+        limit, 429 when the byte budget has no room for `length` more (None, chunked: for
+        a byte), 507 when the disk has none."""
+        self.hold_resumable(upload_length, user_id)
         subjects = [f"addr:{address_key(address)}"]
         if key_id is not None:
             subjects.append(f"key:{key_id}")
+        # As for a new upload: a part the byte budget has no room for is refused before its
+        # body is read, and costs nothing.
+        wait = self.budgets.bytes_wait(subjects, length)
+        if wait > 0:
+            self.refused["upload_bytes_per_hour"] += 1
+            raise too_many(wait, self.bytes_message())
+        reservation = self.guard.admit(length)
+        if reservation is None:
+            raise UploadError(507, LOW_ON_SPACE)
         return Admission(self, reservation, subjects, self.config.max_upload_bytes, None)
+
+    def hold_resumable(self, length: int, user_id: int | None) -> None:
+        """Raise UploadError 413 when a resumable upload of `length` bytes is over the file
+        limit of its owner (`user_id`; None: anonymous, held to anonymous_max_upload_bytes).
+        Checked when it begins, at each part, and before it is stored."""
+        most = self.config.max_upload_bytes
+        if user_id is None and self.config.anonymous_max_upload_bytes is not None:
+            most = self.config.anonymous_max_upload_bytes
+        if length > most:
+            raise UploadError(413, self.too_large_message(length, user_id, 0))
 
     def count_message(self) -> str:
         return (
             f"too many uploads: at most {self.config.uploads_per_minute} a minute from one"
             " address or API key"
         )
+
+    def too_large_message(self, length: int, user_id: int | None, framing_bytes: int) -> str:
+        """Why a body of `length` bytes (its Content-Length) is refused as too large, in the
+        words of the limit that applies to its sender: the anonymous one for an anonymous
+        upload, when there is one, else max_upload_bytes."""
+        if user_id is None and self.config.anonymous_max_upload_bytes is not None:
+            # The file's own size is not known yet: a form's body holds more than it.
+            this = "this file is" if framing_bytes == 0 else "this upload's body is"
+            size = f"more than {MAX_LENGTH}" if length > MAX_LENGTH else str(length)
+            return self.anonymous_message(f"{this} {size} bytes")
+        return f"the file is larger than the limit of {self.config.max_upload_bytes} bytes"
 
     def anonymous_message(self, this: str) -> str:
         return (

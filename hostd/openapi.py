@@ -8,6 +8,7 @@ A new route goes in one of the `*_PATHS` tables below, in the same commit.
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import sys
@@ -19,6 +20,8 @@ from hostd.auth import DELETE_TOKEN_PATTERN
 from hostd.config import LONGEST_EXPIRY_HOURS
 from hostd.formdata import MAX_FILENAME_BYTES, MAX_PARTS, MAX_TEXT_FIELD_BYTES, NOT_IN_FILENAMES
 from hostd.hashes import PUBLIC_HASH_MAX, PUBLIC_HASH_MIN
+from hostd.parsing import ASCTIME_DATE, IMF_FIXDATE, RFC850_DATE
+from hostd.retention import RFC5322_DATE
 
 Json = dict[str, Any]
 
@@ -87,7 +90,8 @@ HASH_PARAMETER = path_parameter(
 UPLOAD_ERRORS: dict[str, str] = {
     "400": "A malformed request: not multipart/form-data, no `file` field or an empty file, "
     "a bad filename, a form past its limits (16 parts, 1 KiB text fields, 8 header lines "
-    "of 4 KiB a part), a Content-Length that is not a number, or a bad expiry.",
+    "of 4 KiB a part, a boundary of at most 200 characters), a Content-Length that is not a "
+    "number, or a bad expiry.",
     "401": "No account where the server needs one (`limits.allow_anonymous = false`), an "
     "Authorization header that is not a usable Bearer key, or a key invalidated (or its "
     "account disabled or removed) while the body arrived.",
@@ -96,21 +100,53 @@ UPLOAD_ERRORS: dict[str, str] = {
     "429": "Too many uploads in flight from this address, or over an upload rate limit; "
     "`Retry-After` says when to try again.",
     "451": "These bytes are banned from this server.",
-    "503": "The server is busy (checking other keys) or shutting down; try again soon.",
+    "503": "The database or the file storage cannot be reached or is busy, the storage "
+    "cannot be written (a filesystem remounted read-only, wrong permissions: as `/healthz` "
+    "says), the server is busy checking other keys, or it is shutting down; try again soon.",
     "507": "The server is out of storage space; the file was not stored.",
 }
+# What the /api page lists: the upload's own refusals and the one every URL may answer,
+# which the server gives before it knows the URL (see HEAD_TOO_BIG).
+UPLOAD_REFUSALS: dict[str, str] = dict(
+    sorted(
+        {
+            **UPLOAD_ERRORS,
+            "431": "The request's header fields are over 64 KiB; answered before the URL is "
+            "read, so in plain text (`ERROR <message>`) here too.",
+        }.items()
+    )
+)
 
-# Hours, as the schema's pattern; the other forms, times, are valid only while they
-# lie ahead, which no schema can say, so they are in the description alone.
+# Every form retention.parse_expires takes, as its syntax: hours (1 to
+# LONGEST_EXPIRY_HOURS), Unix milliseconds (13 to 16 digits: EPOCH_MS_FROM and over), an ISO
+# 8601 time with its zone, an HTTP date in any of its three forms, or `date -R`'s; or empty.
+# That a time lies ahead, at most LONGEST_EXPIRY_HOURS away, and is a real one (no 31
+# February) no pattern can say: the description says it.
+EXPIRES_PATTERN = (
+    "^("
+    + "|".join(
+        [
+            "0*([1-9][0-9]{0,5}|1000000)",
+            "0*[1-9][0-9]{12,15}",
+            "[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}(:[0-9]{2}([.,][0-9]+)?)?"
+            "([Zz]|[+-][0-9]{2}:?[0-9]{2})",
+            IMF_FIXDATE.pattern,
+            RFC850_DATE.pattern,
+            ASCTIME_DATE.pattern,
+            RFC5322_DATE.pattern,
+        ]
+    )
+    + ")?$"
+)
 EXPIRES_SCHEMA: Json = {
     "type": "string",
-    "pattern": "^(0*([1-9][0-9]{0,5}|1000000))?$",  # 1 to LONGEST_EXPIRY_HOURS, or empty
+    "pattern": EXPIRES_PATTERN,
     "description": "When the upload should expire: a whole number of hours from now (1 to "
     f"{LONGEST_EXPIRY_HOURS:,}), or a time at most that far ahead: an ISO 8601 time with "
     "its zone (`2030-01-31T12:00:00Z`), an HTTP date (`Thu, 31 Jan 2030 12:00:00 GMT`) or "
     "Unix time in milliseconds (`1896091200000`, 0x0.st's form: 13 digits or more); empty for "
-    f"nothing asked. Send it once: as an `expires` field or "
-    "an `Expires` header, not both.",
+    "nothing asked. A time must be a real one and lie ahead (a past one is a 400). Send it "
+    "once, with a value: as an `expires` field or an `Expires` header, not both.",
 }
 
 # Answered by the server before it knows the URL, so in the plain-text protocol everywhere.
@@ -118,6 +154,19 @@ HEAD_TOO_BIG: Json = {
     "description": "The request's header fields are over 64 KiB.",
     "content": {"text/plain": {"schema": {"type": "string", "pattern": "^ERROR "}}},
 }
+
+
+def with_head_too_big(paths: Json) -> Json:
+    """Every operation answers 431 (HEAD_TOO_BIG), the server's answer to any URL: added
+    where an operation does not list it, without a body for a HEAD."""
+    for path_item in paths.values():
+        for method, operation in path_item.items():
+            answer = HEAD_TOO_BIG
+            if method == "head":
+                answer = {"description": HEAD_TOO_BIG["description"]}
+            operation["responses"].setdefault("431", answer)
+    return paths
+
 
 EXPIRES_HEADER_PARAMETER: Json = {
     "name": "Expires",
@@ -270,6 +319,21 @@ UPLOAD_PATHS: Json = {
                 },
                 "431": HEAD_TOO_BIG,
             },
+        }
+    },
+}
+
+# The document's OPTIONS of every path go without saying (see document()'s description);
+# these two are asked by clients before they upload, so they are listed.
+UPLOAD_OPTIONS: Json = {
+    "tags": ["uploads"],
+    "operationId": "uploadOptions",
+    "summary": "The methods /api/upload takes (POST, PUT), in Allow",
+    "security": [{}],
+    "responses": {
+        "204": {
+            "description": "No body; the methods in `Allow`.",
+            "headers": {"Allow": {"schema": {"type": "string"}}},
         }
     },
 }
@@ -1059,6 +1123,31 @@ UPLOAD_INFO = {
 
 TUS_PATHS: Json = {
     "/api/tus/": {
+        "options": {
+            "tags": ["uploads"],
+            "operationId": "tusOptions",
+            "summary": "tus discovery: the version, extensions, checksum and size limit",
+            "description": "Needs no `Tus-Resumable` and no authentication. `Tus-Max-Size` "
+            "is `limits.max_upload_bytes`; an anonymous upload may be held to a lower "
+            "`limits.anonymous_max_upload_bytes`, which its creation answers with a 413.",
+            "security": [{}],
+            "responses": {
+                "204": {
+                    "description": "No body; what the server speaks, in its headers.",
+                    "headers": {
+                        name: {"schema": {"type": "string"}}
+                        for name in (
+                            "Tus-Resumable",
+                            "Tus-Version",
+                            "Tus-Extension",
+                            "Tus-Max-Size",
+                            "Tus-Checksum-Algorithm",
+                            "Allow",
+                        )
+                    },
+                }
+            },
+        },
         "post": {
             "tags": ["uploads"],
             "operationId": "tusCreate",
@@ -1101,7 +1190,7 @@ TUS_PATHS: Json = {
                 "415": api_error("A first part not sent as application/offset+octet-stream."),
                 "460": api_error("The first part does not match its Upload-Checksum."),
             },
-        }
+        },
     },
     "/api/tus/{id}": {
         "head": {
@@ -1306,18 +1395,26 @@ def document() -> Json:
             {"name": "pages", "description": "The browser's pages and forms."},
             {"name": "meta"},
         ],
-        "paths": {
-            **UPLOAD_PATHS,
-            "/api/upload": {**UPLOAD_PATHS["/api/upload"], "put": UNNAMED_PUT_UPLOAD},
-            **FILE_PATHS,
-            **DELETION_PATHS,
-            **KEY_PATHS,
-            **PAGE_PATHS,
-            **STATIC_PATHS,
-            **MONITORING_PATHS,
-            **put_upload_paths(),
-            **TUS_PATHS,
-        },
+        "paths": with_head_too_big(
+            copy.deepcopy(
+                {
+                    **UPLOAD_PATHS,
+                    "/api/upload": {
+                        **UPLOAD_PATHS["/api/upload"],
+                        "put": UNNAMED_PUT_UPLOAD,
+                        "options": UPLOAD_OPTIONS,
+                    },
+                    **FILE_PATHS,
+                    **DELETION_PATHS,
+                    **KEY_PATHS,
+                    **PAGE_PATHS,
+                    **STATIC_PATHS,
+                    **MONITORING_PATHS,
+                    **put_upload_paths(),
+                    **TUS_PATHS,
+                }
+            )
+        ),
         "components": COMPONENTS,
     }
 

@@ -273,12 +273,14 @@ async def begin(
     begin: the file's own limits, the quota (counting the account's unfinished uploads) and
     the upload count, as for any upload; the disk guard and the byte budgets then meet
     each part as it comes. UploadError (413, 429, 507) when they refuse it."""
+    upload_limits.hold_resumable(length, user_id)
     admission = await upload_limits.admit(
         database,
         length=length,
         user_id=user_id,
         key_id=api_key.key_id if api_key else None,
         address=address,
+        framing_bytes=0,  # Upload-Length is the file's own
     )
     admission.release()
     try:

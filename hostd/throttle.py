@@ -194,7 +194,9 @@ class UploadLimiter:
 
     Each budget is a token bucket: full at first, so a whole minute's uploads (or an
     hour's bytes) may come at once, and refilled steadily at that rate. An upload counts
-    when it starts; its bytes count as they arrive, so that parallel uploads are held too.
+    when it starts; its bytes count as they are taken in, so that parallel uploads are held
+    too. What is refused counts nothing: an upload refused before its body, and a piece of
+    body refused because the byte budget is spent (the client may send it again later).
     Memory is bounded: past `max_entries` buckets the least recently used go (a bucket
     forgotten is a full one), and a bucket that has refilled is dropped.
     """
@@ -219,15 +221,12 @@ class UploadLimiter:
         nothing is counted. With a `length` (the body's Content-Length) the byte budget
         must have room for all of it; the bytes themselves count as they arrive."""
         now = self._clock()
-        count_wait = bytes_wait = 0.0
+        count_wait = 0.0
         for subject in subjects:
             if self.per_minute is not None:
                 tokens = self._level(f"n:{subject}", self.per_minute, 60.0, now)
                 count_wait = max(count_wait, (1 - tokens) * 60.0 / self.per_minute)
-            if self.bytes_per_hour is not None:
-                need = min(length or 1, self.bytes_per_hour)
-                tokens = self._level(f"b:{subject}", self.bytes_per_hour, 3600.0, now)
-                bytes_wait = max(bytes_wait, (need - tokens) * 3600.0 / self.bytes_per_hour)
+        bytes_wait = self.bytes_wait(subjects, length)
         if count_wait > 0 or bytes_wait > 0:
             return count_wait, bytes_wait
         if self.per_minute is not None:
@@ -235,17 +234,36 @@ class UploadLimiter:
                 self._take(f"n:{subject}", self.per_minute, 60.0, 1, now)
         return 0.0, 0.0
 
-    def received(self, subjects: list[str], size: int) -> float:
-        """Count `size` bytes of body for each subject: 0 while within the byte budget,
-        else the seconds until the budget is out of debt (the upload must stop)."""
+    def bytes_wait(self, subjects: list[str], length: int | None) -> float:
+        """The seconds until every subject's byte budget has room for a body of `length`
+        bytes (None, chunked: for its first byte); 0 when it has. Counts nothing."""
         if self.bytes_per_hour is None:
             return 0.0
         now = self._clock()
+        need = min(length or 1, self.bytes_per_hour)
         wait = 0.0
         for subject in subjects:
-            tokens = self._take(f"b:{subject}", self.bytes_per_hour, 3600.0, size, now)
-            wait = max(wait, -tokens * 3600.0 / self.bytes_per_hour)
+            tokens = self._level(f"b:{subject}", self.bytes_per_hour, 3600.0, now)
+            wait = max(wait, (need - tokens) * 3600.0 / self.bytes_per_hour)
         return wait
+
+    def received(self, subjects: list[str], size: int) -> float:
+        """Take in `size` bytes of body, if every subject's byte budget has some left, and
+        return 0; the piece may overdraw it, and the debt is paid before more is taken.
+        Else count nothing and return the seconds until the budget has a byte again (the
+        upload must stop, and the piece is not taken)."""
+        if self.bytes_per_hour is None:
+            return 0.0
+        now = self._clock()
+        lowest = min(
+            (self._level(f"b:{subject}", self.bytes_per_hour, 3600.0, now) for subject in subjects),
+            default=1.0,
+        )
+        if lowest <= 0:  # spent: wait until it has a byte again
+            return (1 - lowest) * 3600.0 / self.bytes_per_hour
+        for subject in subjects:
+            self._take(f"b:{subject}", self.bytes_per_hour, 3600.0, size, now)
+        return 0.0
 
     def _level(self, key: str, capacity: int, period: float, now: float) -> float:
         bucket = self._buckets.get(key)

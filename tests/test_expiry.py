@@ -483,6 +483,23 @@ async def test_asking_twice_is_a_400(http_client, base_url, db, config):
 
 
 @pytest.mark.gen_test
+async def test_an_empty_field_beside_the_header_asks_nothing_so_only_the_header_counts(
+    http_client, base_url, wall_clock
+):
+    """As the README says: a field and a header are a 400 when both have a value."""
+    answer = await upload(
+        http_client, base_url, fields_after={"expires": ""}, headers={"Expires": "24"}
+    )
+
+    assert answer.code == 200
+    assert json.loads(answer.body)["expires_at"] == time.strftime(
+        "%Y-%m-%dT%H:%M:%SZ", time.gmtime(wall_clock() + 24 * 3600)
+    )
+    readme = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())
+    assert "a field and a header both with a value" in readme
+
+
+@pytest.mark.gen_test
 async def test_a_time_that_passes_while_the_body_arrives_is_a_400(
     http_port, http_server, db, config, wall_clock
 ):

@@ -249,11 +249,54 @@ async def test_a_form_without_a_file_says_what_it_had_instead(local, fields, fil
     assert "send the file in a multipart field named 'file'" in caught.value.message
 
 
-def test_too_many_parts_is_refused(local):
-    body, _ = multipart_body({f"f{i}": "x" for i in range(40)})
+def part(header_lines, content=b"x"):
+    return (
+        b"--hostd-test-boundary\r\n"
+        + b"".join(line.encode() + b"\r\n" for line in header_lines)
+        + b"\r\n"
+        + content
+        + b"\r\n"
+    )
 
-    with pytest.raises(UploadError, match="malformed multipart body"):
+
+FIELD = 'Content-Disposition: form-data; name="note"'
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            b"".join(part([f'Content-Disposition: form-data; name="f{i}"']) for i in range(17)),
+            "the form has more than 16 parts, its limit",
+        ),
+        (
+            part([FIELD] + [f"X-Extra-{i}: x" for i in range(8)]),
+            "a part of the form has more than 8 header lines, the limit of a part",
+        ),
+        (
+            part([FIELD, "X-Long: " + "x" * 4096]),
+            "a header line in the form is longer than 4096 bytes, the limit of a line",
+        ),
+    ],
+    ids=["parts", "header lines", "header line length"],
+)
+def test_a_form_past_a_limit_is_refused_with_the_limit_and_its_number(local, body, message):
+    with pytest.raises(UploadError) as caught:
         form(local).feed(body)
+
+    assert (caught.value.status, caught.value.message) == (400, message)
+
+
+def test_a_boundary_past_its_limit_is_refused_with_the_limit_and_its_number():
+    within = boundary_of("multipart/form-data; boundary=" + "b" * 200)
+
+    with pytest.raises(UploadError) as caught:
+        boundary_of("multipart/form-data; boundary=" + "b" * 201)
+
+    assert within == "b" * 200
+    assert caught.value.message == (
+        "the multipart/form-data boundary is longer than 200 characters, its limit"
+    )
 
 
 @pytest.mark.parametrize(

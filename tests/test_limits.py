@@ -388,6 +388,25 @@ async def test_an_anonymous_content_length_over_its_limit_is_refused_before_the_
     assert temp_files(config) == []
 
 
+@pytest.mark.parametrize("chunked", [False, True], ids=["Content-Length", "chunked"])
+@pytest.mark.parametrize("endpoint", ENDPOINTS)
+@pytest.mark.gen_test(timeout=30)
+async def test_an_anonymous_body_over_every_limit_is_told_the_anonymous_one(
+    http_client, base_url, config, limit, endpoint, chunked
+):
+    """Also past max_upload_bytes, the accounts' limit, whichever check stops it."""
+    limit(anonymous_max_upload_bytes=MiB)
+
+    refused, _, _ = await streamed(http_client, f"{base_url}{endpoint}", 9 * MiB, chunked=chunked)
+
+    assert refused.code == 413
+    message = error_of(refused, endpoint)
+    this = "this file is larger" if chunked else "this upload's body is "
+    assert f"anonymous uploads may be at most {MiB} bytes, and {this}" in message
+    assert f"use an API key to upload up to {8 * MiB} bytes" in message
+    assert temp_files(config) == []
+
+
 @pytest.mark.gen_test(timeout=30)
 async def test_an_anonymous_chunked_body_over_its_limit_is_stopped_while_streaming(
     http_client, base_url, config, db, limit
@@ -681,6 +700,48 @@ async def test_a_chunked_body_past_the_hourly_byte_budget_is_stopped_while_strea
     assert error_of(refused).startswith(f"too much uploaded: at most {MiB} bytes an hour")
     assert temp_files(config) == [] and blob_files(config) == []
     assert await queries.all_uploads(db) == []
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_refused_uploads_cost_none_of_the_hourly_byte_budget(
+    http_client, base_url, clock, limit
+):
+    """Only bytes taken in count: a 413 from the head, or a resumable part refused for the
+    budget, leaves it as it was, and the wait it is told does not grow with each retry."""
+    limit(upload_bytes_per_hour=200_000, anonymous_max_upload_bytes=100_000)
+    tus = {"Tus-Resumable": "1.0.0", **at("192.0.2.1")}
+    part = {**tus, "Content-Type": "application/offset+octet-stream", "Upload-Offset": "0"}
+    urls = [
+        (
+            await http_client.fetch(
+                f"{base_url}/api/tus/",
+                method="POST",
+                headers={**tus, "Upload-Length": "90000"},
+                body=b"",
+            )
+        ).headers["Location"]
+        for _ in range(3)
+    ]
+    too_big, sent, _ = await streamed(
+        http_client, f"{base_url}/api/upload", 170_000, headers=at("192.0.2.1")
+    )
+
+    parts = [
+        await http_client.fetch(
+            url, method="PATCH", headers=part, body=os.urandom(90_000), raise_error=False
+        )
+        for url in (urls[0], urls[1], urls[2], urls[2])
+    ]
+    clock.advance(int(parts[2].headers["Retry-After"]))
+    retried = await http_client.fetch(
+        urls[2], method="PATCH", headers=part, body=os.urandom(90_000), raise_error=False
+    )
+
+    assert too_big.code == 413 and sent == 0
+    assert [p.code for p in parts] == [204, 204, 429, 429]
+    # 20,000 bytes left: 70,000 more come back at 200,000 an hour in 1,260 s, each time.
+    assert parts[2].headers["Retry-After"] == parts[3].headers["Retry-After"] == "1260"
+    assert retried.code == 204
 
 
 @pytest.mark.gen_test

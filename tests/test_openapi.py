@@ -31,7 +31,7 @@ from helpers import (
 from tornado import httputil
 
 from hostd import db as queries
-from hostd import openapi, resumable
+from hostd import openapi, resumable, retention
 from hostd.config import Config
 from hostd.db import Database
 from hostd.formdata import MAX_FILENAME_BYTES
@@ -138,6 +138,80 @@ def test_the_path_examples_fit_their_own_parameters():
                     schema = document["components"]["schemas"][schema["$ref"].split("/")[-1]]
                 if "example" in parameter and "pattern" in schema:
                     assert re.search(schema["pattern"], parameter["example"]), template
+
+
+TAKEN_EXPIRIES = [
+    "",
+    "24",
+    "1000000",
+    "2030-01-31T12:00:00Z",
+    "2030-01-31T13:00:00+01:00",
+    "2030-01-31 12:00Z",
+    "Thu, 31 Jan 2030 12:00:00 GMT",
+    "Thursday, 31-Jan-30 12:00:00 GMT",
+    "Thu Jan 31 12:00:00 2030",
+    "Thu, 31 Jan 2030 13:00:00 +0100",
+    "1896091200000",
+]
+REFUSED_EXPIRIES = ["0", "1.5", "1000001", "123456789", "soon", "2030-01-31T12:00:00", "24h"]
+
+
+def expires_schemas(document: dict[str, Any]) -> list[dict[str, Any]]:
+    """The schema of every Expires header and expires field the document describes."""
+    found = []
+    for path_item in document["paths"].values():
+        for operation in operations(path_item).values():
+            found += [
+                p["schema"] for p in operation.get("parameters", []) if p["name"] == "Expires"
+            ]
+            for content in operation.get("requestBody", {}).get("content", {}).values():
+                field = content["schema"].get("properties", {}).get("expires")
+                found += [field] if field else []
+    return found
+
+
+def test_the_expiry_schema_takes_every_form_the_server_takes():
+    """Hours, Unix milliseconds, ISO 8601 with a zone, HTTP dates and `date -R`'s (README,
+    Expiry): a generated or validating client must be able to send each of them."""
+    schemas = expires_schemas(openapi.document())
+    now = 1_767_225_600  # 2026-01-01T00:00:00Z
+
+    assert len(schemas) >= 5  # /api/upload, /upload, /, and both PUTs: header and field
+    for value in TAKEN_EXPIRIES:
+        retention.parse_expires(value, now=now)  # the server takes it
+        for schema in schemas:
+            assert re.search(schema["pattern"], value), f"{value!r} does not fit {schema}"
+    for value in REFUSED_EXPIRIES:
+        with pytest.raises(retention.ExpiryError):
+            retention.parse_expires(value, now=now)
+        for schema in schemas:
+            assert not re.search(schema["pattern"], value), f"{value!r} fits {schema}"
+
+
+def test_every_operation_lists_the_431_any_url_answers():
+    for template, path_item in openapi.document()["paths"].items():
+        for method, operation in operations(path_item).items():
+            assert "431" in operation["responses"], f"{method.upper()} {template}"
+
+
+@pytest.mark.parametrize(
+    ("path", "headers"),
+    [
+        ("/api/tus/", {"Tus-Version", "Tus-Extension", "Tus-Max-Size", "Tus-Checksum-Algorithm"}),
+        ("/api/upload", {"Allow"}),
+    ],
+)
+@pytest.mark.gen_test
+async def test_the_options_clients_ask_before_uploading_are_described(
+    http_client, base_url, path, headers
+):
+    described = openapi.document()["paths"][path]["options"]["responses"]["204"]["headers"]
+
+    response = await http_client.fetch(f"{base_url}{path}", method="OPTIONS")
+
+    assert response.code == 204
+    assert headers <= set(described)
+    assert set(described) <= set(response.headers)
 
 
 @pytest.mark.gen_test
@@ -387,13 +461,28 @@ schema = schemathesis.openapi.from_dict(
 schemathesis.serializer.alias("application/offset+octet-stream", "application/octet-stream")
 
 
+def real_time_ahead(expires: Any) -> bool:
+    """Whether a generated expiry the pattern allows is also a real time that lies ahead,
+    not too far (a time in the past, or the 31st of February, is a right 400)."""
+    if not isinstance(expires, str):
+        return True
+    try:
+        retention.parse_expires(expires, now=int(time.time()))
+    except retention.ExpiryError:
+        return False
+    return True
+
+
 @schema.hook
 def filter_case(context: Any, case: Any) -> bool:
     """Rules OpenAPI cannot state: an upload may ask for its expiry once (a field or a
-    header, not both); a PUT's filename is limited in bytes of UTF-8, where maxLength
-    counts characters."""
+    header, not both), and a time it asks for must be real and lie ahead; a PUT's filename
+    is limited in bytes of UTF-8, where maxLength counts characters."""
     field = isinstance(case.body, dict) and case.body.get("expires")
-    if field and case.headers and case.headers.get("Expires"):
+    header = case.headers.get("Expires") if case.headers else None
+    if field and header:
+        return False
+    if not (real_time_ahead(field) and real_time_ahead(header)):
         return False
     if case.operation.definition.raw.get("operationId") != "uploadPut":
         return True

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from helpers import multipart_body, text_of
+from helpers import assert_refused, multipart_body, text_of
 
 # On SQLite only: pages and their rendering (the other suites run on both databases).
 pytestmark = pytest.mark.sqlite_only
@@ -236,14 +236,24 @@ async def test_a_file_sent_to_an_unknown_url_is_told_where_uploads_go(
     )
 
 
+@pytest.mark.parametrize(("method", "body"), [("PUT", b"png"), ("PATCH", None), ("DELETE", None)])
 @pytest.mark.gen_test
-async def test_a_file_put_to_the_upload_page_itself_is_told_where_uploads_go(http_client, base_url):
-    response = await http_client.fetch(f"{base_url}/", method="PUT", body=b"png", raise_error=False)
-
-    assert response.code == 405 and response.headers["Allow"] == "GET, HEAD, POST, OPTIONS"
-    assert "The upload page takes no files itself. Upload a file with POST /api/upload" in (
-        response.body.decode()
+async def test_another_method_on_the_upload_page_is_told_how_it_takes_a_file(
+    http_client, base_url, method, body
+):
+    response = await http_client.fetch(
+        f"{base_url}/", method=method, body=body, allow_nonstandard_methods=True, raise_error=False
     )
+
+    assert_refused(
+        response,
+        "/",
+        405,
+        "This URL takes a file as a POST of a multipart form with the file in a field named"
+        f" 'file' (curl -F file=@FILE {base_url}/). To send the file itself as the body,"
+        f" PUT it to /api/upload/<its name> (curl -T FILE {base_url}/api/upload/).",
+    )
+    assert response.headers["Allow"] == "GET, HEAD, POST, OPTIONS"
 
 
 @pytest.mark.parametrize("content_type", ["multipart/form-data", "multipart/form-data; boundary=x"])
@@ -289,15 +299,21 @@ async def test_the_413_page_uses_the_status_name_of_rfc_9110(http_client, base_u
 
 @pytest.mark.gen_test
 async def test_api_page_lists_what_a_refused_upload_answers(http_client, base_url):
-    from hostd.openapi import UPLOAD_ERRORS
+    """The same list as the OpenAPI document's (the page says so)."""
+    from hostd.openapi import document
 
-    text = text_of((await http_client.fetch(f"{base_url}/api")).body)
+    page = (await http_client.fetch(f"{base_url}/api")).body.decode()
 
-    assert list(UPLOAD_ERRORS) == ["400", "401", "408", "413", "429", "451", "503", "507"]
-    for status in UPLOAD_ERRORS:
-        assert f" {status} " in text
+    listed = re.findall(r"<dt><code>([0-9]{3})</code></dt>", page)
+    documented = document()["paths"]["/api/upload"]["post"]["responses"]
+    assert listed == sorted(set(documented) - {"200"})
+    assert listed == ["400", "401", "408", "413", "429", "431", "451", "503", "507"]
+    text = text_of(page.encode())
     assert "These bytes are banned from this server." in text
     assert "( limits.body_idle_seconds )" in text  # its `code` in <code>
+    assert "header fields are over 64 KiB" in text
+    assert "The database or the file storage cannot be reached or is busy" in text
+    assert "the storage cannot be written" in text
 
 
 @pytest.mark.gen_test

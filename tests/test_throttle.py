@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from hostd import db as queries
-from hostd.throttle import RegistrationLimiter, SignInLimiter, address_key
+from hostd.throttle import RegistrationLimiter, SignInLimiter, UploadLimiter, address_key
 
 
 async def wait(limiter, account, address):
@@ -213,6 +213,32 @@ def test_registrations_are_limited_per_address_per_hour(clock):
     assert registrations.take("192.0.2.1") == 0
     assert registrations.take("2001:db8::1") == registrations.take("2001:db8::2") == 0
     assert registrations.take("2001:db8::3") > 0  # one /64
+
+
+def test_upload_bytes_count_as_taken_in_and_a_refused_piece_counts_nothing(clock):
+    budgets = UploadLimiter(per_minute=None, bytes_per_hour=1000, clock=clock)
+    address = ["addr:192.0.2.1"]
+
+    taken = [budgets.received(address, 600) for _ in range(2)]  # the second overdraws
+    refused = [budgets.received(address, 600) for _ in range(3)]
+    clock.advance(723.6)
+    again = budgets.received(address, 600)
+
+    assert taken == [0, 0]
+    # 200 bytes in debt: a byte back takes 201 * 3.6 s, however often a piece is refused.
+    assert refused == [pytest.approx(723.6)] * 3
+    assert again == 0
+
+
+def test_a_refused_upload_costs_no_bytes_of_the_budget(clock):
+    budgets = UploadLimiter(per_minute=None, bytes_per_hour=1000, clock=clock)
+    address = ["addr:192.0.2.1"]
+    budgets.received(address, 600)
+
+    waits = [budgets.start(address, 600) for _ in range(3)]
+
+    assert waits == [(0, pytest.approx(720))] * 3
+    assert budgets.bytes_wait(address, 400) == 0
 
 
 @pytest.mark.gen_test(timeout=60)

@@ -232,6 +232,73 @@ async def test_a_file_over_the_limit_is_a_413_and_leaves_nothing(http_client, ba
     assert partial_files(config) == [created.headers["Location"].rsplit("/", 1)[1]]
 
 
+def anonymous_refusal(size: int) -> str:
+    return (
+        f"anonymous uploads may be at most 1000 bytes, and this file is {size} bytes; sign in"
+        " or use an API key to upload up to 8388608 bytes"
+    )
+
+
+@pytest.mark.parametrize("body", [None, b"x" * 100], ids=["creation", "creation-with-upload"])
+@pytest.mark.gen_test
+async def test_an_anonymous_upload_over_the_anonymous_limit_is_a_413_at_creation(
+    http_client, base_url, config, db, login, auth, limit, body
+):
+    limit(anonymous_max_upload_bytes=1000)
+    key = await new_key(db, auth, (await login()).user)
+
+    refused = await create(http_client, base_url, 1001, body=body)
+    keyed = await create(
+        http_client, base_url, 1001, body=body, headers={"Authorization": f"Bearer {key}"}
+    )
+
+    assert refused.code == 413
+    assert json.loads(refused.body) == {"status": False, "error": anonymous_refusal(1001)}
+    assert keyed.code == 201
+    assert partial_files(config) == [keyed.headers["Location"].rsplit("/", 1)[1]]
+
+
+@pytest.mark.gen_test
+async def test_an_anonymous_upload_begun_under_a_higher_limit_is_held_to_todays(
+    http_client, base_url, config, db, limit
+):
+    """An admin who lowers anonymous_max_upload_bytes: parts and the registration of an
+    upload begun before are refused, as its creation would be now."""
+    data = unique_bytes(2000)
+    resumed_url = (await create(http_client, base_url, len(data))).headers["Location"]
+    finished_url = (await create(http_client, base_url, len(data))).headers["Location"]
+    finished_id = finished_url.rsplit("/", 1)[1]
+    # As a server that stopped between the last part's offset and the registration leaves it:
+    (config.data_dir / "partials" / finished_id).write_bytes(data)
+    await queries.update_resumable_offset(db, id=finished_id, offset_bytes=len(data))
+    limit(anonymous_max_upload_bytes=1000)
+
+    part = await patch(http_client, resumed_url, 0, data[:500])
+    finished = await head(http_client, finished_url)
+
+    assert part.code == 413
+    assert json.loads(part.body) == {"status": False, "error": anonymous_refusal(2000)}
+    assert (await head(http_client, resumed_url)).headers["Upload-Offset"] == "0"
+    assert finished.code == 413
+    assert (await head(http_client, finished_url)).code == 404
+    assert partial_files(config) == [resumed_url.rsplit("/", 1)[1]]
+    assert [p for p in config.blobs_dir.rglob("*") if p.is_file()] == []
+
+
+@pytest.mark.gen_test
+async def test_answers_that_carry_the_deletion_link_are_kept_by_no_cache(http_client, base_url):
+    data = unique_bytes(1000)
+    created = await create(http_client, base_url, len(data))
+    url = created.headers["Location"]
+
+    last = await patch(http_client, url, 0, data)
+    replayed = await http_client.fetch(url, headers=TUS)
+
+    assert "delete_url" in json.loads(last.headers["Upload-Info"])
+    assert "delete_url" in json.loads(replayed.body)
+    assert last.headers["Cache-Control"] == replayed.headers["Cache-Control"] == "no-store"
+
+
 @pytest.mark.gen_test
 async def test_a_part_must_be_sent_as_offset_octet_stream(http_client, base_url):
     created = await create(http_client, base_url, 1000)

@@ -15,6 +15,7 @@ import socket
 
 import pytest
 from helpers import (
+    assert_refused,
     blob_files,
     hold_writer,
     multipart_body,
@@ -643,3 +644,49 @@ async def test_get_on_an_upload_url_is_not_allowed(http_client, base_url):
     response = await http_client.fetch(f"{base_url}/api/upload", raise_error=False)
 
     assert response.code == 405
+
+
+@pytest.mark.parametrize(
+    ("method", "query", "body"),
+    [("DELETE", "?api=1", None), ("PUT", "", b"x"), ("PATCH", "?api=1", b"x")],
+)
+@pytest.mark.gen_test
+async def test_another_method_on_the_upload_url_is_told_how_it_takes_a_file(
+    http_client, base_url, method, query, body
+):
+    response = await http_client.fetch(
+        f"{base_url}/upload{query}", method=method, body=body, raise_error=False
+    )
+
+    assert_refused(
+        response,
+        f"/upload{query}",
+        405,
+        "Method Not Allowed: POST a multipart form with the file in a field named 'file'"
+        " (curl -F file=@FILE); api=1 in the query string (or a form field before the file)"
+        " answers in plain text",
+    )
+    assert response.headers["Allow"] == "POST, OPTIONS"
+
+
+@pytest.mark.parametrize(
+    ("path", "headers"),
+    [
+        ("/api/upload", {}),
+        ("/upload?api=1", {}),
+        ("/upload", {}),
+        ("/upload", {"HX-Request": "true"}),
+        ("/", {}),
+    ],
+)
+@pytest.mark.gen_test
+async def test_an_answer_that_carries_the_deletion_link_is_kept_by_no_cache(
+    http_client, base_url, path, headers
+):
+    response = await post(
+        http_client, f"{base_url}{path}", files=[("file", "a.txt", b"secret link")], headers=headers
+    )
+
+    assert response.code == 200
+    assert "/delete/" in response.headers["X-Delete-Url"]
+    assert response.headers["Cache-Control"] == "no-store"

@@ -50,7 +50,7 @@ class ApiPageHandler(BaseHandler):
             sharex_with_key=clients.sharex_config(self.public_url(), new_key) if new_key else None,
             retention=retention.describe(self.config),
             allow_anonymous=self.config.allow_anonymous,
-            upload_errors=openapi.UPLOAD_ERRORS,
+            upload_errors=openapi.UPLOAD_REFUSALS,
         )
 
 

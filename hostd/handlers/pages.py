@@ -18,6 +18,14 @@ def where_uploads_go(public_url: str) -> str:
     )
 
 
+def how_root_takes_files(public_url: str) -> str:
+    return (
+        "This URL takes a file as a POST of a multipart form with the file in a field named"
+        f" 'file' (curl -F file=@FILE {public_url}/). To send the file itself as the body,"
+        f" PUT it to /api/upload/<its name> (curl -T FILE {public_url}/api/upload/)."
+    )
+
+
 class IndexHandler(BaseHandler):
     """The upload page. A POST to / is routed to upload.RootUploadHandler (0x0.st's way);
     it is listed here so that Allow tells the truth."""
@@ -40,10 +48,10 @@ class IndexHandler(BaseHandler):
         )
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
-        if status_code == 405 and self.request.method == "PUT":
-            # `curl -T shot.png https://host/`: say where.
-            where = where_uploads_go(self.public_url())
-            refusal = Refusal(405, f"The upload page takes no files itself. {where}")
+        if status_code == 405:
+            # `curl -T shot.png https://host/`, `curl -X PATCH ...`: say how this URL takes a
+            # file, and where the file itself as the body goes.
+            refusal = Refusal(405, how_root_takes_files(self.public_url()))
             kwargs["exc_info"] = (Refusal, refusal, None)
         super().write_error(status_code, **kwargs)
 

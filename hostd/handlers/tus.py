@@ -283,6 +283,8 @@ class TusHandler(ApiHandler):
             return
         self.admission = self.upload_limits.resume(
             length=length if "Content-Length" in self.request.headers else None,
+            upload_length=found.length_bytes,
+            user_id=found.user_id,
             key_id=self.api_key.key_id if self.api_key else None,
             address=self.request.remote_ip or "",
         )
@@ -478,6 +480,12 @@ class TusHandler(ApiHandler):
         quota) drops the upload; a storage failure keeps it, for the client's retry."""
         if found.id in self.partials.writing:
             raise UploadError(423, "this upload is being finished by another request")
+        try:
+            # The limits may have changed since it began: it is stored within today's.
+            self.upload_limits.hold_resumable(found.length_bytes, found.user_id)
+        except UploadError:
+            await resumable.drop(self.db, self.partials, found.id)
+            raise
         # A store that copies the file needs room for it: the disk guard must agree.
         room = self.upload_limits.guard.admit(resumable.room_to_finish(self.store, found))
         if room is None:
@@ -551,12 +559,12 @@ class TusCollectionHandler(TusHandler):
             raise UploadError(401, NEEDS_ACCOUNT)
         if "Upload-Defer-Length" in self.request.headers:
             raise UploadError(400, "Upload-Defer-Length is not supported: send Upload-Length")
-        most = self.config.max_upload_bytes
-        length = parse_count(self.request.headers.get("Upload-Length", ""), at_most=most)
+        length = parse_count(
+            self.request.headers.get("Upload-Length", ""), at_most=limits.MAX_LENGTH
+        )
         if length is None:
             raise UploadError(400, "Upload-Length must be the file's size in bytes")
-        if length > most:
-            raise UploadError(413, f"the file is larger than the limit of {most} bytes")
+        self.upload_limits.hold_resumable(length, self.owner_id)
         if length == 0:
             raise UploadError(400, "the file is empty")
         if has_body(self.request):

@@ -249,12 +249,15 @@ class UploadFlow(BaseHandler):
             await super().prepare()
             await self.authorize()
             length = parse_count(
-                self.request.headers.get("Content-Length", "0"), at_most=limit + self.framing_bytes
+                self.request.headers.get("Content-Length", "0"), at_most=limits.MAX_LENGTH
             )
             if length is None:
                 raise UploadError(400, "the Content-Length header is not a number of bytes")
             if length > limit + self.framing_bytes:
-                raise UploadError(413, f"the file is larger than the limit of {limit} bytes")
+                message = self.upload_limits.too_large_message(
+                    length, self.owner_id, self.framing_bytes
+                )
+                raise UploadError(413, message)
             self.check_framing()
             self.asked_expiry(self.now())  # a bad Expires header is refused before the body
             self.admission = await self.upload_limits.admit(
@@ -410,6 +413,9 @@ class UploadFlow(BaseHandler):
             return
         self.set_header("X-Expires", retention.http_date(upload.expires_at))
         self.set_header("X-Delete-Url", self.delete_url)
+        # The deletion link is a secret (whoever has it can delete the upload): no cache,
+        # shared or the browser's, keeps an answer that carries it.
+        self.set_header("Cache-Control", "no-store")
         metrics.upload_done(self, self.kind, written.size_bytes)
         self.answer_ok(blob, upload, self.form.filename)
 
@@ -544,6 +550,10 @@ class UploadHandler(UploadFlow):
     """
 
     xsrf_in_form = False
+    how_to_upload = (
+        "POST a multipart form with the file in a field named 'file' (curl -F file=@FILE);"
+        " api=1 in the query string (or a form field before the file) answers in plain text"
+    )
 
     async def authorize(self) -> None:
         # The page's script sends the token as a header, checked before the body is read;
