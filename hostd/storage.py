@@ -501,7 +501,12 @@ class LocalFileReader:
             yield piece
 
     async def check(self) -> None:
-        pass  # open() has found the file, at its size
+        """open() has found the file, at its size. A small one is read and checked too, as
+        its GET would be (a 404 when written over; it is then in memory for that GET); a
+        big one's GET finds out only as it goes, after its 200, as this HEAD's 200 says."""
+        if self._size_bytes is not None and self._size_bytes <= SMALL_READ_BYTES:
+            async for _ in self.chunks(0, self._size_bytes - 1):
+                pass
 
     def close(self) -> None:
         os.close(self._fd)

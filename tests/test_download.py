@@ -766,13 +766,16 @@ async def test_bytes_written_over_at_their_size_are_never_served_whole(
     answer = await asyncio.wait_for(reader.read(), 10)
     writer.close()
     ranged = await http_client.fetch(f"{base_url}/{h}", headers={"Range": "bytes=0-59"})
+    store.hot.drop(sha256)
+    head_only = await http_client.fetch(f"{base_url}/{h}", method="HEAD", raise_error=False)
 
     head, _, body = answer.partition(b"\r\n\r\n")
-    if size == 100:  # read in one piece: checked before the headers go
-        assert head.startswith(b"HTTP/1.1 404 ")
+    if size == 100:  # read in one piece: checked before the headers go, for a HEAD too
+        assert head.startswith(b"HTTP/1.1 404 ") and head_only.code == 404
     else:  # checked as it goes: the last piece never goes, the client sees a cut
         assert head.startswith(b"HTTP/1.1 200 ") and f"Content-Length: {size}".encode() in head
         assert 0 < len(body) < size and body == written_over[: len(body)]
+        assert head_only.code == 200  # as the GET's status line
     assert written_over not in body
     assert f"the bytes of {h} ({sha256}) are not the {size} uploaded" in caplog.text
     # A range is sent as it is on disk, unchecked (`hostd gc --verify` finds the damage).
