@@ -851,13 +851,16 @@ async def test_a_client_that_takes_no_byte_for_send_idle_seconds_is_cut_off(
     ids=["per address", "in all"],
 )
 @pytest.mark.gen_test(timeout=60)
-async def test_downloads_that_hold_pieces_of_big_files_are_counted(
+async def test_big_downloads_whose_bytes_have_not_gone_out_are_counted(
     http_client, base_url, http_port, app, limits, refused, message
 ):
     app.settings["hostd_config"] = dataclasses.replace(app.settings["hostd_config"], **limits)
+    downloads = app.settings["hostd_downloads"]
     size = 7 * 1024 * 1024  # over what sockets buffer
     big = await upload(http_client, base_url, os.urandom(size))
     small = await upload(http_client, base_url, os.urandom(64 * 1024))  # sent in one write
+    taken = [len((await http_client.fetch(f"{base_url}/{big}")).body) for _ in range(3)]
+    counted_after_taken = downloads.total
     stalled = [await start_download(http_port, big) for _ in range(2)]
     try:
         for reader, _ in stalled:
@@ -871,14 +874,15 @@ async def test_downloads_that_hold_pieces_of_big_files_are_counted(
         for _, writer in stalled:
             writer.transport.abort()
     for _ in range(50):  # the server sees the last one go at its next write
-        if app.settings["hostd_downloads"].total == 0:
+        if downloads.total == 0:
             break
         await asyncio.sleep(0.1)
 
+    assert taken == [size] * 3 and counted_after_taken == 0  # taken whole: counted no more
     assert third.code == refused and third.headers["Retry-After"] == "5"
     assert message in third.body.decode()
     assert one_small.code == 200 and again.code == 200 and len(again.body) == size
-    assert app.settings["hostd_downloads"].total == 0
+    assert downloads.total == 0
 
 
 @pytest.mark.gen_test(timeout=30)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import email.utils
 import functools
 import logging
@@ -13,7 +12,7 @@ import time
 import unicodedata
 import urllib.parse
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from tornado.http1connection import HTTP1Connection
@@ -138,9 +137,10 @@ async def not_served(database: db.Database, hash: str, missing: str) -> Refusal:
 
 
 class DownloadsInFlight:
-    """Downloads that hostd sends in pieces (over SMALL_READ_BYTES), by client address (an
-    IPv6 address by its /64). Each holds up to two pieces (512 KiB) while its client takes
-    them: one that opened thousands and read none held gigabytes. At most
+    """Downloads of more than SMALL_READ_BYTES whose bytes have not all gone to the socket
+    yet, by client address (an IPv6 address by its /64). Each holds up to two 256 KiB
+    pieces while its client takes them: clients that opened thousands and read none held
+    gigabytes. (A smaller answer is one write, which the socket's own buffers take.) At most
     limits.downloads_in_flight_per_address from one address (past it, 429) and
     limits.downloads_in_flight in all (past it, 503), both with Retry-After."""
 
@@ -149,8 +149,8 @@ class DownloadsInFlight:
         self.total = 0
         self.refused = 0  # 429s, for /metrics (the 503s are counted with every other)
 
-    @contextlib.contextmanager
-    def taking(self, ip: str, *, per_address: int, in_all: int) -> Iterator[None]:
+    def enter(self, ip: str, *, per_address: int, in_all: int) -> str:
+        """Count a download in, or raise Refusal; the address to leave() with."""
         address = address_key(ip)
         if self._by_address[address] >= per_address:
             self.refused += 1
@@ -163,13 +163,13 @@ class DownloadsInFlight:
             raise Refusal(503, "The server is sending as many files as it can. Try again soon.")
         self._by_address[address] += 1
         self.total += 1
-        try:
-            yield
-        finally:
-            self.total -= 1
-            self._by_address[address] -= 1
-            if not self._by_address[address]:
-                del self._by_address[address]
+        return address
+
+    def leave(self, address: str) -> None:
+        self.total -= 1
+        self._by_address[address] -= 1
+        if not self._by_address[address]:
+            del self._by_address[address]
 
 
 class DownloadHandler(BaseHandler):
@@ -302,19 +302,28 @@ class DownloadHandler(BaseHandler):
             self.finish()
             return
         self.set_header("Content-Length", str(end - start + 1))
-        if include_body and end - start + 1 > SMALL_READ_BYTES:
-            downloads: DownloadsInFlight = self.settings["hostd_downloads"]
-            with downloads.taking(
-                self.request.remote_ip or "",
-                per_address=self.config.downloads_in_flight_per_address,
-                in_all=self.config.downloads_in_flight,
-            ):
-                await self.send(reader, start, end)
-        elif include_body:
-            await self.send(reader, start, end)
-        else:
+        if not include_body:
             await reader.check()  # a HEAD answers as its GET would: 404, 503 or this
-        self.finish()
+            self.finish()
+            return
+        if end - start + 1 <= SMALL_READ_BYTES:  # one write, which the socket's buffers take
+            await self.send(reader, start, end)
+            self.finish()
+            return
+        downloads: DownloadsInFlight = self.settings["hostd_downloads"]
+        address = downloads.enter(
+            self.request.remote_ip or "",
+            per_address=self.config.downloads_in_flight_per_address,
+            in_all=self.config.downloads_in_flight,
+        )
+        try:
+            await self.send(reader, start, end)
+            sent = self.finish()
+        except BaseException:
+            downloads.leave(address)
+            raise
+        # Counted until its last bytes have gone to the socket (or the client has gone).
+        sent.add_done_callback(lambda _: downloads.leave(address))
 
     def redirect_to_store(self, url: str) -> None:
         """302 to the store's short-lived URL (storage.s3.redirect): the client asks the
