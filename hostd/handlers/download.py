@@ -309,7 +309,12 @@ class DownloadHandler(BaseHandler):
         if end - start + 1 <= SMALL_READ_BYTES:  # one write, which the socket's buffers take
             await self.send(reader, start, end)
             self.finish()
-            return
+        else:
+            await self.send_counted(reader, start, end)
+
+    async def send_counted(self, reader: BlobReader, start: int, end: int) -> None:
+        """send() and finish() a big download as one of DownloadsInFlight, counted until
+        its last bytes have gone to the socket (or the client has gone)."""
         downloads: DownloadsInFlight = self.settings["hostd_downloads"]
         address = downloads.enter(
             self.request.remote_ip or "",
@@ -322,7 +327,6 @@ class DownloadHandler(BaseHandler):
         except BaseException:
             downloads.leave(address)
             raise
-        # Counted until its last bytes have gone to the socket (or the client has gone).
         sent.add_done_callback(lambda _: downloads.leave(address))
 
     def redirect_to_store(self, url: str) -> None:
