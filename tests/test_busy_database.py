@@ -16,6 +16,7 @@ import time
 import urllib.parse
 from collections.abc import Iterator
 
+import asyncpg
 import pytest
 from conftest import XSRF, form_body
 from helpers import assert_refused, blob_files, multipart_body, temp_files
@@ -23,6 +24,7 @@ from helpers import assert_refused, blob_files, multipart_body, temp_files
 from hostd import db as queries
 from hostd.db import postgres as postgres_backend
 from hostd.db import sqlite as sqlite_backend
+from hostd.db.core import is_unavailable
 
 UNAVAILABLE = "the database is busy or cannot be reached; the file was not stored, retry soon"
 PAGE_MESSAGE = "The database is busy or cannot be reached. Try again in a moment."
@@ -274,6 +276,22 @@ async def test_an_upload_refused_while_postgresql_is_down_is_a_line_in_the_log_n
     assert left.exc_info is None and "\n" not in left.getMessage()
     assert left.getMessage().startswith("could not remove the unreferenced bytes of ")
     assert "the database is busy or cannot be reached" in left.getMessage()
+
+
+@pytest.mark.postgresql_only
+@pytest.mark.gen_test(timeout=30)
+async def test_a_statement_on_a_connection_dropped_meanwhile_is_the_database_out_of_reach(
+    db, database_url
+):
+    # A batch's statement timed out on a frozen server: asyncpg drops the connection, and
+    # the batch's retry with savepoints must not then end as a 500.
+    conn = await asyncpg.connect(database_url)
+    conn.terminate()
+
+    with pytest.raises(ConnectionError) as raised:
+        await postgres_backend.PostgresTx(conn).fetchval("SELECT 1")
+
+    assert is_unavailable(raised.value)  # what the writer answers as a 503
 
 
 @pytest.mark.postgresql_only

@@ -106,6 +106,10 @@ class PostgresTx:
         self._pending: list[str] = []  # transaction control not yet sent
 
     async def _flush(self, *then: str) -> None:
+        if self._conn.is_closed():
+            # Dropped after a statement timed out (a frozen server), while the batch goes on
+            # to its retry: asyncpg's InterfaceError would say nothing of reach.
+            raise ConnectionError("the connection to PostgreSQL was closed")
         commands, self._pending = [*self._pending, *then], []
         if commands:
             await self._conn.execute("; ".join(commands))
