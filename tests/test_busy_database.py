@@ -280,7 +280,7 @@ async def test_an_upload_refused_while_postgresql_is_down_is_a_line_in_the_log_n
 
 @pytest.mark.postgresql_only
 @pytest.mark.gen_test(timeout=30)
-async def test_a_statement_on_a_connection_dropped_meanwhile_is_the_database_out_of_reach(
+async def test_a_statement_on_a_connection_dropped_before_it_is_the_database_out_of_reach(
     db, database_url
 ):
     # A batch's statement timed out on a frozen server: asyncpg drops the connection, and
@@ -292,6 +292,28 @@ async def test_a_statement_on_a_connection_dropped_meanwhile_is_the_database_out
         await postgres_backend.PostgresTx(conn).fetchval("SELECT 1")
 
     assert is_unavailable(raised.value)  # what the writer answers as a 503
+
+
+@pytest.mark.postgresql_only
+@pytest.mark.gen_test(timeout=30)
+async def test_a_statement_waiting_on_a_connection_dropped_meanwhile_is_the_database_out_of_reach(
+    db, database_url, pg_relay
+):
+    # The same, when asyncpg drops the connection while the retry's statement waits for the
+    # request to cancel the one that timed out.
+    conn = await asyncpg.connect(database_url, command_timeout=1)
+    tx = postgres_backend.PostgresTx(conn)
+    pg_relay.freeze()
+    with pytest.raises(TimeoutError):
+        await tx.fetchval("SELECT 1")
+    retry = asyncio.ensure_future(tx.fetchval("SELECT 1"))
+    await asyncio.sleep(0.2)  # waiting on the cancel request
+    conn.terminate()
+    (raised,) = await asyncio.gather(retry, return_exceptions=True)
+    pg_relay.thaw()
+
+    assert isinstance(raised, ConnectionError)
+    assert is_unavailable(raised)
 
 
 @pytest.mark.postgresql_only

@@ -96,6 +96,27 @@ def dollar_placeholders(sql: str) -> str:
     return "".join(out)
 
 
+class _DroppedAsUnreachable:
+    """`with self._dropped:` makes asyncpg's InterfaceError on a connection closed before or
+    during a statement what it is, the database out of reach (a ConnectionError, a 503). It
+    happens after a statement timed out on a frozen server, as the batch goes on to its
+    retry: asyncpg drops the connection when its request to cancel that statement fails,
+    maybe while the next statement waits for it. (A class, not @contextmanager: it wraps
+    every statement.)"""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
+        if isinstance(exc, asyncpg.InterfaceError) and self.conn.is_closed():
+            raise ConnectionError("the connection to PostgreSQL was closed") from exc
+
+
 class PostgresTx:
     """The Tx (and writer's Session) over one asyncpg connection."""
 
@@ -104,37 +125,40 @@ class PostgresTx:
     def __init__(self, conn: asyncpg.Connection) -> None:
         self._conn = conn
         self._pending: list[str] = []  # transaction control not yet sent
+        self._dropped = _DroppedAsUnreachable(conn)
 
     async def _flush(self, *then: str) -> None:
-        if self._conn.is_closed():
-            # Dropped after a statement timed out (a frozen server), while the batch goes on
-            # to its retry: asyncpg's InterfaceError would say nothing of reach.
-            raise ConnectionError("the connection to PostgreSQL was closed")
         commands, self._pending = [*self._pending, *then], []
         if commands:
-            await self._conn.execute("; ".join(commands))
+            with self._dropped:
+                await self._conn.execute("; ".join(commands))
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         await self._flush()
-        await self._conn.execute(dollar_placeholders(sql), *params)
+        with self._dropped:
+            await self._conn.execute(dollar_placeholders(sql), *params)
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         await self._flush()
-        await self._conn.executemany(dollar_placeholders(sql), rows)
+        with self._dropped:
+            await self._conn.executemany(dollar_placeholders(sql), rows)
 
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
         await self._flush()
-        row: Row | None = await self._conn.fetchrow(dollar_placeholders(sql), *params)
+        with self._dropped:
+            row: Row | None = await self._conn.fetchrow(dollar_placeholders(sql), *params)
         return row
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         await self._flush()
-        rows: list[Row] = await self._conn.fetch(dollar_placeholders(sql), *params)
+        with self._dropped:
+            rows: list[Row] = await self._conn.fetch(dollar_placeholders(sql), *params)
         return rows
 
     async def fetchval(self, sql: str, params: Sequence[Any] = ()) -> Any:
         await self._flush()
-        return await self._conn.fetchval(dollar_placeholders(sql), *params)
+        with self._dropped:
+            return await self._conn.fetchval(dollar_placeholders(sql), *params)
 
     async def begin(self) -> None:
         self._pending.append("BEGIN")
@@ -153,7 +177,8 @@ class PostgresTx:
 
     async def rollback(self) -> None:
         self._pending = []
-        await self._conn.execute("ROLLBACK")
+        with self._dropped:
+            await self._conn.execute("ROLLBACK")
 
     def in_transaction(self) -> bool:
         if self._conn.is_closed():  # asyncpg drops a connection whose statement timed out
