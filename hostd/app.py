@@ -33,7 +33,7 @@ from hostd.server import (
     raise_open_files_limit,
 )
 from hostd.storage import BlobStore, store_from
-from hostd.throttle import RegistrationLimiter, SignInLimiter
+from hostd.throttle import AddressLimiter, SignInLimiter
 from hostd.thumbs import Thumbnails
 
 log = logging.getLogger("hostd")
@@ -84,7 +84,8 @@ def make_app(
         hostd_auth=auth or Auth(),
         hostd_thumbs=thumbnails_of(config),
         hostd_limiter=SignInLimiter(db, clock=wall_clock),  # shared with other processes
-        hostd_registrations=RegistrationLimiter(config.registrations_per_hour, clock=clock),
+        hostd_registrations=AddressLimiter(config.registrations_per_hour, clock=clock),
+        hostd_invalid_keys=AddressLimiter(config.invalid_keys_per_hour, clock=clock),
         hostd_in_flight=UploadsInFlight(),
         hostd_downloads=DownloadsInFlight(),
         hostd_partials=resumable.Partials(config.data_dir / "partials"),

@@ -276,9 +276,13 @@ class Auth:
         secret_hash = await self._key_lane.run(self.keys.hash, secret)
         return MintedKey(f"{KEY_PREFIX}{key_id}_{secret}", key_id, secret_hash)
 
-    async def verify_key(self, database: Database, token: str) -> ApiKey | None:
+    async def verify_key(
+        self, database: Database, token: str, admit: Callable[[], None] | None = None
+    ) -> ApiKey | None:
         """The usable key this token is, or None; AccountDisabled for a valid key of a
-        disabled account.
+        disabled account. `admit`, if any, is called when the token is not a key known
+        already, before the check (a database read and Argon2) starts: it may raise, to
+        refuse a client that has sent too many invalid keys.
 
         Argon2 runs only the first time a token is seen: after that a digest of the whole
         token stands for it, with its row, in a bounded in-memory cache, and a known key
@@ -293,6 +297,8 @@ class Auth:
         if known is not None:
             self.key_cache_hits += 1
             return known
+        if admit is not None:
+            admit()
         generation = self._verified.generation
         parsed = parse_key(token)
         key = await db.get_api_key(database, key_id=parsed[0]) if parsed else None

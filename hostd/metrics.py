@@ -194,6 +194,7 @@ class _Counts(Collector):
         )
         refused.add_metric(["sign_in"], settings["hostd_limiter"].refused)
         refused.add_metric(["registrations_per_hour"], settings["hostd_registrations"].refused)
+        refused.add_metric(["invalid_keys_per_hour"], settings["hostd_invalid_keys"].refused)
         refused.add_metric(["uploads_in_flight_per_address"], settings["hostd_in_flight"].refused)
         refused.add_metric(["downloads_in_flight_per_address"], settings["hostd_downloads"].refused)
         for limit, count in settings["hostd_limits"].refused.items():

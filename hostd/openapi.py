@@ -97,7 +97,8 @@ UPLOAD_ERRORS: dict[str, str] = {
     "account disabled or removed) while the body arrived.",
     "408": "The body stalled or crawled (`limits.body_idle_seconds`).",
     "413": "The file is over the size limit, the account's quota or the anonymous limit.",
-    "429": "Too many uploads in flight from this address, or over an upload rate limit; "
+    "429": "Too many uploads in flight from this address, over an upload rate limit, or "
+    "too many invalid API keys from this address (`limits.invalid_keys_per_hour`); "
     "`Retry-After` says when to try again.",
     "451": "These bytes are banned from this server.",
     "503": "The database or the file storage cannot be reached or is busy, the storage "
@@ -520,6 +521,10 @@ FILE_PATHS: Json = {
                     **{"WWW-Authenticate": ref("headers", "WWW-Authenticate")},
                 ),
                 "404": api_error("The account has no upload with this hash."),
+                "429": api_error(
+                    "Too many invalid API keys from this address (`limits.invalid_keys_per_hour`).",
+                    **{"Retry-After": ref("headers", "Retry-After")},
+                ),
                 "503": api_error("The server is busy checking other keys; retry soon."),
             },
         }
@@ -1079,7 +1084,10 @@ TUS_ERRORS: Json = {
     "410": api_error("Expired, or the file it became has been deleted."),
     "413": api_error("Larger than the limit, the quota, or what the upload lacks."),
     "423": api_error("The upload is being finished or written; ask again in a moment."),
-    "429": api_error("Too many unfinished uploads or uploads in flight."),
+    "429": api_error(
+        "Too many unfinished uploads or uploads in flight, or too many invalid API keys "
+        "from this address."
+    ),
     "451": api_error("These bytes are banned from this server (the upload is dropped)."),
     "503": api_error("The server is busy or shutting down."),
     "507": api_error("The server is out of storage space."),

@@ -1,5 +1,5 @@
-"""Throttles for sign-ins (counted in the database) and registrations and uploads (bounded,
-in memory), per address and account."""
+"""Throttles for sign-ins (counted in the database), and registrations, invalid API keys and
+uploads (bounded, in memory), per address and account."""
 
 from __future__ import annotations
 
@@ -139,38 +139,42 @@ class SignInAttempt:
         await db.end_signin(self._limiter.db, keys=keys, now=self._limiter._clock(), failed=False)
 
 
-class RegistrationLimiter:
-    """At most `per_hour` new accounts an hour from one address (see address_key).
+class AddressLimiter:
+    """At most `limit` of something from one address (see address_key) in `window` seconds:
+    new accounts (accounts.registrations_per_hour), API keys that fail their check
+    (limits.invalid_keys_per_hour).
 
-    A registration is counted when it is about to be hashed, so that parallel ones are
-    counted too; give_back() hands the place back when it was not made for a reason that is not
-    the client's (the server was busy). Memory is bounded to `max_entries` addresses.
+    An attempt is counted when it starts, so that parallel ones are counted too;
+    give_back() hands its place back when it was not the client's fault (the server was
+    busy) or it turned out good (a valid key). Memory is bounded to `max_entries` addresses.
     """
 
     def __init__(
         self,
-        per_hour: int = 5,
+        limit: int,
+        window: float = 3600.0,
         *,
         max_entries: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.per_hour = per_hour
+        self.limit = limit
+        self.window = window
         self.max_entries = max_entries
         self._clock = clock
         self._times: OrderedDict[str, deque[float]] = OrderedDict()
-        self.refused = 0  # registrations told to wait (429), for /metrics
+        self.refused = 0  # attempts told to wait (429), for /metrics
 
     def take(self, ip: str) -> float:
-        """Count one registration from this address: 0 if it may go on, else the seconds
-        until it may (and nothing is counted)."""
+        """Count one attempt from this address: 0 if it may go on, else the seconds until
+        it may (and nothing is counted)."""
         address, now = address_key(ip), self._clock()
         times = self._times.setdefault(address, deque())
         self._times.move_to_end(address)
-        while times and now - times[0] >= 3600.0:
+        while times and now - times[0] >= self.window:
             times.popleft()
-        if len(times) >= self.per_hour:
+        if len(times) >= self.limit:
             self.refused += 1
-            return times[0] + 3600.0 - now
+            return times[0] + self.window - now
         times.append(now)
         while len(self._times) > self.max_entries:
             self._times.popitem(last=False)

@@ -15,6 +15,7 @@ from conftest import XSRF, form_body
 from helpers import blob_files, multipart_body, raw_exchange, temp_files
 
 from hostd import db as queries
+from hostd.throttle import AddressLimiter
 
 KEY = re.compile(r"hk_[0-9a-f]{16}_[A-Za-z0-9_-]{43}")
 
@@ -240,6 +241,89 @@ async def test_a_wrong_secret_for_a_real_key_id_is_a_401(http_client, base_url, 
     response = await upload(http_client, base_url, token=wrong)
 
     assert response.code == 401
+
+
+BAD_KEY = "hk_0123456789abcdef_" + "A" * 43
+
+
+@pytest.mark.gen_test
+async def test_an_address_past_its_invalid_keys_is_told_to_wait_and_costs_no_check(
+    http_client, base_url, login, app, auth, clock
+):
+    alice = await login()
+    known, _ = await make_key(http_client, base_url, alice)
+    assert (await upload(http_client, base_url, b"checked once", token=known)).code == 200
+    unchecked, _ = await make_key(http_client, base_url, alice, label="phone")
+    app.settings["hostd_invalid_keys"] = AddressLimiter(3, clock=clock)
+
+    refused = [(await upload(http_client, base_url, token=BAD_KEY)).code for _ in range(3)]
+    checks = auth.verifications["key"]
+    waiting = await upload(http_client, base_url, token=BAD_KEY)
+    unchecked_waiting = await upload(http_client, base_url, token=unchecked)
+    checks_while_waiting = auth.verifications["key"] - checks
+    still_known = await upload(http_client, base_url, b"cached", token=known)
+    clock.advance(3600)
+    later = await upload(http_client, base_url, b"an hour on", token=unchecked)
+
+    assert refused == [401, 401, 401]
+    assert waiting.code == unchecked_waiting.code == 429
+    assert json.loads(waiting.body) == {
+        "status": False,
+        "error": "too many invalid API keys from your address (3 an hour); retry in 3600 s",
+    }
+    assert waiting.headers["Retry-After"] == "3600"
+    assert checks_while_waiting == 0  # no Argon2 (nor database read) for a 429
+    assert still_known.code == 200  # a key this process has checked goes on working
+    assert later.code == 200
+
+
+@pytest.mark.gen_test
+async def test_a_valid_key_costs_none_of_the_addresss_invalid_keys(
+    http_client, base_url, login, app, clock
+):
+    alice = await login()
+    tokens = [(await make_key(http_client, base_url, alice, label=f"k{n}"))[0] for n in range(3)]
+    app.settings["hostd_invalid_keys"] = AddressLimiter(1, clock=clock)
+
+    valid = [
+        (await upload(http_client, base_url, b"%d" % n, token=t)).code for n, t in enumerate(tokens)
+    ]
+    invalid = [(await upload(http_client, base_url, token=BAD_KEY)).code for _ in range(2)]
+
+    assert valid == [200, 200, 200]
+    assert invalid == [401, 429]
+
+
+@pytest.mark.parametrize(
+    "method, path",
+    [
+        ("PUT", "/api/upload/a.txt"),
+        ("POST", "/api/tus/"),
+        ("DELETE", "/api/files/abcdefgh"),
+    ],
+)
+@pytest.mark.gen_test
+async def test_every_url_that_takes_a_key_counts_invalid_ones(
+    http_client, base_url, app, clock, method, path
+):
+    app.settings["hostd_invalid_keys"] = AddressLimiter(1, clock=clock)
+    headers = {"Authorization": f"Bearer {BAD_KEY}", "Tus-Resumable": "1.0.0", "Upload-Length": "3"}
+
+    answers = [
+        await http_client.fetch(
+            f"{base_url}{path}",
+            method=method,
+            headers=headers,
+            body=b"abc" if method == "PUT" else (b"" if method == "POST" else None),
+            raise_error=False,
+            allow_nonstandard_methods=True,
+        )
+        for _ in range(2)
+    ]
+
+    assert [a.code for a in answers] == [401, 429]
+    assert answers[1].headers["Retry-After"] == "3600"
+    assert json.loads(answers[1].body)["error"].startswith("too many invalid API keys")
 
 
 @pytest.mark.gen_test

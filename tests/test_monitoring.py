@@ -230,6 +230,7 @@ async def test_rate_limit_refusals_are_counted_by_limit(http_client, base_url, l
     assert after.labels_of("hostd_rate_limited_total", "limit") == {
         "sign_in",
         "registrations_per_hour",
+        "invalid_keys_per_hour",
         "uploads_in_flight_per_address",
         "downloads_in_flight_per_address",
         "uploads_per_minute",
@@ -256,6 +257,24 @@ class TestUploadRefusals:
         assert after["hostd_upload_size_bytes_count", {"kind": "multipart"}] == 1
         too_many = {"handler": "ApiUploadHandler", "method": "POST", "status": "429"}
         assert after["hostd_requests_total", too_many] == 1
+
+
+class TestInvalidKeyRefusals:
+    @pytest.fixture
+    def config(self, config):
+        return dataclasses.replace(config, invalid_keys_per_hour=1)
+
+    @pytest.mark.gen_test
+    async def test_a_key_refused_for_the_invalid_ones_before_it_is_counted(
+        self, http_client, base_url
+    ):
+        bad = {"Authorization": "Bearer hk_0123456789abcdef_" + "A" * 43}
+        answers = [await upload(http_client, base_url, b"x", **bad) for _ in range(2)]
+
+        after = await scrape(http_client, base_url)
+
+        assert [a["status"] for a in answers] == [False, False]
+        assert after["hostd_rate_limited_total", {"limit": "invalid_keys_per_hour"}] == 1
 
 
 @pytest.mark.gen_test

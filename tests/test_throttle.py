@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from hostd import db as queries
-from hostd.throttle import RegistrationLimiter, SignInLimiter, UploadLimiter, address_key
+from hostd.throttle import AddressLimiter, SignInLimiter, UploadLimiter, address_key
 
 
 async def wait(limiter, account, address):
@@ -201,7 +201,7 @@ def test_an_address_is_an_ipv4_address_or_an_ipv6_64(ip, key):
 
 
 def test_registrations_are_limited_per_address_per_hour(clock):
-    registrations = RegistrationLimiter(2, clock=clock)
+    registrations = AddressLimiter(2, clock=clock)
 
     waits = [registrations.take("192.0.2.1") for _ in range(3)]
     registrations.give_back("192.0.2.1")

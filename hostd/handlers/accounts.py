@@ -11,7 +11,7 @@ from hostd.accounts import new_account_problem, password_problem
 from hostd.auth import Busy, session_token_hash
 from hostd.db import User
 from hostd.handlers.base import SESSION_COOKIE, SESSION_DAYS, BaseHandler, Refusal, signed_in
-from hostd.throttle import RegistrationLimiter
+from hostd.throttle import AddressLimiter
 
 BUSY_MESSAGE = "The server is busy checking other passwords. Try again in a few seconds."
 DISABLED_MESSAGE = "This account is disabled. Ask the admin of this server why."
@@ -58,10 +58,6 @@ class AccountFormHandler(BaseHandler):
             return values[-1].decode("utf-8") if values else ""
         except UnicodeDecodeError:
             raise Refusal(400, "The form was not sent as UTF-8.") from None
-
-    @property
-    def address(self) -> str:
-        return self.request.remote_ip or ""
 
     def refuse(self, status: int, error: str, *, wait: float = 0, **context: Any) -> None:
         """Show the form again with what went wrong; a wait becomes Retry-After."""
@@ -126,7 +122,7 @@ class RegisterHandler(AccountFormHandler):
             )
 
     @property
-    def registrations(self) -> RegistrationLimiter:
+    def registrations(self) -> AddressLimiter:
         return self.settings["hostd_registrations"]
 
     def get(self) -> None:

@@ -8,6 +8,7 @@ import functools
 import http
 import json
 import logging
+import math
 import secrets
 import socket
 from collections.abc import Callable
@@ -26,7 +27,7 @@ from hostd.db import Database, User
 from hostd.parsing import parse_count
 from hostd.server import ErrorFormat, FormatFor, json_error, plain_error
 from hostd.storage import BlobStore
-from hostd.throttle import SignInLimiter
+from hostd.throttle import AddressLimiter, SignInLimiter
 from hostd.thumbs import Thumbnails
 
 if TYPE_CHECKING:
@@ -58,11 +59,14 @@ NO_PAGE_CSP = PAGE_CSP.replace("'nonce-{nonce}'", "'none'")
 
 class Refusal(tornado.web.HTTPError):
     """An HTTP error with a message for the user (HTTPError's log_message would also be
-    logged as a second line for the request)."""
+    logged as a second line for the request), and headers for its answer (Retry-After)."""
 
-    def __init__(self, status_code: int, message: str) -> None:
+    def __init__(
+        self, status_code: int, message: str, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(status_code)
         self.message = message
+        self.headers = headers or {}
 
 
 OUT_OF_SPACE = "The server is out of storage space. Try again later."
@@ -200,6 +204,15 @@ class BaseHandler(tornado.web.RequestHandler):
     @property
     def limiter(self) -> SignInLimiter:
         return self.settings["hostd_limiter"]
+
+    @property
+    def address(self) -> str:
+        """The client's address (X-Real-IP's when trust_proxy is on)."""
+        return self.request.remote_ip or ""
+
+    @property
+    def invalid_keys(self) -> AddressLimiter:
+        return self.settings["hostd_invalid_keys"]
 
     @property
     def in_flight(self) -> UploadsInFlight:
@@ -368,6 +381,10 @@ class BaseHandler(tornado.web.RequestHandler):
             self.set_header("Allow", ", ".join(self.SUPPORTED_METHODS))  # RFC 9110 15.5.6
         if status_code == 503:
             self.set_header("Retry-After", str(UNAVAILABLE_RETRY_SECONDS))
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, Refusal):
+            for name, value in exc.headers.items():
+                self.set_header(name, value)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         self.set_error_headers(status_code, kwargs)
@@ -401,14 +418,34 @@ class ApiHandler(BaseHandler):
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Refusal(401, "the Authorization header must be 'Bearer <API key>'")
+        counted = False
+
+        def admit() -> None:
+            # A key not known yet: its check costs an Argon2 run, so an address gets only
+            # limits.invalid_keys_per_hour that fail (counted as they start).
+            nonlocal counted
+            wait = self.invalid_keys.take(self.address)
+            if wait > 0:
+                raise Refusal(
+                    429,
+                    f"too many invalid API keys from your address"
+                    f" ({self.invalid_keys.limit} an hour); retry in {math.ceil(wait)} s",
+                    {"Retry-After": str(math.ceil(wait))},
+                )
+            counted = True
+
         try:
-            key = await self.auth.verify_key(self.db, token.strip())
+            key = await self.auth.verify_key(self.db, token.strip(), admit)
         except Busy:
+            if counted:  # no answer about the key: not the client's fault
+                self.invalid_keys.give_back(self.address)
             raise Refusal(503, "the server is busy checking other API keys; retry soon") from None
         except AccountDisabled:
             raise Refusal(401, "the account of this API key is disabled") from None
         if key is None:
             raise Refusal(401, "the API key is not valid (unknown or invalidated)")
+        if counted:
+            self.invalid_keys.give_back(self.address)
         return key
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:

@@ -317,7 +317,7 @@ class DownloadHandler(BaseHandler):
         its last bytes have gone to the socket (or the client has gone)."""
         downloads: DownloadsInFlight = self.settings["hostd_downloads"]
         address = downloads.enter(
-            self.request.remote_ip or "",
+            self.address,
             per_address=self.config.downloads_in_flight_per_address,
             in_all=self.config.downloads_in_flight,
         )

@@ -225,7 +225,7 @@ class TusHandler(ApiHandler):
             try:
                 self.api_key = await self.bearer_key(header)
             except Refusal as refused:  # in the upload's own answer format
-                raise UploadError(refused.status_code, refused.message) from None
+                raise UploadError(refused.status_code, refused.message, refused.headers) from None
             return
         if "X-XSRFToken" not in self.request.headers:
             return  # cookies alone never count: another site could make a browser send them
@@ -286,7 +286,7 @@ class TusHandler(ApiHandler):
             upload_length=found.length_bytes,
             user_id=found.user_id,
             key_id=self.api_key.key_id if self.api_key else None,
-            address=self.request.remote_ip or "",
+            address=self.address,
         )
         self.in_flight.enter(self)
         self.in_flight_entered = True
@@ -587,7 +587,7 @@ class TusCollectionHandler(TusHandler):
                 id=secrets.token_urlsafe(ID_BYTES),
                 user_id=self.owner_id,
                 api_key=self.api_key,
-                address=self.request.remote_ip or "",
+                address=self.address,
                 length=length,
                 metadata=metadata,
                 filename=filename,

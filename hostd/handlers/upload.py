@@ -639,7 +639,7 @@ class ApiUploadHandler(UploadFlow, ApiHandler):
         try:
             self.api_key = await self.bearer_key(header)
         except Refusal as refused:  # in the upload's own answer format
-            raise UploadError(refused.status_code, refused.message) from None
+            raise UploadError(refused.status_code, refused.message, refused.headers) from None
 
     def error_answer(self, status: int, message: str) -> tuple[int, str, str]:
         return json_error(status, message)
