@@ -29,6 +29,7 @@ from hostd.metrics import Metrics
 from hostd.server import (
     LINGER_IDLE_SECONDS,
     HostdServer,
+    OpenConnections,
     listening_sockets,
     raise_open_files_limit,
 )
@@ -88,6 +89,10 @@ def make_app(
         hostd_invalid_keys=AddressLimiter(config.invalid_keys_per_hour, clock=clock),
         hostd_in_flight=UploadsInFlight(),
         hostd_downloads=DownloadsInFlight(),
+        # Behind a proxy every connection is the proxy's: counted, not capped.
+        hostd_connections=OpenConnections(
+            None if config.trust_proxy else config.connections_per_address
+        ),
         hostd_partials=resumable.Partials(config.data_dir / "partials"),
         hostd_limits=Limits(config, clock=clock),
         log_function=access_log,
@@ -152,6 +157,7 @@ def make_server(config: Config, app: tornado.web.Application) -> HostdServer:
         # watch their own pace (limits.body_idle_seconds between bytes).
         body_seconds=config.body_idle_seconds,
         format_for=refusal_formats(app),
+        connections=app.settings["hostd_connections"],
     )
 
 

@@ -53,6 +53,7 @@ class Config:
     uploads_in_flight_per_address: int = 8
     downloads_in_flight_per_address: int = 32
     downloads_in_flight: int = 256
+    connections_per_address: int = 256
     invalid_keys_per_hour: int = 30
     max_thumbnail_decode_bytes: int = 96 * MiB
     registration: str = "open"
@@ -140,6 +141,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "uploads_in_flight_per_address",
         "downloads_in_flight_per_address",
         "downloads_in_flight",
+        "connections_per_address",
         "invalid_keys_per_hour",
         "max_thumbnail_decode_bytes",
         "anonymous_max_upload_bytes",
@@ -257,7 +259,12 @@ def _build(values: dict[str, Any], origin: str) -> Config:
         raise ConfigError(f"{origin}: limits.send_idle_seconds must be between 0 and 86400")
     if config.uploads_in_flight_per_address < 1:
         raise ConfigError(f"{origin}: limits.uploads_in_flight_per_address must be at least 1")
-    for name in ("downloads_in_flight_per_address", "downloads_in_flight", "invalid_keys_per_hour"):
+    for name in (
+        "downloads_in_flight_per_address",
+        "downloads_in_flight",
+        "connections_per_address",
+        "invalid_keys_per_hour",
+    ):
         if getattr(config, name) < 1:
             raise ConfigError(f"{origin}: limits.{name} must be at least 1")
     if not 0 <= config.shutdown_grace_seconds <= 3600:

@@ -197,6 +197,7 @@ class _Counts(Collector):
         refused.add_metric(["invalid_keys_per_hour"], settings["hostd_invalid_keys"].refused)
         refused.add_metric(["uploads_in_flight_per_address"], settings["hostd_in_flight"].refused)
         refused.add_metric(["downloads_in_flight_per_address"], settings["hostd_downloads"].refused)
+        refused.add_metric(["connections_per_address"], settings["hostd_connections"].refused)
         for limit, count in settings["hostd_limits"].refused.items():
             refused.add_metric([limit], count)
         yield refused
@@ -204,6 +205,11 @@ class _Counts(Collector):
             "hostd_uploads_in_flight",
             "Uploads being received or recorded now.",
             value=len(settings["hostd_in_flight"]),
+        )
+        yield GaugeMetricFamily(
+            "hostd_connections_open",
+            "Client connections open now (with trust_proxy: the proxy's).",
+            value=settings["hostd_connections"].total,
         )
         yield GaugeMetricFamily(
             "hostd_downloads_in_flight",

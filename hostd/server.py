@@ -44,6 +44,13 @@ What it changes, and why:
   one log line a minute; Tornado's own accept handler fails at once, again and again, on
   the still-readable socket: a core at 100% and a traceback for each try, some 40,000
   log lines a second. raise_open_files_limit() makes that later to come.
+- One client address (an IPv4 address or an IPv6 /64) may hold at most
+  `connections_per_address` connections at once; the next is answered 429 (plain text,
+  Retry-After) and closed before its request is read. Each costs a descriptor and a little
+  memory for as long as the client keeps it (a head may take header_timeout to arrive, an
+  idle connection stays that long): without a cap one address could hold them all. Not
+  applied behind a proxy (xheaders): every connection is then the proxy's, which limits
+  its clients itself.
 - Closing with request bytes still unread "lingers" (as nginx's lingering_close): the
   write side is shut after the answer and what the client still sends is read and
   dropped for a few seconds on a duplicate of the socket, so the kernel does not answer
@@ -80,6 +87,8 @@ from tornado.http1connection import (
 from tornado.httpserver import HTTPServer, _HTTPRequestContext
 from tornado.ioloop import IOLoop
 from tornado.log import gen_log
+
+from hostd.throttle import address_key
 
 log = logging.getLogger("hostd")
 
@@ -187,6 +196,8 @@ class HostdParameters(HTTP1ConnectionParameters):
         self.good_hosts: set[str] = set()
 
 
+# What a connection refused for its address's cap is asked to wait.
+CONNECTIONS_RETRY_SECONDS = 5
 # How long the server stops accepting when accept() finds no descriptor or memory left
 # (connections wait in the listen backlog meanwhile), and how often that is logged.
 ACCEPT_PAUSE_SECONDS = 0.5
@@ -219,6 +230,36 @@ def raise_open_files_limit() -> int:
     return soft
 
 
+class OpenConnections:
+    """The server's connections open now, by client address (address_key: an IPv6 address
+    by its /64): at most `per_address` from one (None: no cap; behind a proxy every
+    connection is the proxy's)."""
+
+    def __init__(self, per_address: int | None) -> None:
+        self.per_address = per_address
+        self._open: dict[str, int] = {}
+        self.total = 0
+        self.refused = 0  # connections answered 429, for /metrics
+
+    def enter(self, ip: str) -> str:
+        """Count a new connection from `ip`: the key it counts under, or "" when the
+        address has its cap already (and nothing is counted)."""
+        who = address_key(ip)
+        count = self._open.get(who, 0)
+        if self.per_address is not None and count >= self.per_address:
+            self.refused += 1
+            return ""
+        self._open[who] = count + 1
+        self.total += 1
+        return who
+
+    def leave(self, who: str) -> None:
+        left = self._open.pop(who, 1) - 1
+        if left > 0:
+            self._open[who] = left
+        self.total -= 1
+
+
 class HostdServer(HTTPServer):
     """HTTPServer whose connections are HostdServerConnections."""
 
@@ -234,6 +275,7 @@ class HostdServer(HTTPServer):
         *,
         body_seconds: float,
         format_for: FormatFor = always_plain,
+        connections: OpenConnections | None = None,
         **kwargs: Any,
     ) -> None:
         # Past the heads HEAD_OR_OVERSIZE lets through; HostdConnection answers the rest 431.
@@ -241,13 +283,49 @@ class HostdServer(HTTPServer):
         self.conn_params = HostdParameters(
             self.conn_params, body_seconds=body_seconds, format_for=format_for
         )
+        self.connections = connections or OpenConnections(None)
 
     def handle_stream(self, stream: iostream.IOStream, address: tuple[Any, ...]) -> None:
-        # As HTTPServer.handle_stream, with HostdServerConnection.
+        # As HTTPServer.handle_stream, with HostdServerConnection, and the cap per address.
+        ip = address[0] if isinstance(address, tuple) and address else ""
+        who = self.connections.enter(ip) if isinstance(ip, str) and ip else None
+        if who == "":
+            task = asyncio.get_running_loop().create_task(self._refuse(stream))
+            self._lingering.add(task)  # held, and awaited at shutdown, as lingering closes
+            task.add_done_callback(self._lingering.discard)
+            return
         context = HostdRequestContext(stream, address, self.protocol, self.trusted_downstream)
         conn = HostdServerConnection(stream, self.conn_params, context)
+        conn.address_key = who
         self._connections.add(conn)
         conn.start_serving(self)
+
+    def on_close(self, server_conn: object) -> None:
+        super().on_close(server_conn)
+        who = getattr(server_conn, "address_key", None)
+        if who is not None:
+            self.connections.leave(who)
+
+    async def _refuse(self, stream: iostream.IOStream) -> None:
+        """A connection over the address's cap: a 429, then a lingering close."""
+        _, body, content_type = plain_error(
+            429,
+            f"too many connections from your address ({self.connections.per_address} at"
+            " once); close some and retry",
+        )
+        data = body.encode("utf-8")
+        head = (
+            "HTTP/1.1 429 Too Many Requests\r\n"
+            f"Content-Type: {content_type}\r\n"
+            f"Content-Length: {len(data)}\r\n"
+            f"Retry-After: {CONNECTIONS_RETRY_SECONDS}\r\n"
+            "X-Content-Type-Options: nosniff\r\n"
+            "Connection: close\r\n\r\n"
+        )
+        with contextlib.suppress(iostream.StreamClosedError):
+            await stream.write(head.encode("latin-1") + data)
+            linger(stream, self._lingering)
+        stream.close()
 
     async def let_answers_through(self, seconds: float) -> None:
         """Wait (at most `seconds`) for lingering closes to end."""
@@ -356,6 +434,8 @@ def _remembered_valid_ip(address: str) -> bool:
 
 class HostdServerConnection(HTTP1ServerConnection):
     """HTTP1ServerConnection whose requests are read by HostdConnection."""
+
+    address_key: str | None = None  # the address it counts for (HostdServer's cap)
 
     async def _server_request_loop(self, delegate: httputil.HTTPServerConnectionDelegate) -> None:
         # Tornado 6.6.1's loop, with HostdConnection in place of HTTP1Connection.

@@ -227,12 +227,14 @@ async def test_rate_limit_refusals_are_counted_by_limit(http_client, base_url, l
     after = await scrape(http_client, base_url)
 
     assert after["hostd_rate_limited_total", {"limit": "sign_in"}] == 2
+    assert after["hostd_connections_open"] >= 1  # the scrape's own
     assert after.labels_of("hostd_rate_limited_total", "limit") == {
         "sign_in",
         "registrations_per_hour",
         "invalid_keys_per_hour",
         "uploads_in_flight_per_address",
         "downloads_in_flight_per_address",
+        "connections_per_address",
         "uploads_per_minute",
         "upload_bytes_per_hour",
     }

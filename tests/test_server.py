@@ -948,3 +948,78 @@ def test_out_of_descriptors_the_server_pauses_accepting_then_serves_again(tmp_pa
     assert logged.count("cannot accept connections: Too many open files") == 1
     assert "Exception in callback" not in logged  # asyncio's line for each failed accept
     assert status == 200
+
+
+# -- connections per address -------------------------------------------------------------
+
+
+class TestConnectionsPerAddress:
+    CAP = 3
+
+    @pytest.fixture
+    def config(self, tmp_path: Path) -> Config:
+        """Clients straight on the socket (no proxy), three connections each."""
+        return Config(
+            data_dir=tmp_path / "data",
+            cookie_secret="test-secret",
+            connections_per_address=self.CAP,
+        )
+
+    @pytest.mark.gen_test(timeout=30)
+    async def test_a_connection_past_the_cap_is_a_429_before_its_request_is_read(
+        self, http_server, http_port
+    ):
+        held = [await Raw.open(http_port) for _ in range(self.CAP)]  # idle: no request yet
+        for client in held:
+            await client.send(b"GET /healthz HTTP/1.1\r\nHost: h\r\n\r\n")
+            await client.reader.readuntil(b"ok\n")  # each served and kept open
+
+        over = await Raw.open(http_port)
+        await over.send(b"GET /healthz HTTP/1.1\r\nHost: h\r\n\r\n")
+        refused = split(await over.answer())
+        other = await asyncio.open_connection(  # from another address
+            "127.0.0.1", http_port, local_addr=("127.0.0.2", 0)
+        )
+        other[1].write(b"GET /healthz HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        served = await other[0].read()
+        other[1].close()
+        held.pop().close()
+        await until(lambda: http_server.connections.total == self.CAP - 1)
+        again = await Raw.open(http_port)
+        await again.send(b"GET /healthz HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        after = split(await again.answer())
+
+        assert refused == (
+            429,
+            {
+                "Content-Type": "text/plain; charset=utf-8",
+                "Content-Length": str(len(refused[2])),
+                "Retry-After": "5",
+                "X-Content-Type-Options": "nosniff",
+                "Connection": "close",
+            },
+            b"ERROR too many connections from your address (3 at once); close some and retry\n",
+        )
+        assert served.startswith(b"HTTP/1.1 200 ")
+        assert after[0] == 200  # a place is free again once a connection closes
+
+
+class TestConnectionsBehindAProxy:
+    @pytest.fixture
+    def config(self, tmp_path: Path) -> Config:
+        return Config(
+            data_dir=tmp_path / "data",
+            cookie_secret="test-secret",
+            connections_per_address=TestConnectionsPerAddress.CAP,
+            trust_proxy=True,
+        )
+
+    @pytest.mark.gen_test(timeout=30)
+    async def test_every_connection_is_the_proxys_so_none_is_capped(self, http_server, http_port):
+        count = TestConnectionsPerAddress.CAP + 2
+        clients = [await Raw.open(http_port) for _ in range(count)]
+        for client in clients:
+            await client.send(b"GET /healthz HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        answers = [split(await client.answer())[0] for client in clients]
+
+        assert answers == [200] * count
