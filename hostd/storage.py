@@ -620,6 +620,8 @@ class LocalBlobStore:
         self._guards = KeyedLocks()
         self.hot = HotBlobs(HOT_TOTAL_BYTES)
         self.checked = CheckedBlobs()
+        # "ab" and "abcd" of folders ab/ and ab/cd/ known made durable in their parents.
+        self._durable_folders: set[str] = set()
 
     def close(self) -> None:
         """Remove this process's temp folder (call once nothing is being uploaded)."""
@@ -770,26 +772,39 @@ class LocalBlobStore:
             writer._aborted = True
             writer._remove()
             return True, None
+        # Folders first, so that the file's fsync commits them too (one wait for the
+        # filesystem's journal, where mkdir, fsync of its parent, then the file's fsync
+        # would be two).
+        unsynced = self._make_folders(written.sha256)
         temp = writer._finish()
         try:
             os.replace(temp, target)
-        except FileNotFoundError:  # the first blob under ab/cd/
-            self._make_folders(written.sha256)
+        except FileNotFoundError:  # ab/cd/ removed behind this process's back
+            self._durable_folders.clear()
+            unsynced = self._make_folders(written.sha256)
             os.replace(temp, target)
         writer._path = None  # placed: nothing of it to remove any more
         _fsync_dir(folder)
+        for parent in unsynced:
+            _fsync_dir(parent)
+        self._durable_folders.update((written.sha256[:2], written.sha256[:4]))
         big = written.size_bytes > SMALL_READ_BYTES
         return False, os.stat(target) if big else None
 
-    def _make_folders(self, sha256: str) -> None:
-        """ab/ and ab/cd/ for a blob, each made durable in its parent."""
+    def _make_folders(self, sha256: str) -> list[str]:
+        """ab/ and ab/cd/ for a blob, made if missing; returns the parents whose fsync
+        makes them durable, for each this process has not yet seen durable: a folder
+        another thread is making may exist before its parent's fsync has ended."""
+        unsynced = []
         parent = self._root
-        for name in (sha256[:2], sha256[2:4]):
-            folder = f"{parent}/{name}"
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(folder)
-                _fsync_dir(parent)
+        for key in (sha256[:2], sha256[:4]):
+            folder = f"{parent}/{key[-2:]}"
+            if key not in self._durable_folders:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(folder)
+                unsynced.append(parent)
             parent = folder
+        return unsynced
 
     async def adopt(self, path: Path) -> WrittenBlob:
         """A hard link to the file in this process's temp folder, hashed: placing it costs

@@ -91,6 +91,66 @@ async def test_identical_bytes_are_stored_once_and_marked_as_just_used(local):
     assert time.time() - local.path(written.sha256).stat().st_mtime < 60
 
 
+async def placed(store, data):
+    writer = store.writer()
+    writer.write(data)
+    written = await writer.commit()
+    await store.place(written)
+    return written.sha256
+
+
+def bytes_under(prefix, start=0):
+    """The first bytes (a number, from `start`) whose SHA-256 starts with `prefix`."""
+    for n in range(start, start + 1_000_000):
+        data = b"%d" % n
+        sha = hashlib.sha256(data).hexdigest()
+        if sha.startswith(prefix):
+            return data, sha
+    raise AssertionError(prefix)
+
+
+@pytest.mark.gen_test
+async def test_placing_makes_the_file_and_each_new_folder_durable(local, monkeypatch):
+    """A row is recorded only after place(): by then the file, and the entries of a new
+    ab/ and ab/cd/, must survive a crash (an fsync of each folder that changed); a folder
+    known durable is not synced again. Made folders are synced after the rename, in one go
+    with it, so that a new folder costs no wait of its own."""
+    synced = []
+    real = storage._fsync_dir
+    monkeypatch.setattr(storage, "_fsync_dir", lambda path: (synced.append(path), real(path)))
+    first, first_sha = bytes_under("")
+    beside, _ = bytes_under(first_sha[:4], start=1)  # in the same ab/cd/
+    root = os.fspath(local.root)
+    ab, abcd = f"{root}/{first_sha[:2]}", f"{root}/{first_sha[:2]}/{first_sha[2:4]}"
+
+    await placed(local, first)
+    first_syncs, synced[:] = list(synced), []
+    await placed(local, beside)
+    beside_syncs, synced[:] = list(synced), []
+    restarted = LocalBlobStore(local.root)  # folders made by an earlier process (or thread)
+    try:
+        await placed(restarted, bytes_under(first_sha[:4], start=int(beside) + 1)[0])
+    finally:
+        restarted.close()
+
+    assert first_syncs == [abcd, root, ab]
+    assert beside_syncs == [abcd]
+    assert synced == [abcd, root, ab]  # there, but not known to have been made durable
+    assert local.path(first_sha).exists()
+
+
+@pytest.mark.gen_test
+async def test_a_folder_removed_behind_the_stores_back_is_made_again(local):
+    data, sha = bytes_under("")
+    await placed(local, data)
+    local.path(sha).unlink()
+    local.path(sha).parent.rmdir()
+
+    await placed(local, data)
+
+    assert local.path(sha).read_bytes() == data
+
+
 @pytest.mark.gen_test
 async def test_head_keeps_only_the_first_bytes(local):
     writer = local.writer()
