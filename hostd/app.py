@@ -168,7 +168,7 @@ async def open_parts(
     ConfigError when the cookie secret is not the database's (see check_cookie_secret)."""
     make_data_dir(config)
     config = ensure_cookie_secret(config)
-    database = await Database.open_config(config)
+    database = await Database.open_config(config, check_pages=True)
     try:
         await check_cookie_secret(config, database, replace=new_cookie_secret)
     except BaseException:

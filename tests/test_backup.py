@@ -171,6 +171,28 @@ def test_restore_into_a_data_dir_that_cannot_be_made_is_one_line_naming_it(tmp_p
     )
 
 
+def test_serve_does_not_start_on_a_damaged_database_and_says_what_to_do(tmp_path, free_port):
+    # Writes into a damaged b-tree spread the damage; each request would fail on its own.
+    made = hostd("ban", "add", "a" * 64, "--data-dir", "data", cwd=tmp_path)
+    damage_table(tmp_path / "data" / "hostd.sqlite3", "bans")
+
+    served = hostd(
+        "serve", "--data-dir", "data", "--port", str(free_port), cwd=tmp_path, timeout=30
+    )
+
+    assert made.returncode == 0, made.stderr
+    assert served.returncode == 1
+    line = served.stderr.splitlines()[-1]
+    assert line.startswith(
+        "hostd: cannot open the database: data/hostd.sqlite3: damaged, quick_check: Page "
+    )
+    assert line.endswith(
+        "; restore the data dir from a backup (hostd restore), or move the file away to"
+        " start with an empty database"
+    )
+    assert "Traceback" not in served.stderr
+
+
 def test_a_backup_of_a_damaged_database_exits_1_and_keeps_the_good_copy_it_had(tmp_path):
     made = hostd("ban", "add", "a" * 64, "--data-dir", "data", cwd=tmp_path)
     good = hostd("backup", "backup", "--data-dir", "data", cwd=tmp_path)

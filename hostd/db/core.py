@@ -118,6 +118,8 @@ class Backend(Protocol):
 
     async def healthy(self) -> None: ...
 
+    async def check_pages(self) -> None: ...
+
     async def close(self) -> None: ...
 
 
@@ -463,10 +465,18 @@ class Database:
 
     @classmethod
     async def open(
-        cls, target: str | Path, *, password: str | None = None, migrate: bool = True
+        cls,
+        target: str | Path,
+        *,
+        password: str | None = None,
+        migrate: bool = True,
+        check_pages: bool = False,
     ) -> Database:
         """Open (and unless told otherwise, migrate) the database at `target`: a SQLite
-        file's path, sqlite:///path, or postgresql://user@host:port/name."""
+        file's path, sqlite:///path, or postgresql://user@host:port/name. `check_pages`:
+        first make sure every page of a SQLite file is whole (quick_check, 0.17 s on 125
+        MB), as `hostd serve` does: a server writing into a damaged b-tree spreads the
+        damage, and its requests fail one by one where it could say so once."""
         backend: Backend
         try:
             if is_postgresql_url(target):
@@ -479,6 +489,14 @@ class Database:
                 backend = await SqliteBackend.open(sqlite_path(target))
         except Exception as exc:  # whatever the driver says, it is the one line to show
             raise cannot_open(target, exc) from exc
+        if check_pages:
+            try:
+                await backend.check_pages()
+            except BaseException as exc:
+                await backend.close()
+                if type(exc) is sqlite3.DatabaseError:
+                    raise cannot_open(target, sqlite3.DatabaseError(f"damaged, {exc}")) from exc
+                raise
         database = cls(backend)
         try:
             if migrate:
@@ -493,9 +511,16 @@ class Database:
         return database
 
     @classmethod
-    async def open_config(cls, config: Config, *, migrate: bool = True) -> Database:
+    async def open_config(
+        cls, config: Config, *, migrate: bool = True, check_pages: bool = False
+    ) -> Database:
         """The configured database: database.url, or the data dir's SQLite file."""
-        return await cls.open(config.database, password=config.database_password(), migrate=migrate)
+        return await cls.open(
+            config.database,
+            password=config.database_password(),
+            migrate=migrate,
+            check_pages=check_pages,
+        )
 
     async def close(self) -> None:
         """Finish what is queued, then close the connections. Closing twice is fine."""

@@ -339,6 +339,10 @@ class PostgresBackend:
     async def healthy(self) -> None:
         await self.read(lambda tx: tx.fetchval("SELECT 1"), False)
 
+    async def check_pages(self) -> None:
+        """Nothing to do: PostgreSQL checks its pages as it reads them (and with
+        data_checksums, their checksums), and the admin runs its own amcheck."""
+
     async def lookup(self, work: Work[T]) -> T:
         return await self.read(work, False)
 

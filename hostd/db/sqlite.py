@@ -164,12 +164,27 @@ class SqliteBackend:
     async def watch(self, changes: Changes) -> None:
         changes.watch(self._here)
 
+    async def check_pages(self) -> None:
+        """sqlite3.DatabaseError unless quick_check finds every page whole."""
+        await _in_thread(self._writer, check_pages)
+
     async def healthy(self) -> None:
         """The read connection proves its thread answers, but it reads through its own open
         file and page cache, so it would not notice the file being deleted, moved or damaged
         underneath it; a fresh read-only connection reads the file's header afresh."""
         uri = self.path.resolve().as_uri() + "?mode=ro"
         await _in_thread(self._reader, _check_file, uri)
+
+
+def check_pages(conn: sqlite3.Connection) -> None:
+    """sqlite3.DatabaseError, in a line, unless `PRAGMA quick_check` finds every page of the
+    file whole: its b-trees, free list and records, without integrity_check's comparison of
+    each index with its table (on 600,000 rows, 125 MB: 0.17 s against 2.2 s)."""
+    (found,) = conn.execute("PRAGMA quick_check(1)").fetchone()  # (any row factory)
+    if found != "ok":
+        # "*** in database main ***\nPage 6: btreeInitPage() returns error code 11": one line.
+        lines = [line for line in found.splitlines() if not line.startswith("***")]
+        raise sqlite3.DatabaseError("quick_check: " + "; ".join(lines))
 
 
 def owner_only(path: Path) -> None:
