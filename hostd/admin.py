@@ -9,11 +9,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import errno
 import getpass
 import json
 import logging
-import sqlite3
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -22,7 +20,7 @@ from typing import Any
 
 from hostd import affinity, backup, db, limits, resumable, retention, uploads
 from hostd.accounts import NAME_PATTERN, password_problem
-from hostd.app import format_size, format_time, serve, thumbnails_of
+from hostd.app import format_size, format_time, machine_problem, serve, thumbnails_of
 from hostd.auth import Auth
 from hostd.config import Config, ConfigError, load_config, make_data_dir, start_warnings
 from hostd.db import Database
@@ -770,18 +768,3 @@ def run(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) 
             raise  # hostd's own mistake: the traceback is for its bug report
         print(f"hostd: {line}", file=sys.stderr)
         return 1
-
-
-def machine_problem(exc: Exception) -> str | None:
-    """The line for a failure of the machine rather than of the command: a full disk, a
-    damaged database. None for anything else."""
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return f"out of storage space ({exc.strerror}): free some, then run it again"
-    if db.is_full(exc):
-        return f"out of storage space ({exc}): free some, then run it again"
-    if db.is_damaged(exc):
-        where = "the data dir from a backup (hostd restore)"
-        if not isinstance(exc, sqlite3.Error):
-            where = "the database from a backup"
-        return f"the database is damaged ({exc}): restore {where}"
-    return None

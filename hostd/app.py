@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import errno
 import logging
 import signal
 import socket
+import sqlite3
 import sys
 import time
 from collections.abc import Callable
@@ -33,7 +35,7 @@ from hostd.server import (
     listening_sockets,
     raise_open_files_limit,
 )
-from hostd.storage import BlobStore, store_from
+from hostd.storage import BlobStore, StoreUnavailable, store_from
 from hostd.throttle import AddressLimiter, SignInLimiter
 from hostd.thumbs import Thumbnails
 
@@ -206,6 +208,34 @@ async def check_cookie_secret(config: Config, database: Database, *, replace: bo
         )
 
 
+def machine_problem(exc: Exception) -> str | None:
+    """The line for a failure of the machine rather than of the command: a full disk, a
+    damaged database. None for anything else."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"out of storage space ({exc.strerror}): free some, then run it again"
+    if db.is_full(exc):
+        return f"out of storage space ({exc}): free some, then run it again"
+    if db.is_damaged(exc):
+        where = "the data dir from a backup (hostd restore)"
+        if not isinstance(exc, sqlite3.Error):
+            where = "the database from a backup"
+        return f"the database is damaged ({exc}): restore {where}"
+    return None
+
+
+def log_failure_now_and_then(what: str, exc: Exception) -> None:
+    """A periodic task failed: one line when the machine or a service is at fault (a full
+    disk, a damaged database, the database or the storage out of reach, for as long as it
+    lasts), a traceback only for hostd's own mistakes."""
+    line = machine_problem(exc)
+    if line is None and isinstance(exc, (db.Unavailable, StoreUnavailable)):
+        line = str(exc)
+    if line is None:
+        log.error("%s failed; trying again later", what, exc_info=exc)
+    else:
+        log.warning("%s failed; trying again later: %s", what, line)
+
+
 async def collect_garbage_now_and_then(
     db: Database, store: BlobStore, thumbs: Thumbnails, every_seconds: float = GC_EVERY_SECONDS
 ) -> None:
@@ -213,8 +243,8 @@ async def collect_garbage_now_and_then(
     while True:
         try:
             found = await uploads.collect_garbage(db, store, thumbs)
-        except Exception:
-            log.exception("garbage collection failed; trying again later")
+        except Exception as exc:
+            log_failure_now_and_then("garbage collection", exc)
         else:
             if found.removed:
                 log.info("gc: removed %d file(s) no upload pointed at", len(found.removed))
@@ -246,15 +276,15 @@ async def prune_now_and_then(
         if partials is not None:
             try:
                 gone = await resumable.prune(db, partials, now=int(clock()))
-            except Exception:
-                log.exception("removing expired resumable uploads failed; trying again later")
+            except Exception as exc:
+                log_failure_now_and_then("removing expired resumable uploads", exc)
             else:
                 if gone:
                     log.info("prune: removed %d expired resumable upload(s)", gone)
         try:
             removed = await uploads.prune(db, store, thumbs, now=int(clock()))
-        except Exception:
-            log.exception("removing expired uploads failed; trying again later")
+        except Exception as exc:
+            log_failure_now_and_then("removing expired uploads", exc)
         else:
             if removed:
                 files = len({item.upload.sha256 for item in removed if item.blob_gone})

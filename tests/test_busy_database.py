@@ -22,6 +22,7 @@ from conftest import XSRF, form_body
 from helpers import assert_refused, blob_files, multipart_body, temp_files
 
 from hostd import db as queries
+from hostd.app import collect_garbage_now_and_then, log_failure_now_and_then
 from hostd.db import postgres as postgres_backend
 from hostd.db import sqlite as sqlite_backend
 from hostd.db.core import is_unavailable
@@ -276,6 +277,40 @@ async def test_an_upload_refused_while_postgresql_is_down_is_a_line_in_the_log_n
     assert left.exc_info is None and "\n" not in left.getMessage()
     assert left.getMessage().startswith("could not remove the unreferenced bytes of ")
     assert "the database is busy or cannot be reached" in left.getMessage()
+
+
+@pytest.mark.postgresql_only
+@pytest.mark.gen_test(timeout=60)
+async def test_a_periodic_task_while_postgresql_is_down_is_a_line_in_the_log_no_traceback(
+    db, store, thumbs, pg_relay, caplog
+):
+    await queries.all_uploads(db)  # connections made
+    await pg_relay.cut()
+
+    collecting = asyncio.ensure_future(collect_garbage_now_and_then(db, store, thumbs))
+    deadline = time.monotonic() + 20
+    while not any("garbage collection" in r.getMessage() for r in caplog.records):
+        assert time.monotonic() < deadline, "no line from the failed round"
+        await asyncio.sleep(0.05)
+    collecting.cancel()
+    await pg_relay.start()
+
+    (line,) = [r for r in caplog.records if "garbage collection" in r.getMessage()]
+    assert line.levelname == "WARNING" and line.exc_info is None
+    assert line.getMessage().startswith(
+        "garbage collection failed; trying again later: the database is busy or cannot be reached"
+    )
+
+
+def test_a_periodic_tasks_own_mistake_is_logged_with_its_traceback(caplog):
+    try:
+        raise KeyError("a bug")
+    except KeyError as exc:
+        log_failure_now_and_then("garbage collection", exc)
+
+    (line,) = caplog.records
+    assert line.levelname == "ERROR" and line.exc_info is not None
+    assert line.getMessage() == "garbage collection failed; trying again later"
 
 
 @pytest.mark.postgresql_only
