@@ -240,10 +240,10 @@ async def test_rate_limit_refusals_are_counted_by_limit(http_client, base_url, l
     }
 
 
-class TestUploadRefusals:
+class TestRefusalsByLimit:
     @pytest.fixture
     def config(self, config):
-        return dataclasses.replace(config, uploads_per_minute=1)
+        return dataclasses.replace(config, uploads_per_minute=1, invalid_keys_per_hour=1)
 
     @pytest.mark.gen_test
     async def test_an_upload_over_the_rate_is_counted_under_its_setting(
@@ -259,12 +259,6 @@ class TestUploadRefusals:
         assert after["hostd_upload_size_bytes_count", {"kind": "multipart"}] == 1
         too_many = {"handler": "ApiUploadHandler", "method": "POST", "status": "429"}
         assert after["hostd_requests_total", too_many] == 1
-
-
-class TestInvalidKeyRefusals:
-    @pytest.fixture
-    def config(self, config):
-        return dataclasses.replace(config, invalid_keys_per_hour=1)
 
     @pytest.mark.gen_test
     async def test_a_key_refused_for_the_invalid_ones_before_it_is_counted(

@@ -953,23 +953,29 @@ def test_out_of_descriptors_the_server_pauses_accepting_then_serves_again(tmp_pa
 # -- connections per address -------------------------------------------------------------
 
 
-class TestConnectionsPerAddress:
-    CAP = 3
+CONNECTIONS_CAP = 3
 
+
+def capped(tmp_path: Path, *, trust_proxy: bool) -> Config:
+    """Three connections an address."""
+    return Config(
+        data_dir=tmp_path / "data",
+        cookie_secret="test-secret",
+        connections_per_address=CONNECTIONS_CAP,
+        trust_proxy=trust_proxy,
+    )
+
+
+class TestConnectionsPerAddress:
     @pytest.fixture
     def config(self, tmp_path: Path) -> Config:
-        """Clients straight on the socket (no proxy), three connections each."""
-        return Config(
-            data_dir=tmp_path / "data",
-            cookie_secret="test-secret",
-            connections_per_address=self.CAP,
-        )
+        return capped(tmp_path, trust_proxy=False)  # clients straight on the socket
 
     @pytest.mark.gen_test(timeout=30)
     async def test_a_connection_past_the_cap_is_a_429_before_its_request_is_read(
         self, http_server, http_port
     ):
-        held = [await Raw.open(http_port) for _ in range(self.CAP)]  # idle: no request yet
+        held = [await Raw.open(http_port) for _ in range(CONNECTIONS_CAP)]  # idle: no request yet
         for client in held:
             await client.send(b"GET /healthz HTTP/1.1\r\nHost: h\r\n\r\n")
             await client.reader.readuntil(b"ok\n")  # each served and kept open
@@ -984,7 +990,7 @@ class TestConnectionsPerAddress:
         served = await other[0].read()
         other[1].close()
         held.pop().close()
-        await until(lambda: http_server.connections.total == self.CAP - 1)
+        await until(lambda: http_server.connections.total == CONNECTIONS_CAP - 1)
         again = await Raw.open(http_port)
         await again.send(b"GET /healthz HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
         after = split(await again.answer())
@@ -1007,16 +1013,11 @@ class TestConnectionsPerAddress:
 class TestConnectionsBehindAProxy:
     @pytest.fixture
     def config(self, tmp_path: Path) -> Config:
-        return Config(
-            data_dir=tmp_path / "data",
-            cookie_secret="test-secret",
-            connections_per_address=TestConnectionsPerAddress.CAP,
-            trust_proxy=True,
-        )
+        return capped(tmp_path, trust_proxy=True)
 
     @pytest.mark.gen_test(timeout=30)
     async def test_every_connection_is_the_proxys_so_none_is_capped(self, http_server, http_port):
-        count = TestConnectionsPerAddress.CAP + 2
+        count = CONNECTIONS_CAP + 2
         clients = [await Raw.open(http_port) for _ in range(count)]
         for client in clients:
             await client.send(b"GET /healthz HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
