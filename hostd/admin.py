@@ -510,7 +510,7 @@ async def backup_to(
         copied = await backup.backup(database, store, args.destination)
     except (db.Unsupported, backup.CannotWrite) as exc:
         raise CommandError(str(exc)) from None
-    except backup.Damaged as exc:
+    except db.Damaged as exc:
         kept = args.destination / backup.DATABASE_NAME
         earlier = f"{kept}, from an earlier backup, is kept" if kept.exists() else "nothing kept"
         raise CommandError(
@@ -542,7 +542,7 @@ def restore_from(args: argparse.Namespace) -> int:
     except (FileNotFoundError, FileExistsError, backup.CannotWrite) as exc:
         print(f"hostd: {exc}", file=sys.stderr)
         return 1
-    except backup.Damaged as exc:
+    except db.Damaged as exc:
         print(
             f"hostd: {args.source / backup.DATABASE_NAME} is damaged ({exc}): not a good"
             " backup; nothing was restored",

@@ -23,16 +23,11 @@ from pathlib import Path
 from typing import BinaryIO
 
 from hostd import db
-from hostd.db import Database
+from hostd.db import Damaged, Database
 from hostd.db.sqlite import check_pages, owner_only
 from hostd.storage import BLOB_MODE, BlobDamaged, BlobMissing, BlobStore
 
 DATABASE_NAME = "hostd.sqlite3"
-
-
-class Damaged(Exception):
-    """A database (the backup's copy, or the one a restore would put in place) that SQLite's
-    quick_check does not find whole; the message says what it found."""
 
 
 def check_database(path: Path) -> None:

@@ -10,7 +10,7 @@ import stat
 import time
 
 import pytest
-from helpers import hold_writer, until_heard
+from helpers import damage_table, hold_writer, until_heard
 
 from hostd import db as queries
 from hostd.db import Database, latest_version
@@ -533,3 +533,26 @@ async def test_this_process_drops_its_caches_before_its_own_change_returns(db):
         )
 
         assert drops
+
+
+@pytest.mark.gen_test
+async def test_once_a_statement_finds_the_database_damaged_it_is_unhealthy_from_then_on(
+    tmp_path,
+):
+    path = tmp_path / "hostd.sqlite3"
+    database = await Database.open(path)
+    await queries.insert_ban(database, sha256="a" * 64, reason="spam")
+    await database.close()
+    damage_table(path, "bans")
+    database = await Database.open(path)  # as the CLI opens it: no pages checked
+    try:
+        healthy_before = await database.healthy()
+        with pytest.raises(sqlite3.DatabaseError):
+            await queries.list_bans(database)
+        with pytest.raises(queries.Damaged) as unhealthy:
+            await database.healthy()
+    finally:
+        await database.close()
+
+    assert healthy_before is None
+    assert str(unhealthy.value) == "database disk image is malformed"

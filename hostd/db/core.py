@@ -169,22 +169,32 @@ def is_unavailable(exc: BaseException) -> bool:
     return sqlstate.startswith("08") or sqlstate in ("57P01", "57P02", "57P03", "53300")
 
 
-class _UnavailableAsSuch:
-    """`with UNAVAILABLE_AS_SUCH:` lets a busy or unreachable database out as Unavailable,
-    whichever driver said so. (A class, not @contextmanager: it wraps every read and write,
-    and costs two calls where a generator costs several.)"""
+class _DriverErrors:
+    """`with self._driver_errors:` lets a busy or unreachable database out as Unavailable,
+    whichever driver said so, and remembers the first error that says the database is
+    damaged, for healthy() to report from then on. (A class, not @contextmanager: it wraps
+    every read and write, and costs two calls where a generator costs several.)"""
 
-    __slots__ = ()
+    __slots__ = ("damaged",)
+
+    def __init__(self) -> None:
+        self.damaged: str | None = None
 
     def __enter__(self) -> None:
         return None
 
     def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
-        if isinstance(exc, Exception) and not isinstance(exc, Unavailable) and is_unavailable(exc):
+        if not isinstance(exc, Exception) or isinstance(exc, Unavailable):
+            return
+        if is_unavailable(exc):
             raise Unavailable(f"the database is busy or cannot be reached: {exc}") from exc
+        if self.damaged is None and is_damaged(exc):
+            self.damaged = str(exc)
 
 
-UNAVAILABLE_AS_SUCH = _UnavailableAsSuch()
+class Damaged(Exception):
+    """A database whose file or pages are not whole (a backup's copy quick_check finds so,
+    or the one served, once a statement has said so); the message says what was found."""
 
 
 # -- errors, whichever driver raised them ----------------------------------------------
@@ -462,6 +472,7 @@ class Database:
         self.changes = Changes()
         self.changes.subscribe(self.blobs.clear)
         self.bans = BanList()
+        self._driver_errors = _DriverErrors()
 
     @classmethod
     async def open(
@@ -543,7 +554,7 @@ class Database:
     async def read(self, work: Work[T], *, snapshot: bool = False) -> T:
         """Run `work` outside the writer; it sees the last commit. With snapshot, all its
         statements see the same one (a read transaction)."""
-        with UNAVAILABLE_AS_SUCH:
+        with self._driver_errors:
             return await self._backend.read(work, snapshot)
 
     async def lookup(self, work: Work[T]) -> T:
@@ -552,12 +563,14 @@ class Database:
         connection of this thread's own: a few microseconds, where a trip to the reader's
         thread costs tens and hands the GIL back and forth. Never give it a scan. On
         PostgreSQL it is read()."""
-        with UNAVAILABLE_AS_SUCH:
+        with self._driver_errors:
             return await self._backend.lookup(work)
 
     async def healthy(self) -> None:
         """Return when the database answers a read; raise (the driver's error, OSError)
-        when not."""
+        when not, and Damaged once any statement has found the database damaged."""
+        if self._driver_errors.damaged is not None:
+            raise Damaged(self._driver_errors.damaged)
         await self._backend.healthy()
 
     # -- writes
@@ -576,7 +589,7 @@ class Database:
         self._queue.append(unit)
         self._wakeup.set()
         try:
-            with UNAVAILABLE_AS_SUCH:
+            with self._driver_errors:
                 return await asyncio.shield(unit.future)
         except asyncio.CancelledError:
             if not unit.taken:
