@@ -26,6 +26,7 @@ from hostd.app import collect_garbage_now_and_then, log_failure_now_and_then
 from hostd.db import postgres as postgres_backend
 from hostd.db import sqlite as sqlite_backend
 from hostd.db.core import is_unavailable
+from hostd.throttle import AddressLimiter
 
 UNAVAILABLE = "the database is busy or cannot be reached; the file was not stored, retry soon"
 PAGE_MESSAGE = "The database is busy or cannot be reached. Try again in a moment."
@@ -277,6 +278,34 @@ async def test_an_upload_refused_while_postgresql_is_down_is_a_line_in_the_log_n
     assert left.exc_info is None and "\n" not in left.getMessage()
     assert left.getMessage().startswith("could not remove the unreferenced bytes of ")
     assert "the database is busy or cannot be reached" in left.getMessage()
+
+
+@pytest.mark.postgresql_only
+@pytest.mark.gen_test(timeout=60)
+async def test_a_key_not_checked_while_postgresql_was_down_is_not_counted_as_invalid(
+    http_client, base_url, app, clock, db, pg_relay
+):
+    app.settings["hostd_invalid_keys"] = AddressLimiter(1, clock=clock)
+    bad = "Bearer hk_0123456789abcdef_" + "A" * 43
+    await queries.all_uploads(db)  # connections made
+    await pg_relay.cut()
+
+    async def keyed() -> int:
+        response = await http_client.fetch(
+            f"{base_url}/api/upload/a.txt",
+            method="PUT",
+            body=b"x",
+            headers={"Authorization": bad},
+            raise_error=False,
+        )
+        return response.code
+
+    while_down = await keyed()
+    await pg_relay.start()
+    after = [await keyed() for _ in range(2)]
+
+    assert while_down == 503
+    assert after == [401, 429]  # the outage cost the address none of its one invalid key
 
 
 @pytest.mark.postgresql_only

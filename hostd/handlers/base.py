@@ -436,12 +436,16 @@ class ApiHandler(BaseHandler):
 
         try:
             key = await self.auth.verify_key(self.db, token.strip(), admit)
-        except Busy:
-            if counted:  # no answer about the key: not the client's fault
-                self.invalid_keys.give_back(self.address)
-            raise Refusal(503, "the server is busy checking other API keys; retry soon") from None
         except AccountDisabled:
             raise Refusal(401, "the account of this API key is disabled") from None
+        except BaseException as exc:
+            if counted:  # no answer about the key (busy, the database out of reach, gone)
+                self.invalid_keys.give_back(self.address)
+            if isinstance(exc, Busy):
+                raise Refusal(
+                    503, "the server is busy checking other API keys; retry soon"
+                ) from None
+            raise
         if key is None:
             raise Refusal(401, "the API key is not valid (unknown or invalidated)")
         if counted:
