@@ -290,9 +290,7 @@ class HostdServer(HTTPServer):
         ip = address[0] if isinstance(address, tuple) and address else ""
         who = self.connections.enter(ip) if isinstance(ip, str) and ip else None
         if who == "":
-            task = asyncio.get_running_loop().create_task(self._refuse(stream))
-            self._lingering.add(task)  # held, and awaited at shutdown, as lingering closes
-            task.add_done_callback(self._lingering.discard)
+            self._refuse(stream)
             return
         context = HostdRequestContext(stream, address, self.protocol, self.trusted_downstream)
         conn = HostdServerConnection(stream, self.conn_params, context)
@@ -306,8 +304,12 @@ class HostdServer(HTTPServer):
         if who is not None:
             self.connections.leave(who)
 
-    async def _refuse(self, stream: iostream.IOStream) -> None:
-        """A connection over the address's cap: a 429, then a lingering close."""
+    def _refuse(self, stream: iostream.IOStream) -> None:
+        """A connection over the address's cap: a 429, at once and with nothing kept (no
+        task, no lingering close: a client opening thousands must not make the server hold
+        a descriptor for each). A fresh socket's buffer takes the answer whole; what the
+        client has sent already is read and dropped, so that the close does not reset the
+        connection before the answer is read."""
         _, body, content_type = plain_error(
             429,
             f"too many connections from your address ({self.connections.per_address} at"
@@ -322,9 +324,15 @@ class HostdServer(HTTPServer):
             "X-Content-Type-Options: nosniff\r\n"
             "Connection: close\r\n\r\n"
         )
-        with contextlib.suppress(iostream.StreamClosedError):
-            await stream.write(head.encode("latin-1") + data)
-            linger(stream, self._lingering)
+        sock = stream.socket
+        try:
+            sock.send(head.encode("latin-1") + data)
+            sock.shutdown(socket.SHUT_WR)
+            for _ in range(4):  # what has arrived (the request line and headers, mostly)
+                if not sock.recv(64 * 1024):
+                    break
+        except OSError:  # BlockingIOError: nothing more has come; or the client is gone
+            pass
         stream.close()
 
     async def let_answers_through(self, seconds: float) -> None:
