@@ -280,9 +280,11 @@ class Auth:
         self, database: Database, token: str, admit: Callable[[], None] | None = None
     ) -> ApiKey | None:
         """The usable key this token is, or None; AccountDisabled for a valid key of a
-        disabled account. `admit`, if any, is called when the token is not a key known
-        already, before the check (a database read and Argon2) starts: it may raise, to
-        refuse a client that has sent too many invalid keys.
+        disabled account. `admit`, if any, is called before the Argon2 check of a token
+        that names no usable key (an unknown or malformed id, an invalidated key, a disabled
+        account's): it may raise, to refuse a client that has sent too many invalid keys.
+        A token naming a usable key is always checked, so that a key made to replace a
+        mistyped one works at once; guessing a usable key's 64-bit id is out of reach.
 
         Argon2 runs only the first time a token is seen: after that a digest of the whole
         token stands for it, with its row, in a bounded in-memory cache, and a known key
@@ -297,11 +299,11 @@ class Auth:
         if known is not None:
             self.key_cache_hits += 1
             return known
-        if admit is not None:
-            admit()
         generation = self._verified.generation
         parsed = parse_key(token)
         key = await db.get_api_key(database, key_id=parsed[0]) if parsed else None
+        if admit is not None and (key is None or not key.usable or key.account_disabled):
+            admit()
         if self._dummy_key_hash is None:  # made before any slow check, good key or not
             self._dummy_key_hash = await self._key_lane.run(
                 self.keys.hash, secrets.token_urlsafe(KEY_SECRET_BYTES)

@@ -421,8 +421,8 @@ class ApiHandler(BaseHandler):
         counted = False
 
         def admit() -> None:
-            # A key not known yet: its check costs an Argon2 run, so an address gets only
-            # limits.invalid_keys_per_hour that fail (counted as they start).
+            # A token naming no usable key: its check costs an Argon2 run, so an address
+            # gets only limits.invalid_keys_per_hour of them (counted as they start).
             nonlocal counted
             wait = self.invalid_keys.take(self.address)
             if wait > 0:
