@@ -59,6 +59,10 @@ T = TypeVar("T")
 TusState = tuple[int, dict[str, Any] | None]
 
 
+# How the server begins a refusal of what --expires sent (a header; tus: metadata).
+EXPIRES_REFUSALS = ("the Expires header ", "the expires metadata ")
+
+
 class UploadFailed(Exception):
     """An upload the server refused (`status`), or a server that could not be reached
     (`status` None); the message is the server's when it gave one."""
@@ -825,7 +829,19 @@ def run(
         except (Unreachable, WrongURL) as exc:
             print(f"hostd upload: {path}: {exc}", file=stderr)
             return 1  # the next file would fail the same way
-        except (UploadFailed, OSError) as exc:
+        except UploadFailed as exc:
+            if exc.status == 400 and exc.message.startswith(EXPIRES_REFUSALS):
+                reason = exc.message.split(" ", 3)[3]  # after "the Expires header"
+                print(f"hostd upload: --expires {expires}: {reason}", file=stderr)
+                return 2  # the command's own mistake, the same for every file
+            print(f"hostd upload: {path}: {exc}", file=stderr)
+            if exc.status == 401:
+                # The key or the account: the next file would fail the same way, and each
+                # try of a wrong key counts against this address (invalid_keys_per_hour).
+                return 1
+            status = 1
+            continue
+        except OSError as exc:
             print(f"hostd upload: {path}: {exc}", file=stderr)
             status = 1
             continue

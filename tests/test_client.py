@@ -226,13 +226,12 @@ async def test_expires_asks_the_server_to_expire_the_uploads(base_url, tmp_path,
     (path,) = files(tmp_path, **{"a.txt": b"for five hours"})
 
     run = await hostd_upload(path, "--url", base_url, "--json", "--expires", "5")
-    bad = await hostd_upload(path, "--url", base_url, "--expires", "someday")
+    bad = await hostd_upload(path, path, "--url", base_url, "--expires", "someday")
 
     assert json.loads(run.stdout)["expires_at"] == iso_time(int(wall_clock()) + 5 * 3600)
-    assert bad.code == 1
-    assert bad.stderr.startswith(
-        f"hostd upload: {path}: the Expires header must be a whole number of hours"
-    )
+    assert bad.code == 2  # the command's mistake, said once for all its files
+    assert bad.stderr.startswith("hostd upload: --expires someday: must be a whole number of hours")
+    assert bad.stderr.count("\n") == 1
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -455,10 +454,14 @@ async def test_a_file_refused_from_its_size_is_never_sent(base_url, http_port, t
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_a_bad_key_exits_1_with_the_servers_message(base_url, tmp_path, db, config):
-    (path,) = files(tmp_path, **{"a.txt": b"a"})
+async def test_a_bad_key_exits_1_with_the_servers_message_at_the_first_file(
+    base_url, tmp_path, db, config
+):
+    # Every file would be refused alike, and each try of a wrong key counts against the
+    # address's invalid keys: one is enough.
+    path, other = files(tmp_path, **{"a.txt": b"a", "b.txt": b"b"})
 
-    run = await hostd_upload(path, "--url", base_url, "--key", "hk_nonsense")
+    run = await hostd_upload(path, other, "--url", base_url, "--key", "hk_nonsense")
 
     assert run.code == 1
     assert run.stderr == (
