@@ -1380,8 +1380,9 @@ COMPONENTS: Json = {
 }
 
 
-def document() -> Json:
-    """The whole document (a new dict each call)."""
+def document(server: str = "/") -> Json:
+    """The whole document (a new dict each call); `server` is the API's base URL
+    (server.public_url's, which may have a path, else the root of the host asked)."""
     return {
         "openapi": "3.1.0",
         "info": {
@@ -1394,7 +1395,7 @@ def document() -> Json:
             'answer errors as `{"status": false, "error": "<why>"}`; pages answer them '
             "with an HTML page.",
         },
-        "servers": [{"url": "/"}],
+        "servers": [{"url": server}],
         "tags": [
             {"name": "uploads"},
             {"name": "files", "description": "Downloads, thumbnails, deleting by key."},
@@ -1428,6 +1429,6 @@ def document() -> Json:
 
 
 @functools.cache
-def document_bytes() -> bytes:
+def document_bytes(server: str = "/") -> bytes:
     """The document as served: built once a process, it never changes while it runs."""
-    return json.dumps(document(), indent=1).encode() + b"\n"
+    return json.dumps(document(server), indent=1).encode() + b"\n"

@@ -178,6 +178,7 @@ class HostdParameters(HTTP1ConnectionParameters):
         *,
         body_seconds: float,
         format_for: FormatFor = always_plain,
+        xheaders: bool = False,
     ) -> None:
         super().__init__(
             no_keep_alive=base.no_keep_alive,
@@ -190,6 +191,7 @@ class HostdParameters(HTTP1ConnectionParameters):
         )
         self.body_seconds = body_seconds
         self.format_for = format_for
+        self.xheaders = xheaders
         self.lingering: set[asyncio.Task[None]] = set()
         # Host headers found good: nearly every request names one of a few (bounded, as
         # a client may send any).
@@ -281,7 +283,10 @@ class HostdServer(HTTPServer):
         # Past the heads HEAD_OR_OVERSIZE lets through; HostdConnection answers the rest 431.
         super().initialize(request_callback, max_header_size=MAX_HEAD_BYTES + 4, **kwargs)
         self.conn_params = HostdParameters(
-            self.conn_params, body_seconds=body_seconds, format_for=format_for
+            self.conn_params,
+            body_seconds=body_seconds,
+            format_for=format_for,
+            xheaders=self.xheaders,
         )
         self.connections = connections or OpenConnections(None)
 
@@ -423,9 +428,21 @@ class HostdRequestContext(_HTTPRequestContext):
             self.remote_ip = ip
         scheme = headers.get("X-Scheme", headers.get("X-Forwarded-Proto", self.protocol))
         if scheme:
-            scheme = scheme.split(",")[-1].strip()
+            scheme = scheme.split(",")[-1].strip().lower()  # a scheme is case-insensitive
         if scheme in ("http", "https"):
             self.protocol = scheme
+
+
+def valid_host(value: str) -> bool:
+    """Whether a Host (or X-Forwarded-Host) value is a host name or address and at most a
+    port: what the URLs of an upload's answer may be made of."""
+    valid = HOST_VALUE.fullmatch(value)
+    return valid is not None and int(valid["port"] or 0) <= 65535
+
+
+def host_refusal(header: str, value: str) -> Refused:
+    shown = value if len(value) <= 100 else value[:100] + "..."
+    return Refused(400, f"the {header} header is not a host name and port: {shown!r}")
 
 
 def valid_ip(address: str) -> bool:
@@ -550,6 +567,12 @@ class HostdConnection(HTTP1Connection):
                 400, "an HTTP/1.0 request cannot use Transfer-Encoding (RFC 9112, section 6.1)"
             )
         self._check_host(headers, version)
+        if self.hostd_params.xheaders and "X-Forwarded-Host" in headers:
+            # The answers' URLs are made of it (BaseHandler.public_url), as of Host: the
+            # last value, the one our own proxy set, gets Host's check.
+            last = headers["X-Forwarded-Host"].split(",")[-1].strip()
+            if last and not valid_host(last):
+                raise host_refusal("X-Forwarded-Host", last)
         return start_line, headers
 
     @staticmethod
@@ -581,10 +604,8 @@ class HostdConnection(HTTP1Connection):
         good = self.hostd_params.good_hosts
         if host in good:
             return
-        valid = HOST_VALUE.fullmatch(host)
-        if valid is None or int(valid["port"] or 0) > 65535:
-            shown = host if len(host) <= 100 else host[:100] + "..."
-            raise Refused(400, f"the Host header is not a host name and port: {shown!r}")
+        if not valid_host(host):
+            raise host_refusal("Host", host)
         if len(good) < GOOD_HOSTS:
             good.add(host)
 

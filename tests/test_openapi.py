@@ -4,6 +4,7 @@ and a live server answers as it says (schemathesis), leaving nothing behind a re
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import re
@@ -229,6 +230,19 @@ async def test_the_document_is_served_as_json_and_revalidated(http_client, base_
     assert response.headers["Access-Control-Allow-Origin"] == "*"
     assert json.loads(response.body) == openapi.document()
     assert again.code == 304 and again.body == b""
+
+
+@pytest.mark.gen_test
+async def test_the_documents_server_is_the_public_url_with_its_path(http_client, base_url, app):
+    root = json.loads((await http_client.fetch(f"{base_url}/api/openapi.json")).body)
+    app.settings["hostd_config"] = dataclasses.replace(
+        app.settings["hostd_config"], public_url="https://example.org/files"
+    )
+
+    under = json.loads((await http_client.fetch(f"{base_url}/api/openapi.json")).body)
+
+    assert root["servers"] == [{"url": "/"}]
+    assert under["servers"] == [{"url": "https://example.org/files/"}]  # as the answers' URLs
 
 
 @pytest.mark.gen_test

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from helpers import (
+    blob_files,
     cpus_of_threads,
     hostd,
     multipart_body,
@@ -633,6 +634,44 @@ async def test_behind_the_proxy_a_client_is_the_address_it_names_if_that_is_one(
         client.close()
 
     assert statuses == ([200, 200] if counted_apart else [429, 429])
+
+
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.parametrize("host", ["evil.example?x=1", "a b", "user@evil.example", "évil.example"])
+async def test_behind_the_proxy_a_forwarded_host_no_url_can_be_made_of_is_a_400(
+    http_server, http_port, config, host
+):
+    # The answer's URLs are made of it, as of Host (which gets the same check).
+    client = await Raw.open(http_port)
+    body = FILE_PART + b"hello" + FORM_END
+    extra = f"X-Forwarded-Host: {host}\r\n".encode()
+    head = upload_head(len(body)).replace(b"\r\n\r\n", b"\r\n" + extra + b"\r\n")
+
+    await client.send(head + body)
+    status, _, answer = split(await client.answer())
+
+    assert status == 400
+    shown = host.encode().decode("latin-1")  # as the header's bytes arrived
+    assert json.loads(answer) == {
+        "status": False,
+        "error": f"the X-Forwarded-Host header is not a host name and port: {shown!r}",
+    }
+    assert blob_files(config) == []
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_behind_the_proxy_the_forwarded_host_and_scheme_make_the_answers_urls(
+    http_server, http_port
+):
+    client = await Raw.open(http_port)
+    body = FILE_PART + b"hello" + FORM_END
+    extra = "X-Forwarded-Host: files.example.org:8443\r\nX-Forwarded-Proto: HTTPS\r\n"
+
+    await client.send(upload_head(len(body), extra=f"{extra}Connection: close\r\n") + body)
+    status, _, answer = split(await client.answer())
+
+    assert status == 200
+    assert json.loads(answer)["urls"]["base"] == "https://files.example.org:8443/"
 
 
 @pytest.mark.gen_test(timeout=30)

@@ -167,7 +167,8 @@ class OpenApiHandler(BaseHandler):
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.set_header("Cache-Control", "no-cache")
         self.set_header("Access-Control-Allow-Origin", "*")
-        self.finish(openapi.document_bytes())
+        public_url = self.config.public_url
+        self.finish(openapi.document_bytes(f"{public_url}/" if public_url else "/"))
 
 
 routes = [
