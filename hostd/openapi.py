@@ -93,8 +93,9 @@ UPLOAD_ERRORS: dict[str, str] = {
     "of 4 KiB a part, a boundary of at most 200 characters), a Content-Length that is not a "
     "number, or a bad expiry.",
     "401": "No account where the server needs one (`limits.allow_anonymous = false`), an "
-    "Authorization header that is not a usable Bearer key, or a key invalidated (or its "
-    "account disabled or removed) while the body arrived.",
+    "Authorization header that is not a usable Bearer key, a key sent as `X-Api-Key` or "
+    "`Api-Key` instead, or a key invalidated (or its account disabled or removed) while the "
+    "body arrived.",
     "408": "The body stalled or crawled (`limits.body_idle_seconds`).",
     "413": "The file is over the size limit, the account's quota or the anonymous limit.",
     "429": "Too many uploads in flight from this address, over an upload rate limit, or "

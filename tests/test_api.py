@@ -243,6 +243,35 @@ async def test_a_wrong_secret_for_a_real_key_id_is_a_401(http_client, base_url, 
     assert response.code == 401
 
 
+@pytest.mark.parametrize(
+    "method, path",
+    [("POST", "/api/upload"), ("PUT", "/api/upload/a.txt"), ("POST", "/api/tus/")],
+)
+@pytest.mark.gen_test
+async def test_a_key_in_another_hosts_header_is_a_401_not_an_anonymous_upload(
+    http_client, base_url, login, db, method, path
+):
+    # chibisafe's clients send X-Api-Key: read as no key, the upload would be anonymous.
+    alice = await login()
+    token, _ = await make_key(http_client, base_url, alice)
+    body, headers = multipart_body(files=[("file", "a.txt", b"whose?")])
+    headers = headers if path == "/api/upload" else {"Tus-Resumable": "1.0.0", "Upload-Length": "3"}
+
+    response = await http_client.fetch(
+        f"{base_url}{path}",
+        method=method,
+        body=body if path == "/api/upload" else (b"abc" if method == "PUT" else b""),
+        headers={**headers, "X-Api-Key": token},
+        raise_error=False,
+    )
+
+    assert response.code == 401
+    assert json.loads(response.body)["error"] == (
+        "send the API key as 'Authorization: Bearer <key>', not as X-Api-Key"
+    )
+    assert await queries.all_uploads(db) == []
+
+
 BAD_KEY = "hk_0123456789abcdef_" + "A" * 43
 
 

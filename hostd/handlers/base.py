@@ -399,6 +399,10 @@ class BaseHandler(tornado.web.RequestHandler):
         self.finish(body)
 
 
+# Headers other file hosts' clients send a key in (see ApiHandler.authorization).
+OTHER_KEY_HEADERS = ("X-Api-Key", "Api-Key")
+
+
 class ApiHandler(BaseHandler):
     """JSON endpoints for scripts: errors are {"status": false, "error": ...}.
 
@@ -410,6 +414,19 @@ class ApiHandler(BaseHandler):
 
     async def session_user(self) -> User | None:
         return None
+
+    def authorization(self) -> str | None:
+        """The Authorization header; a Refusal (401) when there is none but a key comes in
+        a header other file hosts read (chibisafe's X-Api-Key): ignored, it would make the
+        upload anonymous without a word."""
+        header = self.request.headers.get("Authorization")
+        if header is None:
+            for name in OTHER_KEY_HEADERS:
+                if name in self.request.headers:
+                    raise Refusal(
+                        401, f"send the API key as 'Authorization: Bearer <key>', not as {name}"
+                    )
+        return header
 
     async def bearer_key(self, header: str) -> ApiKey:
         """The usable key an `Authorization: Bearer <key>` header names; else a Refusal

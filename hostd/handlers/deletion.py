@@ -164,7 +164,7 @@ class ApiFileHandler(ApiHandler):
 
     async def required_key(self) -> ApiKey:
         """The usable key in `Authorization: Bearer`; 401 without one, 503 when busy."""
-        header = self.request.headers.get("Authorization")
+        header = self.authorization()
         if header is None:
             raise Refusal(401, "this needs an API key: send 'Authorization: Bearer <API key>'")
         return await super().bearer_key(header)

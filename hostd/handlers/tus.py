@@ -220,12 +220,13 @@ class TusHandler(ApiHandler):
             self.set_header("Retry-After", str(UNAVAILABLE_RETRY_SECONDS))
 
     async def identify(self) -> None:
-        header = self.request.headers.get("Authorization")
-        if header is not None:
-            try:
+        try:
+            header = self.authorization()
+            if header is not None:
                 self.api_key = await self.bearer_key(header)
-            except Refusal as refused:  # in the upload's own answer format
-                raise UploadError(refused.status_code, refused.message, refused.headers) from None
+        except Refusal as refused:  # in the upload's own answer format
+            raise UploadError(refused.status_code, refused.message, refused.headers) from None
+        if header is not None:
             return
         if "X-XSRFToken" not in self.request.headers:
             return  # cookies alone never count: another site could make a browser send them

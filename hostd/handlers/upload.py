@@ -632,14 +632,14 @@ class ApiUploadHandler(UploadFlow, ApiHandler):
     )
 
     async def authorize(self) -> None:
-        header = self.request.headers.get("Authorization")
-        if header is None:
-            await super().authorize()
-            return
         try:
-            self.api_key = await self.bearer_key(header)
+            header = self.authorization()
+            if header is not None:
+                self.api_key = await self.bearer_key(header)
         except Refusal as refused:  # in the upload's own answer format
             raise UploadError(refused.status_code, refused.message, refused.headers) from None
+        if header is None:
+            await super().authorize()
 
     def error_answer(self, status: int, message: str) -> tuple[int, str, str]:
         return json_error(status, message)
