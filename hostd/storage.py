@@ -765,13 +765,19 @@ class LocalBlobStore:
         folder = f"{self._root}/{written.sha256[:2]}/{written.sha256[2:4]}"
         target = f"{folder}/{written.sha256}"
         try:
-            os.utime(target)  # there already (and just used: gc's grace starts again)
-        except FileNotFoundError:
-            pass
-        else:
+            whole = self._whole(written, target)
+            there = True
+            if whole:
+                os.utime(target)  # just used: gc's grace starts again
+        except FileNotFoundError:  # not there, or removed meanwhile
+            there = whole = False
+        if whole:
             writer._aborted = True
             writer._remove()
             return True, None
+        # Not there, or cut short or written over behind hostd's back: the new bytes, just
+        # hashed, take its place, so that uploading a file again mends it (and `there`
+        # still says that another process may be removing the blob: uploads.register).
         # Folders first, so that the file's fsync commits them too (one wait for the
         # filesystem's journal, where mkdir, fsync of its parent, then the file's fsync
         # would be two).
@@ -789,7 +795,23 @@ class LocalBlobStore:
             _fsync_dir(parent)
         self._durable_folders.update((written.sha256[:2], written.sha256[:4]))
         big = written.size_bytes > SMALL_READ_BYTES
-        return False, os.stat(target) if big else None
+        return there, os.stat(target) if big else None
+
+    def _whole(self, written: WrittenBlob, target: str) -> bool:
+        """Whether there is a copy at `target` and it is the upload's: its size, and its
+        bytes where that is cheap to tell (a small file read and hashed; a big one this
+        process has seen whole since it last changed). A big copy not known whole is not
+        trusted: placing the new bytes over it costs a rename, where hashing it would cost
+        a read of it. FileNotFoundError when there is none."""
+        status = os.stat(target)
+        if status.st_size != written.size_bytes:
+            return False
+        if self.checked.holds(written.sha256, status):
+            return True
+        if status.st_size > SMALL_READ_BYTES:
+            return False
+        with open(target, "rb") as file:
+            return hashlib.sha256(file.read()).hexdigest() == written.sha256
 
     def _make_folders(self, sha256: str) -> list[str]:
         """ab/ and ab/cd/ for a blob, made if missing; returns the parents whose fsync

@@ -139,6 +139,53 @@ async def test_placing_makes_the_file_and_each_new_folder_durable(local, monkeyp
     assert local.path(first_sha).exists()
 
 
+@pytest.mark.parametrize(
+    "size, damage",
+    [
+        (5000, "cut"),
+        (5000, "written over"),
+        (200_000, "cut"),
+        (200_000, "written over"),
+    ],
+)
+@pytest.mark.gen_test
+async def test_uploading_bytes_again_mends_a_copy_damaged_behind_the_stores_back(
+    tmp_path, size, damage
+):
+    data = os.urandom(size)
+    first = LocalBlobStore(tmp_path / "blobs")
+    sha = await placed(first, data)
+    first.close()
+    stored = first.path(sha)
+    if damage == "cut":
+        stored.write_bytes(data[: size // 2])
+    else:
+        stored.write_bytes(data[:100] + bytes([data[100] ^ 1]) + data[101:])
+    store = LocalBlobStore(tmp_path / "blobs")  # a restart: nothing known of the copy
+    try:
+        writer = store.writer()
+        writer.write(data)
+        were_there = await store.place(await writer.commit())
+        mended = await read_all(store, sha)
+    finally:
+        store.close()
+
+    assert were_there is True  # (another process may be removing them: uploads.register)
+    assert mended == data
+
+
+@pytest.mark.gen_test
+async def test_a_whole_copy_is_kept_and_its_new_bytes_dropped(local):
+    data = os.urandom(5000)
+    sha = await placed(local, data)
+    inode = local.path(sha).stat().st_ino
+
+    await placed(local, data)
+
+    assert local.path(sha).stat().st_ino == inode
+    assert temp_files(local) == []
+
+
 @pytest.mark.gen_test
 async def test_a_folder_removed_behind_the_stores_back_is_made_again(local):
     data, sha = bytes_under("")
