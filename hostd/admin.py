@@ -759,6 +759,9 @@ def run(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) 
     except StoreUnavailable as exc:
         print(f"hostd: {exc}", file=sys.stderr)
         return 1
+    except db.Damaged as exc:
+        print(f"hostd: {machine_problem(exc)}", file=sys.stderr)
+        return 1
     except (db.CannotOpen, db.Unavailable, CannotListen) as exc:
         print(f"hostd: {exc}", file=sys.stderr)
         return 1

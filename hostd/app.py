@@ -217,7 +217,8 @@ def machine_problem(exc: Exception) -> str | None:
         return f"out of storage space ({exc}): free some, then run it again"
     if db.is_damaged(exc):
         where = "the data dir from a backup (hostd restore)"
-        if not isinstance(exc, sqlite3.Error):
+        said_by = exc.__cause__ if isinstance(exc, db.Damaged) and exc.__cause__ else exc
+        if not isinstance(said_by, sqlite3.Error):
             where = "the database from a backup"
         return f"the database is damaged ({exc}): restore {where}"
     return None

@@ -536,7 +536,7 @@ async def test_this_process_drops_its_caches_before_its_own_change_returns(db):
 
 
 @pytest.mark.gen_test
-async def test_once_a_statement_finds_the_database_damaged_it_is_unhealthy_from_then_on(
+async def test_once_a_statement_finds_the_database_damaged_it_is_unhealthy_and_unwritten(
     tmp_path,
 ):
     path = tmp_path / "hostd.sqlite3"
@@ -547,12 +547,16 @@ async def test_once_a_statement_finds_the_database_damaged_it_is_unhealthy_from_
     database = await Database.open(path)  # as the CLI opens it: no pages checked
     try:
         healthy_before = await database.healthy()
-        with pytest.raises(sqlite3.DatabaseError):
+        with pytest.raises(queries.Damaged) as read:  # a 503 to a request, one log line
             await queries.list_bans(database)
         with pytest.raises(queries.Damaged) as unhealthy:
             await database.healthy()
+        with pytest.raises(queries.Damaged):  # no more writes into the damage
+            await queries.insert_ban(database, sha256="b" * 64, reason="spam")
     finally:
         await database.close()
 
     assert healthy_before is None
+    assert isinstance(read.value, queries.Unavailable)
+    assert isinstance(read.value.__cause__, sqlite3.DatabaseError)
     assert str(unhealthy.value) == "database disk image is malformed"

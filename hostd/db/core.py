@@ -188,13 +188,17 @@ class _DriverErrors:
             return
         if is_unavailable(exc):
             raise Unavailable(f"the database is busy or cannot be reached: {exc}") from exc
-        if self.damaged is None and is_damaged(exc):
-            self.damaged = str(exc)
+        if is_damaged(exc) and not isinstance(exc, Damaged):
+            if self.damaged is None:
+                self.damaged = str(exc)
+            raise Damaged(str(exc)) from exc
 
 
-class Damaged(Exception):
+class Damaged(Unavailable):
     """A database whose file or pages are not whole (a backup's copy quick_check finds so,
-    or the one served, once a statement has said so); the message says what was found."""
+    or the one served, once a statement has said so); the message says what was found.
+    Served, it is out of reach as far as a request is concerned (a 503, one log line), and
+    takes no more writes (Database.write)."""
 
 
 # -- errors, whichever driver raised them ----------------------------------------------
@@ -212,6 +216,8 @@ def is_full(exc: BaseException) -> bool:
 def is_damaged(exc: BaseException) -> bool:
     """Whether a database error means its file or pages are damaged (SQLite's "database disk
     image is malformed", PostgreSQL's data_corrupted and index_corrupted)."""
+    if isinstance(exc, Damaged):
+        return True
     if isinstance(exc, sqlite3.Error):
         code = getattr(exc, "sqlite_errorcode", None)
         return code is not None and code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
@@ -585,6 +591,8 @@ class Database:
         """
         if self._closing:
             raise RuntimeError("the database is closing")
+        if self._driver_errors.damaged is not None:  # writes into the damage would spread it
+            raise Damaged(self._driver_errors.damaged)
         unit = _Unit(work, asyncio.get_running_loop().create_future())
         self._queue.append(unit)
         self._wakeup.set()
