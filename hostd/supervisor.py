@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -39,6 +40,22 @@ POLL_SECONDS = 0.1
 # CRASHED, and that instance is started again.
 CANNOT_START = 3
 CRASHED = 70
+# prctl's option: the signal a process gets when its parent ends (<linux/prctl.h>).
+PR_SET_PDEATHSIG = 1
+
+
+def stop_with(parent: int) -> None:
+    """Have this process sent SIGTERM (a graceful stop) when `parent` ends, however it ends:
+    a supervisor killed with SIGKILL would otherwise leave its instances serving on the port,
+    with no one to stop them, and the next start would find the port taken. Linux's
+    PR_SET_PDEATHSIG; elsewhere nothing."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return
+    prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:  # it ended before the call
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def supervise(
@@ -50,11 +67,14 @@ def supervise(
     children: dict[int, tuple[int, float]] = {}  # pid -> (instance number, started at)
     stopping = False
 
+    parent = os.getpid()
+
     def start(number: int) -> None:
         pid = os.fork()
         if pid == 0:  # the instance: nothing of the parent's loop exists (none was made)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            stop_with(parent)
             status = 0
             try:
                 affinity.settle(affinity.choose(config, instance=number))

@@ -439,6 +439,38 @@ def test_serve_instances_on_sqlite_refuses_with_a_reason(tmp_path):
     assert "--instances needs database.url = postgresql://" in done.stderr
 
 
+def test_instances_stop_when_their_supervisor_is_killed(postgres, tmp_path):
+    # Left serving, they would keep the port from the next `hostd serve --instances`.
+    (port,) = free_ports(1)
+    config = tmp_path / "hostd.toml"
+    config.write_text(
+        f'[server]\nport = {port}\ncookie_secret = "instances"\n'
+        f'[storage]\ndata_dir = "{tmp_path / "data"}"\n'
+        f'[database]\nurl = "{postgres.new_database()}"\n'
+    )
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        parent = subprocess.Popen(
+            [sys.executable, "-m", "hostd", "serve", "--config", str(config), "--instances", "2"],
+            cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_until(lambda: log.read_text().count("listening on") == 2, parent, [log], "hostd")
+        instances = children_of(parent.pid)
+    finally:
+        parent.kill()
+        parent.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while any(Path(f"/proc/{pid}").exists() for pid in instances):
+        assert time.monotonic() < deadline, "instances still running"
+        time.sleep(0.1)
+
+    assert len(instances) == 2
+    assert log.read_text().count("stopped") >= 2  # each stopped as on SIGTERM, gracefully
+
+
 def test_serve_instances_stops_all_when_an_instance_cannot_start(
     postgres, seaweedfs, tmp_path, monkeypatch
 ):
