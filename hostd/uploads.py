@@ -167,11 +167,40 @@ async def _remove_if_unreferenced(database: Database, store: BlobStore, sha256: 
             await store.delete(sha256)
     except (db.Unavailable, OSError) as exc:
         # The caller is failing already, most likely for the same reason (the database or
-        # the store out of reach), and says so; gc will find the bytes. One line, as the
-        # caller's: a traceback per refused upload would bury the log while it lasts.
-        log.error("could not remove the unreferenced bytes of %s (gc will): %s", sha256, exc)
+        # the store out of reach), and says so. One line, as the caller's: a traceback per
+        # refused upload would bury the log while it lasts. Tried again a few times, not
+        # left to gc's next round (hours away) on a disk that may be filling up.
+        log.error("could not remove the unreferenced bytes of %s (trying again): %s", sha256, exc)
+        task = asyncio.get_running_loop().create_task(_remove_later(database, store, sha256))
+        _removing.add(task)
+        task.add_done_callback(_removing.discard)
     except Exception:
         log.exception("could not remove the unreferenced bytes of %s", sha256)
+
+
+# When bytes an upload was refused for could not be removed (the database or the store out
+# of reach), they are tried again after these pauses, then left to gc.
+REMOVAL_RETRY_SECONDS = (5.0, 30.0, 120.0, 600.0)
+_removing: set[asyncio.Task[None]] = set()  # held until done (the loop keeps weak references)
+
+
+async def _remove_later(database: Database, store: BlobStore, sha256: str) -> None:
+    for pause in REMOVAL_RETRY_SECONDS:
+        await asyncio.sleep(pause)
+        try:
+            async with store.guard(sha256):
+                referenced = await db.is_referenced(database, sha256)
+                if not referenced:
+                    await store.delete(sha256)
+        except (db.Unavailable, OSError):
+            continue
+        except Exception:
+            log.exception("could not remove the unreferenced bytes of %s", sha256)
+            return
+        if not referenced:
+            log.info("removed the unreferenced bytes of %s", sha256)
+        return
+    log.error("could not remove the unreferenced bytes of %s (gc will)", sha256)
 
 
 async def delete(

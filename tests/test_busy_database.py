@@ -22,6 +22,7 @@ from conftest import XSRF, form_body
 from helpers import assert_refused, blob_files, multipart_body, temp_files
 
 from hostd import db as queries
+from hostd import uploads
 from hostd.app import collect_garbage_now_and_then, log_failure_now_and_then
 from hostd.db import postgres as postgres_backend
 from hostd.db import sqlite as sqlite_backend
@@ -278,6 +279,29 @@ async def test_an_upload_refused_while_postgresql_is_down_is_a_line_in_the_log_n
     assert left.exc_info is None and "\n" not in left.getMessage()
     assert left.getMessage().startswith("could not remove the unreferenced bytes of ")
     assert "the database is busy or cannot be reached" in left.getMessage()
+
+
+@pytest.mark.postgresql_only
+@pytest.mark.gen_test(timeout=60)
+async def test_the_bytes_of_an_upload_refused_while_postgresql_was_down_go_once_it_is_back(
+    http_client, base_url, config, db, pg_relay, monkeypatch
+):
+    # Not left for gc's next round, hours away, on a disk that may be filling up.
+    monkeypatch.setattr(uploads, "REMOVAL_RETRY_SECONDS", (0.5, 0.5, 0.5, 0.5))
+    await upload(http_client, f"{base_url}/api/upload", b"while it was up")
+    await pg_relay.cut()
+
+    refused = await upload(http_client, f"{base_url}/api/upload", b"while it was down")
+    left = len(blob_files(config))
+    await pg_relay.start()
+    deadline = time.monotonic() + 20
+    while len(blob_files(config)) > 1:
+        assert time.monotonic() < deadline, "the refused upload's bytes are still there"
+        await asyncio.sleep(0.1)
+
+    assert refused.code == 503
+    assert left == 2
+    assert len(await queries.all_uploads(db)) == 1
 
 
 @pytest.mark.postgresql_only

@@ -347,17 +347,23 @@ class PostgresBackend:
         return await self.read(work, False)
 
     async def read(self, work: Work[T], snapshot: bool) -> T:
-        async with self._reads.acquire() as conn:  # every holder is bounded by its timeouts
-            try:
-                if not snapshot:
-                    return await work(PostgresTx(conn))
-                async with conn.transaction(isolation="repeatable_read", readonly=True):
-                    return await work(PostgresTx(conn))
-            except (TimeoutError, asyncio.CancelledError):
-                # A statement still in flight: the pool would wait for its answer (to reset
-                # the connection) as long as the server gives none. Dropped instead.
-                conn.terminate()
-                raise
+        try:
+            async with self._reads.acquire() as conn:  # each holder is bounded by timeouts
+                try:
+                    if not snapshot:
+                        return await work(PostgresTx(conn))
+                    async with conn.transaction(isolation="repeatable_read", readonly=True):
+                        return await work(PostgresTx(conn))
+                except (TimeoutError, asyncio.CancelledError):
+                    # A statement still in flight: the pool would wait for its answer (to
+                    # reset the connection) as long as the server gives none. Dropped instead.
+                    conn.terminate()
+                    raise
+        except asyncpg.InternalClientError as exc:
+            # A connection lost during the read is handed back to the pool by asyncpg as
+            # it goes, and the release at the end of `acquire` then fails: the database
+            # was out of reach, which is what to say (a 503), not asyncpg's inner state.
+            raise ConnectionError("the connection to PostgreSQL was lost") from exc
 
     async def run_batch(self, works: list[Work[Any]]) -> list[tuple[bool, Any]]:
         conn = await self._writer_connection()
