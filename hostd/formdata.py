@@ -137,8 +137,9 @@ def filename_of(segment: multipart.MultipartSegment) -> str | None:
 def clean_filename(raw: str | None) -> str:
     """The client's filename, checked: it is shown to people and put in URLs, never used
     as a path. Refuses (400) path parts, control characters, invalid UTF-8 and overlong
-    names, rather than guessing what a hostile name meant."""
-    if raw is None or raw == "":
+    names, rather than guessing what a hostile name meant. No name, and curl's `-` for
+    standard input (`-F file=@-`), are "file"."""
+    if raw is None or raw in ("", "-"):
         return "file"
     try:
         name = raw.encode("latin-1").decode("utf-8")

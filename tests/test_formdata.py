@@ -305,6 +305,7 @@ def test_a_boundary_past_its_limit_is_refused_with_the_limit_and_its_number():
         (None, "file"),
         ("", "file"),
         ("   ", "file"),
+        ("-", "file"),  # curl's name for standard input (-F file=@-)
         ("photo.png", "photo.png"),
         ("Ã©tÃ©.txt", "été.txt"),  # UTF-8 bytes as the parser hands them over (latin-1)
         ("e\u0301.txt", "é.txt"),  # NFC
