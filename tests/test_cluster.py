@@ -391,7 +391,9 @@ def children_of(pid: int) -> set[int]:
     return {int(child) for child in found}
 
 
-def test_serve_instances_runs_that_many_processes_on_one_port(postgres, tmp_path):
+def serving_instances(postgres, tmp_path: Path) -> tuple[subprocess.Popen[bytes], Path, int]:
+    """`hostd serve --instances 2` on a database of its own, once both listen: the
+    supervisor, its log and its port."""
     (port,) = free_ports(1)
     config = tmp_path / "hostd.toml"
     config.write_text(
@@ -409,6 +411,16 @@ def test_serve_instances_runs_that_many_processes_on_one_port(postgres, tmp_path
         )
     try:
         wait_until(lambda: log.read_text().count("listening on") == 2, parent, [log], "hostd")
+    except BaseException:
+        parent.kill()
+        parent.wait(timeout=30)
+        raise
+    return parent, log, port
+
+
+def test_serve_instances_runs_that_many_processes_on_one_port(postgres, tmp_path):
+    parent, log, port = serving_instances(postgres, tmp_path)
+    try:
         first = children_of(parent.pid)
         homes = [cpus_of_threads(pid)[pid] for pid in first]
         data = unique("to any instance")
@@ -441,23 +453,8 @@ def test_serve_instances_on_sqlite_refuses_with_a_reason(tmp_path):
 
 def test_instances_stop_when_their_supervisor_is_killed(postgres, tmp_path):
     # Left serving, they would keep the port from the next `hostd serve --instances`.
-    (port,) = free_ports(1)
-    config = tmp_path / "hostd.toml"
-    config.write_text(
-        f'[server]\nport = {port}\ncookie_secret = "instances"\n'
-        f'[storage]\ndata_dir = "{tmp_path / "data"}"\n'
-        f'[database]\nurl = "{postgres.new_database()}"\n'
-    )
-    log = tmp_path / "serve.log"
-    with log.open("wb") as out:
-        parent = subprocess.Popen(
-            [sys.executable, "-m", "hostd", "serve", "--config", str(config), "--instances", "2"],
-            cwd=tmp_path,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    parent, log, port = serving_instances(postgres, tmp_path)
     try:
-        wait_until(lambda: log.read_text().count("listening on") == 2, parent, [log], "hostd")
         instances = children_of(parent.pid)
     finally:
         parent.kill()
