@@ -4,9 +4,11 @@ and once there is room again everything works without a restart."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import os
+import time
 
 import pytest
 from conftest import XSRF, form_body
@@ -244,3 +246,38 @@ async def test_on_a_read_only_disk_an_upload_is_refused_in_its_format_without_a_
         assert refused.headers["Retry-After"] == "5"
     assert "Traceback" not in caplog.text and "Read-only file system" in caplog.text
     assert accepted.code == 200
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_tus_part_the_disk_cannot_take_is_a_507_and_logged_as_one(
+    small_disk, http_client, base_url, config, access_log
+):
+    tus = {"Tus-Resumable": "1.0.0"}
+    created = await http_client.fetch(
+        f"{base_url}/api/tus/",
+        method="POST",
+        headers={**tus, "Upload-Length": str(6 * 1024 * 1024)},
+        body=b"",
+    )
+    small_disk.fill(leave=1024 * 1024)
+
+    refused = await http_client.fetch(
+        created.headers["Location"],
+        method="PATCH",
+        headers={
+            **tus,
+            "Content-Type": "application/offset+octet-stream",
+            "Upload-Offset": "0",
+        },
+        body=os.urandom(6 * 1024 * 1024),
+        raise_error=False,
+    )
+
+    deadline = time.monotonic() + 10  # logged as the request ends: after its answer
+    while "PATCH" not in access_log.text:
+        assert time.monotonic() < deadline, "no PATCH in the access log"
+        await asyncio.sleep(0.05)
+
+    assert refused.code == 507
+    (line,) = [line for line in access_log.text.splitlines() if "PATCH" in line]
+    assert " 507 PATCH " in line

@@ -714,12 +714,12 @@ class TusUploadHandler(TusHandler):
         return found
 
     async def patch(self, id: str) -> None:
+        if self.failed:  # refused as the body arrived: answered already (and let go of)
+            self.finish()
+            return
         if self.part is None:  # an empty body: nothing to write
             found = self.target
         else:
-            if self.failed:
-                self.finish()
-                return
             found = await self.end_part()
         if found is None:
             return
