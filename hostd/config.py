@@ -53,8 +53,8 @@ class Config:
     uploads_in_flight_per_address: int = 8
     downloads_in_flight_per_address: int = 32
     downloads_in_flight: int = 256
-    connections_per_address: int = 256
-    invalid_keys_per_hour: int = 30
+    connections_per_address: int = 1024
+    invalid_keys_per_hour: int = 1000
     max_thumbnail_decode_bytes: int = 96 * MiB
     registration: str = "open"
     max_keys: int | None = None
