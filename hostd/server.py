@@ -88,7 +88,7 @@ from tornado.httpserver import HTTPServer, _HTTPRequestContext
 from tornado.ioloop import IOLoop
 from tornado.log import gen_log
 
-from hostd.throttle import address_key
+from hostd.throttle import AddressCounts
 
 log = logging.getLogger("hostd")
 
@@ -232,34 +232,24 @@ def raise_open_files_limit() -> int:
     return soft
 
 
-class OpenConnections:
-    """The server's connections open now, by client address (address_key: an IPv6 address
-    by its /64): at most `per_address` from one (None: no cap; behind a proxy every
-    connection is the proxy's)."""
+class OpenConnections(AddressCounts):
+    """The server's connections open now, by client address: at most `per_address` from one
+    (None: no cap; behind a proxy every connection is the proxy's)."""
 
     def __init__(self, per_address: int | None) -> None:
+        super().__init__()
         self.per_address = per_address
-        self._open: dict[str, int] = {}
-        self.total = 0
         self.refused = 0  # connections answered 429, for /metrics
 
     def enter(self, ip: str) -> str:
         """Count a new connection from `ip`: the key it counts under, or "" when the
         address has its cap already (and nothing is counted)."""
-        who = address_key(ip)
-        count = self._open.get(who, 0)
+        who, count = self.count_of(ip)
         if self.per_address is not None and count >= self.per_address:
             self.refused += 1
             return ""
-        self._open[who] = count + 1
-        self.total += 1
+        self.count_in(who)
         return who
-
-    def leave(self, who: str) -> None:
-        left = self._open.pop(who, 1) - 1
-        if left > 0:
-            self._open[who] = left
-        self.total -= 1
 
 
 class HostdServer(HTTPServer):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import time
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -28,6 +28,31 @@ def address_key(ip: str) -> str:
             return str(address.ipv4_mapped)
         return str(ipaddress.IPv6Network((address, 64), strict=False))
     return str(address)
+
+
+class AddressCounts:
+    """How many of something each client address (address_key) has going now, and how
+    many in all: connections open (server.OpenConnections), big downloads being sent
+    (DownloadsInFlight). Its users set the caps and say what a refusal says."""
+
+    def __init__(self) -> None:
+        self._by_address: Counter[str] = Counter()
+        self.total = 0
+
+    def count_of(self, ip: str) -> tuple[str, int]:
+        """The address `ip` counts under, and its count now."""
+        address = address_key(ip)
+        return address, self._by_address[address]
+
+    def count_in(self, address: str) -> None:
+        self._by_address[address] += 1
+        self.total += 1
+
+    def leave(self, address: str) -> None:
+        self.total -= 1
+        self._by_address[address] -= 1
+        if not self._by_address[address]:
+            del self._by_address[address]
 
 
 class SignInLimiter:

@@ -11,7 +11,6 @@ import re
 import time
 import unicodedata
 import urllib.parse
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -31,7 +30,7 @@ from hostd.storage import (
     BlobReader,
     StoreUnavailable,
 )
-from hostd.throttle import address_key
+from hostd.throttle import AddressCounts
 
 log = logging.getLogger("hostd")
 
@@ -136,7 +135,7 @@ async def not_served(database: db.Database, hash: str, missing: str) -> Refusal:
     return Refusal(451, f"{message} Reason: {ban.reason}" if ban.reason else message)
 
 
-class DownloadsInFlight:
+class DownloadsInFlight(AddressCounts):
     """Downloads of more than SMALL_READ_BYTES whose bytes have not all gone to the socket
     yet, by client address (an IPv6 address by its /64). Each holds up to two 256 KiB
     pieces while its client takes them: clients that opened thousands and read none held
@@ -145,14 +144,13 @@ class DownloadsInFlight:
     limits.downloads_in_flight in all (past it, 503), both with Retry-After."""
 
     def __init__(self) -> None:
-        self._by_address: Counter[str] = Counter()
-        self.total = 0
+        super().__init__()
         self.refused = 0  # 429s, for /metrics (the 503s are counted with every other)
 
     def enter(self, ip: str, *, per_address: int, in_all: int) -> str:
         """Count a download in, or raise Refusal; the address to leave() with."""
-        address = address_key(ip)
-        if self._by_address[address] >= per_address:
+        address, count = self.count_of(ip)
+        if count >= per_address:
             self.refused += 1
             raise Refusal(
                 429,
@@ -161,15 +159,8 @@ class DownloadsInFlight:
             )
         if self.total >= in_all:
             raise Refusal(503, "The server is sending as many files as it can. Try again soon.")
-        self._by_address[address] += 1
-        self.total += 1
+        self.count_in(address)
         return address
-
-    def leave(self, address: str) -> None:
-        self.total -= 1
-        self._by_address[address] -= 1
-        if not self._by_address[address]:
-            del self._by_address[address]
 
 
 class DownloadHandler(BaseHandler):

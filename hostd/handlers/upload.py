@@ -265,7 +265,7 @@ class UploadFlow(BaseHandler):
                 length=length if "Content-Length" in self.request.headers else None,
                 user_id=self.owner_id,
                 key_id=self.api_key.key_id if self.api_key else None,
-                address=self.request.remote_ip or "",
+                address=self.address,
                 framing_bytes=self.framing_bytes,
                 held_back=self.request.headers.get("Expect", "").lower() == "100-continue",
             )
