@@ -241,8 +241,9 @@ class LocalBlobWriter:
 
     commit() waits for the drain and hashes what is still queued on the IOLoop (all of a
     small file: less than a trip to a thread costs); the store's place() then writes it,
-    fsyncs, closes and renames the temp file to blobs/ab/cd/<sha256> in a single trip to
-    the thread, so a half-written upload is never visible under a real name. Plain file
+    renames the temp file to blobs/ab/cd/<sha256>, fsyncs and closes it in a single trip
+    to the thread: every byte is written before the rename, so a half-written upload is
+    never visible under a real name, and the row waits for the fsync. Plain file
     descriptors and string paths: on this path pathlib and buffered files cost more than
     the system calls they wrap.
     """
@@ -380,17 +381,20 @@ class LocalBlobWriter:
             start_writeback(self._fd, self._flushed, self._written - self._flushed)
             self._flushed = self._written
 
-    def _finish(self) -> str:
-        """Write what is queued (hashed by commit()), fsync and close; the temp file's path."""
+    def _write_rest(self) -> str:
+        """Write what is queued (hashed by commit()); the temp file's path, still open."""
         batch, self._queued, self._queued_bytes = self._queued, [], 0
         self._write(batch)
         assert self._path is not None
+        return self._path
+
+    def _sync(self) -> None:
+        """fsync and close the file, wherever it now is."""
         fd, self._fd = self._fd, -1
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
-        return self._path
 
 
 def _find_sync_file_range() -> Callable[[int, int, int, int], int] | None:
@@ -772,17 +776,23 @@ class LocalBlobStore:
         except FileNotFoundError:  # not there, or removed meanwhile
             there = whole = False
         if whole:
+            # Its placer may not have synced it yet (renamed first, below): its row is
+            # only committed once it has, and this upload's must wait for that too.
+            _fdatasync(target)
             writer._aborted = True
             writer._remove()
             return True, None
         # Not there, or cut short or written over behind hostd's back: the new bytes, just
         # hashed, take its place, so that uploading a file again mends it (and `there`
         # still says that another process may be removing the blob: uploads.register).
-        # Folders first, so that the file's fsync commits them too (one wait for the
-        # filesystem's journal, where mkdir, fsync of its parent, then the file's fsync
-        # would be two).
+        # Folders first, and the rename before the file's fsync, so that the fsync commits
+        # them too and the folders' fsyncs then find their changes committed: one wait for
+        # the filesystem's journal, where fsync, rename, fsync of the folder was two. The
+        # name may be seen before its bytes are durable; nothing reads it as a blob before
+        # its row is committed, which waits for both fsyncs (a copy found whole, above, is
+        # synced by its finder).
         unsynced = self._make_folders(written.sha256)
-        temp = writer._finish()
+        temp = writer._write_rest()
         try:
             os.replace(temp, target)
         except FileNotFoundError:  # ab/cd/ removed behind this process's back
@@ -790,6 +800,13 @@ class LocalBlobStore:
             unsynced = self._make_folders(written.sha256)
             os.replace(temp, target)
         writer._path = None  # placed: nothing of it to remove any more
+        try:
+            writer._sync()
+        except OSError:
+            if not there:  # its bytes may not be on the disk: no copy to trust
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(target)
+            raise
         _fsync_dir(folder)
         for parent in unsynced:
             _fsync_dir(parent)
@@ -891,6 +908,15 @@ def _owner_is_gone(folder: Path) -> bool:
     finally:
         os.close(fd)
     return True
+
+
+def _fdatasync(path: str) -> None:
+    """Make a file's bytes durable (a no-op's cost, a cache flush, where they are)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(path: str | Path) -> None:

@@ -139,6 +139,57 @@ async def test_placing_makes_the_file_and_each_new_folder_durable(local, monkeyp
     assert local.path(first_sha).exists()
 
 
+def record_syncs(monkeypatch):
+    """(call, the path its descriptor names then) for each fsync and fdatasync."""
+    calls = []
+    for name in ("fsync", "fdatasync"):
+        real = getattr(os, name)
+
+        def sync(fd, name=name, real=real):
+            calls.append((name, os.readlink(f"/proc/self/fd/{fd}")))
+            return real(fd)
+
+        monkeypatch.setattr(os, name, sync)
+    return calls
+
+
+@pytest.mark.gen_test
+async def test_a_file_is_synced_under_its_name_and_a_copy_found_whole_by_its_finder(
+    local, monkeypatch
+):
+    """The rename comes before the file's fsync, so that one commit of the filesystem's
+    journal makes both durable. Its name is then seen before its bytes are on the disk: an
+    upload of the same bytes that finds it whole must sync it before its row is written."""
+    syncs = record_syncs(monkeypatch)
+    data = os.urandom(5000)
+
+    sha = await placed(local, data)
+    placing, syncs[:] = list(syncs), []
+    await placed(local, data)
+
+    target = os.fspath(local.path(sha))
+    assert placing[:2] == [("fsync", target), ("fsync", os.path.dirname(target))]
+    assert syncs == [("fdatasync", target)]
+
+
+@pytest.mark.gen_test
+async def test_bytes_the_disk_fails_to_sync_leave_no_copy_under_their_name(local, monkeypatch):
+    def failing_fsync(fd):
+        if not os.path.isdir(os.readlink(f"/proc/self/fd/{fd}")):
+            raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    writer = local.writer()
+    writer.write(b"never durable")
+    written = await writer.commit()
+
+    with pytest.raises(OSError):
+        await local.place(written)
+
+    assert not local.path(written.sha256).exists()
+    assert temp_files(local) == []
+
+
 @pytest.mark.parametrize(
     "size, damage",
     [
