@@ -22,8 +22,8 @@ Then it measures, against each of them as it applies:
   measured, and every comparison below is taken in such turns too;
 * the mean batch size of hostd's database writer (writes per commit), from its log;
 * 4 KiB uploads/s of a second hostd whose database is PostgreSQL (a private server from
-  Debian's binaries, its data beside hostd's, synchronous_commit off to match SQLite's
-  WAL with synchronous=NORMAL), in turns with the SQLite one;
+  Debian's binaries, its data beside hostd's, its default synchronous_commit on to match
+  SQLite's synchronous=FULL), in turns with the SQLite one;
 * 1 GiB uploads streamed in 1 MiB pieces, in turns (other bytes in each of hostd's): MB/s,
   and hostd's peak RSS while they are received (each right after writing and removing 2 GiB
   in /dev/shm: see warm_memory());
@@ -1070,9 +1070,9 @@ class Bench:
 
     def postgresql_uploads(self) -> None:
         """4 KiB uploads/s of one hostd on PostgreSQL (a private server, its data beside
-        hostd's), in turns with the SQLite hostd. PostgreSQL runs with synchronous_commit
-        off: a commit does not wait for its WAL flush, the durability of SQLite's WAL with
-        synchronous=NORMAL (an OS crash may lose the last commits, never corrupts)."""
+        hostd's), in turns with the SQLite hostd. PostgreSQL keeps its default synchronous_commit
+        on: a commit waits for its WAL flush, the durability of hostd's SQLite (synchronous
+        FULL: an upload answered survives a power loss)."""
         bin_dir = find_bin_dir()
         if bin_dir is None:
             self.add("hostd on PostgreSQL 4 KiB uploads/s", "/s", why_not="no PostgreSQL")

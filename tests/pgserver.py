@@ -50,8 +50,9 @@ class PostgresServer:
     """One server; new_database() gives each test a fresh copy of the migrated template."""
 
     def __init__(self, bin_dir: Path, *, parent: Path | None = None, durable: bool = False) -> None:
-        """`durable`: fsync as PostgreSQL does by default, but commits do not wait for
-        their WAL flush (the bench); else no fsync at all (the tests)."""
+        """`durable`: fsync, and commits that wait for their WAL flush, as PostgreSQL does
+        by default and as hostd's SQLite does (the bench); else no fsync at all (the
+        tests)."""
         self.bin_dir = bin_dir
         self.durable = durable
         self.root = Path(tempfile.mkdtemp(prefix="hostd-pg-", dir=parent))
@@ -92,9 +93,8 @@ class PostgresServer:
             capture_output=True,
         )
         options = f"-k {self.root} -c listen_addresses='' -c max_connections=200"
-        options += " -c synchronous_commit=off"
         if not self.durable:
-            options += " -c fsync=off -c full_page_writes=off"
+            options += " -c synchronous_commit=off -c fsync=off -c full_page_writes=off"
         subprocess.run(
             self._as_owner(
                 str(self.bin_dir / "pg_ctl"),
