@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import calendar
+import random
 
 import pytest
+from tornado.httputil import HTTPHeaders, HTTPInputError
 
-from hostd.parsing import parse_count, parse_http_date
+from hostd.parsing import FIELD_LINES, parse_count, parse_field_lines, parse_http_date
 
 SUNDAY_1994 = calendar.timegm((1994, 11, 6, 8, 49, 37))
 IN_2026 = calendar.timegm((2026, 6, 1, 0, 0, 0))
@@ -82,3 +84,63 @@ def test_an_rfc850_year_is_never_more_than_50_years_ahead(two_digits, year):
 )
 def test_anything_else_is_not_an_http_date(text):
     assert parse_http_date(text, now=IN_2026) is None
+
+
+def parsed(parse, text):
+    """Every (name, value) in order, or Tornado's error."""
+    try:
+        return list(parse(text).get_all())
+    except HTTPInputError as exc:
+        return ("HTTPInputError", str(exc))
+
+
+def test_field_lines_from_a_proxy_and_a_browser():
+    text = (
+        "\r\nHost: files.example.org\r\nX-Forwarded-For: 203.0.113.7\r\n"
+        "User-Agent: Mozilla/5.0 (X11; Linux x86_64)  \r\naccept:*/*\n"
+        "Cookie: a=b\r\ncookie: c=d\r\nX-Empty:\r\nX-Latin-1: caf\xe9\r\n\r\n"
+    )
+
+    headers = parse_field_lines(text[1:])
+
+    assert list(headers.get_all()) == [
+        ("Host", "files.example.org"),
+        ("X-Forwarded-For", "203.0.113.7"),
+        ("User-Agent", "Mozilla/5.0 (X11; Linux x86_64)"),
+        ("Accept", "*/*"),
+        ("Cookie", "a=b"),
+        ("Cookie", "c=d"),
+        ("X-Empty", ""),
+        ("X-Latin-1", "caf\xe9"),
+    ]
+    assert headers["Cookie"] == "a=b,c=d"
+
+
+PIECES = ["Host", "X-A", "x-a", "a b", ":", ": ", " ", "\t", "\r", "\n", "\r\n", "v", "(", '"q"']
+PIECES += [",", ";", "=", "\xe9", "\x80", "\xff", "\x00", "\x01", "\x7f", "\u0100"]
+
+
+def random_field_lines(rnd):
+    """Field lines as they come after a request line: mostly well formed, some not."""
+    lines = []
+    for _ in range(rnd.randint(0, 6)):
+        if rnd.random() < 0.7:
+            name = rnd.choice(["Host", "X-A", "x-a", "Content-Length"])
+            line = name + rnd.choice([":", ": ", ":\t", " :"])
+        else:
+            line = ""
+        line += "".join(rnd.choice(PIECES) for _ in range(rnd.randint(0, 5)))
+        lines.append(line + rnd.choice(["\r\n", "\r\n", "\n"]))
+    return "\n" + "".join(lines) + rnd.choice(["\r\n", "\n", "", "\r\n\r\n"])
+
+
+def test_field_lines_are_parsed_as_tornado_parses_them():
+    """The same headers in the same order, or the same error, for any text; the fast path
+    is taken for a good share of it (valid heads), the rest goes to Tornado's parser."""
+    rnd = random.Random(20261204)
+    texts = [random_field_lines(rnd) for _ in range(20_000)]
+
+    differ = [t for t in texts if parsed(parse_field_lines, t) != parsed(HTTPHeaders.parse, t)]
+
+    assert differ == []
+    assert sum(1 for t in texts if FIELD_LINES.fullmatch(t)) > 1000
