@@ -420,6 +420,41 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
         _sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE)
 
 
+def _find_renameat2() -> Callable[[int, bytes, int, bytes, int], int] | None:
+    """libc's renameat2 (Linux, glibc 2.28), or None."""
+    try:
+        function = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = (
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_uint,
+    )
+    function.restype = ctypes.c_int
+    return cast(Callable[[int, bytes, int, bytes, int], int], function)
+
+
+_renameat2 = _find_renameat2()
+AT_FDCWD = -100  # from <fcntl.h>: paths relative to the working directory
+RENAME_NOREPLACE = 1  # from <linux/fs.h>: fail with EEXIST rather than replace
+
+
+def _rename_new(source: str, target: str) -> bool:
+    """Rename source to target unless target exists (FileExistsError); False, with nothing
+    renamed, where libc or the filesystem cannot do that."""
+    if _renameat2 is None:
+        return False
+    if _renameat2(AT_FDCWD, os.fsencode(source), AT_FDCWD, os.fsencode(target), RENAME_NOREPLACE):
+        error = ctypes.get_errno()
+        if error in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            return False
+        raise OSError(error, os.strerror(error), source, None, target)
+    return True
+
+
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
@@ -785,28 +820,45 @@ class LocalBlobStore:
         # Not there, or cut short or written over behind hostd's back: the new bytes, just
         # hashed, take its place, so that uploading a file again mends it (and `there`
         # still says that another process may be removing the blob: uploads.register).
-        # Folders first, and the rename before the file's fsync, so that the fsync commits
-        # them too and the folders' fsyncs then find their changes committed: one wait for
-        # the filesystem's journal, where fsync, rename, fsync of the folder was two. The
-        # name may be seen before its bytes are durable; nothing reads it as a blob before
-        # its row is committed, which waits for both fsyncs (a copy found whole, above, is
-        # synced by its finder).
+        # Folders first, so that the file's fsync commits them too.
         unsynced = self._make_folders(written.sha256)
         temp = writer._write_rest()
-        try:
-            os.replace(temp, target)
-        except FileNotFoundError:  # ab/cd/ removed behind this process's back
-            self._durable_folders.clear()
-            unsynced = self._make_folders(written.sha256)
-            os.replace(temp, target)
-        writer._path = None  # placed: nothing of it to remove any more
-        try:
-            writer._sync()
-        except OSError:
-            if not there:  # its bytes may not be on the disk: no copy to trust
+        renamed = False
+        if not there:
+            # A new name: renamed before the file's fsync, so that the fsync commits the
+            # rename too and the folders' fsyncs then find their changes committed: one
+            # wait for the filesystem's journal, where fsync, rename, fsync of the folder
+            # was two. The name is seen before its bytes are durable; nothing reads it as
+            # a blob before its row is committed, which waits for both fsyncs (a copy found
+            # whole, above, is synced by its finder), and no other placer replaces it.
+            try:
+                try:
+                    renamed = _rename_new(temp, target)
+                except FileNotFoundError:  # ab/cd/ removed behind this process's back
+                    unsynced = self._make_folders_again(written.sha256)
+                    renamed = _rename_new(temp, target)
+            except FileExistsError:  # another placer's, just now: replaced as below
+                there = True
+        if renamed:
+            writer._path = None  # placed: nothing of it to remove any more
+            inode = os.fstat(writer._fd).st_ino
+            try:
+                writer._sync()
+            except OSError:  # its bytes may not be on the disk: no copy to trust
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(target)
-            raise
+                    if os.stat(target).st_ino == inode:  # not another placer's since
+                        os.unlink(target)
+                raise
+        else:
+            # A copy there (damaged, or another placer's) that a row may point at is
+            # replaced only by bytes already on the disk.
+            writer._sync()
+            try:
+                os.replace(temp, target)
+            except FileNotFoundError:  # ab/cd/ removed behind this process's back
+                unsynced = self._make_folders_again(written.sha256)
+                os.replace(temp, target)
+            writer._path = None
         _fsync_dir(folder)
         for parent in unsynced:
             _fsync_dir(parent)
@@ -829,6 +881,11 @@ class LocalBlobStore:
             return False
         with open(target, "rb") as file:
             return hashlib.sha256(file.read()).hexdigest() == written.sha256
+
+    def _make_folders_again(self, sha256: str) -> list[str]:
+        """_make_folders() once a folder was found removed behind this process's back."""
+        self._durable_folders.clear()
+        return self._make_folders(sha256)
 
     def _make_folders(self, sha256: str) -> list[str]:
         """ab/ and ab/cd/ for a blob, made if missing; returns the parents whose fsync

@@ -172,6 +172,41 @@ async def test_a_file_is_synced_under_its_name_and_a_copy_found_whole_by_its_fin
     assert syncs == [("fdatasync", target)]
 
 
+@pytest.mark.parametrize("copy", ["found damaged", "placed meanwhile by another placer"])
+@pytest.mark.gen_test
+async def test_a_copy_there_is_replaced_only_by_bytes_already_on_the_disk(local, monkeypatch, copy):
+    """A row may point at a copy that is there: the new bytes are synced before they
+    replace it. Another placer's copy can appear between the look for one and the rename,
+    which then fails rather than replace it (RENAME_NOREPLACE)."""
+    data = os.urandom(5000)
+    target = local.path(hashlib.sha256(data).hexdigest())
+    other = bytes(5000)  # the same size, other bytes: not whole
+    if copy == "found damaged":
+        target.parent.mkdir(parents=True)
+        target.write_bytes(other)
+    else:
+        rename_new = storage._rename_new
+
+        def placed_meanwhile(source, destination):
+            with open(destination, "xb") as file:
+                file.write(other)
+            return rename_new(source, destination)
+
+        monkeypatch.setattr(storage, "_rename_new", placed_meanwhile)
+    syncs = record_syncs(monkeypatch)
+    writer = local.writer()
+    writer.write(data)
+
+    were_there = await local.place(await writer.commit())
+
+    assert were_there is True
+    assert target.read_bytes() == data
+    (first, synced_as), folder = syncs[:2]
+    assert first == "fsync" and synced_as.startswith(os.fspath(local.tmp_dir) + "/")
+    assert folder == ("fsync", os.fspath(target.parent))
+    assert temp_files(local) == []
+
+
 @pytest.mark.gen_test
 async def test_bytes_the_disk_fails_to_sync_leave_no_copy_under_their_name(local, monkeypatch):
     def failing_fsync(fd):
