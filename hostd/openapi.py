@@ -148,7 +148,8 @@ EXPIRES_SCHEMA: Json = {
     "its zone (`2030-01-31T12:00:00Z`), an HTTP date (`Thu, 31 Jan 2030 12:00:00 GMT`) or "
     "Unix time in milliseconds (`1896091200000`, 0x0.st's form: 13 digits or more); empty for "
     "nothing asked. A time must be a real one and lie ahead (a past one is a 400). Send it "
-    "once, with a value: as an `expires` field or an `Expires` header, not both.",
+    "once, with a value: as an `expires` field, an `Expires` header or `?expires=` in the "
+    "URL, not two of them.",
 }
 
 # Answered by the server before it knows the URL, so in the plain-text protocol everywhere.
@@ -170,13 +171,23 @@ def with_head_too_big(paths: Json) -> Json:
     return paths
 
 
-EXPIRES_HEADER_PARAMETER: Json = {
-    "name": "Expires",
-    "in": "header",
-    "required": False,
-    "schema": EXPIRES_SCHEMA,
-    "example": "24",
-}
+EXPIRES_PARAMETERS: list[Json] = [
+    {
+        "name": "Expires",
+        "in": "header",
+        "required": False,
+        "schema": EXPIRES_SCHEMA,
+        "example": "24",
+    },
+    {
+        "name": "expires",
+        "in": "query",
+        "required": False,
+        "description": "As the Expires header, for clients that can only add to the URL "
+        "(ShareX's Parameters). One of the header, this and the form's field.",
+        "schema": EXPIRES_SCHEMA,
+    },
+]
 
 # A text field holds at most MAX_TEXT_FIELD_BYTES of UTF-8: in characters, a quarter of that
 # is always within it (a schema counts characters, not bytes).
@@ -226,7 +237,7 @@ UPLOAD_PATHS: Json = {
             "upload is registered to the key's account; without one it is anonymous (where "
             "the server allows that). Browser cookies are ignored here.",
             "security": [{}, {"apiKey": []}],
-            "parameters": [EXPIRES_HEADER_PARAMETER],
+            "parameters": EXPIRES_PARAMETERS,
             "requestBody": FORM_UPLOAD,
             "responses": {
                 "200": {
@@ -280,7 +291,7 @@ UPLOAD_PATHS: Json = {
                     "description": "`1`: answer in plain text (any other value: HTML).",
                     "schema": {"type": "string"},
                 },
-                EXPIRES_HEADER_PARAMETER,
+                *EXPIRES_PARAMETERS,
             ],
             "requestBody": {
                 "required": True,
@@ -788,7 +799,7 @@ PAGE_PATHS: Json = {
             "description": "POST /api/upload's upload (a Bearer key registers it), answered "
             "with the file's `ext` URL on one line; refusals are `ERROR <message>`.",
             "security": [{}, {"apiKey": []}],
-            "parameters": [EXPIRES_HEADER_PARAMETER],
+            "parameters": EXPIRES_PARAMETERS,
             "requestBody": FORM_UPLOAD,
             "responses": {
                 "200": {
@@ -1056,7 +1067,7 @@ def put_upload_paths() -> Json:
                         f"The file's name (URL-encoded): at most {MAX_FILENAME_BYTES} bytes of "
                         "UTF-8, no path parts, no control or format characters; a 400 otherwise.",
                     ),
-                    EXPIRES_HEADER_PARAMETER,
+                    *EXPIRES_PARAMETERS,
                 ],
             }
         },
@@ -1070,7 +1081,7 @@ UNNAMED_PUT_UPLOAD: Json = {
     "description": "As PUT /api/upload/{filename}, for `curl -T FILE <server>/api/upload` and "
     "`curl -T - <server>/api/upload/` (curl names neither): the file is named `file`. "
     "/api/upload/ (with the slash) is the same.",
-    "parameters": [EXPIRES_HEADER_PARAMETER],
+    "parameters": EXPIRES_PARAMETERS,
 }
 
 TUS_ERRORS: Json = {

@@ -267,8 +267,9 @@ async def test_expired_bytes_uploaded_again_are_served_again_at_once(
         {"fields": {"expires": "5"}},
         {"fields_after": {"expires": "5"}},  # known only once the body has ended
         {"headers": {"Expires": "5"}},
+        {"path": "/api/upload?expires=5"},  # ShareX's "Parameters"
     ],
-    ids=["field-before-the-file", "field-after-the-file", "header"],
+    ids=["field-before-the-file", "field-after-the-file", "header", "url"],
 )
 @pytest.mark.gen_test
 async def test_an_upload_may_ask_for_hours(http_client, base_url, wall_clock, ask):
@@ -477,8 +478,40 @@ async def test_asking_twice_is_a_400(http_client, base_url, db, config):
 
     assert answer.code == 400
     assert answer.body == (
-        b"ERROR send the expiry once: an 'expires' field or an Expires header, not both\n"
+        b"ERROR send the expiry once: an 'expires' field, an Expires header or ?expires= in"
+        b" the URL, not two of them\n"
     )
+    assert await nothing_stored(db, config)
+
+
+@pytest.mark.gen_test
+async def test_a_put_may_ask_in_its_url(http_client, base_url, wall_clock):
+    answer = await http_client.fetch(
+        f"{base_url}/api/upload/notes.txt?expires=168", method="PUT", body=b"for a week"
+    )
+
+    assert answer.headers["X-Expires"] == http_date(wall_clock() + 168 * HOUR)
+
+
+@pytest.mark.parametrize(
+    "path, ask, message",
+    [
+        ("/upload?api=1&expires=2", {"headers": {"Expires": "2"}}, b"not two of them"),
+        ("/upload?api=1&expires=2", {"fields_after": {"expires": "2"}}, b"not two of them"),
+        ("/upload?api=1&expires=2&expires=3", {}, b"the URL has ?expires= twice"),
+        ("/upload?api=1&expires=soon", {}, b"the ?expires= in the URL must be"),
+    ],
+    ids=["and-a-header", "and-a-field", "twice", "not-a-time"],
+)
+@pytest.mark.gen_test
+async def test_asking_in_the_url_beside_another_or_badly_is_a_400(
+    http_client, base_url, db, config, path, ask, message
+):
+    answer = await upload(http_client, base_url, path=path, **ask)
+
+    assert answer.code == 400
+    assert answer.body.startswith(b"ERROR ")
+    assert message in answer.body
     assert await nothing_stored(db, config)
 
 

@@ -489,14 +489,15 @@ def real_time_ahead(expires: Any) -> bool:
 
 @schema.hook
 def filter_case(context: Any, case: Any) -> bool:
-    """Rules OpenAPI cannot state: an upload may ask for its expiry once (a field or a
-    header, not both), and a time it asks for must be real and lie ahead; a PUT's filename
-    is limited in bytes of UTF-8, where maxLength counts characters."""
+    """Rules OpenAPI cannot state: an upload may ask for its expiry once (a field, a header
+    or the URL's ?expires=, one of them), and a time it asks for must be real and lie ahead;
+    a PUT's filename is limited in bytes of UTF-8, where maxLength counts characters."""
     field = isinstance(case.body, dict) and case.body.get("expires")
     header = case.headers.get("Expires") if case.headers else None
-    if field and header:
+    in_url = case.query.get("expires") if case.query else None
+    if sum(1 for asked in (field, header, in_url) if asked) > 1:
         return False
-    if not (real_time_ahead(field) and real_time_ahead(header)):
+    if not all(real_time_ahead(asked) for asked in (field, header, in_url)):
         return False
     if case.operation.definition.raw.get("operationId") != "uploadPut":
         return True

@@ -420,19 +420,34 @@ class UploadFlow(BaseHandler):
         self.answer_ok(blob, upload, self.form.filename)
 
     def asked_expiry(self, now: int) -> int | None:
-        """When the upload asks to expire (an `expires` field or an Expires header), or None;
+        """When the upload asks to expire (an `expires` field, an Expires header or the
+        URL's ?expires=, where a client such as ShareX's "Parameters" puts it), or None;
         UploadError 400 when it asks badly. The form's fields are known only once the body
-        has ended; before that, this checks the header alone."""
-        header = self.request.headers.get(retention.EXPIRES_HEADER, "")
-        field = self.form.fields.get(retention.EXPIRES_FIELD, "") if self.form else ""
-        if header and field:
-            raise UploadError(
-                400, "send the expiry once: an 'expires' field or an Expires header, not both"
+        has ended; before that, this checks the header and the URL alone."""
+        in_url = self.request.query_arguments.get(retention.EXPIRES_FIELD, [])
+        if len(in_url) > 1:
+            raise UploadError(400, "send the expiry once: the URL has ?expires= twice")
+        asked = [
+            (value, source)
+            for value, source in (
+                (self.form.fields.get(retention.EXPIRES_FIELD, "") if self.form else "", "field"),
+                (self.request.headers.get(retention.EXPIRES_HEADER, ""), "Expires header"),
+                (in_url[0].decode("utf-8", "replace") if in_url else "", "?expires= in the URL"),
             )
+            if value
+        ]
+        if len(asked) > 1:
+            raise UploadError(
+                400,
+                "send the expiry once: an 'expires' field, an Expires header or ?expires= in "
+                "the URL, not two of them",
+            )
+        if not asked:
+            return None
+        value, source = asked[0]
+        source = "the expires field" if source == "field" else f"the {source}"
         try:
-            if field:
-                return retention.parse_expires(field, now=now, source="the expires field")
-            return retention.parse_expires(header, now=now, source="the Expires header")
+            return retention.parse_expires(value, now=now, source=source)
         except retention.ExpiryError as exc:
             raise UploadError(400, str(exc)) from None
 
