@@ -21,6 +21,7 @@ def sharex_config(public_url: str, key: str | None = None) -> str:
         "Body": "MultipartFormData",
         "FileFormName": "file",
         "URL": "{json:urls.ext}",
+        "ThumbnailURL": f"{public_url}/thumbs/{{json:hash}}.webp",
         "DeletionURL": "{json:delete_url}",
         "ErrorMessage": "{json:error}",
     }

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import tornado.web
 from conftest import XSRF, form_body
-from helpers import blob_files, multipart_body, raw_exchange, temp_files
+from helpers import blob_files, multipart_body, png_of_one_colour, raw_exchange, temp_files
 
 from hostd import db as queries
 from hostd.throttle import AddressLimiter
@@ -588,13 +588,18 @@ async def test_keys_never_reach_the_log(http_client, base_url, login, caplog, ac
 
 
 def fill_sharex_template(template: str, answer: dict) -> str:
-    """What ShareX does with "{json:urls.ext}": look the dotted path up in the JSON answer."""
-    match = re.fullmatch(r"\{json:([\w.]+)\}", template)
-    assert match, template
-    value = answer
-    for part in match.group(1).split("."):
-        value = value[part]
-    return value
+    """What ShareX does with "{json:urls.ext}": look the dotted path up in the JSON answer,
+    for each such part of the template."""
+
+    def look_up(match: re.Match) -> str:
+        value = answer
+        for part in match.group(1).split("."):
+            value = value[part]
+        return value
+
+    filled = re.sub(r"\{json:([\w.]+)\}", look_up, template)
+    assert filled != template, template
+    return filled
 
 
 async def upload_as_sharex(client, sxcu: dict, data: bytes):
@@ -634,6 +639,22 @@ async def test_the_sharex_uploader_uploads_anonymously_and_links_the_file(
     assert "ImageUploader" in sxcu["DestinationType"]
     assert status == 200 and fetched == b"\x89PNG\r\n\x1a\n shot"
     assert [u.user_id for u in await queries.all_uploads(db)] == [None]
+
+
+@pytest.mark.gen_test
+async def test_the_sharex_uploader_shows_a_thumbnail_of_each_image(http_client, base_url):
+    sxcu = json.loads((await http_client.fetch(f"{base_url}/api/sharex.sxcu")).body)
+    body, headers = multipart_body(files=[("file", "Screenshot.png", png_of_one_colour(64, 48))])
+    answer = json.loads(
+        (
+            await http_client.fetch(sxcu["RequestURL"], method="POST", body=body, headers=headers)
+        ).body
+    )
+
+    thumbnail = await http_client.fetch(fill_sharex_template(sxcu["ThumbnailURL"], answer))
+
+    assert thumbnail.headers["Content-Type"] == "image/webp"
+    assert thumbnail.body.startswith(b"RIFF")
 
 
 @pytest.mark.gen_test
