@@ -37,7 +37,7 @@ from hostd.config import Config
 from hostd.db import ApiKey, Blob, Database, Resumable, Upload
 from hostd.formdata import UploadError
 from hostd.limits import Limits, quota_message
-from hostd.storage import AdoptsFiles, BlobStore, WrittenBlob
+from hostd.storage import AdoptsFiles, BlobStore, WrittenBlob, sync_path
 from hostd.throttle import address_key
 
 log = logging.getLogger("hostd")
@@ -74,7 +74,7 @@ class Partials:
             os.fsync(fd)
         finally:
             os.close(fd)
-        _fsync_dir(self.root)
+        sync_path(self.root)
 
     async def remove(self, id: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -477,11 +477,3 @@ async def prune(
         if clock() - modified_at >= grace_seconds:
             await partials.remove(id)
     return removed
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

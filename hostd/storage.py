@@ -813,7 +813,7 @@ class LocalBlobStore:
         if whole:
             # Its placer may not have synced it yet (renamed first, below): its row is
             # only committed once it has, and this upload's must wait for that too.
-            _fdatasync(target)
+            sync_path(target, data_only=True)
             writer._aborted = True
             writer._remove()
             return True, None
@@ -859,9 +859,9 @@ class LocalBlobStore:
                 unsynced = self._make_folders_again(written.sha256)
                 os.replace(temp, target)
             writer._path = None
-        _fsync_dir(folder)
+        sync_path(folder)
         for parent in unsynced:
-            _fsync_dir(parent)
+            sync_path(parent)
         self._durable_folders.update((written.sha256[:2], written.sha256[:4]))
         big = written.size_bytes > SMALL_READ_BYTES
         return there, os.stat(target) if big else None
@@ -967,20 +967,12 @@ def _owner_is_gone(folder: Path) -> bool:
     return True
 
 
-def _fdatasync(path: str) -> None:
-    """Make a file's bytes durable (a no-op's cost, a cache flush, where they are)."""
+def sync_path(path: str | Path, *, data_only: bool = False) -> None:
+    """fsync a file or a folder by its path (a folder's makes a rename in it durable); with
+    `data_only`, fdatasync: a file's bytes, not its times."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        os.fdatasync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: str | Path) -> None:
-    """Make a rename durable: fsync the directory that holds the new name."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
+        (os.fdatasync if data_only else os.fsync)(fd)
     finally:
         os.close(fd)
 

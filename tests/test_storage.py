@@ -116,8 +116,8 @@ async def test_placing_makes_the_file_and_each_new_folder_durable(local, monkeyp
     known durable is not synced again. Made folders are synced after the rename, in one go
     with it, so that a new folder costs no wait of its own."""
     synced = []
-    real = storage._fsync_dir
-    monkeypatch.setattr(storage, "_fsync_dir", lambda path: (synced.append(path), real(path)))
+    real = storage.sync_path
+    monkeypatch.setattr(storage, "sync_path", lambda path: (synced.append(path), real(path)))
     first, first_sha = bytes_under("")
     beside, _ = bytes_under(first_sha[:4], start=1)  # in the same ab/cd/
     root = os.fspath(local.root)
