@@ -1,5 +1,5 @@
-"""Strict parsing of the numbers, dates and header fields that requests carry: exactly as
-the grammar says, or not at all."""
+"""Strict parsing of the numbers and dates that requests carry: exactly as the grammar
+says, or not at all."""
 
 from __future__ import annotations
 
@@ -8,19 +8,7 @@ import datetime
 import re
 import time
 
-from tornado.httputil import HTTPHeaders
-
 ASCII_DIGITS = re.compile(r"[0-9]+")
-
-# A field line (RFC 9110 5.1, 5.5; RFC 9112 5), as Tornado 6.6's httputil._ABNF has it: a
-# token, a colon, optional whitespace, a value that starts and ends with a visible character
-# or obs-text (or is empty), optional whitespace, and CRLF or a bare LF.
-_FIELD_NAME = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
-_FIELD_VCHAR = r"[\x21-\x7e\x80-\xff]"
-_FIELD_VALUE = rf"(?:{_FIELD_VCHAR}(?:[\x21-\x7e\x80-\xff \t]*{_FIELD_VCHAR})?)?"
-FIELD_LINE = re.compile(rf"({_FIELD_NAME}):[ \t]*({_FIELD_VALUE})[ \t]*\r?\n")
-# What follows the request line: its LF, the field lines, the empty line that ends them.
-FIELD_LINES = re.compile(rf"\n(?:{_FIELD_NAME}:[ \t]*{_FIELD_VALUE}[ \t]*\r?\n)*\r?\n")
 
 DAY_NAMES = "Mon|Tue|Wed|Thu|Fri|Sat|Sun"
 LONG_DAY_NAMES = "Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday"
@@ -80,21 +68,3 @@ def widen_year(two_digits: int, now: float) -> int:
     this_year = time.gmtime(now).tm_year
     year = this_year - this_year % 100 + two_digits
     return year - 100 if year > this_year + 50 else year
-
-
-def parse_field_lines(text: str) -> HTTPHeaders:
-    """A head's field lines (from the request line's LF on, decoded as Latin-1) as Tornado's
-    HTTPHeaders.parse(text) has them, in two passes of compiled regexes where Tornado's
-    makes five calls for each line: a browser's dozen lines cost the IOLoop 61 us there
-    (a sixth of a small download), 21 us here. Anything but plain, valid field lines (an empty
-    line among them, a malformed one) goes to Tornado's own parser, which raises its
-    HTTPInputError or takes it as it always has."""
-    if FIELD_LINES.fullmatch(text) is None:
-        return HTTPHeaders.parse(text)
-    headers = HTTPHeaders()
-    for name, value in FIELD_LINE.findall(text):
-        if name in headers:
-            headers.add(name, value)
-        else:
-            headers[name] = value
-    return headers

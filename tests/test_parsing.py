@@ -8,7 +8,8 @@ import random
 import pytest
 from tornado.httputil import HTTPHeaders, HTTPInputError
 
-from hostd.parsing import FIELD_LINES, parse_count, parse_field_lines, parse_http_date
+from hostd.parsing import parse_count, parse_http_date
+from hostd.server import FIELD_LINES, parse_field_lines
 
 SUNDAY_1994 = calendar.timegm((1994, 11, 6, 8, 49, 37))
 IN_2026 = calendar.timegm((2026, 6, 1, 0, 0, 0))

@@ -427,12 +427,13 @@ class UploadFlow(BaseHandler):
         in_url = self.request.query_arguments.get(retention.EXPIRES_FIELD, [])
         if len(in_url) > 1:
             raise UploadError(400, "send the expiry once: the URL has ?expires= twice")
+        field = self.form.fields.get(retention.EXPIRES_FIELD, "") if self.form else ""
         asked = [
             (value, source)
             for value, source in (
-                (self.form.fields.get(retention.EXPIRES_FIELD, "") if self.form else "", "field"),
-                (self.request.headers.get(retention.EXPIRES_HEADER, ""), "Expires header"),
-                (in_url[0].decode("utf-8", "replace") if in_url else "", "?expires= in the URL"),
+                (field, "the expires field"),
+                (self.request.headers.get(retention.EXPIRES_HEADER, ""), "the Expires header"),
+                (in_url[0].decode("utf-8", "replace") if in_url else "", "the URL's ?expires="),
             )
             if value
         ]
@@ -445,7 +446,6 @@ class UploadFlow(BaseHandler):
         if not asked:
             return None
         value, source = asked[0]
-        source = "the expires field" if source == "field" else f"the {source}"
         try:
             return retention.parse_expires(value, now=now, source=source)
         except retention.ExpiryError as exc:
