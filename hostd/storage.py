@@ -808,12 +808,12 @@ class LocalBlobStore:
             there = True
             if whole:
                 os.utime(target)  # just used: gc's grace starts again
+                # Its placer may not have synced it yet (renamed first, below): its row
+                # is only committed once it has, and this upload's must wait for that too.
+                sync_path(target, data_only=True)
         except FileNotFoundError:  # not there, or removed meanwhile
             there = whole = False
         if whole:
-            # Its placer may not have synced it yet (renamed first, below): its row is
-            # only committed once it has, and this upload's must wait for that too.
-            sync_path(target, data_only=True)
             writer._aborted = True
             writer._remove()
             return True, None

@@ -172,6 +172,24 @@ async def test_a_file_is_synced_under_its_name_and_a_copy_found_whole_by_its_fin
     assert syncs == [("fdatasync", target)]
 
 
+@pytest.mark.gen_test
+async def test_a_whole_copy_removed_as_it_is_found_is_placed_again(local, monkeypatch):
+    """`hostd file rm` in another process may remove the copy just found whole."""
+    data = os.urandom(5000)
+    sha = await placed(local, data)
+    utime = os.utime
+
+    def touched_then_removed(path, *args, **kwargs):
+        utime(path, *args, **kwargs)
+        os.unlink(path)
+
+    monkeypatch.setattr(os, "utime", touched_then_removed)
+
+    await placed(local, data)
+
+    assert local.path(sha).read_bytes() == data
+
+
 @pytest.mark.parametrize("copy", ["found damaged", "placed meanwhile by another placer"])
 @pytest.mark.gen_test
 async def test_a_copy_there_is_replaced_only_by_bytes_already_on_the_disk(local, monkeypatch, copy):
