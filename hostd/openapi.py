@@ -237,7 +237,7 @@ UPLOAD_PATHS: Json = {
             "upload is registered to the key's account; without one it is anonymous (where "
             "the server allows that). Browser cookies are ignored here.",
             "security": [{}, {"apiKey": []}],
-            "parameters": EXPIRES_PARAMETERS,
+            "parameters": [*EXPIRES_PARAMETERS],
             "requestBody": FORM_UPLOAD,
             "responses": {
                 "200": {
@@ -799,7 +799,7 @@ PAGE_PATHS: Json = {
             "description": "POST /api/upload's upload (a Bearer key registers it), answered "
             "with the file's `ext` URL on one line; refusals are `ERROR <message>`.",
             "security": [{}, {"apiKey": []}],
-            "parameters": EXPIRES_PARAMETERS,
+            "parameters": [*EXPIRES_PARAMETERS],
             "requestBody": FORM_UPLOAD,
             "responses": {
                 "200": {
@@ -1081,7 +1081,7 @@ UNNAMED_PUT_UPLOAD: Json = {
     "description": "As PUT /api/upload/{filename}, for `curl -T FILE <server>/api/upload` and "
     "`curl -T - <server>/api/upload/` (curl names neither): the file is named `file`. "
     "/api/upload/ (with the slash) is the same.",
-    "parameters": EXPIRES_PARAMETERS,
+    "parameters": [*EXPIRES_PARAMETERS],
 }
 
 TUS_ERRORS: Json = {
