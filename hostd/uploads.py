@@ -160,11 +160,18 @@ async def _refuse_if_banned(database: Database, store: BlobStore, written: Writt
         raise Banned(ban.reason)
 
 
+async def _delete_unreferenced(database: Database, store: BlobStore, sha256: str) -> bool:
+    """Under the guard: remove the bytes when no row points at them; whether it did."""
+    if await db.is_referenced(database, sha256):
+        return False
+    await store.delete(sha256)
+    return True
+
+
 async def _remove_if_unreferenced(database: Database, store: BlobStore, sha256: str) -> None:
     """Under the guard: remove the bytes when no row points at them."""
     try:
-        if not await db.is_referenced(database, sha256):
-            await store.delete(sha256)
+        await _delete_unreferenced(database, store, sha256)
     except (db.Unavailable, OSError) as exc:
         # The caller is failing already, most likely for the same reason (the database or
         # the store out of reach), and says so. One line, as the caller's: a traceback per
@@ -189,15 +196,13 @@ async def _remove_later(database: Database, store: BlobStore, sha256: str) -> No
         await asyncio.sleep(pause)
         try:
             async with store.guard(sha256):
-                referenced = await db.is_referenced(database, sha256)
-                if not referenced:
-                    await store.delete(sha256)
+                removed = await _delete_unreferenced(database, store, sha256)
         except (db.Unavailable, OSError):
             continue
         except Exception:
             log.exception("could not remove the unreferenced bytes of %s", sha256)
             return
-        if not referenced:
+        if removed:
             log.info("removed the unreferenced bytes of %s", sha256)
         return
     log.error("could not remove the unreferenced bytes of %s (gc will)", sha256)
