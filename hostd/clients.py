@@ -30,9 +30,13 @@ def sharex_config(public_url: str, key: str | None = None) -> str:
     return json.dumps(config, indent=2) + "\n"
 
 
-def sharex_file_name(public_url: str) -> str:
-    """The .sxcu file's name: the instance's host (and port), `files.example.org.sxcu`."""
-    return _netloc(public_url).replace(":", "_") + ".sxcu"
+def sharex_file_name(public_url: str, key_id: str | None = None) -> str:
+    """The .sxcu file's name: the instance's host (and port), `files.example.org.sxcu`; for
+    the uploader with a key, with the key's id as the key list shows it
+    (`files.example.org_hk_0123456789abcdef.sxcu`), so that two saved uploaders, or one per
+    key, do not come out as `(1)` copies of one name."""
+    host = _netloc(public_url).replace(":", "_")
+    return f"{host}_hk_{key_id}.sxcu" if key_id else f"{host}.sxcu"
 
 
 def _netloc(public_url: str) -> str:

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 from hostd import clients, db, openapi, retention
-from hostd.auth import Busy, new_reveal_token, reveal_token_hash, seal_key, unseal_key
+from hostd.auth import (
+    Busy,
+    new_reveal_token,
+    parse_key,
+    reveal_token_hash,
+    seal_key,
+    unseal_key,
+)
 from hostd.db import ApiKey
 from hostd.handlers.base import BaseHandler, Refusal, signed_in
 
@@ -40,13 +47,15 @@ class ApiPageHandler(BaseHandler):
             if self.current_user
             else []
         )
+        parsed = parse_key(new_key) if new_key else None
+        key_id = parsed[0] if parsed else None
         self.render_page(
             "api/page.html",
             fragment="api_keys",
             keys=keys,
             new_key=new_key,
             error=error,
-            sharex_name=clients.sharex_file_name(self.public_url()),
+            sharex_name=clients.sharex_file_name(self.public_url(), key_id),
             sharex_with_key=clients.sharex_config(self.public_url(), new_key) if new_key else None,
             retention=retention.describe(self.config),
             allow_anonymous=self.config.allow_anonymous,

@@ -157,7 +157,8 @@ def test_the_sharex_uploader_offered_with_a_new_key_downloads_and_uploads(
     sxcu = json.loads(download.path().read_text(encoding="utf-8"))
 
     port = base.rsplit(":", 1)[1]
-    assert download.suggested_filename == f"127.0.0.1_{port}.sxcu"
+    key_id = key.split("_")[1]  # hk_<key id>_<secret>
+    assert download.suggested_filename == f"127.0.0.1_{port}_hk_{key_id}.sxcu"
     assert sxcu["RequestURL"] == f"{base}/api/upload"
     assert sxcu["Headers"] == {"Authorization": f"Bearer {key}"}
     status, answer = bearer_upload(base, sxcu["Headers"]["Authorization"][7:], b"shot")
