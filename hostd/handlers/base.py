@@ -148,10 +148,6 @@ class BaseHandler(tornado.web.RequestHandler):
     # How the server answers a request to this handler's URLs that it refuses before the
     # handler has its say (a head too big, a body over the URL's limit or too slow).
     refusal_format: ClassVar[ErrorFormat] = plain_error  # read from the class: not bound
-    # Whether a request no browser sends (a PUT, POST or other method from a client that does
-    # not ask for HTML: curl sends `Accept: */*`) gets its error as `ERROR <message>` in plain
-    # text, as POST / answers, rather than a page dumped into a terminal.
-    scripts_get_plain_text = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         # Tornado refuses a method outside SUPPORTED_METHODS before anything else: before it
@@ -276,18 +272,6 @@ class BaseHandler(tornado.web.RequestHandler):
         return self._csp_nonce
 
     @property
-    def from_a_script(self) -> bool:
-        """Whether this request is one no browser sends, so that its error is plain text
-        (see scripts_get_plain_text): a method other than GET and HEAD, from a client whose
-        Accept does not name HTML and that is not htmx (which swaps in what it gets)."""
-        return (
-            self.scripts_get_plain_text
-            and self.request.method not in ("GET", "HEAD")
-            and "text/html" not in self.request.headers.get("Accept", "")
-            and not self.is_htmx
-        )
-
-    @property
     def is_htmx(self) -> bool:
         # History restores carry HX-Request too, but need the full page.
         headers = self.request.headers
@@ -405,11 +389,6 @@ class BaseHandler(tornado.web.RequestHandler):
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         self.set_error_headers(status_code, kwargs)
         message = error_message(status_code, self._reason, kwargs)
-        if self.from_a_script:
-            _, body, content_type = plain_error(status_code, message)
-            self.set_header("Content-Type", content_type)
-            self.finish(body)
-            return
         try:
             body = self.render_string_page(
                 "errors/error.html", status_code=status_code, reason=self._reason, message=message

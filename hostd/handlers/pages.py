@@ -31,7 +31,6 @@ class IndexHandler(BaseHandler):
     it is listed here so that Allow tells the truth."""
 
     SUPPORTED_METHODS = ("GET", "HEAD", "POST", "OPTIONS")
-    scripts_get_plain_text = True  # `curl -T shot.png https://host/`
 
     def get(self) -> None:
         # The limit this visitor's uploads have: an anonymous one may be lower.
@@ -74,14 +73,13 @@ class NotFoundHandler(BaseHandler):
     """Every unknown URL: the 404 page, whatever the method."""
 
     SUPPORTED_METHODS = tornado.web.RequestHandler.SUPPORTED_METHODS
-    scripts_get_plain_text = True  # `curl -T file https://host/`: PUT /file
 
     def check_xsrf_cookie(self) -> None:
         pass  # nothing here acts on a request: a POST gets the 404 too, not a 403
 
     async def prepare(self) -> None:
         await super().prepare()
-        if self.request.method in ("POST", "PUT"):
+        if self.request.method in ("POST", "PUT"):  # `curl -T file https://host/x`, say
             where = where_uploads_go(self.public_url())
             raise Refusal(404, f"There is nothing at this address. {where}")
         raise Refusal(404, "There is nothing at this address.")
