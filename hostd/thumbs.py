@@ -17,11 +17,13 @@ import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, Literal
-
-from PIL import Image, ImageFile, ImageOps, JpegImagePlugin, PngImagePlugin
+from typing import IO, TYPE_CHECKING, Literal
 
 from hostd import affinity
+
+if TYPE_CHECKING:  # Pillow itself is imported by the first thumbnail, in its thread: a
+    # server that makes none never holds its 3 MiB
+    from PIL import Image, ImageFile, JpegImagePlugin
 
 log = logging.getLogger("hostd")
 
@@ -143,6 +145,8 @@ def thumbnail_of(source: IO[bytes], max_decode_bytes: int) -> Image.Image | None
     decoding it would hold more than `max_decode_bytes`."""
     # Pillow's own bomb check counts pixels before draft(); ours (decode_bytes) counts bytes
     # after it, so that a huge JPEG still gets its thumbnail at 1/8 scale.
+    from PIL import Image, ImageOps, PngImagePlugin
+
     Image.MAX_IMAGE_PIXELS = None
     PngImagePlugin.MAX_TEXT_MEMORY = PNG_TEXT_BYTES
     with Image.open(source, formats=PILLOW_FORMATS) as image:
@@ -167,6 +171,8 @@ def thumbnail_of(source: IO[bytes], max_decode_bytes: int) -> Image.Image | None
 def decode_bytes(image: ImageFile.ImageFile, original_size: tuple[int, int]) -> int:
     """The memory making the thumbnail of an opened (and drafted) image holds at its peak,
     from its header alone. Only the first frame is decoded, so other frames cost nothing."""
+    from PIL import JpegImagePlugin
+
     assert image.fp is not None
     pixels = image.width * image.height
     cost = pixels * PIXEL_BYTES.get(image.mode, 4)

@@ -9,6 +9,8 @@ import io
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -27,6 +29,19 @@ from hostd.thumbs import Thumbnails, ThumbnailsBusy, thumbnail_of
 
 MB = 1_000_000
 RSS_AIM = 200 * MB
+
+
+def test_a_server_that_makes_no_thumbnail_never_loads_pillow():
+    # Pillow costs a process about 3 MiB of memory; a file host that serves no image
+    # thumbnail should not pay it (the first thumbnail imports it, in its thread).
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, hostd.app; print(sorted(sys.modules).count('PIL'))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+
+    assert loaded.stdout.strip() == "0"
 
 
 @pytest.mark.parametrize(
