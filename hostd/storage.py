@@ -636,6 +636,27 @@ class CheckedBlobs:
         self._files.pop(sha256, None)
 
 
+class FolderSet:
+    """A set of blob folders, "ab" for ab/ and "abcd" for ab/cd/: one byte for each of the
+    65,792 there can be, where a set of their names grows to 5 MiB as uploads reach them."""
+
+    def __init__(self) -> None:
+        self._members = bytearray(256 + 256 * 256)
+
+    @staticmethod
+    def _index(key: str) -> int:
+        return int(key, 16) + (0 if len(key) == 2 else 256)
+
+    def __contains__(self, key: str) -> bool:
+        return self._members[self._index(key)] == 1
+
+    def add(self, key: str) -> None:
+        self._members[self._index(key)] = 1
+
+    def clear(self) -> None:
+        self._members[:] = bytes(len(self._members))
+
+
 class LocalBlobStore:
     """Blobs under `root/ab/cd/<sha256>`; uploads in progress under `root/../tmp/<process>/`.
 
@@ -659,8 +680,7 @@ class LocalBlobStore:
         self._guards = KeyedLocks()
         self.hot = HotBlobs(HOT_TOTAL_BYTES)
         self.checked = CheckedBlobs()
-        # "ab" and "abcd" of folders ab/ and ab/cd/ known made durable in their parents.
-        self._durable_folders: set[str] = set()
+        self._durable_folders = FolderSet()
 
     def close(self) -> None:
         """Remove this process's temp folder (call once nothing is being uploaded)."""
@@ -862,7 +882,8 @@ class LocalBlobStore:
         sync_path(folder)
         for parent in unsynced:
             sync_path(parent)
-        self._durable_folders.update((written.sha256[:2], written.sha256[:4]))
+        self._durable_folders.add(written.sha256[:2])
+        self._durable_folders.add(written.sha256[:4])
         big = written.size_bytes > SMALL_READ_BYTES
         return there, os.stat(target) if big else None
 
@@ -895,7 +916,7 @@ class LocalBlobStore:
         parent = self._root
         for key in (sha256[:2], sha256[:4]):
             folder = f"{parent}/{key[-2:]}"
-            if key not in self._durable_folders:
+            if key not in self._durable_folders:  # known made durable in its parent: skipped
                 with contextlib.suppress(FileExistsError):
                     os.mkdir(folder)
                 unsynced.append(parent)
