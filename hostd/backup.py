@@ -25,6 +25,7 @@ from typing import BinaryIO
 from hostd import db
 from hostd.db import Damaged, Database
 from hostd.db.sqlite import check_pages, owner_only
+from hostd.hashes import SHA256_GROUPS
 from hostd.storage import BLOB_MODE, BlobDamaged, BlobMissing, BlobStore
 
 DATABASE_NAME = "hostd.sqlite3"
@@ -95,25 +96,31 @@ async def backup(database: Database, store: BlobStore, destination: Path) -> Bac
         # The cookie secret is not backed up, so a restore starts with a new one: the copy
         # must not hold the old one's fingerprint, or the restored server would not start.
         await db.delete_setting(snapshot, name=db.COOKIE_SECRET)
-        wanted = await db.blob_sizes(snapshot)
+        result = BackedUp(0, 0, 0, [], [])
+        for group in SHA256_GROUPS:  # a group's rows at a time, not a million at once
+            wanted = await db.blob_sizes(snapshot, prefix=group)
+            for sha256, size_bytes in sorted(wanted.items()):
+                await _back_up_blob(store, sha256, size_bytes, destination, result)
     finally:
         await snapshot.close()
-    result = BackedUp(0, 0, 0, [], [])
-    for sha256, size_bytes in sorted(wanted.items()):
-        target = blob_path(destination, sha256)
-        if await asyncio.to_thread(target.exists):
-            result.blobs_present += 1
-            continue
-        try:
-            result.bytes_copied += await _copy_blob(store, sha256, size_bytes, target)
-        except BlobMissing:
-            result.missing.append(sha256)
-            continue
-        except BlobDamaged:
-            result.damaged.append(sha256)
-            continue
-        result.blobs_copied += 1
     return result
+
+
+async def _back_up_blob(
+    store: BlobStore, sha256: str, size_bytes: int, destination: Path, result: BackedUp
+) -> None:
+    target = blob_path(destination, sha256)
+    if await asyncio.to_thread(target.exists):
+        result.blobs_present += 1
+        return
+    try:
+        result.bytes_copied += await _copy_blob(store, sha256, size_bytes, target)
+    except BlobMissing:
+        result.missing.append(sha256)
+    except BlobDamaged:
+        result.damaged.append(sha256)
+    else:
+        result.blobs_copied += 1
 
 
 def _prepare(destination: Path) -> Path:

@@ -389,16 +389,24 @@ class S3BlobStore:
         await self.call(self.delete_key(self.key(sha256)))
         return True
 
-    async def list_blobs(self) -> AsyncIterator[StoredBlob]:
-        async for meta in self._list(self.prefix):
+    async def list_blobs(self, prefix: str = "") -> AsyncIterator[StoredBlob]:
+        """A listing's prefix is a folder's path to obstore, not the start of a name, but S3
+        lists keys in order: this starts past the keys before `prefix` (the listing's
+        offset) and stops at the first key after."""
+        offset = f"{self.prefix}{prefix}" if prefix else None
+        async for meta in self._list(self.prefix, offset=offset):
             name = meta["path"][len(self.prefix) :]
+            if not name.startswith(prefix):
+                if name > prefix:
+                    return
+                continue  # a store that ignores the offset lists these too
             if is_sha256(name):
                 yield StoredBlob(name, meta["last_modified"].timestamp(), meta["size"])
 
-    async def _list(self, prefix: str) -> AsyncIterator[Any]:
+    async def _list(self, prefix: str, *, offset: str | None = None) -> AsyncIterator[Any]:
         import obstore
 
-        stream = obstore.list(self._s3, prefix, chunk_size=1000)
+        stream = obstore.list(self._s3, prefix, offset=offset, chunk_size=1000)
         while True:
             try:
                 batch = await stream.__anext__()

@@ -162,7 +162,10 @@ class BlobStore(Protocol):
 
     async def delete(self, sha256: str) -> bool: ...
 
-    def list_blobs(self) -> AsyncIterator[StoredBlob]: ...
+    def list_blobs(self, prefix: str = "") -> AsyncIterator[StoredBlob]:
+        """The stored blobs whose SHA-256 starts with `prefix`, in no order; a blob removed
+        while they are listed may or may not be among them."""
+        ...
 
     def local_copy(self, sha256: str) -> contextlib.AbstractAsyncContextManager[Path]:
         """A path to the bytes for a library that needs a file (Pillow), while the
@@ -758,22 +761,41 @@ class LocalBlobStore:
             return False
         return True
 
-    async def list_blobs(self) -> AsyncIterator[StoredBlob]:
-        for blob in await asyncio.to_thread(self._scan):
-            yield blob
+    async def list_blobs(self, prefix: str = "") -> AsyncIterator[StoredBlob]:
+        """One ab/ folder at a time, each in one trip to a thread, so that the listing of
+        the whole store is never in memory at once."""
+        if len(prefix) >= 2:
+            folders = [prefix[:2]]
+        else:
+            folders = [name for name in await asyncio.to_thread(self._folders) if name >= prefix]
+        for folder in folders:
+            if not folder.startswith(prefix[:2]):
+                break  # sorted: no later folder has the prefix either
+            for blob in await asyncio.to_thread(self._scan, folder):
+                if blob.sha256.startswith(prefix):
+                    yield blob
 
-    def _scan(self) -> list[StoredBlob]:
+    def _folders(self) -> list[str]:
+        return sorted(entry.name for entry in os.scandir(self.root) if entry.is_dir())
+
+    def _scan(self, folder: str) -> list[StoredBlob]:
+        """The blobs under ab/ (a name of another shape is no blob, and one removed since
+        the folder was read is left out)."""
         found: list[StoredBlob] = []
-        for first in sorted(os.scandir(self.root), key=lambda e: e.name):
-            if not first.is_dir():
+        try:
+            with os.scandir(f"{self._root}/{folder}") as entries:
+                subfolders = [entry.path for entry in entries if entry.is_dir()]
+        except (FileNotFoundError, NotADirectoryError):
+            return found
+        for subfolder in subfolders:
+            try:
+                with os.scandir(subfolder) as entries:
+                    for entry in entries:
+                        if is_sha256(entry.name) and entry.is_file():
+                            status = entry.stat()
+                            found.append(StoredBlob(entry.name, status.st_mtime, status.st_size))
+            except FileNotFoundError:  # removed meanwhile, the folder or a file in it
                 continue
-            for second in os.scandir(first.path):
-                if not second.is_dir():
-                    continue
-                for entry in os.scandir(second.path):
-                    if is_sha256(entry.name) and entry.is_file():
-                        status = entry.stat()
-                        found.append(StoredBlob(entry.name, status.st_mtime, status.st_size))
         return found
 
     @contextlib.asynccontextmanager

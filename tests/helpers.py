@@ -391,6 +391,16 @@ def damage_table(database: Path, table: str) -> None:
 # -- the database's writer ---------------------------------------------------------------
 
 
+def bytes_under(prefix: str, start: int = 0) -> tuple[bytes, str]:
+    """The first bytes (a number, from `start`) whose SHA-256 starts with `prefix`, and it."""
+    for n in range(start, start + 1_000_000):
+        data = b"%d" % n
+        sha = hashlib.sha256(data).hexdigest()
+        if sha.startswith(prefix):
+            return data, sha
+    raise AssertionError(prefix)
+
+
 async def store_upload(db: Any, store: Any, data: bytes, user_id: int | None = None) -> Any:
     """What the upload handler does: write, commit, then place and register; (Blob, Upload)."""
     writer = store.writer()

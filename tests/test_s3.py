@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import tornado.httpclient
 from helpers import (
+    bytes_under,
     hostd,
     multipart_body,
     png_of_one_colour,
@@ -376,6 +377,31 @@ async def test_stale_temp_objects_and_multipart_uploads_are_removed(store, confi
     gone = writer.abort()
     if gone is not None:
         await gone
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_group_lists_the_objects_whose_sha256_starts_with_it_and_no_other(
+    db, store, config
+):
+    """gc lists one group at a time; to obstore a prefix is a folder, so a group is found
+    from where the bucket's ordered listing reaches it (its offset) to where it ends."""
+    sha256s = {
+        prefix: (await store_upload(db, store, bytes_under(prefix)[0]))[0].sha256
+        for prefix in ("0f", "10", "1f", "ff")
+    }
+    put_s3_object(config, "tmp/10-not-a-blob", b"an upload's temp object")
+    put_s3_object(config, "10-not-a-sha256", b"someone else's")
+
+    listed = {
+        prefix: [blob.sha256 async for blob in store.list_blobs(prefix)]
+        for prefix in ("0f", "10", "1", "fe", "ff")
+    }
+
+    assert listed["0f"] == [sha256s["0f"]]
+    assert listed["10"] == [sha256s["10"]]
+    assert sorted(listed["1"]) == sorted([sha256s["10"], sha256s["1f"]])
+    assert listed["fe"] == []
+    assert listed["ff"] == [sha256s["ff"]]
 
 
 @pytest.mark.gen_test(timeout=60)

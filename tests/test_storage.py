@@ -14,6 +14,7 @@ from itertools import pairwise
 
 import pytest
 from conftest import CrampedBlobStore
+from helpers import bytes_under
 
 from hostd import storage
 from hostd.hashes import public_hash_candidates
@@ -99,16 +100,6 @@ async def placed(store, data):
     written = await writer.commit()
     await store.place(written)
     return written.sha256
-
-
-def bytes_under(prefix, start=0):
-    """The first bytes (a number, from `start`) whose SHA-256 starts with `prefix`."""
-    for n in range(start, start + 1_000_000):
-        data = b"%d" % n
-        sha = hashlib.sha256(data).hexdigest()
-        if sha.startswith(prefix):
-            return data, sha
-    raise AssertionError(prefix)
 
 
 @pytest.mark.gen_test

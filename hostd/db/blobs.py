@@ -465,9 +465,18 @@ async def all_blob_sha256s(db: Database) -> list[str]:
     return [row[0] for row in rows]
 
 
-async def blob_sizes(db: Database) -> dict[str, int]:
-    """Every blob's size as recorded, by SHA-256 (for `hostd gc` to check the store's)."""
-    rows = await db.read(lambda tx: tx.fetchall("SELECT sha256, size_bytes FROM blobs"))
+async def blob_sizes(db: Database, *, prefix: str = "") -> dict[str, int]:
+    """The size recorded for each blob whose SHA-256 starts with `prefix` (hex digits), by
+    SHA-256: for `hostd gc` to check the store's, and for backups."""
+    sql, params = "SELECT sha256, size_bytes FROM blobs", []
+    if prefix:  # a range, which the primary key's index answers, where LIKE may scan
+        sql += " WHERE sha256 >= ?"
+        params.append(prefix)
+        after = int(prefix, 16) + 1
+        if after < 16 ** len(prefix):
+            sql += " AND sha256 < ?"
+            params.append(f"{after:0{len(prefix)}x}")
+    rows = await db.read(lambda tx: tx.fetchall(sql, params))
     return {row[0]: row[1] for row in rows}
 
 
