@@ -790,12 +790,16 @@ class LocalBlobStore:
         for subfolder in subfolders:
             try:
                 with os.scandir(subfolder) as entries:
-                    for entry in entries:
-                        if is_sha256(entry.name) and entry.is_file():
-                            status = entry.stat()
-                            found.append(StoredBlob(entry.name, status.st_mtime, status.st_size))
-            except FileNotFoundError:  # removed meanwhile, the folder or a file in it
+                    files = [entry for entry in entries if is_sha256(entry.name)]
+            except FileNotFoundError:  # removed meanwhile
                 continue
+            for entry in files:
+                try:
+                    if entry.is_file():
+                        status = entry.stat()
+                        found.append(StoredBlob(entry.name, status.st_mtime, status.st_size))
+                except FileNotFoundError:  # removed meanwhile
+                    continue
         return found
 
     @contextlib.asynccontextmanager

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import hashlib
 import os
@@ -154,6 +155,26 @@ def test_the_folders_known_durable_cost_a_byte_each_however_many_uploads_reach()
     assert members
     assert "00ab" not in folders and "ab" not in folders
     assert "00ab" in one and "ab" not in one and "00" not in one
+
+
+@pytest.mark.gen_test
+async def test_a_listing_leaves_out_a_file_removed_under_it_and_goes_on(local, monkeypatch):
+    """gc lists the store while uploads come and go: a file removed between the read of
+    its folder and its stat is left out, and the rest of that folder is still listed."""
+    gone = await placed(local, bytes_under("")[0])
+    kept = await placed(local, bytes_under(gone[:4], start=int(bytes_under("")[0]) + 1)[0])
+    real = os.scandir
+
+    def scandir_then_remove(path):
+        entries = sorted(real(path), key=lambda entry: entry.name != gone)  # gone first
+        if any(entry.name == gone for entry in entries):
+            os.unlink(local.path(gone))
+        return contextlib.nullcontext(iter(entries))
+
+    monkeypatch.setattr(os, "scandir", scandir_then_remove)
+    listed = [blob.sha256 async for blob in local.list_blobs(gone[:2])]
+
+    assert listed == [kept]
 
 
 def record_syncs(monkeypatch):
