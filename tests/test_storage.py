@@ -161,8 +161,10 @@ def test_the_folders_known_durable_cost_a_byte_each_however_many_uploads_reach()
 async def test_a_listing_leaves_out_a_file_removed_under_it_and_goes_on(local, monkeypatch):
     """gc lists the store while uploads come and go: a file removed between the read of
     its folder and its stat is left out, and the rest of that folder is still listed."""
-    gone = await placed(local, bytes_under("")[0])
-    kept = await placed(local, bytes_under(gone[:4], start=int(bytes_under("")[0]) + 1)[0])
+    first, gone = bytes_under("")
+    second, kept = bytes_under(gone[:4], start=int(first) + 1)  # in the same ab/cd/
+    await placed(local, first)
+    await placed(local, second)
     real = os.scandir
 
     def scandir_then_remove(path):

@@ -32,8 +32,8 @@ RSS_AIM = 200 * MB
 
 
 def test_a_server_that_makes_no_thumbnail_never_loads_pillow():
-    # Pillow costs a process about 3 MiB of memory; a file host that serves no image
-    # thumbnail should not pay it (the first thumbnail imports it, in its thread).
+    """Pillow costs a process about 3 MiB of memory: a file host that shows no thumbnail
+    should not pay it (the first thumbnail imports it, in its thread)."""
     loaded = subprocess.run(
         [sys.executable, "-c", "import sys, hostd.app; print(sorted(sys.modules).count('PIL'))"],
         capture_output=True,
