@@ -11,11 +11,13 @@ or interrupted run, is skipped), set storage.backend, start the server.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from hostd import db
 from hostd.db import Database
+from hostd.hashes import SHA256_GROUPS
 from hostd.storage import BlobMissing, BlobStore
 
 
@@ -25,6 +27,9 @@ class MigrationError(Exception):
 
 # Passes after which uploads that keep arriving are left to the run with the server stopped.
 MAX_PASSES = 10
+# How far the clocks of hostd instances on one database may be apart: a later pass asks for
+# the blobs recorded since the pass before began, less this.
+CLOCK_SKEW_SECONDS = 300
 
 
 @dataclass
@@ -46,53 +51,92 @@ async def migrate(
     """Copy each blob the database records that target lacks, through target's writer
     (which hashes it), then read it back from target and check its SHA-256 once more. Then
     again for the blobs recorded meanwhile, until a pass finds none (or MAX_PASSES: uploads
-    keep arriving faster). Bytes no upload records are left to `hostd gc`."""
+    keep arriving faster). Bytes no upload records are left to `hostd gc`.
+
+    The first pass walks the blobs one group of SHA-256s at a time, and later passes ask for
+    those recorded since the pass before began (less CLOCK_SKEW_SECONDS), so that what is
+    held at once is a group's names and the recent ones': all at once, it was some 500 bytes
+    a file, 500 MB for a million."""
     done = Migrated()
-    seen: set[str] = set()
+    # The blobs dealt with that the next pass's question still finds, by SHA-256: those
+    # recorded at or after `since`.
+    dealt_with: dict[str, int] = {}
+    since: int | None = None
     while done.passes < MAX_PASSES:
-        names = [name for name in await db.all_blob_sha256s(database) if name not in seen]
         done.passes += 1
-        if not names:
+        began = int(time.time()) - CLOCK_SKEW_SECONDS
+        groups: AsyncIterator[dict[str, int]]
+        if since is None:
+            total = (await db.get_stored(database)).files
+            groups = _every_group(database)
+        else:
+            recorded = await db.blob_times(database, since=since)
+            new = {sha256: at for sha256, at in recorded.items() if sha256 not in dealt_with}
+            if new:
+                progress(f"pass {done.passes}: {len(new)} file(s) recorded since the last pass")
+            groups, total = _one(new), len(new)
+        found, recent = await _pass(database, source, target, groups, total, began, done, progress)
+        if not found:
             done.settled = True
             break
-        if done.passes > 1:
-            progress(f"pass {done.passes}: {len(names)} file(s) recorded since the last pass")
-        seen.update(await _pass(database, source, target, names, done, progress))
+        since = began
+        dealt_with = {sha256: at for sha256, at in {**dealt_with, **recent}.items() if at >= since}
     return done
+
+
+async def _every_group(database: Database) -> AsyncIterator[dict[str, int]]:
+    """The blobs, one group of SHA-256s at a time (SHA256_GROUPS): by SHA-256, when each
+    was recorded."""
+    for group in SHA256_GROUPS:
+        yield await db.blob_times(database, prefix=group)
+
+
+async def _one(names: dict[str, int]) -> AsyncIterator[dict[str, int]]:
+    yield names
 
 
 async def _pass(
     database: Database,
     source: BlobStore,
     target: BlobStore,
-    names: list[str],
+    groups: AsyncIterator[dict[str, int]],
+    total: int,
+    recent_since: int,
     done: Migrated,
     progress: Callable[[str], None],
-) -> set[str]:
-    """Copy what target lacks of `names`; the names dealt with (a blob removed meanwhile is
-    not: uploaded again, a later pass takes it)."""
-    dealt_with = set()
-    for number, sha256 in enumerate(names, 1):
-        blob = await db.get_blob_by_sha256(database, sha256)
-        if blob is None:
-            continue  # removed meanwhile
-        dealt_with.add(sha256)
-        if await target.exists(sha256):
-            done.already_there += 1
-            progress(f"[{number}/{len(names)}] {sha256}: already there")
-            continue
-        try:
-            size = await _copy(source, target, sha256, blob.size_bytes)
-        except BlobMissing:
-            done.missing += 1
-            progress(f"[{number}/{len(names)}] {sha256}: MISSING from the source, not copied")
-            continue
-        if await _sha256_in(target, sha256, size) != sha256:
-            raise MigrationError(f"{sha256}: the copy reads back with another SHA-256")
-        done.copied += 1
-        done.bytes_copied += size
-        progress(f"[{number}/{len(names)}] {sha256}: copied, {size} bytes, verified")
-    return dealt_with
+) -> tuple[int, dict[str, int]]:
+    """Copy what target lacks of the blobs named in `groups` (SHA-256 -> when recorded), in
+    order. Returns how many were dealt with, and those of them recorded at or after
+    `recent_since`, with when (a blob removed meanwhile is not dealt with: uploaded again,
+    a later pass takes it)."""
+    dealt_with, recent = 0, {}
+    number = 0
+    async for names in groups:
+        for sha256, recorded_at in sorted(names.items()):
+            number += 1
+            total = max(total, number)  # more recorded meanwhile
+            blob = await db.get_blob_by_sha256(database, sha256)
+            if blob is None:
+                continue  # removed meanwhile
+            dealt_with += 1
+            if recorded_at >= recent_since:
+                recent[sha256] = recorded_at
+            if await target.exists(sha256):
+                done.already_there += 1
+                progress(f"[{number}/{total}] {sha256}: already there")
+                continue
+            try:
+                size = await _copy(source, target, sha256, blob.size_bytes)
+            except BlobMissing:
+                done.missing += 1
+                progress(f"[{number}/{total}] {sha256}: MISSING from the source, not copied")
+                continue
+            if await _sha256_in(target, sha256, size) != sha256:
+                raise MigrationError(f"{sha256}: the copy reads back with another SHA-256")
+            done.copied += 1
+            done.bytes_copied += size
+            progress(f"[{number}/{total}] {sha256}: copied, {size} bytes, verified")
+    return dealt_with, recent
 
 
 async def _copy(source: BlobStore, target: BlobStore, sha256: str, size: int) -> int:

@@ -750,13 +750,13 @@ class LocalBlobStore:
         return LocalFileReader(fd, sha256, size_bytes, self.hot.keeper(sha256), checked)
 
     async def exists(self, sha256: str) -> bool:
-        return _is_file(self.path(sha256))
+        return _is_file(f"{self._root}/{_below_root(sha256)}")
 
     async def delete(self, sha256: str) -> bool:
         self.hot.drop(sha256)
         self.checked.drop(sha256)
         try:
-            os.unlink(self.path(sha256))
+            os.unlink(f"{self._root}/{_below_root(sha256)}")
         except FileNotFoundError:
             return False
         return True
@@ -805,7 +805,7 @@ class LocalBlobStore:
     @contextlib.asynccontextmanager
     async def local_copy(self, sha256: str) -> AsyncIterator[Path]:
         path = self.path(sha256)
-        if not _is_file(path):
+        if not _is_file(str(path)):
             raise BlobMissing(sha256)
         yield path  # already a file: no copy
 
@@ -992,9 +992,11 @@ def _below_root(sha256: str) -> str:
     return f"{sha256[:2]}/{sha256[2:4]}/{sha256}"
 
 
-def _is_file(path: Path) -> bool:
-    """A stat on the IOLoop: microseconds on a local disk, like the open of a download."""
-    return path.is_file()
+def _is_file(path: str) -> bool:
+    """A stat on the IOLoop: microseconds on a local disk, like the open of a download. (A
+    string, not a Path: pathlib interns each part of a path, so a Path per blob grows
+    Python's table of interned strings with names seen once.)"""
+    return os.path.isfile(path)
 
 
 def _owner_is_gone(folder: Path) -> bool:

@@ -76,7 +76,7 @@ def rows_and_bytes(data_dir: Path) -> tuple[set[str], set[str]]:
     async def rows() -> set[str]:
         database = await Database.open(data_dir / "hostd.sqlite3")
         try:
-            return set(await queries.all_blob_sha256s(database))
+            return set(await queries.blob_times(database))
         finally:
             await database.close()
 

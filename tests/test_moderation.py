@@ -70,7 +70,7 @@ async def new_key(db, auth, user_id: int) -> str:
 async def nothing_stored(db, config) -> bool:
     return (
         await queries.all_uploads(db) == []
-        and await queries.all_blob_sha256s(db) == []
+        and await queries.blob_times(db) == {}
         and blob_files(config) == []
         and temp_files(config) == []
     )

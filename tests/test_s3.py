@@ -10,7 +10,10 @@ import dataclasses
 import hashlib
 import json
 import logging
+import secrets
 import socket
+import time
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -30,6 +33,7 @@ from seaweed import SeaweedFS, put_s3_object
 from test_download import start_download
 from test_upload import many_clients_one_address
 
+from hostd import db as queries
 from hostd import s3, uploads
 from hostd.db import Database
 from hostd.migrate import migrate
@@ -501,15 +505,14 @@ def test_migrate_to_s3_copies_and_verifies_every_file_switches_nothing_and_resum
     assert stored == shas
 
 
-@pytest.mark.gen_test(timeout=60)
-async def test_migrate_takes_what_was_uploaded_during_its_copy_until_a_pass_finds_nothing_new(
-    db, config, tmp_path, monkeypatch
-):
+async def migrate_while_serving(db, config, tmp_path, monkeypatch, first: bytes, meanwhile: bytes):
+    """migrate() to S3 from a local store holding `first`, while the server stores
+    `meanwhile` as the first copy is placed; the Migrated and the progress lines."""
     local = LocalBlobStore(tmp_path / "local" / "blobs")
-    await store_upload(db, local, b"there before")
+    await store_upload(db, local, first)
     target = store_from(config)
     place = target.place
-    arriving = [b"uploaded as the first file was copied"]
+    arriving = [meanwhile]
 
     async def place_while_serving(written):
         if arriving:  # the server stores an upload meanwhile
@@ -518,19 +521,74 @@ async def test_migrate_takes_what_was_uploaded_during_its_copy_until_a_pass_find
 
     monkeypatch.setattr(target, "place", place_while_serving)
     lines: list[str] = []
-
     try:
         done = await migrate(db, local, target, lines.append)
     finally:
         local.close()
         target.close()
+    assert keys(config) == sorted(
+        f"{config.s3_prefix}{hashlib.sha256(data).hexdigest()}" for data in (first, meanwhile)
+    )
+    return done, lines
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_migrate_takes_an_upload_to_a_group_it_has_walked_in_its_next_pass(
+    db, config, tmp_path, monkeypatch
+):
+    first, _ = bytes_under("6")
+    meanwhile, _ = bytes_under("3")  # a group the first pass has walked by then
+
+    done, lines = await migrate_while_serving(db, config, tmp_path, monkeypatch, first, meanwhile)
 
     assert (done.copied, done.passes, done.settled) == (2, 3, True)
     assert "pass 2: 1 file(s) recorded since the last pass" in lines
-    assert keys(config) == sorted(
-        f"{config.s3_prefix}{hashlib.sha256(data).hexdigest()}"
-        for data in (b"there before", b"uploaded as the first file was copied")
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_migrate_takes_an_upload_to_a_group_yet_to_walk_in_the_same_pass(
+    db, config, tmp_path, monkeypatch
+):
+    first, _ = bytes_under("3")
+    meanwhile, _ = bytes_under("6")
+
+    done, lines = await migrate_while_serving(db, config, tmp_path, monkeypatch, first, meanwhile)
+
+    assert (done.copied, done.passes, done.settled) == (2, 2, True)
+    assert not [line for line in lines if line.startswith("pass ")]
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_migrate_holds_a_group_of_names_at_once_not_all_of_them(db, tmp_path):
+    """16,384 blobs recorded an hour ago (their bytes missing, the cheapest to go through):
+    the names of all at once, and of those dealt with, peaked at 8 MB."""
+    hour_ago = int(time.time()) - 3600
+    await asyncio.gather(
+        *(
+            queries.register_upload(
+                db,
+                sha256=secrets.token_hex(32),
+                size_bytes=1,
+                content_type="application/octet-stream",
+                original_name="f.bin",
+                at=hour_ago,
+            )
+            for _ in range(16_384)
+        )
     )
+    source = LocalBlobStore(tmp_path / "source" / "blobs")
+    target = LocalBlobStore(tmp_path / "target" / "blobs")
+    tracemalloc.start()
+    try:
+        done = await migrate(db, source, target)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        source.close()
+        target.close()
+
+    assert (done.missing, done.passes, done.settled) == (16_384, 2, True)
+    assert peak < 1024 * 1024
 
 
 def test_accel_redirect_with_the_s3_store_is_one_warning_at_start(tmp_path, config, free_port):

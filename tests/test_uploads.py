@@ -241,6 +241,27 @@ async def test_the_sizes_of_a_group_are_those_of_the_blobs_whose_sha256_starts_w
 
 
 @pytest.mark.gen_test
+async def test_the_times_of_blobs_are_those_of_a_group_or_those_recorded_since(db):
+    times = {"0f": 1_000, "10": 2_000, "ff": 3_000}
+    shas = {}
+    for prefix, at in times.items():
+        _, shas[prefix] = bytes_under(prefix)
+        await queries.register_upload(
+            db,
+            sha256=shas[prefix],
+            size_bytes=1,
+            content_type="application/octet-stream",
+            original_name="f.bin",
+            at=at,
+        )
+
+    assert await queries.blob_times(db, prefix="10") == {shas["10"]: 2_000}
+    assert await queries.blob_times(db, since=2_000) == {shas["10"]: 2_000, shas["ff"]: 3_000}
+    assert await queries.blob_times(db, prefix="0f", since=2_000) == {}
+    assert await queries.blob_times(db) == {shas[p]: at for p, at in times.items()}
+
+
+@pytest.mark.gen_test
 async def test_gc_verify_finds_bytes_changed_at_the_same_size(db, store, thumbs):
     flipped, _ = await store_upload(db, store, b"a bit flips on the disk " * 50_000)
     whole, _ = await store_upload(db, store, b"these stay as they were " * 50_000)

@@ -460,24 +460,43 @@ async def referenced_among(db: Database, sha256s: Iterable[str]) -> set[str]:
     return await db.read(work)
 
 
-async def all_blob_sha256s(db: Database) -> list[str]:
-    rows = await db.read(lambda tx: tx.fetchall("SELECT sha256 FROM blobs"))
-    return [row[0] for row in rows]
-
-
 async def blob_sizes(db: Database, *, prefix: str = "") -> dict[str, int]:
     """The size recorded for each blob whose SHA-256 starts with `prefix` (hex digits), by
     SHA-256: for `hostd gc` to check the store's, and for backups."""
-    sql, params = "SELECT sha256, size_bytes FROM blobs", []
-    if prefix:  # a range, which the primary key's index answers, where LIKE may scan
-        sql += " WHERE sha256 >= ?"
-        params.append(prefix)
-        after = int(prefix, 16) + 1
-        if after < 16 ** len(prefix):
-            sql += " AND sha256 < ?"
-            params.append(f"{after:0{len(prefix)}x}")
-    rows = await db.read(lambda tx: tx.fetchall(sql, params))
+    where, params = _sha256_range(prefix)
+    rows = await db.read(
+        lambda tx: tx.fetchall(f"SELECT sha256, size_bytes FROM blobs{where}", params)
+    )
     return {row[0]: row[1] for row in rows}
+
+
+async def blob_times(db: Database, *, prefix: str = "", since: int | None = None) -> dict[str, int]:
+    """When each blob was recorded (its created_at), by SHA-256: those whose SHA-256 starts
+    with `prefix`, or with `since`, those recorded at or after it (a scan: there is no index
+    on the time, which every upload would pay for). For `hostd storage migrate`, which walks
+    the blobs a group at a time, then takes those recorded meanwhile."""
+    where, params = _sha256_range(prefix)
+    if since is not None:
+        where += " AND created_at >= ?" if where else " WHERE created_at >= ?"
+        params.append(since)
+    rows = await db.read(
+        lambda tx: tx.fetchall(f"SELECT sha256, created_at FROM blobs{where}", params)
+    )
+    return {row[0]: row[1] for row in rows}
+
+
+def _sha256_range(prefix: str) -> tuple[str, list[object]]:
+    """The WHERE clause of the SHA-256s that start with `prefix`: a range, which the primary
+    key's index answers, where LIKE may scan."""
+    if not prefix:
+        return "", []
+    params: list[object] = [prefix]
+    where = " WHERE sha256 >= ?"
+    after = int(prefix, 16) + 1
+    if after < 16 ** len(prefix):
+        where += " AND sha256 < ?"
+        params.append(f"{after:0{len(prefix)}x}")
+    return where, params
 
 
 @dataclass(frozen=True)
