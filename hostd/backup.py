@@ -26,7 +26,8 @@ from hostd import db
 from hostd.db import Damaged, Database
 from hostd.db.sqlite import check_pages, owner_only
 from hostd.hashes import SHA256_GROUPS
-from hostd.storage import BLOB_MODE, BlobDamaged, BlobMissing, BlobStore
+from hostd.local import BLOB_MODE
+from hostd.storage import BlobDamaged, BlobMissing, BlobStore
 
 DATABASE_NAME = "hostd.sqlite3"
 

@@ -37,7 +37,8 @@ from hostd.config import Config
 from hostd.db import ApiKey, Blob, Database, Resumable, Upload
 from hostd.formdata import UploadError
 from hostd.limits import Limits, quota_message
-from hostd.storage import AdoptsFiles, BlobStore, WrittenBlob, sync_path
+from hostd.local import sync_path
+from hostd.storage import AdoptsFiles, BlobStore, WrittenBlob
 from hostd.throttle import address_key
 
 log = logging.getLogger("hostd")

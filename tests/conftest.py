@@ -37,7 +37,8 @@ from hostd.config import Config
 from hostd.db import Database, User
 from hostd.handlers.base import SESSION_COOKIE
 from hostd.limits import Limits
-from hostd.storage import BlobStore, LocalBlobStore, store_from
+from hostd.local import LocalBlobStore
+from hostd.storage import BlobStore, store_from
 from hostd.thumbs import Thumbnails
 
 

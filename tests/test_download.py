@@ -21,7 +21,8 @@ from hostd import uploads
 from hostd.handlers import all_routes, download
 from hostd.handlers.download import content_disposition, parse_range
 from hostd.hashes import PUBLIC_HASH_PATTERN
-from hostd.storage import READ_CHUNK_BYTES, LocalBlobStore, store_from
+from hostd.local import LocalBlobStore
+from hostd.storage import READ_CHUNK_BYTES, store_from
 
 ACCEL_PREFIX = "/_hostd_blobs/"
 

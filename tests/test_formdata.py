@@ -15,7 +15,7 @@ from hostd.formdata import (
     boundary_of,
     clean_filename,
 )
-from hostd.storage import LocalBlobStore
+from hostd.local import LocalBlobStore
 
 
 @pytest.fixture

@@ -35,7 +35,7 @@ from hostd.db import moderation
 from hostd.db.core import BAN_LIST_SECONDS, BanList
 from hostd.db.stats import DAY_SECONDS as DAY
 from hostd.hashes import public_hash_candidates
-from hostd.storage import LocalBlobStore
+from hostd.local import LocalBlobStore
 
 REASON = "reported as stolen artwork (ticket 42)"
 

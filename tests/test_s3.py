@@ -36,8 +36,9 @@ from test_upload import many_clients_one_address
 from hostd import db as queries
 from hostd import s3, uploads
 from hostd.db import Database
+from hostd.local import LocalBlobStore
 from hostd.migrate import migrate
-from hostd.storage import LocalBlobStore, store_from
+from hostd.storage import store_from
 
 STORAGE_BACKENDS = ("s3",)
 MiB = 1024 * 1024

@@ -17,17 +17,17 @@ import pytest
 from conftest import CrampedBlobStore
 from helpers import bytes_under
 
-from hostd import storage
+import hostd.local
 from hostd.hashes import public_hash_candidates
-from hostd.storage import (
+from hostd.local import (
     QUEUE_LIMIT_BYTES,
     WRITE_BATCH_BYTES,
     WRITEBACK_BYTES,
-    BlobMissing,
     FolderSet,
     LocalBlobStore,
     hash_keeping_the_gil,
 )
+from hostd.storage import BlobMissing
 
 
 @pytest.mark.parametrize("size", [1, 2047, 2048, 4095, 4096, 16 * 1024, 16 * 1024 + 1, 100_000])
@@ -110,8 +110,8 @@ async def test_placing_makes_the_file_and_each_new_folder_durable(local, monkeyp
     known durable is not synced again. Made folders are synced after the rename, in one go
     with it, so that a new folder costs no wait of its own."""
     synced = []
-    real = storage.sync_path
-    monkeypatch.setattr(storage, "sync_path", lambda path: (synced.append(path), real(path)))
+    real = hostd.local.sync_path
+    monkeypatch.setattr(hostd.local, "sync_path", lambda path: (synced.append(path), real(path)))
     first, first_sha = bytes_under("")
     beside, _ = bytes_under(first_sha[:4], start=1)  # in the same ab/cd/
     root = os.fspath(local.root)
@@ -243,14 +243,14 @@ async def test_a_copy_there_is_replaced_only_by_bytes_already_on_the_disk(local,
         target.parent.mkdir(parents=True)
         target.write_bytes(other)
     else:
-        rename_new = storage._rename_new
+        rename_new = hostd.local._rename_new
 
         def placed_meanwhile(source, destination):
             with open(destination, "xb") as file:
                 file.write(other)
             return rename_new(source, destination)
 
-        monkeypatch.setattr(storage, "_rename_new", placed_meanwhile)
+        monkeypatch.setattr(hostd.local, "_rename_new", placed_meanwhile)
     syncs = record_syncs(monkeypatch)
     writer = local.writer()
     writer.write(data)
@@ -396,8 +396,8 @@ async def test_a_large_file_is_sent_on_to_the_disk_while_it_arrives(local, monke
         asked.append((offset, length))
         real_start_writeback(fd, offset, length)
 
-    real_start_writeback = storage.start_writeback
-    monkeypatch.setattr(storage, "start_writeback", start_writeback)
+    real_start_writeback = hostd.local.start_writeback
+    monkeypatch.setattr(hostd.local, "start_writeback", start_writeback)
     size = 5 * WRITEBACK_BYTES + 12345
     data = os.urandom(size)
     writer = local.writer()
@@ -425,12 +425,12 @@ def test_start_writeback_is_the_kernels_and_leaves_the_bytes_as_they_are(tmp_pat
     fd = os.open(path, os.O_WRONLY | os.O_CREAT)
     try:
         os.write(fd, data)
-        storage.start_writeback(fd, 0, len(data))
+        hostd.local.start_writeback(fd, 0, len(data))
         os.fsync(fd)
     finally:
         os.close(fd)
 
-    assert storage._sync_file_range is not None
+    assert hostd.local._sync_file_range is not None
     assert path.read_bytes() == data
 
 
@@ -475,7 +475,7 @@ async def test_a_start_removes_temp_files_of_gone_processes_only(local, tmp_path
 CRASHING_UPLOAD = """
 import os, sys
 from pathlib import Path
-from hostd.storage import LocalBlobStore
+from hostd.local import LocalBlobStore
 store = LocalBlobStore(Path(sys.argv[1]))
 writer = store.writer()
 writer._write([b"half an upload"])
