@@ -31,6 +31,10 @@ MAX_PASSES = 10
 # the blobs recorded since the pass before began, less this.
 CLOCK_SKEW_SECONDS = 300
 
+# A pass's blobs, a group at a time: by SHA-256, when each was recorded; and what the target
+# lists of them, by SHA-256, its size (None: not listed, the target is asked about each).
+Groups = AsyncIterator[tuple[dict[str, int], dict[str, int] | None]]
+
 
 @dataclass
 class Migrated:
@@ -65,10 +69,9 @@ async def migrate(
     while done.passes < MAX_PASSES:
         done.passes += 1
         began = int(time.time()) - CLOCK_SKEW_SECONDS
-        groups: AsyncIterator[dict[str, int]]
         if since is None:
             total = (await db.get_stored(database)).files
-            groups = _every_group(database)
+            groups = _every_group(database, target)
         else:
             recorded = await db.blob_times(database, since=since)
             new = {sha256: at for sha256, at in recorded.items() if sha256 not in dealt_with}
@@ -84,34 +87,39 @@ async def migrate(
     return done
 
 
-async def _every_group(database: Database) -> AsyncIterator[dict[str, int]]:
+async def _every_group(database: Database, target: BlobStore) -> Groups:
     """The blobs, one group of SHA-256s at a time (SHA256_GROUPS): by SHA-256, when each
-    was recorded."""
+    was recorded; and what target holds of the group, by SHA-256, its size. One listing a
+    group where asking for each file would be a request each to S3: a million of them, for
+    the run made with the server stopped."""
     for group in SHA256_GROUPS:
-        yield await db.blob_times(database, prefix=group)
+        names = await db.blob_times(database, prefix=group)
+        listed = {b.sha256: b.size_bytes async for b in target.list_blobs(group)} if names else {}
+        yield names, listed
 
 
-async def _one(names: dict[str, int]) -> AsyncIterator[dict[str, int]]:
-    yield names
+async def _one(names: dict[str, int]) -> Groups:
+    yield names, None  # a few: target is asked about each
 
 
 async def _pass(
     database: Database,
     source: BlobStore,
     target: BlobStore,
-    groups: AsyncIterator[dict[str, int]],
+    groups: Groups,
     total: int,
     recent_since: int,
     done: Migrated,
     progress: Callable[[str], None],
 ) -> tuple[int, dict[str, int]]:
     """Copy what target lacks of the blobs named in `groups` (SHA-256 -> when recorded), in
-    order. Returns how many were dealt with, and those of them recorded at or after
-    `recent_since`, with when (a blob removed meanwhile is not dealt with: uploaded again,
-    a later pass takes it)."""
+    order; with what target lists of them (SHA-256 -> size), a blob counts as there when
+    listed at its recorded size (at another, a copy cut short: copied again). Returns how
+    many were dealt with, and those of them recorded at or after `recent_since`, with when
+    (a blob removed meanwhile is not dealt with: uploaded again, a later pass takes it)."""
     dealt_with, recent = 0, {}
     number = 0
-    async for names in groups:
+    async for names, listed in groups:
         for sha256, recorded_at in sorted(names.items()):
             number += 1
             total = max(total, number)  # more recorded meanwhile
@@ -121,7 +129,11 @@ async def _pass(
             dealt_with += 1
             if recorded_at >= recent_since:
                 recent[sha256] = recorded_at
-            if await target.exists(sha256):
+            if (
+                await target.exists(sha256)
+                if listed is None
+                else listed.get(sha256) == blob.size_bytes
+            ):
                 done.already_there += 1
                 progress(f"[{number}/{total}] {sha256}: already there")
                 continue

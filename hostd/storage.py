@@ -87,7 +87,7 @@ class BlobReader(Protocol):
 
 @dataclass(frozen=True)
 class StoredBlob:
-    """A blob as the store lists it, for `hostd gc`."""
+    """A blob as the store lists it, for `hostd gc` and `hostd storage migrate`."""
 
     sha256: str
     modified_at: float

@@ -560,6 +560,54 @@ async def test_migrate_takes_an_upload_to_a_group_yet_to_walk_in_the_same_pass(
 
 
 @pytest.mark.gen_test(timeout=60)
+async def test_migrate_run_again_lists_the_target_a_group_at_a_time_and_asks_of_no_file(
+    db, tmp_path, monkeypatch
+):
+    source = LocalBlobStore(tmp_path / "source" / "blobs")
+    target = LocalBlobStore(tmp_path / "target" / "blobs")
+    for number in range(20):
+        await store_upload(db, source, b"file %d" % number)
+    await migrate(db, source, target)
+    asked, listed = [], []
+    monkeypatch.setattr(target, "exists", lambda sha256: asked.append(sha256))
+    list_blobs = target.list_blobs
+
+    def list_group(prefix=""):
+        listed.append(prefix)
+        return list_blobs(prefix)
+
+    monkeypatch.setattr(target, "list_blobs", list_group)
+
+    try:
+        again = await migrate(db, source, target)
+    finally:
+        source.close()
+        target.close()
+
+    assert (again.already_there, again.copied) == (20, 0)
+    assert asked == [] and 0 < len(listed) <= 20 and all(len(p) == 2 for p in listed)
+
+
+@pytest.mark.gen_test
+async def test_migrate_copies_again_what_the_target_holds_at_another_size(db, tmp_path):
+    source = LocalBlobStore(tmp_path / "source" / "blobs")
+    target = LocalBlobStore(tmp_path / "target" / "blobs")
+    blob, _ = await store_upload(db, source, b"the whole file")
+    cut_short = target.path(blob.sha256)
+    cut_short.parent.mkdir(parents=True)
+    cut_short.write_bytes(b"the wh")
+
+    try:
+        done = await migrate(db, source, target)
+    finally:
+        source.close()
+        target.close()
+
+    assert (done.copied, done.already_there) == (1, 0)
+    assert cut_short.read_bytes() == b"the whole file"
+
+
+@pytest.mark.gen_test(timeout=60)
 async def test_migrate_holds_a_group_of_names_at_once_not_all_of_them(db, tmp_path):
     """16,384 blobs recorded an hour ago (their bytes missing, the cheapest to go through):
     the names of all at once, and of those dealt with, peaked at 8 MB."""
