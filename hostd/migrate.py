@@ -10,6 +10,8 @@ or interrupted run, is skipped), set storage.backend, start the server.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import time
 from collections.abc import AsyncIterator, Callable
@@ -30,10 +32,17 @@ MAX_PASSES = 10
 # How far the clocks of hostd instances on one database may be apart: a later pass asks for
 # the blobs recorded since the pass before began, less this.
 CLOCK_SKEW_SECONDS = 300
+# Copies in flight at once: to S3 each is a few round trips, which one at a time would leave
+# most of a migration waiting on the network. Bigger blobs than SMALL_COPY_BYTES are copied
+# one at a time (beside small ones), as each holds parts of 8 MiB in memory to S3.
+COPIES_AT_ONCE = 8
+SMALL_COPY_BYTES = 1024 * 1024
 
 # A pass's blobs, a group at a time: by SHA-256, when each was recorded; and what the target
 # lists of them, by SHA-256, its size (None: not listed, the target is asked about each).
 Groups = AsyncIterator[tuple[dict[str, int], dict[str, int] | None]]
+# One blob of a pass: its SHA-256, when it was recorded, what the target lists of its group.
+Item = tuple[str, int, dict[str, int] | None]
 
 
 @dataclass
@@ -77,13 +86,15 @@ async def migrate(
             new = {sha256: at for sha256, at in recorded.items() if sha256 not in dealt_with}
             if new:
                 progress(f"pass {done.passes}: {len(new)} file(s) recorded since the last pass")
-            groups, total = _one(new), len(new)
-        found, recent = await _pass(database, source, target, groups, total, began, done, progress)
-        if not found:
+            groups, total = _as_one_group(new), len(new)
+        this = _Pass(database, source, target, total, began, done, progress)
+        await this.run(groups)
+        if not this.dealt_with:
             done.settled = True
             break
         since = began
-        dealt_with = {sha256: at for sha256, at in {**dealt_with, **recent}.items() if at >= since}
+        kept = {**dealt_with, **this.recent}
+        dealt_with = {sha256: at for sha256, at in kept.items() if at >= since}
     return done
 
 
@@ -98,57 +109,97 @@ async def _every_group(database: Database, target: BlobStore) -> Groups:
         yield names, listed
 
 
-async def _one(names: dict[str, int]) -> Groups:
+async def _as_one_group(names: dict[str, int]) -> Groups:
     yield names, None  # a few: target is asked about each
 
 
-async def _pass(
-    database: Database,
-    source: BlobStore,
-    target: BlobStore,
-    groups: Groups,
-    total: int,
-    recent_since: int,
-    done: Migrated,
-    progress: Callable[[str], None],
-) -> tuple[int, dict[str, int]]:
-    """Copy what target lacks of the blobs named in `groups` (SHA-256 -> when recorded), in
-    order; with what target lists of them (SHA-256 -> size), a blob counts as there when
-    listed at its recorded size (at another, a copy cut short: copied again). Returns how
-    many were dealt with, and those of them recorded at or after `recent_since`, with when
-    (a blob removed meanwhile is not dealt with: uploaded again, a later pass takes it)."""
-    dealt_with, recent = 0, {}
-    number = 0
-    async for names, listed in groups:
-        for sha256, recorded_at in sorted(names.items()):
-            number += 1
-            total = max(total, number)  # more recorded meanwhile
-            blob = await db.get_blob_by_sha256(database, sha256)
-            if blob is None:
-                continue  # removed meanwhile
-            dealt_with += 1
-            if recorded_at >= recent_since:
-                recent[sha256] = recorded_at
-            if (
-                await target.exists(sha256)
-                if listed is None
-                else listed.get(sha256) == blob.size_bytes
-            ):
-                done.already_there += 1
-                progress(f"[{number}/{total}] {sha256}: already there")
-                continue
-            try:
-                size = await _copy(source, target, sha256, blob.size_bytes)
-            except BlobMissing:
-                done.missing += 1
-                progress(f"[{number}/{total}] {sha256}: MISSING from the source, not copied")
-                continue
-            if await _sha256_in(target, sha256, size) != sha256:
-                raise MigrationError(f"{sha256}: the copy reads back with another SHA-256")
-            done.copied += 1
-            done.bytes_copied += size
-            progress(f"[{number}/{total}] {sha256}: copied, {size} bytes, verified")
-    return dealt_with, recent
+class _Pass:
+    """One pass over the blobs named in its groups: copies what target lacks, up to
+    COPIES_AT_ONCE at once (one at a time above SMALL_COPY_BYTES), and counts into `done`.
+    `dealt_with` counts the blobs dealt with, and `recent` holds those of them recorded at or
+    after `recent_since`, with when (a blob removed meanwhile is not dealt with: uploaded
+    again, a later pass takes it)."""
+
+    def __init__(
+        self,
+        database: Database,
+        source: BlobStore,
+        target: BlobStore,
+        total: int,
+        recent_since: int,
+        done: Migrated,
+        progress: Callable[[str], None],
+    ) -> None:
+        self.database, self.source, self.target = database, source, target
+        self.total, self.recent_since = total, recent_since
+        self.done, self.progress = done, progress
+        self.number = 0
+        self.dealt_with = 0
+        self.recent: dict[str, int] = {}
+        self._big = asyncio.Lock()
+
+    async def run(self, groups: Groups) -> None:
+        """The blobs in order, fed to COPIES_AT_ONCE copiers, each taking the next as it
+        ends one (across groups: a small store has a file or two in each)."""
+        queue: asyncio.Queue[Item | None] = asyncio.Queue(COPIES_AT_ONCE)
+        tasks = [
+            asyncio.ensure_future(self._feed(groups, queue)),
+            *(asyncio.ensure_future(self._copier(queue)) for _ in range(COPIES_AT_ONCE)),
+        ]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+
+    async def _feed(self, groups: Groups, queue: asyncio.Queue[Item | None]) -> None:
+        async for names, listed in groups:
+            for sha256, recorded_at in sorted(names.items()):
+                await queue.put((sha256, recorded_at, listed))
+        for _ in range(COPIES_AT_ONCE):
+            await queue.put(None)  # the end, for each copier
+
+    async def _copier(self, queue: asyncio.Queue[Item | None]) -> None:
+        while (item := await queue.get()) is not None:
+            await self._deal_with(*item)
+
+    async def _deal_with(
+        self, sha256: str, recorded_at: int, listed: dict[str, int] | None
+    ) -> None:
+        """With what target lists of the group (SHA-256 -> size), a blob counts as there when
+        listed at its recorded size (at another, a copy cut short: copied again)."""
+        self.number += 1
+        self.total = max(self.total, self.number)  # more recorded meanwhile
+        at = f"[{self.number}/{self.total}] {sha256}"
+        blob = await db.get_blob_by_sha256(self.database, sha256)
+        if blob is None:
+            return  # removed meanwhile
+        self.dealt_with += 1
+        if recorded_at >= self.recent_since:
+            self.recent[sha256] = recorded_at
+        if listed is None:
+            there = await self.target.exists(sha256)
+        else:
+            there = listed.get(sha256) == blob.size_bytes
+        if there:
+            self.done.already_there += 1
+            self.progress(f"{at}: already there")
+            return
+        try:
+            big = blob.size_bytes > SMALL_COPY_BYTES
+            async with self._big if big else contextlib.nullcontext():
+                size = await _copy(self.source, self.target, sha256, blob.size_bytes)
+        except BlobMissing:
+            self.done.missing += 1
+            self.progress(f"{at}: MISSING from the source, not copied")
+            return
+        if await _sha256_in(self.target, sha256, size) != sha256:
+            raise MigrationError(f"{sha256}: the copy reads back with another SHA-256")
+        self.done.copied += 1
+        self.done.bytes_copied += size
+        self.progress(f"{at}: copied, {size} bytes, verified")
 
 
 async def _copy(source: BlobStore, target: BlobStore, sha256: str, size: int) -> int:

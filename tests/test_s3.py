@@ -37,7 +37,7 @@ from hostd import db as queries
 from hostd import s3, uploads
 from hostd.db import Database
 from hostd.local import LocalBlobStore
-from hostd.migrate import migrate
+from hostd.migrate import COPIES_AT_ONCE, MigrationError, migrate
 from hostd.storage import store_from
 
 STORAGE_BACKENDS = ("s3",)
@@ -605,6 +605,82 @@ async def test_migrate_copies_again_what_the_target_holds_at_another_size(db, tm
 
     assert (done.copied, done.already_there) == (1, 0)
     assert cut_short.read_bytes() == b"the whole file"
+
+
+async def migrate_with_slow_places(db, tmp_path, monkeypatch, count: int, place=None):
+    """migrate() of `count` files, each in a group of its own (as in a small store), between
+    two local stores, each place() in the target taking 10 ms (then running `place`); the
+    Migrated, and the most places that were in flight at once."""
+    source = LocalBlobStore(tmp_path / "source" / "blobs")
+    target = LocalBlobStore(tmp_path / "target" / "blobs")
+    for group in range(count):
+        await store_upload(db, source, bytes_under(f"{group:02x}")[0])
+    in_flight, most = 0, 0
+    real_place = target.place
+
+    async def slow_place(written):
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        try:
+            await asyncio.sleep(0.01)
+            return await (place or real_place)(written)
+        finally:
+            in_flight -= 1
+
+    monkeypatch.setattr(target, "place", slow_place)
+    try:
+        done = await migrate(db, source, target)
+    finally:
+        source.close()
+        target.close()
+    return done, most
+
+
+@pytest.mark.gen_test
+async def test_migrate_copies_small_files_several_at_once(db, tmp_path, monkeypatch):
+    done, most = await migrate_with_slow_places(db, tmp_path, monkeypatch, 12)
+
+    assert done.copied == 12
+    assert most == COPIES_AT_ONCE
+
+
+@pytest.mark.gen_test
+async def test_migrate_copies_big_files_one_at_a_time(db, tmp_path, monkeypatch):
+    monkeypatch.setattr("hostd.migrate.SMALL_COPY_BYTES", 0)  # each file counts as big
+
+    done, most = await migrate_with_slow_places(db, tmp_path, monkeypatch, 4)
+
+    assert done.copied == 4
+    assert most == 1
+
+
+@pytest.mark.gen_test
+async def test_a_copy_that_reads_back_wrong_stops_migrate_and_the_copies_beside_it(
+    db, tmp_path, monkeypatch
+):
+    placed, after_the_end = [], []
+
+    async def place_then_damage(written):
+        if ended:
+            after_the_end.append(written.sha256)
+        store = written.handle._store
+        there = await LocalBlobStore.place(store, written)
+        placed.append(written.sha256)
+        if len(placed) == 3:  # a disk that gives back other bytes
+            store.path(written.sha256).write_bytes(b"other bytes")
+        return there
+
+    ended = False
+    with pytest.raises(MigrationError, match="the copy reads back with another SHA-256"):
+        await migrate_with_slow_places(db, tmp_path, monkeypatch, 12, place=place_then_damage)
+    ended = True
+
+    await asyncio.sleep(0.05)  # a copy that went on would be placing its file by now
+    assert after_the_end == []
+    stored = [p for p in (tmp_path / "target" / "blobs").rglob("*") if p.is_file()]
+    damaged = [p.name for p in stored if hashlib.sha256(p.read_bytes()).hexdigest() != p.name]
+    assert damaged == [placed[2]]  # and every other copy whole, or not made
 
 
 @pytest.mark.gen_test(timeout=60)
