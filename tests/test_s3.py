@@ -559,12 +559,21 @@ async def test_migrate_takes_an_upload_to_a_group_yet_to_walk_in_the_same_pass(
     assert not [line for line in lines if line.startswith("pass ")]
 
 
-@pytest.mark.gen_test(timeout=60)
-async def test_migrate_run_again_lists_the_target_a_group_at_a_time_and_asks_of_no_file(
-    db, tmp_path, monkeypatch
-):
+@pytest.fixture
+def local_pair(tmp_path):
+    """Two local stores, a source and a target for migrate()."""
     source = LocalBlobStore(tmp_path / "source" / "blobs")
     target = LocalBlobStore(tmp_path / "target" / "blobs")
+    yield source, target
+    source.close()
+    target.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_migrate_run_again_lists_the_target_a_group_at_a_time_and_asks_of_no_file(
+    db, local_pair, monkeypatch
+):
+    source, target = local_pair
     for number in range(20):
         await store_upload(db, source, b"file %d" % number)
     await migrate(db, source, target)
@@ -578,41 +587,31 @@ async def test_migrate_run_again_lists_the_target_a_group_at_a_time_and_asks_of_
 
     monkeypatch.setattr(target, "list_blobs", list_group)
 
-    try:
-        again = await migrate(db, source, target)
-    finally:
-        source.close()
-        target.close()
+    again = await migrate(db, source, target)
 
     assert (again.already_there, again.copied) == (20, 0)
     assert asked == [] and 0 < len(listed) <= 20 and all(len(p) == 2 for p in listed)
 
 
 @pytest.mark.gen_test
-async def test_migrate_copies_again_what_the_target_holds_at_another_size(db, tmp_path):
-    source = LocalBlobStore(tmp_path / "source" / "blobs")
-    target = LocalBlobStore(tmp_path / "target" / "blobs")
+async def test_migrate_copies_again_what_the_target_holds_at_another_size(db, local_pair):
+    source, target = local_pair
     blob, _ = await store_upload(db, source, b"the whole file")
     cut_short = target.path(blob.sha256)
     cut_short.parent.mkdir(parents=True)
     cut_short.write_bytes(b"the wh")
 
-    try:
-        done = await migrate(db, source, target)
-    finally:
-        source.close()
-        target.close()
+    done = await migrate(db, source, target)
 
     assert (done.copied, done.already_there) == (1, 0)
     assert cut_short.read_bytes() == b"the whole file"
 
 
-async def migrate_with_slow_places(db, tmp_path, monkeypatch, count: int, place=None):
+async def migrate_with_slow_places(db, local_pair, monkeypatch, count: int, place=None):
     """migrate() of `count` files, each in a group of its own (as in a small store), between
     two local stores, each place() in the target taking 10 ms (then running `place`); the
     Migrated, and the most places that were in flight at once."""
-    source = LocalBlobStore(tmp_path / "source" / "blobs")
-    target = LocalBlobStore(tmp_path / "target" / "blobs")
+    source, target = local_pair
     for group in range(count):
         await store_upload(db, source, bytes_under(f"{group:02x}")[0])
     in_flight, most = 0, 0
@@ -629,27 +628,23 @@ async def migrate_with_slow_places(db, tmp_path, monkeypatch, count: int, place=
             in_flight -= 1
 
     monkeypatch.setattr(target, "place", slow_place)
-    try:
-        done = await migrate(db, source, target)
-    finally:
-        source.close()
-        target.close()
+    done = await migrate(db, source, target)
     return done, most
 
 
 @pytest.mark.gen_test
-async def test_migrate_copies_small_files_several_at_once(db, tmp_path, monkeypatch):
-    done, most = await migrate_with_slow_places(db, tmp_path, monkeypatch, 12)
+async def test_migrate_copies_small_files_several_at_once(db, local_pair, monkeypatch):
+    done, most = await migrate_with_slow_places(db, local_pair, monkeypatch, 12)
 
     assert done.copied == 12
     assert most == COPIES_AT_ONCE
 
 
 @pytest.mark.gen_test
-async def test_migrate_copies_big_files_one_at_a_time(db, tmp_path, monkeypatch):
+async def test_migrate_copies_big_files_one_at_a_time(db, local_pair, monkeypatch):
     monkeypatch.setattr("hostd.migrate.SMALL_COPY_BYTES", 0)  # each file counts as big
 
-    done, most = await migrate_with_slow_places(db, tmp_path, monkeypatch, 4)
+    done, most = await migrate_with_slow_places(db, local_pair, monkeypatch, 4)
 
     assert done.copied == 4
     assert most == 1
@@ -657,7 +652,7 @@ async def test_migrate_copies_big_files_one_at_a_time(db, tmp_path, monkeypatch)
 
 @pytest.mark.gen_test
 async def test_a_copy_that_reads_back_wrong_stops_migrate_and_the_copies_beside_it(
-    db, tmp_path, monkeypatch
+    db, local_pair, monkeypatch
 ):
     placed, after_the_end = [], []
 
@@ -673,18 +668,18 @@ async def test_a_copy_that_reads_back_wrong_stops_migrate_and_the_copies_beside_
 
     ended = False
     with pytest.raises(MigrationError, match="the copy reads back with another SHA-256"):
-        await migrate_with_slow_places(db, tmp_path, monkeypatch, 12, place=place_then_damage)
+        await migrate_with_slow_places(db, local_pair, monkeypatch, 12, place=place_then_damage)
     ended = True
 
     await asyncio.sleep(0.05)  # a copy that went on would be placing its file by now
     assert after_the_end == []
-    stored = [p for p in (tmp_path / "target" / "blobs").rglob("*") if p.is_file()]
+    stored = [p for p in local_pair[1].root.rglob("*") if p.is_file()]
     damaged = [p.name for p in stored if hashlib.sha256(p.read_bytes()).hexdigest() != p.name]
     assert damaged == [placed[2]]  # and every other copy whole, or not made
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_migrate_holds_a_group_of_names_at_once_not_all_of_them(db, tmp_path):
+async def test_migrate_holds_a_group_of_names_at_once_not_all_of_them(db, local_pair):
     """16,384 blobs recorded an hour ago (their bytes missing, the cheapest to go through):
     the names of all at once, and of those dealt with, peaked at 8 MB."""
     hour_ago = int(time.time()) - 3600
@@ -701,16 +696,13 @@ async def test_migrate_holds_a_group_of_names_at_once_not_all_of_them(db, tmp_pa
             for _ in range(16_384)
         )
     )
-    source = LocalBlobStore(tmp_path / "source" / "blobs")
-    target = LocalBlobStore(tmp_path / "target" / "blobs")
+    source, target = local_pair
     tracemalloc.start()
     try:
         done = await migrate(db, source, target)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-        source.close()
-        target.close()
 
     assert (done.missing, done.passes, done.settled) == (16_384, 2, True)
     assert peak < 1024 * 1024
