@@ -26,8 +26,9 @@ def public_hash_candidates(sha256: str) -> list[str]:
     return [encoded[:n] for n in range(PUBLIC_HASH_MIN, PUBLIC_HASH_MAX + 1)]
 
 
-# The 256 groups of SHA-256s by their first two hex digits (a blob's ab/ folder): `hostd gc`
-# and backups walk a store one group at a time, holding 1/256 of its listing at once.
+# The 256 groups of SHA-256s by their first two hex digits (a blob's ab/ folder): `hostd gc`,
+# backups and `hostd storage migrate` walk a store one group at a time, holding 1/256 of its
+# listing at once.
 SHA256_GROUPS = tuple(f"{number:02x}" for number in range(256))
 
 
