@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import sqlite3
 import stat
+import threading
 import time
 
 import pytest
@@ -182,6 +183,45 @@ async def test_a_write_cancelled_before_its_turn_never_runs(db):
         await waiting
     await db.write(insert_blob("f" * 64, "once_more123"))  # the writer has gone round again
     assert await queries.get_blob(db, "cancelledxxx") is None
+
+
+@pytest.mark.sqlite_only
+@pytest.mark.gen_test
+async def test_on_sqlite_the_next_batch_starts_without_waiting_for_the_ioloop(db):
+    """The writer's thread takes what was queued meanwhile as soon as a batch commits: a
+    busy IOLoop (parsing other uploads' bodies) does not hold the next commit back."""
+    ran = threading.Event()
+
+    async def second(tx):
+        ran.set()
+
+    release, first = await hold_writer(db)
+    queued = asyncio.ensure_future(db.write(second))
+    await asyncio.sleep(0)
+
+    release()
+    started_while_the_ioloop_was_busy = ran.wait(5)  # blocks the IOLoop itself
+
+    assert started_while_the_ioloop_was_busy
+    await first
+    await queued
+
+
+@pytest.mark.gen_test
+async def test_writes_arriving_as_the_writer_falls_idle_all_run(db):
+    """Each write either joins the batch under way or starts the writer again: none is
+    left queued with no writer to take it."""
+    results = []
+    for burst in range(60):
+        writes = [
+            db.write(insert_blob(f"{burst:032x}{i:032x}", f"b{burst:03d}i{i:07d}"))
+            for i in range(burst % 4 + 1)
+        ]
+        results += await asyncio.wait_for(asyncio.gather(*writes), 10)
+        await asyncio.sleep(0.0005 * (burst % 3))
+
+    assert len(results) == sum(burst % 4 + 1 for burst in range(60))
+    assert db.waiting == 0
 
 
 @pytest.mark.gen_test

@@ -10,8 +10,11 @@ waits for nothing, and a unit that raises fails only its own caller.
 
 On SQLite the Tx's methods are coroutines that never suspend (sqlite3 is synchronous), so
 a whole batch, or a read, runs as one coroutine driven to its end on the connection's own
-thread: one trip per batch, as before units were coroutines. On PostgreSQL they are
-asyncpg's awaits. Units hold no connection, cursor or lock of their own.
+thread: one trip per batch, as before units were coroutines. That thread then takes the
+next batch itself (Backend.drain), as soon as one commits: a busy IOLoop, parsing other
+uploads' bodies, would otherwise hold the next commit back. On PostgreSQL they are
+asyncpg's awaits, and the drain runs on the IOLoop. Units hold no connection, cursor or
+lock of their own.
 
 No driver type (sqlite3, aiosqlite, asyncpg) appears in a signature outside hostd/db/;
 the dialects live in sqlite.py and postgres.py.
@@ -23,6 +26,7 @@ import asyncio
 import logging
 import re
 import sqlite3
+import threading
 import time
 import urllib.parse
 from collections import OrderedDict
@@ -108,7 +112,7 @@ class Backend(Protocol):
 
     async def lookup(self, work: Work[T]) -> T: ...
 
-    async def run_batch(self, works: list[Work[Any]]) -> list[tuple[bool, Any]]: ...
+    async def drain(self, take: Callable[[], Batch | None]) -> None: ...
 
     async def migrate(self) -> int: ...
 
@@ -441,6 +445,47 @@ class _Unit:
         self.dropped = False  # its caller went away before the writer took it
 
 
+class Batch:
+    """Units the writer took together: their works, and where their outcomes go."""
+
+    __slots__ = ("_database", "_loop", "_units", "works")
+
+    def __init__(
+        self, database: Database, units: list[_Unit], loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self._database = database
+        self._units = units
+        self._loop = loop
+        self.works = [unit.work for unit in units]
+
+    def settle(self, outcomes: list[tuple[bool, Any]]) -> None:
+        """Answer each unit's caller, from any thread (the IOLoop does it)."""
+        self._loop.call_soon_threadsafe(self._answer, outcomes)
+
+    def _answer(self, outcomes: list[tuple[bool, Any]]) -> None:
+        stats = self._database.stats
+        stats.commits += 1
+        stats.units += len(self._units)
+        for unit, (ok, value) in zip(self._units, outcomes, strict=True):
+            if ok:
+                unit.future.set_result(value)
+            else:
+                unit.future.set_exception(value)
+
+
+async def drain_here(
+    run_batch: Callable[[list[Work[Any]]], Coroutine[Any, Any, list[tuple[bool, Any]]]],
+    take: Callable[[], Batch | None],
+) -> None:
+    """A backend's drain on the IOLoop: run each batch `take` hands out until it has none."""
+    while (batch := take()) is not None:
+        try:
+            outcomes = await run_batch(batch.works)
+        except Exception as exc:  # the connection itself failed: every unit fails
+            outcomes = [(False, exc)] * len(batch.works)
+        batch.settle(outcomes)
+
+
 def is_postgresql_url(target: str | Path) -> bool:
     return isinstance(target, str) and target.startswith(("postgresql://", "postgres://"))
 
@@ -463,10 +508,12 @@ class Database:
     def __init__(self, backend: Backend) -> None:
         self._backend = backend
         self.dialect = backend.dialect
+        # The queue, between the IOLoop and a drain that may run in the writer's thread.
+        self._lock = threading.Lock()
         self._queue: list[_Unit] = []
-        self._wakeup = asyncio.Event()
+        self._draining = False
         self._closing = False
-        self._task: asyncio.Task[None] | None = None
+        self._drain: asyncio.Task[None] | None = None
         self.stats = WriterStats()
         # Public hash -> Blob, so that serving a known file needs no trip to the
         # database. A blob row changes only in its expiry (as uploads of it come and go) and
@@ -524,7 +571,6 @@ class Database:
             if type(exc) is sqlite3.DatabaseError:  # damage found past the first page
                 raise cannot_open(target, exc) from exc
             raise
-        database._task = asyncio.get_running_loop().create_task(database._run())
         return database
 
     @classmethod
@@ -544,9 +590,8 @@ class Database:
         if self._closing:
             return
         self._closing = True
-        self._wakeup.set()
-        if self._task is not None:
-            await self._task
+        if self._drain is not None:
+            await self._drain
         await self._backend.close()
         self.changes.close()
 
@@ -593,44 +638,46 @@ class Database:
             raise RuntimeError("the database is closing")
         if self._driver_errors.damaged is not None:  # writes into the damage would spread it
             raise Damaged(self._driver_errors.damaged)
-        unit = _Unit(work, asyncio.get_running_loop().create_future())
-        self._queue.append(unit)
-        self._wakeup.set()
+        loop = asyncio.get_running_loop()
+        unit = _Unit(work, loop.create_future())
+        with self._lock:
+            self._queue.append(unit)
+            start, self._draining = not self._draining, True
+        if start:
+            self._drain = loop.create_task(self._run(loop))
         try:
             with self._driver_errors:
                 return await asyncio.shield(unit.future)
         except asyncio.CancelledError:
-            if not unit.taken:
-                unit.dropped = True
-            elif not unit.future.done():
+            with self._lock:
+                if not unit.taken:
+                    unit.dropped = True
+            if not unit.dropped and not unit.future.done():
                 await asyncio.wait([unit.future])
             if unit.future.done() and not unit.future.cancelled():
                 unit.future.exception()  # retrieved: nobody else will look at it
             raise
 
-    async def _run(self) -> None:
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            batch = [unit for unit in self._queue if not unit.dropped]
-            self._queue = []
-            for unit in batch:
-                unit.taken = True
-            if batch:
-                try:
-                    works = [unit.work for unit in batch]
-                    outcomes = await self._backend.run_batch(works)
-                except Exception as exc:  # the connection itself failed: every unit fails
-                    outcomes = [(False, exc)] * len(batch)
-                self.stats.commits += 1
-                self.stats.units += len(batch)
-                for unit, (ok, value) in zip(batch, outcomes, strict=True):
-                    if ok:
-                        unit.future.set_result(value)
-                    else:
-                        unit.future.set_exception(value)
-            if self._closing and not self._queue:
-                return
+    async def _run(self, loop: asyncio.AbstractEventLoop) -> None:
+        """A drain: the backend runs batches until the queue is empty."""
+
+        def take() -> Batch | None:
+            with self._lock:
+                units = [unit for unit in self._queue if not unit.dropped]
+                self._queue = []
+                for unit in units:
+                    unit.taken = True
+                if not units:
+                    self._draining = False
+                    return None
+            return Batch(self, units, loop)
+
+        try:
+            await self._backend.drain(take)
+        except BaseException:
+            with self._lock:
+                self._draining = False
+            raise
 
     async def backup(self, target: Path) -> None:
         """A consistent copy of the whole database in a SQLite file at `target`, while

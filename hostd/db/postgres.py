@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,10 +23,12 @@ import asyncpg
 
 from hostd.db.core import (
     POSTGRESQL,
+    Batch,
     Changes,
     Row,
     Unsupported,
     Work,
+    drain_here,
     migrations,
     now,
     run_batch,
@@ -364,6 +366,9 @@ class PostgresBackend:
             # it goes, and the release at the end of `acquire` then fails: the database
             # was out of reach, which is what to say (a 503), not asyncpg's inner state.
             raise ConnectionError("the connection to PostgreSQL was lost") from exc
+
+    async def drain(self, take: Callable[[], Batch | None]) -> None:
+        await drain_here(self.run_batch, take)
 
     async def run_batch(self, works: list[Work[Any]]) -> list[tuple[bool, Any]]:
         conn = await self._writer_connection()

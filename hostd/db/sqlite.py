@@ -1,7 +1,8 @@
 """SQLite: a file in WAL mode, one connection for reads and one for the writer's batches.
 
 aiosqlite gives each connection its own thread. A read, or a whole batch, is one coroutine
-whose SQL never suspends; it is driven to its end on that thread in a single trip.
+whose SQL never suspends; it is driven to its end on that thread in a single trip. The
+writer's thread runs batch after batch in one trip while writes keep coming (_drain).
 """
 
 from __future__ import annotations
@@ -17,7 +18,17 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from hostd.db.core import SQLITE, Changes, Row, Unavailable, Work, drive, migrations, run_batch
+from hostd.db.core import (
+    SQLITE,
+    Batch,
+    Changes,
+    Row,
+    Unavailable,
+    Work,
+    drive,
+    migrations,
+    run_batch,
+)
 
 T = TypeVar("T")
 log = logging.getLogger("hostd")
@@ -152,8 +163,8 @@ class SqliteBackend:
         except sqlite3.OperationalError:  # busy, or worse: the reader's thread may wait
             return await self.read(work, False)
 
-    async def run_batch(self, works: list[Work[Any]]) -> list[tuple[bool, Any]]:
-        return await _in_thread(self._writer, _batch, works, self._file)
+    async def drain(self, take: Callable[[], Batch | None]) -> None:
+        await _in_thread(self._writer, _drain, take, self._file)
 
     async def migrate(self) -> int:
         return await _in_thread(self._writer, _migrate)
@@ -221,6 +232,17 @@ def _batch(
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+
+
+def _drain(conn: sqlite3.Connection, take: Callable[[], Batch | None], file: DatabaseFile) -> None:
+    """Batch after batch in this thread, each answered as it commits, until none is left:
+    the next batch starts without waiting for the IOLoop to hear of the last."""
+    while (batch := take()) is not None:
+        try:
+            outcomes = _batch(conn, batch.works, file)
+        except Exception as exc:  # the connection itself failed: every unit fails
+            outcomes = [(False, exc)] * len(batch.works)
+        batch.settle(outcomes)
 
 
 def _read(conn: sqlite3.Connection, work: Work[T], snapshot: bool) -> T:
