@@ -451,13 +451,13 @@ class _Unit:
 class Batch:
     """Units the writer took together: their works, and where their outcomes go."""
 
-    __slots__ = ("_database", "_loop", "_units", "works")
+    __slots__ = ("_loop", "_stats", "_units", "works")
 
     def __init__(
-        self, database: Database, units: list[_Unit], loop: asyncio.AbstractEventLoop
+        self, units: list[_Unit], stats: WriterStats, loop: asyncio.AbstractEventLoop
     ) -> None:
-        self._database = database
         self._units = units
+        self._stats = stats
         self._loop = loop
         self.works = [unit.work for unit in units]
 
@@ -466,9 +466,8 @@ class Batch:
         self._loop.call_soon_threadsafe(self._answer, outcomes)
 
     def _answer(self, outcomes: list[tuple[bool, Any]]) -> None:
-        stats = self._database.stats
-        stats.commits += 1
-        stats.units += len(self._units)
+        self._stats.commits += 1
+        self._stats.units += len(self._units)
         for unit, (ok, value) in zip(self._units, outcomes, strict=True):
             if ok:
                 unit.future.set_result(value)
@@ -673,7 +672,7 @@ class Database:
                 if not units:
                     self._draining = False
                     return None
-            return Batch(self, units, loop)
+            return Batch(units, self.stats, loop)
 
         try:
             await self._backend.drain(take)
