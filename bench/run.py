@@ -105,7 +105,10 @@ DOWNLOAD_CONCURRENCY = 64
 # Four turns of each upload row, not two: the rows nearest their aims (4 KiB uploads on the
 # disk, a 1 GiB upload) swung by a quarter between runs of the same code with two.
 UPLOAD_TURNS = 4
-DOWNLOAD_TURNS = 2
+# Four of each small-download row too: the rows through nginx sat on either side of their
+# 0.9x line from run to run with two (0.81x-1.08x), and in pairs of turns taken one after
+# another hostd's own CPU per request moved by a quarter (255-344 us) with the box's load.
+DOWNLOAD_TURNS = 4
 # The small-download rows with an aim fetch the most recent this many files (a file host's
 # downloads go mostly to a small, recent set; hostd keeps the rows and bytes of 4,096 small
 # blobs in memory). A row without an aim fetches every small file, round and round: a scan
