@@ -27,7 +27,7 @@ from hostd.local import (
     LocalBlobStore,
     hash_keeping_the_gil,
 )
-from hostd.storage import BlobMissing
+from hostd.storage import BlobDamaged, BlobMissing
 
 
 @pytest.mark.parametrize("size", [1, 2047, 2048, 4095, 4096, 16 * 1024, 16 * 1024 + 1, 100_000])
@@ -497,6 +497,51 @@ async def test_delete_and_exists(local):
     assert await local.delete(sha) is False
     with pytest.raises(BlobMissing):
         await local.open(sha)
+
+
+async def stored(store, data):
+    writer = store.writer()
+    writer.write(data)
+    written = await writer.commit()
+    await store.place(written)
+    return written.sha256
+
+
+@pytest.mark.gen_test
+async def test_a_blob_found_once_is_opened_at_its_first_read_which_still_finds_it_gone(local):
+    # A download behind nginx (server.accel_redirect) reads nothing: it opens no file either.
+    sha = await stored(local, b"found once")
+    (await local.open(sha, 10)).close()
+    os.unlink(local.path(sha))  # gone behind the store's back
+
+    reader = await local.open(sha, 10)
+    try:
+        with pytest.raises(BlobMissing):
+            await reader.check()
+        with pytest.raises(BlobMissing):
+            [chunk async for chunk in reader.chunks(0, 9)]
+    finally:
+        reader.close()
+
+
+@pytest.mark.gen_test
+async def test_a_blob_deleted_through_the_store_is_missed_at_its_open(local):
+    sha = await stored(local, b"found, then deleted")
+    (await local.open(sha, 19)).close()
+
+    await local.delete(sha)
+
+    with pytest.raises(BlobMissing):
+        await local.open(sha, 19)
+
+
+@pytest.mark.gen_test
+async def test_a_blob_found_at_one_size_is_opened_at_once_for_another(local):
+    sha = await stored(local, b"ten bytes!")
+    (await local.open(sha, 10)).close()
+
+    with pytest.raises(BlobDamaged):
+        await local.open(sha, 11)
 
 
 @pytest.mark.parametrize("bad", ["../etc/passwd", "a" * 63, "A" * 64, "g" * 64])
