@@ -9,7 +9,8 @@ tmpfs, disk or both), the bench starts, each with its own throw-away dir there:
 * bench/baseline.py: one bare Tornado process that streams a PUT body into a file (write,
   fsync, rename; no parsing, hashing or database) and serves files with StaticFileHandler;
 * nginx running contrib/nginx.conf in front of hostd (only the upstream's address, the
-  `listen` lines and the ssl_* lines changed, see nginx_site()), plus a location that serves
+  `listen` lines and the ssl_* lines changed, see nginx_site()), on every CPU but the one
+  hostd's IOLoop is pinned to, as README's Deploying has it, plus a location that serves
   hostd's blob directory as plain static files; and, once hostd's config accepts
   `server.accel_redirect` and contrib/nginx.conf has an internal location for it, a second
   hostd on the same data dir with it set, behind a second copy of that server block.
@@ -250,13 +251,27 @@ class Service:
 
     has_loop = True
 
-    def __init__(self, name: str, argv: list[str], log_path: Path, ports: list[int]) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        log_path: Path,
+        ports: list[int],
+        cpus: set[int] | None = None,
+    ) -> None:
+        """`cpus`: the CPUs it and its children may run on, set before it starts, as
+        systemd's CPUAffinity= does; None: any."""
         self.name = name
         self.ports = ports
         self.log_path = log_path
         self._log = log_path.open("wb")
         self.proc = subprocess.Popen(
-            argv, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT
+            argv,
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus),
         )
         self.pid = self.proc.pid
         self.pids = [self.pid]
@@ -444,14 +459,16 @@ class Nginx(Service):
 
     has_loop = False
 
-    def __init__(self, binary: str, prefix: Path, site: str, ports: list[int]) -> None:
+    def __init__(
+        self, binary: str, prefix: Path, site: str, ports: list[int], cpus: set[int] | None = None
+    ) -> None:
         prefix.mkdir()
         # The bench's client keeps each connection for a whole phase and does not reconnect.
         extra = "    keepalive_requests 1000000;"
         conf = nginx_conf(binary, prefix, site, http_extra=extra)
         (prefix / "nginx.conf").write_text(conf, encoding="utf-8")
         argv = nginx_argv(binary, prefix)
-        super().__init__("nginx", argv, prefix / "stderr.log", ports)
+        super().__init__("nginx", argv, prefix / "stderr.log", ports, cpus)
 
     def wait_ready(self) -> None:
         super().wait_ready()
@@ -1401,16 +1418,26 @@ class Bench:
         big_static = ""
         if binary:
             blobs_dir = load_config(None, {"data_dir": data_dir}).blobs_dir
+            # As README's Deploying says for a small box: nginx on every CPU but the one
+            # hostd's IOLoop is pinned to (server.cpu), which the second hostd shares.
+            home = os.sched_getaffinity(self.hostd.pid)  # the main thread's: the IOLoop's
+            cpu = min(home) if len(home) == 1 else None
+            elsewhere = set(CPUS) - home or None
+            if elsewhere:
+                self.notes.append(
+                    f"nginx ran on CPU {','.join(map(str, sorted(elsewhere)))}, hostd's"
+                    f" IOLoop on CPU {cpu} (README, Deploying)"
+                )
             if not no_accel:
                 # A second hostd on the same data dir, with accel_redirect set, so that the
                 # first one's in-process figures stay what they are.
                 accel_hostd = self.start(
-                    Hostd("hostd-accel", self.tmp, data_dir, accel_redirect=accel_prefix)
+                    Hostd("hostd-accel", self.tmp, data_dir, accel_redirect=accel_prefix, cpu=cpu)
                 )
             accel = (accel_hostd.port, accel_port) if accel_hostd else None
             site = nginx_site(self.hostd.port, port, blobs_dir, accel)
             ports = [port, accel_port] if accel else [port]
-            nginx = self.start(Nginx(binary, self.tmp / "nginx", site, ports))
+            nginx = self.start(Nginx(binary, self.tmp / "nginx", site, ports, elsewhere))
             located = blob_paths(blobs_dir)
             wanted = [sha for _, sha in self.small_files] + [big.sha256]
             if any(sha not in located for sha in wanted):
