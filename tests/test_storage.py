@@ -499,18 +499,10 @@ async def test_delete_and_exists(local):
         await local.open(sha)
 
 
-async def stored(store, data):
-    writer = store.writer()
-    writer.write(data)
-    written = await writer.commit()
-    await store.place(written)
-    return written.sha256
-
-
 @pytest.mark.gen_test
 async def test_a_blob_found_once_is_opened_at_its_first_read_which_still_finds_it_gone(local):
     # A download behind nginx (server.accel_redirect) reads nothing: it opens no file either.
-    sha = await stored(local, b"found once")
+    sha = await placed(local, b"found once")
     (await local.open(sha, 10)).close()
     os.unlink(local.path(sha))  # gone behind the store's back
 
@@ -526,7 +518,7 @@ async def test_a_blob_found_once_is_opened_at_its_first_read_which_still_finds_i
 
 @pytest.mark.gen_test
 async def test_a_blob_deleted_through_the_store_is_missed_at_its_open(local):
-    sha = await stored(local, b"found, then deleted")
+    sha = await placed(local, b"found, then deleted")
     (await local.open(sha, 19)).close()
 
     await local.delete(sha)
@@ -537,7 +529,7 @@ async def test_a_blob_deleted_through_the_store_is_missed_at_its_open(local):
 
 @pytest.mark.gen_test
 async def test_a_blob_found_at_one_size_is_opened_at_once_for_another(local):
-    sha = await stored(local, b"ten bytes!")
+    sha = await placed(local, b"ten bytes!")
     (await local.open(sha, 10)).close()
 
     with pytest.raises(BlobDamaged):
