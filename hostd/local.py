@@ -24,7 +24,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Generic, TypeVar, cast
 
 from hostd import affinity
 from hostd.hashes import is_sha256
@@ -40,6 +40,8 @@ from hostd.storage import (
     StoredBlob,
     WrittenBlob,
 )
+
+F = TypeVar("F")
 
 # The most one write() hands the kernel. Since Linux 6.16 ext4, like XFS, caches a file in
 # folios sized by the writes that fill it. On the 2-CPU VM of the bench (kernel 6.18, whose
@@ -68,9 +70,9 @@ SMALL_HASH_BYTES = 16 * 1024
 # HOT_TOTAL_BYTES (a 4 KiB screenshot thumbnail set, a site's favicon, a pasted snippet).
 HOT_BLOB_BYTES = 64 * 1024
 HOT_TOTAL_BYTES = 16 * 1024 * 1024
-# Bigger blobs this process has seen hash to their SHA-256, remembered (CheckedBlobs).
+# Bigger blobs this process has seen hash to their SHA-256, remembered (`checked`).
 CHECKED_BLOBS = 4096
-# Blobs this process has opened and found at their size, remembered (FoundBlobs): about
+# Blobs this process has opened and found at their size, remembered (`found`): about
 # 200 bytes each with its SHA-256's string, 3 MiB in all.
 FOUND_BLOBS = 16384
 # Blobs are readable by the group too, so that nginx (its user in hostd's group) can send
@@ -341,7 +343,7 @@ class LocalFileReader:
     The whole blob read is checked against its SHA-256 on the way, the last piece held back
     until it is: bytes written over behind hostd's back (at the same size, which open() has
     checked) are BlobDamaged, never served as the upload. A small blob that passes is handed
-    to `keep` (the store's HotBlobs); a bigger one to `checked` (CheckedBlobs), unless it
+    to `keep` (the store's HotBlobs); a bigger one to `checked` (the store's), unless it
     is None: this file has passed already."""
 
     def __init__(
@@ -411,7 +413,7 @@ def _read_hashing(fd: int, size: int, position: int, digest: Any | None) -> byte
 
 
 class DeferredReader:
-    """A blob's LocalFileReader, opened at its first use (see FoundBlobs): BlobMissing and
+    """A blob's LocalFileReader, opened at its first use (the store's `found`): BlobMissing and
     BlobDamaged come from the first read or check(), before any byte, as the protocol allows."""
 
     def __init__(self, open_file: Callable[[], LocalFileReader]) -> None:
@@ -488,56 +490,31 @@ class HotBlobs:
             self._bytes -= len(data)
 
 
-class CheckedBlobs:
-    """Big blobs whose file this process has seen hash to their SHA-256 (written by it, or
-    read whole), with the file's identity then: its inode and its ctime, which any write to
-    it, or a touch, moves on. A whole read of the same file needs no second hash: hashing
-    took a third off a 1 GiB download's speed. (A bit the disk flips moves nothing: that is
-    for `hostd gc --verify`.) The most recent `limit`."""
+class RecentBlobs(Generic[F]):
+    """A fact about each of the last `limit` blobs noted, by SHA-256: what a later look at
+    the same blob may skip while the fact still holds. The store's delete() drops a blob's
+    entry. holds() only reads, so a worker thread may ask it."""
 
-    def __init__(self, limit: int = CHECKED_BLOBS) -> None:
+    def __init__(self, limit: int) -> None:
         self.limit = limit
-        self._files: OrderedDict[str, tuple[int, int]] = OrderedDict()
+        self._facts: OrderedDict[str, F] = OrderedDict()
 
-    def holds(self, sha256: str, status: os.stat_result) -> bool:
-        return self._files.get(sha256) == (status.st_ino, status.st_ctime_ns)
+    def holds(self, sha256: str, fact: F) -> bool:
+        return self._facts.get(sha256) == fact
 
-    def add(self, sha256: str, status: os.stat_result) -> None:
-        self._files[sha256] = (status.st_ino, status.st_ctime_ns)
-        self._files.move_to_end(sha256)
-        if len(self._files) > self.limit:
-            self._files.popitem(last=False)
+    def add(self, sha256: str, fact: F) -> None:
+        self._facts[sha256] = fact
+        self._facts.move_to_end(sha256)
+        if len(self._facts) > self.limit:
+            self._facts.popitem(last=False)
 
     def drop(self, sha256: str) -> None:
-        self._files.pop(sha256, None)
+        self._facts.pop(sha256, None)
 
 
-class FoundBlobs:
-    """Blobs this process has opened and found at their recorded size, the most recent
-    `limit`. open() of one of them leaves the file's open to the first read, which a
-    download behind nginx with server.accel_redirect never makes: its open, fstat and close
-    were 8% of such a download's IOLoop time. The store's delete() drops the entry; a blob
-    deleted by another process loses its row first, and a download reads the row before it
-    opens the bytes. (Bytes removed behind hostd's back are then nginx's 404, not hostd's.)"""
-
-    def __init__(self, limit: int = FOUND_BLOBS) -> None:
-        self.limit = limit
-        self._sizes: OrderedDict[str, int] = OrderedDict()
-
-    def holds(self, sha256: str, size_bytes: int) -> bool:
-        if self._sizes.get(sha256) != size_bytes:
-            return False
-        self._sizes.move_to_end(sha256)
-        return True
-
-    def add(self, sha256: str, size_bytes: int) -> None:
-        self._sizes[sha256] = size_bytes
-        self._sizes.move_to_end(sha256)
-        if len(self._sizes) > self.limit:
-            self._sizes.popitem(last=False)
-
-    def drop(self, sha256: str) -> None:
-        self._sizes.pop(sha256, None)
+def identity(status: os.stat_result) -> tuple[int, int]:
+    """A file's inode and ctime, which any write to it, or a touch, moves on."""
+    return status.st_ino, status.st_ctime_ns
 
 
 class FolderSet:
@@ -583,8 +560,18 @@ class LocalBlobStore:
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self._guards = KeyedLocks()
         self.hot = HotBlobs(HOT_TOTAL_BYTES)
-        self.checked = CheckedBlobs()
-        self.found = FoundBlobs()
+        # Big blobs whose file this process has seen hash to their SHA-256 (written by it,
+        # or read whole), with the file's identity then. A whole read of the same file needs
+        # no second hash: hashing took a third off a 1 GiB download's speed. (A bit the disk
+        # flips moves nothing: that is for `hostd gc --verify`.)
+        self.checked = RecentBlobs[tuple[int, int]](CHECKED_BLOBS)
+        # Blobs this process has opened and found at their recorded size. open() of one
+        # leaves the file's open to the first read, which a download behind nginx with
+        # server.accel_redirect never makes: its open, fstat and close were 8% of such a
+        # download's IOLoop time. A blob deleted by another process loses its row first, and
+        # a download reads the row before it opens the bytes. (Bytes removed behind hostd's
+        # back are then nginx's 404, not hostd's.)
+        self.found = RecentBlobs[int](FOUND_BLOBS)
         self._durable_folders = FolderSet()
 
     def close(self) -> None:
@@ -653,8 +640,8 @@ class LocalBlobStore:
             raise BlobDamaged(sha256)
         self.found.add(sha256, size_bytes)
         checked = None
-        if size_bytes > SMALL_READ_BYTES and not self.checked.holds(sha256, status):
-            checked = functools.partial(self.checked.add, sha256, status)
+        if size_bytes > SMALL_READ_BYTES and not self.checked.holds(sha256, identity(status)):
+            checked = functools.partial(self.checked.add, sha256, identity(status))
         return LocalFileReader(fd, sha256, size_bytes, self.hot.keeper(sha256), checked)
 
     async def exists(self, sha256: str) -> bool:
@@ -751,7 +738,7 @@ class LocalBlobStore:
         place and fsync the directory. Bytes stored already need no writing at all."""
         there, placed = await asyncio.to_thread(self._place, written)
         if placed is not None:  # hashed as it was written: a download need not again
-            self.checked.add(written.sha256, placed)
+            self.checked.add(written.sha256, identity(placed))
         return there
 
     def _place(self, written: WrittenBlob) -> tuple[bool, os.stat_result | None]:
@@ -831,7 +818,7 @@ class LocalBlobStore:
         status = os.stat(target)
         if status.st_size != written.size_bytes:
             return False
-        if self.checked.holds(written.sha256, status):
+        if self.checked.holds(written.sha256, identity(status)):
             return True
         if status.st_size > SMALL_READ_BYTES:
             return False
